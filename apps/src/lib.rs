@@ -1,0 +1,1 @@
+//! Example Ken services. Each app is a pure handler library plus a thin binary.

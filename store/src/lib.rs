@@ -1,0 +1,236 @@
+//! Ken's local checkpoint store: one SQLite file per process.
+//!
+//! The store is the recovery line of a Ken process. The runtime hands it one [`Batch`] per
+//! group commit (many turns); [`Store::commit`] writes the batch in one `IMMEDIATE`
+//! transaction (WAL, `synchronous=FULL`) and returns only when it is durable. Recovery
+//! ([`Store::open`]) returns everything the runtime needs to continue ([`Recovered`]); table
+//! rows are read on demand through a [`Reader`], so restart time does not grow with table size.
+//!
+//! Invariants:
+//! - After any failed commit the store refuses all further work ([`CommitError::Poisoned`])
+//!   until it is reopened: an fsync is never retried.
+//! - Every record (root state, table value, outbox payload, timer payload, cached reply,
+//!   group record, turn-log entry) is sealed by [`codec`] with a format version byte and a
+//!   CRC32. A record whose CRC does not match is a [`Corrupted`] error naming the table and
+//!   key; it never reaches the caller as data.
+//! - One owner at a time: the owner holds an exclusive advisory lock on `<store>.lock`.
+//!   Readers never take it and never hold a read transaction longer than one query.
+//!
+//! The file format is described byte by byte in `store/FORMAT.md`.
+
+pub mod codec;
+
+/// The store file format version this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// A batch of turns to commit atomically: everything a group of turns changed.
+///
+/// All vectors are applied in order inside one transaction. Bodies (`root`, table values,
+/// payloads, replies, group records) are raw bytes; the store seals each with [`codec::seal`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Batch {
+    /// Wall-clock time of the commit, milliseconds since the Unix epoch (recorded in `meta`).
+    pub now_ms: u64,
+    /// Number of turns in this batch; added to the store's `turns_committed` counter.
+    pub turns: u64,
+    /// The encoded root state, if it changed in this batch.
+    pub root: Option<Vec<u8>>,
+    /// Table row writes (`Some`) and deletes (`None`), in order.
+    pub table_writes: Vec<TableWrite>,
+    /// New outbox rows.
+    pub outbox_appends: Vec<OutboxRow>,
+    /// Outbox deletions: for each entry, every row to `peer` with `seq <= up_to`.
+    pub outbox_acks: Vec<OutboxAck>,
+    /// Whole outbox deletions for peers the application gave up on (`forget_peer`).
+    pub outbox_forget: Vec<String>,
+    /// Per-peer counters, upserted.
+    pub peers: Vec<PeerRow>,
+    /// Timer sets and cancels, in order.
+    pub timers: Vec<TimerChange>,
+    /// Client reply cache puts and evictions, in order.
+    pub clients: Vec<ClientChange>,
+    /// FUSE group record puts and deletes, in order.
+    pub groups: Vec<GroupChange>,
+    /// Turn-log entries; the store keeps only the newest `StoreOptions::turn_log_max`.
+    pub turn_log: Vec<TurnLogEntry>,
+}
+
+/// One table row write (`value: Some`) or delete (`value: None`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableWrite {
+    pub table: String,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// One unacknowledged outbound message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    pub peer: String,
+    pub seq: u64,
+    pub payload: Vec<u8>,
+    /// When the turn that produced it ran, milliseconds since the Unix epoch.
+    pub created_ms: u64,
+}
+
+/// Delete every outbox row to `peer` with `seq <= up_to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxAck {
+    pub peer: String,
+    pub up_to: u64,
+}
+
+/// Per ordered pair counters (this process and `peer`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRow {
+    pub peer: String,
+    /// The peer's incarnation as last seen in a frame from it; 0 = not yet known.
+    pub incarnation: u64,
+    /// Sequence number the next message to `peer` gets (first message is 1).
+    pub next_seq: u64,
+    /// Highest sequence number `peer` has acknowledged (cumulative).
+    pub acked: u64,
+    /// Highest sequence number from `peer` consumed by a committed turn.
+    pub delivered: u64,
+}
+
+/// A durable timer change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TimerChange {
+    Set {
+        name: String,
+        due_ms: u64,
+        payload: Vec<u8>,
+    },
+    Cancel {
+        name: String,
+    },
+}
+
+/// A durable timer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimerRow {
+    pub name: String,
+    pub due_ms: u64,
+    pub payload: Vec<u8>,
+}
+
+/// A client reply cache change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientChange {
+    Put(ClientRow),
+    Evict { client: [u8; 16] },
+}
+
+/// The last request applied for a client and its cached reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientRow {
+    pub client: [u8; 16],
+    pub request_no: u64,
+    pub reply: Vec<u8>,
+    pub updated_ms: u64,
+}
+
+/// A FUSE group record change. The record body is opaque to the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupChange {
+    Put(GroupRow),
+    Delete { group: [u8; 16] },
+}
+
+/// A FUSE group as stored: its id and an opaque record (members, state) owned by `ken`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRow {
+    pub group: [u8; 16],
+    pub record: Vec<u8>,
+}
+
+/// One turn, as remembered for inspection. Encoded with [`codec::encode`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TurnLogEntry {
+    /// Turn number (1-based, over the life of the store).
+    pub turn: u64,
+    /// When the turn ran, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// Input kind: `start`, `message`, `timer`, `request`, `fuse`, `undecodable`.
+    pub input_kind: String,
+    /// Where the input came from (peer id, timer name, client id in hex), may be empty.
+    pub input_source: String,
+    /// Sequence number of the consumed message, 0 when the input is not a message.
+    pub input_seq: u64,
+    /// Messages sent by the turn.
+    pub messages_out: u32,
+    /// Replies and other outputs released by the turn.
+    pub outputs: u32,
+    /// Bytes of state written by the turn (root + table values).
+    pub bytes_written: u64,
+    /// Free text (for example why a message was undecodable).
+    pub note: String,
+}
+
+/// Tuning for [`Store::open_with`].
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// How many turn-log entries to keep (older ones are deleted in the same commit).
+    pub turn_log_max: u32,
+    /// If set, `PRAGMA max_page_count` for the file (tests use it to simulate a full disk).
+    pub max_page_count: Option<u32>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            turn_log_max: 1000,
+            max_page_count: None,
+        }
+    }
+}
+
+/// What recovery hands the runtime: everything but table rows (those are read on demand).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    pub process_id: String,
+    pub incarnation: u64,
+    /// True when `open` created the file just now.
+    pub created: bool,
+    pub turns_committed: u64,
+    pub commits: u64,
+    pub root: Option<Vec<u8>>,
+    pub peers: Vec<PeerRow>,
+    /// Every outbox row, ordered by (peer, seq).
+    pub outbox: Vec<OutboxRow>,
+    pub timers: Vec<TimerRow>,
+    pub clients: Vec<ClientRow>,
+    pub groups: Vec<GroupRow>,
+}
+
+/// What a successful commit reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitInfo {
+    /// Commits over the life of the store, this one included.
+    pub commits: u64,
+    pub turns_committed: u64,
+}
+
+/// A record whose bytes do not check out. Names the table and key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("corrupted record in table `{table}` at key {key}: {detail}")]
+pub struct Corrupted {
+    pub table: String,
+    /// The key, printable (text as is, bytes escaped).
+    pub key: String,
+    pub detail: String,
+}
+
+/// The owning handle of a store. Not `Sync`: the runtime drives it from one thread.
+#[derive(Debug)]
+pub struct Store {
+    _private: (),
+}
+
+/// A read-only handle, safe to use while the owner runs. Never takes the owner lock, and
+/// every method is one query (one read transaction).
+#[derive(Debug)]
+pub struct Reader {
+    _private: (),
+}
