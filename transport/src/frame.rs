@@ -10,6 +10,18 @@
 //! ```
 //!
 //! Decoding is total: any byte string yields a [`Frame`] or a [`DecodeError`], never a panic.
+//!
+//! Invariants:
+//! - A [`ProcessId`] is valid by construction (1 to [`MAX_ID_BYTES`] bytes of
+//!   `[A-Za-z0-9._:-]`), so every [`Frame`] value encodes unless it is too large, and
+//!   `decode(encode(f)) == f`.
+//! - [`Frame::decode`] accepts exactly the byte strings [`Frame::encode`] produces: a frame
+//!   that decodes re-encodes to the same bytes (no slack, no trailing bytes, no alternative
+//!   encodings).
+//! - [`Frame::decode`] allocates at most the datagram's size (two ids and the payload, all
+//!   cut from the datagram) and never panics.
+//! - The CRC32 (IEEE, `crc32fast`) covers every byte before the trailer; the version is
+//!   checked before the CRC so a future version may change the trailer.
 
 use std::fmt;
 
@@ -22,16 +34,71 @@ pub const MAX_ID_BYTES: usize = 64;
 /// Wire format version written by this build.
 pub const WIRE_VERSION: u8 = 1;
 
+/// The two bytes every frame starts with.
+pub const MAGIC: [u8; 2] = *b"KN";
+
+/// Bytes of a frame that do not depend on the ids or the payload: magic, version, kind, the
+/// two id lengths, two incarnations, seq, ack, payload length and the CRC trailer.
+pub const FIXED_OVERHEAD_BYTES: usize = 2 + 1 + 1 + 1 + 8 + 1 + 8 + 8 + 8 + 4 + 4;
+
+/// Largest header plus trailer (both ids at [`MAX_ID_BYTES`]).
+pub const MAX_OVERHEAD_BYTES: usize = FIXED_OVERHEAD_BYTES + 2 * MAX_ID_BYTES;
+
+/// Smallest well-formed frame: one-byte ids and an empty payload. Shorter datagrams are
+/// [`DecodeError::TooShort`].
+pub const MIN_FRAME_BYTES: usize = FIXED_OVERHEAD_BYTES + 2;
+
+/// Payload that always fits, whatever the ids.
+pub const MIN_PAYLOAD_CAPACITY_BYTES: usize = MAX_FRAME_BYTES - MAX_OVERHEAD_BYTES;
+
+/// Size of the CRC32 trailer.
+const CRC_BYTES: usize = 4;
+
+// The id length is one byte on the wire, the payload length four.
+const _: () = assert!(MAX_ID_BYTES <= u8::MAX as usize);
+const _: () = assert!(MAX_FRAME_BYTES <= u32::MAX as usize);
+const _: () = assert!(MAX_OVERHEAD_BYTES < MAX_FRAME_BYTES);
+const _: () = assert!(MIN_FRAME_BYTES > CRC_BYTES + 3);
+
 /// A process's durable name. 1 to [`MAX_ID_BYTES`] bytes of `[A-Za-z0-9._:-]`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+///
+/// Valid by construction: [`ProcessId::new`] and deserialization both validate.
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String")]
 pub struct ProcessId(String);
 
 /// A random 64-bit number chosen when a process's store is created; 0 means "unknown".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct Incarnation(pub u64);
 
 /// A per-pair sequence number. The first message of a pair is 1; 0 means "none".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct Seq(pub u64);
 
 /// What a frame carries. The header is common; payload layouts are owned by the runtime.
@@ -69,7 +136,7 @@ pub struct Frame {
     pub payload: Vec<u8>,
 }
 
-/// Why a frame could not be encoded.
+/// Why a frame could not be encoded. Nothing was written or sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EncodeError {
     #[error("frame of {size} bytes exceeds the {MAX_FRAME_BYTES}-byte datagram limit")]
@@ -98,15 +165,79 @@ pub enum DecodeError {
     BadLength,
 }
 
+/// Why a string is not a valid [`ProcessId`]. Carried as text in [`DecodeError::BadId`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("empty id")]
+    Empty,
+    #[error("id of {len} bytes exceeds the {MAX_ID_BYTES}-byte limit")]
+    TooLong { len: usize },
+    #[error("byte {byte:#04x} at offset {offset} is not one of [A-Za-z0-9._:-]")]
+    BadByte { byte: u8, offset: usize },
+}
+
+impl From<IdError> for DecodeError {
+    fn from(error: IdError) -> DecodeError {
+        DecodeError::BadId(error.to_string())
+    }
+}
+
+/// True for the bytes a process id may contain.
+fn is_id_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b':' | b'-')
+}
+
 impl ProcessId {
     /// Validates and wraps a process id.
+    ///
+    /// Errors with [`DecodeError::BadId`] (whose text is the [`IdError`]) if the id is empty,
+    /// longer than [`MAX_ID_BYTES`], or has a byte outside `[A-Za-z0-9._:-]`.
     pub fn new(id: impl Into<String>) -> Result<ProcessId, DecodeError> {
-        let _ = id;
-        unimplemented!("implemented by the transport work")
+        let id = id.into();
+        ProcessId::validate(id.as_bytes())?;
+        Ok(ProcessId(id))
+    }
+
+    /// Checks that `bytes` are a valid process id, saying why not.
+    pub fn validate(bytes: &[u8]) -> Result<(), IdError> {
+        if bytes.is_empty() {
+            return Err(IdError::Empty);
+        }
+        if bytes.len() > MAX_ID_BYTES {
+            return Err(IdError::TooLong { len: bytes.len() });
+        }
+        match bytes.iter().position(|&byte| !is_id_byte(byte)) {
+            Some(offset) => Err(IdError::BadByte {
+                byte: bytes[offset],
+                offset,
+            }),
+            None => Ok(()),
+        }
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Length in bytes (1 to [`MAX_ID_BYTES`]).
+    pub fn len_bytes(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl TryFrom<String> for ProcessId {
+    type Error = DecodeError;
+
+    fn try_from(id: String) -> Result<ProcessId, DecodeError> {
+        ProcessId::new(id)
+    }
+}
+
+impl std::str::FromStr for ProcessId {
+    type Err = DecodeError;
+
+    fn from_str(id: &str) -> Result<ProcessId, DecodeError> {
+        ProcessId::new(id)
     }
 }
 
@@ -128,20 +259,506 @@ impl fmt::Display for Incarnation {
     }
 }
 
+impl FrameKind {
+    /// Every kind, in wire-value order.
+    pub const ALL: [FrameKind; 7] = [
+        FrameKind::Data,
+        FrameKind::Ack,
+        FrameKind::Heartbeat,
+        FrameKind::Fuse,
+        FrameKind::ClientRequest,
+        FrameKind::ClientReply,
+        FrameKind::Reject,
+    ];
+
+    /// The kind with this wire value, if any.
+    pub fn from_u8(value: u8) -> Option<FrameKind> {
+        FrameKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_u8() == value)
+    }
+
+    /// The wire value.
+    pub fn as_u8(self) -> u8 {
+        self as u8
+    }
+}
+
 impl Frame {
     /// Encodes the frame into one datagram.
+    ///
+    /// Errors with [`EncodeError::TooLarge`] if the datagram would exceed
+    /// [`MAX_FRAME_BYTES`] (a frame of exactly that size is accepted).
     pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
-        unimplemented!("implemented by the transport work")
+        let size = self.encoded_len();
+        if size > MAX_FRAME_BYTES {
+            return Err(EncodeError::TooLarge { size });
+        }
+        let mut out = Vec::with_capacity(size);
+        out.extend_from_slice(&MAGIC);
+        out.push(WIRE_VERSION);
+        out.push(self.kind.as_u8());
+        put_id(&mut out, &self.from);
+        out.extend_from_slice(&self.from_incarnation.0.to_le_bytes());
+        put_id(&mut out, &self.to);
+        out.extend_from_slice(&self.to_incarnation.0.to_le_bytes());
+        out.extend_from_slice(&self.seq.0.to_le_bytes());
+        out.extend_from_slice(&self.ack.0.to_le_bytes());
+        let payload_len = u32::try_from(self.payload.len())
+            .expect("payload length is bounded by MAX_FRAME_BYTES, checked above");
+        out.extend_from_slice(&payload_len.to_le_bytes());
+        out.extend_from_slice(&self.payload);
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        assert_eq!(out.len(), size, "encoded length disagrees with encoded_len");
+        Ok(out)
+    }
+
+    /// Size of this frame's datagram in bytes (may exceed [`MAX_FRAME_BYTES`]).
+    pub fn encoded_len(&self) -> usize {
+        Frame::overhead(&self.from, &self.to).saturating_add(self.payload.len())
     }
 
     /// Decodes one datagram. Total: never panics.
+    ///
+    /// Checks, in order: the size bounds, the magic, the version, the CRC32, the kind, then
+    /// the structure (id lengths and bytes, `payload_len` equal to exactly the bytes left
+    /// before the trailer).
     pub fn decode(bytes: &[u8]) -> Result<Frame, DecodeError> {
-        let _ = bytes;
-        unimplemented!("implemented by the transport work")
+        let len = bytes.len();
+        if len > MAX_FRAME_BYTES {
+            return Err(DecodeError::TooLong { len });
+        }
+        if len < MIN_FRAME_BYTES {
+            return Err(DecodeError::TooShort { len });
+        }
+        let (body, trailer) = bytes.split_at(len - CRC_BYTES);
+        let mut reader = Reader {
+            bytes: body,
+            pos: 0,
+        };
+        if reader.take(MAGIC.len())? != MAGIC {
+            return Err(DecodeError::BadMagic);
+        }
+        let version = reader.u8()?;
+        if version != WIRE_VERSION {
+            return Err(DecodeError::BadVersion(version));
+        }
+        let crc = u32::from_le_bytes(trailer.try_into().map_err(|_| DecodeError::BadLength)?);
+        if crc != crc32fast::hash(body) {
+            return Err(DecodeError::BadChecksum);
+        }
+        let kind_value = reader.u8()?;
+        let kind = FrameKind::from_u8(kind_value).ok_or(DecodeError::BadKind(kind_value))?;
+        let from = reader.id()?;
+        let from_incarnation = Incarnation(reader.u64()?);
+        let to = reader.id()?;
+        let to_incarnation = Incarnation(reader.u64()?);
+        let seq = Seq(reader.u64()?);
+        let ack = Seq(reader.u64()?);
+        let payload_len = usize::try_from(reader.u32()?).map_err(|_| DecodeError::BadLength)?;
+        if payload_len != reader.remaining() {
+            return Err(DecodeError::BadLength);
+        }
+        let payload = reader.take(payload_len)?.to_vec();
+        Ok(Frame {
+            kind,
+            from,
+            from_incarnation,
+            to,
+            to_incarnation,
+            seq,
+            ack,
+            payload,
+        })
     }
 
     /// Bytes of header and trailer around the payload for these ids.
     pub fn overhead(from: &ProcessId, to: &ProcessId) -> usize {
         2 + 1 + 1 + 1 + from.0.len() + 8 + 1 + to.0.len() + 8 + 8 + 8 + 4 + 4
+    }
+
+    /// Largest payload a frame between these ids can carry.
+    pub fn max_payload(from: &ProcessId, to: &ProcessId) -> usize {
+        let overhead = Frame::overhead(from, to);
+        assert!(
+            overhead <= MAX_OVERHEAD_BYTES,
+            "ids are at most MAX_ID_BYTES"
+        );
+        MAX_FRAME_BYTES - overhead
+    }
+}
+
+/// Writes an id as its length byte and its bytes.
+fn put_id(out: &mut Vec<u8>, id: &ProcessId) {
+    let len = u8::try_from(id.0.len()).expect("ProcessId is valid by construction");
+    out.push(len);
+    out.extend_from_slice(id.0.as_bytes());
+}
+
+/// A cursor over untrusted bytes: every read is bounds-checked and fails with
+/// [`DecodeError::BadLength`] past the end.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let end = self.pos.checked_add(n).ok_or(DecodeError::BadLength)?;
+        let slice = self
+            .bytes
+            .get(self.pos..end)
+            .ok_or(DecodeError::BadLength)?;
+        self.pos = end;
+        Ok(slice)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        self.take(N)?.try_into().map_err(|_| DecodeError::BadLength)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    /// A length byte and that many id bytes. The length is validated before the bytes are
+    /// read, so an absurd length is [`DecodeError::BadId`], a truncated id
+    /// [`DecodeError::BadLength`].
+    fn id(&mut self) -> Result<ProcessId, DecodeError> {
+        let len = usize::from(self.u8()?);
+        if len == 0 {
+            return Err(IdError::Empty.into());
+        }
+        if len > MAX_ID_BYTES {
+            return Err(IdError::TooLong { len }.into());
+        }
+        let bytes = self.take(len)?;
+        ProcessId::validate(bytes)?;
+        let id = std::str::from_utf8(bytes)
+            .map_err(|_| DecodeError::BadId("not UTF-8".to_owned()))?
+            .to_owned();
+        Ok(ProcessId(id))
+    }
+
+    fn remaining(&self) -> usize {
+        self.bytes.len().saturating_sub(self.pos)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> ProcessId {
+        ProcessId::new(s).expect("valid test id")
+    }
+
+    fn sample() -> Frame {
+        Frame {
+            kind: FrameKind::Data,
+            from: id("alice"),
+            from_incarnation: Incarnation(0x0102_0304_0506_0708),
+            to: id("bob:1"),
+            to_incarnation: Incarnation(7),
+            seq: Seq(42),
+            ack: Seq(41),
+            payload: b"hello".to_vec(),
+        }
+    }
+
+    /// Recomputes the trailer after a test edits the body.
+    fn fix_crc(bytes: &mut [u8]) {
+        let n = bytes.len() - CRC_BYTES;
+        let crc = crc32fast::hash(&bytes[..n]);
+        bytes[n..].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// Offset of `from_len` in every frame.
+    const FROM_LEN_OFFSET: usize = 4;
+
+    #[test]
+    fn layout_matches_frame_md() {
+        let bytes = sample().encode().unwrap();
+        assert_eq!(&bytes[0..2], b"KN");
+        assert_eq!(bytes[2], WIRE_VERSION);
+        assert_eq!(bytes[3], FrameKind::Data as u8);
+        assert_eq!(bytes[4], 5);
+        assert_eq!(&bytes[5..10], b"alice");
+        assert_eq!(&bytes[10..18], &0x0102_0304_0506_0708u64.to_le_bytes());
+        assert_eq!(bytes[18], 5);
+        assert_eq!(&bytes[19..24], b"bob:1");
+        assert_eq!(&bytes[24..32], &7u64.to_le_bytes());
+        assert_eq!(&bytes[32..40], &42u64.to_le_bytes());
+        assert_eq!(&bytes[40..48], &41u64.to_le_bytes());
+        assert_eq!(&bytes[48..52], &5u32.to_le_bytes());
+        assert_eq!(&bytes[52..57], b"hello");
+        assert_eq!(&bytes[57..61], &crc32fast::hash(&bytes[..57]).to_le_bytes());
+        assert_eq!(bytes.len(), 61);
+        assert_eq!(bytes.len(), sample().encoded_len());
+        assert_eq!(Frame::decode(&bytes), Ok(sample()));
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        for kind in FrameKind::ALL {
+            assert_eq!(FrameKind::from_u8(kind.as_u8()), Some(kind));
+            let frame = Frame { kind, ..sample() };
+            assert_eq!(Frame::decode(&frame.encode().unwrap()), Ok(frame));
+        }
+        assert_eq!(FrameKind::from_u8(0), None);
+        assert_eq!(FrameKind::from_u8(8), None);
+    }
+
+    #[test]
+    fn process_id_validation() {
+        for good in [
+            "a",
+            "Z",
+            "0",
+            "node-1",
+            "c-0123456789abcdef0123456789abcdef",
+            "a.b_c:d-e",
+        ] {
+            assert_eq!(id(good).as_str(), good);
+        }
+        assert_eq!(
+            ProcessId::new("x".repeat(MAX_ID_BYTES))
+                .unwrap()
+                .len_bytes(),
+            MAX_ID_BYTES
+        );
+        assert_eq!(ProcessId::validate(b""), Err(IdError::Empty));
+        assert_eq!(
+            ProcessId::validate("x".repeat(MAX_ID_BYTES + 1).as_bytes()),
+            Err(IdError::TooLong {
+                len: MAX_ID_BYTES + 1
+            })
+        );
+        assert_eq!(
+            ProcessId::validate(b"a b"),
+            Err(IdError::BadByte {
+                byte: b' ',
+                offset: 1
+            })
+        );
+        assert_eq!(
+            ProcessId::validate(b"a/b"),
+            Err(IdError::BadByte {
+                byte: b'/',
+                offset: 1
+            })
+        );
+        assert_eq!(
+            ProcessId::validate("é".as_bytes()),
+            Err(IdError::BadByte {
+                byte: 0xc3,
+                offset: 0
+            })
+        );
+        for bad in ["", "a b", "a\0", "a\n", "ü", "a,b", "a+b", "a=b"] {
+            assert!(
+                matches!(ProcessId::new(bad), Err(DecodeError::BadId(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            ProcessId::new("y".repeat(65)),
+            Err(DecodeError::BadId(_))
+        ));
+        assert!("bad id".parse::<ProcessId>().is_err());
+        assert_eq!("good".parse::<ProcessId>(), Ok(id("good")));
+    }
+
+    #[test]
+    fn process_id_deserialization_validates() {
+        // serde goes through TryFrom<String>: an invalid id cannot be smuggled in.
+        use serde::de::value::{Error as DeError, StrDeserializer};
+        use serde::de::IntoDeserializer;
+        use serde::Deserialize;
+        let ok: StrDeserializer<'_, DeError> = "node-1".into_deserializer();
+        assert_eq!(ProcessId::deserialize(ok), Ok(id("node-1")));
+        let bad: StrDeserializer<'_, DeError> = "no spaces".into_deserializer();
+        assert!(ProcessId::deserialize(bad).is_err());
+    }
+
+    #[test]
+    fn encode_too_large_at_exactly_the_boundary() {
+        let mut frame = sample();
+        let max = Frame::max_payload(&frame.from, &frame.to);
+        frame.payload = vec![0xab; max];
+        let bytes = frame
+            .encode()
+            .expect("a frame of exactly MAX_FRAME_BYTES encodes");
+        assert_eq!(bytes.len(), MAX_FRAME_BYTES);
+        assert_eq!(Frame::decode(&bytes), Ok(frame.clone()));
+        frame.payload.push(0);
+        assert_eq!(
+            frame.encode(),
+            Err(EncodeError::TooLarge {
+                size: MAX_FRAME_BYTES + 1
+            })
+        );
+    }
+
+    #[test]
+    fn max_payload_bounds() {
+        let long = ProcessId::new("L".repeat(MAX_ID_BYTES)).unwrap();
+        assert_eq!(Frame::max_payload(&long, &long), MIN_PAYLOAD_CAPACITY_BYTES);
+        assert_eq!(
+            Frame::max_payload(&id("a"), &id("b")),
+            MAX_FRAME_BYTES - MIN_FRAME_BYTES
+        );
+        let empty = Frame {
+            from: id("a"),
+            to: id("b"),
+            payload: Vec::new(),
+            ..sample()
+        };
+        assert_eq!(empty.encode().unwrap().len(), MIN_FRAME_BYTES);
+    }
+
+    #[test]
+    fn decode_too_short() {
+        for len in 0..MIN_FRAME_BYTES {
+            assert_eq!(
+                Frame::decode(&vec![0; len]),
+                Err(DecodeError::TooShort { len })
+            );
+        }
+        let mut bytes = sample().encode().unwrap();
+        bytes.truncate(MIN_FRAME_BYTES - 1);
+        assert_eq!(
+            Frame::decode(&bytes),
+            Err(DecodeError::TooShort {
+                len: MIN_FRAME_BYTES - 1
+            })
+        );
+    }
+
+    #[test]
+    fn decode_too_long() {
+        let len = MAX_FRAME_BYTES + 1;
+        assert_eq!(
+            Frame::decode(&vec![0; len]),
+            Err(DecodeError::TooLong { len })
+        );
+    }
+
+    #[test]
+    fn decode_bad_magic() {
+        let mut bytes = sample().encode().unwrap();
+        bytes[1] = b'X';
+        fix_crc(&mut bytes);
+        assert_eq!(Frame::decode(&bytes), Err(DecodeError::BadMagic));
+    }
+
+    #[test]
+    fn decode_bad_version() {
+        let mut bytes = sample().encode().unwrap();
+        bytes[2] = WIRE_VERSION + 1;
+        fix_crc(&mut bytes);
+        assert_eq!(
+            Frame::decode(&bytes),
+            Err(DecodeError::BadVersion(WIRE_VERSION + 1))
+        );
+    }
+
+    #[test]
+    fn decode_bad_kind() {
+        for kind in [0u8, 8, 255] {
+            let mut bytes = sample().encode().unwrap();
+            bytes[3] = kind;
+            fix_crc(&mut bytes);
+            assert_eq!(Frame::decode(&bytes), Err(DecodeError::BadKind(kind)));
+        }
+    }
+
+    #[test]
+    fn decode_bad_checksum() {
+        let good = sample().encode().unwrap();
+        for index in [3, 10, good.len() - 6, good.len() - 1] {
+            let mut bytes = good.clone();
+            bytes[index] ^= 0x10;
+            assert_eq!(
+                Frame::decode(&bytes),
+                Err(DecodeError::BadChecksum),
+                "byte {index}"
+            );
+        }
+    }
+
+    #[test]
+    fn decode_bad_id() {
+        let good = sample().encode().unwrap();
+        // A forbidden byte inside `from`.
+        let mut bytes = good.clone();
+        bytes[FROM_LEN_OFFSET + 2] = b' ';
+        fix_crc(&mut bytes);
+        assert!(matches!(Frame::decode(&bytes), Err(DecodeError::BadId(_))));
+        // A forbidden byte inside `to` (offset 19 is its first byte for the sample).
+        let mut bytes = good.clone();
+        bytes[19] = 0xff;
+        fix_crc(&mut bytes);
+        assert!(matches!(Frame::decode(&bytes), Err(DecodeError::BadId(_))));
+        // Zero-length and over-long ids.
+        for len in [0u8, MAX_ID_BYTES as u8 + 1, 255] {
+            let mut bytes = good.clone();
+            bytes[FROM_LEN_OFFSET] = len;
+            fix_crc(&mut bytes);
+            assert!(
+                matches!(Frame::decode(&bytes), Err(DecodeError::BadId(_))),
+                "len {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn decode_bad_length() {
+        let good = sample().encode().unwrap();
+        let payload_len_offset = good.len() - CRC_BYTES - 5 - 4;
+        // payload_len one too big, one too small, huge.
+        for delta in [1i64, -1, 1 << 31] {
+            let mut bytes = good.clone();
+            let value = (5 + delta) as u32;
+            bytes[payload_len_offset..payload_len_offset + 4].copy_from_slice(&value.to_le_bytes());
+            fix_crc(&mut bytes);
+            assert_eq!(
+                Frame::decode(&bytes),
+                Err(DecodeError::BadLength),
+                "delta {delta}"
+            );
+        }
+        // An extra byte before the trailer.
+        let mut bytes = good.clone();
+        bytes.insert(good.len() - CRC_BYTES, 0);
+        fix_crc(&mut bytes);
+        assert_eq!(Frame::decode(&bytes), Err(DecodeError::BadLength));
+        // `from_len` claims more bytes than the datagram has.
+        let tiny = Frame {
+            from: id("a"),
+            to: id("b"),
+            payload: Vec::new(),
+            ..sample()
+        };
+        let mut bytes = tiny.encode().unwrap();
+        bytes[FROM_LEN_OFFSET] = MAX_ID_BYTES as u8;
+        fix_crc(&mut bytes);
+        assert_eq!(Frame::decode(&bytes), Err(DecodeError::BadLength));
+    }
+
+    #[test]
+    fn decoded_frames_reencode_identically() {
+        let bytes = sample().encode().unwrap();
+        let frame = Frame::decode(&bytes).unwrap();
+        assert_eq!(frame.encode().unwrap(), bytes);
     }
 }

@@ -12,6 +12,6 @@ pub mod endpoint;
 pub mod faults;
 pub mod frame;
 
-pub use endpoint::{Endpoint, EndpointStats};
-pub use faults::FaultConfig;
-pub use frame::{DecodeError, EncodeError, Frame, FrameKind, Incarnation, ProcessId, Seq};
+pub use endpoint::{Endpoint, EndpointOptions, EndpointStats, FaultsFile, SendError};
+pub use faults::{FaultConfig, FaultInjector, FaultParseError};
+pub use frame::{DecodeError, EncodeError, Frame, FrameKind, IdError, Incarnation, ProcessId, Seq};
