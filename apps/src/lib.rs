@@ -1,1 +1,12 @@
-//! Example Ken services. Each app is a pure handler library plus a thin binary.
+//! Example Ken services. Each app is a pure handler library (this crate) plus a thin binary
+//! (`src/bin/`): the handler is what the simulation and the torture harness drive, the
+//! binary only parses a command line and calls [`ken::run`].
+//!
+//! - [`pingpong`]: two processes volley a counter up to N; each checks there is no gap and
+//!   no repeat in what it receives.
+//! - [`bank`]: accounts spread over processes; timers drive random transfers; money is
+//!   conserved and no transfer is applied twice.
+
+pub mod bank;
+pub mod cli;
+pub mod pingpong;

@@ -1,0 +1,313 @@
+//! Bank: accounts spread over several processes, moved around by random transfers.
+//!
+//! Every member holds `accounts` accounts (table `accounts`). A durable timer drives
+//! transfers: debit a local account, record the transfer in `sent` under a unique id (the
+//! sender's transfer counter), and send a `Credit` to a random other member, which applies it
+//! and records it in `applied` under (sender, transfer id). All in atomic turns, so:
+//!
+//! - **Conservation**: the sum of all balances plus the amounts of transfers sent but not
+//!   yet applied is `members x accounts x initial_balance`, at every committed state.
+//! - **Exactly once**: a transfer is applied at most once (the handler counts
+//!   `duplicate_credits`, which must stay 0), and only if its debit was committed (every
+//!   applied transfer is in the sender's `sent` table with the same amount).
+//!
+//! [`audit`] checks both over [`BankView`]s read from the stores.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ken::{Handler, Input, ProcessId, Turn};
+use serde::{Deserialize, Serialize};
+
+pub const ACCOUNTS_TABLE: &str = "accounts";
+pub const SENT_TABLE: &str = "sent";
+pub const APPLIED_TABLE: &str = "applied";
+pub const TRANSFER_TIMER: &str = "transfer";
+
+/// The bank handler of one member.
+#[derive(Debug, Clone)]
+pub struct Bank {
+    pub id: ProcessId,
+    /// Every member, this one included.
+    pub members: Vec<ProcessId>,
+    pub accounts: u32,
+    pub initial_balance: i64,
+    /// Time between two transfers.
+    pub transfer_interval: Duration,
+    /// Transfers to start in all (0 = no limit).
+    pub transfers_max: u64,
+    /// Skip a transfer when the outbox to its destination holds this many messages.
+    pub outbox_limit: usize,
+}
+
+/// A member's durable root state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub next_transfer: u64,
+    pub transfers_started: u64,
+    pub transfers_skipped: u64,
+    pub credits_applied: u64,
+    /// Credits that arrived a second time. Exactly-once delivery keeps this 0.
+    pub duplicate_credits: u64,
+}
+
+/// Messages between members.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Msg {
+    Credit { transfer: u64, account: u32, amount: i64 },
+}
+
+/// A transfer as the sender recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sent {
+    pub to: String,
+    pub account: u32,
+    pub amount: i64,
+}
+
+/// Key of an `applied` row: sender id, a zero byte, transfer id big-endian.
+pub fn applied_key(from: &str, transfer: u64) -> Vec<u8> {
+    let mut k = from.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(&transfer.to_be_bytes());
+    k
+}
+
+/// Inverse of [`applied_key`].
+pub fn parse_applied_key(key: &[u8]) -> Option<(String, u64)> {
+    let zero = key.iter().position(|&b| b == 0)?;
+    let from = std::str::from_utf8(&key[..zero]).ok()?.to_string();
+    let t: [u8; 8] = key[zero + 1..].try_into().ok()?;
+    Some((from, u64::from_be_bytes(t)))
+}
+
+impl Bank {
+    fn others(&self) -> Vec<&ProcessId> {
+        self.members.iter().filter(|m| **m != self.id).collect()
+    }
+
+    fn transfer(&self, state: &mut State, turn: &mut Turn<'_, Msg>) {
+        let others = self.others();
+        if others.is_empty() || self.accounts == 0 {
+            return;
+        }
+        let to = others[turn.random_below(others.len() as u64) as usize].clone();
+        if turn.outbox_depth(&to) >= self.outbox_limit {
+            state.transfers_skipped += 1;
+            return;
+        }
+        let from_account = turn.random_below(self.accounts as u64) as u32;
+        let to_account = turn.random_below(self.accounts as u64) as u32;
+        let balance: i64 = turn
+            .table(ACCOUNTS_TABLE)
+            .get(from_account.to_be_bytes())
+            .unwrap_or(0);
+        if balance <= 0 {
+            state.transfers_skipped += 1;
+            return;
+        }
+        let amount = 1 + turn.random_below(balance.min(100) as u64) as i64;
+        let transfer = state.next_transfer;
+        state.next_transfer += 1;
+        state.transfers_started += 1;
+        turn.table(ACCOUNTS_TABLE)
+            .put(from_account.to_be_bytes(), &(balance - amount));
+        turn.table(SENT_TABLE).put(
+            transfer.to_be_bytes(),
+            &Sent {
+                to: to.to_string(),
+                account: to_account,
+                amount,
+            },
+        );
+        turn.send(
+            &to,
+            &Msg::Credit {
+                transfer,
+                account: to_account,
+                amount,
+            },
+        )
+        .expect("members are in the address book");
+    }
+}
+
+impl Handler for Bank {
+    type State = State;
+    type Message = Msg;
+
+    fn on_turn(&self, state: &mut State, turn: &mut Turn<'_, Msg>, input: Input<Msg>) {
+        match input {
+            Input::Start => {
+                for a in 0..self.accounts {
+                    turn.table(ACCOUNTS_TABLE)
+                        .put(a.to_be_bytes(), &self.initial_balance);
+                }
+                turn.set_timer(TRANSFER_TIMER, self.transfer_interval);
+            }
+            Input::Timer { name } if name == TRANSFER_TIMER => {
+                let exhausted = self.transfers_max > 0 && state.transfers_started >= self.transfers_max;
+                if !exhausted {
+                    self.transfer(state, turn);
+                    turn.set_timer(TRANSFER_TIMER, self.transfer_interval);
+                }
+            }
+            Input::Message {
+                from,
+                message:
+                    Msg::Credit {
+                        transfer,
+                        account,
+                        amount,
+                    },
+                ..
+            } => {
+                let key = applied_key(from.as_str(), transfer);
+                if turn.table(APPLIED_TABLE).contains(&key) {
+                    state.duplicate_credits += 1;
+                    return;
+                }
+                let balance: i64 = turn
+                    .table(ACCOUNTS_TABLE)
+                    .get(account.to_be_bytes())
+                    .unwrap_or(0);
+                turn.table(ACCOUNTS_TABLE)
+                    .put(account.to_be_bytes(), &(balance + amount));
+                turn.table(APPLIED_TABLE).put(&key, &amount);
+                state.credits_applied += 1;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One member's committed bank data, as read from its store (or a model of it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BankView {
+    pub id: String,
+    pub balances: BTreeMap<u32, i64>,
+    pub sent: BTreeMap<u64, Sent>,
+    /// (sender, transfer) -> amount.
+    pub applied: BTreeMap<(String, u64), i64>,
+    pub state: State,
+}
+
+impl BankView {
+    /// Applies one committed table write (as found in a commit batch) to the view.
+    pub fn apply_write(&mut self, table: &str, key: &[u8], value: Option<&[u8]>) -> Result<(), String> {
+        let decode_err = |e: ken::store::codec::DecodeError| format!("{table}: {e}");
+        match table {
+            ACCOUNTS_TABLE => {
+                let k = u32::from_be_bytes(key.try_into().map_err(|_| "bad account key")?);
+                match value {
+                    Some(v) => {
+                        self.balances.insert(k, ken::store::codec::decode(v).map_err(decode_err)?);
+                    }
+                    None => {
+                        self.balances.remove(&k);
+                    }
+                }
+            }
+            SENT_TABLE => {
+                let k = u64::from_be_bytes(key.try_into().map_err(|_| "bad transfer key")?);
+                match value {
+                    Some(v) => {
+                        self.sent.insert(k, ken::store::codec::decode(v).map_err(decode_err)?);
+                    }
+                    None => {
+                        self.sent.remove(&k);
+                    }
+                }
+            }
+            APPLIED_TABLE => {
+                let k = parse_applied_key(key).ok_or("bad applied key")?;
+                match value {
+                    Some(v) => {
+                        self.applied.insert(k, ken::store::codec::decode(v).map_err(decode_err)?);
+                    }
+                    None => {
+                        self.applied.remove(&k);
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Reads a member's committed bank data from its store.
+    pub fn read(reader: &ken::store::Reader) -> Result<BankView, String> {
+        let meta = reader.meta().map_err(|e| e.to_string())?;
+        let mut view = BankView {
+            id: meta.process_id,
+            ..BankView::default()
+        };
+        if let Some(root) = reader.root().map_err(|e| e.to_string())? {
+            view.state = ken::store::codec::decode(&root).map_err(|e| e.to_string())?;
+        }
+        for table in [ACCOUNTS_TABLE, SENT_TABLE, APPLIED_TABLE] {
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let rows = reader
+                    .table_scan(table, &[], after.as_deref(), 1000)
+                    .map_err(|e| e.to_string())?;
+                let Some(last) = rows.last() else { break };
+                after = Some(last.0.clone());
+                for (k, v) in &rows {
+                    view.apply_write(table, k, Some(v))?;
+                }
+            }
+        }
+        Ok(view)
+    }
+}
+
+/// Checks conservation and exactly-once over every member's committed data. Returns one line
+/// per violation (empty = all good).
+pub fn audit(views: &[BankView], accounts: u32, initial_balance: i64) -> Vec<String> {
+    let mut violations = Vec::new();
+    let expected_total = views.len() as i64 * accounts as i64 * initial_balance;
+    let balances: i64 = views.iter().flat_map(|v| v.balances.values()).sum();
+    let mut in_flight = 0i64;
+    for v in views {
+        if v.state.duplicate_credits != 0 {
+            violations.push(format!(
+                "{}: {} credits arrived twice (exactly-once violated)",
+                v.id, v.state.duplicate_credits
+            ));
+        }
+        for (t, s) in &v.sent {
+            let Some(dest) = views.iter().find(|d| d.id == s.to) else {
+                violations.push(format!("{}: transfer {t} to unknown member {}", v.id, s.to));
+                continue;
+            };
+            if !dest.applied.contains_key(&(v.id.clone(), *t)) {
+                in_flight += s.amount;
+            }
+        }
+        for ((from, t), amount) in &v.applied {
+            let sent = views
+                .iter()
+                .find(|s| s.id == *from)
+                .and_then(|s| s.sent.get(t));
+            match sent {
+                None => violations.push(format!(
+                    "{}: applied transfer {from}/{t} that {from} never committed (output validity violated)",
+                    v.id
+                )),
+                Some(s) if s.amount != *amount || s.to != v.id => violations.push(format!(
+                    "{}: applied transfer {from}/{t} of {amount}, but {from} sent {} to {}",
+                    v.id, s.amount, s.to
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+    if balances + in_flight != expected_total {
+        violations.push(format!(
+            "money not conserved: balances {balances} + in flight {in_flight} = {}, expected {expected_total}",
+            balances + in_flight
+        ));
+    }
+    violations
+}

@@ -1,0 +1,342 @@
+//! The tokio driver: wires an [`Engine`] to a [`ken_store::Store`] and a UDP
+//! [`Endpoint`].
+//!
+//! One current-thread tokio runtime runs the engine loop; the store lives on its own thread
+//! (commits block on fsync) and talks to the loop through two bounded channels; a receive
+//! task feeds frames through a bounded channel that the loop stops reading when the engine
+//! applies backpressure.
+//!
+//! Invariant (output commit, the driver's half): a [`Command::Send`] or [`Command::Emit`] is
+//! executed only if the batch it depends on (`after`) has been reported durable by the store
+//! thread. The driver asserts it, independently of the engine's own assertions.
+//!
+//! Failure policy: a failed commit stops the process (exit code non-zero, clear message); it
+//! is never retried. Restart = run the same command again.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ken_store::{Batch, CommitError, Store, StoreOptions};
+use ken_transport::{Endpoint, FaultConfig, ProcessId};
+use tokio::sync::mpsc;
+
+use crate::engine::{BatchId, Command, Engine, EngineConfig, EngineError};
+use crate::{Handler, Time, Tuning};
+
+/// Frames buffered between the receive task and the engine loop.
+const FRAME_QUEUE_MAX: usize = 4096;
+
+/// Frames the engine loop handles before it looks at other events again.
+const FRAMES_PER_WAKEUP_MAX: usize = 256;
+
+/// How a process is run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub id: ProcessId,
+    /// UDP address to listen on (port 0 picks one; see [`Config::on_bound`]).
+    pub listen: SocketAddr,
+    /// The store file (created if missing).
+    pub store: PathBuf,
+    /// Address book: where each peer listens.
+    pub peers: BTreeMap<ProcessId, SocketAddr>,
+    pub tuning: Tuning,
+    /// Network faults to inject (tests). `None`: read `KEN_FAULTS` from the environment.
+    pub faults: Option<FaultConfig>,
+    /// After the handler reports its work finished, keep answering (re-acknowledging
+    /// retransmissions) this long before exiting, so peers waiting on a lost final
+    /// acknowledgement get it.
+    pub finish_linger: Duration,
+    pub store_options: StoreOptions,
+    /// Print a line `{"event":"listening","id":..,"addr":..}` to stderr once bound.
+    pub announce: bool,
+}
+
+impl Config {
+    /// A config with default tuning.
+    pub fn new(id: ProcessId, listen: SocketAddr, store: impl Into<PathBuf>) -> Config {
+        Config {
+            id,
+            listen,
+            store: store.into(),
+            peers: BTreeMap::new(),
+            tuning: Tuning::default(),
+            faults: None,
+            finish_linger: Duration::from_millis(1500),
+            store_options: StoreOptions::default(),
+            announce: false,
+        }
+    }
+
+    /// Applies the test-only environment switches (`KEN_UNSAFE_RELEASE_BEFORE_COMMIT=1`).
+    pub fn with_env_switches(mut self) -> Config {
+        if std::env::var("KEN_UNSAFE_RELEASE_BEFORE_COMMIT").is_ok_and(|v| v == "1") {
+            tracing::warn!("KEN_UNSAFE_RELEASE_BEFORE_COMMIT=1: outputs leave before commit (test only)");
+            self.tuning.release_before_commit = true;
+        }
+        self
+    }
+}
+
+/// How [`run`] ended when it did not fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// The handler reported its work finished (the report was printed to stdout).
+    Finished { report: String },
+}
+
+/// Why a process stopped. Each is printed as one line; the process exits non-zero and may
+/// be restarted with the same command (committed data is intact) once the cause is fixed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    #[error("cannot open store: {0}")]
+    Open(#[from] ken_store::OpenError),
+    #[error("cannot bind UDP {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("bad KEN_FAULTS: {0}")]
+    Faults(String),
+    #[error("commit failed, stopping (restart the process to recover from the last commit): {0}")]
+    Commit(#[from] CommitError),
+    #[error("stopping: {0}")]
+    Engine(#[from] EngineError),
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("the store thread died unexpectedly")]
+    StoreThread,
+}
+
+/// Runs a process until its handler reports it finished (most never do) or it fails.
+/// Restart after a crash is the same call: recovery from the store, then retransmission of
+/// the outbox.
+pub fn run<H: Handler>(config: Config, handler: H) -> Result<Exit, RunError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(RunError::Runtime)?;
+    rt.block_on(run_async(config, handler))
+}
+
+struct StoreThread {
+    commits: std::sync::mpsc::SyncSender<(BatchId, Batch)>,
+    done: mpsc::Receiver<(BatchId, Result<(), CommitError>)>,
+}
+
+fn spawn_store_thread(mut store: Store) -> StoreThread {
+    let (commit_tx, commit_rx) = std::sync::mpsc::sync_channel::<(BatchId, Batch)>(1);
+    let (done_tx, done_rx) = mpsc::channel(2);
+    std::thread::Builder::new()
+        .name("ken-store".into())
+        .spawn(move || {
+            while let Ok((id, batch)) = commit_rx.recv() {
+                let result = store.commit(&batch).map(|_| ());
+                let failed = result.is_err();
+                if done_tx.blocking_send((id, result)).is_err() || failed {
+                    break;
+                }
+            }
+        })
+        .expect("spawn the store thread");
+    StoreThread {
+        commits: commit_tx,
+        done: done_rx,
+    }
+}
+
+async fn run_async<H: Handler>(config: Config, handler: H) -> Result<Exit, RunError> {
+    let (store, recovered) = Store::open_with(&config.store, config.id.as_str(), &config.store_options)?;
+    let reader = ken_store::Reader::open(&config.store)?;
+    tracing::info!(
+        id = %config.id,
+        incarnation = recovered.incarnation,
+        created = recovered.created,
+        turns = recovered.turns_committed,
+        outbox = recovered.outbox.len(),
+        "recovered"
+    );
+    let faults = match &config.faults {
+        Some(f) => Some(f.clone()),
+        None => FaultConfig::from_env().map_err(|e| RunError::Faults(e.to_string()))?,
+    };
+    let endpoint = match faults {
+        Some(f) => Endpoint::bind_with_faults(config.listen, f),
+        None => Endpoint::bind(config.listen),
+    }
+    .map_err(|source| RunError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let endpoint = Arc::new(endpoint);
+    if config.announce {
+        eprintln!(
+            "{{\"event\":\"listening\",\"id\":\"{}\",\"addr\":\"{}\"}}",
+            config.id,
+            endpoint.local_addr()
+        );
+    }
+
+    let engine_config = EngineConfig {
+        id: config.id.clone(),
+        peers: config.peers.keys().cloned().collect(),
+        tuning: config.tuning.clone(),
+        seed: rand::random(),
+    };
+    let mut engine = Engine::recover(engine_config, handler, recovered, Box::new(reader))?;
+    let mut store = spawn_store_thread(store);
+
+    let (frame_tx, mut frame_rx) = mpsc::channel(FRAME_QUEUE_MAX);
+    let recv_endpoint = Arc::clone(&endpoint);
+    let receiver = tokio::spawn(async move {
+        loop {
+            match recv_endpoint.recv().await {
+                Ok((frame, _from)) => {
+                    if frame_tx.send(frame).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "receive error"),
+            }
+        }
+    });
+
+    let mut out = Out {
+        endpoint: &endpoint,
+        peers: &config.peers,
+        durable: 0,
+        committing: false,
+        allow_early_release: config.tuning.release_before_commit,
+        finish_linger: config.finish_linger,
+        finished: None,
+    };
+    engine.start(Time::now_wall());
+    let result = loop {
+        if let Err(e) = out.execute(&mut engine, &store).await {
+            break Err(e);
+        }
+        if let Some((report, until)) = &out.finished {
+            if Time::now_wall() >= *until {
+                break Ok(Exit::Finished {
+                    report: report.clone(),
+                });
+            }
+        }
+        let now = Time::now_wall();
+        let mut wake = engine.next_deadline();
+        if let Some((_, until)) = &out.finished {
+            wake = Some(wake.map_or(*until, |w| w.min(*until)));
+        }
+        let sleep_for = wake.map(|w| w.since(now));
+        if sleep_for == Some(Duration::ZERO) {
+            engine.tick(now);
+            continue;
+        }
+        let accepting = engine.accepting_input();
+        tokio::select! {
+            biased;
+            done = store.done.recv() => {
+                let Some((id, result)) = done else { break Err(RunError::StoreThread) };
+                if let Err(e) = result {
+                    break Err(RunError::Commit(e));
+                }
+                out.durable = id;
+                out.committing = false;
+                engine.commit_done(Time::now_wall(), id);
+            }
+            frame = frame_rx.recv(), if accepting => {
+                let Some(frame) = frame else { break Err(RunError::StoreThread) };
+                let now = Time::now_wall();
+                engine.handle_frame(now, frame);
+                let mut n = 1;
+                while n < FRAMES_PER_WAKEUP_MAX && engine.accepting_input() {
+                    match frame_rx.try_recv() {
+                        Ok(frame) => engine.handle_frame(now, frame),
+                        Err(_) => break,
+                    }
+                    n += 1;
+                }
+            }
+            _ = tokio::time::sleep(sleep_for.unwrap_or(Duration::from_secs(3600))) => {
+                engine.tick(Time::now_wall());
+            }
+        }
+    };
+    receiver.abort();
+    drop(store.commits);
+    result
+}
+
+/// Executes engine commands against the world, checking output commit on the way.
+struct Out<'a> {
+    endpoint: &'a Endpoint,
+    peers: &'a BTreeMap<ProcessId, SocketAddr>,
+    /// Newest batch the store thread reported durable.
+    durable: BatchId,
+    committing: bool,
+    allow_early_release: bool,
+    finish_linger: Duration,
+    /// The finished report and when to exit (after lingering).
+    finished: Option<(String, Time)>,
+}
+
+impl Out<'_> {
+    async fn execute<H: Handler>(
+        &mut self,
+        engine: &mut Engine<H>,
+        store: &StoreThread,
+    ) -> Result<(), RunError> {
+        for cmd in engine.take_commands() {
+            match cmd {
+                Command::Commit { id, batch } => {
+                    assert!(!self.committing, "at most one batch commits at a time");
+                    assert_eq!(id, self.durable + 1, "batches commit in order");
+                    self.committing = true;
+                    store
+                        .commits
+                        .try_send((id, batch))
+                        .map_err(|_| RunError::StoreThread)?;
+                }
+                Command::Send { to, frame, after } => {
+                    assert!(
+                        after <= self.durable || self.allow_early_release,
+                        "output commit violated: frame depends on batch {after}, durable is {}",
+                        self.durable
+                    );
+                    let Some(addr) = self.peers.get(&to) else {
+                        tracing::warn!(peer = %to, "no address for peer; frame dropped");
+                        continue;
+                    };
+                    if let Err(e) = self.endpoint.send(*addr, &frame).await {
+                        tracing::debug!(peer = %to, error = %e, "send failed");
+                    }
+                }
+                Command::Emit { line, after } => {
+                    assert!(
+                        after <= self.durable || self.allow_early_release,
+                        "output commit violated: emit depends on batch {after}, durable is {}",
+                        self.durable
+                    );
+                    let mut stdout = std::io::stdout().lock();
+                    let _ = writeln!(stdout, "{line}");
+                    let _ = stdout.flush();
+                }
+                Command::Finished { report } => {
+                    {
+                        let mut stdout = std::io::stdout().lock();
+                        let _ = writeln!(stdout, "{report}");
+                        let _ = stdout.flush();
+                    }
+                    let until = Time::now_wall().add(self.finish_linger);
+                    self.finished = Some((report, until));
+                }
+                Command::Fatal { error } => return Err(RunError::Engine(error)),
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,986 @@
+//! The Ken protocol as a state machine with no I/O.
+//!
+//! Events in: [`Engine::start`], [`Engine::handle_frame`], [`Engine::tick`] (time passed:
+//! timers and retransmissions), [`Engine::commit_done`]. Commands out
+//! ([`Engine::take_commands`]): [`Command::Commit`] a batch, [`Command::Send`] a frame,
+//! [`Command::Emit`] a line of output, [`Command::Finished`], [`Command::Fatal`]. The
+//! engine never reads a clock, a socket or a file: time comes with every event, randomness
+//! from a seed, committed table rows through a [`tables::TableSource`]. A test
+//! (`engine_is_sans_io`) greps this module for forbidden imports.
+//!
+//! Pipelined group commit: turns run into the *filling* batch; when no batch is
+//! *committing*, the filling batch is sealed and handed out as [`Command::Commit`] at once
+//! (an isolated turn is committed immediately). While it commits, turns keep running into the
+//! next batch. Only [`Engine::commit_done`] releases a batch's outputs: its messages become
+//! transmittable, the inputs it consumed are acknowledged, its emitted lines are released.
+//!
+//! Invariants (asserted here, checked again by the driver and the simulation):
+//! - Output commit: a data frame carries a message only if the batch that created it is
+//!   durable; an acknowledgement never exceeds what durable turns consumed.
+//! - At most one batch commits at a time; batch ids are consecutive.
+//! - Per peer: see [`peer`].
+
+pub(crate) mod peer;
+pub mod tables;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::marker::PhantomData;
+
+use ken_store::{Batch, OutboxAck, OutboxRow, PeerRow, Recovered, TableWrite, TimerChange, TurnLogEntry};
+use ken_transport::{Frame, FrameKind, Incarnation, ProcessId, Seq};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::handler::{Effects, Handler, Input, PeerView, TimerOp, Turn};
+use crate::{limits, Time, Tuning};
+use peer::{OutEntry, Peer};
+use tables::{TableOverlay, TableSource};
+
+/// Identifies a commit batch of this engine's life (1, 2, 3, ...). Not durable.
+pub type BatchId = u64;
+
+/// What the engine asks its host to do.
+#[derive(Debug)]
+pub enum Command {
+    /// Commit this batch durably, then call [`Engine::commit_done`] with its id. At most one
+    /// is outstanding.
+    Commit { id: BatchId, batch: Batch },
+    /// Transmit this frame. `after` is the newest batch whose durability it depends on: the
+    /// host must have seen `commit_done(after)` (the driver asserts it).
+    Send { to: ProcessId, frame: Frame, after: BatchId },
+    /// Release a line of output (emitted by a committed turn).
+    Emit { line: String, after: BatchId },
+    /// The handler reported its work done on committed state with every outbox empty.
+    Finished { report: String },
+    /// The process must stop: nothing further will be committed or released.
+    Fatal { error: EngineError },
+}
+
+/// Why the engine stopped. After any of these the engine ignores every event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    #[error("the stored root state does not decode as this application's state type: {0}")]
+    RootDecode(String),
+    #[error("root state of {bytes} bytes exceeds the {max_bytes}-byte limit; keep large data in tables")]
+    RootTooLarge { bytes: usize, max_bytes: usize },
+    #[error("turn {turn} failed and was discarded: {what}")]
+    TurnFault { turn: u64, what: String },
+    #[error("recovered outbox for peer `{peer}` is inconsistent: {what}; run `ken inspect STORE verify`")]
+    BadOutbox { peer: String, what: String },
+    #[error("invalid process id `{0}` in the store")]
+    BadPeerId(String),
+}
+
+/// Counters over the life of an engine (not durable).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub turns: u64,
+    pub commits: u64,
+    pub messages_sent: u64,
+    pub retransmits: u64,
+    pub acks_sent: u64,
+    pub frames_in: u64,
+    pub duplicates_dropped: u64,
+    pub out_of_order_buffered: u64,
+    pub out_of_order_dropped: u64,
+    pub backpressure_dropped: u64,
+    pub undecodable_messages: u64,
+    pub misaddressed_frames: u64,
+    pub unknown_peer_frames: u64,
+    pub unsupported_frames: u64,
+    pub malformed_frames: u64,
+    /// Frames addressed to another incarnation of this process (answered with a reject).
+    pub stale_incarnation_frames: u64,
+    /// Frames from a peer whose incarnation differs from the one we know (wiped store).
+    pub foreign_incarnation_frames: u64,
+    /// Rejects received: a peer says our frames address an incarnation it no longer is.
+    pub rejects_received: u64,
+    /// Acknowledgements of messages never sent (ignored).
+    pub bogus_acks: u64,
+}
+
+/// Static configuration of an engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub id: ProcessId,
+    /// The peers this process may exchange messages with.
+    pub peers: Vec<ProcessId>,
+    pub tuning: Tuning,
+    /// Seed of the generator behind [`Turn::random_u64`].
+    pub seed: u64,
+}
+
+#[derive(Debug, Default)]
+struct Filling {
+    batch: Batch,
+    turns: u32,
+    bytes: usize,
+    emits: Vec<String>,
+    /// Anything to commit: a turn ran, or peer counters changed.
+    nonempty: bool,
+}
+
+#[derive(Debug)]
+struct Committing {
+    id: BatchId,
+    /// Per peer changed in the batch: (next_seq, delivered) as of the seal.
+    snapshot: Vec<(ProcessId, u64, u64)>,
+    emits: Vec<String>,
+}
+
+struct PeerDepths<'a>(&'a BTreeMap<ProcessId, Peer>);
+
+impl PeerView for PeerDepths<'_> {
+    fn is_peer(&self, id: &ProcessId) -> bool {
+        self.0.contains_key(id)
+    }
+    fn outbox_depth(&self, id: &ProcessId) -> usize {
+        self.0.get(id).map_or(0, |p| p.outbox.len())
+    }
+}
+
+/// A summary of one peer's protocol state, for tests, stats and tools.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub id: ProcessId,
+    pub incarnation: Incarnation,
+    pub next_seq: u64,
+    pub acked: u64,
+    pub delivered: u64,
+    pub delivered_committed: u64,
+    pub outbox: usize,
+    pub in_flight: usize,
+}
+
+/// The Ken engine of one process running handler `H`.
+pub struct Engine<H: Handler> {
+    id: ProcessId,
+    incarnation: Incarnation,
+    tuning: Tuning,
+    handler: H,
+    state: H::State,
+    rng: ChaCha8Rng,
+    peers: BTreeMap<ProcessId, Peer>,
+    timers: BTreeMap<String, Time>,
+    timer_queue: BTreeSet<(Time, String)>,
+    tables: TableOverlay,
+    last_root: Vec<u8>,
+    /// Turns over the life of the store, including uncommitted ones.
+    turns_total: u64,
+    needs_start: bool,
+    /// Id of the filling batch.
+    next_batch: BatchId,
+    /// Newest durable batch.
+    durable: BatchId,
+    filling: Filling,
+    committing: Option<Committing>,
+    commands: Vec<Command>,
+    stats: EngineStats,
+    finished_reported: bool,
+    failed: bool,
+}
+
+impl<H: Handler> std::fmt::Debug for Engine<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("id", &self.id)
+            .field("incarnation", &self.incarnation)
+            .field("durable", &self.durable)
+            .field("turns_total", &self.turns_total)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H: Handler> Engine<H> {
+    /// Builds an engine from what the store recovered. Call [`Engine::start`] next.
+    pub fn recover(
+        config: EngineConfig,
+        handler: H,
+        recovered: Recovered,
+        source: Box<dyn TableSource>,
+    ) -> Result<Engine<H>, EngineError> {
+        config.tuning.validate();
+        let state = match &recovered.root {
+            Some(bytes) => ken_store::codec::decode::<H::State>(bytes)
+                .map_err(|e| EngineError::RootDecode(e.to_string()))?,
+            None => H::State::default(),
+        };
+        let mut peers = BTreeMap::new();
+        for id in &config.peers {
+            if *id != config.id {
+                peers.insert(id.clone(), Peer::new(id.clone(), &config.tuning));
+            }
+        }
+        for row in &recovered.peers {
+            let id = ProcessId::new(row.peer.clone())
+                .map_err(|_| EngineError::BadPeerId(row.peer.clone()))?;
+            let p = peers
+                .entry(id.clone())
+                .or_insert_with(|| Peer::new(id, &config.tuning));
+            p.incarnation = Incarnation(row.incarnation);
+            p.next_seq = row.next_seq.max(1);
+            p.committed_next_seq = p.next_seq;
+            p.acked = row.acked;
+            p.acked_stored = row.acked;
+            p.delivered = row.delivered;
+            p.delivered_committed = row.delivered;
+            p.ack_sent = 0;
+            if p.acked >= p.next_seq {
+                return Err(EngineError::BadOutbox {
+                    peer: row.peer.clone(),
+                    what: format!("acked {} >= next_seq {}", p.acked, p.next_seq),
+                });
+            }
+        }
+        for row in &recovered.outbox {
+            let id = ProcessId::new(row.peer.clone())
+                .map_err(|_| EngineError::BadPeerId(row.peer.clone()))?;
+            let Some(p) = peers.get_mut(&id) else {
+                return Err(EngineError::BadOutbox {
+                    peer: row.peer.clone(),
+                    what: "outbox rows without a peer row".into(),
+                });
+            };
+            let expected = p.acked + 1 + p.outbox.len() as u64;
+            if row.seq != expected {
+                return Err(EngineError::BadOutbox {
+                    peer: row.peer.clone(),
+                    what: format!("expected seq {expected}, found {}", row.seq),
+                });
+            }
+            p.outbox.push_back(OutEntry {
+                seq: row.seq,
+                payload: row.payload.clone(),
+                first_sent: None,
+                last_sent: Time::ZERO,
+                transmissions: 0,
+            });
+        }
+        for p in peers.values() {
+            if p.outbox.len() as u64 != p.next_seq - 1 - p.acked {
+                return Err(EngineError::BadOutbox {
+                    peer: p.id.to_string(),
+                    what: format!(
+                        "{} rows, but counters say {} (acked {}, next_seq {})",
+                        p.outbox.len(),
+                        p.next_seq - 1 - p.acked,
+                        p.acked,
+                        p.next_seq
+                    ),
+                });
+            }
+        }
+        let mut timers = BTreeMap::new();
+        let mut timer_queue = BTreeSet::new();
+        for t in &recovered.timers {
+            let due = Time::from_millis(t.due_ms);
+            timers.insert(t.name.clone(), due);
+            timer_queue.insert((due, t.name.clone()));
+        }
+        Ok(Engine {
+            id: config.id,
+            incarnation: Incarnation(recovered.incarnation),
+            tuning: config.tuning,
+            handler,
+            state,
+            rng: ChaCha8Rng::seed_from_u64(config.seed),
+            peers,
+            timers,
+            timer_queue,
+            tables: TableOverlay::new(source),
+            last_root: recovered.root.unwrap_or_default(),
+            turns_total: recovered.turns_committed,
+            needs_start: recovered.turns_committed == 0,
+            next_batch: 1,
+            durable: 0,
+            filling: Filling::default(),
+            committing: None,
+            commands: Vec::new(),
+            stats: EngineStats::default(),
+            finished_reported: false,
+            failed: false,
+        })
+    }
+
+    /// Starts the process: the `Start` turn of a fresh process, then transmission of the
+    /// recovered outbox.
+    pub fn start(&mut self, now: Time) {
+        if self.failed {
+            return;
+        }
+        if self.needs_start {
+            self.needs_start = false;
+            self.run_turn(now, Input::Start, "start", String::new(), 0);
+        }
+        let ids: Vec<ProcessId> = self.peers.keys().cloned().collect();
+        for id in &ids {
+            self.pump(now, id);
+        }
+        self.after_event(now);
+    }
+
+    /// A frame arrived from the network.
+    pub fn handle_frame(&mut self, now: Time, frame: Frame) {
+        if self.failed {
+            return;
+        }
+        self.stats.frames_in += 1;
+        self.on_frame(now, frame);
+        self.after_event(now);
+    }
+
+    /// Time passed: fires due timers (while input is accepted) and retransmits.
+    pub fn tick(&mut self, now: Time) {
+        if self.failed {
+            return;
+        }
+        while self.accepting_input() && !self.failed {
+            let Some((due, name)) = self.timer_queue.first().cloned() else {
+                break;
+            };
+            if due > now {
+                break;
+            }
+            self.timer_queue.remove(&(due, name.clone()));
+            self.timers.remove(&name);
+            self.filling
+                .batch
+                .timers
+                .push(TimerChange::Cancel { name: name.clone() });
+            self.run_turn(now, Input::Timer { name: name.clone() }, "timer", name, 0);
+        }
+        let due: Vec<ProcessId> = self
+            .peers
+            .values()
+            .filter(|p| p.retransmit_at.is_some_and(|t| t <= now))
+            .map(|p| p.id.clone())
+            .collect();
+        for id in &due {
+            self.retransmit(now, id);
+        }
+        self.after_event(now);
+    }
+
+    /// The store reports batch `id` durable: release its outputs.
+    ///
+    /// # Panics
+    /// If `id` is not the batch committing (a host bug).
+    pub fn commit_done(&mut self, now: Time, id: BatchId) {
+        if self.failed {
+            return;
+        }
+        let c = self
+            .committing
+            .take()
+            .expect("commit_done without a batch committing");
+        assert_eq!(c.id, id, "commit_done for batch {id}, but {} is committing", c.id);
+        assert_eq!(self.durable + 1, id, "batches commit in order");
+        self.durable = id;
+        self.stats.commits += 1;
+        self.tables.batch_durable(id);
+        for (pid, next_seq, delivered) in &c.snapshot {
+            let p = self.peers.get_mut(pid).expect("snapshot names a known peer");
+            assert!(*next_seq >= p.committed_next_seq && *next_seq <= p.next_seq);
+            assert!(*delivered >= p.delivered_committed && *delivered <= p.delivered);
+            p.committed_next_seq = *next_seq;
+            p.delivered_committed = *delivered;
+        }
+        for (pid, _, _) in &c.snapshot {
+            self.pump(now, pid);
+            self.ack_if_owed(pid);
+        }
+        for line in c.emits {
+            self.commands.push(Command::Emit {
+                line,
+                after: self.durable,
+            });
+        }
+        self.after_event(now);
+    }
+
+    /// Commands produced so far, in order.
+    pub fn take_commands(&mut self) -> Vec<Command> {
+        std::mem::take(&mut self.commands)
+    }
+
+    /// When [`Engine::tick`] should next be called, if anything is scheduled.
+    pub fn next_deadline(&self) -> Option<Time> {
+        let timer = self.timer_queue.first().map(|(t, _)| *t);
+        let rexmit = self.peers.values().filter_map(|p| p.retransmit_at).min();
+        match (timer, rexmit) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// False when both the committing and the filling batch are full: the host should stop
+    /// reading input until a commit finishes (frames that still arrive are dropped and
+    /// retransmitted by their senders).
+    pub fn accepting_input(&self) -> bool {
+        self.committing.is_none()
+            || (self.filling.turns < self.tuning.batch_turns_max
+                && self.filling.bytes < self.tuning.batch_bytes_max)
+    }
+
+    /// True while a batch is committing.
+    pub fn is_committing(&self) -> bool {
+        self.committing.is_some()
+    }
+
+    pub fn id(&self) -> &ProcessId {
+        &self.id
+    }
+
+    pub fn incarnation(&self) -> Incarnation {
+        self.incarnation
+    }
+
+    /// The handler's state, including effects of turns not yet committed.
+    pub fn state(&self) -> &H::State {
+        &self.state
+    }
+
+    pub fn handler(&self) -> &H {
+        &self.handler
+    }
+
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    /// Newest durable batch of this engine's life.
+    pub fn durable_batch(&self) -> BatchId {
+        self.durable
+    }
+
+    pub fn peer_status(&self) -> Vec<PeerStatus> {
+        self.peers
+            .values()
+            .map(|p| PeerStatus {
+                id: p.id.clone(),
+                incarnation: p.incarnation,
+                next_seq: p.next_seq,
+                acked: p.acked,
+                delivered: p.delivered,
+                delivered_committed: p.delivered_committed,
+                outbox: p.outbox.len(),
+                in_flight: p.in_flight,
+            })
+            .collect()
+    }
+
+    /// Smoothed round-trip time to `peer` (send to acknowledgement), once measured.
+    pub fn srtt(&self, peer: &ProcessId) -> Option<std::time::Duration> {
+        self.peers.get(peer).and_then(|p| p.rto.srtt())
+    }
+
+    /// Checks every internal invariant. Cheap; the simulation calls it after every step.
+    pub fn check_invariants(&self) {
+        for p in self.peers.values() {
+            p.check(self.tuning.reorder_buffer_max);
+        }
+        assert_eq!(self.timers.len(), self.timer_queue.len());
+        if let Some(c) = &self.committing {
+            assert_eq!(c.id, self.durable + 1);
+            assert_eq!(self.next_batch, c.id + 1);
+        } else {
+            assert_eq!(self.next_batch, self.durable + 1);
+        }
+    }
+
+    // ---- internals ----
+
+    fn after_event(&mut self, now: Time) {
+        if self.failed {
+            return;
+        }
+        self.maybe_commit(now);
+        self.check_finished();
+    }
+
+    fn fail(&mut self, error: EngineError) {
+        if !self.failed {
+            self.failed = true;
+            self.commands.push(Command::Fatal { error });
+        }
+    }
+
+    fn on_frame(&mut self, now: Time, frame: Frame) {
+        if frame.to != self.id {
+            self.stats.misaddressed_frames += 1;
+            return;
+        }
+        match frame.kind {
+            FrameKind::Data | FrameKind::Ack => {}
+            FrameKind::Reject => {
+                self.stats.rejects_received += 1;
+                tracing::error!(
+                    peer = %frame.from,
+                    "peer rejects our frames: they address an incarnation it no longer is \
+                     (its store was replaced); messages to it cannot be delivered"
+                );
+                return;
+            }
+            _ => {
+                self.stats.unsupported_frames += 1;
+                return;
+            }
+        }
+        if frame.from_incarnation.0 == 0 {
+            self.stats.malformed_frames += 1;
+            return;
+        }
+        if !self.peers.contains_key(&frame.from) {
+            self.stats.unknown_peer_frames += 1;
+            return;
+        }
+        if frame.to_incarnation.0 != 0 && frame.to_incarnation != self.incarnation {
+            self.stats.stale_incarnation_frames += 1;
+            let reject = Frame {
+                kind: FrameKind::Reject,
+                from: self.id.clone(),
+                from_incarnation: self.incarnation,
+                to: frame.from.clone(),
+                to_incarnation: frame.from_incarnation,
+                seq: Seq(0),
+                ack: Seq(0),
+                payload: format!(
+                    "frame addressed incarnation {}, this process is incarnation {}",
+                    frame.to_incarnation, self.incarnation
+                )
+                .into_bytes(),
+            };
+            self.commands.push(Command::Send {
+                to: frame.from,
+                frame: reject,
+                after: self.durable,
+            });
+            return;
+        }
+        let p = self.peers.get_mut(&frame.from).expect("checked above");
+        if p.incarnation.0 == 0 {
+            // Persisted with the next batch; not worth a commit of its own (if lost in a
+            // crash, it is learned again from the next frame).
+            p.incarnation = frame.from_incarnation;
+            p.dirty = true;
+        } else if p.incarnation != frame.from_incarnation {
+            self.stats.foreign_incarnation_frames += 1;
+            if !p.foreign_incarnation_seen {
+                p.foreign_incarnation_seen = true;
+                tracing::error!(
+                    peer = %frame.from,
+                    known = %p.incarnation,
+                    seen = %frame.from_incarnation,
+                    "frames from a new incarnation of a peer (its store was replaced); \
+                     they are rejected, not delivered"
+                );
+            }
+            return;
+        }
+        let from = frame.from.clone();
+        self.on_ack(now, &from, frame.ack.0);
+        if frame.kind == FrameKind::Data {
+            self.on_data(now, &from, frame.seq.0, frame.payload);
+        }
+    }
+
+    fn on_ack(&mut self, now: Time, pid: &ProcessId, ack: u64) {
+        let p = self.peers.get_mut(pid).expect("known peer");
+        if ack <= p.acked {
+            return;
+        }
+        if ack >= p.committed_next_seq {
+            // Acknowledges a message never committed, so never transmitted: a confused or
+            // malicious peer. (Untransmitted-in-this-life messages may be acked: they were
+            // transmitted before a restart.)
+            self.stats.bogus_acks += 1;
+            return;
+        }
+        let mut sample = None;
+        while p.outbox.front().is_some_and(|e| e.seq <= ack) {
+            let e = p.outbox.pop_front().expect("front exists");
+            // The in-flight messages are a prefix of the outbox.
+            p.in_flight = p.in_flight.saturating_sub(1);
+            if e.transmissions == 1 {
+                if let Some(first) = e.first_sent {
+                    sample = Some(now.since(first));
+                }
+            }
+        }
+        p.acked = ack;
+        p.dirty = true;
+        self.filling.nonempty = true;
+        if let Some(s) = sample {
+            p.rto.sample(s);
+        }
+        p.rto.reset_backoff();
+        p.retransmit_at = (p.in_flight > 0).then(|| now.add(p.rto.current()));
+        self.pump(now, pid);
+    }
+
+    fn on_data(&mut self, now: Time, pid: &ProcessId, seq: u64, payload: Vec<u8>) {
+        if seq == 0 {
+            self.stats.malformed_frames += 1;
+            return;
+        }
+        let accepting = self.accepting_input();
+        let reorder_max = self.tuning.reorder_buffer_max;
+        let p = self.peers.get_mut(pid).expect("known peer");
+        if seq <= p.delivered {
+            self.stats.duplicates_dropped += 1;
+            if seq <= p.delivered_committed {
+                self.send_ack(pid);
+            }
+            return;
+        }
+        if !accepting {
+            self.stats.backpressure_dropped += 1;
+            return;
+        }
+        if seq > p.delivered + 1 {
+            if seq <= p.delivered + reorder_max && !p.reorder.contains_key(&seq) {
+                p.reorder.insert(seq, payload);
+                self.stats.out_of_order_buffered += 1;
+            } else {
+                self.stats.out_of_order_dropped += 1;
+            }
+            return;
+        }
+        self.deliver(now, pid, seq, payload);
+        loop {
+            if self.failed {
+                return;
+            }
+            let p = self.peers.get_mut(pid).expect("known peer");
+            let next = p.delivered + 1;
+            let Some(payload) = p.reorder.remove(&next) else {
+                break;
+            };
+            self.deliver(now, pid, next, payload);
+        }
+    }
+
+    fn deliver(&mut self, now: Time, pid: &ProcessId, seq: u64, payload: Vec<u8>) {
+        let p = self.peers.get_mut(pid).expect("known peer");
+        assert_eq!(seq, p.delivered + 1, "deliver in order");
+        p.delivered = seq;
+        p.dirty = true;
+        match ken_store::codec::decode::<H::Message>(&payload) {
+            Ok(message) => {
+                let input = Input::Message {
+                    from: pid.clone(),
+                    seq: Seq(seq),
+                    message,
+                };
+                self.run_turn(now, input, "message", pid.to_string(), seq);
+            }
+            Err(e) => {
+                // Consumed without calling the handler: acknowledged, counted and logged
+                // so that the pair does not stall and an operator can find it.
+                self.stats.undecodable_messages += 1;
+                tracing::warn!(peer = %pid, seq, error = %e, "undecodable message consumed");
+                self.turns_total += 1;
+                self.filling.turns += 1;
+                self.filling.nonempty = true;
+                self.filling.batch.turn_log.push(TurnLogEntry {
+                    turn: self.turns_total,
+                    at_ms: now.as_millis(),
+                    input_kind: "undecodable".into(),
+                    input_source: pid.to_string(),
+                    input_seq: seq,
+                    messages_out: 0,
+                    outputs: 0,
+                    bytes_written: 0,
+                    note: e.to_string(),
+                });
+            }
+        }
+    }
+
+    fn run_turn(&mut self, now: Time, input: Input<H::Message>, kind: &str, source: String, seq: u64) {
+        self.turns_total += 1;
+        let turn_no = self.turns_total;
+        let batch_id = self.next_batch;
+        let span = tracing::trace_span!("turn", process = %self.id, turn = turn_no, kind);
+        let _guard = span.enter();
+        let view = PeerDepths(&self.peers);
+        let mut turn: Turn<'_, H::Message> = Turn {
+            now,
+            id: &self.id,
+            turn_no,
+            tables: &mut self.tables,
+            peers: &view,
+            rng: &mut self.rng,
+            effects: Effects::default(),
+            _message: PhantomData,
+        };
+        self.handler.on_turn(&mut self.state, &mut turn, input);
+        let effects = turn.effects;
+        if let Some(what) = effects.fault {
+            self.fail(EngineError::TurnFault { turn: turn_no, what });
+            return;
+        }
+        let mut bytes_written = 0usize;
+        for (table, rows) in effects.writes {
+            for (key, value) in rows {
+                bytes_written += key.len() + value.as_ref().map_or(0, Vec::len);
+                self.tables.write(batch_id, &table, key.clone(), value.clone());
+                self.filling.batch.table_writes.push(TableWrite {
+                    table: table.clone(),
+                    key,
+                    value,
+                });
+            }
+        }
+        let messages_out = effects.sends.len() as u32;
+        for (to, payload) in effects.sends {
+            let p = self.peers.get_mut(&to).expect("Turn::send checks the peer");
+            let seq = p.next_seq;
+            p.next_seq += 1;
+            p.dirty = true;
+            bytes_written += payload.len();
+            self.filling.batch.outbox_appends.push(OutboxRow {
+                peer: to.to_string(),
+                seq,
+                payload: payload.clone(),
+                created_ms: now.as_millis(),
+            });
+            p.outbox.push_back(OutEntry {
+                seq,
+                payload,
+                first_sent: None,
+                last_sent: Time::ZERO,
+                transmissions: 0,
+            });
+        }
+        for op in effects.timers {
+            match op {
+                TimerOp::Set { name, due } => {
+                    if let Some(old) = self.timers.insert(name.clone(), due) {
+                        self.timer_queue.remove(&(old, name.clone()));
+                    }
+                    self.timer_queue.insert((due, name.clone()));
+                    self.filling.batch.timers.push(TimerChange::Set {
+                        name,
+                        due_ms: due.as_millis(),
+                        payload: Vec::new(),
+                    });
+                }
+                TimerOp::Cancel { name } => {
+                    if let Some(old) = self.timers.remove(&name) {
+                        self.timer_queue.remove(&(old, name.clone()));
+                    }
+                    self.filling.batch.timers.push(TimerChange::Cancel { name });
+                }
+            }
+        }
+        let outputs = effects.emits.len() as u32;
+        self.filling.emits.extend(effects.emits);
+        self.filling.batch.turn_log.push(TurnLogEntry {
+            turn: turn_no,
+            at_ms: now.as_millis(),
+            input_kind: kind.to_string(),
+            input_source: source,
+            input_seq: seq,
+            messages_out,
+            outputs,
+            bytes_written: bytes_written as u64,
+            note: String::new(),
+        });
+        self.filling.turns += 1;
+        self.filling.bytes += bytes_written;
+        self.filling.nonempty = true;
+        self.stats.turns += 1;
+        if self.tuning.release_before_commit {
+            self.release_before_commit(now);
+        }
+    }
+
+    /// TEST ONLY (negative control): behave as if the filling batch were durable already.
+    fn release_before_commit(&mut self, now: Time) {
+        let ids: Vec<ProcessId> = self.peers.keys().cloned().collect();
+        for id in &ids {
+            let p = self.peers.get_mut(id).expect("known peer");
+            p.committed_next_seq = p.next_seq;
+            p.delivered_committed = p.delivered;
+            self.pump(now, id);
+            self.ack_if_owed(id);
+        }
+        for line in std::mem::take(&mut self.filling.emits) {
+            self.commands.push(Command::Emit {
+                line,
+                after: self.durable,
+            });
+        }
+    }
+
+    fn maybe_commit(&mut self, now: Time) {
+        if self.committing.is_some() || !self.filling.nonempty || self.failed {
+            return;
+        }
+        let id = self.next_batch;
+        self.next_batch += 1;
+        let filling = std::mem::take(&mut self.filling);
+        let mut batch = filling.batch;
+        batch.now_ms = now.as_millis();
+        batch.turns = filling.turns as u64;
+        if filling.turns > 0 {
+            let root = ken_store::codec::encode(&self.state);
+            if root.len() > limits::ROOT_BYTES_MAX {
+                self.fail(EngineError::RootTooLarge {
+                    bytes: root.len(),
+                    max_bytes: limits::ROOT_BYTES_MAX,
+                });
+                return;
+            }
+            if root != self.last_root {
+                batch.root = Some(root.clone());
+                self.last_root = root;
+            }
+        }
+        let mut snapshot = Vec::new();
+        for p in self.peers.values_mut().filter(|p| p.dirty) {
+            p.dirty = false;
+            if p.acked > p.acked_stored {
+                batch.outbox_acks.push(OutboxAck {
+                    peer: p.id.to_string(),
+                    up_to: p.acked,
+                });
+                p.acked_stored = p.acked;
+            }
+            batch.peers.push(PeerRow {
+                peer: p.id.to_string(),
+                incarnation: p.incarnation.0,
+                next_seq: p.next_seq,
+                acked: p.acked,
+                delivered: p.delivered,
+            });
+            snapshot.push((p.id.clone(), p.next_seq, p.delivered));
+        }
+        self.committing = Some(Committing {
+            id,
+            snapshot,
+            emits: filling.emits,
+        });
+        self.commands.push(Command::Commit { id, batch });
+    }
+
+    fn check_finished(&mut self) {
+        if self.finished_reported
+            || self.committing.is_some()
+            || self.filling.nonempty
+            || self.needs_start
+            || self.peers.values().any(|p| !p.outbox.is_empty())
+        {
+            return;
+        }
+        if let Some(report) = self.handler.finished(&self.state) {
+            self.finished_reported = true;
+            self.commands.push(Command::Finished { report });
+        }
+    }
+
+    /// Transmits committed, untransmitted messages to `pid` while the window allows.
+    fn pump(&mut self, now: Time, pid: &ProcessId) {
+        let window = self.tuning.window_messages_max;
+        let p = self.peers.get_mut(pid).expect("known peer");
+        while p.in_flight < window && p.in_flight < p.outbox.len() {
+            let idx = p.in_flight;
+            let seq = p.outbox[idx].seq;
+            if seq >= p.committed_next_seq {
+                break;
+            }
+            let ack = p.delivered_committed;
+            let frame = Frame {
+                kind: FrameKind::Data,
+                from: self.id.clone(),
+                from_incarnation: self.incarnation,
+                to: pid.clone(),
+                to_incarnation: p.incarnation,
+                seq: Seq(seq),
+                ack: Seq(ack),
+                payload: p.outbox[idx].payload.clone(),
+            };
+            let e = &mut p.outbox[idx];
+            assert_eq!(e.transmissions, 0);
+            e.transmissions = 1;
+            e.first_sent = Some(now);
+            e.last_sent = now;
+            p.in_flight += 1;
+            p.ack_sent = p.ack_sent.max(ack);
+            if p.retransmit_at.is_none() {
+                p.retransmit_at = Some(now.add(p.rto.current()));
+            }
+            self.stats.messages_sent += 1;
+            self.commands.push(Command::Send {
+                to: pid.clone(),
+                frame,
+                after: self.durable,
+            });
+        }
+    }
+
+    fn retransmit(&mut self, now: Time, pid: &ProcessId) {
+        let p = self.peers.get_mut(pid).expect("known peer");
+        let rto = p.rto.current();
+        let ack = p.delivered_committed;
+        for i in 0..p.in_flight {
+            let e = &mut p.outbox[i];
+            assert!(e.seq < p.committed_next_seq, "only committed messages are in flight");
+            if e.last_sent.add(rto) > now {
+                continue;
+            }
+            e.transmissions += 1;
+            e.last_sent = now;
+            let frame = Frame {
+                kind: FrameKind::Data,
+                from: self.id.clone(),
+                from_incarnation: self.incarnation,
+                to: pid.clone(),
+                to_incarnation: p.incarnation,
+                seq: Seq(e.seq),
+                ack: Seq(ack),
+                payload: e.payload.clone(),
+            };
+            self.stats.retransmits += 1;
+            self.commands.push(Command::Send {
+                to: pid.clone(),
+                frame,
+                after: self.durable,
+            });
+        }
+        p.ack_sent = p.ack_sent.max(ack);
+        p.rto.back_off();
+        p.retransmit_at = (p.in_flight > 0).then(|| now.add(p.rto.current()));
+    }
+
+    fn ack_if_owed(&mut self, pid: &ProcessId) {
+        let p = &self.peers[pid];
+        if p.delivered_committed > p.ack_sent {
+            self.send_ack(pid);
+        }
+    }
+
+    fn send_ack(&mut self, pid: &ProcessId) {
+        let p = self.peers.get_mut(pid).expect("known peer");
+        let ack = p.delivered_committed;
+        p.ack_sent = p.ack_sent.max(ack);
+        let frame = Frame {
+            kind: FrameKind::Ack,
+            from: self.id.clone(),
+            from_incarnation: self.incarnation,
+            to: pid.clone(),
+            to_incarnation: p.incarnation,
+            seq: Seq(0),
+            ack: Seq(ack),
+            payload: Vec::new(),
+        };
+        self.stats.acks_sent += 1;
+        self.commands.push(Command::Send {
+            to: pid.clone(),
+            frame,
+            after: self.durable,
+        });
+    }
+}

@@ -1,0 +1,309 @@
+//! The application's side of Ken: the [`Handler`] trait, its [`Input`]s and the [`Turn`]
+//! context through which a turn does everything it does.
+//!
+//! A turn is one call of [`Handler::on_turn`] with one input. Everything the handler does
+//! goes through the `Turn`: messages ([`Turn::send`]), timers, table writes, outputs. None of
+//! it is visible outside the process until the turn's batch is committed; if the process
+//! crashes first, the turn never happened. The handler is synchronous and must not block or
+//! do its own I/O: that is the one rule that makes crash-restart invisible.
+
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use rand::RngCore;
+use rand_chacha::ChaCha8Rng;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::engine::tables::TableOverlay;
+use crate::limits;
+use crate::{ProcessId, Seq, Time};
+
+/// An application: a pure function of (state, input) to (state, effects), run one input at
+/// a time. `&self` holds immutable configuration; all mutable state lives in `State` (the
+/// durable root, encoded with bincode and written when it changes) and in tables.
+pub trait Handler: 'static {
+    /// The durable root state. Keep it small: large data belongs in tables.
+    type State: Serialize + DeserializeOwned + Default;
+    /// The messages processes of this application send each other.
+    type Message: Serialize + DeserializeOwned;
+
+    /// Runs one turn. Must not block, must not do I/O of its own.
+    fn on_turn(&self, state: &mut Self::State, turn: &mut Turn<'_, Self::Message>, input: Input<Self::Message>);
+
+    /// Called only on committed state with nothing in flight (every outbox empty): returns
+    /// a final report when the process's work is done, and the driver then prints it and
+    /// exits 0. Most services never finish; the default is `None`.
+    fn finished(&self, _state: &Self::State) -> Option<String> {
+        None
+    }
+}
+
+/// The one input of a turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Input<M> {
+    /// The first turn of a fresh process (its store was just created).
+    Start,
+    /// A message from a peer, delivered exactly once and in order per sender.
+    Message { from: ProcessId, seq: Seq, message: M },
+    /// A durable timer set with [`Turn::set_timer`] fired.
+    Timer { name: String },
+}
+
+/// Why [`Turn::send`] refused a message. Nothing was queued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    #[error("unknown peer `{0}`: it is not in this process's address book")]
+    UnknownPeer(ProcessId),
+    #[error("a process cannot send a message to itself")]
+    ToSelf,
+    #[error("message of {bytes} bytes exceeds the {max_bytes}-byte limit of one datagram")]
+    TooLarge { bytes: usize, max_bytes: usize },
+}
+
+/// A timer operation requested by a turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TimerOp {
+    Set { name: String, due: Time },
+    Cancel { name: String },
+}
+
+/// What a turn did, collected for the engine.
+#[derive(Debug, Default)]
+pub(crate) struct Effects {
+    pub sends: Vec<(ProcessId, Vec<u8>)>,
+    pub timers: Vec<TimerOp>,
+    /// This turn's table writes: table -> key -> value (`None` = delete). Last write wins.
+    pub writes: BTreeMap<String, BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+    pub emits: Vec<String>,
+    /// A store read failed or a stored value did not decode: the process must stop.
+    pub fault: Option<String>,
+}
+
+/// What a turn may know about the peers: ids and outbox depths.
+pub(crate) trait PeerView {
+    fn is_peer(&self, id: &ProcessId) -> bool;
+    fn outbox_depth(&self, id: &ProcessId) -> usize;
+}
+
+/// The context of one turn. Created by the engine, handed to [`Handler::on_turn`].
+pub struct Turn<'a, M> {
+    pub(crate) now: Time,
+    pub(crate) id: &'a ProcessId,
+    pub(crate) turn_no: u64,
+    pub(crate) tables: &'a mut TableOverlay,
+    pub(crate) peers: &'a dyn PeerView,
+    pub(crate) rng: &'a mut ChaCha8Rng,
+    pub(crate) effects: Effects,
+    pub(crate) _message: PhantomData<fn(M)>,
+}
+
+impl<M> std::fmt::Debug for Turn<'_, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Turn")
+            .field("id", self.id)
+            .field("turn_no", &self.turn_no)
+            .field("now", &self.now)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a, M: Serialize> Turn<'a, M> {
+    /// The time of this turn, handed in by the runtime (wall clock in production).
+    pub fn now(&self) -> Time {
+        self.now
+    }
+
+    /// This process's id.
+    pub fn id(&self) -> &ProcessId {
+        self.id
+    }
+
+    /// The number of this turn over the life of the store (1-based).
+    pub fn turn_number(&self) -> u64 {
+        self.turn_no
+    }
+
+    /// Queues `message` for `to`. It is committed with this turn, then transmitted and
+    /// retransmitted until `to` acknowledges it; `to` consumes it exactly once, in order.
+    pub fn send(&mut self, to: &ProcessId, message: &M) -> Result<(), SendError> {
+        if to == self.id {
+            return Err(SendError::ToSelf);
+        }
+        if !self.peers.is_peer(to) {
+            return Err(SendError::UnknownPeer(to.clone()));
+        }
+        let bytes = ken_store::codec::encode(message);
+        if bytes.len() > limits::MESSAGE_BYTES_MAX {
+            return Err(SendError::TooLarge {
+                bytes: bytes.len(),
+                max_bytes: limits::MESSAGE_BYTES_MAX,
+            });
+        }
+        self.effects.sends.push((to.clone(), bytes));
+        Ok(())
+    }
+
+    /// Messages to `peer` not yet acknowledged, including those this turn queued: for flow
+    /// control (stop producing when a peer falls behind).
+    pub fn outbox_depth(&self, peer: &ProcessId) -> usize {
+        let queued = self.effects.sends.iter().filter(|(to, _)| to == peer).count();
+        self.peers.outbox_depth(peer) + queued
+    }
+
+    /// Sets (or resets) the durable timer `name` to fire after `after`. It survives restarts;
+    /// a timer that came due while the process was down fires at restart.
+    ///
+    /// # Panics
+    /// If `name` is longer than [`limits::TIMER_NAME_BYTES_MAX`].
+    pub fn set_timer(&mut self, name: &str, after: Duration) {
+        assert!(
+            name.len() <= limits::TIMER_NAME_BYTES_MAX,
+            "timer name longer than {} bytes",
+            limits::TIMER_NAME_BYTES_MAX
+        );
+        self.effects.timers.push(TimerOp::Set {
+            name: name.to_string(),
+            due: self.now.add(after),
+        });
+    }
+
+    /// Cancels the timer `name` if it is set.
+    pub fn cancel_timer(&mut self, name: &str) {
+        self.effects.timers.push(TimerOp::Cancel {
+            name: name.to_string(),
+        });
+    }
+
+    /// A line of output for whoever runs the process (its standard output), released only
+    /// after this turn commits.
+    pub fn emit(&mut self, line: impl Into<String>) {
+        self.effects.emits.push(line.into());
+    }
+
+    /// A random number from the engine's seeded generator (deterministic in simulation).
+    pub fn random_u64(&mut self) -> u64 {
+        self.rng.next_u64()
+    }
+
+    /// A random number in `0..n` (`n > 0`).
+    pub fn random_below(&mut self, n: u64) -> u64 {
+        assert!(n > 0, "random_below(0)");
+        // Rejection sampling keeps it unbiased.
+        let zone = u64::MAX - (u64::MAX % n);
+        loop {
+            let r = self.rng.next_u64();
+            if r < zone {
+                return r % n;
+            }
+        }
+    }
+
+    /// A durable table: a keyed map written incrementally (a turn's commit cost is the keys
+    /// it touched). Reads see this turn's writes and those of earlier uncommitted turns.
+    ///
+    /// # Panics
+    /// If `name` is empty or longer than [`limits::TABLE_NAME_BYTES_MAX`].
+    pub fn table(&mut self, name: &str) -> Table<'_, 'a, M> {
+        assert!(
+            !name.is_empty() && name.len() <= limits::TABLE_NAME_BYTES_MAX,
+            "table name must be 1 to {} bytes",
+            limits::TABLE_NAME_BYTES_MAX
+        );
+        Table {
+            turn: self,
+            name: name.to_string(),
+        }
+    }
+
+    fn read_raw(&mut self, table: &str, key: &[u8]) -> Option<Vec<u8>> {
+        if let Some(v) = self.effects.writes.get(table).and_then(|t| t.get(key)) {
+            return v.clone();
+        }
+        match self.tables.get(table, key) {
+            Ok(v) => v,
+            Err(e) => {
+                self.fault(format!("reading table `{table}`: {e}"));
+                None
+            }
+        }
+    }
+
+    fn fault(&mut self, what: String) {
+        if self.effects.fault.is_none() {
+            self.effects.fault = Some(what);
+        }
+    }
+}
+
+/// A durable table seen from a turn. Keys are bytes (at most
+/// [`limits::TABLE_KEY_BYTES_MAX`]); values are serde types encoded with bincode.
+pub struct Table<'t, 'a, M> {
+    turn: &'t mut Turn<'a, M>,
+    name: String,
+}
+
+impl<M> std::fmt::Debug for Table<'_, '_, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table").field("name", &self.name).finish()
+    }
+}
+
+impl<M: Serialize> Table<'_, '_, M> {
+    /// The value at `key`, if any. A value that cannot be read or decoded stops the process
+    /// after this turn (the turn is discarded) with an error naming the table and key.
+    pub fn get<V: DeserializeOwned>(&mut self, key: impl AsRef<[u8]>) -> Option<V> {
+        let key = key.as_ref();
+        let bytes = self.turn.read_raw(&self.name, key)?;
+        match ken_store::codec::decode(&bytes) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let what = format!(
+                    "table `{}` key {}: stored value does not decode as the requested type: {e}",
+                    self.name,
+                    ken_store::codec::printable_key(key)
+                );
+                self.turn.fault(what);
+                None
+            }
+        }
+    }
+
+    /// True if `key` has a value.
+    pub fn contains(&mut self, key: impl AsRef<[u8]>) -> bool {
+        self.turn.read_raw(&self.name, key.as_ref()).is_some()
+    }
+
+    /// Writes `value` at `key`.
+    ///
+    /// # Panics
+    /// If the key is longer than [`limits::TABLE_KEY_BYTES_MAX`].
+    pub fn put<V: Serialize + ?Sized>(&mut self, key: impl AsRef<[u8]>, value: &V) {
+        let key = key.as_ref();
+        assert!(
+            key.len() <= limits::TABLE_KEY_BYTES_MAX,
+            "table key longer than {} bytes",
+            limits::TABLE_KEY_BYTES_MAX
+        );
+        let bytes = ken_store::codec::encode(value);
+        self.turn
+            .effects
+            .writes
+            .entry(self.name.clone())
+            .or_default()
+            .insert(key.to_vec(), Some(bytes));
+    }
+
+    /// Deletes `key` (a no-op if absent).
+    pub fn delete(&mut self, key: impl AsRef<[u8]>) {
+        self.turn
+            .effects
+            .writes
+            .entry(self.name.clone())
+            .or_default()
+            .insert(key.as_ref().to_vec(), None);
+    }
+}

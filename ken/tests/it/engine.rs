@@ -1,0 +1,502 @@
+//! Exact-command tests of the sans-I/O engine: for each event, the exact list of commands.
+
+use std::time::Duration;
+
+use ken::engine::tables::EmptyTables;
+use ken::engine::Command;
+use ken::store::{Batch, OutboxRow, PeerRow, Recovered, TimerRow};
+use ken::transport::{Frame, FrameKind};
+use ken::{Engine, EngineConfig, Handler, Incarnation, Input, ProcessId, Seq, Time, Tuning, Turn};
+use serde::{Deserialize, Serialize};
+
+const INC_A: u64 = 0xAAAA;
+const INC_B: u64 = 0xBBBB;
+
+/// A test handler: optionally sends 1 to `b` at start; on a message `v`, records it and, if
+/// `reply`, answers `v + 1`; on a timer, emits its name.
+struct Echo {
+    hit_first: bool,
+    reply: bool,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+struct EchoState {
+    got: Vec<(String, u64)>,
+}
+
+impl Handler for Echo {
+    type State = EchoState;
+    type Message = u64;
+
+    fn on_turn(&self, state: &mut EchoState, turn: &mut Turn<'_, u64>, input: Input<u64>) {
+        match input {
+            Input::Start => {
+                if self.hit_first {
+                    turn.send(&pid("b"), &1).unwrap();
+                }
+            }
+            Input::Message { from, message, .. } => {
+                state.got.push((from.to_string(), message));
+                if self.reply {
+                    turn.send(&from, &(message + 1)).unwrap();
+                }
+            }
+            Input::Timer { name } => turn.emit(format!("timer {name}")),
+            _ => {}
+        }
+    }
+}
+
+fn pid(s: &str) -> ProcessId {
+    ProcessId::new(s).unwrap()
+}
+
+fn recovered(id: &str, inc: u64) -> Recovered {
+    Recovered {
+        process_id: id.to_string(),
+        incarnation: inc,
+        created: true,
+        turns_committed: 0,
+        commits: 0,
+        root: None,
+        peers: vec![],
+        outbox: vec![],
+        timers: vec![],
+        clients: vec![],
+        groups: vec![],
+    }
+}
+
+fn engine_with(id: &str, inc: u64, handler: Echo, rec: Recovered, tuning: Tuning) -> Engine<Echo> {
+    let peers = ["a", "b", "c"].iter().filter(|p| **p != id).map(|p| pid(p)).collect();
+    let config = EngineConfig {
+        id: pid(id),
+        peers,
+        tuning,
+        seed: 7,
+    };
+    let _ = inc;
+    Engine::recover(config, handler, rec, Box::new(EmptyTables)).unwrap()
+}
+
+/// Engine `a` (hits first) and `b` (replies), both fresh.
+fn fresh(id: &str, handler: Echo) -> Engine<Echo> {
+    let inc = if id == "a" { INC_A } else { INC_B };
+    engine_with(id, inc, handler, recovered(id, inc), Tuning::default())
+}
+
+fn t(ms: u64) -> Time {
+    Time::from_millis(1_000_000 + ms)
+}
+
+fn data(from: &str, from_inc: u64, to: &str, to_inc: u64, seq: u64, ack: u64, v: u64) -> Frame {
+    Frame {
+        kind: FrameKind::Data,
+        from: pid(from),
+        from_incarnation: Incarnation(from_inc),
+        to: pid(to),
+        to_incarnation: Incarnation(to_inc),
+        seq: Seq(seq),
+        ack: Seq(ack),
+        payload: ken::store::codec::encode(&v),
+    }
+}
+
+fn ack(from: &str, from_inc: u64, to: &str, to_inc: u64, ack: u64) -> Frame {
+    Frame {
+        kind: FrameKind::Ack,
+        from: pid(from),
+        from_incarnation: Incarnation(from_inc),
+        to: pid(to),
+        to_incarnation: Incarnation(to_inc),
+        seq: Seq(0),
+        ack: Seq(ack),
+        payload: vec![],
+    }
+}
+
+/// The single Commit among `cmds`, asserting there is exactly one command.
+fn only_commit(cmds: Vec<Command>) -> (u64, Batch) {
+    assert_eq!(cmds.len(), 1, "expected exactly one command: {cmds:#?}");
+    match cmds.into_iter().next().unwrap() {
+        Command::Commit { id, batch } => (id, batch),
+        other => panic!("expected Commit, got {other:?}"),
+    }
+}
+
+fn sends(cmds: &[Command]) -> Vec<Frame> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::Send { frame, .. } => Some(frame.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn start_commits_before_it_sends() {
+    let mut a = fresh("a", Echo { hit_first: true, reply: false });
+    a.start(t(0));
+    let (id, batch) = only_commit(a.take_commands());
+    assert_eq!(id, 1);
+    assert_eq!(batch.turns, 1);
+    assert_eq!(
+        batch.outbox_appends,
+        vec![OutboxRow {
+            peer: "b".into(),
+            seq: 1,
+            payload: ken::store::codec::encode(&1u64),
+            created_ms: t(0).as_millis(),
+        }]
+    );
+    assert_eq!(
+        batch.peers,
+        vec![PeerRow {
+            peer: "b".into(),
+            incarnation: 0,
+            next_seq: 2,
+            acked: 0,
+            delivered: 0
+        }]
+    );
+    assert!(batch.root.is_some(), "the first turn writes the root state");
+    assert_eq!(batch.turn_log.len(), 1);
+    assert_eq!(batch.turn_log[0].input_kind, "start");
+    // Nothing leaves before the commit is durable, however much time passes.
+    a.tick(t(5000));
+    assert!(a.take_commands().is_empty());
+    a.commit_done(t(10), 1);
+    let cmds = a.take_commands();
+    assert_eq!(cmds.len(), 1, "{cmds:#?}");
+    assert_eq!(sends(&cmds), vec![data("a", INC_A, "b", 0, 1, 0, 1)]);
+    a.check_invariants();
+}
+
+#[test]
+fn delivery_is_acknowledged_after_commit_and_piggybacked_on_replies() {
+    let mut b = fresh("b", Echo { hit_first: false, reply: false });
+    b.start(t(0));
+    let (id, _) = only_commit(b.take_commands());
+    b.commit_done(t(1), id);
+    assert!(b.take_commands().is_empty());
+
+    b.handle_frame(t(2), data("a", INC_A, "b", 0, 1, 0, 1));
+    let (id, batch) = only_commit(b.take_commands());
+    assert_eq!(batch.turns, 1);
+    assert_eq!(batch.peers[0].delivered, 1);
+    assert_eq!(batch.peers[0].incarnation, INC_A);
+    b.commit_done(t(3), id);
+    assert_eq!(sends(&b.take_commands()), vec![ack("b", INC_B, "a", INC_A, 1)]);
+    assert_eq!(b.state().got, vec![("a".to_string(), 1)]);
+
+    // A replying receiver piggybacks the acknowledgement on its data frame: no bare ack.
+    let mut r = fresh("b", Echo { hit_first: false, reply: true });
+    r.start(t(0));
+    let (id, _) = only_commit(r.take_commands());
+    r.commit_done(t(1), id);
+    r.handle_frame(t(2), data("a", INC_A, "b", 0, 1, 0, 1));
+    let (id, _) = only_commit(r.take_commands());
+    r.commit_done(t(3), id);
+    assert_eq!(sends(&r.take_commands()), vec![data("b", INC_B, "a", INC_A, 1, 1, 2)]);
+    r.check_invariants();
+}
+
+#[test]
+fn duplicates_are_dropped_and_reacknowledged_only_once_committed() {
+    let mut b = fresh("b", Echo { hit_first: false, reply: false });
+    b.start(t(0));
+    let (id, _) = only_commit(b.take_commands());
+    b.commit_done(t(1), id);
+
+    b.handle_frame(t(2), data("a", INC_A, "b", 0, 1, 0, 1));
+    let (id, _) = only_commit(b.take_commands());
+    // Duplicate while the consuming turn is not yet durable: dropped, no ack yet.
+    b.handle_frame(t(3), data("a", INC_A, "b", 0, 1, 0, 1));
+    assert!(b.take_commands().is_empty());
+    b.commit_done(t(4), id);
+    assert_eq!(sends(&b.take_commands()), vec![ack("b", INC_B, "a", INC_A, 1)]);
+    // Duplicate after: re-acknowledged at once, nothing committed, handler not called.
+    b.handle_frame(t(5), data("a", INC_A, "b", 0, 1, 0, 1));
+    assert_eq!(sends(&b.take_commands()), vec![ack("b", INC_B, "a", INC_A, 1)]);
+    assert_eq!(b.state().got.len(), 1);
+    assert_eq!(b.stats().duplicates_dropped, 2);
+}
+
+#[test]
+fn a_gap_is_held_and_filled_in_order() {
+    let mut b = fresh("b", Echo { hit_first: false, reply: false });
+    b.start(t(0));
+    let (id, _) = only_commit(b.take_commands());
+    b.commit_done(t(1), id);
+
+    b.handle_frame(t(2), data("a", INC_A, "b", 0, 3, 0, 30));
+    b.handle_frame(t(2), data("a", INC_A, "b", 0, 2, 0, 20));
+    assert!(b.take_commands().is_empty(), "nothing is delivered across a gap");
+    b.handle_frame(t(3), data("a", INC_A, "b", 0, 1, 0, 10));
+    let (id, batch) = only_commit(b.take_commands());
+    assert_eq!(batch.turns, 3, "1, then the buffered 2 and 3");
+    let seqs: Vec<u64> = batch.turn_log.iter().map(|e| e.input_seq).collect();
+    assert_eq!(seqs, vec![1, 2, 3]);
+    b.commit_done(t(4), id);
+    assert_eq!(sends(&b.take_commands()), vec![ack("b", INC_B, "a", INC_A, 3)]);
+    let got: Vec<u64> = b.state().got.iter().map(|(_, v)| *v).collect();
+    assert_eq!(got, vec![10, 20, 30]);
+}
+
+#[test]
+fn pipelined_group_commit_batches_turns_behind_the_committing_batch() {
+    let mut b = fresh("b", Echo { hit_first: false, reply: false });
+    b.start(t(0));
+    let (id1, _) = only_commit(b.take_commands());
+    // While batch 1 commits, three messages arrive: they run, but nothing commits or leaves.
+    for s in 1..=3 {
+        b.handle_frame(t(1), data("a", INC_A, "b", 0, s, 0, s));
+        assert!(b.take_commands().is_empty());
+    }
+    assert_eq!(b.state().got.len(), 3, "turns ran ahead of the commit");
+    b.commit_done(t(2), id1);
+    let (id2, batch) = only_commit(b.take_commands());
+    assert_eq!(id2, 2);
+    assert_eq!(batch.turns, 3);
+    b.commit_done(t(3), id2);
+    assert_eq!(sends(&b.take_commands()), vec![ack("b", INC_B, "a", INC_A, 3)]);
+}
+
+#[test]
+fn backpressure_when_both_batches_are_full() {
+    let tuning = Tuning {
+        batch_turns_max: 2,
+        ..Tuning::default()
+    };
+    let mut b = engine_with("b", INC_B, Echo { hit_first: false, reply: false }, recovered("b", INC_B), tuning);
+    b.start(t(0));
+    let _ = only_commit(b.take_commands());
+    b.handle_frame(t(1), data("a", INC_A, "b", 0, 1, 0, 1));
+    assert!(b.accepting_input());
+    b.handle_frame(t(1), data("a", INC_A, "b", 0, 2, 0, 2));
+    assert!(!b.accepting_input(), "committing + a full filling batch");
+    b.handle_frame(t(1), data("a", INC_A, "b", 0, 3, 0, 3));
+    assert_eq!(b.stats().backpressure_dropped, 1);
+    assert_eq!(b.state().got.len(), 2);
+    b.commit_done(t(2), 1);
+    assert!(b.accepting_input());
+}
+
+#[test]
+fn acknowledgement_clears_the_outbox_and_the_retransmit_timer() {
+    let mut a = fresh("a", Echo { hit_first: true, reply: false });
+    a.start(t(0));
+    let (id, _) = only_commit(a.take_commands());
+    a.commit_done(t(1), id);
+    let _ = a.take_commands();
+    assert_eq!(a.next_deadline(), Some(t(1).add(ken::limits::RTO_INITIAL)));
+
+    a.handle_frame(t(5), ack("b", INC_B, "a", INC_A, 1));
+    let (id, batch) = only_commit(a.take_commands());
+    assert_eq!(batch.outbox_acks.len(), 1);
+    assert_eq!(batch.outbox_acks[0].up_to, 1);
+    assert_eq!(batch.peers[0].acked, 1);
+    assert_eq!(batch.peers[0].incarnation, INC_B);
+    assert_eq!(batch.turns, 0);
+    assert_eq!(a.next_deadline(), None);
+    a.commit_done(t(6), id);
+    assert!(a.take_commands().is_empty());
+    assert_eq!(a.srtt(&pid("b")), Some(Duration::from_millis(4)));
+    a.check_invariants();
+}
+
+#[test]
+fn bogus_acknowledgements_are_ignored() {
+    let mut a = fresh("a", Echo { hit_first: true, reply: false });
+    a.start(t(0));
+    let _ = a.take_commands();
+    // Ack of seq 1 before the batch holding it is durable: it was never transmitted.
+    a.handle_frame(t(1), ack("b", INC_B, "a", INC_A, 1));
+    assert_eq!(a.stats().bogus_acks, 1);
+    a.commit_done(t(2), 1);
+    let cmds = a.take_commands();
+    assert_eq!(sends(&cmds).len(), 1, "seq 1 still goes out: {cmds:#?}");
+    a.check_invariants();
+}
+
+#[test]
+fn retransmission_backs_off_exponentially_up_to_the_ceiling() {
+    let mut a = fresh("a", Echo { hit_first: true, reply: false });
+    a.start(t(0));
+    let (id, _) = only_commit(a.take_commands());
+    a.commit_done(t(0), id);
+    let first = sends(&a.take_commands());
+    assert_eq!(first.len(), 1);
+
+    let rto = ken::limits::RTO_INITIAL;
+    let mut now = t(0);
+    let mut expected_gap = rto;
+    let mut gaps = Vec::new();
+    for _ in 0..10 {
+        let deadline = a.next_deadline().expect("a retransmission is scheduled");
+        gaps.push(deadline.since(now));
+        // One microsecond early: nothing.
+        a.tick(Time(deadline.0 - 1));
+        assert!(a.take_commands().is_empty());
+        a.tick(deadline);
+        assert_eq!(sends(&a.take_commands()), first, "the same frame again");
+        now = deadline;
+    }
+    for g in &gaps {
+        assert_eq!(*g, expected_gap.min(ken::limits::RTO_MAX));
+        expected_gap *= 2;
+    }
+    assert_eq!(*gaps.last().unwrap(), ken::limits::RTO_MAX);
+    assert_eq!(a.stats().retransmits, 10);
+}
+
+#[test]
+fn recovery_retransmits_the_outbox_and_keeps_counters() {
+    // `a` committed message 1 and 2 to b (b acked 1), consumed 5 from b, has a timer.
+    let mut rec = recovered("a", INC_A);
+    rec.created = false;
+    rec.turns_committed = 9;
+    rec.commits = 4;
+    rec.root = Some(ken::store::codec::encode(&EchoState::default()));
+    rec.peers = vec![PeerRow {
+        peer: "b".into(),
+        incarnation: INC_B,
+        next_seq: 3,
+        acked: 1,
+        delivered: 5,
+    }];
+    rec.outbox = vec![OutboxRow {
+        peer: "b".into(),
+        seq: 2,
+        payload: ken::store::codec::encode(&2u64),
+        created_ms: 1,
+    }];
+    rec.timers = vec![TimerRow {
+        name: "tick".into(),
+        due_ms: t(100).as_millis(),
+        payload: vec![],
+    }];
+    let mut a = engine_with("a", INC_A, Echo { hit_first: true, reply: false }, rec, Tuning::default());
+    a.start(t(0));
+    // No Start turn for a recovered process; the outbox goes out at once, nothing to commit.
+    let cmds = a.take_commands();
+    assert_eq!(sends(&cmds), vec![data("a", INC_A, "b", INC_B, 2, 5, 2)]);
+    assert_eq!(cmds.len(), 1);
+    // A duplicate of 5 is re-acknowledged at once (it is durable).
+    a.handle_frame(t(1), data("b", INC_B, "a", INC_A, 5, 0, 9));
+    assert_eq!(sends(&a.take_commands()), vec![ack("a", INC_A, "b", INC_B, 5)]);
+    // The durable timer fires as a turn that emits after its commit.
+    a.tick(t(100));
+    let (id, batch) = only_commit(a.take_commands());
+    assert_eq!(batch.turn_log[0].turn, 10, "turn numbers continue");
+    a.commit_done(t(101), id);
+    let cmds = a.take_commands();
+    assert!(
+        matches!(&cmds[..], [Command::Emit { line, .. }] if line == "timer tick"),
+        "{cmds:#?}"
+    );
+    a.check_invariants();
+}
+
+#[test]
+fn frames_for_another_incarnation_are_rejected_not_delivered() {
+    let mut b = fresh("b", Echo { hit_first: false, reply: false });
+    b.start(t(0));
+    let (id, _) = only_commit(b.take_commands());
+    b.commit_done(t(1), id);
+    // Addressed to an old incarnation of b (its store was replaced).
+    b.handle_frame(t(2), data("a", INC_A, "b", 0xDEAD, 1, 0, 1));
+    let cmds = b.take_commands();
+    let out = sends(&cmds);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].kind, FrameKind::Reject);
+    assert_eq!(out[0].to, pid("a"));
+    assert!(b.state().got.is_empty());
+    assert_eq!(b.stats().stale_incarnation_frames, 1);
+
+    // Known peer incarnation, then a frame from a new incarnation of that peer: dropped.
+    b.handle_frame(t(3), data("a", INC_A, "b", INC_B, 1, 0, 1));
+    let (id, _) = only_commit(b.take_commands());
+    b.commit_done(t(4), id);
+    let _ = b.take_commands();
+    b.handle_frame(t(5), data("a", 0x1234, "b", INC_B, 2, 0, 2));
+    assert!(b.take_commands().is_empty());
+    assert_eq!(b.stats().foreign_incarnation_frames, 1);
+    assert_eq!(b.state().got.len(), 1);
+}
+
+#[test]
+fn undecodable_messages_are_consumed_logged_and_acknowledged() {
+    let mut b = fresh("b", Echo { hit_first: false, reply: false });
+    b.start(t(0));
+    let (id, _) = only_commit(b.take_commands());
+    b.commit_done(t(1), id);
+    let mut junk = data("a", INC_A, "b", 0, 1, 0, 0);
+    junk.payload = vec![0xff, 0xff, 0xff];
+    // 2 waits for the gap; the undecodable 1 fills it; both are consumed in one batch.
+    b.handle_frame(t(2), data("a", INC_A, "b", 0, 2, 0, 22));
+    b.handle_frame(t(2), junk);
+    let (id, batch) = only_commit(b.take_commands());
+    assert_eq!(batch.turn_log[0].input_kind, "undecodable");
+    assert_eq!(batch.turn_log[0].input_seq, 1);
+    assert_eq!(batch.turn_log[1].input_kind, "message");
+    b.commit_done(t(3), id);
+    assert_eq!(sends(&b.take_commands()), vec![ack("b", INC_B, "a", INC_A, 2)]);
+    assert_eq!(b.state().got, vec![("a".to_string(), 22)], "the pair did not stall");
+    assert_eq!(b.stats().undecodable_messages, 1);
+}
+
+#[test]
+fn release_before_commit_switch_breaks_output_commit() {
+    // The negative control: with the test-only switch, the frame leaves before the commit.
+    let tuning = Tuning {
+        release_before_commit: true,
+        ..Tuning::default()
+    };
+    let mut a = engine_with("a", INC_A, Echo { hit_first: true, reply: false }, recovered("a", INC_A), tuning);
+    a.start(t(0));
+    let cmds = a.take_commands();
+    assert_eq!(sends(&cmds).len(), 1, "{cmds:#?}");
+    assert!(cmds.iter().any(|c| matches!(c, Command::Commit { .. })));
+    let send_pos = cmds.iter().position(|c| matches!(c, Command::Send { .. })).unwrap();
+    let commit_pos = cmds.iter().position(|c| matches!(c, Command::Commit { .. })).unwrap();
+    assert!(send_pos < commit_pos, "released before the commit was even requested");
+}
+
+#[test]
+fn finished_waits_for_commit_and_acknowledgements() {
+    struct Once;
+    impl Handler for Once {
+        type State = u64;
+        type Message = u64;
+        fn on_turn(&self, s: &mut u64, turn: &mut Turn<'_, u64>, input: Input<u64>) {
+            if let Input::Start = input {
+                *s = 1;
+                turn.send(&pid("b"), &1).unwrap();
+            }
+        }
+        fn finished(&self, s: &u64) -> Option<String> {
+            (*s == 1).then(|| "done".to_string())
+        }
+    }
+    let config = EngineConfig {
+        id: pid("a"),
+        peers: vec![pid("b")],
+        tuning: Tuning::default(),
+        seed: 1,
+    };
+    let mut a = Engine::recover(config, Once, recovered("a", INC_A), Box::new(EmptyTables)).unwrap();
+    a.start(t(0));
+    let (id, _) = only_commit(a.take_commands());
+    a.commit_done(t(1), id);
+    let cmds = a.take_commands();
+    assert!(!cmds.iter().any(|c| matches!(c, Command::Finished { .. })), "outbox not empty");
+    a.handle_frame(t(2), ack("b", INC_B, "a", INC_A, 1));
+    let (id, _) = only_commit(a.take_commands());
+    a.commit_done(t(3), id);
+    let cmds = a.take_commands();
+    assert!(
+        matches!(&cmds[..], [Command::Finished { report }] if report == "done"),
+        "{cmds:#?}"
+    );
+}

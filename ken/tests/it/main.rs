@@ -1,0 +1,4 @@
+//! Integration tests of the `ken` crate (one test binary, per matklad's advice).
+
+mod engine;
+mod sans_io;
