@@ -502,6 +502,8 @@ mod tests {
         assert_eq!(&bytes[48..52], &5u32.to_le_bytes());
         assert_eq!(&bytes[52..57], b"hello");
         assert_eq!(&bytes[57..61], &crc32fast::hash(&bytes[..57]).to_le_bytes());
+        // The worked example in FRAME.md.
+        assert_eq!(&bytes[57..61], &[0x8e, 0x68, 0x3f, 0xf3]);
         assert_eq!(bytes.len(), 61);
         assert_eq!(bytes.len(), sample().encoded_len());
         assert_eq!(Frame::decode(&bytes), Ok(sample()));
