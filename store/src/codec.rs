@@ -143,6 +143,8 @@ mod tests {
         bytes.push(0);
         assert!(decode::<(u32, String)>(&bytes).is_err());
         // A huge length prefix must not allocate without bound.
-        assert!(decode::<Vec<u8>>(&[0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]).is_err());
+        assert!(
+            decode::<Vec<u8>>(&[0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]).is_err()
+        );
     }
 }

@@ -18,7 +18,23 @@
 //!
 //! The file format is described byte by byte in `store/FORMAT.md`.
 
+pub mod bench;
 pub mod codec;
+mod error;
+mod reader;
+mod schema;
+mod store;
+
+pub use error::{CommitError, OpenError, ReadError};
+pub use reader::{
+    FileSizes, KeyValue, Meta, OutboxStats, Problem, Reader, TableStats,
+    INTEGRITY_CHECK_MAX_ERRORS, MAX_SCAN_ROWS, READER_BUSY_TIMEOUT, VERIFY_MAX_PROBLEMS,
+    VERIFY_PAGE_ROWS,
+};
+pub use store::{
+    lock_path, Store, JOURNAL_SIZE_LIMIT_BYTES, MAX_BATCH_ROWS, MAX_BODY_BYTES, MAX_KEY_BYTES,
+    MAX_NAME_BYTES, OWNER_BUSY_TIMEOUT,
+};
 
 /// The store file format version this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -220,17 +236,4 @@ pub struct Corrupted {
     /// The key, printable (text as is, bytes escaped).
     pub key: String,
     pub detail: String,
-}
-
-/// The owning handle of a store. Not `Sync`: the runtime drives it from one thread.
-#[derive(Debug)]
-pub struct Store {
-    _private: (),
-}
-
-/// A read-only handle, safe to use while the owner runs. Never takes the owner lock, and
-/// every method is one query (one read transaction).
-#[derive(Debug)]
-pub struct Reader {
-    _private: (),
 }

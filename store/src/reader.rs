@@ -1,0 +1,823 @@
+//! Read-only inspection of a store, safe while its owner runs (`ken inspect`).
+//!
+//! Invariants:
+//! - A [`Reader`] opens the file with `SQLITE_OPEN_READONLY`: it never creates the store,
+//!   never writes a page of it, and never takes the owner lock.
+//! - Every method runs at most one SQL query per page of results, in autocommit mode, so each
+//!   query is its own short read transaction and the statement is finished before the method
+//!   returns: no read transaction outlives a call, so the owner's WAL checkpoints are never
+//!   starved and its commits never wait for a reader. Scans are paginated by key.
+//! - A record whose envelope fails its check is reported as [`ReadError::Corrupted`] (or a
+//!   [`Problem`] from [`Reader::verify`]) and never returned as data.
+//!
+//! Opening a WAL database read-only needs its `-wal` and `-shm` files. When the owner runs
+//! (or was killed) they exist and SQLite uses them. When the owner closed cleanly, SQLite
+//! checkpointed and deleted both; SQLite (3.22+) then lets the read-only connection create
+//! them again, empty, if the directory is writable. If they are missing and can not be
+//! created (a read-only directory), the database file alone is complete (a clean close
+//! checkpointed everything into it), so the reader reopens it with the `immutable=1` URI
+//! parameter, which reads the file without WAL or locks; that fallback is only taken when
+//! no `-wal` file exists, that is when no owner has opened the store since it closed.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::types::Value;
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use crate::codec;
+use crate::error::{OpenError, ReadError};
+use crate::schema::{self, MetaProblem};
+use crate::store::{classify, lock_holder, lock_path, query_decode, read_meta_rows};
+use crate::{ClientRow, Corrupted, GroupRow, OutboxRow, PeerRow, TimerRow, TurnLogEntry};
+
+/// How long a reader query waits on a lock held briefly by the owner or by another reader
+/// running WAL recovery.
+pub const READER_BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The most rows one scan ([`Reader::table_scan`], [`Reader::outbox`],
+/// [`Reader::turn_log`]) returns; a larger `limit` is lowered to this.
+pub const MAX_SCAN_ROWS: u32 = 10_000;
+
+/// Rows [`Reader::verify`] checks per query.
+pub const VERIFY_PAGE_ROWS: u32 = 512;
+
+/// [`Reader::verify`] stops listing problems after this many (and says so).
+pub const VERIFY_MAX_PROBLEMS: usize = 1000;
+
+/// Rows of `PRAGMA integrity_check` output [`Reader::verify`] asks for.
+pub const INTEGRITY_CHECK_MAX_ERRORS: u32 = 100;
+
+pub(crate) const SQL_PEERS: &str = "SELECT peer, record FROM peers ORDER BY peer";
+pub(crate) const SQL_TIMERS: &str = "SELECT name, due_ms, payload FROM timers ORDER BY name";
+pub(crate) const SQL_CLIENTS: &str =
+    "SELECT client, request_no, updated_ms, reply FROM clients ORDER BY client";
+pub(crate) const SQL_GROUPS: &str = "SELECT group_id, record FROM fuse_groups ORDER BY group_id";
+
+/// One table row as returned by [`Reader::table_scan`]: (key, value).
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// (peer, outbox rows, min seq, max seq, the peer's sealed record if it has one).
+type PeerOutboxSummary = (String, i64, i64, i64, Option<Vec<u8>>);
+
+/// A read-only handle, safe to use while the owner runs. Never takes the owner lock, and
+/// every method is one query (one read transaction) per page.
+#[derive(Debug)]
+pub struct Reader {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// The store's `meta` rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    pub process_id: String,
+    pub incarnation: u64,
+    pub format_version: u32,
+    /// When the store was created, milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    pub turns_committed: u64,
+    pub commits: u64,
+    /// `now_ms` of the last commit (0 before the first).
+    pub last_commit_ms: u64,
+}
+
+/// Size of one application table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableStats {
+    pub name: String,
+    pub rows: u64,
+    /// Stored bytes of keys and values (value envelopes included).
+    pub bytes: u64,
+}
+
+/// The outbox to one peer, summarized.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxStats {
+    pub peer: String,
+    /// Unacknowledged messages.
+    pub depth: u64,
+    pub min_seq: u64,
+    pub max_seq: u64,
+    /// `created_ms` of the oldest unacknowledged message.
+    pub oldest_created_ms: u64,
+    /// Stored payload bytes (envelopes included).
+    pub bytes: u64,
+}
+
+/// Sizes of the store's files on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileSizes {
+    pub db_bytes: u64,
+    /// 0 when there is no `-wal` file.
+    pub wal_bytes: u64,
+}
+
+/// One thing [`Reader::verify`] found wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The table (`kv:<name>` for application tables, `sqlite` for the file itself).
+    pub table: String,
+    /// The key, printable.
+    pub key: String,
+    pub what: String,
+}
+
+impl From<Corrupted> for Problem {
+    fn from(c: Corrupted) -> Self {
+        Problem {
+            table: c.table,
+            key: c.key,
+            what: c.detail,
+        }
+    }
+}
+
+/// Collects problems up to [`VERIFY_MAX_PROBLEMS`].
+struct Problems {
+    list: Vec<Problem>,
+    dropped: u64,
+}
+
+impl Problems {
+    fn push(&mut self, p: Problem) {
+        if self.list.len() < VERIFY_MAX_PROBLEMS {
+            self.list.push(p);
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    fn finish(mut self) -> Vec<Problem> {
+        if self.dropped > 0 {
+            self.list.push(Problem {
+                table: "*".to_string(),
+                key: String::new(),
+                what: format!("{} more problems not listed", self.dropped),
+            });
+        }
+        self.list
+    }
+}
+
+fn wal_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push("-wal");
+    PathBuf::from(name)
+}
+
+fn file_len(path: &Path) -> Result<u64, ReadError> {
+    match std::fs::metadata(path) {
+        Ok(m) => Ok(m.len()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(ReadError::Io {
+            detail: format!("{}: {e}", path.display()),
+        }),
+    }
+}
+
+fn meta_problem(p: MetaProblem) -> Corrupted {
+    match p {
+        MetaProblem::Corrupted(c) => c,
+        MetaProblem::NotKen(detail) => Corrupted {
+            table: "meta".to_string(),
+            key: schema::META_MAGIC.to_string(),
+            detail,
+        },
+        MetaProblem::Newer(v) => Corrupted {
+            table: "meta".to_string(),
+            key: schema::META_FORMAT_VERSION.to_string(),
+            detail: format!("format version {v} is newer than this build's"),
+        },
+    }
+}
+
+fn to_u64(v: i64, table: &str, key: &str, column: &str) -> Result<u64, Corrupted> {
+    schema::u64_from_sql(v, table, key, column)
+}
+
+impl Reader {
+    /// Opens the store at `path` read-only. Fails with [`OpenError::NotFound`] if there is no
+    /// file, [`OpenError::NotAKenStore`] or [`OpenError::NewerFormat`] if it is not a store
+    /// this build reads. Works while the owner runs and on a store whose owner is gone.
+    pub fn open(path: &Path) -> Result<Reader, OpenError> {
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => {
+                return Err(OpenError::NotAKenStore {
+                    path: path.to_path_buf(),
+                    detail: "not a regular file".to_string(),
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(OpenError::NotFound {
+                    path: path.to_path_buf(),
+                })
+            }
+            Err(source) => {
+                return Err(OpenError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        }
+        let sq = |e: rusqlite::Error| OpenError::Sqlite {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        };
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(sq)?;
+        conn.busy_timeout(READER_BUSY_TIMEOUT).map_err(sq)?;
+        let conn = match classify(&conn, path) {
+            Ok(found) => {
+                Reader::check_found(path, found)?;
+                conn
+            }
+            Err(OpenError::Sqlite { detail, .. }) if !wal_path(path).exists() => {
+                // No -wal/-shm and SQLite could not create them (read-only directory): the
+                // file alone is complete; read it as immutable.
+                tracing::debug!(path = %path.display(), %detail, "reading store as immutable");
+                let conn = Reader::open_immutable(path).map_err(sq)?;
+                let found = classify(&conn, path)?;
+                Reader::check_found(path, found)?;
+                conn
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Reader {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn check_found(path: &Path, found: Option<schema::MetaValues>) -> Result<(), OpenError> {
+        match found {
+            Some(_) => Ok(()),
+            None => Err(OpenError::NotAKenStore {
+                path: path.to_path_buf(),
+                detail: match lock_holder(&lock_path(path)) {
+                    Some(pid) => format!("an empty database, perhaps being created by pid {pid}"),
+                    None => "an empty database".to_string(),
+                },
+            }),
+        }
+    }
+
+    fn open_immutable(path: &Path) -> rusqlite::Result<Connection> {
+        let mut uri = String::from("file:");
+        for b in path.as_os_str().as_encoded_bytes() {
+            match *b {
+                b'?' | b'#' | b'%' => uri.push_str(&format!("%{b:02X}")),
+                _ => uri.push(char::from(*b)),
+            }
+        }
+        uri.push_str("?immutable=1");
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        Connection::open_with_flags(uri, flags)
+    }
+
+    /// The store file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The `meta` rows (one query).
+    pub fn meta(&self) -> Result<Meta, ReadError> {
+        let rows = read_meta_rows(&self.conn)?;
+        let m = schema::decode_meta(&rows).map_err(meta_problem)?;
+        Ok(Meta {
+            process_id: m.process_id,
+            incarnation: m.incarnation,
+            format_version: m.format_version,
+            created_ms: m.created_ms,
+            turns_committed: m.turns_committed,
+            commits: m.commits,
+            last_commit_ms: m.last_commit_ms,
+        })
+    }
+
+    /// The encoded root state, `None` before the first commit that set it (one query).
+    pub fn root(&self) -> Result<Option<Vec<u8>>, ReadError> {
+        let bytes: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT value FROM root WHERE id = 0")?
+            .query_row([], |r| r.get(0))
+            .optional()?;
+        match bytes {
+            None => Ok(None),
+            Some(b) => Ok(Some(codec::unseal("root", schema::ROOT_KEY, &b)?.to_vec())),
+        }
+    }
+
+    /// One row of application table `table` (one query).
+    pub fn table_get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
+        crate::store::table_get(&self.conn, table, key)
+    }
+
+    /// Up to `limit` (at most [`MAX_SCAN_ROWS`]) rows of `table` whose key starts with
+    /// `prefix` and is greater than `after`, in key order (one query). Page by passing the
+    /// last key returned as `after`.
+    pub fn table_scan(
+        &self,
+        table: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<Vec<KeyValue>, ReadError> {
+        let (exclusive, lower) = match after {
+            Some(a) if a >= prefix => (true, a),
+            _ => (false, prefix),
+        };
+        let upper = schema::prefix_successor(prefix);
+        let sql = match (exclusive, upper.is_some()) {
+            (false, false) => {
+                "SELECT key, value FROM kv WHERE tbl = ?1 AND key >= ?2 ORDER BY key LIMIT ?3"
+            }
+            (true, false) => {
+                "SELECT key, value FROM kv WHERE tbl = ?1 AND key > ?2 ORDER BY key LIMIT ?3"
+            }
+            (false, true) => {
+                "SELECT key, value FROM kv WHERE tbl = ?1 AND key >= ?2 AND key < ?4
+                 ORDER BY key LIMIT ?3"
+            }
+            (true, true) => {
+                "SELECT key, value FROM kv WHERE tbl = ?1 AND key > ?2 AND key < ?4
+                 ORDER BY key LIMIT ?3"
+            }
+        };
+        let name = schema::kv_table_name(table);
+        let raw = |r: &rusqlite::Row<'_>| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?));
+        let decode = |(key, value): (Vec<u8>, Vec<u8>)| {
+            let body = codec::unseal(&name, &codec::printable_key(&key), &value)?.to_vec();
+            Ok((key, body))
+        };
+        match upper {
+            Some(upper) => query_decode(
+                &self.conn,
+                sql,
+                (table, lower, limit_param(limit), upper),
+                raw,
+                decode,
+            ),
+            None => query_decode(
+                &self.conn,
+                sql,
+                (table, lower, limit_param(limit)),
+                raw,
+                decode,
+            ),
+        }
+    }
+
+    /// Every application table with its row count and size (one query over `kv`).
+    pub fn tables(&self) -> Result<Vec<TableStats>, ReadError> {
+        query_decode(
+            &self.conn,
+            "SELECT tbl, count(*), coalesce(sum(length(key) + length(value)), 0)
+             FROM kv GROUP BY tbl ORDER BY tbl",
+            [],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            },
+            |(name, rows, bytes)| {
+                let name_kv = schema::kv_table_name(&name);
+                Ok(TableStats {
+                    rows: to_u64(rows, &name_kv, "", "count")?,
+                    bytes: to_u64(bytes, &name_kv, "", "bytes")?,
+                    name,
+                })
+            },
+        )
+    }
+
+    /// Every peer's counters (one query).
+    pub fn peers(&self) -> Result<Vec<PeerRow>, ReadError> {
+        query_decode(
+            &self.conn,
+            SQL_PEERS,
+            [],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)),
+            |(peer, record)| schema::decode_peer(peer, &record),
+        )
+    }
+
+    /// The first `limit` (at most [`MAX_SCAN_ROWS`]) outbox rows, to `peer` or to everyone,
+    /// ordered by (peer, seq) (one query).
+    pub fn outbox(&self, peer: Option<&str>, limit: u32) -> Result<Vec<OutboxRow>, ReadError> {
+        let raw = |r: &rusqlite::Row<'_>| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+            ))
+        };
+        let decode = |(peer, seq, created_ms, payload): (String, i64, i64, Vec<u8>)| {
+            schema::decode_outbox(peer, seq, created_ms, &payload)
+        };
+        match peer {
+            Some(peer) => query_decode(
+                &self.conn,
+                "SELECT peer, seq, created_ms, payload FROM outbox WHERE peer = ?1
+                 ORDER BY seq LIMIT ?2",
+                (peer, limit_param(limit)),
+                raw,
+                decode,
+            ),
+            None => query_decode(
+                &self.conn,
+                "SELECT peer, seq, created_ms, payload FROM outbox ORDER BY peer, seq LIMIT ?1",
+                [limit_param(limit)],
+                raw,
+                decode,
+            ),
+        }
+    }
+
+    /// Per-peer outbox summary (one query).
+    pub fn outbox_stats(&self) -> Result<Vec<OutboxStats>, ReadError> {
+        query_decode(
+            &self.conn,
+            "SELECT peer, count(*), min(seq), max(seq), min(created_ms), sum(length(payload))
+             FROM outbox GROUP BY peer ORDER BY peer",
+            [],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    [
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, i64>(5)?,
+                    ],
+                ))
+            },
+            |(peer, [depth, min_seq, max_seq, oldest, bytes])| {
+                Ok(OutboxStats {
+                    depth: to_u64(depth, "outbox", &peer, "count")?,
+                    min_seq: to_u64(min_seq, "outbox", &peer, "seq")?,
+                    max_seq: to_u64(max_seq, "outbox", &peer, "seq")?,
+                    oldest_created_ms: to_u64(oldest, "outbox", &peer, "created_ms")?,
+                    bytes: to_u64(bytes, "outbox", &peer, "bytes")?,
+                    peer,
+                })
+            },
+        )
+    }
+
+    /// Every durable timer, by name (one query).
+    pub fn timers(&self) -> Result<Vec<TimerRow>, ReadError> {
+        query_decode(
+            &self.conn,
+            SQL_TIMERS,
+            [],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
+            },
+            |(name, due_ms, payload)| schema::decode_timer(name, due_ms, &payload),
+        )
+    }
+
+    /// Every cached client reply, by client id (one query).
+    pub fn clients(&self) -> Result<Vec<ClientRow>, ReadError> {
+        query_decode(
+            &self.conn,
+            SQL_CLIENTS,
+            [],
+            |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                ))
+            },
+            |(client, request_no, updated_ms, reply)| {
+                schema::decode_client(&client, request_no, updated_ms, &reply)
+            },
+        )
+    }
+
+    /// Every FUSE group record, by group id (one query).
+    pub fn groups(&self) -> Result<Vec<GroupRow>, ReadError> {
+        query_decode(
+            &self.conn,
+            SQL_GROUPS,
+            [],
+            |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)),
+            |(group, record)| schema::decode_group(&group, &record),
+        )
+    }
+
+    /// The newest `last` (at most [`MAX_SCAN_ROWS`]) turn-log entries, oldest first (one
+    /// query).
+    pub fn turn_log(&self, last: u32) -> Result<Vec<TurnLogEntry>, ReadError> {
+        let mut entries = query_decode(
+            &self.conn,
+            "SELECT turn, entry FROM turn_log ORDER BY turn DESC LIMIT ?1",
+            [limit_param(last)],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
+            |(turn, entry)| schema::decode_turn(turn, &entry),
+        )?;
+        entries.reverse();
+        Ok(entries)
+    }
+
+    /// Sizes of the database file and its WAL (no query).
+    pub fn file_sizes(&self) -> Result<FileSizes, ReadError> {
+        Ok(FileSizes {
+            db_bytes: file_len(&self.path)?,
+            wal_bytes: file_len(&wal_path(&self.path))?,
+        })
+    }
+
+    /// Checks the whole store and lists what is wrong (empty = healthy):
+    /// - every sealed record's envelope and CRC, one query per [`VERIFY_PAGE_ROWS`] rows;
+    /// - `meta` complete and decodable, every peer's `acked < next_seq`;
+    /// - per peer, in one query (one snapshot): outbox seqs contiguous, all above `acked`
+    ///   and below `next_seq`, and a `peers` row exists;
+    /// - SQLite's `PRAGMA integrity_check` (one query over the whole file).
+    ///
+    /// An `Err` means a check could not run (for example SQLite could not read the file).
+    pub fn verify(&self) -> Result<Vec<Problem>, ReadError> {
+        let mut problems = Problems {
+            list: Vec::new(),
+            dropped: 0,
+        };
+        let meta_rows = read_meta_rows(&self.conn)?;
+        let missing: Vec<&str> = schema::META_KEYS
+            .into_iter()
+            .filter(|k| !meta_rows.iter().any(|(have, _)| have == k))
+            .collect();
+        for key in &missing {
+            problems.push(Problem {
+                table: "meta".to_string(),
+                key: key.to_string(),
+                what: "row missing".to_string(),
+            });
+        }
+        if let (true, Err(p)) = (missing.is_empty(), schema::decode_meta(&meta_rows)) {
+            problems.push(meta_problem(p).into());
+        }
+        match self.root() {
+            Ok(_) => {}
+            Err(ReadError::Corrupted(c)) => problems.push(c.into()),
+            Err(e) => return Err(e),
+        }
+        self.verify_kv(&mut problems)?;
+        self.verify_outbox_rows(&mut problems)?;
+        self.verify_peers(&mut problems)?;
+        self.verify_simple(&mut problems)?;
+        self.verify_outbox_structure(&mut problems)?;
+        let rows: Vec<String> = {
+            let mut stmt = self.conn.prepare(&format!(
+                "PRAGMA integrity_check({INTEGRITY_CHECK_MAX_ERRORS})"
+            ))?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        for row in rows {
+            if row != "ok" {
+                problems.push(Problem {
+                    table: "sqlite".to_string(),
+                    key: String::new(),
+                    what: row,
+                });
+            }
+        }
+        Ok(problems.finish())
+    }
+
+    /// Walks a table page by page: `first` takes `?1` = limit; `next` takes the cursor
+    /// values, then the limit. `cursor` gives the cursor of a row (the last row of a page
+    /// continues the walk).
+    fn pages<R>(
+        &self,
+        first: &str,
+        next: &str,
+        raw: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<R>,
+        cursor: impl Fn(&R) -> Vec<Value>,
+        mut check: impl FnMut(R),
+    ) -> Result<(), ReadError> {
+        let mut after: Option<Vec<Value>> = None;
+        loop {
+            let page: Vec<R> = {
+                let page_rows = Value::Integer(i64::from(VERIFY_PAGE_ROWS));
+                match &after {
+                    None => {
+                        let mut stmt = self.conn.prepare_cached(first)?;
+                        let rows = stmt.query_map([page_rows], &raw)?;
+                        rows.collect::<rusqlite::Result<_>>()?
+                    }
+                    Some(c) => {
+                        let mut params = c.clone();
+                        params.push(page_rows);
+                        let mut stmt = self.conn.prepare_cached(next)?;
+                        let rows = stmt.query_map(rusqlite::params_from_iter(params), &raw)?;
+                        rows.collect::<rusqlite::Result<_>>()?
+                    }
+                }
+            };
+            let full = page.len() == VERIFY_PAGE_ROWS as usize;
+            after = page.last().map(&cursor);
+            for row in page {
+                check(row);
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    fn verify_kv(&self, problems: &mut Problems) -> Result<(), ReadError> {
+        self.pages(
+            "SELECT tbl, key, value FROM kv ORDER BY tbl, key LIMIT ?1",
+            "SELECT tbl, key, value FROM kv WHERE (tbl, key) > (?1, ?2) ORDER BY tbl, key LIMIT ?3",
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
+            },
+            |(t, k, _)| vec![Value::Text(t.clone()), Value::Blob(k.clone())],
+            |(t, k, v)| {
+                if let Err(c) =
+                    codec::unseal(&schema::kv_table_name(&t), &codec::printable_key(&k), &v)
+                {
+                    problems.push(c.into());
+                }
+            },
+        )
+    }
+
+    fn verify_outbox_rows(&self, problems: &mut Problems) -> Result<(), ReadError> {
+        self.pages(
+            "SELECT peer, seq, created_ms, payload FROM outbox ORDER BY peer, seq LIMIT ?1",
+            "SELECT peer, seq, created_ms, payload FROM outbox WHERE (peer, seq) > (?1, ?2)
+             ORDER BY peer, seq LIMIT ?3",
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                ))
+            },
+            |(p, s, _, _)| vec![Value::Text(p.clone()), Value::Integer(*s)],
+            |(peer, seq, created_ms, payload)| {
+                if let Err(c) = schema::decode_outbox(peer, seq, created_ms, &payload) {
+                    problems.push(c.into());
+                }
+            },
+        )
+    }
+
+    fn verify_peers(&self, problems: &mut Problems) -> Result<(), ReadError> {
+        self.pages(
+            "SELECT peer, record FROM peers ORDER BY peer LIMIT ?1",
+            "SELECT peer, record FROM peers WHERE peer > ?1 ORDER BY peer LIMIT ?2",
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)),
+            |(p, _)| vec![Value::Text(p.clone())],
+            |(peer, record)| match schema::decode_peer(peer, &record) {
+                Err(c) => problems.push(c.into()),
+                Ok(p) if p.acked >= p.next_seq => problems.push(Problem {
+                    table: "peers".to_string(),
+                    key: p.peer.clone(),
+                    what: format!("acked {} is not below next_seq {}", p.acked, p.next_seq),
+                }),
+                Ok(_) => {}
+            },
+        )
+    }
+
+    /// Timers, clients, groups and the turn log: envelope checks only.
+    fn verify_simple(&self, problems: &mut Problems) -> Result<(), ReadError> {
+        self.pages(
+            "SELECT name, due_ms, payload FROM timers ORDER BY name LIMIT ?1",
+            "SELECT name, due_ms, payload FROM timers WHERE name > ?1 ORDER BY name LIMIT ?2",
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
+            },
+            |(n, _, _)| vec![Value::Text(n.clone())],
+            |(name, due_ms, payload)| {
+                if let Err(c) = schema::decode_timer(name, due_ms, &payload) {
+                    problems.push(c.into());
+                }
+            },
+        )?;
+        self.pages(
+            "SELECT client, request_no, updated_ms, reply FROM clients ORDER BY client LIMIT ?1",
+            "SELECT client, request_no, updated_ms, reply FROM clients WHERE client > ?1
+             ORDER BY client LIMIT ?2",
+            |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                ))
+            },
+            |(c, _, _, _)| vec![Value::Blob(c.clone())],
+            |(client, request_no, updated_ms, reply)| {
+                if let Err(c) = schema::decode_client(&client, request_no, updated_ms, &reply) {
+                    problems.push(c.into());
+                }
+            },
+        )?;
+        self.pages(
+            "SELECT group_id, record FROM fuse_groups ORDER BY group_id LIMIT ?1",
+            "SELECT group_id, record FROM fuse_groups WHERE group_id > ?1
+             ORDER BY group_id LIMIT ?2",
+            |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)),
+            |(g, _)| vec![Value::Blob(g.clone())],
+            |(group, record)| {
+                if let Err(c) = schema::decode_group(&group, &record) {
+                    problems.push(c.into());
+                }
+            },
+        )?;
+        self.pages(
+            "SELECT turn, entry FROM turn_log ORDER BY turn LIMIT ?1",
+            "SELECT turn, entry FROM turn_log WHERE turn > ?1 ORDER BY turn LIMIT ?2",
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
+            |(t, _)| vec![Value::Integer(*t)],
+            |(turn, entry)| {
+                if let Err(c) = schema::decode_turn(turn, &entry) {
+                    problems.push(c.into());
+                }
+            },
+        )
+    }
+
+    /// Outbox structure against the peers' counters, in one query (one snapshot, so a
+    /// concurrent commit can not produce a false alarm).
+    fn verify_outbox_structure(&self, problems: &mut Problems) -> Result<(), ReadError> {
+        let rows: Vec<PeerOutboxSummary> = {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT o.peer, count(*), min(o.seq), max(o.seq),
+                        (SELECT record FROM peers p WHERE p.peer = o.peer)
+                 FROM outbox o GROUP BY o.peer ORDER BY o.peer",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        for (peer, count, min_seq, max_seq, record) in rows {
+            let problem = |what: String| Problem {
+                table: "outbox".to_string(),
+                key: peer.clone(),
+                what,
+            };
+            if max_seq - min_seq + 1 != count {
+                problems.push(problem(format!(
+                    "{count} rows with seqs {min_seq}..={max_seq}: not contiguous"
+                )));
+            }
+            let Some(record) = record else {
+                problems.push(problem(
+                    "outbox rows for a peer with no `peers` row".to_string(),
+                ));
+                continue;
+            };
+            // A corrupt peers record is reported by the peers walk.
+            let Ok(p) = schema::decode_peer(peer.clone(), &record) else {
+                continue;
+            };
+            if u64::try_from(min_seq).map_or(true, |s| s <= p.acked) {
+                problems.push(problem(format!(
+                    "outbox seq {min_seq} is not above the peer's acked {}",
+                    p.acked
+                )));
+            }
+            if u64::try_from(max_seq).map_or(true, |s| s >= p.next_seq) {
+                problems.push(problem(format!(
+                    "outbox seq {max_seq} is not below the peer's next_seq {}",
+                    p.next_seq
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A `LIMIT` parameter, capped at [`MAX_SCAN_ROWS`].
+fn limit_param(rows: u32) -> i64 {
+    i64::from(rows.min(MAX_SCAN_ROWS))
+}

@@ -1,0 +1,873 @@
+//! The owning handle: open (create or recover) and commit.
+//!
+//! Invariants:
+//! - The owner lock (`<store>.lock`, an exclusive advisory lock) is taken before the database
+//!   is touched and held for the life of the [`Store`]; the connection is closed before the
+//!   lock is released.
+//! - A foreign or newer file is never modified: it is classified with read-only queries
+//!   before any pragma that writes (`journal_mode=WAL`) runs.
+//! - Creation (schema and `meta`) is one transaction followed by an fsync of the directory;
+//!   a file left empty by an interrupted creation is created again by the next open.
+//! - One batch is one `BEGIN IMMEDIATE` transaction; [`Store::commit`] returns `Ok` only
+//!   after `COMMIT` returned with `synchronous=FULL`, so the batch is on disk.
+//! - After any failed commit the handle is poisoned and refuses all work; nothing is retried.
+//! - In-memory counters (`turns_committed`, `commits`, turn-log rows) change only after a
+//!   successful `COMMIT`, so they always equal what is durable.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::Rng;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+
+use crate::codec::{self, seal};
+use crate::error::{CommitError, OpenError, ReadError};
+use crate::schema::{self, sql_u64};
+use crate::{
+    Batch, ClientChange, CommitInfo, GroupChange, Recovered, StoreOptions, TimerChange,
+    FORMAT_VERSION,
+};
+
+/// How long the owner waits on a lock held briefly by a reader (for example while a reader
+/// runs WAL recovery on a store whose owner was killed).
+pub const OWNER_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Largest body (root, table value, payload, reply, group record) the store accepts.
+pub const MAX_BODY_BYTES: usize = codec::DECODE_LIMIT_BYTES;
+
+/// Largest table key.
+pub const MAX_KEY_BYTES: usize = 4096;
+
+/// Largest name (process id, table name, peer id, timer name), in bytes.
+pub const MAX_NAME_BYTES: usize = 1024;
+
+/// Most rows (writes, appends, changes, turn-log entries) one batch may carry.
+pub const MAX_BATCH_ROWS: usize = 1_000_000;
+
+/// The WAL file is truncated back to this size after a checkpoint that emptied it.
+pub const JOURNAL_SIZE_LIMIT_BYTES: i64 = 64 << 20;
+
+/// Prepared-statement cache size: every statement commit and recovery use, with room.
+const STATEMENT_CACHE_CAPACITY: usize = 64;
+
+/// The path of the owner lock file of the store at `path`: `<path>.lock`.
+pub fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// The owning handle of a store. Not `Sync`: the runtime drives it from one thread.
+///
+/// Dropping it closes the connection (SQLite checkpoints the WAL if no reader is attached)
+/// and then releases the owner lock.
+#[derive(Debug)]
+pub struct Store {
+    // Field order is drop order: the connection closes before the lock is released.
+    conn: Connection,
+    _lock: File,
+    path: PathBuf,
+    process_id: String,
+    incarnation: u64,
+    options: StoreOptions,
+    turns_committed: u64,
+    commits: u64,
+    turn_log_rows: u64,
+    poisoned: bool,
+}
+
+fn sqlite_open_err(path: &Path) -> impl Fn(rusqlite::Error) -> OpenError + '_ {
+    move |e| OpenError::Sqlite {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    }
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> OpenError + '_ {
+    move |source| OpenError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Takes the exclusive advisory owner lock, or reports who holds it.
+fn take_owner_lock(path: &Path) -> Result<File, OpenError> {
+    let lock_path = lock_path(path);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(io_err(&lock_path))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(OpenError::InUse {
+                path: path.to_path_buf(),
+                lock_path,
+            })
+        }
+        Err(std::fs::TryLockError::Error(source)) => {
+            return Err(OpenError::Io {
+                path: lock_path,
+                source,
+            })
+        }
+    }
+    // The holder's pid, for people (`cat store.lock`); not needed for correctness, so
+    // it is not fsynced.
+    file.set_len(0).map_err(io_err(&lock_path))?;
+    writeln!(file, "{}", std::process::id()).map_err(io_err(&lock_path))?;
+    Ok(file)
+}
+
+/// Reads the pid an owner wrote into a lock file, for messages.
+pub(crate) fn lock_holder(lock_path: &Path) -> Option<u32> {
+    let mut text = String::new();
+    File::open(lock_path).ok()?.read_to_string(&mut text).ok()?;
+    text.trim().parse().ok()
+}
+
+fn fsync_dir(path: &Path) -> Result<(), OpenError> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// What an existing file holds, judged with read-only queries.
+enum Found {
+    /// No schema at all: a new file, or one left by an interrupted creation.
+    Empty,
+    /// A Ken store whose `meta` rows decoded.
+    Ken(schema::MetaValues),
+}
+
+/// Reads all `meta` rows (one query).
+pub(crate) fn read_meta_rows(conn: &Connection) -> rusqlite::Result<Vec<(String, Vec<u8>)>> {
+    let mut stmt = conn.prepare_cached("SELECT key, value FROM meta")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
+}
+
+/// Decodes the meta rows, turning the problems into open errors.
+pub(crate) fn meta_or_open_error(
+    path: &Path,
+    rows: &[(String, Vec<u8>)],
+) -> Result<schema::MetaValues, OpenError> {
+    schema::decode_meta(rows).map_err(|p| match p {
+        schema::MetaProblem::NotKen(detail) => OpenError::NotAKenStore {
+            path: path.to_path_buf(),
+            detail,
+        },
+        schema::MetaProblem::Newer(found) => OpenError::NewerFormat {
+            found,
+            supported: FORMAT_VERSION,
+        },
+        schema::MetaProblem::Corrupted(c) => OpenError::Corrupted(c),
+    })
+}
+
+/// Classifies an opened file without writing to it.
+pub(crate) fn classify(
+    conn: &Connection,
+    path: &Path,
+) -> Result<Option<schema::MetaValues>, OpenError> {
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table'")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .map_err(|e| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::NotADatabase) => OpenError::NotAKenStore {
+                path: path.to_path_buf(),
+                detail: "not an SQLite database".to_string(),
+            },
+            _ => sqlite_open_err(path)(e),
+        })?;
+    if tables.is_empty() {
+        return Ok(None);
+    }
+    if !tables.iter().any(|t| t == "meta") {
+        return Err(OpenError::NotAKenStore {
+            path: path.to_path_buf(),
+            detail: "an SQLite database without Ken's `meta` table".to_string(),
+        });
+    }
+    let rows = read_meta_rows(conn).map_err(|e| OpenError::NotAKenStore {
+        path: path.to_path_buf(),
+        detail: format!("its `meta` table is not Ken's: {e}"),
+    })?;
+    let meta = meta_or_open_error(path, &rows)?;
+    if let Some(missing) = schema::TABLES
+        .iter()
+        .find(|t| !tables.iter().any(|have| have == *t))
+    {
+        return Err(OpenError::Corrupted(crate::Corrupted {
+            table: missing.to_string(),
+            key: String::new(),
+            detail: "the table is missing".to_string(),
+        }));
+    }
+    Ok(Some(meta))
+}
+
+impl Store {
+    /// Opens the store at `path` for process `process_id`, creating it if the file does not
+    /// exist (or is empty), with default [`StoreOptions`].
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("a.ken");
+    /// let (mut store, recovered) = ken_store::Store::open(&path, "a")?;
+    /// assert!(recovered.created);
+    /// store.commit(&ken_store::Batch { turns: 1, root: Some(b"state".to_vec()), ..Default::default() })?;
+    /// drop(store);
+    /// let (_store, recovered) = ken_store::Store::open(&path, "a")?;
+    /// assert_eq!(recovered.root.as_deref(), Some(&b"state"[..]));
+    /// assert_eq!(recovered.turns_committed, 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn open(path: &Path, process_id: &str) -> Result<(Store, Recovered), OpenError> {
+        Store::open_with(path, process_id, &StoreOptions::default())
+    }
+
+    /// [`Store::open`] with explicit options.
+    ///
+    /// # Panics
+    /// If `process_id` is empty or longer than [`MAX_NAME_BYTES`].
+    pub fn open_with(
+        path: &Path,
+        process_id: &str,
+        options: &StoreOptions,
+    ) -> Result<(Store, Recovered), OpenError> {
+        assert!(
+            !process_id.is_empty() && process_id.len() <= MAX_NAME_BYTES,
+            "process id must be 1..={MAX_NAME_BYTES} bytes"
+        );
+        let lock = take_owner_lock(path)?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut conn = Connection::open_with_flags(path, flags).map_err(sqlite_open_err(path))?;
+        conn.busy_timeout(OWNER_BUSY_TIMEOUT)
+            .map_err(sqlite_open_err(path))?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+
+        let found = match classify(&conn, path)? {
+            None => Found::Empty,
+            Some(meta) => Found::Ken(meta),
+        };
+        if let Found::Ken(meta) = &found {
+            if meta.process_id != process_id {
+                return Err(OpenError::WrongProcess {
+                    expected: process_id.to_string(),
+                    found: meta.process_id.clone(),
+                });
+            }
+        }
+        configure_owner(&conn, path, options)?;
+        let created = matches!(found, Found::Empty);
+        if created {
+            create(&mut conn, process_id).map_err(sqlite_open_err(path))?;
+            fsync_dir(path)?;
+            tracing::info!(path = %path.display(), process_id, "created store");
+        }
+        let (recovered, turn_log_rows) = recover(&mut conn, path, created)?;
+        if recovered.process_id != process_id {
+            return Err(OpenError::WrongProcess {
+                expected: process_id.to_string(),
+                found: recovered.process_id,
+            });
+        }
+        let store = Store {
+            conn,
+            _lock: lock,
+            path: path.to_path_buf(),
+            process_id: process_id.to_string(),
+            incarnation: recovered.incarnation,
+            options: options.clone(),
+            turns_committed: recovered.turns_committed,
+            commits: recovered.commits,
+            turn_log_rows,
+            poisoned: false,
+        };
+        Ok((store, recovered))
+    }
+
+    /// The store file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The process id the store belongs to.
+    pub fn process_id(&self) -> &str {
+        &self.process_id
+    }
+
+    /// The incarnation chosen when the store was created (never 0).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// Turns committed over the life of the store.
+    pub fn turns_committed(&self) -> u64 {
+        self.turns_committed
+    }
+
+    /// Commits over the life of the store.
+    pub fn commits(&self) -> u64 {
+        self.commits
+    }
+
+    /// True after a failed commit: every call fails until the store is reopened.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    /// Reads one committed row of application table `table`.
+    pub fn table_get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
+        if self.poisoned {
+            return Err(ReadError::Poisoned);
+        }
+        table_get(&self.conn, table, key)
+    }
+
+    /// Writes `batch` in one transaction and returns once it is durable.
+    ///
+    /// Applied in this order: root, table writes, outbox appends, outbox acks, outbox
+    /// forgets, peers, timers, clients, groups, turn-log inserts and trimming, counters.
+    ///
+    /// # Panics
+    /// If the batch breaks a precondition (a bug in the caller): an outbox `seq` of 0 or not
+    /// contiguous per peer within the batch, a peer with `acked >= next_seq`, turn-log entries
+    /// not increasing, an integer above `i64::MAX`, an empty or oversized name, key or body.
+    pub fn commit(&mut self, batch: &Batch) -> Result<CommitInfo, CommitError> {
+        if self.poisoned {
+            return Err(CommitError::Poisoned);
+        }
+        check_batch(batch);
+        let turns_committed = self
+            .turns_committed
+            .checked_add(batch.turns)
+            .expect("turns_committed overflows u64");
+        let commits = self.commits + 1;
+        match self.write(batch, turns_committed, commits) {
+            Ok(turn_log_rows) => {
+                self.turns_committed = turns_committed;
+                self.commits = commits;
+                self.turn_log_rows = turn_log_rows;
+                Ok(CommitInfo {
+                    commits,
+                    turns_committed,
+                })
+            }
+            Err(e) => {
+                self.poisoned = true;
+                tracing::error!(path = %self.path.display(), error = %e, "commit failed; store poisoned");
+                Err(e)
+            }
+        }
+    }
+
+    /// The transaction of [`Store::commit`]. Returns the turn-log row count after it.
+    fn write(
+        &mut self,
+        batch: &Batch,
+        turns_committed: u64,
+        commits: u64,
+    ) -> Result<u64, CommitError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if let Some(root) = &batch.root {
+            tx.prepare_cached(
+                "INSERT INTO root (id, value) VALUES (0, ?1)
+                 ON CONFLICT (id) DO UPDATE SET value = excluded.value",
+            )?
+            .execute([seal(root)])?;
+        }
+        if !batch.table_writes.is_empty() {
+            let mut put = tx.prepare_cached(
+                "INSERT INTO kv (tbl, key, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (tbl, key) DO UPDATE SET value = excluded.value",
+            )?;
+            let mut del = tx.prepare_cached("DELETE FROM kv WHERE tbl = ?1 AND key = ?2")?;
+            for w in &batch.table_writes {
+                match &w.value {
+                    Some(v) => put.execute((&w.table, &w.key, seal(v)))?,
+                    None => del.execute((&w.table, &w.key))?,
+                };
+            }
+        }
+        if !batch.outbox_appends.is_empty() {
+            let mut append = tx.prepare_cached(
+                "INSERT INTO outbox (peer, seq, created_ms, payload) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for m in &batch.outbox_appends {
+                append.execute((
+                    &m.peer,
+                    sql_u64(m.seq, "outbox seq"),
+                    sql_u64(m.created_ms, "outbox created_ms"),
+                    seal(&m.payload),
+                ))?;
+            }
+        }
+        if !batch.outbox_acks.is_empty() {
+            let mut ack = tx.prepare_cached("DELETE FROM outbox WHERE peer = ?1 AND seq <= ?2")?;
+            for a in &batch.outbox_acks {
+                ack.execute((&a.peer, sql_u64(a.up_to, "outbox ack up_to")))?;
+            }
+        }
+        if !batch.outbox_forget.is_empty() {
+            let mut forget = tx.prepare_cached("DELETE FROM outbox WHERE peer = ?1")?;
+            for peer in &batch.outbox_forget {
+                forget.execute([peer])?;
+            }
+        }
+        if !batch.peers.is_empty() {
+            let mut put = tx.prepare_cached(
+                "INSERT INTO peers (peer, record) VALUES (?1, ?2)
+                 ON CONFLICT (peer) DO UPDATE SET record = excluded.record",
+            )?;
+            for p in &batch.peers {
+                put.execute((&p.peer, seal(&schema::peer_body(p))))?;
+            }
+        }
+        if !batch.timers.is_empty() {
+            let mut set = tx.prepare_cached(
+                "INSERT INTO timers (name, due_ms, payload) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE SET due_ms = excluded.due_ms, payload = excluded.payload",
+            )?;
+            let mut cancel = tx.prepare_cached("DELETE FROM timers WHERE name = ?1")?;
+            for t in &batch.timers {
+                match t {
+                    TimerChange::Set {
+                        name,
+                        due_ms,
+                        payload,
+                    } => set.execute((name, sql_u64(*due_ms, "timer due_ms"), seal(payload)))?,
+                    TimerChange::Cancel { name } => cancel.execute([name])?,
+                };
+            }
+        }
+        if !batch.clients.is_empty() {
+            let mut put = tx.prepare_cached(
+                "INSERT INTO clients (client, request_no, updated_ms, reply) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (client) DO UPDATE SET request_no = excluded.request_no,
+                     updated_ms = excluded.updated_ms, reply = excluded.reply",
+            )?;
+            let mut evict = tx.prepare_cached("DELETE FROM clients WHERE client = ?1")?;
+            for c in &batch.clients {
+                match c {
+                    ClientChange::Put(row) => put.execute((
+                        &row.client[..],
+                        sql_u64(row.request_no, "client request_no"),
+                        sql_u64(row.updated_ms, "client updated_ms"),
+                        seal(&row.reply),
+                    ))?,
+                    ClientChange::Evict { client } => evict.execute([&client[..]])?,
+                };
+            }
+        }
+        if !batch.groups.is_empty() {
+            let mut put = tx.prepare_cached(
+                "INSERT INTO fuse_groups (group_id, record) VALUES (?1, ?2)
+                 ON CONFLICT (group_id) DO UPDATE SET record = excluded.record",
+            )?;
+            let mut del = tx.prepare_cached("DELETE FROM fuse_groups WHERE group_id = ?1")?;
+            for g in &batch.groups {
+                match g {
+                    GroupChange::Put(row) => put.execute((&row.group[..], seal(&row.record)))?,
+                    GroupChange::Delete { group } => del.execute([&group[..]])?,
+                };
+            }
+        }
+        let mut turn_log_rows = self.turn_log_rows;
+        if !batch.turn_log.is_empty() {
+            let mut insert =
+                tx.prepare_cached("INSERT INTO turn_log (turn, entry) VALUES (?1, ?2)")?;
+            for e in &batch.turn_log {
+                insert.execute((sql_u64(e.turn, "turn number"), seal(&codec::encode(e))))?;
+            }
+            turn_log_rows += batch.turn_log.len() as u64;
+        }
+        let max = u64::from(self.options.turn_log_max);
+        if turn_log_rows > max {
+            let excess = turn_log_rows - max;
+            let deleted = tx
+                .prepare_cached(
+                    "DELETE FROM turn_log WHERE turn IN (SELECT turn FROM turn_log ORDER BY turn LIMIT ?1)",
+                )?
+                .execute([sql_u64(excess, "turn-log excess")])?;
+            assert_eq!(
+                deleted as u64, excess,
+                "turn-log row count out of step with the store"
+            );
+            turn_log_rows = max;
+        }
+        let changed = tx
+            .prepare_cached("UPDATE meta SET value = ?1 WHERE key = ?2")?
+            .execute((
+                seal(&schema::counters_body(
+                    turns_committed,
+                    commits,
+                    batch.now_ms,
+                )),
+                schema::META_COUNTERS,
+            ))?;
+        assert_eq!(changed, 1, "meta has exactly one `counters` row");
+        tx.commit()?;
+        Ok(turn_log_rows)
+    }
+}
+
+/// Owner pragmas. `journal_mode=WAL` is persistent (written in the file header); the others
+/// hold for this connection only.
+fn configure_owner(
+    conn: &Connection,
+    path: &Path,
+    options: &StoreOptions,
+) -> Result<(), OpenError> {
+    let sq = sqlite_open_err(path);
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+        .map_err(&sq)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(OpenError::Sqlite {
+            path: path.to_path_buf(),
+            detail: format!("SQLite refused journal_mode=WAL (the mode is {mode})"),
+        });
+    }
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(&sq)?;
+    conn.pragma_update(None, "locking_mode", "NORMAL")
+        .map_err(&sq)?;
+    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT_BYTES)
+        .map_err(&sq)?;
+    if let Some(pages) = options.max_page_count {
+        conn.pragma_update(None, "max_page_count", pages)
+            .map_err(&sq)?;
+    }
+    Ok(())
+}
+
+/// Creates the schema and `meta` rows in one transaction.
+fn create(conn: &mut Connection, process_id: &str) -> rusqlite::Result<()> {
+    let incarnation: u64 = rand::thread_rng().gen_range(1..=u64::MAX);
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(schema::SCHEMA_SQL)?;
+    {
+        let mut put = tx.prepare("INSERT INTO meta (key, value) VALUES (?1, ?2)")?;
+        let rows: [(&str, Vec<u8>); 6] = [
+            (schema::META_MAGIC, schema::MAGIC.to_vec()),
+            (
+                schema::META_FORMAT_VERSION,
+                FORMAT_VERSION.to_le_bytes().to_vec(),
+            ),
+            (schema::META_PROCESS_ID, process_id.as_bytes().to_vec()),
+            (schema::META_INCARNATION, incarnation.to_le_bytes().to_vec()),
+            (schema::META_CREATED_MS, now_ms().to_le_bytes().to_vec()),
+            (
+                schema::META_COUNTERS,
+                schema::counters_body(0, 0, 0).to_vec(),
+            ),
+        ];
+        for (key, body) in rows {
+            put.execute((key, seal(&body)))?;
+        }
+    }
+    tx.commit()
+}
+
+/// Loads everything but table rows, in one read transaction. Returns the turn-log row count.
+fn recover(
+    conn: &mut Connection,
+    path: &Path,
+    created: bool,
+) -> Result<(Recovered, u64), OpenError> {
+    let sq = sqlite_open_err(path);
+    let tx = conn.transaction().map_err(&sq)?;
+    let meta = meta_or_open_error(path, &read_meta_rows(&tx).map_err(&sq)?)?;
+    let root: Option<Vec<u8>> = tx
+        .query_row("SELECT value FROM root WHERE id = 0", [], |r| r.get(0))
+        .optional()
+        .map_err(&sq)?;
+    let root = match root {
+        Some(bytes) => Some(
+            codec::unseal("root", schema::ROOT_KEY, &bytes)
+                .map_err(OpenError::Corrupted)?
+                .to_vec(),
+        ),
+        None => None,
+    };
+    let peers = query_decode(
+        &tx,
+        crate::reader::SQL_PEERS,
+        [],
+        |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)),
+        |(peer, record)| schema::decode_peer(peer, &record),
+    )
+    .map_err(|e| read_to_open(path, e))?;
+    let outbox = query_decode(
+        &tx,
+        "SELECT peer, seq, created_ms, payload FROM outbox ORDER BY peer, seq",
+        [],
+        |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+            ))
+        },
+        |(peer, seq, created_ms, payload)| schema::decode_outbox(peer, seq, created_ms, &payload),
+    )
+    .map_err(|e| read_to_open(path, e))?;
+    let timers = query_decode(
+        &tx,
+        crate::reader::SQL_TIMERS,
+        [],
+        |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
+        },
+        |(name, due_ms, payload)| schema::decode_timer(name, due_ms, &payload),
+    )
+    .map_err(|e| read_to_open(path, e))?;
+    let clients = query_decode(
+        &tx,
+        crate::reader::SQL_CLIENTS,
+        [],
+        |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+            ))
+        },
+        |(client, request_no, updated_ms, reply)| {
+            schema::decode_client(&client, request_no, updated_ms, &reply)
+        },
+    )
+    .map_err(|e| read_to_open(path, e))?;
+    let groups = query_decode(
+        &tx,
+        crate::reader::SQL_GROUPS,
+        [],
+        |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)),
+        |(group, record)| schema::decode_group(&group, &record),
+    )
+    .map_err(|e| read_to_open(path, e))?;
+    let turn_log_rows: i64 = tx
+        .query_row("SELECT count(*) FROM turn_log", [], |r| r.get(0))
+        .map_err(&sq)?;
+    tx.finish().map_err(&sq)?;
+    let recovered = Recovered {
+        process_id: meta.process_id,
+        incarnation: meta.incarnation,
+        created,
+        turns_committed: meta.turns_committed,
+        commits: meta.commits,
+        root,
+        peers,
+        outbox,
+        timers,
+        clients,
+        groups,
+    };
+    Ok((recovered, u64::try_from(turn_log_rows).unwrap_or(0)))
+}
+
+fn read_to_open(path: &Path, e: ReadError) -> OpenError {
+    match e {
+        ReadError::Corrupted(c) => OpenError::Corrupted(c),
+        other => OpenError::Sqlite {
+            path: path.to_path_buf(),
+            detail: other.to_string(),
+        },
+    }
+}
+
+/// Runs one query, collects the raw rows (ending the statement, and so the implicit read
+/// transaction when there is no explicit one), then decodes each row.
+pub(crate) fn query_decode<P, R, T, F, D>(
+    conn: &Connection,
+    sql: &str,
+    params: P,
+    raw: F,
+    decode: D,
+) -> Result<Vec<T>, ReadError>
+where
+    P: rusqlite::Params,
+    F: FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<R>,
+    D: FnMut(R) -> Result<T, crate::Corrupted>,
+{
+    let rows: Vec<R> = {
+        let mut stmt = conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(params, raw)?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    Ok(rows.into_iter().map(decode).collect::<Result<_, _>>()?)
+}
+
+/// One row of an application table (one query).
+pub(crate) fn table_get(
+    conn: &Connection,
+    table: &str,
+    key: &[u8],
+) -> Result<Option<Vec<u8>>, ReadError> {
+    let value: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT value FROM kv WHERE tbl = ?1 AND key = ?2")?
+        .query_row((table, key), |r| r.get(0))
+        .optional()?;
+    match value {
+        None => Ok(None),
+        Some(bytes) => {
+            let body = codec::unseal(
+                &schema::kv_table_name(table),
+                &codec::printable_key(key),
+                &bytes,
+            )?;
+            Ok(Some(body.to_vec()))
+        }
+    }
+}
+
+fn check_name(name: &str, what: &str) {
+    assert!(
+        !name.is_empty() && name.len() <= MAX_NAME_BYTES,
+        "{what} `{name}` must be 1..={MAX_NAME_BYTES} bytes"
+    );
+}
+
+fn check_body(body: &[u8], what: &str) {
+    assert!(
+        body.len() <= MAX_BODY_BYTES,
+        "{what} is {} bytes, over the {MAX_BODY_BYTES}-byte limit",
+        body.len()
+    );
+}
+
+/// Asserts the batch's preconditions before anything is written.
+fn check_batch(batch: &Batch) {
+    let rows = batch.table_writes.len()
+        + batch.outbox_appends.len()
+        + batch.outbox_acks.len()
+        + batch.outbox_forget.len()
+        + batch.peers.len()
+        + batch.timers.len()
+        + batch.clients.len()
+        + batch.groups.len()
+        + batch.turn_log.len();
+    assert!(
+        rows <= MAX_BATCH_ROWS,
+        "batch of {rows} rows, over {MAX_BATCH_ROWS}"
+    );
+    if let Some(root) = &batch.root {
+        check_body(root, "root state");
+    }
+    for w in &batch.table_writes {
+        check_name(&w.table, "table name");
+        assert!(
+            w.key.len() <= MAX_KEY_BYTES,
+            "table key over {MAX_KEY_BYTES} bytes"
+        );
+        if let Some(v) = &w.value {
+            check_body(v, "table value");
+        }
+    }
+    let mut last_seq: Vec<(&str, u64)> = Vec::new();
+    for m in &batch.outbox_appends {
+        check_name(&m.peer, "peer id");
+        check_body(&m.payload, "outbox payload");
+        assert!(
+            m.seq > 0,
+            "outbox seq to `{}` is 0 (the first message is 1)",
+            m.peer
+        );
+        sql_u64(m.seq, "outbox seq");
+        sql_u64(m.created_ms, "outbox created_ms");
+        match last_seq.iter_mut().find(|(p, _)| *p == m.peer) {
+            Some((_, last)) => {
+                assert_eq!(
+                    m.seq,
+                    *last + 1,
+                    "outbox appends to `{}` are not contiguous within the batch",
+                    m.peer
+                );
+                *last = m.seq;
+            }
+            None => last_seq.push((&m.peer, m.seq)),
+        }
+    }
+    for a in &batch.outbox_acks {
+        check_name(&a.peer, "peer id");
+        sql_u64(a.up_to, "outbox ack up_to");
+    }
+    for p in &batch.outbox_forget {
+        check_name(p, "peer id");
+    }
+    for p in &batch.peers {
+        check_name(&p.peer, "peer id");
+        assert!(
+            p.acked < p.next_seq,
+            "peer `{}`: acked {} must be below next_seq {}",
+            p.peer,
+            p.acked,
+            p.next_seq
+        );
+        sql_u64(p.next_seq, "peer next_seq");
+    }
+    for t in &batch.timers {
+        match t {
+            TimerChange::Set {
+                name,
+                due_ms,
+                payload,
+            } => {
+                check_name(name, "timer name");
+                check_body(payload, "timer payload");
+                sql_u64(*due_ms, "timer due_ms");
+            }
+            TimerChange::Cancel { name } => check_name(name, "timer name"),
+        }
+    }
+    for c in &batch.clients {
+        if let ClientChange::Put(row) = c {
+            check_body(&row.reply, "client reply");
+            sql_u64(row.request_no, "client request_no");
+            sql_u64(row.updated_ms, "client updated_ms");
+        }
+    }
+    for g in &batch.groups {
+        if let GroupChange::Put(row) = g {
+            check_body(&row.record, "group record");
+        }
+    }
+    for pair in batch.turn_log.windows(2) {
+        assert!(
+            pair[0].turn < pair[1].turn,
+            "turn-log entries must increase by turn"
+        );
+    }
+    for e in &batch.turn_log {
+        sql_u64(e.turn, "turn number");
+    }
+}
