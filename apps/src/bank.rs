@@ -54,7 +54,11 @@ pub struct State {
 /// Messages between members.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Msg {
-    Credit { transfer: u64, account: u32, amount: i64 },
+    Credit {
+        transfer: u64,
+        account: u32,
+        amount: i64,
+    },
 }
 
 /// A transfer as the sender recorded it.
@@ -146,7 +150,8 @@ impl Handler for Bank {
                 turn.set_timer(TRANSFER_TIMER, self.transfer_interval);
             }
             Input::Timer { name } if name == TRANSFER_TIMER => {
-                let exhausted = self.transfers_max > 0 && state.transfers_started >= self.transfers_max;
+                let exhausted =
+                    self.transfers_max > 0 && state.transfers_started >= self.transfers_max;
                 if !exhausted {
                     self.transfer(state, turn);
                     turn.set_timer(TRANSFER_TIMER, self.transfer_interval);
@@ -194,14 +199,20 @@ pub struct BankView {
 
 impl BankView {
     /// Applies one committed table write (as found in a commit batch) to the view.
-    pub fn apply_write(&mut self, table: &str, key: &[u8], value: Option<&[u8]>) -> Result<(), String> {
+    pub fn apply_write(
+        &mut self,
+        table: &str,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), String> {
         let decode_err = |e: ken::store::codec::DecodeError| format!("{table}: {e}");
         match table {
             ACCOUNTS_TABLE => {
                 let k = u32::from_be_bytes(key.try_into().map_err(|_| "bad account key")?);
                 match value {
                     Some(v) => {
-                        self.balances.insert(k, ken::store::codec::decode(v).map_err(decode_err)?);
+                        self.balances
+                            .insert(k, ken::store::codec::decode(v).map_err(decode_err)?);
                     }
                     None => {
                         self.balances.remove(&k);
@@ -212,7 +223,8 @@ impl BankView {
                 let k = u64::from_be_bytes(key.try_into().map_err(|_| "bad transfer key")?);
                 match value {
                     Some(v) => {
-                        self.sent.insert(k, ken::store::codec::decode(v).map_err(decode_err)?);
+                        self.sent
+                            .insert(k, ken::store::codec::decode(v).map_err(decode_err)?);
                     }
                     None => {
                         self.sent.remove(&k);
@@ -223,7 +235,8 @@ impl BankView {
                 let k = parse_applied_key(key).ok_or("bad applied key")?;
                 match value {
                     Some(v) => {
-                        self.applied.insert(k, ken::store::codec::decode(v).map_err(decode_err)?);
+                        self.applied
+                            .insert(k, ken::store::codec::decode(v).map_err(decode_err)?);
                     }
                     None => {
                         self.applied.remove(&k);

@@ -73,11 +73,7 @@ impl Handler for PingPong {
 
     fn on_turn(&self, state: &mut State, turn: &mut Turn<'_, Msg>, input: Input<Msg>) {
         match input {
-            Input::Start => {
-                if !self.serve && self.count > 0 {
-                    self.hit(state, turn, 1);
-                }
-            }
+            Input::Start if !self.serve && self.count > 0 => self.hit(state, turn, 1),
             Input::Message {
                 message: Msg::Ball(v),
                 ..

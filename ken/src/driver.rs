@@ -74,7 +74,9 @@ impl Config {
     /// Applies the test-only environment switches (`KEN_UNSAFE_RELEASE_BEFORE_COMMIT=1`).
     pub fn with_env_switches(mut self) -> Config {
         if std::env::var("KEN_UNSAFE_RELEASE_BEFORE_COMMIT").is_ok_and(|v| v == "1") {
-            tracing::warn!("KEN_UNSAFE_RELEASE_BEFORE_COMMIT=1: outputs leave before commit (test only)");
+            tracing::warn!(
+                "KEN_UNSAFE_RELEASE_BEFORE_COMMIT=1: outputs leave before commit (test only)"
+            );
             self.tuning.release_before_commit = true;
         }
         self
@@ -150,7 +152,8 @@ fn spawn_store_thread(mut store: Store) -> StoreThread {
 }
 
 async fn run_async<H: Handler>(config: Config, handler: H) -> Result<Exit, RunError> {
-    let (store, recovered) = Store::open_with(&config.store, config.id.as_str(), &config.store_options)?;
+    let (store, recovered) =
+        Store::open_with(&config.store, config.id.as_str(), &config.store_options)?;
     let reader = ken_store::Reader::open(&config.store)?;
     tracing::info!(
         id = %config.id,
@@ -331,7 +334,7 @@ impl Out<'_> {
                         let _ = writeln!(stdout, "{report}");
                         let _ = stdout.flush();
                     }
-                    let until = Time::now_wall().add(self.finish_linger);
+                    let until = Time::now_wall().plus(self.finish_linger);
                     self.finished = Some((report, until));
                 }
                 Command::Fatal { error } => return Err(RunError::Engine(error)),

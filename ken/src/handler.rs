@@ -30,7 +30,12 @@ pub trait Handler: 'static {
     type Message: Serialize + DeserializeOwned;
 
     /// Runs one turn. Must not block, must not do I/O of its own.
-    fn on_turn(&self, state: &mut Self::State, turn: &mut Turn<'_, Self::Message>, input: Input<Self::Message>);
+    fn on_turn(
+        &self,
+        state: &mut Self::State,
+        turn: &mut Turn<'_, Self::Message>,
+        input: Input<Self::Message>,
+    );
 
     /// Called only on committed state with nothing in flight (every outbox empty): returns
     /// a final report when the process's work is done, and the driver then prints it and
@@ -47,7 +52,11 @@ pub enum Input<M> {
     /// The first turn of a fresh process (its store was just created).
     Start,
     /// A message from a peer, delivered exactly once and in order per sender.
-    Message { from: ProcessId, seq: Seq, message: M },
+    Message {
+        from: ProcessId,
+        seq: Seq,
+        message: M,
+    },
     /// A durable timer set with [`Turn::set_timer`] fired.
     Timer { name: String },
 }
@@ -150,7 +159,12 @@ impl<'a, M: Serialize> Turn<'a, M> {
     /// Messages to `peer` not yet acknowledged, including those this turn queued: for flow
     /// control (stop producing when a peer falls behind).
     pub fn outbox_depth(&self, peer: &ProcessId) -> usize {
-        let queued = self.effects.sends.iter().filter(|(to, _)| to == peer).count();
+        let queued = self
+            .effects
+            .sends
+            .iter()
+            .filter(|(to, _)| to == peer)
+            .count();
         self.peers.outbox_depth(peer) + queued
     }
 
@@ -167,7 +181,7 @@ impl<'a, M: Serialize> Turn<'a, M> {
         );
         self.effects.timers.push(TimerOp::Set {
             name: name.to_string(),
-            due: self.now.add(after),
+            due: self.now.plus(after),
         });
     }
 

@@ -50,7 +50,7 @@ pub use driver::{run, Config, Exit, RunError};
 pub use engine::{BatchId, Command, Engine, EngineConfig, EngineError, EngineStats};
 pub use handler::{Handler, Input, SendError, Table, Turn};
 pub use ken_store as store;
-pub use ken_transport::{Incarnation, ProcessId, Seq};
 pub use ken_transport as transport;
+pub use ken_transport::{Incarnation, ProcessId, Seq};
 pub use time::Time;
 pub use tuning::Tuning;

@@ -42,8 +42,14 @@ impl Tuning {
     /// If a knob is zero or the relations do not hold (a configuration bug).
     pub fn validate(&self) {
         assert!(self.batch_turns_max > 0, "batch_turns_max must be positive");
-        assert!(self.batch_bytes_max >= limits::MESSAGE_BYTES_MAX, "a batch must fit a message");
-        assert!(self.window_messages_max > 0, "window_messages_max must be positive");
+        assert!(
+            self.batch_bytes_max >= limits::MESSAGE_BYTES_MAX,
+            "a batch must fit a message"
+        );
+        assert!(
+            self.window_messages_max > 0,
+            "window_messages_max must be positive"
+        );
         assert!(
             self.window_messages_max as u64 <= self.reorder_buffer_max,
             "the receiver must be able to buffer a whole window"

@@ -170,7 +170,12 @@ impl Peer {
         }
         assert!(self.in_flight <= self.outbox.len());
         for (i, e) in self.outbox.iter().enumerate() {
-            assert_eq!(e.seq, self.acked + 1 + i as u64, "{}: outbox not contiguous", self.id);
+            assert_eq!(
+                e.seq,
+                self.acked + 1 + i as u64,
+                "{}: outbox not contiguous",
+                self.id
+            );
             assert_eq!(e.transmissions > 0, i < self.in_flight);
             if e.transmissions > 0 {
                 assert!(e.seq < self.committed_next_seq, "transmitted before commit");

@@ -30,11 +30,7 @@ impl Handler for Echo {
 
     fn on_turn(&self, state: &mut EchoState, turn: &mut Turn<'_, u64>, input: Input<u64>) {
         match input {
-            Input::Start => {
-                if self.hit_first {
-                    turn.send(&pid("b"), &1).unwrap();
-                }
-            }
+            Input::Start if self.hit_first => turn.send(&pid("b"), &1).unwrap(),
             Input::Message { from, message, .. } => {
                 state.got.push((from.to_string(), message));
                 if self.reply {
@@ -68,7 +64,11 @@ fn recovered(id: &str, inc: u64) -> Recovered {
 }
 
 fn engine_with(id: &str, inc: u64, handler: Echo, rec: Recovered, tuning: Tuning) -> Engine<Echo> {
-    let peers = ["a", "b", "c"].iter().filter(|p| **p != id).map(|p| pid(p)).collect();
+    let peers = ["a", "b", "c"]
+        .iter()
+        .filter(|p| **p != id)
+        .map(|p| pid(p))
+        .collect();
     let config = EngineConfig {
         id: pid(id),
         peers,
@@ -135,7 +135,13 @@ fn sends(cmds: &[Command]) -> Vec<Frame> {
 
 #[test]
 fn start_commits_before_it_sends() {
-    let mut a = fresh("a", Echo { hit_first: true, reply: false });
+    let mut a = fresh(
+        "a",
+        Echo {
+            hit_first: true,
+            reply: false,
+        },
+    );
     a.start(t(0));
     let (id, batch) = only_commit(a.take_commands());
     assert_eq!(id, 1);
@@ -174,7 +180,13 @@ fn start_commits_before_it_sends() {
 
 #[test]
 fn delivery_is_acknowledged_after_commit_and_piggybacked_on_replies() {
-    let mut b = fresh("b", Echo { hit_first: false, reply: false });
+    let mut b = fresh(
+        "b",
+        Echo {
+            hit_first: false,
+            reply: false,
+        },
+    );
     b.start(t(0));
     let (id, _) = only_commit(b.take_commands());
     b.commit_done(t(1), id);
@@ -186,24 +198,42 @@ fn delivery_is_acknowledged_after_commit_and_piggybacked_on_replies() {
     assert_eq!(batch.peers[0].delivered, 1);
     assert_eq!(batch.peers[0].incarnation, INC_A);
     b.commit_done(t(3), id);
-    assert_eq!(sends(&b.take_commands()), vec![ack("b", INC_B, "a", INC_A, 1)]);
+    assert_eq!(
+        sends(&b.take_commands()),
+        vec![ack("b", INC_B, "a", INC_A, 1)]
+    );
     assert_eq!(b.state().got, vec![("a".to_string(), 1)]);
 
     // A replying receiver piggybacks the acknowledgement on its data frame: no bare ack.
-    let mut r = fresh("b", Echo { hit_first: false, reply: true });
+    let mut r = fresh(
+        "b",
+        Echo {
+            hit_first: false,
+            reply: true,
+        },
+    );
     r.start(t(0));
     let (id, _) = only_commit(r.take_commands());
     r.commit_done(t(1), id);
     r.handle_frame(t(2), data("a", INC_A, "b", 0, 1, 0, 1));
     let (id, _) = only_commit(r.take_commands());
     r.commit_done(t(3), id);
-    assert_eq!(sends(&r.take_commands()), vec![data("b", INC_B, "a", INC_A, 1, 1, 2)]);
+    assert_eq!(
+        sends(&r.take_commands()),
+        vec![data("b", INC_B, "a", INC_A, 1, 1, 2)]
+    );
     r.check_invariants();
 }
 
 #[test]
 fn duplicates_are_dropped_and_reacknowledged_only_once_committed() {
-    let mut b = fresh("b", Echo { hit_first: false, reply: false });
+    let mut b = fresh(
+        "b",
+        Echo {
+            hit_first: false,
+            reply: false,
+        },
+    );
     b.start(t(0));
     let (id, _) = only_commit(b.take_commands());
     b.commit_done(t(1), id);
@@ -214,38 +244,62 @@ fn duplicates_are_dropped_and_reacknowledged_only_once_committed() {
     b.handle_frame(t(3), data("a", INC_A, "b", 0, 1, 0, 1));
     assert!(b.take_commands().is_empty());
     b.commit_done(t(4), id);
-    assert_eq!(sends(&b.take_commands()), vec![ack("b", INC_B, "a", INC_A, 1)]);
+    assert_eq!(
+        sends(&b.take_commands()),
+        vec![ack("b", INC_B, "a", INC_A, 1)]
+    );
     // Duplicate after: re-acknowledged at once, nothing committed, handler not called.
     b.handle_frame(t(5), data("a", INC_A, "b", 0, 1, 0, 1));
-    assert_eq!(sends(&b.take_commands()), vec![ack("b", INC_B, "a", INC_A, 1)]);
+    assert_eq!(
+        sends(&b.take_commands()),
+        vec![ack("b", INC_B, "a", INC_A, 1)]
+    );
     assert_eq!(b.state().got.len(), 1);
     assert_eq!(b.stats().duplicates_dropped, 2);
 }
 
 #[test]
 fn a_gap_is_held_and_filled_in_order() {
-    let mut b = fresh("b", Echo { hit_first: false, reply: false });
+    let mut b = fresh(
+        "b",
+        Echo {
+            hit_first: false,
+            reply: false,
+        },
+    );
     b.start(t(0));
     let (id, _) = only_commit(b.take_commands());
     b.commit_done(t(1), id);
 
     b.handle_frame(t(2), data("a", INC_A, "b", 0, 3, 0, 30));
     b.handle_frame(t(2), data("a", INC_A, "b", 0, 2, 0, 20));
-    assert!(b.take_commands().is_empty(), "nothing is delivered across a gap");
+    assert!(
+        b.take_commands().is_empty(),
+        "nothing is delivered across a gap"
+    );
     b.handle_frame(t(3), data("a", INC_A, "b", 0, 1, 0, 10));
     let (id, batch) = only_commit(b.take_commands());
     assert_eq!(batch.turns, 3, "1, then the buffered 2 and 3");
     let seqs: Vec<u64> = batch.turn_log.iter().map(|e| e.input_seq).collect();
     assert_eq!(seqs, vec![1, 2, 3]);
     b.commit_done(t(4), id);
-    assert_eq!(sends(&b.take_commands()), vec![ack("b", INC_B, "a", INC_A, 3)]);
+    assert_eq!(
+        sends(&b.take_commands()),
+        vec![ack("b", INC_B, "a", INC_A, 3)]
+    );
     let got: Vec<u64> = b.state().got.iter().map(|(_, v)| *v).collect();
     assert_eq!(got, vec![10, 20, 30]);
 }
 
 #[test]
 fn pipelined_group_commit_batches_turns_behind_the_committing_batch() {
-    let mut b = fresh("b", Echo { hit_first: false, reply: false });
+    let mut b = fresh(
+        "b",
+        Echo {
+            hit_first: false,
+            reply: false,
+        },
+    );
     b.start(t(0));
     let (id1, _) = only_commit(b.take_commands());
     // While batch 1 commits, three messages arrive: they run, but nothing commits or leaves.
@@ -259,7 +313,10 @@ fn pipelined_group_commit_batches_turns_behind_the_committing_batch() {
     assert_eq!(id2, 2);
     assert_eq!(batch.turns, 3);
     b.commit_done(t(3), id2);
-    assert_eq!(sends(&b.take_commands()), vec![ack("b", INC_B, "a", INC_A, 3)]);
+    assert_eq!(
+        sends(&b.take_commands()),
+        vec![ack("b", INC_B, "a", INC_A, 3)]
+    );
 }
 
 #[test]
@@ -268,7 +325,16 @@ fn backpressure_when_both_batches_are_full() {
         batch_turns_max: 2,
         ..Tuning::default()
     };
-    let mut b = engine_with("b", INC_B, Echo { hit_first: false, reply: false }, recovered("b", INC_B), tuning);
+    let mut b = engine_with(
+        "b",
+        INC_B,
+        Echo {
+            hit_first: false,
+            reply: false,
+        },
+        recovered("b", INC_B),
+        tuning,
+    );
     b.start(t(0));
     let _ = only_commit(b.take_commands());
     b.handle_frame(t(1), data("a", INC_A, "b", 0, 1, 0, 1));
@@ -284,12 +350,18 @@ fn backpressure_when_both_batches_are_full() {
 
 #[test]
 fn acknowledgement_clears_the_outbox_and_the_retransmit_timer() {
-    let mut a = fresh("a", Echo { hit_first: true, reply: false });
+    let mut a = fresh(
+        "a",
+        Echo {
+            hit_first: true,
+            reply: false,
+        },
+    );
     a.start(t(0));
     let (id, _) = only_commit(a.take_commands());
     a.commit_done(t(1), id);
     let _ = a.take_commands();
-    assert_eq!(a.next_deadline(), Some(t(1).add(ken::limits::RTO_INITIAL)));
+    assert_eq!(a.next_deadline(), Some(t(1).plus(ken::limits::RTO_INITIAL)));
 
     a.handle_frame(t(5), ack("b", INC_B, "a", INC_A, 1));
     let (id, batch) = only_commit(a.take_commands());
@@ -307,7 +379,13 @@ fn acknowledgement_clears_the_outbox_and_the_retransmit_timer() {
 
 #[test]
 fn bogus_acknowledgements_are_ignored() {
-    let mut a = fresh("a", Echo { hit_first: true, reply: false });
+    let mut a = fresh(
+        "a",
+        Echo {
+            hit_first: true,
+            reply: false,
+        },
+    );
     a.start(t(0));
     let _ = a.take_commands();
     // Ack of seq 1 before the batch holding it is durable: it was never transmitted.
@@ -321,7 +399,13 @@ fn bogus_acknowledgements_are_ignored() {
 
 #[test]
 fn retransmission_backs_off_exponentially_up_to_the_ceiling() {
-    let mut a = fresh("a", Echo { hit_first: true, reply: false });
+    let mut a = fresh(
+        "a",
+        Echo {
+            hit_first: true,
+            reply: false,
+        },
+    );
     a.start(t(0));
     let (id, _) = only_commit(a.take_commands());
     a.commit_done(t(0), id);
@@ -376,7 +460,16 @@ fn recovery_retransmits_the_outbox_and_keeps_counters() {
         due_ms: t(100).as_millis(),
         payload: vec![],
     }];
-    let mut a = engine_with("a", INC_A, Echo { hit_first: true, reply: false }, rec, Tuning::default());
+    let mut a = engine_with(
+        "a",
+        INC_A,
+        Echo {
+            hit_first: true,
+            reply: false,
+        },
+        rec,
+        Tuning::default(),
+    );
     a.start(t(0));
     // No Start turn for a recovered process; the outbox goes out at once, nothing to commit.
     let cmds = a.take_commands();
@@ -384,7 +477,10 @@ fn recovery_retransmits_the_outbox_and_keeps_counters() {
     assert_eq!(cmds.len(), 1);
     // A duplicate of 5 is re-acknowledged at once (it is durable).
     a.handle_frame(t(1), data("b", INC_B, "a", INC_A, 5, 0, 9));
-    assert_eq!(sends(&a.take_commands()), vec![ack("a", INC_A, "b", INC_B, 5)]);
+    assert_eq!(
+        sends(&a.take_commands()),
+        vec![ack("a", INC_A, "b", INC_B, 5)]
+    );
     // The durable timer fires as a turn that emits after its commit.
     a.tick(t(100));
     let (id, batch) = only_commit(a.take_commands());
@@ -400,7 +496,13 @@ fn recovery_retransmits_the_outbox_and_keeps_counters() {
 
 #[test]
 fn frames_for_another_incarnation_are_rejected_not_delivered() {
-    let mut b = fresh("b", Echo { hit_first: false, reply: false });
+    let mut b = fresh(
+        "b",
+        Echo {
+            hit_first: false,
+            reply: false,
+        },
+    );
     b.start(t(0));
     let (id, _) = only_commit(b.take_commands());
     b.commit_done(t(1), id);
@@ -427,7 +529,13 @@ fn frames_for_another_incarnation_are_rejected_not_delivered() {
 
 #[test]
 fn undecodable_messages_are_consumed_logged_and_acknowledged() {
-    let mut b = fresh("b", Echo { hit_first: false, reply: false });
+    let mut b = fresh(
+        "b",
+        Echo {
+            hit_first: false,
+            reply: false,
+        },
+    );
     b.start(t(0));
     let (id, _) = only_commit(b.take_commands());
     b.commit_done(t(1), id);
@@ -441,8 +549,15 @@ fn undecodable_messages_are_consumed_logged_and_acknowledged() {
     assert_eq!(batch.turn_log[0].input_seq, 1);
     assert_eq!(batch.turn_log[1].input_kind, "message");
     b.commit_done(t(3), id);
-    assert_eq!(sends(&b.take_commands()), vec![ack("b", INC_B, "a", INC_A, 2)]);
-    assert_eq!(b.state().got, vec![("a".to_string(), 22)], "the pair did not stall");
+    assert_eq!(
+        sends(&b.take_commands()),
+        vec![ack("b", INC_B, "a", INC_A, 2)]
+    );
+    assert_eq!(
+        b.state().got,
+        vec![("a".to_string(), 22)],
+        "the pair did not stall"
+    );
     assert_eq!(b.stats().undecodable_messages, 1);
 }
 
@@ -453,14 +568,32 @@ fn release_before_commit_switch_breaks_output_commit() {
         release_before_commit: true,
         ..Tuning::default()
     };
-    let mut a = engine_with("a", INC_A, Echo { hit_first: true, reply: false }, recovered("a", INC_A), tuning);
+    let mut a = engine_with(
+        "a",
+        INC_A,
+        Echo {
+            hit_first: true,
+            reply: false,
+        },
+        recovered("a", INC_A),
+        tuning,
+    );
     a.start(t(0));
     let cmds = a.take_commands();
     assert_eq!(sends(&cmds).len(), 1, "{cmds:#?}");
     assert!(cmds.iter().any(|c| matches!(c, Command::Commit { .. })));
-    let send_pos = cmds.iter().position(|c| matches!(c, Command::Send { .. })).unwrap();
-    let commit_pos = cmds.iter().position(|c| matches!(c, Command::Commit { .. })).unwrap();
-    assert!(send_pos < commit_pos, "released before the commit was even requested");
+    let send_pos = cmds
+        .iter()
+        .position(|c| matches!(c, Command::Send { .. }))
+        .unwrap();
+    let commit_pos = cmds
+        .iter()
+        .position(|c| matches!(c, Command::Commit { .. }))
+        .unwrap();
+    assert!(
+        send_pos < commit_pos,
+        "released before the commit was even requested"
+    );
 }
 
 #[test]
@@ -485,12 +618,16 @@ fn finished_waits_for_commit_and_acknowledgements() {
         tuning: Tuning::default(),
         seed: 1,
     };
-    let mut a = Engine::recover(config, Once, recovered("a", INC_A), Box::new(EmptyTables)).unwrap();
+    let mut a =
+        Engine::recover(config, Once, recovered("a", INC_A), Box::new(EmptyTables)).unwrap();
     a.start(t(0));
     let (id, _) = only_commit(a.take_commands());
     a.commit_done(t(1), id);
     let cmds = a.take_commands();
-    assert!(!cmds.iter().any(|c| matches!(c, Command::Finished { .. })), "outbox not empty");
+    assert!(
+        !cmds.iter().any(|c| matches!(c, Command::Finished { .. })),
+        "outbox not empty"
+    );
     a.handle_frame(t(2), ack("b", INC_B, "a", INC_A, 1));
     let (id, _) = only_commit(a.take_commands());
     a.commit_done(t(3), id);

@@ -49,5 +49,9 @@ fn engine_is_sans_io() {
             }
         }
     }
-    assert!(hits.is_empty(), "I/O in the sans-I/O engine:\n{}", hits.join("\n"));
+    assert!(
+        hits.is_empty(),
+        "I/O in the sans-I/O engine:\n{}",
+        hits.join("\n")
+    );
 }

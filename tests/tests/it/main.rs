@@ -1,0 +1,3 @@
+//! Integration tests of ken-tests: simulation and real-process runs.
+
+mod sim;

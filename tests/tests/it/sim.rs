@@ -1,0 +1,180 @@
+//! Runs the deterministic simulation over many seeds.
+//!
+//! `KEN_SIM_SEEDS=N` runs N seeds (default 200), `KEN_SIM_SEED=S` replays one seed,
+//! `KEN_SIM_STEPS=K` changes the number of faulty steps per run.
+
+use ken::Tuning;
+use ken_tests::sim::{Sim, SimConfig, SimFaults, SimReport};
+use ken_tests::sim_apps::{BankSim, PingPongSim};
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+fn seeds(default_count: u64, base: u64) -> Vec<u64> {
+    if let Some(s) = env_u64("KEN_SIM_SEED") {
+        return vec![s];
+    }
+    let n = env_u64("KEN_SIM_SEEDS").unwrap_or(default_count);
+    (0..n).map(|i| base + i).collect()
+}
+
+fn config(seed: u64, steps: u64, tuning: Tuning) -> SimConfig {
+    SimConfig {
+        seed,
+        steps: env_u64("KEN_SIM_STEPS").unwrap_or(steps),
+        faults: SimFaults::default(),
+        tuning,
+        quiesce_ms: 120_000,
+        check_sends: true,
+    }
+}
+
+fn bank() -> BankSim {
+    BankSim {
+        members: 3,
+        accounts: 4,
+        initial_balance: 100,
+        transfers: 25,
+    }
+}
+
+fn run_bank(seed: u64, tuning: Tuning) -> SimReport {
+    Sim::new(bank(), config(seed, 3000, tuning)).run()
+}
+
+fn summarize(name: &str, reports: &[SimReport]) {
+    let sum = |f: fn(&SimReport) -> u64| reports.iter().map(f).sum::<u64>();
+    println!(
+        "{name}: {} seeds, {} steps, {} crashes, {} commits, {} turns, {} frames sent, {} dropped, {} junk",
+        reports.len(),
+        sum(|r| r.steps),
+        sum(|r| r.crashes),
+        sum(|r| r.commits),
+        sum(|r| r.turns),
+        sum(|r| r.frames_sent),
+        sum(|r| r.frames_dropped),
+        sum(|r| r.frames_junk),
+    );
+}
+
+fn fail_on_violations(name: &str, reports: &[SimReport]) {
+    let bad: Vec<&SimReport> = reports
+        .iter()
+        .filter(|r| !r.violations.is_empty())
+        .collect();
+    if let Some(r) = bad.first() {
+        panic!(
+            "{name}: {} of {} seeds violated invariants; first: seed {}:\n  {}\nreplay: KEN_SIM_SEED={} cargo test --release -p ken-tests {name}",
+            bad.len(),
+            reports.len(),
+            r.seed,
+            r.violations.join("\n  "),
+            r.seed
+        );
+    }
+}
+
+#[test]
+fn sim_bank_exactly_once_and_conservation_under_crashes_and_faults() {
+    let seeds = seeds(200, 1);
+    println!("sim_bank: seeds {:?}..", seeds.first());
+    let reports: Vec<SimReport> = seeds
+        .iter()
+        .map(|&s| run_bank(s, Tuning::default()))
+        .collect();
+    summarize("sim_bank", &reports);
+    fail_on_violations("sim_bank", &reports);
+    let crashes: u64 = reports.iter().map(|r| r.crashes).sum();
+    assert!(
+        crashes > 0 || reports.len() == 1,
+        "the simulation crashed nothing"
+    );
+}
+
+#[test]
+fn sim_pingpong_no_gaps_no_repeats_under_crashes_and_faults() {
+    let seeds = seeds(50, 10_000);
+    let reports: Vec<SimReport> = seeds
+        .iter()
+        .map(|&s| {
+            Sim::new(
+                PingPongSim { count: 200 },
+                config(s, 3000, Tuning::default()),
+            )
+            .run()
+        })
+        .collect();
+    summarize("sim_pingpong", &reports);
+    fail_on_violations("sim_pingpong", &reports);
+}
+
+/// The negative control: with outputs released before commit, the checkers must object.
+#[test]
+fn sim_detects_release_before_commit() {
+    let tuning = Tuning {
+        release_before_commit: true,
+        ..Tuning::default()
+    };
+    let reports: Vec<SimReport> = (1..=10).map(|s| run_bank(s, tuning.clone())).collect();
+    let caught = reports.iter().filter(|r| !r.violations.is_empty()).count();
+    println!(
+        "sim_detects_release_before_commit: {caught}/10 seeds caught; e.g. {:?}",
+        reports.iter().find_map(|r| r.violations.first())
+    );
+    assert_eq!(caught, 10, "every seed must catch the broken build");
+}
+
+/// The negative control again, with the per-frame check off: the end-to-end checks
+/// (exactly-once consumption of committed messages, conservation) catch it on their own.
+#[test]
+fn sim_end_to_end_checks_detect_release_before_commit() {
+    let tuning = Tuning {
+        release_before_commit: true,
+        ..Tuning::default()
+    };
+    let reports: Vec<SimReport> = (1..=20)
+        .map(|s| {
+            let mut c = config(s, 3000, tuning.clone());
+            c.check_sends = false;
+            Sim::new(bank(), c).run()
+        })
+        .collect();
+    let caught = reports.iter().filter(|r| !r.violations.is_empty()).count();
+    let mut kinds: Vec<&String> = reports.iter().flat_map(|r| r.violations.first()).collect();
+    kinds.truncate(3);
+    println!(
+        "sim_end_to_end_checks_detect_release_before_commit: {caught}/20 caught; e.g. {kinds:?}"
+    );
+    assert!(
+        caught >= 10,
+        "only {caught} of 20 seeds caught the broken build"
+    );
+}
+
+/// Same seed, same run: the simulation is deterministic.
+#[test]
+fn sim_replays_from_its_seed() {
+    let a = run_bank(42, Tuning::default());
+    let b = run_bank(42, Tuning::default());
+    assert_eq!(
+        (
+            a.steps,
+            a.crashes,
+            a.commits,
+            a.turns,
+            a.frames_sent,
+            a.frames_junk,
+            a.virtual_ms
+        ),
+        (
+            b.steps,
+            b.crashes,
+            b.commits,
+            b.turns,
+            b.frames_sent,
+            b.frames_junk,
+            b.virtual_ms
+        )
+    );
+}
