@@ -16,10 +16,64 @@
 //! - One owner at a time: the owner holds an exclusive advisory lock on `<store>.lock`.
 //!   Readers never take it and never hold a read transaction longer than one query.
 //!
-//! The file format is described byte by byte in `store/FORMAT.md`.
+//! The file format, the pragmas, the lock file and what a [`Reader`] guarantees are
+//! described byte by byte in [`mod@format`] (the text of `store/FORMAT.md`).
+//!
+//! ```
+//! use ken_store::{Batch, OutboxRow, PeerRow, Reader, Store, TableWrite};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("a.ken");
+//!
+//! // The owner: create (or recover), then commit batches of turns.
+//! let (mut store, recovered) = Store::open(&path, "a")?;
+//! assert!(recovered.created && recovered.outbox.is_empty());
+//! let info = store.commit(&Batch {
+//!     now_ms: 1_700_000_000_000,
+//!     turns: 1,
+//!     root: Some(b"state v1".to_vec()),
+//!     table_writes: vec![TableWrite {
+//!         table: "accounts".into(),
+//!         key: b"alice".to_vec(),
+//!         value: Some(b"100".to_vec()),
+//!     }],
+//!     outbox_appends: vec![OutboxRow {
+//!         peer: "b".into(),
+//!         seq: 1,
+//!         payload: b"hello".to_vec(),
+//!         created_ms: 1_700_000_000_000,
+//!     }],
+//!     peers: vec![PeerRow {
+//!         peer: "b".into(),
+//!         incarnation: 0,
+//!         next_seq: 2,
+//!         acked: 0,
+//!         delivered: 0,
+//!     }],
+//!     ..Batch::default()
+//! })?;
+//! // Durable now: only from here on may the runtime send the message.
+//! assert_eq!(info.commits, 1);
+//!
+//! // An inspector, next to the running owner.
+//! let reader = Reader::open(&path)?;
+//! assert_eq!(reader.meta()?.turns_committed, 1);
+//! assert_eq!(reader.table_get("accounts", b"alice")?.as_deref(), Some(&b"100"[..]));
+//! assert!(reader.verify()?.is_empty());
+//!
+//! // A restart recovers everything but table rows, which are read on demand.
+//! drop(store);
+//! let (store, recovered) = Store::open(&path, "a")?;
+//! assert_eq!(recovered.root.as_deref(), Some(&b"state v1"[..]));
+//! assert_eq!(recovered.outbox.len(), 1);
+//! assert_eq!(store.table_get("accounts", b"alice")?.as_deref(), Some(&b"100"[..]));
+//! # Ok(()) }
+//! ```
 
 pub mod bench;
 pub mod codec;
+#[doc = include_str!("../FORMAT.md")]
+pub mod format {}
 mod error;
 mod reader;
 mod schema;

@@ -415,6 +415,22 @@ pub(crate) fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
+    /// Pins the worked examples of FORMAT.md.
+    #[test]
+    fn envelopes_match_the_examples_in_format_md() {
+        assert_eq!(
+            codec::seal(b"hi"),
+            [0x01, 0x68, 0x69, 0x76, 0x8b, 0xc9, 0x67]
+        );
+        let magic = codec::seal(MAGIC);
+        assert_eq!(&magic[..10], b"\x01ken-store");
+        assert_eq!(&magic[10..], [0xd4, 0x3c, 0xbb, 0x13]);
+        assert_eq!(
+            codec::seal(&crate::FORMAT_VERSION.to_le_bytes()),
+            [0x01, 0x01, 0x00, 0x00, 0x00, 0xc8, 0xb9, 0xfe, 0x43]
+        );
+    }
+
     #[test]
     fn prefix_successor_bounds_the_prefix_range() {
         assert_eq!(prefix_successor(b""), None);

@@ -146,3 +146,67 @@ fn reader_works_on_a_closed_store_and_an_owner_can_start_under_it() {
     let (_store, rec) = try_open(&t.path, "a").unwrap();
     assert_eq!(rec.commits, 2);
 }
+
+const READ_ONLY_CHILD_ENV: &str = "KEN_STORE_TEST_READ_ONLY_DIR_CHILD";
+/// An unprivileged uid and gid (`nobody`) for the child when the tests run as root.
+const UNPRIVILEGED_ID: u32 = 65534;
+
+/// Reads the closed store at `path` and checks what it sees.
+fn read_closed_store(path: &std::path::Path) {
+    let reader = Reader::open(path).expect("reader opens a closed store in a read-only dir");
+    assert_eq!(reader.meta().unwrap().commits, 1);
+    assert_eq!(reader.root().unwrap(), Some(1u64.to_le_bytes().to_vec()));
+    assert_eq!(reader.outbox(None, 10).unwrap().len(), 1);
+    assert_eq!(reader.verify().unwrap(), vec![]);
+}
+
+/// A closed store has no `-wal`/`-shm`; in a directory the reader can not write, SQLite
+/// can not create them, and the reader falls back to reading the complete file as
+/// immutable. Root ignores directory permissions, so as root the check runs in a child
+/// re-run as an unprivileged user.
+#[test]
+fn reader_reads_a_closed_store_in_a_read_only_directory() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+
+    if let Some(path) = std::env::var_os(READ_ONLY_CHILD_ENV) {
+        read_closed_store(std::path::Path::new(&path));
+        return;
+    }
+    let t = temp_store();
+    {
+        let (mut store, _) = try_open(&t.path, "a").unwrap();
+        store.commit(&batch(1)).unwrap();
+    }
+    let wal = t.dir.path().join("p.ken-wal");
+    let shm = t.dir.path().join("p.ken-shm");
+    assert!(!wal.exists() && !shm.exists());
+    let set_mode = |mode| {
+        std::fs::set_permissions(t.dir.path(), std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    set_mode(0o555);
+    let root = std::fs::metadata("/proc/self").unwrap().uid() == 0;
+    if root {
+        let out = crate::common::child_command(
+            "reader::reader_reads_a_closed_store_in_a_read_only_directory",
+            (READ_ONLY_CHILD_ENV, &t.path),
+        )
+        .uid(UNPRIVILEGED_ID)
+        .gid(UNPRIVILEGED_ID)
+        .output()
+        .expect("re-run this test binary as an unprivileged user");
+        assert!(
+            out.status.success(),
+            "the unprivileged reader failed: {}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        read_closed_store(&t.path);
+    }
+    set_mode(0o755);
+    assert!(!wal.exists() && !shm.exists(), "the reader wrote nothing");
+    // The owner opens it afterwards as usual.
+    assert_eq!(try_open(&t.path, "a").unwrap().1.commits, 1);
+}
