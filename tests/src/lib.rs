@@ -1,9 +1,17 @@
-//! Cross-crate tests for Ken.
+//! Cross-crate tests for Ken. The tests themselves are in `tests/it/` (one integration-test
+//! binary); this library holds what they share and what a torture harness reuses:
 //!
 //! - [`sim`]: the deterministic simulation (seeded; crashes, lossy network, invariant checks
-//!   after every step), with the example apps wired in by [`sim_apps`].
-//!
-//! The tests themselves are in `tests/it/` (one integration-test binary).
+//!   after every step), with the example apps wired in by [`sim_apps`];
+//! - [`procs`]: real app processes: find the binary, start, SIGKILL, restart, read stdout,
+//!   free loopback ports, deadline waits;
+//! - [`seed`]: printed, replayable seeds (`KEN_SEED`);
+//! - [`stores`]: invariants across the stores of communicating processes;
+//! - [`pingpong`]: the pingpong kill-and-restart harness over real processes.
 
+pub mod pingpong;
+pub mod procs;
+pub mod seed;
 pub mod sim;
 pub mod sim_apps;
+pub mod stores;

@@ -22,6 +22,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// Environment variable: a directory to take app binaries from instead of the target
+/// directory of the running test.
+pub const APP_BIN_DIR_ENV: &str = "KEN_APP_BIN_DIR";
+
 /// How a test finds a binary of another workspace package.
 ///
 /// `CARGO_BIN_EXE_<name>` exists only for binaries of the package under test, so this looks
@@ -32,7 +36,19 @@ use std::time::{Duration, Instant};
 /// `cargo build -p <package> --bin <name>` in the same profile and target directory. A
 /// present but stale binary (sources of the app edited, then `cargo test -p ken-tests`) is
 /// not detected: run `cargo test --workspace`, or build the app first.
+///
+/// [`APP_BIN_DIR_ENV`] overrides all of this: the binary is taken from that directory (to
+/// test another build, for example one with a diagnostic patch).
 pub fn app_binary(package: &str, name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os(APP_BIN_DIR_ENV) {
+        let path = Path::new(&dir).join(name);
+        assert!(
+            path.is_file(),
+            "{APP_BIN_DIR_ENV} is set, but {} does not exist",
+            path.display()
+        );
+        return path;
+    }
     static BUILT: OnceLock<Mutex<Vec<PathBuf>>> = OnceLock::new();
     let built = BUILT.get_or_init(|| Mutex::new(Vec::new()));
     let exe = std::env::current_exe().expect("the test executable's path");
@@ -162,7 +178,10 @@ pub struct Life {
 impl Life {
     /// The stdout lines read so far (all of them once the life has ended).
     pub fn stdout_lines(&self) -> Vec<String> {
-        self.stdout.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.stdout
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The last `max_lines` lines of this life's stderr.
@@ -266,7 +285,10 @@ impl Proc {
             .unwrap_or_else(|| panic!("{} is not running", self.spec.name));
         // std's Child::kill sends SIGKILL on Unix. It fails only if the child was already
         // reaped, which cannot happen here (we own it and have not waited for it).
-        child.kill()?;
+        if let Err(e) = child.kill() {
+            self.child = Some(child);
+            return Err(e);
+        }
         let status = child.wait()?;
         let end = if status.signal() == Some(libc::SIGKILL) {
             self.kills += 1;
@@ -332,7 +354,13 @@ impl Proc {
     /// A summary of every life and the stderr tail of the last few, for failure messages.
     pub fn describe(&self, stderr_lives: usize, stderr_lines: usize) -> String {
         let mut out = Vec::new();
-        let _ = writeln!(out, "process {}: {} lives, {} kills by us", self.spec.name, self.lives.len(), self.kills);
+        let _ = writeln!(
+            out,
+            "process {}: {} lives, {} kills by us",
+            self.spec.name,
+            self.lives.len(),
+            self.kills
+        );
         let first = self.lives.first().map(|l| l.started);
         for life in &self.lives {
             let at = |t: Instant| first.map_or(0, |f| t.duration_since(f).as_millis());
@@ -351,7 +379,12 @@ impl Proc {
         for life in self.lives.iter().rev().take(stderr_lives).rev() {
             let tail = life.stderr_tail(stderr_lines);
             if !tail.is_empty() {
-                let _ = writeln!(out, "  stderr of life {} ({}):", life.number, life.stderr_path.display());
+                let _ = writeln!(
+                    out,
+                    "  stderr of life {} ({}):",
+                    life.number,
+                    life.stderr_path.display()
+                );
                 for line in tail.lines() {
                     let _ = writeln!(out, "    {line}");
                 }

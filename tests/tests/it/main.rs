@@ -1,3 +1,5 @@
-//! Integration tests of ken-tests: simulation and real-process runs.
+//! Integration tests of ken-tests: simulation and real-process runs (one test binary, per
+//! matklad's advice).
 
+mod pingpong_kill;
 mod sim;
