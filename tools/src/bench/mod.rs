@@ -1,0 +1,749 @@
+//! `ken bench`: measures this machine against the project's performance targets.
+//!
+//! Four measurements, one after the other, all on the disk under `--dir`:
+//! 1. **Raw fsync rate** ([`ken::store::bench`]): a 4 KiB write plus `fdatasync` in a loop,
+//!    the ceiling for a store that committed each turn on its own.
+//! 2. **Pingpong round trip**: a hitter and an echo process volley one ball; the hitter
+//!    records each volley's round trip in a table (see [`node::Hitter`] for the exact
+//!    interval). Runs before the throughput phase, on a quiet disk.
+//! 3. **Durable turns per second at one receiver**: `--senders` processes each keep
+//!    `--outstanding` messages unacknowledged to one receiver, whose handler does one table
+//!    write per message. Turns are counted from the receiver's store ([`ken::store::Reader`]
+//!    `meta`, read while it runs) at the start and end of a window after warm-up, so only
+//!    durable turns count; `turns_per_commit` comes from the same two reads.
+//! 4. **Acknowledgement latency**, in the same run as 3: one extra, light sender (the
+//!    probe, one message per millisecond, at most [`node::PROBE_OUTSTANDING`] outstanding)
+//!    runs under an instrumented copy of the driver loop ([`probe`]) that timestamps each
+//!    message's send and its acknowledgement: the latency a message sees at a saturated
+//!    receiver.
+//!
+//! Every Ken process is a child process (`ken bench-node`), with its own store, runtime and
+//! UDP port on 127.0.0.1. Ports are picked by binding port 0 and releasing it just before the
+//! child binds it (peers need each other's address up front); if another program takes one
+//! in between, the child exits with [`node::EXIT_BIND`] and the phase is retried with new
+//! ports. Children finish on their own when the measurement is over; they are killed if they
+//! outlive their phase (and kill themselves at a deadline if `ken bench` dies), so nothing
+//! runs after the command exits. The stores live in a temporary directory that is removed at
+//! the end.
+
+use std::fs::File;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use ken::store::bench::BenchOptions;
+use ken::store::Reader;
+use ken::Time;
+use serde::Serialize;
+
+pub mod node;
+mod probe;
+
+pub use node::NodeArgs;
+use node::{NodeSpec, ReceiverReport, Role, SenderReport};
+use probe::ProbeReport;
+
+/// The project's throughput target: durable turns per second at one receiver, divided by
+/// the disk's raw fsyncs per second, at least this.
+pub const TURNS_PER_FSYNC_TARGET: f64 = 20.0;
+
+/// The round-trip budget is `RTT_BUDGET_FSYNCS * fsync_us_p50 + RTT_BUDGET_SLACK_US`.
+pub const RTT_BUDGET_FSYNCS: f64 = 3.0;
+pub const RTT_BUDGET_SLACK_US: f64 = 200.0;
+
+/// Attempts per phase when a child could not bind the port picked for it.
+const PORT_ATTEMPTS: u32 = 3;
+
+/// Senders stop producing this long after the throughput window ends, so the window never
+/// sees the load wind down.
+const STOP_AFTER_WINDOW: Duration = Duration::from_millis(200);
+
+/// A child still running this long after its phase stopped producing is killed and the
+/// phase fails (draining a full outbox takes well under a second here).
+const DRAIN_MAX: Duration = Duration::from_secs(15);
+
+/// How long to wait for the receiver's store to be readable at the window start.
+const STORE_READY_MAX: Duration = Duration::from_secs(2);
+
+/// Environment variables that would change what is measured (fault injection, test-only
+/// switches); children run without them.
+const SCRUBBED_ENV: [&str; 3] = [
+    "KEN_FAULTS",
+    "KEN_FAULTS_FILE",
+    "KEN_UNSAFE_RELEASE_BEFORE_COMMIT",
+];
+
+/// `ken bench` options.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print one JSON object (every number of the report) instead of the readable report.
+    #[arg(long)]
+    pub json: bool,
+    /// Directory on the disk to measure; a fresh temporary directory is made inside it and
+    /// removed at the end. Default: the system temporary directory.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Seconds per measurement (fsync loop, throughput window, pingpong).
+    #[arg(
+        long,
+        default_value_t = 3.0,
+        value_name = "N",
+        conflicts_with = "quick"
+    )]
+    pub seconds: f64,
+    /// Sender processes loading the receiver (the latency probe is one more).
+    #[arg(long, default_value_t = 8, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub senders: u32,
+    /// Unacknowledged messages each sender keeps (its flow-control bound). The default is
+    /// the runtime's in-flight window per peer: each sender's window stays full, and nothing
+    /// queues behind it (which would only add latency).
+    #[arg(long, default_value_t = ken::limits::WINDOW_MESSAGES_MAX as u32, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=8192))]
+    pub outstanding: u32,
+    /// A smoke run of under 10 seconds: short windows, rough numbers.
+    #[arg(long)]
+    pub quick: bool,
+}
+
+/// How long each phase runs.
+#[derive(Debug, Clone)]
+struct Plan {
+    fsync: Duration,
+    warmup: Duration,
+    window: Duration,
+    pingpong_warmup: Duration,
+    pingpong: Duration,
+}
+
+impl Plan {
+    fn new(args: &Args) -> anyhow::Result<Plan> {
+        if args.quick {
+            return Ok(Plan {
+                fsync: Duration::from_millis(500),
+                warmup: Duration::from_millis(600),
+                window: Duration::from_secs(1),
+                pingpong_warmup: Duration::from_millis(300),
+                pingpong: Duration::from_secs(1),
+            });
+        }
+        if !(args.seconds.is_finite() && args.seconds >= 0.1 && args.seconds <= 600.0) {
+            bail!("--seconds must be between 0.1 and 600");
+        }
+        let s = Duration::from_secs_f64(args.seconds);
+        Ok(Plan {
+            fsync: s,
+            warmup: Duration::from_secs(1),
+            window: s,
+            pingpong_warmup: Duration::from_millis(500),
+            pingpong: s,
+        })
+    }
+}
+
+/// Everything `ken bench` measured; `--json` prints it as one object.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    /// The directory the stores were in, and the filesystem holding it (Linux).
+    pub dir: String,
+    pub filesystem: Option<String>,
+    /// CPUs available to the bench: every process of a phase shares them.
+    pub cpus: usize,
+    pub quick: bool,
+
+    pub fsync_per_sec: f64,
+    pub fsync_us_p50: u64,
+    pub fsync_us_p99: u64,
+    pub fsyncs: u64,
+
+    pub senders: u32,
+    pub outstanding_per_sender: u32,
+    pub window_secs: f64,
+    /// Durable turns per second at the receiver over the window.
+    pub turns_per_sec: f64,
+    pub turns_per_commit: f64,
+    pub commits_per_sec: f64,
+    pub window_turns: u64,
+    pub window_commits: u64,
+    /// Messages the receiver consumed over the whole run (equal to what was sent: checked).
+    pub messages_delivered: u64,
+
+    /// Probe: send turn to acknowledgement received, at the saturated receiver.
+    pub ack_latency_us_p50: u64,
+    pub ack_latency_us_p99: u64,
+    /// Probe: first transmission to acknowledgement received.
+    pub ack_after_transmit_us_p50: u64,
+    pub ack_after_transmit_us_p99: u64,
+    pub ack_samples: u64,
+
+    /// Hitter's send turn to its turn receiving the ball back.
+    pub pingpong_rtt_us_p50: u64,
+    pub pingpong_rtt_us_p99: u64,
+    pub pingpong_volleys: u64,
+
+    pub turns_per_fsync_ratio: f64,
+    pub turns_per_fsync_target: f64,
+    pub turns_per_fsync_pass: bool,
+    /// `3 * fsync_us_p50 + 200`: the most `pingpong_rtt_us_p50` may be.
+    pub rtt_budget_us: f64,
+    pub rtt_pass: bool,
+}
+
+/// Nearest-rank percentile of sorted samples (0 if there are none).
+pub(crate) fn percentile(sorted: &[u64], pct: u64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let idx = (sorted.len() as u64 - 1) * pct / 100;
+    sorted[idx as usize]
+}
+
+/// Runs `ken bench`.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let plan = Plan::new(args)?;
+    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let tmp = tempfile::Builder::new()
+        .prefix("ken-bench-")
+        .tempdir_in(&base)
+        .with_context(|| format!("cannot make a directory in {}", base.display()))?;
+    let dir = tmp.path().to_path_buf();
+    let filesystem = describe_filesystem(&dir);
+    let progress = |what: &str| {
+        if !args.json {
+            eprintln!("ken bench: {what}");
+        }
+    };
+    progress(&format!(
+        "stores in {} ({})",
+        dir.display(),
+        filesystem.as_deref().unwrap_or("filesystem unknown")
+    ));
+
+    progress(&format!(
+        "raw fsync rate ({:.1} s)",
+        plan.fsync.as_secs_f64()
+    ));
+    let fsync = ken::store::bench::run(
+        &dir,
+        &BenchOptions {
+            fsync_time: plan.fsync,
+            batch_time: Duration::ZERO,
+            batch_sizes: Vec::new(),
+            ..BenchOptions::full()
+        },
+    )?
+    .fsync;
+    if fsync.fsyncs == 0 {
+        bail!("the fsync loop measured nothing");
+    }
+
+    progress(&format!(
+        "pingpong round trips ({:.1} s)",
+        plan.pingpong.as_secs_f64()
+    ));
+    let pingpong = with_port_retries(|attempt| pingpong(&dir, &plan, attempt))?;
+
+    progress(&format!(
+        "throughput: {} senders -> 1 receiver, plus the latency probe ({:.1} s warm-up, {:.1} s window)",
+        args.senders,
+        plan.warmup.as_secs_f64(),
+        plan.window.as_secs_f64()
+    ));
+    let load = with_port_retries(|attempt| throughput(&dir, args, &plan, attempt))?;
+
+    let turns_per_fsync_ratio = load.turns_per_sec / fsync.fsync_per_sec;
+    let rtt_budget_us = RTT_BUDGET_FSYNCS * fsync.fsync_us_p50 as f64 + RTT_BUDGET_SLACK_US;
+    let result = BenchResult {
+        dir: dir.display().to_string(),
+        filesystem,
+        cpus: std::thread::available_parallelism().map_or(1, usize::from),
+        quick: args.quick,
+        fsync_per_sec: fsync.fsync_per_sec,
+        fsync_us_p50: fsync.fsync_us_p50,
+        fsync_us_p99: fsync.fsync_us_p99,
+        fsyncs: fsync.fsyncs,
+        senders: args.senders,
+        outstanding_per_sender: args.outstanding,
+        window_secs: load.window_secs,
+        turns_per_sec: load.turns_per_sec,
+        turns_per_commit: load.turns_per_commit,
+        commits_per_sec: load.commits_per_sec,
+        window_turns: load.window_turns,
+        window_commits: load.window_commits,
+        messages_delivered: load.messages_delivered,
+        ack_latency_us_p50: load.probe.ack_latency_us_p50,
+        ack_latency_us_p99: load.probe.ack_latency_us_p99,
+        ack_after_transmit_us_p50: load.probe.ack_after_transmit_us_p50,
+        ack_after_transmit_us_p99: load.probe.ack_after_transmit_us_p99,
+        ack_samples: load.probe.samples,
+        pingpong_rtt_us_p50: pingpong.rtt_us_p50,
+        pingpong_rtt_us_p99: pingpong.rtt_us_p99,
+        pingpong_volleys: pingpong.volleys,
+        turns_per_fsync_ratio,
+        turns_per_fsync_target: TURNS_PER_FSYNC_TARGET,
+        turns_per_fsync_pass: turns_per_fsync_ratio >= TURNS_PER_FSYNC_TARGET,
+        rtt_budget_us,
+        rtt_pass: pingpong.rtt_us_p50 as f64 <= rtt_budget_us,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        print!("{}", render(&result));
+    }
+    Ok(())
+}
+
+fn pass(ok: bool) -> &'static str {
+    if ok {
+        "PASS"
+    } else {
+        "MISS"
+    }
+}
+
+/// The readable report.
+fn render(r: &BenchResult) -> String {
+    let mut s = String::new();
+    let mut line = |l: String| {
+        s.push_str(&l);
+        s.push('\n');
+    };
+    line(format!(
+        "ken bench{}: stores in {} ({}), {} CPUs",
+        if r.quick { " --quick" } else { "" },
+        r.dir,
+        r.filesystem.as_deref().unwrap_or("filesystem unknown"),
+        r.cpus
+    ));
+    line(format!(
+        "  disk        4 KiB write + fdatasync: {:.0}/s, p50 {} us, p99 {} us ({} fsyncs)",
+        r.fsync_per_sec, r.fsync_us_p50, r.fsync_us_p99, r.fsyncs
+    ));
+    let fsync_us_mean = 1e6 / r.fsync_per_sec;
+    if fsync_us_mean > 3.0 * r.fsync_us_p50 as f64 {
+        line(format!(
+            "              note: the mean fsync ({fsync_us_mean:.0} us) is far above the median: \
+             the disk stalls now and then, so the rate (and the ratio below) varies from run to run"
+        ));
+    }
+    line(format!(
+        "  throughput  {} senders x {} outstanding -> 1 receiver, {:.1} s window: {:.0} durable turns/s, {:.1} turns/commit, {:.0} commits/s",
+        r.senders, r.outstanding_per_sender, r.window_secs, r.turns_per_sec, r.turns_per_commit, r.commits_per_sec
+    ));
+    line(format!(
+        "  ack latency probe at the loaded receiver, send turn -> ack received: p50 {} us, p99 {} us ({} messages); first transmission -> ack: p50 {} us, p99 {} us",
+        r.ack_latency_us_p50, r.ack_latency_us_p99, r.ack_samples, r.ack_after_transmit_us_p50, r.ack_after_transmit_us_p99
+    ));
+    line(format!(
+        "  pingpong    round trip (A sends, B commits and answers, A's next turn): p50 {} us, p99 {} us ({} volleys)",
+        r.pingpong_rtt_us_p50, r.pingpong_rtt_us_p99, r.pingpong_volleys
+    ));
+    line("  targets".to_string());
+    line(format!(
+        "    turns/s / fsync/s = {:.1}   (target >= {:.0})   {}",
+        r.turns_per_fsync_ratio,
+        r.turns_per_fsync_target,
+        pass(r.turns_per_fsync_pass)
+    ));
+    line(format!(
+        "    pingpong rtt p50 = {} us   (budget 3 x fsync p50 + 200 = {:.0} us)   {}",
+        r.pingpong_rtt_us_p50,
+        r.rtt_budget_us,
+        pass(r.rtt_pass)
+    ));
+    s
+}
+
+/// A child could not bind the port picked for it; the phase may be retried.
+#[derive(Debug)]
+struct PortTaken(String);
+
+impl std::fmt::Display for PortTaken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} could not bind its UDP port", self.0)
+    }
+}
+
+impl std::error::Error for PortTaken {}
+
+fn with_port_retries<T>(mut phase: impl FnMut(u32) -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let mut attempt = 1;
+    loop {
+        match phase(attempt) {
+            Err(e) if e.is::<PortTaken>() && attempt < PORT_ATTEMPTS => attempt += 1,
+            r => return r,
+        }
+    }
+}
+
+/// `n` distinct free UDP ports on 127.0.0.1, released for the children to bind.
+fn free_ports(n: usize) -> anyhow::Result<Vec<SocketAddr>> {
+    let sockets = (0..n)
+        .map(|_| UdpSocket::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .context("cannot bind a UDP port on 127.0.0.1")?;
+    Ok(sockets
+        .iter()
+        .map(UdpSocket::local_addr)
+        .collect::<Result<_, _>>()?)
+}
+
+fn sleep_until(t: Time) {
+    std::thread::sleep(t.since(Time::now_wall()));
+}
+
+/// The bench's child processes. Dropping it kills (SIGKILL) and reaps any still running.
+struct Children {
+    dir: PathBuf,
+    procs: Vec<Proc>,
+}
+
+struct Proc {
+    id: String,
+    child: Child,
+    status: Option<ExitStatus>,
+}
+
+impl Children {
+    fn new(dir: &Path) -> Children {
+        Children {
+            dir: dir.to_path_buf(),
+            procs: Vec::new(),
+        }
+    }
+
+    fn spawn(&mut self, spec: &NodeSpec) -> anyhow::Result<()> {
+        let exe = std::env::current_exe().context("cannot find the ken executable")?;
+        let out = File::create(self.dir.join(format!("{}.out", spec.id)))?;
+        let err = File::create(self.dir.join(format!("{}.err", spec.id)))?;
+        let mut cmd = std::process::Command::new(exe);
+        cmd.arg("bench-node")
+            .arg(serde_json::to_string(spec)?)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        for var in SCRUBBED_ENV {
+            cmd.env_remove(var);
+        }
+        let child = cmd.spawn().context("cannot start a bench process")?;
+        self.procs.push(Proc {
+            id: spec.id.clone(),
+            child,
+            status: None,
+        });
+        Ok(())
+    }
+
+    fn output(&self, id: &str, stream: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{id}.{stream}"))).unwrap_or_default()
+    }
+
+    /// Fails if a child has exited unsuccessfully, naming it and quoting its error output.
+    fn check(&mut self) -> anyhow::Result<()> {
+        for p in &mut self.procs {
+            if p.status.is_none() {
+                p.status = p.child.try_wait()?;
+            }
+        }
+        for p in &self.procs {
+            let Some(status) = p.status else { continue };
+            if status.success() {
+                continue;
+            }
+            if status.code() == Some(i32::from(node::EXIT_BIND)) {
+                return Err(PortTaken(p.id.clone()).into());
+            }
+            bail!(
+                "bench process {} failed ({status}): {}",
+                p.id,
+                self.output(&p.id, "err").trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// Fails if any child has exited at all (none should before its phase ends).
+    fn check_running(&mut self) -> anyhow::Result<()> {
+        self.check()?;
+        if let Some(p) = self.procs.iter().find(|p| p.status.is_some()) {
+            bail!("bench process {} exited early", p.id);
+        }
+        Ok(())
+    }
+
+    /// Waits until every child exited successfully; fails at `deadline`.
+    fn wait_all(&mut self, deadline: Instant) -> anyhow::Result<()> {
+        loop {
+            self.check()?;
+            if self.procs.iter().all(|p| p.status.is_some()) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let running: Vec<&str> = self
+                    .procs
+                    .iter()
+                    .filter(|p| p.status.is_none())
+                    .map(|p| p.id.as_str())
+                    .collect();
+                bail!(
+                    "bench processes did not finish in time: {}",
+                    running.join(", ")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The last line a child printed on standard output, parsed as JSON.
+    fn report<T: serde::de::DeserializeOwned>(&self, id: &str) -> anyhow::Result<T> {
+        let out = self.output(id, "out");
+        let last = out.lines().last().unwrap_or_default();
+        serde_json::from_str(last)
+            .with_context(|| format!("bench process {id} printed no report (got {out:?})"))
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            if p.status.is_none() {
+                let _ = p.child.kill();
+                let _ = p.child.wait();
+            }
+        }
+    }
+}
+
+/// Opens a store for reading once its owner has created it.
+fn open_reader(path: &Path) -> anyhow::Result<Reader> {
+    let until = Instant::now() + STORE_READY_MAX;
+    loop {
+        match Reader::open(path) {
+            Ok(r) => return Ok(r),
+            Err(e) if Instant::now() >= until => {
+                return Err(e).with_context(|| format!("cannot read {}", path.display()))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+fn phase_dir(dir: &Path, name: &str, attempt: u32) -> anyhow::Result<PathBuf> {
+    let d = dir.join(format!("{name}-{attempt}"));
+    std::fs::create_dir(&d).with_context(|| format!("cannot create {}", d.display()))?;
+    Ok(d)
+}
+
+#[derive(Debug)]
+struct Pingpong {
+    rtt_us_p50: u64,
+    rtt_us_p99: u64,
+    volleys: u64,
+}
+
+fn pingpong(dir: &Path, plan: &Plan, attempt: u32) -> anyhow::Result<Pingpong> {
+    let dir = phase_dir(dir, "pingpong", attempt)?;
+    let addrs = free_ports(2)?;
+    let (hitter, echo) = (("hitter", addrs[0]), ("echo", addrs[1]));
+    let measure_from = Time::now_wall().plus(plan.pingpong_warmup);
+    let measure_until = measure_from.plus(plan.pingpong);
+    let spec = |role: Role, me: (&str, SocketAddr), peer: (&str, SocketAddr)| NodeSpec {
+        role,
+        id: me.0.to_string(),
+        listen: me.1,
+        store: dir.join(format!("{}.ken", me.0)),
+        peers: vec![(peer.0.to_string(), peer.1)],
+        target: Some(peer.0.to_string()),
+        stop_at_us: measure_until.as_micros(),
+        measure_from_us: measure_from.as_micros(),
+        measure_until_us: measure_until.as_micros(),
+        deadline_us: measure_until.plus(DRAIN_MAX).as_micros(),
+        outstanding: 0,
+        expect_done: 0,
+    };
+    let hitter_spec = spec(Role::Hitter, hitter, echo);
+    let mut children = Children::new(&dir);
+    children.spawn(&spec(Role::Echo, echo, hitter))?;
+    children.spawn(&hitter_spec)?;
+    sleep_until(measure_until);
+    children.wait_all(Instant::now() + DRAIN_MAX)?;
+
+    #[derive(serde::Deserialize)]
+    struct HitterReport {
+        measured: u64,
+    }
+    let report: HitterReport = children.report("hitter")?;
+    let reader = open_reader(&hitter_spec.store)?;
+    let mut samples = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = reader.table_scan(
+            node::RTT_TABLE,
+            &[],
+            after.as_deref(),
+            ken::store::MAX_SCAN_ROWS,
+        )?;
+        let Some((last, _)) = page.last() else { break };
+        after = Some(last.clone());
+        for (_, value) in &page {
+            samples.push(ken::store::codec::decode::<u64>(value)?);
+        }
+    }
+    if samples.len() as u64 != report.measured || samples.is_empty() {
+        bail!(
+            "pingpong measured {} round trips but its store holds {}",
+            report.measured,
+            samples.len()
+        );
+    }
+    samples.sort_unstable();
+    Ok(Pingpong {
+        rtt_us_p50: percentile(&samples, 50),
+        rtt_us_p99: percentile(&samples, 99),
+        volleys: samples.len() as u64,
+    })
+}
+
+#[derive(Debug)]
+struct Throughput {
+    window_secs: f64,
+    turns_per_sec: f64,
+    turns_per_commit: f64,
+    commits_per_sec: f64,
+    window_turns: u64,
+    window_commits: u64,
+    messages_delivered: u64,
+    probe: ProbeReport,
+}
+
+fn throughput(dir: &Path, args: &Args, plan: &Plan, attempt: u32) -> anyhow::Result<Throughput> {
+    let dir = phase_dir(dir, "throughput", attempt)?;
+    let senders = args.senders as usize;
+    let addrs = free_ports(senders + 2)?;
+    let receiver = ("receiver".to_string(), addrs[0]);
+    let mut loaders: Vec<(String, SocketAddr)> = (0..senders)
+        .map(|i| (format!("sender-{}", i + 1), addrs[i + 1]))
+        .collect();
+    loaders.push(("probe".to_string(), addrs[senders + 1]));
+
+    let measure_from = Time::now_wall().plus(plan.warmup);
+    let measure_until = measure_from.plus(plan.window);
+    let stop_at = measure_until.plus(STOP_AFTER_WINDOW);
+    let spec = |role: Role, me: &(String, SocketAddr), peers: Vec<(String, SocketAddr)>| NodeSpec {
+        role,
+        id: me.0.clone(),
+        listen: me.1,
+        store: dir.join(format!("{}.ken", me.0)),
+        target: (role != Role::Receiver).then(|| receiver.0.clone()),
+        peers,
+        stop_at_us: stop_at.as_micros(),
+        measure_from_us: measure_from.as_micros(),
+        measure_until_us: measure_until.as_micros(),
+        deadline_us: stop_at.plus(DRAIN_MAX).as_micros(),
+        outstanding: args.outstanding as usize,
+        expect_done: loaders.len() as u64,
+    };
+    let receiver_spec = spec(Role::Receiver, &receiver, loaders.clone());
+    let mut children = Children::new(&dir);
+    children.spawn(&receiver_spec)?;
+    for (i, me) in loaders.iter().enumerate() {
+        let role = if i < senders {
+            Role::Sender
+        } else {
+            Role::Probe
+        };
+        children.spawn(&spec(role, me, vec![receiver.clone()]))?;
+    }
+
+    sleep_until(measure_from);
+    children.check_running()?;
+    let reader = open_reader(&receiver_spec.store)?;
+    let start = reader.meta()?;
+    let started = Instant::now();
+    sleep_until(measure_until);
+    let end = reader.meta()?;
+    let elapsed = started.elapsed().as_secs_f64();
+    drop(reader);
+    children.check_running()?;
+    children.wait_all(Instant::now() + STOP_AFTER_WINDOW + DRAIN_MAX)?;
+
+    let received: ReceiverReport = children.report(&receiver.0)?;
+    let mut sent = 0;
+    for (id, _) in &loaders[..senders] {
+        sent += children.report::<SenderReport>(id)?.sent;
+    }
+    let probe: ProbeReport = children.report("probe")?;
+    sent += probe.sent;
+    if received.received != sent {
+        bail!(
+            "the senders sent {sent} messages but the receiver consumed {}: \
+             exactly-once delivery is broken",
+            received.received
+        );
+    }
+    let window_turns = end.turns_committed - start.turns_committed;
+    let window_commits = end.commits - start.commits;
+    if window_turns == 0 || window_commits == 0 || probe.samples == 0 {
+        bail!(
+            "nothing measured in the window ({window_turns} turns, {window_commits} commits, \
+             {} probe samples)",
+            probe.samples
+        );
+    }
+    Ok(Throughput {
+        window_secs: elapsed,
+        turns_per_sec: window_turns as f64 / elapsed,
+        turns_per_commit: window_turns as f64 / window_commits as f64,
+        commits_per_sec: window_commits as f64 / elapsed,
+        window_turns,
+        window_commits,
+        messages_delivered: received.received,
+        probe,
+    })
+}
+
+/// "FSTYPE on DEVICE, mounted at M" for the filesystem holding `path`, from
+/// `/proc/self/mounts` (Linux); `None` elsewhere.
+fn describe_filesystem(path: &Path) -> Option<String> {
+    let path = path.canonicalize().ok()?;
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    let mut best: Option<(usize, String)> = None;
+    for l in mounts.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 3 {
+            continue;
+        }
+        let mount_point = f[1].replace("\\040", " ");
+        if path.starts_with(&mount_point)
+            && best.as_ref().is_none_or(|(n, _)| mount_point.len() >= *n)
+        {
+            let what = format!("{} on {}, mounted at {mount_point}", f[2], f[0]);
+            best = Some((mount_point.len(), what));
+        }
+    }
+    best.map(|(_, what)| what)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_is_nearest_rank() {
+        assert_eq!(percentile(&[], 50), 0);
+        assert_eq!(percentile(&[7], 99), 7);
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50), 50);
+        assert_eq!(percentile(&v, 99), 99);
+    }
+
+    #[test]
+    fn filesystem_of_the_temp_dir_is_described_on_linux() {
+        if cfg!(target_os = "linux") {
+            let d = describe_filesystem(&std::env::temp_dir()).expect("a mount holds /tmp");
+            assert!(d.contains(", mounted at /"), "{d}");
+        }
+    }
+}

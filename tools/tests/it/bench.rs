@@ -1,0 +1,105 @@
+//! `ken bench --quick --json`: one JSON object whose every number was measured.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The fields every run must report, each a positive finite number.
+const POSITIVE_FIELDS: [&str; 12] = [
+    "fsync_per_sec",
+    "fsync_us_p50",
+    "turns_per_sec",
+    "turns_per_commit",
+    "ack_latency_us_p50",
+    "ack_latency_us_p99",
+    "ack_after_transmit_us_p50",
+    "ack_after_transmit_us_p99",
+    "pingpong_rtt_us_p50",
+    "pingpong_rtt_us_p99",
+    "turns_per_fsync_ratio",
+    "rtt_budget_us",
+];
+
+fn number(v: &serde_json::Value, field: &str) -> f64 {
+    v.get(field)
+        .unwrap_or_else(|| panic!("field `{field}` missing from {v}"))
+        .as_f64()
+        .unwrap_or_else(|| panic!("field `{field}` is not a number in {v}"))
+}
+
+#[test]
+fn quick_json_reports_every_measurement() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_ken"))
+        .args(["bench", "--quick", "--json", "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run ken bench");
+    let elapsed = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "ken bench failed: {}\nstdout: {stdout}\nstderr: {stderr}",
+        out.status
+    );
+    assert!(
+        elapsed < Duration::from_secs(20),
+        "--quick took {elapsed:?}"
+    );
+
+    // Exactly one JSON object on standard output, nothing else.
+    let v: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {stdout}"));
+    assert!(v.is_object(), "{v}");
+    for field in POSITIVE_FIELDS {
+        let x = number(&v, field);
+        assert!(x.is_finite() && x > 0.0, "`{field}` = {x} in {v}");
+    }
+    assert!(number(&v, "turns_per_commit") >= 1.0, "{v}");
+    assert!(
+        number(&v, "fsync_us_p50") <= number(&v, "fsync_us_p99"),
+        "{v}"
+    );
+    for prefix in ["ack_latency_us", "ack_after_transmit_us", "pingpong_rtt_us"] {
+        let p50 = number(&v, &format!("{prefix}_p50"));
+        let p99 = number(&v, &format!("{prefix}_p99"));
+        assert!(p50 <= p99, "{prefix}: p50 {p50} > p99 {p99} in {v}");
+    }
+    // The derived numbers are what they claim to be.
+    let ratio = number(&v, "turns_per_sec") / number(&v, "fsync_per_sec");
+    assert!(
+        (number(&v, "turns_per_fsync_ratio") - ratio).abs() <= 1e-9 * ratio,
+        "{v}"
+    );
+    assert_eq!(
+        number(&v, "rtt_budget_us"),
+        3.0 * number(&v, "fsync_us_p50") + 200.0,
+        "{v}"
+    );
+    assert_eq!(v["turns_per_fsync_pass"], ratio >= 20.0, "{v}");
+    assert_eq!(
+        v["rtt_pass"],
+        number(&v, "pingpong_rtt_us_p50") <= number(&v, "rtt_budget_us"),
+        "{v}"
+    );
+    assert_eq!(v["senders"], 8, "{v}");
+    assert!(
+        number(&v, "messages_delivered") >= number(&v, "window_turns"),
+        "{v}"
+    );
+
+    // Every store and child output went into the run's own directory, removed at the end.
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "ken bench left files behind: {left:?}");
+}
+
+#[test]
+fn bench_rejects_quick_with_seconds() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ken"))
+        .args(["bench", "--quick", "--seconds", "5"])
+        .output()
+        .expect("run ken bench");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
+}

@@ -1,0 +1,3 @@
+//! Integration tests of the `ken` command line (one test binary for the crate).
+
+mod bench;
