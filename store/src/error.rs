@@ -18,10 +18,20 @@ pub enum OpenError {
     /// Another owner (another process, or another `Store` in this process) holds the owner
     /// lock. Nothing was read or changed.
     #[error(
-        "store {path} is in use: another process holds the owner lock {lock_path}; stop that \
-         process first (only one owner at a time), or read the store with a Reader (`ken inspect`)"
+        "store {path} is in use: {holder} holds the owner lock {lock_path}; stop that \
+         process first (only one owner at a time), or read the store with a Reader (`ken inspect`)",
+        holder = match holder_pid {
+            Some(pid) => format!("process {pid}"),
+            None => "another process".to_string(),
+        }
     )]
-    InUse { path: PathBuf, lock_path: PathBuf },
+    InUse {
+        path: PathBuf,
+        lock_path: PathBuf,
+        /// The pid the holder wrote into the lock file, if readable (informational: the
+        /// holder may be another handle in this very process).
+        holder_pid: Option<u32>,
+    },
     /// The file exists but is not a Ken store (not SQLite at all, or SQLite without Ken's
     /// `meta`). Nothing was changed.
     #[error(

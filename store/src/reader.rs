@@ -371,7 +371,9 @@ impl Reader {
         }
     }
 
-    /// Every application table with its row count and size (one query over `kv`).
+    /// Every application table with its row count and size: one query, but it reads all of
+    /// `kv`, so on a large store it is one long read (it delays the completion of WAL
+    /// checkpoints, never a commit).
     pub fn tables(&self) -> Result<Vec<TableStats>, ReadError> {
         query_decode(
             &self.conn,
@@ -547,7 +549,8 @@ impl Reader {
     /// - `meta` complete and decodable, every peer's `acked < next_seq`;
     /// - per peer, in one query (one snapshot): outbox seqs contiguous, all above `acked`
     ///   and below `next_seq`, and a `peers` row exists;
-    /// - SQLite's `PRAGMA integrity_check` (one query over the whole file).
+    /// - SQLite's `PRAGMA integrity_check` (one query that reads the whole file: on a large
+    ///   store a long read, which delays the completion of WAL checkpoints, never a commit).
     ///
     /// An `Err` means a check could not run (for example SQLite could not read the file).
     pub fn verify(&self) -> Result<Vec<Problem>, ReadError> {

@@ -415,6 +415,13 @@ pub(crate) fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn handles_can_move_to_another_thread() {
+        fn send<T: Send>() {}
+        send::<crate::Store>();
+        send::<crate::Reader>();
+    }
+
     /// Pins the worked examples of FORMAT.md.
     #[test]
     fn envelopes_match_the_examples_in_format_md() {

@@ -114,6 +114,7 @@ fn take_owner_lock(path: &Path) -> Result<File, OpenError> {
         Err(std::fs::TryLockError::WouldBlock) => {
             return Err(OpenError::InUse {
                 path: path.to_path_buf(),
+                holder_pid: lock_holder(&lock_path),
                 lock_path,
             })
         }
@@ -793,7 +794,7 @@ fn check_batch(batch: &Batch) {
             check_body(v, "table value");
         }
     }
-    let mut last_seq: Vec<(&str, u64)> = Vec::new();
+    let mut last_seq: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
     for m in &batch.outbox_appends {
         check_name(&m.peer, "peer id");
         check_body(&m.payload, "outbox payload");
@@ -804,8 +805,8 @@ fn check_batch(batch: &Batch) {
         );
         sql_u64(m.seq, "outbox seq");
         sql_u64(m.created_ms, "outbox created_ms");
-        match last_seq.iter_mut().find(|(p, _)| *p == m.peer) {
-            Some((_, last)) => {
+        match last_seq.get_mut(m.peer.as_str()) {
+            Some(last) => {
                 assert_eq!(
                     m.seq,
                     *last + 1,
@@ -814,7 +815,9 @@ fn check_batch(batch: &Batch) {
                 );
                 *last = m.seq;
             }
-            None => last_seq.push((&m.peer, m.seq)),
+            None => {
+                last_seq.insert(&m.peer, m.seq);
+            }
         }
     }
     for a in &batch.outbox_acks {

@@ -124,15 +124,22 @@ fn a_second_owner_in_the_same_process_gets_in_use_at_once() {
         "InUse must not wait"
     );
     match &err {
-        OpenError::InUse { path, lock_path } => {
+        OpenError::InUse {
+            path,
+            lock_path,
+            holder_pid,
+        } => {
             assert_eq!(path, &t.path);
             assert_eq!(lock_path, &ken_store::lock_path(&t.path));
+            assert_eq!(*holder_pid, Some(std::process::id()));
         }
         other => panic!("expected InUse, got {other:?}"),
     }
     let msg = err.to_string();
     assert!(
-        msg.contains("p.ken.lock") && msg.contains("stop that process"),
+        msg.contains("p.ken.lock")
+            && msg.contains("stop that process")
+            && msg.contains(&format!("process {}", std::process::id())),
         "{msg}"
     );
     // The first owner is unaffected; after it closes, the store opens again.
@@ -176,10 +183,10 @@ fn a_second_owner_in_another_process_gets_in_use_at_once() {
         }
     }
     let start = Instant::now();
-    assert!(matches!(
-        Store::open(&t.path, "a"),
-        Err(OpenError::InUse { .. })
-    ));
+    match Store::open(&t.path, "a") {
+        Err(OpenError::InUse { holder_pid, .. }) => assert_eq!(holder_pid, Some(child.id())),
+        other => panic!("expected InUse, got {other:?}"),
+    }
     assert!(start.elapsed() < Duration::from_secs(1));
     assert_eq!(
         Reader::open(&t.path).unwrap().meta().unwrap().process_id,
