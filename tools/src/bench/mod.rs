@@ -64,6 +64,9 @@ const STOP_AFTER_WINDOW: Duration = Duration::from_millis(200);
 /// phase fails (draining a full outbox takes well under a second here).
 const DRAIN_MAX: Duration = Duration::from_secs(15);
 
+/// How long the first process of a phase (receiver, echo) may take to bind its port.
+const LISTEN_MAX: Duration = Duration::from_secs(5);
+
 /// How long to wait for the receiver's store to be readable at the window start.
 const STORE_READY_MAX: Duration = Duration::from_secs(2);
 
@@ -390,6 +393,33 @@ fn free_ports(n: usize) -> anyhow::Result<Vec<SocketAddr>> {
         .collect::<Result<_, _>>()?)
 }
 
+/// When a phase measures, as wall-clock instants handed to its children.
+#[derive(Debug, Clone, Copy)]
+struct Schedule {
+    measure_from: Time,
+    measure_until: Time,
+    /// Producers stop at this instant.
+    stop_at: Time,
+    /// Children exit by themselves at this instant ([`node::EXIT_DEADLINE`]). Late enough
+    /// for a schedule made up to [`LISTEN_MAX`] later to drain, so the first process of a
+    /// phase can be started on an early schedule, before the others' is known.
+    deadline: Time,
+}
+
+impl Schedule {
+    fn from_now(warmup: Duration, window: Duration, stop_after: Duration) -> Schedule {
+        let measure_from = Time::now_wall().plus(warmup);
+        let measure_until = measure_from.plus(window);
+        let stop_at = measure_until.plus(stop_after);
+        Schedule {
+            measure_from,
+            measure_until,
+            stop_at,
+            deadline: stop_at.plus(DRAIN_MAX).plus(LISTEN_MAX),
+        }
+    }
+}
+
 fn sleep_until(t: Time) {
     std::thread::sleep(t.since(Time::now_wall()));
 }
@@ -462,6 +492,23 @@ impl Children {
             );
         }
         Ok(())
+    }
+
+    /// Waits until child `id` has bound its port (the runtime's `announce` line on its
+    /// standard error), so that the others' first datagrams are not lost to a socket that
+    /// does not exist yet (their retransmission backoff would eat into the warm-up).
+    fn wait_listening(&mut self, id: &str) -> anyhow::Result<()> {
+        let until = Instant::now() + LISTEN_MAX;
+        loop {
+            if self.output(id, "err").contains("\"event\":\"listening\"") {
+                return Ok(());
+            }
+            self.check_running()?;
+            if Instant::now() >= until {
+                bail!("bench process {id} did not start listening within {LISTEN_MAX:?}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Fails if any child has exited at all (none should before its phase ends).
@@ -547,27 +594,29 @@ fn pingpong(dir: &Path, plan: &Plan, attempt: u32) -> anyhow::Result<Pingpong> {
     let dir = phase_dir(dir, "pingpong", attempt)?;
     let addrs = free_ports(2)?;
     let (hitter, echo) = (("hitter", addrs[0]), ("echo", addrs[1]));
-    let measure_from = Time::now_wall().plus(plan.pingpong_warmup);
-    let measure_until = measure_from.plus(plan.pingpong);
-    let spec = |role: Role, me: (&str, SocketAddr), peer: (&str, SocketAddr)| NodeSpec {
-        role,
-        id: me.0.to_string(),
-        listen: me.1,
-        store: dir.join(format!("{}.ken", me.0)),
-        peers: vec![(peer.0.to_string(), peer.1)],
-        target: Some(peer.0.to_string()),
-        stop_at_us: measure_until.as_micros(),
-        measure_from_us: measure_from.as_micros(),
-        measure_until_us: measure_until.as_micros(),
-        deadline_us: measure_until.plus(DRAIN_MAX).as_micros(),
-        outstanding: 0,
-        expect_done: 0,
-    };
-    let hitter_spec = spec(Role::Hitter, hitter, echo);
+    let spec =
+        |role: Role, me: (&str, SocketAddr), peer: (&str, SocketAddr), at: &Schedule| NodeSpec {
+            role,
+            id: me.0.to_string(),
+            listen: me.1,
+            store: dir.join(format!("{}.ken", me.0)),
+            peers: vec![(peer.0.to_string(), peer.1)],
+            target: Some(peer.0.to_string()),
+            stop_at_us: at.stop_at.as_micros(),
+            measure_from_us: at.measure_from.as_micros(),
+            measure_until_us: at.measure_until.as_micros(),
+            deadline_us: at.deadline.as_micros(),
+            outstanding: 0,
+            expect_done: 0,
+        };
     let mut children = Children::new(&dir);
-    children.spawn(&spec(Role::Echo, echo, hitter))?;
+    let early = Schedule::from_now(plan.pingpong_warmup, plan.pingpong, Duration::ZERO);
+    children.spawn(&spec(Role::Echo, echo, hitter, &early))?;
+    children.wait_listening(echo.0)?;
+    let at = Schedule::from_now(plan.pingpong_warmup, plan.pingpong, Duration::ZERO);
+    let hitter_spec = spec(Role::Hitter, hitter, echo, &at);
     children.spawn(&hitter_spec)?;
-    sleep_until(measure_until);
+    sleep_until(at.measure_until);
     children.wait_all(Instant::now() + DRAIN_MAX)?;
 
     #[derive(serde::Deserialize)]
@@ -628,41 +677,41 @@ fn throughput(dir: &Path, args: &Args, plan: &Plan, attempt: u32) -> anyhow::Res
         .collect();
     loaders.push(("probe".to_string(), addrs[senders + 1]));
 
-    let measure_from = Time::now_wall().plus(plan.warmup);
-    let measure_until = measure_from.plus(plan.window);
-    let stop_at = measure_until.plus(STOP_AFTER_WINDOW);
-    let spec = |role: Role, me: &(String, SocketAddr), peers: Vec<(String, SocketAddr)>| NodeSpec {
+    let spec = |role: Role, me: &(String, SocketAddr), peers, at: &Schedule| NodeSpec {
         role,
         id: me.0.clone(),
         listen: me.1,
         store: dir.join(format!("{}.ken", me.0)),
         target: (role != Role::Receiver).then(|| receiver.0.clone()),
         peers,
-        stop_at_us: stop_at.as_micros(),
-        measure_from_us: measure_from.as_micros(),
-        measure_until_us: measure_until.as_micros(),
-        deadline_us: stop_at.plus(DRAIN_MAX).as_micros(),
+        stop_at_us: at.stop_at.as_micros(),
+        measure_from_us: at.measure_from.as_micros(),
+        measure_until_us: at.measure_until.as_micros(),
+        deadline_us: at.deadline.as_micros(),
         outstanding: args.outstanding as usize,
         expect_done: loaders.len() as u64,
     };
-    let receiver_spec = spec(Role::Receiver, &receiver, loaders.clone());
     let mut children = Children::new(&dir);
+    let early = Schedule::from_now(plan.warmup, plan.window, STOP_AFTER_WINDOW);
+    let receiver_spec = spec(Role::Receiver, &receiver, loaders.clone(), &early);
     children.spawn(&receiver_spec)?;
+    children.wait_listening(&receiver.0)?;
+    let at = Schedule::from_now(plan.warmup, plan.window, STOP_AFTER_WINDOW);
     for (i, me) in loaders.iter().enumerate() {
         let role = if i < senders {
             Role::Sender
         } else {
             Role::Probe
         };
-        children.spawn(&spec(role, me, vec![receiver.clone()]))?;
+        children.spawn(&spec(role, me, vec![receiver.clone()], &at))?;
     }
 
-    sleep_until(measure_from);
+    sleep_until(at.measure_from);
     children.check_running()?;
     let reader = open_reader(&receiver_spec.store)?;
     let start = reader.meta()?;
     let started = Instant::now();
-    sleep_until(measure_until);
+    sleep_until(at.measure_until);
     let end = reader.meta()?;
     let elapsed = started.elapsed().as_secs_f64();
     drop(reader);

@@ -360,6 +360,8 @@ impl NodeSpec {
         }
         config.faults = Some(ken::transport::FaultConfig::default());
         config.finish_linger = FINISH_LINGER;
+        // `ken bench` waits for this line on standard error before starting the peers.
+        config.announce = true;
         Ok(config)
     }
 

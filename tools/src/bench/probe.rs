@@ -42,6 +42,9 @@ use super::percentile;
 /// Frames buffered between the receive task and the loop (as in the driver).
 const FRAME_QUEUE_MAX: usize = 4096;
 
+/// Frames the loop handles before it looks at other events again (as in the driver).
+const FRAMES_PER_WAKEUP_MAX: usize = 256;
+
 /// The probe could not bind its UDP port (the parent retries with another).
 #[derive(Debug)]
 pub struct BindError {
@@ -261,7 +264,9 @@ async fn run_async(
                 let now = Time::now_wall();
                 engine.handle_frame(now, frame);
                 tracker.after_event(&engine, now);
-                while engine.accepting_input() {
+                let mut n = 1;
+                while n < FRAMES_PER_WAKEUP_MAX && engine.accepting_input() {
+                    n += 1;
                     let Ok(frame) = frame_rx.try_recv() else { break };
                     let now = Time::now_wall();
                     engine.handle_frame(now, frame);
