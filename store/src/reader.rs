@@ -14,10 +14,12 @@
 //! (or was killed) they exist and SQLite uses them. When the owner closed cleanly, SQLite
 //! checkpointed and deleted both; SQLite (3.22+) then lets the read-only connection create
 //! them again, empty, if the directory is writable. If they are missing and can not be
-//! created (a read-only directory), the database file alone is complete (a clean close
-//! checkpointed everything into it), so the reader reopens it with the `immutable=1` URI
-//! parameter, which reads the file without WAL or locks; that fallback is only taken when
-//! no `-wal` file exists, that is when no owner has opened the store since it closed.
+//! created (a read-only directory: SQLite answers `SQLITE_READONLY` or `SQLITE_CANTOPEN`),
+//! the database file alone is complete (a clean close checkpointed everything into it), so
+//! the reader reopens it with the `immutable=1` URI parameter, which reads the file without
+//! WAL or locks. That fallback is only taken when no `-wal` file exists, that is when no
+//! owner has opened the store since it closed; such a reader sees the store as it was when
+//! opened.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -228,22 +230,21 @@ impl Reader {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(sq)?;
         conn.busy_timeout(READER_BUSY_TIMEOUT).map_err(sq)?;
-        let conn = match classify(&conn, path) {
-            Ok(found) => {
-                Reader::check_found(path, found)?;
-                conn
+        // Reading a WAL database needs its -wal and -shm files (see the module docs).
+        let probe = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+            r.get::<_, i64>(0)
+        });
+        let conn = match probe.as_ref().map_err(|e| e.sqlite_error_code()) {
+            Err(Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen))
+                if !wal_path(path).exists() =>
+            {
+                tracing::debug!(path = %path.display(), error = ?probe, "reading store as immutable");
+                drop(conn);
+                Reader::open_immutable(path).map_err(sq)?
             }
-            Err(OpenError::Sqlite { detail, .. }) if !wal_path(path).exists() => {
-                // No -wal/-shm and SQLite could not create them (read-only directory): the
-                // file alone is complete; read it as immutable.
-                tracing::debug!(path = %path.display(), %detail, "reading store as immutable");
-                let conn = Reader::open_immutable(path).map_err(sq)?;
-                let found = classify(&conn, path)?;
-                Reader::check_found(path, found)?;
-                conn
-            }
-            Err(e) => return Err(e),
+            _ => conn,
         };
+        Reader::check_found(path, classify(&conn, path)?)?;
         Ok(Reader {
             conn,
             path: path.to_path_buf(),

@@ -149,14 +149,6 @@ fn fsync_dir(path: &Path) -> Result<(), OpenError> {
         .map_err(io_err(dir))
 }
 
-/// What an existing file holds, judged with read-only queries.
-enum Found {
-    /// No schema at all: a new file, or one left by an interrupted creation.
-    Empty,
-    /// A Ken store whose `meta` rows decoded.
-    Ken(schema::MetaValues),
-}
-
 /// Reads all `meta` rows (one query).
 pub(crate) fn read_meta_rows(conn: &Connection) -> rusqlite::Result<Vec<(String, Vec<u8>)>> {
     let mut stmt = conn.prepare_cached("SELECT key, value FROM meta")?;
@@ -182,7 +174,8 @@ pub(crate) fn meta_or_open_error(
     })
 }
 
-/// Classifies an opened file without writing to it.
+/// Classifies an opened file without writing to it: `Ok(None)` for a database with no
+/// tables at all, `Ok(Some(meta))` for a Ken store this build reads, else the reason not.
 pub(crate) fn classify(
     conn: &Connection,
     path: &Path,
@@ -267,11 +260,9 @@ impl Store {
             .map_err(sqlite_open_err(path))?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
 
-        let found = match classify(&conn, path)? {
-            None => Found::Empty,
-            Some(meta) => Found::Ken(meta),
-        };
-        if let Found::Ken(meta) = &found {
+        // `None`: no schema at all, a new file or one left by an interrupted creation.
+        let found = classify(&conn, path)?;
+        if let Some(meta) = &found {
             if meta.process_id != process_id {
                 return Err(OpenError::WrongProcess {
                     expected: process_id.to_string(),
@@ -280,7 +271,7 @@ impl Store {
             }
         }
         configure_owner(&conn, path, options)?;
-        let created = matches!(found, Found::Empty);
+        let created = found.is_none();
         if created {
             create(&mut conn, process_id).map_err(sqlite_open_err(path))?;
             fsync_dir(path)?;
