@@ -17,14 +17,22 @@
 //!    message's send and its acknowledgement: the latency a message sees at a saturated
 //!    receiver.
 //!
+//! All processes share this machine's CPUs and disk: the senders' own commits (a timer turn
+//! every [`node::SENDER_POLL`] each, to top up their outboxes) compete with the receiver's,
+//! which a deployment with senders on other machines would not see. `cpus` in the report
+//! says how much there was to share. The fsync rate is fsyncs over elapsed time, so a disk
+//! that stalls now and then has a rate far below `1 / p50`; the report says so when it sees
+//! it, since the ratio to the target then moves from run to run.
+//!
 //! Every Ken process is a child process (`ken bench-node`), with its own store, runtime and
 //! UDP port on 127.0.0.1. Ports are picked by binding port 0 and releasing it just before the
 //! child binds it (peers need each other's address up front); if another program takes one
 //! in between, the child exits with [`node::EXIT_BIND`] and the phase is retried with new
-//! ports. Children finish on their own when the measurement is over; they are killed if they
-//! outlive their phase (and kill themselves at a deadline if `ken bench` dies), so nothing
-//! runs after the command exits. The stores live in a temporary directory that is removed at
-//! the end.
+//! ports. The first process of a phase (receiver, echo) is started first and the others once
+//! it announces that it listens, so no warm-up is lost to retransmission backoff. Children
+//! finish on their own when the measurement is over; they are killed if they outlive their
+//! phase (and kill themselves at a deadline if `ken bench` dies), so nothing runs after the
+//! command exits. The stores live in a temporary directory that is removed at the end.
 
 use std::fs::File;
 use std::net::{SocketAddr, UdpSocket};
@@ -172,6 +180,12 @@ pub struct BenchResult {
     pub window_commits: u64,
     /// Messages the receiver consumed over the whole run (equal to what was sent: checked).
     pub messages_delivered: u64,
+    /// CPU the receiver process used over the window, in cores (Linux): near 1 or more
+    /// means it was bound by CPU rather than by the disk.
+    pub receiver_cpu_cores: Option<f64>,
+    /// Time the receiver's threads were runnable but waiting for a CPU over the window, per
+    /// second (Linux): well above 0 means the other processes crowded it out.
+    pub receiver_cpu_wait_cores: Option<f64>,
 
     /// Probe: send turn to acknowledgement received, at the saturated receiver.
     pub ack_latency_us_p50: u64,
@@ -276,6 +290,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         window_turns: load.window_turns,
         window_commits: load.window_commits,
         messages_delivered: load.messages_delivered,
+        receiver_cpu_cores: load.receiver_cpu_cores,
+        receiver_cpu_wait_cores: load.receiver_cpu_wait_cores,
         ack_latency_us_p50: load.probe.ack_latency_us_p50,
         ack_latency_us_p99: load.probe.ack_latency_us_p99,
         ack_after_transmit_us_p50: load.probe.ack_after_transmit_us_p50,
@@ -335,6 +351,12 @@ fn render(r: &BenchResult) -> String {
         "  throughput  {} senders x {} outstanding -> 1 receiver, {:.1} s window: {:.0} durable turns/s, {:.1} turns/commit, {:.0} commits/s",
         r.senders, r.outstanding_per_sender, r.window_secs, r.turns_per_sec, r.turns_per_commit, r.commits_per_sec
     ));
+    if let (Some(cores), Some(wait)) = (r.receiver_cpu_cores, r.receiver_cpu_wait_cores) {
+        line(format!(
+            "              receiver threads: {cores:.2} s on a CPU and {wait:.2} s waiting for one, per second ({} CPUs)",
+            r.cpus
+        ));
+    }
     line(format!(
         "  ack latency probe at the loaded receiver, send turn -> ack received: p50 {} us, p99 {} us ({} messages); first transmission -> ack: p50 {} us, p99 {} us",
         r.ack_latency_us_p50, r.ack_latency_us_p99, r.ack_samples, r.ack_after_transmit_us_p50, r.ack_after_transmit_us_p99
@@ -543,6 +565,11 @@ impl Children {
         }
     }
 
+    /// The process id of child `id`.
+    fn pid(&self, id: &str) -> Option<u32> {
+        self.procs.iter().find(|p| p.id == id).map(|p| p.child.id())
+    }
+
     /// The last line a child printed on standard output, parsed as JSON.
     fn report<T: serde::de::DeserializeOwned>(&self, id: &str) -> anyhow::Result<T> {
         let out = self.output(id, "out");
@@ -664,6 +691,8 @@ struct Throughput {
     window_turns: u64,
     window_commits: u64,
     messages_delivered: u64,
+    receiver_cpu_cores: Option<f64>,
+    receiver_cpu_wait_cores: Option<f64>,
     probe: ProbeReport,
 }
 
@@ -709,11 +738,21 @@ fn throughput(dir: &Path, args: &Args, plan: &Plan, attempt: u32) -> anyhow::Res
     sleep_until(at.measure_from);
     children.check_running()?;
     let reader = open_reader(&receiver_spec.store)?;
+    let receiver_pid = children.pid(&receiver.0);
     let start = reader.meta()?;
     let started = Instant::now();
+    let cpu_start = receiver_pid.and_then(cpu_time);
     sleep_until(at.measure_until);
     let end = reader.meta()?;
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_end = receiver_pid.and_then(cpu_time);
+    let (receiver_cpu_cores, receiver_cpu_wait_cores) = match (cpu_start, cpu_end) {
+        (Some(a), Some(b)) => (
+            Some(b.running.saturating_sub(a.running).as_secs_f64() / elapsed),
+            Some(b.waiting.saturating_sub(a.waiting).as_secs_f64() / elapsed),
+        ),
+        _ => (None, None),
+    };
     drop(reader);
     children.check_running()?;
     children.wait_all(Instant::now() + STOP_AFTER_WINDOW + DRAIN_MAX)?;
@@ -749,7 +788,37 @@ fn throughput(dir: &Path, args: &Args, plan: &Plan, attempt: u32) -> anyhow::Res
         window_turns,
         window_commits,
         messages_delivered: received.received,
+        receiver_cpu_cores,
+        receiver_cpu_wait_cores,
         probe,
+    })
+}
+
+/// Scheduler times of a process so far, summed over its threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct CpuTime {
+    /// Time running on a CPU.
+    running: Duration,
+    /// Time runnable but waiting for a CPU.
+    waiting: Duration,
+}
+
+/// The scheduler times of process `pid`, from `/proc/PID/task/*/schedstat` (Linux); `None`
+/// elsewhere.
+fn cpu_time(pid: u32) -> Option<CpuTime> {
+    let (mut running_ns, mut waiting_ns) = (0u64, 0u64);
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        // A thread may end between the listing and the read: its time is then not counted.
+        let Ok(stat) = std::fs::read_to_string(entry.ok()?.path().join("schedstat")) else {
+            continue;
+        };
+        let mut fields = stat.split_whitespace();
+        running_ns += fields.next()?.parse::<u64>().ok()?;
+        waiting_ns += fields.next()?.parse::<u64>().ok()?;
+    }
+    Some(CpuTime {
+        running: Duration::from_nanos(running_ns),
+        waiting: Duration::from_nanos(waiting_ns),
     })
 }
 
@@ -786,6 +855,19 @@ mod tests {
         let v: Vec<u64> = (1..=100).collect();
         assert_eq!(percentile(&v, 50), 50);
         assert_eq!(percentile(&v, 99), 99);
+    }
+
+    #[test]
+    fn cpu_time_of_this_process_grows_on_linux() {
+        if cfg!(target_os = "linux") {
+            let a = cpu_time(std::process::id()).expect("schedstat is readable");
+            let spin = Instant::now();
+            while spin.elapsed() < Duration::from_millis(20) {
+                std::hint::black_box(0u64);
+            }
+            let b = cpu_time(std::process::id()).expect("schedstat is readable");
+            assert!(b.running > a.running, "{a:?} then {b:?}");
+        }
     }
 
     #[test]
