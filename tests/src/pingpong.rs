@@ -7,10 +7,29 @@
 //!   the process's id, `gaps == 0`, `repeats == 0` and `received` equal to the number of
 //!   balls it must receive (`count / 2` for the hitter, `(count + 1) / 2` for the server);
 //! - a life ends only by our SIGKILL or by exit code 0 after printing its report;
-//! - while the processes run, every 100 ms, no store holds an acknowledgement beyond what
+//! - while the processes run, every 25 ms, no store holds an acknowledgement beyond what
 //!   the peer's store consumed ([`crate::stores`]), and at the end both stores are
 //!   quiescent;
 //! - both finish before the deadline.
+//!
+//! The killer. At seeded random intervals (`kill_interval_ms`) it draws a victim and a
+//! restart delay (`restart_delay_ms`), SIGKILLs the victim and restarts it with the same
+//! command after the delay, until `kills_target` kills or the end of the volley (both
+//! processes reported once). Kills stay spread: no side gets 3 kills ahead of the other. A
+//! victim that is down when drawn is killed once it has run again for the shortest interval
+//! (so some kills land in a recovery). On a fast disk the volley could end before the
+//! target; so kill k is brought forward once the volley (as read from the stores) has
+//! consumed `(k + 2)` slots of `count / (kills_target + CATCH_UP_SPARE_SLOTS)` balls
+//! ([`Outcome::catch_up_kills`]). The draws replay from the seed; which process a draw hits
+//! when, relative to the volley, depends on the scheduler.
+//!
+//! Why a lost message is detected in the stores, not in the reports: pingpong's handler is
+//! deterministic, so a process that rolls back and re-runs its inputs re-sends the same
+//! values under the same sequence numbers, and its peer drops them as duplicates. A runtime
+//! that breaks output commit does not show a gap or a repeat: it loses a message (its peer
+//! saw the acknowledgement of a turn that was rolled back and dropped the message from its
+//! outbox), and the volley stalls forever. The stores show the loss at once, specifically:
+//! the sender's `acked` is beyond the receiver's `delivered`.
 //!
 //! The operator rule. A finished process lingers (about 1.5 s) re-acknowledging
 //! retransmissions, then exits 0. If its peer is killed and restarted after that, the peer
@@ -69,7 +88,7 @@ impl Default for Scenario {
             deadline: Duration::from_secs(120),
             unsafe_release_before_commit: false,
             stop_at_first_violation: true,
-            store_check_interval: Duration::from_millis(100),
+            store_check_interval: Duration::from_millis(25),
         }
     }
 }
@@ -157,6 +176,9 @@ pub struct Outcome {
     pub kills: BTreeMap<String, u32>,
     /// Restarts of a finished process for its peer's sake (see the module docs).
     pub operator_restarts: u32,
+    /// Kills brought forward to the shortest interval because the volley was outrunning the
+    /// killer.
+    pub catch_up_kills: u32,
     /// Times both processes were moved to fresh ports after a bind failure.
     pub port_changes: u32,
     /// Cross-store checks done while running, and how many could not read a store (for
@@ -178,12 +200,13 @@ impl Outcome {
     /// A one-line summary.
     pub fn summary(&self) -> String {
         format!(
-            "seed {} elapsed {:.2} s kills {:?} (total {}) operator restarts {} port changes {} \
-             store checks {} ({} unreadable) finished {} violations {}",
+            "seed {} elapsed {:.2} s kills {:?} (total {}, {} at catch-up pace) operator \
+             restarts {} port changes {} store checks {} ({} unreadable) finished {} violations {}",
             self.seed,
             self.elapsed.as_secs_f64(),
             self.kills,
             self.total_kills(),
+            self.catch_up_kills,
             self.operator_restarts,
             self.port_changes,
             self.store_checks,
@@ -193,6 +216,11 @@ impl Outcome {
         )
     }
 }
+
+/// The killer's progress slots: kill k is brought forward once the volley has consumed
+/// `(k + 2) * count / (kills_target + CATCH_UP_SPARE_SLOTS)` balls (see
+/// [`Outcome::catch_up_kills`]), so the target is reached before the volley ends.
+pub const CATCH_UP_SPARE_SLOTS: u32 = 5;
 
 /// Balls the process receives in a volley to `count`: the server (`serve`) gets the odd
 /// values, the hitter the even ones.
@@ -252,6 +280,9 @@ struct Run<'a> {
     port_changes: u32,
     /// A life failed to bind its port: move both to fresh ports.
     rebind: bool,
+    /// What the harness did, and when (since `started`).
+    events: Vec<(Duration, String)>,
+    started: Instant,
 }
 
 /// Runs `scenario` with `seed` in a fresh temporary directory, using the `ken-pingpong`
@@ -308,12 +339,21 @@ pub fn run(binary: &Path, scenario: &Scenario, seed: u64) -> std::io::Result<Out
         operator_restarts: 0,
         port_changes: 0,
         rebind: false,
+        events: Vec::new(),
+        started,
     };
 
     let mut next_kill =
         Instant::now() + Duration::from_millis(rng.gen_range(scenario.kill_interval_ms.clone()));
     let mut next_store_check = Instant::now();
     let (mut store_checks, mut store_check_errors) = (0u32, 0u32);
+    // Balls consumed by committed turns, both directions, as of the last store check.
+    let mut delivered_total = 0u64;
+    let mut catch_up_kills = 0u32;
+    let mut last_kill = started;
+    let mut last_store_check = started;
+    // A kill drawn but not done yet: (victim, restart delay, drawn while catching up).
+    let mut pending_kill: Option<(usize, Duration, bool)> = None;
     let mut finished = false;
     loop {
         let now = Instant::now();
@@ -354,13 +394,30 @@ pub fn run(binary: &Path, scenario: &Scenario, seed: u64) -> std::io::Result<Out
                 p.restart_at = None;
                 p.reported_this_life = false;
                 p.proc.restart()?;
+                let msg = format!("restart {} (life {})", p.id, p.proc.current_life().number);
+                run.events.push((now - started, msg));
             }
         }
 
         // The killer: while the volley is in progress and fewer than the target kills.
         let kills: u32 = run.players.iter().map(|p| p.proc.kills()).sum();
         let volley_over = run.players.iter().all(|p| p.reported_ever);
-        if kills < scenario.kills_target && !volley_over && now >= next_kill {
+        // Catch-up: the volley must not end before the target kills, whatever the speed of
+        // the disk. Kill k (from 0) is due at the latest once the volley has consumed
+        // (k + 2) slots of count / (kills_target + CATCH_UP_SPARE_SLOTS) balls: then it is
+        // done at once, as soon as a store check newer than the last kill confirms it.
+        let slot = scenario.count / u64::from(scenario.kills_target + CATCH_UP_SPARE_SLOTS);
+        let behind = delivered_total >= (u64::from(kills) + 2) * slot;
+        let due = if behind && last_store_check > last_kill {
+            now.min(next_kill)
+        } else {
+            next_kill
+        };
+        if kills < scenario.kills_target && !volley_over && pending_kill.is_none() && now >= due {
+            if behind && now < next_kill {
+                catch_up_kills += 1;
+            }
+            last_kill = now;
             next_kill =
                 now + Duration::from_millis(rng.gen_range(scenario.kill_interval_ms.clone()));
             let delay = Duration::from_millis(rng.gen_range(scenario.restart_delay_ms.clone()));
@@ -370,14 +427,30 @@ pub fn run(binary: &Path, scenario: &Scenario, seed: u64) -> std::io::Result<Out
             if run.players[victim].proc.kills() >= run.players[other].proc.kills() + 3 {
                 victim = other;
             }
-            if !run.players[victim].proc.is_running() {
-                victim = 1 - victim;
-            }
-            if run.players[victim].proc.is_running() {
+            pending_kill = Some((victim, delay, behind));
+        }
+        // A victim that is down is killed once it has run again for the shortest kill
+        // interval (in or just after its recovery).
+        if let Some((victim, delay, behind)) = pending_kill {
+            let v = &run.players[victim];
+            let min_life = Duration::from_millis(scenario.kill_interval_ms.start);
+            if v.proc.is_running() && now >= v.proc.current_life().started + min_life {
+                pending_kill = None;
+                let msg = format!(
+                    "kill {} (life {}), restart in {} ms, balls consumed {delivered_total}{}",
+                    run.players[victim].id,
+                    run.players[victim].proc.current_life().number,
+                    delay.as_millis(),
+                    if behind { ", catching up" } else { "" }
+                );
+                run.events.push((now - started, msg));
                 match run.players[victim].proc.kill()? {
                     LifeEnd::KilledByUs => run.players[victim].restart_at = Some(now + delay),
                     end => run.life_ended(victim, end),
                 }
+            } else if !v.proc.is_running() && v.restart_at.is_none() {
+                // Down for good (finished, or failed): give up this kill.
+                pending_kill = None;
             }
         }
 
@@ -392,14 +465,37 @@ pub fn run(binary: &Path, scenario: &Scenario, seed: u64) -> std::io::Result<Out
                 p.reported_this_life = false;
                 p.proc.restart()?;
                 run.operator_restarts += 1;
+                let msg = format!(
+                    "operator restart of finished {} (life {}): its peer waits",
+                    p.id,
+                    p.proc.current_life().number
+                );
+                run.events.push((now - started, msg));
             }
         }
 
         if now >= next_store_check {
             next_store_check = now + scenario.store_check_interval;
+            last_store_check = now;
             store_checks += 1;
-            match stores::check_acked_within_delivered(&stores) {
-                Ok(v) => run.violations.extend(v.into_iter().map(Violation::Store)),
+            let check_started = Instant::now();
+            let counters = stores::read_counters(&stores);
+            let took = check_started.elapsed();
+            if took > Duration::from_millis(50) {
+                let msg = format!(
+                    "store check took {} ms: {:?}",
+                    took.as_millis(),
+                    counters.as_ref().err()
+                );
+                run.events.push((now - started, msg));
+            }
+            match counters {
+                Ok(pairs) => {
+                    delivered_total = pairs.iter().map(|p| p.delivered).sum();
+                    let found = stores::acked_not_delivered(&pairs);
+                    run.violations
+                        .extend(found.into_iter().map(Violation::Store));
+                }
                 Err(_) => store_check_errors += 1,
             }
         }
@@ -407,12 +503,16 @@ pub fn run(binary: &Path, scenario: &Scenario, seed: u64) -> std::io::Result<Out
     }
 
     let elapsed = started.elapsed();
-    let diagnostics = run
+    let mut diagnostics = run
         .players
         .iter()
         .map(|p| p.proc.describe(3, 30))
         .collect::<Vec<_>>()
         .join("");
+    diagnostics.push_str("harness events:\n");
+    for (at, what) in &run.events {
+        diagnostics.push_str(&format!("  {:>7.3} s  {what}\n", at.as_secs_f64()));
+    }
     let kills = run
         .players
         .iter()
@@ -423,6 +523,7 @@ pub fn run(binary: &Path, scenario: &Scenario, seed: u64) -> std::io::Result<Out
         elapsed,
         kills,
         operator_restarts: run.operator_restarts,
+        catch_up_kills,
         port_changes: run.port_changes,
         store_checks,
         store_check_errors,
@@ -442,6 +543,10 @@ impl Run<'_> {
         self.check_new_lines(i);
         let p = &mut self.players[i];
         let life = p.proc.current_life();
+        self.events.push((
+            self.started.elapsed(),
+            format!("{} (life {}) ended on its own: {end:?}", p.id, life.number),
+        ));
         match end {
             LifeEnd::KilledByUs => unreachable!("poll and kill report our kills separately"),
             LifeEnd::Exited(status) if status.success() => {
@@ -519,6 +624,10 @@ impl Run<'_> {
         self.rebind = false;
         self.port_changes += 1;
         let ports = procs::free_udp_ports(2);
+        self.events.push((
+            self.started.elapsed(),
+            format!("a port was taken: both move to ports {ports:?}"),
+        ));
         for i in 0..2 {
             let count = self.scenario.count;
             let p = &mut self.players[i];

@@ -26,19 +26,26 @@ use std::time::{Duration, Instant};
 /// directory of the running test.
 pub const APP_BIN_DIR_ENV: &str = "KEN_APP_BIN_DIR";
 
-/// How a test finds a binary of another workspace package.
+/// The path of binary `name` of workspace package `package`, built fresh.
 ///
-/// `CARGO_BIN_EXE_<name>` exists only for binaries of the package under test, so this looks
-/// for `<target>/<profile>/<name>` next to the running test executable (which lives in
-/// `<target>/<profile>/deps/`). `cargo test --workspace` builds every workspace binary before
-/// it runs any test, so there it is always present and fresh. When it is missing (for
-/// example `cargo test -p ken-tests` on a fresh clone), it is built once with
-/// `cargo build -p <package> --bin <name>` in the same profile and target directory. A
-/// present but stale binary (sources of the app edited, then `cargo test -p ken-tests`) is
-/// not detected: run `cargo test --workspace`, or build the app first.
+/// `CARGO_BIN_EXE_<name>` exists only for binaries of the package under test, so this uses
+/// `<target>/<profile>/<name>`, next to the running test executable (which lives in
+/// `<target>/<profile>/deps/`). Cargo builds a package's plain binaries for `cargo test`
+/// only when that package has integration tests (for `CARGO_BIN_EXE_*`): measured on a fresh
+/// target directory, `cargo test --workspace --release --no-run` does not build
+/// `ken-pingpong`, and `cargo test -p ken-tests` would not rebuild it after an edit of the
+/// runtime, so a missing or stale binary is the normal case. Hence the first call for a binary in a test
+/// process runs `cargo build -p <package> --bin <name>` with the test's profile and target
+/// directory: a no-op of about 0.1 s when the binary is fresh (cargo does not hold the build
+/// lock while tests run, so this does not deadlock), a rebuild when the app's sources
+/// changed. If cargo cannot be run at all (a test executable copied elsewhere), an existing
+/// binary is used as is.
 ///
 /// [`APP_BIN_DIR_ENV`] overrides all of this: the binary is taken from that directory (to
 /// test another build, for example one with a diagnostic patch).
+///
+/// # Panics
+/// If the build fails or leaves no binary.
 pub fn app_binary(package: &str, name: &str) -> PathBuf {
     if let Some(dir) = std::env::var_os(APP_BIN_DIR_ENV) {
         let path = Path::new(&dir).join(name);
@@ -50,7 +57,6 @@ pub fn app_binary(package: &str, name: &str) -> PathBuf {
         return path;
     }
     static BUILT: OnceLock<Mutex<Vec<PathBuf>>> = OnceLock::new();
-    let built = BUILT.get_or_init(|| Mutex::new(Vec::new()));
     let exe = std::env::current_exe().expect("the test executable's path");
     let profile_dir = exe
         .ancestors()
@@ -59,35 +65,44 @@ pub fn app_binary(package: &str, name: &str) -> PathBuf {
         .expect("the test executable lives in <target>/<profile>/deps")
         .to_path_buf();
     let path = profile_dir.join(name);
-    // Serialize the check-and-build so parallel tests build at most once.
-    let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
-    if path.is_file() || built.contains(&path) {
+    // Serialize the check-and-build so that parallel tests build once.
+    let mut built = BUILT
+        .get_or_init(|| Mutex::new(Vec::new()))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if built.contains(&path) {
         return path;
     }
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev".to_string(),
+        Some(other) => other.to_string(),
+        None => panic!("no profile directory in {}", exe.display()),
+    };
     let target_dir = profile_dir
         .parent()
-        .expect("<target>/<profile> has a parent")
-        .to_path_buf();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        .expect("<target>/<profile> has a parent");
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("the tests crate is inside the workspace");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.arg("build")
+        .arg("--quiet")
         .arg("--manifest-path")
         .arg(workspace.join("Cargo.toml"))
-        .args(["-p", package, "--bin", name])
+        .args(["-p", package, "--bin", name, "--profile", &profile])
         .arg("--target-dir")
-        .arg(&target_dir);
-    if !cfg!(debug_assertions) {
-        cmd.arg("--release");
+        .arg(target_dir);
+    match cmd.status() {
+        Ok(status) => assert!(status.success(), "{cmd:?} failed: {status}"),
+        Err(e) if path.is_file() => {
+            eprintln!("cannot run cargo ({e}); using {} as it is", path.display());
+        }
+        Err(e) => panic!("{} is missing and {cmd:?} cannot run: {e}", path.display()),
     }
-    eprintln!("{} is missing; building it: {cmd:?}", path.display());
-    let status = cmd.status().expect("run cargo to build the app binary");
-    assert!(status.success(), "building {name} failed: {status}");
     assert!(
         path.is_file(),
-        "cargo built {name} but it is not at {}",
+        "{cmd:?} succeeded but there is no {}",
         path.display()
     );
     built.push(path.clone());

@@ -98,32 +98,57 @@ fn row<'a>(rows: &'a [PeerRow], peer: &str) -> Option<&'a PeerRow> {
     rows.iter().find(|r| r.peer == peer)
 }
 
-/// Checks "no acknowledgement beyond delivery" for every ordered pair of `stores`. Sound
-/// while the owners run (see the module docs). `Err` if a store cannot be read (for
-/// example not created yet).
-pub fn check_acked_within_delivered(stores: &[StoreRef]) -> Result<Vec<StoreViolation>, String> {
-    // Pass 1: every sender's acked. Pass 2: every receiver's delivered. The order matters.
+/// The counters of one ordered pair, as read by [`read_counters`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairCounters {
+    pub sender: String,
+    pub receiver: String,
+    /// The sender's durable `acked` for the receiver (read first).
+    pub acked: u64,
+    /// The receiver's durable `delivered` from the sender (read after every `acked`).
+    pub delivered: u64,
+}
+
+/// Reads the counters of every ordered pair of `stores`: every sender's `acked` first, then
+/// every receiver's `delivered` (the order that makes [`acked_not_delivered`] sound while the
+/// owners run). `Err` if a store cannot be read (for example not created yet).
+pub fn read_counters(stores: &[StoreRef]) -> Result<Vec<PairCounters>, String> {
     let acked: Vec<Vec<PeerRow>> = stores.iter().map(peer_rows).collect::<Result<_, _>>()?;
     let delivered: Vec<Vec<PeerRow>> = stores.iter().map(peer_rows).collect::<Result<_, _>>()?;
-    let mut violations = Vec::new();
+    let mut pairs = Vec::new();
     for (s, sender) in stores.iter().enumerate() {
         for (r, receiver) in stores.iter().enumerate() {
-            if s == r {
-                continue;
-            }
-            let acked = row(&acked[s], &receiver.id).map_or(0, |p| p.acked);
-            let delivered = row(&delivered[r], &sender.id).map_or(0, |p| p.delivered);
-            if acked > delivered {
-                violations.push(StoreViolation::AckedNotDelivered {
+            if s != r {
+                pairs.push(PairCounters {
                     sender: sender.id.clone(),
                     receiver: receiver.id.clone(),
-                    acked,
-                    delivered,
+                    acked: row(&acked[s], &receiver.id).map_or(0, |p| p.acked),
+                    delivered: row(&delivered[r], &sender.id).map_or(0, |p| p.delivered),
                 });
             }
         }
     }
-    Ok(violations)
+    Ok(pairs)
+}
+
+/// The "no acknowledgement beyond delivery" violations among `pairs`.
+pub fn acked_not_delivered(pairs: &[PairCounters]) -> Vec<StoreViolation> {
+    pairs
+        .iter()
+        .filter(|p| p.acked > p.delivered)
+        .map(|p| StoreViolation::AckedNotDelivered {
+            sender: p.sender.clone(),
+            receiver: p.receiver.clone(),
+            acked: p.acked,
+            delivered: p.delivered,
+        })
+        .collect()
+}
+
+/// Checks "no acknowledgement beyond delivery" for every ordered pair of `stores`. Sound
+/// while the owners run (see the module docs). `Err` if a store cannot be read.
+pub fn check_acked_within_delivered(stores: &[StoreRef]) -> Result<Vec<StoreViolation>, String> {
+    Ok(acked_not_delivered(&read_counters(stores)?))
 }
 
 /// Checks the end state once every owner has stopped: empty outboxes, and each receiver

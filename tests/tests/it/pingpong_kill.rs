@@ -67,6 +67,12 @@ fn pingpong_survives_random_sigkills_of_both_sides() {
 /// commit (`KEN_UNSAFE_RELEASE_BEFORE_COMMIT=1`) must report a specific violation (a gap,
 /// a repeat, a wrong received count, or a message acknowledged but never consumed) in at
 /// least one of a few attempts. Proves the checks above can fail.
+///
+/// What it finds in practice, at the first or second kill: a lost message (the peer holds
+/// an acknowledgement beyond what the killed process's store consumed). Never a gap or a
+/// repeat: pingpong's handler is deterministic, so re-running rolled-back turns re-sends
+/// the same balls under the same sequence numbers (see `ken_tests::pingpong`); without the
+/// store check the broken runtime only stalls until the deadline.
 #[test]
 fn negative_control_release_before_commit_is_caught() {
     let base = seed::seed("negative_control_release_before_commit_is_caught");
