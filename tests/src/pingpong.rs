@@ -292,6 +292,17 @@ pub fn run(binary: &Path, scenario: &Scenario, seed: u64) -> std::io::Result<Out
     let dir = tempfile::Builder::new()
         .prefix("ken-pingpong-kill-")
         .tempdir()?;
+    // Every life of a run runs the same build: a private copy, immune to a rebuild of the
+    // target directory while the run lasts (cargo replaces the file, briefly removing it).
+    let binary = {
+        let copy = dir.path().join("ken-pingpong");
+        std::fs::copy(binary, &copy).map_err(|e| {
+            let what = format!("copy {} to the run directory: {e}", binary.display());
+            std::io::Error::new(e.kind(), what)
+        })?;
+        copy
+    };
+    let binary = binary.as_path();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let started = Instant::now();
     let deadline = started + scenario.deadline;

@@ -256,14 +256,22 @@ impl Proc {
             .spec
             .log_dir
             .join(format!("{}.{number}.stderr", self.spec.name));
-        let stderr = File::create(&stderr_path)?;
+        let context = |what: &str, e: io::Error| {
+            io::Error::new(
+                e.kind(),
+                format!("{} life {number}: {what}: {e}", self.spec.name),
+            )
+        };
+        let stderr = File::create(&stderr_path)
+            .map_err(|e| context(&format!("create {}", stderr_path.display()), e))?;
         let mut child = Command::new(&self.spec.program)
             .args(&self.spec.args)
             .envs(self.spec.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
-            .spawn()?;
+            .spawn()
+            .map_err(|e| context(&format!("spawn {}", self.spec.program.display()), e))?;
         let stdout_pipe = child.stdout.take().expect("stdout is piped");
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&stdout);
