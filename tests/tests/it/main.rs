@@ -2,4 +2,5 @@
 //! matklad's advice).
 
 mod pingpong_kill;
+mod procs;
 mod sim;
