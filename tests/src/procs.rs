@@ -162,6 +162,10 @@ pub struct AppSpec {
     pub log_dir: PathBuf,
 }
 
+/// Spawn attempts that may fail with "text file busy" before the failure counts (5 ms
+/// apart).
+const SPAWN_BUSY_RETRIES_MAX: u32 = 200;
+
 /// How a life ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LifeEnd {
@@ -264,14 +268,33 @@ impl Proc {
         };
         let stderr = File::create(&stderr_path)
             .map_err(|e| context(&format!("create {}", stderr_path.display()), e))?;
-        let mut child = Command::new(&self.spec.program)
+        let mut command = Command::new(&self.spec.program);
+        command
             .args(&self.spec.args)
             .envs(self.spec.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .map_err(|e| context(&format!("spawn {}", self.spec.program.display()), e))?;
+            .stderr(stderr);
+        let mut busy_retries = 0;
+        let mut child = loop {
+            match command.spawn() {
+                // ETXTBSY: the program was written a moment ago (a private copy) and a child
+                // forked meanwhile by another thread of this test process still holds the
+                // inherited write descriptor until its own exec. Passes within milliseconds.
+                Err(e)
+                    if e.raw_os_error() == Some(libc::ETXTBSY)
+                        && busy_retries < SPAWN_BUSY_RETRIES_MAX =>
+                {
+                    busy_retries += 1;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                other => {
+                    break other.map_err(|e| {
+                        context(&format!("spawn {}", self.spec.program.display()), e)
+                    })?
+                }
+            }
+        };
         let stdout_pipe = child.stdout.take().expect("stdout is piped");
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&stdout);
