@@ -31,15 +31,15 @@ pub const APP_BIN_DIR_ENV: &str = "KEN_APP_BIN_DIR";
 /// `CARGO_BIN_EXE_<name>` exists only for binaries of the package under test, so this uses
 /// `<target>/<profile>/<name>`, next to the running test executable (which lives in
 /// `<target>/<profile>/deps/`). Cargo builds a package's plain binaries for `cargo test`
-/// only when that package has integration tests (for `CARGO_BIN_EXE_*`): measured on a fresh
-/// target directory, `cargo test --workspace --release --no-run` does not build
+/// only when that package has integration tests (for `CARGO_BIN_EXE_*`): measured on a
+/// fresh target directory, `cargo test --workspace --release --no-run` does not build
 /// `ken-pingpong`, and `cargo test -p ken-tests` would not rebuild it after an edit of the
-/// runtime, so a missing or stale binary is the normal case. Hence the first call for a binary in a test
-/// process runs `cargo build -p <package> --bin <name>` with the test's profile and target
-/// directory: a no-op of about 0.1 s when the binary is fresh (cargo does not hold the build
-/// lock while tests run, so this does not deadlock), a rebuild when the app's sources
-/// changed. If cargo cannot be run at all (a test executable copied elsewhere), an existing
-/// binary is used as is.
+/// runtime, so a missing or stale binary is the normal case. Hence the first call for a
+/// binary in a test process runs `cargo build -p <package> --bin <name>` with the test's
+/// profile and target directory: a no-op of about 0.1 s when the binary is fresh (cargo
+/// does not hold the build lock while tests run, so this does not deadlock), a rebuild when
+/// the app's sources changed. If cargo cannot be run at all (a test executable copied
+/// elsewhere), an existing binary is used as is.
 ///
 /// [`APP_BIN_DIR_ENV`] overrides all of this: the binary is taken from that directory (to
 /// test another build, for example one with a diagnostic patch).
