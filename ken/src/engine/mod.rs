@@ -148,6 +148,38 @@ impl PeerView for PeerDepths<'_> {
     }
 }
 
+/// The two ends of a pair, for building frames to the peer.
+struct Header {
+    from: ProcessId,
+    from_incarnation: Incarnation,
+    to: ProcessId,
+    to_incarnation: Incarnation,
+}
+
+impl Header {
+    fn of(id: &ProcessId, incarnation: Incarnation, peer: &Peer) -> Header {
+        Header {
+            from: id.clone(),
+            from_incarnation: incarnation,
+            to: peer.id.clone(),
+            to_incarnation: peer.incarnation,
+        }
+    }
+
+    fn frame(&self, kind: FrameKind, seq: u64, ack: u64, payload: Vec<u8>) -> Frame {
+        Frame {
+            kind,
+            from: self.from.clone(),
+            from_incarnation: self.from_incarnation,
+            to: self.to.clone(),
+            to_incarnation: self.to_incarnation,
+            seq: Seq(seq),
+            ack: Seq(ack),
+            payload,
+        }
+    }
+}
+
 /// A summary of one peer's protocol state, for tests, stats and tools.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerStatus {
@@ -922,16 +954,12 @@ impl<H: Handler> Engine<H> {
                 break;
             }
             let ack = p.delivered_committed;
-            let frame = Frame {
-                kind: FrameKind::Data,
-                from: self.id.clone(),
-                from_incarnation: self.incarnation,
-                to: pid.clone(),
-                to_incarnation: p.incarnation,
-                seq: Seq(seq),
-                ack: Seq(ack),
-                payload: p.outbox[idx].payload.clone(),
-            };
+            let frame = Header::of(&self.id, self.incarnation, p).frame(
+                FrameKind::Data,
+                seq,
+                ack,
+                p.outbox[idx].payload.clone(),
+            );
             let e = &mut p.outbox[idx];
             assert_eq!(e.transmissions, 0);
             e.transmissions = 1;
@@ -955,6 +983,7 @@ impl<H: Handler> Engine<H> {
         let p = self.peers.get_mut(pid).expect("known peer");
         let rto = p.rto.current();
         let ack = p.delivered_committed;
+        let header = Header::of(&self.id, self.incarnation, p);
         for i in 0..p.in_flight {
             let e = &mut p.outbox[i];
             assert!(
@@ -966,16 +995,7 @@ impl<H: Handler> Engine<H> {
             }
             e.transmissions += 1;
             e.last_sent = now;
-            let frame = Frame {
-                kind: FrameKind::Data,
-                from: self.id.clone(),
-                from_incarnation: self.incarnation,
-                to: pid.clone(),
-                to_incarnation: p.incarnation,
-                seq: Seq(e.seq),
-                ack: Seq(ack),
-                payload: e.payload.clone(),
-            };
+            let frame = header.frame(FrameKind::Data, e.seq, ack, e.payload.clone());
             self.stats.retransmits += 1;
             self.commands.push(Command::Send {
                 to: pid.clone(),
@@ -999,16 +1019,8 @@ impl<H: Handler> Engine<H> {
         let p = self.peers.get_mut(pid).expect("known peer");
         let ack = p.delivered_committed;
         p.ack_sent = p.ack_sent.max(ack);
-        let frame = Frame {
-            kind: FrameKind::Ack,
-            from: self.id.clone(),
-            from_incarnation: self.incarnation,
-            to: pid.clone(),
-            to_incarnation: p.incarnation,
-            seq: Seq(0),
-            ack: Seq(ack),
-            payload: Vec::new(),
-        };
+        let frame =
+            Header::of(&self.id, self.incarnation, p).frame(FrameKind::Ack, 0, ack, Vec::new());
         self.stats.acks_sent += 1;
         self.commands.push(Command::Send {
             to: pid.clone(),
