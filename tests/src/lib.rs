@@ -1,5 +1,7 @@
-//! Cross-crate tests for Ken. The tests themselves are in `tests/it/` (one integration-test
-//! binary); this library holds what they share and what a torture harness reuses:
+//! Cross-crate tests for Ken. The tests themselves are in two test binaries: `tests/it/`
+//! (in-process: the simulation) and `tests/real/` (real processes, SIGKILLed; kept apart
+//! because spawning children disturbs in-process store reopening, see `tests/real/main.rs`).
+//! This library holds what they share and what a torture harness reuses:
 //!
 //! - [`sim`]: the deterministic simulation (seeded; crashes, lossy network, invariant checks
 //!   after every step), with the example apps wired in by [`sim_apps`];

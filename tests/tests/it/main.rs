@@ -1,6 +1,5 @@
-//! Integration tests of ken-tests: simulation and real-process runs (one test binary, per
-//! matklad's advice).
+//! In-process integration tests of ken-tests: the deterministic simulation (one test
+//! binary, per matklad's advice). Real-process tests are in `tests/real`, a binary of their
+//! own: see there why they cannot share this process.
 
-mod pingpong_kill;
-mod procs;
 mod sim;

@@ -3,9 +3,10 @@
 //! deliver every ball exactly once (harness and checks: `ken_tests::pingpong`).
 //!
 //! Replay a failing run with the seed it printed: `KEN_SEED=<seed> cargo test --release -p
-//! ken-tests pingpong_kill`. The kill schedule replays exactly; the interleaving with the
-//! processes' own progress depends on the scheduler, so a replay is likely, not certain, to
-//! hit the same bug.
+//! ken-tests --test real <test name>`. The kill schedule replays exactly; the interleaving
+//! with the processes' own progress depends on the scheduler, so a replay is likely, not
+//! certain, to hit the same bug. Each failure message lists every life of both processes,
+//! their stderr tails and the harness's timeline of kills and restarts.
 
 use std::time::Duration;
 
