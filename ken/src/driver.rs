@@ -24,6 +24,7 @@ use ken_store::{Batch, CommitError, Store, StoreOptions};
 use ken_transport::{Endpoint, FaultConfig, ProcessId};
 use tokio::sync::mpsc;
 
+use crate::crash::CrashPoints;
 use crate::engine::{BatchId, Command, Engine, EngineConfig, EngineError};
 use crate::{Handler, Time, Tuning};
 
@@ -104,6 +105,8 @@ pub enum RunError {
     },
     #[error("bad KEN_FAULTS: {0}")]
     Faults(String),
+    #[error("{0}")]
+    CrashPoints(#[from] crate::crash::CrashParseError),
     #[error("commit failed, stopping (restart the process to recover from the last commit): {0}")]
     Commit(#[from] CommitError),
     #[error("stopping: {0}")]
@@ -130,14 +133,18 @@ struct StoreThread {
     done: mpsc::Receiver<(BatchId, Result<(), CommitError>)>,
 }
 
-fn spawn_store_thread(mut store: Store) -> StoreThread {
+fn spawn_store_thread(mut store: Store, crash: Arc<CrashPoints>) -> StoreThread {
     let (commit_tx, commit_rx) = std::sync::mpsc::sync_channel::<(BatchId, Batch)>(1);
     let (done_tx, done_rx) = mpsc::channel(2);
     std::thread::Builder::new()
         .name("ken-store".into())
         .spawn(move || {
             while let Ok((id, batch)) = commit_rx.recv() {
+                crash.pass("before_commit");
                 let result = store.commit(&batch).map(|_| ());
+                if result.is_ok() {
+                    crash.pass("after_commit");
+                }
                 let failed = result.is_err();
                 if done_tx.blocking_send((id, result)).is_err() || failed {
                     break;
@@ -152,6 +159,7 @@ fn spawn_store_thread(mut store: Store) -> StoreThread {
 }
 
 async fn run_async<H: Handler>(config: Config, handler: H) -> Result<Exit, RunError> {
+    let crash = Arc::new(CrashPoints::from_env()?);
     let (store, recovered) =
         Store::open_with(&config.store, config.id.as_str(), &config.store_options)?;
     let reader = ken_store::Reader::open(&config.store)?;
@@ -191,7 +199,8 @@ async fn run_async<H: Handler>(config: Config, handler: H) -> Result<Exit, RunEr
         seed: rand::random(),
     };
     let mut engine = Engine::recover(engine_config, handler, recovered, Box::new(reader))?;
-    let mut store = spawn_store_thread(store);
+    crash.pass("recovery");
+    let mut store = spawn_store_thread(store, Arc::clone(&crash));
 
     let (frame_tx, mut frame_rx) = mpsc::channel(FRAME_QUEUE_MAX);
     let recv_endpoint = Arc::clone(&endpoint);
@@ -216,11 +225,17 @@ async fn run_async<H: Handler>(config: Config, handler: H) -> Result<Exit, RunEr
         allow_early_release: config.tuning.release_before_commit,
         finish_linger: config.finish_linger,
         finished: None,
+        crash: &crash,
     };
+    // Set when a batch was released: its outputs go out at the top of the next iteration.
+    let mut released = false;
     engine.start(Time::now_wall());
     let result = loop {
         if let Err(e) = out.execute(&mut engine, &store).await {
             break Err(e);
+        }
+        if std::mem::take(&mut released) {
+            crash.pass("after_release");
         }
         if let Some((report, until)) = &out.finished {
             if Time::now_wall() >= *until {
@@ -250,6 +265,7 @@ async fn run_async<H: Handler>(config: Config, handler: H) -> Result<Exit, RunEr
                 out.durable = id;
                 out.committing = false;
                 engine.commit_done(Time::now_wall(), id);
+                released = true;
             }
             frame = frame_rx.recv(), if accepting => {
                 let Some(frame) = frame else { break Err(RunError::StoreThread) };
@@ -285,6 +301,7 @@ struct Out<'a> {
     finish_linger: Duration,
     /// The finished report and when to exit (after lingering).
     finished: Option<(String, Time)>,
+    crash: &'a CrashPoints,
 }
 
 impl Out<'_> {
@@ -305,6 +322,7 @@ impl Out<'_> {
                         .map_err(|_| RunError::StoreThread)?;
                 }
                 Command::Send { to, frame, after } => {
+                    self.crash.pass("mid_release");
                     assert!(
                         after <= self.durable || self.allow_early_release,
                         "output commit violated: frame depends on batch {after}, durable is {}",

@@ -39,6 +39,7 @@
 //! }
 //! ```
 
+pub mod crash;
 pub mod driver;
 pub mod engine;
 pub mod handler;

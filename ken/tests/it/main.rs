@@ -1,4 +1,5 @@
 //! Integration tests of the `ken` crate (one test binary, per matklad's advice).
 
+mod crash;
 mod engine;
 mod sans_io;
