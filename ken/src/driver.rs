@@ -12,6 +12,13 @@
 //!
 //! Failure policy: a failed commit stops the process (exit code non-zero, clear message); it
 //! is never retried. Restart = run the same command again.
+//!
+//! Observability for harnesses (`ken torture`), off unless set in the environment:
+//! `KEN_ANNOUNCE=1` sets [`Config::announce`] (through [`Config::with_env_switches`]), and
+//! `KEN_STATS_INTERVAL_MS=N` prints one line
+//! `{"event":"stats","turns":..,"messages_sent":..,"retransmits":..,"duplicates_dropped":..,
+//! "frames_in":..,"frames_sent":..,"junk_dropped":..}` to stderr every N ms and when the loop
+//! ends (a SIGKILLed life loses the counts since its last line). Counters are per life.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -79,6 +86,9 @@ impl Config {
                 "KEN_UNSAFE_RELEASE_BEFORE_COMMIT=1: outputs leave before commit (test only)"
             );
             self.tuning.release_before_commit = true;
+        }
+        if std::env::var("KEN_ANNOUNCE").is_ok_and(|v| v == "1") {
+            self.announce = true;
         }
         self
     }
@@ -229,8 +239,16 @@ async fn run_async<H: Handler>(config: Config, handler: H) -> Result<Exit, RunEr
     };
     // Set when a batch was released: its outputs go out at the top of the next iteration.
     let mut released = false;
+    let stats_interval = stats_interval_from_env();
+    let mut stats_due = stats_interval.map(|i| Time::now_wall().plus(i));
     engine.start(Time::now_wall());
     let result = loop {
+        if let (Some(due), Some(interval)) = (stats_due, stats_interval) {
+            if Time::now_wall() >= due {
+                print_stats(engine.stats(), &endpoint);
+                stats_due = Some(Time::now_wall().plus(interval));
+            }
+        }
         if let Err(e) = out.execute(&mut engine, &store).await {
             break Err(e);
         }
@@ -248,6 +266,9 @@ async fn run_async<H: Handler>(config: Config, handler: H) -> Result<Exit, RunEr
         let mut wake = engine.next_deadline();
         if let Some((_, until)) = &out.finished {
             wake = Some(wake.map_or(*until, |w| w.min(*until)));
+        }
+        if let Some(due) = stats_due {
+            wake = Some(wake.map_or(due, |w| w.min(due)));
         }
         let sleep_for = wake.map(|w| w.since(now));
         if sleep_for == Some(Duration::ZERO) {
@@ -285,9 +306,36 @@ async fn run_async<H: Handler>(config: Config, handler: H) -> Result<Exit, RunEr
             }
         }
     };
+    if stats_interval.is_some() {
+        print_stats(engine.stats(), &endpoint);
+    }
     receiver.abort();
     drop(store.commits);
     result
+}
+
+/// `KEN_STATS_INTERVAL_MS` (module docs); unset, unparsable or 0 = no stats lines.
+fn stats_interval_from_env() -> Option<Duration> {
+    std::env::var("KEN_STATS_INTERVAL_MS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .map(Duration::from_millis)
+}
+
+/// Prints the stats line (module docs) to stderr.
+fn print_stats(engine: &crate::EngineStats, endpoint: &Endpoint) {
+    let ep = endpoint.stats();
+    eprintln!(
+        "{{\"event\":\"stats\",\"turns\":{},\"messages_sent\":{},\"retransmits\":{},\"duplicates_dropped\":{},\"frames_in\":{},\"frames_sent\":{},\"junk_dropped\":{}}}",
+        engine.turns,
+        engine.messages_sent,
+        engine.retransmits,
+        engine.duplicates_dropped,
+        engine.frames_in,
+        ep.frames_sent,
+        ep.junk_dropped
+    );
 }
 
 /// Executes engine commands against the world, checking output commit on the way.
