@@ -299,7 +299,7 @@ impl<A: SimApp> Sim<A> {
     fn boot(&mut self, i: usize) {
         let ids = self.app.ids();
         let node = &mut self.nodes[i];
-        let (store, recovered) = Store::open(&node.path, node.id.as_str()).expect("open store");
+        let (store, recovered) = open_store(&node.path, node.id.as_str());
         let reader = ken::store::Reader::open(&node.path).expect("open reader");
         let config = EngineConfig {
             id: node.id.clone(),
@@ -540,6 +540,25 @@ impl<A: SimApp> Sim<A> {
         self.report.virtual_ms = self.now.as_millis() - 1_700_000_000_000;
         self.report.violations = std::mem::take(&mut self.checker.violations);
         self.report
+    }
+}
+
+/// Opens a store, retrying briefly an `InUse` held by this very process: a child forked by
+/// another test thread holds a copy of the just-closed lock descriptor until it execs (the
+/// owner lock is an `flock`, shared by forked descriptors).
+fn open_store(path: &Path, id: &str) -> (Store, ken::store::Recovered) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match Store::open(path, id) {
+            Ok(opened) => return opened,
+            Err(ken::store::OpenError::InUse { holder_pid, .. })
+                if holder_pid == Some(std::process::id())
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(e) => panic!("open store {}: {e}", path.display()),
+        }
     }
 }
 
