@@ -20,7 +20,7 @@
 //! "frames_in":..,"frames_sent":..,"junk_dropped":..}` to stderr every N ms and when the loop
 //! ends (a SIGKILLed life loses the counts since its last line). Counters are per life.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ken_store::{Batch, CommitError, Store, StoreOptions};
-use ken_transport::{Endpoint, FaultConfig, ProcessId};
+use ken_transport::{Endpoint, FaultConfig, Frame, FrameKind, ProcessId};
 use tokio::sync::mpsc;
 
 use crate::crash::CrashPoints;
@@ -61,6 +61,9 @@ pub struct Config {
     pub store_options: StoreOptions,
     /// Print a line `{"event":"listening","id":..,"addr":..}` to stderr once bound.
     pub announce: bool,
+    /// Receives the bound address once the endpoint is up (for in-process hosts and tests
+    /// that listen on port 0).
+    pub bound: Option<std::sync::mpsc::Sender<SocketAddr>>,
 }
 
 impl Config {
@@ -76,6 +79,7 @@ impl Config {
             finish_linger: Duration::from_millis(1500),
             store_options: StoreOptions::default(),
             announce: false,
+            bound: None,
         }
     }
 
@@ -194,6 +198,9 @@ async fn run_async<H: Handler>(config: Config, handler: H) -> Result<Exit, RunEr
         source,
     })?;
     let endpoint = Arc::new(endpoint);
+    if let Some(tx) = &config.bound {
+        let _ = tx.send(endpoint.local_addr());
+    }
     if config.announce {
         eprintln!(
             "{{\"event\":\"listening\",\"id\":\"{}\",\"addr\":\"{}\"}}",
@@ -217,8 +224,8 @@ async fn run_async<H: Handler>(config: Config, handler: H) -> Result<Exit, RunEr
     let receiver = tokio::spawn(async move {
         loop {
             match recv_endpoint.recv().await {
-                Ok((frame, _from)) => {
-                    if frame_tx.send(frame).await.is_err() {
+                Ok((frame, from)) => {
+                    if frame_tx.send((frame, from)).await.is_err() {
                         break;
                     }
                 }
@@ -236,6 +243,7 @@ async fn run_async<H: Handler>(config: Config, handler: H) -> Result<Exit, RunEr
         finish_linger: config.finish_linger,
         finished: None,
         crash: &crash,
+        client_addrs: HashMap::new(),
     };
     // Set when a batch was released: its outputs go out at the top of the next iteration.
     let mut released = false;
@@ -289,13 +297,17 @@ async fn run_async<H: Handler>(config: Config, handler: H) -> Result<Exit, RunEr
                 released = true;
             }
             frame = frame_rx.recv(), if accepting => {
-                let Some(frame) = frame else { break Err(RunError::StoreThread) };
+                let Some((frame, from)) = frame else { break Err(RunError::StoreThread) };
                 let now = Time::now_wall();
+                out.learn(&frame, from);
                 engine.handle_frame(now, frame);
                 let mut n = 1;
                 while n < FRAMES_PER_WAKEUP_MAX && engine.accepting_input() {
                     match frame_rx.try_recv() {
-                        Ok(frame) => engine.handle_frame(now, frame),
+                        Ok((frame, from)) => {
+                            out.learn(&frame, from);
+                            engine.handle_frame(now, frame);
+                        }
                         Err(_) => break,
                     }
                     n += 1;
@@ -350,9 +362,25 @@ struct Out<'a> {
     /// The finished report and when to exit (after lingering).
     finished: Option<(String, Time)>,
     crash: &'a CrashPoints,
+    /// Where each client's requests came from, for its replies. Bounded.
+    client_addrs: HashMap<ProcessId, SocketAddr>,
 }
 
 impl Out<'_> {
+    /// Remembers the return address of a client request.
+    fn learn(&mut self, frame: &Frame, from: SocketAddr) {
+        if frame.kind != FrameKind::ClientRequest {
+            return;
+        }
+        if self.client_addrs.len() >= crate::limits::CLIENT_ADDRS_MAX
+            && !self.client_addrs.contains_key(&frame.from)
+        {
+            // Forget everyone: active clients are learned again from their next retry.
+            self.client_addrs.clear();
+        }
+        self.client_addrs.insert(frame.from.clone(), from);
+    }
+
     async fn execute<H: Handler>(
         &mut self,
         engine: &mut Engine<H>,
@@ -376,7 +404,8 @@ impl Out<'_> {
                         "output commit violated: frame depends on batch {after}, durable is {}",
                         self.durable
                     );
-                    let Some(addr) = self.peers.get(&to) else {
+                    let Some(addr) = self.peers.get(&to).or_else(|| self.client_addrs.get(&to))
+                    else {
                         tracing::warn!(peer = %to, "no address for peer; frame dropped");
                         continue;
                     };

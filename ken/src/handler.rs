@@ -59,6 +59,13 @@ pub enum Input<M> {
     },
     /// A durable timer set with [`Turn::set_timer`] fired.
     Timer { name: String },
+    /// A request from a client outside Ken, applied exactly once per (client, number). The
+    /// handler answers with [`Turn::reply`]; the reply leaves after this turn commits.
+    Request {
+        client: crate::ClientId,
+        request_no: u64,
+        request: Vec<u8>,
+    },
 }
 
 /// Why [`Turn::send`] refused a message. Nothing was queued.
@@ -88,6 +95,8 @@ pub(crate) struct Effects {
     /// This turn's table writes: table -> key -> value (`None` = delete). Last write wins.
     pub writes: BTreeMap<String, BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
     pub emits: Vec<String>,
+    /// The reply to the request of this turn, if it is one.
+    pub reply: Option<Vec<u8>>,
     /// A store read failed or a stored value did not decode: the process must stop.
     pub fault: Option<String>,
 }
@@ -196,6 +205,18 @@ impl<'a, M: Serialize> Turn<'a, M> {
     /// after this turn commits.
     pub fn emit(&mut self, line: impl Into<String>) {
         self.effects.emits.push(line.into());
+    }
+
+    /// Answers the client request this turn is running (an empty reply if never called).
+    /// The reply is cached durably with the turn and sent once it commits; a retry of the
+    /// request gets the cached reply. Ignored in turns that are not requests.
+    pub fn reply(&mut self, reply: Vec<u8>) {
+        self.effects.reply = Some(reply);
+    }
+
+    /// [`Turn::reply`] with a serde value, encoded with the codec.
+    pub fn reply_with<R: Serialize + ?Sized>(&mut self, reply: &R) {
+        self.reply(ken_store::codec::encode(reply));
     }
 
     /// A random number from the engine's seeded generator (deterministic in simulation).

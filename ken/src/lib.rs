@@ -39,6 +39,7 @@
 //! }
 //! ```
 
+pub mod client;
 pub mod crash;
 pub mod driver;
 pub mod engine;
@@ -47,6 +48,7 @@ pub mod limits;
 mod time;
 mod tuning;
 
+pub use client::{BlockingClient, Client, ClientError, ClientId, ClientOptions};
 pub use driver::{run, Config, Exit, RunError};
 pub use engine::{BatchId, Command, Engine, EngineConfig, EngineError, EngineStats};
 pub use handler::{Handler, Input, SendError, Table, Turn};

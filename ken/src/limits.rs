@@ -39,6 +39,16 @@ pub const TABLE_KEY_BYTES_MAX: usize = 1024;
 /// Largest encoded root state, in bytes. Large state belongs in tables.
 pub const ROOT_BYTES_MAX: usize = 16 << 20;
 
+/// Clients remembered by the reply cache (per client: last request and its reply).
+pub const CLIENTS_MAX: usize = 10_000;
+
+/// A client idle this long may be evicted from a full reply cache. Clients must not retry a
+/// request for longer than this.
+pub const CLIENT_IDLE_EVICT: Duration = Duration::from_secs(3600);
+
+/// Client return addresses the driver remembers.
+pub const CLIENT_ADDRS_MAX: usize = 2 * CLIENTS_MAX;
+
 /// Upper bound on a data frame's payload (an encoded message), set by the datagram limit
 /// and the longest ids.
 pub const MESSAGE_BYTES_MAX: usize =

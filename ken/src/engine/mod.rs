@@ -27,12 +27,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::marker::PhantomData;
 
 use ken_store::{
-    Batch, OutboxAck, OutboxRow, PeerRow, Recovered, TableWrite, TimerChange, TurnLogEntry,
+    Batch, ClientChange, ClientRow, OutboxAck, OutboxRow, PeerRow, Recovered, TableWrite,
+    TimerChange, TurnLogEntry,
 };
 use ken_transport::{Frame, FrameKind, Incarnation, ProcessId, Seq};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::client::{ClientId, ReplyBody};
 use crate::handler::{Effects, Handler, Input, PeerView, TimerOp, Turn};
 use crate::{limits, Time, Tuning};
 use peer::{OutEntry, Peer};
@@ -104,6 +106,14 @@ pub struct EngineStats {
     pub foreign_incarnation_frames: u64,
     /// Rejects received: a peer says our frames address an incarnation it no longer is.
     pub rejects_received: u64,
+    /// Client requests applied (turns run).
+    pub requests_applied: u64,
+    /// Retried requests answered from the reply cache.
+    pub requests_replayed: u64,
+    /// Requests older than the cache's last for their client (answered `TooOld`).
+    pub requests_too_old: u64,
+    /// Requests refused (the reply cache is full of recently active clients).
+    pub requests_refused: u64,
     /// Acknowledgements of messages never sent (ignored).
     pub bogus_acks: u64,
 }
@@ -125,6 +135,8 @@ struct Filling {
     turns: u32,
     bytes: usize,
     emits: Vec<String>,
+    /// Client replies (client, request number, encoded reply body).
+    replies: Vec<(ClientId, u64, Vec<u8>)>,
     /// Anything to commit: a turn ran, or peer counters changed.
     nonempty: bool,
 }
@@ -135,6 +147,18 @@ struct Committing {
     /// Per peer changed in the batch: (next_seq, delivered) as of the seal.
     snapshot: Vec<(ProcessId, u64, u64)>,
     emits: Vec<String>,
+    replies: Vec<(ClientId, u64, Vec<u8>)>,
+}
+
+/// The reply cache entry of one client.
+#[derive(Debug, Clone)]
+struct ClientEntry {
+    /// The last request applied (possibly by an uncommitted turn).
+    last: u64,
+    updated: Time,
+    /// The last request applied by a durable turn, and its encoded reply body.
+    durable_last: u64,
+    durable_reply: Vec<u8>,
 }
 
 struct PeerDepths<'a>(&'a BTreeMap<ProcessId, Peer>);
@@ -204,6 +228,7 @@ pub struct Engine<H: Handler> {
     peers: BTreeMap<ProcessId, Peer>,
     timers: BTreeMap<String, Time>,
     timer_queue: BTreeSet<(Time, String)>,
+    clients: BTreeMap<ClientId, ClientEntry>,
     tables: TableOverlay,
     last_root: Vec<u8>,
     /// Turns over the life of the store, including uncommitted ones.
@@ -318,6 +343,18 @@ impl<H: Handler> Engine<H> {
             timers.insert(t.name.clone(), due);
             timer_queue.insert((due, t.name.clone()));
         }
+        let mut clients = BTreeMap::new();
+        for row in &recovered.clients {
+            clients.insert(
+                ClientId(row.client),
+                ClientEntry {
+                    last: row.request_no,
+                    updated: Time::from_millis(row.updated_ms),
+                    durable_last: row.request_no,
+                    durable_reply: row.reply.clone(),
+                },
+            );
+        }
         Ok(Engine {
             id: config.id,
             incarnation: Incarnation(recovered.incarnation),
@@ -328,6 +365,7 @@ impl<H: Handler> Engine<H> {
             peers,
             timers,
             timer_queue,
+            clients,
             tables: TableOverlay::new(source),
             last_root: recovered.root.unwrap_or_default(),
             turns_total: recovered.turns_committed,
@@ -447,6 +485,7 @@ impl<H: Handler> Engine<H> {
                 after: self.durable,
             });
         }
+        self.release_replies(c.replies);
         self.after_event(now);
     }
 
@@ -558,6 +597,11 @@ impl<H: Handler> Engine<H> {
     }
 
     fn on_frame(&mut self, now: Time, frame: Frame) {
+        if frame.kind == FrameKind::ClientRequest {
+            // Clients address the process by its network address; `to` is not checked.
+            self.on_request(now, frame);
+            return;
+        }
         if frame.to != self.id {
             self.stats.misaddressed_frames += 1;
             return;
@@ -634,6 +678,142 @@ impl<H: Handler> Engine<H> {
         if frame.kind == FrameKind::Data {
             self.on_data(now, &from, frame.seq.0, frame.payload);
         }
+    }
+
+    fn on_request(&mut self, now: Time, frame: Frame) {
+        let (Some(client), n) = (ClientId::from_process_id(&frame.from), frame.seq.0) else {
+            self.stats.malformed_frames += 1;
+            return;
+        };
+        if n == 0 {
+            self.stats.malformed_frames += 1;
+            return;
+        }
+        if frame.to_incarnation.0 != 0 && frame.to_incarnation != self.incarnation {
+            self.stats.stale_incarnation_frames += 1;
+            self.send_client(client, n, FrameKind::Reject, b"store replaced".to_vec());
+            return;
+        }
+        if let Some(e) = self.clients.get(&client) {
+            if n <= e.last {
+                if n == e.durable_last {
+                    // A retry of the last durable request: the cached reply, not a new turn.
+                    self.stats.requests_replayed += 1;
+                    let reply = e.durable_reply.clone();
+                    self.send_client(client, n, FrameKind::ClientReply, reply);
+                } else if n < e.durable_last {
+                    self.stats.requests_too_old += 1;
+                    let body = ken_store::codec::encode(&ReplyBody::TooOld {
+                        last: e.durable_last,
+                    });
+                    self.send_client(client, n, FrameKind::ClientReply, body);
+                }
+                // Otherwise applied by a turn not yet durable: its reply follows the commit.
+                return;
+            }
+        }
+        if !self.accepting_input() {
+            self.stats.backpressure_dropped += 1;
+            return;
+        }
+        if !self.clients.contains_key(&client) && !self.make_room_for_client(now) {
+            self.stats.requests_refused += 1;
+            let body = ken_store::codec::encode(&ReplyBody::Refused(format!(
+                "the reply cache holds {} clients active within {:?}; retry later",
+                limits::CLIENTS_MAX,
+                limits::CLIENT_IDLE_EVICT
+            )));
+            self.send_client(client, n, FrameKind::ClientReply, body);
+            return;
+        }
+        let input = Input::Request {
+            client,
+            request_no: n,
+            request: frame.payload,
+        };
+        let Some(reply) = self.run_turn(now, input, "request", client.to_string(), n) else {
+            return;
+        };
+        self.stats.requests_applied += 1;
+        let body = ken_store::codec::encode(&ReplyBody::Ok(reply));
+        let e = self.clients.entry(client).or_insert(ClientEntry {
+            last: 0,
+            updated: now,
+            durable_last: 0,
+            durable_reply: Vec::new(),
+        });
+        e.last = n;
+        e.updated = now;
+        self.filling
+            .batch
+            .clients
+            .push(ClientChange::Put(ClientRow {
+                client: client.0,
+                request_no: n,
+                reply: body.clone(),
+                updated_ms: now.as_millis(),
+            }));
+        self.filling.replies.push((client, n, body));
+        if self.tuning.release_before_commit {
+            self.release_before_commit(now);
+        }
+    }
+
+    /// Evicts the longest-idle client if the cache is full and it has been idle long enough.
+    /// False if the cache is full of recently active clients.
+    fn make_room_for_client(&mut self, now: Time) -> bool {
+        if self.clients.len() < limits::CLIENTS_MAX {
+            return true;
+        }
+        let oldest = self
+            .clients
+            .iter()
+            .min_by_key(|(_, e)| e.updated)
+            .map(|(c, e)| (*c, e.updated, e.last == e.durable_last));
+        match oldest {
+            Some((client, updated, settled))
+                if settled && now.since(updated) >= limits::CLIENT_IDLE_EVICT =>
+            {
+                self.clients.remove(&client);
+                self.filling
+                    .batch
+                    .clients
+                    .push(ClientChange::Evict { client: client.0 });
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Releases the replies of a durable batch (or, under the test-only switch, early).
+    fn release_replies(&mut self, replies: Vec<(ClientId, u64, Vec<u8>)>) {
+        for (client, n, body) in replies {
+            if let Some(e) = self.clients.get_mut(&client) {
+                if n >= e.durable_last {
+                    e.durable_last = n;
+                    e.durable_reply = body.clone();
+                }
+            }
+            self.send_client(client, n, FrameKind::ClientReply, body);
+        }
+    }
+
+    fn send_client(&mut self, client: ClientId, n: u64, kind: FrameKind, payload: Vec<u8>) {
+        let frame = Frame {
+            kind,
+            from: self.id.clone(),
+            from_incarnation: self.incarnation,
+            to: client.to_process_id(),
+            to_incarnation: Incarnation(0),
+            seq: Seq(n),
+            ack: Seq(0),
+            payload,
+        };
+        self.commands.push(Command::Send {
+            to: frame.to.clone(),
+            frame,
+            after: self.durable,
+        });
     }
 
     fn on_ack(&mut self, now: Time, pid: &ProcessId, ack: u64) {
@@ -749,6 +929,8 @@ impl<H: Handler> Engine<H> {
         }
     }
 
+    /// Runs one turn into the filling batch. Returns the turn's reply (empty if it gave
+    /// none), or `None` if the turn faulted (the engine has failed then).
     fn run_turn(
         &mut self,
         now: Time,
@@ -756,7 +938,7 @@ impl<H: Handler> Engine<H> {
         kind: &str,
         source: String,
         seq: u64,
-    ) {
+    ) -> Option<Vec<u8>> {
         self.turns_total += 1;
         let turn_no = self.turns_total;
         let batch_id = self.next_batch;
@@ -780,7 +962,7 @@ impl<H: Handler> Engine<H> {
                 turn: turn_no,
                 what,
             });
-            return;
+            return None;
         }
         let mut bytes_written = 0usize;
         for (table, rows) in effects.writes {
@@ -857,6 +1039,7 @@ impl<H: Handler> Engine<H> {
         if self.tuning.release_before_commit {
             self.release_before_commit(now);
         }
+        Some(effects.reply.unwrap_or_default())
     }
 
     /// TEST ONLY (negative control): behave as if the filling batch were durable already.
@@ -875,6 +1058,8 @@ impl<H: Handler> Engine<H> {
                 after: self.durable,
             });
         }
+        let replies = std::mem::take(&mut self.filling.replies);
+        self.release_replies(replies);
     }
 
     fn maybe_commit(&mut self, now: Time) {
@@ -924,6 +1109,7 @@ impl<H: Handler> Engine<H> {
             id,
             snapshot,
             emits: filling.emits,
+            replies: filling.replies,
         });
         self.commands.push(Command::Commit { id, batch });
     }

@@ -38,6 +38,12 @@ impl Handler for Echo {
                 }
             }
             Input::Timer { name } => turn.emit(format!("timer {name}")),
+            Input::Request { request, .. } => {
+                state.got.push(("client".into(), request.len() as u64));
+                let mut r = request;
+                r.reverse();
+                turn.reply(r);
+            }
             _ => {}
         }
     }
@@ -636,4 +642,115 @@ fn finished_waits_for_commit_and_acknowledgements() {
         matches!(&cmds[..], [Command::Finished { report }] if report == "done"),
         "{cmds:#?}"
     );
+}
+
+fn request(client: ken::ClientId, n: u64, body: &[u8]) -> Frame {
+    Frame {
+        kind: FrameKind::ClientRequest,
+        from: client.to_process_id(),
+        from_incarnation: Incarnation(0),
+        to: pid("whoever"),
+        to_incarnation: Incarnation(0),
+        seq: Seq(n),
+        ack: Seq(0),
+        payload: body.to_vec(),
+    }
+}
+
+fn reply_of(cmds: &[Command]) -> Vec<(u64, ken::client::ReplyBody)> {
+    sends(cmds)
+        .into_iter()
+        .filter(|f| f.kind == FrameKind::ClientReply)
+        .map(|f| (f.seq.0, ken::store::codec::decode(&f.payload).unwrap()))
+        .collect()
+}
+
+#[test]
+fn client_requests_apply_once_and_replies_leave_after_commit() {
+    use ken::client::ReplyBody;
+    let client = ken::ClientId([7; 16]);
+    let mut b = fresh(
+        "b",
+        Echo {
+            hit_first: false,
+            reply: false,
+        },
+    );
+    b.start(t(0));
+    let (id, _) = only_commit(b.take_commands());
+    b.commit_done(t(1), id);
+
+    b.handle_frame(t(2), request(client, 1, b"abc"));
+    let (id, batch) = only_commit(b.take_commands());
+    assert_eq!(batch.clients.len(), 1, "the reply is cached with the turn");
+    // A retry before the commit: nothing (the reply follows the commit).
+    b.handle_frame(t(3), request(client, 1, b"abc"));
+    assert!(b.take_commands().is_empty());
+    b.commit_done(t(4), id);
+    let cmds = b.take_commands();
+    assert_eq!(reply_of(&cmds), vec![(1, ReplyBody::Ok(b"cba".to_vec()))]);
+    assert_eq!(sends(&cmds)[0].to, client.to_process_id());
+    // A retry after: the cached reply, no turn, no commit.
+    b.handle_frame(t(5), request(client, 1, b"abc"));
+    assert_eq!(
+        reply_of(&b.take_commands()),
+        vec![(1, ReplyBody::Ok(b"cba".to_vec()))]
+    );
+    assert_eq!(b.state().got.len(), 1, "applied once");
+    // The next request applies; then the old one is too old.
+    b.handle_frame(t(6), request(client, 2, b"xy"));
+    let (id, _) = only_commit(b.take_commands());
+    b.commit_done(t(7), id);
+    assert_eq!(
+        reply_of(&b.take_commands()),
+        vec![(2, ReplyBody::Ok(b"yx".to_vec()))]
+    );
+    b.handle_frame(t(8), request(client, 1, b"abc"));
+    assert_eq!(
+        reply_of(&b.take_commands()),
+        vec![(1, ReplyBody::TooOld { last: 2 })]
+    );
+    assert_eq!(b.state().got.len(), 2);
+    assert_eq!(b.stats().requests_applied, 2);
+    assert_eq!(b.stats().requests_replayed, 1);
+    assert_eq!(b.stats().requests_too_old, 1);
+}
+
+#[test]
+fn the_reply_cache_survives_recovery() {
+    use ken::client::ReplyBody;
+    let client = ken::ClientId([9; 16]);
+    let mut rec = recovered("b", INC_B);
+    rec.created = false;
+    rec.turns_committed = 3;
+    rec.root = Some(ken::store::codec::encode(&EchoState::default()));
+    rec.clients = vec![ken::store::ClientRow {
+        client: client.0,
+        request_no: 5,
+        reply: ken::store::codec::encode(&ReplyBody::Ok(b"five".to_vec())),
+        updated_ms: 1,
+    }];
+    let mut b = engine_with(
+        "b",
+        INC_B,
+        Echo {
+            hit_first: false,
+            reply: false,
+        },
+        rec,
+        Tuning::default(),
+    );
+    b.start(t(0));
+    assert!(b.take_commands().is_empty());
+    b.handle_frame(t(1), request(client, 5, b"again"));
+    assert_eq!(
+        reply_of(&b.take_commands()),
+        vec![(5, ReplyBody::Ok(b"five".to_vec()))]
+    );
+    b.handle_frame(t(1), request(client, 4, b"older"));
+    assert_eq!(
+        reply_of(&b.take_commands()),
+        vec![(4, ReplyBody::TooOld { last: 5 })]
+    );
+    assert!(b.state().got.is_empty(), "nothing applied twice");
 }

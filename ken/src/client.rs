@@ -1,0 +1,344 @@
+//! Clients outside Ken: exactly-once requests for any program that retries.
+//!
+//! A client picks a random 128-bit [`ClientId`] (and may persist it with its next request
+//! number) and numbers its requests 1, 2, 3, ... A request travels in a `ClientRequest`
+//! frame (`from` = the client id as `c-` + 32 hex digits, `seq` = the request number). The
+//! process runs it as a turn ([`crate::Input::Request`]); the handler answers through
+//! [`crate::Turn::reply`]; the reply is cached durably with the turn and sent only after the
+//! turn commits. A retried request whose number was already applied is not run again: the
+//! cached reply is resent. A request older than the last one the cache remembers for that
+//! client gets [`ClientError::TooOld`], never a second application.
+//!
+//! The cache keeps, per client, the last request and its reply, for at most
+//! [`crate::limits::CLIENTS_MAX`] clients. When it is full, the client idle the longest is
+//! evicted, but only if it has been idle for [`crate::limits::CLIENT_IDLE_EVICT`]; otherwise
+//! new clients are refused ([`ClientError::Refused`]) rather than risk a double application.
+//! So: **a client must not retry a request for longer than `CLIENT_IDLE_EVICT`** (one hour).
+//!
+//! [`Client`] is the async client (tokio); [`BlockingClient`] wraps it for plain threads.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use ken_transport::{Frame, FrameKind, Incarnation, ProcessId, Seq};
+use serde::{Deserialize, Serialize};
+
+use crate::limits;
+
+/// A client's identity: 128 random bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ClientId(pub [u8; 16]);
+
+impl ClientId {
+    /// A fresh random id.
+    pub fn random() -> ClientId {
+        ClientId(rand::random())
+    }
+
+    /// The id as it travels in frames: `c-` followed by 32 lowercase hex digits.
+    pub fn to_process_id(self) -> ProcessId {
+        ProcessId::new(self.to_string()).expect("c- + hex is a valid process id")
+    }
+
+    /// Parses the frame form; `None` if `id` is not a client id.
+    pub fn from_process_id(id: &ProcessId) -> Option<ClientId> {
+        let hex = id.as_str().strip_prefix("c-")?;
+        if hex.len() != 32 {
+            return None;
+        }
+        let mut out = [0u8; 16];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(ClientId(out))
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("c-")?;
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The payload of a `ClientReply` frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplyBody {
+    /// The handler's reply to the request (applied exactly once).
+    Ok(Vec<u8>),
+    /// The request number is older than the last one applied for this client (`last`).
+    TooOld { last: u64 },
+    /// The process will not take the request (the reason says why and what to do).
+    Refused(String),
+}
+
+/// Why a call failed. Says whether the request may have been applied.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// No reply before the deadline. The request may or may not have been applied: retry
+    /// it with the same request number ([`Client::retry_last`]) to find out, exactly once.
+    #[error("no reply from {server} within {after:?} (the request may have been applied; retry it with the same number)")]
+    Timeout { server: SocketAddr, after: Duration },
+    /// Refused by the process; not applied.
+    #[error("refused by the server: {0}")]
+    Refused(String),
+    /// Larger than one datagram; not sent.
+    #[error("request of {bytes} bytes exceeds the {max_bytes}-byte limit of one datagram")]
+    TooLarge { bytes: usize, max_bytes: usize },
+    /// The server already applied a later request of this client; this one was not applied
+    /// again.
+    #[error("request {request_no} is older than the last one the server applied for this client ({last})")]
+    TooOld { request_no: u64, last: u64 },
+    /// The reply did not decode. The request was applied.
+    #[error("undecodable reply: {0}")]
+    Decode(String),
+    /// The server's store was replaced since this client last talked to it.
+    #[error("the server at {0} is a new incarnation (its store was replaced); earlier requests are unknown to it")]
+    ServerReplaced(SocketAddr),
+    #[error("client socket error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Retry policy of a [`Client`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// First retransmission timeout; doubled after each retry up to `retry_max`.
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    /// Give up after this long (the request may have been applied).
+    pub deadline: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            retry_initial: Duration::from_millis(50),
+            retry_max: Duration::from_secs(1),
+            deadline: Duration::from_secs(10),
+        }
+    }
+}
+
+/// An async exactly-once client.
+#[derive(Debug)]
+pub struct Client {
+    id: ClientId,
+    pid: ProcessId,
+    socket: tokio::net::UdpSocket,
+    /// The number of the next new request.
+    next_request: u64,
+    /// The server incarnation learned from replies, per server address.
+    incarnations: std::collections::HashMap<SocketAddr, Incarnation>,
+    options: ClientOptions,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    /// A client with a fresh random id, bound to an ephemeral loopback-or-any port.
+    pub async fn new() -> Result<Client, ClientError> {
+        Client::with_id(ClientId::random(), 1, ClientOptions::default()).await
+    }
+
+    /// A client resuming a persisted identity: `next_request` is the number its next new
+    /// request gets.
+    pub async fn with_id(
+        id: ClientId,
+        next_request: u64,
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
+        assert!(next_request >= 1, "request numbers start at 1");
+        let socket = tokio::net::UdpSocket::bind("0.0.0.0:0").await?;
+        Ok(Client {
+            id,
+            pid: id.to_process_id(),
+            socket,
+            next_request,
+            incarnations: Default::default(),
+            options,
+            buf: vec![0u8; ken_transport::frame::MAX_FRAME_BYTES + 1],
+        })
+    }
+
+    pub fn id(&self) -> ClientId {
+        self.id
+    }
+
+    /// The number the next new request gets.
+    pub fn next_request(&self) -> u64 {
+        self.next_request
+    }
+
+    /// Sends a new request and waits for its reply, retrying under the policy.
+    pub async fn call(
+        &mut self,
+        server: SocketAddr,
+        request: &[u8],
+    ) -> Result<Vec<u8>, ClientError> {
+        let n = self.next_request;
+        self.check_size(request)?;
+        self.next_request += 1;
+        self.call_numbered(server, n, request).await
+    }
+
+    /// Retries the last request with its number (after a timeout): applied at most once.
+    pub async fn retry_last(
+        &mut self,
+        server: SocketAddr,
+        request: &[u8],
+    ) -> Result<Vec<u8>, ClientError> {
+        assert!(self.next_request > 1, "no request was sent yet");
+        self.call_numbered(server, self.next_request - 1, request)
+            .await
+    }
+
+    fn check_size(&self, request: &[u8]) -> Result<(), ClientError> {
+        let max_bytes = limits::MESSAGE_BYTES_MAX;
+        if request.len() > max_bytes {
+            return Err(ClientError::TooLarge {
+                bytes: request.len(),
+                max_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Sends request `n` until answered or the deadline passes.
+    pub async fn call_numbered(
+        &mut self,
+        server: SocketAddr,
+        n: u64,
+        request: &[u8],
+    ) -> Result<Vec<u8>, ClientError> {
+        self.check_size(request)?;
+        let started = Instant::now();
+        let mut timeout = self.options.retry_initial;
+        loop {
+            let frame = Frame {
+                kind: FrameKind::ClientRequest,
+                from: self.pid.clone(),
+                from_incarnation: Incarnation(0),
+                // The server's name is not known to the client; the server checks only the
+                // incarnation (0 = any).
+                to: ProcessId::new("server").expect("valid id"),
+                to_incarnation: self.incarnations.get(&server).copied().unwrap_or_default(),
+                seq: Seq(n),
+                ack: Seq(0),
+                payload: request.to_vec(),
+            };
+            let bytes = frame.encode().map_err(|_| ClientError::TooLarge {
+                bytes: request.len(),
+                max_bytes: limits::MESSAGE_BYTES_MAX,
+            })?;
+            self.socket.send_to(&bytes, server).await?;
+            let remaining = self.options.deadline.saturating_sub(started.elapsed());
+            if remaining.is_zero() {
+                return Err(ClientError::Timeout {
+                    server,
+                    after: self.options.deadline,
+                });
+            }
+            let wait = timeout.min(remaining);
+            let until = tokio::time::Instant::now() + wait;
+            loop {
+                let recv =
+                    tokio::time::timeout_at(until, self.socket.recv_from(&mut self.buf)).await;
+                let Ok(recv) = recv else { break };
+                let (len, from) = recv?;
+                if from != server {
+                    continue;
+                }
+                let Ok(reply) = Frame::decode(&self.buf[..len]) else {
+                    continue;
+                };
+                if reply.to != self.pid || reply.seq.0 != n {
+                    continue;
+                }
+                match reply.kind {
+                    FrameKind::ClientReply => {}
+                    FrameKind::Reject => return Err(ClientError::ServerReplaced(server)),
+                    _ => continue,
+                }
+                self.incarnations.insert(server, reply.from_incarnation);
+                let body: ReplyBody = ken_store::codec::decode(&reply.payload)
+                    .map_err(|e| ClientError::Decode(e.to_string()))?;
+                return match body {
+                    ReplyBody::Ok(bytes) => Ok(bytes),
+                    ReplyBody::TooOld { last } => Err(ClientError::TooOld {
+                        request_no: n,
+                        last,
+                    }),
+                    ReplyBody::Refused(why) => Err(ClientError::Refused(why)),
+                };
+            }
+            timeout = (timeout * 2).min(self.options.retry_max);
+        }
+    }
+}
+
+/// A [`Client`] for code without an async runtime: each call blocks the thread.
+#[derive(Debug)]
+pub struct BlockingClient {
+    rt: tokio::runtime::Runtime,
+    inner: Client,
+}
+
+impl BlockingClient {
+    pub fn new() -> Result<BlockingClient, ClientError> {
+        BlockingClient::with_id(ClientId::random(), 1, ClientOptions::default())
+    }
+
+    pub fn with_id(
+        id: ClientId,
+        next_request: u64,
+        options: ClientOptions,
+    ) -> Result<BlockingClient, ClientError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let inner = rt.block_on(Client::with_id(id, next_request, options))?;
+        Ok(BlockingClient { rt, inner })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.inner
+    }
+
+    pub fn call(&mut self, server: SocketAddr, request: &[u8]) -> Result<Vec<u8>, ClientError> {
+        self.rt.block_on(self.inner.call(server, request))
+    }
+
+    pub fn retry_last(
+        &mut self,
+        server: SocketAddr,
+        request: &[u8],
+    ) -> Result<Vec<u8>, ClientError> {
+        self.rt.block_on(self.inner.retry_last(server, request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ids_round_trip_through_process_ids() {
+        for _ in 0..100 {
+            let id = ClientId::random();
+            let pid = id.to_process_id();
+            assert_eq!(pid.as_str().len(), 34);
+            assert_eq!(ClientId::from_process_id(&pid), Some(id));
+        }
+        for not in ["a", "c-", "c-zz000000000000000000000000000000", "c-00"] {
+            assert_eq!(
+                ClientId::from_process_id(&ProcessId::new(not).unwrap()),
+                None,
+                "{not}"
+            );
+        }
+    }
+}

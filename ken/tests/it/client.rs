@@ -1,0 +1,140 @@
+//! The client against a real process (in-process `ken::run` on a thread), and each client
+//! error path.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use ken::client::{ClientError, ClientOptions};
+use ken::transport::{Frame, FrameKind, Incarnation, Seq};
+use ken::{BlockingClient, ClientId, Config, Handler, Input, ProcessId, Turn};
+use serde::{Deserialize, Serialize};
+
+/// Adds each request's number (u64) to a durable total and replies the new total.
+struct Adder;
+
+#[derive(Default, Serialize, Deserialize)]
+struct Total(u64);
+
+impl Handler for Adder {
+    type State = Total;
+    type Message = ();
+    fn on_turn(&self, total: &mut Total, turn: &mut Turn<'_, ()>, input: Input<()>) {
+        if let Input::Request { request, .. } = input {
+            let add: u64 = ken::store::codec::decode(&request).unwrap_or(0);
+            total.0 += add;
+            turn.reply_with(&total.0);
+        }
+    }
+}
+
+fn start_adder(dir: &std::path::Path) -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut config = Config::new(
+        ProcessId::new("adder").unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        dir.join("adder.db"),
+    );
+    config.bound = Some(tx);
+    std::thread::spawn(move || ken::run(config, Adder));
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the server binds")
+}
+
+fn quick() -> ClientOptions {
+    ClientOptions {
+        retry_initial: Duration::from_millis(20),
+        retry_max: Duration::from_millis(100),
+        deadline: Duration::from_millis(400),
+    }
+}
+
+#[test]
+fn requests_apply_exactly_once_even_when_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_adder(dir.path());
+    let mut c = BlockingClient::new().unwrap();
+    let mut expected = 0;
+    for add in 1..=20u64 {
+        expected += add;
+        let reply = c.call(server, &ken::store::codec::encode(&add)).unwrap();
+        assert_eq!(ken::store::codec::decode::<u64>(&reply).unwrap(), expected);
+        // A retry of the same request number: the cached reply, not a second addition.
+        let again = c
+            .retry_last(server, &ken::store::codec::encode(&add))
+            .unwrap();
+        assert_eq!(again, reply);
+    }
+    // An old request number is refused as too old, never applied again.
+    let mut old = BlockingClient::with_id(c.client().id(), 3, quick()).unwrap();
+    match old.call(server, &ken::store::codec::encode(&1000u64)) {
+        Err(ClientError::TooOld {
+            request_no: 3,
+            last: 20,
+        }) => {}
+        other => panic!("expected TooOld, got {other:?}"),
+    }
+    let reply = c.call(server, &ken::store::codec::encode(&0u64)).unwrap();
+    assert_eq!(ken::store::codec::decode::<u64>(&reply).unwrap(), expected);
+}
+
+#[test]
+fn an_unreachable_server_times_out() {
+    // A bound socket that never answers.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut c = BlockingClient::with_id(ClientId::random(), 1, quick()).unwrap();
+    let started = std::time::Instant::now();
+    match c.call(silent.local_addr().unwrap(), b"hello") {
+        Err(ClientError::Timeout { after, .. }) => assert_eq!(after, quick().deadline),
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    assert!(started.elapsed() >= quick().deadline);
+}
+
+#[test]
+fn an_oversized_request_is_refused_before_sending() {
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    silent.set_nonblocking(true).unwrap();
+    let mut c = BlockingClient::with_id(ClientId::random(), 1, quick()).unwrap();
+    let big = vec![0u8; ken::limits::MESSAGE_BYTES_MAX + 1];
+    match c.call(silent.local_addr().unwrap(), &big) {
+        Err(ClientError::TooLarge { bytes, max_bytes }) => {
+            assert_eq!(bytes, big.len());
+            assert_eq!(max_bytes, ken::limits::MESSAGE_BYTES_MAX);
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    let mut buf = [0u8; 16];
+    assert!(silent.recv_from(&mut buf).is_err(), "nothing was sent");
+    assert_eq!(c.client().next_request(), 1, "the number was not used");
+}
+
+#[test]
+fn an_undecodable_reply_is_a_decode_error() {
+    // A fake server that answers every request with a reply frame whose body is junk.
+    let fake = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = fake.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 70_000];
+        while let Ok((n, from)) = fake.recv_from(&mut buf) {
+            let Ok(req) = Frame::decode(&buf[..n]) else {
+                continue;
+            };
+            let reply = Frame {
+                kind: FrameKind::ClientReply,
+                from: ProcessId::new("fake").unwrap(),
+                from_incarnation: Incarnation(1),
+                to: req.from,
+                to_incarnation: Incarnation(0),
+                seq: req.seq,
+                ack: Seq(0),
+                payload: vec![0xff, 0xfe, 0xfd],
+            };
+            let _ = fake.send_to(&reply.encode().unwrap(), from);
+        }
+    });
+    let mut c = BlockingClient::with_id(ClientId::random(), 1, quick()).unwrap();
+    match c.call(addr, b"hi") {
+        Err(ClientError::Decode(_)) => {}
+        other => panic!("expected Decode, got {other:?}"),
+    }
+}
