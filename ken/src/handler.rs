@@ -267,6 +267,39 @@ impl<'a, M: Serialize> Turn<'a, M> {
         }
     }
 
+    fn scan_raw(&mut self, table: &str, prefix: &[u8], limit: u32) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let own: Vec<(Vec<u8>, Option<Vec<u8>>)> = self
+            .effects
+            .writes
+            .get(table)
+            .map(|t| {
+                t.range(prefix.to_vec()..)
+                    .take_while(|(k, _)| k.starts_with(prefix))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let hidden = own.iter().filter(|(_, v)| v.is_none()).count() as u32;
+        let base = match self
+            .tables
+            .scan(table, prefix, limit.saturating_add(hidden))
+        {
+            Ok(rows) => rows,
+            Err(e) => {
+                self.fault(format!("scanning table `{table}`: {e}"));
+                return Vec::new();
+            }
+        };
+        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
+            base.into_iter().map(|(k, v)| (k, Some(v))).collect();
+        merged.extend(own);
+        merged
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .take(limit as usize)
+            .collect()
+    }
+
     fn fault(&mut self, what: String) {
         if self.effects.fault.is_none() {
             self.effects.fault = Some(what);
@@ -305,6 +338,33 @@ impl<M: Serialize> Table<'_, '_, M> {
                 None
             }
         }
+    }
+
+    /// Up to `limit` rows whose key starts with `prefix`, in key order, with this turn's
+    /// and earlier uncommitted turns' writes applied. A row that cannot be read or decoded
+    /// stops the process after this turn, as in [`Table::get`].
+    pub fn scan<V: DeserializeOwned>(
+        &mut self,
+        prefix: impl AsRef<[u8]>,
+        limit: u32,
+    ) -> Vec<(Vec<u8>, V)> {
+        let rows = self.turn.scan_raw(&self.name, prefix.as_ref(), limit);
+        let mut out = Vec::with_capacity(rows.len());
+        for (k, v) in rows {
+            match ken_store::codec::decode(&v) {
+                Ok(v) => out.push((k, v)),
+                Err(e) => {
+                    let what = format!(
+                        "table `{}` key {}: stored value does not decode as the requested type: {e}",
+                        self.name,
+                        ken_store::codec::printable_key(&k)
+                    );
+                    self.turn.fault(what);
+                    return Vec::new();
+                }
+            }
+        }
+        out
     }
 
     /// True if `key` has a value.

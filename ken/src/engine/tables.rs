@@ -15,11 +15,42 @@ pub trait TableSource: Send {
     /// The committed value (a codec body, unsealed) of `key` in `table`, if any. An error
     /// (I/O, a corrupt record) stops the process.
     fn get(&mut self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, String>;
+
+    /// Up to `limit` committed rows of `table` whose key starts with `prefix`, in key order.
+    fn scan(
+        &mut self,
+        table: &str,
+        prefix: &[u8],
+        limit: u32,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String>;
 }
 
 impl TableSource for ken_store::Reader {
     fn get(&mut self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
         self.table_get(table, key).map_err(|e| e.to_string())
+    }
+
+    fn scan(
+        &mut self,
+        table: &str,
+        prefix: &[u8],
+        limit: u32,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+        let mut rows = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        while (rows.len() as u32) < limit {
+            let want = (limit - rows.len() as u32).min(ken_store::MAX_SCAN_ROWS);
+            let page = self
+                .table_scan(table, prefix, after.as_deref(), want)
+                .map_err(|e| e.to_string())?;
+            let done = (page.len() as u32) < want;
+            after = page.last().map(|(k, _)| k.clone());
+            rows.extend(page);
+            if done {
+                break;
+            }
+        }
+        Ok(rows)
     }
 }
 
@@ -30,6 +61,15 @@ pub struct EmptyTables;
 impl TableSource for EmptyTables {
     fn get(&mut self, _table: &str, _key: &[u8]) -> Result<Option<Vec<u8>>, String> {
         Ok(None)
+    }
+
+    fn scan(
+        &mut self,
+        _table: &str,
+        _prefix: &[u8],
+        _limit: u32,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+        Ok(Vec::new())
     }
 }
 
@@ -64,6 +104,42 @@ impl TableOverlay {
             return Ok(v.clone());
         }
         self.source.get(table, key)
+    }
+
+    /// Up to `limit` rows of `table` with keys starting with `prefix`, newest values, in key
+    /// order: the store's rows merged with uncommitted writes (deletes hide rows).
+    pub fn scan(
+        &mut self,
+        table: &str,
+        prefix: &[u8],
+        limit: u32,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+        let layer: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = self
+            .layers
+            .get(table)
+            .map(|l| {
+                l.iter()
+                    .filter(|(k, _)| k.starts_with(prefix))
+                    .map(|(k, (_, v))| (k, v))
+                    .collect()
+            })
+            .unwrap_or_default();
+        // Deletes can hide at most this many of the store's rows: fetch that many more.
+        let hidden = layer.iter().filter(|(_, v)| v.is_none()).count() as u32;
+        let mut merged: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>> = self
+            .source
+            .scan(table, prefix, limit.saturating_add(hidden))?
+            .into_iter()
+            .map(|(k, v)| (k, Some(v)))
+            .collect();
+        for (k, v) in layer {
+            merged.insert(k.clone(), v.clone());
+        }
+        Ok(merged
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .take(limit as usize)
+            .collect())
     }
 
     /// Records a write made by a turn of `batch`.

@@ -754,3 +754,109 @@ fn the_reply_cache_survives_recovery() {
     );
     assert!(b.state().got.is_empty(), "nothing applied twice");
 }
+
+/// Table operations driven by messages, for the scan test.
+struct Tables;
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Op {
+    Put(String),
+    Del(String),
+    Scan(String, u32),
+}
+
+impl Handler for Tables {
+    type State = Vec<String>;
+    type Message = Vec<Op>;
+    fn on_turn(
+        &self,
+        state: &mut Vec<String>,
+        turn: &mut Turn<'_, Vec<Op>>,
+        input: Input<Vec<Op>>,
+    ) {
+        let Input::Message { message, .. } = input else {
+            return;
+        };
+        for op in message {
+            match op {
+                Op::Put(k) => turn.table("t").put(k.as_bytes(), &1u8),
+                Op::Del(k) => turn.table("t").delete(k.as_bytes()),
+                Op::Scan(prefix, limit) => {
+                    *state = turn
+                        .table("t")
+                        .scan::<u8>(prefix.as_bytes(), limit)
+                        .into_iter()
+                        .map(|(k, _)| String::from_utf8(k).unwrap())
+                        .collect();
+                }
+            }
+        }
+    }
+}
+
+/// Committed rows served from a map.
+struct MapTables(std::collections::BTreeMap<Vec<u8>, Vec<u8>>);
+
+impl ken::engine::tables::TableSource for MapTables {
+    fn get(&mut self, _table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        Ok(self.0.get(key).cloned())
+    }
+    fn scan(
+        &mut self,
+        _table: &str,
+        prefix: &[u8],
+        limit: u32,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+        Ok(self
+            .0
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit as usize)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+}
+
+#[test]
+fn scans_merge_committed_rows_uncommitted_writes_and_the_turns_own() {
+    let committed = ["a1", "a2", "a3", "b1"]
+        .iter()
+        .map(|k| (k.as_bytes().to_vec(), ken::store::codec::encode(&1u8)))
+        .collect();
+    let config = EngineConfig {
+        id: pid("b"),
+        peers: vec![pid("a")],
+        tuning: Tuning::default(),
+        seed: 1,
+    };
+    let mut rec = recovered("b", INC_B);
+    rec.turns_committed = 1;
+    let mut b = Engine::recover(config, Tables, rec, Box::new(MapTables(committed))).unwrap();
+    b.start(t(0));
+    let msg = |seq: u64, ops: Vec<Op>| Frame {
+        payload: ken::store::codec::encode(&ops),
+        ..data("a", INC_A, "b", 0, seq, 0, 0)
+    };
+    // Turn 1 (its batch commits), turn 2 stays uncommitted behind it, turn 3 scans.
+    b.handle_frame(t(1), msg(1, vec![Op::Put("zz".into())]));
+    b.handle_frame(
+        t(1),
+        msg(2, vec![Op::Del("a2".into()), Op::Put("a4".into())]),
+    );
+    b.handle_frame(
+        t(1),
+        msg(
+            3,
+            vec![
+                Op::Put("a0".into()),
+                Op::Del("a3".into()),
+                Op::Scan("a".into(), 10),
+            ],
+        ),
+    );
+    assert_eq!(b.state(), &vec!["a0", "a1", "a4"]);
+    b.handle_frame(t(1), msg(4, vec![Op::Scan("a".into(), 2)]));
+    assert_eq!(b.state(), &vec!["a0", "a1"]);
+    b.handle_frame(t(1), msg(5, vec![Op::Scan("b".into(), 10)]));
+    assert_eq!(b.state(), &vec!["b1"]);
+}
