@@ -9,6 +9,9 @@ use std::collections::HashMap;
 
 use super::BatchId;
 
+/// Table rows: (key, value) pairs in key order, values unsealed codec bodies.
+pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Where committed table rows are read from: the store's read-only handle in production,
 /// any map in tests.
 pub trait TableSource: Send {
@@ -17,12 +20,7 @@ pub trait TableSource: Send {
     fn get(&mut self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, String>;
 
     /// Up to `limit` committed rows of `table` whose key starts with `prefix`, in key order.
-    fn scan(
-        &mut self,
-        table: &str,
-        prefix: &[u8],
-        limit: u32,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String>;
+    fn scan(&mut self, table: &str, prefix: &[u8], limit: u32) -> Result<Rows, String>;
 }
 
 impl TableSource for ken_store::Reader {
@@ -30,12 +28,7 @@ impl TableSource for ken_store::Reader {
         self.table_get(table, key).map_err(|e| e.to_string())
     }
 
-    fn scan(
-        &mut self,
-        table: &str,
-        prefix: &[u8],
-        limit: u32,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+    fn scan(&mut self, table: &str, prefix: &[u8], limit: u32) -> Result<Rows, String> {
         let mut rows = Vec::new();
         let mut after: Option<Vec<u8>> = None;
         while (rows.len() as u32) < limit {
@@ -63,12 +56,7 @@ impl TableSource for EmptyTables {
         Ok(None)
     }
 
-    fn scan(
-        &mut self,
-        _table: &str,
-        _prefix: &[u8],
-        _limit: u32,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+    fn scan(&mut self, _table: &str, _prefix: &[u8], _limit: u32) -> Result<Rows, String> {
         Ok(Vec::new())
     }
 }
@@ -108,12 +96,7 @@ impl TableOverlay {
 
     /// Up to `limit` rows of `table` with keys starting with `prefix`, newest values, in key
     /// order: the store's rows merged with uncommitted writes (deletes hide rows).
-    pub fn scan(
-        &mut self,
-        table: &str,
-        prefix: &[u8],
-        limit: u32,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+    pub fn scan(&mut self, table: &str, prefix: &[u8], limit: u32) -> Result<Rows, String> {
         let layer: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = self
             .layers
             .get(table)
