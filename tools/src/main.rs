@@ -3,13 +3,18 @@
 //! - `ken bench`: measures this machine (raw fsync rate, durable turns per second at one
 //!   receiver, acknowledgement latency, pingpong round trip) against the project's targets.
 //!
-//! `demo`, `inspect` and `torture` arrive with their issues, each as its own module.
+//! - `ken torture`: a cluster of real app processes under seeded kills, crash points,
+//!   pauses and network faults, then healed and checked (exactly-once, FIFO, output
+//!   validity, the app's invariants, liveness). See `tools/TORTURE.md`.
+//!
+//! `demo` and `inspect` arrive with their issues, each as its own module.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod torture;
 
 /// Ken: crash-restart is invisible.
 #[derive(Debug, Parser)]
@@ -26,6 +31,9 @@ enum Command {
     /// Internal: one process of a `ken bench` run (started by `ken bench`, not by hand).
     #[command(hide = true)]
     BenchNode(bench::NodeArgs),
+    /// Torture a cluster of real app processes (kills, crash points, pauses, network
+    /// faults), heal, and check exactly-once, FIFO, output validity and liveness.
+    Torture(torture::Args),
 }
 
 fn main() -> ExitCode {
@@ -39,5 +47,12 @@ fn main() -> ExitCode {
             }
         },
         Command::BenchNode(args) => bench::node::main(&args),
+        Command::Torture(args) => match torture::run(&args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("ken torture: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
