@@ -6,7 +6,11 @@
 //!   no repeat in what it receives.
 //! - [`bank`]: accounts spread over processes; timers drive random transfers; money is
 //!   conserved and no transfer is applied twice.
+//!
+//! Each binary also has an `inspect STORE [VIEW]` subcommand (the views of `ken inspect`)
+//! that decodes the app's own types ([`inspect`]).
 
 pub mod bank;
 pub mod cli;
+pub mod inspect;
 pub mod pingpong;

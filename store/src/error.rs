@@ -58,7 +58,7 @@ pub enum OpenError {
     /// A record needed for recovery (or the `meta` rows) failed its check. Nothing was
     /// changed; the process must not run from this store.
     #[error(
-        "{0}; the store cannot be used as is: investigate with `ken inspect --verify`, then \
+        "{0}; the store cannot be used as is: investigate with `ken inspect STORE verify`, then \
          restore the file from a backup"
     )]
     Corrupted(Corrupted),
@@ -115,7 +115,7 @@ pub enum CommitError {
 #[non_exhaustive]
 pub enum ReadError {
     /// A record failed its check; it names the table and key. Its bytes are not returned.
-    #[error("{0}; run `ken inspect --verify` to list every damaged record")]
+    #[error("{0}; run `ken inspect STORE verify` to list every damaged record")]
     Corrupted(Corrupted),
     /// The owning [`Store`](crate::Store) is poisoned by an earlier failed commit; reopen it.
     #[error(

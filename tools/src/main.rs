@@ -26,6 +26,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Look inside a process's checkpoint store, live or dead (see `ken inspect --help`).
+    Inspect(ken_tools::inspect::Args),
     /// Measure this machine: disk fsync rate, turn throughput, ack latency, round trip.
     Bench(bench::Args),
     /// Internal: one process of a `ken bench` run (started by `ken bench`, not by hand).
@@ -39,6 +41,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Inspect(args) => {
+            ken_tools::inspect::main(&args, &ken_tools::inspect::AppDecoder::generic())
+        }
         Command::Bench(args) => match bench::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

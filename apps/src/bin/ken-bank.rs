@@ -1,20 +1,43 @@
 //! `ken-bank`: one member of a bank whose accounts are spread over processes (see
 //! `ken_apps::bank`).
+//!
+//! `ken-bank --id .. --listen .. --store .. --peer ..` runs a member;
+//! `ken-bank inspect STORE [VIEW]` looks inside a member's store, decoding the bank's types
+//! (the views of `ken inspect`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use ken::ProcessId;
 use ken_apps::bank::Bank;
 use ken_apps::cli::{self, PeerArg};
 
 /// Run one bank member; it transfers money to the other members until killed.
 #[derive(Debug, Parser)]
-#[command(name = "ken-bank", version)]
-struct Args {
+#[command(
+    name = "ken-bank",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: Option<RunArgs>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Look inside a store, decoding the bank's types (the views of `ken inspect`).
+    Inspect(ken_tools::inspect::Args),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
     /// This process's id.
     #[arg(long, value_parser = cli::parse_id)]
     id: ProcessId,
@@ -45,8 +68,18 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    let args = match Cli::parse() {
+        Cli {
+            command: Some(Command::Inspect(args)),
+            ..
+        } => return ken_tools::inspect::main(&args, &ken_apps::inspect::bank()),
+        Cli { run: Some(run), .. } => run,
+        Cli { run: None, .. } => {
+            eprintln!("ken-bank: nothing to do; see ken-bank --help");
+            return ExitCode::from(2);
+        }
+    };
     cli::init_tracing();
-    let args = Args::parse();
     let mut config = ken::Config::new(args.id.clone(), args.listen, args.store);
     let mut members = vec![args.id.clone()];
     for p in &args.peers {

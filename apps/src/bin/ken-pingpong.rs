@@ -1,18 +1,41 @@
 //! `ken-pingpong`: two processes volley a counter up to N (see `ken_apps::pingpong`).
+//!
+//! `ken-pingpong --id .. --listen .. --store .. --peer .. --count ..` runs one player;
+//! `ken-pingpong inspect STORE [VIEW]` looks inside a player's store, decoding pingpong's
+//! types (the views of `ken inspect`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use ken::ProcessId;
 use ken_apps::cli::{self, PeerArg};
 use ken_apps::pingpong::PingPong;
 
 /// Volley a counter with a peer up to --count; print a JSON report and exit 0 when done.
 #[derive(Debug, Parser)]
-#[command(name = "ken-pingpong", version)]
-struct Args {
+#[command(
+    name = "ken-pingpong",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: Option<RunArgs>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Look inside a store, decoding pingpong's types (the views of `ken inspect`).
+    Inspect(ken_tools::inspect::Args),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
     /// This process's id.
     #[arg(long, value_parser = cli::parse_id)]
     id: ProcessId,
@@ -34,8 +57,18 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    let args = match Cli::parse() {
+        Cli {
+            command: Some(Command::Inspect(args)),
+            ..
+        } => return ken_tools::inspect::main(&args, &ken_apps::inspect::pingpong()),
+        Cli { run: Some(run), .. } => run,
+        Cli { run: None, .. } => {
+            eprintln!("ken-pingpong: nothing to do; see ken-pingpong --help");
+            return ExitCode::from(2);
+        }
+    };
     cli::init_tracing();
-    let args = Args::parse();
     let mut config = ken::Config::new(args.id.clone(), args.listen, args.store);
     config.peers.insert(args.peer.id.clone(), args.peer.addr);
     let handler = PingPong {

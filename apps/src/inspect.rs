@@ -1,0 +1,93 @@
+//! What the apps' stored bytes mean, for their `inspect` subcommands
+//! (`ken-bank inspect STORE state`): one [`AppDecoder`] per app, naming its root state type,
+//! its message type and, per table, its key layout and value type.
+//!
+//! The views themselves live in `ken_tools::inspect` (shared with `ken inspect`, which
+//! cannot know these types and shows previews only). ken-apps depends on ken-tools for this
+//! and ken-tools must never depend on ken-apps (see the `ken_tools` crate docs).
+
+use ken_tools::inspect::{keys, AppDecoder};
+use serde_json::{json, Value};
+
+use crate::{bank, pingpong};
+
+/// `ken-pingpong`: root [`pingpong::State`], messages [`pingpong::Msg`], table `received`
+/// (value received, u64 big-endian -> the turn that received it).
+pub fn pingpong() -> AppDecoder {
+    AppDecoder::new("ken-pingpong")
+        .root::<pingpong::State>()
+        .message::<pingpong::Msg>()
+        .table::<u64>(pingpong::RECEIVED_TABLE, keys::u64_be)
+}
+
+/// `ken-bank`: root [`bank::State`], messages [`bank::Msg`], tables `accounts` (account,
+/// u32 big-endian -> balance), `sent` (transfer id, u64 big-endian -> [`bank::Sent`]) and
+/// `applied` ([`bank::applied_key`] -> amount).
+pub fn bank() -> AppDecoder {
+    AppDecoder::new("ken-bank")
+        .root::<bank::State>()
+        .message::<bank::Msg>()
+        .table::<i64>(bank::ACCOUNTS_TABLE, keys::u32_be)
+        .table::<bank::Sent>(bank::SENT_TABLE, keys::u64_be)
+        .table::<i64>(bank::APPLIED_TABLE, applied_key)
+}
+
+/// An `applied` key as `{"from": sender, "transfer": id}`.
+fn applied_key(key: &[u8]) -> Result<Value, String> {
+    let (from, transfer) = bank::parse_applied_key(key)
+        .ok_or_else(|| "not a sender id, a zero byte and a u64 big-endian".to_string())?;
+    Ok(json!({ "from": from, "transfer": transfer }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ken::store::codec::encode;
+
+    #[test]
+    fn bank_rows_decode_to_json() {
+        let app = bank();
+        let sent = bank::Sent {
+            to: "b".into(),
+            account: 3,
+            amount: 42,
+        };
+        let blob = app.value_blob(bank::SENT_TABLE, &encode(&sent));
+        assert_eq!(
+            blob.decoded,
+            Some(json!({"to": "b", "account": 3, "amount": 42}))
+        );
+        assert_eq!(
+            app.key_json(bank::APPLIED_TABLE, &bank::applied_key("a", 7)),
+            Some(json!({"from": "a", "transfer": 7}))
+        );
+        assert_eq!(
+            app.key_json(bank::ACCOUNTS_TABLE, &5u32.to_be_bytes()),
+            Some(json!(5))
+        );
+        let blob = app.message_blob(&encode(&bank::Msg::Credit {
+            transfer: 1,
+            account: 2,
+            amount: 3,
+        }));
+        assert_eq!(
+            blob.decoded,
+            Some(json!({"Credit": {"transfer": 1, "account": 2, "amount": 3}}))
+        );
+    }
+
+    #[test]
+    fn pingpong_root_decodes_and_garbage_does_not() {
+        let app = pingpong();
+        let state = pingpong::State {
+            received: 2,
+            ..Default::default()
+        };
+        assert_eq!(
+            app.root_blob(&encode(&state)).decoded.unwrap()["received"],
+            json!(2)
+        );
+        let junk = app.root_blob(&[0xff; 3]);
+        assert!(junk.decoded.is_none() && junk.decode_error.is_some());
+    }
+}

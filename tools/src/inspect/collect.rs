@@ -1,0 +1,478 @@
+//! Reading each view's document from a [`Reader`].
+//!
+//! Every function here calls [`Reader`] methods only, so every read is one short query in
+//! its own read transaction: nothing here can hold the owner's WAL checkpoints back or delay
+//! its commits, and scans are bounded ([`ken_store::MAX_SCAN_ROWS`] per query, `--limit` per
+//! view).
+//!
+//! Damage handling: a view whose data is needed as a whole (the outbox, the turn log) fails
+//! with the reader's error, which names the corrupt record. Views made of independent parts
+//! (the summary, the state) read every part they can and list the others in `errors`.
+//! Table scans go around a corrupt row: it is listed with its error and the scan continues
+//! after it ([`scan_table`]).
+
+use ken_store::{codec, OutboxStats, PeerRow, ReadError, Reader, MAX_SCAN_ROWS};
+
+use super::decode::{hex, unhex, AppDecoder};
+use super::output::*;
+
+/// Rows one table scan query asks for.
+const SCAN_PAGE_ROWS: u32 = 1000;
+
+/// The largest `--limit` of a view: one row below a scan's cap, so that asking for one row
+/// more tells whether the view is truncated.
+pub const VIEW_ROWS_MAX: u32 = MAX_SCAN_ROWS - 1;
+
+/// A part of a view that could not be read, and why.
+#[derive(Debug)]
+pub struct Damage {
+    pub section: String,
+    pub error: ReadError,
+}
+
+impl Damage {
+    fn new(section: &str, error: ReadError) -> Damage {
+        Damage {
+            section: section.to_string(),
+            error,
+        }
+    }
+
+    fn to_output(&self) -> SectionError {
+        SectionError {
+            section: self.section.clone(),
+            error: self.error.to_string(),
+        }
+    }
+}
+
+/// `"0x"` + 16 hex digits.
+pub fn incarnation_hex(incarnation: u64) -> String {
+    format!("{incarnation:#018x}")
+}
+
+fn age(now_ms: u64, then_ms: u64) -> u64 {
+    now_ms.saturating_sub(then_ms)
+}
+
+fn signed_delta_ms(later_ms: u64, earlier_ms: u64) -> i64 {
+    let d = i128::from(later_ms) - i128::from(earlier_ms);
+    i64::try_from(d).unwrap_or(if d < 0 { i64::MIN } else { i64::MAX })
+}
+
+/// Merges counters and outbox statistics into one row per peer, ordered by peer.
+fn peer_infos(now_ms: u64, peers: &[PeerRow], outbox: &[OutboxStats]) -> Vec<PeerInfo> {
+    let mut names: Vec<&str> = peers
+        .iter()
+        .map(|p| p.peer.as_str())
+        .chain(outbox.iter().map(|o| o.peer.as_str()))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|name| {
+            let p = peers.iter().find(|p| p.peer == name);
+            let o = outbox.iter().find(|o| o.peer == name);
+            PeerInfo {
+                peer: name.to_string(),
+                incarnation: p.map(|p| incarnation_hex(p.incarnation)),
+                next_seq: p.map(|p| p.next_seq),
+                acked: p.map(|p| p.acked),
+                delivered: p.map(|p| p.delivered),
+                outbox_depth: o.map_or(0, |o| o.depth),
+                outbox_bytes: o.map_or(0, |o| o.bytes),
+                outbox_min_seq: o.map(|o| o.min_seq),
+                outbox_max_seq: o.map(|o| o.max_seq),
+                oldest_unacked_ms: o.map(|o| o.oldest_created_ms),
+                oldest_unacked_age_ms: o.map(|o| age(now_ms, o.oldest_created_ms)),
+            }
+        })
+        .collect()
+}
+
+/// `r`'s value, or `None` with the error recorded as damage to `section`.
+fn part<T>(damage: &mut Vec<Damage>, section: &str, r: Result<T, ReadError>) -> Option<T> {
+    match r {
+        Ok(v) => Some(v),
+        Err(e) => {
+            damage.push(Damage::new(section, e));
+            None
+        }
+    }
+}
+
+/// The summary. Fails only if `meta` cannot be read; any other part that cannot be read is
+/// left empty and listed in `errors` (and returned as [`Damage`]).
+pub fn summary(reader: &Reader, now_ms: u64) -> Result<(Summary, Vec<Damage>), ReadError> {
+    let meta = reader.meta()?;
+    let mut damage = Vec::new();
+    let d = &mut damage;
+    let root_bytes = part(d, "root", reader.root())
+        .flatten()
+        .map(|r| r.len() as u64);
+    let tables = part(d, "tables", reader.tables()).unwrap_or_default();
+    let peers = part(d, "peers", reader.peers()).unwrap_or_default();
+    let outbox = part(d, "outbox", reader.outbox_stats()).unwrap_or_default();
+    let timers = part(d, "timers", reader.timers()).unwrap_or_default();
+    let groups = part(d, "groups", reader.groups()).map(|g| g.len() as u64);
+    let clients = part(d, "clients", reader.clients()).map(|c| c.len() as u64);
+    let file = part(d, "files", reader.file_sizes())
+        .map(|f| FileInfo {
+            db_bytes: f.db_bytes,
+            wal_bytes: f.wal_bytes,
+        })
+        .unwrap_or(FileInfo {
+            db_bytes: 0,
+            wal_bytes: 0,
+        });
+    let summary = Summary {
+        store: reader.path().display().to_string(),
+        process_id: meta.process_id,
+        incarnation: incarnation_hex(meta.incarnation),
+        format_version: meta.format_version,
+        created_ms: meta.created_ms,
+        turns_committed: meta.turns_committed,
+        commits: meta.commits,
+        last_commit_ms: meta.last_commit_ms,
+        last_commit_age_ms: (meta.commits > 0).then(|| age(now_ms, meta.last_commit_ms)),
+        now_ms,
+        root_bytes,
+        tables: tables.into_iter().map(table_info).collect(),
+        peers: peer_infos(now_ms, &peers, &outbox),
+        outbox_depth: outbox.iter().map(|o| o.depth).sum(),
+        timers: timers.len() as u64,
+        timers_due: timers.iter().filter(|t| t.due_ms <= now_ms).count() as u64,
+        next_timer_due_ms: timers.iter().map(|t| t.due_ms).min(),
+        groups,
+        clients,
+        file,
+        errors: damage.iter().map(Damage::to_output).collect(),
+    };
+    Ok((summary, damage))
+}
+
+fn table_info(t: ken_store::TableStats) -> TableInfo {
+    TableInfo {
+        name: t.name,
+        rows: t.rows,
+        bytes: t.bytes,
+    }
+}
+
+/// `peers`.
+pub fn peers(reader: &Reader, now_ms: u64) -> Result<PeersView, ReadError> {
+    let peers = reader.peers()?;
+    let outbox = reader.outbox_stats()?;
+    Ok(PeersView {
+        now_ms,
+        peers: peer_infos(now_ms, &peers, &outbox),
+    })
+}
+
+/// `outbox`.
+pub fn outbox(
+    reader: &Reader,
+    app: &AppDecoder,
+    now_ms: u64,
+    peer: Option<&str>,
+    limit: u32,
+) -> Result<OutboxView, ReadError> {
+    let limit = limit.min(VIEW_ROWS_MAX);
+    let mut rows = reader.outbox(peer, limit + 1)?;
+    let truncated = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    Ok(OutboxView {
+        peer: peer.map(str::to_string),
+        limit,
+        truncated,
+        now_ms,
+        messages: rows
+            .into_iter()
+            .map(|r| OutboxMessage {
+                age_ms: age(now_ms, r.created_ms),
+                payload: app.message_blob(&r.payload),
+                peer: r.peer,
+                seq: r.seq,
+                created_ms: r.created_ms,
+            })
+            .collect(),
+    })
+}
+
+/// `timers`.
+pub fn timers(reader: &Reader, now_ms: u64) -> Result<TimersView, ReadError> {
+    Ok(TimersView {
+        now_ms,
+        timers: reader
+            .timers()?
+            .into_iter()
+            .map(|t| TimerInfo {
+                due_in_ms: signed_delta_ms(t.due_ms, now_ms),
+                due: t.due_ms <= now_ms,
+                payload: Blob::plain(&t.payload),
+                name: t.name,
+                due_ms: t.due_ms,
+            })
+            .collect(),
+    })
+}
+
+/// `tables`.
+pub fn tables(reader: &Reader) -> Result<TablesView, ReadError> {
+    Ok(TablesView {
+        tables: reader.tables()?.into_iter().map(table_info).collect(),
+    })
+}
+
+/// `turns`.
+pub fn turns(reader: &Reader, last: u32) -> Result<TurnsView, ReadError> {
+    Ok(TurnsView {
+        turns: reader
+            .turn_log(last)?
+            .into_iter()
+            .map(|e| TurnInfo {
+                turn: e.turn,
+                at_ms: e.at_ms,
+                input_kind: e.input_kind,
+                input_source: e.input_source,
+                input_seq: e.input_seq,
+                messages_out: e.messages_out,
+                outputs: e.outputs,
+                bytes_written: e.bytes_written,
+                note: e.note,
+            })
+            .collect(),
+    })
+}
+
+/// `groups`.
+pub fn groups(reader: &Reader) -> Result<GroupsView, ReadError> {
+    Ok(GroupsView {
+        groups: reader
+            .groups()?
+            .into_iter()
+            .map(|g| GroupInfo {
+                group: format!("0x{}", hex(&g.group)),
+                record: Blob::plain(&g.record),
+            })
+            .collect(),
+    })
+}
+
+/// `clients`.
+pub fn clients(reader: &Reader, now_ms: u64) -> Result<ClientsView, ReadError> {
+    Ok(ClientsView {
+        now_ms,
+        clients: reader
+            .clients()?
+            .into_iter()
+            .map(|c| ClientInfo {
+                client: format!("0x{}", hex(&c.client)),
+                request_no: c.request_no,
+                updated_ms: c.updated_ms,
+                reply: Blob::plain(&c.reply),
+            })
+            .collect(),
+    })
+}
+
+/// `verify`.
+pub fn verify(reader: &Reader) -> Result<VerifyView, ReadError> {
+    let problems: Vec<ProblemInfo> = reader
+        .verify()?
+        .into_iter()
+        .map(|p| ProblemInfo {
+            table: p.table,
+            key: p.key,
+            what: p.what,
+        })
+        .collect();
+    Ok(VerifyView {
+        clean: problems.is_empty(),
+        problems,
+    })
+}
+
+/// `table NAME`: up to `limit` rows whose key starts with `prefix`.
+pub fn table(
+    reader: &Reader,
+    app: &AppDecoder,
+    name: &str,
+    prefix: &[u8],
+    limit: u32,
+) -> Result<(TableView, Vec<Damage>), ReadError> {
+    let limit = limit.min(VIEW_ROWS_MAX);
+    let scan = scan_table(reader, app, name, prefix, limit)?;
+    let view = TableView {
+        table: name.to_string(),
+        prefix_hex: hex(prefix),
+        limit,
+        truncated: scan.truncated,
+        entries: scan.entries,
+    };
+    Ok((view, scan.damage))
+}
+
+/// `state`: the root and the first `limit` rows of every table.
+pub fn state(
+    reader: &Reader,
+    app: &AppDecoder,
+    limit: u32,
+) -> Result<(StateView, Vec<Damage>), ReadError> {
+    let limit = limit.min(VIEW_ROWS_MAX);
+    let mut damage = Vec::new();
+    let root = match reader.root() {
+        Ok(root) => root.map(|r| app.root_blob(&r)),
+        Err(e) => {
+            damage.push(Damage::new("root", e));
+            None
+        }
+    };
+    let stats = reader.tables()?;
+    let mut tables = Vec::with_capacity(stats.len());
+    for t in stats {
+        match scan_table(reader, app, &t.name, &[], limit) {
+            Ok(scan) => {
+                damage.extend(scan.damage);
+                tables.push(TableState {
+                    name: t.name,
+                    rows: t.rows,
+                    bytes: t.bytes,
+                    truncated: scan.truncated,
+                    entries: scan.entries,
+                });
+            }
+            Err(e) => damage.push(Damage::new(&format!("table:{}", t.name), e)),
+        }
+    }
+    let view = StateView {
+        root,
+        limit,
+        tables,
+        errors: damage.iter().map(Damage::to_output).collect(),
+    };
+    Ok((view, damage))
+}
+
+/// The rows a scan found, and the corrupt ones it went around.
+struct Scan {
+    entries: Vec<Entry>,
+    truncated: bool,
+    damage: Vec<Damage>,
+}
+
+fn entry(app: &AppDecoder, table: &str, key: &[u8], value: Result<&[u8], String>) -> Entry {
+    let (value, error) = match value {
+        Ok(v) => (Some(app.value_blob(table, v)), None),
+        Err(e) => (None, Some(e)),
+    };
+    Entry {
+        key: codec::printable_key(key),
+        key_hex: hex(key),
+        key_decoded: app.key_json(table, key),
+        value,
+        error,
+    }
+}
+
+/// Up to `limit` rows of `table` under `prefix`, in key order, one query per page, going
+/// around corrupt rows.
+///
+/// A page with a corrupt row fails as a whole, so after such a failure the scan reads one
+/// row per query until it meets the corrupt row again. Its key comes back only in printable
+/// form (text, or `0x` + hex, which a text key can look like too), so each reading is
+/// confirmed with [`Reader::table_get`] (which fails on exactly that row) before the scan
+/// steps over it. A corrupt row whose key cannot be confirmed ends the scan (reported as
+/// damage and as truncated).
+fn scan_table(
+    reader: &Reader,
+    app: &AppDecoder,
+    table: &str,
+    prefix: &[u8],
+    limit: u32,
+) -> Result<Scan, ReadError> {
+    let mut scan = Scan {
+        entries: Vec::new(),
+        truncated: false,
+        damage: Vec::new(),
+    };
+    let mut after: Option<Vec<u8>> = None;
+    // True after a page failed: read one row at a time until the corrupt row.
+    let mut single = false;
+    loop {
+        let wanted = limit as usize - scan.entries.len();
+        // One row more than wanted tells whether the view is truncated.
+        let ask = if single {
+            1
+        } else {
+            (wanted + 1).min(SCAN_PAGE_ROWS as usize) as u32
+        };
+        match reader.table_scan(table, prefix, after.as_deref(), ask) {
+            Ok(rows) => {
+                let done = rows.len() < ask as usize;
+                for (k, v) in rows {
+                    if scan.entries.len() == limit as usize {
+                        scan.truncated = true;
+                        return Ok(scan);
+                    }
+                    scan.entries.push(entry(app, table, &k, Ok(&v)));
+                    after = Some(k);
+                }
+                if done {
+                    return Ok(scan);
+                }
+            }
+            Err(ReadError::Corrupted(c)) if single => {
+                if scan.entries.len() == limit as usize {
+                    // The row past the limit exists (corrupt): there is more.
+                    scan.truncated = true;
+                    return Ok(scan);
+                }
+                let Some(key) = confirm_corrupt_key(reader, table, prefix, after.as_deref(), &c)
+                else {
+                    scan.damage.push(Damage::new(
+                        &format!("table:{table}"),
+                        ReadError::Corrupted(c),
+                    ));
+                    scan.truncated = true;
+                    return Ok(scan);
+                };
+                scan.entries
+                    .push(entry(app, table, &key, Err(c.to_string())));
+                scan.damage.push(Damage::new(
+                    &format!("table:{table}"),
+                    ReadError::Corrupted(c),
+                ));
+                after = Some(key);
+                single = false;
+            }
+            Err(ReadError::Corrupted(_)) => single = true,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The raw key of the corrupt row `c` that follows `after` under `prefix`, confirmed by
+/// reading it back, or `None`.
+fn confirm_corrupt_key(
+    reader: &Reader,
+    table: &str,
+    prefix: &[u8],
+    after: Option<&[u8]>,
+    c: &ken_store::Corrupted,
+) -> Option<Vec<u8>> {
+    let mut candidates = Vec::with_capacity(2);
+    if let Some(bytes) = c.key.strip_prefix("0x").and_then(unhex) {
+        candidates.push(bytes);
+    }
+    candidates.push(c.key.as_bytes().to_vec());
+    candidates.into_iter().find(|k| {
+        k.starts_with(prefix)
+            && after.is_none_or(|a| k.as_slice() > a)
+            && matches!(
+                reader.table_get(table, k),
+                Err(ReadError::Corrupted(ref again)) if again.key == c.key
+            )
+    })
+}

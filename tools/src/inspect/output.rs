@@ -1,0 +1,341 @@
+//! The documents `ken inspect --json` prints: one type per view. These field names are a
+//! stable interface (scripts and tests parse them); `tools/INSPECT.md` lists them too.
+//! Change a name only with a note there, add fields freely.
+//!
+//! Conventions, everywhere:
+//! - times are `*_ms`, milliseconds since the Unix epoch as the runtime wrote them; ages and
+//!   delays are `*_age_ms` / `*_in_ms`, relative to `now_ms`, this machine's clock when the
+//!   view was read;
+//! - sizes are `*bytes`, exact;
+//! - 64-bit identifiers (incarnations) and 16-byte ids (clients, groups) are strings:
+//!   `"0x"` and lower-case hex, since JSON readers lose precision above 2^53;
+//! - an optional value is `null` when absent, never omitted;
+//! - stored byte strings are [`Blob`]s (a bounded preview, and the decoded value when an app
+//!   binary supplied its types).
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// A stored byte string: its size, a preview of its first
+/// [`PREVIEW_BYTES`](super::decode::PREVIEW_BYTES) bytes, and its decoded value when the
+/// app's types are known (`ken-bank inspect`; always `null` from the generic `ken inspect`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Blob {
+    /// Size of the whole value (envelope excluded).
+    pub bytes: u64,
+    /// The first bytes as lower-case hex, no prefix.
+    pub hex: String,
+    /// The first bytes as one line of ASCII: printable characters as is, `\\`, `\n`, `\r`,
+    /// `\t`, else `\xNN`.
+    pub text: String,
+    /// The whole value decoded with the app's type, as JSON; `null` when no type is known or
+    /// it did not decode.
+    pub decoded: Option<Value>,
+    /// Why the value did not decode with the app's type (`null` if it did, or no type is
+    /// known).
+    pub decode_error: Option<String>,
+}
+
+/// The default view: `ken inspect STORE [--json]`.
+///
+/// Each part is read with its own query (a reader never holds a read transaction across
+/// queries, so that the running owner is never delayed): the parts are each consistent, but
+/// a commit may land between two of them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    /// The store path as given.
+    pub store: String,
+    pub process_id: String,
+    /// Random id of this store's life, `"0x"` + 16 hex digits.
+    pub incarnation: String,
+    pub format_version: u32,
+    pub created_ms: u64,
+    /// Turns committed over the life of the store.
+    pub turns_committed: u64,
+    /// Commits (group commits of one or more turns, or of acknowledgements only).
+    pub commits: u64,
+    /// When the last commit ran, 0 before the first.
+    pub last_commit_ms: u64,
+    /// `now_ms - last_commit_ms`; `null` before the first commit.
+    pub last_commit_age_ms: Option<u64>,
+    pub now_ms: u64,
+    /// Size of the encoded root state; `null` if there is none yet (or it is unreadable, see
+    /// `errors`).
+    pub root_bytes: Option<u64>,
+    /// Every application table that has rows.
+    pub tables: Vec<TableInfo>,
+    /// Every peer with counters or unacknowledged messages.
+    pub peers: Vec<PeerInfo>,
+    /// Unacknowledged messages to all peers.
+    pub outbox_depth: u64,
+    /// Durable timers.
+    pub timers: u64,
+    /// Timers whose due time has passed (`due_ms <= now_ms`).
+    pub timers_due: u64,
+    /// The earliest due time of any timer, `null` if there is none.
+    pub next_timer_due_ms: Option<u64>,
+    /// FUSE groups this process is a member of; `null` if unreadable.
+    pub groups: Option<u64>,
+    /// Clients in the reply cache; `null` if unreadable.
+    pub clients: Option<u64>,
+    pub file: FileInfo,
+    /// Parts that could not be read (a corrupt record, for example); the rest is shown.
+    pub errors: Vec<SectionError>,
+}
+
+/// Sizes of the store's files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FileInfo {
+    /// The database file.
+    pub db_bytes: u64,
+    /// The write-ahead log (`STORE-wal`), 0 if there is none.
+    pub wal_bytes: u64,
+}
+
+/// One part of a view that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SectionError {
+    /// `root`, `tables`, `peers`, `outbox`, `timers`, `groups`, `clients`, `files`, or
+    /// `table:<name>` in the state view.
+    pub section: String,
+    /// The one-line error, naming the table and key of a corrupt record.
+    pub error: String,
+}
+
+/// One application table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TableInfo {
+    pub name: String,
+    pub rows: u64,
+    /// Stored bytes of keys and values (value envelopes included).
+    pub bytes: u64,
+}
+
+/// The counters and outbox of one peer (this process -> `peer`, and back).
+///
+/// The counter fields are `null` only for a peer that has outbox rows but no counters row (a
+/// damaged store: `verify` reports it) or when the counters could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeerInfo {
+    pub peer: String,
+    /// The peer's incarnation as last seen in a frame from it (`"0x0000000000000000"` =
+    /// not yet known).
+    pub incarnation: Option<String>,
+    /// Sequence number the next message to the peer gets (the first is 1), so `next_seq - 1`
+    /// messages were sent to it.
+    pub next_seq: Option<u64>,
+    /// Highest sequence number the peer acknowledged (cumulative).
+    pub acked: Option<u64>,
+    /// Highest sequence number from the peer consumed by a committed turn.
+    pub delivered: Option<u64>,
+    /// Unacknowledged messages to the peer.
+    pub outbox_depth: u64,
+    /// Their stored payload bytes (envelopes included).
+    pub outbox_bytes: u64,
+    /// Lowest and highest unacknowledged sequence numbers, `null` when the outbox is empty.
+    pub outbox_min_seq: Option<u64>,
+    pub outbox_max_seq: Option<u64>,
+    /// When the oldest unacknowledged message was produced, and how long ago; `null` when
+    /// the outbox is empty.
+    pub oldest_unacked_ms: Option<u64>,
+    pub oldest_unacked_age_ms: Option<u64>,
+}
+
+/// `ken inspect STORE peers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeersView {
+    pub now_ms: u64,
+    pub peers: Vec<PeerInfo>,
+}
+
+/// `ken inspect STORE outbox [--peer ID] [--limit N]`: unacknowledged messages in (peer,
+/// seq) order.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutboxView {
+    /// The `--peer` filter, `null` for all peers.
+    pub peer: Option<String>,
+    pub limit: u32,
+    /// True if there are more messages than `limit`.
+    pub truncated: bool,
+    pub now_ms: u64,
+    pub messages: Vec<OutboxMessage>,
+}
+
+/// One unacknowledged message.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutboxMessage {
+    pub peer: String,
+    pub seq: u64,
+    /// When the turn that produced it ran.
+    pub created_ms: u64,
+    pub age_ms: u64,
+    /// The payload (decoded with the app's message type when known).
+    pub payload: Blob,
+}
+
+/// `ken inspect STORE timers`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TimersView {
+    pub now_ms: u64,
+    pub timers: Vec<TimerInfo>,
+}
+
+/// One durable timer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TimerInfo {
+    pub name: String,
+    pub due_ms: u64,
+    /// `due_ms - now_ms`: negative when overdue.
+    pub due_in_ms: i64,
+    /// `due_ms <= now_ms`.
+    pub due: bool,
+    pub payload: Blob,
+}
+
+/// `ken inspect STORE tables`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TablesView {
+    pub tables: Vec<TableInfo>,
+}
+
+/// `ken inspect STORE table NAME [--prefix K] [--limit N]`: rows in key order.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TableView {
+    pub table: String,
+    /// The `--prefix` as hex (`""` for none).
+    pub prefix_hex: String,
+    pub limit: u32,
+    /// True if more rows match than `limit`.
+    pub truncated: bool,
+    pub entries: Vec<Entry>,
+}
+
+/// One table row. A row whose record fails its check is listed with `value: null` and the
+/// reason in `error`; the rows around it are read as usual.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Entry {
+    /// The key, printable: UTF-8 text as is, else `0x` + hex.
+    pub key: String,
+    /// The whole key as hex, no prefix.
+    pub key_hex: String,
+    /// The key decoded with the app's key layout, `null` when unknown.
+    pub key_decoded: Option<Value>,
+    pub value: Option<Blob>,
+    pub error: Option<String>,
+}
+
+/// `ken inspect STORE turns [--last N]`: the newest turns, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TurnsView {
+    pub turns: Vec<TurnInfo>,
+}
+
+/// One turn from the store's bounded turn log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TurnInfo {
+    /// Turn number, 1-based over the life of the store.
+    pub turn: u64,
+    pub at_ms: u64,
+    /// `start`, `message`, `timer`, `request`, `fuse`, `undecodable`.
+    pub input_kind: String,
+    /// Peer id, timer name or client id; may be empty.
+    pub input_source: String,
+    /// Sequence number of the consumed message, 0 for other inputs.
+    pub input_seq: u64,
+    /// Messages the turn sent.
+    pub messages_out: u32,
+    /// Replies and other outputs the turn released.
+    pub outputs: u32,
+    /// Bytes of state and messages the turn wrote.
+    pub bytes_written: u64,
+    pub note: String,
+}
+
+/// `ken inspect STORE groups`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GroupsView {
+    pub groups: Vec<GroupInfo>,
+}
+
+/// One FUSE group record (its body is owned by the runtime).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GroupInfo {
+    /// `"0x"` + 32 hex digits.
+    pub group: String,
+    pub record: Blob,
+}
+
+/// `ken inspect STORE clients`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClientsView {
+    pub now_ms: u64,
+    pub clients: Vec<ClientInfo>,
+}
+
+/// One client in the reply cache.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClientInfo {
+    /// `"0x"` + 32 hex digits.
+    pub client: String,
+    /// The last request applied for the client.
+    pub request_no: u64,
+    pub updated_ms: u64,
+    /// The cached reply.
+    pub reply: Blob,
+}
+
+/// `ken inspect STORE state [--limit N]`: the root state and the first rows of every table.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StateView {
+    /// `null` if there is no root state yet (or it is unreadable, see `errors`).
+    pub root: Option<Blob>,
+    /// Rows shown per table at most.
+    pub limit: u32,
+    pub tables: Vec<TableState>,
+    pub errors: Vec<SectionError>,
+}
+
+/// One table in the state view.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TableState {
+    pub name: String,
+    pub rows: u64,
+    pub bytes: u64,
+    /// True if the table has more rows than shown.
+    pub truncated: bool,
+    pub entries: Vec<Entry>,
+}
+
+/// `ken inspect STORE verify`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyView {
+    /// No problem found (exit status 0).
+    pub clean: bool,
+    pub problems: Vec<ProblemInfo>,
+}
+
+/// One problem `verify` found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProblemInfo {
+    /// The store table: `kv:<name>` for application tables, `sqlite` for the file itself.
+    pub table: String,
+    /// The key, printable.
+    pub key: String,
+    pub what: String,
+}
+
+/// One refresh of `ken inspect STORE watch --json` (one JSON document per line).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WatchTick {
+    /// 1 for the first refresh.
+    pub refresh: u64,
+    /// Time since the previous refresh, `null` on the first.
+    pub elapsed_ms: Option<u64>,
+    /// Committed turns per second since the previous refresh (`null` on the first).
+    pub turns_per_sec: Option<f64>,
+    /// Commits per second since the previous refresh.
+    pub commits_per_sec: Option<f64>,
+    /// Change of the total outbox depth per second (negative when it drains).
+    pub outbox_growth_per_sec: Option<f64>,
+    pub summary: Summary,
+}
