@@ -66,6 +66,8 @@ pub enum Input<M> {
         request_no: u64,
         request: Vec<u8>,
     },
+    /// A FUSE group this process belongs to failed. Heard exactly once per group.
+    FuseFailure { group: crate::GroupId },
 }
 
 /// Why [`Turn::send`] refused a message. Nothing was queued.
@@ -97,6 +99,9 @@ pub(crate) struct Effects {
     pub emits: Vec<String>,
     /// The reply to the request of this turn, if it is one.
     pub reply: Option<Vec<u8>>,
+    pub fuse_creates: Vec<(crate::GroupId, Vec<ProcessId>)>,
+    pub fuse_signals: Vec<crate::GroupId>,
+    pub forget: Vec<ProcessId>,
     /// A store read failed or a stored value did not decode: the process must stop.
     pub fault: Option<String>,
 }
@@ -217,6 +222,45 @@ impl<'a, M: Serialize> Turn<'a, M> {
     /// [`Turn::reply`] with a serde value, encoded with the codec.
     pub fn reply_with<R: Serialize + ?Sized>(&mut self, reply: &R) {
         self.reply(ken_store::codec::encode(reply));
+    }
+
+    /// Creates a FUSE group of `members` (this process is always a member). Every member
+    /// records it and confirms; if one does not within the creation timeout, the group
+    /// fails. Once created, the failure of any member, or a partition between members, or any
+    /// member's [`Turn::fuse_signal`], becomes an [`Input::FuseFailure`] at every live member,
+    /// exactly once, within a bound.
+    pub fn fuse_create(
+        &mut self,
+        members: &[ProcessId],
+    ) -> Result<crate::GroupId, crate::engine::fuse::FuseError> {
+        use crate::engine::fuse::FuseError;
+        if members.len() + 1 > limits::GROUP_MEMBERS_MAX {
+            return Err(FuseError::TooManyMembers {
+                got: members.len() + 1,
+                max: limits::GROUP_MEMBERS_MAX,
+            });
+        }
+        for m in members {
+            if m != self.id && !self.peers.is_peer(m) {
+                return Err(FuseError::UnknownMember(m.clone()));
+            }
+        }
+        let mut id = [0u8; 16];
+        self.rng.fill_bytes(&mut id);
+        let id = crate::GroupId(id);
+        self.effects.fuse_creates.push((id, members.to_vec()));
+        Ok(id)
+    }
+
+    /// Fails group `group` on purpose: every member (this one included) hears it.
+    pub fn fuse_signal(&mut self, group: crate::GroupId) {
+        self.effects.fuse_signals.push(group);
+    }
+
+    /// Gives up on `peer`: drops every unacknowledged message to it (typically after a FUSE
+    /// notification). Later messages to it are queued and sent as usual.
+    pub fn forget_peer(&mut self, peer: &ProcessId) {
+        self.effects.forget.push(peer.clone());
     }
 
     /// A random number from the engine's seeded generator (deterministic in simulation).

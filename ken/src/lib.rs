@@ -50,6 +50,7 @@ mod tuning;
 
 pub use client::{BlockingClient, Client, ClientError, ClientId, ClientOptions};
 pub use driver::{run, Config, Exit, RunError};
+pub use engine::fuse::{FuseError, GroupId, GroupState};
 pub use engine::{BatchId, Command, Engine, EngineConfig, EngineError, EngineStats};
 pub use handler::{Handler, Input, SendError, Table, Turn};
 pub use ken_store as store;

@@ -49,6 +49,19 @@ pub const CLIENT_IDLE_EVICT: Duration = Duration::from_secs(3600);
 /// Client return addresses the driver remembers.
 pub const CLIENT_ADDRS_MAX: usize = 2 * CLIENTS_MAX;
 
+/// Members of one FUSE group.
+pub const GROUP_MEMBERS_MAX: usize = 64;
+
+/// Interval between two FUSE heartbeats to a peer sharing groups.
+pub const FUSE_HEARTBEAT: Duration = Duration::from_millis(250);
+
+/// Silence from a peer this long fails every group shared with it. A crash-restart shorter
+/// than this is masked.
+pub const FUSE_T_FAIL: Duration = Duration::from_secs(2);
+
+/// A group whose members have not all confirmed within this fails.
+pub const FUSE_CREATE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Upper bound on a data frame's payload (an encoded message), set by the datagram limit
 /// and the longest ids.
 pub const MESSAGE_BYTES_MAX: usize =
@@ -58,3 +71,4 @@ const _: () = assert!(RTO_MIN.as_millis() <= RTO_INITIAL.as_millis());
 const _: () = assert!(RTO_INITIAL.as_millis() <= RTO_MAX.as_millis());
 const _: () = assert!(WINDOW_MESSAGES_MAX as u64 <= REORDER_BUFFER_MAX);
 const _: () = assert!(MESSAGE_BYTES_MAX < BATCH_BYTES_MAX);
+const _: () = assert!(2 * FUSE_HEARTBEAT.as_millis() < FUSE_T_FAIL.as_millis());

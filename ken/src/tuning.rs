@@ -14,6 +14,12 @@ pub struct Tuning {
     pub rto_initial: Duration,
     pub rto_min: Duration,
     pub rto_max: Duration,
+    /// FUSE heartbeat interval per peer sharing groups.
+    pub fuse_heartbeat: Duration,
+    /// FUSE silence bound: a peer silent this long fails every group shared with it.
+    pub fuse_t_fail: Duration,
+    /// FUSE creation timeout: a group not confirmed by every member within this fails.
+    pub fuse_create_timeout: Duration,
     /// TEST ONLY. Releases each turn's outputs before its batch commits, breaking output
     /// validity on purpose, so that negative controls can prove the checkers catch it. Set
     /// by the environment variable `KEN_UNSAFE_RELEASE_BEFORE_COMMIT=1` in real processes.
@@ -30,6 +36,9 @@ impl Default for Tuning {
             rto_initial: limits::RTO_INITIAL,
             rto_min: limits::RTO_MIN,
             rto_max: limits::RTO_MAX,
+            fuse_heartbeat: limits::FUSE_HEARTBEAT,
+            fuse_t_fail: limits::FUSE_T_FAIL,
+            fuse_create_timeout: limits::FUSE_CREATE_TIMEOUT,
             release_before_commit: false,
         }
     }
@@ -56,5 +65,9 @@ impl Tuning {
         );
         assert!(self.rto_min <= self.rto_initial && self.rto_initial <= self.rto_max);
         assert!(self.rto_min > Duration::ZERO);
+        assert!(
+            self.fuse_heartbeat > Duration::ZERO && 2 * self.fuse_heartbeat < self.fuse_t_fail,
+            "FUSE needs at least two heartbeats per T_fail"
+        );
     }
 }

@@ -20,10 +20,11 @@
 //! - At most one batch commits at a time; batch ids are consecutive.
 //! - Per peer: see [`peer`].
 
+pub mod fuse;
 pub(crate) mod peer;
 pub mod tables;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::marker::PhantomData;
 
 use ken_store::{
@@ -80,6 +81,8 @@ pub enum EngineError {
     BadOutbox { peer: String, what: String },
     #[error("invalid process id `{0}` in the store")]
     BadPeerId(String),
+    #[error("a stored FUSE group does not decode: {0}; run `ken inspect STORE verify`")]
+    BadGroup(String),
 }
 
 /// Counters over the life of an engine (not durable).
@@ -114,6 +117,11 @@ pub struct EngineStats {
     pub requests_too_old: u64,
     /// Requests refused (the reply cache is full of recently active clients).
     pub requests_refused: u64,
+    /// FUSE failure notifications delivered to the handler.
+    pub fuse_notifications: u64,
+    pub fuse_messages_sent: u64,
+    pub fuse_list_exchanges: u64,
+    pub heartbeats_sent: u64,
     /// Acknowledgements of messages never sent (ignored).
     pub bogus_acks: u64,
 }
@@ -137,6 +145,8 @@ struct Filling {
     emits: Vec<String>,
     /// Client replies (client, request number, encoded reply body).
     replies: Vec<(ClientId, u64, Vec<u8>)>,
+    /// FUSE messages caused by this batch's group changes.
+    fuse_out: Vec<(ProcessId, fuse::FuseMsg)>,
     /// Anything to commit: a turn ran, or peer counters changed.
     nonempty: bool,
 }
@@ -148,6 +158,8 @@ struct Committing {
     snapshot: Vec<(ProcessId, u64, u64)>,
     emits: Vec<String>,
     replies: Vec<(ClientId, u64, Vec<u8>)>,
+    group_states: Vec<(fuse::GroupId, fuse::GroupState)>,
+    fuse_out: Vec<(ProcessId, fuse::FuseMsg)>,
 }
 
 /// The reply cache entry of one client.
@@ -229,6 +241,9 @@ pub struct Engine<H: Handler> {
     timers: BTreeMap<String, Time>,
     timer_queue: BTreeSet<(Time, String)>,
     clients: BTreeMap<ClientId, ClientEntry>,
+    groups: BTreeMap<fuse::GroupId, fuse::Group>,
+    liveness: BTreeMap<ProcessId, fuse::Liveness>,
+    fuse_notify_queue: VecDeque<fuse::GroupId>,
     tables: TableOverlay,
     last_root: Vec<u8>,
     /// Turns over the life of the store, including uncommitted ones.
@@ -355,7 +370,8 @@ impl<H: Handler> Engine<H> {
                 },
             );
         }
-        Ok(Engine {
+        let groups_rows = recovered.groups.clone();
+        let mut engine = Engine {
             id: config.id,
             incarnation: Incarnation(recovered.incarnation),
             tuning: config.tuning,
@@ -366,6 +382,9 @@ impl<H: Handler> Engine<H> {
             timers,
             timer_queue,
             clients,
+            groups: BTreeMap::new(),
+            liveness: BTreeMap::new(),
+            fuse_notify_queue: VecDeque::new(),
             tables: TableOverlay::new(source),
             last_root: recovered.root.unwrap_or_default(),
             turns_total: recovered.turns_committed,
@@ -378,7 +397,9 @@ impl<H: Handler> Engine<H> {
             stats: EngineStats::default(),
             finished_reported: false,
             failed: false,
-        })
+        };
+        engine.recover_groups(&groups_rows, Time::ZERO)?;
+        Ok(engine)
     }
 
     /// Starts the process: the `Start` turn of a fresh process, then transmission of the
@@ -386,6 +407,10 @@ impl<H: Handler> Engine<H> {
     pub fn start(&mut self, now: Time) {
         if self.failed {
             return;
+        }
+        for g in self.groups.values_mut() {
+            // Recovered groups get their timeouts from now (a restart grants a fresh one).
+            g.deadline = now.plus(self.tuning.fuse_create_timeout);
         }
         if self.needs_start {
             self.needs_start = false;
@@ -428,6 +453,7 @@ impl<H: Handler> Engine<H> {
                 .push(TimerChange::Cancel { name: name.clone() });
             self.run_turn(now, Input::Timer { name: name.clone() }, "timer", name, 0);
         }
+        self.fuse_tick(now);
         let due: Vec<ProcessId> = self
             .peers
             .values()
@@ -486,6 +512,7 @@ impl<H: Handler> Engine<H> {
             });
         }
         self.release_replies(c.replies);
+        self.fuse_durable(c.group_states, c.fuse_out);
         self.after_event(now);
     }
 
@@ -498,10 +525,10 @@ impl<H: Handler> Engine<H> {
     pub fn next_deadline(&self) -> Option<Time> {
         let timer = self.timer_queue.first().map(|(t, _)| *t);
         let rexmit = self.peers.values().filter_map(|p| p.retransmit_at).min();
-        match (timer, rexmit) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [timer, rexmit, self.fuse_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// False when both the committing and the filling batch are full: the host should stop
@@ -585,6 +612,7 @@ impl<H: Handler> Engine<H> {
         if self.failed {
             return;
         }
+        self.fuse_run_notifications(now);
         self.maybe_commit(now);
         self.check_finished();
     }
@@ -604,6 +632,21 @@ impl<H: Handler> Engine<H> {
         }
         if frame.to != self.id {
             self.stats.misaddressed_frames += 1;
+            return;
+        }
+        if matches!(frame.kind, FrameKind::Heartbeat | FrameKind::Fuse) {
+            if !self.peers.contains_key(&frame.from) {
+                self.stats.unknown_peer_frames += 1;
+                return;
+            }
+            if frame.to_incarnation.0 != 0 && frame.to_incarnation != self.incarnation {
+                self.stats.stale_incarnation_frames += 1;
+                return;
+            }
+            // (Frames from a replaced peer are accepted: its lists will lack our groups,
+            // which fails them, as it should.)
+            self.fuse_heard(now, &frame.from);
+            self.on_fuse_frame(now, frame);
             return;
         }
         match frame.kind {
@@ -674,6 +717,7 @@ impl<H: Handler> Engine<H> {
             return;
         }
         let from = frame.from.clone();
+        self.fuse_heard(now, &from);
         self.on_ack(now, &from, frame.ack.0);
         if frame.kind == FrameKind::Data {
             self.on_data(now, &from, frame.seq.0, frame.payload);
@@ -1019,6 +1063,15 @@ impl<H: Handler> Engine<H> {
                 }
             }
         }
+        for (id, members) in effects.fuse_creates {
+            self.fuse_created(now, id, members);
+        }
+        for id in effects.fuse_signals {
+            self.fuse_fail(id, "signalled by this process");
+        }
+        for peer in &effects.forget {
+            self.forget_peer(peer);
+        }
         let outputs = effects.emits.len() as u32;
         self.filling.emits.extend(effects.emits);
         self.filling.batch.turn_log.push(TurnLogEntry {
@@ -1105,11 +1158,14 @@ impl<H: Handler> Engine<H> {
             });
             snapshot.push((p.id.clone(), p.next_seq, p.delivered));
         }
+        let group_states = self.fuse_seal(&mut batch);
         self.committing = Some(Committing {
             id,
             snapshot,
             emits: filling.emits,
             replies: filling.replies,
+            group_states,
+            fuse_out: filling.fuse_out,
         });
         self.commands.push(Command::Commit { id, batch });
     }

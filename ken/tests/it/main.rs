@@ -3,4 +3,5 @@
 mod client;
 mod crash;
 mod engine;
+mod fuse;
 mod sans_io;
