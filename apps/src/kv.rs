@@ -1,0 +1,322 @@
+//! Kv: a key-value store served to clients outside Ken, exactly once.
+//!
+//! Clients send a [`Request`] (encoded with [`ken::store::codec`]) through [`ken::Client`];
+//! each request runs as one turn and is answered with a [`Reply`]. The data lives in the
+//! durable table [`KV_TABLE`]: key = the key's UTF-8 bytes, value = the value as a `String`
+//! (codec-encoded). A turn touches only the keys it reads and writes, so a commit costs what
+//! the request touched, not the size of the store.
+//!
+//! Requests: get, put, delete, compare-and-swap (absent = `None` on either side), list by
+//! prefix (bounded: at most [`LIST_ROWS_MAX`] rows and a reply that fits one datagram;
+//! `truncated` says there may be more), and `incr`, which adds to an integer value (absent
+//! counts as 0). `incr` is what makes a double application visible: a counter that got
+//! `+1` three times acknowledged must read exactly 3.
+//!
+//! Invariants:
+//! - Bad input never panics the process: an over-long key, an over-long value, an `incr` of
+//!   a value that is not an integer or that would overflow is answered with
+//!   [`Reply::Error`] and changes nothing.
+//! - Every reply fits one datagram (values are bounded at put time, lists by size).
+//! - [`State::requests_applied`] counts the requests this store applied: with exactly-once
+//!   clients it equals the number of distinct (client, request number) pairs answered `Ok`.
+
+use std::net::SocketAddr;
+
+use ken::{BlockingClient, ClientError, Handler, Input, Turn};
+use serde::{Deserialize, Serialize};
+
+/// The table holding the data.
+pub const KV_TABLE: &str = "kv";
+
+/// Longest key, in bytes (the runtime's table key limit).
+pub const KEY_BYTES_MAX: usize = ken::limits::TABLE_KEY_BYTES_MAX;
+
+/// Longest value, in bytes: a reply carrying it with its key (a `list` of one row) must fit
+/// one datagram with room for the reply's framing.
+pub const VALUE_BYTES_MAX: usize = ken::limits::MESSAGE_BYTES_MAX - KEY_BYTES_MAX - 1024;
+
+/// Most rows one `list` returns.
+pub const LIST_ROWS_MAX: u32 = 1000;
+
+/// Bytes of keys and values (plus 16 per row for lengths) a `list` reply may carry; the rest
+/// is cut (`truncated`). One row of the longest key and value always fits.
+const LIST_REPLY_BYTES_MAX: usize = ken::limits::MESSAGE_BYTES_MAX - 512;
+
+const _: () = assert!(KEY_BYTES_MAX + VALUE_BYTES_MAX + 16 <= LIST_REPLY_BYTES_MAX);
+
+/// A client's request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    Get {
+        key: String,
+    },
+    Put {
+        key: String,
+        value: String,
+    },
+    Delete {
+        key: String,
+    },
+    /// Sets `key` to `new` (`None` deletes it) only if its value is `expected` (`None` =
+    /// absent).
+    Cas {
+        key: String,
+        expected: Option<String>,
+        new: Option<String>,
+    },
+    /// Keys starting with `prefix`, in byte order, at most `limit` (capped at
+    /// [`LIST_ROWS_MAX`]).
+    List {
+        prefix: String,
+        limit: u32,
+    },
+    /// Adds `by` to the integer at `key` (absent = 0) and answers the new value.
+    Incr {
+        key: String,
+        by: i64,
+    },
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// `get`: the value, if any.
+    Value(Option<String>),
+    /// `put`: the value it replaced, if any.
+    Put { previous: Option<String> },
+    /// `delete`: whether the key existed.
+    Deleted(bool),
+    /// `cas`: whether it swapped, and the value the key held before (the one compared).
+    Cas {
+        swapped: bool,
+        current: Option<String>,
+    },
+    /// `list`: rows in key order; `truncated` if more may match.
+    List {
+        rows: Vec<(String, String)>,
+        truncated: bool,
+    },
+    /// `incr`: the new value.
+    Incr(i64),
+    /// The request was not applied (nothing changed); the text says why.
+    Error(String),
+}
+
+/// The kv handler. It has no configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Kv;
+
+/// Kv's durable root state: counters only (the data is in [`KV_TABLE`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// Requests applied (each once), including those answered with [`Reply::Error`].
+    pub requests_applied: u64,
+    /// Requests whose bytes did not decode as a [`Request`].
+    pub undecodable_requests: u64,
+}
+
+impl Handler for Kv {
+    type State = State;
+    type Message = ();
+
+    fn on_turn(&self, state: &mut State, turn: &mut Turn<'_, ()>, input: Input<()>) {
+        let Input::Request { request, .. } = input else {
+            return;
+        };
+        state.requests_applied += 1;
+        let reply = match ken::store::codec::decode::<Request>(&request) {
+            Ok(request) => apply(turn, request),
+            Err(e) => {
+                state.undecodable_requests += 1;
+                Reply::Error(format!("undecodable request: {e}"))
+            }
+        };
+        turn.reply_with(&reply);
+    }
+}
+
+fn check_key(key: &str) -> Result<(), Reply> {
+    if key.len() > KEY_BYTES_MAX {
+        return Err(Reply::Error(format!(
+            "key of {} bytes exceeds the {KEY_BYTES_MAX}-byte limit",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_value(value: &str) -> Result<(), Reply> {
+    if value.len() > VALUE_BYTES_MAX {
+        return Err(Reply::Error(format!(
+            "value of {} bytes exceeds the {VALUE_BYTES_MAX}-byte limit",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Applies one request in `turn` and returns its reply.
+fn apply(turn: &mut Turn<'_, ()>, request: Request) -> Reply {
+    let checked = match &request {
+        Request::Get { key } | Request::Delete { key } | Request::Incr { key, .. } => {
+            check_key(key)
+        }
+        Request::Put { key, value } => check_key(key).and_then(|()| check_value(value)),
+        Request::Cas { key, new, .. } => {
+            check_key(key).and_then(|()| new.as_deref().map_or(Ok(()), check_value))
+        }
+        Request::List { .. } => Ok(()),
+    };
+    if let Err(reply) = checked {
+        return reply;
+    }
+    let mut table = turn.table(KV_TABLE);
+    match request {
+        Request::Get { key } => Reply::Value(table.get(&key)),
+        Request::Put { key, value } => {
+            let previous = table.get(&key);
+            table.put(&key, &value);
+            Reply::Put { previous }
+        }
+        Request::Delete { key } => {
+            let existed = table.contains(&key);
+            table.delete(&key);
+            Reply::Deleted(existed)
+        }
+        Request::Cas { key, expected, new } => {
+            let current: Option<String> = table.get(&key);
+            let swapped = current == expected;
+            if swapped {
+                match &new {
+                    Some(v) => table.put(&key, v),
+                    None => table.delete(&key),
+                }
+            }
+            Reply::Cas { swapped, current }
+        }
+        Request::List { prefix, limit } => {
+            let limit = limit.min(LIST_ROWS_MAX);
+            // One row more than asked, to tell whether more match.
+            let found = table.scan::<String>(&prefix, limit.saturating_add(1));
+            let mut truncated = found.len() > limit as usize;
+            let mut rows = Vec::new();
+            let mut bytes = 0;
+            for (k, v) in found.into_iter().take(limit as usize) {
+                // Keys were written from `String`s; a non-UTF-8 key cannot come from a client.
+                let k = String::from_utf8_lossy(&k).into_owned();
+                bytes += k.len() + v.len() + 16;
+                if bytes > LIST_REPLY_BYTES_MAX {
+                    truncated = true;
+                    break;
+                }
+                rows.push((k, v));
+            }
+            Reply::List { rows, truncated }
+        }
+        Request::Incr { key, by } => {
+            let current: Option<String> = table.get(&key);
+            let n = match current.as_deref().map(str::parse::<i64>) {
+                None => 0,
+                Some(Ok(n)) => n,
+                Some(Err(_)) => {
+                    return Reply::Error(format!("the value at `{key}` is not an integer"))
+                }
+            };
+            let Some(sum) = n.checked_add(by) else {
+                return Reply::Error(format!("{n} + {by} overflows a 64-bit integer"));
+            };
+            table.put(&key, &sum.to_string());
+            Reply::Incr(sum)
+        }
+    }
+}
+
+/// Decodes a reply's bytes (a [`ken::Client`] call's result).
+pub fn decode_reply(bytes: &[u8]) -> Result<Reply, ClientError> {
+    ken::store::codec::decode(bytes).map_err(|e| ClientError::Decode(e.to_string()))
+}
+
+/// Sends `request` as a new request of `client` and decodes the reply.
+pub fn call(
+    client: &mut BlockingClient,
+    server: SocketAddr,
+    request: &Request,
+) -> Result<Reply, ClientError> {
+    let bytes = client.call(server, &ken::store::codec::encode(request))?;
+    decode_reply(&bytes)
+}
+
+/// Retries `client`'s last request (which must be `request`) with its number, after a
+/// [`ClientError::Timeout`]: applied at most once in all.
+pub fn retry_last(
+    client: &mut BlockingClient,
+    server: SocketAddr,
+    request: &Request,
+) -> Result<Reply, ClientError> {
+    let bytes = client.retry_last(server, &ken::store::codec::encode(request))?;
+    decode_reply(&bytes)
+}
+
+/// Calls `request`, retrying it with the same number after each timeout until it is
+/// answered or fails otherwise, at most `attempts_max` attempts in all. Returns the reply or
+/// the last error, and the number of timeouts seen.
+pub fn call_until_answered(
+    client: &mut BlockingClient,
+    server: SocketAddr,
+    request: &Request,
+    attempts_max: u32,
+) -> (Result<Reply, ClientError>, u32) {
+    assert!(attempts_max >= 1, "at least one attempt");
+    let mut result = call(client, server, request);
+    let mut timeouts = 0;
+    while matches!(result, Err(ClientError::Timeout { .. })) {
+        timeouts += 1;
+        if timeouts >= attempts_max {
+            break;
+        }
+        result = retry_last(client, server, request);
+    }
+    (result, timeouts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_replies_round_trip_through_the_codec() {
+        let requests = [
+            Request::Get { key: "a".into() },
+            Request::Cas {
+                key: "k".into(),
+                expected: None,
+                new: Some("v".into()),
+            },
+            Request::Incr {
+                key: "c".into(),
+                by: -3,
+            },
+        ];
+        for r in requests {
+            let bytes = ken::store::codec::encode(&r);
+            assert_eq!(ken::store::codec::decode::<Request>(&bytes).unwrap(), r);
+        }
+        let reply = Reply::List {
+            rows: vec![("a".into(), "1".into())],
+            truncated: false,
+        };
+        let bytes = ken::store::codec::encode(&reply);
+        assert_eq!(decode_reply(&bytes).unwrap(), reply);
+        assert!(matches!(decode_reply(b"\xff"), Err(ClientError::Decode(_))));
+    }
+
+    #[test]
+    fn the_largest_value_fits_a_reply() {
+        let reply = Reply::List {
+            rows: vec![("k".repeat(KEY_BYTES_MAX), "v".repeat(VALUE_BYTES_MAX))],
+            truncated: true,
+        };
+        let body = ken::client::ReplyBody::Ok(ken::store::codec::encode(&reply));
+        assert!(ken::store::codec::encode(&body).len() <= ken::limits::MESSAGE_BYTES_MAX);
+    }
+}
