@@ -46,11 +46,13 @@ use ken::store::Reader;
 use ken::Time;
 use serde::Serialize;
 
+mod load;
 pub mod node;
 mod probe;
 
+use load::LoadReport;
 pub use node::NodeArgs;
-use node::{NodeSpec, ReceiverReport, Role, SenderReport};
+use node::{NodeSpec, ReceiverReport, Role};
 use probe::ProbeReport;
 
 /// The project's throughput target: durable turns per second at one receiver, divided by
@@ -60,6 +62,16 @@ pub const TURNS_PER_FSYNC_TARGET: f64 = 20.0;
 /// The round-trip budget is `RTT_BUDGET_FSYNCS * fsync_us_p50 + RTT_BUDGET_SLACK_US`.
 pub const RTT_BUDGET_FSYNCS: f64 = 3.0;
 pub const RTT_BUDGET_SLACK_US: f64 = 200.0;
+
+/// The throughput phase's load generator, in the report.
+pub const LOAD_KIND: &str = "raw-frames";
+
+/// Child id of the load generator.
+const LOAD_ID: &str = "load";
+
+/// Seed of the simulated senders' incarnations (fixed: a run is reproducible, and every run
+/// has fresh stores, so no incarnation is ever reused against the same store).
+const LOAD_SEED: u64 = 0x6b65_6e2d_6265_6e63;
 
 /// Attempts per phase when a child could not bind the port picked for it.
 const PORT_ATTEMPTS: u32 = 3;
@@ -169,6 +181,9 @@ pub struct BenchResult {
     pub fsync_us_p99: u64,
     pub fsyncs: u64,
 
+    /// What loaded the receiver: [`LOAD_KIND`] (one load-generator process speaking the
+    /// frame protocol for `senders` simulated senders).
+    pub load: &'static str,
     pub senders: u32,
     pub outstanding_per_sender: u32,
     pub window_secs: f64,
@@ -186,6 +201,10 @@ pub struct BenchResult {
     /// Time the receiver's threads were runnable but waiting for a CPU over the window, per
     /// second (Linux): well above 0 means the other processes crowded it out.
     pub receiver_cpu_wait_cores: Option<f64>,
+    /// CPU the load generator used over the window, in cores (Linux).
+    pub load_cpu_cores: Option<f64>,
+    /// Frames the load generator sent again after a timeout, over the whole run.
+    pub load_retransmits: u64,
 
     /// Probe: send turn to acknowledgement received, at the saturated receiver.
     pub ack_latency_us_p50: u64,
@@ -263,7 +282,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let pingpong = with_port_retries(|attempt| pingpong(&dir, &plan, attempt))?;
 
     progress(&format!(
-        "throughput: {} senders -> 1 receiver, plus the latency probe ({:.1} s warm-up, {:.1} s window)",
+        "throughput: {} simulated senders ({LOAD_KIND}) -> 1 receiver, plus the latency probe ({:.1} s warm-up, {:.1} s window)",
         args.senders,
         plan.warmup.as_secs_f64(),
         plan.window.as_secs_f64()
@@ -281,6 +300,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         fsync_us_p50: fsync.fsync_us_p50,
         fsync_us_p99: fsync.fsync_us_p99,
         fsyncs: fsync.fsyncs,
+        load: LOAD_KIND,
         senders: args.senders,
         outstanding_per_sender: args.outstanding,
         window_secs: load.window_secs,
@@ -292,6 +312,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         messages_delivered: load.messages_delivered,
         receiver_cpu_cores: load.receiver_cpu_cores,
         receiver_cpu_wait_cores: load.receiver_cpu_wait_cores,
+        load_cpu_cores: load.load_cpu_cores,
+        load_retransmits: load.load_retransmits,
         ack_latency_us_p50: load.probe.ack_latency_us_p50,
         ack_latency_us_p99: load.probe.ack_latency_us_p99,
         ack_after_transmit_us_p50: load.probe.ack_after_transmit_us_p50,
@@ -348,13 +370,19 @@ fn render(r: &BenchResult) -> String {
         ));
     }
     line(format!(
-        "  throughput  {} senders x {} outstanding -> 1 receiver, {:.1} s window: {:.0} durable turns/s, {:.1} turns/commit, {:.0} commits/s",
-        r.senders, r.outstanding_per_sender, r.window_secs, r.turns_per_sec, r.turns_per_commit, r.commits_per_sec
+        "  throughput  {} simulated senders x {} outstanding -> 1 receiver ({} load), {:.1} s window: {:.0} durable turns/s, {:.1} turns/commit, {:.0} commits/s",
+        r.senders, r.outstanding_per_sender, r.load, r.window_secs, r.turns_per_sec, r.turns_per_commit, r.commits_per_sec
     ));
     if let (Some(cores), Some(wait)) = (r.receiver_cpu_cores, r.receiver_cpu_wait_cores) {
         line(format!(
             "              receiver threads: {cores:.2} s on a CPU and {wait:.2} s waiting for one, per second ({} CPUs)",
             r.cpus
+        ));
+    }
+    if let Some(load) = r.load_cpu_cores {
+        line(format!(
+            "              load generator: {load:.2} s on a CPU per second, {} frames retransmitted",
+            r.load_retransmits
         ));
     }
     line(format!(
@@ -635,6 +663,8 @@ fn pingpong(dir: &Path, plan: &Plan, attempt: u32) -> anyhow::Result<Pingpong> {
             deadline_us: at.deadline.as_micros(),
             outstanding: 0,
             expect_done: 0,
+            simulated: Vec::new(),
+            seed: 0,
         };
     let mut children = Children::new(&dir);
     let early = Schedule::from_now(plan.pingpong_warmup, plan.pingpong, Duration::ZERO);
@@ -693,6 +723,8 @@ struct Throughput {
     messages_delivered: u64,
     receiver_cpu_cores: Option<f64>,
     receiver_cpu_wait_cores: Option<f64>,
+    load_cpu_cores: Option<f64>,
+    load_retransmits: u64,
     probe: ProbeReport,
 }
 
@@ -701,10 +733,12 @@ fn throughput(dir: &Path, args: &Args, plan: &Plan, attempt: u32) -> anyhow::Res
     let senders = args.senders as usize;
     let addrs = free_ports(senders + 2)?;
     let receiver = ("receiver".to_string(), addrs[0]);
-    let mut loaders: Vec<(String, SocketAddr)> = (0..senders)
-        .map(|i| (format!("sender-{}", i + 1), addrs[i + 1]))
+    let simulated: Vec<(String, SocketAddr)> = (0..senders)
+        .map(|i| (format!("load-{i}"), addrs[i + 1]))
         .collect();
-    loaders.push(("probe".to_string(), addrs[senders + 1]));
+    let probe = ("probe".to_string(), addrs[senders + 1]);
+    let mut receiver_peers = simulated.clone();
+    receiver_peers.push(probe.clone());
 
     let spec = |role: Role, me: &(String, SocketAddr), peers, at: &Schedule| NodeSpec {
         role,
@@ -718,52 +752,64 @@ fn throughput(dir: &Path, args: &Args, plan: &Plan, attempt: u32) -> anyhow::Res
         measure_until_us: at.measure_until.as_micros(),
         deadline_us: at.deadline.as_micros(),
         outstanding: args.outstanding as usize,
-        expect_done: loaders.len() as u64,
+        expect_done: receiver_peers.len() as u64,
+        simulated: Vec::new(),
+        seed: 0,
     };
     let mut children = Children::new(&dir);
     let early = Schedule::from_now(plan.warmup, plan.window, STOP_AFTER_WINDOW);
-    let receiver_spec = spec(Role::Receiver, &receiver, loaders.clone(), &early);
+    let receiver_spec = spec(Role::Receiver, &receiver, receiver_peers.clone(), &early);
     children.spawn(&receiver_spec)?;
     children.wait_listening(&receiver.0)?;
     let at = Schedule::from_now(plan.warmup, plan.window, STOP_AFTER_WINDOW);
-    for (i, me) in loaders.iter().enumerate() {
-        let role = if i < senders {
-            Role::Sender
-        } else {
-            Role::Probe
-        };
-        children.spawn(&spec(role, me, vec![receiver.clone()], &at))?;
-    }
+    let load_spec = NodeSpec {
+        simulated: simulated.clone(),
+        seed: LOAD_SEED,
+        ..spec(
+            Role::Load,
+            &(LOAD_ID.to_string(), simulated[0].1),
+            vec![receiver.clone()],
+            &at,
+        )
+    };
+    children.spawn(&load_spec)?;
+    children.spawn(&spec(Role::Probe, &probe, vec![receiver.clone()], &at))?;
 
     sleep_until(at.measure_from);
     children.check_running()?;
     let reader = open_reader(&receiver_spec.store)?;
     let receiver_pid = children.pid(&receiver.0);
+    let load_pid = children.pid(LOAD_ID);
     let start = reader.meta()?;
     let started = Instant::now();
     let cpu_start = receiver_pid.and_then(cpu_time);
+    let load_cpu_start = load_pid.and_then(cpu_time);
     sleep_until(at.measure_until);
     let end = reader.meta()?;
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_end = receiver_pid.and_then(cpu_time);
+    let load_cpu_end = load_pid.and_then(cpu_time);
+    let per_sec = |a: Duration, b: Duration| b.saturating_sub(a).as_secs_f64() / elapsed;
     let (receiver_cpu_cores, receiver_cpu_wait_cores) = match (cpu_start, cpu_end) {
         (Some(a), Some(b)) => (
-            Some(b.running.saturating_sub(a.running).as_secs_f64() / elapsed),
-            Some(b.waiting.saturating_sub(a.waiting).as_secs_f64() / elapsed),
+            Some(per_sec(a.running, b.running)),
+            Some(per_sec(a.waiting, b.waiting)),
         ),
         _ => (None, None),
     };
-    drop(reader);
+    let load_cpu_cores = match (load_cpu_start, load_cpu_end) {
+        (Some(a), Some(b)) => Some(per_sec(a.running, b.running)),
+        _ => None,
+    };
     children.check_running()?;
     children.wait_all(Instant::now() + STOP_AFTER_WINDOW + DRAIN_MAX)?;
 
     let received: ReceiverReport = children.report(&receiver.0)?;
-    let mut sent = 0;
-    for (id, _) in &loaders[..senders] {
-        sent += children.report::<SenderReport>(id)?.sent;
-    }
-    let probe: ProbeReport = children.report("probe")?;
-    sent += probe.sent;
+    let load: LoadReport = children.report(LOAD_ID)?;
+    let probe: ProbeReport = children.report(&probe.0)?;
+    check_load(&load, &simulated, &reader)?;
+    drop(reader);
+    let sent = load.data() + probe.sent;
     if received.received != sent {
         bail!(
             "the senders sent {sent} messages but the receiver consumed {}: \
@@ -790,8 +836,60 @@ fn throughput(dir: &Path, args: &Args, plan: &Plan, attempt: u32) -> anyhow::Res
         messages_delivered: received.received,
         receiver_cpu_cores,
         receiver_cpu_wait_cores,
+        load_cpu_cores,
+        load_retransmits: load.retransmits(),
         probe,
     })
+}
+
+/// Checks the load generator's report against what it was told and against the receiver's
+/// store (read after the receiver exited): every simulated sender finished with everything
+/// acknowledged, under the incarnation it was given, and the receiver's committed
+/// `delivered` for it is exactly its highest acknowledged sequence number.
+fn check_load(
+    load: &LoadReport,
+    simulated: &[(String, SocketAddr)],
+    reader: &Reader,
+) -> anyhow::Result<()> {
+    if load.senders.len() != simulated.len() {
+        bail!(
+            "the load generator reports {} simulated senders, {} were asked for",
+            load.senders.len(),
+            simulated.len()
+        );
+    }
+    let peers = reader.peers()?;
+    for (i, (s, (id, _))) in load.senders.iter().zip(simulated).enumerate() {
+        if s.id != *id || s.incarnation != load::incarnation(LOAD_SEED, i as u64) {
+            bail!(
+                "simulated sender {i} reports itself as {} ({:x})",
+                s.id,
+                s.incarnation
+            );
+        }
+        if s.acked != s.data + 1 {
+            bail!(
+                "{id} sent {} messages and Done, but only 1..{} were acknowledged",
+                s.data,
+                s.acked
+            );
+        }
+        let Some(row) = peers.iter().find(|p| p.peer == *id) else {
+            bail!("the receiver's store has no peer row for {id}");
+        };
+        if row.delivered != s.acked || row.incarnation != s.incarnation {
+            bail!(
+                "{id}: the receiver's store says delivered {} from incarnation {:x}, the load \
+                 generator says acknowledged {} at incarnation {:x}: exactly-once delivery is \
+                 broken",
+                row.delivered,
+                row.incarnation,
+                s.acked,
+                s.incarnation
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Scheduler times of a process so far, summed over its threads.

@@ -3,7 +3,9 @@
 //! `ken bench` starts every Ken process of a measurement as a child process (`ken bench-node
 //! SPEC`), so that each has its own runtime, store file and UDP port as in production, and so
 //! that what the runtime prints on its standard output (a finished handler's report) goes to
-//! the child's output file, never into `ken bench --json`.
+//! the child's output file, never into `ken bench --json`. The throughput phase's load
+//! generator ([`Role::Load`], module `load`) is a child process too, but not a Ken process:
+//! it speaks the frame protocol itself for many simulated senders.
 //!
 //! Every handler here finishes on its own (see each one's `finished`), so a child exits by
 //! itself once the measurement is over. As a backstop, every child also exits with
@@ -21,7 +23,7 @@ use std::time::Duration;
 use ken::{Config, Handler, Input, ProcessId, RunError, Time, Turn};
 use serde::{Deserialize, Serialize};
 
-use super::probe;
+use super::{load, probe};
 
 /// Exit code of a child that could not bind its UDP port (the parent retries with new ports).
 pub const EXIT_BIND: u8 = 75;
@@ -32,18 +34,12 @@ pub const EXIT_DEADLINE: u8 = 124;
 /// How long a finished bench process keeps re-acknowledging before it exits.
 const FINISH_LINGER: Duration = Duration::from_millis(300);
 
-/// How often a sender tops up its outbox (one timer turn each time).
-pub const SENDER_POLL: Duration = Duration::from_millis(2);
-
 /// How often the probe sends one message (one timer turn each time).
 pub const PROBE_POLL: Duration = Duration::from_millis(1);
 
 /// Messages the probe keeps unacknowledged at most: it measures latency, not throughput, so
 /// its messages do not queue behind each other.
 pub const PROBE_OUTSTANDING: usize = 4;
-
-/// Messages a sender queues in one turn at most.
-const SENDS_PER_TURN_MAX: usize = 1024;
 
 /// Distinct table keys the receiver writes per sender (older keys are overwritten).
 const RECEIVER_KEYSPACE: u64 = 1024;
@@ -68,8 +64,10 @@ pub struct NodeArgs {
 pub enum Role {
     /// Consumes `Data` with one table write each; finishes after `Done` from every sender.
     Receiver,
-    /// Keeps `outstanding` messages unacknowledged to the receiver until `stop_at`.
-    Sender,
+    /// The raw-frames load generator ([`load`]): no store, no engine; speaks the frame
+    /// protocol for every simulated sender in `simulated`, each keeping `outstanding`
+    /// messages unacknowledged to the receiver until `stop_at`.
+    Load,
     /// A light sender run by the instrumented loop of [`probe`], which timestamps sends and
     /// acknowledgements.
     Probe,
@@ -84,13 +82,16 @@ pub enum Role {
 pub struct NodeSpec {
     pub role: Role,
     pub id: String,
+    /// The UDP address to bind (load generator: unused, each simulated sender binds its own
+    /// address from `simulated`).
     pub listen: SocketAddr,
+    /// The store file (load generator: unused, it keeps no store).
     pub store: PathBuf,
     /// Address book: (id, address) of every peer.
     pub peers: Vec<(String, SocketAddr)>,
-    /// The peer this node sends to (senders, probe, hitter, echo).
+    /// The peer this node sends to (load generator, probe, hitter, echo).
     pub target: Option<String>,
-    /// Senders, probe, hitter: stop producing at this wall time (microseconds since the
+    /// Load generator, probe, hitter: stop producing at this wall time (microseconds since the
     /// epoch).
     pub stop_at_us: u64,
     /// Probe, hitter: only messages sent in `[measure_from_us, measure_until_us)` are
@@ -99,10 +100,16 @@ pub struct NodeSpec {
     pub measure_until_us: u64,
     /// The child exits with [`EXIT_DEADLINE`] at this wall time, whatever it is doing.
     pub deadline_us: u64,
-    /// Senders: unacknowledged messages to keep.
+    /// Load generator: unacknowledged messages each simulated sender keeps.
     pub outstanding: usize,
     /// Receiver: `Done` messages to receive before finishing.
     pub expect_done: u64,
+    /// Load generator: (id, address) of each simulated sender.
+    #[serde(default)]
+    pub simulated: Vec<(String, SocketAddr)>,
+    /// Load generator: seed of the simulated senders' incarnations.
+    #[serde(default)]
+    pub seed: u64,
 }
 
 /// The messages of every bench handler.
@@ -118,7 +125,7 @@ pub enum Msg {
     Stop,
 }
 
-/// A sender's final report (its standard output).
+/// The probe's handler's final report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SenderReport {
     pub id: String,
@@ -133,7 +140,8 @@ pub struct ReceiverReport {
     pub done: u64,
 }
 
-/// Sends `Data` to `target`, keeping at most `outstanding` unacknowledged, topping up in a
+/// The latency probe's handler (run by [`probe`]'s instrumented loop): sends `Data` to
+/// `target`, keeping at most `outstanding` unacknowledged, topping up in a
 /// timer turn every `poll` (acknowledgements do not start turns, so a timer is how a handler
 /// learns that its outbox drained). At the first turn at or after `stop_at` it sends `Done`
 /// and stops; it is finished once everything it sent is acknowledged.
@@ -365,19 +373,15 @@ impl NodeSpec {
         Ok(config)
     }
 
-    /// The sender handler for a sender or the probe.
-    pub fn sender(&self) -> anyhow::Result<Sender> {
-        let probe = self.role == Role::Probe;
+    /// The probe's sender handler: one message per [`PROBE_POLL`], at most
+    /// [`PROBE_OUTSTANDING`] unacknowledged.
+    pub fn probe_sender(&self) -> anyhow::Result<Sender> {
         Ok(Sender {
             id: pid(&self.id)?,
             target: self.target()?,
-            outstanding: if probe {
-                PROBE_OUTSTANDING
-            } else {
-                self.outstanding
-            },
-            sends_per_turn_max: if probe { 1 } else { SENDS_PER_TURN_MAX },
-            poll: if probe { PROBE_POLL } else { SENDER_POLL },
+            outstanding: PROBE_OUTSTANDING,
+            sends_per_turn_max: 1,
+            poll: PROBE_POLL,
             stop_at: Time(self.stop_at_us),
         })
     }
@@ -414,8 +418,26 @@ pub fn main(args: &NodeArgs) -> ExitCode {
 }
 
 fn run_node(spec: &NodeSpec) -> anyhow::Result<()> {
+    if spec.role == Role::Load {
+        let target = spec.target()?;
+        let receiver = spec
+            .peers
+            .iter()
+            .find(|(id, _)| *id == target.as_str())
+            .ok_or_else(|| anyhow::anyhow!("the load's target is not in its address book"))?;
+        let report = load::run(&load::LoadPlan {
+            senders: spec.simulated.clone(),
+            receiver: receiver.clone(),
+            outstanding: spec.outstanding,
+            stop_at: Time(spec.stop_at_us),
+            seed: spec.seed,
+        })?;
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
     let config = spec.config()?;
     match spec.role {
+        Role::Load => unreachable!("handled above"),
         Role::Receiver => {
             ken::run(
                 config,
@@ -424,13 +446,10 @@ fn run_node(spec: &NodeSpec) -> anyhow::Result<()> {
                 },
             )?;
         }
-        Role::Sender => {
-            ken::run(config, spec.sender()?)?;
-        }
         Role::Probe => {
             let report = probe::run(
                 config,
-                spec.sender()?,
+                spec.probe_sender()?,
                 Time(spec.measure_from_us),
                 Time(spec.measure_until_us),
             )?;

@@ -45,11 +45,12 @@ const FRAME_QUEUE_MAX: usize = 4096;
 /// Frames the loop handles before it looks at other events again (as in the driver).
 const FRAMES_PER_WAKEUP_MAX: usize = 256;
 
-/// The probe could not bind its UDP port (the parent retries with another).
+/// The probe or the load generator could not bind a UDP port (the parent retries with
+/// another).
 #[derive(Debug)]
 pub struct BindError {
-    addr: SocketAddr,
-    source: std::io::Error,
+    pub(super) addr: SocketAddr,
+    pub(super) source: std::io::Error,
 }
 
 impl std::fmt::Display for BindError {

@@ -84,6 +84,22 @@ fn quick_json_reports_every_measurement() {
         "{v}"
     );
     assert_eq!(v["senders"], 8, "{v}");
+    assert_eq!(v["load"], "raw-frames", "{v}");
+    assert!(v["load_retransmits"].as_u64().is_some(), "{v}");
+    // CPU numbers: measured on Linux (null elsewhere), never negative.
+    for field in [
+        "receiver_cpu_cores",
+        "receiver_cpu_wait_cores",
+        "load_cpu_cores",
+    ] {
+        let x = &v[field];
+        if cfg!(target_os = "linux") {
+            let x = number(&v, field);
+            assert!(x.is_finite() && x >= 0.0, "`{field}` = {x} in {v}");
+        } else {
+            assert!(x.is_null() || x.as_f64().is_some(), "`{field}` in {v}");
+        }
+    }
     assert!(
         number(&v, "messages_delivered") >= number(&v, "window_turns"),
         "{v}"

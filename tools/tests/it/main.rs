@@ -1,3 +1,4 @@
 //! Integration tests of the `ken` command line (one test binary for the crate).
 
 mod bench;
+mod inspect;

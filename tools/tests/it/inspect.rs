@@ -1,0 +1,1173 @@
+//! `ken inspect` and the apps' `inspect` subcommands against stores written by real app
+//! processes (`ken-pingpong`, `ken-bank`): every view's JSON is checked against what the run
+//! did (counts, sequence numbers, counters, decoded state), live while a bank runs and after
+//! it is SIGKILLed; corrupt records are named by `verify` and spoil only what needs them;
+//! broken inputs get a one-line message and a non-zero exit, never a panic.
+//!
+//! App binaries are built once per test process (`cargo build -p ken-apps`, a no-op when
+//! fresh: `cargo test` does not build another package's plain binaries) and copied into each
+//! test's directory with the `ken` binary, so a concurrent rebuild cannot swap them
+//! mid-test. Ports are picked by binding port 0; a run whose app could not bind is retried
+//! with new ports. Every wait has a deadline; randomness is seeded and the seed printed
+//! (`KEN_TEST_SEED=N` replays it).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+/// Exit statuses of `ken inspect` (see `ken_tools::inspect`).
+const EXIT_DAMAGED: i32 = 1;
+const EXIT_ERROR: i32 = 2;
+
+/// How long an app run may take before the test fails.
+const RUN_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Attempts at a run whose app could not bind its port.
+const BIND_ATTEMPTS_MAX: u32 = 5;
+
+// ---------------------------------------------------------------------------------------
+// Binaries and processes
+
+/// Builds the app binaries once per test process and returns `<target>/<profile>`.
+fn built_profile_dir() -> PathBuf {
+    static BUILT: OnceLock<Mutex<Option<PathBuf>>> = OnceLock::new();
+    let mut built = BUILT
+        .get_or_init(|| Mutex::new(None))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(dir) = built.as_ref() {
+        return dir.clone();
+    }
+    let exe = std::env::current_exe().expect("the test executable's path");
+    // <target>/<profile>/deps/it-<hash>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test executable lives in <target>/<profile>/deps")
+        .to_path_buf();
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev".to_string(),
+        Some(other) => other.to_string(),
+        None => panic!("no profile directory above {}", exe.display()),
+    };
+    let target_dir = profile_dir.parent().expect("<target> above <profile>");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tools/ is inside the workspace");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet", "--manifest-path"])
+        .arg(workspace.join("Cargo.toml"))
+        .args([
+            "-p",
+            "ken-apps",
+            "--bin",
+            "ken-pingpong",
+            "--bin",
+            "ken-bank",
+        ])
+        .args(["--profile", &profile, "--target-dir"])
+        .arg(target_dir);
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(status.success(), "{cmd:?} failed: {status}");
+    *built = Some(profile_dir.clone());
+    profile_dir
+}
+
+/// The binaries of one test, private copies in its directory.
+struct Bins {
+    ken: PathBuf,
+    pingpong: PathBuf,
+    bank: PathBuf,
+}
+
+impl Bins {
+    fn copy_into(dir: &Path) -> Bins {
+        let profile_dir = built_profile_dir();
+        let copy = |from: &Path, name: &str| {
+            let to = dir.join(name);
+            std::fs::copy(from, &to)
+                .unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
+            to
+        };
+        Bins {
+            ken: copy(Path::new(env!("CARGO_BIN_EXE_ken")), "ken"),
+            pingpong: copy(&profile_dir.join("ken-pingpong"), "ken-pingpong"),
+            bank: copy(&profile_dir.join("ken-bank"), "ken-bank"),
+        }
+    }
+}
+
+/// Spawns `cmd`, retrying "text file busy": the binary was copied a moment ago and a child
+/// forked meanwhile by another test thread holds the copy's write descriptor until its exec.
+fn spawn(cmd: &mut Command) -> Child {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("spawn {cmd:?}: {e}"),
+            Ok(child) => return child,
+        }
+    }
+}
+
+/// A child process, SIGKILLed when dropped (a failing test leaves no orphan).
+struct Kid {
+    name: String,
+    child: Child,
+    stderr_path: PathBuf,
+}
+
+impl Kid {
+    fn start(name: &str, program: &Path, args: &[String], dir: &Path) -> Kid {
+        let stderr_path = dir.join(format!("{name}.stderr"));
+        let stderr = std::fs::File::create(&stderr_path).expect("create stderr file");
+        let child = spawn(
+            Command::new(program)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(stderr),
+        );
+        Kid {
+            name: name.to_string(),
+            child,
+            stderr_path,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
+    /// SIGKILL and reap (std's `Child::kill` sends SIGKILL).
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn bind_failed(&self, status: ExitStatus) -> bool {
+        status.code() == Some(1) && self.stderr().contains("cannot bind UDP")
+    }
+}
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `n` loopback UDP ports that were free a moment ago.
+fn free_ports(n: usize) -> Vec<u16> {
+    let sockets: Vec<UdpSocket> = (0..n)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+        .collect();
+    sockets
+        .iter()
+        .map(|s| s.local_addr().expect("local address").port())
+        .collect()
+}
+
+fn addr(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, panicking with `what` at `timeout`.
+fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The seed of this test's randomness: `KEN_TEST_SEED`, or from the clock. Printed.
+fn seed(test: &str) -> u64 {
+    let seed = std::env::var("KEN_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    eprintln!("{test}: seed {seed} (replay with KEN_TEST_SEED={seed})");
+    seed
+}
+
+// ---------------------------------------------------------------------------------------
+// Running `inspect`
+
+/// One run of an `inspect` command.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not one JSON document ({e}):\n{}\nstderr: {}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "exit {}\nstdout:\n{}\nstderr:\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// `<bin> inspect STORE <args>`.
+fn inspect(bin: &Path, store: &Path, args: &[&str]) -> Run {
+    let child = spawn(
+        Command::new(bin)
+            .arg("inspect")
+            .arg(store)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = child.wait_with_output().expect("wait for inspect");
+    let run = Run {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    };
+    assert!(
+        !run.stderr.contains("panicked"),
+        "inspect {} {args:?} panicked: {}",
+        store.display(),
+        run.describe()
+    );
+    run
+}
+
+/// `<bin> inspect STORE <args> --json`, which must exit 0.
+fn view(bin: &Path, store: &Path, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let run = inspect(bin, store, &all);
+    assert_eq!(
+        run.code,
+        0,
+        "inspect {} {all:?}: {}",
+        store.display(),
+        run.describe()
+    );
+    run.json()
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64()
+        .unwrap_or_else(|| panic!("not an unsigned integer: {v}"))
+}
+
+fn arr(v: &Value) -> &Vec<Value> {
+    v.as_array().unwrap_or_else(|| panic!("not an array: {v}"))
+}
+
+fn peer<'a>(summary: &'a Value, id: &str) -> &'a Value {
+    arr(&summary["peers"])
+        .iter()
+        .find(|p| p["peer"] == id)
+        .unwrap_or_else(|| panic!("no peer {id} in {summary}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// Runs
+
+/// Volleys pingpong to `count` (a hits, b serves) and waits for both to finish. Returns
+/// the stores of a and b.
+fn run_pingpong(dir: &Path, bins: &Bins, count: u64) -> (PathBuf, PathBuf) {
+    let (a, b) = (dir.join("a.ken"), dir.join("b.ken"));
+    for attempt in 1..=BIND_ATTEMPTS_MAX {
+        let ports = free_ports(2);
+        let args = |id: &str, port: u16, store: &Path, other: &str, other_port: u16| {
+            vec![
+                "--id".to_string(),
+                id.to_string(),
+                "--listen".to_string(),
+                addr(port),
+                "--store".to_string(),
+                store.display().to_string(),
+                "--peer".to_string(),
+                format!("{other}={}", addr(other_port)),
+                "--count".to_string(),
+                count.to_string(),
+            ]
+        };
+        let mut b_args = args("b", ports[1], &b, "a", ports[0]);
+        b_args.push("--serve".to_string());
+        let mut kids = [
+            Kid::start(
+                "a",
+                &bins.pingpong,
+                &args("a", ports[0], &a, "b", ports[1]),
+                dir,
+            ),
+            Kid::start("b", &bins.pingpong, &b_args, dir),
+        ];
+        let statuses = wait_for(RUN_DEADLINE, "the pingpong volley to finish", || {
+            let done: Vec<Option<ExitStatus>> = kids.iter_mut().map(Kid::try_wait).collect();
+            // A process that could not bind stops the attempt at once.
+            if done.iter().flatten().any(|s| !s.success()) || done.iter().all(Option::is_some) {
+                Some(done)
+            } else {
+                None
+            }
+        });
+        let bind_failed = kids
+            .iter()
+            .zip(&statuses)
+            .any(|(k, s)| s.is_some_and(|s| k.bind_failed(s)));
+        if bind_failed && attempt < BIND_ATTEMPTS_MAX {
+            eprintln!("pingpong attempt {attempt}: a port was taken; retrying with new ports");
+            continue;
+        }
+        for (kid, status) in kids.iter_mut().zip(&statuses) {
+            let status = status.expect("both ended");
+            let mut out = String::new();
+            use std::io::Read;
+            kid.child
+                .stdout
+                .take()
+                .expect("piped stdout")
+                .read_to_string(&mut out)
+                .expect("read stdout");
+            assert!(
+                status.success(),
+                "{} exited {status}: {}",
+                kid.name,
+                kid.stderr()
+            );
+            let report: Value = serde_json::from_str(out.trim())
+                .unwrap_or_else(|e| panic!("{} report `{out}`: {e}", kid.name));
+            assert_eq!(report["gaps"], 0, "{report}");
+            assert_eq!(report["repeats"], 0, "{report}");
+        }
+        return (a, b);
+    }
+    unreachable!("the last attempt returns or panics")
+}
+
+/// What one pingpong player did in a volley to `count`.
+struct Player {
+    id: &'static str,
+    other: &'static str,
+    /// Balls received (= turns after the start turn).
+    received: u64,
+    sent: u64,
+    /// The values received, ascending.
+    values: Vec<u64>,
+}
+
+fn players(count: u64) -> [Player; 2] {
+    // a hits the odd values and receives the even ones; b the other way round.
+    let evens: Vec<u64> = (1..=count).filter(|v| v % 2 == 0).collect();
+    let odds: Vec<u64> = (1..=count).filter(|v| v % 2 == 1).collect();
+    [
+        Player {
+            id: "a",
+            other: "b",
+            received: evens.len() as u64,
+            sent: odds.len() as u64,
+            values: evens,
+        },
+        Player {
+            id: "b",
+            other: "a",
+            received: odds.len() as u64,
+            sent: count / 2,
+            values: odds,
+        },
+    ]
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests
+
+#[test]
+fn every_view_of_finished_pingpong_stores_matches_the_volley() {
+    let dir = tempfile::tempdir().unwrap();
+    let bins = Bins::copy_into(dir.path());
+    let count = 31;
+    let (a, b) = run_pingpong(dir.path(), &bins, count);
+    let summaries: BTreeMap<&str, Value> = [
+        ("a", view(&bins.ken, &a, &[])),
+        ("b", view(&bins.ken, &b, &[])),
+    ]
+    .into_iter()
+    .collect();
+
+    for (p, store) in players(count).iter().zip([&a, &b]) {
+        let s = &summaries[p.id];
+        let ctx = format!("{}: {s:#}", p.id);
+        // Summary: identity, counters, tables, peers, nothing pending.
+        assert_eq!(s["process_id"], p.id, "{ctx}");
+        assert_eq!(s["format_version"], 1, "{ctx}");
+        assert_eq!(s["store"], store.display().to_string(), "{ctx}");
+        assert_eq!(u(&s["turns_committed"]), 1 + p.received, "{ctx}");
+        assert!(u(&s["commits"]) >= 1, "{ctx}");
+        assert!(u(&s["last_commit_ms"]) >= u(&s["created_ms"]), "{ctx}");
+        assert!(u(&s["last_commit_age_ms"]) <= u(&s["now_ms"]), "{ctx}");
+        assert!(u(&s["root_bytes"]) > 0, "{ctx}");
+        assert_eq!(
+            s["tables"],
+            json!([{"name": "received", "rows": p.received, "bytes": s["tables"][0]["bytes"]}]),
+            "{ctx}"
+        );
+        assert!(u(&s["tables"][0]["bytes"]) >= p.received * (8 + 5), "{ctx}");
+        assert_eq!(u(&s["outbox_depth"]), 0, "{ctx}");
+        assert_eq!(u(&s["timers"]), 0, "{ctx}");
+        assert_eq!(s["next_timer_due_ms"], Value::Null, "{ctx}");
+        assert_eq!(s["groups"], 0, "{ctx}");
+        assert_eq!(s["clients"], 0, "{ctx}");
+        assert!(u(&s["file"]["db_bytes"]) > 0, "{ctx}");
+        assert_eq!(s["errors"], json!([]), "{ctx}");
+        let pr = peer(s, p.other);
+        assert_eq!(arr(&s["peers"]).len(), 1, "{ctx}");
+        assert_eq!(u(&pr["next_seq"]), p.sent + 1, "{ctx}");
+        assert_eq!(u(&pr["acked"]), p.sent, "{ctx}");
+        assert_eq!(u(&pr["delivered"]), p.received, "{ctx}");
+        assert_eq!(u(&pr["outbox_depth"]), 0, "{ctx}");
+        assert_eq!(pr["oldest_unacked_age_ms"], Value::Null, "{ctx}");
+        // The peer's incarnation as this store saw it is the peer store's own.
+        assert_eq!(
+            pr["incarnation"], summaries[p.other]["incarnation"],
+            "{ctx}"
+        );
+
+        // peers, tables, outbox, timers, groups, clients, verify.
+        let peers = view(&bins.ken, store, &["peers"]);
+        assert_eq!(peers["peers"], s["peers"].clone(), "{peers}");
+        assert_eq!(view(&bins.ken, store, &["tables"])["tables"], s["tables"]);
+        let outbox = view(&bins.ken, store, &["outbox"]);
+        assert_eq!(outbox["messages"], json!([]), "{outbox}");
+        assert_eq!(outbox["truncated"], false, "{outbox}");
+        assert_eq!(view(&bins.ken, store, &["timers"])["timers"], json!([]));
+        assert_eq!(view(&bins.ken, store, &["groups"])["groups"], json!([]));
+        assert_eq!(view(&bins.ken, store, &["clients"])["clients"], json!([]));
+        assert_eq!(
+            view(&bins.ken, store, &["verify"]),
+            json!({"clean": true, "problems": []})
+        );
+
+        // The turn log: the start, then one turn per ball in order.
+        let turns = view(&bins.ken, store, &["turns", "--last", "1000"]);
+        let turns = arr(&turns["turns"]);
+        assert_eq!(turns.len() as u64, 1 + p.received, "{turns:#?}");
+        assert_eq!(turns[0]["input_kind"], "start");
+        assert_eq!(turns[0]["turn"], 1);
+        for (i, t) in turns.iter().enumerate().skip(1) {
+            assert_eq!(u(&t["turn"]), i as u64 + 1, "{t}");
+            assert_eq!(t["input_kind"], "message", "{t}");
+            assert_eq!(t["input_source"], p.other, "{t}");
+            assert_eq!(u(&t["input_seq"]), i as u64, "{t}");
+        }
+        let sent: u64 = turns.iter().map(|t| u(&t["messages_out"])).sum();
+        assert_eq!(sent, p.sent, "{turns:#?}");
+        let last2 = view(&bins.ken, store, &["turns", "--last", "2"]);
+        assert_eq!(arr(&last2["turns"])[..], turns[turns.len() - 2..]);
+
+        // One table, generic: keys are the values received, previews only.
+        let table = view(&bins.ken, store, &["table", "received", "--limit", "1000"]);
+        assert_eq!(table["truncated"], false);
+        let keys: Vec<String> = arr(&table["entries"])
+            .iter()
+            .map(|e| e["key_hex"].as_str().unwrap().to_string())
+            .collect();
+        let want: Vec<String> = p.values.iter().map(|v| format!("{v:016x}")).collect();
+        assert_eq!(keys, want);
+        for e in arr(&table["entries"]) {
+            assert_eq!(e["key_decoded"], Value::Null, "{e}");
+            assert_eq!(e["value"]["decoded"], Value::Null, "{e}");
+            assert!(!e["value"]["hex"].as_str().unwrap().is_empty(), "{e}");
+        }
+        let limited = view(&bins.ken, store, &["table", "received", "--limit", "5"]);
+        assert_eq!(arr(&limited["entries"])[..], arr(&table["entries"])[..5]);
+        assert_eq!(limited["truncated"], true);
+        let one = format!("0x{:016x}", p.values[3]);
+        let prefixed = view(&bins.ken, store, &["table", "received", "--prefix", &one]);
+        assert_eq!(arr(&prefixed["entries"])[..], arr(&table["entries"])[3..4]);
+        assert_eq!(prefixed["prefix_hex"], one[2..]);
+        let nothing = view(&bins.ken, store, &["table", "nosuch"]);
+        assert_eq!(nothing["entries"], json!([]));
+
+        // The app's own inspect decodes: root state, keys, values (the receiving turn).
+        let state = view(&bins.pingpong, store, &["state", "--limit", "1000"]);
+        assert_eq!(
+            state["root"]["decoded"],
+            json!({
+                "received": p.received,
+                "last_received": p.values.last().unwrap(),
+                "gaps": 0,
+                "repeats": 0,
+                "last_sent": if p.id == "a" { count } else { count - 1 },
+            }),
+            "{state:#}"
+        );
+        assert_eq!(u(&state["root"]["bytes"]), u(&s["root_bytes"]));
+        let t = &arr(&state["tables"])[0];
+        assert_eq!(t["name"], "received");
+        assert_eq!(u(&t["rows"]), p.received);
+        assert_eq!(t["truncated"], false);
+        for (k, e) in arr(&t["entries"]).iter().enumerate() {
+            assert_eq!(u(&e["key_decoded"]), p.values[k], "{e}");
+            // The k-th ball received is consumed by turn k + 2 (turn 1 is the start).
+            assert_eq!(u(&e["value"]["decoded"]), k as u64 + 2, "{e}");
+        }
+        let generic = view(&bins.ken, store, &["state", "--limit", "10"]);
+        assert_eq!(generic["root"]["decoded"], Value::Null);
+        assert_eq!(generic["root"]["hex"], state["root"]["hex"]);
+        assert_eq!(
+            generic["tables"][0]["entries"][0]["key_decoded"],
+            Value::Null
+        );
+        assert_eq!(arr(&generic["tables"][0]["entries"]).len(), 10);
+        assert_eq!(generic["tables"][0]["truncated"], true);
+
+        // The readable form says the same.
+        let text = inspect(&bins.ken, store, &[]);
+        assert_eq!(text.code, 0, "{}", text.describe());
+        assert!(
+            text.stdout.contains(&format!("process       {}", p.id)),
+            "{}",
+            text.stdout
+        );
+        assert!(
+            text.stdout
+                .contains(&format!("turns         {} in", 1 + p.received)),
+            "{}",
+            text.stdout
+        );
+    }
+}
+
+/// A bank of three members, inspected while it runs, then SIGKILLed and checked exactly:
+/// every counter in `peers` against the decoded `sent` and `applied` tables of both ends,
+/// every outbox against its counters, and money conservation over all stores.
+#[test]
+fn bank_stores_inspected_live_and_after_sigkill_agree_with_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let bins = Bins::copy_into(dir.path());
+    let ids = ["a", "b", "c"];
+    let accounts = 8u64;
+    let initial = 1000i64;
+    let stores: Vec<PathBuf> = ids
+        .iter()
+        .map(|id| dir.path().join(format!("{id}.ken")))
+        .collect();
+    let mut kids = Vec::new();
+    'attempts: for attempt in 1..=BIND_ATTEMPTS_MAX {
+        let ports = free_ports(ids.len());
+        kids = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let mut args: Vec<String> = [
+                    "--id",
+                    id,
+                    "--listen",
+                    &addr(ports[i]),
+                    "--store",
+                    &stores[i].display().to_string(),
+                    "--accounts",
+                    &accounts.to_string(),
+                    "--initial-balance",
+                    &initial.to_string(),
+                    "--interval-ms",
+                    "1",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+                for (j, other) in ids.iter().enumerate().filter(|(j, _)| *j != i) {
+                    args.push("--peer".to_string());
+                    args.push(format!("{other}={}", addr(ports[j])));
+                }
+                Kid::start(id, &bins.bank, &args, dir.path())
+            })
+            .collect();
+        // Live: every store readable and past its start turn (a fresh store is briefly an
+        // empty file, which inspect reports as not a Ken store).
+        for (i, store) in stores.iter().enumerate() {
+            let ok = wait_for(RUN_DEADLINE, "the bank stores to be created", || {
+                if let Some(status) = kids[i].try_wait() {
+                    return Some(Err(status));
+                }
+                let run = inspect(&bins.ken, store, &["--json"]);
+                (run.code == 0 && u(&run.json()["turns_committed"]) > 0).then_some(Ok(()))
+            });
+            if let Err(status) = ok {
+                if kids[i].bind_failed(status) && attempt < BIND_ATTEMPTS_MAX {
+                    eprintln!("bank attempt {attempt}: a port was taken; retrying");
+                    continue 'attempts;
+                }
+                panic!("{} exited {status}: {}", ids[i], kids[i].stderr());
+            }
+        }
+        break;
+    }
+
+    // While it runs.
+    let a = &stores[0];
+    let s1 = view(&bins.ken, a, &[]);
+    assert_eq!(
+        s1["tables"][0],
+        json!({"name": "accounts", "rows": accounts, "bytes": s1["tables"][0]["bytes"]}),
+        "{s1:#}"
+    );
+    assert_eq!(u(&s1["timers"]), 1, "{s1:#}");
+    let timers = view(&bins.ken, a, &["timers"]);
+    assert_eq!(arr(&timers["timers"]).len(), 1, "{timers}");
+    assert_eq!(timers["timers"][0]["name"], "transfer", "{timers}");
+    for store in &stores {
+        assert_eq!(
+            view(&bins.ken, store, &["verify"]),
+            json!({"clean": true, "problems": []})
+        );
+    }
+    let watch = inspect(
+        &bins.ken,
+        a,
+        &["watch", "--count", "3", "--interval-ms", "200", "--json"],
+    );
+    assert_eq!(watch.code, 0, "{}", watch.describe());
+    let ticks: Vec<Value> = watch
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("watch line `{l}`: {e}")))
+        .collect();
+    assert_eq!(ticks.len(), 3, "{}", watch.stdout);
+    assert_eq!(ticks[0]["refresh"], 1);
+    assert_eq!(ticks[0]["turns_per_sec"], Value::Null);
+    for w in ticks.windows(2) {
+        assert_eq!(u(&w[1]["refresh"]), u(&w[0]["refresh"]) + 1);
+        assert!(u(&w[1]["elapsed_ms"]) >= 150, "{}", w[1]);
+        assert!(
+            u(&w[1]["summary"]["turns_committed"]) > u(&w[0]["summary"]["turns_committed"]),
+            "a running bank commits turns: {}",
+            watch.stdout
+        );
+        assert!(w[1]["turns_per_sec"].as_f64().unwrap() > 0.0, "{}", w[1]);
+        assert!(w[1]["commits_per_sec"].as_f64().unwrap() > 0.0, "{}", w[1]);
+        assert!(w[1]["outbox_growth_per_sec"].is_f64(), "{}", w[1]);
+    }
+    let s2 = view(&bins.ken, a, &[]);
+    assert!(u(&s2["turns_committed"]) > u(&s1["turns_committed"]));
+    assert!(u(&s2["commits"]) > u(&s1["commits"]));
+    // The outbox, decoded by the bank's own inspect: contiguous seqs per peer, credits.
+    let outbox = view(&bins.bank, a, &["outbox"]);
+    let mut last_seq: BTreeMap<String, u64> = BTreeMap::new();
+    for m in arr(&outbox["messages"]) {
+        let seq = u(&m["seq"]);
+        if let Some(prev) = last_seq.insert(m["peer"].as_str().unwrap().to_string(), seq) {
+            assert_eq!(seq, prev + 1, "{outbox:#}");
+        }
+        assert!(
+            m["payload"]["decoded"]["Credit"]["amount"]
+                .as_i64()
+                .unwrap()
+                > 0,
+            "{m}"
+        );
+    }
+
+    // SIGKILL everyone: the stores hold the last commits and change no more.
+    for kid in &mut kids {
+        assert!(
+            kid.try_wait().is_none(),
+            "{} stopped by itself: {}",
+            kid.name,
+            kid.stderr()
+        );
+        kid.kill();
+    }
+
+    let mut summaries = BTreeMap::new();
+    let mut sent = BTreeMap::new(); // (from, transfer) -> (to, amount)
+    let mut applied = BTreeMap::new(); // (at, from, transfer) -> amount
+    let mut balances = 0i64;
+    for (id, store) in ids.iter().zip(&stores) {
+        let s = view(&bins.ken, store, &[]);
+        assert_eq!(s["errors"], json!([]), "{s:#}");
+        assert_eq!(view(&bins.ken, store, &["verify"])["clean"], true);
+        let state = view(&bins.bank, store, &["state", "--limit", "9999"]);
+        let root = &state["root"]["decoded"];
+        assert_eq!(root["duplicate_credits"], 0, "{root}");
+        let table = |name: &str| -> Vec<Value> {
+            let t = arr(&state["tables"])
+                .iter()
+                .find(|t| t["name"] == name)
+                .unwrap_or_else(|| panic!("no table {name} in {id}"));
+            assert_eq!(
+                t["truncated"], false,
+                "{id}: {name} has more than 9999 rows"
+            );
+            assert_eq!(u(&t["rows"]), arr(&t["entries"]).len() as u64);
+            arr(&t["entries"]).clone()
+        };
+        let acc = table("accounts");
+        assert_eq!(acc.len() as u64, accounts);
+        balances += acc
+            .iter()
+            .map(|e| e["value"]["decoded"].as_i64().unwrap())
+            .sum::<i64>();
+        let my_sent = table("sent");
+        assert_eq!(
+            my_sent.len() as u64,
+            u(&root["transfers_started"]),
+            "{root}"
+        );
+        assert_eq!(
+            u(&root["next_transfer"]),
+            u(&root["transfers_started"]),
+            "{root}"
+        );
+        for e in &my_sent {
+            let v = &e["value"]["decoded"];
+            sent.insert(
+                (id.to_string(), u(&e["key_decoded"])),
+                (
+                    v["to"].as_str().unwrap().to_string(),
+                    v["amount"].as_i64().unwrap(),
+                ),
+            );
+        }
+        let my_applied = table("applied");
+        assert_eq!(
+            my_applied.len() as u64,
+            u(&root["credits_applied"]),
+            "{root}"
+        );
+        for e in &my_applied {
+            let k = &e["key_decoded"];
+            applied.insert(
+                (
+                    id.to_string(),
+                    k["from"].as_str().unwrap().to_string(),
+                    u(&k["transfer"]),
+                ),
+                e["value"]["decoded"].as_i64().unwrap(),
+            );
+        }
+        // Each peer's counters against this store's own tables and outbox.
+        assert_eq!(arr(&s["peers"]).len(), ids.len() - 1, "{s:#}");
+        let outbox = view(&bins.bank, store, &["outbox", "--limit", "9999"]);
+        assert_eq!(outbox["truncated"], false);
+        for other in ids.iter().filter(|o| *o != id) {
+            let p = peer(&s, other);
+            let sent_to = my_sent
+                .iter()
+                .filter(|e| e["value"]["decoded"]["to"] == *other)
+                .count() as u64;
+            assert_eq!(u(&p["next_seq"]) - 1, sent_to, "{id} -> {other}: {p}");
+            let from = my_applied
+                .iter()
+                .filter(|e| e["key_decoded"]["from"] == *other)
+                .count() as u64;
+            assert_eq!(u(&p["delivered"]), from, "{id} <- {other}: {p}");
+            let depth = u(&p["next_seq"]) - 1 - u(&p["acked"]);
+            assert_eq!(u(&p["outbox_depth"]), depth, "{id} -> {other}: {p}");
+            let seqs: Vec<u64> = arr(&outbox["messages"])
+                .iter()
+                .filter(|m| m["peer"] == *other)
+                .map(|m| u(&m["seq"]))
+                .collect();
+            let want: Vec<u64> = (u(&p["acked"]) + 1..u(&p["next_seq"])).collect();
+            assert_eq!(seqs, want, "{id} -> {other}");
+        }
+        assert_eq!(u(&s["outbox_depth"]), arr(&outbox["messages"]).len() as u64);
+        summaries.insert(id.to_string(), s);
+    }
+    // Across stores: acknowledged <= consumed <= sent, and each side knows the other's
+    // incarnation.
+    for (id, s) in &summaries {
+        for (other, o) in summaries.iter().filter(|(o, _)| *o != id) {
+            let out = peer(s, other);
+            let back = peer(o, id);
+            assert!(
+                u(&out["acked"]) <= u(&back["delivered"]),
+                "{id} -> {other}: {out} vs {back}"
+            );
+            assert!(
+                u(&back["delivered"]) < u(&out["next_seq"]),
+                "{id} -> {other}: {out} vs {back}"
+            );
+            assert_eq!(back["incarnation"], s["incarnation"], "{other} knows {id}");
+        }
+    }
+    // Exactly once and conservation, from the decoded tables.
+    let mut in_flight = 0i64;
+    for ((from, t), (to, amount)) in &sent {
+        match applied.get(&(to.clone(), from.clone(), *t)) {
+            Some(a) => assert_eq!(a, amount, "transfer {from}/{t}"),
+            None => in_flight += amount,
+        }
+    }
+    for (at, from, t) in applied.keys() {
+        assert_eq!(
+            sent.get(&(from.clone(), *t)).map(|(to, _)| to.as_str()),
+            Some(at.as_str()),
+            "{at} applied {from}/{t}"
+        );
+    }
+    assert!(!applied.is_empty(), "the bank moved no money");
+    assert_eq!(
+        balances + in_flight,
+        ids.len() as i64 * accounts as i64 * initial
+    );
+}
+
+/// Flips a random bit of a `received` row and of a turn-log entry of one store and of the
+/// root of the other: `verify` names each record and exits 1; views that need a damaged
+/// record say which and exit 1; the rest of the store reads as before.
+#[test]
+fn corrupt_records_are_named_and_the_healthy_parts_still_read() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed("corrupt_records"));
+    let dir = tempfile::tempdir().unwrap();
+    let bins = Bins::copy_into(dir.path());
+    let count = 21;
+    let (a, b) = run_pingpong(dir.path(), &bins, count);
+    let [pa, _] = players(count);
+    let before = view(&bins.ken, &a, &[]);
+    let turns_before = view(&bins.ken, &a, &["turns", "--last", "1000"]);
+    let peers_before = view(&bins.ken, &a, &["peers"]);
+
+    let victim = pa.values[rng.gen_range(0..pa.values.len())];
+    let victim_key = victim.to_be_bytes().to_vec();
+    let victim_turn = rng.gen_range(1..=u(&before["turns_committed"]));
+    let mut flip = |store: &Path, select: &str, update: &str, key: &dyn rusqlite::ToSql| {
+        let conn = rusqlite::Connection::open(store).unwrap();
+        let mut blob: Vec<u8> = conn.query_row(select, [key], |r| r.get(0)).unwrap();
+        let bit = rng.gen_range(0..blob.len() * 8);
+        blob[bit / 8] ^= 1 << (bit % 8);
+        assert_eq!(
+            conn.execute(update, rusqlite::params![blob, key]).unwrap(),
+            1
+        );
+    };
+    flip(
+        &a,
+        "SELECT value FROM kv WHERE tbl = 'received' AND key = ?1",
+        "UPDATE kv SET value = ?1 WHERE tbl = 'received' AND key = ?2",
+        &victim_key,
+    );
+    flip(
+        &a,
+        "SELECT entry FROM turn_log WHERE turn = ?1",
+        "UPDATE turn_log SET entry = ?1 WHERE turn = ?2",
+        &(victim_turn as i64),
+    );
+    flip(
+        &b,
+        "SELECT value FROM root WHERE id = ?1",
+        "UPDATE root SET value = ?1 WHERE id = ?2",
+        &0i64,
+    );
+    let victim_name = format!("0x{victim:016x}");
+
+    // verify names both records of a, exits 1, in JSON and as text.
+    let v = inspect(&bins.ken, &a, &["verify", "--json"]);
+    assert_eq!(v.code, EXIT_DAMAGED, "{}", v.describe());
+    let v = v.json();
+    assert_eq!(v["clean"], false);
+    let named: BTreeSet<(String, String)> = arr(&v["problems"])
+        .iter()
+        .map(|p| {
+            (
+                p["table"].as_str().unwrap().to_string(),
+                p["key"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want: BTreeSet<(String, String)> = [
+        ("kv:received".to_string(), victim_name.clone()),
+        ("turn_log".to_string(), victim_turn.to_string()),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(named, want, "{v:#}");
+    let text = inspect(&bins.ken, &a, &["verify"]);
+    assert_eq!(text.code, EXIT_DAMAGED);
+    assert!(
+        text.stdout
+            .contains(&format!("PROBLEM kv:received {victim_name}: ")),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        text.stdout
+            .contains(&format!("PROBLEM turn_log {victim_turn}: ")),
+        "{}",
+        text.stdout
+    );
+
+    // The summary, peers, tables and outbox do not need those records.
+    let after = view(&bins.ken, &a, &[]);
+    for field in [
+        "turns_committed",
+        "commits",
+        "tables",
+        "peers",
+        "root_bytes",
+        "errors",
+    ] {
+        assert_eq!(after[field], before[field], "{field}");
+    }
+    assert_eq!(
+        view(&bins.ken, &a, &["peers"])["peers"],
+        peers_before["peers"]
+    );
+    assert_eq!(view(&bins.ken, &a, &["tables"])["tables"], before["tables"]);
+    assert_eq!(view(&bins.ken, &a, &["outbox"])["messages"], json!([]));
+
+    // The table scan goes around the bad row: listed with its error, the others intact.
+    let t = inspect(
+        &bins.ken,
+        &a,
+        &["table", "received", "--json", "--limit", "1000"],
+    );
+    assert_eq!(t.code, EXIT_DAMAGED, "{}", t.describe());
+    let stderr: Vec<&str> = t.stderr.lines().collect();
+    assert_eq!(stderr.len(), 1, "{}", t.stderr);
+    assert!(
+        stderr[0].contains("kv:received") && stderr[0].contains(&victim_name),
+        "{}",
+        t.stderr
+    );
+    let entries = t.json()["entries"].clone();
+    let keys: Vec<u64> = arr(&entries)
+        .iter()
+        .map(|e| u64::from_str_radix(e["key_hex"].as_str().unwrap(), 16).unwrap())
+        .collect();
+    assert_eq!(keys, pa.values, "every row is listed");
+    for e in arr(&entries) {
+        let bad = e["key"] == victim_name.as_str();
+        assert_eq!(e["value"].is_null(), bad, "{e}");
+        assert_eq!(e["error"].is_string(), bad, "{e}");
+    }
+    // The app's state view: the root decodes, the table shows the damage in place.
+    // With --limit 3 it meets the bad row only if it is among the first three.
+    let shown = pa.values.iter().position(|v| *v == victim).unwrap() < 3;
+    let st = inspect(&bins.pingpong, &a, &["state", "--json", "--limit", "3"]);
+    let code = if shown { EXIT_DAMAGED } else { 0 };
+    assert_eq!(st.code, code, "{}", st.describe());
+    let st = st.json();
+    assert_eq!(u(&st["root"]["decoded"]["received"]), pa.received);
+    assert_eq!(arr(&st["tables"][0]["entries"]).len(), 3);
+    assert_eq!(st["tables"][0]["truncated"], true);
+    assert_eq!(arr(&st["errors"]).len(), usize::from(shown), "{st:#}");
+
+    // The turn log is needed as a whole: one line naming the record, exit 1.
+    let tl = inspect(&bins.ken, &a, &["turns", "--last", "1000"]);
+    assert_eq!(tl.code, EXIT_DAMAGED, "{}", tl.describe());
+    assert_eq!(tl.stdout, "");
+    assert_eq!(tl.stderr.lines().count(), 1, "{}", tl.stderr);
+    assert!(
+        tl.stderr
+            .contains(&format!("`turn_log` at key {victim_turn}")),
+        "{}",
+        tl.stderr
+    );
+    // Turns after the bad one still read.
+    let newest = arr(&turns_before["turns"]).len() as u64 - victim_turn;
+    if newest > 0 {
+        let tail = view(&bins.ken, &a, &["turns", "--last", &newest.to_string()]);
+        assert_eq!(
+            arr(&tail["turns"])[..],
+            arr(&turns_before["turns"])[victim_turn as usize..]
+        );
+    }
+
+    // b: a corrupt root. The summary shows everything else and says what it could not read.
+    let s = inspect(&bins.ken, &b, &["--json"]);
+    assert_eq!(s.code, EXIT_DAMAGED, "{}", s.describe());
+    let sj = s.json();
+    assert_eq!(sj["root_bytes"], Value::Null);
+    assert_eq!(arr(&sj["errors"]).len(), 1, "{sj:#}");
+    assert_eq!(sj["errors"][0]["section"], "root");
+    assert!(
+        sj["errors"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("`root`"),
+        "{sj:#}"
+    );
+    assert_eq!(u(&sj["tables"][0]["rows"]), players(count)[1].received);
+    assert_eq!(s.stderr.lines().count(), 1, "{}", s.stderr);
+    let vb = view_code(&bins.ken, &b, &["verify", "--json"], EXIT_DAMAGED);
+    assert_eq!(
+        vb["problems"],
+        json!([{"table": "root", "key": "root", "what": vb["problems"][0]["what"]}])
+    );
+    let stb = inspect(&bins.pingpong, &b, &["state", "--json"]);
+    assert_eq!(stb.code, EXIT_DAMAGED, "{}", stb.describe());
+    let stb = stb.json();
+    assert_eq!(stb["root"], Value::Null);
+    assert_eq!(
+        u(&stb["tables"][0]["rows"]),
+        players(count)[1].received,
+        "{stb:#}"
+    );
+}
+
+/// `<bin> inspect STORE <args>` that must exit `code`, its JSON.
+fn view_code(bin: &Path, store: &Path, args: &[&str], code: i32) -> Value {
+    let run = inspect(bin, store, args);
+    assert_eq!(run.code, code, "{args:?}: {}", run.describe());
+    run.json()
+}
+
+/// What cannot be inspected gets one line saying why, exit 2 (1 for a corrupt `meta`), and
+/// nothing on stdout, from every view and from the apps' `inspect` too.
+#[test]
+fn broken_inputs_get_one_line_and_a_non_zero_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let bins = Bins::copy_into(dir.path());
+    let d = dir.path();
+
+    let text = d.join("notes.txt");
+    std::fs::write(&text, "not a database\n".repeat(100)).unwrap();
+    let foreign = d.join("foreign.db");
+    rusqlite::Connection::open(&foreign)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+        .unwrap();
+    let newer = d.join("newer.ken");
+    let bad_meta = d.join("bad-meta.ken");
+    for path in [&newer, &bad_meta] {
+        let (mut store, _) = ken_store::Store::open(path, "x").unwrap();
+        store
+            .commit(&ken_store::Batch {
+                now_ms: 1,
+                turns: 1,
+                root: Some(b"r".to_vec()),
+                ..ken_store::Batch::default()
+            })
+            .unwrap();
+    }
+    let conn = rusqlite::Connection::open(&newer).unwrap();
+    let v2 = ken_store::codec::seal(&2u32.to_le_bytes());
+    conn.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'format_version'",
+        [v2],
+    )
+    .unwrap();
+    drop(conn);
+    let conn = rusqlite::Connection::open(&bad_meta).unwrap();
+    conn.execute("UPDATE meta SET value = x'0102' WHERE key = 'counters'", [])
+        .unwrap();
+    drop(conn);
+
+    let cases: [(PathBuf, i32, &str); 6] = [
+        (d.join("missing.ken"), EXIT_ERROR, "no store at"),
+        (
+            text,
+            EXIT_ERROR,
+            "is not a Ken store (not an SQLite database)",
+        ),
+        (
+            d.to_path_buf(),
+            EXIT_ERROR,
+            "is not a Ken store (not a regular file)",
+        ),
+        (
+            foreign,
+            EXIT_ERROR,
+            "is not a Ken store (an SQLite database without Ken's `meta` table)",
+        ),
+        (
+            newer,
+            EXIT_ERROR,
+            "store format version 2 is newer than this build supports (1)",
+        ),
+        (
+            bad_meta,
+            EXIT_DAMAGED,
+            "corrupted record in table `meta` at key counters",
+        ),
+    ];
+    for (path, code, says) in &cases {
+        for (bin, args) in [
+            (&bins.ken, vec![]),
+            (&bins.ken, vec!["--json"]),
+            (&bins.ken, vec!["verify"]),
+            (&bins.ken, vec!["table", "t", "--json"]),
+            (
+                &bins.ken,
+                vec!["watch", "--count", "2", "--interval-ms", "10"],
+            ),
+            (&bins.bank, vec!["state", "--json"]),
+        ] {
+            let run = inspect(bin, path, &args);
+            let what = format!(
+                "{} {args:?} on {}: {}",
+                bin.display(),
+                path.display(),
+                run.describe()
+            );
+            assert_eq!(run.code, *code, "{what}");
+            assert_eq!(run.stdout, "", "{what}");
+            assert_eq!(run.stderr.lines().count(), 1, "{what}");
+            assert!(run.stderr.contains(says), "{what}");
+            assert!(
+                run.stderr.starts_with(if *bin == bins.ken {
+                    "ken inspect: "
+                } else {
+                    "ken-bank inspect: "
+                }),
+                "{what}"
+            );
+        }
+    }
+    // Bad arguments are usage errors (exit 2), not panics.
+    let store = d.join("ok.ken");
+    drop(ken_store::Store::open(&store, "ok").unwrap());
+    for args in [
+        vec!["table", "t", "--limit", "10000"],
+        vec!["turns", "--last", "0"],
+        vec!["watch", "--interval-ms", "1"],
+        vec!["nosuchview"],
+    ] {
+        let run = inspect(&bins.ken, &store, &args);
+        assert_eq!(run.code, EXIT_ERROR, "{args:?}: {}", run.describe());
+    }
+    // An empty store (no commit yet) is a store: every view works.
+    let s = view(&bins.ken, &store, &[]);
+    assert_eq!(s["turns_committed"], 0);
+    assert_eq!(s["last_commit_age_ms"], Value::Null);
+    assert_eq!(s["root_bytes"], Value::Null);
+    assert_eq!(view(&bins.bank, &store, &["state"])["root"], Value::Null);
+}
