@@ -35,7 +35,7 @@ enum Command {
     BenchNode(bench::NodeArgs),
     /// Torture a cluster of real app processes (kills, crash points, pauses, network
     /// faults), heal, and check exactly-once, FIFO, output validity and liveness.
-    Torture(torture::Args),
+    Torture(Box<torture::Args>),
 }
 
 fn main() -> ExitCode {

@@ -235,7 +235,10 @@ impl Member {
     /// keeps its own end.
     pub fn kill(&mut self) -> anyhow::Result<End> {
         let mut child = self.child.take().expect("kill: a running life");
-        child.kill()?;
+        if let Err(e) = child.kill() {
+            self.child = Some(child);
+            return Err(e.into());
+        }
         let status = child.wait()?;
         self.paused_until = None;
         let end = if status.signal() == Some(libc::SIGKILL) {

@@ -109,7 +109,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0.002)]
     pub crash_point_p: f64,
     /// SIGSTOP pauses per second, cluster-wide.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.2)]
     pub pause_rate: f64,
     /// Shortest pause, milliseconds (above the 1 s RTO ceiling by default).
     #[arg(long, default_value_t = 1500)]
@@ -200,6 +200,8 @@ struct Cluster {
     rng: ChaCha8Rng,
     counters: Counters,
     violations: Vec<String>,
+    /// One line per member describing its lives (printed after violations).
+    details: Vec<String>,
     args: Args,
     ballast: Option<PathBuf>,
 }
@@ -250,6 +252,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let summary = cluster.summary(seed, quiesced);
     cluster.stop_all();
     let violations = std::mem::take(&mut cluster.violations);
+    let details = std::mem::take(&mut cluster.details);
     let tmpfs = cluster.args.tmpfs_mb.is_some();
     drop(cluster);
     let mut summary = summary;
@@ -265,6 +268,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     } else {
         for v in &violations {
             println!("violation: {v}");
+        }
+        for d in &details {
+            println!("lives: {d}");
         }
         println!("seed: {seed}");
         println!("replay: {}", replay_command(seed));
@@ -441,6 +447,7 @@ impl Cluster {
             rng: ChaCha8Rng::seed_from_u64(seed),
             counters: Counters::default(),
             violations: Vec::new(),
+            details: Vec::new(),
             ballast: args.tmpfs_mb.map(|_| stores_dir.join("ballast")),
             args,
         };
@@ -474,7 +481,10 @@ impl Cluster {
 
     /// Draws the crash point of a restart, if any.
     fn draw_crash_point(&mut self) -> Option<(String, u64)> {
-        if !self.rng.gen_bool(self.args.crash_point_restarts.clamp(0.0, 1.0)) {
+        if !self
+            .rng
+            .gen_bool(self.args.crash_point_restarts.clamp(0.0, 1.0))
+        {
             return None;
         }
         let point = CRASH_POINTS[self.rng.gen_range(0..CRASH_POINTS.len())];
@@ -574,7 +584,9 @@ impl Cluster {
             return Ok(());
         }
         let waiting = self.members.iter().any(|m| {
-            m.is_running() && m.current_life().is_some_and(|l| l.stdout_lines().is_empty())
+            m.is_running()
+                && m.current_life()
+                    .is_some_and(|l| l.stdout_lines().is_empty())
         });
         if !waiting {
             return Ok(());
@@ -703,9 +715,9 @@ impl Cluster {
                     .collect();
                 if !candidates.is_empty() {
                     let i = candidates[self.rng.gen_range(0..candidates.len())];
-                    let ms = self
-                        .rng
-                        .gen_range(self.args.pause_min_ms..=self.args.pause_max_ms.max(self.args.pause_min_ms));
+                    let ms = self.rng.gen_range(
+                        self.args.pause_min_ms..=self.args.pause_max_ms.max(self.args.pause_min_ms),
+                    );
                     self.members[i].pause(now + Duration::from_millis(ms));
                     self.counters.pauses += 1;
                 }
@@ -815,21 +827,17 @@ impl Cluster {
     /// Runs the checks and builds the JSON summary (violations are added to `self`).
     fn summary(&mut self, seed: u64, quiesced: Option<Duration>) -> serde_json::Value {
         self.stop_all();
-        if quiesced.is_some() {
-            let ids = self.app.members();
-            self.violations
-                .extend(check::check_pairs(&ids, &self.stores));
-            self.violations.extend(self.app.check(&self.stores));
-            for (i, m) in self.members.iter().enumerate() {
-                let lines: Vec<String> = m.lives.iter().flat_map(|l| l.stdout_lines()).collect();
-                self.violations.extend(self.app.check_output(i, &lines));
-            }
+        // Safety is checked after every run; completeness only after quiescence.
+        let q = quiesced.is_some();
+        let ids = self.app.members();
+        self.violations
+            .extend(check::check_pairs(&ids, &self.stores, q));
+        self.violations.extend(self.app.check(&self.stores, q));
+        for (i, m) in self.members.iter().enumerate() {
+            let lines: Vec<String> = m.lives.iter().flat_map(|l| l.stdout_lines()).collect();
+            self.violations.extend(self.app.check_output(i, &lines, q));
         }
-        if !self.violations.is_empty() {
-            for m in &self.members {
-                self.violations.push(format!("(lives) {}", m.describe()));
-            }
-        }
+        self.details = self.members.iter().map(Member::describe).collect();
         let totals = check::totals(&self.stores).unwrap_or_default();
         let mut recovery: Vec<u64> = self
             .members
@@ -904,9 +912,11 @@ impl Progress {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = indicatif::ProgressBar::new(seconds);
             bar.set_style(
-                indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len}s {msg}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                    .progress_chars("=> "),
+                indicatif::ProgressStyle::with_template(
+                    "{elapsed_precise} [{bar:30}] {pos}/{len}s {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
             );
             bar
         });
