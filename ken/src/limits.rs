@@ -53,14 +53,17 @@ pub const CLIENT_ADDRS_MAX: usize = 2 * CLIENTS_MAX;
 pub const GROUP_MEMBERS_MAX: usize = 64;
 
 /// Interval between two FUSE heartbeats to a peer sharing groups.
-pub const FUSE_HEARTBEAT: Duration = Duration::from_millis(250);
+pub const FUSE_HEARTBEAT: Duration = Duration::from_millis(200);
 
-/// Silence from a peer this long fails every group shared with it. A crash-restart shorter
-/// than this is masked.
-pub const FUSE_T_FAIL: Duration = Duration::from_secs(2);
+/// The FUSE failure bound. A peer is failed after hearing nothing from it for
+/// `FUSE_T_FAIL + 2 x FUSE_HEARTBEAT` (the slack covers the heartbeat period it may have been
+/// silent before a crash and a lost heartbeat), so a crash-restart with downtime up to
+/// `0.9 x FUSE_T_FAIL` is masked, and every live member hears of a permanent failure within
+/// `FUSE_T_FAIL + 2 x FUSE_HEARTBEAT` of the failed member's last frame (plus a commit).
+pub const FUSE_T_FAIL: Duration = Duration::from_secs(3);
 
 /// A group whose members have not all confirmed within this fails.
-pub const FUSE_CREATE_TIMEOUT: Duration = Duration::from_secs(2);
+pub const FUSE_CREATE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Upper bound on a data frame's payload (an encoded message), set by the datagram limit
 /// and the longest ids.
@@ -71,4 +74,4 @@ const _: () = assert!(RTO_MIN.as_millis() <= RTO_INITIAL.as_millis());
 const _: () = assert!(RTO_INITIAL.as_millis() <= RTO_MAX.as_millis());
 const _: () = assert!(WINDOW_MESSAGES_MAX as u64 <= REORDER_BUFFER_MAX);
 const _: () = assert!(MESSAGE_BYTES_MAX < BATCH_BYTES_MAX);
-const _: () = assert!(2 * FUSE_HEARTBEAT.as_millis() < FUSE_T_FAIL.as_millis());
+const _: () = assert!(10 * FUSE_HEARTBEAT.as_millis() < FUSE_T_FAIL.as_millis());

@@ -67,7 +67,7 @@ impl Tuning {
         assert!(self.rto_min > Duration::ZERO);
         assert!(
             self.fuse_heartbeat > Duration::ZERO && 2 * self.fuse_heartbeat < self.fuse_t_fail,
-            "FUSE needs at least two heartbeats per T_fail"
+            "FUSE needs at least two heartbeats per T_fail (ten to mask restarts of 0.9 T_fail)"
         );
     }
 }

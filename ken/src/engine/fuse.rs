@@ -28,7 +28,10 @@
 //! The bound: a member that fails a group stops vouching once that is durable; its peers
 //! see the digest change at their next heartbeat from it (at most one interval later), swap
 //! lists and fail the group: about `2 x fuse_heartbeat` plus a commit after the first
-//! failure; a silent member is failed by silence after `fuse_t_fail`.
+//! failure; a silent member is failed after `fuse_t_fail + 2 x fuse_heartbeat` of silence
+//! (the slack covers the heartbeat period before a crash and one lost heartbeat, so that
+//! crash-restarts of up to `0.9 x fuse_t_fail` are masked), so every live member hears
+//! within `fuse_t_fail + 2 x fuse_heartbeat` of the failed member's last frame.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -599,7 +602,7 @@ impl<H: Handler> Engine<H> {
                 last_heard: now,
                 next_heartbeat: now,
             });
-            if now.since(l.last_heard) >= self.tuning.fuse_t_fail {
+            if now.since(l.last_heard) >= self.silence_limit() {
                 let shared: Vec<GroupId> = self
                     .groups
                     .iter()
@@ -640,6 +643,12 @@ impl<H: Handler> Engine<H> {
         }
     }
 
+    /// Silence that fails a peer: `T_fail` plus two heartbeat intervals (see
+    /// [`crate::limits::FUSE_T_FAIL`]).
+    fn silence_limit(&self) -> std::time::Duration {
+        self.tuning.fuse_t_fail + 2 * self.tuning.fuse_heartbeat
+    }
+
     /// Anything heard from `peer` proves it alive.
     pub(super) fn fuse_heard(&mut self, now: Time, peer: &ProcessId) {
         if let Some(l) = self.liveness.get_mut(peer) {
@@ -664,7 +673,7 @@ impl<H: Handler> Engine<H> {
             match self.liveness.get(p) {
                 Some(l) => {
                     at(l.next_heartbeat);
-                    at(l.last_heard.plus(self.tuning.fuse_t_fail));
+                    at(l.last_heard.plus(self.silence_limit()));
                 }
                 // Not yet tracked: tick now to start.
                 None => at(Time::ZERO),
