@@ -9,8 +9,11 @@
 //!   free loopback ports, deadline waits;
 //! - [`seed`]: printed, replayable seeds (`KEN_SEED`);
 //! - [`stores`]: invariants across the stores of communicating processes;
-//! - [`pingpong`]: the pingpong kill-and-restart harness over real processes.
+//! - [`pingpong`]: the pingpong kill-and-restart harness over real processes;
+//! - [`kv`]: the kv kill-and-restart harness: client threads with exactly-once retries
+//!   against a real `ken-kv` process.
 
+pub mod kv;
 pub mod pingpong;
 pub mod procs;
 pub mod seed;

@@ -11,5 +11,6 @@
 //! runs of 12; a loop spawning `/bin/true` next to the simulation does the same. Cargo runs
 //! test binaries one after the other, so two binaries never overlap.
 
+mod kv_kill;
 mod pingpong_kill;
 mod procs;
