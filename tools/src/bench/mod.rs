@@ -495,7 +495,7 @@ impl Children {
     }
 
     fn spawn(&mut self, spec: &NodeSpec) -> anyhow::Result<()> {
-        let exe = std::env::current_exe().context("cannot find the ken executable")?;
+        let exe = own_executable()?;
         let out = File::create(self.dir.join(format!("{}.out", spec.id)))?;
         let err = File::create(self.dir.join(format!("{}.err", spec.id)))?;
         let mut cmd = std::process::Command::new(exe);
@@ -616,6 +616,18 @@ impl Drop for Children {
             }
         }
     }
+}
+
+/// The executable children are started from: this process's own. On Linux that is
+/// `/proc/self/exe`, which stays valid when the file is replaced or deleted while the bench
+/// runs (a concurrent `cargo build`), and guarantees the children run the same code as the
+/// parent; elsewhere, the path it was started from.
+fn own_executable() -> anyhow::Result<PathBuf> {
+    let proc_self = Path::new("/proc/self/exe");
+    if cfg!(target_os = "linux") && proc_self.exists() {
+        return Ok(proc_self.to_path_buf());
+    }
+    std::env::current_exe().context("cannot find the ken executable")
 }
 
 /// Opens a store for reading once its owner has created it.
