@@ -6,26 +6,34 @@
 //! 2. **Pingpong round trip**: a hitter and an echo process volley one ball; the hitter
 //!    records each volley's round trip in a table (see [`node::Hitter`] for the exact
 //!    interval). Runs before the throughput phase, on a quiet disk.
-//! 3. **Durable turns per second at one receiver**: `--senders` processes each keep
-//!    `--outstanding` messages unacknowledged to one receiver, whose handler does one table
-//!    write per message. Turns are counted from the receiver's store ([`ken::store::Reader`]
+//! 3. **Durable turns per second at one receiver**: one load-generator process ([`load`],
+//!    `"load": "raw-frames"` in the report) speaks the frame protocol for `--senders`
+//!    simulated senders, each keeping `--outstanding` messages unacknowledged to one
+//!    receiver (a real Ken process, [`node::Receiver`]), whose handler does one table write
+//!    per message. Turns are counted from the receiver's store ([`ken::store::Reader`]
 //!    `meta`, read while it runs) at the start and end of a window after warm-up, so only
-//!    durable turns count; `turns_per_commit` comes from the same two reads.
+//!    durable turns count; `turns_per_commit` comes from the same two reads. At the end,
+//!    what each simulated sender had acknowledged is checked against the receiver's peer
+//!    rows in its store, and what all senders sent against what the receiver consumed.
 //! 4. **Acknowledgement latency**, in the same run as 3: one extra, light sender (the
 //!    probe, one message per millisecond, at most [`node::PROBE_OUTSTANDING`] outstanding)
 //!    runs under an instrumented copy of the driver loop ([`probe`]) that timestamps each
 //!    message's send and its acknowledgement: the latency a message sees at a saturated
 //!    receiver.
 //!
-//! All processes share this machine's CPUs and disk: the senders' own commits (a timer turn
-//! every [`node::SENDER_POLL`] each, to top up their outboxes) compete with the receiver's,
-//! which a deployment with senders on other machines would not see. `cpus` in the report
-//! says how much there was to share. The fsync rate is fsyncs over elapsed time, so a disk
-//! that stalls now and then has a rate far below `1 / p50`; the report says so when it sees
-//! it, since the ratio to the target then moves from run to run.
+//! All processes share this machine's CPUs and disk. The load is one light process (no
+//! store, no engine; `load_cpu_cores` in the report says what it used) rather than one full
+//! Ken process per sender, whose own commits and runtimes would compete with the receiver's
+//! and measure the machine's contention instead of the receiver; a deployment with senders
+//! on other machines would see neither. The receiver's CPU and run-queue wait
+//! (`receiver_cpu_cores`, `receiver_cpu_wait_cores`) say whether it was still crowded out,
+//! by the bench or by anything else running; `cpus` says how much there was to share. The
+//! fsync rate is fsyncs over elapsed time, so a disk that stalls now and then has a rate far
+//! below `1 / p50`; the report says so when it sees it, since the ratio to the target then
+//! moves from run to run.
 //!
 //! Every Ken process is a child process (`ken bench-node`), with its own store, runtime and
-//! UDP port on 127.0.0.1. Ports are picked by binding port 0 and releasing it just before the
+//! UDP port on 127.0.0.1; so is the load generator, with one port per simulated sender. Ports are picked by binding port 0 and releasing it just before the
 //! child binds it (peers need each other's address up front); if another program takes one
 //! in between, the child exits with [`node::EXIT_BIND`] and the phase is retried with new
 //! ports. The first process of a phase (receiver, echo) is started first and the others once
@@ -90,12 +98,15 @@ const LISTEN_MAX: Duration = Duration::from_secs(5);
 /// How long to wait for the receiver's store to be readable at the window start.
 const STORE_READY_MAX: Duration = Duration::from_secs(2);
 
-/// Environment variables that would change what is measured (fault injection, test-only
-/// switches); children run without them.
-const SCRUBBED_ENV: [&str; 3] = [
+/// Environment variables that would change what is measured (fault injection, crash
+/// points, test-only switches, periodic stats); children run without them.
+const SCRUBBED_ENV: [&str; 6] = [
     "KEN_FAULTS",
     "KEN_FAULTS_FILE",
     "KEN_UNSAFE_RELEASE_BEFORE_COMMIT",
+    "KEN_CRASH_AT",
+    "KEN_CRASH_SEED",
+    "KEN_STATS_INTERVAL_MS",
 ];
 
 /// `ken bench` options.
@@ -116,11 +127,12 @@ pub struct Args {
         conflicts_with = "quick"
     )]
     pub seconds: f64,
-    /// Sender processes loading the receiver (the latency probe is one more).
+    /// Simulated senders loading the receiver, all run by one load-generator process (the
+    /// latency probe is one more sender, a Ken process of its own).
     #[arg(long, default_value_t = 8, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=64))]
     pub senders: u32,
-    /// Unacknowledged messages each sender keeps (its flow-control bound). The default is
+    /// Unacknowledged messages each simulated sender keeps (its flow-control bound). The default is
     /// the runtime's in-flight window per peer: each sender's window stays full, and nothing
     /// queues behind it (which would only add latency).
     #[arg(long, default_value_t = ken::limits::WINDOW_MESSAGES_MAX as u32, value_name = "N",
