@@ -7,6 +7,10 @@
 //!   pauses and network faults, then healed and checked (exactly-once, FIFO, output
 //!   validity, the app's invariants, liveness). See `tools/TORTURE.md`.
 //!
+//! - `ken demo`: three bank processes and a kv service on loopback, SIGKILLed and restarted
+//!   while clients use them, then checked (money conserved, every acknowledged request
+//!   applied exactly once) with a short report.
+//!
 //! `demo` and `inspect` arrive with their issues, each as its own module.
 
 use std::process::ExitCode;
@@ -14,6 +18,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod demo;
 mod torture;
 
 /// Ken: crash-restart is invisible.
@@ -26,6 +31,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Start a small cluster (3 bank processes and a kv service), SIGKILL and restart them
+    /// while clients use them, then check money conservation and exactly-once requests.
+    Demo(demo::Args),
     /// Look inside a process's checkpoint store, live or dead (see `ken inspect --help`).
     Inspect(ken_tools::inspect::Args),
     /// Measure this machine: disk fsync rate, turn throughput, ack latency, round trip.
@@ -41,6 +49,13 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Demo(args) => match demo::run(&args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("ken demo: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Inspect(args) => {
             ken_tools::inspect::main(&args, &ken_tools::inspect::AppDecoder::generic())
         }

@@ -1,5 +1,6 @@
 //! Integration tests of the `ken` command line (one test binary for the crate).
 
 mod bench;
+mod demo;
 mod inspect;
 mod torture;

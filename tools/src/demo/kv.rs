@@ -1,0 +1,234 @@
+//! The demo's kv clients: threads that send `incr`s and `put`s to `ken-kv` through
+//! [`ken::BlockingClient`] (the blocking face of [`ken::Client`]), retrying a timed-out
+//! request with the same number until it is answered, and recording what was acknowledged.
+//!
+//! ken-tools does not link ken-apps (see the crate docs), so the kv request and reply types
+//! are mirrored here variant for variant, in the same order, and encoded with the store's
+//! codec. If the app changes them, replies fail to decode and the demo reports it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ken::{BlockingClient, ClientError, ClientId, ClientOptions};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+/// Mirror of `ken_apps::kv::Request` (the variants the demo does not send are kept so that
+/// the variant indices match).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[allow(dead_code)]
+pub enum Request {
+    Get {
+        key: String,
+    },
+    Put {
+        key: String,
+        value: String,
+    },
+    Delete {
+        key: String,
+    },
+    Cas {
+        key: String,
+        expected: Option<String>,
+        new: Option<String>,
+    },
+    List {
+        prefix: String,
+        limit: u32,
+    },
+    Incr {
+        key: String,
+        by: i64,
+    },
+}
+
+/// Mirror of `ken_apps::kv::Reply`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[allow(dead_code)]
+pub enum Reply {
+    Value(Option<String>),
+    Put {
+        previous: Option<String>,
+    },
+    Deleted(bool),
+    Cas {
+        swapped: bool,
+        current: Option<String>,
+    },
+    List {
+        rows: Vec<(String, String)>,
+        truncated: bool,
+    },
+    Incr(i64),
+    Error(String),
+}
+
+/// The counter keys the demo increments.
+pub const COUNTERS: usize = 3;
+
+pub fn counter_key(i: usize) -> String {
+    format!("demo-counter-{i}")
+}
+
+/// Counters shared by the client threads and the progress display.
+#[derive(Debug, Default)]
+pub struct Live {
+    pub answered: AtomicU64,
+    pub retried: AtomicU64,
+    /// Stop sending new requests.
+    pub stop: AtomicBool,
+}
+
+/// What one client thread saw.
+#[derive(Debug, Default)]
+pub struct ClientLog {
+    pub requests: u64,
+    pub answered: u64,
+    /// Requests answered only after a timeout and a retry with the same number.
+    pub answered_after_retry: u64,
+    /// Requests never answered (given up): may or may not have been applied.
+    pub unanswered: u64,
+    pub acked_puts: Vec<(String, String)>,
+    /// counter -> sum of acknowledged increments.
+    pub acked_incr: BTreeMap<String, i64>,
+    /// Acknowledged increments.
+    pub incrs_acked: u64,
+    /// Requests answered with something else than expected, and typed errors.
+    pub problems: Vec<String>,
+}
+
+/// One call, retried with the same number after each timeout, for at most `give_up`.
+pub fn call(
+    client: &mut BlockingClient,
+    server: SocketAddr,
+    request: &Request,
+    give_up: Duration,
+) -> (Result<Reply, ClientError>, bool) {
+    let started = Instant::now();
+    let bytes = ken::store::codec::encode(request);
+    let mut result = client.call(server, &bytes);
+    let mut retried = false;
+    while matches!(result, Err(ClientError::Timeout { .. })) && started.elapsed() < give_up {
+        retried = true;
+        result = client.retry_last(server, &bytes);
+    }
+    let reply = result.and_then(|b| {
+        ken::store::codec::decode::<Reply>(&b).map_err(|e| ClientError::Decode(e.to_string()))
+    });
+    (reply, retried)
+}
+
+/// Options of the demo's clients: a call gives up (and is retried with the same number)
+/// after 300 ms, shorter than a kill and restart.
+pub fn options() -> ClientOptions {
+    ClientOptions {
+        retry_initial: Duration::from_millis(20),
+        retry_max: Duration::from_millis(100),
+        deadline: Duration::from_millis(300),
+    }
+}
+
+/// Sends requests until `live.stop`, one at a time, then returns what it saw.
+pub fn client_thread(index: usize, seed: u64, server: SocketAddr, live: &Live) -> ClientLog {
+    let mut log = ClientLog::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut client = match BlockingClient::with_id(ClientId::random(), 1, options()) {
+        Ok(c) => c,
+        Err(e) => {
+            log.problems.push(format!("client {index}: {e}"));
+            return log;
+        }
+    };
+    let mut n = 0u64;
+    while !live.stop.load(Ordering::Relaxed) {
+        n += 1;
+        let request = if rng.gen_bool(0.5) {
+            Request::Incr {
+                key: counter_key(rng.gen_range(0..COUNTERS)),
+                by: rng.gen_range(1..=5),
+            }
+        } else {
+            Request::Put {
+                key: format!("demo-c{index}-{n:06}"),
+                value: rng.gen::<u32>().to_string(),
+            }
+        };
+        log.requests += 1;
+        let (reply, retried) = call(&mut client, server, &request, Duration::from_secs(20));
+        let reply = match reply {
+            Ok(r) => r,
+            Err(ClientError::Timeout { .. }) => {
+                log.unanswered += 1;
+                log.problems
+                    .push(format!("client {index}: {request:?} never answered"));
+                continue;
+            }
+            Err(e) => {
+                log.problems
+                    .push(format!("client {index}: {request:?}: {e}"));
+                continue;
+            }
+        };
+        log.answered += 1;
+        live.answered.fetch_add(1, Ordering::Relaxed);
+        if retried {
+            log.answered_after_retry += 1;
+            live.retried.fetch_add(1, Ordering::Relaxed);
+        }
+        match (request, reply) {
+            (Request::Incr { key, by }, Reply::Incr(_)) => {
+                *log.acked_incr.entry(key).or_default() += by;
+                log.incrs_acked += 1;
+            }
+            (Request::Put { key, value }, Reply::Put { previous: None }) => {
+                log.acked_puts.push((key, value));
+            }
+            (request, reply) => log
+                .problems
+                .push(format!("client {index}: {request:?} answered {reply:?}")),
+        }
+    }
+    log
+}
+
+/// Checks every acknowledged put in the kv store's committed table `kv` (read-only, while
+/// the process runs). One line per problem.
+pub fn check_puts(store: &std::path::Path, puts: &[(String, String)]) -> Vec<String> {
+    let reader = match ken_store::Reader::open(store) {
+        Ok(r) => r,
+        Err(e) => return vec![format!("open {}: {e}", store.display())],
+    };
+    let mut problems = Vec::new();
+    for (key, value) in puts {
+        let found = reader
+            .table_get("kv", key.as_bytes())
+            .map_err(|e| e.to_string())
+            .and_then(|v| {
+                v.map(|b| ken_store::codec::decode::<String>(&b).map_err(|e| e.to_string()))
+                    .transpose()
+            });
+        match found {
+            Ok(Some(v)) if v == *value => {}
+            other => problems.push(format!(
+                "acknowledged put {key}={value} is not in the store: {other:?}"
+            )),
+        }
+    }
+    problems
+}
+
+/// Reads counter `key` (absent = 0).
+pub fn read_counter(server: SocketAddr, key: &str) -> Result<i64, String> {
+    let mut client =
+        BlockingClient::with_id(ClientId::random(), 1, options()).map_err(|e| e.to_string())?;
+    let request = Request::Get { key: key.into() };
+    match call(&mut client, server, &request, Duration::from_secs(10)).0 {
+        Ok(Reply::Value(None)) => Ok(0),
+        Ok(Reply::Value(Some(v))) => v.parse().map_err(|_| format!("{key} holds {v:?}")),
+        other => Err(format!("get {key}: {other:?}")),
+    }
+}
