@@ -6,11 +6,11 @@
 //!   no repeat in what it receives.
 //! - [`bank`]: accounts spread over processes; timers drive random transfers; money is
 //!   conserved and no transfer is applied twice.
+//! - [`kv`]: a key-value store served to clients outside Ken (`ken::Client`), each request
+//!   applied exactly once; `incr` makes a double application visible.
 //!
 //! Each binary also has an `inspect STORE [VIEW]` subcommand (the views of `ken inspect`)
 //! that decodes the app's own types ([`inspect`]).
-//! - [`kv`]: a key-value store served to clients outside Ken (`ken::Client`), each request
-//!   applied exactly once; `incr` makes a double application visible.
 
 pub mod bank;
 pub mod cli;
