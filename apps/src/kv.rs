@@ -131,7 +131,8 @@ impl Handler for Kv {
                 Reply::Error(format!("undecodable request: {e}"))
             }
         };
-        turn.reply_with(&reply);
+        turn.reply_with(&reply)
+            .expect("kv replies fit in a datagram (values and lists are capped)");
     }
 }
 

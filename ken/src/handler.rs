@@ -214,14 +214,23 @@ impl<'a, M: Serialize> Turn<'a, M> {
 
     /// Answers the client request this turn is running (an empty reply if never called).
     /// The reply is cached durably with the turn and sent once it commits; a retry of the
-    /// request gets the cached reply. Ignored in turns that are not requests.
-    pub fn reply(&mut self, reply: Vec<u8>) {
+    /// request gets the cached reply. Ignored in turns that are not requests. A reply larger
+    /// than [`limits::REPLY_BYTES_MAX`] is refused (nothing recorded): answer with something
+    /// smaller, such as an error.
+    pub fn reply(&mut self, reply: Vec<u8>) -> Result<(), SendError> {
+        if reply.len() > limits::REPLY_BYTES_MAX {
+            return Err(SendError::TooLarge {
+                bytes: reply.len(),
+                max_bytes: limits::REPLY_BYTES_MAX,
+            });
+        }
         self.effects.reply = Some(reply);
+        Ok(())
     }
 
     /// [`Turn::reply`] with a serde value, encoded with the codec.
-    pub fn reply_with<R: Serialize + ?Sized>(&mut self, reply: &R) {
-        self.reply(ken_store::codec::encode(reply));
+    pub fn reply_with<R: Serialize + ?Sized>(&mut self, reply: &R) -> Result<(), SendError> {
+        self.reply(ken_store::codec::encode(reply))
     }
 
     /// Creates a FUSE group of `members` (this process is always a member). Every member

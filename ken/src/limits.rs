@@ -70,6 +70,9 @@ pub const FUSE_CREATE_TIMEOUT: Duration = Duration::from_secs(3);
 pub const MESSAGE_BYTES_MAX: usize =
     ken_transport::frame::MAX_FRAME_BYTES - 2 * ken_transport::frame::MAX_ID_BYTES - 64;
 
+/// Largest reply to a client request: a message less the reply envelope's tag and length.
+pub const REPLY_BYTES_MAX: usize = MESSAGE_BYTES_MAX - 16;
+
 const _: () = assert!(RTO_MIN.as_millis() <= RTO_INITIAL.as_millis());
 const _: () = assert!(RTO_INITIAL.as_millis() <= RTO_MAX.as_millis());
 const _: () = assert!(WINDOW_MESSAGES_MAX as u64 <= REORDER_BUFFER_MAX);

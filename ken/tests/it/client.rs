@@ -22,7 +22,7 @@ impl Handler for Adder {
         if let Input::Request { request, .. } = input {
             let add: u64 = ken::store::codec::decode(&request).unwrap_or(0);
             total.0 += add;
-            turn.reply_with(&total.0);
+            turn.reply_with(&total.0).unwrap();
         }
     }
 }
@@ -137,4 +137,35 @@ fn an_undecodable_reply_is_a_decode_error() {
         Err(ClientError::Decode(_)) => {}
         other => panic!("expected Decode, got {other:?}"),
     }
+}
+
+#[test]
+fn an_oversized_reply_is_refused_to_the_handler() {
+    struct Big;
+    impl Handler for Big {
+        type State = ();
+        type Message = ();
+        fn on_turn(&self, _: &mut (), turn: &mut Turn<'_, ()>, input: Input<()>) {
+            if let Input::Request { .. } = input {
+                let too_big = vec![1u8; ken::limits::REPLY_BYTES_MAX + 1];
+                assert!(matches!(
+                    turn.reply(too_big),
+                    Err(ken::SendError::TooLarge { .. })
+                ));
+                turn.reply(b"too big, sorry".to_vec()).unwrap();
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut config = Config::new(
+        ProcessId::new("big").unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path().join("big.db"),
+    );
+    config.bound = Some(tx);
+    std::thread::spawn(move || ken::run(config, Big));
+    let server = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let mut c = BlockingClient::new().unwrap();
+    assert_eq!(c.call(server, b"x").unwrap(), b"too big, sorry");
 }

@@ -42,7 +42,7 @@ impl Handler for Echo {
                 state.got.push(("client".into(), request.len() as u64));
                 let mut r = request;
                 r.reverse();
-                turn.reply(r);
+                turn.reply(r).unwrap();
             }
             _ => {}
         }
