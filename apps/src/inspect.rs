@@ -6,10 +6,12 @@
 //! cannot know these types and shows previews only). ken-apps depends on ken-tools for this
 //! and ken-tools must never depend on ken-apps (see the `ken_tools` crate docs).
 
+use ken::client::ReplyBody;
+use ken::store::codec;
 use ken_tools::inspect::{keys, AppDecoder};
 use serde_json::{json, Value};
 
-use crate::{bank, pingpong};
+use crate::{bank, kv, pingpong};
 
 /// `ken-pingpong`: root [`pingpong::State`], messages [`pingpong::Msg`], table `received`
 /// (value received, u64 big-endian -> the turn that received it).
@@ -32,6 +34,28 @@ pub fn bank() -> AppDecoder {
         .table::<i64>(bank::APPLIED_TABLE, applied_key)
 }
 
+/// `ken-kv`: root [`kv::State`], table `kv` (the key's UTF-8 bytes -> the value, a
+/// `String`), and cached client replies ([`kv::Reply`] in the runtime's reply envelope).
+pub fn kv() -> AppDecoder {
+    AppDecoder::new("ken-kv")
+        .root::<kv::State>()
+        .table::<String>(kv::KV_TABLE, keys::utf8)
+        .reply_with(kv_reply)
+}
+
+/// A cached kv reply: `{"Ok": <kv::Reply>}`, or the runtime's `TooOld` / `Refused`.
+fn kv_reply(bytes: &[u8]) -> Result<Value, String> {
+    let body: ReplyBody = codec::decode(bytes).map_err(|e| e.to_string())?;
+    let json = match body {
+        ReplyBody::Ok(reply) => {
+            let reply: kv::Reply = codec::decode(&reply).map_err(|e| format!("kv reply: {e}"))?;
+            json!({ "Ok": reply })
+        }
+        other => serde_json::to_value(&other).map_err(|e| e.to_string())?,
+    };
+    Ok(json)
+}
+
 /// An `applied` key as `{"from": sender, "transfer": id}`.
 fn applied_key(key: &[u8]) -> Result<Value, String> {
     let (from, transfer) = bank::parse_applied_key(key)
@@ -43,6 +67,25 @@ fn applied_key(key: &[u8]) -> Result<Value, String> {
 mod tests {
     use super::*;
     use ken::store::codec::encode;
+
+    #[test]
+    fn kv_replies_and_rows_decode_to_json() {
+        let app = kv();
+        let reply = encode(&ReplyBody::Ok(encode(&kv::Reply::Incr(7))));
+        assert_eq!(
+            app.reply_blob(&reply).decoded,
+            Some(json!({"Ok": {"Incr": 7}}))
+        );
+        let refused = encode(&ReplyBody::Refused("busy".into()));
+        assert_eq!(
+            app.reply_blob(&refused).decoded,
+            Some(json!({"Refused": "busy"}))
+        );
+        assert!(app.reply_blob(&[0xff]).decode_error.is_some());
+        let row = app.value_blob(kv::KV_TABLE, &encode(&"v1".to_string()));
+        assert_eq!(row.decoded, Some(json!("v1")));
+        assert_eq!(app.key_json(kv::KV_TABLE, b"k1"), Some(json!("k1")));
+    }
 
     #[test]
     fn bank_rows_decode_to_json() {

@@ -8,6 +8,7 @@
 //! ken-kv cas KEY EXPECTED NEW --server ...
 //! ken-kv list PREFIX --server ...      one `KEY<TAB>VALUE` line per key
 //! ken-kv incr KEY N --server ...       prints the new value
+//! ken-kv inspect STORE [VIEW]          the views of `ken inspect`, kv's types decoded
 //! ```
 //!
 //! `cas`: `-` written as EXPECTED means "the key is absent" (create only if absent); `-`
@@ -96,7 +97,8 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    // `inspect` (the shared store-inspection helper of the app binaries) goes here.
+    /// Look inside a store, decoding kv's types (the views of `ken inspect`).
+    Inspect(ken_tools::inspect::Args),
 }
 
 #[derive(Debug, ClapArgs)]
@@ -132,6 +134,9 @@ fn main() -> ExitCode {
         Command::Serve(s) => {
             let config = ken::Config::new(s.id, s.listen, s.store);
             return cli::run_to_exit(config, Kv);
+        }
+        Command::Inspect(args) => {
+            return ken_tools::inspect::main(&args, &ken_apps::inspect::kv());
         }
         Command::Put { key, value, client } => (Request::Put { key, value }, client),
         Command::Get { key, client } => (Request::Get { key }, client),

@@ -261,7 +261,7 @@ pub fn groups(reader: &Reader) -> Result<GroupsView, ReadError> {
 }
 
 /// `clients`.
-pub fn clients(reader: &Reader, now_ms: u64) -> Result<ClientsView, ReadError> {
+pub fn clients(reader: &Reader, app: &AppDecoder, now_ms: u64) -> Result<ClientsView, ReadError> {
     Ok(ClientsView {
         now_ms,
         clients: reader
@@ -271,7 +271,7 @@ pub fn clients(reader: &Reader, now_ms: u64) -> Result<ClientsView, ReadError> {
                 client: format!("0x{}", hex(&c.client)),
                 request_no: c.request_no,
                 updated_ms: c.updated_ms,
-                reply: Blob::plain(&c.reply),
+                reply: app.reply_blob(&c.reply),
             })
             .collect(),
     })

@@ -48,6 +48,7 @@ pub struct AppDecoder {
     command: String,
     root: Option<DecodeFn>,
     message: Option<DecodeFn>,
+    reply: Option<DecodeFn>,
     tables: BTreeMap<String, TableTypes>,
 }
 
@@ -57,6 +58,7 @@ impl fmt::Debug for AppDecoder {
             .field("command", &self.command)
             .field("root", &self.root.is_some())
             .field("message", &self.message.is_some())
+            .field("reply", &self.reply.is_some())
             .field("tables", &self.tables.keys().collect::<Vec<_>>())
             .finish()
     }
@@ -75,6 +77,7 @@ impl AppDecoder {
             command: "ken inspect".to_string(),
             root: None,
             message: None,
+            reply: None,
             tables: BTreeMap::new(),
         }
     }
@@ -97,6 +100,17 @@ impl AppDecoder {
     /// Messages (outbox payloads) are `T`s.
     pub fn message<T: DeserializeOwned + Serialize + 'static>(mut self) -> AppDecoder {
         self.message = Some(Box::new(decode_json::<T>));
+        self
+    }
+
+    /// Cached client replies (the `clients` view) decode with `decode`. The stored bytes are
+    /// the runtime's reply envelope around the app's reply, so the app supplies the whole
+    /// decoder.
+    pub fn reply_with(
+        mut self,
+        decode: impl Fn(&[u8]) -> Result<Value, String> + Send + Sync + 'static,
+    ) -> AppDecoder {
+        self.reply = Some(Box::new(decode));
         self
     }
 
@@ -124,7 +138,10 @@ impl AppDecoder {
 
     /// True if this decoder knows any type (an app's, not the generic one).
     pub fn decodes_anything(&self) -> bool {
-        self.root.is_some() || self.message.is_some() || !self.tables.is_empty()
+        self.root.is_some()
+            || self.message.is_some()
+            || self.reply.is_some()
+            || !self.tables.is_empty()
     }
 
     /// The root state, previewed and decoded if the type is known.
@@ -135,6 +152,11 @@ impl AppDecoder {
     /// An outbox payload, previewed and decoded if the message type is known.
     pub fn message_blob(&self, bytes: &[u8]) -> Blob {
         Blob::new(bytes, self.message.as_ref())
+    }
+
+    /// A cached client reply, previewed and decoded if the app supplied a decoder.
+    pub fn reply_blob(&self, bytes: &[u8]) -> Blob {
+        Blob::new(bytes, self.reply.as_ref())
     }
 
     /// A table value, previewed and decoded if the table is known.
@@ -166,7 +188,7 @@ impl Blob {
         }
     }
 
-    /// A plain preview, for bytes no app type describes (client replies, group records).
+    /// A plain preview, for bytes no app type describes (timer payloads, group records).
     pub(crate) fn plain(bytes: &[u8]) -> Blob {
         Blob::new(bytes, None)
     }

@@ -265,7 +265,12 @@ pub fn run(
             Vec::new()
         }
         View::Clients => {
-            emit(out, json, &collect::clients(&reader, now)?, text::clients)?;
+            emit(
+                out,
+                json,
+                &collect::clients(&reader, app, now)?,
+                text::clients,
+            )?;
             Vec::new()
         }
         View::State { limit } => {

@@ -244,7 +244,8 @@ pub struct TurnInfo {
     pub input_seq: u64,
     /// Messages the turn sent.
     pub messages_out: u32,
-    /// Replies and other outputs the turn released.
+    /// Outputs the turn released, as the runtime counts them (the store's
+    /// `TurnLogEntry::outputs`).
     pub outputs: u32,
     /// Bytes of state and messages the turn wrote.
     pub bytes_written: u64,
@@ -280,7 +281,8 @@ pub struct ClientInfo {
     /// The last request applied for the client.
     pub request_no: u64,
     pub updated_ms: u64,
-    /// The cached reply.
+    /// The cached reply, as the runtime stores it (its reply envelope around the app's
+    /// reply; decoded by an app's own `inspect`).
     pub reply: Blob,
 }
 

@@ -1,5 +1,5 @@
 //! `ken inspect` and the apps' `inspect` subcommands against stores written by real app
-//! processes (`ken-pingpong`, `ken-bank`): every view's JSON is checked against what the run
+//! processes (`ken-pingpong`, `ken-bank`, `ken-kv` and its clients): every view's JSON is checked against what the run
 //! did (counts, sequence numbers, counters, decoded state), live while a bank runs and after
 //! it is SIGKILLed; corrupt records are named by `verify` and spoil only what needs them;
 //! broken inputs get a one-line message and a non-zero exit, never a panic.
@@ -71,6 +71,8 @@ fn built_profile_dir() -> PathBuf {
             "ken-pingpong",
             "--bin",
             "ken-bank",
+            "--bin",
+            "ken-kv",
         ])
         .args(["--profile", &profile, "--target-dir"])
         .arg(target_dir);
@@ -87,6 +89,7 @@ struct Bins {
     ken: PathBuf,
     pingpong: PathBuf,
     bank: PathBuf,
+    kv: PathBuf,
 }
 
 impl Bins {
@@ -102,6 +105,7 @@ impl Bins {
             ken: copy(Path::new(env!("CARGO_BIN_EXE_ken")), "ken"),
             pingpong: copy(&profile_dir.join("ken-pingpong"), "ken-pingpong"),
             bank: copy(&profile_dir.join("ken-bank"), "ken-bank"),
+            kv: copy(&profile_dir.join("ken-kv"), "ken-kv"),
         }
     }
 }
@@ -848,6 +852,122 @@ fn bank_stores_inspected_live_and_after_sigkill_agree_with_each_other() {
         balances + in_flight,
         ids.len() as i64 * accounts as i64 * initial
     );
+}
+
+/// A kv service answers five command-line clients; its store, inspected while it runs,
+/// holds exactly those requests: one turn each, one cached reply per client (decoded by
+/// `ken-kv inspect`), the rows they wrote.
+#[test]
+fn kv_requests_show_as_turns_clients_and_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let bins = Bins::copy_into(dir.path());
+    let store = dir.path().join("kv.ken");
+    let mut server = None;
+    for attempt in 1..=BIND_ATTEMPTS_MAX {
+        let port = free_ports(1)[0];
+        let args: Vec<String> = ["serve", "--id", "kv", "--listen", &addr(port), "--store"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([store.display().to_string()])
+            .collect();
+        let mut kid = Kid::start("kv", &bins.kv, &args, dir.path());
+        let started = wait_for(RUN_DEADLINE, "the kv store to be created", || {
+            if let Some(status) = kid.try_wait() {
+                return Some(Err(status));
+            }
+            let run = inspect(&bins.ken, &store, &["--json"]);
+            (run.code == 0 && u(&run.json()["turns_committed"]) >= 1).then_some(Ok(()))
+        });
+        match started {
+            Ok(()) => {
+                server = Some((kid, port));
+                break;
+            }
+            Err(status) if kid.bind_failed(status) && attempt < BIND_ATTEMPTS_MAX => {
+                eprintln!("kv attempt {attempt}: the port was taken; retrying");
+            }
+            Err(status) => panic!("ken-kv serve exited {status}: {}", kid.stderr()),
+        }
+    }
+    let (mut kid, port) = server.expect("the last attempt starts or panics");
+    let calls: [&[&str]; 5] = [
+        &["put", "k1", "v1"],
+        &["put", "k2", "v2"],
+        &["incr", "n", "5"],
+        &["incr", "n", "2"],
+        &["get", "k1"],
+    ];
+    for call in calls {
+        let out = Command::new(&bins.kv)
+            .args(call)
+            .args(["--server", &addr(port), "--json"])
+            .output()
+            .expect("run ken-kv");
+        assert!(out.status.success(), "ken-kv {call:?}: {out:?}");
+    }
+
+    // Live: one turn per request after the start, each from a fresh client, request 1.
+    let s = view(&bins.ken, &store, &[]);
+    assert_eq!(u(&s["turns_committed"]), 1 + calls.len() as u64, "{s:#}");
+    assert_eq!(u(&s["clients"]), calls.len() as u64, "{s:#}");
+    assert_eq!(s["peers"], json!([]), "{s:#}");
+    let turns = view(&bins.ken, &store, &["turns"]);
+    let turns = arr(&turns["turns"]);
+    assert_eq!(turns.len(), 1 + calls.len(), "{turns:#?}");
+    let mut sources = BTreeSet::new();
+    for t in &turns[1..] {
+        assert_eq!(t["input_kind"], "request", "{t}");
+        assert_eq!(t["input_seq"], 1, "{t}");
+        sources.insert(t["input_source"].as_str().unwrap().replace("c-", "0x"));
+    }
+    let clients = view(&bins.kv, &store, &["clients"]);
+    let clients = arr(&clients["clients"]);
+    let ids: BTreeSet<String> = clients
+        .iter()
+        .map(|c| c["client"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, sources, "the clients are the turns' sources");
+    let mut replies: Vec<String> = clients
+        .iter()
+        .map(|c| {
+            assert_eq!(c["request_no"], 1, "{c}");
+            c["reply"]["decoded"].to_string()
+        })
+        .collect();
+    replies.sort();
+    let mut want: Vec<String> = [
+        json!({"Ok": {"Put": {"previous": null}}}),
+        json!({"Ok": {"Put": {"previous": null}}}),
+        json!({"Ok": {"Incr": 5}}),
+        json!({"Ok": {"Incr": 7}}),
+        json!({"Ok": {"Value": "v1"}}),
+    ]
+    .iter()
+    .map(Value::to_string)
+    .collect();
+    want.sort();
+    assert_eq!(replies, want);
+    let generic = view(&bins.ken, &store, &["clients"]);
+    assert_eq!(generic["clients"][0]["reply"]["decoded"], Value::Null);
+    let state = view(&bins.kv, &store, &["state"]);
+    assert_eq!(
+        u(&state["root"]["decoded"]["requests_applied"]),
+        calls.len() as u64
+    );
+    let rows: Vec<(Value, Value)> = arr(&state["tables"][0]["entries"])
+        .iter()
+        .map(|e| (e["key_decoded"].clone(), e["value"]["decoded"].clone()))
+        .collect();
+    assert_eq!(state["tables"][0]["name"], "kv");
+    assert_eq!(
+        rows,
+        vec![
+            (json!("k1"), json!("v1")),
+            (json!("k2"), json!("v2")),
+            (json!("n"), json!("7")),
+        ]
+    );
+    assert!(kid.try_wait().is_none(), "ken-kv stopped: {}", kid.stderr());
 }
 
 /// Flips a random bit of a `received` row and of a turn-log entry of one store and of the
