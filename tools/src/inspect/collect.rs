@@ -9,7 +9,7 @@
 //! with the reader's error, which names the corrupt record. Views made of independent parts
 //! (the summary, the state) read every part they can and list the others in `errors`.
 //! Table scans go around a corrupt row: it is listed with its error and the scan continues
-//! after it ([`scan_table`]).
+//! after it (`scan_table`).
 
 use ken_store::{codec, OutboxStats, PeerRow, ReadError, Reader, MAX_SCAN_ROWS};
 
