@@ -11,7 +11,10 @@
 //!   while clients use them, then checked (money conserved, every acknowledged request
 //!   applied exactly once) with a short report.
 //!
-//! `demo` and `inspect` arrive with their issues, each as its own module.
+//! - `ken inspect STORE [VIEW]`: looks inside a process's checkpoint store, live or dead
+//!   (summary, outbox, peers, timers, tables, turns, state, verify, watch; `--json`). The
+//!   views live in the library (`ken_tools::inspect`) because the app binaries use them
+//!   too. See `tools/INSPECT.md`.
 
 use std::process::ExitCode;
 
