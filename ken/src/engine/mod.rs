@@ -1072,7 +1072,7 @@ impl<H: Handler> Engine<H> {
         for peer in &effects.forget {
             self.forget_peer(peer);
         }
-        let outputs = effects.emits.len() as u32;
+        let outputs = effects.emits.len() as u32 + u32::from(effects.reply.is_some());
         self.filling.emits.extend(effects.emits);
         self.filling.batch.turn_log.push(TurnLogEntry {
             turn: turn_no,
