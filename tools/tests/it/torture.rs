@@ -107,13 +107,28 @@ fn bank_torture_passes() {
 
 #[test]
 fn pingpong_torture_passes() {
-    let (ok, stdout, s) = torture(&["--app", "pingpong", "--seconds", "20", "--seed", "12"]);
+    // A release build volleys about a thousand balls a second: enough balls and kills that
+    // the volley is still going when the kills land.
+    let (ok, stdout, s) = torture(&[
+        "--app",
+        "pingpong",
+        "--seconds",
+        "15",
+        "--count",
+        "8000",
+        "--kill-rate",
+        "3",
+        "--restart-delay-ms",
+        "300",
+        "--seed",
+        "12",
+    ]);
     assert!(ok && n(&s, "violations") == 0, "{stdout}");
     assert_eq!(s["app"], "pingpong");
     assert_eq!(n(&s, "processes"), 2);
     assert!(n(&s, "kills") > 0, "{s}");
     // Every ball was sent once: `messages` counts committed sends over both directions.
-    assert_eq!(n(&s, "messages"), 2000, "{s}");
+    assert_eq!(n(&s, "messages"), 8000, "{s}");
 }
 
 /// Negative control: with outputs released before commit, a kill between release and
@@ -133,7 +148,15 @@ fn release_before_commit_is_caught() {
         "--seed",
         "2",
         "--kill-rate",
+        "3",
+        "--restart-delay-ms",
+        "300",
+        // Crash points between release and commit (before_commit, mid_release) make the
+        // broken build's violation near certain rather than a matter of kill timing.
+        "--crash-point-restarts",
         "1",
+        "--crash-point-p",
+        "0.05",
         "--unsafe-release-before-commit",
     ]);
     assert!(
