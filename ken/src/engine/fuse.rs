@@ -280,17 +280,19 @@ impl<H: Handler> Engine<H> {
         tracing::info!(group = %id, why, "FUSE group failed");
         g.state = GroupState::Failed;
         g.dirty = true;
-        let others: Vec<ProcessId> = g
-            .members
-            .iter()
-            .filter(|m| **m != self.id)
-            .cloned()
-            .collect();
-        for m in others {
-            self.filling.fuse_out.push((m, FuseMsg::Fail { group: id }));
-        }
+        self.queue_to_others(id, &FuseMsg::Fail { group: id });
         self.fuse_notify_queue.push_back(id);
         self.filling.nonempty = true;
+    }
+
+    /// Queues `msg` to every other member of `id`, to leave when the filling batch commits.
+    fn queue_to_others(&mut self, id: GroupId, msg: &FuseMsg) {
+        let Some(g) = self.groups.get(&id) else {
+            return;
+        };
+        for m in g.members.iter().filter(|m| **m != self.id) {
+            self.filling.fuse_out.push((m.clone(), msg.clone()));
+        }
     }
 
     /// Runs queued notification turns (one per failed group, exactly once).
@@ -444,17 +446,7 @@ impl<H: Handler> Engine<H> {
                 if g.unconfirmed.is_empty() && g.state == GroupState::Creating {
                     g.state = GroupState::Live;
                     g.dirty = true;
-                    let others: Vec<ProcessId> = g
-                        .members
-                        .iter()
-                        .filter(|m| **m != self.id)
-                        .cloned()
-                        .collect();
-                    for m in others {
-                        self.filling
-                            .fuse_out
-                            .push((m, FuseMsg::Established { group }));
-                    }
+                    self.queue_to_others(group, &FuseMsg::Established { group });
                     self.filling.nonempty = true;
                 }
             }
