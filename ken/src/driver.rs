@@ -125,6 +125,8 @@ pub enum RunError {
     Commit(#[from] CommitError),
     #[error("stopping: {0}")]
     Engine(#[from] EngineError),
+    #[error("bad tuning: {0}")]
+    Tuning(String),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
     #[error("the store thread died unexpectedly")]
@@ -172,7 +174,9 @@ fn spawn_store_thread(mut store: Store, crash: Arc<CrashPoints>) -> StoreThread 
     }
 }
 
-async fn run_async<H: Handler>(config: Config, handler: H) -> Result<Exit, RunError> {
+async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, RunError> {
+    config.tuning.apply_env().map_err(RunError::Tuning)?;
+    config.tuning.check().map_err(RunError::Tuning)?;
     let crash = Arc::new(CrashPoints::from_env()?);
     let (store, recovered) =
         Store::open_with(&config.store, config.id.as_str(), &config.store_options)?;

@@ -44,30 +44,105 @@ impl Default for Tuning {
     }
 }
 
+/// Environment variables that override the FUSE knobs of a real process (milliseconds), read
+/// by [`crate::run`]: `KEN_FUSE_HEARTBEAT_MS`, `KEN_FUSE_T_FAIL_MS`,
+/// `KEN_FUSE_CREATE_TIMEOUT_MS`. Every member of a group must use the same values.
+pub const FUSE_ENV: [&str; 3] = [
+    "KEN_FUSE_HEARTBEAT_MS",
+    "KEN_FUSE_T_FAIL_MS",
+    "KEN_FUSE_CREATE_TIMEOUT_MS",
+];
+
 impl Tuning {
+    /// Applies the `KEN_FUSE_*` overrides ([`FUSE_ENV`]) that are set.
+    ///
+    /// # Errors
+    /// A variable that is not a positive whole number of milliseconds (named in the message).
+    pub fn apply_env(&mut self) -> Result<(), String> {
+        for (i, name) in FUSE_ENV.iter().enumerate() {
+            let Ok(v) = std::env::var(name) else {
+                continue;
+            };
+            let ms: u64 = v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|ms| *ms > 0)
+                .ok_or_else(|| format!("{name}={v:?}: expected a positive number of milliseconds"))?;
+            let d = Duration::from_millis(ms);
+            match i {
+                0 => self.fuse_heartbeat = d,
+                1 => self.fuse_t_fail = d,
+                _ => self.fuse_create_timeout = d,
+            }
+        }
+        Ok(())
+    }
+
     /// Asserts the relations between the knobs.
     ///
     /// # Panics
     /// If a knob is zero or the relations do not hold (a configuration bug).
     pub fn validate(&self) {
-        assert!(self.batch_turns_max > 0, "batch_turns_max must be positive");
-        assert!(
-            self.batch_bytes_max >= limits::MESSAGE_BYTES_MAX,
-            "a batch must fit a message"
-        );
-        assert!(
-            self.window_messages_max > 0,
-            "window_messages_max must be positive"
-        );
-        assert!(
-            self.window_messages_max as u64 <= self.reorder_buffer_max,
-            "the receiver must be able to buffer a whole window"
-        );
-        assert!(self.rto_min <= self.rto_initial && self.rto_initial <= self.rto_max);
-        assert!(self.rto_min > Duration::ZERO);
-        assert!(
-            self.fuse_heartbeat > Duration::ZERO && 2 * self.fuse_heartbeat < self.fuse_t_fail,
-            "FUSE needs at least two heartbeats per T_fail (ten to mask restarts of 0.9 T_fail)"
-        );
+        if let Err(e) = self.check() {
+            panic!("{e}");
+        }
+    }
+
+    /// Checks the relations between the knobs.
+    ///
+    /// # Errors
+    /// The first relation that does not hold, in words.
+    pub fn check(&self) -> Result<(), String> {
+        let rules = [
+            (self.batch_turns_max > 0, "batch_turns_max must be positive"),
+            (
+                self.batch_bytes_max >= limits::MESSAGE_BYTES_MAX,
+                "a batch must fit a message",
+            ),
+            (
+                self.window_messages_max > 0,
+                "window_messages_max must be positive",
+            ),
+            (
+                self.window_messages_max as u64 <= self.reorder_buffer_max,
+                "the receiver must be able to buffer a whole window",
+            ),
+            (
+                self.rto_min <= self.rto_initial && self.rto_initial <= self.rto_max,
+                "rto_min <= rto_initial <= rto_max",
+            ),
+            (self.rto_min > Duration::ZERO, "rto_min must be positive"),
+            (
+                self.fuse_heartbeat > Duration::ZERO && 2 * self.fuse_heartbeat < self.fuse_t_fail,
+                "FUSE needs at least two heartbeats per T_fail (ten to mask restarts of 0.9 T_fail): \
+                 lower the heartbeat interval or raise T_fail",
+            ),
+            (
+                self.fuse_create_timeout > Duration::ZERO,
+                "the FUSE creation timeout must be positive",
+            ),
+        ];
+        match rules.iter().find(|(ok, _)| !ok) {
+            Some((_, why)) => Err((*why).to_string()),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_hold_and_a_bad_fuse_pair_is_named() {
+        assert_eq!(Tuning::default().check(), Ok(()));
+        let bad = Tuning {
+            fuse_heartbeat: Duration::from_millis(600),
+            fuse_t_fail: Duration::from_millis(1000),
+            ..Tuning::default()
+        };
+        let e = bad.check().unwrap_err();
+        assert!(e.contains("two heartbeats per T_fail"), "{e}");
     }
 }
