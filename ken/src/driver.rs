@@ -17,8 +17,11 @@
 //! `KEN_ANNOUNCE=1` sets [`Config::announce`] (through [`Config::with_env_switches`]), and
 //! `KEN_STATS_INTERVAL_MS=N` prints one line
 //! `{"event":"stats","turns":..,"messages_sent":..,"retransmits":..,"duplicates_dropped":..,
-//! "frames_in":..,"frames_sent":..,"junk_dropped":..}` to stderr every N ms and when the loop
-//! ends (a SIGKILLed life loses the counts since its last line). Counters are per life.
+//! "frames_in":..,"frames_sent":..,"junk_dropped":..,"heartbeats_sent":..,
+//! "liveness_bytes_sent":..,"fuse_bytes_sent":..,"fuse_notifications":..,"faults_dropped":..,
+//! "at_ms":..}` to stderr every N ms and when the loop ends (a SIGKILLed life loses the counts
+//! since its last line). Counters are per life; `at_ms` is the wall clock (ms since the epoch)
+//! when the line was printed, so rates can be taken between two lines.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -343,14 +346,20 @@ fn stats_interval_from_env() -> Option<Duration> {
 fn print_stats(engine: &crate::EngineStats, endpoint: &Endpoint) {
     let ep = endpoint.stats();
     eprintln!(
-        "{{\"event\":\"stats\",\"turns\":{},\"messages_sent\":{},\"retransmits\":{},\"duplicates_dropped\":{},\"frames_in\":{},\"frames_sent\":{},\"junk_dropped\":{}}}",
+        "{{\"event\":\"stats\",\"turns\":{},\"messages_sent\":{},\"retransmits\":{},\"duplicates_dropped\":{},\"frames_in\":{},\"frames_sent\":{},\"junk_dropped\":{},\"heartbeats_sent\":{},\"liveness_bytes_sent\":{},\"fuse_bytes_sent\":{},\"fuse_notifications\":{},\"faults_dropped\":{},\"at_ms\":{}}}",
         engine.turns,
         engine.messages_sent,
         engine.retransmits,
         engine.duplicates_dropped,
         engine.frames_in,
         ep.frames_sent,
-        ep.junk_dropped
+        ep.junk_dropped,
+        engine.heartbeats_sent,
+        engine.liveness_bytes_sent,
+        engine.fuse_bytes_sent,
+        engine.fuse_notifications,
+        ep.faults_dropped,
+        Time::now_wall().as_millis()
     );
 }
 

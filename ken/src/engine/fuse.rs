@@ -94,8 +94,13 @@ pub(crate) enum FuseMsg {
     Fail {
         group: GroupId,
     },
-    /// The groups shared with the receiver that the sender vouches for: (id, established).
+    /// The groups shared with the receiver that the sender vouches for, (id, established),
+    /// among those whose id lies in `[lo, hi)` (`None`: unbounded on that side). A list too
+    /// long for one datagram goes out as several, each covering its own range, so each one
+    /// can be judged on its own (see [`LIST_GROUPS_PER_FRAME`]).
     List {
+        lo: Option<GroupId>,
+        hi: Option<GroupId>,
         groups: Vec<(GroupId, bool)>,
     },
 }
@@ -146,11 +151,41 @@ impl Group {
     }
 }
 
-/// Liveness of one peer that shares groups with this process.
+/// Groups per `List` frame: an entry is 17 bytes encoded (id and flag), so a full list frame
+/// is about 51 KB, under the datagram limit with room for the header and the range bounds.
+/// Ten thousand groups shared with a peer go out as four frames.
+pub(crate) const LIST_GROUPS_PER_FRAME: usize = 3_000;
+
+const _: () = assert!(
+    LIST_GROUPS_PER_FRAME * 17 + 64 <= ken_transport::frame::MIN_PAYLOAD_CAPACITY_BYTES
+);
+
+/// Liveness of one peer that is (or was) a member of a group of this process. One entry per
+/// peer, whatever the number of groups: the engine's per-peer FUSE cost does not grow with
+/// the groups, except where a list is built (a digest after a change, a list exchange).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Liveness {
     pub last_heard: Time,
     pub next_heartbeat: Time,
+    /// Groups here, not failed, that the peer is a member of: monitored while positive.
+    shared: u32,
+    /// Monitoring (re)starts at the next tick, which sets `last_heard` and `next_heartbeat`.
+    fresh: bool,
+    /// (digest, count) of the shared groups this process vouches for; `None` once a durable
+    /// change to one of them makes it stale (recomputed at the next use).
+    vouched: Option<(u32, u32)>,
+}
+
+impl Liveness {
+    fn new() -> Liveness {
+        Liveness {
+            last_heard: Time::ZERO,
+            next_heartbeat: Time::ZERO,
+            shared: 0,
+            fresh: true,
+            vouched: None,
+        }
+    }
 }
 
 /// Why [`crate::Turn::fuse_create`] refused a group. Nothing was created.
@@ -203,6 +238,7 @@ impl<H: Handler> Engine<H> {
             if rec.state == GroupState::Failed && !rec.notified {
                 self.fuse_notify_queue.push_back(id);
             }
+            self.touch_peers(&members, rec.state != GroupState::Failed, 1);
             self.groups.insert(
                 id,
                 Group {
@@ -250,6 +286,7 @@ impl<H: Handler> Engine<H> {
         } else {
             GroupState::Creating
         };
+        self.touch_peers(&members, true, 1);
         self.groups.insert(
             id,
             Group {
@@ -280,6 +317,8 @@ impl<H: Handler> Engine<H> {
         tracing::info!(group = %id, why, "FUSE group failed");
         g.state = GroupState::Failed;
         g.dirty = true;
+        let members = g.members.clone();
+        self.touch_peers(&members, true, -1);
         self.queue_to_others(id, &FuseMsg::Fail { group: id });
         self.fuse_notify_queue.push_back(id);
         self.filling.nonempty = true;
@@ -341,8 +380,13 @@ impl<H: Handler> Engine<H> {
         out: Vec<(ProcessId, FuseMsg)>,
     ) {
         for (id, state) in states {
-            if let Some(g) = self.groups.get_mut(&id) {
+            let Some(g) = self.groups.get_mut(&id) else {
+                continue;
+            };
+            if g.durable != Some(state) {
                 g.durable = Some(state);
+                let members = g.members.clone();
+                self.touch_peers(&members, false, 0);
             }
         }
         for (to, msg) in out {
@@ -368,7 +412,12 @@ impl<H: Handler> Engine<H> {
             ack: Seq(0),
             payload: ken_store::codec::encode(msg),
         };
+        let bytes = frame.encoded_len() as u64;
         self.stats.fuse_messages_sent += 1;
+        self.stats.fuse_bytes_sent += bytes;
+        if matches!(msg, FuseMsg::List { .. }) {
+            self.stats.liveness_bytes_sent += bytes;
+        }
         self.commands.push(Command::Send {
             to: to.clone(),
             frame,
@@ -385,6 +434,66 @@ impl<H: Handler> Engine<H> {
             .collect()
     }
 
+    /// (digest, count) of [`Self::vouched_with`] `peer`, cached per peer until a durable
+    /// change to a group it shares.
+    fn vouched_digest(&mut self, peer: &ProcessId) -> (u32, u32) {
+        if let Some(v) = self.liveness.get(peer).and_then(|l| l.vouched) {
+            return v;
+        }
+        let mine = self.vouched_with(peer);
+        let v = (Self::digest(&mine), mine.len() as u32);
+        if let Some(l) = self.liveness.get_mut(peer) {
+            l.vouched = Some(v);
+        }
+        v
+    }
+
+    /// Sends our list of the groups shared with `to`, in as many frames as it takes.
+    fn send_list(&mut self, to: &ProcessId) {
+        self.stats.fuse_list_exchanges += 1;
+        let mine = self.vouched_with(to);
+        if mine.is_empty() {
+            let msg = FuseMsg::List {
+                lo: None,
+                hi: None,
+                groups: Vec::new(),
+            };
+            self.send_fuse(to, &msg);
+            return;
+        }
+        let chunks: Vec<&[(GroupId, bool)]> = mine.chunks(LIST_GROUPS_PER_FRAME).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let msg = FuseMsg::List {
+                lo: (i > 0).then(|| chunk[0].0),
+                hi: chunks.get(i + 1).map(|next| next[0].0),
+                groups: chunk.to_vec(),
+            };
+            self.send_fuse(to, &msg);
+        }
+    }
+
+    /// Bookkeeping of the peers in `members` (this process skipped) when a group changes:
+    /// `shared` moves by `delta` if `counts` (a group recorded, or failed), and the cached
+    /// digest is dropped in any case (a durable change).
+    fn touch_peers(&mut self, members: &[ProcessId], counts: bool, delta: i32) {
+        for m in members.iter().filter(|m| **m != self.id) {
+            let l = self
+                .liveness
+                .entry(m.clone())
+                .or_insert_with(Liveness::new);
+            l.vouched = None;
+            if counts {
+                l.shared = l
+                    .shared
+                    .checked_add_signed(delta)
+                    .expect("a peer's shared-group count never goes negative");
+                if l.shared == 0 {
+                    l.fresh = true;
+                }
+            }
+        }
+    }
+
     fn digest(list: &[(GroupId, bool)]) -> u32 {
         let mut h = crc32fast::Hasher::new();
         for (id, est) in list {
@@ -395,20 +504,12 @@ impl<H: Handler> Engine<H> {
     }
 
     /// Peers sharing any group not failed here.
-    fn monitored(&self) -> BTreeSet<ProcessId> {
-        let mut out = BTreeSet::new();
-        for g in self
-            .groups
-            .values()
-            .filter(|g| g.state != GroupState::Failed)
-        {
-            for m in &g.members {
-                if *m != self.id {
-                    out.insert(m.clone());
-                }
-            }
-        }
-        out
+    fn monitored(&self) -> Vec<ProcessId> {
+        self.liveness
+            .iter()
+            .filter(|(_, l)| l.shared > 0)
+            .map(|(p, _)| p.clone())
+            .collect()
     }
 
     /// A heartbeat or FUSE frame from a known peer (the caller checked addressing).
@@ -419,10 +520,8 @@ impl<H: Handler> Engine<H> {
                 self.stats.malformed_frames += 1;
                 return;
             };
-            let mine = self.vouched_with(&from);
-            if Self::digest(&mine) != hb.digest || mine.len() as u32 != hb.groups {
-                self.stats.fuse_list_exchanges += 1;
-                self.send_fuse(&from, &FuseMsg::List { groups: mine });
+            if self.vouched_digest(&from) != (hb.digest, hb.groups) {
+                self.send_list(&from);
             }
             return;
         }
@@ -460,11 +559,24 @@ impl<H: Handler> Engine<H> {
                     self.fuse_fail(group, "a member said it failed");
                 }
             }
-            FuseMsg::List { groups } => {
+            FuseMsg::List { lo, hi, groups } => {
+                use std::ops::Bound;
                 let theirs: BTreeMap<GroupId, bool> = groups.into_iter().collect();
+                let range = (
+                    lo.map_or(Bound::Unbounded, Bound::Included),
+                    hi.map_or(Bound::Unbounded, Bound::Excluded),
+                );
+                if lo.zip(hi).is_some_and(|(lo, hi)| lo >= hi)
+                    || theirs
+                        .keys()
+                        .any(|id| !std::ops::RangeBounds::contains(&range, id))
+                {
+                    self.stats.malformed_frames += 1;
+                    return;
+                }
                 let mut to_fail = Vec::new();
                 let mut to_establish = Vec::new();
-                for (id, g) in &self.groups {
+                for (id, g) in self.groups.range(range) {
                     if g.state == GroupState::Failed || !g.members.contains(&from) {
                         continue;
                     }
@@ -536,6 +648,7 @@ impl<H: Handler> Engine<H> {
         }
         parsed.sort();
         parsed.dedup();
+        self.touch_peers(&parsed, true, 1);
         self.groups.insert(
             group,
             Group {
@@ -587,13 +700,16 @@ impl<H: Handler> Engine<H> {
             self.send_fuse(&to, &msg);
         }
         // Liveness.
-        let monitored = self.monitored();
-        self.liveness.retain(|p, _| monitored.contains(p));
-        for p in &monitored {
-            let l = *self.liveness.entry(p.clone()).or_insert(Liveness {
-                last_heard: now,
-                next_heartbeat: now,
-            });
+        for p in &self.monitored() {
+            let Some(l) = self.liveness.get_mut(p) else {
+                continue;
+            };
+            if l.fresh {
+                l.fresh = false;
+                l.last_heard = now;
+                l.next_heartbeat = now;
+            }
+            let l = *l;
             if now.since(l.last_heard) >= self.silence_limit() {
                 let shared: Vec<GroupId> = self
                     .groups
@@ -607,11 +723,8 @@ impl<H: Handler> Engine<H> {
                 continue;
             }
             if now >= l.next_heartbeat {
-                let mine = self.vouched_with(p);
-                let hb = Heartbeat {
-                    digest: Self::digest(&mine),
-                    groups: mine.len() as u32,
-                };
+                let (digest, groups) = self.vouched_digest(p);
+                let hb = Heartbeat { digest, groups };
                 let frame = Frame {
                     kind: FrameKind::Heartbeat,
                     from: self.id.clone(),
@@ -622,7 +735,10 @@ impl<H: Handler> Engine<H> {
                     ack: Seq(0),
                     payload: ken_store::codec::encode(&hb),
                 };
+                let bytes = frame.encoded_len() as u64;
                 self.stats.heartbeats_sent += 1;
+                self.stats.liveness_bytes_sent += bytes;
+                self.stats.fuse_bytes_sent += bytes;
                 self.commands.push(Command::Send {
                     to: p.clone(),
                     frame,
@@ -660,15 +776,13 @@ impl<H: Handler> Engine<H> {
                 }
             }
         }
-        let monitored = self.monitored();
-        for p in &monitored {
-            match self.liveness.get(p) {
-                Some(l) => {
-                    at(l.next_heartbeat);
-                    at(l.last_heard.plus(self.silence_limit()));
-                }
+        for l in self.liveness.values().filter(|l| l.shared > 0) {
+            if l.fresh {
                 // Not yet tracked: tick now to start.
-                None => at(Time::ZERO),
+                at(Time::ZERO);
+            } else {
+                at(l.next_heartbeat);
+                at(l.last_heard.plus(self.silence_limit()));
             }
         }
         next

@@ -122,6 +122,11 @@ pub struct EngineStats {
     pub fuse_messages_sent: u64,
     pub fuse_list_exchanges: u64,
     pub heartbeats_sent: u64,
+    /// Bytes (whole datagrams) of the heartbeat and list frames sent: the cost of shared
+    /// liveness, the same for one group as for ten thousand over the same peers.
+    pub liveness_bytes_sent: u64,
+    /// Bytes (whole datagrams) of every FUSE frame sent: liveness plus creation and `Fail`.
+    pub fuse_bytes_sent: u64,
     /// Acknowledgements of messages never sent (ignored).
     pub bogus_acks: u64,
 }
