@@ -11,7 +11,7 @@ use ken::store::codec;
 use ken_tools::inspect::{keys, AppDecoder};
 use serde_json::{json, Value};
 
-use crate::{bank, kv, pingpong};
+use crate::{bank, kv, lock, pingpong};
 
 /// `ken-pingpong`: root [`pingpong::State`], messages [`pingpong::Msg`], table `received`
 /// (value received, u64 big-endian -> the turn that received it).
@@ -41,6 +41,26 @@ pub fn kv() -> AppDecoder {
         .root::<kv::State>()
         .table::<String>(kv::KV_TABLE, keys::utf8)
         .reply_with(kv_reply)
+}
+
+/// `ken-lock`: root [`lock::State`], messages [`lock::Msg`], server tables `locks` (lock
+/// name, UTF-8 -> [`lock::LockEntry`]), `grants` (group id, 16 bytes shown as `g-<hex>` ->
+/// lock name) and `rounds` (holder id, UTF-8 -> the highest round accepted, u64).
+pub fn lock() -> AppDecoder {
+    AppDecoder::new("ken-lock")
+        .root::<lock::State>()
+        .message::<lock::Msg>()
+        .table::<lock::LockEntry>(lock::LOCKS_TABLE, keys::utf8)
+        .table::<String>(lock::GRANTS_TABLE, group_key)
+        .table::<u64>(lock::ROUNDS_TABLE, keys::utf8)
+}
+
+/// A `grants` key: a [`ken::GroupId`] as it prints (`g-` and 32 hex digits).
+fn group_key(key: &[u8]) -> Result<Value, String> {
+    let id: [u8; 16] = key
+        .try_into()
+        .map_err(|_| format!("{}-byte key, expected a 16-byte group id", key.len()))?;
+    Ok(Value::from(ken::GroupId(id).to_string()))
 }
 
 /// A cached kv reply: `{"Ok": <kv::Reply>}`, or the runtime's `TooOld` / `Refused`.
@@ -116,6 +136,39 @@ mod tests {
         assert_eq!(
             blob.decoded,
             Some(json!({"Credit": {"transfer": 1, "account": 2, "amount": 3}}))
+        );
+    }
+
+    #[test]
+    fn lock_rows_and_messages_decode_to_json() {
+        let app = lock();
+        let group = ken::GroupId([0xab; 16]);
+        assert_eq!(
+            app.key_json(lock::GRANTS_TABLE, &group.0),
+            Some(json!(group.to_string()))
+        );
+        assert_eq!(app.key_json(lock::GRANTS_TABLE, b"short"), None);
+        let entry = lock::LockEntry {
+            next_token: 3,
+            grant: None,
+            queue: [lock::Waiter {
+                holder: "h2".into(),
+                round: 4,
+            }]
+            .into(),
+        };
+        let blob = app.value_blob(lock::LOCKS_TABLE, &encode(&entry));
+        assert_eq!(
+            blob.decoded,
+            Some(json!({"next_token": 3, "grant": null, "queue": [{"holder": "h2", "round": 4}]}))
+        );
+        let blob = app.message_blob(&encode(&lock::Msg::Acquire {
+            lock: "L".into(),
+            round: 2,
+        }));
+        assert_eq!(
+            blob.decoded,
+            Some(json!({"Acquire": {"lock": "L", "round": 2}}))
         );
     }
 

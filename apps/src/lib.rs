@@ -8,6 +8,8 @@
 //!   conserved and no transfer is applied twice.
 //! - [`kv`]: a key-value store served to clients outside Ken (`ken::Client`), each request
 //!   applied exactly once; `incr` makes a double application visible.
+//! - [`lock`]: a lock service whose locks are freed when the holder's FUSE group fails (no
+//!   leases, no timeouts): fencing tokens, FIFO waiters.
 //!
 //! Each binary also has an `inspect STORE [VIEW]` subcommand (the views of `ken inspect`)
 //! that decodes the app's own types ([`inspect`]).
@@ -16,4 +18,5 @@ pub mod bank;
 pub mod cli;
 pub mod inspect;
 pub mod kv;
+pub mod lock;
 pub mod pingpong;
