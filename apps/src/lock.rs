@@ -48,6 +48,11 @@
 //! 5. Nothing a process emits comes from a rolled-back turn (the runtime's output commit:
 //!    lines are printed after their turn's batch is durable).
 //!
+//! Lines are at most once: a SIGKILL after a commit and before the print loses that turn's
+//! lines (the turn is not run again), so a checker may miss the last lines of a killed life,
+//! never others, and never sees a line twice or out of commit order. [`audit_server`]
+//! checks invariants 1 and 2 on the server's lines with that in mind.
+//!
 //! # Races handled
 //!
 //! - A `Granted` whose group the holder already heard fail (the failure notification can
@@ -58,7 +63,9 @@
 //!   store) is ignored; messages are exactly-once and FIFO, so it does not happen.
 //! - The group failing during creation (the holder was down longer than the creation
 //!   timeout): the holder never hears of the group from FUSE, so the server's `Freed`
-//!   ends the grant at the holder.
+//!   ends the grant at the holder. It arrives right behind the `Granted` (FIFO), so the
+//!   holder reports `holding` and `lost` at once: a holder's view can lag the server's, as
+//!   in any lock service; the fencing token is what a protected resource checks.
 //! - A new `Acquire` from the current holder of the lock (it heard its group fail before
 //!   the server did): it is queued like any other and served once the server hears it.
 //! - Acquire is idempotent per (holder, round): a round at or below the highest one the
@@ -72,7 +79,7 @@
 //! ([`LOCKS_MAX`]), lock name length ([`LOCK_NAME_BYTES_MAX`]), remembered failed groups at
 //! a holder ([`FAILED_GROUPS_MAX`]).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use ken::{GroupId, Handler, Input, ProcessId, Turn};
@@ -656,4 +663,567 @@ fn event_line(
     json!({"event": event, "lock": config.lock, "holder": turn.id().as_str(), "round": round,
            "token": token, "group": group.to_string(), "at_ms": turn.now().as_millis()})
     .to_string()
+}
+
+// ---------------------------------------------------------------------------------------
+// Audit.
+
+/// What [`audit_server`] found in a server's event lines.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Audit {
+    /// `granted` lines, over every lock.
+    pub granted: u64,
+    /// `freed` lines.
+    pub freed: u64,
+    /// Places where a line the invariant needs is missing and a kill of the server between
+    /// the lines explains it (its line died with the life): not checkable from lines.
+    pub unconfirmed: u64,
+    /// Per lock, the highest token granted.
+    pub last_token: BTreeMap<String, u64>,
+    /// Broken invariants, in words.
+    pub violations: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct EventLine {
+    event: String,
+    #[serde(default)]
+    lock: String,
+    #[serde(default)]
+    token: u64,
+    #[serde(default)]
+    group: String,
+}
+
+#[derive(Debug, Default)]
+struct LockAudit {
+    last_token: u64,
+    /// The live grant per the lines: (token, group, life of its line).
+    live: Option<(u64, String, u32)>,
+    freed: BTreeSet<u64>,
+}
+
+/// Checks a server's stdout lines, each with the number of the life that printed it (as
+/// `ken_tests::procs::Proc::stdout_lines` gives them), in order: per lock, tokens strictly
+/// increase (so none is granted twice), at most one grant is live at a time (a `granted`
+/// while another is live, or a `freed` of an older token after a newer `granted`, is a
+/// violation), and each `freed` matches the live grant's group. A missing line is excused
+/// only where a kill between the lines explains it (see the module docs), and counted in
+/// [`Audit::unconfirmed`]. Lines other than `granted` and `freed` are skipped; a line that
+/// is not a JSON event is a violation.
+pub fn audit_server(lines: &[(u32, String)]) -> Audit {
+    let mut audit = Audit::default();
+    let mut locks: BTreeMap<String, LockAudit> = BTreeMap::new();
+    for (i, (life, line)) in lines.iter().enumerate() {
+        let at = format!("line {} (life {life})", i + 1);
+        let e: EventLine = match serde_json::from_str(line) {
+            Ok(e) => e,
+            Err(err) => {
+                audit
+                    .violations
+                    .push(format!("{at}: not a JSON event ({err}): {line}"));
+                continue;
+            }
+        };
+        let l = locks.entry(e.lock.clone()).or_default();
+        match e.event.as_str() {
+            "granted" => {
+                audit.granted += 1;
+                if e.token <= l.last_token {
+                    audit.violations.push(format!(
+                        "{at}: lock {:?} token {} granted after token {}: tokens must strictly increase",
+                        e.lock, e.token, l.last_token
+                    ));
+                }
+                if let Some((live, _, live_life)) = &l.live {
+                    if *live_life == *life {
+                        audit.violations.push(format!(
+                            "{at}: lock {:?} token {} granted while token {live} is live",
+                            e.lock, e.token
+                        ));
+                    } else {
+                        audit.unconfirmed += 1;
+                    }
+                }
+                l.last_token = l.last_token.max(e.token);
+                l.live = Some((e.token, e.group, *life));
+            }
+            "freed" => {
+                audit.freed += 1;
+                if !l.freed.insert(e.token) {
+                    audit.violations.push(format!(
+                        "{at}: lock {:?} token {} freed twice",
+                        e.lock, e.token
+                    ));
+                    continue;
+                }
+                match l.live.take() {
+                    Some((live, group, _)) if live == e.token => {
+                        if group != e.group {
+                            audit.violations.push(format!(
+                                "{at}: lock {:?} token {} freed under group {} but granted under {group}",
+                                e.lock, e.token, e.group
+                            ));
+                        }
+                    }
+                    Some((live, _, _)) if live > e.token => audit.violations.push(format!(
+                        "{at}: lock {:?} token {} freed after token {live} was granted: two grants were live",
+                        e.lock, e.token
+                    )),
+                    // The `granted` line of this token is missing: it died with a life.
+                    Some((_, _, live_life)) if live_life != *life => audit.unconfirmed += 1,
+                    Some((live, _, _)) => audit.violations.push(format!(
+                        "{at}: lock {:?} token {} freed, but token {live} is the live grant",
+                        e.lock, e.token
+                    )),
+                    None if e.token > l.last_token && *life > 1 => {
+                        audit.unconfirmed += 1;
+                        l.last_token = e.token;
+                    }
+                    None => audit.violations.push(format!(
+                        "{at}: lock {:?} token {} freed but not live (last granted {})",
+                        e.lock, e.token, l.last_token
+                    )),
+                }
+            }
+            _ => {}
+        }
+    }
+    audit.last_token = locks
+        .into_iter()
+        .map(|(lock, l)| (lock, l.last_token))
+        .collect();
+    audit
+}
+
+#[cfg(test)]
+mod tests {
+    //! The handler in a small deterministic cluster: real stores, virtual time, a network
+    //! that delivers everything in order (or drops a muted node's frames), crashes that lose
+    //! nothing committed (commits complete at once here).
+
+    use super::*;
+    use ken::engine::Command;
+    use ken::store::Store;
+    use ken::transport::Frame;
+    use ken::{Engine, EngineConfig, Time, Tuning};
+    use serde_json::Value;
+
+    const T0_MS: u64 = 1_700_000_000_000;
+    const HEARTBEAT_MS: u64 = 100;
+    const T_FAIL_MS: u64 = 1000;
+    const CREATE_TIMEOUT_MS: u64 = 1000;
+
+    struct Node {
+        id: ProcessId,
+        role: Role,
+        path: std::path::PathBuf,
+        engine: Option<Engine<Lock>>,
+        store: Option<Store>,
+        /// Released lines, with the life that printed them.
+        lines: Vec<(u32, String)>,
+        life: u32,
+        finished: Option<String>,
+    }
+
+    struct Cluster {
+        now: Time,
+        nodes: Vec<Node>,
+        net: VecDeque<(usize, Frame)>,
+        mute: BTreeSet<usize>,
+        boots: u64,
+        _dir: tempfile::TempDir,
+    }
+
+    fn pid(s: &str) -> ProcessId {
+        ProcessId::new(s).unwrap()
+    }
+
+    fn holder(lock: &str, hold_ms: u64, rounds: Option<u64>) -> Role {
+        Role::Holder(HolderConfig {
+            server: pid("s"),
+            lock: lock.into(),
+            hold: (hold_ms > 0).then(|| Duration::from_millis(hold_ms)),
+            rounds,
+            retry_after: Duration::from_millis(200),
+        })
+    }
+
+    impl Cluster {
+        /// Node 0 is the server `s`; the holders are `h1`, `h2`, ... started in order.
+        fn new(server: ServerConfig, holders: Vec<Role>) -> Cluster {
+            let dir =
+                tempfile::tempdir_in("/dev/shm").unwrap_or_else(|_| tempfile::tempdir().unwrap());
+            let mut nodes = vec![Node {
+                id: pid("s"),
+                role: Role::Server(server),
+                path: dir.path().join("s.db"),
+                engine: None,
+                store: None,
+                lines: Vec::new(),
+                life: 0,
+                finished: None,
+            }];
+            for (i, role) in holders.into_iter().enumerate() {
+                let id = pid(&format!("h{}", i + 1));
+                nodes.push(Node {
+                    path: dir.path().join(format!("{id}.db")),
+                    id,
+                    role,
+                    engine: None,
+                    store: None,
+                    lines: Vec::new(),
+                    life: 0,
+                    finished: None,
+                });
+            }
+            let mut c = Cluster {
+                now: Time::from_millis(T0_MS),
+                nodes,
+                net: VecDeque::new(),
+                mute: BTreeSet::new(),
+                boots: 0,
+                _dir: dir,
+            };
+            for i in 0..c.nodes.len() {
+                c.boot(i);
+            }
+            c
+        }
+
+        fn boot(&mut self, i: usize) {
+            let peers: Vec<ProcessId> = if i == 0 {
+                self.nodes[1..].iter().map(|n| n.id.clone()).collect()
+            } else {
+                vec![pid("s")]
+            };
+            self.boots += 1;
+            let node = &mut self.nodes[i];
+            let (store, rec) = Store::open(&node.path, node.id.as_str()).unwrap();
+            let reader = ken::store::Reader::open(&node.path).unwrap();
+            let tuning = Tuning {
+                fuse_heartbeat: Duration::from_millis(HEARTBEAT_MS),
+                fuse_t_fail: Duration::from_millis(T_FAIL_MS),
+                fuse_create_timeout: Duration::from_millis(CREATE_TIMEOUT_MS),
+                ..Tuning::default()
+            };
+            let config = EngineConfig {
+                id: node.id.clone(),
+                peers,
+                tuning,
+                // A fresh generator per life, as the driver's random seed: group ids differ.
+                seed: self.boots,
+            };
+            let handler = Lock {
+                id: node.id.clone(),
+                role: node.role.clone(),
+            };
+            let mut engine = Engine::recover(config, handler, rec, Box::new(reader)).unwrap();
+            engine.start(self.now);
+            node.engine = Some(engine);
+            node.store = Some(store);
+            node.life += 1;
+            self.drain(i);
+        }
+
+        fn crash(&mut self, i: usize) {
+            self.nodes[i].engine = None;
+            self.nodes[i].store = None;
+        }
+
+        fn drain(&mut self, i: usize) {
+            loop {
+                let Some(engine) = self.nodes[i].engine.as_mut() else {
+                    return;
+                };
+                let cmds = engine.take_commands();
+                if cmds.is_empty() {
+                    return;
+                }
+                for cmd in cmds {
+                    let node = &mut self.nodes[i];
+                    match cmd {
+                        Command::Commit { id, batch } => {
+                            node.store.as_mut().unwrap().commit(&batch).unwrap();
+                            node.engine.as_mut().unwrap().commit_done(self.now, id);
+                        }
+                        Command::Send { to, frame, .. } => {
+                            let to = self.nodes.iter().position(|n| n.id == to).unwrap();
+                            if !self.mute.contains(&i) && !self.mute.contains(&to) {
+                                self.net.push_back((to, frame));
+                            }
+                        }
+                        Command::Emit { line, .. } => node.lines.push((node.life, line)),
+                        Command::Finished { report } => node.finished = Some(report),
+                        Command::Fatal { error } => panic!("{} stopped: {error}", node.id),
+                    }
+                }
+            }
+        }
+
+        /// Advances virtual time by `ms`, 5 ms at a time, delivering everything.
+        fn run(&mut self, ms: u64) {
+            let end = self.now.plus(Duration::from_millis(ms));
+            while self.now < end {
+                self.step();
+            }
+        }
+
+        fn step(&mut self) {
+            while let Some((to, frame)) = self.net.pop_front() {
+                if let Some(e) = self.nodes[to].engine.as_mut() {
+                    e.handle_frame(self.now, frame);
+                    self.drain(to);
+                }
+            }
+            self.now = self.now.plus(Duration::from_millis(5));
+            for i in 0..self.nodes.len() {
+                if let Some(e) = self.nodes[i].engine.as_mut() {
+                    e.tick(self.now);
+                    self.drain(i);
+                }
+            }
+        }
+
+        /// Runs until `done` holds, for at most `max_ms`; the virtual time it took.
+        fn run_until(&mut self, max_ms: u64, mut done: impl FnMut(&Cluster) -> bool) -> u64 {
+            let start = self.now;
+            let end = start.plus(Duration::from_millis(max_ms));
+            while !done(self) {
+                assert!(
+                    self.now < end,
+                    "not done within {max_ms} ms of virtual time"
+                );
+                self.step();
+            }
+            self.now.since(start).as_millis() as u64
+        }
+
+        fn events(&self, i: usize, event: &str) -> Vec<Value> {
+            self.nodes[i]
+                .lines
+                .iter()
+                .map(|(_, l)| serde_json::from_str::<Value>(l).unwrap())
+                .filter(|v| v["event"] == event)
+                .collect()
+        }
+
+        fn state(&self, i: usize) -> &State {
+            self.nodes[i].engine.as_ref().unwrap().state()
+        }
+    }
+
+    fn tokens(events: &[Value]) -> Vec<u64> {
+        events
+            .iter()
+            .map(|e| e["token"].as_u64().unwrap())
+            .collect()
+    }
+
+    fn clean_audit(c: &Cluster) -> Audit {
+        let audit = audit_server(&c.nodes[0].lines);
+        assert!(audit.violations.is_empty(), "{:?}", audit.violations);
+        audit
+    }
+
+    #[test]
+    fn two_holders_take_turns_and_tokens_strictly_increase() {
+        let mut c = Cluster::new(
+            ServerConfig::default(),
+            vec![holder("L", 50, Some(4)), holder("L", 50, Some(4))],
+        );
+        c.run_until(20_000, |c| {
+            c.nodes[1..].iter().all(|n| n.finished.is_some()) && c.events(0, "freed").len() == 8
+        });
+        assert_eq!(tokens(&c.events(0, "granted")), (1..=8).collect::<Vec<_>>());
+        assert_eq!(tokens(&c.events(0, "freed")), (1..=8).collect::<Vec<_>>());
+        let audit = clean_audit(&c);
+        assert_eq!((audit.granted, audit.freed, audit.unconfirmed), (8, 8, 0));
+        for i in 1..=2 {
+            let report: Report =
+                serde_json::from_str(c.nodes[i].finished.as_ref().unwrap()).unwrap();
+            assert_eq!(
+                (report.rounds, report.released, report.lost),
+                (4, 4, 0),
+                "{report:?}"
+            );
+            let held = tokens(&c.events(i, "holding"));
+            assert_eq!(held.len(), 4);
+            assert!(held.windows(2).all(|w| w[0] < w[1]), "{held:?}");
+            assert_eq!(tokens(&c.events(i, "released")), held);
+        }
+        // Each grant went to a waiter: they alternate (FIFO), h1 first.
+        let order: Vec<Value> = c
+            .events(0, "granted")
+            .iter()
+            .map(|e| e["holder"].clone())
+            .collect();
+        assert_eq!(
+            order,
+            ["h1", "h2", "h1", "h2", "h1", "h2", "h1", "h2"].map(Value::from)
+        );
+    }
+
+    #[test]
+    fn crash_restarts_of_server_and_holders_are_masked() {
+        let mut c = Cluster::new(
+            ServerConfig::default(),
+            vec![holder("L", 300, Some(3)), holder("L", 300, Some(3))],
+        );
+        // Each process down for 0.3 x T_fail at a different point of the rounds.
+        for (victim, at_ms) in [(0, 100), (1, 500), (2, 900), (0, 1300), (1, 1650)] {
+            c.run(at_ms - (c.now.as_millis() - T0_MS).min(at_ms));
+            c.crash(victim);
+            c.run(T_FAIL_MS * 3 / 10);
+            c.boot(victim);
+        }
+        c.run_until(30_000, |c| {
+            c.nodes[1..].iter().all(|n| n.finished.is_some())
+        });
+        let audit = clean_audit(&c);
+        assert_eq!(audit.last_token["L"], 6);
+        for i in 1..=2 {
+            let h = &c.state(i).holder;
+            assert_eq!((h.rounds_done, h.released, h.lost), (3, 3, 0), "{h:?}");
+        }
+    }
+
+    #[test]
+    fn a_dead_holder_loses_its_lock_within_the_bound_and_the_waiter_gets_it() {
+        let mut c = Cluster::new(
+            ServerConfig::default(),
+            vec![holder("L", 0, None), holder("L", 0, None)],
+        );
+        c.run_until(1_000, |c| {
+            !c.events(2, "holding").is_empty() || !c.events(1, "holding").is_empty()
+        });
+        let first = if c.events(1, "holding").is_empty() {
+            2
+        } else {
+            1
+        };
+        let other = 3 - first;
+        c.crash(first);
+        let took = c.run_until(10_000, |c| !c.events(0, "freed").is_empty());
+        let bound = T_FAIL_MS + 2 * HEARTBEAT_MS + 10;
+        assert!(
+            took <= bound,
+            "freed {took} ms after the kill, bound {bound} ms"
+        );
+        c.run_until(1_000, |c| !c.events(other, "holding").is_empty());
+        assert_eq!(tokens(&c.events(other, "holding")), vec![2]);
+        assert_eq!(tokens(&c.events(0, "freed")), vec![1]);
+        clean_audit(&c);
+    }
+
+    #[test]
+    fn a_grant_whose_group_failed_while_the_holder_was_down_is_reported_lost() {
+        let mut c = Cluster::new(
+            ServerConfig::default(),
+            vec![holder("L", 0, None), holder("L", 100, Some(1))],
+        );
+        c.run_until(1_000, |c| !c.events(1, "holding").is_empty());
+        // h2 is queued behind h1 and goes down; then h1 goes silent (muted), so its group
+        // fails by silence and the server grants h2.
+        c.run_until(1_000, |c| !c.events(0, "queued").is_empty());
+        c.crash(2);
+        c.mute.insert(1);
+        // h1's group fails by silence; the server grants h2, whose group creation times
+        // out while h2 is down: freed at the server, and `Freed` waits in the outbox.
+        c.run_until(10_000, |c| c.events(0, "freed").len() >= 2);
+        let freed = tokens(&c.events(0, "freed"));
+        assert_eq!(freed, vec![1, 2]);
+        c.boot(2);
+        c.run_until(5_000, |c| {
+            c.nodes[2].finished.is_some() || !c.events(2, "lost").is_empty()
+        });
+        // h2 gets `Granted` and then `Freed` in one burst (FIFO): it reports the grant held
+        // and lost at the same instant (a stale view the fencing token protects against).
+        let lost = c.events(2, "lost");
+        assert_eq!(tokens(&lost), vec![2], "h2 hears its grant ended");
+        let holding = c.events(2, "holding");
+        assert_eq!(tokens(&holding), vec![2]);
+        assert_eq!(holding[0]["at_ms"], lost[0]["at_ms"]);
+        // It goes on to its next round (it asked for 1, so it is done: 1 lost round).
+        c.run_until(5_000, |c| c.nodes[2].finished.is_some());
+        assert_eq!(c.state(2).holder.lost, 1);
+        clean_audit(&c);
+    }
+
+    #[test]
+    fn a_full_queue_refuses_and_the_refused_holder_gets_in_later() {
+        let mut c = Cluster::new(
+            ServerConfig { queue_max: 1 },
+            vec![
+                holder("L", 300, Some(1)),
+                holder("L", 300, Some(1)),
+                holder("L", 300, Some(1)),
+            ],
+        );
+        c.run_until(10_000, |c| {
+            c.nodes[1..].iter().all(|n| n.finished.is_some())
+        });
+        let refused = c.events(0, "refused");
+        assert!(
+            !refused.is_empty(),
+            "one of three must be refused with a queue of 1"
+        );
+        let who = refused[0]["holder"].as_str().unwrap().to_string();
+        let i: usize = who[1..].parse().unwrap();
+        assert!(c.events(i, "refused").len() == refused.len());
+        assert_eq!(c.state(i).holder.refused, refused.len() as u64);
+        assert_eq!(tokens(&c.events(0, "granted")), vec![1, 2, 3]);
+        clean_audit(&c);
+    }
+
+    #[test]
+    fn a_lock_name_too_long_is_refused_with_the_reason() {
+        let long = "x".repeat(LOCK_NAME_BYTES_MAX + 1);
+        let mut c = Cluster::new(ServerConfig::default(), vec![holder(&long, 100, Some(1))]);
+        c.run(200);
+        let refused = c.events(0, "refused");
+        assert_eq!(refused.len(), 1);
+        assert!(refused[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("1 to 128 bytes"));
+        assert!(c.events(0, "granted").is_empty());
+        assert!(check_lock_name("").is_err() && check_lock_name("ok").is_ok());
+    }
+
+    #[test]
+    fn the_audit_catches_double_grants_and_excuses_only_lines_lost_with_a_life() {
+        let g = |t: u64| format!(r#"{{"event":"granted","lock":"L","token":{t},"group":"g{t}"}}"#);
+        let f = |t: u64| format!(r#"{{"event":"freed","lock":"L","token":{t},"group":"g{t}"}}"#);
+        let ok = [(1, g(1)), (1, f(1)), (1, g(2)), (2, f(2)), (2, g(3))];
+        let a = audit_server(&ok);
+        assert!(a.violations.is_empty(), "{:?}", a.violations);
+        assert_eq!((a.granted, a.freed, a.unconfirmed), (3, 2, 0));
+        // Two live grants in one life.
+        assert_eq!(audit_server(&[(1, g(1)), (1, g(2))]).violations.len(), 1);
+        // The freed line of 1 died with life 1: excused, counted.
+        let a = audit_server(&[(1, g(1)), (2, g(2))]);
+        assert!(a.violations.is_empty() && a.unconfirmed == 1, "{a:?}");
+        // ... but a later freed of 1 proves both were live.
+        assert_eq!(
+            audit_server(&[(1, g(1)), (2, g(2)), (2, f(1))])
+                .violations
+                .len(),
+            1
+        );
+        // Tokens going backwards or repeating.
+        assert!(!audit_server(&[(1, g(2)), (1, f(2)), (1, g(2))])
+            .violations
+            .is_empty());
+        assert!(!audit_server(&[(1, g(2)), (1, f(2)), (1, g(1))])
+            .violations
+            .is_empty());
+        // Freed twice, and junk.
+        assert!(!audit_server(&[(1, g(1)), (1, f(1)), (1, f(1))])
+            .violations
+            .is_empty());
+        assert!(!audit_server(&[(1, "not json".into())])
+            .violations
+            .is_empty());
+    }
 }
