@@ -12,7 +12,8 @@
 //! crate `ken` would have carried a command line and JSON rendering it does not need, and a
 //! helper inside ken-apps would have made every tool depend on the example apps. If a tool
 //! ever needs app code as a library (say `bank::audit` in a torture run), move [`inspect`]
-//! into a crate of its own that both depend on: it uses only `ken-store`, `clap`, `serde`,
-//! `serde_json` and `thiserror`, never `ken` or the rest of this crate.
+//! into a crate of its own that both depend on: it uses only `ken-store`, `ken` (the FUSE
+//! group record type, in `inspect::fuse`), `clap`, `serde`, `serde_json` and `thiserror`,
+//! never the rest of this crate.
 
 pub mod inspect;

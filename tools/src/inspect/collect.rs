@@ -11,9 +11,11 @@
 //! Table scans go around a corrupt row: it is listed with its error and the scan continues
 //! after it (`scan_table`).
 
-use ken_store::{codec, OutboxStats, PeerRow, ReadError, Reader, MAX_SCAN_ROWS};
+use ken::engine::fuse::GroupState;
+use ken_store::{codec, GroupRow, OutboxStats, PeerRow, ReadError, Reader, MAX_SCAN_ROWS};
 
 use super::decode::{hex, unhex, AppDecoder};
+use super::fuse;
 use super::output::*;
 
 /// Rows one table scan query asks for.
@@ -115,7 +117,32 @@ pub fn summary(reader: &Reader, now_ms: u64) -> Result<(Summary, Vec<Damage>), R
     let peers = part(d, "peers", reader.peers()).unwrap_or_default();
     let outbox = part(d, "outbox", reader.outbox_stats()).unwrap_or_default();
     let timers = part(d, "timers", reader.timers()).unwrap_or_default();
-    let groups = part(d, "groups", reader.groups()).map(|g| g.len() as u64);
+    let group_rows = part(d, "groups", reader.groups());
+    let groups = group_rows.as_ref().map(|g| g.len() as u64);
+    let groups_by_state = group_rows.map(|rows| {
+        let mut counts = GroupCounts::default();
+        for row in &rows {
+            match fuse::decode(row) {
+                Ok(rec) => {
+                    let n = match rec.state {
+                        GroupState::Creating => &mut counts.creating,
+                        GroupState::Joined => &mut counts.joined,
+                        GroupState::Live => &mut counts.live,
+                        GroupState::Failed => &mut counts.failed,
+                    };
+                    *n += 1;
+                    if rec.state == GroupState::Failed && !rec.notified {
+                        counts.failed_unnotified += 1;
+                    }
+                }
+                Err(c) => {
+                    counts.undecodable += 1;
+                    d.push(Damage::new("groups", ReadError::Corrupted(c)));
+                }
+            }
+        }
+        counts
+    });
     let clients = part(d, "clients", reader.clients()).map(|c| c.len() as u64);
     let file = part(d, "files", reader.file_sizes())
         .map(|f| FileInfo {
@@ -145,6 +172,7 @@ pub fn summary(reader: &Reader, now_ms: u64) -> Result<(Summary, Vec<Damage>), R
         timers_due: timers.iter().filter(|t| t.due_ms <= now_ms).count() as u64,
         next_timer_due_ms: timers.iter().map(|t| t.due_ms).min(),
         groups,
+        groups_by_state,
         clients,
         file,
         errors: damage.iter().map(Damage::to_output).collect(),
@@ -246,18 +274,55 @@ pub fn turns(reader: &Reader, last: u32) -> Result<TurnsView, ReadError> {
     })
 }
 
-/// `groups`.
-pub fn groups(reader: &Reader) -> Result<GroupsView, ReadError> {
-    Ok(GroupsView {
-        groups: reader
-            .groups()?
-            .into_iter()
-            .map(|g| GroupInfo {
-                group: format!("0x{}", hex(&g.group)),
-                record: Blob::plain(&g.record),
-            })
-            .collect(),
-    })
+/// One group row for the `groups` view: decoded, or listed with its error (returned as
+/// the second value, to be reported as damage).
+pub fn group_info(row: &GroupRow, now_ms: u64) -> (GroupInfo, Option<ken_store::Corrupted>) {
+    let mut info = GroupInfo {
+        group: fuse::key(&row.group),
+        display: fuse::display(&row.group),
+        state: None,
+        creator: None,
+        members: None,
+        notified: None,
+        created_ms: None,
+        created_age_ms: None,
+        record: Blob::plain(&row.record),
+        error: None,
+    };
+    match fuse::decode(row) {
+        Ok(rec) => {
+            info.state = Some(fuse::state_name(rec.state).to_string());
+            info.created_age_ms = Some(age(now_ms, rec.created_ms));
+            info.created_ms = Some(rec.created_ms);
+            info.notified = Some(rec.notified);
+            info.creator = Some(rec.creator);
+            info.members = Some(rec.members);
+            (info, None)
+        }
+        Err(c) => {
+            info.error = Some(c.to_string());
+            (info, Some(c))
+        }
+    }
+}
+
+/// `groups`: every group record decoded. Fails only if the records cannot be read (a bad
+/// envelope names its group); a record that reads but does not decode is listed with its
+/// `error` and returned as [`Damage`].
+pub fn groups(reader: &Reader, now_ms: u64) -> Result<(GroupsView, Vec<Damage>), ReadError> {
+    let mut damage = Vec::new();
+    let groups = reader
+        .groups()?
+        .iter()
+        .map(|row| {
+            let (info, bad) = group_info(row, now_ms);
+            if let Some(c) = bad {
+                damage.push(Damage::new("groups", ReadError::Corrupted(c)));
+            }
+            info
+        })
+        .collect();
+    Ok((GroupsView { now_ms, groups }, damage))
 }
 
 /// `clients`.
@@ -277,9 +342,14 @@ pub fn clients(reader: &Reader, app: &AppDecoder, now_ms: u64) -> Result<Clients
     })
 }
 
-/// `verify`.
+/// `verify`: the reader's checks (every envelope, the counters and the outbox structure,
+/// SQLite's own), then every group record's body decoded and checked ([`fuse::problems`]).
+///
+/// The group records are read in one query that fails on a bad envelope; the reader's walk
+/// has named that record already, so then the bodies are not checked (fix or remove the
+/// named record and verify again).
 pub fn verify(reader: &Reader) -> Result<VerifyView, ReadError> {
-    let problems: Vec<ProblemInfo> = reader
+    let mut problems: Vec<ProblemInfo> = reader
         .verify()?
         .into_iter()
         .map(|p| ProblemInfo {
@@ -288,6 +358,25 @@ pub fn verify(reader: &Reader) -> Result<VerifyView, ReadError> {
             what: p.what,
         })
         .collect();
+    let rows = match reader.groups() {
+        Ok(rows) => rows,
+        Err(ReadError::Corrupted(_)) => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    if !rows.is_empty() {
+        let me = reader.meta()?.process_id;
+        for row in &rows {
+            let whats = match fuse::decode(row) {
+                Ok(rec) => fuse::problems(&me, &rec),
+                Err(c) => vec![c.detail],
+            };
+            problems.extend(whats.into_iter().map(|what| ProblemInfo {
+                table: fuse::TABLE.to_string(),
+                key: fuse::key(&row.group),
+                what,
+            }));
+        }
+    }
     Ok(VerifyView {
         clean: problems.is_empty(),
         problems,

@@ -23,6 +23,7 @@
 
 pub mod collect;
 pub mod decode;
+pub mod fuse;
 pub mod output;
 mod text;
 
@@ -107,7 +108,7 @@ pub enum View {
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=i64::from(VIEW_ROWS_MAX)))]
         last: u32,
     },
-    /// FUSE groups this process belongs to.
+    /// FUSE groups this process belongs to: state, creator, members, notified, created.
     Groups,
     /// The client reply cache.
     Clients,
@@ -261,8 +262,9 @@ pub fn run(
             Vec::new()
         }
         View::Groups => {
-            emit(out, json, &collect::groups(&reader)?, text::groups)?;
-            Vec::new()
+            let (v, damage) = collect::groups(&reader, now)?;
+            emit(out, json, &v, text::groups)?;
+            damage
         }
         View::Clients => {
             emit(

@@ -76,6 +76,9 @@ pub struct Summary {
     pub next_timer_due_ms: Option<u64>,
     /// FUSE groups this process is a member of; `null` if unreadable.
     pub groups: Option<u64>,
+    /// Those groups counted by state (`undecodable` records are listed in `errors` too);
+    /// `null` if unreadable.
+    pub groups_by_state: Option<GroupCounts>,
     /// Clients in the reply cache; `null` if unreadable.
     pub clients: Option<u64>,
     pub file: FileInfo,
@@ -252,18 +255,59 @@ pub struct TurnInfo {
     pub note: String,
 }
 
-/// `ken inspect STORE groups`.
+/// The FUSE groups of a store counted by state (the summary's `groups_by_state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct GroupCounts {
+    /// At the creator, until every member confirmed (or the creation timeout fails it).
+    pub creating: u64,
+    /// At a member, recorded and confirmed, not yet known to be established.
+    pub joined: u64,
+    pub live: u64,
+    pub failed: u64,
+    /// Failed groups whose notification turn has not committed yet (`notified` false): the
+    /// handler will hear them at its next turns (after a restart if the process is down).
+    pub failed_unnotified: u64,
+    /// Records that do not decode as a group record (damage: each is also in `errors`).
+    pub undecodable: u64,
+}
+
+/// `ken inspect STORE groups`: every FUSE group this process belongs to, by group id.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GroupsView {
+    pub now_ms: u64,
     pub groups: Vec<GroupInfo>,
 }
 
-/// One FUSE group record (its body is owned by the runtime).
+/// One FUSE group record, decoded with the runtime's own type (`ken`'s `GroupRecord`).
+///
+/// The decoded fields are `null` only when the record does not decode (then `error` says
+/// why, and the record is damage: the view exits 1 and `verify` names it).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GroupInfo {
-    /// `"0x"` + 32 hex digits.
+    /// `"0x"` + 32 hex digits (how errors and `verify` name the record).
     pub group: String,
+    /// `"g-"` + the same 32 hex digits: how the runtime's logs print the group.
+    pub display: String,
+    /// `creating` (at the creator, until every member confirmed), `joined` (at another
+    /// member, confirmed), `live` (established) or `failed` (one-shot, forever).
+    pub state: Option<String>,
+    /// The process that created the group.
+    pub creator: Option<String>,
+    /// Every member, sorted, this process and the creator included.
+    pub members: Option<Vec<String>>,
+    /// The handler heard the failure (`Input::FuseFailure`): set by the notification turn's
+    /// own commit, so true exactly once the notification was consumed. Only ever true when
+    /// `state` is `failed`.
+    pub notified: Option<bool>,
+    /// When this process recorded the group (the creator: the creating turn; a member: when
+    /// the creator's `Create` arrived), milliseconds since the Unix epoch.
+    pub created_ms: Option<u64>,
+    /// `now_ms - created_ms`.
+    pub created_age_ms: Option<u64>,
+    /// The stored body (envelope excluded), previewed.
     pub record: Blob,
+    /// Why the record does not decode; `null` when it does.
+    pub error: Option<String>,
 }
 
 /// `ken inspect STORE clients`.
@@ -319,7 +363,8 @@ pub struct VerifyView {
 /// One problem `verify` found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProblemInfo {
-    /// The store table: `kv:<name>` for application tables, `sqlite` for the file itself.
+    /// The store table: `kv:<name>` for application tables, `fuse_groups` for group
+    /// records (keyed by `"0x"` + the group id's hex), `sqlite` for the file itself.
     pub table: String,
     /// The key, printable.
     pub key: String,

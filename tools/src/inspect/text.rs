@@ -198,7 +198,24 @@ pub fn summary(s: &Summary) -> String {
         "timers        {} ({} due{next})",
         s.timers, s.timers_due
     );
-    let _ = writeln!(out, "fuse groups   {}", opt(s.groups));
+    let groups = match (s.groups, s.groups_by_state) {
+        (Some(n), Some(c)) if n > 0 => {
+            let mut line = format!(
+                "{n} ({} creating, {} joined, {} live, {} failed",
+                c.creating, c.joined, c.live, c.failed
+            );
+            if c.failed_unnotified > 0 {
+                let _ = write!(line, ", {} not yet notified", c.failed_unnotified);
+            }
+            if c.undecodable > 0 {
+                let _ = write!(line, ", {} UNDECODABLE", c.undecodable);
+            }
+            line.push(')');
+            line
+        }
+        (n, _) => opt(n),
+    };
+    let _ = writeln!(out, "fuse groups   {groups}");
     let _ = writeln!(out, "clients       {} cached replies", opt(s.clients));
     let _ = writeln!(
         out,
@@ -369,9 +386,32 @@ pub fn groups(v: &GroupsView) -> String {
     let rows: Vec<Vec<String>> = v
         .groups
         .iter()
-        .map(|g| vec![g.group.clone(), blob(&g.record)])
+        .map(|g| {
+            let members = match (&g.members, &g.error) {
+                (Some(m), _) => m.join(","),
+                (None, Some(e)) => format!("CORRUPT: {e}; record {}", blob(&g.record)),
+                (None, None) => "-".to_string(),
+            };
+            vec![
+                g.group.clone(),
+                opt(g.state.as_ref()),
+                g.notified
+                    .map_or("-", |n| if n { "yes" } else { "no" })
+                    .to_string(),
+                opt(g.creator.as_ref()),
+                g.created_ms.map_or("-".to_string(), utc),
+                g.created_age_ms.map_or("-".to_string(), duration_ms),
+                members,
+            ]
+        })
         .collect();
-    columns(0, &["GROUP", "RECORD"], &rows)
+    columns(
+        0,
+        &[
+            "GROUP", "STATE", "NOTIFIED", "CREATOR", "CREATED", "AGE", "MEMBERS",
+        ],
+        &rows,
+    )
 }
 
 /// `clients`.

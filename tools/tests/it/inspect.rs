@@ -1291,3 +1291,481 @@ fn broken_inputs_get_one_line_and_a_non_zero_exit() {
     assert_eq!(s["root_bytes"], Value::Null);
     assert_eq!(view(&bins.bank, &store, &["state"])["root"], Value::Null);
 }
+
+// ---------------------------------------------------------------------------------------
+// FUSE groups: stores written by engines driven in-process (virtual time, real stores, a
+// network the test controls), so every group's state can be produced on purpose.
+
+mod groups {
+    use std::collections::BTreeSet;
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    use ken::engine::Command;
+    use ken::store::{codec, Store};
+    use ken::transport::Frame;
+    use ken::{
+        Engine, EngineConfig, GroupId, GroupState, Handler, Input, ProcessId, Time, Tuning, Turn,
+    };
+    use rand::{Rng, SeedableRng};
+    use serde::{Deserialize, Serialize};
+    use serde_json::{json, Value};
+
+    use super::{arr, inspect, seed, u, view, view_code, EXIT_DAMAGED};
+
+    /// `a` creates group `i` of `PLAN` (itself and the listed members) `PLAN[i].0` ms after
+    /// its start; every member records the failures it hears.
+    const PLAN: [(u64, &[&str]); 4] =
+        [(0, &["b", "c"]), (0, &["b"]), (300, &["c"]), (2500, &["b"])];
+
+    struct Grouper;
+
+    #[derive(Debug, Default, Serialize, Deserialize)]
+    struct GrouperState {
+        /// (plan index, group, the creating turn's time in ms)
+        created: Vec<(usize, GroupId, u64)>,
+        heard: Vec<GroupId>,
+    }
+
+    impl Handler for Grouper {
+        type State = GrouperState;
+        type Message = ();
+        fn on_turn(&self, s: &mut GrouperState, turn: &mut Turn<'_, ()>, input: Input<()>) {
+            match input {
+                Input::Start if turn.id().as_str() == "a" => {
+                    for (i, (after_ms, _)) in PLAN.iter().enumerate() {
+                        turn.set_timer(&format!("create-{i}"), Duration::from_millis(*after_ms));
+                    }
+                }
+                Input::Timer { name } => {
+                    let i: usize = name["create-".len()..].parse().unwrap();
+                    let members: Vec<ProcessId> = PLAN[i]
+                        .1
+                        .iter()
+                        .map(|m| ProcessId::new(*m).unwrap())
+                        .collect();
+                    let g = turn.fuse_create(&members).unwrap();
+                    s.created.push((i, g, turn.now().as_millis()));
+                }
+                Input::FuseFailure { group } => s.heard.push(group),
+                _ => {}
+            }
+        }
+    }
+
+    struct Node {
+        id: ProcessId,
+        path: PathBuf,
+        engine: Option<Engine<Grouper>>,
+        store: Option<Store>,
+    }
+
+    /// Three nodes a, b, c; commits complete at once; frames from `mute`d nodes are lost.
+    struct Cluster {
+        now: Time,
+        nodes: Vec<Node>,
+        net: Vec<(usize, Frame)>,
+        mute: BTreeSet<usize>,
+    }
+
+    const STEP_MS: u64 = 5;
+
+    fn tuning() -> Tuning {
+        Tuning {
+            fuse_heartbeat: Duration::from_millis(100),
+            fuse_t_fail: Duration::from_millis(1000),
+            fuse_create_timeout: Duration::from_millis(1000),
+            ..Tuning::default()
+        }
+    }
+
+    impl Cluster {
+        fn boot(dir: &Path, start_ms: u64) -> Cluster {
+            let ids: Vec<ProcessId> = ["a", "b", "c"].map(|s| ProcessId::new(s).unwrap()).to_vec();
+            let mut c = Cluster {
+                now: Time::from_millis(start_ms),
+                nodes: Vec::new(),
+                net: Vec::new(),
+                mute: BTreeSet::new(),
+            };
+            for (i, id) in ids.iter().enumerate() {
+                let path = dir.join(format!("{id}.ken"));
+                let (store, rec) = Store::open(&path, id.as_str()).unwrap();
+                let reader = ken::store::Reader::open(&path).unwrap();
+                let config = EngineConfig {
+                    id: id.clone(),
+                    peers: ids.iter().filter(|p| *p != id).cloned().collect(),
+                    tuning: tuning(),
+                    seed: i as u64,
+                };
+                let mut engine = Engine::recover(config, Grouper, rec, Box::new(reader)).unwrap();
+                engine.start(c.now);
+                c.nodes.push(Node {
+                    id: id.clone(),
+                    path,
+                    engine: Some(engine),
+                    store: Some(store),
+                });
+                c.drain(i);
+            }
+            c
+        }
+
+        /// A permanent kill: the engine and its store handle are gone.
+        fn kill(&mut self, i: usize) {
+            self.nodes[i].engine = None;
+            self.nodes[i].store = None;
+        }
+
+        fn drain(&mut self, i: usize) {
+            loop {
+                let Some(engine) = self.nodes[i].engine.as_mut() else {
+                    return;
+                };
+                let cmds = engine.take_commands();
+                if cmds.is_empty() {
+                    return;
+                }
+                for cmd in cmds {
+                    match cmd {
+                        Command::Commit { id, batch } => {
+                            let node = &mut self.nodes[i];
+                            node.store.as_mut().unwrap().commit(&batch).unwrap();
+                            node.engine.as_mut().unwrap().commit_done(self.now, id);
+                        }
+                        Command::Send { to, frame, .. } => {
+                            let to = self.nodes.iter().position(|n| n.id == to).unwrap();
+                            if !self.mute.contains(&i) {
+                                self.net.push((to, frame));
+                            }
+                        }
+                        Command::Fatal { error } => panic!("{} stopped: {error}", self.nodes[i].id),
+                        _ => {}
+                    }
+                }
+            }
+        }
+
+        /// Advances virtual time by `ms`, delivering every frame at once.
+        fn run(&mut self, ms: u64) {
+            let end = self.now.plus(Duration::from_millis(ms));
+            while self.now < end {
+                while !self.net.is_empty() {
+                    let (to, frame) = self.net.remove(0);
+                    if let Some(e) = self.nodes[to].engine.as_mut() {
+                        e.handle_frame(self.now, frame);
+                        self.drain(to);
+                    }
+                }
+                self.now = self.now.plus(Duration::from_millis(STEP_MS));
+                for i in 0..self.nodes.len() {
+                    if let Some(e) = self.nodes[i].engine.as_mut() {
+                        e.tick(self.now);
+                        self.drain(i);
+                    }
+                }
+            }
+        }
+
+        fn engine(&self, i: usize) -> &Engine<Grouper> {
+            self.nodes[i].engine.as_ref().unwrap()
+        }
+    }
+
+    fn key(g: GroupId) -> String {
+        format!("0x{}", ken_tools::inspect::decode::hex(&g.0))
+    }
+
+    /// Rewrites the sealed record of group `g` in `store` with `f(record)`.
+    fn rewrite(store: &Path, g: GroupId, f: impl FnOnce(Vec<u8>) -> Vec<u8>) {
+        let conn = rusqlite::Connection::open(store).unwrap();
+        let old: Vec<u8> = conn
+            .query_row(
+                "SELECT record FROM fuse_groups WHERE group_id = ?1",
+                [&g.0[..]],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let n = conn
+            .execute(
+                "UPDATE fuse_groups SET record = ?1 WHERE group_id = ?2",
+                rusqlite::params![f(old), &g.0[..]],
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+
+    /// Three stores whose groups are in every state, each on purpose: `a` creates
+    /// G0 = {a,b,c} and G1 = {a,b}; c is killed for good, so G0 fails by silence at a and b
+    /// and G2 = {a,c}, created afterwards, fails by creation timeout at a; G3 = {a,b} is
+    /// created while b's frames are lost, so it is `creating` at a and `joined` at b. Every
+    /// field of `ken inspect groups` and the summary's counts are checked against the
+    /// engines' own view and the creating turns' clocks; then `verify` must name a record
+    /// that does not decode, a record that breaks an invariant and a record with a bad CRC.
+    #[test]
+    fn fuse_groups_are_decoded_counted_and_verified() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed("fuse_groups"));
+        let dir = tempfile::tempdir().unwrap();
+        let ken_bin = dir.path().join("ken");
+        std::fs::copy(env!("CARGO_BIN_EXE_ken"), &ken_bin).unwrap();
+        // A minute in the past, so that ages are positive after 2.6 s of virtual time.
+        let wall_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let start_ms = wall_ms - 60_000;
+        let mut c = Cluster::boot(dir.path(), start_ms);
+        c.run(100);
+        assert!(
+            (0..3).all(|i| c
+                .engine(i)
+                .groups()
+                .iter()
+                .all(|g| g.durable == Some(GroupState::Live))),
+            "G0 and G1 are established everywhere"
+        );
+        c.kill(2);
+        c.run(2_400);
+        c.mute.insert(1);
+        c.run(150);
+
+        let created = c.engine(0).state().created.clone();
+        assert_eq!(created.len(), PLAN.len(), "{created:?}");
+        let find = |i: usize| *created.iter().find(|e| e.0 == i).expect("created");
+        let g: Vec<GroupId> = (0..PLAN.len()).map(|i| find(i).1).collect();
+        let created_ms: Vec<u64> = (0..PLAN.len()).map(|i| find(i).2).collect();
+        // (node, group, state, notified, members), as the scenario makes them.
+        let expect: Vec<(usize, usize, GroupState, bool, Vec<&str>)> = vec![
+            (0, 0, GroupState::Failed, true, vec!["a", "b", "c"]),
+            (0, 1, GroupState::Live, false, vec!["a", "b"]),
+            (0, 2, GroupState::Failed, true, vec!["a", "c"]),
+            (0, 3, GroupState::Creating, false, vec!["a", "b"]),
+            (1, 0, GroupState::Failed, true, vec!["a", "b", "c"]),
+            (1, 1, GroupState::Live, false, vec!["a", "b"]),
+            (1, 3, GroupState::Joined, false, vec!["a", "b"]),
+            // c's store as it was when c was killed.
+            (2, 0, GroupState::Live, false, vec!["a", "b", "c"]),
+        ];
+        // The engines agree with the scenario (durably), and each handler heard exactly
+        // its failed groups, once.
+        for i in 0..2 {
+            let mut mine: Vec<_> = c
+                .engine(i)
+                .groups()
+                .into_iter()
+                .map(|s| {
+                    assert_eq!(s.durable, Some(s.state), "{i}: {s:?} is durable");
+                    assert_eq!(s.creator.as_str(), "a");
+                    let members: Vec<String> = s.members.iter().map(|m| m.to_string()).collect();
+                    (s.id, s.state, s.notified, members)
+                })
+                .collect();
+            mine.sort_by_key(|m| m.0);
+            let mut want: Vec<_> = expect
+                .iter()
+                .filter(|e| e.0 == i)
+                .map(|e| {
+                    (
+                        g[e.1],
+                        e.2,
+                        e.3,
+                        e.4.iter().map(|m| m.to_string()).collect::<Vec<_>>(),
+                    )
+                })
+                .collect();
+            want.sort_by_key(|w| w.0);
+            assert_eq!(mine, want, "node {i}");
+            let mut heard = c.engine(i).state().heard.clone();
+            heard.sort();
+            let mut failed: Vec<GroupId> = want.iter().filter(|w| w.2).map(|w| w.0).collect();
+            failed.sort();
+            assert_eq!(heard, failed, "node {i} heard each failure once");
+        }
+        let stores: Vec<PathBuf> = c.nodes.iter().map(|n| n.path.clone()).collect();
+        c.kill(0);
+        c.kill(1);
+
+        // `groups --json`: every field of every group.
+        for (i, store) in stores.iter().enumerate() {
+            let v = view(&ken_bin, store, &["groups"]);
+            let now_ms = u(&v["now_ms"]);
+            let want: Vec<_> = expect.iter().filter(|e| e.0 == i).collect();
+            assert_eq!(arr(&v["groups"]).len(), want.len(), "{i}: {v:#}");
+            for e in want {
+                let id = g[e.1];
+                let got = arr(&v["groups"])
+                    .iter()
+                    .find(|x| x["group"] == key(id))
+                    .unwrap_or_else(|| panic!("{i}: no {} in {v:#}", key(id)));
+                let ctx = format!("node {i}, G{}: {got:#}", e.1);
+                assert_eq!(got["display"], id.to_string(), "{ctx}");
+                let state = ken_tools::inspect::fuse::state_name(e.2);
+                assert_eq!(got["state"], state, "{ctx}");
+                assert_eq!(got["creator"], "a", "{ctx}");
+                assert_eq!(got["members"], json!(e.4), "{ctx}");
+                assert_eq!(got["notified"], e.3, "{ctx}");
+                let at = u(&got["created_ms"]);
+                if i == 0 {
+                    assert_eq!(at, created_ms[e.1], "{ctx}");
+                } else {
+                    // A member records the group when the creator's Create arrives.
+                    assert!(
+                        (created_ms[e.1]..=created_ms[e.1] + STEP_MS).contains(&at),
+                        "{ctx}: created at {}",
+                        created_ms[e.1]
+                    );
+                }
+                assert_eq!(u(&got["created_age_ms"]), now_ms - at, "{ctx}");
+                assert!(u(&got["record"]["bytes"]) > 0, "{ctx}");
+                assert_eq!(got["record"]["decoded"], Value::Null, "{ctx}");
+                assert_eq!(got["error"], Value::Null, "{ctx}");
+            }
+            // The summary counts them by state.
+            let s = view(&ken_bin, store, &[]);
+            let count = |st: GroupState| expect.iter().filter(|e| e.0 == i && e.2 == st).count();
+            assert_eq!(
+                u(&s["groups"]),
+                expect.iter().filter(|e| e.0 == i).count() as u64
+            );
+            assert_eq!(
+                s["groups_by_state"],
+                json!({
+                    "creating": count(GroupState::Creating),
+                    "joined": count(GroupState::Joined),
+                    "live": count(GroupState::Live),
+                    "failed": count(GroupState::Failed),
+                    "failed_unnotified": 0,
+                    "undecodable": 0,
+                }),
+                "{i}: {s:#}"
+            );
+            assert_eq!(s["errors"], json!([]), "{i}: {s:#}");
+            let v = view(&ken_bin, store, &["verify"]);
+            assert_eq!(v, json!({"clean": true, "problems": []}), "{i}");
+        }
+        // The text forms.
+        let text = inspect(&ken_bin, &stores[0], &[]);
+        assert_eq!(text.code, 0, "{}", text.describe());
+        assert!(
+            text.stdout
+                .contains("fuse groups   4 (1 creating, 0 joined, 1 live, 2 failed)\n"),
+            "{}",
+            text.stdout
+        );
+        let text = inspect(&ken_bin, &stores[1], &["groups"]);
+        assert_eq!(text.code, 0, "{}", text.describe());
+        let line = text
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&key(g[3])))
+            .unwrap_or_else(|| panic!("no G3 line: {}", text.stdout));
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(words[1..4], ["joined", "no", "a"], "{line}");
+        assert_eq!(words.last(), Some(&"a,b"), "{line}");
+        assert!(text.stdout.starts_with("GROUP "), "{}", text.stdout);
+
+        // Damage. b: G1 re-sealed as live but notified (an impossible record), G3's body
+        // replaced by bytes that are no group record (both with a valid envelope).
+        let impossible = ken::engine::fuse::GroupRecord {
+            creator: "a".to_string(),
+            members: vec!["a".to_string(), "b".to_string()],
+            state: GroupState::Live,
+            notified: true,
+            created_ms: created_ms[1],
+        };
+        rewrite(&stores[1], g[1], |_| {
+            codec::seal(&codec::encode(&impossible))
+        });
+        rewrite(&stores[1], g[3], |_| codec::seal(&[0xff, 0xff, 0xff]));
+        // a: one random bit of G2's stored record flipped (the envelope's CRC catches it).
+        rewrite(&stores[0], g[2], |mut r| {
+            let bit = rng.gen_range(0..r.len() * 8);
+            r[bit / 8] ^= 1 << (bit % 8);
+            r
+        });
+
+        let vb = view_code(&ken_bin, &stores[1], &["verify", "--json"], EXIT_DAMAGED);
+        let problems = arr(&vb["problems"]);
+        assert_eq!(problems.len(), 2, "{vb:#}");
+        for (id, says) in [
+            (g[1], "notified, but the state is live, not failed"),
+            (g[3], "does not decode as a FUSE group record"),
+        ] {
+            assert!(
+                problems.iter().any(|p| p["table"] == "fuse_groups"
+                    && p["key"] == key(id)
+                    && p["what"].as_str().unwrap().contains(says)),
+                "{}: {says}: {vb:#}",
+                key(id)
+            );
+        }
+        let tb = inspect(&ken_bin, &stores[1], &["verify"]);
+        assert_eq!(tb.code, EXIT_DAMAGED);
+        assert!(
+            tb.stdout
+                .contains(&format!("PROBLEM fuse_groups {}: ", key(g[3]))),
+            "{}",
+            tb.stdout
+        );
+        // The groups view lists the undecodable record in place, exits 1, says it once.
+        let gb = inspect(&ken_bin, &stores[1], &["groups", "--json"]);
+        assert_eq!(gb.code, EXIT_DAMAGED, "{}", gb.describe());
+        assert_eq!(gb.stderr.lines().count(), 1, "{}", gb.stderr);
+        assert!(gb.stderr.contains(&key(g[3])), "{}", gb.stderr);
+        let gj = gb.json();
+        let bad = arr(&gj["groups"])
+            .iter()
+            .find(|x| x["group"] == key(g[3]))
+            .unwrap();
+        for field in ["state", "creator", "members", "notified", "created_ms"] {
+            assert_eq!(bad[field], Value::Null, "{field}: {bad:#}");
+        }
+        assert_eq!(u(&bad["record"]["bytes"]), 3);
+        assert!(
+            bad["error"].as_str().unwrap().contains("fuse_groups"),
+            "{bad:#}"
+        );
+        let odd = arr(&gj["groups"])
+            .iter()
+            .find(|x| x["group"] == key(g[1]))
+            .unwrap();
+        assert_eq!(
+            (&odd["state"], &odd["notified"]),
+            (&json!("live"), &json!(true))
+        );
+        let sb = view_code(&ken_bin, &stores[1], &["--json"], EXIT_DAMAGED);
+        assert_eq!(
+            sb["groups_by_state"],
+            json!({"creating": 0, "joined": 0, "live": 1, "failed": 1,
+                   "failed_unnotified": 0, "undecodable": 1}),
+            "{sb:#}"
+        );
+        assert_eq!(arr(&sb["errors"]).len(), 1, "{sb:#}");
+        assert_eq!(sb["errors"][0]["section"], "groups");
+        assert!(sb["errors"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains(&key(g[3])));
+
+        // a: the reader names the bad envelope; the groups view needs every record.
+        let va = view_code(&ken_bin, &stores[0], &["verify", "--json"], EXIT_DAMAGED);
+        assert_eq!(arr(&va["problems"]).len(), 1, "{va:#}");
+        assert_eq!(va["problems"][0]["table"], "fuse_groups");
+        assert_eq!(va["problems"][0]["key"], key(g[2]));
+        let ga = inspect(&ken_bin, &stores[0], &["groups"]);
+        assert_eq!(ga.code, EXIT_DAMAGED, "{}", ga.describe());
+        assert_eq!(ga.stdout, "");
+        assert_eq!(ga.stderr.lines().count(), 1, "{}", ga.stderr);
+        assert!(
+            ga.stderr
+                .contains(&format!("`fuse_groups` at key {}", key(g[2]))),
+            "{}",
+            ga.stderr
+        );
+        let sa = view_code(&ken_bin, &stores[0], &["--json"], EXIT_DAMAGED);
+        assert_eq!(sa["groups"], Value::Null);
+        assert_eq!(sa["groups_by_state"], Value::Null);
+        // c: untouched.
+        assert_eq!(view(&ken_bin, &stores[2], &["verify"])["clean"], true);
+    }
+}
