@@ -85,3 +85,107 @@ fn a_store_that_is_not_a_ken_store_is_refused_with_one_line() {
         "the foreign file is untouched"
     );
 }
+
+/// `ken-lock hold`'s own checks: one line each, exit 2.
+#[test]
+fn ken_lock_usage_errors_are_one_line() {
+    let hold = |extra: &[&str]| {
+        let mut args = vec![
+            "hold",
+            "--id",
+            "h1",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            "x.db",
+            "--lock",
+            "L",
+        ];
+        args.extend_from_slice(extra);
+        run(env!("CARGO_BIN_EXE_ken-lock"), &args)
+    };
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--peer", "s=127.0.0.1:9", "--server", "t"],
+            "--server t is not among the --peer entries",
+        ),
+        (
+            &["--peer", "h1=127.0.0.1:9", "--server", "h1"],
+            "names this process itself",
+        ),
+        (
+            &[
+                "--peer",
+                "s=127.0.0.1:9",
+                "--peer",
+                "s=127.0.0.1:10",
+                "--server",
+                "s",
+            ],
+            "is given twice",
+        ),
+        (
+            &[
+                "--peer",
+                "s=127.0.0.1:9",
+                "--server",
+                "s",
+                "--retry-ms",
+                "0",
+            ],
+            "--retry-ms",
+        ),
+    ];
+    for (extra, expected) in cases {
+        let (code, err) = hold(extra);
+        assert_eq!(code, Some(2), "{extra:?}: {err}");
+        assert!(err.contains(expected), "{extra:?}: {err}");
+        if !expected.starts_with("--retry") {
+            assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        }
+    }
+}
+
+#[test]
+fn ken_lock_bad_lock_names_and_peers_are_explained() {
+    let bin = env!("CARGO_BIN_EXE_ken-lock");
+    let common = [
+        "--id",
+        "h1",
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        "x.db",
+        "--server",
+        "s",
+    ];
+    let long = "x".repeat(200);
+    for (lock, peer, expected) in [
+        ("", "s=127.0.0.1:9", "a lock name must be 1 to 128 bytes"),
+        (long.as_str(), "s=127.0.0.1:9", "got 200 bytes"),
+        ("L", "s", "expected ID=ADDR"),
+    ] {
+        let mut args = vec!["hold"];
+        args.extend_from_slice(&common);
+        args.extend_from_slice(&["--lock", lock, "--peer", peer]);
+        let (code, err) = run(bin, &args);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains(expected), "{err}");
+    }
+    let (code, err) = run(
+        bin,
+        &[
+            "serve",
+            "--id",
+            "s",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            "x.db",
+            "--queue-max",
+            "0",
+        ],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(err.trim_end(), "ken-lock: --queue-max must be at least 1");
+}
