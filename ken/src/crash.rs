@@ -9,8 +9,8 @@
 //!
 //! | point | where |
 //! | --- | --- |
-//! | `before_commit` | store thread, a batch in hand, before the transaction |
-//! | `after_commit` | store thread, the batch durable, before the loop hears of it (outputs not released) |
+//! | `before_commit` | a batch in hand (store thread or, for a small batch, the engine loop), before the transaction |
+//! | `after_commit` | the batch durable, before the engine hears of it (outputs not released) |
 //! | `mid_release` | between two outputs of a released batch |
 //! | `after_release` | a batch's outputs all released, before the next commit (which deletes acknowledged outbox rows) |
 //! | `recovery` | after the store is opened and recovered, before the engine starts |
