@@ -51,6 +51,14 @@ pub enum OpenError {
          newer build of Ken"
     )]
     NewerFormat { found: u32, supported: u32 },
+    /// The store was written by an older build (format version `found`) that this build has
+    /// no migration from. Nothing was changed.
+    #[error(
+        "store format version {found} was written by an older build of Ken; this build reads \
+         version {supported} and has no migration: finish the work with the build that wrote \
+         it, or start from a fresh store"
+    )]
+    OlderFormat { found: u32, supported: u32 },
     /// There is no store at the path ([`Reader::open`](crate::Reader::open) never creates
     /// one). Nothing was changed.
     #[error("no store at {path}; check the path (a Reader never creates a store)")]

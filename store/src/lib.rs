@@ -91,7 +91,7 @@ pub use store::{
 };
 
 /// The store file format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// A batch of turns to commit atomically: everything a group of turns changed.
 ///

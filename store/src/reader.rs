@@ -191,6 +191,11 @@ fn meta_problem(p: MetaProblem) -> Corrupted {
             key: schema::META_FORMAT_VERSION.to_string(),
             detail: format!("format version {v} is newer than this build's"),
         },
+        MetaProblem::Older(v) => Corrupted {
+            table: "meta".to_string(),
+            key: schema::META_FORMAT_VERSION.to_string(),
+            detail: format!("format version {v} is older than this build's"),
+        },
     }
 }
 
@@ -526,15 +531,22 @@ impl Reader {
     /// The newest `last` (at most [`MAX_SCAN_ROWS`]) turn-log entries, oldest first (one
     /// query).
     pub fn turn_log(&self, last: u32) -> Result<Vec<TurnLogEntry>, ReadError> {
-        let mut entries = query_decode(
-            &self.conn,
-            "SELECT turn, entry FROM turn_log ORDER BY turn DESC LIMIT ?1",
-            [limit_param(last)],
-            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
-            |(turn, entry)| schema::decode_turn(turn, &entry),
-        )?;
-        entries.reverse();
-        Ok(entries)
+        let want = last.min(MAX_SCAN_ROWS) as usize;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT turn, turns, entries FROM turn_log ORDER BY turn DESC")?;
+        let mut rows = stmt.query([])?;
+        // Newest row first; each row's entries oldest first.
+        let mut newest_first: Vec<TurnLogEntry> = Vec::new();
+        while newest_first.len() < want {
+            let Some(row) = rows.next()? else { break };
+            let entries =
+                schema::decode_turns(row.get(0)?, row.get(1)?, &row.get::<_, Vec<u8>>(2)?)?;
+            newest_first.extend(entries.into_iter().rev());
+        }
+        newest_first.truncate(want);
+        newest_first.reverse();
+        Ok(newest_first)
     }
 
     /// Sizes of the database file and its WAL (no query).
@@ -757,12 +769,18 @@ impl Reader {
             },
         )?;
         self.pages(
-            "SELECT turn, entry FROM turn_log ORDER BY turn LIMIT ?1",
-            "SELECT turn, entry FROM turn_log WHERE turn > ?1 ORDER BY turn LIMIT ?2",
-            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
-            |(t, _)| vec![Value::Integer(*t)],
-            |(turn, entry)| {
-                if let Err(c) = schema::decode_turn(turn, &entry) {
+            "SELECT turn, turns, entries FROM turn_log ORDER BY turn LIMIT ?1",
+            "SELECT turn, turns, entries FROM turn_log WHERE turn > ?1 ORDER BY turn LIMIT ?2",
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
+            },
+            |(t, _, _)| vec![Value::Integer(*t)],
+            |(turn, turns, entries)| {
+                if let Err(c) = schema::decode_turns(turn, turns, &entries) {
                     problems.push(c.into());
                 }
             },

@@ -89,8 +89,9 @@ CREATE TABLE fuse_groups (
     record   BLOB NOT NULL
 ) STRICT, WITHOUT ROWID;
 CREATE TABLE turn_log (
-    turn  INTEGER NOT NULL PRIMARY KEY CHECK (turn >= 0),
-    entry BLOB    NOT NULL
+    turn    INTEGER NOT NULL PRIMARY KEY CHECK (turn >= 0),
+    turns   INTEGER NOT NULL CHECK (turns > 0),
+    entries BLOB    NOT NULL
 ) STRICT;
 ";
 
@@ -283,16 +284,39 @@ pub(crate) fn decode_group(group: &[u8], record: &[u8]) -> Result<GroupRow, Corr
     Ok(GroupRow { group, record })
 }
 
-/// Decodes a `turn_log` row read as (turn, entry).
-pub(crate) fn decode_turn(turn: i64, entry: &[u8]) -> Result<crate::TurnLogEntry, Corrupted> {
+/// Decodes a `turn_log` row read as (turn, turns, entries): the entries of one batch, the
+/// first numbered `turn`, `turns` of them, increasing.
+pub(crate) fn decode_turns(
+    turn: i64,
+    turns: i64,
+    entries: &[u8],
+) -> Result<Vec<crate::TurnLogEntry>, Corrupted> {
     let key = turn.to_string();
-    u64_from_sql(turn, "turn_log", &key, "turn")?;
-    let body = codec::unseal("turn_log", &key, entry)?;
-    codec::decode(body).map_err(|e| Corrupted {
+    let first = u64_from_sql(turn, "turn_log", &key, "turn")?;
+    let count = u64_from_sql(turns, "turn_log", &key, "turns")?;
+    let body = codec::unseal("turn_log", &key, entries)?;
+    let bad = |detail: String| Corrupted {
         table: "turn_log".to_string(),
-        key,
-        detail: e.to_string(),
-    })
+        key: key.clone(),
+        detail,
+    };
+    let decoded: Vec<crate::TurnLogEntry> = codec::decode(body).map_err(|e| bad(e.to_string()))?;
+    if decoded.len() as u64 != count {
+        return Err(bad(format!(
+            "{} entries where the row says {count}",
+            decoded.len()
+        )));
+    }
+    if decoded.first().map(|e| e.turn) != Some(first) {
+        return Err(bad(format!(
+            "first entry is turn {:?}, the row's key says {first}",
+            decoded.first().map(|e| e.turn)
+        )));
+    }
+    if decoded.windows(2).any(|w| w[0].turn >= w[1].turn) {
+        return Err(bad("entries not increasing by turn".to_string()));
+    }
+    Ok(decoded)
 }
 
 /// The decoded `meta` table.
@@ -314,6 +338,8 @@ pub(crate) enum MetaProblem {
     NotKen(String),
     /// A Ken store of a newer format.
     Newer(u32),
+    /// A Ken store of an older format this build has no migration from.
+    Older(u32),
     /// A Ken store whose meta rows are damaged or missing.
     Corrupted(Corrupted),
 }
@@ -356,6 +382,9 @@ pub(crate) fn decode_meta(rows: &[(String, Vec<u8>)]) -> Result<MetaValues, Meta
     };
     if format_version > crate::FORMAT_VERSION {
         return Err(MetaProblem::Newer(format_version));
+    }
+    if (1..crate::FORMAT_VERSION).contains(&format_version) {
+        return Err(MetaProblem::Older(format_version));
     }
     if format_version == 0 {
         return Err(Corrupted {
@@ -434,7 +463,7 @@ mod tests {
         assert_eq!(&magic[10..], [0xd4, 0x3c, 0xbb, 0x13]);
         assert_eq!(
             codec::seal(&crate::FORMAT_VERSION.to_le_bytes()),
-            [0x01, 0x01, 0x00, 0x00, 0x00, 0xc8, 0xb9, 0xfe, 0x43]
+            [0x01, 0x02, 0x00, 0x00, 0x00, 0x26, 0x16, 0x4b, 0x51]
         );
     }
 

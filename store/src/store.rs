@@ -27,7 +27,7 @@ use crate::error::{CommitError, OpenError, ReadError};
 use crate::schema::{self, sql_u64};
 use crate::{
     Batch, ClientChange, CommitInfo, GroupChange, Recovered, StoreOptions, TimerChange,
-    FORMAT_VERSION,
+    TurnLogEntry, FORMAT_VERSION,
 };
 
 /// How long the owner waits on a lock held briefly by a reader (for example while a reader
@@ -74,8 +74,25 @@ pub struct Store {
     options: StoreOptions,
     turns_committed: u64,
     commits: u64,
-    turn_log_rows: u64,
+    /// The `turn_log` rows, oldest first: (first turn, entries).
+    turn_log: std::collections::VecDeque<(u64, u64)>,
+    /// Entries over all `turn_log` rows.
+    turn_log_entries: u64,
     poisoned: bool,
+}
+
+/// Turn-log entries per `turn_log` row at most: a batch's entries are stored as one row per
+/// this many (so a busy commit inserts a few rows, not one per turn), and trimming drops whole
+/// rows.
+pub const TURN_LOG_ROW_ENTRIES_MAX: usize = 64;
+
+/// What a commit does to the turn log, applied to [`Store`]'s bookkeeping once it is durable.
+struct TurnLogPlan {
+    /// Rows dropped from the front.
+    dropped: usize,
+    /// Rows appended: (first turn, entries).
+    added: Vec<(u64, u64)>,
+    entries: u64,
 }
 
 fn sqlite_open_err(path: &Path) -> impl Fn(rusqlite::Error) -> OpenError + '_ {
@@ -167,6 +184,10 @@ pub(crate) fn meta_or_open_error(
             detail,
         },
         schema::MetaProblem::Newer(found) => OpenError::NewerFormat {
+            found,
+            supported: FORMAT_VERSION,
+        },
+        schema::MetaProblem::Older(found) => OpenError::OlderFormat {
             found,
             supported: FORMAT_VERSION,
         },
@@ -277,7 +298,7 @@ impl Store {
             fsync_dir(path)?;
             tracing::info!(path = %path.display(), process_id, "created store");
         }
-        let (recovered, turn_log_rows) = recover(&mut conn, path, created)?;
+        let (recovered, turn_log) = recover(&mut conn, path, created)?;
         if recovered.process_id != process_id {
             return Err(OpenError::WrongProcess {
                 expected: process_id.to_string(),
@@ -293,7 +314,8 @@ impl Store {
             options: options.clone(),
             turns_committed: recovered.turns_committed,
             commits: recovered.commits,
-            turn_log_rows,
+            turn_log_entries: turn_log.iter().map(|(_, n)| n).sum(),
+            turn_log,
             poisoned: false,
         };
         Ok((store, recovered))
@@ -340,7 +362,7 @@ impl Store {
     /// Writes `batch` in one transaction and returns once it is durable.
     ///
     /// Applied in this order: root, table writes, outbox appends, outbox acks, outbox
-    /// forgets, peers, timers, clients, groups, turn-log inserts and trimming, counters.
+    /// forgets, peers, timers, clients, groups, turn-log trimming and inserts, counters.
     ///
     /// # Panics
     /// If the batch breaks a precondition (a bug in the caller): an outbox `seq` of 0 or not
@@ -357,10 +379,12 @@ impl Store {
             .expect("turns_committed overflows u64");
         let commits = self.commits + 1;
         match self.write(batch, turns_committed, commits) {
-            Ok(turn_log_rows) => {
+            Ok(plan) => {
                 self.turns_committed = turns_committed;
                 self.commits = commits;
-                self.turn_log_rows = turn_log_rows;
+                self.turn_log.drain(..plan.dropped);
+                self.turn_log.extend(plan.added);
+                self.turn_log_entries = plan.entries;
                 Ok(CommitInfo {
                     commits,
                     turns_committed,
@@ -374,13 +398,15 @@ impl Store {
         }
     }
 
-    /// The transaction of [`Store::commit`]. Returns the turn-log row count after it.
+    /// The transaction of [`Store::commit`]. Returns what it did to the turn log.
     fn write(
         &mut self,
         batch: &Batch,
         turns_committed: u64,
         commits: u64,
-    ) -> Result<u64, CommitError> {
+    ) -> Result<TurnLogPlan, CommitError> {
+        let plan = self.turn_log_plan(&batch.turn_log);
+        let newest_dropped = plan.dropped.checked_sub(1).map(|i| self.turn_log[i].0);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -487,28 +513,21 @@ impl Store {
                 };
             }
         }
-        let mut turn_log_rows = self.turn_log_rows;
-        if !batch.turn_log.is_empty() {
-            let mut insert =
-                tx.prepare_cached("INSERT INTO turn_log (turn, entry) VALUES (?1, ?2)")?;
-            for e in &batch.turn_log {
-                insert.execute((sql_u64(e.turn, "turn number"), seal(&codec::encode(e))))?;
-            }
-            turn_log_rows += batch.turn_log.len() as u64;
+        if let Some(newest_dropped) = newest_dropped {
+            tx.prepare_cached("DELETE FROM turn_log WHERE turn <= ?1")?
+                .execute([sql_u64(newest_dropped, "turn number")])?;
         }
-        let max = u64::from(self.options.turn_log_max);
-        if turn_log_rows > max {
-            let excess = turn_log_rows - max;
-            let deleted = tx
-                .prepare_cached(
-                    "DELETE FROM turn_log WHERE turn IN (SELECT turn FROM turn_log ORDER BY turn LIMIT ?1)",
-                )?
-                .execute([sql_u64(excess, "turn-log excess")])?;
-            assert_eq!(
-                deleted as u64, excess,
-                "turn-log row count out of step with the store"
-            );
-            turn_log_rows = max;
+        if !plan.added.is_empty() {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO turn_log (turn, turns, entries) VALUES (?1, ?2, ?3)",
+            )?;
+            for chunk in batch.turn_log.chunks(TURN_LOG_ROW_ENTRIES_MAX) {
+                insert.execute((
+                    sql_u64(chunk[0].turn, "turn number"),
+                    chunk.len() as i64,
+                    seal(&codec::encode(chunk)),
+                ))?;
+            }
         }
         let changed = tx
             .prepare_cached("UPDATE meta SET value = ?1 WHERE key = ?2")?
@@ -522,7 +541,36 @@ impl Store {
             ))?;
         assert_eq!(changed, 1, "meta has exactly one `counters` row");
         tx.commit()?;
-        Ok(turn_log_rows)
+        Ok(plan)
+    }
+
+    /// The turn-log rows a commit of `entries` adds, and how many of the oldest rows it
+    /// drops: whole rows, oldest first, while at least `turn_log_max` entries remain (so the
+    /// log holds the newest `turn_log_max` entries and at most one row's worth more).
+    fn turn_log_plan(&self, entries: &[TurnLogEntry]) -> TurnLogPlan {
+        let max = u64::from(self.options.turn_log_max);
+        let added: Vec<(u64, u64)> = if max == 0 {
+            Vec::new()
+        } else {
+            entries
+                .chunks(TURN_LOG_ROW_ENTRIES_MAX)
+                .map(|c| (c[0].turn, c.len() as u64))
+                .collect()
+        };
+        let mut total = self.turn_log_entries + added.iter().map(|(_, n)| n).sum::<u64>();
+        let mut dropped = 0;
+        for &(_, n) in &self.turn_log {
+            if total - n < max {
+                break;
+            }
+            total -= n;
+            dropped += 1;
+        }
+        TurnLogPlan {
+            dropped,
+            added,
+            entries: total,
+        }
     }
 }
 
@@ -589,7 +637,7 @@ fn recover(
     conn: &mut Connection,
     path: &Path,
     created: bool,
-) -> Result<(Recovered, u64), OpenError> {
+) -> Result<(Recovered, std::collections::VecDeque<(u64, u64)>), OpenError> {
     let sq = sqlite_open_err(path);
     let tx = conn.transaction().map_err(&sq)?;
     let meta = meta_or_open_error(path, &read_meta_rows(&tx).map_err(&sq)?)?;
@@ -667,9 +715,25 @@ fn recover(
         |(group, record)| schema::decode_group(&group, &record),
     )
     .map_err(|e| read_to_open(path, e))?;
-    let turn_log_rows: i64 = tx
-        .query_row("SELECT count(*) FROM turn_log", [], |r| r.get(0))
-        .map_err(&sq)?;
+    let turn_log = {
+        let mut stmt = tx
+            .prepare("SELECT turn, turns FROM turn_log ORDER BY turn")
+            .map_err(&sq)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(&sq)?;
+        let mut log = std::collections::VecDeque::new();
+        for row in rows {
+            let (turn, turns) = row.map_err(&sq)?;
+            let key = turn.to_string();
+            let first = schema::u64_from_sql(turn, "turn_log", &key, "turn")
+                .map_err(OpenError::Corrupted)?;
+            let count = schema::u64_from_sql(turns, "turn_log", &key, "turns")
+                .map_err(OpenError::Corrupted)?;
+            log.push_back((first, count));
+        }
+        log
+    };
     tx.finish().map_err(&sq)?;
     let recovered = Recovered {
         process_id: meta.process_id,
@@ -684,7 +748,7 @@ fn recover(
         clients,
         groups,
     };
-    Ok((recovered, u64::try_from(turn_log_rows).unwrap_or(0)))
+    Ok((recovered, turn_log))
 }
 
 fn read_to_open(path: &Path, e: ReadError) -> OpenError {

@@ -199,10 +199,32 @@ fn every_recovered_record_kind_names_its_table_and_key() {
 }
 
 #[test]
+fn a_turn_log_row_whose_count_disagrees_is_reported() {
+    let t = temp_store();
+    healthy_store(&t.path, b"value-one");
+    let conn = raw(&t.path);
+    assert_eq!(
+        conn.execute("UPDATE turn_log SET turns = 2 WHERE turn = 1", [])
+            .unwrap(),
+        1
+    );
+    drop(conn);
+    let reader = Reader::open(&t.path).unwrap();
+    match reader.turn_log(10) {
+        Err(ReadError::Corrupted(c)) => {
+            assert_names(&c, "turn_log", "1");
+            assert!(c.detail.contains("1 entries where the row says 2"), "{c}");
+        }
+        other => panic!("expected Corrupted, got {other:?}"),
+    }
+    only_problem(&reader, "turn_log", "1");
+}
+
+#[test]
 fn a_flipped_turn_log_entry_is_reported_not_returned() {
     let t = temp_store();
     healthy_store(&t.path, b"value-one");
-    flip_blob(&t.path, "turn_log", "entry", "turn = 1", 3);
+    flip_blob(&t.path, "turn_log", "entries", "turn = 1", 3);
     // The turn log is not part of recovery.
     drop(try_open(&t.path, "a").unwrap());
     let reader = Reader::open(&t.path).unwrap();

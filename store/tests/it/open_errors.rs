@@ -55,6 +55,40 @@ fn newer_format_is_refused_without_touching_the_file() {
 }
 
 #[test]
+fn an_older_format_is_refused_without_touching_the_file() {
+    let t = temp_store();
+    drop(try_open(&t.path, "a").unwrap());
+    {
+        let conn = raw(&t.path);
+        let older = codec::seal(&1u32.to_le_bytes());
+        let n = conn
+            .execute(
+                "UPDATE meta SET value = ?1 WHERE key = 'format_version'",
+                [older],
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+    let before = std::fs::read(&t.path).unwrap();
+    match try_open(&t.path, "a") {
+        Err(OpenError::OlderFormat { found, supported }) => {
+            assert_eq!((found, supported), (1, FORMAT_VERSION));
+        }
+        other => panic!("expected OlderFormat, got {other:?}"),
+    }
+    assert!(matches!(
+        Reader::open(&t.path),
+        Err(OpenError::OlderFormat { .. })
+    ));
+    assert_eq!(std::fs::read(&t.path).unwrap(), before);
+    let msg = try_open(&t.path, "a").unwrap_err().to_string();
+    assert!(
+        msg.contains("older build") && msg.contains("no migration"),
+        "{msg}"
+    );
+}
+
+#[test]
 fn a_file_that_is_not_sqlite_is_not_a_ken_store() {
     let t = temp_store();
     let junk = b"this is a text file, not a database\n".repeat(200);

@@ -5,7 +5,7 @@ use ken_store::{
     PeerRow, Reader, StoreOptions, TableStats, TableWrite, TimerChange, TimerRow, TurnLogEntry,
 };
 
-use crate::common::{temp_store, try_open, try_open_with};
+use crate::common::{raw, temp_store, try_open, try_open_with};
 
 fn put(table: &str, key: &[u8], value: &[u8]) -> TableWrite {
     TableWrite {
@@ -275,9 +275,10 @@ fn every_batch_field_survives_reopen_and_reads_back_exactly() {
     assert_eq!(reader.timers().unwrap(), expected_timers);
     assert_eq!(reader.clients().unwrap(), expected_clients);
     assert_eq!(reader.groups().unwrap(), expected_groups);
-    // Turn log trimmed to the newest 4.
+    // Turn log trimmed by whole rows (one per commit here) while the newest 4 remain:
+    // dropping the first commit's row would leave 3, so both rows stay.
     let log = reader.turn_log(100).unwrap();
-    assert_eq!(log, vec![turn(3), turn(4), turn(5), turn(6)]);
+    assert_eq!(log, (1..=6).map(turn).collect::<Vec<_>>());
     assert_eq!(reader.turn_log(2).unwrap(), vec![turn(5), turn(6)]);
     assert_eq!(reader.verify().unwrap(), vec![]);
     let sizes = reader.file_sizes().unwrap();
@@ -289,13 +290,15 @@ fn every_batch_field_survives_reopen_and_reads_back_exactly() {
 fn turn_log_trims_across_reopens_with_a_smaller_limit() {
     let t = temp_store();
     let (mut store, _) = try_open(&t.path, "a").unwrap();
-    store
-        .commit(&Batch {
-            turns: 10,
-            turn_log: (1..=10).map(turn).collect(),
-            ..Batch::default()
-        })
-        .unwrap();
+    for i in 1..=10 {
+        store
+            .commit(&Batch {
+                turns: 1,
+                turn_log: vec![turn(i)],
+                ..Batch::default()
+            })
+            .unwrap();
+    }
     drop(store);
     let small = StoreOptions {
         turn_log_max: 3,
@@ -394,4 +397,61 @@ fn a_peer_with_acked_not_below_next_seq_is_refused() {
         peers: vec![peer("b", 1, 3, 3, 0)],
         ..Batch::default()
     });
+}
+
+#[test]
+fn a_busy_commit_stores_its_turn_log_in_a_few_rows_and_trims_whole_rows() {
+    let t = temp_store();
+    let opts = StoreOptions {
+        turn_log_max: 100,
+        max_page_count: None,
+    };
+    let (mut store, _) = try_open_with(&t.path, "a", &opts).unwrap();
+    let mut next = 1;
+    for size in [150u64, 30, 100] {
+        store
+            .commit(&Batch {
+                turns: size,
+                turn_log: (next..next + size).map(turn).collect(),
+                ..Batch::default()
+            })
+            .unwrap();
+        next += size;
+    }
+    // Rows of at most 64 entries: 150 -> 64+64+22, 30, 100 -> 64+36.
+    let conn = raw(&t.path);
+    let rows: Vec<(i64, i64)> = conn
+        .prepare("SELECT turn, turns FROM turn_log ORDER BY turn")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    // 280 entries; whole rows are dropped while 100 remain: 64+36 (the last commit) plus
+    // 30 = 130; dropping the 30 would leave 100, so it goes too.
+    assert_eq!(rows, vec![(181, 64), (245, 36)]);
+    let reader = Reader::open(&t.path).unwrap();
+    assert_eq!(
+        reader.turn_log(1000).unwrap(),
+        (181..=280).map(turn).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        reader.turn_log(3).unwrap(),
+        (278..=280).map(turn).collect::<Vec<_>>()
+    );
+    assert_eq!(reader.verify().unwrap(), vec![]);
+    // Reopening recovers the row bookkeeping: the next commit trims from the same rows.
+    drop(store);
+    let (mut store, _) = try_open_with(&t.path, "a", &opts).unwrap();
+    store
+        .commit(&Batch {
+            turns: 64,
+            turn_log: (281..=344).map(turn).collect(),
+            ..Batch::default()
+        })
+        .unwrap();
+    assert_eq!(
+        reader.turn_log(1000).unwrap(),
+        (245..=344).map(turn).collect::<Vec<_>>()
+    );
 }

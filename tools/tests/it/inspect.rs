@@ -987,7 +987,19 @@ fn corrupt_records_are_named_and_the_healthy_parts_still_read() {
 
     let victim = pa.values[rng.gen_range(0..pa.values.len())];
     let victim_key = victim.to_be_bytes().to_vec();
-    let victim_turn = rng.gen_range(1..=u(&before["turns_committed"]));
+    // A turn-log row (one per batch of up to 64 turns), named by its first turn.
+    let log_rows: Vec<(i64, i64)> = rusqlite::Connection::open(&a)
+        .unwrap()
+        .prepare("SELECT turn, turns FROM turn_log ORDER BY turn")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let (victim_turn, victim_turns) = log_rows[rng.gen_range(0..log_rows.len())];
+    let victim_turn = victim_turn as u64;
+    let victim_last = victim_turn + victim_turns as u64 - 1;
+    assert!(u(&before["turns_committed"]) >= victim_last);
     let mut flip = |store: &Path, select: &str, update: &str, key: &dyn rusqlite::ToSql| {
         let conn = rusqlite::Connection::open(store).unwrap();
         let mut blob: Vec<u8> = conn.query_row(select, [key], |r| r.get(0)).unwrap();
@@ -1006,8 +1018,8 @@ fn corrupt_records_are_named_and_the_healthy_parts_still_read() {
     );
     flip(
         &a,
-        "SELECT entry FROM turn_log WHERE turn = ?1",
-        "UPDATE turn_log SET entry = ?1 WHERE turn = ?2",
+        "SELECT entries FROM turn_log WHERE turn = ?1",
+        "UPDATE turn_log SET entries = ?1 WHERE turn = ?2",
         &(victim_turn as i64),
     );
     flip(
@@ -1121,13 +1133,13 @@ fn corrupt_records_are_named_and_the_healthy_parts_still_read() {
         "{}",
         tl.stderr
     );
-    // Turns after the bad one still read.
-    let newest = arr(&turns_before["turns"]).len() as u64 - victim_turn;
+    // Turns after the bad row still read.
+    let newest = arr(&turns_before["turns"]).len() as u64 - victim_last;
     if newest > 0 {
         let tail = view(&bins.ken, &a, &["turns", "--last", &newest.to_string()]);
         assert_eq!(
             arr(&tail["turns"])[..],
-            arr(&turns_before["turns"])[victim_turn as usize..]
+            arr(&turns_before["turns"])[victim_last as usize..]
         );
     }
 
