@@ -256,11 +256,15 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
     let (frame_tx, mut frame_rx) = mpsc::channel(FRAME_QUEUE_MAX);
     let recv_endpoint = Arc::clone(&endpoint);
     let receiver = tokio::spawn(async move {
+        let mut buffers = recv_endpoint.recv_buffers();
+        let mut frames = Vec::with_capacity(ken_transport::RECV_BATCH_MAX);
         loop {
-            match recv_endpoint.recv().await {
-                Ok((frame, from)) => {
-                    if frame_tx.send((frame, from)).await.is_err() {
-                        break;
+            match recv_endpoint.recv_many(&mut buffers, &mut frames).await {
+                Ok(()) => {
+                    for (frame, from) in frames.drain(..) {
+                        if frame_tx.send((frame, from)).await.is_err() {
+                            return;
+                        }
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "receive error"),

@@ -309,6 +309,66 @@ impl Endpoint {
         }
     }
 
+    /// Buffers for [`Endpoint::recv_many`]: [`RECV_BATCH_MAX`](crate::RECV_BATCH_MAX)
+    /// datagrams of the largest frame size (about 1 MiB), allocated once per receiver.
+    pub fn recv_buffers(&self) -> crate::RecvBuffers {
+        crate::RecvBuffers::new(crate::RECV_BATCH_MAX, RECV_BUFFER_BYTES)
+    }
+
+    /// Like [`Endpoint::recv`], but takes every datagram waiting (up to
+    /// [`RECV_BATCH_MAX`](crate::RECV_BATCH_MAX), in one `recvmmsg` on Linux) and appends the
+    /// frames that decode to `out`, in arrival order. Returns once at least one frame was
+    /// appended.
+    ///
+    /// Cancel-safe: a cancelled call has taken no datagram off the socket.
+    pub async fn recv_many(
+        &self,
+        buffers: &mut crate::RecvBuffers,
+        out: &mut Vec<(Frame, SocketAddr)>,
+    ) -> io::Result<()> {
+        let stats = &self.inner.stats;
+        loop {
+            self.inner.socket.readable().await?;
+            let socket = &self.inner.socket;
+            match socket.try_io(tokio::io::Interest::READABLE, || {
+                crate::mmsg::recv_batch(socket, buffers)
+            }) {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(error) if is_transient(&error) => {
+                    AtomicStats::bump(&stats.recv_errors);
+                    tracing::debug!(%error, "transient receive error skipped");
+                    continue;
+                }
+                Err(error) => return Err(error),
+            }
+            let before = out.len();
+            let faults = self.inner.faults_active.load(Ordering::Acquire);
+            for (i, &(len, from)) in buffers.got.iter().enumerate() {
+                if faults && lock(&self.inner.injector).is_partitioned(&from) {
+                    AtomicStats::bump(&stats.faults_partitioned);
+                    tracing::trace!(%from, "fault: datagram from partitioned address dropped");
+                    continue;
+                }
+                let datagram = buffers.bufs[i].get(..len).unwrap_or(&[]);
+                match Frame::decode(datagram) {
+                    Ok(frame) => {
+                        AtomicStats::bump(&stats.frames_received);
+                        AtomicStats::add(&stats.bytes_received, len);
+                        out.push((frame, from));
+                    }
+                    Err(error) => {
+                        AtomicStats::bump(&stats.junk_dropped);
+                        tracing::debug!(%from, len, %error, "junk datagram dropped");
+                    }
+                }
+            }
+            if out.len() > before {
+                return Ok(());
+            }
+        }
+    }
+
     /// A snapshot of the counters.
     pub fn stats(&self) -> EndpointStats {
         self.inner.stats.snapshot()

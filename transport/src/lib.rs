@@ -45,7 +45,9 @@
 pub mod endpoint;
 pub mod faults;
 pub mod frame;
+pub mod mmsg;
 
 pub use endpoint::{Endpoint, EndpointOptions, EndpointStats, FaultsFile, SendError};
 pub use faults::{FaultConfig, FaultInjector, FaultParseError};
 pub use frame::{DecodeError, EncodeError, Frame, FrameKind, IdError, Incarnation, ProcessId, Seq};
+pub use mmsg::{RecvBuffers, RECV_BATCH_MAX};

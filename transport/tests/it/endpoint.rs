@@ -205,3 +205,55 @@ async fn bind_to_a_taken_port_fails() {
     let a = endpoint(FaultConfig::default());
     assert!(Endpoint::bind(a.local_addr()).is_err());
 }
+
+/// `recv_many` takes a burst in arrival order, across several batched receives, skipping
+/// junk between frames (a largest-size one too) and taking the largest frame in its stride.
+#[tokio::test]
+async fn recv_many_takes_bursts_in_order_and_drops_junk_between_frames() {
+    let b = endpoint(FaultConfig::default());
+    let raw = raw_socket().await;
+    let n = 3 * ken_transport::RECV_BATCH_MAX as u64 + 5;
+    let mut big = data(n + 1);
+    big.payload = vec![0x5a; Frame::max_payload(&big.from, &big.to)];
+    let mut junk = 0u64;
+    for seq in 1..=n {
+        raw.send_to(&data(seq).encode().unwrap(), b.local_addr())
+            .await
+            .unwrap();
+        if seq % 7 == 0 {
+            raw.send_to(b"not a frame", b.local_addr()).await.unwrap();
+            junk += 1;
+        }
+    }
+    raw.send_to(&vec![0x11; MAX_FRAME_BYTES], b.local_addr())
+        .await
+        .unwrap();
+    junk += 1;
+    raw.send_to(&big.encode().unwrap(), b.local_addr())
+        .await
+        .unwrap();
+    let mut buffers = b.recv_buffers();
+    let mut got = Vec::new();
+    let mut calls = 0;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while (got.len() as u64) < n + 1 {
+        let wait = b.recv_many(&mut buffers, &mut got);
+        tokio::time::timeout_at(deadline, wait)
+            .await
+            .expect("every frame within 10 s")
+            .expect("receive");
+        calls += 1;
+    }
+    let seqs: Vec<u64> = got.iter().map(|(f, _)| f.seq.0).collect();
+    assert_eq!(seqs, (1..=n + 1).collect::<Vec<_>>());
+    assert_eq!(got.last().unwrap().0, big);
+    assert!(got
+        .iter()
+        .all(|(_, from)| *from == raw.local_addr().unwrap()));
+    assert!(
+        calls < n,
+        "{calls} calls for {n} frames: the receives were not batched"
+    );
+    let stats = b.stats();
+    assert_eq!((stats.frames_received, stats.junk_dropped), (n + 1, junk));
+}
