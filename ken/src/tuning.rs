@@ -63,12 +63,9 @@ impl Tuning {
             let Ok(v) = std::env::var(name) else {
                 continue;
             };
-            let ms: u64 = v
-                .trim()
-                .parse()
-                .ok()
-                .filter(|ms| *ms > 0)
-                .ok_or_else(|| format!("{name}={v:?}: expected a positive number of milliseconds"))?;
+            let ms: u64 = v.trim().parse().ok().filter(|ms| *ms > 0).ok_or_else(|| {
+                format!("{name}={v:?}: expected a positive number of milliseconds")
+            })?;
             let d = Duration::from_millis(ms);
             match i {
                 0 => self.fuse_heartbeat = d,
