@@ -2,6 +2,8 @@
 //!
 //! - `ken bench`: measures this machine (raw fsync rate, durable turns per second at one
 //!   receiver, acknowledgement latency, pingpong round trip) against the project's targets.
+//!   `ken bench fuse`: FUSE liveness bytes per second for 1 to 10,000 groups and
+//!   kill-to-notification times (its processes are `ken fuse-node`, hidden).
 //!
 //! - `ken torture`: a cluster of real app processes under seeded kills, crash points,
 //!   pauses and network faults, then healed and checked (exactly-once, FIFO, output
@@ -44,6 +46,9 @@ enum Command {
     /// Internal: one process of a `ken bench` run (started by `ken bench`, not by hand).
     #[command(hide = true)]
     BenchNode(bench::NodeArgs),
+    /// Internal: one FUSE group member (`ken bench fuse` and the FUSE process tests).
+    #[command(hide = true)]
+    FuseNode(bench::fuse_node::FuseNodeArgs),
     /// Torture a cluster of real app processes (kills, crash points, pauses, network
     /// faults), heal, and check exactly-once, FIFO, output validity and liveness.
     Torture(Box<torture::Args>),
@@ -70,6 +75,7 @@ fn main() -> ExitCode {
             }
         },
         Command::BenchNode(args) => bench::node::main(&args),
+        Command::FuseNode(args) => bench::fuse_node::main(&args),
         Command::Torture(args) => match torture::run(&args) {
             Ok(code) => code,
             Err(e) => {

@@ -77,23 +77,22 @@ pub struct GroupRecord {
     pub created_ms: u64,
 }
 
-/// FUSE control messages (payload of `Fuse` frames).
+/// FUSE control messages (payload of `Fuse` frames). Each names many groups: what one
+/// release sends a peer is merged into as few frames as fit ([`Outgoing`]), so creating or
+/// failing ten thousand groups costs a handful of datagrams per peer, not ten thousand.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum FuseMsg {
+    /// The sender, `creator`, asks the receiver to join each group: (id, every member).
     Create {
-        group: GroupId,
         creator: String,
-        members: Vec<String>,
+        groups: Vec<(GroupId, Vec<String>)>,
     },
-    Confirm {
-        group: GroupId,
-    },
-    Established {
-        group: GroupId,
-    },
-    Fail {
-        group: GroupId,
-    },
+    /// To the creator: the sender recorded these groups durably.
+    Confirm { groups: Vec<GroupId> },
+    /// From the creator: every member confirmed these groups.
+    Established { groups: Vec<GroupId> },
+    /// The sender failed these groups (the fast path; silence and lists are the slow one).
+    Fail { groups: Vec<GroupId> },
     /// The groups shared with the receiver that the sender vouches for, (id, established),
     /// among those whose id lies in `[lo, hi)` (`None`: unbounded on that side). A list too
     /// long for one datagram goes out as several, each covering its own range, so each one
@@ -151,14 +150,115 @@ impl Group {
     }
 }
 
-/// Groups per `List` frame: an entry is 17 bytes encoded (id and flag), so a full list frame
-/// is about 51 KB, under the datagram limit with room for the header and the range bounds.
-/// Ten thousand groups shared with a peer go out as four frames.
+/// Groups per `List`, `Confirm`, `Established` or `Fail` frame: a list entry is 17 bytes
+/// encoded (id and flag), so a full frame is about 51 KB, under the datagram limit with room
+/// for the header and a list's range bounds. Ten thousand groups go out as four frames.
 pub(crate) const LIST_GROUPS_PER_FRAME: usize = 3_000;
 
+/// Encoded bytes of the groups of one `Create` frame, at most (estimated from above by
+/// [`create_entry_bytes`]); one group with the most members and the longest ids fits.
+const CREATE_BYTES_PER_FRAME: usize = 48_000;
+
+const _: () =
+    assert!(LIST_GROUPS_PER_FRAME * 17 + 64 <= ken_transport::frame::MIN_PAYLOAD_CAPACITY_BYTES);
 const _: () = assert!(
-    LIST_GROUPS_PER_FRAME * 17 + 64 <= ken_transport::frame::MIN_PAYLOAD_CAPACITY_BYTES
+    CREATE_BYTES_PER_FRAME + 2 * ken_transport::frame::MAX_ID_BYTES + 64
+        <= ken_transport::frame::MIN_PAYLOAD_CAPACITY_BYTES
 );
+const _: () = assert!(
+    16 + 10 + crate::limits::GROUP_MEMBERS_MAX * (10 + ken_transport::frame::MAX_ID_BYTES)
+        <= CREATE_BYTES_PER_FRAME
+);
+
+/// An upper bound of the encoded size of one `Create` entry (varint lengths as 10 bytes).
+fn create_entry_bytes(members: &[String]) -> usize {
+    16 + 10 + members.iter().map(|m| 10 + m.len()).sum::<usize>()
+}
+
+/// A digest disagreement is answered with our list when the same disagreement is seen at two
+/// heartbeats in a row (the states are settled: one side failed a group, or a message was
+/// lost), or else at this many disagreeing heartbeats in a row (states in flight, as while
+/// groups are being created, settle by themselves; the lists would be obsolete on arrival).
+/// So a list exchange costs at most one list per peer per this many heartbeats while groups
+/// churn, and a settled disagreement is resolved one heartbeat interval later than at once.
+const LIST_AFTER_DISAGREEMENTS: u32 = 4;
+
+/// One group's share of a heartbeat digest: the digest of a set of (group, established) is
+/// the XOR of its members' shares, so it is kept up to date one change at a time instead of
+/// being recomputed over every group for each heartbeat.
+fn digest_entry(id: GroupId, established: bool) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&id.0);
+    h.update(&[u8::from(established)]);
+    h.finalize()
+}
+
+/// The FUSE messages of one release to one peer, merged by kind.
+#[derive(Debug, Default)]
+struct Outgoing {
+    creator: Option<String>,
+    creates: Vec<(GroupId, Vec<String>)>,
+    confirms: Vec<GroupId>,
+    established: Vec<GroupId>,
+    fails: Vec<GroupId>,
+    lists: Vec<FuseMsg>,
+}
+
+impl Outgoing {
+    fn add(&mut self, msg: FuseMsg) {
+        match msg {
+            FuseMsg::Create { creator, groups } => {
+                assert!(
+                    self.creator.as_ref().is_none_or(|c| *c == creator),
+                    "a process sends Create only for the groups it created"
+                );
+                self.creator = Some(creator);
+                self.creates.extend(groups);
+            }
+            FuseMsg::Confirm { groups } => self.confirms.extend(groups),
+            FuseMsg::Established { groups } => self.established.extend(groups),
+            FuseMsg::Fail { groups } => self.fails.extend(groups),
+            list @ FuseMsg::List { .. } => self.lists.push(list),
+        }
+    }
+
+    /// The merged messages, each fitting one frame: creations first, failures last.
+    fn into_messages(self) -> Vec<FuseMsg> {
+        let mut out = Vec::new();
+        let mut creates: Vec<(GroupId, Vec<String>)> = Vec::new();
+        let mut bytes = 0;
+        let creator = self.creator.unwrap_or_default();
+        for (id, members) in self.creates {
+            let b = create_entry_bytes(&members);
+            if bytes + b > CREATE_BYTES_PER_FRAME {
+                out.push(FuseMsg::Create {
+                    creator: creator.clone(),
+                    groups: std::mem::take(&mut creates),
+                });
+                bytes = 0;
+            }
+            bytes += b;
+            creates.push((id, members));
+        }
+        if !creates.is_empty() {
+            out.push(FuseMsg::Create {
+                creator,
+                groups: creates,
+            });
+        }
+        for c in self.confirms.chunks(LIST_GROUPS_PER_FRAME) {
+            out.push(FuseMsg::Confirm { groups: c.to_vec() });
+        }
+        for c in self.established.chunks(LIST_GROUPS_PER_FRAME) {
+            out.push(FuseMsg::Established { groups: c.to_vec() });
+        }
+        out.extend(self.lists);
+        for c in self.fails.chunks(LIST_GROUPS_PER_FRAME) {
+            out.push(FuseMsg::Fail { groups: c.to_vec() });
+        }
+        out
+    }
+}
 
 /// Liveness of one peer that is (or was) a member of a group of this process. One entry per
 /// peer, whatever the number of groups: the engine's per-peer FUSE cost does not grow with
@@ -171,9 +271,17 @@ pub(crate) struct Liveness {
     shared: u32,
     /// Monitoring (re)starts at the next tick, which sets `last_heard` and `next_heartbeat`.
     fresh: bool,
-    /// (digest, count) of the shared groups this process vouches for; `None` once a durable
-    /// change to one of them makes it stale (recomputed at the next use).
-    vouched: Option<(u32, u32)>,
+    /// Groups this process is creating (state `Creating`) that the peer is a member of:
+    /// while no peer has any, ticks skip the scan of the groups for creation work.
+    creating: u32,
+    /// Digest and count of the shared groups this process vouches for (what its heartbeats
+    /// to the peer carry), kept up to date at each durable change ([`Engine::vouch_change`]).
+    digest: u32,
+    vouched: u32,
+    /// The last heartbeat from the peer whose digest disagreed with ours: (ours, theirs),
+    /// digest and count each, and how many disagreeing heartbeats since our last list.
+    disagreed: Option<((u32, u32), (u32, u32))>,
+    disagreements: u32,
 }
 
 impl Liveness {
@@ -183,7 +291,11 @@ impl Liveness {
             next_heartbeat: Time::ZERO,
             shared: 0,
             fresh: true,
-            vouched: None,
+            creating: 0,
+            digest: 0,
+            vouched: 0,
+            disagreed: None,
+            disagreements: 0,
         }
     }
 }
@@ -224,11 +336,14 @@ impl<H: Handler> Engine<H> {
                 ProcessId::new(s.clone())
                     .map_err(|_| EngineError::BadGroup(format!("{id}: bad member `{s}`")))
             };
-            let members = rec
+            let mut members = rec
                 .members
                 .iter()
                 .map(parse)
                 .collect::<Result<Vec<_>, _>>()?;
+            // Sorted (as written), for the binary searches.
+            members.sort();
+            members.dedup();
             let creator = parse(&rec.creator)?;
             let unconfirmed = if rec.state == GroupState::Creating {
                 members.iter().filter(|m| **m != self.id).cloned().collect()
@@ -238,7 +353,17 @@ impl<H: Handler> Engine<H> {
             if rec.state == GroupState::Failed && !rec.notified {
                 self.fuse_notify_queue.push_back(id);
             }
-            self.touch_peers(&members, rec.state != GroupState::Failed, 1);
+            if rec.state != GroupState::Failed {
+                self.count_shared(&members, 1);
+            }
+            if rec.state == GroupState::Creating {
+                self.count_creating(&members, 1);
+            }
+            let vouched = match rec.state {
+                GroupState::Failed => None,
+                s => Some(s == GroupState::Live),
+            };
+            self.vouch_change(id, &members, None, vouched);
             self.groups.insert(
                 id,
                 Group {
@@ -286,7 +411,10 @@ impl<H: Handler> Engine<H> {
         } else {
             GroupState::Creating
         };
-        self.touch_peers(&members, true, 1);
+        self.count_shared(&members, 1);
+        if state == GroupState::Creating {
+            self.count_creating(&members, 1);
+        }
         self.groups.insert(
             id,
             Group {
@@ -315,11 +443,15 @@ impl<H: Handler> Engine<H> {
             return;
         }
         tracing::info!(group = %id, why, "FUSE group failed");
+        let was_creating = g.state == GroupState::Creating;
         g.state = GroupState::Failed;
         g.dirty = true;
         let members = g.members.clone();
-        self.touch_peers(&members, true, -1);
-        self.queue_to_others(id, &FuseMsg::Fail { group: id });
+        self.count_shared(&members, -1);
+        if was_creating {
+            self.count_creating(&members, -1);
+        }
+        self.queue_to_others(id, &FuseMsg::Fail { groups: vec![id] });
         self.fuse_notify_queue.push_back(id);
         self.filling.nonempty = true;
     }
@@ -384,13 +516,28 @@ impl<H: Handler> Engine<H> {
                 continue;
             };
             if g.durable != Some(state) {
+                let old = g.vouched();
                 g.durable = Some(state);
-                let members = g.members.clone();
-                self.touch_peers(&members, false, 0);
+                let new = g.vouched();
+                if old != new {
+                    let members = g.members.clone();
+                    self.vouch_change(id, &members, old, new);
+                }
             }
         }
+        self.send_fuse_merged(out);
+    }
+
+    /// Sends `out`, merging what goes to the same peer into as few frames as fit.
+    fn send_fuse_merged(&mut self, out: Vec<(ProcessId, FuseMsg)>) {
+        let mut per_peer: BTreeMap<ProcessId, Outgoing> = BTreeMap::new();
         for (to, msg) in out {
-            self.send_fuse(&to, &msg);
+            per_peer.entry(to).or_default().add(msg);
+        }
+        for (to, o) in per_peer {
+            for msg in o.into_messages() {
+                self.send_fuse(&to, &msg);
+            }
         }
     }
 
@@ -429,23 +576,38 @@ impl<H: Handler> Engine<H> {
     fn vouched_with(&self, peer: &ProcessId) -> Vec<(GroupId, bool)> {
         self.groups
             .iter()
-            .filter(|(_, g)| g.members.contains(peer))
+            .filter(|(_, g)| g.members.binary_search(peer).is_ok())
             .filter_map(|(id, g)| g.vouched().map(|est| (*id, est)))
             .collect()
     }
 
-    /// (digest, count) of [`Self::vouched_with`] `peer`, cached per peer until a durable
-    /// change to a group it shares.
-    fn vouched_digest(&mut self, peer: &ProcessId) -> (u32, u32) {
-        if let Some(v) = self.liveness.get(peer).and_then(|l| l.vouched) {
-            return v;
+    /// (digest, count) of [`Self::vouched_with`] `peer`: what a heartbeat to it carries.
+    fn vouched_digest(&self, peer: &ProcessId) -> (u32, u32) {
+        self.liveness
+            .get(peer)
+            .map_or((0, 0), |l| (l.digest, l.vouched))
+    }
+
+    /// Group `id` of `members` went from vouched as `old` to vouched as `new` (`None`: not
+    /// vouched for; `Some(established)`): updates the digest kept for each other member.
+    fn vouch_change(
+        &mut self,
+        id: GroupId,
+        members: &[ProcessId],
+        old: Option<bool>,
+        new: Option<bool>,
+    ) {
+        for m in members.iter().filter(|m| **m != self.id) {
+            let l = self.liveness.entry(m.clone()).or_insert_with(Liveness::new);
+            if let Some(est) = old {
+                l.digest ^= digest_entry(id, est);
+                l.vouched -= 1;
+            }
+            if let Some(est) = new {
+                l.digest ^= digest_entry(id, est);
+                l.vouched += 1;
+            }
         }
-        let mine = self.vouched_with(peer);
-        let v = (Self::digest(&mine), mine.len() as u32);
-        if let Some(l) = self.liveness.get_mut(peer) {
-            l.vouched = Some(v);
-        }
-        v
     }
 
     /// Sends our list of the groups shared with `to`, in as many frames as it takes.
@@ -472,35 +634,35 @@ impl<H: Handler> Engine<H> {
         }
     }
 
-    /// Bookkeeping of the peers in `members` (this process skipped) when a group changes:
-    /// `shared` moves by `delta` if `counts` (a group recorded, or failed), and the cached
-    /// digest is dropped in any case (a durable change).
-    fn touch_peers(&mut self, members: &[ProcessId], counts: bool, delta: i32) {
+    /// A group of `members` was recorded (`delta` 1) or failed (-1) here: the other members'
+    /// count of shared groups moves, and a peer left with none is no longer monitored.
+    fn count_shared(&mut self, members: &[ProcessId], delta: i32) {
         for m in members.iter().filter(|m| **m != self.id) {
-            let l = self
-                .liveness
-                .entry(m.clone())
-                .or_insert_with(Liveness::new);
-            l.vouched = None;
-            if counts {
-                l.shared = l
-                    .shared
-                    .checked_add_signed(delta)
-                    .expect("a peer's shared-group count never goes negative");
-                if l.shared == 0 {
-                    l.fresh = true;
-                }
+            let l = self.liveness.entry(m.clone()).or_insert_with(Liveness::new);
+            l.shared = l
+                .shared
+                .checked_add_signed(delta)
+                .expect("a peer's shared-group count never goes negative");
+            if l.shared == 0 {
+                l.fresh = true;
             }
         }
     }
 
-    fn digest(list: &[(GroupId, bool)]) -> u32 {
-        let mut h = crc32fast::Hasher::new();
-        for (id, est) in list {
-            h.update(&id.0);
-            h.update(&[u8::from(*est)]);
+    /// A group of `members` entered (`delta` 1) or left (-1) the `Creating` state.
+    fn count_creating(&mut self, members: &[ProcessId], delta: i32) {
+        for m in members.iter().filter(|m| **m != self.id) {
+            let l = self.liveness.entry(m.clone()).or_insert_with(Liveness::new);
+            l.creating = l
+                .creating
+                .checked_add_signed(delta)
+                .expect("a peer's creating-group count never goes negative");
         }
-        h.finalize()
+    }
+
+    /// True while any group is `Creating` here.
+    fn any_creating(&self) -> bool {
+        self.liveness.values().any(|l| l.creating > 0)
     }
 
     /// Peers sharing any group not failed here.
@@ -520,7 +682,27 @@ impl<H: Handler> Engine<H> {
                 self.stats.malformed_frames += 1;
                 return;
             };
-            if self.vouched_digest(&from) != (hb.digest, hb.groups) {
+            let (ours, theirs) = (self.vouched_digest(&from), (hb.digest, hb.groups));
+            let answer = match self.liveness.get_mut(&from) {
+                // Not a peer of any group here: answer at once (rare; nothing churns).
+                None => ours != theirs,
+                Some(l) if ours == theirs => {
+                    l.disagreed = None;
+                    l.disagreements = 0;
+                    false
+                }
+                Some(l) => {
+                    let settled = l.disagreed == Some((ours, theirs));
+                    l.disagreed = Some((ours, theirs));
+                    l.disagreements += 1;
+                    let answer = settled || l.disagreements >= LIST_AFTER_DISAGREEMENTS;
+                    if answer {
+                        l.disagreements = 0;
+                    }
+                    answer
+                }
+            };
+            if answer {
                 self.send_list(&from);
             }
             return;
@@ -530,57 +712,72 @@ impl<H: Handler> Engine<H> {
             return;
         };
         match msg {
-            FuseMsg::Create {
-                group,
-                creator,
-                members,
-            } => self.on_create(now, &from, group, creator, members),
-            FuseMsg::Confirm { group } => {
-                let Some(g) = self.groups.get_mut(&group) else {
-                    return;
-                };
-                if g.creator != self.id || !g.unconfirmed.remove(&from) {
+            FuseMsg::Create { creator, groups } => {
+                if from.as_str() != creator {
+                    self.stats.malformed_frames += 1;
                     return;
                 }
-                if g.unconfirmed.is_empty() && g.state == GroupState::Creating {
-                    g.state = GroupState::Live;
-                    g.dirty = true;
-                    self.queue_to_others(group, &FuseMsg::Established { group });
-                    self.filling.nonempty = true;
+                let mut answers = Vec::new();
+                for (group, members) in groups {
+                    self.on_create(now, &from, group, members, &mut answers);
+                }
+                self.send_fuse_merged(answers);
+            }
+            FuseMsg::Confirm { groups } => {
+                for group in groups {
+                    self.on_confirm(&from, group);
                 }
             }
-            FuseMsg::Established { group } => self.establish(group),
-            FuseMsg::Fail { group } => {
-                if self
-                    .groups
-                    .get(&group)
-                    .is_some_and(|g| g.members.contains(&from))
-                {
-                    self.fuse_fail(group, "a member said it failed");
+            FuseMsg::Established { groups } => {
+                for group in groups {
+                    self.establish(group);
+                }
+            }
+            FuseMsg::Fail { groups } => {
+                for group in groups {
+                    if self
+                        .groups
+                        .get(&group)
+                        .is_some_and(|g| g.members.contains(&from))
+                    {
+                        self.fuse_fail(group, "a member said it failed");
+                    }
                 }
             }
             FuseMsg::List { lo, hi, groups } => {
                 use std::ops::Bound;
-                let theirs: BTreeMap<GroupId, bool> = groups.into_iter().collect();
                 let range = (
                     lo.map_or(Bound::Unbounded, Bound::Included),
                     hi.map_or(Bound::Unbounded, Bound::Excluded),
                 );
+                // Sorted and inside its range, as sent (checked: a merge walk follows).
                 if lo.zip(hi).is_some_and(|(lo, hi)| lo >= hi)
-                    || theirs
-                        .keys()
-                        .any(|id| !std::ops::RangeBounds::contains(&range, id))
+                    || groups.windows(2).any(|w| w[0].0 >= w[1].0)
+                    || groups
+                        .iter()
+                        .any(|(id, _)| !std::ops::RangeBounds::contains(&range, id))
                 {
                     self.stats.malformed_frames += 1;
                     return;
                 }
+                let mut theirs = groups.into_iter().peekable();
                 let mut to_fail = Vec::new();
                 let mut to_establish = Vec::new();
                 for (id, g) in self.groups.range(range) {
-                    if g.state == GroupState::Failed || !g.members.contains(&from) {
+                    let mut listed = None;
+                    while let Some((their_id, est)) = theirs.peek() {
+                        if their_id > id {
+                            break;
+                        }
+                        if their_id == id {
+                            listed = Some(*est);
+                        }
+                        theirs.next();
+                    }
+                    if g.state == GroupState::Failed || g.members.binary_search(&from).is_err() {
                         continue;
                     }
-                    match theirs.get(id) {
+                    match listed {
                         None => {
                             let live_here = g.durable == Some(GroupState::Live);
                             if live_here || g.creator == from {
@@ -601,6 +798,28 @@ impl<H: Handler> Engine<H> {
         }
     }
 
+    fn on_confirm(&mut self, from: &ProcessId, group: GroupId) {
+        let Some(g) = self.groups.get_mut(&group) else {
+            return;
+        };
+        if g.creator != self.id || !g.unconfirmed.remove(from) {
+            return;
+        }
+        if g.unconfirmed.is_empty() && g.state == GroupState::Creating {
+            g.state = GroupState::Live;
+            g.dirty = true;
+            let members = g.members.clone();
+            self.count_creating(&members, -1);
+            self.queue_to_others(
+                group,
+                &FuseMsg::Established {
+                    groups: vec![group],
+                },
+            );
+            self.filling.nonempty = true;
+        }
+    }
+
     fn establish(&mut self, group: GroupId) {
         if let Some(g) = self.groups.get_mut(&group) {
             if g.state == GroupState::Joined {
@@ -611,23 +830,23 @@ impl<H: Handler> Engine<H> {
         }
     }
 
+    /// `from` (the creator, checked) asks this process to join `group`. Answers for groups
+    /// already known go to `answers` (sent at once, merged); a new group is recorded and
+    /// confirmed once that is durable.
     fn on_create(
         &mut self,
         now: Time,
         from: &ProcessId,
         group: GroupId,
-        creator: String,
         members: Vec<String>,
+        answers: &mut Vec<(ProcessId, FuseMsg)>,
     ) {
-        if from.as_str() != creator {
-            self.stats.malformed_frames += 1;
-            return;
-        }
         if let Some(g) = self.groups.get(&group) {
             // Known: answer from durable state only (a pending record confirms on commit).
+            let groups = vec![group];
             match g.durable {
-                Some(GroupState::Failed) => self.send_fuse(from, &FuseMsg::Fail { group }),
-                Some(_) => self.send_fuse(from, &FuseMsg::Confirm { group }),
+                Some(GroupState::Failed) => answers.push((from.clone(), FuseMsg::Fail { groups })),
+                Some(_) => answers.push((from.clone(), FuseMsg::Confirm { groups })),
                 None => {}
             }
             return;
@@ -648,7 +867,7 @@ impl<H: Handler> Engine<H> {
         }
         parsed.sort();
         parsed.dedup();
-        self.touch_peers(&parsed, true, 1);
+        self.count_shared(&parsed, 1);
         self.groups.insert(
             group,
             Group {
@@ -664,9 +883,12 @@ impl<H: Handler> Engine<H> {
                 dirty: true,
             },
         );
-        self.filling
-            .fuse_out
-            .push((from.clone(), FuseMsg::Confirm { group }));
+        self.filling.fuse_out.push((
+            from.clone(),
+            FuseMsg::Confirm {
+                groups: vec![group],
+            },
+        ));
         self.filling.nonempty = true;
     }
 
@@ -675,7 +897,12 @@ impl<H: Handler> Engine<H> {
         // Creation.
         let mut expired = Vec::new();
         let mut resend = Vec::new();
-        for (id, g) in self.groups.iter_mut() {
+        let creating = if self.any_creating() {
+            &mut self.groups
+        } else {
+            &mut BTreeMap::new()
+        };
+        for (id, g) in creating.iter_mut() {
             if g.state != GroupState::Creating {
                 continue;
             }
@@ -684,9 +911,8 @@ impl<H: Handler> Engine<H> {
             } else if g.durable.is_some() && now >= g.next_create_send {
                 g.next_create_send = now.plus(self.tuning.fuse_heartbeat);
                 let msg = FuseMsg::Create {
-                    group: *id,
                     creator: g.creator.to_string(),
-                    members: g.members.iter().map(|m| m.to_string()).collect(),
+                    groups: vec![(*id, g.members.iter().map(|m| m.to_string()).collect())],
                 };
                 for m in &g.unconfirmed {
                     resend.push((m.clone(), msg.clone()));
@@ -696,9 +922,7 @@ impl<H: Handler> Engine<H> {
         for id in expired {
             self.fuse_fail(id, "creation timed out: a member did not confirm");
         }
-        for (to, msg) in resend {
-            self.send_fuse(&to, &msg);
-        }
+        self.send_fuse_merged(resend);
         // Liveness.
         for p in &self.monitored() {
             let Some(l) = self.liveness.get_mut(p) else {
@@ -768,7 +992,13 @@ impl<H: Handler> Engine<H> {
     pub(super) fn fuse_deadline(&self) -> Option<Time> {
         let mut next: Option<Time> = None;
         let mut at = |t: Time| next = Some(next.map_or(t, |n| n.min(t)));
-        for g in self.groups.values() {
+        let none = BTreeMap::new();
+        let creating = if self.any_creating() {
+            &self.groups
+        } else {
+            &none
+        };
+        for g in creating.values() {
             if g.state == GroupState::Creating {
                 at(g.deadline);
                 if g.durable.is_some() {

@@ -54,6 +54,8 @@ use ken::store::Reader;
 use ken::Time;
 use serde::Serialize;
 
+pub mod fuse;
+pub mod fuse_node;
 mod load;
 pub mod node;
 mod probe;
@@ -112,6 +114,9 @@ const SCRUBBED_ENV: [&str; 6] = [
 /// `ken bench` options.
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// Another measurement instead of the default one (`ken bench fuse`).
+    #[command(subcommand)]
+    pub what: Option<What>,
     /// Print one JSON object (every number of the report) instead of the readable report.
     #[arg(long)]
     pub json: bool,
@@ -141,6 +146,14 @@ pub struct Args {
     /// A smoke run of under 10 seconds: short windows, rough numbers.
     #[arg(long)]
     pub quick: bool,
+}
+
+/// The measurements other than the default one.
+#[derive(Debug, clap::Subcommand)]
+pub enum What {
+    /// FUSE: liveness bytes per second per process for 1, 100 and 10,000 groups over the same
+    /// 8 processes, and kill-to-notification times (see `bench/fuse.rs`).
+    Fuse(fuse::FuseArgs),
 }
 
 /// How long each phase runs.
@@ -250,6 +263,9 @@ pub(crate) fn percentile(sorted: &[u64], pct: u64) -> u64 {
 
 /// Runs `ken bench`.
 pub fn run(args: &Args) -> anyhow::Result<()> {
+    if let Some(What::Fuse(fuse_args)) = &args.what {
+        return fuse::run(fuse_args);
+    }
     let plan = Plan::new(args)?;
     let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let tmp = tempfile::Builder::new()
