@@ -78,6 +78,7 @@ mod error;
 mod reader;
 mod schema;
 mod store;
+pub mod vfs;
 
 pub use error::{CommitError, OpenError, ReadError};
 pub use reader::{

@@ -276,7 +276,16 @@ impl Store {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let mut conn = Connection::open_with_flags(path, flags).map_err(sqlite_open_err(path))?;
+        // The owner writes through the `ken-wal` shim (one write system call per commit
+        // instead of two per page: see `vfs`); if it cannot register, the default VFS.
+        let mut conn = match crate::vfs::register() {
+            Ok(()) => Connection::open_with_flags_and_vfs(path, flags, crate::vfs::VFS_NAME),
+            Err(rc) => {
+                tracing::warn!(rc, "the ken-wal VFS did not register; using SQLite's default");
+                Connection::open_with_flags(path, flags)
+            }
+        }
+        .map_err(sqlite_open_err(path))?;
         conn.busy_timeout(OWNER_BUSY_TIMEOUT)
             .map_err(sqlite_open_err(path))?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);

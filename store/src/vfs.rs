@@ -1,0 +1,414 @@
+//! `ken-wal`: a SQLite VFS shim over the default VFS that gathers a commit's WAL writes into
+//! one system call.
+//!
+//! SQLite writes each WAL frame with two `pwrite`s (its 24-byte header, then the page), so a
+//! commit that touches 6 pages makes 12 system calls before its `fdatasync`. On the virtual
+//! machines Ken was measured on a `pwrite` costs about 7 us, which made a one-turn commit
+//! cost 1.7 raw fsyncs (measured with `/tmp`-style probes: 12 small writes + fdatasync
+//! 236 us p50 against one 24 KiB write + fdatasync 155 us, interleaved in one run).
+//!
+//! The shim buffers contiguous writes to files SQLite opens as WALs and writes the buffer
+//! with one call before anything that needs the bytes in the file: `xSync` (so a commit is
+//! durable exactly as before: buffer written, then the real sync), `xRead`, `xTruncate`,
+//! `xFileSize`, `xFileControl`, `xClose`, a write that is not contiguous, or the buffer
+//! reaching [`BUFFER_BYTES_MAX`]. Every other file, and every other method, goes straight to
+//! the default VFS.
+//!
+//! Why this is safe: other connections (the engine's `Reader`, `ken inspect`) read WAL
+//! frames only up to the last commit recorded in the shared-memory index, which SQLite
+//! updates after the commit's `xSync`, by which point the buffer is in the file. A crash
+//! loses unsynced buffered bytes, which SQLite already assumes of any write not yet synced.
+//! A failed buffer write is returned by the call that triggered it (for a commit, its
+//! `xSync`), so the commit fails and the store poisons itself as on any I/O error.
+
+#![allow(unsafe_code)]
+
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ptr;
+use std::sync::OnceLock;
+
+use rusqlite::ffi;
+
+/// The name the shim is registered under.
+pub const VFS_NAME: &CStr = c"ken-wal";
+
+/// A buffer is written out once it holds this much.
+pub const BUFFER_BYTES_MAX: usize = 4 << 20;
+
+/// Bytes per write call: the unix VFS takes at most `0x1ffff` bytes per `xWrite` (its
+/// `seekAndWriteFd` masks the length), so a buffer goes out in chunks of 120 KiB.
+const WRITE_BYTES_MAX: usize = 120 << 10;
+
+/// One open file: SQLite allocates `szOsFile` bytes and hands them to `xOpen`; the shim's
+/// header comes first and the default VFS's file follows at [`REAL_OFFSET`].
+#[repr(C)]
+struct ShimFile {
+    base: ffi::sqlite3_file,
+    /// Buffered writes (WAL files only); `None` for other files.
+    buffer: Option<Box<Buffer>>,
+}
+
+#[derive(Default)]
+struct Buffer {
+    data: Vec<u8>,
+    /// File offset of `data[0]`.
+    start: i64,
+}
+
+/// Where the default VFS's file lives inside a [`ShimFile`] allocation (8-aligned).
+const REAL_OFFSET: usize = std::mem::size_of::<ShimFile>().next_multiple_of(8);
+
+struct Registered {
+    /// The default VFS, to which everything is forwarded.
+    real: *mut ffi::sqlite3_vfs,
+}
+
+// SAFETY: the pointer is to SQLite's static default VFS, which lives for the process and is
+// safe to use from any thread (SQLite is built threadsafe).
+unsafe impl Send for Registered {}
+// SAFETY: as above.
+unsafe impl Sync for Registered {}
+
+static REGISTERED: OnceLock<Result<Registered, c_int>> = OnceLock::new();
+
+/// Registers the shim (once per process; not as the default VFS).
+///
+/// # Errors
+/// The SQLite result code if the default VFS is missing or registration failed.
+pub fn register() -> Result<(), c_int> {
+    REGISTERED
+        .get_or_init(|| {
+            // SAFETY: plain SQLite API calls; the VFS struct is leaked, so it outlives every
+            // connection that uses it, as SQLite requires.
+            unsafe {
+                let rc = ffi::sqlite3_initialize();
+                if rc != ffi::SQLITE_OK {
+                    return Err(rc);
+                }
+                let real = ffi::sqlite3_vfs_find(ptr::null());
+                if real.is_null() {
+                    return Err(ffi::SQLITE_ERROR);
+                }
+                let mut vfs: ffi::sqlite3_vfs = *real;
+                vfs.iVersion = vfs.iVersion.min(2);
+                vfs.szOsFile = c_int::try_from(REAL_OFFSET).expect("small") + (*real).szOsFile;
+                vfs.pNext = ptr::null_mut();
+                vfs.zName = VFS_NAME.as_ptr();
+                vfs.pAppData = real.cast();
+                vfs.xOpen = Some(shim_open);
+                vfs.xDelete = Some(shim_delete);
+                vfs.xAccess = Some(shim_access);
+                vfs.xFullPathname = Some(shim_full_pathname);
+                vfs.xSetSystemCall = None;
+                vfs.xGetSystemCall = None;
+                vfs.xNextSystemCall = None;
+                let vfs = Box::leak(Box::new(vfs));
+                let rc = ffi::sqlite3_vfs_register(vfs, 0);
+                if rc != ffi::SQLITE_OK {
+                    return Err(rc);
+                }
+                Ok(Registered { real })
+            }
+        })
+        .as_ref()
+        .map(|_| ())
+        .map_err(|rc| *rc)
+}
+
+fn real_vfs() -> *mut ffi::sqlite3_vfs {
+    match REGISTERED.get() {
+        Some(Ok(r)) => r.real,
+        _ => unreachable!("the shim is used only after it registered"),
+    }
+}
+
+/// The default VFS's file inside `file`.
+///
+/// # Safety
+/// `file` points to a `szOsFile`-byte allocation handed to [`shim_open`].
+unsafe fn real(file: *mut ffi::sqlite3_file) -> *mut ffi::sqlite3_file {
+    file.cast::<u8>().add(REAL_OFFSET).cast()
+}
+
+/// # Safety
+/// As [`real`], and the real file was opened (its `pMethods` is set).
+unsafe fn methods(file: *mut ffi::sqlite3_file) -> &'static ffi::sqlite3_io_methods {
+    &*(*real(file)).pMethods
+}
+
+/// Writes out the buffer of `file` (if any) with one call.
+///
+/// # Safety
+/// `file` is an open shim file.
+unsafe fn flush(file: *mut ffi::sqlite3_file) -> c_int {
+    let shim = &mut *file.cast::<ShimFile>();
+    let Some(buffer) = shim.buffer.as_mut() else {
+        return ffi::SQLITE_OK;
+    };
+    if buffer.data.is_empty() {
+        return ffi::SQLITE_OK;
+    }
+    let write = methods(file).xWrite.expect("xWrite");
+    let mut rc = ffi::SQLITE_OK;
+    let mut offset = buffer.start;
+    for chunk in buffer.data.chunks(WRITE_BYTES_MAX) {
+        let len = c_int::try_from(chunk.len()).expect("a chunk fits a c_int");
+        rc = write(real(file), chunk.as_ptr().cast(), len, offset);
+        if rc != ffi::SQLITE_OK {
+            break;
+        }
+        offset += i64::from(len);
+    }
+    // Written or failed, the bytes leave the buffer: a failure is reported now, and SQLite
+    // treats the file as suspect from here on (the store poisons itself).
+    buffer.data.clear();
+    rc
+}
+
+static IO_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
+    iVersion: 3,
+    xClose: Some(shim_close),
+    xRead: Some(shim_read),
+    xWrite: Some(shim_write),
+    xTruncate: Some(shim_truncate),
+    xSync: Some(shim_sync),
+    xFileSize: Some(shim_file_size),
+    xLock: Some(shim_lock),
+    xUnlock: Some(shim_unlock),
+    xCheckReservedLock: Some(shim_check_reserved_lock),
+    xFileControl: Some(shim_file_control),
+    xSectorSize: Some(shim_sector_size),
+    xDeviceCharacteristics: Some(shim_device_characteristics),
+    xShmMap: Some(shim_shm_map),
+    xShmLock: Some(shim_shm_lock),
+    xShmBarrier: Some(shim_shm_barrier),
+    xShmUnmap: Some(shim_shm_unmap),
+    xFetch: Some(shim_fetch),
+    xUnfetch: Some(shim_unfetch),
+};
+
+unsafe extern "C" fn shim_open(
+    _vfs: *mut ffi::sqlite3_vfs,
+    name: ffi::sqlite3_filename,
+    file: *mut ffi::sqlite3_file,
+    flags: c_int,
+    out_flags: *mut c_int,
+) -> c_int {
+    let real_vfs = real_vfs();
+    ptr::write(
+        file.cast::<ShimFile>(),
+        ShimFile {
+            base: ffi::sqlite3_file {
+                pMethods: ptr::null(),
+            },
+            buffer: None,
+        },
+    );
+    let inner = real(file);
+    (*inner).pMethods = ptr::null();
+    let rc = (*real_vfs).xOpen.expect("xOpen")(real_vfs, name, inner, flags, out_flags);
+    if (*inner).pMethods.is_null() {
+        return rc;
+    }
+    let shim = &mut *file.cast::<ShimFile>();
+    // The shim forwards every version-3 method (WAL needs the shared-memory ones); the
+    // default unix VFS offers version 3, so an older one means a build without it: refuse.
+    if (*(*inner).pMethods).iVersion < IO_METHODS.iVersion {
+        (*(*inner).pMethods).xClose.expect("xClose")(inner);
+        (*inner).pMethods = ptr::null();
+        return ffi::SQLITE_CANTOPEN;
+    }
+    if flags & ffi::SQLITE_OPEN_WAL != 0 {
+        shim.buffer = Some(Box::default());
+    }
+    shim.base.pMethods = &IO_METHODS;
+    rc
+}
+
+unsafe extern "C" fn shim_delete(
+    _vfs: *mut ffi::sqlite3_vfs,
+    name: *const c_char,
+    sync_dir: c_int,
+) -> c_int {
+    let v = real_vfs();
+    (*v).xDelete.expect("xDelete")(v, name, sync_dir)
+}
+
+unsafe extern "C" fn shim_access(
+    _vfs: *mut ffi::sqlite3_vfs,
+    name: *const c_char,
+    flags: c_int,
+    out: *mut c_int,
+) -> c_int {
+    let v = real_vfs();
+    (*v).xAccess.expect("xAccess")(v, name, flags, out)
+}
+
+unsafe extern "C" fn shim_full_pathname(
+    _vfs: *mut ffi::sqlite3_vfs,
+    name: *const c_char,
+    n: c_int,
+    out: *mut c_char,
+) -> c_int {
+    let v = real_vfs();
+    (*v).xFullPathname.expect("xFullPathname")(v, name, n, out)
+}
+
+unsafe extern "C" fn shim_close(file: *mut ffi::sqlite3_file) -> c_int {
+    let flushed = flush(file);
+    let rc = methods(file).xClose.expect("xClose")(real(file));
+    ptr::drop_in_place(file.cast::<ShimFile>());
+    if flushed != ffi::SQLITE_OK {
+        flushed
+    } else {
+        rc
+    }
+}
+
+unsafe extern "C" fn shim_read(
+    file: *mut ffi::sqlite3_file,
+    out: *mut c_void,
+    amount: c_int,
+    offset: i64,
+) -> c_int {
+    let rc = flush(file);
+    if rc != ffi::SQLITE_OK {
+        return rc;
+    }
+    methods(file).xRead.expect("xRead")(real(file), out, amount, offset)
+}
+
+unsafe extern "C" fn shim_write(
+    file: *mut ffi::sqlite3_file,
+    data: *const c_void,
+    amount: c_int,
+    offset: i64,
+) -> c_int {
+    let shim = &mut *file.cast::<ShimFile>();
+    let Some(buffer) = shim.buffer.as_mut() else {
+        return methods(file).xWrite.expect("xWrite")(real(file), data, amount, offset);
+    };
+    let Ok(len) = usize::try_from(amount) else {
+        return ffi::SQLITE_IOERR_WRITE;
+    };
+    let contiguous = !buffer.data.is_empty()
+        && buffer.start + i64::try_from(buffer.data.len()).unwrap_or(i64::MAX) == offset;
+    if !buffer.data.is_empty() && (!contiguous || buffer.data.len() + len > BUFFER_BYTES_MAX) {
+        let rc = flush(file);
+        if rc != ffi::SQLITE_OK {
+            return rc;
+        }
+    }
+    let shim = &mut *file.cast::<ShimFile>();
+    let buffer = shim.buffer.as_mut().expect("a WAL file has a buffer");
+    if buffer.data.is_empty() {
+        buffer.start = offset;
+    }
+    buffer
+        .data
+        .extend_from_slice(std::slice::from_raw_parts(data.cast::<u8>(), len));
+    ffi::SQLITE_OK
+}
+
+unsafe extern "C" fn shim_truncate(file: *mut ffi::sqlite3_file, size: i64) -> c_int {
+    let rc = flush(file);
+    if rc != ffi::SQLITE_OK {
+        return rc;
+    }
+    methods(file).xTruncate.expect("xTruncate")(real(file), size)
+}
+
+unsafe extern "C" fn shim_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
+    let rc = flush(file);
+    if rc != ffi::SQLITE_OK {
+        return rc;
+    }
+    methods(file).xSync.expect("xSync")(real(file), flags)
+}
+
+unsafe extern "C" fn shim_file_size(file: *mut ffi::sqlite3_file, size: *mut i64) -> c_int {
+    let rc = flush(file);
+    if rc != ffi::SQLITE_OK {
+        return rc;
+    }
+    methods(file).xFileSize.expect("xFileSize")(real(file), size)
+}
+
+unsafe extern "C" fn shim_lock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
+    methods(file).xLock.expect("xLock")(real(file), level)
+}
+
+unsafe extern "C" fn shim_unlock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
+    methods(file).xUnlock.expect("xUnlock")(real(file), level)
+}
+
+unsafe extern "C" fn shim_check_reserved_lock(
+    file: *mut ffi::sqlite3_file,
+    out: *mut c_int,
+) -> c_int {
+    methods(file).xCheckReservedLock.expect("xCheckReservedLock")(real(file), out)
+}
+
+unsafe extern "C" fn shim_file_control(
+    file: *mut ffi::sqlite3_file,
+    op: c_int,
+    arg: *mut c_void,
+) -> c_int {
+    let rc = flush(file);
+    if rc != ffi::SQLITE_OK {
+        return rc;
+    }
+    methods(file).xFileControl.expect("xFileControl")(real(file), op, arg)
+}
+
+unsafe extern "C" fn shim_sector_size(file: *mut ffi::sqlite3_file) -> c_int {
+    methods(file).xSectorSize.expect("xSectorSize")(real(file))
+}
+
+unsafe extern "C" fn shim_device_characteristics(file: *mut ffi::sqlite3_file) -> c_int {
+    methods(file).xDeviceCharacteristics.expect("xDeviceCharacteristics")(real(file))
+}
+
+unsafe extern "C" fn shim_shm_map(
+    file: *mut ffi::sqlite3_file,
+    region: c_int,
+    size: c_int,
+    extend: c_int,
+    out: *mut *mut c_void,
+) -> c_int {
+    methods(file).xShmMap.expect("xShmMap")(real(file), region, size, extend, out)
+}
+
+unsafe extern "C" fn shim_shm_lock(
+    file: *mut ffi::sqlite3_file,
+    offset: c_int,
+    n: c_int,
+    flags: c_int,
+) -> c_int {
+    methods(file).xShmLock.expect("xShmLock")(real(file), offset, n, flags)
+}
+
+unsafe extern "C" fn shim_shm_barrier(file: *mut ffi::sqlite3_file) {
+    methods(file).xShmBarrier.expect("xShmBarrier")(real(file));
+}
+
+unsafe extern "C" fn shim_shm_unmap(file: *mut ffi::sqlite3_file, delete: c_int) -> c_int {
+    methods(file).xShmUnmap.expect("xShmUnmap")(real(file), delete)
+}
+
+unsafe extern "C" fn shim_fetch(
+    file: *mut ffi::sqlite3_file,
+    offset: i64,
+    amount: c_int,
+    out: *mut *mut c_void,
+) -> c_int {
+    let rc = flush(file);
+    if rc != ffi::SQLITE_OK {
+        return rc;
+    }
+    methods(file).xFetch.expect("xFetch")(real(file), offset, amount, out)
+}
+
+unsafe extern "C" fn shim_unfetch(file: *mut ffi::sqlite3_file, offset: i64, p: *mut c_void) -> c_int {
+    methods(file).xUnfetch.expect("xUnfetch")(real(file), offset, p)
+}
