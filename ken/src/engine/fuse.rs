@@ -14,21 +14,32 @@
 //!   notification turn and the `notified` flag commit together.
 //!
 //! Liveness is per pair, not per group: one heartbeat every `fuse_heartbeat` to each peer that
-//! shares any non-failed group, carrying a digest (CRC32) of the shared groups this process
-//! vouches for. A digest mismatch makes the receiver answer with its list of shared groups;
-//! a group missing from a peer's list is failed if it is `Live` here or the peer is its
-//! creator (during creation a member may not have heard of it yet). Silence from a peer for
-//! `fuse_t_fail` fails every group shared with it. A failing member also tells the other
-//! members directly (`Fail`, best effort: the fast path).
+//! shares any non-failed group, carrying a digest of the shared groups this process vouches
+//! for (the XOR of one CRC32 per group, kept up to date change by change, and their count).
+//! A digest that disagrees makes the receiver answer with its list of shared groups, when the
+//! same disagreement shows at two heartbeats in a row or after [`LIST_AFTER_DISAGREEMENTS`]
+//! (states still in flight, as during creation, settle by themselves); a group missing from
+//! a peer's list is failed if it is `Live` here or the peer is its creator (during creation a
+//! member may not have heard of it yet). Silence from a peer for `fuse_t_fail` fails every
+//! group shared with it. A failing member also tells the other members directly (`Fail`,
+//! best effort: the fast path).
+//!
+//! Cost: the per-peer state ([`Liveness`]: last heard, digest, counts) makes a tick, a
+//! heartbeat and its check cost the same for one group as for ten thousand; only a list
+//! exchange walks the groups. Control messages name many groups each, and what one commit
+//! releases to a peer is merged into as few frames as fit ([`LIST_GROUPS_PER_FRAME`]
+//! groups per frame), so creating or failing ten thousand groups costs a few datagrams per
+//! peer rather than ten thousand.
 //!
 //! Output validity: what a process says about groups (confirmations, lists, digests, `Fail`)
 //! reflects only its *durable* group states; messages caused by a group change leave after
 //! the batch recording it commits. So a rolled-back `fuse_signal` can never fail a group.
 //!
-//! The bound: a member that fails a group stops vouching once that is durable; its peers
-//! see the digest change at their next heartbeat from it (at most one interval later), swap
-//! lists and fail the group: about `2 x fuse_heartbeat` plus a commit after the first
-//! failure; a silent member is failed after `fuse_t_fail + 2 x fuse_heartbeat` of silence
+//! The bound: a member that fails a group stops vouching once that is durable; from then on
+//! each peer's heartbeat disagrees with its digest, at the second such heartbeat (at most two
+//! intervals later) it answers with its list, and the peer fails the group: about
+//! `2 x fuse_heartbeat` plus a commit after the first failure even if every direct `Fail` was
+//! lost; a silent member is failed after `fuse_t_fail + 2 x fuse_heartbeat` of silence
 //! (the slack covers the heartbeat period before a crash and one lost heartbeat, so that
 //! crash-restarts of up to `0.9 x fuse_t_fail` are masked), so every live member hears
 //! within `fuse_t_fail + 2 x fuse_heartbeat` of the failed member's last frame.
@@ -1032,5 +1043,341 @@ impl<H: Handler> Engine<H> {
         p.dirty = true;
         self.filling.batch.outbox_forget.push(peer.to_string());
         self.filling.nonempty = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The parts of FUSE that only show at scale: frames that must split, lists that cover
+    //! ranges, digests kept change by change. Engines in memory; a commit completes at once.
+
+    use std::time::Duration;
+
+    use super::*;
+    use crate::engine::tables::EmptyTables;
+    use crate::engine::EngineConfig;
+    use crate::{Tuning, Turn};
+
+    const T0_MS: u64 = 1_700_000_000_000;
+
+    fn pid(s: &str) -> ProcessId {
+        ProcessId::new(s).unwrap()
+    }
+
+    /// `a` creates `groups` groups of every member at start and signals every other one of
+    /// them at its `signal` timer; everyone records what it hears.
+    struct Member {
+        others: Vec<ProcessId>,
+        groups: usize,
+        signal_after: Duration,
+    }
+
+    #[derive(Default, Serialize, Deserialize)]
+    struct MemberState {
+        created: Vec<GroupId>,
+        /// (group, when in µs), in the order heard.
+        heard: Vec<(GroupId, u64)>,
+    }
+
+    impl Handler for Member {
+        type State = MemberState;
+        type Message = ();
+        fn on_turn(&self, s: &mut MemberState, turn: &mut Turn<'_, ()>, input: Input<()>) {
+            match input {
+                Input::Start if turn.id().as_str() == "a" => {
+                    for _ in 0..self.groups {
+                        s.created.push(turn.fuse_create(&self.others).unwrap());
+                    }
+                    turn.set_timer("signal", self.signal_after);
+                }
+                Input::Timer { .. } => {
+                    for g in s.created.iter().step_by(2) {
+                        turn.fuse_signal(*g);
+                    }
+                }
+                Input::FuseFailure { group } => s.heard.push((group, turn.now().as_micros())),
+                _ => {}
+            }
+        }
+    }
+
+    fn engine(id: &str, all: &[&str], groups: usize) -> Engine<Member> {
+        let peers: Vec<ProcessId> = all.iter().filter(|p| **p != id).map(|p| pid(p)).collect();
+        let recovered = ken_store::Recovered {
+            process_id: id.to_string(),
+            incarnation: 1 + all.iter().position(|p| *p == id).unwrap() as u64,
+            created: true,
+            turns_committed: 0,
+            commits: 0,
+            root: None,
+            peers: Vec::new(),
+            outbox: Vec::new(),
+            timers: Vec::new(),
+            clients: Vec::new(),
+            groups: Vec::new(),
+        };
+        let config = EngineConfig {
+            id: pid(id),
+            peers: peers.clone(),
+            tuning: Tuning::default(),
+            seed: 7,
+        };
+        let handler = Member {
+            others: peers,
+            groups,
+            signal_after: Duration::from_secs(5),
+        };
+        Engine::recover(config, handler, recovered, Box::new(EmptyTables)).unwrap()
+    }
+
+    impl<H: Handler> Engine<H> {
+        /// Recomputes every per-peer count and digest from the groups and compares.
+        fn check_fuse_bookkeeping(&self) {
+            for (p, l) in &self.liveness {
+                let shared = self
+                    .groups
+                    .values()
+                    .filter(|g| g.state != GroupState::Failed && g.members.contains(p))
+                    .count() as u32;
+                let creating = self
+                    .groups
+                    .values()
+                    .filter(|g| g.state == GroupState::Creating && g.members.contains(p))
+                    .count() as u32;
+                let list = self.vouched_with(p);
+                let digest = list
+                    .iter()
+                    .fold(0, |d, (id, est)| d ^ digest_entry(*id, *est));
+                assert_eq!(
+                    (l.shared, l.creating, l.digest, l.vouched),
+                    (shared, creating, digest, list.len() as u32),
+                    "bookkeeping of peer {p} at {}",
+                    self.id
+                );
+            }
+        }
+    }
+
+    /// Runs the engines for `ms` of virtual time (5 ms steps), delivering every frame
+    /// unless `drop` says otherwise, checking the bookkeeping every 100 ms; returns the
+    /// largest datagram seen.
+    fn run(
+        engines: &mut [Engine<Member>],
+        now: &mut Time,
+        ms: u64,
+        drop: &dyn Fn(&Frame) -> bool,
+    ) -> usize {
+        let mut largest = 0;
+        for step in 0..ms / 5 {
+            *now = now.plus(Duration::from_millis(5));
+            let mut net = Vec::new();
+            for e in engines.iter_mut() {
+                e.tick(*now);
+                loop {
+                    let cmds = e.take_commands();
+                    if cmds.is_empty() {
+                        break;
+                    }
+                    for cmd in cmds {
+                        match cmd {
+                            Command::Commit { id, .. } => e.commit_done(*now, id),
+                            Command::Send { frame, .. } => net.push(frame),
+                            Command::Fatal { error } => panic!("{error}"),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            for frame in net {
+                let bytes = frame.encode().expect("every FUSE frame fits a datagram");
+                largest = largest.max(bytes.len());
+                if drop(&frame) {
+                    continue;
+                }
+                let to = engines.iter_mut().find(|e| e.id == frame.to).unwrap();
+                to.handle_frame(*now, Frame::decode(&bytes).unwrap());
+            }
+            if step % 20 == 19 {
+                for e in engines.iter() {
+                    e.check_fuse_bookkeeping();
+                }
+            }
+        }
+        largest
+    }
+
+    fn durable_live(e: &Engine<Member>) -> usize {
+        e.groups
+            .values()
+            .filter(|g| g.durable == Some(GroupState::Live))
+            .count()
+    }
+
+    /// 7,000 groups: creation, then `a` fails half of them with every `Fail` it sends lost.
+    /// The others learn it from `a`'s list, which takes three frames each covering its own
+    /// range of ids: exactly the signalled half fails, within a few heartbeats (not by
+    /// silence: `a` keeps heartbeating for the other half).
+    #[test]
+    fn lists_longer_than_a_datagram_fail_exactly_the_groups_missing_from_them() {
+        const GROUPS: usize = 7_000;
+        const { assert!(GROUPS > 2 * LIST_GROUPS_PER_FRAME) };
+        let all = ["a", "b", "c"];
+        let mut engines: Vec<Engine<Member>> =
+            all.iter().map(|id| engine(id, &all, GROUPS)).collect();
+        let mut now = Time::from_millis(T0_MS);
+        for e in engines.iter_mut() {
+            e.start(now);
+        }
+        let keep_all = |_: &Frame| false;
+        let largest = run(&mut engines, &mut now, 1_000, &keep_all);
+        for e in &engines {
+            assert_eq!(durable_live(e), GROUPS, "{} after creation", e.id);
+        }
+        assert!(largest <= ken_transport::frame::MAX_FRAME_BYTES);
+        let quiet_from = engines[1].stats.fuse_list_exchanges;
+        run(&mut engines, &mut now, 1_000, &keep_all);
+        assert_eq!(
+            engines[1].stats.fuse_list_exchanges, quiet_from,
+            "digests agree once every group is live: no list exchange"
+        );
+
+        // `a`'s signal timer fires at +5 s; from +4 s on its direct `Fail`s are all lost.
+        let lost_fail = |f: &Frame| {
+            f.kind == FrameKind::Fuse
+                && f.from.as_str() == "a"
+                && matches!(
+                    ken_store::codec::decode::<FuseMsg>(&f.payload),
+                    Ok(FuseMsg::Fail { .. })
+                )
+        };
+        run(&mut engines, &mut now, 2_000, &lost_fail);
+        for e in &engines {
+            assert!(e.state().heard.is_empty(), "{} before the signal", e.id);
+        }
+        assert!(e_stats_quiet(&engines, quiet_from));
+        // The signal turn runs at the first tick at or after its due time.
+        let signal_at = Time::from_millis(T0_MS).plus(Duration::from_secs(5));
+        assert!(now < signal_at);
+        run(&mut engines, &mut now, 2_000, &lost_fail);
+        let signalled: BTreeSet<GroupId> = engines[0]
+            .state()
+            .created
+            .iter()
+            .step_by(2)
+            .copied()
+            .collect();
+        assert_eq!(signalled.len(), GROUPS / 2);
+        let heard_ids = |e: &Engine<Member>| -> BTreeSet<GroupId> {
+            e.state().heard.iter().map(|(g, _)| *g).collect()
+        };
+        assert!(
+            heard_ids(&engines[0]) == signalled,
+            "a hears its own signal"
+        );
+        let t = Tuning::default();
+        for e in &engines[1..] {
+            let heard = heard_ids(e);
+            assert_eq!(heard.len(), e.state().heard.len(), "{}: exactly once", e.id);
+            assert_eq!(
+                heard.len(),
+                signalled.len(),
+                "{}: as many as signalled",
+                e.id
+            );
+            assert!(heard == signalled, "{}: exactly the signalled groups", e.id);
+            assert_eq!(durable_live(e), GROUPS / 2, "{}: the rest stay live", e.id);
+            assert!(e.stats.fuse_list_exchanges > quiet_from);
+        }
+        // By lists, within a few heartbeats: long before silence (T_fail) could act, and `a`
+        // never went silent anyway.
+        let lists_by = signal_at.plus(4 * t.fuse_heartbeat);
+        assert!(lists_by < signal_at.plus(t.fuse_t_fail));
+        for e in &engines[1..] {
+            let last = Time(e.state().heard.iter().map(|(_, at)| *at).max().unwrap());
+            assert!(
+                last <= lists_by,
+                "{}: last notification {:?} after the signal",
+                e.id,
+                last.since(signal_at)
+            );
+        }
+    }
+
+    /// No list exchange at `b` since `from` (digests agree while nothing changes).
+    fn e_stats_quiet(engines: &[Engine<Member>], from: u64) -> bool {
+        engines[1].stats.fuse_list_exchanges == from
+    }
+
+    #[test]
+    fn merged_messages_fit_a_datagram_with_the_longest_ids() {
+        let long = |c: char| ProcessId::new(c.to_string().repeat(64)).unwrap();
+        let id = |i: u32| {
+            let mut g = [0u8; 16];
+            g[..4].copy_from_slice(&i.to_be_bytes());
+            GroupId(g)
+        };
+        let members: Vec<String> = (0..crate::limits::GROUP_MEMBERS_MAX)
+            .map(|i| format!("{i:0>64}"))
+            .collect();
+        let mut o = Outgoing::default();
+        for i in 0..10_000 {
+            o.add(FuseMsg::Fail {
+                groups: vec![id(i)],
+            });
+            o.add(FuseMsg::Confirm {
+                groups: vec![id(i)],
+            });
+        }
+        for i in 0..100 {
+            o.add(FuseMsg::Create {
+                creator: "x".repeat(64),
+                groups: vec![(id(i), members.clone())],
+            });
+        }
+        let msgs = o.into_messages();
+        let count = |f: fn(&FuseMsg) -> Option<usize>| -> (usize, usize) {
+            let sizes: Vec<usize> = msgs.iter().filter_map(f).collect();
+            (sizes.len(), sizes.iter().sum())
+        };
+        assert_eq!(
+            count(|m| match m {
+                FuseMsg::Fail { groups } => Some(groups.len()),
+                _ => None,
+            }),
+            (4, 10_000)
+        );
+        assert_eq!(
+            count(|m| match m {
+                FuseMsg::Confirm { groups } => Some(groups.len()),
+                _ => None,
+            }),
+            (4, 10_000)
+        );
+        let (frames, groups) = count(|m| match m {
+            FuseMsg::Create { groups, .. } => Some(groups.len()),
+            _ => None,
+        });
+        assert_eq!(groups, 100);
+        assert!(
+            frames >= 10,
+            "{frames} Create frames for 100 groups of 64 long ids"
+        );
+        for m in &msgs {
+            let frame = Frame {
+                kind: FrameKind::Fuse,
+                from: long('f'),
+                from_incarnation: Incarnation(u64::MAX),
+                to: long('t'),
+                to_incarnation: Incarnation(u64::MAX),
+                seq: Seq(0),
+                ack: Seq(0),
+                payload: ken_store::codec::encode(m),
+            };
+            assert!(
+                frame.encode().is_ok(),
+                "a merged message does not fit: {} bytes",
+                frame.encoded_len()
+            );
+        }
     }
 }
