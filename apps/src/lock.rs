@@ -66,6 +66,11 @@
 //!   ends the grant at the holder. It arrives right behind the `Granted` (FIFO), so the
 //!   holder reports `holding` and `lost` at once: a holder's view can lag the server's, as
 //!   in any lock service; the fencing token is what a protected resource checks.
+//! - A `Granted` that overtakes FUSE's `Create` of its group (the server was killed between
+//!   sending them, say): the holder's signal of a group it has not recorded yet does
+//!   nothing, so the holder signals again every [`HolderConfig::retry_after`] until it
+//!   hears the failure (the server resends `Create` until the holder joins, or fails the
+//!   group at the creation timeout and sends `Freed`).
 //! - A new `Acquire` from the current holder of the lock (it heard its group fail before
 //!   the server did): it is queued like any other and served once the server hears it.
 //! - Acquire is idempotent per (holder, round): a round at or below the highest one the
@@ -148,7 +153,8 @@ pub struct HolderConfig {
     pub hold: Option<Duration>,
     /// Rounds (acquire, hold, release) to do before finishing; `None`: forever.
     pub rounds: Option<u64>,
-    /// Wait after a `Refused` before asking again.
+    /// Wait after a `Refused` before asking again, and between two signals of a group
+    /// whose failure has not been heard yet.
     pub retry_after: Duration,
 }
 
@@ -542,10 +548,11 @@ fn holder_turn(config: &HolderConfig, h: &mut HolderState, turn: T<'_, '_>, inpu
                 group, signalled, ..
             } = &mut h.phase
             {
-                if !*signalled {
-                    *signalled = true;
-                    turn.fuse_signal(*group);
-                }
+                // Signal until the failure is heard: a signal of a group this process has
+                // not recorded yet (the grant overtook FUSE's `Create`) does nothing.
+                *signalled = true;
+                turn.fuse_signal(*group);
+                turn.set_timer(HOLD_TIMER, config.retry_after);
             }
         }
         Input::Timer { name } if name == RETRY_TIMER && h.phase == Phase::Waiting => {
@@ -831,6 +838,8 @@ mod tests {
         nodes: Vec<Node>,
         net: VecDeque<(usize, Frame)>,
         mute: BTreeSet<usize>,
+        /// FUSE control frames (`Create`, `Fail`, ...) to this node are lost.
+        drop_fuse_to: Option<usize>,
         boots: u64,
         _dir: tempfile::TempDir,
     }
@@ -882,6 +891,7 @@ mod tests {
                 nodes,
                 net: VecDeque::new(),
                 mute: BTreeSet::new(),
+                drop_fuse_to: None,
                 boots: 0,
                 _dir: dir,
             };
@@ -949,7 +959,9 @@ mod tests {
                         }
                         Command::Send { to, frame, .. } => {
                             let to = self.nodes.iter().position(|n| n.id == to).unwrap();
-                            if !self.mute.contains(&i) && !self.mute.contains(&to) {
+                            let fuse_lost = self.drop_fuse_to == Some(to)
+                                && frame.kind == ken::transport::FrameKind::Fuse;
+                            if !self.mute.contains(&i) && !self.mute.contains(&to) && !fuse_lost {
                                 self.net.push_back((to, frame));
                             }
                         }
@@ -1147,6 +1159,24 @@ mod tests {
         // It goes on to its next round (it asked for 1, so it is done: 1 lost round).
         c.run_until(5_000, |c| c.nodes[2].finished.is_some());
         assert_eq!(c.state(2).holder.lost, 1);
+        clean_audit(&c);
+    }
+
+    #[test]
+    fn a_release_signalled_before_the_holder_heard_of_its_group_is_signalled_again() {
+        let mut c = Cluster::new(ServerConfig::default(), vec![holder("L", 50, Some(2))]);
+        // FUSE control frames to h1 are lost: `Granted` arrives, `Create` does not.
+        c.drop_fuse_to = Some(1);
+        c.run_until(1_000, |c| !c.events(1, "holding").is_empty());
+        c.run(300);
+        assert!(
+            c.events(1, "released").is_empty(),
+            "the first signal cannot fail a group h1 has not heard of"
+        );
+        c.drop_fuse_to = None;
+        c.run_until(5_000, |c| c.nodes[1].finished.is_some());
+        assert_eq!(tokens(&c.events(1, "released")), vec![1, 2]);
+        assert_eq!(c.state(1).holder.lost, 0);
         clean_audit(&c);
     }
 
