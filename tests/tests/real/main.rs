@@ -12,5 +12,6 @@
 //! test binaries one after the other, so two binaries never overlap.
 
 mod kv_kill;
+mod lock;
 mod pingpong_kill;
 mod procs;
