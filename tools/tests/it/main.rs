@@ -2,5 +2,6 @@
 
 mod bench;
 mod demo;
+mod fuse;
 mod inspect;
 mod torture;
