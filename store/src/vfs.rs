@@ -14,6 +14,9 @@
 //! reaching [`BUFFER_BYTES_MAX`]. Every other file, and every other method, goes straight to
 //! the default VFS.
 //!
+//! The shim also preallocates a new WAL ([`WAL_PREALLOCATE_BYTES`] of written zeros) so that
+//! commits overwrite rather than grow the file.
+//!
 //! Why this is safe: other connections (the engine's `Reader`, `ken inspect`) read WAL
 //! frames only up to the last commit recorded in the shared-memory index, which SQLite
 //! updates after the commit's `xSync`, by which point the buffer is in the file. A crash
@@ -34,6 +37,11 @@ pub const VFS_NAME: &CStr = c"ken-wal";
 
 /// A buffer is written out once it holds this much.
 pub const BUFFER_BYTES_MAX: usize = 4 << 20;
+
+/// A WAL is extended to this size with zeros when opened (see [`preallocate`]): a bit more
+/// than SQLite's automatic checkpoint point (1000 pages of 4 KiB plus frame headers), after
+/// which the WAL restarts from its beginning.
+pub const WAL_PREALLOCATE_BYTES: usize = (4 << 20) + (512 << 10);
 
 /// Bytes per write call: the unix VFS takes at most `0x1ffff` bytes per `xWrite` (its
 /// `seekAndWriteFd` masks the length), so a buffer goes out in chunks of 120 KiB.
@@ -220,9 +228,52 @@ unsafe extern "C" fn shim_open(
     }
     if flags & ffi::SQLITE_OPEN_WAL != 0 {
         shim.buffer = Some(Box::default());
+        preallocate(inner);
     }
     shim.base.pMethods = &IO_METHODS;
     rc
+}
+
+/// Extends a WAL shorter than [`WAL_PREALLOCATE_BYTES`] with written zeros (and syncs it), so
+/// that commits overwrite allocated blocks from the start instead of growing the file: on
+/// ext4 a growing write's `fdatasync` also commits the journal (measured: 24 KiB appended +
+/// fdatasync 261 us p50 against 150 us overwritten, interleaved). Zeros are not a valid WAL
+/// header or frame, so SQLite reads them as an empty WAL / the end of the log. Best effort:
+/// on any error the file is cut back to its old size and used as it was.
+///
+/// # Safety
+/// `file` is an open file of the default VFS.
+unsafe fn preallocate(file: *mut ffi::sqlite3_file) {
+    let m = &*(*file).pMethods;
+    let mut size: i64 = 0;
+    if m.xFileSize.expect("xFileSize")(file, &mut size) != ffi::SQLITE_OK {
+        return;
+    }
+    let Ok(old) = usize::try_from(size) else {
+        return;
+    };
+    if old >= WAL_PREALLOCATE_BYTES {
+        return;
+    }
+    let zeros = vec![0u8; WRITE_BYTES_MAX];
+    let mut at = old;
+    while at < WAL_PREALLOCATE_BYTES {
+        let n = (WAL_PREALLOCATE_BYTES - at).min(WRITE_BYTES_MAX);
+        let rc = m.xWrite.expect("xWrite")(
+            file,
+            zeros.as_ptr().cast(),
+            c_int::try_from(n).expect("a chunk fits a c_int"),
+            i64::try_from(at).expect("small"),
+        );
+        if rc != ffi::SQLITE_OK {
+            m.xTruncate.expect("xTruncate")(file, size);
+            return;
+        }
+        at += n;
+    }
+    if m.xSync.expect("xSync")(file, ffi::SQLITE_SYNC_NORMAL) != ffi::SQLITE_OK {
+        m.xTruncate.expect("xTruncate")(file, size);
+    }
 }
 
 unsafe extern "C" fn shim_delete(
