@@ -25,7 +25,9 @@
 //!
 //! Server: `{"event":"granted","lock","holder","round","token","group","at_ms"}`,
 //! `{"event":"freed",...same fields}`, `{"event":"queued","lock","holder","round",
-//! "position","at_ms"}`, `{"event":"refused","lock","holder","round","reason","at_ms"}`.
+//! "position","at_ms"}`, `{"event":"refused","lock","holder","round","reason","at_ms"}`,
+//! `{"event":"ignored",...same fields as refused}` (an `Acquire` whose round is not above
+//! the last one accepted from that holder; nothing is sent back).
 //! Holder: `{"event":"holding","lock","holder","round","token","group","at_ms"}`,
 //! `{"event":"released"|"lost",...same fields}` ("released" if it had signalled the group,
 //! "lost" if not: the server or the network failed, or the group failed before the grant
@@ -363,7 +365,15 @@ fn on_acquire(
     }
     let last_round: u64 = turn.table(ROUNDS_TABLE).get(holder.as_str()).unwrap_or(0);
     if round <= last_round {
-        tracing::debug!(%holder, round, last_round, "duplicate or stale acquire ignored");
+        let why = format!(
+            "round {round} is not above round {last_round}, the last accepted from this holder \
+             (a duplicate, or the holder's store was replaced: give it a new id)"
+        );
+        turn.emit(
+            json!({"event": "ignored", "lock": lock, "holder": holder.as_str(), "round": round,
+                   "reason": why, "at_ms": turn.now().as_millis()})
+            .to_string(),
+        );
         return;
     }
     let existing: Option<LockEntry> = turn.table(LOCKS_TABLE).get(&lock);
