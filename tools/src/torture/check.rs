@@ -52,6 +52,17 @@ pub fn totals(stores: &[PathBuf]) -> Result<Totals, String> {
 
 /// Checks every pair (module docs). One line per violation.
 pub fn check_pairs(ids: &[String], stores: &[PathBuf], quiesced: bool) -> Vec<String> {
+    check_pairs_except(ids, stores, &vec![false; ids.len()], quiesced)
+}
+
+/// [`check_pairs`] where members `gone[i]` were killed for good (lock runs): pairs with
+/// them get the safety checks only, since their messages are never acknowledged.
+pub fn check_pairs_except(
+    ids: &[String],
+    stores: &[PathBuf],
+    gone: &[bool],
+    quiesced: bool,
+) -> Vec<String> {
     let mut out = Vec::new();
     let mut rows: Vec<BTreeMap<String, PeerRow>> = Vec::new();
     let mut incarnations = Vec::new();
@@ -97,6 +108,7 @@ pub fn check_pairs(ids: &[String], stores: &[PathBuf], quiesced: bool) -> Vec<St
             if a == b {
                 continue;
             }
+            let quiesced = quiesced && !gone[a] && !gone[b];
             let sent = rows[a]
                 .get(b_id)
                 .map_or(0, |p| p.next_seq.saturating_sub(1));

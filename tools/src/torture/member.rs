@@ -9,7 +9,10 @@
 //! - Each life's stdout goes to a file; its stderr is read line by line by one thread per
 //!   life, copied to a file and scanned for the runtime's event lines (`listening`, `stats`,
 //!   `crash_point`) and for the "store full" and "cannot bind UDP" errors. The thread keeps
-//!   only the newest stats line: memory per life is bounded.
+//!   only the newest stats line: memory per life is bounded. It also notes when a life went
+//!   quiet, when asked ([`Member::stall_gap`]): a gap between two of its event lines longer
+//!   than that (the runtime's loop prints a stats line every `KEN_STATS_INTERVAL_MS`, so a
+//!   gap is a stall: CPU starvation, a stuck disk), keeping at most [`STALLS_MAX`] of them.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, LineWriter, Write};
@@ -46,11 +49,19 @@ pub struct Events {
     pub crash_point: Option<String>,
     pub store_full: bool,
     pub bind_error: bool,
+    /// When the last event line came.
+    pub last_event_at: Option<Instant>,
+    /// Gaps between event lines longer than the member's `stall_gap`: (last line before,
+    /// first after).
+    pub stalls: Vec<(Instant, Instant)>,
     /// The last few stderr lines that are not event lines (for violation messages).
     pub tail: Vec<String>,
 }
 
 const TAIL_LINES_MAX: usize = 8;
+
+/// Stalls kept per life.
+pub const STALLS_MAX: usize = 1000;
 
 /// How a life ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +88,8 @@ pub struct Life {
     pub started: Instant,
     pub crash_at: Option<String>,
     pub end: Option<End>,
+    /// When the harness saw it end (reaped it).
+    pub ended_at: Option<Instant>,
     pub stdout_path: PathBuf,
     pub stderr_path: PathBuf,
     pub events: Arc<Mutex<Events>>,
@@ -89,6 +102,23 @@ impl Life {
         let e = self.events.lock().unwrap_or_else(|e| e.into_inner());
         e.listening_at
             .map(|t| t.duration_since(self.started).as_millis() as u64)
+    }
+
+    /// Gaps in its event lines longer than the member's `stall_gap` (module docs).
+    pub fn stalls(&self) -> Vec<(Instant, Instant)> {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stalls
+            .clone()
+    }
+
+    /// When it printed its `listening` line.
+    pub fn listening_at(&self) -> Option<Instant> {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .listening_at
     }
 
     pub fn stats(&self) -> Option<Stats> {
@@ -128,6 +158,10 @@ pub struct Member {
     pub paused_until: Option<Instant>,
     /// Set while down: when to start the next life.
     pub restart_at: Option<Instant>,
+    /// Set when the harness SIGKILLed it for good: it is never started again.
+    pub killed_for_good: Option<Instant>,
+    /// Record gaps between event lines longer than this as stalls (`None`: do not).
+    pub stall_gap: Option<Duration>,
 }
 
 impl Member {
@@ -148,6 +182,8 @@ impl Member {
             lives: Vec::new(),
             paused_until: None,
             restart_at: None,
+            killed_for_good: None,
+            stall_gap: None,
         }
     }
 
@@ -166,6 +202,11 @@ impl Member {
     /// Starts the next life, with `KEN_CRASH_AT=crash_at` (and its seed) if given.
     pub fn spawn(&mut self, crash_at: Option<(String, u64)>) -> anyhow::Result<()> {
         assert!(self.child.is_none(), "{} is still running", self.id);
+        assert!(
+            self.killed_for_good.is_none(),
+            "{} was killed for good and is never started again",
+            self.id
+        );
         let number = self.lives.len() as u32 + 1;
         let stdout_path = self.log_dir.join(format!("{}.{number}.stdout", self.id));
         let stderr_path = self.log_dir.join(format!("{}.{number}.stderr", self.id));
@@ -208,13 +249,14 @@ impl Member {
         let events = Arc::new(Mutex::new(Events::default()));
         let sink = Arc::clone(&events);
         let mut log = LineWriter::new(File::create(&stderr_path)?);
+        let stall_gap = self.stall_gap;
         let reader = std::thread::Builder::new()
             .name(format!("{}-{number}-stderr", self.id))
             .spawn(move || {
                 for line in BufReader::new(pipe).lines() {
                     let Ok(line) = line else { break };
                     let _ = writeln!(log, "{line}");
-                    scan_line(&line, &sink);
+                    scan_line(&line, &sink, stall_gap);
                 }
             })?;
         self.lives.push(Life {
@@ -222,6 +264,7 @@ impl Member {
             started,
             crash_at: crash_at.map(|(s, _)| s),
             end: None,
+            ended_at: None,
             stdout_path,
             stderr_path,
             events,
@@ -287,6 +330,7 @@ impl Member {
         };
         drop(events);
         life.end = Some(end.clone());
+        life.ended_at = Some(Instant::now());
         end
     }
 
@@ -344,12 +388,21 @@ impl Drop for Member {
 }
 
 /// Reads one stderr line into `events`.
-fn scan_line(line: &str, events: &Mutex<Events>) {
+fn scan_line(line: &str, events: &Mutex<Events>, stall_gap: Option<Duration>) {
     let mut e = events.lock().unwrap_or_else(|e| e.into_inner());
     if line.starts_with("{\"event\":") {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             return;
         };
+        if let Some(gap) = stall_gap {
+            let now = Instant::now();
+            if let Some(last) = e.last_event_at {
+                if now.duration_since(last) > gap && e.stalls.len() < STALLS_MAX {
+                    e.stalls.push((last, now));
+                }
+            }
+            e.last_event_at = Some(now);
+        }
         let n = |k: &str| v.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
         match v.get("event").and_then(serde_json::Value::as_str) {
             Some("listening") => {

@@ -20,6 +20,16 @@
 //! in the order of the harness's clock events. What a draw hits relative to the workload
 //! (which turn a kill interrupts) depends on the OS scheduler, as in any real-process test.
 //!
+//! `--app lock` ([`lock`]): the lock service over FUSE groups, with FUSE timing shortened
+//! through the children's `KEN_FUSE_*` variables, kill downtimes, pauses and short
+//! partitions kept below half of `T_fail` (FUSE must mask them), plus **permanent kills** of
+//! holders (never restarted) and **long partitions** (longer than 1.5 `T_fail`) between the
+//! server and its sticky holder, healed later. The harness records every outage in wall-clock
+//! time for the FUSE checks: the bound, no false positives, exactly once. While a long
+//! partition lasts, and for the bound after a permanent kill, the members concerned (and the
+//! server) are not killed, paused or cut off by other faults, so the measured notification
+//! delays are FUSE's own.
+//!
 //! Disk full (`--tmpfs-mb`): the stores live on a tmpfs of that size (root only; a clear
 //! error otherwise). In some network epochs the harness fills the tmpfs with a ballast file
 //! and removes it at the next epoch. A process whose commit fails exits 1 with "store full":
@@ -30,13 +40,15 @@
 
 pub mod apps;
 pub mod check;
+pub mod lock;
 pub mod member;
 
+use std::collections::BTreeSet;
 use std::io::{IsTerminal, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use rand::{Rng, SeedableRng};
@@ -45,8 +57,16 @@ use rand_chacha::ChaCha8Rng;
 use apps::TortureApp;
 use member::{End, Member};
 
-/// Stats lines per second asked of each process (`KEN_STATS_INTERVAL_MS`).
+/// Interval of each process's stats lines (`KEN_STATS_INTERVAL_MS`).
 const STATS_INTERVAL_MS: u64 = 500;
+
+/// The same for lock runs: often enough that a gap of [`LOCK_STALL_GAP`] shows a stall.
+const LOCK_STATS_INTERVAL_MS: u64 = 100;
+
+/// Lock runs: a gap between a process's event lines longer than this is a stall (an
+/// outage the harness did not make: CPU starvation, a stuck disk), which the FUSE checks
+/// count like a pause. Above twice the stats interval, far below the 500 ms that matter.
+const LOCK_STALL_GAP: Duration = Duration::from_millis(250);
 
 /// The harness's scheduler wakes at least this often.
 const TICK: Duration = Duration::from_millis(20);
@@ -72,6 +92,8 @@ const CRASH_POINTS: [&str; 5] = [
 pub enum AppName {
     Bank,
     Pingpong,
+    /// `ken-lock`: one server, a sticky holder, contending holders; FUSE checks.
+    Lock,
 }
 
 /// `ken torture` flags.
@@ -99,9 +121,10 @@ pub struct Args {
     /// SIGKILLs per second, cluster-wide (exponential intervals).
     #[arg(long, default_value_t = 0.5)]
     pub kill_rate: f64,
-    /// Longest time a killed process stays down, milliseconds (uniform from 0).
-    #[arg(long, default_value_t = 1000)]
-    pub restart_delay_ms: u64,
+    /// Longest time a killed process stays down, milliseconds (uniform from 0) [default:
+    /// 1000; lock: 0.3 x --t-fail-ms].
+    #[arg(long)]
+    pub restart_delay_ms: Option<u64>,
     /// Fraction of restarts armed with one crash point (`KEN_CRASH_AT`).
     #[arg(long, default_value_t = 0.3)]
     pub crash_point_restarts: f64,
@@ -111,12 +134,12 @@ pub struct Args {
     /// SIGSTOP pauses per second, cluster-wide.
     #[arg(long, default_value_t = 0.2)]
     pub pause_rate: f64,
-    /// Shortest pause, milliseconds (above the 1 s RTO ceiling by default).
-    #[arg(long, default_value_t = 1500)]
-    pub pause_min_ms: u64,
-    /// Longest pause, milliseconds.
-    #[arg(long, default_value_t = 4000)]
-    pub pause_max_ms: u64,
+    /// Shortest pause, milliseconds [default: 1500, above the 1 s RTO ceiling; lock: 50].
+    #[arg(long)]
+    pub pause_min_ms: Option<u64>,
+    /// Longest pause, milliseconds [default: 4000; lock: 0.4 x --t-fail-ms].
+    #[arg(long)]
+    pub pause_max_ms: Option<u64>,
     /// Length of a network epoch: each member's fault file is rewritten this often.
     #[arg(long, default_value_t = 2000)]
     pub net_period_ms: u64,
@@ -167,6 +190,45 @@ pub struct Args {
     /// Pingpong: the last value of the volley (default: 100 x seconds).
     #[arg(long)]
     pub count: Option<u64>,
+    /// Lock: contending holders (besides the sticky holder `z`).
+    #[arg(long, default_value_t = 4)]
+    pub holders: usize,
+    /// Lock: locks the contending holders share.
+    #[arg(long, default_value_t = 2)]
+    pub locks: usize,
+    /// Lock: milliseconds a contending holder keeps each grant.
+    #[arg(long, default_value_t = 100)]
+    pub hold_ms: u64,
+    /// Lock: rounds of each contending holder (default: about the fault phase's worth).
+    #[arg(long)]
+    pub rounds: Option<u64>,
+    /// Lock: contending holders SIGKILLed for good during the fault phase.
+    #[arg(long, default_value_t = 1)]
+    pub permanent: u64,
+    /// Lock: partitions between the server and the sticky holder, each 2 to 2.5 x T_fail.
+    #[arg(long, default_value_t = 1)]
+    pub long_partitions: u64,
+    /// Lock: FUSE T_fail for the children (`KEN_FUSE_T_FAIL_MS`), milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub t_fail_ms: u64,
+    /// Lock: FUSE heartbeat interval (`KEN_FUSE_HEARTBEAT_MS`), milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_ms: u64,
+    /// Lock: FUSE creation timeout (`KEN_FUSE_CREATE_TIMEOUT_MS`) [default: --t-fail-ms].
+    #[arg(long)]
+    pub create_timeout_ms: Option<u64>,
+    /// Lock: slack added to FUSE's bound before a measured notification delay is a
+    /// violation, milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub fuse_slack_ms: u64,
+    /// Negative control: check notification delays against this bound (ms) instead of
+    /// FUSE's.
+    #[arg(long, hide = true)]
+    pub unsafe_fuse_bound_ms: Option<u64>,
+    /// Negative control: run the children with FUSE timing T_FAIL_MS:HEARTBEAT_MS while the
+    /// checks assume --t-fail-ms and --heartbeat-ms.
+    #[arg(long, hide = true)]
+    pub unsafe_child_fuse: Option<String>,
     /// Directory holding the app binaries (default: the `ken` binary's directory).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
@@ -188,6 +250,67 @@ struct Counters {
     port_changes: u64,
     net_epochs: u64,
     partitions: u64,
+    permanent_kills: u64,
+    long_partitions: u64,
+    /// Planned but not made: no eligible victim (or the sticky holder never held) in time.
+    permanent_kills_skipped: u64,
+    long_partitions_skipped: u64,
+}
+
+/// Converts the harness's instants to wall-clock milliseconds since the Unix epoch, the
+/// clock the runtime stamps `at_ms` and turn times with.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    base: Instant,
+    base_ms: u64,
+}
+
+impl Clock {
+    fn start() -> Clock {
+        let base_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Clock {
+            base: Instant::now(),
+            base_ms,
+        }
+    }
+
+    fn ms(&self, t: Instant) -> u64 {
+        match t.checked_duration_since(self.base) {
+            Some(d) => self.base_ms + d.as_millis() as u64,
+            None => self
+                .base_ms
+                .saturating_sub(self.base.duration_since(t).as_millis() as u64),
+        }
+    }
+}
+
+/// A partition in force: `member`'s endpoint drops all traffic to and from `cut_from`.
+#[derive(Debug, Clone)]
+struct Cut {
+    member: usize,
+    cut_from: Vec<usize>,
+    /// When it heals; `None`: at the next network epoch.
+    until: Option<Instant>,
+    long: bool,
+    /// Its entry in `Cluster::windows`.
+    window: usize,
+}
+
+/// Lock runs: FUSE timing and the plan of permanent kills and long partitions.
+#[derive(Debug, Clone)]
+struct FusePlan {
+    timing: lock::Timing,
+    /// The children's `KEN_FUSE_*` values (T_fail, heartbeat, creation timeout).
+    child: (u64, u64, u64),
+    /// Permanent kills still to make, earliest first (offsets into the fault phase).
+    permanent_at: Vec<Duration>,
+    /// Long partitions still to make, earliest first: (earliest start, latest start, length),
+    /// offsets into the fault phase.
+    long_at: Vec<(Duration, Duration, Duration)>,
+    /// While a permanent kill's notification is being timed, the server is left alone.
+    server_quiet_until: Option<Instant>,
 }
 
 /// The cluster under torture.
@@ -204,10 +327,24 @@ struct Cluster {
     details: Vec<String>,
     args: Args,
     ballast: Option<PathBuf>,
+    clock: Clock,
+    /// Each member's faults of the current network epoch (`None`: a clean link), and the
+    /// seed of its file.
+    links: Vec<Option<String>>,
+    link_seeds: Vec<u64>,
+    /// Partitions in force.
+    cuts: Vec<Cut>,
+    /// Pauses and partitions as they happened, for the lock checks.
+    windows: Vec<lock::Window>,
+    /// Per member, the open pause's entry in `windows`.
+    pause_window: Vec<Option<usize>>,
+    /// Lock runs only.
+    fuse: Option<FusePlan>,
 }
 
 /// Runs `ken torture`; the exit code is 0 only if no violation was found.
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    check_args(args)?;
     let seed = args.seed.unwrap_or_else(rand::random);
     println!(
         "ken torture: seed {seed} app {:?} (replay: {})",
@@ -239,6 +376,12 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         }),
         AppName::Pingpong => Box::new(apps::PingPong {
             count: args.count.unwrap_or((args.seconds * 100).max(100)),
+        }),
+        AppName::Lock => Box::new(lock::Lock {
+            holders: args.holders,
+            locks: args.locks,
+            hold_ms: args.hold_ms,
+            rounds: args.rounds.unwrap_or_else(|| default_rounds(args)),
         }),
     };
     let mut cluster = Cluster::new(app, args.clone(), seed, &dir)?;
@@ -288,6 +431,76 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Rounds of a contending holder lasting about the fault phase: each lock passes from
+/// holder to holder about every `hold + 30` ms, and `holders / locks` holders share one.
+fn default_rounds(args: &Args) -> u64 {
+    let per_lock_ms = (args.hold_ms + 30) * args.holders.max(1) as u64 / args.locks.max(1) as u64;
+    (args.seconds * 1000 / per_lock_ms.max(1)).max(10)
+}
+
+/// Rejects flag combinations that cannot make a meaningful run, in one line each.
+fn check_args(args: &Args) -> anyhow::Result<()> {
+    if let (Some(min), Some(max)) = (args.pause_min_ms, args.pause_max_ms) {
+        if min > max {
+            bail!("--pause-min-ms {min} is above --pause-max-ms {max}; swap them");
+        }
+    }
+    if args.app != AppName::Lock {
+        return Ok(());
+    }
+    if args.holders == 0 || args.locks == 0 {
+        bail!("--app lock needs at least one holder and one lock (--holders, --locks)");
+    }
+    if args.hold_ms == 0 {
+        bail!("--hold-ms 0 would hold every grant forever; give the contending holders a hold time (the sticky holder z already holds until failure)");
+    }
+    if args.permanent > args.holders as u64 {
+        bail!(
+            "--permanent {} is more than the {} contending holders (--holders)",
+            args.permanent,
+            args.holders
+        );
+    }
+    if args.heartbeat_ms == 0 || 2 * args.heartbeat_ms >= args.t_fail_ms {
+        bail!(
+            "--heartbeat-ms {} and --t-fail-ms {}: FUSE needs at least two heartbeats per T_fail; lower the heartbeat or raise T_fail",
+            args.heartbeat_ms,
+            args.t_fail_ms
+        );
+    }
+    if args.create_timeout_ms == Some(0) {
+        bail!("--create-timeout-ms must be positive");
+    }
+    // Each long partition gets a slot of the fault phase's middle 70% at least 3 x T_fail
+    // long (up to 2.5 x T_fail of cut, and time for the sticky holder to hold again).
+    let slot_ms = args.seconds * 700 / args.long_partitions.max(1);
+    if args.long_partitions > 0 && slot_ms < 3 * args.t_fail_ms {
+        bail!(
+            "--seconds {} is too short for {} long partitions of 2-2.5 x T_fail ({} ms): give each at least 3 x T_fail in 70% of the run (raise --seconds or lower --long-partitions)",
+            args.seconds,
+            args.long_partitions,
+            args.t_fail_ms
+        );
+    }
+    if let Some(spec) = &args.unsafe_child_fuse {
+        parse_child_fuse(spec)?;
+    }
+    Ok(())
+}
+
+/// `T_FAIL_MS:HEARTBEAT_MS` of `--unsafe-child-fuse`.
+fn parse_child_fuse(spec: &str) -> anyhow::Result<(u64, u64)> {
+    let parsed = spec
+        .split_once(':')
+        .and_then(|(t, h)| Some((t.trim().parse::<u64>().ok()?, h.trim().parse::<u64>().ok()?)));
+    match parsed {
+        Some((t, h)) if h > 0 && 2 * h < t => Ok((t, h)),
+        _ => bail!(
+            "--unsafe-child-fuse {spec:?}: expected T_FAIL_MS:HEARTBEAT_MS with two heartbeats per T_fail, e.g. 150:30"
+        ),
+    }
+}
+
 /// The command line of this run with `--seed` set and `--dir` dropped.
 fn replay_command(seed: u64) -> String {
     let mut out = vec!["ken".to_string()];
@@ -323,6 +536,54 @@ fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
 
 fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Draws the FUSE plan of a lock run: timing, and when the permanent kills and long
+/// partitions are due (offsets into the fault phase).
+fn fuse_plan(args: &Args, rng: &mut ChaCha8Rng) -> FusePlan {
+    let create = args.create_timeout_ms.unwrap_or(args.t_fail_ms);
+    let stated = lock::Timing::stated_bound_ms(args.t_fail_ms, args.heartbeat_ms, create);
+    let timing = lock::Timing {
+        t_fail_ms: args.t_fail_ms,
+        heartbeat_ms: args.heartbeat_ms,
+        create_timeout_ms: create,
+        bound_ms: args.unsafe_fuse_bound_ms.unwrap_or(stated),
+        slack_ms: args.fuse_slack_ms,
+    };
+    let child = match args.unsafe_child_fuse.as_deref().map(parse_child_fuse) {
+        Some(Ok((t, h))) => (t, h, create),
+        _ => (args.t_fail_ms, args.heartbeat_ms, create),
+    };
+    let fault_ms = args.seconds * 1000;
+    // Permanent kills in the fault phase's 15%..65%, so that the bound passes before heal.
+    let mut permanent_at: Vec<Duration> = (0..args.permanent)
+        .map(|_| Duration::from_millis(rng.gen_range(fault_ms * 15 / 100..=fault_ms * 65 / 100)))
+        .collect();
+    permanent_at.sort();
+    // Long partitions: one per slot of the middle 70%, 2 to 2.5 x T_fail long, starting in
+    // the slot's first part (postponed until the sticky holder holds, within the slot).
+    let n = args.long_partitions;
+    let slot = fault_ms * 70 / 100 / n.max(1);
+    let long_at = (0..n)
+        .map(|k| {
+            let len = rng.gen_range(args.t_fail_ms * 2..=args.t_fail_ms * 5 / 2);
+            let first = fault_ms / 10 + k * slot;
+            let last = (first + slot).saturating_sub(len);
+            let earliest = rng.gen_range(first..=first + (last - first) / 3);
+            (
+                Duration::from_millis(earliest),
+                Duration::from_millis(last),
+                Duration::from_millis(len),
+            )
+        })
+        .collect();
+    FusePlan {
+        timing,
+        child,
+        permanent_at,
+        long_at,
+        server_quiet_until: None,
+    }
 }
 
 /// Replaces `path` atomically with `text` (write a sibling, rename).
@@ -409,6 +670,8 @@ impl Cluster {
             .map(|id| stores_dir.join(format!("{id}.ken")))
             .collect();
         let faults_files: Vec<PathBuf> = ids.iter().map(|id| faults_dir.join(id)).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let fuse = (args.app == AppName::Lock).then(|| fuse_plan(&args, &mut rng));
         let mut members = Vec::new();
         for (i, id) in ids.iter().enumerate() {
             write_atomic(&faults_files[i], "")?;
@@ -416,7 +679,12 @@ impl Cluster {
                 ("KEN_ANNOUNCE".to_string(), "1".to_string()),
                 (
                     "KEN_STATS_INTERVAL_MS".to_string(),
-                    STATS_INTERVAL_MS.to_string(),
+                    if fuse.is_some() {
+                        LOCK_STATS_INTERVAL_MS
+                    } else {
+                        STATS_INTERVAL_MS
+                    }
+                    .to_string(),
                 ),
                 (
                     "KEN_FAULTS_FILE".to_string(),
@@ -430,13 +698,18 @@ impl Cluster {
                     "1".to_string(),
                 ));
             }
-            members.push(Member::new(
-                id.clone(),
-                program.clone(),
-                Vec::new(),
-                envs,
-                logs.clone(),
-            ));
+            if let Some(plan) = &fuse {
+                let (t_fail, heartbeat, create) = plan.child;
+                envs.push(("KEN_FUSE_T_FAIL_MS".to_string(), t_fail.to_string()));
+                envs.push(("KEN_FUSE_HEARTBEAT_MS".to_string(), heartbeat.to_string()));
+                envs.push(("KEN_FUSE_CREATE_TIMEOUT_MS".to_string(), create.to_string()));
+            }
+            let mut member =
+                Member::new(id.clone(), program.clone(), Vec::new(), envs, logs.clone());
+            if fuse.is_some() {
+                member.stall_gap = Some(LOCK_STALL_GAP);
+            }
+            members.push(member);
         }
         let mut cluster = Cluster {
             app,
@@ -444,12 +717,19 @@ impl Cluster {
             stores,
             faults_files,
             ports,
-            rng: ChaCha8Rng::seed_from_u64(seed),
+            rng,
             counters: Counters::default(),
             violations: Vec::new(),
             details: Vec::new(),
             ballast: args.tmpfs_mb.map(|_| stores_dir.join("ballast")),
             args,
+            clock: Clock::start(),
+            links: vec![None; ids.len()],
+            link_seeds: vec![0; ids.len()],
+            cuts: Vec::new(),
+            windows: Vec::new(),
+            pause_window: vec![None; ids.len()],
+            fuse,
         };
         cluster.set_args();
         Ok(cluster)
@@ -497,7 +777,150 @@ impl Cluster {
     }
 
     fn restart_delay(&mut self) -> Duration {
-        Duration::from_millis(self.rng.gen_range(0..=self.args.restart_delay_ms))
+        let max = self.args.restart_delay_ms.unwrap_or(match &self.fuse {
+            Some(p) => p.timing.t_fail_ms * 3 / 10,
+            None => 1000,
+        });
+        Duration::from_millis(self.rng.gen_range(0..=max))
+    }
+
+    /// Shortest and longest pause, milliseconds (lock: below half of T_fail, to be masked).
+    fn pause_range_ms(&self) -> (u64, u64) {
+        let (min, max) = match &self.fuse {
+            Some(p) => (50, p.timing.t_fail_ms * 4 / 10),
+            None => (1500, 4000),
+        };
+        let min = self.args.pause_min_ms.unwrap_or(min);
+        (min, self.args.pause_max_ms.unwrap_or(max).max(min))
+    }
+
+    /// True if member `i` must not be killed, paused or cut off now: it was killed for good,
+    /// or a long partition involves it, or (the server) a permanent kill is being timed.
+    fn busy(&self, i: usize, now: Instant) -> bool {
+        if self.members[i].killed_for_good.is_some() {
+            return true;
+        }
+        if self
+            .cuts
+            .iter()
+            .any(|c| c.long && (c.member == i || c.cut_from.contains(&i)))
+        {
+            return true;
+        }
+        i == lock::SERVER
+            && self
+                .fuse
+                .as_ref()
+                .and_then(|p| p.server_quiet_until)
+                .is_some_and(|t| now < t)
+    }
+
+    /// SIGSTOPs member `i` until `until`, recording the pause.
+    fn pause_member(&mut self, i: usize, now: Instant, until: Instant) {
+        if !self.members[i].is_running() {
+            return;
+        }
+        self.members[i].pause(until);
+        self.windows.push(lock::Window {
+            member: i,
+            cut_from: None,
+            long: false,
+            start_ms: self.clock.ms(now),
+            end_ms: None,
+        });
+        self.pause_window[i] = Some(self.windows.len() - 1);
+        self.counters.pauses += 1;
+    }
+
+    /// SIGCONTs member `i` if paused, closing its pause window.
+    fn resume_member(&mut self, i: usize) {
+        if self.members[i].paused_until.is_none() {
+            self.close_pause_if_dead(i);
+            return;
+        }
+        self.members[i].resume();
+        if let Some(w) = self.pause_window[i].take() {
+            self.windows[w].end_ms = Some(self.clock.ms(Instant::now()));
+        }
+    }
+
+    /// A paused member that was killed (or died) is no longer paused: its pause window ends
+    /// where its life did (its downtime follows).
+    fn close_pause_if_dead(&mut self, i: usize) {
+        if self.members[i].paused_until.is_some() {
+            return;
+        }
+        if let Some(w) = self.pause_window[i].take() {
+            let ended = self.members[i].current_life().and_then(|l| l.ended_at);
+            self.windows[w].end_ms = Some(self.clock.ms(ended.unwrap_or_else(Instant::now)));
+        }
+    }
+
+    /// Cuts member `i` off from `cut_from` until `until` (`None`: the next epoch).
+    fn start_cut(
+        &mut self,
+        i: usize,
+        cut_from: Vec<usize>,
+        until: Option<Instant>,
+        long: bool,
+    ) -> anyhow::Result<()> {
+        self.windows.push(lock::Window {
+            member: i,
+            cut_from: Some(cut_from.clone()),
+            long,
+            start_ms: self.clock.ms(Instant::now()),
+            end_ms: None,
+        });
+        self.cuts.push(Cut {
+            member: i,
+            cut_from,
+            until,
+            long,
+            window: self.windows.len() - 1,
+        });
+        self.write_faults(i)
+    }
+
+    /// Heals the cuts `which` selects, rewriting the files concerned.
+    fn end_cuts(&mut self, which: impl Fn(&Cut) -> bool) -> anyhow::Result<()> {
+        let now_ms = self.clock.ms(Instant::now());
+        let (ended, kept): (Vec<Cut>, Vec<Cut>) = std::mem::take(&mut self.cuts)
+            .into_iter()
+            .partition(|c| which(c));
+        self.cuts = kept;
+        for c in &ended {
+            self.windows[c.window].end_ms = Some(now_ms);
+        }
+        let members: BTreeSet<usize> = ended.iter().map(|c| c.member).collect();
+        for i in members {
+            self.write_faults(i)?;
+        }
+        Ok(())
+    }
+
+    /// Writes member `i`'s faults file: its link faults of the epoch and its cuts.
+    fn write_faults(&mut self, i: usize) -> anyhow::Result<()> {
+        let mut parts: Vec<String> = self.links[i].iter().cloned().collect();
+        let cut: BTreeSet<usize> = self
+            .cuts
+            .iter()
+            .filter(|c| c.member == i)
+            .flat_map(|c| c.cut_from.iter().copied())
+            .collect();
+        if !cut.is_empty() {
+            let addrs: Vec<String> = cut
+                .iter()
+                .map(|j| loopback(self.ports[*j]).to_string())
+                .collect();
+            parts.push(format!("partition={}", addrs.join("+")));
+        }
+        let text = if parts.is_empty() {
+            String::new()
+        } else {
+            format!("seed={},{}", self.link_seeds[i], parts.join(","))
+        };
+        write_atomic(&self.faults_files[i], &text)?;
+        Ok(())
     }
 
     /// Handles lives that ended on their own. During the fault phase the dead are restarted
@@ -548,7 +971,14 @@ impl Cluster {
             self.counters.port_changes += 1;
             self.ports = free_ports(self.members.len())?;
             self.set_args();
+            for i in 0..self.members.len() {
+                // Partitions name addresses: rewrite them for the new ports.
+                self.write_faults(i)?;
+            }
             for m in &mut self.members {
+                if m.killed_for_good.is_some() {
+                    continue;
+                }
                 if m.is_running() {
                     m.kill()?;
                 }
@@ -614,38 +1044,43 @@ impl Cluster {
         })
     }
 
-    /// Writes a new network epoch into every fault file.
-    fn net_epoch(&mut self) -> anyhow::Result<()> {
+    /// A new network epoch: every member's link faults are redrawn. Bank and pingpong cut
+    /// one member off from all others until the next epoch; lock cuts one member off for a
+    /// short time (100 ms to 0.3 x T_fail, so that FUSE must mask it).
+    fn net_epoch(&mut self, now: Instant) -> anyhow::Result<()> {
         self.counters.net_epochs += 1;
         let n = self.members.len();
-        let cut = if self.rng.gen_bool(self.args.partition.clamp(0.0, 1.0)) {
-            self.counters.partitions += 1;
-            Some(self.rng.gen_range(0..n))
-        } else {
-            None
-        };
+        self.end_cuts(|c| c.until.is_none())?;
+        let mut cut = None;
+        if self.rng.gen_bool(self.args.partition.clamp(0.0, 1.0)) {
+            let candidates: Vec<usize> = (0..n).filter(|i| !self.busy(*i, now)).collect();
+            if !candidates.is_empty() {
+                self.counters.partitions += 1;
+                cut = Some(candidates[self.rng.gen_range(0..candidates.len())]);
+            }
+        }
         for i in 0..n {
-            let mut parts = Vec::new();
-            if self.rng.gen_bool(self.args.net_faulty.clamp(0.0, 1.0)) {
-                let a = &self.args;
-                parts.push(format!(
+            let a = &self.args;
+            let faulty = self.rng.gen_bool(a.net_faulty.clamp(0.0, 1.0));
+            self.links[i] = faulty.then(|| {
+                format!(
                     "drop={},dup={},reorder={},reorder_ms=30,delay={},delay_ms=5-80,corrupt={},truncate={}",
                     a.loss, a.dup, a.reorder, a.delay, a.corrupt, a.truncate
-                ));
-            }
-            if cut == Some(i) {
-                let others: Vec<String> = (0..n)
-                    .filter(|j| *j != i)
-                    .map(|j| loopback(self.ports[j]).to_string())
-                    .collect();
-                parts.push(format!("partition={}", others.join("+")));
-            }
-            let text = if parts.is_empty() {
-                String::new()
-            } else {
-                format!("seed={},{}", self.rng.gen::<u64>(), parts.join(","))
+                )
+            });
+            self.link_seeds[i] = self.rng.gen();
+            self.write_faults(i)?;
+        }
+        if let Some(i) = cut {
+            let others: Vec<usize> = (0..n).filter(|j| *j != i).collect();
+            let until = match &self.fuse {
+                Some(p) => {
+                    let max = (p.timing.t_fail_ms * 3 / 10).max(100);
+                    Some(now + Duration::from_millis(self.rng.gen_range(100..=max)))
+                }
+                None => None,
             };
-            write_atomic(&self.faults_files[i], &text)?;
+            self.start_cut(i, others, until, false)?;
         }
         if let Some(ballast) = self.ballast.clone() {
             let _ = std::fs::remove_file(&ballast);
@@ -682,14 +1117,17 @@ impl Cluster {
                 progress.line("all members finished before the end of the fault phase");
                 break;
             }
-            for m in &mut self.members {
-                if m.paused_until.is_some_and(|t| t <= now) {
-                    m.resume();
+            for i in 0..self.members.len() {
+                if self.members[i].paused_until.is_some_and(|t| t <= now) {
+                    self.resume_member(i);
                 }
+                self.close_pause_if_dead(i);
             }
+            self.end_cuts(|c| c.until.is_some_and(|t| t <= now))?;
+            self.fuse_events(now, now.duration_since(start))?;
             if next_kill.is_some_and(|t| t <= now) {
                 let running: Vec<usize> = (0..self.members.len())
-                    .filter(|i| self.members[*i].is_running())
+                    .filter(|i| self.members[*i].is_running() && !self.busy(*i, now))
                     .collect();
                 if !running.is_empty() {
                     let i = running[self.rng.gen_range(0..running.len())];
@@ -710,21 +1148,21 @@ impl Cluster {
             if next_pause.is_some_and(|t| t <= now) {
                 let candidates: Vec<usize> = (0..self.members.len())
                     .filter(|i| {
-                        self.members[*i].is_running() && self.members[*i].paused_until.is_none()
+                        self.members[*i].is_running()
+                            && self.members[*i].paused_until.is_none()
+                            && !self.busy(*i, now)
                     })
                     .collect();
                 if !candidates.is_empty() {
                     let i = candidates[self.rng.gen_range(0..candidates.len())];
-                    let ms = self.rng.gen_range(
-                        self.args.pause_min_ms..=self.args.pause_max_ms.max(self.args.pause_min_ms),
-                    );
-                    self.members[i].pause(now + Duration::from_millis(ms));
-                    self.counters.pauses += 1;
+                    let (min, max) = self.pause_range_ms();
+                    let ms = self.rng.gen_range(min..=max);
+                    self.pause_member(i, now, now + Duration::from_millis(ms));
                 }
                 next_pause = self.exp_interval(self.args.pause_rate).map(|d| now + d);
             }
             if now >= next_epoch {
-                self.net_epoch()?;
+                self.net_epoch(now)?;
                 next_epoch = now + net_period;
             }
             progress.tick(now.duration_since(start), &self.counters);
@@ -736,14 +1174,23 @@ impl Cluster {
         }
         // Heal.
         progress.line("healing: faults off, paused continued, dead restarted");
+        if let Some(plan) = &mut self.fuse {
+            self.counters.permanent_kills_skipped += plan.permanent_at.len() as u64;
+            self.counters.long_partitions_skipped += plan.long_at.len() as u64;
+            plan.permanent_at.clear();
+            plan.long_at.clear();
+        }
+        self.links.iter_mut().for_each(|l| *l = None);
+        self.end_cuts(|_| true)?;
         for f in &self.faults_files {
             write_atomic(f, "")?;
         }
         if let Some(b) = &self.ballast {
             let _ = std::fs::remove_file(b);
         }
-        for m in &mut self.members {
-            m.resume();
+        for i in 0..self.members.len() {
+            self.resume_member(i);
+            let m = &mut self.members[i];
             if m.restart_at.is_some() {
                 m.restart_at = Some(Instant::now());
             }
@@ -756,6 +1203,7 @@ impl Cluster {
             self.reap(true)?;
             self.restart_due(true)?;
             self.operator_rule()?;
+            self.lock_operator_rule()?;
             let now = Instant::now();
             match self.quiescent(&mut last_turns, now) {
                 Ok(None) => {
@@ -784,6 +1232,9 @@ impl Cluster {
         last_turns: &mut Option<(u64, Instant)>,
         now: Instant,
     ) -> Result<Option<String>, String> {
+        if self.fuse.is_some() {
+            return self.lock_quiescent(last_turns, now);
+        }
         let t = check::totals(&self.stores)?;
         // Bank: committed messages, not turns, must stop moving: a member whose accounts
         // are all drained keeps firing its transfer timer (skipping) once the others have
@@ -822,22 +1273,189 @@ impl Cluster {
 
     /// SIGKILLs every running member (the end of a run; not counted as a kill).
     fn stop_all(&mut self) {
-        for m in &mut self.members {
-            m.resume();
+        for i in 0..self.members.len() {
+            self.resume_member(i);
+            let m = &mut self.members[i];
             if m.is_running() {
                 let _ = m.kill();
             }
         }
     }
 
+    /// Lock runs: makes the permanent kills and long partitions that are due.
+    fn fuse_events(&mut self, now: Instant, elapsed: Duration) -> anyhow::Result<()> {
+        let Some(plan) = &self.fuse else {
+            return Ok(());
+        };
+        let bound = Duration::from_millis(plan.timing.bound_ms + plan.timing.slack_ms / 2);
+        if plan.permanent_at.first().is_some_and(|t| *t <= elapsed) {
+            // A contending holder at work: running, not paused, not finished, not in a cut.
+            let candidates: Vec<usize> = (2..self.members.len())
+                .filter(|i| {
+                    let m = &self.members[*i];
+                    m.is_running()
+                        && m.paused_until.is_none()
+                        && !self.busy(*i, now)
+                        && !self
+                            .cuts
+                            .iter()
+                            .any(|c| c.member == *i || c.cut_from.contains(i))
+                })
+                .collect();
+            if !candidates.is_empty() {
+                let i = candidates[self.rng.gen_range(0..candidates.len())];
+                let killed_at = Instant::now();
+                let end = self.members[i].kill()?;
+                let plan = self.fuse.as_mut().expect("lock run");
+                if end == End::Finished {
+                    // It finished its rounds a moment ago: not a kill; another victim later.
+                    return Ok(());
+                }
+                self.members[i].killed_for_good = Some(killed_at);
+                self.members[i].restart_at = None;
+                plan.permanent_at.remove(0);
+                plan.server_quiet_until = Some(killed_at + bound);
+                self.counters.permanent_kills += 1;
+            }
+        }
+        let Some(plan) = &self.fuse else {
+            return Ok(());
+        };
+        if let Some((earliest, latest, len)) = plan.long_at.first().copied() {
+            if elapsed > latest {
+                self.fuse.as_mut().expect("lock run").long_at.remove(0);
+                self.counters.long_partitions_skipped += 1;
+            } else if elapsed >= earliest && self.long_partition_ready(now) {
+                self.fuse.as_mut().expect("lock run").long_at.remove(0);
+                self.counters.long_partitions += 1;
+                self.start_cut(lock::STICKY, vec![lock::SERVER], Some(now + len), true)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A long partition may start: the server and the sticky holder run, unpaused, with no
+    /// cut and no permanent kill being timed, and the sticky holder holds its lock (its last
+    /// line says `holding`).
+    fn long_partition_ready(&self, now: Instant) -> bool {
+        let pair = [lock::SERVER, lock::STICKY];
+        let up = pair.iter().all(|i| {
+            let m = &self.members[*i];
+            m.is_running() && m.paused_until.is_none() && !self.busy(*i, now)
+        });
+        let cut = self
+            .cuts
+            .iter()
+            .any(|c| pair.contains(&c.member) || c.cut_from.iter().any(|j| pair.contains(j)));
+        if !up || cut {
+            return false;
+        }
+        let last = self.members[lock::STICKY]
+            .lives
+            .iter()
+            .rev()
+            .flat_map(|l| l.stdout_lines().into_iter().rev())
+            .find(|l| !l.contains("\"refused\""));
+        last.is_some_and(|l| l.contains("\"event\":\"holding\""))
+    }
+
+    /// Lock runs: a contending holder that finished while the server still has messages for
+    /// it (a `Freed` sent after it left) is started again to take them (it finishes again).
+    fn lock_operator_rule(&mut self) -> anyhow::Result<()> {
+        if self.fuse.is_none() {
+            return Ok(());
+        }
+        let pending =
+            lock::outbox_depths(&self.stores[lock::SERVER]).map_err(anyhow::Error::msg)?;
+        let ids = self.app.members();
+        for (i, id) in ids.iter().enumerate().skip(2) {
+            let m = &self.members[i];
+            let finished = !m.is_running()
+                && m.restart_at.is_none()
+                && m.killed_for_good.is_none()
+                && m.current_life()
+                    .is_some_and(|l| l.end == Some(End::Finished));
+            if finished && pending.get(id).is_some_and(|d| *d > 0) {
+                self.members[i].spawn(None)?;
+                self.counters.restarts += 1;
+                self.counters.operator_restarts += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Lock runs: `Ok(None)` when quiescent, else what is still missing.
+    fn lock_quiescent(
+        &mut self,
+        last_turns: &mut Option<(u64, Instant)>,
+        now: Instant,
+    ) -> Result<Option<String>, String> {
+        let mut missing = Vec::new();
+        for (i, m) in self.members.iter().enumerate() {
+            if m.killed_for_good.is_some() {
+                continue;
+            }
+            let finished = !m.is_running()
+                && m.restart_at.is_none()
+                && m.current_life()
+                    .is_some_and(|l| l.end == Some(End::Finished));
+            if i < 2 && !m.is_running() {
+                missing.push(format!("{} is down", m.id));
+            } else if i >= 2 && !finished {
+                missing.push(format!("{} has not finished its rounds", m.id));
+            }
+        }
+        let gone: Vec<bool> = self
+            .members
+            .iter()
+            .map(|m| m.killed_for_good.is_some())
+            .collect();
+        missing.extend(lock::unsettled(&self.app.members(), &self.stores, &gone)?);
+        let turns = check::totals(&self.stores)?.turns;
+        let stable_since = match *last_turns {
+            Some((seen, since)) if seen == turns => since,
+            _ => {
+                *last_turns = Some((turns, now));
+                now
+            }
+        };
+        if now.duration_since(stable_since) < QUIESCE_STABLE {
+            missing.push(format!("turns moving ({turns})"));
+        }
+        Ok((!missing.is_empty()).then(|| missing.join(", ")))
+    }
+
     /// Runs the checks and builds the JSON summary (violations are added to `self`).
     fn summary(&mut self, seed: u64, quiesced: Option<Duration>) -> serde_json::Value {
+        // Deaths from here on are the end of the run, not downtime.
+        let end_ms = self.clock.ms(Instant::now());
         self.stop_all();
         // Safety is checked after every run; completeness only after quiescence.
         let q = quiesced.is_some();
         let ids = self.app.members();
+        let gone: Vec<bool> = self
+            .members
+            .iter()
+            .map(|m| m.killed_for_good.is_some())
+            .collect();
         self.violations
-            .extend(check::check_pairs(&ids, &self.stores, q));
+            .extend(check::check_pairs_except(&ids, &self.stores, &gone, q));
+        let fuse = self.fuse.as_ref().map(|plan| {
+            let record = self.lock_record(plan.timing, q, end_ms);
+            let checked = lock::check(&record);
+            if let Some(dir) = self.members.first().and_then(|m| m.log_dir.parent()) {
+                let mut text = lock::timeline(&record, self.clock.base_ms);
+                for n in &checked.1.notes {
+                    text.push_str(n);
+                    text.push('\n');
+                }
+                let _ = std::fs::write(dir.join("timeline.txt"), text);
+            }
+            checked
+        });
+        if let Some((violations, _)) = &fuse {
+            self.violations.extend(violations.iter().cloned());
+        }
         self.violations.extend(self.app.check(&self.stores, q));
         for (i, m) in self.members.iter().enumerate() {
             let lines: Vec<String> = m.lives.iter().flat_map(|l| l.stdout_lines()).collect();
@@ -865,7 +1483,7 @@ impl Cluster {
             .flat_map(|m| m.lives.iter().filter_map(|l| l.stats()))
             .collect();
         let c = &self.counters;
-        serde_json::json!({
+        let mut summary = serde_json::json!({
             "seed": seed,
             "app": self.app.name(),
             "seconds": self.args.seconds,
@@ -889,7 +1507,93 @@ impl Cluster {
             "recovery_ms_p99": pct(0.99),
             "quiesce_ms": quiesced.map(|d| d.as_millis() as u64),
             "violations": self.violations.len(),
-        })
+        });
+        if let (Some(plan), Some((_, r))) = (&self.fuse, &fuse) {
+            let mut notify = r.notify_ms.clone();
+            notify.sort_unstable();
+            let t = plan.timing;
+            let extra = serde_json::json!({
+                "holders": self.args.holders,
+                "locks": self.args.locks,
+                "hold_ms": self.args.hold_ms,
+                "rounds": self.args.rounds.unwrap_or_else(|| default_rounds(&self.args)),
+                "t_fail_ms": t.t_fail_ms,
+                "heartbeat_ms": t.heartbeat_ms,
+                "create_timeout_ms": t.create_timeout_ms,
+                "children_t_fail_ms": plan.child.0,
+                "children_heartbeat_ms": plan.child.1,
+                "fuse_bound_ms": t.bound_ms,
+                "fuse_slack_ms": t.slack_ms,
+                "permanent_kills": c.permanent_kills,
+                "permanent_kills_skipped": c.permanent_kills_skipped,
+                "long_partitions": c.long_partitions,
+                "long_partitions_skipped": c.long_partitions_skipped,
+                "groups_created": r.groups_created,
+                "groups_failed": r.groups_failed,
+                "groups_live": r.groups_live,
+                "grants": r.grants,
+                "freed": r.freed,
+                "token_max": r.token_max,
+                "notify_samples": notify.len(),
+                "notify_ms_max": notify.last(),
+                "notify_ms_p50": notify.get(notify.len().saturating_sub(1) / 2),
+                "notify_unmeasured": r.notify_unmeasured,
+                "false_positives": r.false_positives,
+                "failures_signalled": r.failures_signalled,
+                "failures_excused": r.failures_excused,
+                "failures_unclassified": r.failures_unclassified,
+                "outages_masked": r.outages_masked,
+                "outage_masked_ms_max": r.outage_masked_ms_max,
+                "outages_long_other": r.outages_long_other,
+                "lines_unconfirmed": r.lines_unconfirmed,
+            });
+            if let (Some(out), Some(extra)) = (summary.as_object_mut(), extra.as_object()) {
+                out.extend(extra.clone());
+            }
+        }
+        summary
+    }
+
+    /// The record of a lock run for [`lock::check`]: every life's lines and times in wall
+    /// clock, the pauses and partitions, the permanent kills.
+    fn lock_record(&self, timing: lock::Timing, quiesced: bool, end_ms: u64) -> lock::RunRecord {
+        let clock = self.clock;
+        let members = self
+            .members
+            .iter()
+            .zip(&self.stores)
+            .map(|(m, store)| lock::MemberRecord {
+                id: m.id.clone(),
+                store: store.clone(),
+                lives: m
+                    .lives
+                    .iter()
+                    .map(|l| lock::LifeRecord {
+                        lines: l.stdout_lines(),
+                        listening_ms: l.listening_at().map(|t| clock.ms(t)),
+                        ended_ms: l.ended_at.map(|t| clock.ms(t)),
+                        stalls: l
+                            .stalls()
+                            .into_iter()
+                            .map(|(a, b)| (clock.ms(a), clock.ms(b)))
+                            .collect(),
+                        end: l.end.clone(),
+                    })
+                    .collect(),
+                permanent_kill_ms: m.killed_for_good.map(|t| clock.ms(t)),
+            })
+            .collect();
+        lock::RunRecord {
+            members,
+            rounds: self
+                .args
+                .rounds
+                .unwrap_or_else(|| default_rounds(&self.args)),
+            windows: self.windows.clone(),
+            timing,
+            quiesced,
+            end_ms,
+        }
     }
 }
 
