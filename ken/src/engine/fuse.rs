@@ -115,11 +115,29 @@ pub(crate) enum FuseMsg {
     },
 }
 
-/// Payload of `Heartbeat` frames.
+/// Payload of `Heartbeat` frames: the digest and the count of the groups the sender vouches
+/// for, little-endian, fixed width (the codec's integers are variable-length), so that a
+/// heartbeat is the same size for one group as for ten thousand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Heartbeat {
-    pub digest: u32,
-    pub groups: u32,
+    pub digest: [u8; 4],
+    pub groups: [u8; 4],
+}
+
+impl Heartbeat {
+    fn new(digest: u32, groups: u32) -> Heartbeat {
+        Heartbeat {
+            digest: digest.to_le_bytes(),
+            groups: groups.to_le_bytes(),
+        }
+    }
+
+    fn values(&self) -> (u32, u32) {
+        (
+            u32::from_le_bytes(self.digest),
+            u32::from_le_bytes(self.groups),
+        )
+    }
 }
 
 /// One group at this member.
@@ -693,7 +711,7 @@ impl<H: Handler> Engine<H> {
                 self.stats.malformed_frames += 1;
                 return;
             };
-            let (ours, theirs) = (self.vouched_digest(&from), (hb.digest, hb.groups));
+            let (ours, theirs) = (self.vouched_digest(&from), hb.values());
             let answer = match self.liveness.get_mut(&from) {
                 // Not a peer of any group here: answer at once (rare; nothing churns).
                 None => ours != theirs,
@@ -959,7 +977,7 @@ impl<H: Handler> Engine<H> {
             }
             if now >= l.next_heartbeat {
                 let (digest, groups) = self.vouched_digest(p);
-                let hb = Heartbeat { digest, groups };
+                let hb = Heartbeat::new(digest, groups);
                 let frame = Frame {
                     kind: FrameKind::Heartbeat,
                     from: self.id.clone(),
@@ -980,7 +998,15 @@ impl<H: Handler> Engine<H> {
                     after: self.durable,
                 });
                 if let Some(l) = self.liveness.get_mut(p) {
-                    l.next_heartbeat = now.plus(self.tuning.fuse_heartbeat);
+                    // On a fixed schedule, so a tick that runs late does not stretch the
+                    // interval (the silence bound counts on one heartbeat per interval);
+                    // after a stall, the next one is an interval from now.
+                    let next = l.next_heartbeat.plus(self.tuning.fuse_heartbeat);
+                    l.next_heartbeat = if next > now {
+                        next
+                    } else {
+                        now.plus(self.tuning.fuse_heartbeat)
+                    };
                 }
             }
         }

@@ -839,3 +839,75 @@ fn a_member_dead_during_creation_fails_the_group_for_those_who_heard_of_it() {
         "n2 died before recording anything: {states:?}"
     );
 }
+
+/// `ken bench fuse --json`, small and fast: every number is there and consistent, liveness
+/// bytes do not grow with the groups, and every (member, group) heard the kill once.
+#[test]
+fn bench_fuse_json_reports_liveness_per_process_and_notification_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ken"))
+        .args([
+            "bench",
+            "fuse",
+            "--json",
+            "--nodes",
+            "4",
+            "--groups",
+            "1,300",
+            "--seconds",
+            "1.5",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .env("KEN_FUSE_T_FAIL_MS", T_FAIL_MS.to_string())
+        .env("KEN_FUSE_HEARTBEAT_MS", HEARTBEAT_MS.to_string())
+        .output()
+        .expect("run ken bench fuse");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "ken bench fuse failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {stdout}"));
+    println!("{v}");
+    let num = |k: &str| {
+        v[k].as_f64()
+            .unwrap_or_else(|| panic!("`{k}` missing or not a number in {v}"))
+    };
+    assert_eq!(num("t_fail_ms"), T_FAIL_MS as f64);
+    assert_eq!(num("heartbeat_ms"), HEARTBEAT_MS as f64);
+    assert_eq!(num("bound_ms"), BOUND_MS as f64);
+    let (one, many) = (
+        num("liveness_bytes_per_sec_1"),
+        num("liveness_bytes_per_sec_300"),
+    );
+    // 3 peers x 10 heartbeats/s of some tens of bytes each.
+    assert!(one > 300.0 && one < 10_000.0, "{v}");
+    let ratio = many / one;
+    assert!((num("liveness_ratio") - ratio).abs() < 0.01, "{v}");
+    assert_eq!(v["liveness_pass"], ratio <= 1.1, "{v}");
+    assert!(
+        ratio < 1.5,
+        "liveness bytes grew with the groups: {many:.0} B/s for 300 groups, {one:.0} for 1"
+    );
+    // 3 surviving members x (1 + 300) groups, each heard once.
+    assert_eq!(num("notifications"), 903.0, "{v}");
+    assert_eq!(num("notifications_expected"), 903.0, "{v}");
+    assert_eq!((num("duplicates"), num("missing")), (0.0, 0.0), "{v}");
+    let (p50, p99, max) = (
+        num("notify_ms_p50"),
+        num("notify_ms_p99"),
+        num("notify_ms_max"),
+    );
+    assert!(p50 <= p99 && p99 <= max, "{v}");
+    assert!(p50 >= (T_FAIL_MS / 2) as f64, "{v}");
+    assert!(max <= (BOUND_MS as f64) + SLACK.as_millis() as f64, "{v}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(
+        left.is_empty(),
+        "ken bench fuse left files behind: {left:?}"
+    );
+}
