@@ -1334,6 +1334,50 @@ mod tests {
         engines[1].stats.fuse_list_exchanges == from
     }
 
+    /// A restart is masked only if the restarted member speaks up at once: its first tick
+    /// after recovery, due immediately, sends a heartbeat to every member of its groups.
+    #[test]
+    fn a_recovered_member_heartbeats_every_peer_at_once() {
+        let all = ["a", "b", "c"];
+        let mut e = engine("b", &all, 0);
+        let row = GroupRow {
+            group: [7; 16],
+            record: ken_store::codec::encode(&GroupRecord {
+                creator: "a".into(),
+                members: all.iter().map(|m| m.to_string()).collect(),
+                state: GroupState::Live,
+                notified: false,
+                created_ms: T0_MS,
+            }),
+        };
+        e.recover_groups(&[row], Time::ZERO).unwrap();
+        let now = Time::from_millis(T0_MS);
+        e.start(now);
+        for c in e.take_commands() {
+            // (The store is fresh: its start turn commits first.)
+            if let Command::Commit { id, .. } = c {
+                e.commit_done(now, id);
+            }
+        }
+        e.take_commands();
+        assert!(
+            e.next_deadline().is_some_and(|d| d <= now),
+            "a tick is due at once"
+        );
+        e.tick(now);
+        let to: Vec<String> = e
+            .take_commands()
+            .into_iter()
+            .filter_map(|c| match c {
+                Command::Send { to, frame, .. } if frame.kind == FrameKind::Heartbeat => {
+                    Some(to.to_string())
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(to, ["a", "c"]);
+    }
+
     #[test]
     fn merged_messages_fit_a_datagram_with_the_longest_ids() {
         let long = |c: char| ProcessId::new(c.to_string().repeat(64)).unwrap();
