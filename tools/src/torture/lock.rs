@@ -51,7 +51,7 @@ pub const STICKY_LOCK: &str = "sticky";
 /// A partition takes effect, and heals, when the endpoint next polls its faults file (every
 /// 100 ms, `transport/FAULTS.md`), plus scheduling: a cut may last this much longer than
 /// the harness's file writes say.
-pub const RELOAD_SLACK_MS: u64 = 200;
+pub const RELOAD_SLACK_MS: u64 = 150;
 
 /// Turn-log entries read per store (the store keeps the last 1000 turns).
 const TURN_LOG_READ: u32 = 2000;
@@ -491,8 +491,8 @@ fn member_outages(run: &RecordIndex<'_>, m: usize) -> Vec<Outage> {
     out
 }
 
-/// Partitions cutting `a` from `b` (`b` = `None`: from anyone), in force from the harness's
-/// file write to the heal plus [`RELOAD_SLACK_MS`].
+/// Partitions cutting `a` from `b` (`b` = `None`: the partitions made at `a`'s endpoint), in
+/// force from the harness's file write to the heal plus [`RELOAD_SLACK_MS`].
 fn cut_outages(run: &RecordIndex<'_>, a: usize, b: Option<usize>) -> Vec<Outage> {
     run.rec
         .windows
@@ -500,7 +500,7 @@ fn cut_outages(run: &RecordIndex<'_>, a: usize, b: Option<usize>) -> Vec<Outage>
         .filter_map(|w| {
             let from = w.cut_from.as_ref()?;
             let hits = match b {
-                None => w.member == a || from.contains(&a),
+                None => w.member == a,
                 Some(b) => {
                     (w.member == a && from.contains(&b)) || (w.member == b && from.contains(&a))
                 }
@@ -1223,6 +1223,12 @@ fn count_outages(run: &RecordIndex<'_>, report: &mut Report) {
                 report.outage_masked_ms_max = report.outage_masked_ms_max.max(len);
             } else if !o.planned {
                 report.outages_long_other += 1;
+                report.notes.push(format!(
+                    "outage longer than T_fail/2, not planned: {} ({len} ms, {}..{})",
+                    o.what,
+                    o.start_ms,
+                    o.end_ms.map_or("end".to_string(), |e| e.to_string())
+                ));
             }
         }
     }

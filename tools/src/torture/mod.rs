@@ -1046,7 +1046,8 @@ impl Cluster {
 
     /// A new network epoch: every member's link faults are redrawn. Bank and pingpong cut
     /// one member off from all others until the next epoch; lock cuts one member off for a
-    /// short time (100 ms to 0.3 x T_fail, so that FUSE must mask it).
+    /// short time (100 ms to 0.25 x T_fail: with the faults file's poll period, well below
+    /// half of T_fail, so that FUSE must mask it).
     fn net_epoch(&mut self, now: Instant) -> anyhow::Result<()> {
         self.counters.net_epochs += 1;
         let n = self.members.len();
@@ -1075,7 +1076,7 @@ impl Cluster {
             let others: Vec<usize> = (0..n).filter(|j| *j != i).collect();
             let until = match &self.fuse {
                 Some(p) => {
-                    let max = (p.timing.t_fail_ms * 3 / 10).max(100);
+                    let max = (p.timing.t_fail_ms / 4).max(100);
                     Some(now + Duration::from_millis(self.rng.gen_range(100..=max)))
                 }
                 None => None,
