@@ -439,7 +439,7 @@ fn every_view_of_finished_pingpong_stores_matches_the_volley() {
         let ctx = format!("{}: {s:#}", p.id);
         // Summary: identity, counters, tables, peers, nothing pending.
         assert_eq!(s["process_id"], p.id, "{ctx}");
-        assert_eq!(s["format_version"], 1, "{ctx}");
+        assert_eq!(s["format_version"], ken_store::FORMAT_VERSION, "{ctx}");
         assert_eq!(s["store"], store.display().to_string(), "{ctx}");
         assert_eq!(u(&s["turns_committed"]), 1 + p.received, "{ctx}");
         assert!(u(&s["commits"]) >= 1, "{ctx}");
@@ -1211,10 +1211,10 @@ fn broken_inputs_get_one_line_and_a_non_zero_exit() {
             .unwrap();
     }
     let conn = rusqlite::Connection::open(&newer).unwrap();
-    let v2 = ken_store::codec::seal(&2u32.to_le_bytes());
+    let next = ken_store::codec::seal(&(ken_store::FORMAT_VERSION + 1).to_le_bytes());
     conn.execute(
         "UPDATE meta SET value = ?1 WHERE key = 'format_version'",
-        [v2],
+        [next],
     )
     .unwrap();
     drop(conn);
@@ -1243,7 +1243,11 @@ fn broken_inputs_get_one_line_and_a_non_zero_exit() {
         (
             newer,
             EXIT_ERROR,
-            "store format version 2 is newer than this build supports (1)",
+            &format!(
+                "store format version {} is newer than this build supports ({})",
+                ken_store::FORMAT_VERSION + 1,
+                ken_store::FORMAT_VERSION
+            ),
         ),
         (
             bad_meta,
