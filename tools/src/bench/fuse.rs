@@ -18,7 +18,7 @@
 //!    (`all_live`), and two heartbeat intervals more so that digests agree, each node's own
 //!    counter `liveness_bytes_sent` (every heartbeat and list datagram it sent, whole frames,
 //!    from the runtime's stats line, `KEN_STATS_INTERVAL_MS`) is read over a window of
-//!    `--seconds` (trimmed to whole heartbeat intervals, see [`window_end`]): bytes per
+//!    `--seconds` (the slope through every stats line in it, see [`rates`]): bytes per
 //!    second per process, averaged over the nodes
 //!    (`liveness_bytes_per_sec_N`). The 10,000-group figure must be within 1.1x of the
 //!    1-group figure (`liveness_ratio`, `liveness_pass`).
@@ -464,27 +464,40 @@ impl Node {
     }
 }
 
-/// The stats line that ends a node's window starting at `a`: the latest at or before `t1_ms`
-/// whose distance from `a` is a whole number of heartbeat intervals, within
-/// [`WHOLE_INTERVALS_SLACK_MS`] (else simply the latest). A node sends its heartbeats to all
-/// its peers in one burst per interval, so a window of whole intervals holds the same number
-/// of bursts whatever their phase, where any other window would hold one burst more or less
-/// depending on it (about 7% of a 3 s window at 200 ms).
-fn window_end(samples: &[Stats], a: &Stats, t1_ms: u64, heartbeat: Duration) -> Option<Stats> {
-    let h = heartbeat.as_millis() as u64;
+/// A node's rates over the window `[t0_ms, t1_ms]`: (liveness bytes, heartbeats) per second,
+/// the least-squares slope of its counters over every stats line in the window. A node sends
+/// its heartbeats to all its peers in one burst per interval, so its counters are steps; the
+/// difference between two lines would count one burst more or less depending on where the
+/// window's ends fall between bursts (about 7% of a 3 s window at 200 ms), where the slope
+/// through all of them averages over every phase. `None` with fewer than 3 lines.
+fn rates(samples: &[Stats], t0_ms: u64, t1_ms: u64) -> Option<(f64, f64)> {
     let inside: Vec<&Stats> = samples
         .iter()
-        .filter(|x| x.at_ms > a.at_ms && x.at_ms <= t1_ms)
+        .filter(|x| x.at_ms >= t0_ms && x.at_ms <= t1_ms)
         .collect();
-    let whole = inside.iter().rev().find(|x| {
-        let r = (x.at_ms - a.at_ms) % h;
-        r.min(h - r) <= WHOLE_INTERVALS_SLACK_MS && x.at_ms - a.at_ms >= h
-    });
-    whole.or(inside.last()).map(|x| **x)
+    if inside.len() < 3 {
+        return None;
+    }
+    let n = inside.len() as f64;
+    let x = |s: &Stats| (s.at_ms - t0_ms) as f64 / 1000.0;
+    let x_mean = inside.iter().map(|s| x(s)).sum::<f64>() / n;
+    let sxx: f64 = inside.iter().map(|s| (x(s) - x_mean).powi(2)).sum();
+    if sxx <= 0.0 {
+        return None;
+    }
+    let slope = |y: &dyn Fn(&Stats) -> f64| {
+        let y_mean = inside.iter().map(|s| y(s)).sum::<f64>() / n;
+        inside
+            .iter()
+            .map(|s| (x(s) - x_mean) * (y(s) - y_mean))
+            .sum::<f64>()
+            / sxx
+    };
+    Some((
+        slope(&|s| s.liveness_bytes_sent as f64),
+        slope(&|s| s.heartbeats_sent as f64),
+    ))
 }
-
-/// How far from a whole number of heartbeat intervals a window may be.
-const WHOLE_INTERVALS_SLACK_MS: u64 = 10;
 
 fn round(dir: &Path, args: &FuseArgs, t: &Tuning, groups: u64) -> anyhow::Result<Round> {
     let n = args.nodes as usize;
@@ -603,20 +616,14 @@ fn round(dir: &Path, args: &FuseArgs, t: &Tuning, groups: u64) -> anyhow::Result
         }
         std::thread::sleep(STATS_INTERVAL / 2);
     };
-    let mut rates = Vec::new();
+    let mut byte_rates = Vec::new();
     let mut heartbeat_rates = Vec::new();
     for (node, s) in cluster.nodes.iter().zip(&samples) {
-        let a = s.iter().find(|x| x.at_ms >= t0.as_millis());
-        let b = a.and_then(|a| window_end(s, a, t1.as_millis(), t.fuse_heartbeat));
-        let (Some(a), Some(b)) = (a, b) else {
-            bail!("{}: no stats lines inside the window", node.id);
+        let Some((bytes, heartbeats)) = rates(s, t0.as_millis(), t1.as_millis()) else {
+            bail!("{}: fewer than 3 stats lines inside the window", node.id);
         };
-        if b.at_ms <= a.at_ms {
-            bail!("{}: the window holds a single stats line", node.id);
-        }
-        let secs = (b.at_ms - a.at_ms) as f64 / 1000.0;
-        rates.push((b.liveness_bytes_sent - a.liveness_bytes_sent) as f64 / secs);
-        heartbeat_rates.push((b.heartbeats_sent - a.heartbeats_sent) as f64 / secs);
+        byte_rates.push(bytes);
+        heartbeat_rates.push(heartbeats);
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let cores: Vec<f64> = cpu_start
@@ -688,9 +695,9 @@ fn round(dir: &Path, args: &FuseArgs, t: &Tuning, groups: u64) -> anyhow::Result
         groups,
         create_ms,
         window_secs: (t1.as_millis() - t0.as_millis()) as f64 / 1000.0,
-        liveness_bytes_per_sec: mean(&rates),
-        liveness_bytes_per_sec_min: rates.iter().copied().fold(f64::INFINITY, f64::min),
-        liveness_bytes_per_sec_max: rates.iter().copied().fold(0.0, f64::max),
+        liveness_bytes_per_sec: mean(&byte_rates),
+        liveness_bytes_per_sec_min: byte_rates.iter().copied().fold(f64::INFINITY, f64::min),
+        liveness_bytes_per_sec_max: byte_rates.iter().copied().fold(0.0, f64::max),
         heartbeats_per_sec: mean(&heartbeat_rates),
         node_cpu_cores,
         notify_ms,
@@ -703,6 +710,27 @@ fn round(dir: &Path, args: &FuseArgs, t: &Tuning, groups: u64) -> anyhow::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates_do_not_depend_on_where_the_window_falls_between_bursts() {
+        // Lines every 101 ms, bursts of 100 bytes every 200 ms at phase 50 ms.
+        let samples: Vec<Stats> = (0..40u64)
+            .map(|i| {
+                let at_ms = 1000 + 101 * i;
+                let bursts = (at_ms - 50) / 200;
+                Stats {
+                    liveness_bytes_sent: 100 * bursts,
+                    heartbeats_sent: bursts,
+                    at_ms,
+                }
+            })
+            .collect();
+        for t0 in (1000..1200).step_by(7) {
+            let (bytes, heartbeats) = rates(&samples, t0, t0 + 3000).unwrap();
+            assert!((bytes - 500.0).abs() < 10.0, "{bytes} B/s from {t0}");
+            assert!((heartbeats - 5.0).abs() < 0.1, "{heartbeats}/s from {t0}");
+        }
+    }
 
     #[test]
     fn the_report_states_the_ratio_and_the_bound() {
