@@ -1446,6 +1446,7 @@ impl Cluster {
             let checked = lock::check(&record);
             if let Some(dir) = self.members.first().and_then(|m| m.log_dir.parent()) {
                 let mut text = lock::timeline(&record, self.clock.base_ms);
+                text.push_str("# what the checks found (Unix ms)\n");
                 for n in &checked.1.notes {
                     text.push_str(n);
                     text.push('\n');
