@@ -281,7 +281,10 @@ impl Store {
         let mut conn = match crate::vfs::register() {
             Ok(()) => Connection::open_with_flags_and_vfs(path, flags, crate::vfs::VFS_NAME),
             Err(rc) => {
-                tracing::warn!(rc, "the ken-wal VFS did not register; using SQLite's default");
+                tracing::warn!(
+                    rc,
+                    "the ken-wal VFS did not register; using SQLite's default"
+                );
                 Connection::open_with_flags(path, flags)
             }
         }

@@ -397,7 +397,9 @@ unsafe extern "C" fn shim_check_reserved_lock(
     file: *mut ffi::sqlite3_file,
     out: *mut c_int,
 ) -> c_int {
-    methods(file).xCheckReservedLock.expect("xCheckReservedLock")(real(file), out)
+    methods(file)
+        .xCheckReservedLock
+        .expect("xCheckReservedLock")(real(file), out)
 }
 
 unsafe extern "C" fn shim_file_control(
@@ -417,7 +419,9 @@ unsafe extern "C" fn shim_sector_size(file: *mut ffi::sqlite3_file) -> c_int {
 }
 
 unsafe extern "C" fn shim_device_characteristics(file: *mut ffi::sqlite3_file) -> c_int {
-    methods(file).xDeviceCharacteristics.expect("xDeviceCharacteristics")(real(file))
+    methods(file)
+        .xDeviceCharacteristics
+        .expect("xDeviceCharacteristics")(real(file))
 }
 
 unsafe extern "C" fn shim_shm_map(
@@ -460,6 +464,10 @@ unsafe extern "C" fn shim_fetch(
     methods(file).xFetch.expect("xFetch")(real(file), offset, amount, out)
 }
 
-unsafe extern "C" fn shim_unfetch(file: *mut ffi::sqlite3_file, offset: i64, p: *mut c_void) -> c_int {
+unsafe extern "C" fn shim_unfetch(
+    file: *mut ffi::sqlite3_file,
+    offset: i64,
+    p: *mut c_void,
+) -> c_int {
     methods(file).xUnfetch.expect("xUnfetch")(real(file), offset, p)
 }
