@@ -108,10 +108,19 @@ pub(crate) enum FuseMsg {
     /// among those whose id lies in `[lo, hi)` (`None`: unbounded on that side). A list too
     /// long for one datagram goes out as several, each covering its own range, so each one
     /// can be judged on its own (see [`LIST_GROUPS_PER_FRAME`]).
+    ///
+    /// `stamp` is the sender's clock when it built the list (microseconds) and `echo` the
+    /// newest stamp it had heard from the receiver (its heartbeats and lists carry one): a
+    /// list is only as fresh as its echo, and a group missing from it is failed only if the
+    /// receiver vouched for the group before that echo (see [`Group::vouch_since`]). Without
+    /// the echo, a list overtaken by the `Confirm` that came after it would fail a healthy
+    /// group (found by `ken torture --app lock` with reordering).
     List {
         lo: Option<GroupId>,
         hi: Option<GroupId>,
         groups: Vec<(GroupId, bool)>,
+        stamp: u64,
+        echo: u64,
     },
 }
 
@@ -122,14 +131,21 @@ pub(crate) enum FuseMsg {
 pub(crate) struct Heartbeat {
     pub digest: [u8; 4],
     pub groups: [u8; 4],
+    /// The sender's clock, microseconds: echoed by the receiver's lists.
+    pub stamp: [u8; 8],
 }
 
 impl Heartbeat {
-    fn new(digest: u32, groups: u32) -> Heartbeat {
+    fn new(digest: u32, groups: u32, stamp: Time) -> Heartbeat {
         Heartbeat {
             digest: digest.to_le_bytes(),
             groups: groups.to_le_bytes(),
+            stamp: stamp.as_micros().to_le_bytes(),
         }
+    }
+
+    fn stamp(&self) -> Time {
+        Time(u64::from_le_bytes(self.stamp))
     }
 
     fn values(&self) -> (u32, u32) {
@@ -156,6 +172,10 @@ pub(crate) struct Group {
     pub deadline: Time,
     pub next_create_send: Time,
     pub created: Time,
+    /// Local time of this group's last state change here (recorded, joined, live, or
+    /// recovered): a peer's list omitting the group counts only if it echoes a stamp of ours
+    /// at least this late, so it was built after the peer heard from us in this state.
+    pub vouch_since: Time,
     pub dirty: bool,
 }
 
@@ -311,6 +331,8 @@ pub(crate) struct Liveness {
     /// digest and count each, and how many disagreeing heartbeats since our last list.
     disagreed: Option<((u32, u32), (u32, u32))>,
     disagreements: u32,
+    /// The newest stamp heard from the peer (heartbeats, lists): what our lists echo.
+    heard_stamp: Time,
 }
 
 impl Liveness {
@@ -324,6 +346,7 @@ impl Liveness {
             digest: 0,
             vouched: 0,
             disagreed: None,
+            heard_stamp: Time::ZERO,
             disagreements: 0,
         }
     }
@@ -406,6 +429,7 @@ impl<H: Handler> Engine<H> {
                     deadline: now.plus(self.tuning.fuse_create_timeout),
                     next_create_send: now,
                     created: Time::from_millis(rec.created_ms),
+                    vouch_since: now,
                     dirty: false,
                 },
             );
@@ -456,6 +480,7 @@ impl<H: Handler> Engine<H> {
                 deadline: now.plus(self.tuning.fuse_create_timeout),
                 next_create_send: now,
                 created: now,
+                vouch_since: now,
                 dirty: true,
             },
         );
@@ -640,14 +665,21 @@ impl<H: Handler> Engine<H> {
     }
 
     /// Sends our list of the groups shared with `to`, in as many frames as it takes.
-    fn send_list(&mut self, to: &ProcessId) {
+    fn send_list(&mut self, now: Time, to: &ProcessId) {
         self.stats.fuse_list_exchanges += 1;
         let mine = self.vouched_with(to);
+        let stamp = now.as_micros();
+        let echo = self
+            .liveness
+            .get(to)
+            .map_or(0, |l| l.heard_stamp.as_micros());
         if mine.is_empty() {
             let msg = FuseMsg::List {
                 lo: None,
                 hi: None,
                 groups: Vec::new(),
+                stamp,
+                echo,
             };
             self.send_fuse(to, &msg);
             return;
@@ -658,6 +690,8 @@ impl<H: Handler> Engine<H> {
                 lo: (i > 0).then(|| chunk[0].0),
                 hi: chunks.get(i + 1).map(|next| next[0].0),
                 groups: chunk.to_vec(),
+                stamp,
+                echo,
             };
             self.send_fuse(to, &msg);
         }
@@ -711,6 +745,9 @@ impl<H: Handler> Engine<H> {
                 self.stats.malformed_frames += 1;
                 return;
             };
+            if let Some(l) = self.liveness.get_mut(&from) {
+                l.heard_stamp = l.heard_stamp.max(hb.stamp());
+            }
             let (ours, theirs) = (self.vouched_digest(&from), hb.values());
             let answer = match self.liveness.get_mut(&from) {
                 // Not a peer of any group here: answer at once (rare; nothing churns).
@@ -732,7 +769,7 @@ impl<H: Handler> Engine<H> {
                 }
             };
             if answer {
-                self.send_list(&from);
+                self.send_list(now, &from);
             }
             return;
         }
@@ -754,12 +791,12 @@ impl<H: Handler> Engine<H> {
             }
             FuseMsg::Confirm { groups } => {
                 for group in groups {
-                    self.on_confirm(&from, group);
+                    self.on_confirm(now, &from, group);
                 }
             }
             FuseMsg::Established { groups } => {
                 for group in groups {
-                    self.establish(group);
+                    self.establish(now, group);
                 }
             }
             FuseMsg::Fail { groups } => {
@@ -773,7 +810,13 @@ impl<H: Handler> Engine<H> {
                     }
                 }
             }
-            FuseMsg::List { lo, hi, groups } => {
+            FuseMsg::List {
+                lo,
+                hi,
+                groups,
+                stamp,
+                echo,
+            } => {
                 use std::ops::Bound;
                 let range = (
                     lo.map_or(Bound::Unbounded, Bound::Included),
@@ -789,6 +832,10 @@ impl<H: Handler> Engine<H> {
                     self.stats.malformed_frames += 1;
                     return;
                 }
+                if let Some(l) = self.liveness.get_mut(&from) {
+                    l.heard_stamp = l.heard_stamp.max(Time(stamp));
+                }
+                let echo = Time(echo);
                 let mut theirs = groups.into_iter().peekable();
                 let mut to_fail = Vec::new();
                 let mut to_establish = Vec::new();
@@ -809,8 +856,14 @@ impl<H: Handler> Engine<H> {
                     match listed {
                         None => {
                             let live_here = g.durable == Some(GroupState::Live);
-                            if live_here || g.creator == from {
+                            // Built after the peer heard from us in this state? Else it
+                            // may predate the peer's joining (a stale list that a Confirm
+                            // overtook): wait for a fresher one.
+                            let fresh = echo >= g.vouch_since;
+                            if (live_here || g.creator == from) && fresh {
                                 to_fail.push(*id);
+                            } else if live_here || g.creator == from {
+                                self.stats.fuse_stale_lists += 1;
                             }
                         }
                         Some(true) if g.state == GroupState::Joined => to_establish.push(*id),
@@ -821,13 +874,13 @@ impl<H: Handler> Engine<H> {
                     self.fuse_fail(id, "a member no longer vouches for it");
                 }
                 for id in to_establish {
-                    self.establish(id);
+                    self.establish(now, id);
                 }
             }
         }
     }
 
-    fn on_confirm(&mut self, from: &ProcessId, group: GroupId) {
+    fn on_confirm(&mut self, now: Time, from: &ProcessId, group: GroupId) {
         let Some(g) = self.groups.get_mut(&group) else {
             return;
         };
@@ -836,6 +889,7 @@ impl<H: Handler> Engine<H> {
         }
         if g.unconfirmed.is_empty() && g.state == GroupState::Creating {
             g.state = GroupState::Live;
+            g.vouch_since = now;
             g.dirty = true;
             let members = g.members.clone();
             self.count_creating(&members, -1);
@@ -849,10 +903,11 @@ impl<H: Handler> Engine<H> {
         }
     }
 
-    fn establish(&mut self, group: GroupId) {
+    fn establish(&mut self, now: Time, group: GroupId) {
         if let Some(g) = self.groups.get_mut(&group) {
             if g.state == GroupState::Joined {
                 g.state = GroupState::Live;
+                g.vouch_since = now;
                 g.dirty = true;
                 self.filling.nonempty = true;
             }
@@ -909,6 +964,7 @@ impl<H: Handler> Engine<H> {
                 deadline: now.plus(self.tuning.fuse_create_timeout),
                 next_create_send: now,
                 created: now,
+                vouch_since: now,
                 dirty: true,
             },
         );
@@ -977,7 +1033,7 @@ impl<H: Handler> Engine<H> {
             }
             if now >= l.next_heartbeat {
                 let (digest, groups) = self.vouched_digest(p);
-                let hb = Heartbeat::new(digest, groups);
+                let hb = Heartbeat::new(digest, groups, now);
                 let frame = Frame {
                     kind: FrameKind::Heartbeat,
                     from: self.id.clone(),

@@ -121,6 +121,9 @@ pub struct EngineStats {
     pub fuse_notifications: u64,
     pub fuse_messages_sent: u64,
     pub fuse_list_exchanges: u64,
+    /// FUSE lists that omitted a group but were older than the group's state here (see
+    /// `FuseMsg::List`): not counted against the group.
+    pub fuse_stale_lists: u64,
     pub heartbeats_sent: u64,
     /// Bytes (whole datagrams) of the heartbeat and list frames sent: the cost of shared
     /// liveness, the same for one group as for ten thousand over the same peers.

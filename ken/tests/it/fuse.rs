@@ -442,3 +442,148 @@ fn short_crash_restarts_are_masked_in_100_seeded_runs_each() {
     }
     assert_eq!(runs, 300);
 }
+
+/// `a` creates a group with `b` while `a`'s FUSE frames to `b` are held 260 ms and `b`'s to
+/// `a` are held and then delivered in reverse order, so that a list `b` built before it
+/// joined (omitting the group) reaches `a` after `b`'s `Confirm`. Nobody was down or cut
+/// off: the group must stay live at both. (Found by `ken torture --app lock` with
+/// reordering; the list's echo of `a`'s stamps is what tells `a` the list is stale.)
+#[test]
+fn a_stale_list_overtaken_by_the_confirm_does_not_fail_a_healthy_group() {
+    struct Creator;
+    #[derive(Default, Serialize, Deserialize)]
+    struct St {
+        heard: Vec<GroupId>,
+    }
+    impl Handler for Creator {
+        type State = St;
+        type Message = ();
+        fn on_turn(&self, s: &mut St, turn: &mut Turn<'_, ()>, input: Input<()>) {
+            match input {
+                Input::Start if turn.id().as_str() == "a" => {
+                    turn.set_timer("first", Duration::from_millis(0));
+                    turn.set_timer("second", Duration::from_millis(1000));
+                }
+                Input::Timer { .. } => {
+                    turn.fuse_create(&[pid("b")]).unwrap();
+                }
+                Input::FuseFailure { group } => s.heard.push(group),
+                _ => {}
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ids = [pid("a"), pid("b")];
+    let mut now = Time::from_millis(T0);
+    let mut engines = Vec::new();
+    let mut stores = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let path = dir.path().join(format!("{id}.db"));
+        let (store, rec) = Store::open(&path, id.as_str()).unwrap();
+        let reader = ken::store::Reader::open(&path).unwrap();
+        let config = EngineConfig {
+            id: id.clone(),
+            peers: ids.iter().filter(|p| *p != id).cloned().collect(),
+            tuning: Tuning::default(),
+            seed: i as u64,
+        };
+        let mut e = Engine::recover(config, Creator, rec, Box::new(reader)).unwrap();
+        e.start(now);
+        engines.push(e);
+        stores.push(store);
+    }
+    let mut net: Vec<(usize, Frame)> = Vec::new();
+    // FUSE frames held: b -> a and a -> b.
+    let mut held_ba: Vec<Frame> = Vec::new();
+    let mut held_ab: Vec<Frame> = Vec::new();
+    // Executes both engines' commands; commits complete at once.
+    let step = |engines: &mut Vec<Engine<Creator>>,
+                stores: &mut Vec<Store>,
+                net: &mut Vec<(usize, Frame)>,
+                held_ba: &mut Vec<Frame>,
+                held_ab: &mut Vec<Frame>,
+                hold: (bool, bool),
+                now: Time| {
+        for i in 0..2 {
+            loop {
+                let cmds = engines[i].take_commands();
+                if cmds.is_empty() {
+                    break;
+                }
+                for cmd in cmds {
+                    match cmd {
+                        Command::Commit { id, batch } => {
+                            stores[i].commit(&batch).unwrap();
+                            engines[i].commit_done(now, id);
+                        }
+                        Command::Send { to, frame, .. } => {
+                            let to = usize::from(to.as_str() == "b");
+                            let fuse = frame.kind == ken::transport::FrameKind::Fuse;
+                            if fuse && i == 1 && hold.0 {
+                                held_ba.push(frame);
+                            } else if fuse && i == 0 && hold.1 {
+                                held_ab.push(frame);
+                            } else {
+                                net.push((to, frame));
+                            }
+                        }
+                        Command::Fatal { error } => panic!("{error}"),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    };
+    for t in 0..3000u64 {
+        let hold = ((990..1400).contains(&t), (990..1250).contains(&t));
+        if t == 1250 {
+            net.extend(held_ab.drain(..).map(|f| (1, f)));
+        }
+        if t == 1400 {
+            // Reversed: b's stale list arrives after its Confirm.
+            while let Some(f) = held_ba.pop() {
+                net.push((0, f));
+            }
+        }
+        while !net.is_empty() {
+            let (to, f) = net.remove(0);
+            engines[to].handle_frame(now, f);
+            step(
+                &mut engines,
+                &mut stores,
+                &mut net,
+                &mut held_ba,
+                &mut held_ab,
+                hold,
+                now,
+            );
+        }
+        now = now.plus(Duration::from_millis(1));
+        for e in &mut engines {
+            e.tick(now);
+        }
+        step(
+            &mut engines,
+            &mut stores,
+            &mut net,
+            &mut held_ba,
+            &mut held_ab,
+            hold,
+            now,
+        );
+    }
+    for (i, e) in engines.iter().enumerate() {
+        let groups = e.groups();
+        assert_eq!(groups.len(), 2, "{}: {groups:?}", ids[i]);
+        assert!(
+            groups.iter().all(|g| g.state == ken::GroupState::Live),
+            "{}: a healthy group failed: {groups:?}",
+            ids[i]
+        );
+        assert!(e.state().heard.is_empty(), "{}", ids[i]);
+    }
+    assert!(
+        engines[0].stats().fuse_stale_lists > 0,
+        "the scenario must produce a stale list, or it tests nothing"
+    );
+}
