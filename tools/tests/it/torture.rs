@@ -175,16 +175,8 @@ fn release_before_commit_is_caught() {
     assert!(stdout.contains("replay: ken torture"), "{stdout}");
 }
 
-/// The FUSE faults of `--app lock` without datagram reordering and delay: with them, FUSE
-/// today fails groups whose members never left (a member's list of groups, sent before it
-/// joined a new group and overtaken by its confirmation, reaches the creator after the group
-/// is established there and fails it: `ken torture --app lock` reports these as false
-/// positives). Loss, duplication, corruption and truncation stay on.
-const LOCK_NET: [&str; 4] = ["--reorder", "0", "--delay", "0"];
-
 fn lock_torture(args: &[&str]) -> (bool, String, serde_json::Value) {
     let mut all = vec!["--app", "lock"];
-    all.extend(LOCK_NET);
     all.extend(args);
     torture(&all)
 }
