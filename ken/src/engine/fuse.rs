@@ -380,6 +380,7 @@ impl<H: Handler> Engine<H> {
         rows: &[GroupRow],
         now: Time,
     ) -> Result<(), EngineError> {
+        let stamp = self.fuse_stamp(now);
         for row in rows {
             let id = GroupId(row.group);
             let rec: GroupRecord = ken_store::codec::decode(&row.record)
@@ -429,7 +430,7 @@ impl<H: Handler> Engine<H> {
                     deadline: now.plus(self.tuning.fuse_create_timeout),
                     next_create_send: now,
                     created: Time::from_millis(rec.created_ms),
-                    vouch_since: now,
+                    vouch_since: stamp,
                     dirty: false,
                 },
             );
@@ -465,6 +466,7 @@ impl<H: Handler> Engine<H> {
             GroupState::Creating
         };
         self.count_shared(&members, 1);
+        let stamp = self.fuse_stamp(now);
         if state == GroupState::Creating {
             self.count_creating(&members, 1);
         }
@@ -480,7 +482,7 @@ impl<H: Handler> Engine<H> {
                 deadline: now.plus(self.tuning.fuse_create_timeout),
                 next_create_send: now,
                 created: now,
-                vouch_since: now,
+                vouch_since: stamp,
                 dirty: true,
             },
         );
@@ -668,7 +670,7 @@ impl<H: Handler> Engine<H> {
     fn send_list(&mut self, now: Time, to: &ProcessId) {
         self.stats.fuse_list_exchanges += 1;
         let mine = self.vouched_with(to);
-        let stamp = now.as_micros();
+        let stamp = self.fuse_stamp(now).as_micros();
         let echo = self
             .liveness
             .get(to)
@@ -881,6 +883,7 @@ impl<H: Handler> Engine<H> {
     }
 
     fn on_confirm(&mut self, now: Time, from: &ProcessId, group: GroupId) {
+        let stamp = self.fuse_stamp(now);
         let Some(g) = self.groups.get_mut(&group) else {
             return;
         };
@@ -889,7 +892,7 @@ impl<H: Handler> Engine<H> {
         }
         if g.unconfirmed.is_empty() && g.state == GroupState::Creating {
             g.state = GroupState::Live;
-            g.vouch_since = now;
+            g.vouch_since = stamp;
             g.dirty = true;
             let members = g.members.clone();
             self.count_creating(&members, -1);
@@ -904,10 +907,11 @@ impl<H: Handler> Engine<H> {
     }
 
     fn establish(&mut self, now: Time, group: GroupId) {
+        let stamp = self.fuse_stamp(now);
         if let Some(g) = self.groups.get_mut(&group) {
             if g.state == GroupState::Joined {
                 g.state = GroupState::Live;
-                g.vouch_since = now;
+                g.vouch_since = stamp;
                 g.dirty = true;
                 self.filling.nonempty = true;
             }
@@ -952,6 +956,7 @@ impl<H: Handler> Engine<H> {
         parsed.sort();
         parsed.dedup();
         self.count_shared(&parsed, 1);
+        let stamp = self.fuse_stamp(now);
         self.groups.insert(
             group,
             Group {
@@ -964,7 +969,7 @@ impl<H: Handler> Engine<H> {
                 deadline: now.plus(self.tuning.fuse_create_timeout),
                 next_create_send: now,
                 created: now,
-                vouch_since: now,
+                vouch_since: stamp,
                 dirty: true,
             },
         );
@@ -1033,7 +1038,7 @@ impl<H: Handler> Engine<H> {
             }
             if now >= l.next_heartbeat {
                 let (digest, groups) = self.vouched_digest(p);
-                let hb = Heartbeat::new(digest, groups, now);
+                let hb = Heartbeat::new(digest, groups, self.fuse_stamp(now));
                 let frame = Frame {
                     kind: FrameKind::Heartbeat,
                     from: self.id.clone(),
@@ -1072,6 +1077,14 @@ impl<H: Handler> Engine<H> {
     /// [`crate::limits::FUSE_T_FAIL`]).
     fn silence_limit(&self) -> std::time::Duration {
         self.tuning.fuse_t_fail + 2 * self.tuning.fuse_heartbeat
+    }
+
+    /// The clock for FUSE stamps (heartbeats, lists, [`Group::vouch_since`]): `now`, but never
+    /// behind an earlier stamp of this life, so that a wall-clock step backwards cannot make
+    /// a stale list look fresh.
+    fn fuse_stamp(&mut self, now: Time) -> Time {
+        self.fuse_clock = self.fuse_clock.max(now);
+        self.fuse_clock
     }
 
     /// Anything heard from `peer` proves it alive.

@@ -251,6 +251,8 @@ pub struct Engine<H: Handler> {
     clients: BTreeMap<ClientId, ClientEntry>,
     groups: BTreeMap<fuse::GroupId, fuse::Group>,
     liveness: BTreeMap<ProcessId, fuse::Liveness>,
+    /// FUSE stamps' clock: the newest `now` stamped in this life (see `fuse_stamp`).
+    fuse_clock: Time,
     fuse_notify_queue: VecDeque<fuse::GroupId>,
     tables: TableOverlay,
     last_root: Vec<u8>,
@@ -392,6 +394,7 @@ impl<H: Handler> Engine<H> {
             clients,
             groups: BTreeMap::new(),
             liveness: BTreeMap::new(),
+            fuse_clock: Time::ZERO,
             fuse_notify_queue: VecDeque::new(),
             tables: TableOverlay::new(source),
             last_root: recovered.root.unwrap_or_default(),
