@@ -208,6 +208,12 @@ impl<'a, M: Serialize> Turn<'a, M> {
 
     /// A line of output for whoever runs the process (its standard output), released only
     /// after this turn commits.
+    ///
+    /// At most once: a crash between the commit and the print loses the line, and the turn is
+    /// not run again (standard output is not a peer that acknowledges). Output that must
+    /// not be lost belongs in a table (read it with `ken inspect STORE table NAME`) or in a
+    /// message to a peer; harnesses reading these lines (`ken torture`, the ken-lock audit)
+    /// excuse a missing line only where a kill explains it.
     pub fn emit(&mut self, line: impl Into<String>) {
         self.effects.emits.push(line.into());
     }
