@@ -1,14 +1,18 @@
 //! The tokio driver: wires an [`Engine`] to a [`ken_store::Store`] and a UDP
 //! [`Endpoint`].
 //!
-//! One current-thread tokio runtime runs the engine loop; the store lives on its own thread
-//! (commits block on fsync) and talks to the loop through two bounded channels; a receive
-//! task feeds frames through a bounded channel that the loop stops reading when the engine
-//! applies backpressure.
+//! One current-thread tokio runtime runs the engine loop; the store has its own thread
+//! (commits block on fsync) that talks to the loop through two bounded channels, so that
+//! turns keep running into the next batch while one commits; a batch of a few turns with no
+//! frame waiting is committed on the loop thread instead (see [`INLINE_COMMIT_TURNS_MAX`]:
+//! a lone round trip then skips two thread hand-offs). A receive task feeds frames (taken
+//! with `recvmmsg`, several per system call) through a bounded channel that the loop stops
+//! reading when the engine applies backpressure.
 //!
 //! Invariant (output commit, the driver's half): a [`Command::Send`] or [`Command::Emit`] is
-//! executed only if the batch it depends on (`after`) has been reported durable by the store
-//! thread. The driver asserts it, independently of the engine's own assertions.
+//! executed only if the batch it depends on (`after`) has been committed: reported durable
+//! by the store thread, or committed inline. The driver asserts it, independently of the
+//! engine's own assertions.
 //!
 //! Failure policy: a failed commit stops the process (exit code non-zero, clear message); it
 //! is never retried. Restart = run the same command again.
