@@ -4,7 +4,7 @@
 //! One current-thread tokio runtime runs the engine loop; the store has its own thread
 //! (commits block on fsync) that talks to the loop through two bounded channels, so that
 //! turns keep running into the next batch while one commits; a batch of a few turns with no
-//! frame waiting is committed on the loop thread instead (see [`INLINE_COMMIT_TURNS_MAX`]:
+//! frame waiting is committed on the loop thread instead (see `INLINE_COMMIT_TURNS_MAX`:
 //! a lone round trip then skips two thread hand-offs). A receive task feeds frames (taken
 //! with `recvmmsg`, several per system call) through a bounded channel that the loop stops
 //! reading when the engine applies backpressure.
@@ -55,7 +55,7 @@ const FRAMES_PER_WAKEUP_MAX: usize = 256;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub id: ProcessId,
-    /// UDP address to listen on (port 0 picks one; see [`Config::on_bound`]).
+    /// UDP address to listen on (port 0 picks one; see [`Config::bound`]).
     pub listen: SocketAddr,
     /// The store file (created if missing).
     pub store: PathBuf,

@@ -54,7 +54,7 @@ pub const FUSE_ENV: [&str; 3] = [
 ];
 
 impl Tuning {
-    /// Applies the `KEN_FUSE_*` overrides ([`FUSE_ENV`]) that are set.
+    /// Applies the `KEN_FUSE_*` overrides (`FUSE_ENV`) that are set.
     ///
     /// # Errors
     /// A variable that is not a positive whole number of milliseconds (named in the message).

@@ -39,7 +39,7 @@ pub const VFS_NAME: &CStr = c"ken-wal";
 /// A buffer is written out once it holds this much.
 pub const BUFFER_BYTES_MAX: usize = 4 << 20;
 
-/// A WAL is extended to this size with zeros when opened (see [`preallocate`]): a bit more
+/// A WAL is extended to this size with zeros when opened (see `preallocate`): a bit more
 /// than SQLite's automatic checkpoint point (1000 pages of 4 KiB plus frame headers), after
 /// which the WAL restarts from its beginning.
 pub const WAL_PREALLOCATE_BYTES: usize = (4 << 20) + (512 << 10);

@@ -17,17 +17,19 @@
 //! shares any non-failed group, carrying a digest of the shared groups this process vouches
 //! for (the XOR of one CRC32 per group, kept up to date change by change, and their count).
 //! A digest that disagrees makes the receiver answer with its list of shared groups, when the
-//! same disagreement shows at two heartbeats in a row or after [`LIST_AFTER_DISAGREEMENTS`]
+//! same disagreement shows at two heartbeats in a row or after `LIST_AFTER_DISAGREEMENTS`
 //! (states still in flight, as during creation, settle by themselves); a group missing from
 //! a peer's list is failed if it is `Live` here or the peer is its creator (during creation a
-//! member may not have heard of it yet). Silence from a peer for `fuse_t_fail` fails every
+//! member may not have heard of it yet), and only if the list echoes a heartbeat stamp of
+//! ours from after the group's last state change here (an older list may predate the peer's
+//! joining). Silence from a peer for `fuse_t_fail` fails every
 //! group shared with it. A failing member also tells the other members directly (`Fail`,
 //! best effort: the fast path).
 //!
-//! Cost: the per-peer state ([`Liveness`]: last heard, digest, counts) makes a tick, a
+//! Cost: the per-peer state (`Liveness`: last heard, digest, counts) makes a tick, a
 //! heartbeat and its check cost the same for one group as for ten thousand; only a list
 //! exchange walks the groups. Control messages name many groups each, and what one commit
-//! releases to a peer is merged into as few frames as fit ([`LIST_GROUPS_PER_FRAME`]
+//! releases to a peer is merged into as few frames as fit (`LIST_GROUPS_PER_FRAME`
 //! groups per frame), so creating or failing ten thousand groups costs a few datagrams per
 //! peer rather than ten thousand.
 //!

@@ -18,7 +18,7 @@
 //! - Output commit: a data frame carries a message only if the batch that created it is
 //!   durable; an acknowledgement never exceeds what durable turns consumed.
 //! - At most one batch commits at a time; batch ids are consecutive.
-//! - Per peer: see [`peer`].
+//! - Per peer: see `peer.rs`.
 
 pub mod fuse;
 pub(crate) mod peer;
