@@ -268,19 +268,29 @@ pub(crate) fn decode_client(
     reply: &[u8],
 ) -> Result<ClientRow, Corrupted> {
     let client = id16("clients", client)?;
-    let key = hex_key(&client);
+    // The key is named only in an error: formatting it for every healthy row was a third of
+    // a reader's time at 10,000 rows.
+    let named = |mut c: Corrupted| {
+        c.key = hex_key(&client);
+        c
+    };
     Ok(ClientRow {
         client,
-        request_no: u64_from_sql(request_no, "clients", &key, "request_no")?,
-        updated_ms: u64_from_sql(updated_ms, "clients", &key, "updated_ms")?,
-        reply: codec::unseal("clients", &key, reply)?.to_vec(),
+        request_no: u64_from_sql(request_no, "clients", "", "request_no").map_err(named)?,
+        updated_ms: u64_from_sql(updated_ms, "clients", "", "updated_ms").map_err(named)?,
+        reply: codec::unseal("clients", "", reply).map_err(named)?.to_vec(),
     })
 }
 
 /// Decodes a `fuse_groups` row read as (group_id, record).
 pub(crate) fn decode_group(group: &[u8], record: &[u8]) -> Result<GroupRow, Corrupted> {
     let group = id16("fuse_groups", group)?;
-    let record = codec::unseal("fuse_groups", &hex_key(&group), record)?.to_vec();
+    let record = codec::unseal("fuse_groups", "", record)
+        .map_err(|mut c| {
+            c.key = hex_key(&group);
+            c
+        })?
+        .to_vec();
     Ok(GroupRow { group, record })
 }
 
