@@ -42,9 +42,6 @@ use crate::crash::CrashPoints;
 use crate::engine::{BatchId, Command, Engine, EngineConfig, EngineError};
 use crate::{Handler, Time, Tuning};
 
-/// The engine's table reader maps at most this much of the store file.
-const READER_MMAP_BYTES: u64 = 1 << 30;
-
 /// Frames buffered between the receive task and the engine loop.
 const FRAME_QUEUE_MAX: usize = 4096;
 
@@ -218,10 +215,6 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
     let (store, recovered) =
         Store::open_with(&config.store, config.id.as_str(), &config.store_options)?;
     let reader = ken_store::Reader::open(&config.store)?;
-    // Table reads follow every commit; mapped, they cost no system call per page.
-    if let Err(e) = reader.use_mmap(READER_MMAP_BYTES) {
-        tracing::debug!(error = %e, "reader mmap not enabled");
-    }
     tracing::info!(
         id = %config.id,
         incarnation = recovered.incarnation,
@@ -351,9 +344,7 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
                 if let Err(e) = result {
                     break Err(RunError::Commit(e));
                 }
-                out.durable = id;
-                out.committing = false;
-                engine.commit_done(Time::now_wall(), id);
+                out.committed(&mut engine, id);
                 released = true;
             }
             frame = frame_rx.recv(), if accepting => {
@@ -447,6 +438,13 @@ impl Out<'_> {
         self.client_addrs.insert(frame.from.clone(), from);
     }
 
+    /// Batch `id` is durable (committed by either path): its outputs may leave.
+    fn committed<H: Handler>(&mut self, engine: &mut Engine<H>, id: BatchId) {
+        self.durable = id;
+        self.committing = false;
+        engine.commit_done(Time::now_wall(), id);
+    }
+
     /// Executes the engine's pending commands. `Ok(true)`: a batch was committed inline
     /// (`idle`: no frame is waiting), so there are new commands (its release) to execute.
     async fn execute<H: Handler>(
@@ -463,8 +461,7 @@ impl Out<'_> {
                     assert_eq!(id, self.durable + 1, "batches commit in order");
                     if idle && batch.turns <= INLINE_COMMIT_TURNS_MAX {
                         commit_one(&store.store, self.crash, &batch)?;
-                        self.durable = id;
-                        engine.commit_done(Time::now_wall(), id);
+                        self.committed(engine, id);
                         inline = true;
                     } else {
                         self.committing = true;

@@ -284,16 +284,6 @@ impl Reader {
         Connection::open_with_flags(uri, flags)
     }
 
-    /// Reads the database file through a memory map of up to `bytes` (SQLite's `mmap_size`)
-    /// instead of a `pread` per page: for the owner's own reader, which reads after every
-    /// commit. Not for tools reading files others may truncate (a read of a page cut off
-    /// under the map is a SIGBUS, not an error).
-    pub fn use_mmap(&self, bytes: u64) -> Result<(), ReadError> {
-        self.conn
-            .pragma_update(None, "mmap_size", i64::try_from(bytes).unwrap_or(i64::MAX))?;
-        Ok(())
-    }
-
     /// The store file's path.
     pub fn path(&self) -> &Path {
         &self.path

@@ -749,9 +749,7 @@ impl<H: Handler> Engine<H> {
                 self.stats.malformed_frames += 1;
                 return;
             };
-            if let Some(l) = self.liveness.get_mut(&from) {
-                l.heard_stamp = l.heard_stamp.max(hb.stamp());
-            }
+            self.heard_stamp(&from, hb.stamp());
             let (ours, theirs) = (self.vouched_digest(&from), hb.values());
             let answer = match self.liveness.get_mut(&from) {
                 // Not a peer of any group here: answer at once (rare; nothing churns).
@@ -836,9 +834,7 @@ impl<H: Handler> Engine<H> {
                     self.stats.malformed_frames += 1;
                     return;
                 }
-                if let Some(l) = self.liveness.get_mut(&from) {
-                    l.heard_stamp = l.heard_stamp.max(Time(stamp));
-                }
+                self.heard_stamp(&from, Time(stamp));
                 let echo = Time(echo);
                 let mut theirs = groups.into_iter().peekable();
                 let mut to_fail = Vec::new();
@@ -1087,6 +1083,13 @@ impl<H: Handler> Engine<H> {
     fn fuse_stamp(&mut self, now: Time) -> Time {
         self.fuse_clock = self.fuse_clock.max(now);
         self.fuse_clock
+    }
+
+    /// `peer` stamped a heartbeat or list with `stamp`: what our lists to it echo.
+    fn heard_stamp(&mut self, peer: &ProcessId, stamp: Time) {
+        if let Some(l) = self.liveness.get_mut(peer) {
+            l.heard_stamp = l.heard_stamp.max(stamp);
+        }
     }
 
     /// Anything heard from `peer` proves it alive.
