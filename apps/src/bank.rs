@@ -139,6 +139,8 @@ impl Bank {
 impl Handler for Bank {
     type State = State;
     type Message = Msg;
+    type Request = ();
+    type Reply = ();
 
     fn on_turn(&self, state: &mut State, turn: &mut Turn<'_, Msg>, input: Input<Msg>) {
         match input {

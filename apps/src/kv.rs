@@ -1,7 +1,7 @@
 //! Kv: a key-value store served to clients outside Ken, exactly once.
 //!
-//! Clients send a [`Request`] (encoded with [`ken::store::codec`]) through [`ken::Client`];
-//! each request runs as one turn and is answered with a [`Reply`]. The data lives in the
+//! Clients send a [`Request`] through a [`KvClient`] (a [`ken::BlockingClient`] typed with
+//! kv's request and reply); each request runs as one turn and is answered with a [`Reply`]. The data lives in the
 //! durable table [`KV_TABLE`]: key = the key's UTF-8 bytes, value = the value as a `String`
 //! (codec-encoded). A turn touches only the keys it reads and writes, so a commit costs what
 //! the request touched, not the size of the store.
@@ -20,9 +20,7 @@
 //! - [`State::requests_applied`] counts the requests this store applied: with exactly-once
 //!   clients it equals the number of distinct (client, request number) pairs answered `Ok`.
 
-use std::net::SocketAddr;
-
-use ken::{BlockingClient, ClientError, Handler, Input, Turn};
+use ken::{BlockingClient, Handler, Input, Turn};
 use serde::{Deserialize, Serialize};
 
 /// The table holding the data.
@@ -106,32 +104,36 @@ pub enum Reply {
 #[derive(Debug, Clone, Default)]
 pub struct Kv;
 
+/// A blocking exactly-once client of a kv server.
+pub type KvClient = BlockingClient<Request, Reply>;
+
 /// Kv's durable root state: counters only (the data is in [`KV_TABLE`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     /// Requests applied (each once), including those answered with [`Reply::Error`].
+    /// (Requests that do not decode as a [`Request`] never reach the handler: the runtime
+    /// answers them with an error and applies nothing.)
     pub requests_applied: u64,
-    /// Requests whose bytes did not decode as a [`Request`].
-    pub undecodable_requests: u64,
 }
 
 impl Handler for Kv {
     type State = State;
     type Message = ();
+    type Request = Request;
+    type Reply = Reply;
 
-    fn on_turn(&self, state: &mut State, turn: &mut Turn<'_, ()>, input: Input<()>) {
+    fn on_turn(
+        &self,
+        state: &mut State,
+        turn: &mut Turn<'_, (), Reply>,
+        input: Input<(), Request>,
+    ) {
         let Input::Request { request, .. } = input else {
             return;
         };
         state.requests_applied += 1;
-        let reply = match ken::store::codec::decode::<Request>(&request) {
-            Ok(request) => apply(turn, request),
-            Err(e) => {
-                state.undecodable_requests += 1;
-                Reply::Error(format!("undecodable request: {e}"))
-            }
-        };
-        turn.reply_with(&reply)
+        let reply = apply(turn, request);
+        turn.reply(&reply)
             .expect("kv replies fit in a datagram (values and lists are capped)");
     }
 }
@@ -157,7 +159,7 @@ fn check_value(value: &str) -> Result<(), Reply> {
 }
 
 /// Applies one request in `turn` and returns its reply.
-fn apply(turn: &mut Turn<'_, ()>, request: Request) -> Reply {
+fn apply(turn: &mut Turn<'_, (), Reply>, request: Request) -> Reply {
     let checked = match &request {
         Request::Get { key } | Request::Delete { key } | Request::Incr { key, .. } => {
             check_key(key)
@@ -232,54 +234,6 @@ fn apply(turn: &mut Turn<'_, ()>, request: Request) -> Reply {
     }
 }
 
-/// Decodes a reply's bytes (a [`ken::Client`] call's result).
-pub fn decode_reply(bytes: &[u8]) -> Result<Reply, ClientError> {
-    ken::store::codec::decode(bytes).map_err(|e| ClientError::Decode(e.to_string()))
-}
-
-/// Sends `request` as a new request of `client` and decodes the reply.
-pub fn call(
-    client: &mut BlockingClient,
-    server: SocketAddr,
-    request: &Request,
-) -> Result<Reply, ClientError> {
-    let bytes = client.call(server, &ken::store::codec::encode(request))?;
-    decode_reply(&bytes)
-}
-
-/// Retries `client`'s last request (which must be `request`) with its number, after a
-/// [`ClientError::Timeout`]: applied at most once in all.
-pub fn retry_last(
-    client: &mut BlockingClient,
-    server: SocketAddr,
-    request: &Request,
-) -> Result<Reply, ClientError> {
-    let bytes = client.retry_last(server, &ken::store::codec::encode(request))?;
-    decode_reply(&bytes)
-}
-
-/// Calls `request`, retrying it with the same number after each timeout until it is
-/// answered or fails otherwise, at most `attempts_max` attempts in all. Returns the reply or
-/// the last error, and the number of timeouts seen.
-pub fn call_until_answered(
-    client: &mut BlockingClient,
-    server: SocketAddr,
-    request: &Request,
-    attempts_max: u32,
-) -> (Result<Reply, ClientError>, u32) {
-    assert!(attempts_max >= 1, "at least one attempt");
-    let mut result = call(client, server, request);
-    let mut timeouts = 0;
-    while matches!(result, Err(ClientError::Timeout { .. })) {
-        timeouts += 1;
-        if timeouts >= attempts_max {
-            break;
-        }
-        result = retry_last(client, server, request);
-    }
-    (result, timeouts)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,8 +261,8 @@ mod tests {
             truncated: false,
         };
         let bytes = ken::store::codec::encode(&reply);
-        assert_eq!(decode_reply(&bytes).unwrap(), reply);
-        assert!(matches!(decode_reply(b"\xff"), Err(ClientError::Decode(_))));
+        assert_eq!(ken::store::codec::decode::<Reply>(&bytes).unwrap(), reply);
+        assert!(ken::store::codec::decode::<Reply>(b"\xff").is_err());
     }
 
     #[test]

@@ -287,6 +287,8 @@ type T<'a, 'b> = &'a mut Turn<'b, Msg>;
 impl Handler for Lock {
     type State = State;
     type Message = Msg;
+    type Request = ();
+    type Reply = ();
 
     fn on_turn(&self, state: &mut State, turn: &mut Turn<'_, Msg>, input: Input<Msg>) {
         match &self.role {
@@ -821,9 +823,10 @@ mod tests {
 
     use super::*;
     use ken::engine::Command;
+    use ken::engine::{Engine, EngineConfig};
     use ken::store::Store;
     use ken::transport::Frame;
-    use ken::{Engine, EngineConfig, Time, Tuning};
+    use ken::{Time, Tuning};
     use serde_json::Value;
 
     const T0_MS: u64 = 1_700_000_000_000;

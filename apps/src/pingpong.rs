@@ -70,6 +70,8 @@ impl PingPong {
 impl Handler for PingPong {
     type State = State;
     type Message = Msg;
+    type Request = ();
+    type Reply = ();
 
     fn on_turn(&self, state: &mut State, turn: &mut Turn<'_, Msg>, input: Input<Msg>) {
         match input {

@@ -18,10 +18,12 @@
 //! [`Client`] is the async client (tokio); [`BlockingClient`] wraps it for plain threads.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use ken_transport::{Frame, FrameKind, Incarnation, ProcessId, Seq};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::limits;
@@ -74,6 +76,9 @@ pub enum ReplyBody {
     TooOld { last: u64 },
     /// The process will not take the request (the reason says why and what to do).
     Refused(String),
+    /// The request did not decode as the process's request type: not applied. (Appended
+    /// last: the variant index is the wire tag.)
+    BadRequest(String),
 }
 
 /// Why a call failed. Says whether the request may have been applied.
@@ -87,6 +92,10 @@ pub enum ClientError {
     /// Refused by the process; not applied.
     #[error("refused by the server: {0}")]
     Refused(String),
+    /// The process could not decode the request as its request type (a client of another
+    /// application, or of a newer version); not applied.
+    #[error("the server cannot read this request (not applied): {0}")]
+    BadRequest(String),
     /// Larger than one datagram; not sent.
     #[error("request of {bytes} bytes exceeds the {max_bytes}-byte limit of one datagram")]
     TooLarge { bytes: usize, max_bytes: usize },
@@ -94,12 +103,15 @@ pub enum ClientError {
     /// again.
     #[error("request {request_no} is older than the last one the server applied for this client ({last})")]
     TooOld { request_no: u64, last: u64 },
-    /// The reply did not decode. The request was applied.
-    #[error("undecodable reply: {0}")]
+    /// The reply did not decode as the client's reply type. The request was applied.
+    #[error("undecodable reply (the request was applied): {0}")]
     Decode(String),
     /// The server's store was replaced since this client last talked to it.
     #[error("the server at {0} is a new incarnation (its store was replaced); earlier requests are unknown to it")]
     ServerReplaced(SocketAddr),
+    /// [`Client::retry_last`] before any request was sent.
+    #[error("no request to retry: this client has not sent one yet")]
+    NothingToRetry,
     #[error("client socket error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -124,33 +136,59 @@ impl Default for ClientOptions {
     }
 }
 
-/// An async exactly-once client.
-#[derive(Debug)]
-pub struct Client {
+/// An async exactly-once client of a process whose handler takes requests of type `Q` and
+/// answers with `R` (its [`crate::Handler::Request`] and [`crate::Handler::Reply`]).
+///
+/// ```no_run
+/// # async fn example() -> Result<(), ken::ClientError> {
+/// // A client of a process whose handler has `type Request = String; type Reply = u64;`.
+/// let mut client: ken::Client<String, u64> = ken::Client::new().await?;
+/// let server = "127.0.0.1:7000".parse().unwrap();
+/// let n = client.call(server, &"count me".to_string()).await?;
+/// # let _ = n;
+/// # Ok(())
+/// # }
+/// ```
+pub struct Client<Q, R> {
     id: ClientId,
     pid: ProcessId,
     socket: tokio::net::UdpSocket,
     /// The number of the next new request.
     next_request: u64,
+    /// The last new request, encoded: what [`Client::retry_last`] sends again.
+    last: Option<(u64, Vec<u8>)>,
     /// The server incarnation learned from replies, per server address.
     incarnations: std::collections::HashMap<SocketAddr, Incarnation>,
     options: ClientOptions,
     buf: Vec<u8>,
+    _types: PhantomData<fn(&Q) -> R>,
 }
 
-impl Client {
-    /// A client with a fresh random id, bound to an ephemeral loopback-or-any port.
-    pub async fn new() -> Result<Client, ClientError> {
-        Client::with_id(ClientId::random(), 1, ClientOptions::default()).await
+impl<Q, R> fmt::Debug for Client<Q, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("id", &self.id)
+            .field("next_request", &self.next_request)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Q: Serialize, R: DeserializeOwned> Client<Q, R> {
+    /// A client with a fresh random id, bound to an ephemeral port.
+    pub async fn new() -> Result<Self, ClientError> {
+        Self::with_id(ClientId::random(), 1, ClientOptions::default()).await
     }
 
     /// A client resuming a persisted identity: `next_request` is the number its next new
     /// request gets.
+    ///
+    /// # Panics
+    /// If `next_request` is 0 (request numbers start at 1).
     pub async fn with_id(
         id: ClientId,
         next_request: u64,
         options: ClientOptions,
-    ) -> Result<Client, ClientError> {
+    ) -> Result<Self, ClientError> {
         assert!(next_request >= 1, "request numbers start at 1");
         let socket = tokio::net::UdpSocket::bind("0.0.0.0:0").await?;
         Ok(Client {
@@ -158,9 +196,11 @@ impl Client {
             pid: id.to_process_id(),
             socket,
             next_request,
+            last: None,
             incarnations: Default::default(),
             options,
             buf: vec![0u8; ken_transport::frame::MAX_FRAME_BYTES + 1],
+            _types: PhantomData,
         })
     }
 
@@ -174,47 +214,65 @@ impl Client {
     }
 
     /// Sends a new request and waits for its reply, retrying under the policy.
-    pub async fn call(
-        &mut self,
-        server: SocketAddr,
-        request: &[u8],
-    ) -> Result<Vec<u8>, ClientError> {
+    pub async fn call(&mut self, server: SocketAddr, request: &Q) -> Result<R, ClientError> {
+        let bytes = encode_request(request)?;
         let n = self.next_request;
-        self.check_size(request)?;
         self.next_request += 1;
-        self.call_numbered(server, n, request).await
+        self.last = Some((n, bytes.clone()));
+        self.exchange(server, n, &bytes).await
     }
 
-    /// Retries the last request with its number (after a timeout): applied at most once.
-    pub async fn retry_last(
+    /// Sends the last request again with its number (after a [`ClientError::Timeout`]): it
+    /// is applied at most once in all, and the answer is its reply.
+    pub async fn retry_last(&mut self, server: SocketAddr) -> Result<R, ClientError> {
+        let (n, bytes) = self.last.clone().ok_or(ClientError::NothingToRetry)?;
+        self.exchange(server, n, &bytes).await
+    }
+
+    /// Calls `request`, then retries it with the same number after each timeout until it is
+    /// answered or fails otherwise, at most `attempts_max` attempts in all. Returns the reply
+    /// or the last error, and the number of timeouts seen.
+    ///
+    /// # Panics
+    /// If `attempts_max` is 0.
+    pub async fn call_until_answered(
         &mut self,
         server: SocketAddr,
-        request: &[u8],
-    ) -> Result<Vec<u8>, ClientError> {
-        assert!(self.next_request > 1, "no request was sent yet");
-        self.call_numbered(server, self.next_request - 1, request)
-            .await
-    }
-
-    fn check_size(&self, request: &[u8]) -> Result<(), ClientError> {
-        let max_bytes = limits::MESSAGE_BYTES_MAX;
-        if request.len() > max_bytes {
-            return Err(ClientError::TooLarge {
-                bytes: request.len(),
-                max_bytes,
-            });
+        request: &Q,
+        attempts_max: u32,
+    ) -> (Result<R, ClientError>, u32) {
+        assert!(attempts_max >= 1, "at least one attempt");
+        let mut result = self.call(server, request).await;
+        let mut timeouts = 0;
+        while matches!(result, Err(ClientError::Timeout { .. })) {
+            timeouts += 1;
+            if timeouts >= attempts_max {
+                break;
+            }
+            result = self.retry_last(server).await;
         }
-        Ok(())
+        (result, timeouts)
     }
 
-    /// Sends request `n` until answered or the deadline passes.
+    /// Sends request number `n` until answered or the deadline passes. For clients that
+    /// persist their own numbering; [`Client::call`] numbers requests itself.
     pub async fn call_numbered(
         &mut self,
         server: SocketAddr,
         n: u64,
+        request: &Q,
+    ) -> Result<R, ClientError> {
+        let bytes = encode_request(request)?;
+        self.exchange(server, n, &bytes).await
+    }
+
+    /// Sends request `n` (encoded) until answered or the deadline passes.
+    async fn exchange(
+        &mut self,
+        server: SocketAddr,
+        n: u64,
         request: &[u8],
-    ) -> Result<Vec<u8>, ClientError> {
-        self.check_size(request)?;
+    ) -> Result<R, ClientError> {
         let started = Instant::now();
         let mut timeout = self.options.retry_initial;
         loop {
@@ -242,61 +300,95 @@ impl Client {
                     after: self.options.deadline,
                 });
             }
-            let wait = timeout.min(remaining);
-            let until = tokio::time::Instant::now() + wait;
-            loop {
-                let recv =
-                    tokio::time::timeout_at(until, self.socket.recv_from(&mut self.buf)).await;
-                let Ok(recv) = recv else { break };
-                let (len, from) = recv?;
-                if from != server {
-                    continue;
-                }
-                let Ok(reply) = Frame::decode(&self.buf[..len]) else {
-                    continue;
-                };
-                if reply.to != self.pid || reply.seq.0 != n {
-                    continue;
-                }
-                match reply.kind {
-                    FrameKind::ClientReply => {}
-                    FrameKind::Reject => return Err(ClientError::ServerReplaced(server)),
-                    _ => continue,
-                }
-                self.incarnations.insert(server, reply.from_incarnation);
-                let body: ReplyBody = ken_store::codec::decode(&reply.payload)
-                    .map_err(|e| ClientError::Decode(e.to_string()))?;
+            let until = tokio::time::Instant::now() + timeout.min(remaining);
+            if let Some(body) = self.await_reply(server, n, until).await? {
                 return match body {
-                    ReplyBody::Ok(bytes) => Ok(bytes),
+                    ReplyBody::Ok(bytes) => ken_store::codec::decode(&bytes)
+                        .map_err(|e| ClientError::Decode(e.to_string())),
                     ReplyBody::TooOld { last } => Err(ClientError::TooOld {
                         request_no: n,
                         last,
                     }),
                     ReplyBody::Refused(why) => Err(ClientError::Refused(why)),
+                    ReplyBody::BadRequest(why) => Err(ClientError::BadRequest(why)),
                 };
             }
             timeout = (timeout * 2).min(self.options.retry_max);
         }
     }
+
+    /// Waits until `until` for the reply to request `n` from `server`; `None` if none came.
+    async fn await_reply(
+        &mut self,
+        server: SocketAddr,
+        n: u64,
+        until: tokio::time::Instant,
+    ) -> Result<Option<ReplyBody>, ClientError> {
+        loop {
+            let recv = tokio::time::timeout_at(until, self.socket.recv_from(&mut self.buf)).await;
+            let Ok(recv) = recv else { return Ok(None) };
+            let (len, from) = recv?;
+            if from != server {
+                continue;
+            }
+            let Ok(reply) = Frame::decode(&self.buf[..len]) else {
+                continue;
+            };
+            if reply.to != self.pid || reply.seq.0 != n {
+                continue;
+            }
+            match reply.kind {
+                FrameKind::ClientReply => {}
+                FrameKind::Reject => return Err(ClientError::ServerReplaced(server)),
+                _ => continue,
+            }
+            self.incarnations.insert(server, reply.from_incarnation);
+            let body: ReplyBody = ken_store::codec::decode(&reply.payload)
+                .map_err(|e| ClientError::Decode(e.to_string()))?;
+            return Ok(Some(body));
+        }
+    }
+}
+
+/// Encodes a request, refusing one that cannot fit a datagram.
+fn encode_request<Q: Serialize>(request: &Q) -> Result<Vec<u8>, ClientError> {
+    let bytes = ken_store::codec::encode(request);
+    let max_bytes = limits::MESSAGE_BYTES_MAX;
+    if bytes.len() > max_bytes {
+        return Err(ClientError::TooLarge {
+            bytes: bytes.len(),
+            max_bytes,
+        });
+    }
+    Ok(bytes)
 }
 
 /// A [`Client`] for code without an async runtime: each call blocks the thread.
-#[derive(Debug)]
-pub struct BlockingClient {
+pub struct BlockingClient<Q, R> {
     rt: tokio::runtime::Runtime,
-    inner: Client,
+    inner: Client<Q, R>,
 }
 
-impl BlockingClient {
-    pub fn new() -> Result<BlockingClient, ClientError> {
-        BlockingClient::with_id(ClientId::random(), 1, ClientOptions::default())
+impl<Q, R> fmt::Debug for BlockingClient<Q, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlockingClient")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl<Q: Serialize, R: DeserializeOwned> BlockingClient<Q, R> {
+    /// A client with a fresh random id.
+    pub fn new() -> Result<Self, ClientError> {
+        Self::with_id(ClientId::random(), 1, ClientOptions::default())
     }
 
+    /// See [`Client::with_id`].
     pub fn with_id(
         id: ClientId,
         next_request: u64,
         options: ClientOptions,
-    ) -> Result<BlockingClient, ClientError> {
+    ) -> Result<Self, ClientError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -304,20 +396,42 @@ impl BlockingClient {
         Ok(BlockingClient { rt, inner })
     }
 
-    pub fn client(&self) -> &Client {
+    pub fn client(&self) -> &Client<Q, R> {
         &self.inner
     }
 
-    pub fn call(&mut self, server: SocketAddr, request: &[u8]) -> Result<Vec<u8>, ClientError> {
+    /// See [`Client::call`].
+    pub fn call(&mut self, server: SocketAddr, request: &Q) -> Result<R, ClientError> {
         self.rt.block_on(self.inner.call(server, request))
     }
 
-    pub fn retry_last(
+    /// See [`Client::retry_last`].
+    pub fn retry_last(&mut self, server: SocketAddr) -> Result<R, ClientError> {
+        self.rt.block_on(self.inner.retry_last(server))
+    }
+
+    /// See [`Client::call_until_answered`].
+    pub fn call_until_answered(
         &mut self,
         server: SocketAddr,
-        request: &[u8],
-    ) -> Result<Vec<u8>, ClientError> {
-        self.rt.block_on(self.inner.retry_last(server, request))
+        request: &Q,
+        attempts_max: u32,
+    ) -> (Result<R, ClientError>, u32) {
+        self.rt.block_on(
+            self.inner
+                .call_until_answered(server, request, attempts_max),
+        )
+    }
+
+    /// See [`Client::call_numbered`].
+    pub fn call_numbered(
+        &mut self,
+        server: SocketAddr,
+        n: u64,
+        request: &Q,
+    ) -> Result<R, ClientError> {
+        self.rt
+            .block_on(self.inner.call_numbered(server, n, request))
     }
 }
 

@@ -90,8 +90,11 @@ impl Config {
         }
     }
 
-    /// Applies the test-only environment switches (`KEN_UNSAFE_RELEASE_BEFORE_COMMIT=1`).
+    /// Applies the environment switches for harnesses: `KEN_ANNOUNCE=1`, and, only in builds
+    /// with the test-only cargo feature `unsafe-release-before-commit`,
+    /// `KEN_UNSAFE_RELEASE_BEFORE_COMMIT=1` (see [`Tuning`]).
     pub fn with_env_switches(mut self) -> Config {
+        #[cfg(feature = "unsafe-release-before-commit")]
         if std::env::var("KEN_UNSAFE_RELEASE_BEFORE_COMMIT").is_ok_and(|v| v == "1") {
             tracing::warn!(
                 "KEN_UNSAFE_RELEASE_BEFORE_COMMIT=1: outputs leave before commit (test only)"
@@ -133,7 +136,7 @@ pub enum RunError {
     #[error("stopping: {0}")]
     Engine(#[from] EngineError),
     #[error("bad tuning: {0}")]
-    Tuning(String),
+    Tuning(#[from] crate::tuning::TuningError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
     #[error("the store thread died unexpectedly")]
@@ -209,8 +212,8 @@ fn spawn_store_thread(store: Store, crash: Arc<CrashPoints>) -> StoreThread {
 }
 
 async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, RunError> {
-    config.tuning.apply_env().map_err(RunError::Tuning)?;
-    config.tuning.check().map_err(RunError::Tuning)?;
+    config.tuning.apply_env()?;
+    config.tuning.check()?;
     let crash = Arc::new(CrashPoints::from_env()?);
     let (store, recovered) =
         Store::open_with(&config.store, config.id.as_str(), &config.store_options)?;
@@ -281,7 +284,7 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
         peers: &config.peers,
         durable: 0,
         committing: false,
-        allow_early_release: config.tuning.release_before_commit,
+        allow_early_release: config.tuning.releases_before_commit(),
         finish_linger: config.finish_linger,
         finished: None,
         crash: &crash,
@@ -387,7 +390,7 @@ fn stats_interval_from_env() -> Option<Duration> {
 }
 
 /// Prints the stats line (module docs) to stderr.
-fn print_stats(engine: &crate::EngineStats, endpoint: &Endpoint) {
+fn print_stats(engine: &crate::engine::EngineStats, endpoint: &Endpoint) {
     let ep = endpoint.stats();
     eprintln!(
         "{{\"event\":\"stats\",\"turns\":{},\"messages_sent\":{},\"retransmits\":{},\"duplicates_dropped\":{},\"frames_in\":{},\"frames_sent\":{},\"junk_dropped\":{},\"heartbeats_sent\":{},\"liveness_bytes_sent\":{},\"fuse_bytes_sent\":{},\"fuse_notifications\":{},\"faults_dropped\":{},\"at_ms\":{}}}",

@@ -28,13 +28,19 @@ pub trait Handler: 'static {
     type State: Serialize + DeserializeOwned + Default;
     /// The messages processes of this application send each other.
     type Message: Serialize + DeserializeOwned;
+    /// The requests clients outside Ken send this process (`()` if it serves none). A request
+    /// that does not decode as this type is answered with an error and not applied
+    /// ([`crate::ClientError::BadRequest`] at the client); the handler never sees it.
+    type Request: Serialize + DeserializeOwned;
+    /// The answer to a [`Handler::Request`], given with [`Turn::reply`] (`()` if none).
+    type Reply: Serialize + DeserializeOwned;
 
     /// Runs one turn. Must not block, must not do I/O of its own.
     fn on_turn(
         &self,
         state: &mut Self::State,
-        turn: &mut Turn<'_, Self::Message>,
-        input: Input<Self::Message>,
+        turn: &mut Turn<'_, Self::Message, Self::Reply>,
+        input: Input<Self::Message, Self::Request>,
     );
 
     /// Called only on committed state with nothing in flight (every outbox empty): returns
@@ -45,10 +51,10 @@ pub trait Handler: 'static {
     }
 }
 
-/// The one input of a turn.
+/// The one input of a turn: `M` is the handler's message type, `Q` its client request type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Input<M> {
+pub enum Input<M, Q = ()> {
     /// The first turn of a fresh process (its store was just created).
     Start,
     /// A message from a peer, delivered exactly once and in order per sender.
@@ -64,7 +70,7 @@ pub enum Input<M> {
     Request {
         client: crate::ClientId,
         request_no: u64,
-        request: Vec<u8>,
+        request: Q,
     },
     /// A FUSE group this process belongs to failed. Heard exactly once per group.
     FuseFailure { group: crate::GroupId },
@@ -112,8 +118,9 @@ pub(crate) trait PeerView {
     fn outbox_depth(&self, id: &ProcessId) -> usize;
 }
 
-/// The context of one turn. Created by the engine, handed to [`Handler::on_turn`].
-pub struct Turn<'a, M> {
+/// The context of one turn. Created by the engine, handed to [`Handler::on_turn`]. `M` is
+/// the handler's message type, `R` the type of its replies to clients.
+pub struct Turn<'a, M, R = ()> {
     pub(crate) now: Time,
     pub(crate) id: &'a ProcessId,
     pub(crate) turn_no: u64,
@@ -121,10 +128,10 @@ pub struct Turn<'a, M> {
     pub(crate) peers: &'a dyn PeerView,
     pub(crate) rng: &'a mut ChaCha8Rng,
     pub(crate) effects: Effects,
-    pub(crate) _message: PhantomData<fn(M)>,
+    pub(crate) _types: PhantomData<fn(M, R)>,
 }
 
-impl<M> std::fmt::Debug for Turn<'_, M> {
+impl<M, R> std::fmt::Debug for Turn<'_, M, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Turn")
             .field("id", self.id)
@@ -134,7 +141,7 @@ impl<M> std::fmt::Debug for Turn<'_, M> {
     }
 }
 
-impl<'a, M: Serialize> Turn<'a, M> {
+impl<'a, M: Serialize, R: Serialize> Turn<'a, M, R> {
     /// The time of this turn, handed in by the runtime (wall clock in production).
     pub fn now(&self) -> Time {
         self.now
@@ -218,25 +225,22 @@ impl<'a, M: Serialize> Turn<'a, M> {
         self.effects.emits.push(line.into());
     }
 
-    /// Answers the client request this turn is running (an empty reply if never called).
-    /// The reply is cached durably with the turn and sent once it commits; a retry of the
-    /// request gets the cached reply. Ignored in turns that are not requests. A reply larger
-    /// than [`limits::REPLY_BYTES_MAX`] is refused (nothing recorded): answer with something
-    /// smaller, such as an error.
-    pub fn reply(&mut self, reply: Vec<u8>) -> Result<(), SendError> {
-        if reply.len() > limits::REPLY_BYTES_MAX {
+    /// Answers the client request this turn is running. The reply is cached durably with
+    /// the turn and sent once it commits; a retry of the request gets the cached reply.
+    /// Ignored in turns that are not requests; a request turn that never replies answers
+    /// with an empty body, which the client decodes only if `R` is `()`. A reply encoding
+    /// to more than [`limits::REPLY_BYTES_MAX`] bytes is refused (nothing recorded): answer
+    /// with something smaller, such as an error.
+    pub fn reply(&mut self, reply: &R) -> Result<(), SendError> {
+        let bytes = ken_store::codec::encode(reply);
+        if bytes.len() > limits::REPLY_BYTES_MAX {
             return Err(SendError::TooLarge {
-                bytes: reply.len(),
+                bytes: bytes.len(),
                 max_bytes: limits::REPLY_BYTES_MAX,
             });
         }
-        self.effects.reply = Some(reply);
+        self.effects.reply = Some(bytes);
         Ok(())
-    }
-
-    /// [`Turn::reply`] with a serde value, encoded with the codec.
-    pub fn reply_with<R: Serialize + ?Sized>(&mut self, reply: &R) -> Result<(), SendError> {
-        self.reply(ken_store::codec::encode(reply))
     }
 
     /// Creates a FUSE group of `members` (this process is always a member). Every member
@@ -301,7 +305,7 @@ impl<'a, M: Serialize> Turn<'a, M> {
     ///
     /// # Panics
     /// If `name` is empty or longer than [`limits::TABLE_NAME_BYTES_MAX`].
-    pub fn table(&mut self, name: &str) -> Table<'_, 'a, M> {
+    pub fn table(&mut self, name: &str) -> Table<'_, 'a, M, R> {
         assert!(
             !name.is_empty() && name.len() <= limits::TABLE_NAME_BYTES_MAX,
             "table name must be 1 to {} bytes",
@@ -368,18 +372,18 @@ impl<'a, M: Serialize> Turn<'a, M> {
 
 /// A durable table seen from a turn. Keys are bytes (at most
 /// [`limits::TABLE_KEY_BYTES_MAX`]); values are serde types encoded with bincode.
-pub struct Table<'t, 'a, M> {
-    turn: &'t mut Turn<'a, M>,
+pub struct Table<'t, 'a, M, R = ()> {
+    turn: &'t mut Turn<'a, M, R>,
     name: String,
 }
 
-impl<M> std::fmt::Debug for Table<'_, '_, M> {
+impl<M, R> std::fmt::Debug for Table<'_, '_, M, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Table").field("name", &self.name).finish()
     }
 }
 
-impl<M: Serialize> Table<'_, '_, M> {
+impl<M: Serialize, R: Serialize> Table<'_, '_, M, R> {
     /// The value at `key`, if any. A value that cannot be read or decoded stops the process
     /// after this turn (the turn is discarded) with an error naming the table and key.
     pub fn get<V: DeserializeOwned>(&mut self, key: impl AsRef<[u8]>) -> Option<V> {

@@ -8,11 +8,19 @@
 //! instant, followed by a restart, is invisible to its peers: no message lost, none
 //! processed twice, no output from a turn that was rolled back.
 //!
-//! The crate has three layers:
-//! - [`Handler`] and [`Turn`]: what an application implements and what a turn may do.
-//! - [`engine`]: the protocol as a state machine with no I/O (events in, commands out).
-//! - [`driver`]: the tokio runtime wiring an engine to a store and a UDP endpoint:
-//!   [`run`].
+//! What an application uses, all at the top level of this crate:
+//! - [`Handler`], [`Input`], [`Turn`] (and [`Table`]): what an application implements, what
+//!   a turn receives, and everything a turn may do.
+//! - [`run`] with a [`Config`] (and [`Tuning`]): runs a process until it finishes or fails
+//!   ([`RunError`]).
+//! - [`Client`] / [`BlockingClient`]: exactly-once requests from programs outside Ken,
+//!   typed by the handler's [`Handler::Request`] and [`Handler::Reply`].
+//! - [`limits`]: every limit and default, with its value.
+//!
+//! Below that, for hosts, simulations and tools rather than applications: [`engine`], the
+//! protocol as a state machine with no I/O (events in, commands out), which [`run`] drives
+//! with tokio, a SQLite store and a UDP socket; and [`crash`], the crash points torture
+//! harnesses arm (`KEN_CRASH_AT`).
 //!
 //! ```
 //! use ken::{Handler, Input, Turn};
@@ -30,6 +38,8 @@
 //! impl Handler for Counter {
 //!     type State = State;
 //!     type Message = Msg;
+//!     type Request = (); // no clients
+//!     type Reply = ();
 //!     fn on_turn(&self, state: &mut State, turn: &mut Turn<'_, Msg>, input: Input<Msg>) {
 //!         if let Input::Message { from, message: Msg::Ping, .. } = input {
 //!             state.pings += 1;
@@ -41,9 +51,9 @@
 
 pub mod client;
 pub mod crash;
-pub mod driver;
+mod driver;
 pub mod engine;
-pub mod handler;
+mod handler;
 pub mod limits;
 mod time;
 mod tuning;
@@ -51,10 +61,9 @@ mod tuning;
 pub use client::{BlockingClient, Client, ClientError, ClientId, ClientOptions};
 pub use driver::{run, Config, Exit, RunError};
 pub use engine::fuse::{FuseError, GroupId, GroupState};
-pub use engine::{BatchId, Command, Engine, EngineConfig, EngineError, EngineStats};
 pub use handler::{Handler, Input, SendError, Table, Turn};
 pub use ken_store as store;
 pub use ken_transport as transport;
 pub use ken_transport::{Incarnation, ProcessId, Seq};
 pub use time::Time;
-pub use tuning::Tuning;
+pub use tuning::{Tuning, TuningError};

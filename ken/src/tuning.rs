@@ -20,10 +20,27 @@ pub struct Tuning {
     pub fuse_t_fail: Duration,
     /// FUSE creation timeout: a group not confirmed by every member within this fails.
     pub fuse_create_timeout: Duration,
-    /// TEST ONLY. Releases each turn's outputs before its batch commits, breaking output
-    /// validity on purpose, so that negative controls can prove the checkers catch it. Set
-    /// by the environment variable `KEN_UNSAFE_RELEASE_BEFORE_COMMIT=1` in real processes.
+    /// TEST ONLY, and only in builds with the cargo feature `unsafe-release-before-commit`
+    /// (off by default; only the negative controls turn it on): releases each turn's outputs
+    /// before its batch commits, breaking output validity on purpose, so that negative
+    /// controls can prove the checkers catch it. In such builds the environment variable
+    /// `KEN_UNSAFE_RELEASE_BEFORE_COMMIT=1` sets it in real processes. A build without the
+    /// feature has neither the field nor the variable: nothing can switch it into this mode.
+    #[cfg(feature = "unsafe-release-before-commit")]
     pub release_before_commit: bool,
+}
+
+/// Why a [`Tuning`] was refused. Nothing was started.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TuningError {
+    /// An environment variable that overrides a knob is not a positive whole number of
+    /// milliseconds.
+    #[error("{name}={value:?}: expected a positive number of milliseconds")]
+    BadEnv { name: &'static str, value: String },
+    /// A knob is zero, or two knobs do not relate as they must; the text says which.
+    #[error("{0}")]
+    Relation(&'static str),
 }
 
 impl Default for Tuning {
@@ -39,6 +56,7 @@ impl Default for Tuning {
             fuse_heartbeat: limits::FUSE_HEARTBEAT,
             fuse_t_fail: limits::FUSE_T_FAIL,
             fuse_create_timeout: limits::FUSE_CREATE_TIMEOUT,
+            #[cfg(feature = "unsafe-release-before-commit")]
             release_before_commit: false,
         }
     }
@@ -58,14 +76,20 @@ impl Tuning {
     ///
     /// # Errors
     /// A variable that is not a positive whole number of milliseconds (named in the message).
-    pub fn apply_env(&mut self) -> Result<(), String> {
+    pub fn apply_env(&mut self) -> Result<(), TuningError> {
         for (i, name) in FUSE_ENV.iter().enumerate() {
             let Ok(v) = std::env::var(name) else {
                 continue;
             };
-            let ms: u64 = v.trim().parse().ok().filter(|ms| *ms > 0).ok_or_else(|| {
-                format!("{name}={v:?}: expected a positive number of milliseconds")
-            })?;
+            let ms: u64 =
+                v.trim()
+                    .parse()
+                    .ok()
+                    .filter(|ms| *ms > 0)
+                    .ok_or_else(|| TuningError::BadEnv {
+                        name,
+                        value: v.clone(),
+                    })?;
             let d = Duration::from_millis(ms);
             match i {
                 0 => self.fuse_heartbeat = d,
@@ -90,7 +114,7 @@ impl Tuning {
     ///
     /// # Errors
     /// The first relation that does not hold, in words.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), TuningError> {
         let rules = [
             (self.batch_turns_max > 0, "batch_turns_max must be positive"),
             (
@@ -121,8 +145,25 @@ impl Tuning {
             ),
         ];
         match rules.iter().find(|(ok, _)| !ok) {
-            Some((_, why)) => Err((*why).to_string()),
+            Some((_, why)) => Err(TuningError::Relation(why)),
             None => Ok(()),
+        }
+    }
+
+    /// True if this build has the test-only release-before-commit switch (the cargo feature
+    /// `unsafe-release-before-commit`). False in every build a user deploys.
+    pub const RELEASE_BEFORE_COMMIT_COMPILED: bool = cfg!(feature = "unsafe-release-before-commit");
+
+    /// True if turns' outputs leave before their commit (the test-only switch is compiled in
+    /// and on). Always false without the feature.
+    pub fn releases_before_commit(&self) -> bool {
+        #[cfg(feature = "unsafe-release-before-commit")]
+        {
+            self.release_before_commit
+        }
+        #[cfg(not(feature = "unsafe-release-before-commit"))]
+        {
+            false
         }
     }
 }
@@ -139,7 +180,7 @@ mod tests {
             fuse_t_fail: Duration::from_millis(1000),
             ..Tuning::default()
         };
-        let e = bad.check().unwrap_err();
+        let e = bad.check().unwrap_err().to_string();
         assert!(e.contains("two heartbeats per T_fail"), "{e}");
     }
 }

@@ -74,12 +74,14 @@ pub mod bench;
 pub mod codec;
 #[doc = include_str!("../FORMAT.md")]
 pub mod format {}
+mod access;
 mod error;
 mod reader;
 mod schema;
 mod store;
 pub mod vfs;
 
+pub use access::lock_path;
 pub use error::{CommitError, OpenError, ReadError};
 pub use reader::{
     FileSizes, KeyValue, Meta, OutboxStats, Problem, Reader, TableStats,
@@ -87,8 +89,8 @@ pub use reader::{
     VERIFY_PAGE_ROWS,
 };
 pub use store::{
-    lock_path, Store, JOURNAL_SIZE_LIMIT_BYTES, MAX_BATCH_ROWS, MAX_BODY_BYTES, MAX_KEY_BYTES,
-    MAX_NAME_BYTES, OWNER_BUSY_TIMEOUT,
+    Store, JOURNAL_SIZE_LIMIT_BYTES, MAX_BATCH_ROWS, MAX_BODY_BYTES, MAX_KEY_BYTES, MAX_NAME_BYTES,
+    OWNER_BUSY_TIMEOUT,
 };
 
 /// The store file format version this build writes and reads.

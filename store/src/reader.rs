@@ -27,10 +27,13 @@ use std::time::Duration;
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
+use crate::access::{
+    classify, lock_holder, lock_path, query_decode, read_meta_rows, SQL_CLIENTS, SQL_GROUPS,
+    SQL_PEERS, SQL_TIMERS,
+};
 use crate::codec;
 use crate::error::{OpenError, ReadError};
 use crate::schema::{self, MetaProblem};
-use crate::store::{classify, lock_holder, lock_path, query_decode, read_meta_rows};
 use crate::{ClientRow, Corrupted, GroupRow, OutboxRow, PeerRow, TimerRow, TurnLogEntry};
 
 /// How long a reader query waits on a lock held briefly by the owner or by another reader
@@ -49,12 +52,6 @@ pub const VERIFY_MAX_PROBLEMS: usize = 1000;
 
 /// Rows of `PRAGMA integrity_check` output [`Reader::verify`] asks for.
 pub const INTEGRITY_CHECK_MAX_ERRORS: u32 = 100;
-
-pub(crate) const SQL_PEERS: &str = "SELECT peer, record FROM peers ORDER BY peer";
-pub(crate) const SQL_TIMERS: &str = "SELECT name, due_ms, payload FROM timers ORDER BY name";
-pub(crate) const SQL_CLIENTS: &str =
-    "SELECT client, request_no, updated_ms, reply FROM clients ORDER BY client";
-pub(crate) const SQL_GROUPS: &str = "SELECT group_id, record FROM fuse_groups ORDER BY group_id";
 
 /// One table row as returned by [`Reader::table_scan`]: (key, value).
 pub type KeyValue = (Vec<u8>, Vec<u8>);
@@ -319,7 +316,7 @@ impl Reader {
 
     /// One row of application table `table` (one query).
     pub fn table_get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
-        crate::store::table_get(&self.conn, table, key)
+        crate::access::table_get(&self.conn, table, key)
     }
 
     /// Up to `limit` (at most [`MAX_SCAN_ROWS`]) rows of `table` whose key starts with

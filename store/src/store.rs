@@ -15,13 +15,17 @@
 //!   successful `COMMIT`, so they always equal what is durable.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
+use crate::access::{
+    classify, lock_holder, lock_path, meta_or_open_error, query_decode, read_meta_rows,
+    sqlite_open_err, table_get,
+};
 use crate::codec::{self, seal};
 use crate::error::{CommitError, OpenError, ReadError};
 use crate::schema::{self, sql_u64};
@@ -51,13 +55,6 @@ pub const JOURNAL_SIZE_LIMIT_BYTES: i64 = 64 << 20;
 
 /// Prepared-statement cache size: every statement commit and recovery use, with room.
 const STATEMENT_CACHE_CAPACITY: usize = 64;
-
-/// The path of the owner lock file of the store at `path`: `<path>.lock`.
-pub fn lock_path(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".lock");
-    PathBuf::from(name)
-}
 
 /// The owning handle of a store. Not `Sync`: the runtime drives it from one thread.
 ///
@@ -93,13 +90,6 @@ struct TurnLogPlan {
     /// Rows appended: (first turn, entries).
     added: Vec<(u64, u64)>,
     entries: u64,
-}
-
-fn sqlite_open_err(path: &Path) -> impl Fn(rusqlite::Error) -> OpenError + '_ {
-    move |e| OpenError::Sqlite {
-        path: path.to_path_buf(),
-        detail: e.to_string(),
-    }
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> OpenError + '_ {
@@ -149,13 +139,6 @@ fn take_owner_lock(path: &Path) -> Result<File, OpenError> {
     Ok(file)
 }
 
-/// Reads the pid an owner wrote into a lock file, for messages.
-pub(crate) fn lock_holder(lock_path: &Path) -> Option<u32> {
-    let mut text = String::new();
-    File::open(lock_path).ok()?.read_to_string(&mut text).ok()?;
-    text.trim().parse().ok()
-}
-
 fn fsync_dir(path: &Path) -> Result<(), OpenError> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -164,78 +147,6 @@ fn fsync_dir(path: &Path) -> Result<(), OpenError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err(dir))
-}
-
-/// Reads all `meta` rows (one query).
-pub(crate) fn read_meta_rows(conn: &Connection) -> rusqlite::Result<Vec<(String, Vec<u8>)>> {
-    let mut stmt = conn.prepare_cached("SELECT key, value FROM meta")?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    rows.collect()
-}
-
-/// Decodes the meta rows, turning the problems into open errors.
-pub(crate) fn meta_or_open_error(
-    path: &Path,
-    rows: &[(String, Vec<u8>)],
-) -> Result<schema::MetaValues, OpenError> {
-    schema::decode_meta(rows).map_err(|p| match p {
-        schema::MetaProblem::NotKen(detail) => OpenError::NotAKenStore {
-            path: path.to_path_buf(),
-            detail,
-        },
-        schema::MetaProblem::Newer(found) => OpenError::NewerFormat {
-            found,
-            supported: FORMAT_VERSION,
-        },
-        schema::MetaProblem::Older(found) => OpenError::OlderFormat {
-            found,
-            supported: FORMAT_VERSION,
-        },
-        schema::MetaProblem::Corrupted(c) => OpenError::Corrupted(c),
-    })
-}
-
-/// Classifies an opened file without writing to it: `Ok(None)` for a database with no
-/// tables at all, `Ok(Some(meta))` for a Ken store this build reads, else the reason not.
-pub(crate) fn classify(
-    conn: &Connection,
-    path: &Path,
-) -> Result<Option<schema::MetaValues>, OpenError> {
-    let tables: Vec<String> = conn
-        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table'")
-        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
-        .map_err(|e| match e.sqlite_error_code() {
-            Some(rusqlite::ErrorCode::NotADatabase) => OpenError::NotAKenStore {
-                path: path.to_path_buf(),
-                detail: "not an SQLite database".to_string(),
-            },
-            _ => sqlite_open_err(path)(e),
-        })?;
-    if tables.is_empty() {
-        return Ok(None);
-    }
-    if !tables.iter().any(|t| t == "meta") {
-        return Err(OpenError::NotAKenStore {
-            path: path.to_path_buf(),
-            detail: "an SQLite database without Ken's `meta` table".to_string(),
-        });
-    }
-    let rows = read_meta_rows(conn).map_err(|e| OpenError::NotAKenStore {
-        path: path.to_path_buf(),
-        detail: format!("its `meta` table is not Ken's: {e}"),
-    })?;
-    let meta = meta_or_open_error(path, &rows)?;
-    if let Some(missing) = schema::TABLES
-        .iter()
-        .find(|t| !tables.iter().any(|have| have == *t))
-    {
-        return Err(OpenError::Corrupted(crate::Corrupted {
-            table: missing.to_string(),
-            key: String::new(),
-            detail: "the table is missing".to_string(),
-        }));
-    }
-    Ok(Some(meta))
 }
 
 impl Store {
@@ -667,7 +578,7 @@ fn recover(
     };
     let peers = query_decode(
         &tx,
-        crate::reader::SQL_PEERS,
+        crate::access::SQL_PEERS,
         [],
         |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)),
         |(peer, record)| schema::decode_peer(peer, &record),
@@ -690,7 +601,7 @@ fn recover(
     .map_err(|e| read_to_open(path, e))?;
     let timers = query_decode(
         &tx,
-        crate::reader::SQL_TIMERS,
+        crate::access::SQL_TIMERS,
         [],
         |r| {
             Ok((
@@ -704,7 +615,7 @@ fn recover(
     .map_err(|e| read_to_open(path, e))?;
     let clients = query_decode(
         &tx,
-        crate::reader::SQL_CLIENTS,
+        crate::access::SQL_CLIENTS,
         [],
         |r| {
             Ok((
@@ -721,7 +632,7 @@ fn recover(
     .map_err(|e| read_to_open(path, e))?;
     let groups = query_decode(
         &tx,
-        crate::reader::SQL_GROUPS,
+        crate::access::SQL_GROUPS,
         [],
         |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)),
         |(group, record)| schema::decode_group(&group, &record),
@@ -770,51 +681,6 @@ fn read_to_open(path: &Path, e: ReadError) -> OpenError {
             path: path.to_path_buf(),
             detail: other.to_string(),
         },
-    }
-}
-
-/// Runs one query, collects the raw rows (ending the statement, and so the implicit read
-/// transaction when there is no explicit one), then decodes each row.
-pub(crate) fn query_decode<P, R, T, F, D>(
-    conn: &Connection,
-    sql: &str,
-    params: P,
-    raw: F,
-    decode: D,
-) -> Result<Vec<T>, ReadError>
-where
-    P: rusqlite::Params,
-    F: FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<R>,
-    D: FnMut(R) -> Result<T, crate::Corrupted>,
-{
-    let rows: Vec<R> = {
-        let mut stmt = conn.prepare_cached(sql)?;
-        let rows = stmt.query_map(params, raw)?;
-        rows.collect::<rusqlite::Result<_>>()?
-    };
-    Ok(rows.into_iter().map(decode).collect::<Result<_, _>>()?)
-}
-
-/// One row of an application table (one query).
-pub(crate) fn table_get(
-    conn: &Connection,
-    table: &str,
-    key: &[u8],
-) -> Result<Option<Vec<u8>>, ReadError> {
-    let value: Option<Vec<u8>> = conn
-        .prepare_cached("SELECT value FROM kv WHERE tbl = ?1 AND key = ?2")?
-        .query_row((table, key), |r| r.get(0))
-        .optional()?;
-    match value {
-        None => Ok(None),
-        Some(bytes) => {
-            let body = codec::unseal(
-                &schema::kv_table_name(table),
-                &codec::printable_key(key),
-                &bytes,
-            )?;
-            Ok(Some(body.to_vec()))
-        }
     }
 }
 

@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ken::{BlockingClient, ClientError, ClientId, ClientOptions};
-use ken_apps::kv::{self, Reply, Request};
+use ken_apps::kv::{Reply, Request};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -467,7 +467,7 @@ pub fn run(binary: &Path, scenario: &Scenario, seed: u64) -> std::io::Result<Out
         for i in 0..scenario.counters {
             let key = counter_key(i);
             let request = Request::Get { key: key.clone() };
-            let (result, _) = kv::call_until_answered(&mut reader, shared.server(), &request, 30);
+            let (result, _) = reader.call_until_answered(shared.server(), &request, 30);
             let found = match result {
                 Ok(Reply::Value(None)) => 0,
                 Ok(Reply::Value(Some(v))) => match v.parse::<i64>() {
@@ -588,7 +588,7 @@ fn client_thread(
         log.requests += 1;
         shared.requests.fetch_add(1, Ordering::Relaxed);
         let (result, timeouts) =
-            kv::call_until_answered(&mut client, shared.server(), &request, per_request_attempts);
+            client.call_until_answered(shared.server(), &request, per_request_attempts);
         log.timeouts += u64::from(timeouts);
         let reply = match result {
             Ok(reply) => reply,
@@ -655,7 +655,7 @@ fn client_thread(
     }
     for (key, value) in std::mem::take(&mut log.acked_puts) {
         let request = Request::Get { key: key.clone() };
-        let (result, _) = kv::call_until_answered(&mut client, shared.server(), &request, 30);
+        let (result, _) = client.call_until_answered(shared.server(), &request, 30);
         match result {
             Ok(Reply::Value(found)) if found.as_deref() == Some(value.as_str()) => {}
             Ok(Reply::Value(found)) => log.violations.push(Violation::LostPut {

@@ -91,6 +91,9 @@ pub fn app_binary(package: &str, name: &str) -> PathBuf {
         .arg("--manifest-path")
         .arg(workspace.join("Cargo.toml"))
         .args(["-p", package, "--bin", name, "--profile", &profile])
+        // The negative controls need the test-only release-before-commit switch, which only
+        // test builds compile in.
+        .args(["--features", "ken/unsafe-release-before-commit"])
         .arg("--target-dir")
         .arg(target_dir);
     match cmd.status() {

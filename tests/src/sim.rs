@@ -23,9 +23,10 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 
 use ken::engine::{BatchId, Command};
+use ken::engine::{Engine, EngineConfig};
 use ken::store::{Batch, Store};
 use ken::transport::{Frame, FrameKind};
-use ken::{Engine, EngineConfig, Handler, ProcessId, Time, Tuning};
+use ken::{Handler, ProcessId, Time, Tuning};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

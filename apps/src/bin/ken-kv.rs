@@ -30,7 +30,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
-use ken::{BlockingClient, ClientError, ClientId, ClientOptions, ProcessId};
+use ken::{ClientError, ClientId, ClientOptions, ProcessId};
 use ken_apps::cli;
 use ken_apps::kv::{self, Kv, Reply, Request};
 use serde_json::json;
@@ -176,8 +176,8 @@ fn call(request: &Request, args: &ClientArgs) -> Result<Reply, ClientError> {
         deadline: Duration::from_millis(args.deadline_ms),
         ..ClientOptions::default()
     };
-    let mut client = BlockingClient::with_id(ClientId::random(), 1, options)?;
-    kv::call(&mut client, args.server, request)
+    let mut client = kv::KvClient::with_id(ClientId::random(), 1, options)?;
+    client.call(args.server, request)
 }
 
 /// Prints `reply` and returns the exit code: 0, except 1 for an error reply and 3 for a

@@ -1182,6 +1182,8 @@ mod tests {
     impl Handler for Member {
         type State = MemberState;
         type Message = ();
+        type Request = ();
+        type Reply = ();
         fn on_turn(&self, s: &mut MemberState, turn: &mut Turn<'_, ()>, input: Input<()>) {
             match input {
                 Input::Start if turn.id().as_str() == "a" => {

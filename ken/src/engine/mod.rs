@@ -117,6 +117,9 @@ pub struct EngineStats {
     pub requests_too_old: u64,
     /// Requests refused (the reply cache is full of recently active clients).
     pub requests_refused: u64,
+    /// Requests whose payload did not decode as the handler's request type (answered
+    /// `BadRequest`, not applied).
+    pub requests_undecodable: u64,
     /// FUSE failure notifications delivered to the handler.
     pub fuse_notifications: u64,
     pub fuse_messages_sent: u64,
@@ -506,7 +509,7 @@ impl<H: Handler> Engine<H> {
             assert!(*next_seq <= p.next_seq && *delivered <= p.delivered);
             // (Under the test-only early-release switch the counters ran ahead already.)
             assert!(
-                self.tuning.release_before_commit
+                self.tuning.releases_before_commit()
                     || (*next_seq >= p.committed_next_seq && *delivered >= p.delivered_committed)
             );
             p.committed_next_seq = p.committed_next_seq.max(*next_seq);
@@ -781,10 +784,23 @@ impl<H: Handler> Engine<H> {
             self.send_client(client, n, FrameKind::ClientReply, body);
             return;
         }
+        let request = match ken_store::codec::decode::<H::Request>(&frame.payload) {
+            Ok(request) => request,
+            Err(e) => {
+                // Not applied and not cached: no turn ran. A client of another application
+                // (or of a newer version) learns why at once instead of timing out.
+                self.stats.requests_undecodable += 1;
+                let body = ken_store::codec::encode(&ReplyBody::BadRequest(format!(
+                    "the request does not decode as this process's request type: {e}"
+                )));
+                self.send_client(client, n, FrameKind::ClientReply, body);
+                return;
+            }
+        };
         let input = Input::Request {
             client,
             request_no: n,
-            request: frame.payload,
+            request,
         };
         let Some(reply) = self.run_turn(now, input, "request", client.to_string(), n) else {
             return;
@@ -809,7 +825,7 @@ impl<H: Handler> Engine<H> {
                 updated_ms: now.as_millis(),
             }));
         self.filling.replies.push((client, n, body));
-        if self.tuning.release_before_commit {
+        if self.tuning.releases_before_commit() {
             self.release_before_commit(now);
         }
     }
@@ -989,7 +1005,7 @@ impl<H: Handler> Engine<H> {
     fn run_turn(
         &mut self,
         now: Time,
-        input: Input<H::Message>,
+        input: Input<H::Message, H::Request>,
         kind: &str,
         source: String,
         seq: u64,
@@ -1000,7 +1016,7 @@ impl<H: Handler> Engine<H> {
         let span = tracing::trace_span!("turn", process = %self.id, turn = turn_no, kind);
         let _guard = span.enter();
         let view = PeerDepths(&self.peers);
-        let mut turn: Turn<'_, H::Message> = Turn {
+        let mut turn: Turn<'_, H::Message, H::Reply> = Turn {
             now,
             id: &self.id,
             turn_no,
@@ -1008,7 +1024,7 @@ impl<H: Handler> Engine<H> {
             peers: &view,
             rng: &mut self.rng,
             effects: Effects::default(),
-            _message: PhantomData,
+            _types: PhantomData,
         };
         self.handler.on_turn(&mut self.state, &mut turn, input);
         let effects = turn.effects;
@@ -1100,7 +1116,7 @@ impl<H: Handler> Engine<H> {
         self.filling.bytes += bytes_written;
         self.filling.nonempty = true;
         self.stats.turns += 1;
-        if self.tuning.release_before_commit {
+        if self.tuning.releases_before_commit() {
             self.release_before_commit(now);
         }
         Some(effects.reply.unwrap_or_default())

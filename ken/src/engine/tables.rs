@@ -7,6 +7,8 @@
 
 use std::collections::HashMap;
 
+use ken_store::ReadError;
+
 use super::BatchId;
 
 /// Table rows: (key, value) pairs in key order, values unsealed codec bodies.
@@ -17,25 +19,23 @@ pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 pub trait TableSource: Send {
     /// The committed value (a codec body, unsealed) of `key` in `table`, if any. An error
     /// (I/O, a corrupt record) stops the process.
-    fn get(&mut self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, String>;
+    fn get(&mut self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError>;
 
     /// Up to `limit` committed rows of `table` whose key starts with `prefix`, in key order.
-    fn scan(&mut self, table: &str, prefix: &[u8], limit: u32) -> Result<Rows, String>;
+    fn scan(&mut self, table: &str, prefix: &[u8], limit: u32) -> Result<Rows, ReadError>;
 }
 
 impl TableSource for ken_store::Reader {
-    fn get(&mut self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
-        self.table_get(table, key).map_err(|e| e.to_string())
+    fn get(&mut self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
+        self.table_get(table, key)
     }
 
-    fn scan(&mut self, table: &str, prefix: &[u8], limit: u32) -> Result<Rows, String> {
+    fn scan(&mut self, table: &str, prefix: &[u8], limit: u32) -> Result<Rows, ReadError> {
         let mut rows = Vec::new();
         let mut after: Option<Vec<u8>> = None;
         while (rows.len() as u32) < limit {
             let want = (limit - rows.len() as u32).min(ken_store::MAX_SCAN_ROWS);
-            let page = self
-                .table_scan(table, prefix, after.as_deref(), want)
-                .map_err(|e| e.to_string())?;
+            let page = self.table_scan(table, prefix, after.as_deref(), want)?;
             let done = (page.len() as u32) < want;
             after = page.last().map(|(k, _)| k.clone());
             rows.extend(page);
@@ -52,11 +52,11 @@ impl TableSource for ken_store::Reader {
 pub struct EmptyTables;
 
 impl TableSource for EmptyTables {
-    fn get(&mut self, _table: &str, _key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    fn get(&mut self, _table: &str, _key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
         Ok(None)
     }
 
-    fn scan(&mut self, _table: &str, _prefix: &[u8], _limit: u32) -> Result<Rows, String> {
+    fn scan(&mut self, _table: &str, _prefix: &[u8], _limit: u32) -> Result<Rows, ReadError> {
         Ok(Vec::new())
     }
 }
@@ -87,7 +87,7 @@ impl TableOverlay {
     }
 
     /// The newest value of `key`: uncommitted writes first, then the store.
-    pub fn get(&mut self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    pub fn get(&mut self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
         if let Some((_, v)) = self.layers.get(table).and_then(|l| l.get(key)) {
             return Ok(v.clone());
         }
@@ -96,7 +96,7 @@ impl TableOverlay {
 
     /// Up to `limit` rows of `table` with keys starting with `prefix`, newest values, in key
     /// order: the store's rows merged with uncommitted writes (deletes hide rows).
-    pub fn scan(&mut self, table: &str, prefix: &[u8], limit: u32) -> Result<Rows, String> {
+    pub fn scan(&mut self, table: &str, prefix: &[u8], limit: u32) -> Result<Rows, ReadError> {
         let layer: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = self
             .layers
             .get(table)

@@ -15,6 +15,8 @@ struct Started(bool);
 impl Handler for Once {
     type State = Started;
     type Message = ();
+    type Request = ();
+    type Reply = ();
     fn on_turn(&self, s: &mut Started, _turn: &mut Turn<'_, ()>, input: Input<()>) {
         if let Input::Start = input {
             s.0 = true;

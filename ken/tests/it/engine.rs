@@ -4,9 +4,10 @@ use std::time::Duration;
 
 use ken::engine::tables::EmptyTables;
 use ken::engine::Command;
+use ken::engine::{Engine, EngineConfig};
 use ken::store::{Batch, OutboxRow, PeerRow, Recovered, TimerRow};
 use ken::transport::{Frame, FrameKind};
-use ken::{Engine, EngineConfig, Handler, Incarnation, Input, ProcessId, Seq, Time, Tuning, Turn};
+use ken::{Handler, Incarnation, Input, ProcessId, Seq, Time, Tuning, Turn};
 use serde::{Deserialize, Serialize};
 
 const INC_A: u64 = 0xAAAA;
@@ -27,8 +28,15 @@ struct EchoState {
 impl Handler for Echo {
     type State = EchoState;
     type Message = u64;
+    type Request = Vec<u8>;
+    type Reply = Vec<u8>;
 
-    fn on_turn(&self, state: &mut EchoState, turn: &mut Turn<'_, u64>, input: Input<u64>) {
+    fn on_turn(
+        &self,
+        state: &mut EchoState,
+        turn: &mut Turn<'_, u64, Vec<u8>>,
+        input: Input<u64, Vec<u8>>,
+    ) {
         match input {
             Input::Start if self.hit_first => turn.send(&pid("b"), &1).unwrap(),
             Input::Message { from, message, .. } => {
@@ -42,7 +50,7 @@ impl Handler for Echo {
                 state.got.push(("client".into(), request.len() as u64));
                 let mut r = request;
                 r.reverse();
-                turn.reply(r).unwrap();
+                turn.reply(&r).unwrap();
             }
             _ => {}
         }
@@ -567,6 +575,9 @@ fn undecodable_messages_are_consumed_logged_and_acknowledged() {
     assert_eq!(b.stats().undecodable_messages, 1);
 }
 
+/// Compiled only with the test-only feature (on in `cargo test --workspace`, where the test
+/// crates turn it on; `cargo test -p ken --features unsafe-release-before-commit` alone).
+#[cfg(feature = "unsafe-release-before-commit")]
 #[test]
 fn release_before_commit_switch_breaks_output_commit() {
     // The negative control: with the test-only switch, the frame leaves before the commit.
@@ -608,6 +619,8 @@ fn finished_waits_for_commit_and_acknowledgements() {
     impl Handler for Once {
         type State = u64;
         type Message = u64;
+        type Request = ();
+        type Reply = ();
         fn on_turn(&self, s: &mut u64, turn: &mut Turn<'_, u64>, input: Input<u64>) {
             if let Input::Start = input {
                 *s = 1;
@@ -653,8 +666,13 @@ fn request(client: ken::ClientId, n: u64, body: &[u8]) -> Frame {
         to_incarnation: Incarnation(0),
         seq: Seq(n),
         ack: Seq(0),
-        payload: body.to_vec(),
+        payload: ken::store::codec::encode(&body.to_vec()),
     }
+}
+
+/// The reply body of an applied request whose reply is `bytes` (the echo's `Vec<u8>`).
+fn ok(bytes: &[u8]) -> ken::client::ReplyBody {
+    ken::client::ReplyBody::Ok(ken::store::codec::encode(&bytes.to_vec()))
 }
 
 fn reply_of(cmds: &[Command]) -> Vec<(u64, ken::client::ReplyBody)> {
@@ -688,23 +706,17 @@ fn client_requests_apply_once_and_replies_leave_after_commit() {
     assert!(b.take_commands().is_empty());
     b.commit_done(t(4), id);
     let cmds = b.take_commands();
-    assert_eq!(reply_of(&cmds), vec![(1, ReplyBody::Ok(b"cba".to_vec()))]);
+    assert_eq!(reply_of(&cmds), vec![(1, ok(b"cba"))]);
     assert_eq!(sends(&cmds)[0].to, client.to_process_id());
     // A retry after: the cached reply, no turn, no commit.
     b.handle_frame(t(5), request(client, 1, b"abc"));
-    assert_eq!(
-        reply_of(&b.take_commands()),
-        vec![(1, ReplyBody::Ok(b"cba".to_vec()))]
-    );
+    assert_eq!(reply_of(&b.take_commands()), vec![(1, ok(b"cba"))]);
     assert_eq!(b.state().got.len(), 1, "applied once");
     // The next request applies; then the old one is too old.
     b.handle_frame(t(6), request(client, 2, b"xy"));
     let (id, _) = only_commit(b.take_commands());
     b.commit_done(t(7), id);
-    assert_eq!(
-        reply_of(&b.take_commands()),
-        vec![(2, ReplyBody::Ok(b"yx".to_vec()))]
-    );
+    assert_eq!(reply_of(&b.take_commands()), vec![(2, ok(b"yx"))]);
     b.handle_frame(t(8), request(client, 1, b"abc"));
     assert_eq!(
         reply_of(&b.take_commands()),
@@ -714,6 +726,44 @@ fn client_requests_apply_once_and_replies_leave_after_commit() {
     assert_eq!(b.stats().requests_applied, 2);
     assert_eq!(b.stats().requests_replayed, 1);
     assert_eq!(b.stats().requests_too_old, 1);
+}
+
+#[test]
+fn a_request_that_does_not_decode_is_answered_bad_request_and_not_applied() {
+    use ken::client::ReplyBody;
+    let client = ken::ClientId([8; 16]);
+    let mut b = fresh(
+        "b",
+        Echo {
+            hit_first: false,
+            reply: false,
+        },
+    );
+    b.start(t(0));
+    let (id, _) = only_commit(b.take_commands());
+    b.commit_done(t(1), id);
+    // A varint length far beyond the payload: not a `Vec<u8>`.
+    let mut frame = request(client, 1, b"");
+    frame.payload = vec![0xfc, 0xff, 0xff, 0xff, 0x7f];
+    b.handle_frame(t(2), frame);
+    let cmds = b.take_commands();
+    assert!(
+        !cmds.iter().any(|c| matches!(c, Command::Commit { .. })),
+        "no turn ran: {cmds:#?}"
+    );
+    match reply_of(&cmds).as_slice() {
+        [(1, ReplyBody::BadRequest(why))] => assert!(why.contains("decode"), "{why}"),
+        other => panic!("expected one BadRequest reply, got {other:?}"),
+    }
+    assert!(b.state().got.is_empty());
+    assert_eq!(b.stats().requests_undecodable, 1);
+    assert_eq!(b.stats().requests_applied, 0);
+    // Not cached: the same number with a good request is applied.
+    b.handle_frame(t(3), request(client, 1, b"ok"));
+    assert!(b
+        .take_commands()
+        .iter()
+        .any(|c| matches!(c, Command::Commit { .. })));
 }
 
 #[test]
@@ -727,7 +777,7 @@ fn the_reply_cache_survives_recovery() {
     rec.clients = vec![ken::store::ClientRow {
         client: client.0,
         request_no: 5,
-        reply: ken::store::codec::encode(&ReplyBody::Ok(b"five".to_vec())),
+        reply: ken::store::codec::encode(&ok(b"five")),
         updated_ms: 1,
     }];
     let mut b = engine_with(
@@ -743,10 +793,7 @@ fn the_reply_cache_survives_recovery() {
     b.start(t(0));
     assert!(b.take_commands().is_empty());
     b.handle_frame(t(1), request(client, 5, b"again"));
-    assert_eq!(
-        reply_of(&b.take_commands()),
-        vec![(5, ReplyBody::Ok(b"five".to_vec()))]
-    );
+    assert_eq!(reply_of(&b.take_commands()), vec![(5, ok(b"five"))]);
     b.handle_frame(t(1), request(client, 4, b"older"));
     assert_eq!(
         reply_of(&b.take_commands()),
@@ -768,6 +815,8 @@ enum Op {
 impl Handler for Tables {
     type State = Vec<String>;
     type Message = Vec<Op>;
+    type Request = ();
+    type Reply = ();
     fn on_turn(
         &self,
         state: &mut Vec<String>,
@@ -798,7 +847,7 @@ impl Handler for Tables {
 struct MapTables(std::collections::BTreeMap<Vec<u8>, Vec<u8>>);
 
 impl ken::engine::tables::TableSource for MapTables {
-    fn get(&mut self, _table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    fn get(&mut self, _table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, ken::store::ReadError> {
         Ok(self.0.get(key).cloned())
     }
     fn scan(
@@ -806,7 +855,7 @@ impl ken::engine::tables::TableSource for MapTables {
         _table: &str,
         prefix: &[u8],
         limit: u32,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ken::store::ReadError> {
         Ok(self
             .0
             .range(prefix.to_vec()..)

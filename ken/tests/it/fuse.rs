@@ -5,9 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use ken::engine::Command;
+use ken::engine::{Engine, EngineConfig};
 use ken::store::{Batch, Store};
 use ken::transport::Frame;
-use ken::{Engine, EngineConfig, GroupId, Handler, Input, ProcessId, Time, Tuning, Turn};
+use ken::{GroupId, Handler, Input, ProcessId, Time, Tuning, Turn};
 use serde::{Deserialize, Serialize};
 
 /// `a` creates one group of every member at its start; everyone records notifications.
@@ -27,6 +28,8 @@ struct MemberState {
 impl Handler for Member {
     type State = MemberState;
     type Message = bool;
+    type Request = ();
+    type Reply = ();
     fn on_turn(&self, s: &mut MemberState, turn: &mut Turn<'_, bool>, input: Input<bool>) {
         match input {
             Input::Start if turn.id().as_str() == "a" => {
@@ -458,6 +461,8 @@ fn a_stale_list_overtaken_by_the_confirm_does_not_fail_a_healthy_group() {
     impl Handler for Creator {
         type State = St;
         type Message = ();
+        type Request = ();
+        type Reply = ();
         fn on_turn(&self, s: &mut St, turn: &mut Turn<'_, ()>, input: Input<()>) {
             match input {
                 Input::Start if turn.id().as_str() == "a" => {

@@ -62,7 +62,7 @@ pub const WATCH_INTERVAL: Duration = Duration::from_millis(50);
 pub const WATCH_SETTLED_POLLS: u32 = 4;
 
 /// The request that makes a node signal every group it created.
-pub const SIGNAL_REQUEST: &[u8] = b"signal";
+pub const SIGNAL_REQUEST: &str = "signal";
 
 /// What the node remembers about one group's notification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,7 +136,7 @@ pub struct FuseNodeState {
 }
 
 impl FuseNode {
-    fn create_some(&self, state: &mut FuseNodeState, turn: &mut Turn<'_, ()>) {
+    fn create_some(&self, state: &mut FuseNodeState, turn: &mut Turn<'_, (), String>) {
         let n = self.create_per_turn.min(self.create - state.created);
         let at_ms = turn.now().as_millis();
         for _ in 0..n {
@@ -159,7 +159,7 @@ impl FuseNode {
         }
     }
 
-    fn signal_all(&self, turn: &mut Turn<'_, ()>) {
+    fn signal_all(&self, turn: &mut Turn<'_, (), String>) {
         let rows = turn.table(CREATED_TABLE).scan::<u64>([], CREATE_MAX as u32);
         let mut n = 0u64;
         for (key, _) in rows {
@@ -179,20 +179,27 @@ impl FuseNode {
 impl Handler for FuseNode {
     type State = FuseNodeState;
     type Message = ();
+    type Request = String;
+    type Reply = String;
 
-    fn on_turn(&self, state: &mut FuseNodeState, turn: &mut Turn<'_, ()>, input: Input<()>) {
+    fn on_turn(
+        &self,
+        state: &mut FuseNodeState,
+        turn: &mut Turn<'_, (), String>,
+        input: Input<(), String>,
+    ) {
         match input {
             Input::Start if self.create > 0 => self.create_some(state, turn),
             Input::Timer { name } if name == "create" => self.create_some(state, turn),
             Input::Timer { name } if name == "signal" => self.signal_all(turn),
             Input::Request { request, .. } => {
-                let reply: &[u8] = if request == SIGNAL_REQUEST {
+                let reply = if request == SIGNAL_REQUEST {
                     self.signal_all(turn);
-                    b"ok"
+                    "ok"
                 } else {
-                    b"unknown request: the only request is `signal`"
+                    "unknown request: the only request is `signal`"
                 };
-                turn.reply(reply.to_vec())
+                turn.reply(&reply.to_string())
                     .expect("a short reply fits a datagram");
             }
             Input::FuseFailure { group } => {

@@ -164,6 +164,8 @@ pub struct SenderState {
 impl Handler for Sender {
     type State = SenderState;
     type Message = Msg;
+    type Request = ();
+    type Reply = ();
 
     fn on_turn(&self, state: &mut SenderState, turn: &mut Turn<'_, Msg>, input: Input<Msg>) {
         if state.stopped || !matches!(input, Input::Start | Input::Timer { .. }) {
@@ -208,6 +210,8 @@ pub struct Receiver {
 impl Handler for Receiver {
     type State = ReceiverReport;
     type Message = Msg;
+    type Request = ();
+    type Reply = ();
 
     fn on_turn(&self, state: &mut ReceiverReport, turn: &mut Turn<'_, Msg>, input: Input<Msg>) {
         let Input::Message { from, message, .. } = input else {
@@ -268,6 +272,8 @@ impl Hitter {
 impl Handler for Hitter {
     type State = HitterState;
     type Message = Msg;
+    type Request = ();
+    type Reply = ();
 
     fn on_turn(&self, state: &mut HitterState, turn: &mut Turn<'_, Msg>, input: Input<Msg>) {
         if state.stopped {
@@ -323,6 +329,8 @@ pub struct EchoState {
 impl Handler for Echo {
     type State = EchoState;
     type Message = Msg;
+    type Request = ();
+    type Reply = ();
 
     fn on_turn(&self, state: &mut EchoState, turn: &mut Turn<'_, Msg>, input: Input<Msg>) {
         let Input::Message { message, .. } = input else {

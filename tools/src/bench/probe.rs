@@ -31,9 +31,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ken::engine::BatchId;
+use ken::engine::{Command, Engine, EngineConfig};
 use ken::store::{Batch, CommitError, Reader, Store};
 use ken::transport::{Endpoint, FrameKind};
-use ken::{Command, Config, Engine, EngineConfig, Handler, ProcessId, Time};
+use ken::{Config, Handler, ProcessId, Time};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 

@@ -101,25 +101,24 @@ pub struct ClientLog {
     pub problems: Vec<String>,
 }
 
+/// The demo's kv client.
+type KvClient = BlockingClient<Request, Reply>;
+
 /// One call, retried with the same number after each timeout, for at most `give_up`.
 pub fn call(
-    client: &mut BlockingClient,
+    client: &mut KvClient,
     server: SocketAddr,
     request: &Request,
     give_up: Duration,
 ) -> (Result<Reply, ClientError>, bool) {
     let started = Instant::now();
-    let bytes = ken::store::codec::encode(request);
-    let mut result = client.call(server, &bytes);
+    let mut result = client.call(server, request);
     let mut retried = false;
     while matches!(result, Err(ClientError::Timeout { .. })) && started.elapsed() < give_up {
         retried = true;
-        result = client.retry_last(server, &bytes);
+        result = client.retry_last(server);
     }
-    let reply = result.and_then(|b| {
-        ken::store::codec::decode::<Reply>(&b).map_err(|e| ClientError::Decode(e.to_string()))
-    });
-    (reply, retried)
+    (result, retried)
 }
 
 /// Options of the demo's clients: a call gives up (and is retried with the same number)
@@ -136,7 +135,7 @@ pub fn options() -> ClientOptions {
 pub fn client_thread(index: usize, seed: u64, server: SocketAddr, live: &Live) -> ClientLog {
     let mut log = ClientLog::default();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut client = match BlockingClient::with_id(ClientId::random(), 1, options()) {
+    let mut client = match KvClient::with_id(ClientId::random(), 1, options()) {
         Ok(c) => c,
         Err(e) => {
             log.problems.push(format!("client {index}: {e}"));
@@ -224,7 +223,7 @@ pub fn check_puts(store: &std::path::Path, puts: &[(String, String)]) -> Vec<Str
 /// Reads counter `key` (absent = 0).
 pub fn read_counter(server: SocketAddr, key: &str) -> Result<i64, String> {
     let mut client =
-        BlockingClient::with_id(ClientId::random(), 1, options()).map_err(|e| e.to_string())?;
+        KvClient::with_id(ClientId::random(), 1, options()).map_err(|e| e.to_string())?;
     let request = Request::Get { key: key.into() };
     match call(&mut client, server, &request, Duration::from_secs(10)).0 {
         Ok(Reply::Value(None)) => Ok(0),

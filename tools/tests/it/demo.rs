@@ -22,6 +22,9 @@ fn build_apps() -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .args(["build", "--quiet", "-p", "ken-apps", "--bins"])
+        // The same features as every other test build of the apps (the torture's negative
+        // controls need the test-only switch): the binaries are shared.
+        .args(["--features", "ken/unsafe-release-before-commit"])
         .args(["--profile", &profile])
         .arg("--manifest-path")
         .arg(workspace.join("Cargo.toml"))

@@ -622,7 +622,7 @@ fn a_signal_reaches_everyone_by_silence_when_all_the_signallers_datagrams_are_lo
         },
     );
     // Requests still reach n0; its reply is lost like everything else it sends.
-    let mut client = ken::BlockingClient::with_id(
+    let mut client = ken::BlockingClient::<String, String>::with_id(
         ken::ClientId::random(),
         1,
         ken::ClientOptions {
@@ -631,7 +631,7 @@ fn a_signal_reaches_everyone_by_silence_when_all_the_signallers_datagrams_are_lo
         },
     )
     .unwrap();
-    let _ = client.call(c.nodes[0].addr, b"signal");
+    let _ = client.call(c.nodes[0].addr, &"signal".to_string());
     wait_for("n0 signals", Duration::from_secs(10), || {
         c.has_event(0, "signalled")
     });
@@ -733,8 +733,8 @@ fn a_member_down_when_its_group_fails_hears_it_once_after_restart() {
     c.wait_all_live(&[0, 1, 2, 3]);
     c.kill(3);
     // n0 signals while n3 is down: n0, n1 and n2 hear it at once (the direct `Fail`).
-    let mut client = ken::BlockingClient::new().unwrap();
-    client.call(c.nodes[0].addr, b"signal").unwrap();
+    let mut client = ken::BlockingClient::<String, String>::new().unwrap();
+    client.call(c.nodes[0].addr, &"signal".to_string()).unwrap();
     c.wait_heard(&[0, 1, 2], 1, Duration::from_millis(BOUND_MS) + SLACK);
     assert!(c.heard(3).is_empty());
     c.start(3);

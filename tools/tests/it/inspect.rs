@@ -62,7 +62,15 @@ fn built_profile_dir() -> PathBuf {
         .expect("tools/ is inside the workspace");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "--manifest-path"])
+    // The same features as every other test build of the apps (the torture's negative
+    // controls need the test-only switch): the binaries are shared.
+    cmd.args([
+        "build",
+        "--quiet",
+        "--features",
+        "ken/unsafe-release-before-commit",
+    ]);
+    cmd.args(["--manifest-path"])
         .arg(workspace.join("Cargo.toml"))
         .args([
             "-p",
@@ -1317,12 +1325,10 @@ mod groups {
     use std::path::{Path, PathBuf};
     use std::time::Duration;
 
-    use ken::engine::Command;
+    use ken::engine::{Command, Engine, EngineConfig};
     use ken::store::{codec, Store};
     use ken::transport::Frame;
-    use ken::{
-        Engine, EngineConfig, GroupId, GroupState, Handler, Input, ProcessId, Time, Tuning, Turn,
-    };
+    use ken::{GroupId, GroupState, Handler, Input, ProcessId, Time, Tuning, Turn};
     use rand::{Rng, SeedableRng};
     use serde::{Deserialize, Serialize};
     use serde_json::{json, Value};
@@ -1346,6 +1352,8 @@ mod groups {
     impl Handler for Grouper {
         type State = GrouperState;
         type Message = ();
+        type Request = ();
+        type Reply = ();
         fn on_turn(&self, s: &mut GrouperState, turn: &mut Turn<'_, ()>, input: Input<()>) {
             match input {
                 Input::Start if turn.id().as_str() == "a" => {

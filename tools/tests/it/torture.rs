@@ -42,6 +42,9 @@ fn bin_dir() -> PathBuf {
                 "--bins",
                 "--profile",
                 &profile,
+                // The negative controls need the test-only release-before-commit switch.
+                "--features",
+                "ken/unsafe-release-before-commit",
             ])
             .arg("--manifest-path")
             .arg(workspace.join("Cargo.toml"))
