@@ -43,6 +43,7 @@ pub mod client;
 pub mod crash;
 pub mod driver;
 pub mod engine;
+mod fuse_types;
 pub mod handler;
 pub mod limits;
 mod time;
