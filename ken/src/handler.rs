@@ -245,10 +245,7 @@ impl<'a, M: Serialize> Turn<'a, M> {
     /// fails. Once created, the failure of any member, or a partition between members, or any
     /// member's [`Turn::fuse_signal`], becomes an [`Input::FuseFailure`] at every live member,
     /// exactly once, within a bound.
-    pub fn fuse_create(
-        &mut self,
-        members: &[ProcessId],
-    ) -> Result<GroupId, FuseError> {
+    pub fn fuse_create(&mut self, members: &[ProcessId]) -> Result<GroupId, FuseError> {
         if members.len() + 1 > limits::GROUP_MEMBERS_MAX {
             return Err(FuseError::TooManyMembers {
                 got: members.len() + 1,

@@ -14,11 +14,19 @@
 //! next batch. Only [`Engine::commit_done`] releases a batch's outputs: its messages become
 //! transmittable, the inputs it consumed are acknowledged, its emitted lines are released.
 //!
+//! FUSE is a machine of its own ([`fuse::Fuse`], `fuse/`), composed here as foca composes
+//! its members and probe: the engine hands it a turn's group effects, FUSE frames, time and
+//! each seal and commit; it turns the machine's outputs into frames (to the peer's known
+//! incarnation, `after` the newest durable batch), runs a notification turn per failed
+//! group it hands out, and commits a batch whenever the machine reports group changes.
+//!
 //! Invariants (asserted here, checked again by the driver and the simulation):
 //! - Output commit: a data frame carries a message only if the batch that created it is
-//!   durable; an acknowledgement never exceeds what durable turns consumed.
+//!   durable; an acknowledgement never exceeds what durable turns consumed; FUSE messages
+//!   leave only once the group states they speak of are durable (the machine holds them
+//!   until [`fuse::Fuse::durable`]).
 //! - At most one batch commits at a time; batch ids are consecutive.
-//! - Per peer: see `peer.rs`.
+//! - Per peer: see `peer.rs`; per FUSE peer: see `fuse/liveness.rs`.
 
 pub mod fuse;
 pub(crate) mod peer;
@@ -781,7 +789,10 @@ impl<H: Handler> Engine<H> {
                 from: self.id.clone(),
                 from_incarnation: self.incarnation,
                 to: to.clone(),
-                to_incarnation: self.peers.get(&to).map_or(Incarnation(0), |p| p.incarnation),
+                to_incarnation: self
+                    .peers
+                    .get(&to)
+                    .map_or(Incarnation(0), |p| p.incarnation),
                 seq: Seq(0),
                 ack: Seq(0),
                 payload,

@@ -12,7 +12,9 @@ use ken::engine::tables::EmptyTables;
 use ken::engine::Command;
 use ken::store::{GroupRow, Recovered};
 use ken::transport::{Frame, FrameKind};
-use ken::{Engine, EngineConfig, GroupId, GroupState, Handler, Input, ProcessId, Time, Tuning, Turn};
+use ken::{
+    Engine, EngineConfig, GroupId, GroupState, Handler, Input, ProcessId, Time, Tuning, Turn,
+};
 use serde::{Deserialize, Serialize};
 
 const T0_MS: u64 = 1_700_000_000_000;
@@ -208,19 +210,36 @@ fn lists_longer_than_a_datagram_fail_exactly_the_groups_missing_from_them() {
     let heard_ids = |e: &Engine<Member>| -> BTreeSet<GroupId> {
         e.state().heard.iter().map(|(g, _)| *g).collect()
     };
-    assert!(heard_ids(&engines[0]) == signalled, "a hears its own signal");
+    assert!(
+        heard_ids(&engines[0]) == signalled,
+        "a hears its own signal"
+    );
     let t = Tuning::default();
     for e in &engines[1..] {
         let heard = heard_ids(e);
-        assert_eq!(heard.len(), e.state().heard.len(), "{}: exactly once", e.id());
+        assert_eq!(
+            heard.len(),
+            e.state().heard.len(),
+            "{}: exactly once",
+            e.id()
+        );
         assert_eq!(
             heard.len(),
             signalled.len(),
             "{}: as many as signalled",
             e.id()
         );
-        assert!(heard == signalled, "{}: exactly the signalled groups", e.id());
-        assert_eq!(durable_live(e), GROUPS / 2, "{}: the rest stay live", e.id());
+        assert!(
+            heard == signalled,
+            "{}: exactly the signalled groups",
+            e.id()
+        );
+        assert_eq!(
+            durable_live(e),
+            GROUPS / 2,
+            "{}: the rest stay live",
+            e.id()
+        );
         assert!(e.stats().fuse_list_exchanges > quiet_from);
     }
     // By lists, within a few heartbeats: long before silence (T_fail) could act, and `a`
@@ -348,7 +367,10 @@ fn a_notified_handler_forgets_the_peer_with_its_notification_turn() {
     let mut forget_batch = None;
     while !e.state().gave_up {
         now = now.plus(Duration::from_millis(50));
-        assert!(now.since(Time::from_millis(T0_MS)) <= 2 * timeout, "no notification");
+        assert!(
+            now.since(Time::from_millis(T0_MS)) <= 2 * timeout,
+            "no notification"
+        );
         e.tick(now);
         for c in e.take_commands() {
             if let Command::Commit { id, batch } = c {
@@ -362,7 +384,10 @@ fn a_notified_handler_forgets_the_peer_with_its_notification_turn() {
     }
     let batch = forget_batch.expect("the notification turn's batch");
     assert_eq!(batch.outbox_forget, ["b"]);
-    assert_eq!(batch.turn_log.last().map(|t| t.input_kind.as_str()), Some("fuse"));
+    assert_eq!(
+        batch.turn_log.last().map(|t| t.input_kind.as_str()),
+        Some("fuse")
+    );
     assert_eq!(outbox(&e), 0);
     assert_eq!(e.groups()[0].durable, Some(GroupState::Failed));
     let rexmits = e.stats().retransmits;

@@ -70,7 +70,10 @@ fn recovered(id: &str, rows: &[GroupRow]) -> Fuse {
 fn records(rows: &[GroupChange]) -> Vec<(GroupId, GroupRecord)> {
     rows.iter()
         .map(|c| match c {
-            GroupChange::Put(r) => (GroupId(r.group), ken::store::codec::decode(&r.record).unwrap()),
+            GroupChange::Put(r) => (
+                GroupId(r.group),
+                ken::store::codec::decode(&r.record).unwrap(),
+            ),
             GroupChange::Delete { .. } => panic!("FUSE never deletes a group"),
         })
         .collect()
@@ -85,7 +88,11 @@ fn commit(f: &mut Fuse) -> Vec<(GroupId, GroupRecord)> {
 
 /// (state, durable state) of group `g`.
 fn state(f: &Fuse, g: GroupId) -> (GroupState, Option<GroupState>) {
-    let s = f.groups().into_iter().find(|s| s.id == g).expect("group known");
+    let s = f
+        .groups()
+        .into_iter()
+        .find(|s| s.id == g)
+        .expect("group known");
     (s.state, s.durable)
 }
 
@@ -178,7 +185,10 @@ fn creation_sends_create_to_each_member_once_the_group_is_durable_and_resends_it
     assert_eq!(a.take_outputs(), [], "Create leaves at the next tick");
     a.tick(at(150));
     let c = create("a", &[(g, &["a", "b", "c"])]);
-    assert_eq!(a.take_outputs(), [send("b", c.clone()), send("c", c.clone())]);
+    assert_eq!(
+        a.take_outputs(),
+        [send("b", c.clone()), send("c", c.clone())]
+    );
     let h = heartbeat_ms();
     a.tick(at(h));
     assert_eq!(
@@ -201,18 +211,31 @@ fn creation_sends_create_to_each_member_once_the_group_is_durable_and_resends_it
 fn confirms_from_every_member_make_the_creator_live_and_establish_the_group() {
     let g = gid(1);
     let mut a = creating_at_a(g);
-    assert_eq!(a.on_message(at(10), &pid("b"), FuseMsg::Confirm { groups: vec![g] }), Malformed(0));
+    assert_eq!(
+        a.on_message(at(10), &pid("b"), FuseMsg::Confirm { groups: vec![g] }),
+        Malformed(0)
+    );
     assert_eq!(a.take_outputs(), []);
-    assert_eq!(state(&a, g), (GroupState::Creating, Some(GroupState::Creating)));
+    assert_eq!(
+        state(&a, g),
+        (GroupState::Creating, Some(GroupState::Creating))
+    );
     assert!(!a.needs_seal());
     // A confirm from someone who is not a member, or again from b, changes nothing.
     let _ = a.on_message(at(15), &pid("d"), FuseMsg::Confirm { groups: vec![g] });
     let _ = a.on_message(at(15), &pid("b"), FuseMsg::Confirm { groups: vec![g] });
-    assert_eq!(state(&a, g), (GroupState::Creating, Some(GroupState::Creating)));
+    assert_eq!(
+        state(&a, g),
+        (GroupState::Creating, Some(GroupState::Creating))
+    );
     let _ = a.on_message(at(20), &pid("c"), FuseMsg::Confirm { groups: vec![g] });
     assert_eq!(state(&a, g), (GroupState::Live, Some(GroupState::Creating)));
     assert!(a.needs_seal());
-    assert_eq!(a.take_outputs(), [], "Established waits for the Live record");
+    assert_eq!(
+        a.take_outputs(),
+        [],
+        "Established waits for the Live record"
+    );
     let recs = commit(&mut a);
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0].1.state, GroupState::Live);
@@ -221,7 +244,10 @@ fn confirms_from_every_member_make_the_creator_live_and_establish_the_group() {
     a.tick(at(400));
     assert_eq!(
         a.take_outputs(),
-        [heartbeat("b", &[(g, true)], at(400)), heartbeat("c", &[(g, true)], at(400))],
+        [
+            heartbeat("b", &[(g, true)], at(400)),
+            heartbeat("c", &[(g, true)], at(400))
+        ],
         "no more Create; heartbeats vouch for an established group"
     );
 }
@@ -258,7 +284,11 @@ fn a_member_confirms_once_its_record_is_durable_and_goes_live_when_established()
 fn malformed_creates_are_counted_and_ignored_part_by_part() {
     let mut b = Fuse::new(pid("b"), &tuning());
     let forged = create("a", &[(gid(1), &["a", "b"])]);
-    assert_eq!(b.on_message(at(0), &pid("x"), forged), Malformed(1), "only the creator asks");
+    assert_eq!(
+        b.on_message(at(0), &pid("x"), forged),
+        Malformed(1),
+        "only the creator asks"
+    );
     let too_many: Vec<String> = (0..=ken::limits::GROUP_MEMBERS_MAX)
         .map(|i| if i == 0 { "b".into() } else { format!("m{i}") })
         .collect();
@@ -291,13 +321,20 @@ fn a_creation_that_times_out_fails_notifies_once_and_tells_the_members() {
     assert_eq!(state(&a, g).0, GroupState::Creating);
     assert_eq!(a.next_notification(), None);
     a.tick(at(timeout));
-    assert_eq!(a.take_outputs(), [], "the Fail waits for the failure to be durable");
+    assert_eq!(
+        a.take_outputs(),
+        [],
+        "the Fail waits for the failure to be durable"
+    );
     assert_eq!(state(&a, g).0, GroupState::Failed);
     assert_eq!(a.next_notification(), Some(g));
     assert_eq!(a.next_notification(), None, "exactly once");
     assert_eq!(a.stats().notifications, 1);
     let recs = commit(&mut a);
-    assert_eq!((recs[0].1.state, recs[0].1.notified), (GroupState::Failed, true));
+    assert_eq!(
+        (recs[0].1.state, recs[0].1.notified),
+        (GroupState::Failed, true)
+    );
     let fail = FuseMsg::Fail { groups: vec![g] };
     assert_eq!(a.take_outputs(), [send("b", fail.clone()), send("c", fail)]);
     assert_eq!(a.deadline(), None, "no group left to watch");
@@ -312,9 +349,16 @@ fn live_pair() -> (Fuse, GroupId, GroupId) {
     ];
     let mut a = recovered("a", &rows);
     a.start(at(0));
-    assert_eq!(a.deadline(), Some(Time::ZERO), "a recovered member ticks at once");
+    assert_eq!(
+        a.deadline(),
+        Some(Time::ZERO),
+        "a recovered member ticks at once"
+    );
     a.tick(at(0));
-    assert_eq!(a.take_outputs(), [heartbeat("b", &[(g1, true), (g2, true)], at(0))]);
+    assert_eq!(
+        a.take_outputs(),
+        [heartbeat("b", &[(g1, true), (g2, true)], at(0))]
+    );
     (a, g1, g2)
 }
 
@@ -333,7 +377,11 @@ fn a_disagreement_is_answered_with_a_list_when_it_shows_twice_in_a_row() {
     let (mut a, g1, g2) = live_pair();
     let theirs = [(g2, true)];
     a.on_heartbeat(at(10), &pid("b"), hb(&theirs, at(5)));
-    assert_eq!(a.take_outputs(), [], "a first disagreement may be a state in flight");
+    assert_eq!(
+        a.take_outputs(),
+        [],
+        "a first disagreement may be a state in flight"
+    );
     // An agreement in between starts over.
     a.on_heartbeat(at(210), &pid("b"), hb(&[(g1, true), (g2, true)], at(205)));
     a.on_heartbeat(at(410), &pid("b"), hb(&theirs, at(405)));
@@ -360,13 +408,20 @@ fn a_churning_disagreement_is_answered_after_list_after_disagreements_heartbeats
     let n = u64::from(LIST_AFTER_DISAGREEMENTS);
     for i in 1..n {
         // Each different from the last: states in flight.
-        a.on_heartbeat(at(200 * i), &pid("b"), hb(&[(gid(9 + i as u8), false)], at(200 * i)));
+        a.on_heartbeat(
+            at(200 * i),
+            &pid("b"),
+            hb(&[(gid(9 + i as u8), false)], at(200 * i)),
+        );
         assert_eq!(a.take_outputs(), [], "disagreement {i}");
     }
     a.on_heartbeat(at(200 * n), &pid("b"), hb(&[(gid(99), false)], at(200 * n)));
     assert_eq!(
         a.take_outputs(),
-        [send("b", list(&[(g1, true), (g2, true)], at(200 * n), at(200 * n)))]
+        [send(
+            "b",
+            list(&[(g1, true), (g2, true)], at(200 * n), at(200 * n))
+        )]
     );
 }
 
@@ -387,7 +442,10 @@ fn silence_for_t_fail_plus_two_heartbeats_fails_the_groups_shared_with_the_silen
         a.tick(at(t));
         assert_eq!(
             a.take_outputs(),
-            [heartbeat("b", &[(g1, true)], at(t)), heartbeat("c", &[(g2, true)], at(t))]
+            [
+                heartbeat("b", &[(g1, true)], at(t)),
+                heartbeat("c", &[(g2, true)], at(t))
+            ]
         );
     }
     let just_before = at(limit).0 - 1;
@@ -405,7 +463,10 @@ fn silence_for_t_fail_plus_two_heartbeats_fails_the_groups_shared_with_the_silen
     assert_eq!(a.next_notification(), Some(g1));
     assert_eq!(a.next_notification(), None);
     commit(&mut a);
-    assert_eq!(a.take_outputs(), [send("b", FuseMsg::Fail { groups: vec![g1] })]);
+    assert_eq!(
+        a.take_outputs(),
+        [send("b", FuseMsg::Fail { groups: vec![g1] })]
+    );
     let last_c = at(limit - h);
     assert_eq!(
         a.deadline(),
@@ -440,7 +501,10 @@ fn a_stale_list_does_not_fail_a_group_but_a_fresh_one_does() {
     assert_eq!(a.next_notification(), Some(g));
     assert_eq!(a.take_outputs(), []);
     commit(&mut a);
-    assert_eq!(a.take_outputs(), [send("b", FuseMsg::Fail { groups: vec![g] })]);
+    assert_eq!(
+        a.take_outputs(),
+        [send("b", FuseMsg::Fail { groups: vec![g] })]
+    );
 }
 
 #[test]
@@ -524,14 +588,20 @@ fn malformed_lists_are_counted_and_change_nothing() {
     }
     assert_eq!(
         a.take_outputs(),
-        [send("b", list(&[(g1, true), (g2, true)], at(400), Time::ZERO))]
+        [send(
+            "b",
+            list(&[(g1, true), (g2, true)], at(400), Time::ZERO)
+        )]
     );
 }
 
 #[test]
 fn a_fail_from_a_member_takes_the_fast_path_to_every_other_member() {
     let g = gid(1);
-    let mut b = recovered("b", &[row(g, "a", &["a", "b", "c"], GroupState::Live, false)]);
+    let mut b = recovered(
+        "b",
+        &[row(g, "a", &["a", "b", "c"], GroupState::Live, false)],
+    );
     b.start(at(0));
     let fail = FuseMsg::Fail { groups: vec![g] };
     assert_eq!(b.on_message(at(10), &pid("d"), fail.clone()), Malformed(0));
@@ -570,10 +640,16 @@ fn only_durable_states_are_vouched_for_and_nothing_leaves_before_durable() {
     a.on_heartbeat(at(420), &pid("b"), hb(&[], at(415)));
     assert_eq!(
         a.take_outputs(),
-        [heartbeat("b", &both, at(400)), send("b", list(&both, at(420), at(415)))]
+        [
+            heartbeat("b", &both, at(400)),
+            send("b", list(&both, at(420), at(415)))
+        ]
     );
     a.durable(token);
-    assert_eq!(a.take_outputs(), [send("b", FuseMsg::Fail { groups: vec![g1] })]);
+    assert_eq!(
+        a.take_outputs(),
+        [send("b", FuseMsg::Fail { groups: vec![g1] })]
+    );
     a.tick(at(600));
     assert_eq!(a.take_outputs(), [heartbeat("b", &[(g2, true)], at(600))]);
 }
@@ -598,7 +674,13 @@ fn exactly_one_notification_per_failed_group_across_recovery() {
     let mut table = BTreeMap::new();
     apply(
         &mut table,
-        vec![GroupChange::Put(row(g, "a", &["a", "b"], GroupState::Live, false))],
+        vec![GroupChange::Put(row(
+            g,
+            "a",
+            &["a", "b"],
+            GroupState::Live,
+            false,
+        ))],
     );
     let mut b = recovered("b", &table.values().cloned().collect::<Vec<_>>());
     b.start(at(0));
@@ -608,7 +690,10 @@ fn exactly_one_notification_per_failed_group_across_recovery() {
     b.durable(token);
     apply(&mut table, rows);
     let stored = records(&[GroupChange::Put(table[&g.0].clone())]);
-    assert_eq!((stored[0].1.state, stored[0].1.notified), (GroupState::Failed, false));
+    assert_eq!(
+        (stored[0].1.state, stored[0].1.notified),
+        (GroupState::Failed, false)
+    );
     // The notification turn runs but the process crashes before its batch is durable.
     assert_eq!(b.next_notification(), Some(g));
     let (_lost, _token) = b.seal();

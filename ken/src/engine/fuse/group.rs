@@ -118,10 +118,10 @@ impl Group {
     ) -> Result<(GroupId, Group), BadGroupRecord> {
         let id = GroupId(row.group);
         let bad = |what: String| BadGroupRecord { group: id, what };
-        let rec: GroupRecord = ken_store::codec::decode(&row.record).map_err(|e| bad(e.to_string()))?;
-        let parse = |s: &String| {
-            ProcessId::new(s.clone()).map_err(|_| bad(format!("bad member `{s}`")))
-        };
+        let rec: GroupRecord =
+            ken_store::codec::decode(&row.record).map_err(|e| bad(e.to_string()))?;
+        let parse =
+            |s: &String| ProcessId::new(s.clone()).map_err(|_| bad(format!("bad member `{s}`")));
         let mut members = rec
             .members
             .iter()

@@ -59,8 +59,8 @@ pub(super) fn range(
         lo.map_or(Bound::Unbounded, Bound::Included),
         hi.map_or(Bound::Unbounded, Bound::Excluded),
     );
-    let well_formed = !lo.zip(hi).is_some_and(|(lo, hi)| lo >= hi)
-        && !groups.windows(2).any(|w| w[0].0 >= w[1].0)
+    let well_formed = lo.zip(hi).is_none_or(|(lo, hi)| lo < hi)
+        && groups.windows(2).all(|w| w[0].0 < w[1].0)
         && groups.iter().all(|(id, _)| range.contains(id));
     well_formed.then_some(range)
 }

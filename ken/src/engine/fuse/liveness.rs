@@ -171,7 +171,9 @@ impl Pairs {
 
     /// (digest, count) of the groups vouched for to `peer`: what a heartbeat to it carries.
     pub fn digest(&self, peer: &ProcessId) -> (u32, u32) {
-        self.peers.get(peer).map_or((0, 0), |l| (l.digest, l.vouched))
+        self.peers
+            .get(peer)
+            .map_or((0, 0), |l| (l.digest, l.vouched))
     }
 
     /// The newest stamp heard from `peer`: what a list to it echoes.
@@ -251,11 +253,7 @@ impl Pairs {
             return Due::Nothing;
         }
         let next = l.next_heartbeat.plus(interval);
-        l.next_heartbeat = if next > now {
-            next
-        } else {
-            now.plus(interval)
-        };
+        l.next_heartbeat = if next > now { next } else { now.plus(interval) };
         Due::Heartbeat
     }
 

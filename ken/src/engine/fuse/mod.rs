@@ -17,19 +17,19 @@
 //! shares any non-failed group, carrying a digest of the shared groups this process vouches
 //! for (the XOR of one CRC32 per group, kept up to date change by change, and their count).
 //! A digest that disagrees makes the receiver answer with its list of shared groups, when the
-//! same disagreement shows at two heartbeats in a row or after `LIST_AFTER_DISAGREEMENTS`
+//! same disagreement shows at two heartbeats in a row or after [`LIST_AFTER_DISAGREEMENTS`]
 //! (states still in flight, as during creation, settle by themselves); a group missing from
 //! a peer's list is failed if it is `Live` here or the peer is its creator (during creation a
 //! member may not have heard of it yet), and only if the list echoes a heartbeat stamp of
 //! ours from after the group's last state change here (an older list may predate the peer's
-//! joining). Silence from a peer for `fuse_t_fail` fails every
-//! group shared with it. A failing member also tells the other members directly (`Fail`,
+//! joining). Silence from a peer for `fuse_t_fail + 2 x fuse_heartbeat` fails every group
+//! shared with it. A failing member also tells the other members directly (`Fail`,
 //! best effort: the fast path).
 //!
-//! Cost: the per-peer state (`Liveness`: last heard, digest, counts) makes a tick, a
+//! Cost: the per-peer state (`liveness.rs`: last heard, digest, counts) makes a tick, a
 //! heartbeat and its check cost the same for one group as for ten thousand; only a list
 //! exchange walks the groups. Control messages name many groups each, and what one commit
-//! releases to a peer is merged into as few frames as fit (`LIST_GROUPS_PER_FRAME`
+//! releases to a peer is merged into as few frames as fit ([`LIST_GROUPS_PER_FRAME`]
 //! groups per frame), so creating or failing ten thousand groups costs a few datagrams per
 //! peer rather than ten thousand.
 //!
@@ -45,7 +45,6 @@
 //! (the slack covers the heartbeat period before a crash and one lost heartbeat, so that
 //! crash-restarts of up to `0.9 x fuse_t_fail` are masked), so every live member hears
 //! within `fuse_t_fail + 2 x fuse_heartbeat` of the failed member's last frame.
-
 //!
 //! # The machine
 //!
@@ -185,12 +184,17 @@ impl Fuse {
 
     /// The machine of a restarted process, from its stored groups (all durable). A failed
     /// group whose notification did not commit is queued again. Call [`Fuse::start`] next.
-    pub fn recover(id: ProcessId, tuning: &Tuning, rows: &[GroupRow]) -> Result<Fuse, BadGroupRecord> {
+    pub fn recover(
+        id: ProcessId,
+        tuning: &Tuning,
+        rows: &[GroupRow],
+    ) -> Result<Fuse, BadGroupRecord> {
         let mut fuse = Fuse::new(id, tuning);
         let now = Time::ZERO;
         let stamp = fuse.stamp(now);
         for row in rows {
-            let (id, g) = Group::recovered(row, &fuse.id, now, now.plus(fuse.create_timeout), stamp)?;
+            let (id, g) =
+                Group::recovered(row, &fuse.id, now, now.plus(fuse.create_timeout), stamp)?;
             if g.state == GroupState::Failed && !g.notified {
                 fuse.notify_queue.push_back(id);
             }
@@ -235,7 +239,15 @@ impl Fuse {
             self.pairs.count_creating(&members, 1);
         }
         let deadline = now.plus(self.create_timeout);
-        let g = Group::recorded(self.id.clone(), members, state, unconfirmed, now, deadline, stamp);
+        let g = Group::recorded(
+            self.id.clone(),
+            members,
+            state,
+            unconfirmed,
+            now,
+            deadline,
+            stamp,
+        );
         self.groups.insert(id, g);
         self.unsealed = true;
     }
@@ -285,7 +297,11 @@ impl Fuse {
             }
             FuseMsg::Fail { groups } => {
                 for group in groups {
-                    if self.groups.get(&group).is_some_and(|g| g.members.contains(from)) {
+                    if self
+                        .groups
+                        .get(&group)
+                        .is_some_and(|g| g.members.contains(from))
+                    {
                         self.fail(group, "a member said it failed");
                     }
                 }
@@ -448,7 +464,12 @@ impl Fuse {
                 .fold(0, |d, (id, est)| d ^ liveness::digest_entry(*id, *est));
             assert_eq!(
                 (shared, creating, digest, vouched),
-                (expect_shared, expect_creating, expect_digest, list.len() as u32),
+                (
+                    expect_shared,
+                    expect_creating,
+                    expect_digest,
+                    list.len() as u32
+                ),
                 "FUSE bookkeeping of peer {p} at {}",
                 self.id
             );
@@ -677,7 +698,8 @@ impl Fuse {
                 Due::Heartbeat => {
                     let (digest, groups) = self.pairs.digest(p);
                     let hb = Heartbeat::new(digest, groups, self.stamp(now));
-                    self.outputs.push(FuseOutput::Heartbeat { to: p.clone(), hb });
+                    self.outputs
+                        .push(FuseOutput::Heartbeat { to: p.clone(), hb });
                 }
                 Due::Nothing => {}
             }

@@ -14,7 +14,7 @@ use super::GroupId;
 use crate::Time;
 
 /// FUSE control messages (payload of `Fuse` frames). Each names many groups: what one
-/// release sends a peer is merged into as few frames as fit ([`Outgoing`]), so creating or
+/// release sends a peer is merged into as few frames as fit (`Outgoing`), so creating or
 /// failing ten thousand groups costs a handful of datagrams per peer, not ten thousand.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FuseMsg {
