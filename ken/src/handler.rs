@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::engine::tables::TableOverlay;
+use crate::fuse_types::{FuseError, GroupId};
 use crate::limits;
 use crate::{ProcessId, Seq, Time};
 
@@ -73,7 +74,7 @@ pub enum Input<M, Q = ()> {
         request: Q,
     },
     /// A FUSE group this process belongs to failed. Heard exactly once per group.
-    FuseFailure { group: crate::GroupId },
+    FuseFailure { group: GroupId },
 }
 
 /// Why [`Turn::send`] refused a message. Nothing was queued.
@@ -105,8 +106,8 @@ pub(crate) struct Effects {
     pub emits: Vec<String>,
     /// The reply to the request of this turn, if it is one.
     pub reply: Option<Vec<u8>>,
-    pub fuse_creates: Vec<(crate::GroupId, Vec<ProcessId>)>,
-    pub fuse_signals: Vec<crate::GroupId>,
+    pub fuse_creates: Vec<(GroupId, Vec<ProcessId>)>,
+    pub fuse_signals: Vec<GroupId>,
     pub forget: Vec<ProcessId>,
     /// A store read failed or a stored value did not decode: the process must stop.
     pub fault: Option<String>,
@@ -248,11 +249,7 @@ impl<'a, M: Serialize, R: Serialize> Turn<'a, M, R> {
     /// fails. Once created, the failure of any member, or a partition between members, or any
     /// member's [`Turn::fuse_signal`], becomes an [`Input::FuseFailure`] at every live member,
     /// exactly once, within a bound.
-    pub fn fuse_create(
-        &mut self,
-        members: &[ProcessId],
-    ) -> Result<crate::GroupId, crate::engine::fuse::FuseError> {
-        use crate::engine::fuse::FuseError;
+    pub fn fuse_create(&mut self, members: &[ProcessId]) -> Result<GroupId, FuseError> {
         if members.len() + 1 > limits::GROUP_MEMBERS_MAX {
             return Err(FuseError::TooManyMembers {
                 got: members.len() + 1,
@@ -266,13 +263,13 @@ impl<'a, M: Serialize, R: Serialize> Turn<'a, M, R> {
         }
         let mut id = [0u8; 16];
         self.rng.fill_bytes(&mut id);
-        let id = crate::GroupId(id);
+        let id = GroupId(id);
         self.effects.fuse_creates.push((id, members.to_vec()));
         Ok(id)
     }
 
     /// Fails group `group` on purpose: every member (this one included) hears it.
-    pub fn fuse_signal(&mut self, group: crate::GroupId) {
+    pub fn fuse_signal(&mut self, group: GroupId) {
         self.effects.fuse_signals.push(group);
     }
 

@@ -53,6 +53,7 @@ pub mod client;
 pub mod crash;
 mod driver;
 pub mod engine;
+mod fuse_types;
 mod handler;
 pub mod limits;
 mod time;

@@ -14,17 +14,25 @@
 //! next batch. Only [`Engine::commit_done`] releases a batch's outputs: its messages become
 //! transmittable, the inputs it consumed are acknowledged, its emitted lines are released.
 //!
+//! FUSE is a machine of its own ([`fuse::Fuse`], `fuse/`), composed here as foca composes
+//! its members and probe: the engine hands it a turn's group effects, FUSE frames, time and
+//! each seal and commit; it turns the machine's outputs into frames (to the peer's known
+//! incarnation, `after` the newest durable batch), runs a notification turn per failed
+//! group it hands out, and commits a batch whenever the machine reports group changes.
+//!
 //! Invariants (asserted here, checked again by the driver and the simulation):
 //! - Output commit: a data frame carries a message only if the batch that created it is
-//!   durable; an acknowledgement never exceeds what durable turns consumed.
+//!   durable; an acknowledgement never exceeds what durable turns consumed; FUSE messages
+//!   leave only once the group states they speak of are durable (the machine holds them
+//!   until [`fuse::Fuse::durable`]).
 //! - At most one batch commits at a time; batch ids are consecutive.
-//! - Per peer: see `peer.rs`.
+//! - Per peer: see `peer.rs`; per FUSE peer: see `fuse/liveness.rs`.
 
 pub mod fuse;
 pub(crate) mod peer;
 pub mod tables;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::marker::PhantomData;
 
 use ken_store::{
@@ -38,6 +46,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::client::{ClientId, ReplyBody};
 use crate::handler::{Effects, Handler, Input, PeerView, TimerOp, Turn};
 use crate::{limits, Time, Tuning};
+use fuse::{Fuse, FuseOutput, SealToken};
 use peer::{OutEntry, Peer};
 use tables::{TableOverlay, TableSource};
 
@@ -156,9 +165,8 @@ struct Filling {
     emits: Vec<String>,
     /// Client replies (client, request number, encoded reply body).
     replies: Vec<(ClientId, u64, Vec<u8>)>,
-    /// FUSE messages caused by this batch's group changes.
-    fuse_out: Vec<(ProcessId, fuse::FuseMsg)>,
-    /// Anything to commit: a turn ran, or peer counters changed.
+    /// Anything to commit: a turn ran, or peer counters changed (FUSE group changes are
+    /// reported by [`Fuse::needs_seal`]).
     nonempty: bool,
 }
 
@@ -169,8 +177,8 @@ struct Committing {
     snapshot: Vec<(ProcessId, u64, u64)>,
     emits: Vec<String>,
     replies: Vec<(ClientId, u64, Vec<u8>)>,
-    group_states: Vec<(fuse::GroupId, fuse::GroupState)>,
-    fuse_out: Vec<(ProcessId, fuse::FuseMsg)>,
+    /// The FUSE machine's share of the batch.
+    fuse: SealToken,
 }
 
 /// The reply cache entry of one client.
@@ -252,11 +260,8 @@ pub struct Engine<H: Handler> {
     timers: BTreeMap<String, Time>,
     timer_queue: BTreeSet<(Time, String)>,
     clients: BTreeMap<ClientId, ClientEntry>,
-    groups: BTreeMap<fuse::GroupId, fuse::Group>,
-    liveness: BTreeMap<ProcessId, fuse::Liveness>,
-    /// FUSE stamps' clock: the newest `now` stamped in this life (see `fuse_stamp`).
-    fuse_clock: Time,
-    fuse_notify_queue: VecDeque<fuse::GroupId>,
+    /// FUSE groups and shared liveness, a machine of its own (`fuse/`).
+    fuse: Fuse,
     tables: TableOverlay,
     last_root: Vec<u8>,
     /// Turns over the life of the store, including uncommitted ones.
@@ -383,8 +388,9 @@ impl<H: Handler> Engine<H> {
                 },
             );
         }
-        let groups_rows = recovered.groups.clone();
-        let mut engine = Engine {
+        let fuse = Fuse::recover(config.id.clone(), &config.tuning, &recovered.groups)
+            .map_err(|e| EngineError::BadGroup(e.to_string()))?;
+        let engine = Engine {
             id: config.id,
             incarnation: Incarnation(recovered.incarnation),
             tuning: config.tuning,
@@ -395,10 +401,7 @@ impl<H: Handler> Engine<H> {
             timers,
             timer_queue,
             clients,
-            groups: BTreeMap::new(),
-            liveness: BTreeMap::new(),
-            fuse_clock: Time::ZERO,
-            fuse_notify_queue: VecDeque::new(),
+            fuse,
             tables: TableOverlay::new(source),
             last_root: recovered.root.unwrap_or_default(),
             turns_total: recovered.turns_committed,
@@ -412,7 +415,6 @@ impl<H: Handler> Engine<H> {
             finished_reported: false,
             failed: false,
         };
-        engine.recover_groups(&groups_rows, Time::ZERO)?;
         Ok(engine)
     }
 
@@ -422,10 +424,7 @@ impl<H: Handler> Engine<H> {
         if self.failed {
             return;
         }
-        for g in self.groups.values_mut() {
-            // Recovered groups get their timeouts from now (a restart grants a fresh one).
-            g.deadline = now.plus(self.tuning.fuse_create_timeout);
-        }
+        self.fuse.start(now);
         if self.needs_start {
             self.needs_start = false;
             self.run_turn(now, Input::Start, "start", String::new(), 0);
@@ -467,7 +466,8 @@ impl<H: Handler> Engine<H> {
                 .push(TimerChange::Cancel { name: name.clone() });
             self.run_turn(now, Input::Timer { name: name.clone() }, "timer", name, 0);
         }
-        self.fuse_tick(now);
+        self.fuse.tick(now);
+        self.send_fuse_outputs();
         let due: Vec<ProcessId> = self
             .peers
             .values()
@@ -526,7 +526,8 @@ impl<H: Handler> Engine<H> {
             });
         }
         self.release_replies(c.replies);
-        self.fuse_durable(c.group_states, c.fuse_out);
+        self.fuse.durable(c.fuse);
+        self.send_fuse_outputs();
         self.after_event(now);
     }
 
@@ -539,7 +540,7 @@ impl<H: Handler> Engine<H> {
     pub fn next_deadline(&self) -> Option<Time> {
         let timer = self.timer_queue.first().map(|(t, _)| *t);
         let rexmit = self.peers.values().filter_map(|p| p.retransmit_at).min();
-        [timer, rexmit, self.fuse_deadline()]
+        [timer, rexmit, self.fuse.deadline()]
             .into_iter()
             .flatten()
             .min()
@@ -580,6 +581,11 @@ impl<H: Handler> Engine<H> {
         &self.stats
     }
 
+    /// Every FUSE group, for tests and tools.
+    pub fn groups(&self) -> Vec<fuse::GroupStatus> {
+        self.fuse.groups()
+    }
+
     /// Newest durable batch of this engine's life.
     pub fn durable_batch(&self) -> BatchId {
         self.durable
@@ -606,8 +612,10 @@ impl<H: Handler> Engine<H> {
         self.peers.get(peer).and_then(|p| p.rto.srtt())
     }
 
-    /// Checks every internal invariant. Cheap; the simulation calls it after every step.
+    /// Checks every internal invariant. Cheap (FUSE's costs peers x groups); the simulation
+    /// calls it after every step.
     pub fn check_invariants(&self) {
+        self.fuse.check_invariants();
         for p in self.peers.values() {
             p.check(self.tuning.reorder_buffer_max);
         }
@@ -626,7 +634,7 @@ impl<H: Handler> Engine<H> {
         if self.failed {
             return;
         }
-        self.fuse_run_notifications(now);
+        self.run_fuse_notifications(now);
         self.maybe_commit(now);
         self.check_finished();
     }
@@ -659,7 +667,7 @@ impl<H: Handler> Engine<H> {
             }
             // (Frames from a replaced peer are accepted: its lists will lack our groups,
             // which fails them, as it should.)
-            self.fuse_heard(now, &frame.from);
+            self.fuse.heard(now, &frame.from);
             self.on_fuse_frame(now, frame);
             return;
         }
@@ -731,11 +739,125 @@ impl<H: Handler> Engine<H> {
             return;
         }
         let from = frame.from.clone();
-        self.fuse_heard(now, &from);
+        self.fuse.heard(now, &from);
         self.on_ack(now, &from, frame.ack.0);
         if frame.kind == FrameKind::Data {
             self.on_data(now, &from, frame.seq.0, frame.payload);
         }
+    }
+
+    // ---- FUSE: the machine's events in, its outputs out ----
+
+    /// A heartbeat or FUSE frame from a known peer (addressing checked by the caller).
+    fn on_fuse_frame(&mut self, now: Time, frame: Frame) {
+        let from = &frame.from;
+        if frame.kind == FrameKind::Heartbeat {
+            match fuse::Heartbeat::decode(&frame.payload) {
+                Ok(hb) => self.fuse.on_heartbeat(now, from, hb),
+                Err(_) => self.stats.malformed_frames += 1,
+            }
+        } else {
+            match fuse::FuseMsg::decode(&frame.payload) {
+                Ok(msg) => {
+                    let fuse::Malformed(parts) = self.fuse.on_message(now, from, msg);
+                    self.stats.malformed_frames += u64::from(parts);
+                }
+                Err(_) => self.stats.malformed_frames += 1,
+            }
+        }
+        self.send_fuse_outputs();
+    }
+
+    /// Turns what the FUSE machine asks to transmit into frames to the peers' known
+    /// incarnations (control messages only to peers in the address book), and copies its
+    /// counters into the engine's.
+    fn send_fuse_outputs(&mut self) {
+        for out in self.fuse.take_outputs() {
+            let (to, kind, payload, liveness) = match out {
+                FuseOutput::Send { to, msg } => {
+                    if !self.peers.contains_key(&to) {
+                        continue;
+                    }
+                    let list = matches!(msg, fuse::FuseMsg::List { .. });
+                    self.stats.fuse_messages_sent += 1;
+                    (to, FrameKind::Fuse, msg.encode(), list)
+                }
+                FuseOutput::Heartbeat { to, hb } => {
+                    self.stats.heartbeats_sent += 1;
+                    (to, FrameKind::Heartbeat, hb.encode(), true)
+                }
+            };
+            let frame = Frame {
+                kind,
+                from: self.id.clone(),
+                from_incarnation: self.incarnation,
+                to: to.clone(),
+                to_incarnation: self
+                    .peers
+                    .get(&to)
+                    .map_or(Incarnation(0), |p| p.incarnation),
+                seq: Seq(0),
+                ack: Seq(0),
+                payload,
+            };
+            let bytes = frame.encoded_len() as u64;
+            self.stats.fuse_bytes_sent += bytes;
+            if liveness {
+                self.stats.liveness_bytes_sent += bytes;
+            }
+            self.commands.push(Command::Send {
+                to,
+                frame,
+                after: self.durable,
+            });
+        }
+        self.copy_fuse_stats();
+    }
+
+    fn copy_fuse_stats(&mut self) {
+        let f = self.fuse.stats();
+        self.stats.fuse_notifications = f.notifications;
+        self.stats.fuse_list_exchanges = f.list_exchanges;
+        self.stats.fuse_stale_lists = f.stale_lists;
+    }
+
+    /// Runs the notification turns of failed groups (one per group, exactly once: the turn
+    /// and the group's `notified` flag commit together).
+    fn run_fuse_notifications(&mut self, now: Time) {
+        while !self.failed {
+            let Some(id) = self.fuse.next_notification() else {
+                break;
+            };
+            self.run_turn(
+                now,
+                Input::FuseFailure { group: id },
+                "fuse",
+                id.to_string(),
+                0,
+            );
+        }
+        self.copy_fuse_stats();
+    }
+
+    /// Anything to commit: a turn ran, peer counters changed, or FUSE groups changed.
+    fn filling_nonempty(&self) -> bool {
+        self.filling.nonempty || self.fuse.needs_seal()
+    }
+
+    /// A turn gave up on `peer`: drop its outbox (nothing more will be sent to it).
+    fn forget_peer(&mut self, peer: &ProcessId) {
+        let Some(p) = self.peers.get_mut(peer) else {
+            return;
+        };
+        p.outbox.clear();
+        p.in_flight = 0;
+        p.retransmit_at = None;
+        p.acked = p.next_seq - 1;
+        p.committed_next_seq = p.next_seq;
+        p.acked_stored = p.acked;
+        p.dirty = true;
+        self.filling.batch.outbox_forget.push(peer.to_string());
+        self.filling.nonempty = true;
     }
 
     fn on_request(&mut self, now: Time, frame: Frame) {
@@ -1091,10 +1213,10 @@ impl<H: Handler> Engine<H> {
             }
         }
         for (id, members) in effects.fuse_creates {
-            self.fuse_created(now, id, members);
+            self.fuse.created(now, id, members);
         }
         for id in effects.fuse_signals {
-            self.fuse_fail(id, "signalled by this process");
+            self.fuse.signal(id);
         }
         for peer in &effects.forget {
             self.forget_peer(peer);
@@ -1143,7 +1265,7 @@ impl<H: Handler> Engine<H> {
     }
 
     fn maybe_commit(&mut self, now: Time) {
-        if self.committing.is_some() || !self.filling.nonempty || self.failed {
+        if self.committing.is_some() || !self.filling_nonempty() || self.failed {
             return;
         }
         let id = self.next_batch;
@@ -1185,14 +1307,14 @@ impl<H: Handler> Engine<H> {
             });
             snapshot.push((p.id.clone(), p.next_seq, p.delivered));
         }
-        let group_states = self.fuse_seal(&mut batch);
+        let (groups, fuse) = self.fuse.seal();
+        batch.groups = groups;
         self.committing = Some(Committing {
             id,
             snapshot,
             emits: filling.emits,
             replies: filling.replies,
-            group_states,
-            fuse_out: filling.fuse_out,
+            fuse,
         });
         self.commands.push(Command::Commit { id, batch });
     }
@@ -1200,7 +1322,7 @@ impl<H: Handler> Engine<H> {
     fn check_finished(&mut self) {
         if self.finished_reported
             || self.committing.is_some()
-            || self.filling.nonempty
+            || self.filling_nonempty()
             || self.needs_start
             || self.peers.values().any(|p| !p.outbox.is_empty())
         {

@@ -4,4 +4,6 @@ mod client;
 mod crash;
 mod engine;
 mod fuse;
+mod fuse_engine;
+mod fuse_machine;
 mod sans_io;
