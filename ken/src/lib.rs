@@ -45,6 +45,7 @@ pub mod driver;
 pub mod engine;
 pub mod handler;
 pub mod limits;
+pub mod testing;
 mod time;
 mod tuning;
 
