@@ -19,7 +19,8 @@
 //!
 //! Commits complete at once by default (the driver's inline path);
 //! [`Commits::Held`] keeps each batch committing until the test calls
-//! [`Cluster::complete_commit`], to interleave commits with everything else.
+//! [`Cluster::complete_commit`], to interleave commits with everything else. An engine that
+//! stops fails the test unless it calls [`Cluster::tolerate_stops`].
 //!
 //! ```
 //! use std::time::Duration;
@@ -248,6 +249,7 @@ pub struct Cluster<H: Handler> {
     filter: Option<Filter>,
     stats: NetStats,
     events: Option<Vec<Event>>,
+    stops_tolerated: bool,
 }
 
 impl<H: Handler> std::fmt::Debug for Cluster<H> {
@@ -282,6 +284,7 @@ impl<H: Handler> Cluster<H> {
             filter: None,
             stats: NetStats::default(),
             events: None,
+            stops_tolerated: false,
         }
     }
 
@@ -321,6 +324,12 @@ impl<H: Handler> Cluster<H> {
     /// Starts recording [`Event`]s (and clears what was recorded), or stops.
     pub fn record_events(&mut self, on: bool) {
         self.events = on.then(Vec::new);
+    }
+
+    /// An engine that stops ([`Command::Fatal`]) is recorded ([`Node::stopped`],
+    /// [`Event::Stopped`]) instead of failing the test with a panic.
+    pub fn tolerate_stops(&mut self) {
+        self.stops_tolerated = true;
     }
 
     /// The events recorded since the last call.
@@ -689,6 +698,8 @@ impl<H: Handler> Cluster<H> {
                 self.record(Event::Finished { node: i, report });
             }
             Command::Fatal { error } => {
+                let id = &self.nodes[i].config.id;
+                assert!(self.stops_tolerated, "{id} stopped: {error}");
                 self.nodes[i].stopped = Some(error.clone());
                 self.record(Event::Stopped { node: i, error });
             }

@@ -259,6 +259,7 @@ impl<A: SimApp> Sim<A> {
         let mut cluster = Cluster::new(dir.path(), Time::from_millis(T0_MS), config.seed);
         cluster.set_commits(Commits::Held);
         cluster.record_events(true);
+        cluster.tolerate_stops();
         cluster.set_faults(network_faults(&config.faults));
         let ids = app.ids();
         for id in &ids {
