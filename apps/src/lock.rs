@@ -815,15 +815,14 @@ pub fn audit_server(lines: &[(u32, String)]) -> Audit {
 
 #[cfg(test)]
 mod tests {
-    //! The handler in a small deterministic cluster: real stores, virtual time, a network
-    //! that delivers everything in order (or drops a muted node's frames), crashes that lose
-    //! nothing committed (commits complete at once here).
+    //! The handler in a small deterministic cluster ([`ken::testing::Cluster`]): real
+    //! stores, virtual time, a network that delivers everything in order (or loses an
+    //! isolated node's frames), crashes that lose nothing committed (commits complete at
+    //! once here).
 
     use super::*;
-    use ken::engine::Command;
-    use ken::store::Store;
-    use ken::transport::Frame;
-    use ken::{Engine, EngineConfig, Time, Tuning};
+    use ken::testing::{self, Fate};
+    use ken::{EngineConfig, Time, Tuning};
     use serde_json::Value;
 
     const T0_MS: u64 = 1_700_000_000_000;
@@ -831,27 +830,24 @@ mod tests {
     const T_FAIL_MS: u64 = 1000;
     const CREATE_TIMEOUT_MS: u64 = 1000;
 
-    struct Node {
-        id: ProcessId,
-        role: Role,
-        path: std::path::PathBuf,
-        engine: Option<Engine<Lock>>,
-        store: Option<Store>,
-        /// Released lines, with the life that printed them.
-        lines: Vec<(u32, String)>,
-        life: u32,
-        finished: Option<String>,
+    /// Server `s` (node 0) and holders `h1`, `h2`, ... on [`testing::Cluster`] (which it
+    /// derefs to); [`LockCluster`] holds what the tests read and do.
+    struct Cluster {
+        host: testing::Cluster<Lock>,
+        _dir: tempfile::TempDir,
     }
 
-    struct Cluster {
-        now: Time,
-        nodes: Vec<Node>,
-        net: VecDeque<(usize, Frame)>,
-        mute: BTreeSet<usize>,
-        /// FUSE control frames (`Create`, `Fail`, ...) to this node are lost.
-        drop_fuse_to: Option<usize>,
-        boots: u64,
-        _dir: tempfile::TempDir,
+    impl std::ops::Deref for Cluster {
+        type Target = testing::Cluster<Lock>;
+        fn deref(&self) -> &Self::Target {
+            &self.host
+        }
+    }
+
+    impl std::ops::DerefMut for Cluster {
+        fn deref_mut(&mut self) -> &mut Self::Target {
+            &mut self.host
+        }
     }
 
     fn pid(s: &str) -> ProcessId {
@@ -873,165 +869,84 @@ mod tests {
         fn new(server: ServerConfig, holders: Vec<Role>) -> Cluster {
             let dir =
                 tempfile::tempdir_in("/dev/shm").unwrap_or_else(|_| tempfile::tempdir().unwrap());
-            let mut nodes = vec![Node {
-                id: pid("s"),
-                role: Role::Server(server),
-                path: dir.path().join("s.db"),
-                engine: None,
-                store: None,
-                lines: Vec::new(),
-                life: 0,
-                finished: None,
-            }];
-            for (i, role) in holders.into_iter().enumerate() {
-                let id = pid(&format!("h{}", i + 1));
-                nodes.push(Node {
-                    path: dir.path().join(format!("{id}.db")),
-                    id,
-                    role,
-                    engine: None,
-                    store: None,
-                    lines: Vec::new(),
-                    life: 0,
-                    finished: None,
+            let mut host = testing::Cluster::new(dir.path(), Time::from_millis(T0_MS), 0);
+            let holder_ids: Vec<ProcessId> = (1..=holders.len())
+                .map(|i| pid(&format!("h{i}")))
+                .collect();
+            let roles = std::iter::once((pid("s"), Role::Server(server)))
+                .chain(holder_ids.iter().cloned().zip(holders));
+            for (id, role) in roles {
+                let peers = if id.as_str() == "s" {
+                    holder_ids.clone()
+                } else {
+                    vec![pid("s")]
+                };
+                let tuning = Tuning {
+                    fuse_heartbeat: Duration::from_millis(HEARTBEAT_MS),
+                    fuse_t_fail: Duration::from_millis(T_FAIL_MS),
+                    fuse_create_timeout: Duration::from_millis(CREATE_TIMEOUT_MS),
+                    ..Tuning::default()
+                };
+                let config = EngineConfig {
+                    id: id.clone(),
+                    peers,
+                    tuning,
+                    seed: 0, // set at every boot
+                };
+                host.add(config, move || Lock {
+                    id: id.clone(),
+                    role: role.clone(),
                 });
             }
-            let mut c = Cluster {
-                now: Time::from_millis(T0_MS),
-                nodes,
-                net: VecDeque::new(),
-                mute: BTreeSet::new(),
-                drop_fuse_to: None,
-                boots: 0,
-                _dir: dir,
-            };
-            for i in 0..c.nodes.len() {
+            let mut c = Cluster { host, _dir: dir };
+            for i in 0..c.len() {
                 c.boot(i);
             }
             c
         }
+    }
 
-        fn boot(&mut self, i: usize) {
-            let peers: Vec<ProcessId> = if i == 0 {
-                self.nodes[1..].iter().map(|n| n.id.clone()).collect()
-            } else {
-                vec![pid("s")]
-            };
-            self.boots += 1;
-            let node = &mut self.nodes[i];
-            let (store, rec) = Store::open(&node.path, node.id.as_str()).unwrap();
-            let reader = ken::store::Reader::open(&node.path).unwrap();
-            let tuning = Tuning {
-                fuse_heartbeat: Duration::from_millis(HEARTBEAT_MS),
-                fuse_t_fail: Duration::from_millis(T_FAIL_MS),
-                fuse_create_timeout: Duration::from_millis(CREATE_TIMEOUT_MS),
-                ..Tuning::default()
-            };
-            let config = EngineConfig {
-                id: node.id.clone(),
-                peers,
-                tuning,
-                // A fresh generator per life, as the driver's random seed: group ids differ.
-                seed: self.boots,
-            };
-            let handler = Lock {
-                id: node.id.clone(),
-                role: node.role.clone(),
-            };
-            let mut engine = Engine::recover(config, handler, rec, Box::new(reader)).unwrap();
-            engine.start(self.now);
-            node.engine = Some(engine);
-            node.store = Some(store);
-            node.life += 1;
-            self.drain(i);
-        }
-
-        fn crash(&mut self, i: usize) {
-            self.nodes[i].engine = None;
-            self.nodes[i].store = None;
-        }
-
-        fn drain(&mut self, i: usize) {
-            loop {
-                let Some(engine) = self.nodes[i].engine.as_mut() else {
-                    return;
-                };
-                let cmds = engine.take_commands();
-                if cmds.is_empty() {
-                    return;
-                }
-                for cmd in cmds {
-                    let node = &mut self.nodes[i];
-                    match cmd {
-                        Command::Commit { id, batch } => {
-                            node.store.as_mut().unwrap().commit(&batch).unwrap();
-                            node.engine.as_mut().unwrap().commit_done(self.now, id);
-                        }
-                        Command::Send { to, frame, .. } => {
-                            let to = self.nodes.iter().position(|n| n.id == to).unwrap();
-                            let fuse_lost = self.drop_fuse_to == Some(to)
-                                && frame.kind == ken::transport::FrameKind::Fuse;
-                            if !self.mute.contains(&i) && !self.mute.contains(&to) && !fuse_lost {
-                                self.net.push_back((to, frame));
-                            }
-                        }
-                        Command::Emit { line, .. } => node.lines.push((node.life, line)),
-                        Command::Finished { report } => node.finished = Some(report),
-                        Command::Fatal { error } => panic!("{} stopped: {error}", node.id),
-                    }
-                }
-            }
-        }
-
+    /// What the tests read and do on the cluster (a trait, so that `run_until`'s
+    /// conditions can use it on the host they are handed).
+    trait LockCluster {
+        /// Starts node `i` with a fresh generator per life, as the driver's random seed:
+        /// group ids differ.
+        fn boot(&mut self, i: usize);
         /// Advances virtual time by `ms`, 5 ms at a time, delivering everything.
-        fn run(&mut self, ms: u64) {
-            let end = self.now.plus(Duration::from_millis(ms));
-            while self.now < end {
-                self.step();
-            }
-        }
-
-        fn step(&mut self) {
-            while let Some((to, frame)) = self.net.pop_front() {
-                if let Some(e) = self.nodes[to].engine.as_mut() {
-                    e.handle_frame(self.now, frame);
-                    self.drain(to);
-                }
-            }
-            self.now = self.now.plus(Duration::from_millis(5));
-            for i in 0..self.nodes.len() {
-                if let Some(e) = self.nodes[i].engine.as_mut() {
-                    e.tick(self.now);
-                    self.drain(i);
-                }
-            }
-        }
-
+        fn run(&mut self, ms: u64);
         /// Runs until `done` holds, for at most `max_ms`; the virtual time it took.
-        fn run_until(&mut self, max_ms: u64, mut done: impl FnMut(&Cluster) -> bool) -> u64 {
-            let start = self.now;
-            let end = start.plus(Duration::from_millis(max_ms));
-            while !done(self) {
-                assert!(
-                    self.now < end,
-                    "not done within {max_ms} ms of virtual time"
-                );
-                self.step();
-            }
-            self.now.since(start).as_millis() as u64
+        fn run_until_ms(&mut self, max_ms: u64, done: impl FnMut(&Self) -> bool) -> u64;
+        fn events(&self, i: usize, event: &str) -> Vec<Value>;
+        fn holders_finished(&self) -> bool;
+    }
+
+    impl LockCluster for testing::Cluster<Lock> {
+        fn boot(&mut self, i: usize) {
+            let boots: u64 = (0..self.len()).map(|j| u64::from(self.node(j).life())).sum();
+            self.config_mut(i).seed = boots + 1;
+            self.start(i);
+        }
+
+        fn run(&mut self, ms: u64) {
+            self.run_for(Duration::from_millis(ms));
+        }
+
+        fn run_until_ms(&mut self, max_ms: u64, done: impl FnMut(&Self) -> bool) -> u64 {
+            let took = self.run_until(Duration::from_millis(max_ms), done);
+            took.as_millis() as u64
         }
 
         fn events(&self, i: usize, event: &str) -> Vec<Value> {
-            self.nodes[i]
-                .lines
+            self.node(i)
+                .lines()
                 .iter()
                 .map(|(_, l)| serde_json::from_str::<Value>(l).unwrap())
                 .filter(|v| v["event"] == event)
                 .collect()
         }
 
-        fn state(&self, i: usize) -> &State {
-            self.nodes[i].engine.as_ref().unwrap().state()
+        fn holders_finished(&self) -> bool {
+            (1..self.len()).all(|i| self.node(i).finished().is_some())
         }
     }
 
@@ -1043,7 +958,7 @@ mod tests {
     }
 
     fn clean_audit(c: &Cluster) -> Audit {
-        let audit = audit_server(&c.nodes[0].lines);
+        let audit = audit_server(c.node(0).lines());
         assert!(audit.violations.is_empty(), "{:?}", audit.violations);
         audit
     }
@@ -1054,8 +969,8 @@ mod tests {
             ServerConfig::default(),
             vec![holder("L", 50, Some(4)), holder("L", 50, Some(4))],
         );
-        c.run_until(20_000, |c| {
-            c.nodes[1..].iter().all(|n| n.finished.is_some()) && c.events(0, "freed").len() == 8
+        c.run_until_ms(20_000, |c| {
+            c.holders_finished() && c.events(0, "freed").len() == 8
         });
         assert_eq!(tokens(&c.events(0, "granted")), (1..=8).collect::<Vec<_>>());
         assert_eq!(tokens(&c.events(0, "freed")), (1..=8).collect::<Vec<_>>());
@@ -1063,7 +978,7 @@ mod tests {
         assert_eq!((audit.granted, audit.freed, audit.unconfirmed), (8, 8, 0));
         for i in 1..=2 {
             let report: Report =
-                serde_json::from_str(c.nodes[i].finished.as_ref().unwrap()).unwrap();
+                serde_json::from_str(c.node(i).finished().unwrap()).unwrap();
             assert_eq!(
                 (report.rounds, report.released, report.lost),
                 (4, 4, 0),
@@ -1094,14 +1009,13 @@ mod tests {
         );
         // Each process down for 0.3 x T_fail at a different point of the rounds.
         for (victim, at_ms) in [(0, 100), (1, 500), (2, 900), (0, 1300), (1, 1650)] {
-            c.run(at_ms - (c.now.as_millis() - T0_MS).min(at_ms));
+            let elapsed_ms = c.now().as_millis() - T0_MS;
+            c.run(at_ms - elapsed_ms.min(at_ms));
             c.crash(victim);
             c.run(T_FAIL_MS * 3 / 10);
             c.boot(victim);
         }
-        c.run_until(30_000, |c| {
-            c.nodes[1..].iter().all(|n| n.finished.is_some())
-        });
+        c.run_until_ms(30_000, |c| c.holders_finished());
         let audit = clean_audit(&c);
         assert_eq!(audit.last_token["L"], 6);
         for i in 1..=2 {
@@ -1116,7 +1030,7 @@ mod tests {
             ServerConfig::default(),
             vec![holder("L", 0, None), holder("L", 0, None)],
         );
-        c.run_until(1_000, |c| {
+        c.run_until_ms(1_000, |c| {
             !c.events(2, "holding").is_empty() || !c.events(1, "holding").is_empty()
         });
         let first = if c.events(1, "holding").is_empty() {
@@ -1126,13 +1040,13 @@ mod tests {
         };
         let other = 3 - first;
         c.crash(first);
-        let took = c.run_until(10_000, |c| !c.events(0, "freed").is_empty());
+        let took = c.run_until_ms(10_000, |c| !c.events(0, "freed").is_empty());
         let bound = T_FAIL_MS + 2 * HEARTBEAT_MS + 10;
         assert!(
             took <= bound,
             "freed {took} ms after the kill, bound {bound} ms"
         );
-        c.run_until(1_000, |c| !c.events(other, "holding").is_empty());
+        c.run_until_ms(1_000, |c| !c.events(other, "holding").is_empty());
         assert_eq!(tokens(&c.events(other, "holding")), vec![2]);
         assert_eq!(tokens(&c.events(0, "freed")), vec![1]);
         clean_audit(&c);
@@ -1144,20 +1058,20 @@ mod tests {
             ServerConfig::default(),
             vec![holder("L", 0, None), holder("L", 100, Some(1))],
         );
-        c.run_until(1_000, |c| !c.events(1, "holding").is_empty());
+        c.run_until_ms(1_000, |c| !c.events(1, "holding").is_empty());
         // h2 is queued behind h1 and goes down; then h1 goes silent (muted), so its group
         // fails by silence and the server grants h2.
-        c.run_until(1_000, |c| !c.events(0, "queued").is_empty());
+        c.run_until_ms(1_000, |c| !c.events(0, "queued").is_empty());
         c.crash(2);
-        c.mute.insert(1);
+        c.isolate(1);
         // h1's group fails by silence; the server grants h2, whose group creation times
         // out while h2 is down: freed at the server, and `Freed` waits in the outbox.
-        c.run_until(10_000, |c| c.events(0, "freed").len() >= 2);
+        c.run_until_ms(10_000, |c| c.events(0, "freed").len() >= 2);
         let freed = tokens(&c.events(0, "freed"));
         assert_eq!(freed, vec![1, 2]);
         c.boot(2);
-        c.run_until(5_000, |c| {
-            c.nodes[2].finished.is_some() || !c.events(2, "lost").is_empty()
+        c.run_until_ms(5_000, |c| {
+            c.node(2).finished().is_some() || !c.events(2, "lost").is_empty()
         });
         // h2 gets `Granted` and then `Freed` in one burst (FIFO): it reports the grant held
         // and lost at the same instant (a stale view the fencing token protects against).
@@ -1167,7 +1081,7 @@ mod tests {
         assert_eq!(tokens(&holding), vec![2]);
         assert_eq!(holding[0]["at_ms"], lost[0]["at_ms"]);
         // It goes on to its next round (it asked for 1, so it is done: 1 lost round).
-        c.run_until(5_000, |c| c.nodes[2].finished.is_some());
+        c.run_until_ms(5_000, |c| c.node(2).finished().is_some());
         assert_eq!(c.state(2).holder.lost, 1);
         clean_audit(&c);
     }
@@ -1176,15 +1090,21 @@ mod tests {
     fn a_release_signalled_before_the_holder_heard_of_its_group_is_signalled_again() {
         let mut c = Cluster::new(ServerConfig::default(), vec![holder("L", 50, Some(2))]);
         // FUSE control frames to h1 are lost: `Granted` arrives, `Create` does not.
-        c.drop_fuse_to = Some(1);
-        c.run_until(1_000, |c| !c.events(1, "holding").is_empty());
+        c.set_filter(|d| {
+            if d.to == 1 && d.kind == ken::transport::FrameKind::Fuse {
+                Fate::Drop
+            } else {
+                Fate::Pass
+            }
+        });
+        c.run_until_ms(1_000, |c| !c.events(1, "holding").is_empty());
         c.run(300);
         assert!(
             c.events(1, "released").is_empty(),
             "the first signal cannot fail a group h1 has not heard of"
         );
-        c.drop_fuse_to = None;
-        c.run_until(5_000, |c| c.nodes[1].finished.is_some());
+        c.clear_filter();
+        c.run_until_ms(5_000, |c| c.node(1).finished().is_some());
         assert_eq!(tokens(&c.events(1, "released")), vec![1, 2]);
         assert_eq!(c.state(1).holder.lost, 0);
         clean_audit(&c);
@@ -1200,9 +1120,7 @@ mod tests {
                 holder("L", 300, Some(1)),
             ],
         );
-        c.run_until(10_000, |c| {
-            c.nodes[1..].iter().all(|n| n.finished.is_some())
-        });
+        c.run_until_ms(10_000, |c| c.holders_finished());
         let refused = c.events(0, "refused");
         assert!(
             !refused.is_empty(),
