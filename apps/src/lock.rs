@@ -830,25 +830,9 @@ mod tests {
     const T_FAIL_MS: u64 = 1000;
     const CREATE_TIMEOUT_MS: u64 = 1000;
 
-    /// Server `s` (node 0) and holders `h1`, `h2`, ... on [`testing::Cluster`] (which it
-    /// derefs to); [`LockCluster`] holds what the tests read and do.
-    struct Cluster {
-        host: testing::Cluster<Lock>,
-        _dir: tempfile::TempDir,
-    }
-
-    impl std::ops::Deref for Cluster {
-        type Target = testing::Cluster<Lock>;
-        fn deref(&self) -> &Self::Target {
-            &self.host
-        }
-    }
-
-    impl std::ops::DerefMut for Cluster {
-        fn deref_mut(&mut self) -> &mut Self::Target {
-            &mut self.host
-        }
-    }
+    /// Server `s` (node 0) and holders `h1`, `h2`, ...; [`LockCluster`] holds what the
+    /// tests read and do.
+    type Cluster = testing::Cluster<Lock>;
 
     fn pid(s: &str) -> ProcessId {
         ProcessId::new(s).unwrap()
@@ -864,50 +848,46 @@ mod tests {
         })
     }
 
-    impl Cluster {
-        /// Node 0 is the server `s`; the holders are `h1`, `h2`, ... started in order.
-        fn new(server: ServerConfig, holders: Vec<Role>) -> Cluster {
-            let dir =
-                tempfile::tempdir_in("/dev/shm").unwrap_or_else(|_| tempfile::tempdir().unwrap());
-            let mut host = testing::Cluster::new(dir.path(), Time::from_millis(T0_MS), 0);
-            let holder_ids: Vec<ProcessId> = (1..=holders.len())
-                .map(|i| pid(&format!("h{i}")))
-                .collect();
-            let roles = std::iter::once((pid("s"), Role::Server(server)))
-                .chain(holder_ids.iter().cloned().zip(holders));
-            for (id, role) in roles {
-                let peers = if id.as_str() == "s" {
-                    holder_ids.clone()
-                } else {
-                    vec![pid("s")]
-                };
-                let tuning = Tuning {
-                    fuse_heartbeat: Duration::from_millis(HEARTBEAT_MS),
-                    fuse_t_fail: Duration::from_millis(T_FAIL_MS),
-                    fuse_create_timeout: Duration::from_millis(CREATE_TIMEOUT_MS),
-                    ..Tuning::default()
-                };
-                let config = EngineConfig {
-                    id: id.clone(),
-                    peers,
-                    tuning,
-                    seed: 0, // set at every boot
-                };
-                host.add(config, move || Lock {
-                    id: id.clone(),
-                    role: role.clone(),
-                });
-            }
-            let mut c = Cluster { host, _dir: dir };
-            for i in 0..c.len() {
-                c.boot(i);
-            }
-            c
+    /// Node 0 is the server `s`; the holders are `h1`, `h2`, ... started in order.
+    fn cluster(server: ServerConfig, holders: Vec<Role>) -> Cluster {
+        let dir =
+            tempfile::tempdir_in("/dev/shm").unwrap_or_else(|_| tempfile::tempdir().unwrap());
+        let mut c = Cluster::new(dir, Time::from_millis(T0_MS), 0);
+        let holder_ids: Vec<ProcessId> = (1..=holders.len())
+            .map(|i| pid(&format!("h{i}")))
+            .collect();
+        let roles = std::iter::once((pid("s"), Role::Server(server)))
+            .chain(holder_ids.iter().cloned().zip(holders));
+        for (id, role) in roles {
+            let peers = if id.as_str() == "s" {
+                holder_ids.clone()
+            } else {
+                vec![pid("s")]
+            };
+            let tuning = Tuning {
+                fuse_heartbeat: Duration::from_millis(HEARTBEAT_MS),
+                fuse_t_fail: Duration::from_millis(T_FAIL_MS),
+                fuse_create_timeout: Duration::from_millis(CREATE_TIMEOUT_MS),
+                ..Tuning::default()
+            };
+            let config = EngineConfig {
+                id: id.clone(),
+                peers,
+                tuning,
+                seed: 0, // set at every boot
+            };
+            c.add(config, move || Lock {
+                id: id.clone(),
+                role: role.clone(),
+            });
         }
+        for i in 0..c.len() {
+            c.boot(i);
+        }
+        c
     }
 
-    /// What the tests read and do on the cluster (a trait, so that `run_until`'s
-    /// conditions can use it on the host they are handed).
+    /// What the tests read and do on the cluster.
     trait LockCluster {
         /// Starts node `i` with a fresh generator per life, as the driver's random seed:
         /// group ids differ.
@@ -916,7 +896,7 @@ mod tests {
         fn run(&mut self, ms: u64);
         /// Runs until `done` holds, for at most `max_ms`; the virtual time it took.
         fn run_until_ms(&mut self, max_ms: u64, done: impl FnMut(&Self) -> bool) -> u64;
-        fn events(&self, i: usize, event: &str) -> Vec<Value>;
+        fn emitted(&self, i: usize, event: &str) -> Vec<Value>;
         fn holders_finished(&self) -> bool;
     }
 
@@ -936,7 +916,7 @@ mod tests {
             took.as_millis() as u64
         }
 
-        fn events(&self, i: usize, event: &str) -> Vec<Value> {
+        fn emitted(&self, i: usize, event: &str) -> Vec<Value> {
             self.node(i)
                 .lines()
                 .iter()
@@ -965,15 +945,15 @@ mod tests {
 
     #[test]
     fn two_holders_take_turns_and_tokens_strictly_increase() {
-        let mut c = Cluster::new(
+        let mut c = cluster(
             ServerConfig::default(),
             vec![holder("L", 50, Some(4)), holder("L", 50, Some(4))],
         );
         c.run_until_ms(20_000, |c| {
-            c.holders_finished() && c.events(0, "freed").len() == 8
+            c.holders_finished() && c.emitted(0, "freed").len() == 8
         });
-        assert_eq!(tokens(&c.events(0, "granted")), (1..=8).collect::<Vec<_>>());
-        assert_eq!(tokens(&c.events(0, "freed")), (1..=8).collect::<Vec<_>>());
+        assert_eq!(tokens(&c.emitted(0, "granted")), (1..=8).collect::<Vec<_>>());
+        assert_eq!(tokens(&c.emitted(0, "freed")), (1..=8).collect::<Vec<_>>());
         let audit = clean_audit(&c);
         assert_eq!((audit.granted, audit.freed, audit.unconfirmed), (8, 8, 0));
         for i in 1..=2 {
@@ -984,14 +964,14 @@ mod tests {
                 (4, 4, 0),
                 "{report:?}"
             );
-            let held = tokens(&c.events(i, "holding"));
+            let held = tokens(&c.emitted(i, "holding"));
             assert_eq!(held.len(), 4);
             assert!(held.windows(2).all(|w| w[0] < w[1]), "{held:?}");
-            assert_eq!(tokens(&c.events(i, "released")), held);
+            assert_eq!(tokens(&c.emitted(i, "released")), held);
         }
         // Each grant went to a waiter: they alternate (FIFO), h1 first.
         let order: Vec<Value> = c
-            .events(0, "granted")
+            .emitted(0, "granted")
             .iter()
             .map(|e| e["holder"].clone())
             .collect();
@@ -1003,7 +983,7 @@ mod tests {
 
     #[test]
     fn crash_restarts_of_server_and_holders_are_masked() {
-        let mut c = Cluster::new(
+        let mut c = cluster(
             ServerConfig::default(),
             vec![holder("L", 300, Some(3)), holder("L", 300, Some(3))],
         );
@@ -1026,58 +1006,58 @@ mod tests {
 
     #[test]
     fn a_dead_holder_loses_its_lock_within_the_bound_and_the_waiter_gets_it() {
-        let mut c = Cluster::new(
+        let mut c = cluster(
             ServerConfig::default(),
             vec![holder("L", 0, None), holder("L", 0, None)],
         );
         c.run_until_ms(1_000, |c| {
-            !c.events(2, "holding").is_empty() || !c.events(1, "holding").is_empty()
+            !c.emitted(2, "holding").is_empty() || !c.emitted(1, "holding").is_empty()
         });
-        let first = if c.events(1, "holding").is_empty() {
+        let first = if c.emitted(1, "holding").is_empty() {
             2
         } else {
             1
         };
         let other = 3 - first;
         c.crash(first);
-        let took = c.run_until_ms(10_000, |c| !c.events(0, "freed").is_empty());
+        let took = c.run_until_ms(10_000, |c| !c.emitted(0, "freed").is_empty());
         let bound = T_FAIL_MS + 2 * HEARTBEAT_MS + 10;
         assert!(
             took <= bound,
             "freed {took} ms after the kill, bound {bound} ms"
         );
-        c.run_until_ms(1_000, |c| !c.events(other, "holding").is_empty());
-        assert_eq!(tokens(&c.events(other, "holding")), vec![2]);
-        assert_eq!(tokens(&c.events(0, "freed")), vec![1]);
+        c.run_until_ms(1_000, |c| !c.emitted(other, "holding").is_empty());
+        assert_eq!(tokens(&c.emitted(other, "holding")), vec![2]);
+        assert_eq!(tokens(&c.emitted(0, "freed")), vec![1]);
         clean_audit(&c);
     }
 
     #[test]
     fn a_grant_whose_group_failed_while_the_holder_was_down_is_reported_lost() {
-        let mut c = Cluster::new(
+        let mut c = cluster(
             ServerConfig::default(),
             vec![holder("L", 0, None), holder("L", 100, Some(1))],
         );
-        c.run_until_ms(1_000, |c| !c.events(1, "holding").is_empty());
+        c.run_until_ms(1_000, |c| !c.emitted(1, "holding").is_empty());
         // h2 is queued behind h1 and goes down; then h1 goes silent (muted), so its group
         // fails by silence and the server grants h2.
-        c.run_until_ms(1_000, |c| !c.events(0, "queued").is_empty());
+        c.run_until_ms(1_000, |c| !c.emitted(0, "queued").is_empty());
         c.crash(2);
         c.isolate(1);
         // h1's group fails by silence; the server grants h2, whose group creation times
         // out while h2 is down: freed at the server, and `Freed` waits in the outbox.
-        c.run_until_ms(10_000, |c| c.events(0, "freed").len() >= 2);
-        let freed = tokens(&c.events(0, "freed"));
+        c.run_until_ms(10_000, |c| c.emitted(0, "freed").len() >= 2);
+        let freed = tokens(&c.emitted(0, "freed"));
         assert_eq!(freed, vec![1, 2]);
         c.boot(2);
         c.run_until_ms(5_000, |c| {
-            c.node(2).finished().is_some() || !c.events(2, "lost").is_empty()
+            c.node(2).finished().is_some() || !c.emitted(2, "lost").is_empty()
         });
         // h2 gets `Granted` and then `Freed` in one burst (FIFO): it reports the grant held
         // and lost at the same instant (a stale view the fencing token protects against).
-        let lost = c.events(2, "lost");
+        let lost = c.emitted(2, "lost");
         assert_eq!(tokens(&lost), vec![2], "h2 hears its grant ended");
-        let holding = c.events(2, "holding");
+        let holding = c.emitted(2, "holding");
         assert_eq!(tokens(&holding), vec![2]);
         assert_eq!(holding[0]["at_ms"], lost[0]["at_ms"]);
         // It goes on to its next round (it asked for 1, so it is done: 1 lost round).
@@ -1088,7 +1068,7 @@ mod tests {
 
     #[test]
     fn a_release_signalled_before_the_holder_heard_of_its_group_is_signalled_again() {
-        let mut c = Cluster::new(ServerConfig::default(), vec![holder("L", 50, Some(2))]);
+        let mut c = cluster(ServerConfig::default(), vec![holder("L", 50, Some(2))]);
         // FUSE control frames to h1 are lost: `Granted` arrives, `Create` does not.
         c.set_filter(|d| {
             if d.to == 1 && d.kind == ken::transport::FrameKind::Fuse {
@@ -1097,22 +1077,22 @@ mod tests {
                 Fate::Pass
             }
         });
-        c.run_until_ms(1_000, |c| !c.events(1, "holding").is_empty());
+        c.run_until_ms(1_000, |c| !c.emitted(1, "holding").is_empty());
         c.run(300);
         assert!(
-            c.events(1, "released").is_empty(),
+            c.emitted(1, "released").is_empty(),
             "the first signal cannot fail a group h1 has not heard of"
         );
         c.clear_filter();
         c.run_until_ms(5_000, |c| c.node(1).finished().is_some());
-        assert_eq!(tokens(&c.events(1, "released")), vec![1, 2]);
+        assert_eq!(tokens(&c.emitted(1, "released")), vec![1, 2]);
         assert_eq!(c.state(1).holder.lost, 0);
         clean_audit(&c);
     }
 
     #[test]
     fn a_full_queue_refuses_and_the_refused_holder_gets_in_later() {
-        let mut c = Cluster::new(
+        let mut c = cluster(
             ServerConfig { queue_max: 1 },
             vec![
                 holder("L", 300, Some(1)),
@@ -1121,31 +1101,31 @@ mod tests {
             ],
         );
         c.run_until_ms(10_000, |c| c.holders_finished());
-        let refused = c.events(0, "refused");
+        let refused = c.emitted(0, "refused");
         assert!(
             !refused.is_empty(),
             "one of three must be refused with a queue of 1"
         );
         let who = refused[0]["holder"].as_str().unwrap().to_string();
         let i: usize = who[1..].parse().unwrap();
-        assert!(c.events(i, "refused").len() == refused.len());
+        assert!(c.emitted(i, "refused").len() == refused.len());
         assert_eq!(c.state(i).holder.refused, refused.len() as u64);
-        assert_eq!(tokens(&c.events(0, "granted")), vec![1, 2, 3]);
+        assert_eq!(tokens(&c.emitted(0, "granted")), vec![1, 2, 3]);
         clean_audit(&c);
     }
 
     #[test]
     fn a_lock_name_too_long_is_refused_with_the_reason() {
         let long = "x".repeat(LOCK_NAME_BYTES_MAX + 1);
-        let mut c = Cluster::new(ServerConfig::default(), vec![holder(&long, 100, Some(1))]);
+        let mut c = cluster(ServerConfig::default(), vec![holder(&long, 100, Some(1))]);
         c.run(200);
-        let refused = c.events(0, "refused");
+        let refused = c.emitted(0, "refused");
         assert_eq!(refused.len(), 1);
         assert!(refused[0]["reason"]
             .as_str()
             .unwrap()
             .contains("1 to 128 bytes"));
-        assert!(c.events(0, "granted").is_empty());
+        assert!(c.emitted(0, "granted").is_empty());
         assert!(check_lock_name("").is_err() && check_lock_name("ok").is_ok());
     }
 

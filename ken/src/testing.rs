@@ -44,7 +44,7 @@
 //! }
 //!
 //! let dir = tempfile::tempdir().unwrap();
-//! let mut c = Cluster::new(dir.path(), Time::from_millis(1_700_000_000_000), 7);
+//! let mut c = Cluster::new(dir, Time::from_millis(1_700_000_000_000), 7);
 //! let ids = [ProcessId::new("a").unwrap(), ProcessId::new("b").unwrap()];
 //! for id in &ids {
 //!     let peers = ids.iter().filter(|p| *p != id).cloned().collect();
@@ -234,7 +234,7 @@ impl<H: Handler> Node<H> {
 
 /// A cluster of engines over real stores, in virtual time. See the module docs.
 pub struct Cluster<H: Handler> {
-    dir: PathBuf,
+    dir: Box<dyn AsRef<Path>>,
     now: Time,
     step: Duration,
     seed: u64,
@@ -254,22 +254,19 @@ pub struct Cluster<H: Handler> {
 
 impl<H: Handler> std::fmt::Debug for Cluster<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cluster")
-            .field("seed", &self.seed)
-            .field("now", &self.now)
-            .field("nodes", &self.nodes)
-            .field("in_flight", &self.in_flight.len())
-            .finish_non_exhaustive()
+        let (seed, now) = (self.seed, self.now);
+        write!(f, "Cluster {{ seed: {seed}, now: {now:?}, nodes: {:?} }}", self.nodes)
     }
 }
 
 impl<H: Handler> Cluster<H> {
-    /// An empty cluster whose stores go in `dir`, its clock at `start`, its generator seeded
-    /// with `seed`. Steps are 5 ms; commits complete at once; the network delivers
-    /// everything, in order.
-    pub fn new(dir: &Path, start: Time, seed: u64) -> Cluster<H> {
+    /// An empty cluster whose stores go in `dir` (a path, or a `tempfile::TempDir` that the
+    /// cluster keeps until it is dropped), its clock at `start`, its generator seeded with
+    /// `seed`. Steps are 5 ms; commits complete at once; the network delivers everything,
+    /// in order.
+    pub fn new(dir: impl AsRef<Path> + 'static, start: Time, seed: u64) -> Cluster<H> {
         Cluster {
-            dir: dir.to_path_buf(),
+            dir: Box::new(dir),
             now: start,
             step: Duration::from_millis(5),
             seed,
@@ -297,7 +294,7 @@ impl<H: Handler> Cluster<H> {
             config.id
         );
         self.nodes.push(Node {
-            path: self.dir.join(format!("{}.ken", config.id)),
+            path: (*self.dir).as_ref().join(format!("{}.ken", config.id)),
             config,
             handler: Box::new(handler),
             engine: None,
@@ -332,7 +329,12 @@ impl<H: Handler> Cluster<H> {
         self.stops_tolerated = true;
     }
 
-    /// The events recorded since the last call.
+    /// The events recorded and not yet taken.
+    pub fn events(&self) -> &[Event] {
+        self.events.as_deref().unwrap_or_default()
+    }
+
+    /// Takes the events recorded since the last call.
     pub fn take_events(&mut self) -> Vec<Event> {
         self.events.as_mut().map(std::mem::take).unwrap_or_default()
     }

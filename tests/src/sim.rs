@@ -223,7 +223,6 @@ pub struct Sim<A: SimApp> {
     checker: Checker,
     report: SimReport,
     faults_on: bool,
-    _dir: tempfile::TempDir,
 }
 
 impl<A: SimApp> std::fmt::Debug for Sim<A> {
@@ -254,9 +253,8 @@ const T0_MS: u64 = 1_700_000_000_000;
 
 impl<A: SimApp> Sim<A> {
     pub fn new(app: A, config: SimConfig) -> Sim<A> {
-        let dir = fast_tempdir();
         let app = Rc::new(app);
-        let mut cluster = Cluster::new(dir.path(), Time::from_millis(T0_MS), config.seed);
+        let mut cluster = Cluster::new(fast_tempdir(), Time::from_millis(T0_MS), config.seed);
         cluster.set_commits(Commits::Held);
         cluster.record_events(true);
         cluster.tolerate_stops();
@@ -284,7 +282,6 @@ impl<A: SimApp> Sim<A> {
             world: World::default(),
             checker: Checker::default(),
             faults_on: true,
-            _dir: dir,
         };
         for i in 0..ids.len() {
             sim.boot(i);

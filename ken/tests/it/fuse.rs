@@ -2,7 +2,6 @@
 //! virtual time, a network that can drop, hold or partition, crashes that lose everything
 //! uncommitted.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ken::testing::{self, Fate, Faults};
@@ -51,91 +50,78 @@ fn pid(s: &str) -> ProcessId {
     ProcessId::new(s).unwrap()
 }
 
-/// Members `a`, `b`, ... of one group `a` creates, on [`testing::Cluster`] (which it
-/// derefs to), with the time each node's committed state first showed each notification.
-struct Cluster {
-    host: testing::Cluster<Member>,
-    /// Per node: notifications heard, from committed state (root), over all lives.
-    notified_at: Vec<BTreeMap<GroupId, Time>>,
-    _dir: tempfile::TempDir,
-}
-
-impl std::ops::Deref for Cluster {
-    type Target = testing::Cluster<Member>;
-    fn deref(&self) -> &Self::Target {
-        &self.host
-    }
-}
-
-impl std::ops::DerefMut for Cluster {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.host
-    }
-}
+/// Members `a`, `b`, ... of one group `a` creates; [`Fuse`] holds what the tests read.
+type Cluster = testing::Cluster<Member>;
 
 const T0: u64 = 1_700_000_000_000;
 
-impl Cluster {
-    fn new(n: usize) -> Cluster {
-        Cluster::with(n, None, 0)
-    }
+fn cluster(n: usize) -> Cluster {
+    cluster_with(n, None, 0)
+}
 
-    /// `seed` seeds the network's random faults, if the test sets any.
-    fn with(n: usize, signal_after: Option<Duration>, seed: u64) -> Cluster {
-        // tmpfs when there is one: these runs commit a lot and model crashes themselves.
-        let dir = tempfile::tempdir_in("/dev/shm").unwrap_or_else(|_| tempfile::tempdir().unwrap());
-        let mut host = testing::Cluster::new(dir.path(), Time::from_millis(T0), seed);
-        host.record_events(true);
-        let ids: Vec<ProcessId> = (0..n)
-            .map(|i| pid(&((b'a' + i as u8) as char).to_string()))
-            .collect();
-        for (i, id) in ids.iter().enumerate() {
-            let config = EngineConfig {
-                id: id.clone(),
-                peers: ids.iter().filter(|p| *p != id).cloned().collect(),
-                tuning: Tuning::default(),
-                seed: i as u64,
-            };
-            let all = ids.clone();
-            host.add(config, move || Member {
-                all: all.clone(),
-                signal_after,
-            });
-        }
-        host.start_all();
-        Cluster {
-            host,
-            notified_at: vec![BTreeMap::new(); n],
-            _dir: dir,
-        }
+/// `seed` seeds the network's random faults, if the test sets any.
+fn cluster_with(n: usize, signal_after: Option<Duration>, seed: u64) -> Cluster {
+    // tmpfs when there is one: these runs commit a lot and model crashes themselves.
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap_or_else(|_| tempfile::tempdir().unwrap());
+    let mut c = Cluster::new(dir, Time::from_millis(T0), seed);
+    c.record_events(true);
+    let ids: Vec<ProcessId> = (0..n)
+        .map(|i| pid(&((b'a' + i as u8) as char).to_string()))
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        let config = EngineConfig {
+            id: id.clone(),
+            peers: ids.iter().filter(|p| *p != id).cloned().collect(),
+            tuning: Tuning::default(),
+            seed: i as u64,
+        };
+        let all = ids.clone();
+        c.add(config, move || Member {
+            all: all.clone(),
+            signal_after,
+        });
     }
+    c.start_all();
+    c
+}
 
+/// What the tests read and do on the cluster.
+trait Fuse {
     /// Advances virtual time by `ms`, 5 ms at a time, delivering everything.
+    fn run(&mut self, ms: u64);
+    /// When node `i`'s committed state (root) first showed `g` notified, over all lives.
+    fn notified_at(&self, i: usize, g: GroupId) -> Time;
+    fn group(&self) -> GroupId;
+    /// Notifications heard by the handler of node `i` (committed, current life's view).
+    fn heard(&self, i: usize) -> Vec<GroupId>;
+    fn all_live(&self) -> bool;
+}
+
+impl Fuse for Cluster {
     fn run(&mut self, ms: u64) {
-        self.host.run_for(Duration::from_millis(ms));
+        self.run_for(Duration::from_millis(ms));
     }
 
-    /// When node `i`'s committed state first showed `g` notified.
-    fn notified_at(&mut self, i: usize, g: GroupId) -> Time {
-        for event in self.host.take_events() {
-            let testing::Event::Committed { node, at, batch } = event else {
-                continue;
-            };
+    fn notified_at(&self, i: usize, g: GroupId) -> Time {
+        let commits = self.events().iter().filter_map(|e| match e {
+            testing::Event::Committed { node, at, batch } if *node == i => Some((at, batch)),
+            _ => None,
+        });
+        for (at, batch) in commits {
             if let Some(root) = &batch.root {
                 let s: MemberState = ken::store::codec::decode(root).unwrap();
-                for g in s.notified {
-                    self.notified_at[node].entry(g).or_insert(at);
+                if s.notified.contains(&g) {
+                    return *at;
                 }
             }
         }
-        self.notified_at[i][&g]
+        panic!("node {i} never committed a notification of {g}")
     }
 
     fn group(&self) -> GroupId {
         self.state(0).group.unwrap()
     }
 
-    /// Notifications heard by the handler of node `i` (committed, current life's view).
     fn heard(&self, i: usize) -> Vec<GroupId> {
         self.node(i)
             .engine()
@@ -163,7 +149,7 @@ fn heartbeat() -> Duration {
 }
 
 fn established(n: usize) -> Cluster {
-    let mut c = Cluster::new(n);
+    let mut c = cluster(n);
     c.run(100);
     assert!(c.all_live(), "the group is established everywhere");
     c
@@ -171,7 +157,7 @@ fn established(n: usize) -> Cluster {
 
 /// Three members, established, the network's faults seeded with `seed`.
 fn established_with(seed: u64) -> Cluster {
-    let mut c = Cluster::with(3, None, seed);
+    let mut c = cluster_with(3, None, seed);
     c.run(100);
     assert!(c.all_live(), "the group is established everywhere");
     c
@@ -228,7 +214,7 @@ fn crash_restarts_shorter_than_t_fail_are_masked_and_longer_ones_are_not() {
 
 #[test]
 fn a_signal_reaches_everyone_even_if_all_the_signallers_datagrams_are_lost() {
-    let mut c = Cluster::with(3, Some(Duration::from_secs(3)), 0);
+    let mut c = cluster_with(3, Some(Duration::from_secs(3)), 0);
     c.run(100);
     assert!(c.all_live());
     let g = c.group();
@@ -293,7 +279,7 @@ fn a_member_down_when_the_group_failed_hears_it_once_after_restart() {
 
 #[test]
 fn a_member_dead_during_creation_fails_the_group_for_those_who_heard() {
-    let mut c = Cluster::new(3);
+    let mut c = cluster(3);
     // c died before it could confirm: it never runs again.
     c.crash(2);
     c.in_flight_mut().retain(|d| d.to != 2);
@@ -312,7 +298,7 @@ fn a_member_dead_during_creation_fails_the_group_for_those_who_heard() {
 
 #[test]
 fn a_signal_takes_the_fast_path_when_the_network_is_fine() {
-    let mut c = Cluster::with(4, Some(Duration::from_secs(1)), 0);
+    let mut c = cluster_with(4, Some(Duration::from_secs(1)), 0);
     c.run(100);
     let g = c.group();
     c.run(850);
@@ -395,9 +381,8 @@ fn a_stale_list_overtaken_by_the_confirm_does_not_fail_a_healthy_group() {
             }
         }
     }
-    let dir = tempfile::tempdir().unwrap();
     let ids = [pid("a"), pid("b")];
-    let mut c = testing::Cluster::new(dir.path(), Time::from_millis(T0), 0);
+    let mut c = testing::Cluster::new(tempfile::tempdir().unwrap(), Time::from_millis(T0), 0);
     c.set_step(Duration::from_millis(1));
     for (i, id) in ids.iter().enumerate() {
         let config = EngineConfig {
