@@ -5,3 +5,4 @@ mod crash;
 mod engine;
 mod fuse;
 mod sans_io;
+mod testing;
