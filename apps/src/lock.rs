@@ -850,12 +850,10 @@ mod tests {
 
     /// Node 0 is the server `s`; the holders are `h1`, `h2`, ... started in order.
     fn cluster(server: ServerConfig, holders: Vec<Role>) -> Cluster {
-        let dir =
-            tempfile::tempdir_in("/dev/shm").unwrap_or_else(|_| tempfile::tempdir().unwrap());
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap_or_else(|_| tempfile::tempdir().unwrap());
         let mut c = Cluster::new(dir, Time::from_millis(T0_MS), 0);
-        let holder_ids: Vec<ProcessId> = (1..=holders.len())
-            .map(|i| pid(&format!("h{i}")))
-            .collect();
+        let holder_ids: Vec<ProcessId> =
+            (1..=holders.len()).map(|i| pid(&format!("h{i}"))).collect();
         let roles = std::iter::once((pid("s"), Role::Server(server)))
             .chain(holder_ids.iter().cloned().zip(holders));
         for (id, role) in roles {
@@ -902,7 +900,9 @@ mod tests {
 
     impl LockCluster for testing::Cluster<Lock> {
         fn boot(&mut self, i: usize) {
-            let boots: u64 = (0..self.len()).map(|j| u64::from(self.node(j).life())).sum();
+            let boots: u64 = (0..self.len())
+                .map(|j| u64::from(self.node(j).life()))
+                .sum();
             self.config_mut(i).seed = boots + 1;
             self.start(i);
         }
@@ -952,13 +952,15 @@ mod tests {
         c.run_until_ms(20_000, |c| {
             c.holders_finished() && c.emitted(0, "freed").len() == 8
         });
-        assert_eq!(tokens(&c.emitted(0, "granted")), (1..=8).collect::<Vec<_>>());
+        assert_eq!(
+            tokens(&c.emitted(0, "granted")),
+            (1..=8).collect::<Vec<_>>()
+        );
         assert_eq!(tokens(&c.emitted(0, "freed")), (1..=8).collect::<Vec<_>>());
         let audit = clean_audit(&c);
         assert_eq!((audit.granted, audit.freed, audit.unconfirmed), (8, 8, 0));
         for i in 1..=2 {
-            let report: Report =
-                serde_json::from_str(c.node(i).finished().unwrap()).unwrap();
+            let report: Report = serde_json::from_str(c.node(i).finished().unwrap()).unwrap();
             assert_eq!(
                 (report.rounds, report.released, report.lost),
                 (4, 4, 0),

@@ -255,7 +255,11 @@ pub struct Cluster<H: Handler> {
 impl<H: Handler> std::fmt::Debug for Cluster<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (seed, now) = (self.seed, self.now);
-        write!(f, "Cluster {{ seed: {seed}, now: {now:?}, nodes: {:?} }}", self.nodes)
+        write!(
+            f,
+            "Cluster {{ seed: {seed}, now: {now:?}, nodes: {:?} }}",
+            self.nodes
+        )
     }
 }
 
@@ -410,7 +414,10 @@ impl<H: Handler> Cluster<H> {
             return false;
         };
         self.commit_to_store(i, batch);
-        let engine = self.nodes[i].engine.as_mut().expect("a held batch has an engine");
+        let engine = self.nodes[i]
+            .engine
+            .as_mut()
+            .expect("a held batch has an engine");
         engine.commit_done(self.now, id);
         self.drain(i);
         true

@@ -60,7 +60,9 @@ fn delays_reorder_datagrams_and_the_handler_still_sees_fifo_exactly_once() {
         ..Faults::default()
     });
     c.start_all();
-    c.run_until(Duration::from_secs(60), |c| c.state(1).len() as u64 == COUNT);
+    c.run_until(Duration::from_secs(60), |c| {
+        c.state(1).len() as u64 == COUNT
+    });
     assert_eq!(*c.state(1), (1..=COUNT).collect::<Vec<_>>());
     let b = c.engine(1).stats();
     assert!(b.out_of_order_buffered > 0, "nothing was reordered: {b:?}");
@@ -91,5 +93,9 @@ fn a_reply_waits_for_its_commit_and_a_crash_before_it_loses_the_turn() {
     assert_eq!((reply.to.clone(), reply.seq.0), (client.to_process_id(), 1));
     let body: ken::client::ReplyBody = ken::store::codec::decode(&reply.payload).unwrap();
     assert_eq!(body, ken::client::ReplyBody::Ok(b"cba".to_vec()));
-    assert_eq!(c.engine(1).stats().requests_applied, 1, "this life applied it once");
+    assert_eq!(
+        c.engine(1).stats().requests_applied,
+        1,
+        "this life applied it once"
+    );
 }

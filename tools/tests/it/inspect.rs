@@ -1381,7 +1381,7 @@ mod groups {
 
     fn boot(dir: &Path, start_ms: u64) -> Cluster {
         let ids: Vec<ProcessId> = ["a", "b", "c"].map(|s| ProcessId::new(s).unwrap()).to_vec();
-        let mut c = Cluster::new(dir.to_path_buf(), Time::from_millis(start_ms), 0);
+        let mut c = Cluster::new(PathBuf::from(dir), Time::from_millis(start_ms), 0);
         c.set_step(Duration::from_millis(STEP_MS));
         for (i, id) in ids.iter().enumerate() {
             let config = EngineConfig {
