@@ -519,7 +519,7 @@ impl<H: Handler> Cluster<H> {
     }
 
     /// Hands node `i` a request from `client`, as if it came over the network (the engine
-    /// answers through [`Node::replies`] once the turn commits).
+    /// answers through [`Node::replies`] once the turn commits). Lost if the node is down.
     pub fn request(&mut self, i: usize, client: ClientId, request_no: u64, payload: Vec<u8>) {
         let Some(engine) = self.nodes[i].engine.as_mut() else {
             return;
