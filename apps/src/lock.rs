@@ -817,15 +817,14 @@ pub fn audit_server(lines: &[(u32, String)]) -> Audit {
 
 #[cfg(test)]
 mod tests {
-    //! The handler in a small deterministic cluster: real stores, virtual time, a network
-    //! that delivers everything in order (or drops a muted node's frames), crashes that lose
-    //! nothing committed (commits complete at once here).
+    //! The handler in a small deterministic cluster ([`ken::testing::Cluster`]): real
+    //! stores, virtual time, a network that delivers everything in order (or loses an
+    //! isolated node's frames), crashes that lose nothing committed (commits complete at
+    //! once here).
 
     use super::*;
-    use ken::engine::Command;
-    use ken::engine::{Engine, EngineConfig};
-    use ken::store::Store;
-    use ken::transport::Frame;
+    use ken::engine::EngineConfig;
+    use ken::testing::{self, Fate};
     use ken::{Time, Tuning};
     use serde_json::Value;
 
@@ -834,28 +833,9 @@ mod tests {
     const T_FAIL_MS: u64 = 1000;
     const CREATE_TIMEOUT_MS: u64 = 1000;
 
-    struct Node {
-        id: ProcessId,
-        role: Role,
-        path: std::path::PathBuf,
-        engine: Option<Engine<Lock>>,
-        store: Option<Store>,
-        /// Released lines, with the life that printed them.
-        lines: Vec<(u32, String)>,
-        life: u32,
-        finished: Option<String>,
-    }
-
-    struct Cluster {
-        now: Time,
-        nodes: Vec<Node>,
-        net: VecDeque<(usize, Frame)>,
-        mute: BTreeSet<usize>,
-        /// FUSE control frames (`Create`, `Fail`, ...) to this node are lost.
-        drop_fuse_to: Option<usize>,
-        boots: u64,
-        _dir: tempfile::TempDir,
-    }
+    /// Server `s` (node 0) and holders `h1`, `h2`, ...; [`LockCluster`] holds what the
+    /// tests read and do.
+    type Cluster = testing::Cluster<Lock>;
 
     fn pid(s: &str) -> ProcessId {
         ProcessId::new(s).unwrap()
@@ -871,59 +851,20 @@ mod tests {
         })
     }
 
-    impl Cluster {
-        /// Node 0 is the server `s`; the holders are `h1`, `h2`, ... started in order.
-        fn new(server: ServerConfig, holders: Vec<Role>) -> Cluster {
-            let dir =
-                tempfile::tempdir_in("/dev/shm").unwrap_or_else(|_| tempfile::tempdir().unwrap());
-            let mut nodes = vec![Node {
-                id: pid("s"),
-                role: Role::Server(server),
-                path: dir.path().join("s.db"),
-                engine: None,
-                store: None,
-                lines: Vec::new(),
-                life: 0,
-                finished: None,
-            }];
-            for (i, role) in holders.into_iter().enumerate() {
-                let id = pid(&format!("h{}", i + 1));
-                nodes.push(Node {
-                    path: dir.path().join(format!("{id}.db")),
-                    id,
-                    role,
-                    engine: None,
-                    store: None,
-                    lines: Vec::new(),
-                    life: 0,
-                    finished: None,
-                });
-            }
-            let mut c = Cluster {
-                now: Time::from_millis(T0_MS),
-                nodes,
-                net: VecDeque::new(),
-                mute: BTreeSet::new(),
-                drop_fuse_to: None,
-                boots: 0,
-                _dir: dir,
-            };
-            for i in 0..c.nodes.len() {
-                c.boot(i);
-            }
-            c
-        }
-
-        fn boot(&mut self, i: usize) {
-            let peers: Vec<ProcessId> = if i == 0 {
-                self.nodes[1..].iter().map(|n| n.id.clone()).collect()
+    /// Node 0 is the server `s`; the holders are `h1`, `h2`, ... started in order.
+    fn cluster(server: ServerConfig, holders: Vec<Role>) -> Cluster {
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap_or_else(|_| tempfile::tempdir().unwrap());
+        let mut c = Cluster::new(dir, Time::from_millis(T0_MS), 0);
+        let holder_ids: Vec<ProcessId> =
+            (1..=holders.len()).map(|i| pid(&format!("h{i}"))).collect();
+        let roles = std::iter::once((pid("s"), Role::Server(server)))
+            .chain(holder_ids.iter().cloned().zip(holders));
+        for (id, role) in roles {
+            let peers = if id.as_str() == "s" {
+                holder_ids.clone()
             } else {
                 vec![pid("s")]
             };
-            self.boots += 1;
-            let node = &mut self.nodes[i];
-            let (store, rec) = Store::open(&node.path, node.id.as_str()).unwrap();
-            let reader = ken::store::Reader::open(&node.path).unwrap();
             let tuning = Tuning {
                 fuse_heartbeat: Duration::from_millis(HEARTBEAT_MS),
                 fuse_t_fail: Duration::from_millis(T_FAIL_MS),
@@ -931,110 +872,64 @@ mod tests {
                 ..Tuning::default()
             };
             let config = EngineConfig {
-                id: node.id.clone(),
+                id: id.clone(),
                 peers,
                 tuning,
-                // A fresh generator per life, as the driver's random seed: group ids differ.
-                seed: self.boots,
+                seed: 0, // set at every boot
             };
-            let handler = Lock {
-                id: node.id.clone(),
-                role: node.role.clone(),
-            };
-            let mut engine = Engine::recover(config, handler, rec, Box::new(reader)).unwrap();
-            engine.start(self.now);
-            node.engine = Some(engine);
-            node.store = Some(store);
-            node.life += 1;
-            self.drain(i);
+            c.add(config, move || Lock {
+                id: id.clone(),
+                role: role.clone(),
+            });
         }
-
-        fn crash(&mut self, i: usize) {
-            self.nodes[i].engine = None;
-            self.nodes[i].store = None;
+        for i in 0..c.len() {
+            c.boot(i);
         }
+        c
+    }
 
-        fn drain(&mut self, i: usize) {
-            loop {
-                let Some(engine) = self.nodes[i].engine.as_mut() else {
-                    return;
-                };
-                let cmds = engine.take_commands();
-                if cmds.is_empty() {
-                    return;
-                }
-                for cmd in cmds {
-                    let node = &mut self.nodes[i];
-                    match cmd {
-                        Command::Commit { id, batch } => {
-                            node.store.as_mut().unwrap().commit(&batch).unwrap();
-                            node.engine.as_mut().unwrap().commit_done(self.now, id);
-                        }
-                        Command::Send { to, frame, .. } => {
-                            let to = self.nodes.iter().position(|n| n.id == to).unwrap();
-                            let fuse_lost = self.drop_fuse_to == Some(to)
-                                && frame.kind == ken::transport::FrameKind::Fuse;
-                            if !self.mute.contains(&i) && !self.mute.contains(&to) && !fuse_lost {
-                                self.net.push_back((to, frame));
-                            }
-                        }
-                        Command::Emit { line, .. } => node.lines.push((node.life, line)),
-                        Command::Finished { report } => node.finished = Some(report),
-                        Command::Fatal { error } => panic!("{} stopped: {error}", node.id),
-                    }
-                }
-            }
-        }
-
+    /// What the tests read and do on the cluster.
+    trait LockCluster {
+        /// Starts node `i` with a fresh generator per life, as the driver's random seed:
+        /// group ids differ.
+        fn boot(&mut self, i: usize);
         /// Advances virtual time by `ms`, 5 ms at a time, delivering everything.
-        fn run(&mut self, ms: u64) {
-            let end = self.now.plus(Duration::from_millis(ms));
-            while self.now < end {
-                self.step();
-            }
-        }
-
-        fn step(&mut self) {
-            while let Some((to, frame)) = self.net.pop_front() {
-                if let Some(e) = self.nodes[to].engine.as_mut() {
-                    e.handle_frame(self.now, frame);
-                    self.drain(to);
-                }
-            }
-            self.now = self.now.plus(Duration::from_millis(5));
-            for i in 0..self.nodes.len() {
-                if let Some(e) = self.nodes[i].engine.as_mut() {
-                    e.tick(self.now);
-                    self.drain(i);
-                }
-            }
-        }
-
+        fn run(&mut self, ms: u64);
         /// Runs until `done` holds, for at most `max_ms`; the virtual time it took.
-        fn run_until(&mut self, max_ms: u64, mut done: impl FnMut(&Cluster) -> bool) -> u64 {
-            let start = self.now;
-            let end = start.plus(Duration::from_millis(max_ms));
-            while !done(self) {
-                assert!(
-                    self.now < end,
-                    "not done within {max_ms} ms of virtual time"
-                );
-                self.step();
-            }
-            self.now.since(start).as_millis() as u64
+        fn run_until_ms(&mut self, max_ms: u64, done: impl FnMut(&Self) -> bool) -> u64;
+        fn emitted(&self, i: usize, event: &str) -> Vec<Value>;
+        fn holders_finished(&self) -> bool;
+    }
+
+    impl LockCluster for testing::Cluster<Lock> {
+        fn boot(&mut self, i: usize) {
+            let boots: u64 = (0..self.len())
+                .map(|j| u64::from(self.node(j).life()))
+                .sum();
+            self.config_mut(i).seed = boots + 1;
+            self.start(i);
         }
 
-        fn events(&self, i: usize, event: &str) -> Vec<Value> {
-            self.nodes[i]
-                .lines
+        fn run(&mut self, ms: u64) {
+            self.run_for(Duration::from_millis(ms));
+        }
+
+        fn run_until_ms(&mut self, max_ms: u64, done: impl FnMut(&Self) -> bool) -> u64 {
+            let took = self.run_until(Duration::from_millis(max_ms), done);
+            took.as_millis() as u64
+        }
+
+        fn emitted(&self, i: usize, event: &str) -> Vec<Value> {
+            self.node(i)
+                .lines()
                 .iter()
                 .map(|(_, l)| serde_json::from_str::<Value>(l).unwrap())
                 .filter(|v| v["event"] == event)
                 .collect()
         }
 
-        fn state(&self, i: usize) -> &State {
-            self.nodes[i].engine.as_ref().unwrap().state()
+        fn holders_finished(&self) -> bool {
+            (1..self.len()).all(|i| self.node(i).finished().is_some())
         }
     }
 
@@ -1046,40 +941,42 @@ mod tests {
     }
 
     fn clean_audit(c: &Cluster) -> Audit {
-        let audit = audit_server(&c.nodes[0].lines);
+        let audit = audit_server(c.node(0).lines());
         assert!(audit.violations.is_empty(), "{:?}", audit.violations);
         audit
     }
 
     #[test]
     fn two_holders_take_turns_and_tokens_strictly_increase() {
-        let mut c = Cluster::new(
+        let mut c = cluster(
             ServerConfig::default(),
             vec![holder("L", 50, Some(4)), holder("L", 50, Some(4))],
         );
-        c.run_until(20_000, |c| {
-            c.nodes[1..].iter().all(|n| n.finished.is_some()) && c.events(0, "freed").len() == 8
+        c.run_until_ms(20_000, |c| {
+            c.holders_finished() && c.emitted(0, "freed").len() == 8
         });
-        assert_eq!(tokens(&c.events(0, "granted")), (1..=8).collect::<Vec<_>>());
-        assert_eq!(tokens(&c.events(0, "freed")), (1..=8).collect::<Vec<_>>());
+        assert_eq!(
+            tokens(&c.emitted(0, "granted")),
+            (1..=8).collect::<Vec<_>>()
+        );
+        assert_eq!(tokens(&c.emitted(0, "freed")), (1..=8).collect::<Vec<_>>());
         let audit = clean_audit(&c);
         assert_eq!((audit.granted, audit.freed, audit.unconfirmed), (8, 8, 0));
         for i in 1..=2 {
-            let report: Report =
-                serde_json::from_str(c.nodes[i].finished.as_ref().unwrap()).unwrap();
+            let report: Report = serde_json::from_str(c.node(i).finished().unwrap()).unwrap();
             assert_eq!(
                 (report.rounds, report.released, report.lost),
                 (4, 4, 0),
                 "{report:?}"
             );
-            let held = tokens(&c.events(i, "holding"));
+            let held = tokens(&c.emitted(i, "holding"));
             assert_eq!(held.len(), 4);
             assert!(held.windows(2).all(|w| w[0] < w[1]), "{held:?}");
-            assert_eq!(tokens(&c.events(i, "released")), held);
+            assert_eq!(tokens(&c.emitted(i, "released")), held);
         }
         // Each grant went to a waiter: they alternate (FIFO), h1 first.
         let order: Vec<Value> = c
-            .events(0, "granted")
+            .emitted(0, "granted")
             .iter()
             .map(|e| e["holder"].clone())
             .collect();
@@ -1091,20 +988,19 @@ mod tests {
 
     #[test]
     fn crash_restarts_of_server_and_holders_are_masked() {
-        let mut c = Cluster::new(
+        let mut c = cluster(
             ServerConfig::default(),
             vec![holder("L", 300, Some(3)), holder("L", 300, Some(3))],
         );
         // Each process down for 0.3 x T_fail at a different point of the rounds.
         for (victim, at_ms) in [(0, 100), (1, 500), (2, 900), (0, 1300), (1, 1650)] {
-            c.run(at_ms - (c.now.as_millis() - T0_MS).min(at_ms));
+            let elapsed_ms = c.now().as_millis() - T0_MS;
+            c.run(at_ms - elapsed_ms.min(at_ms));
             c.crash(victim);
             c.run(T_FAIL_MS * 3 / 10);
             c.boot(victim);
         }
-        c.run_until(30_000, |c| {
-            c.nodes[1..].iter().all(|n| n.finished.is_some())
-        });
+        c.run_until_ms(30_000, |c| c.holders_finished());
         let audit = clean_audit(&c);
         assert_eq!(audit.last_token["L"], 6);
         for i in 1..=2 {
@@ -1115,87 +1011,93 @@ mod tests {
 
     #[test]
     fn a_dead_holder_loses_its_lock_within_the_bound_and_the_waiter_gets_it() {
-        let mut c = Cluster::new(
+        let mut c = cluster(
             ServerConfig::default(),
             vec![holder("L", 0, None), holder("L", 0, None)],
         );
-        c.run_until(1_000, |c| {
-            !c.events(2, "holding").is_empty() || !c.events(1, "holding").is_empty()
+        c.run_until_ms(1_000, |c| {
+            !c.emitted(2, "holding").is_empty() || !c.emitted(1, "holding").is_empty()
         });
-        let first = if c.events(1, "holding").is_empty() {
+        let first = if c.emitted(1, "holding").is_empty() {
             2
         } else {
             1
         };
         let other = 3 - first;
         c.crash(first);
-        let took = c.run_until(10_000, |c| !c.events(0, "freed").is_empty());
+        let took = c.run_until_ms(10_000, |c| !c.emitted(0, "freed").is_empty());
         let bound = T_FAIL_MS + 2 * HEARTBEAT_MS + 10;
         assert!(
             took <= bound,
             "freed {took} ms after the kill, bound {bound} ms"
         );
-        c.run_until(1_000, |c| !c.events(other, "holding").is_empty());
-        assert_eq!(tokens(&c.events(other, "holding")), vec![2]);
-        assert_eq!(tokens(&c.events(0, "freed")), vec![1]);
+        c.run_until_ms(1_000, |c| !c.emitted(other, "holding").is_empty());
+        assert_eq!(tokens(&c.emitted(other, "holding")), vec![2]);
+        assert_eq!(tokens(&c.emitted(0, "freed")), vec![1]);
         clean_audit(&c);
     }
 
     #[test]
     fn a_grant_whose_group_failed_while_the_holder_was_down_is_reported_lost() {
-        let mut c = Cluster::new(
+        let mut c = cluster(
             ServerConfig::default(),
             vec![holder("L", 0, None), holder("L", 100, Some(1))],
         );
-        c.run_until(1_000, |c| !c.events(1, "holding").is_empty());
+        c.run_until_ms(1_000, |c| !c.emitted(1, "holding").is_empty());
         // h2 is queued behind h1 and goes down; then h1 goes silent (muted), so its group
         // fails by silence and the server grants h2.
-        c.run_until(1_000, |c| !c.events(0, "queued").is_empty());
+        c.run_until_ms(1_000, |c| !c.emitted(0, "queued").is_empty());
         c.crash(2);
-        c.mute.insert(1);
+        c.isolate(1);
         // h1's group fails by silence; the server grants h2, whose group creation times
         // out while h2 is down: freed at the server, and `Freed` waits in the outbox.
-        c.run_until(10_000, |c| c.events(0, "freed").len() >= 2);
-        let freed = tokens(&c.events(0, "freed"));
+        c.run_until_ms(10_000, |c| c.emitted(0, "freed").len() >= 2);
+        let freed = tokens(&c.emitted(0, "freed"));
         assert_eq!(freed, vec![1, 2]);
         c.boot(2);
-        c.run_until(5_000, |c| {
-            c.nodes[2].finished.is_some() || !c.events(2, "lost").is_empty()
+        c.run_until_ms(5_000, |c| {
+            c.node(2).finished().is_some() || !c.emitted(2, "lost").is_empty()
         });
         // h2 gets `Granted` and then `Freed` in one burst (FIFO): it reports the grant held
         // and lost at the same instant (a stale view the fencing token protects against).
-        let lost = c.events(2, "lost");
+        let lost = c.emitted(2, "lost");
         assert_eq!(tokens(&lost), vec![2], "h2 hears its grant ended");
-        let holding = c.events(2, "holding");
+        let holding = c.emitted(2, "holding");
         assert_eq!(tokens(&holding), vec![2]);
         assert_eq!(holding[0]["at_ms"], lost[0]["at_ms"]);
         // It goes on to its next round (it asked for 1, so it is done: 1 lost round).
-        c.run_until(5_000, |c| c.nodes[2].finished.is_some());
+        c.run_until_ms(5_000, |c| c.node(2).finished().is_some());
         assert_eq!(c.state(2).holder.lost, 1);
         clean_audit(&c);
     }
 
     #[test]
     fn a_release_signalled_before_the_holder_heard_of_its_group_is_signalled_again() {
-        let mut c = Cluster::new(ServerConfig::default(), vec![holder("L", 50, Some(2))]);
+        let mut c = cluster(ServerConfig::default(), vec![holder("L", 50, Some(2))]);
         // FUSE control frames to h1 are lost: `Granted` arrives, `Create` does not.
-        c.drop_fuse_to = Some(1);
-        c.run_until(1_000, |c| !c.events(1, "holding").is_empty());
+        c.set_filter(|d| {
+            if d.to == 1 && d.kind == ken::transport::FrameKind::Fuse {
+                Fate::Drop
+            } else {
+                Fate::Pass
+            }
+        });
+        c.run_until_ms(1_000, |c| !c.emitted(1, "holding").is_empty());
         c.run(300);
         assert!(
-            c.events(1, "released").is_empty(),
+            c.emitted(1, "released").is_empty(),
             "the first signal cannot fail a group h1 has not heard of"
         );
-        c.drop_fuse_to = None;
-        c.run_until(5_000, |c| c.nodes[1].finished.is_some());
-        assert_eq!(tokens(&c.events(1, "released")), vec![1, 2]);
+        c.clear_filter();
+        c.run_until_ms(5_000, |c| c.node(1).finished().is_some());
+        assert_eq!(tokens(&c.emitted(1, "released")), vec![1, 2]);
         assert_eq!(c.state(1).holder.lost, 0);
         clean_audit(&c);
     }
 
     #[test]
     fn a_full_queue_refuses_and_the_refused_holder_gets_in_later() {
-        let mut c = Cluster::new(
+        let mut c = cluster(
             ServerConfig { queue_max: 1 },
             vec![
                 holder("L", 300, Some(1)),
@@ -1203,34 +1105,32 @@ mod tests {
                 holder("L", 300, Some(1)),
             ],
         );
-        c.run_until(10_000, |c| {
-            c.nodes[1..].iter().all(|n| n.finished.is_some())
-        });
-        let refused = c.events(0, "refused");
+        c.run_until_ms(10_000, |c| c.holders_finished());
+        let refused = c.emitted(0, "refused");
         assert!(
             !refused.is_empty(),
             "one of three must be refused with a queue of 1"
         );
         let who = refused[0]["holder"].as_str().unwrap().to_string();
         let i: usize = who[1..].parse().unwrap();
-        assert!(c.events(i, "refused").len() == refused.len());
+        assert!(c.emitted(i, "refused").len() == refused.len());
         assert_eq!(c.state(i).holder.refused, refused.len() as u64);
-        assert_eq!(tokens(&c.events(0, "granted")), vec![1, 2, 3]);
+        assert_eq!(tokens(&c.emitted(0, "granted")), vec![1, 2, 3]);
         clean_audit(&c);
     }
 
     #[test]
     fn a_lock_name_too_long_is_refused_with_the_reason() {
         let long = "x".repeat(LOCK_NAME_BYTES_MAX + 1);
-        let mut c = Cluster::new(ServerConfig::default(), vec![holder(&long, 100, Some(1))]);
+        let mut c = cluster(ServerConfig::default(), vec![holder(&long, 100, Some(1))]);
         c.run(200);
-        let refused = c.events(0, "refused");
+        let refused = c.emitted(0, "refused");
         assert_eq!(refused.len(), 1);
         assert!(refused[0]["reason"]
             .as_str()
             .unwrap()
             .contains("1 to 128 bytes"));
-        assert!(c.events(0, "granted").is_empty());
+        assert!(c.emitted(0, "granted").is_empty());
         assert!(check_lock_name("").is_err() && check_lock_name("ok").is_ok());
     }
 

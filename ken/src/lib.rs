@@ -56,6 +56,7 @@ pub mod engine;
 mod fuse_types;
 mod handler;
 pub mod limits;
+pub mod testing;
 mod time;
 mod tuning;
 

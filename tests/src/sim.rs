@@ -1,10 +1,12 @@
 //! A deterministic, seeded simulation of a Ken cluster in one thread.
 //!
-//! Several [`Engine`]s with real stores (SQLite files in a temporary directory, on tmpfs when
-//! available), a simulated network that loses, duplicates, reorders, corrupts and truncates
-//! datagrams, virtual time, and random crashes: a crash throws the engine away and reloads it
-//! from its store, losing everything uncommitted (a commit in progress either lands or not).
-//! Every step is chosen by one seeded generator, so a run replays exactly from its seed.
+//! Several engines with real stores (SQLite files in a temporary directory, on tmpfs when
+//! available), hosted by [`ken::testing::Cluster`] with held commits: a network that loses,
+//! duplicates, corrupts and truncates datagrams (the cluster's random faults) and reorders
+//! them (each step delivers a random one), virtual time, and random crashes: a crash throws
+//! the engine away and reloads it from its store, losing everything uncommitted (a commit in
+//! progress either lands or not). Every step is chosen by the cluster's one seeded
+//! generator, so a run replays exactly from its seed.
 //!
 //! After every step the [`Checker`] verifies, from what was actually committed and released:
 //! - **output validity**: every data frame released carries a message its sender committed
@@ -13,22 +15,23 @@
 //! - **exactly-once, FIFO per pair**: the committed turns of a receiver consume each sender's
 //!   messages as 1, 2, 3, ... with no gap and no repeat, across any number of crashes, and
 //!   only messages the sender committed;
-//! - the engines' own invariants ([`Engine::check_invariants`]);
+//! - the engines' own invariants ([`ken::Engine::check_invariants`], run by the cluster);
 //! - the application's invariants ([`SimApp::check`]) over the committed state.
 //!
 //! At the end the network heals, crashed processes restart, and the run must quiesce
 //! (liveness) within a bound of virtual time, then pass the application's final check.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::rc::Rc;
+use std::time::Duration;
 
-use ken::engine::{BatchId, Command};
-use ken::engine::{Engine, EngineConfig};
-use ken::store::{Batch, Store};
+use ken::engine::EngineConfig;
+use ken::store::Batch;
+use ken::testing::{Cluster, Commits, Event, Faults};
 use ken::transport::{Frame, FrameKind};
 use ken::{Handler, ProcessId, Time, Tuning};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand::Rng;
 
 /// Fault rates of the simulated network and the crash rate.
 #[derive(Debug, Clone)]
@@ -86,7 +89,7 @@ pub struct World {
 }
 
 /// An application under simulation.
-pub trait SimApp {
+pub trait SimApp: 'static {
     type H: Handler;
     fn ids(&self) -> Vec<ProcessId>;
     fn handler(&self, id: &ProcessId) -> Self::H;
@@ -103,6 +106,8 @@ pub struct SimReport {
     pub steps: u64,
     pub violations: Vec<String>,
     pub crashes: u64,
+    /// Batches committed, and the turns in them (a batch that landed as its process
+    /// crashed included).
     pub commits: u64,
     pub turns: u64,
     pub frames_sent: u64,
@@ -207,41 +212,25 @@ impl Checker {
     }
 }
 
-struct Node<H: Handler> {
-    id: ProcessId,
-    path: PathBuf,
-    engine: Option<Engine<H>>,
-    store: Option<Store>,
-    pending: Option<(BatchId, Batch)>,
-    down_until: Option<Time>,
-}
-
-struct InFlight {
-    to: usize,
-    bytes: Vec<u8>,
-}
-
-/// A running simulation.
+/// A running simulation: a [`Cluster`] with held commits, the hostile network as the
+/// cluster's random faults, and the crash schedule drawn from the cluster's generator.
 pub struct Sim<A: SimApp> {
-    app: A,
+    app: Rc<A>,
     config: SimConfig,
-    rng: ChaCha8Rng,
-    now: Time,
-    nodes: Vec<Node<A::H>>,
-    net: VecDeque<InFlight>,
+    cluster: Cluster<A::H>,
+    /// When each crashed process comes back.
+    down_until: Vec<Option<Time>>,
     world: World,
     checker: Checker,
     report: SimReport,
     faults_on: bool,
-    _dir: tempfile::TempDir,
 }
 
 impl<A: SimApp> std::fmt::Debug for Sim<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sim")
             .field("seed", &self.config.seed)
-            .field("now", &self.now)
-            .field("in_flight", &self.net.len())
+            .field("cluster", &self.cluster)
             .finish_non_exhaustive()
     }
 }
@@ -261,203 +250,125 @@ pub fn fast_tempdir() -> tempfile::TempDir {
         .expect("create a temporary directory")
 }
 
+const T0_MS: u64 = 1_700_000_000_000;
+
 impl<A: SimApp> Sim<A> {
     pub fn new(app: A, config: SimConfig) -> Sim<A> {
-        let dir = fast_tempdir();
-        let rng = ChaCha8Rng::seed_from_u64(config.seed);
-        let nodes = app
-            .ids()
-            .into_iter()
-            .map(|id| Node {
-                path: dir.path().join(format!("{id}.db")),
-                id,
-                engine: None,
-                store: None,
-                pending: None,
-                down_until: None,
-            })
-            .collect();
+        let app = Rc::new(app);
+        let mut cluster = Cluster::new(fast_tempdir(), Time::from_millis(T0_MS), config.seed);
+        cluster.set_commits(Commits::Held);
+        cluster.record_events(true);
+        cluster.tolerate_stops();
+        cluster.set_faults(network_faults(&config.faults));
+        let ids = app.ids();
+        for id in &ids {
+            let config = EngineConfig {
+                id: id.clone(),
+                peers: ids.iter().filter(|p| *p != id).cloned().collect(),
+                tuning: config.tuning.clone(),
+                seed: 0, // drawn at every start
+            };
+            let (app, id) = (Rc::clone(&app), id.clone());
+            cluster.add(config, move || app.handler(&id));
+        }
         let mut sim = Sim {
             app,
+            down_until: vec![None; ids.len()],
+            report: SimReport {
+                seed: config.seed,
+                ..SimReport::default()
+            },
             config,
-            rng,
-            now: Time::from_millis(1_700_000_000_000),
-            nodes,
-            net: VecDeque::new(),
+            cluster,
             world: World::default(),
             checker: Checker::default(),
-            report: SimReport::default(),
             faults_on: true,
-            _dir: dir,
         };
-        sim.report.seed = sim.config.seed;
-        for i in 0..sim.nodes.len() {
+        for i in 0..ids.len() {
             sim.boot(i);
         }
         sim
     }
 
     fn boot(&mut self, i: usize) {
-        let ids = self.app.ids();
-        let node = &mut self.nodes[i];
-        let (store, recovered) = open_store(&node.path, node.id.as_str());
-        let reader = ken::store::Reader::open(&node.path).expect("open reader");
-        let config = EngineConfig {
-            id: node.id.clone(),
-            peers: ids.iter().filter(|p| **p != node.id).cloned().collect(),
-            tuning: self.config.tuning.clone(),
-            seed: self.rng.gen(),
-        };
-        let handler = self.app.handler(&node.id);
-        let mut engine =
-            Engine::recover(config, handler, recovered, Box::new(reader)).expect("recover");
-        engine.start(self.now);
-        node.engine = Some(engine);
-        node.store = Some(store);
-        node.down_until = None;
-        self.drain(i);
+        self.cluster.config_mut(i).seed = self.cluster.rng().gen();
+        self.cluster.start(i);
+        self.down_until[i] = None;
+        self.absorb();
     }
 
     fn crash(&mut self, i: usize) {
-        let land = self.rng.gen_bool(0.5);
-        let node = &mut self.nodes[i];
-        if node.engine.is_none() {
+        let land = self.cluster.rng().gen_bool(0.5);
+        if !self.cluster.node(i).is_up() {
             return;
         }
         // A commit in progress when the process dies either reached the disk or not.
-        if let Some((_, batch)) = node.pending.take() {
-            if land {
-                let store = node.store.as_mut().expect("live node has a store");
-                store.commit(&batch).expect("commit");
-                self.checker.on_commit(node.id.as_str(), &batch);
-                apply_to_model(
-                    self.world.nodes.entry(node.id.to_string()).or_default(),
-                    &batch,
-                );
-                self.report.commits += 1;
-            }
+        if land && self.cluster.land_pending(i) {
+            self.absorb();
         }
-        node.engine = None;
-        node.store = None;
-        let down_ms = self.rng.gen_range(0..300);
-        node.down_until = Some(self.now.plus(std::time::Duration::from_millis(down_ms)));
+        self.cluster.crash(i);
+        let down_ms = self.cluster.rng().gen_range(0..300);
+        self.down_until[i] = Some(self.cluster.now().plus(Duration::from_millis(down_ms)));
         self.report.crashes += 1;
     }
 
     fn complete_commit(&mut self, i: usize) {
-        let node = &mut self.nodes[i];
-        let Some((id, batch)) = node.pending.take() else {
-            return;
-        };
-        let store = node.store.as_mut().expect("live node has a store");
-        store.commit(&batch).expect("commit");
-        self.report.commits += 1;
-        self.report.turns += batch.turns;
-        self.checker.on_commit(node.id.as_str(), &batch);
-        apply_to_model(
-            self.world.nodes.entry(node.id.to_string()).or_default(),
-            &batch,
-        );
-        node.engine
-            .as_mut()
-            .expect("live node has an engine")
-            .commit_done(self.now, id);
-        self.drain(i);
-        self.check_app(false);
+        if self.cluster.complete_commit(i) {
+            self.absorb();
+            self.check_app(false);
+        }
     }
 
-    /// Executes node `i`'s commands.
-    fn drain(&mut self, i: usize) {
-        let Some(engine) = self.nodes[i].engine.as_mut() else {
-            return;
-        };
-        let cmds = engine.take_commands();
-        engine.check_invariants();
-        let name = self.nodes[i].id.to_string();
-        for cmd in cmds {
-            match cmd {
-                Command::Commit { id, batch } => {
-                    assert!(self.nodes[i].pending.is_none(), "one commit at a time");
-                    self.nodes[i].pending = Some((id, batch));
+    /// Checks and models what the cluster's engines did since the last call.
+    fn absorb(&mut self) {
+        for event in self.cluster.take_events() {
+            let name = |node: usize| self.cluster.node(node).id().to_string();
+            match event {
+                Event::Committed { node, batch, .. } => {
+                    let name = name(node);
+                    self.report.commits += 1;
+                    self.report.turns += batch.turns;
+                    self.checker.on_commit(&name, &batch);
+                    apply_to_model(self.world.nodes.entry(name).or_default(), &batch);
                 }
-                Command::Send { to, frame, .. } => {
+                Event::Sent { node, frame } => {
                     if self.config.check_sends {
-                        self.checker.on_send(&name, &frame);
+                        self.checker.on_send(&name(node), &frame);
                     }
-                    self.report.frames_sent += 1;
-                    let Some(to) = self.nodes.iter().position(|n| n.id == to) else {
-                        continue;
-                    };
-                    let mut bytes = frame.encode().expect("engine frames encode");
-                    if self.faults_on {
-                        let f = self.config.faults.clone();
-                        if self.rng.gen_bool(f.drop) {
-                            self.report.frames_dropped += 1;
-                            continue;
-                        }
-                        if self.rng.gen_bool(f.corrupt) {
-                            let bit = self.rng.gen_range(0..bytes.len() * 8);
-                            bytes[bit / 8] ^= 1 << (bit % 8);
-                        } else if self.rng.gen_bool(f.truncate) {
-                            let len = self.rng.gen_range(0..bytes.len());
-                            bytes.truncate(len);
-                        }
-                        if self.rng.gen_bool(f.duplicate) {
-                            self.net.push_back(InFlight {
-                                to,
-                                bytes: bytes.clone(),
-                            });
-                        }
-                    }
-                    self.net.push_back(InFlight { to, bytes });
                 }
-                Command::Emit { line, .. } => {
-                    self.world
-                        .nodes
-                        .entry(name.clone())
-                        .or_default()
-                        .emitted
-                        .push(line);
+                Event::Emitted { node, line } => {
+                    let model = self.world.nodes.entry(name(node)).or_default();
+                    model.emitted.push(line);
                 }
-                Command::Finished { report } => {
-                    self.world.nodes.entry(name.clone()).or_default().finished = Some(report);
+                Event::Finished { node, report } => {
+                    self.world.nodes.entry(name(node)).or_default().finished = Some(report);
                 }
-                Command::Fatal { error } => {
-                    self.checker.violation(format!("{name} stopped: {error}"));
+                Event::Stopped { node, error } => {
+                    let what = format!("{} stopped: {error}", name(node));
+                    self.checker.violation(what);
                 }
             }
         }
     }
 
     fn deliver(&mut self, k: usize) {
-        let Some(f) = self.net.remove(k) else { return };
-        let Some(engine) = self.nodes[f.to].engine.as_mut() else {
-            self.report.frames_dropped += 1;
-            return;
-        };
-        match Frame::decode(&f.bytes) {
-            Ok(frame) => {
-                self.report.frames_delivered += 1;
-                engine.handle_frame(self.now, frame);
-                self.drain(f.to);
-            }
-            Err(_) => self.report.frames_junk += 1,
-        }
+        self.cluster.deliver(k);
+        self.absorb();
     }
 
     fn advance(&mut self, ms: u64) {
-        self.now = self.now.plus(std::time::Duration::from_millis(ms));
-        for i in 0..self.nodes.len() {
-            if self.nodes[i].engine.is_none() {
-                if self.nodes[i].down_until.is_some_and(|t| t <= self.now) {
+        self.cluster.advance(Duration::from_millis(ms));
+        let now = self.cluster.now();
+        for i in 0..self.cluster.len() {
+            let Some(engine) = self.cluster.node(i).engine() else {
+                if self.down_until[i].is_some_and(|t| t <= now) {
                     self.boot(i);
                 }
                 continue;
-            }
-            let engine = self.nodes[i].engine.as_mut().expect("checked");
-            if engine.next_deadline().is_some_and(|d| d <= self.now) {
-                engine.tick(self.now);
-                self.drain(i);
+            };
+            if engine.next_deadline().is_some_and(|d| d <= now) {
+                self.cluster.tick(i);
+                self.absorb();
             }
         }
     }
@@ -469,31 +380,32 @@ impl<A: SimApp> Sim<A> {
     }
 
     fn step(&mut self) {
-        let roll: f64 = self.rng.gen();
-        let n = self.nodes.len();
+        let roll: f64 = self.cluster.rng().gen();
+        let n = self.cluster.len();
         if self.faults_on && roll < self.config.faults.crash {
-            let i = self.rng.gen_range(0..n);
+            let i = self.cluster.rng().gen_range(0..n);
             self.crash(i);
-        } else if roll < 0.45 && !self.net.is_empty() {
+        } else if roll < 0.45 && !self.cluster.in_flight().is_empty() {
             // Random pick from the network: reordering.
-            let k = self.rng.gen_range(0..self.net.len());
+            let len = self.cluster.in_flight().len();
+            let k = self.cluster.rng().gen_range(0..len);
             self.deliver(k);
         } else if roll < 0.75 {
-            let i = self.rng.gen_range(0..n);
+            let i = self.cluster.rng().gen_range(0..n);
             self.complete_commit(i);
         } else {
-            let ms = self.rng.gen_range(0..15);
+            let ms = self.cluster.rng().gen_range(0..15);
             self.advance(ms);
         }
     }
 
     fn quiet(&self) -> bool {
-        self.net.is_empty()
-            && self.nodes.iter().all(|n| {
-                n.pending.is_none()
-                    && n.engine.as_ref().is_some_and(|e| {
-                        !e.is_committing() && e.peer_status().iter().all(|p| p.outbox == 0)
-                    })
+        let c = &self.cluster;
+        c.in_flight().is_empty()
+            && (0..c.len()).all(|i| {
+                c.node(i).engine().is_some_and(|e| {
+                    !e.is_committing() && e.peer_status().iter().all(|p| p.outbox == 0)
+                })
             })
     }
 
@@ -508,25 +420,27 @@ impl<A: SimApp> Sim<A> {
         }
         // Heal: no more faults; restart everything that is down; run to quiescence.
         self.faults_on = false;
+        self.cluster.set_faults(Faults::default());
         let deadline = self
-            .now
-            .plus(std::time::Duration::from_millis(self.config.quiesce_ms));
+            .cluster
+            .now()
+            .plus(Duration::from_millis(self.config.quiesce_ms));
         while self.checker.violations.is_empty() {
-            for i in 0..self.nodes.len() {
-                if self.nodes[i].engine.is_none() {
+            for i in 0..self.cluster.len() {
+                if !self.cluster.node(i).is_up() {
                     self.boot(i);
                 }
             }
-            while !self.net.is_empty() {
+            while !self.cluster.in_flight().is_empty() {
                 self.deliver(0);
             }
-            for i in 0..self.nodes.len() {
+            for i in 0..self.cluster.len() {
                 self.complete_commit(i);
             }
             if self.quiet() && self.app.done(&self.world) {
                 break;
             }
-            if self.now >= deadline {
+            if self.cluster.now() >= deadline {
                 self.checker.violation(format!(
                     "no quiescence within {} ms of virtual time after healing",
                     self.config.quiesce_ms
@@ -538,28 +452,25 @@ impl<A: SimApp> Sim<A> {
         if self.checker.violations.is_empty() {
             self.check_app(true);
         }
-        self.report.virtual_ms = self.now.as_millis() - 1_700_000_000_000;
+        let net = self.cluster.net_stats();
+        self.report.frames_sent = net.sent;
+        self.report.frames_delivered = net.delivered;
+        self.report.frames_dropped = net.lost + net.undeliverable;
+        self.report.frames_junk = net.junk;
+        self.report.virtual_ms = self.cluster.now().as_millis() - T0_MS;
         self.report.violations = std::mem::take(&mut self.checker.violations);
         self.report
     }
 }
 
-/// Opens a store, retrying briefly an `InUse` held by this very process: a child forked by
-/// another test thread holds a copy of the just-closed lock descriptor until it execs (the
-/// owner lock is an `flock`, shared by forked descriptors).
-fn open_store(path: &Path, id: &str) -> (Store, ken::store::Recovered) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        match Store::open(path, id) {
-            Ok(opened) => return opened,
-            Err(ken::store::OpenError::InUse { holder_pid, .. })
-                if holder_pid == Some(std::process::id())
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-            Err(e) => panic!("open store {}: {e}", path.display()),
-        }
+/// The simulation's hostile network as the cluster's random faults.
+fn network_faults(f: &SimFaults) -> Faults {
+    Faults {
+        drop: f.drop,
+        corrupt: f.corrupt,
+        truncate: f.truncate,
+        duplicate: f.duplicate,
+        delay_max: Duration::ZERO,
     }
 }
 

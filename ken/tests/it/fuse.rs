@@ -1,13 +1,11 @@
-//! FUSE groups in a small deterministic cluster: real stores, virtual time, a network that
-//! can drop or partition, crashes that lose everything uncommitted.
+//! FUSE groups in a small deterministic cluster ([`ken::testing::Cluster`]): real stores,
+//! virtual time, a network that can drop, hold or partition, crashes that lose everything
+//! uncommitted.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use ken::engine::Command;
-use ken::engine::{Engine, EngineConfig};
-use ken::store::{Batch, Store};
-use ken::transport::Frame;
+use ken::engine::EngineConfig;
+use ken::testing::{self, Fate, Faults};
 use ken::{GroupId, Handler, Input, ProcessId, Time, Tuning, Turn};
 use serde::{Deserialize, Serialize};
 
@@ -55,187 +53,88 @@ fn pid(s: &str) -> ProcessId {
     ProcessId::new(s).unwrap()
 }
 
-struct Node {
-    id: ProcessId,
-    path: std::path::PathBuf,
-    engine: Option<Engine<Member>>,
-    store: Option<Store>,
-    /// Notifications heard, from committed state (root), over all lives.
-    notified_at: BTreeMap<GroupId, Time>,
-}
-
-struct Cluster {
-    now: Time,
-    nodes: Vec<Node>,
-    net: Vec<(usize, Frame)>,
-    /// Frames from these nodes are dropped.
-    mute: BTreeSet<usize>,
-    /// Frames between these two sides are dropped.
-    partition: Option<(BTreeSet<usize>, BTreeSet<usize>)>,
-    /// Random loss: (generator, probability).
-    loss: Option<(rand_chacha::ChaCha8Rng, f64)>,
-    tuning: Tuning,
-    signal_after: Option<Duration>,
-    _dir: tempfile::TempDir,
-}
+/// Members `a`, `b`, ... of one group `a` creates; [`Fuse`] holds what the tests read.
+type Cluster = testing::Cluster<Member>;
 
 const T0: u64 = 1_700_000_000_000;
 
-impl Cluster {
-    fn new(n: usize) -> Cluster {
-        Cluster::with(n, None)
-    }
+fn cluster(n: usize) -> Cluster {
+    cluster_with(n, None, 0)
+}
 
-    fn with(n: usize, signal_after: Option<Duration>) -> Cluster {
-        // tmpfs when there is one: these runs commit a lot and model crashes themselves.
-        let dir = tempfile::tempdir_in("/dev/shm").unwrap_or_else(|_| tempfile::tempdir().unwrap());
-        let ids: Vec<ProcessId> = (0..n)
-            .map(|i| pid(&((b'a' + i as u8) as char).to_string()))
-            .collect();
-        let nodes = ids
-            .iter()
-            .map(|id| Node {
-                id: id.clone(),
-                path: dir.path().join(format!("{id}.db")),
-                engine: None,
-                store: None,
-                notified_at: BTreeMap::new(),
-            })
-            .collect();
-        let mut c = Cluster {
-            now: Time::from_millis(T0),
-            nodes,
-            net: Vec::new(),
-            mute: BTreeSet::new(),
-            partition: None,
-            loss: None,
-            tuning: Tuning::default(),
-            signal_after,
-            _dir: dir,
-        };
-        for i in 0..n {
-            c.boot(i);
-        }
-        c
-    }
-
-    fn ids(&self) -> Vec<ProcessId> {
-        self.nodes.iter().map(|n| n.id.clone()).collect()
-    }
-
-    fn boot(&mut self, i: usize) {
-        let ids = self.ids();
-        let node = &mut self.nodes[i];
-        let (store, rec) = Store::open(&node.path, node.id.as_str()).unwrap();
-        let reader = ken::store::Reader::open(&node.path).unwrap();
+/// `seed` seeds the network's random faults, if the test sets any.
+fn cluster_with(n: usize, signal_after: Option<Duration>, seed: u64) -> Cluster {
+    // tmpfs when there is one: these runs commit a lot and model crashes themselves.
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap_or_else(|_| tempfile::tempdir().unwrap());
+    let mut c = Cluster::new(dir, Time::from_millis(T0), seed);
+    c.record_events(true);
+    let ids: Vec<ProcessId> = (0..n)
+        .map(|i| pid(&((b'a' + i as u8) as char).to_string()))
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
         let config = EngineConfig {
-            id: node.id.clone(),
-            peers: ids.iter().filter(|p| **p != node.id).cloned().collect(),
-            tuning: self.tuning.clone(),
+            id: id.clone(),
+            peers: ids.iter().filter(|p| *p != id).cloned().collect(),
+            tuning: Tuning::default(),
             seed: i as u64,
         };
-        let handler = Member {
-            all: ids,
-            signal_after: self.signal_after,
-        };
-        let mut engine = Engine::recover(config, handler, rec, Box::new(reader)).unwrap();
-        engine.start(self.now);
-        node.engine = Some(engine);
-        node.store = Some(store);
-        self.drain(i);
+        let all = ids.clone();
+        c.add(config, move || Member {
+            all: all.clone(),
+            signal_after,
+        });
     }
+    c.start_all();
+    c
+}
 
-    fn crash(&mut self, i: usize) {
-        self.nodes[i].engine = None;
-        self.nodes[i].store = None;
-    }
-
-    /// Executes node `i`'s commands; commits complete at once.
-    fn drain(&mut self, i: usize) {
-        loop {
-            let Some(engine) = self.nodes[i].engine.as_mut() else {
-                return;
-            };
-            let cmds = engine.take_commands();
-            if cmds.is_empty() {
-                return;
-            }
-            engine.check_invariants();
-            for cmd in cmds {
-                match cmd {
-                    Command::Commit { id, batch } => self.commit(i, id, &batch),
-                    Command::Send { to, frame, .. } => {
-                        let to = self.nodes.iter().position(|n| n.id == to).unwrap();
-                        let cut = self.mute.contains(&i)
-                            || self.partition.as_ref().is_some_and(|(l, r)| {
-                                (l.contains(&i) && r.contains(&to))
-                                    || (r.contains(&i) && l.contains(&to))
-                            });
-                        let lost = self.loss.as_mut().is_some_and(|(rng, p)| {
-                            use rand::Rng;
-                            rng.gen_bool(*p)
-                        });
-                        if !cut && !lost {
-                            self.net.push((to, frame));
-                        }
-                    }
-                    Command::Fatal { error } => panic!("{} stopped: {error}", self.nodes[i].id),
-                    _ => {}
-                }
-            }
-        }
-    }
-
-    fn commit(&mut self, i: usize, id: u64, batch: &Batch) {
-        let node = &mut self.nodes[i];
-        node.store.as_mut().unwrap().commit(batch).unwrap();
-        if let Some(root) = &batch.root {
-            let s: MemberState = ken::store::codec::decode(root).unwrap();
-            for g in s.notified {
-                node.notified_at.entry(g).or_insert(self.now);
-            }
-        }
-        node.engine.as_mut().unwrap().commit_done(self.now, id);
-    }
-
+/// What the tests read and do on the cluster.
+trait Fuse {
     /// Advances virtual time by `ms`, 5 ms at a time, delivering everything.
+    fn run(&mut self, ms: u64);
+    /// When node `i`'s committed state (root) first showed `g` notified, over all lives.
+    fn notified_at(&self, i: usize, g: GroupId) -> Time;
+    fn group(&self) -> GroupId;
+    /// Notifications heard by the handler of node `i` (committed, current life's view).
+    fn heard(&self, i: usize) -> Vec<GroupId>;
+    fn all_live(&self) -> bool;
+}
+
+impl Fuse for Cluster {
     fn run(&mut self, ms: u64) {
-        let end = self.now.plus(Duration::from_millis(ms));
-        while self.now < end {
-            while !self.net.is_empty() {
-                let (to, frame) = self.net.remove(0);
-                if let Some(e) = self.nodes[to].engine.as_mut() {
-                    e.handle_frame(self.now, frame);
-                    self.drain(to);
-                }
-            }
-            self.now = self.now.plus(Duration::from_millis(5));
-            for i in 0..self.nodes.len() {
-                if let Some(e) = self.nodes[i].engine.as_mut() {
-                    e.tick(self.now);
-                    self.drain(i);
+        self.run_for(Duration::from_millis(ms));
+    }
+
+    fn notified_at(&self, i: usize, g: GroupId) -> Time {
+        let commits = self.events().iter().filter_map(|e| match e {
+            testing::Event::Committed { node, at, batch } if *node == i => Some((at, batch)),
+            _ => None,
+        });
+        for (at, batch) in commits {
+            if let Some(root) = &batch.root {
+                let s: MemberState = ken::store::codec::decode(root).unwrap();
+                if s.notified.contains(&g) {
+                    return *at;
                 }
             }
         }
+        panic!("node {i} never committed a notification of {g}")
     }
 
     fn group(&self) -> GroupId {
-        let e = self.nodes[0].engine.as_ref().unwrap();
-        e.state().group.unwrap()
+        self.state(0).group.unwrap()
     }
 
-    /// Notifications heard by the handler of node `i` (committed, current life's view).
     fn heard(&self, i: usize) -> Vec<GroupId> {
-        self.nodes[i]
-            .engine
-            .as_ref()
+        self.node(i)
+            .engine()
             .map(|e| e.state().notified.clone())
             .unwrap_or_default()
     }
 
     fn all_live(&self) -> bool {
-        self.nodes.iter().all(|n| {
-            n.engine.as_ref().is_some_and(|e| {
+        (0..self.len()).all(|i| {
+            self.node(i).engine().is_some_and(|e| {
                 e.groups()
                     .iter()
                     .any(|g| g.durable == Some(ken::GroupState::Live))
@@ -253,7 +152,15 @@ fn heartbeat() -> Duration {
 }
 
 fn established(n: usize) -> Cluster {
-    let mut c = Cluster::new(n);
+    let mut c = cluster(n);
+    c.run(100);
+    assert!(c.all_live(), "the group is established everywhere");
+    c
+}
+
+/// Three members, established, the network's faults seeded with `seed`.
+fn established_with(seed: u64) -> Cluster {
+    let mut c = cluster_with(3, None, seed);
     c.run(100);
     assert!(c.all_live(), "the group is established everywhere");
     c
@@ -273,12 +180,12 @@ fn a_permanent_kill_notifies_every_other_member_within_the_bound_exactly_once() 
     let mut c = established(4);
     let g = c.group();
     c.crash(3);
-    let killed_at = c.now;
+    let killed_at = c.now();
     c.run(10_000);
     let bound = t_fail() + 2 * heartbeat();
     for i in 0..3 {
         assert_eq!(c.heard(i), vec![g], "node {i} hears it exactly once");
-        let at = c.nodes[i].notified_at[&g];
+        let at = c.notified_at(i, g);
         let took = at.since(killed_at);
         assert!(
             took <= bound,
@@ -295,7 +202,7 @@ fn crash_restarts_shorter_than_t_fail_are_masked_and_longer_ones_are_not() {
         c.crash(2);
         let down = (t_fail().as_millis() as f64 * factor) as u64;
         c.run(down);
-        c.boot(2);
+        c.start(2);
         c.run(10_000);
         for i in 0..3 {
             let heard = c.heard(i);
@@ -310,21 +217,21 @@ fn crash_restarts_shorter_than_t_fail_are_masked_and_longer_ones_are_not() {
 
 #[test]
 fn a_signal_reaches_everyone_even_if_all_the_signallers_datagrams_are_lost() {
-    let mut c = Cluster::with(3, Some(Duration::from_secs(3)));
+    let mut c = cluster_with(3, Some(Duration::from_secs(3)), 0);
     c.run(100);
     assert!(c.all_live());
     let g = c.group();
     // a's timer signals the group at +3 s; just before, everything `a` sends starts being lost.
     c.run(2_850);
     assert!(c.heard(1).is_empty());
-    c.mute.insert(0);
+    c.mute(0);
     c.run(50);
-    let signalled_at = c.now;
+    let signalled_at = c.now();
     c.run(10_000);
     let bound = t_fail() + 2 * heartbeat() + Duration::from_millis(100);
     for i in 0..3 {
         assert_eq!(c.heard(i), vec![g], "node {i}");
-        let took = c.nodes[i].notified_at[&g].since(signalled_at);
+        let took = c.notified_at(i, g).since(signalled_at);
         assert!(took <= bound, "node {i} after {took:?}");
     }
 }
@@ -337,9 +244,9 @@ fn a_partition_longer_than_t_fail_fires_on_both_sides_a_shorter_one_does_not() {
     ] {
         let mut c = established(4);
         let g = c.group();
-        c.partition = Some(([0, 1].into(), [2, 3].into()));
+        c.partition(&[0, 1], &[2, 3]);
         c.run(ms);
-        c.partition = None;
+        c.heal();
         c.run(10_000);
         for i in 0..4 {
             if fires {
@@ -361,31 +268,30 @@ fn a_member_down_when_the_group_failed_hears_it_once_after_restart() {
     for i in 0..3 {
         assert_eq!(c.heard(i), vec![g]);
     }
-    c.boot(3);
+    c.start(3);
     c.run(5_000);
     assert_eq!(
         c.heard(3),
         vec![g],
         "the restarted member is notified, once"
     );
-    c.crash(3);
-    c.boot(3);
+    c.restart(3);
     c.run(5_000);
     assert_eq!(c.heard(3), vec![g], "and not again after another restart");
 }
 
 #[test]
 fn a_member_dead_during_creation_fails_the_group_for_those_who_heard() {
-    let mut c = Cluster::new(3);
+    let mut c = cluster(3);
     // c died before it could confirm: it never runs again.
     c.crash(2);
-    c.net.retain(|(to, _)| *to != 2);
+    c.in_flight_mut().retain(|d| d.to != 2);
     let g = c.group();
     c.run(Tuning::default().fuse_create_timeout.as_millis() as u64 + 3_000);
     assert_eq!(c.heard(0), vec![g], "the creator");
     assert_eq!(c.heard(1), vec![g], "a member that joined");
     for i in 0..2 {
-        let groups = c.nodes[i].engine.as_ref().unwrap().groups();
+        let groups = c.engine(i).groups();
         assert!(
             groups.iter().all(|s| s.state == ken::GroupState::Failed),
             "{groups:?}"
@@ -395,16 +301,16 @@ fn a_member_dead_during_creation_fails_the_group_for_those_who_heard() {
 
 #[test]
 fn a_signal_takes_the_fast_path_when_the_network_is_fine() {
-    let mut c = Cluster::with(4, Some(Duration::from_secs(1)));
+    let mut c = cluster_with(4, Some(Duration::from_secs(1)), 0);
     c.run(100);
     let g = c.group();
     c.run(850);
     assert!(c.heard(2).is_empty());
-    let before = c.now;
+    let before = c.now();
     c.run(5_000);
     for i in 0..4 {
         assert_eq!(c.heard(i), vec![g], "node {i}");
-        let took = c.nodes[i].notified_at[&g].since(before);
+        let took = c.notified_at(i, g).since(before);
         assert!(
             took <= Duration::from_millis(100),
             "node {i} after {took:?}: the direct Fail"
@@ -426,13 +332,16 @@ fn short_crash_restarts_are_masked_in_100_seeded_runs_each() {
     let mut runs = 0;
     for factor in [0.2, 0.5, 0.9] {
         for _ in 0..100 {
-            let mut c = established(3);
-            c.loss = Some((rand_chacha::ChaCha8Rng::seed_from_u64(rng.gen()), 0.05));
+            let mut c = established_with(rng.gen());
+            c.set_faults(Faults {
+                drop: 0.05,
+                ..Faults::default()
+            });
             let victim = rng.gen_range(0..3);
             c.run(rng.gen_range(0..600));
             c.crash(victim);
             c.run((t_fail().as_millis() as f64 * factor) as u64);
-            c.boot(victim);
+            c.start(victim);
             c.run(2_000);
             for i in 0..3 {
                 assert!(
@@ -477,106 +386,42 @@ fn a_stale_list_overtaken_by_the_confirm_does_not_fail_a_healthy_group() {
             }
         }
     }
-    let dir = tempfile::tempdir().unwrap();
     let ids = [pid("a"), pid("b")];
-    let mut now = Time::from_millis(T0);
-    let mut engines = Vec::new();
-    let mut stores = Vec::new();
+    let mut c = testing::Cluster::new(tempfile::tempdir().unwrap(), Time::from_millis(T0), 0);
+    c.set_step(Duration::from_millis(1));
     for (i, id) in ids.iter().enumerate() {
-        let path = dir.path().join(format!("{id}.db"));
-        let (store, rec) = Store::open(&path, id.as_str()).unwrap();
-        let reader = ken::store::Reader::open(&path).unwrap();
         let config = EngineConfig {
             id: id.clone(),
             peers: ids.iter().filter(|p| *p != id).cloned().collect(),
             tuning: Tuning::default(),
             seed: i as u64,
         };
-        let mut e = Engine::recover(config, Creator, rec, Box::new(reader)).unwrap();
-        e.start(now);
-        engines.push(e);
-        stores.push(store);
+        c.add(config, || Creator);
     }
-    let mut net: Vec<(usize, Frame)> = Vec::new();
-    // FUSE frames held: b -> a and a -> b.
-    let mut held_ba: Vec<Frame> = Vec::new();
-    let mut held_ab: Vec<Frame> = Vec::new();
-    // Executes both engines' commands; commits complete at once.
-    let step = |engines: &mut Vec<Engine<Creator>>,
-                stores: &mut Vec<Store>,
-                net: &mut Vec<(usize, Frame)>,
-                held_ba: &mut Vec<Frame>,
-                held_ab: &mut Vec<Frame>,
-                hold: (bool, bool),
-                now: Time| {
-        for i in 0..2 {
-            loop {
-                let cmds = engines[i].take_commands();
-                if cmds.is_empty() {
-                    break;
-                }
-                for cmd in cmds {
-                    match cmd {
-                        Command::Commit { id, batch } => {
-                            stores[i].commit(&batch).unwrap();
-                            engines[i].commit_done(now, id);
-                        }
-                        Command::Send { to, frame, .. } => {
-                            let to = usize::from(to.as_str() == "b");
-                            let fuse = frame.kind == ken::transport::FrameKind::Fuse;
-                            if fuse && i == 1 && hold.0 {
-                                held_ba.push(frame);
-                            } else if fuse && i == 0 && hold.1 {
-                                held_ab.push(frame);
-                            } else {
-                                net.push((to, frame));
-                            }
-                        }
-                        Command::Fatal { error } => panic!("{error}"),
-                        _ => {}
-                    }
-                }
-            }
-        }
-    };
+    c.start_all();
     for t in 0..3000u64 {
-        let hold = ((990..1400).contains(&t), (990..1250).contains(&t));
+        // FUSE frames held: b -> a and a -> b.
+        let (hold_ba, hold_ab) = ((990..1400).contains(&t), (990..1250).contains(&t));
+        c.set_filter(move |d| {
+            let held = (d.from == 1 && hold_ba) || (d.from == 0 && hold_ab);
+            if d.kind == ken::transport::FrameKind::Fuse && held {
+                Fate::Hold
+            } else {
+                Fate::Pass
+            }
+        });
         if t == 1250 {
-            net.extend(held_ab.drain(..).map(|f| (1, f)));
+            let ab = c.take_held(0, 1);
+            c.in_flight_mut().extend(ab);
         }
         if t == 1400 {
             // Reversed: b's stale list arrives after its Confirm.
-            while let Some(f) = held_ba.pop() {
-                net.push((0, f));
-            }
+            let ba = c.take_held(1, 0);
+            c.in_flight_mut().extend(ba.into_iter().rev());
         }
-        while !net.is_empty() {
-            let (to, f) = net.remove(0);
-            engines[to].handle_frame(now, f);
-            step(
-                &mut engines,
-                &mut stores,
-                &mut net,
-                &mut held_ba,
-                &mut held_ab,
-                hold,
-                now,
-            );
-        }
-        now = now.plus(Duration::from_millis(1));
-        for e in &mut engines {
-            e.tick(now);
-        }
-        step(
-            &mut engines,
-            &mut stores,
-            &mut net,
-            &mut held_ba,
-            &mut held_ab,
-            hold,
-            now,
-        );
+        c.step();
     }
+    let engines = [c.engine(0), c.engine(1)];
     for (i, e) in engines.iter().enumerate() {
         let groups = e.groups();
         assert_eq!(groups.len(), 2, "{}: {groups:?}", ids[i]);

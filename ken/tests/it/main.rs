@@ -7,3 +7,4 @@ mod fuse;
 mod fuse_engine;
 mod fuse_machine;
 mod sans_io;
+mod testing;

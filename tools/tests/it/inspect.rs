@@ -1321,13 +1321,12 @@ fn broken_inputs_get_one_line_and_a_non_zero_exit() {
 // network the test controls), so every group's state can be produced on purpose.
 
 mod groups {
-    use std::collections::BTreeSet;
     use std::path::{Path, PathBuf};
     use std::time::Duration;
 
-    use ken::engine::{Command, Engine, EngineConfig};
-    use ken::store::{codec, Store};
-    use ken::transport::Frame;
+    use ken::engine::EngineConfig;
+    use ken::store::codec;
+    use ken::testing;
     use ken::{GroupId, GroupState, Handler, Input, ProcessId, Time, Tuning, Turn};
     use rand::{Rng, SeedableRng};
     use serde::{Deserialize, Serialize};
@@ -1377,20 +1376,8 @@ mod groups {
         }
     }
 
-    struct Node {
-        id: ProcessId,
-        path: PathBuf,
-        engine: Option<Engine<Grouper>>,
-        store: Option<Store>,
-    }
-
-    /// Three nodes a, b, c; commits complete at once; frames from `mute`d nodes are lost.
-    struct Cluster {
-        now: Time,
-        nodes: Vec<Node>,
-        net: Vec<(usize, Frame)>,
-        mute: BTreeSet<usize>,
-    }
+    /// Three nodes a, b, c on the engines' test host; commits complete at once.
+    type Cluster = testing::Cluster<Grouper>;
 
     const STEP_MS: u64 = 5;
 
@@ -1403,97 +1390,25 @@ mod groups {
         }
     }
 
-    impl Cluster {
-        fn boot(dir: &Path, start_ms: u64) -> Cluster {
-            let ids: Vec<ProcessId> = ["a", "b", "c"].map(|s| ProcessId::new(s).unwrap()).to_vec();
-            let mut c = Cluster {
-                now: Time::from_millis(start_ms),
-                nodes: Vec::new(),
-                net: Vec::new(),
-                mute: BTreeSet::new(),
+    fn boot(dir: &Path, start_ms: u64) -> Cluster {
+        let ids: Vec<ProcessId> = ["a", "b", "c"].map(|s| ProcessId::new(s).unwrap()).to_vec();
+        let mut c = Cluster::new(PathBuf::from(dir), Time::from_millis(start_ms), 0);
+        c.set_step(Duration::from_millis(STEP_MS));
+        for (i, id) in ids.iter().enumerate() {
+            let config = EngineConfig {
+                id: id.clone(),
+                peers: ids.iter().filter(|p| *p != id).cloned().collect(),
+                tuning: tuning(),
+                seed: i as u64,
             };
-            for (i, id) in ids.iter().enumerate() {
-                let path = dir.join(format!("{id}.ken"));
-                let (store, rec) = Store::open(&path, id.as_str()).unwrap();
-                let reader = ken::store::Reader::open(&path).unwrap();
-                let config = EngineConfig {
-                    id: id.clone(),
-                    peers: ids.iter().filter(|p| *p != id).cloned().collect(),
-                    tuning: tuning(),
-                    seed: i as u64,
-                };
-                let mut engine = Engine::recover(config, Grouper, rec, Box::new(reader)).unwrap();
-                engine.start(c.now);
-                c.nodes.push(Node {
-                    id: id.clone(),
-                    path,
-                    engine: Some(engine),
-                    store: Some(store),
-                });
-                c.drain(i);
-            }
-            c
+            c.add(config, || Grouper);
         }
+        c.start_all();
+        c
+    }
 
-        /// A permanent kill: the engine and its store handle are gone.
-        fn kill(&mut self, i: usize) {
-            self.nodes[i].engine = None;
-            self.nodes[i].store = None;
-        }
-
-        fn drain(&mut self, i: usize) {
-            loop {
-                let Some(engine) = self.nodes[i].engine.as_mut() else {
-                    return;
-                };
-                let cmds = engine.take_commands();
-                if cmds.is_empty() {
-                    return;
-                }
-                for cmd in cmds {
-                    match cmd {
-                        Command::Commit { id, batch } => {
-                            let node = &mut self.nodes[i];
-                            node.store.as_mut().unwrap().commit(&batch).unwrap();
-                            node.engine.as_mut().unwrap().commit_done(self.now, id);
-                        }
-                        Command::Send { to, frame, .. } => {
-                            let to = self.nodes.iter().position(|n| n.id == to).unwrap();
-                            if !self.mute.contains(&i) {
-                                self.net.push((to, frame));
-                            }
-                        }
-                        Command::Fatal { error } => panic!("{} stopped: {error}", self.nodes[i].id),
-                        _ => {}
-                    }
-                }
-            }
-        }
-
-        /// Advances virtual time by `ms`, delivering every frame at once.
-        fn run(&mut self, ms: u64) {
-            let end = self.now.plus(Duration::from_millis(ms));
-            while self.now < end {
-                while !self.net.is_empty() {
-                    let (to, frame) = self.net.remove(0);
-                    if let Some(e) = self.nodes[to].engine.as_mut() {
-                        e.handle_frame(self.now, frame);
-                        self.drain(to);
-                    }
-                }
-                self.now = self.now.plus(Duration::from_millis(STEP_MS));
-                for i in 0..self.nodes.len() {
-                    if let Some(e) = self.nodes[i].engine.as_mut() {
-                        e.tick(self.now);
-                        self.drain(i);
-                    }
-                }
-            }
-        }
-
-        fn engine(&self, i: usize) -> &Engine<Grouper> {
-            self.nodes[i].engine.as_ref().unwrap()
-        }
+    fn ms(ms: u64) -> Duration {
+        Duration::from_millis(ms)
     }
 
     fn key(g: GroupId) -> String {
@@ -1538,8 +1453,8 @@ mod groups {
             .unwrap()
             .as_millis() as u64;
         let start_ms = wall_ms - 60_000;
-        let mut c = Cluster::boot(dir.path(), start_ms);
-        c.run(100);
+        let mut c = boot(dir.path(), start_ms);
+        c.run_for(ms(100));
         assert!(
             (0..3).all(|i| c
                 .engine(i)
@@ -1548,10 +1463,10 @@ mod groups {
                 .all(|g| g.durable == Some(GroupState::Live))),
             "G0 and G1 are established everywhere"
         );
-        c.kill(2);
-        c.run(2_400);
-        c.mute.insert(1);
-        c.run(150);
+        c.crash(2);
+        c.run_for(ms(2_400));
+        c.mute(1);
+        c.run_for(ms(150));
 
         let created = c.engine(0).state().created.clone();
         assert_eq!(created.len(), PLAN.len(), "{created:?}");
@@ -1605,9 +1520,9 @@ mod groups {
             failed.sort();
             assert_eq!(heard, failed, "node {i} heard each failure once");
         }
-        let stores: Vec<PathBuf> = c.nodes.iter().map(|n| n.path.clone()).collect();
-        c.kill(0);
-        c.kill(1);
+        let stores: Vec<PathBuf> = (0..3).map(|i| c.node(i).path().to_path_buf()).collect();
+        c.crash(0);
+        c.crash(1);
 
         // `groups --json`: every field of every group.
         for (i, store) in stores.iter().enumerate() {
