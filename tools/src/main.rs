@@ -15,7 +15,7 @@
 //!
 //! - `ken inspect STORE [VIEW]`: looks inside a process's checkpoint store, live or dead
 //!   (summary, outbox, peers, timers, tables, turns, state, verify, watch; `--json`). The
-//!   views live in the library (`ken_tools::inspect`) because the app binaries use them
+//!   views live in the library (`ken_inspect`) because the app binaries use them
 //!   too. See `tools/INSPECT.md`.
 
 use std::process::ExitCode;
@@ -40,7 +40,7 @@ enum Command {
     /// while clients use them, then check money conservation and exactly-once requests.
     Demo(demo::Args),
     /// Look inside a process's checkpoint store, live or dead (see `ken inspect --help`).
-    Inspect(ken_tools::inspect::Args),
+    Inspect(ken_inspect::Args),
     /// Measure this machine: disk fsync rate, turn throughput, ack latency, round trip.
     Bench(bench::Args),
     /// Internal: one process of a `ken bench` run (started by `ken bench`, not by hand).
@@ -65,7 +65,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Inspect(args) => {
-            ken_tools::inspect::main(&args, &ken_tools::inspect::AppDecoder::generic())
+            ken_inspect::main(&args, &ken_inspect::AppDecoder::generic())
         }
         Command::Bench(args) => match bench::run(&args) {
             Ok(()) => ExitCode::SUCCESS,

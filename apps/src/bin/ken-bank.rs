@@ -33,7 +33,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Look inside a store, decoding the bank's types (the views of `ken inspect`).
-    Inspect(ken_tools::inspect::Args),
+    Inspect(ken_inspect::Args),
 }
 
 #[derive(Debug, clap::Args)]
@@ -72,7 +72,7 @@ fn main() -> ExitCode {
         Cli {
             command: Some(Command::Inspect(args)),
             ..
-        } => return ken_tools::inspect::main(&args, &ken_apps::inspect::bank()),
+        } => return ken_inspect::main(&args, &ken_apps::inspect::bank()),
         Cli { run: Some(run), .. } => run,
         Cli { run: None, .. } => {
             eprintln!("ken-bank: nothing to do; see ken-bank --help");

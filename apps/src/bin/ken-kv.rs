@@ -98,7 +98,7 @@ enum Command {
         client: ClientArgs,
     },
     /// Look inside a store, decoding kv's types (the views of `ken inspect`).
-    Inspect(ken_tools::inspect::Args),
+    Inspect(ken_inspect::Args),
 }
 
 #[derive(Debug, ClapArgs)]
@@ -136,7 +136,7 @@ fn main() -> ExitCode {
             return cli::run_to_exit(config, Kv);
         }
         Command::Inspect(args) => {
-            return ken_tools::inspect::main(&args, &ken_apps::inspect::kv());
+            return ken_inspect::main(&args, &ken_apps::inspect::kv());
         }
         Command::Put { key, value, client } => (Request::Put { key, value }, client),
         Command::Get { key, client } => (Request::Get { key }, client),

@@ -65,7 +65,7 @@ enum Command {
         retry_ms: u64,
     },
     /// Look inside a store, decoding the lock service's types (the views of `ken inspect`).
-    Inspect(ken_tools::inspect::Args),
+    Inspect(ken_inspect::Args),
 }
 
 #[derive(Debug, ClapArgs)]
@@ -122,7 +122,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let (config, role) = match args.command {
         Command::Inspect(args) => {
-            return ken_tools::inspect::main(&args, &ken_apps::inspect::lock());
+            return ken_inspect::main(&args, &ken_apps::inspect::lock());
         }
         Command::Serve { common, queue_max } => {
             if queue_max == 0 {

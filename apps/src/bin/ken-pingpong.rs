@@ -31,7 +31,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Look inside a store, decoding pingpong's types (the views of `ken inspect`).
-    Inspect(ken_tools::inspect::Args),
+    Inspect(ken_inspect::Args),
 }
 
 #[derive(Debug, clap::Args)]
@@ -61,7 +61,7 @@ fn main() -> ExitCode {
         Cli {
             command: Some(Command::Inspect(args)),
             ..
-        } => return ken_tools::inspect::main(&args, &ken_apps::inspect::pingpong()),
+        } => return ken_inspect::main(&args, &ken_apps::inspect::pingpong()),
         Cli { run: Some(run), .. } => run,
         Cli { run: None, .. } => {
             eprintln!("ken-pingpong: nothing to do; see ken-pingpong --help");

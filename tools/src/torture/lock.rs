@@ -19,7 +19,7 @@
 //! What is read: the emitted lines of every life (server: `granted`, `freed`, `queued`,
 //! `refused`; holders: `holding`, `released`, `lost`, `refused`, `done`; see
 //! `ken_apps::lock`), and the stores, through generic records only: FUSE group records
-//! (decoded by `ken_tools::inspect::fuse`), the turn log (a notification is a turn of input
+//! (decoded by `ken_inspect::fuse`), the turn log (a notification is a turn of input
 //! kind `fuse` whose source is the group), outbox statistics, and the row count of the
 //! server's `grants` table. ken-tools does not link ken-apps; nothing app-specific is
 //! decoded but the JSON lines.
@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 
 use ken::engine::fuse::{GroupRecord, GroupState};
 use ken_store::Reader;
-use ken_tools::inspect::fuse as group_records;
+use ken_inspect::fuse as group_records;
 use serde::Deserialize;
 
 use super::apps::TortureApp;

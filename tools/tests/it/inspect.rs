@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-/// Exit statuses of `ken inspect` (see `ken_tools::inspect`).
+/// Exit statuses of `ken inspect` (see `ken_inspect`).
 const EXIT_DAMAGED: i32 = 1;
 const EXIT_ERROR: i32 = 2;
 
@@ -1489,7 +1489,7 @@ mod groups {
     }
 
     fn key(g: GroupId) -> String {
-        format!("0x{}", ken_tools::inspect::decode::hex(&g.0))
+        format!("0x{}", ken_inspect::decode::hex(&g.0))
     }
 
     /// Rewrites the sealed record of group `g` in `store` with `f(record)`.
@@ -1615,7 +1615,7 @@ mod groups {
                     .unwrap_or_else(|| panic!("{i}: no {} in {v:#}", key(id)));
                 let ctx = format!("node {i}, G{}: {got:#}", e.1);
                 assert_eq!(got["display"], id.to_string(), "{ctx}");
-                let state = ken_tools::inspect::fuse::state_name(e.2);
+                let state = ken_inspect::fuse::state_name(e.2);
                 assert_eq!(got["state"], state, "{ctx}");
                 assert_eq!(got["creator"], "a", "{ctx}");
                 assert_eq!(got["members"], json!(e.4), "{ctx}");
