@@ -4,4 +4,5 @@ mod client;
 mod crash;
 mod engine;
 mod fuse;
+mod observe;
 mod sans_io;
