@@ -30,9 +30,9 @@
 //! lines longer than the gap (the runtime prints a stats line every `KEN_STATS_INTERVAL_MS`,
 //! so a longer silence is a stall: CPU starvation, a stuck disk).
 //!
-//! Also here, since every caller needs them: [`free_ports`] (the one way this workspace
-//! picks loopback ports for children), [`loopback`] and [`wait_until`] (a poll with a
-//! deadline).
+//! Also here, since every caller needs them: [`free_ports`] and [`free_addrs`] (the one way
+//! this workspace picks loopback ports for children), [`loopback`] and [`wait_until`] (a
+//! poll with a deadline).
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -68,6 +68,11 @@ pub fn free_ports(n: usize) -> io::Result<Vec<u16>> {
         .iter()
         .map(|s| s.local_addr().map(|a| a.port()))
         .collect()
+}
+
+/// [`free_ports`] as loopback addresses.
+pub fn free_addrs(n: usize) -> io::Result<Vec<SocketAddr>> {
+    Ok(free_ports(n)?.into_iter().map(loopback).collect())
 }
 
 /// A loopback address for `port`.

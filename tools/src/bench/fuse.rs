@@ -48,11 +48,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use ken::{Time, Tuning};
-use ken_tools::harness::{Process, Spec};
+use ken_tools::harness::{self, Process, Spec};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::{cpu_time, free_addrs, own_executable, percentile, CpuTime};
+use super::{cpu_time, own_executable, percentile, CpuTime, NO_FREE_PORT};
 
 /// The most the 10,000-group liveness rate may be, relative to the 1-group rate.
 pub const LIVENESS_RATIO_MAX: f64 = 1.1;
@@ -490,7 +490,7 @@ fn rates(samples: &[Stats], t0_ms: u64, t1_ms: u64) -> Option<(f64, f64)> {
 
 fn round(dir: &Path, args: &FuseArgs, t: &Tuning, groups: u64) -> anyhow::Result<Round> {
     let n = args.nodes as usize;
-    let addrs = free_addrs(n)?;
+    let addrs = harness::free_addrs(n).context(NO_FREE_PORT)?;
     let ids: Vec<String> = (0..n).map(|i| format!("n{i}")).collect();
     let exe = own_executable()?;
     let started = Instant::now();

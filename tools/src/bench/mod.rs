@@ -460,12 +460,8 @@ fn with_port_retries<T>(mut phase: impl FnMut(u32) -> anyhow::Result<T>) -> anyh
     }
 }
 
-/// `n` distinct free UDP addresses on 127.0.0.1 ([`harness::free_ports`]), released for
-/// the children to bind.
-fn free_addrs(n: usize) -> anyhow::Result<Vec<SocketAddr>> {
-    let ports = harness::free_ports(n).context("cannot bind a UDP port on 127.0.0.1")?;
-    Ok(ports.into_iter().map(harness::loopback).collect())
-}
+/// What a failed [`harness::free_addrs`] says.
+const NO_FREE_PORT: &str = "cannot bind a UDP port on 127.0.0.1";
 
 /// When a phase measures, as wall-clock instants handed to its children.
 #[derive(Debug, Clone, Copy)]
@@ -662,7 +658,7 @@ fn phase_dir(dir: &Path, name: &str, attempt: u32) -> anyhow::Result<PathBuf> {
 
 fn pingpong(dir: &Path, plan: &Plan, attempt: u32) -> anyhow::Result<PingpongReport> {
     let dir = phase_dir(dir, "pingpong", attempt)?;
-    let addrs = free_addrs(2)?;
+    let addrs = harness::free_addrs(2).context(NO_FREE_PORT)?;
     let (hitter, echo) = (("hitter", addrs[0]), ("echo", addrs[1]));
     let spec =
         |role: Role, me: (&str, SocketAddr), peer: (&str, SocketAddr), at: &Schedule| NodeSpec {
@@ -718,7 +714,7 @@ struct Throughput {
 fn throughput(dir: &Path, args: &Args, plan: &Plan, attempt: u32) -> anyhow::Result<Throughput> {
     let dir = phase_dir(dir, "throughput", attempt)?;
     let senders = args.senders as usize;
-    let addrs = free_addrs(senders + 2)?;
+    let addrs = harness::free_addrs(senders + 2).context(NO_FREE_PORT)?;
     let receiver = ("receiver".to_string(), addrs[0]);
     let simulated: Vec<(String, SocketAddr)> = (0..senders)
         .map(|i| (format!("load-{i}"), addrs[i + 1]))

@@ -479,7 +479,7 @@ mod tests {
     use ken::transport::{Endpoint, FaultConfig};
 
     fn free_addr() -> SocketAddr {
-        ken_tools::harness::loopback(ken_tools::harness::free_ports(1).unwrap()[0])
+        ken_tools::harness::free_addrs(1).unwrap()[0]
     }
 
     fn faults(seed: u64) -> FaultConfig {

@@ -81,14 +81,6 @@ struct NodeOpts {
     faults_file: bool,
 }
 
-fn free_ports(n: usize) -> Vec<SocketAddr> {
-    harness::free_ports(n)
-        .expect("bind UDP ports on 127.0.0.1")
-        .into_iter()
-        .map(harness::loopback)
-        .collect()
-}
-
 fn now_ms() -> u64 {
     Time::now_wall().as_millis()
 }
@@ -114,7 +106,7 @@ impl Cluster {
     /// the shortened FUSE timing and `create_timeout_ms`. Nothing is started.
     fn new(name: &str, opts: &[NodeOpts], create_timeout_ms: u64) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let addrs = free_ports(opts.len());
+        let addrs = harness::free_addrs(opts.len()).expect("bind UDP ports on 127.0.0.1");
         let ids: Vec<String> = (0..opts.len()).map(|i| format!("n{i}")).collect();
         // A backstop: no node outlives a test that died without dropping its cluster.
         let exit_at = now_ms() + 180_000;

@@ -117,11 +117,6 @@ fn spawn(cmd: &mut Command) -> Child {
     }
 }
 
-/// `n` loopback UDP ports that were free a moment ago.
-fn free_ports(n: usize) -> Vec<u16> {
-    harness::free_ports(n).expect("bind 127.0.0.1:0")
-}
-
 /// The last lines of the stderr of `p`'s current life.
 fn stderr(p: &Process) -> String {
     p.current_life()
@@ -259,7 +254,7 @@ fn peer<'a>(summary: &'a Value, id: &str) -> &'a Value {
 fn run_pingpong(dir: &Path, bins: &Bins, count: u64) -> (PathBuf, PathBuf) {
     let (a, b) = (dir.join("a.ken"), dir.join("b.ken"));
     for attempt in 1..=BIND_ATTEMPTS_MAX {
-        let ports = free_ports(2);
+        let ports = harness::free_ports(2).expect("bind 127.0.0.1:0");
         let args = |id: &str, port: u16, store: &Path, other: &str, other_port: u16| {
             vec![
                 "--id".to_string(),
@@ -528,7 +523,7 @@ fn bank_stores_inspected_live_and_after_sigkill_agree_with_each_other() {
         .collect();
     let mut kids = Vec::new();
     'attempts: for attempt in 1..=BIND_ATTEMPTS_MAX {
-        let ports = free_ports(ids.len());
+        let ports = harness::free_ports(ids.len()).expect("bind 127.0.0.1:0");
         kids = ids
             .iter()
             .enumerate()
@@ -798,7 +793,7 @@ fn kv_requests_show_as_turns_clients_and_rows() {
     let store = dir.path().join("kv.ken");
     let mut server = None;
     for attempt in 1..=BIND_ATTEMPTS_MAX {
-        let port = free_ports(1)[0];
+        let port = harness::free_ports(1).expect("bind 127.0.0.1:0")[0];
         let args: Vec<String> = ["serve", "--id", "kv", "--listen", &addr(port), "--store"]
             .iter()
             .map(|s| s.to_string())
