@@ -168,7 +168,10 @@ impl Observation {
     /// it acknowledged were acknowledged at `now`.
     fn after_event<H: Handler>(&mut self, engine: &Engine<H>, now: Time) {
         for p in engine.peer_status() {
-            let (next_seq, acked) = self.seen.entry(p.id.clone()).or_insert((p.next_seq, p.acked));
+            let (next_seq, acked) = self
+                .seen
+                .entry(p.id.clone())
+                .or_insert((p.next_seq, p.acked));
             for seq in (*next_seq).max(1)..p.next_seq {
                 self.open.insert((p.id.clone(), seq), (now, None));
             }
@@ -383,10 +386,7 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
         finished: None,
         crash: &crash,
         client_addrs: HashMap::new(),
-        observation: config
-            .observe
-            .clone()
-            .map(|o| Observation::new(o, &engine)),
+        observation: config.observe.clone().map(|o| Observation::new(o, &engine)),
     };
     // Set when a batch was released: its outputs go out at the top of the next iteration.
     let mut released = false;

@@ -729,8 +729,8 @@ mod tests {
     #[test]
     fn restart_runs_the_same_command_and_keeps_each_lifes_output() {
         let dir = tempfile::tempdir().unwrap();
-        let mut p = Process::start(sh("echo", "echo out; echo err >&2; exit 3", dir.path()))
-            .unwrap();
+        let mut p =
+            Process::start(sh("echo", "echo out; echo err >&2; exit 3", dir.path())).unwrap();
         let end = wait_end(&mut p);
         assert!(!end.is_success(), "{end:?}");
         assert_eq!(p.current_life().unwrap().status.unwrap().code(), Some(3));
@@ -786,11 +786,17 @@ kill -9 $$"#;
         assert_eq!(wait_end(&mut p), End::CrashPoint("after_commit".into()));
         let life = p.current_life().unwrap();
         assert!(life.listening_at().is_some());
-        assert_eq!(life.stats().map(|s| (s.turns, s.messages_sent)), Some((7, 3)));
+        assert_eq!(
+            life.stats().map(|s| (s.turns, s.messages_sent)),
+            Some((7, 3))
+        );
         assert!(life.stderr_tail(10).contains("crash armed: after_commit:1"));
         assert_eq!(life.crash_at.as_deref(), Some("after_commit:1"));
         // Not armed again unless asked.
-        p.set_args(vec!["-c".into(), "echo \"[$KEN_CRASH_AT]\" >&2; exit 1".into()]);
+        p.set_args(vec![
+            "-c".into(),
+            "echo \"[$KEN_CRASH_AT]\" >&2; exit 1".into(),
+        ]);
         p.restart().unwrap();
         wait_end(&mut p);
         assert_eq!(p.current_life().unwrap().stderr_tail(1), "[]");

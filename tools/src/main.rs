@@ -84,9 +84,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Inspect(args) => {
-            ken_inspect::main(&args, &ken_inspect::AppDecoder::generic())
-        }
+        Command::Inspect(args) => ken_inspect::main(&args, &ken_inspect::AppDecoder::generic()),
         Command::Bench(args) => match bench::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

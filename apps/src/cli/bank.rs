@@ -11,10 +11,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use ken::ProcessId;
 use crate::bank::Bank;
 use crate::cli::{self, PeerArg};
+use clap::{Parser, Subcommand};
+use ken::ProcessId;
 
 /// Run one bank member; it transfers money to the other members until killed.
 #[derive(Debug, Parser)]

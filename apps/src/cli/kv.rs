@@ -31,10 +31,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args as ClapArgs, Parser, Subcommand};
-use ken::{BlockingClient, ClientError, ClientId, ClientOptions, ProcessId};
 use crate::cli;
 use crate::kv::{self, Kv, Reply, Request};
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use ken::{BlockingClient, ClientError, ClientId, ClientOptions, ProcessId};
 use serde_json::json;
 
 /// A key-value store whose every request is applied exactly once, across crashes.

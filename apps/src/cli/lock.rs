@@ -22,10 +22,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args as ClapArgs, Parser, Subcommand};
-use ken::ProcessId;
 use crate::cli::{self, PeerArg};
 use crate::lock::{self, HolderConfig, Lock, Role, ServerConfig};
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use ken::ProcessId;
 
 /// A lock service: a lock is freed when its holder's FUSE group fails.
 #[derive(Debug, Parser)]

@@ -10,10 +10,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use ken::ProcessId;
 use crate::cli::{self, PeerArg};
 use crate::pingpong::PingPong;
+use clap::{Parser, Subcommand};
+use ken::ProcessId;
 
 /// Volley a counter with a peer up to --count; print a JSON report and exit 0 when done.
 #[derive(Debug, Parser)]

@@ -99,7 +99,11 @@ fn every_message_is_reported_once_with_ordered_times() {
 
     let seen = seen.lock().unwrap();
     let seqs: Vec<u64> = seen.iter().map(|m| m.seq).collect();
-    assert_eq!(seqs, (1..=MESSAGES).collect::<Vec<_>>(), "each once, in order");
+    assert_eq!(
+        seqs,
+        (1..=MESSAGES).collect::<Vec<_>>(),
+        "each once, in order"
+    );
     for m in seen.iter() {
         assert_eq!(m.to, r);
         let t = m.transmitted.expect("every message was transmitted");

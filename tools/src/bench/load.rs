@@ -39,7 +39,6 @@ use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
-
 /// Retransmission timeout without progress (acknowledgement of anything new).
 pub const RTO_INITIAL: Duration = Duration::from_millis(200);
 

@@ -531,7 +531,9 @@ impl Children {
             p.poll()?;
         }
         for p in &self.procs {
-            let Some(life) = p.current_life() else { continue };
+            let Some(life) = p.current_life() else {
+                continue;
+            };
             match &life.end {
                 None | Some(End::Finished) | Some(End::KilledByUs) => {}
                 Some(End::BindError) => return Err(PortTaken(p.name().to_string()).into()),

@@ -284,7 +284,10 @@ impl Window {
                 return;
             }
             if m.sent >= w.from && m.sent < w.until {
-                w.times.lock().unwrap_or_else(|e| e.into_inner()).push(m.clone());
+                w.times
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(m.clone());
             } else if m.sent >= w.until {
                 if let Some(tx) = &after {
                     let _ = tx.try_send(());

@@ -34,8 +34,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use ken::engine::fuse::{GroupRecord, GroupState};
-use ken_store::Reader;
 use ken_inspect::fuse as group_records;
+use ken_store::Reader;
 use serde::Deserialize;
 
 use super::apps::TortureApp;

@@ -53,8 +53,8 @@ use anyhow::{bail, Context};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use ken_tools::harness::{self, loopback, End, Process, Spec};
 use apps::TortureApp;
+use ken_tools::harness::{self, loopback, End, Process, Spec};
 
 /// Interval of each process's stats lines (`KEN_STATS_INTERVAL_MS`).
 const STATS_INTERVAL_MS: u64 = 500;
@@ -704,7 +704,10 @@ impl Cluster {
                 envs.push(("KEN_FUSE_CREATE_TIMEOUT_MS".to_string(), create.to_string()));
             }
             let mut spec = Spec::new(id.clone(), program.clone(), Vec::<String>::new(), &logs);
-            spec.envs = envs.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+            spec.envs = envs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect();
             let mut proc = Process::new(spec);
             if fuse.is_some() {
                 proc.set_stall_gap(Some(LOCK_STALL_GAP));
@@ -1024,7 +1027,8 @@ impl Cluster {
         }
         let waiting = self.members.iter().any(|m| {
             m.proc.is_running()
-                && m.proc.current_life()
+                && m.proc
+                    .current_life()
                     .is_some_and(|l| l.stdout_lines().is_empty())
         });
         if !waiting {
@@ -1042,9 +1046,7 @@ impl Cluster {
     }
 
     fn all_finished(&self) -> bool {
-        self.members.iter().all(|m| {
-            m.finished()
-        })
+        self.members.iter().all(|m| m.finished())
     }
 
     /// A new network epoch: every member's link faults are redrawn. Bank and pingpong cut
@@ -1122,7 +1124,11 @@ impl Cluster {
                 break;
             }
             for i in 0..self.members.len() {
-                if self.members[i].proc.paused_until().is_some_and(|t| t <= now) {
+                if self.members[i]
+                    .proc
+                    .paused_until()
+                    .is_some_and(|t| t <= now)
+                {
                     self.resume_member(i);
                 }
                 self.close_pause_if_dead(i);
@@ -1354,7 +1360,9 @@ impl Cluster {
         if !up || cut {
             return false;
         }
-        let last = self.members[lock::STICKY].proc.lives()
+        let last = self.members[lock::STICKY]
+            .proc
+            .lives()
             .iter()
             .rev()
             .flat_map(|l| l.stdout_lines().into_iter().rev())
@@ -1439,7 +1447,11 @@ impl Cluster {
         let fuse = self.fuse.as_ref().map(|plan| {
             let record = self.lock_record(plan.timing, q, end_ms);
             let checked = lock::check(&record);
-            if let Some(dir) = self.members.first().and_then(|m| m.proc.spec().log_dir.parent()) {
+            if let Some(dir) = self
+                .members
+                .first()
+                .and_then(|m| m.proc.spec().log_dir.parent())
+            {
                 let mut text = lock::timeline(&record, self.clock.base_ms);
                 text.push_str("# what the checks found (Unix ms)\n");
                 for n in &checked.1.notes {
@@ -1455,7 +1467,12 @@ impl Cluster {
         }
         self.violations.extend(self.app.check(&self.stores, q));
         for (i, m) in self.members.iter().enumerate() {
-            let lines: Vec<String> = m.proc.lives().iter().flat_map(|l| l.stdout_lines()).collect();
+            let lines: Vec<String> = m
+                .proc
+                .lives()
+                .iter()
+                .flat_map(|l| l.stdout_lines())
+                .collect();
             self.violations.extend(self.app.check_output(i, &lines, q));
         }
         self.details = self.members.iter().map(|m| m.proc.describe()).collect();

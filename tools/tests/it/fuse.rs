@@ -195,7 +195,10 @@ impl Cluster {
     /// Restarts node `i` armed with crash point `point` (`KEN_CRASH_AT`).
     fn start_with_crash_point(&mut self, i: usize, point: &str) {
         let crash = Some((point.to_string(), 0));
-        self.nodes[i].proc.spawn(crash).expect("start ken fuse-node");
+        self.nodes[i]
+            .proc
+            .spawn(crash)
+            .expect("start ken fuse-node");
     }
 
     fn start_all(&mut self) {

@@ -297,7 +297,11 @@ fn run_pingpong(dir: &Path, bins: &Bins, count: u64) -> (PathBuf, PathBuf) {
         }
         for (kid, end) in kids.iter().zip(&ends) {
             let end = end.as_ref().expect("both ended");
-            let out = kid.current_life().expect("started").stdout_lines().join("\n");
+            let out = kid
+                .current_life()
+                .expect("started")
+                .stdout_lines()
+                .join("\n");
             assert!(
                 end.is_success(),
                 "{} ended {end:?}: {}",

@@ -380,7 +380,10 @@ pub fn run(binary: &Path, scenario: &Scenario, seed: u64) -> std::io::Result<Out
         if restart_at.is_some_and(|t| t <= now) {
             restart_at = None;
             proc.restart()?;
-            let msg = format!("restart (life {})", proc.current_life().expect("started").number);
+            let msg = format!(
+                "restart (life {})",
+                proc.current_life().expect("started").number
+            );
             events.push((now - started, msg));
             next_kill =
                 now + Duration::from_millis(rng.gen_range(scenario.kill_interval_ms.clone()));

@@ -331,9 +331,9 @@ fn lock_rounds_complete_with_increasing_tokens_across_random_sigkills() {
         c.wait("both holders to exit 0", Duration::from_secs(20), |c| {
             (1..3)
                 .all(|i| {
-                    c.procs[i].as_ref().is_some_and(
-                        |p| p.current_life().and_then(|l| l.end.as_ref()) == Some(&End::Finished),
-                    )
+                    c.procs[i].as_ref().is_some_and(|p| {
+                        p.current_life().and_then(|l| l.end.as_ref()) == Some(&End::Finished)
+                    })
                 })
                 .then_some(())
         })?;
