@@ -27,14 +27,13 @@
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::cli;
 use crate::kv::{self, Kv, Reply, Request};
 use clap::{Args as ClapArgs, Parser, Subcommand};
-use ken::{BlockingClient, ClientError, ClientId, ClientOptions, ProcessId};
+use ken::{BlockingClient, ClientError, ClientId, ClientOptions};
 use serde_json::json;
 
 /// A key-value store whose every request is applied exactly once, across crashes.
@@ -105,15 +104,8 @@ enum Command {
 
 #[derive(Debug, ClapArgs)]
 struct ServeArgs {
-    /// This process's id.
-    #[arg(long, value_parser = cli::parse_id)]
-    id: ProcessId,
-    /// UDP address to listen on.
-    #[arg(long)]
-    listen: SocketAddr,
-    /// Checkpoint store file (created if missing).
-    #[arg(long)]
-    store: PathBuf,
+    #[command(flatten)]
+    process: cli::ProcessArgs,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -136,7 +128,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     let args = Args::parse_from(args);
     let (request, client) = match args.command {
         Command::Serve(s) => {
-            let config = ken::Config::new(s.id, s.listen, s.store);
+            let config = s.process.config();
             return cli::run_to_exit(config, Kv);
         }
         Command::Inspect(args) => {

@@ -17,8 +17,6 @@
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -71,15 +69,8 @@ enum Command {
 
 #[derive(Debug, ClapArgs)]
 struct Common {
-    /// This process's id.
-    #[arg(long, value_parser = cli::parse_id)]
-    id: ProcessId,
-    /// UDP address to listen on.
-    #[arg(long)]
-    listen: SocketAddr,
-    /// Checkpoint store file (created if missing).
-    #[arg(long)]
-    store: PathBuf,
+    #[command(flatten)]
+    process: cli::ProcessArgs,
     /// Another process, as ID=ADDR (repeat for each).
     #[arg(long)]
     peer: Vec<PeerArg>,
@@ -99,7 +90,7 @@ fn usage(what: String) -> ExitCode {
 fn config(common: Common) -> Result<ken::Config, String> {
     let mut seen = BTreeSet::new();
     for p in &common.peer {
-        if p.id == common.id {
+        if p.id == common.process.id {
             return Err(format!(
                 "--peer {}={} names this process itself; list only the other processes",
                 p.id, p.addr
@@ -112,7 +103,7 @@ fn config(common: Common) -> Result<ken::Config, String> {
             ));
         }
     }
-    let mut config = ken::Config::new(common.id, common.listen, common.store);
+    let mut config = common.process.config();
     config
         .peers
         .extend(common.peer.into_iter().map(|p| (p.id, p.addr)));

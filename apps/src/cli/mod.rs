@@ -13,10 +13,32 @@ pub mod pingpong;
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
 
 use ken::ProcessId;
+
+/// What every app process is told: who it is, where it listens, where its store is.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProcessArgs {
+    /// This process's id.
+    #[arg(long, value_parser = parse_id)]
+    pub id: ProcessId,
+    /// UDP address to listen on.
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// Checkpoint store file (created if missing).
+    #[arg(long)]
+    pub store: PathBuf,
+}
+
+impl ProcessArgs {
+    /// A runtime config for this process, with no peers yet.
+    pub fn config(&self) -> ken::Config {
+        ken::Config::new(self.id.clone(), self.listen, &self.store)
+    }
+}
 
 /// A `--peer ID=ADDR` argument.
 #[derive(Debug, Clone, PartialEq, Eq)]
