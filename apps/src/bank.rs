@@ -280,15 +280,52 @@ impl BankView {
 /// Checks conservation and exactly-once over every member's committed data. Returns one line
 /// per violation (empty = all good).
 pub fn audit(views: &[BankView], accounts: u32, initial_balance: i64) -> Vec<String> {
+    audit_with(views, accounts, initial_balance, None, false)
+}
+
+/// [`audit`] of a run's stores once every member ran (`ken torture`, `ken demo`), plus what
+/// then holds: every member holds exactly `accounts` accounts; and with `transfers` (the run
+/// quiesced: no fault, every outbox empty) every member started at most `transfers` transfers
+/// (a member left without money cannot reach its quota once the others stopped) and every
+/// transfer sent was applied (one in flight after quiescence was lost).
+pub fn audit_run(
+    views: &[BankView],
+    accounts: u32,
+    initial_balance: i64,
+    transfers: Option<u64>,
+) -> Vec<String> {
+    audit_with(views, accounts, initial_balance, transfers, true)
+}
+
+fn audit_with(
+    views: &[BankView],
+    accounts: u32,
+    initial_balance: i64,
+    quiesced_transfers: Option<u64>,
+    all_accounts_open: bool,
+) -> Vec<String> {
     let mut violations = Vec::new();
     let expected_total = views.len() as i64 * accounts as i64 * initial_balance;
     let balances: i64 = views.iter().flat_map(|v| v.balances.values()).sum();
     let mut in_flight = 0i64;
     for v in views {
+        if all_accounts_open && v.balances.len() != accounts as usize {
+            violations.push(format!(
+                "{}: {} accounts, expected {accounts}",
+                v.id,
+                v.balances.len()
+            ));
+        }
         if v.state.duplicate_credits != 0 {
             violations.push(format!(
                 "{}: {} credits arrived twice (exactly-once violated)",
                 v.id, v.state.duplicate_credits
+            ));
+        }
+        if let Some(t) = quiesced_transfers.filter(|t| *t < v.state.transfers_started) {
+            violations.push(format!(
+                "{}: started {} transfers, expected {t}",
+                v.id, v.state.transfers_started
             ));
         }
         for (t, s) in &v.sent {
@@ -298,6 +335,12 @@ pub fn audit(views: &[BankView], accounts: u32, initial_balance: i64) -> Vec<Str
             };
             if !dest.applied.contains_key(&(v.id.clone(), *t)) {
                 in_flight += s.amount;
+                if quiesced_transfers.is_some() {
+                    violations.push(format!(
+                        "{}: transfer {t} of {} to {} never applied after quiescence (lost)",
+                        v.id, s.amount, s.to
+                    ));
+                }
             }
         }
         for ((from, t), amount) in &v.applied {
@@ -307,11 +350,11 @@ pub fn audit(views: &[BankView], accounts: u32, initial_balance: i64) -> Vec<Str
                 .and_then(|s| s.sent.get(t));
             match sent {
                 None => violations.push(format!(
-                    "{}: applied transfer {from}/{t} that {from} never committed (output validity violated)",
+                    "{}: applied transfer {from}/{t} of {amount} that {from} never committed (output validity violated)",
                     v.id
                 )),
                 Some(s) if s.amount != *amount || s.to != v.id => violations.push(format!(
-                    "{}: applied transfer {from}/{t} of {amount}, but {from} sent {} to {}",
+                    "{}: applied transfer {from}/{t} of {amount}, but {from} committed {} to {} (output validity violated)",
                     v.id, s.amount, s.to
                 )),
                 Some(_) => {}

@@ -2,13 +2,12 @@
 //! (`ken-bank inspect STORE state`): one [`AppDecoder`] per app, naming its root state type,
 //! its message type and, per table, its key layout and value type.
 //!
-//! The views themselves live in `ken_tools::inspect` (shared with `ken inspect`, which
-//! cannot know these types and shows previews only). ken-apps depends on ken-tools for this
-//! and ken-tools must never depend on ken-apps (see the `ken_tools` crate docs).
+//! The views themselves live in `ken_inspect` (shared with `ken inspect`, which
+//! cannot know these types and shows previews only).
 
 use ken::client::ReplyBody;
 use ken::store::codec;
-use ken_tools::inspect::{keys, AppDecoder};
+use ken_inspect::{keys, AppDecoder};
 use serde_json::{json, Value};
 
 use crate::{bank, kv, lock, pingpong};

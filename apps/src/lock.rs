@@ -37,7 +37,7 @@
 //! [`GroupId`]'s display form (`g-` and 32 hex digits); `at_ms` is the turn's time
 //! ([`ken::Turn::now`]) in Unix milliseconds.
 //!
-//! # Invariants (checked by the tests in this module and `tests/tests/real/lock.rs`)
+//! # Invariants (checked by the tests in this module, `tools/tests/real/lock.rs` and `ken torture --app lock`)
 //!
 //! 1. Per lock, tokens strictly increase and each token is granted once (the server's
 //!    `next_token` is durable and only grows: a fencing token).
@@ -699,8 +699,37 @@ pub struct Audit {
     pub unconfirmed: u64,
     /// Per lock, the highest token granted.
     pub last_token: BTreeMap<String, u64>,
-    /// Broken invariants, in words.
-    pub violations: Vec<String>,
+    /// Broken invariants.
+    pub violations: Vec<AuditViolation>,
+}
+
+/// Which invariant an [`AuditViolation`] breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AuditKind {
+    /// A line that is not a JSON event.
+    NotJson,
+    /// Invariant 1: a token not above the last one granted for its lock.
+    Tokens,
+    /// Invariant 2: two grants of one lock live at once, or a `freed` that does not match
+    /// the live grant (another token or group, none live, or freed twice).
+    OneGrant,
+}
+
+/// One broken invariant, where it was seen: `line` is the 1-based index into the lines
+/// given to [`audit_server`], `life` the life that printed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditViolation {
+    pub kind: AuditKind,
+    pub line: usize,
+    pub life: u32,
+    /// What is wrong, in words.
+    pub text: String,
+}
+
+impl std::fmt::Display for AuditViolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {} (life {}): {}", self.line, self.life, self.text)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -723,24 +752,33 @@ struct LockAudit {
 }
 
 /// Checks a server's stdout lines, each with the number of the life that printed it (as
-/// `ken_tests::procs::Proc::stdout_lines` gives them), in order: per lock, tokens strictly
-/// increase (so none is granted twice), at most one grant is live at a time (a `granted`
-/// while another is live, or a `freed` of an older token after a newer `granted`, is a
-/// violation), and each `freed` matches the live grant's group. A missing line is excused
-/// only where a kill between the lines explains it (see the module docs), and counted in
-/// [`Audit::unconfirmed`]. Lines other than `granted` and `freed` are skipped; a line that
-/// is not a JSON event is a violation.
+/// the process harness, `ken_tools::harness::Process::stdout_lines`, gives them), in order:
+/// per lock, tokens strictly increase (so none is granted twice), at most one grant is live
+/// at a time (a `granted` while another is live, or a `freed` of an older token after a
+/// newer `granted`, is a violation), and each `freed` matches the live grant's group. A
+/// missing line is excused only where a kill between the lines explains it (see the module
+/// docs), and counted in [`Audit::unconfirmed`]. Lines other than `granted` and `freed` are
+/// skipped; a line that is not a JSON event is a violation. `ken torture --app lock` and
+/// the real-process lock tests both check the server with this.
 pub fn audit_server(lines: &[(u32, String)]) -> Audit {
     let mut audit = Audit::default();
     let mut locks: BTreeMap<String, LockAudit> = BTreeMap::new();
     for (i, (life, line)) in lines.iter().enumerate() {
-        let at = format!("line {} (life {life})", i + 1);
+        let mut violation = |kind: AuditKind, text: String| {
+            audit.violations.push(AuditViolation {
+                kind,
+                line: i + 1,
+                life: *life,
+                text,
+            })
+        };
         let e: EventLine = match serde_json::from_str(line) {
             Ok(e) => e,
             Err(err) => {
-                audit
-                    .violations
-                    .push(format!("{at}: not a JSON event ({err}): {line}"));
+                violation(
+                    AuditKind::NotJson,
+                    format!("not a JSON event ({err}): {line}"),
+                );
                 continue;
             }
         };
@@ -749,17 +787,23 @@ pub fn audit_server(lines: &[(u32, String)]) -> Audit {
             "granted" => {
                 audit.granted += 1;
                 if e.token <= l.last_token {
-                    audit.violations.push(format!(
-                        "{at}: lock {:?} token {} granted after token {}: tokens must strictly increase",
-                        e.lock, e.token, l.last_token
-                    ));
+                    violation(
+                        AuditKind::Tokens,
+                        format!(
+                            "lock {:?} token {} granted after token {}: fencing tokens must strictly increase",
+                            e.lock, e.token, l.last_token
+                        ),
+                    );
                 }
                 if let Some((live, _, live_life)) = &l.live {
                     if *live_life == *life {
-                        audit.violations.push(format!(
-                            "{at}: lock {:?} token {} granted while token {live} is live",
-                            e.lock, e.token
-                        ));
+                        violation(
+                            AuditKind::OneGrant,
+                            format!(
+                                "lock {:?} token {} granted while token {live} is live: two live grants",
+                                e.lock, e.token
+                            ),
+                        );
                     } else {
                         audit.unconfirmed += 1;
                     }
@@ -770,39 +814,51 @@ pub fn audit_server(lines: &[(u32, String)]) -> Audit {
             "freed" => {
                 audit.freed += 1;
                 if !l.freed.insert(e.token) {
-                    audit.violations.push(format!(
-                        "{at}: lock {:?} token {} freed twice",
-                        e.lock, e.token
-                    ));
+                    violation(
+                        AuditKind::OneGrant,
+                        format!("lock {:?} token {} freed twice", e.lock, e.token),
+                    );
                     continue;
                 }
                 match l.live.take() {
                     Some((live, group, _)) if live == e.token => {
                         if group != e.group {
-                            audit.violations.push(format!(
-                                "{at}: lock {:?} token {} freed under group {} but granted under {group}",
-                                e.lock, e.token, e.group
-                            ));
+                            violation(
+                                AuditKind::OneGrant,
+                                format!(
+                                    "lock {:?} token {} freed under group {} but granted under {group}",
+                                    e.lock, e.token, e.group
+                                ),
+                            );
                         }
                     }
-                    Some((live, _, _)) if live > e.token => audit.violations.push(format!(
-                        "{at}: lock {:?} token {} freed after token {live} was granted: two grants were live",
-                        e.lock, e.token
-                    )),
+                    Some((live, _, _)) if live > e.token => violation(
+                        AuditKind::OneGrant,
+                        format!(
+                            "lock {:?} token {} freed after token {live} was granted: two live grants",
+                            e.lock, e.token
+                        ),
+                    ),
                     // The `granted` line of this token is missing: it died with a life.
                     Some((_, _, live_life)) if live_life != *life => audit.unconfirmed += 1,
-                    Some((live, _, _)) => audit.violations.push(format!(
-                        "{at}: lock {:?} token {} freed, but token {live} is the live grant",
-                        e.lock, e.token
-                    )),
+                    Some((live, _, _)) => violation(
+                        AuditKind::OneGrant,
+                        format!(
+                            "lock {:?} token {} freed, but token {live} is the live grant",
+                            e.lock, e.token
+                        ),
+                    ),
                     None if e.token > l.last_token && *life > 1 => {
                         audit.unconfirmed += 1;
                         l.last_token = e.token;
                     }
-                    None => audit.violations.push(format!(
-                        "{at}: lock {:?} token {} freed but not live (last granted {})",
-                        e.lock, e.token, l.last_token
-                    )),
+                    None => violation(
+                        AuditKind::OneGrant,
+                        format!(
+                            "lock {:?} token {} freed but not live (last granted {})",
+                            e.lock, e.token, l.last_token
+                        ),
+                    ),
                 }
             }
             _ => {}

@@ -51,6 +51,16 @@ pub struct Report {
 /// Table of received values: key = value (u64 big-endian), value = turn number.
 pub const RECEIVED_TABLE: &str = "received";
 
+/// Balls a player receives in a volley to `count`: the server (`serve`) gets the odd values,
+/// the hitter the even ones. A finished player's [`Report::received`] must say this.
+pub fn expected_received(count: u64, serve: bool) -> u64 {
+    if serve {
+        count.div_ceil(2)
+    } else {
+        count / 2
+    }
+}
+
 impl PingPong {
     fn first_expected(&self) -> u64 {
         if self.serve {

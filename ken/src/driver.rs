@@ -71,6 +71,12 @@ pub struct Config {
     /// Receives the bound address once the endpoint is up (for in-process hosts and tests
     /// that listen on port 0).
     pub bound: Option<std::sync::mpsc::Sender<SocketAddr>>,
+    /// Observation of message timing, for measurements (`ken bench`); `None` (the default)
+    /// tracks nothing. When set, the driver calls the observer once per message to a peer,
+    /// when its acknowledgement arrives, with the message's [`MessageTimes`]: its turn's
+    /// time, its first transmission, its acknowledgement. Messages already in the outbox at
+    /// recovery are not reported. It runs on the engine loop, so it must be quick.
+    pub observe: Option<Observer>,
 }
 
 impl Config {
@@ -87,6 +93,7 @@ impl Config {
             store_options: StoreOptions::default(),
             announce: false,
             bound: None,
+            observe: None,
         }
     }
 
@@ -105,6 +112,99 @@ impl Config {
             self.announce = true;
         }
         self
+    }
+}
+
+/// When one message to a peer was sent, transmitted and acknowledged ([`Config::observe`]),
+/// all read from the wall clock by the engine loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageTimes {
+    pub to: ProcessId,
+    pub seq: u64,
+    /// The time handed to the engine event whose turn sent it (the turn's `Turn::now`).
+    pub sent: Time,
+    /// Just after its first data frame was handed to the socket (after the commit of its
+    /// turn); `None` if this life never transmitted it.
+    pub transmitted: Option<Time>,
+    /// The time handed to the engine with the frame whose cumulative acknowledgement covers
+    /// it (taken from the receive queue just before).
+    pub acknowledged: Time,
+}
+
+/// The callback of [`Config::observe`].
+#[derive(Clone)]
+pub struct Observer(pub Arc<dyn Fn(&MessageTimes) + Send + Sync>);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer(..)")
+    }
+}
+
+/// The driver's half of [`Config::observe`]: the open messages' times, learned from the
+/// engine's peer counters after every event (a turn that sent raised `next_seq`; a frame
+/// that acknowledged raised `acked`). Holds at most the messages in the outboxes.
+struct Observation {
+    observer: Observer,
+    /// Per peer: `next_seq` and `acked` as last seen.
+    seen: HashMap<ProcessId, (u64, u64)>,
+    /// (peer, seq) -> (sent, first transmission) of messages not yet acknowledged.
+    open: HashMap<(ProcessId, u64), (Time, Option<Time>)>,
+}
+
+impl Observation {
+    /// Starts from the engine's current counters: what is in the outboxes now is not tracked.
+    fn new<H: Handler>(observer: Observer, engine: &Engine<H>) -> Observation {
+        let seen = engine
+            .peer_status()
+            .into_iter()
+            .map(|p| (p.id, (p.next_seq, p.acked)))
+            .collect();
+        Observation {
+            observer,
+            seen,
+            open: HashMap::new(),
+        }
+    }
+
+    /// After an engine event handed `now`: messages sent by it were sent at `now`, messages
+    /// it acknowledged were acknowledged at `now`.
+    fn after_event<H: Handler>(&mut self, engine: &Engine<H>, now: Time) {
+        for p in engine.peer_status() {
+            let (next_seq, acked) = self
+                .seen
+                .entry(p.id.clone())
+                .or_insert((p.next_seq, p.acked));
+            for seq in (*next_seq).max(1)..p.next_seq {
+                self.open.insert((p.id.clone(), seq), (now, None));
+            }
+            *next_seq = (*next_seq).max(p.next_seq);
+            for seq in *acked + 1..=p.acked {
+                if let Some((sent, transmitted)) = self.open.remove(&(p.id.clone(), seq)) {
+                    (self.observer.0)(&MessageTimes {
+                        to: p.id.clone(),
+                        seq,
+                        sent,
+                        transmitted,
+                        acknowledged: now,
+                    });
+                }
+            }
+            *acked = (*acked).max(p.acked);
+            if p.outbox == 0 {
+                // Nothing is unacknowledged: what is still open was dropped (forget_peer).
+                self.open.retain(|(to, _), _| *to != p.id);
+            }
+        }
+    }
+
+    /// A frame to `to` was handed to the socket at `at`.
+    fn transmitted(&mut self, to: &ProcessId, frame: &Frame, at: Time) {
+        if frame.kind == FrameKind::Data {
+            if let Some((_, t)) = self.open.get_mut(&(to.clone(), frame.seq.0)) {
+                t.get_or_insert(at);
+            }
+        }
     }
 }
 
@@ -289,12 +389,15 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
         finished: None,
         crash: &crash,
         client_addrs: HashMap::new(),
+        observation: config.observe.clone().map(|o| Observation::new(o, &engine)),
     };
     // Set when a batch was released: its outputs go out at the top of the next iteration.
     let mut released = false;
     let stats_interval = stats_interval_from_env();
     let mut stats_due = stats_interval.map(|i| Time::now_wall().plus(i));
-    engine.start(Time::now_wall());
+    let now = Time::now_wall();
+    engine.start(now);
+    out.observe(&engine, now);
     let result = loop {
         if let (Some(due), Some(interval)) = (stats_due, stats_interval) {
             if Time::now_wall() >= due {
@@ -337,6 +440,7 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
         let sleep_for = wake.map(|w| w.since(now));
         if sleep_for == Some(Duration::ZERO) {
             engine.tick(now);
+            out.observe(&engine, now);
             continue;
         }
         let accepting = engine.accepting_input();
@@ -366,9 +470,12 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
                     }
                     n += 1;
                 }
+                out.observe(&engine, now);
             }
             _ = tokio::time::sleep(sleep_for.unwrap_or(Duration::from_secs(3600))) => {
-                engine.tick(Time::now_wall());
+                let now = Time::now_wall();
+                engine.tick(now);
+                out.observe(&engine, now);
             }
         }
     };
@@ -424,6 +531,8 @@ struct Out<'a> {
     crash: &'a CrashPoints,
     /// Where each client's requests came from, for its replies. Bounded.
     client_addrs: HashMap<ProcessId, SocketAddr>,
+    /// [`Config::observe`], when set.
+    observation: Option<Observation>,
 }
 
 impl Out<'_> {
@@ -445,7 +554,16 @@ impl Out<'_> {
     fn committed<H: Handler>(&mut self, engine: &mut Engine<H>, id: BatchId) {
         self.durable = id;
         self.committing = false;
-        engine.commit_done(Time::now_wall(), id);
+        let now = Time::now_wall();
+        engine.commit_done(now, id);
+        self.observe(engine, now);
+    }
+
+    /// [`Config::observe`]: after an engine event handed `now`.
+    fn observe<H: Handler>(&mut self, engine: &Engine<H>, now: Time) {
+        if let Some(o) = &mut self.observation {
+            o.after_event(engine, now);
+        }
     }
 
     /// Executes the engine's pending commands. `Ok(true)`: a batch was committed inline
@@ -488,6 +606,9 @@ impl Out<'_> {
                     };
                     if let Err(e) = self.endpoint.send(*addr, &frame).await {
                         tracing::debug!(peer = %to, error = %e, "send failed");
+                    }
+                    if let Some(o) = &mut self.observation {
+                        o.transmitted(&to, &frame, Time::now_wall());
                     }
                 }
                 Command::Emit { line, after } => {

@@ -56,6 +56,11 @@ pub mod engine;
 mod fuse_types;
 mod handler;
 pub mod limits;
+/// The driver's per-message timing hook ([`Config::observe`]), for benchmarks: when each
+/// message was sent by its turn, first transmitted, and acknowledged.
+pub mod observe {
+    pub use crate::driver::{MessageTimes, Observer};
+}
 pub mod testing;
 mod time;
 mod tuning;

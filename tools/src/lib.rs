@@ -1,19 +1,17 @@
-//! The `ken-tools` library: what the `ken` command shares with other binaries.
+//! The `ken-tools` library: what the `ken` command shares with its tests.
 //!
-//! - [`inspect`]: the checkpoint inspection views behind `ken inspect STORE [VIEW]`, and the
-//!   helper that gives every app binary an `inspect` subcommand decoding its own types
-//!   (`ken-bank inspect STORE state`). The field names of its JSON output are documented in
-//!   `tools/INSPECT.md` and on the types of [`inspect::output`].
+//! - [`harness`]: the one process harness. `ken torture`, `ken demo`, `ken bench` (and
+//!   `ken bench fuse`) and every real-process test (`tests/it`, `tests/real`) start, watch,
+//!   pause, SIGKILL and restart their child processes through it, and pick their loopback
+//!   ports with its [`harness::free_ports`].
 //!
-//! **Architecture invariant: ken-tools never depends on ken-apps.** The app binaries depend
-//! on this library (for `inspect`), and cargo forbids a dependency cycle between packages
-//! whatever the targets (a library and a binary of one package are one node). The `ken`
-//! binary runs app binaries as processes only. The alternatives were worse: the runtime
-//! crate `ken` would have carried a command line and JSON rendering it does not need, and a
-//! helper inside ken-apps would have made every tool depend on the example apps. If a tool
-//! ever needs app code as a library (say `bank::audit` in a torture run), move [`inspect`]
-//! into a crate of its own that both depend on: it uses only `ken-store`, `ken` (the FUSE
-//! group record type, in `inspect::fuse`), `clap`, `serde`, `serde_json` and `thiserror`,
-//! never the rest of this crate.
+//! Where ken-tools sits: at the top of the workspace's one-way dependency graph, `ken-store`
+//! and `ken-transport` <- `ken` <- `ken-inspect` <- `ken-apps` <- `ken-tools` (`ken-tests` may
+//! depend on anything). So the tools use the apps' own types and audits, never copies
+//! (`ken_apps::bank::audit_run`, `ken_apps::lock::audit_server`, `ken_apps::kv::Request`,
+//! ...), and run app processes from their own executable: the `ken` binary's hidden
+//! `ken app NAME ARGS..` runs the app's command line (`ken_apps::cli`), the same code as the
+//! app's own binary. The inspection views (`ken inspect`) are the `ken-inspect` crate,
+//! shared with the app binaries' `inspect` subcommands.
 
-pub mod inspect;
+pub mod harness;

@@ -15,9 +15,14 @@
 //!
 //! - `ken inspect STORE [VIEW]`: looks inside a process's checkpoint store, live or dead
 //!   (summary, outbox, peers, timers, tables, turns, state, verify, watch; `--json`). The
-//!   views live in the library (`ken_tools::inspect`) because the app binaries use them
-//!   too. See `tools/INSPECT.md`.
+//!   views live in the `ken-inspect` crate because the app binaries use them too. See
+//!   `ken/inspect/INSPECT.md`.
+//!
+//! - `ken app NAME ARGS..` (hidden): runs an example app as its own binary would
+//!   (`ken_apps::cli`), so that `ken torture`, `ken demo` and the real-process tests start
+//!   app processes from this one executable.
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -40,7 +45,7 @@ enum Command {
     /// while clients use them, then check money conservation and exactly-once requests.
     Demo(demo::Args),
     /// Look inside a process's checkpoint store, live or dead (see `ken inspect --help`).
-    Inspect(ken_tools::inspect::Args),
+    Inspect(ken_inspect::Args),
     /// Measure this machine: disk fsync rate, turn throughput, ack latency, round trip.
     Bench(bench::Args),
     /// Internal: one process of a `ken bench` run (started by `ken bench`, not by hand).
@@ -52,6 +57,21 @@ enum Command {
     /// Torture a cluster of real app processes (kills, crash points, pauses, network
     /// faults), heal, and check exactly-once, FIFO, output validity and liveness.
     Torture(Box<torture::Args>),
+    /// Internal: run an example app, `ken app bank ARGS..` as `ken-bank ARGS..` would (how
+    /// `ken torture`, `ken demo` and the tests start app processes).
+    #[command(hide = true, disable_help_flag = true)]
+    App(AppArgs),
+}
+
+/// `ken app NAME ARGS..`.
+#[derive(Debug, clap::Args)]
+struct AppArgs {
+    /// Which app.
+    #[arg(value_enum)]
+    app: ken_apps::cli::App,
+    /// Its command line, as its own binary takes it.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<OsString>,
 }
 
 fn main() -> ExitCode {
@@ -64,9 +84,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Inspect(args) => {
-            ken_tools::inspect::main(&args, &ken_tools::inspect::AppDecoder::generic())
-        }
+        Command::Inspect(args) => ken_inspect::main(&args, &ken_inspect::AppDecoder::generic()),
         Command::Bench(args) => match bench::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -83,5 +101,6 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::App(a) => ken_apps::cli::run(a.app, a.args),
     }
 }

@@ -6,5 +6,6 @@ mod engine;
 mod fuse;
 mod fuse_engine;
 mod fuse_machine;
+mod observe;
 mod sans_io;
 mod testing;

@@ -43,18 +43,16 @@
 //! (`--exit-at-ms`) if `ken bench` dies, and is killed when its round ends.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use ken::{Time, Tuning};
+use ken_tools::harness::{self, Process, Spec};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::{cpu_time, free_ports, own_executable, percentile, CpuTime};
+use super::{cpu_time, own_executable, percentile, CpuTime, NO_FREE_PORT};
 
 /// The most the 10,000-group liveness rate may be, relative to the 1-group rate.
 pub const LIVENESS_RATIO_MAX: f64 = 1.1;
@@ -368,31 +366,16 @@ fn report_text(v: &Value, rounds: &[Round]) -> String {
     s
 }
 
-/// One node of a round.
+/// One node of a round (dropping it SIGKILLs it if it still runs).
 struct Node {
-    id: String,
-    out: PathBuf,
-    err: PathBuf,
-    child: Option<Child>,
-    /// Bytes of `out` already parsed, and the incomplete last line.
+    proc: Process,
+    /// Bytes of its standard output already parsed.
     out_read: u64,
-    out_partial: String,
 }
 
-/// The nodes of a round; dropping it kills (SIGKILL) and reaps any still running.
+/// The nodes of a round.
 struct Cluster {
     nodes: Vec<Node>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for n in &mut self.nodes {
-            if let Some(mut c) = n.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
 }
 
 /// One line a node printed on standard output.
@@ -414,29 +397,33 @@ struct Stats {
 }
 
 impl Node {
+    fn id(&self) -> &str {
+        self.proc.name()
+    }
+
     /// New complete lines of standard output since the last call.
     fn new_events(&mut self) -> anyhow::Result<Vec<Event>> {
-        let mut f = File::open(&self.out)?;
-        f.seek(SeekFrom::Start(self.out_read))?;
-        let mut buf = String::new();
-        self.out_read += f.read_to_string(&mut buf)? as u64;
-        self.out_partial.push_str(&buf);
+        let Some(life) = self.proc.current_life() else {
+            return Ok(Vec::new());
+        };
         let mut events = Vec::new();
-        while let Some(i) = self.out_partial.find('\n') {
-            let l: String = self.out_partial.drain(..=i).collect();
+        for l in life.new_stdout_lines(&mut self.out_read)? {
             let l = l.trim();
             if l.is_empty() {
                 continue;
             }
             events.push(serde_json::from_str(l).with_context(|| {
-                format!("{} printed a line that is not an event: {l}", self.id)
+                format!("{} printed a line that is not an event: {l}", self.id())
             })?);
         }
         Ok(events)
     }
 
     fn stats(&self) -> Vec<Stats> {
-        std::fs::read_to_string(&self.err)
+        let Some(life) = self.proc.current_life() else {
+            return Vec::new();
+        };
+        std::fs::read_to_string(&life.stderr_path)
             .unwrap_or_default()
             .lines()
             .filter(|l| l.contains("\"event\":\"stats\""))
@@ -446,19 +433,21 @@ impl Node {
 
     /// Fails if the node exited, quoting its error output.
     fn check_running(&mut self) -> anyhow::Result<()> {
-        if let Some(c) = self.child.as_mut() {
-            if let Some(status) = c.try_wait()? {
-                let err = std::fs::read_to_string(&self.err).unwrap_or_default();
-                let tail: Vec<&str> = err
-                    .lines()
-                    .filter(|l| !l.contains("\"event\":\"stats\""))
-                    .collect();
-                bail!(
-                    "node {} exited ({status}): {}",
-                    self.id,
-                    tail[tail.len().saturating_sub(5)..].join("\n")
-                );
-            }
+        if let Some(end) = self.proc.poll()? {
+            let err = self
+                .proc
+                .current_life()
+                .map(|l| std::fs::read_to_string(&l.stderr_path).unwrap_or_default())
+                .unwrap_or_default();
+            let tail: Vec<&str> = err
+                .lines()
+                .filter(|l| !l.contains("\"event\":\"stats\""))
+                .collect();
+            bail!(
+                "node {} exited ({end:?}): {}",
+                self.id(),
+                tail[tail.len().saturating_sub(5)..].join("\n")
+            );
         }
         Ok(())
     }
@@ -501,7 +490,7 @@ fn rates(samples: &[Stats], t0_ms: u64, t1_ms: u64) -> Option<(f64, f64)> {
 
 fn round(dir: &Path, args: &FuseArgs, t: &Tuning, groups: u64) -> anyhow::Result<Round> {
     let n = args.nodes as usize;
-    let addrs = free_ports(n)?;
+    let addrs = harness::free_addrs(n).context(NO_FREE_PORT)?;
     let ids: Vec<String> = (0..n).map(|i| format!("n{i}")).collect();
     let exe = own_executable()?;
     let started = Instant::now();
@@ -512,51 +501,44 @@ fn round(dir: &Path, args: &FuseArgs, t: &Tuning, groups: u64) -> anyhow::Result
     let mut cluster = Cluster { nodes: Vec::new() };
     for i in 0..n {
         let create = groups / n as u64 + u64::from((i as u64) < groups % n as u64);
-        let out = dir.join(format!("{}.out", ids[i]));
-        let err = dir.join(format!("{}.err", ids[i]));
-        let mut cmd = std::process::Command::new(&exe);
-        cmd.arg("fuse-node")
-            .args(["--id", &ids[i]])
-            .arg("--listen")
-            .arg(addrs[i].to_string())
-            .arg("--store")
-            .arg(dir.join(format!("{}.ken", ids[i])))
-            .arg("--create")
-            .arg(create.to_string())
-            .arg("--create-per-turn")
-            .arg(CREATE_PER_TURN.to_string())
-            .arg("--create-interval-ms")
-            .arg(CREATE_INTERVAL_MS.to_string())
-            .arg("--expect-groups")
-            .arg(groups.to_string())
-            .arg("--exit-at-ms")
-            .arg(exit_at.as_millis().to_string());
+        let mut args = vec![
+            "fuse-node".to_string(),
+            "--id".into(),
+            ids[i].clone(),
+            "--listen".into(),
+            addrs[i].to_string(),
+            "--store".into(),
+            dir.join(format!("{}.ken", ids[i])).display().to_string(),
+            "--create".into(),
+            create.to_string(),
+            "--create-per-turn".into(),
+            CREATE_PER_TURN.to_string(),
+            "--create-interval-ms".into(),
+            CREATE_INTERVAL_MS.to_string(),
+            "--expect-groups".into(),
+            groups.to_string(),
+            "--exit-at-ms".into(),
+            exit_at.as_millis().to_string(),
+        ];
         for j in (0..n).filter(|j| *j != i) {
-            cmd.arg("--peer").arg(format!("{}={}", ids[j], addrs[j]));
+            args.push("--peer".into());
+            args.push(format!("{}={}", ids[j], addrs[j]));
         }
-        cmd.env(
-            "KEN_STATS_INTERVAL_MS",
-            STATS_INTERVAL.as_millis().to_string(),
-        )
-        .env(
-            "KEN_FUSE_CREATE_TIMEOUT_MS",
-            t.fuse_create_timeout.as_millis().to_string(),
-        )
-        .stdin(Stdio::null())
-        .stdout(File::create(&out)?)
-        .stderr(File::create(&err)?);
-        for var in SCRUBBED_ENV {
-            cmd.env_remove(var);
-        }
-        let child = cmd.spawn().context("cannot start a fuse node")?;
-        cluster.nodes.push(Node {
-            id: ids[i].clone(),
-            out,
-            err,
-            child: Some(child),
-            out_read: 0,
-            out_partial: String::new(),
-        });
+        let spec = Spec::new(ids[i].clone(), &exe, args, dir)
+            .env(
+                "KEN_STATS_INTERVAL_MS",
+                STATS_INTERVAL.as_millis().to_string(),
+            )
+            .env(
+                "KEN_FUSE_CREATE_TIMEOUT_MS",
+                t.fuse_create_timeout.as_millis().to_string(),
+            );
+        let spec = Spec {
+            env_remove: SCRUBBED_ENV.map(Into::into).to_vec(),
+            ..spec
+        };
+        let proc = Process::start(spec).context("cannot start a fuse node")?;
+        cluster.nodes.push(Node { proc, out_read: 0 });
     }
 
     // 1. Every node has every group durably Live.
@@ -571,7 +553,7 @@ fn round(dir: &Path, args: &FuseArgs, t: &Tuning, groups: u64) -> anyhow::Result
                     "fuse_failure" => bail!(
                         "{groups} groups: {} heard a failure of {} before every group was live \
                          (creation timed out? raise KEN_FUSE_CREATE_TIMEOUT_MS)",
-                        node.id,
+                        node.id(),
                         e.group.unwrap_or_default()
                     ),
                     _ => {}
@@ -587,11 +569,7 @@ fn round(dir: &Path, args: &FuseArgs, t: &Tuning, groups: u64) -> anyhow::Result
 
     // 2. Liveness bytes over the window, from each node's own counter.
     std::thread::sleep(2 * t.fuse_heartbeat + 2 * STATS_INTERVAL);
-    let pids: Vec<Option<u32>> = cluster
-        .nodes
-        .iter()
-        .map(|n| n.child.as_ref().map(Child::id))
-        .collect();
+    let pids: Vec<Option<u32>> = cluster.nodes.iter().map(|n| n.proc.pid()).collect();
     let cpu_start: Vec<Option<CpuTime>> = pids.iter().map(|p| p.and_then(cpu_time)).collect();
     let t0 = Time::now_wall();
     let cpu_clock = Instant::now();
@@ -620,7 +598,7 @@ fn round(dir: &Path, args: &FuseArgs, t: &Tuning, groups: u64) -> anyhow::Result
     let mut heartbeat_rates = Vec::new();
     for (node, s) in cluster.nodes.iter().zip(&samples) {
         let Some((bytes, heartbeats)) = rates(s, t0.as_millis(), t1.as_millis()) else {
-            bail!("{}: fewer than 3 stats lines inside the window", node.id);
+            bail!("{}: fewer than 3 stats lines inside the window", node.id());
         };
         byte_rates.push(bytes);
         heartbeat_rates.push(heartbeats);
@@ -637,10 +615,10 @@ fn round(dir: &Path, args: &FuseArgs, t: &Tuning, groups: u64) -> anyhow::Result
     // 3. SIGKILL the last node for good; everyone else hears every group, once.
     let victim = n - 1;
     let kill_ms = Time::now_wall().as_millis();
-    if let Some(mut c) = cluster.nodes[victim].child.take() {
-        c.kill().context("cannot SIGKILL the victim")?;
-        c.wait()?;
-    }
+    cluster.nodes[victim]
+        .proc
+        .kill()
+        .context("cannot SIGKILL the victim")?;
     let mut heard: Vec<BTreeMap<String, Vec<u64>>> = vec![BTreeMap::new(); n];
     let until = Instant::now() + bound(t) + NOTIFY_SLACK;
     let mut complete_at: Option<Instant> = None;

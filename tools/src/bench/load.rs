@@ -39,9 +39,6 @@ use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
-use super::node::Msg;
-use super::probe::BindError;
-
 /// Retransmission timeout without progress (acknowledgement of anything new).
 pub const RTO_INITIAL: Duration = Duration::from_millis(200);
 
@@ -50,6 +47,36 @@ pub const RTO_MAX: Duration = Duration::from_secs(1);
 
 /// Frames handled per wakeup of a simulated sender before it tops up its window again.
 const FRAMES_PER_WAKEUP_MAX: usize = 64;
+
+/// The receiver's message type ([`super::node::Receiver`]): what the load sends, encoded
+/// with [`ken::store::codec::encode`], and what the latency probe sends too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Msg {
+    /// One unit of load: the sender's message number (1, 2, ...).
+    Data(u64),
+    /// The sender's last message.
+    Done,
+}
+
+/// The load generator could not bind a simulated sender's UDP port (the parent retries with
+/// another).
+#[derive(Debug)]
+pub struct BindError {
+    pub(super) addr: SocketAddr,
+    pub(super) source: std::io::Error,
+}
+
+impl std::fmt::Display for BindError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot bind UDP {}: {}", self.addr, self.source)
+    }
+}
+
+impl std::error::Error for BindError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
 
 /// What one simulated sender did, part of [`LoadReport`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -381,106 +408,6 @@ fn far_future() -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::node::{Receiver, ReceiverReport};
-    use ken::transport::{Endpoint, FaultConfig};
-    use ken::{Config, Exit};
-
-    fn free_addr() -> SocketAddr {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        s.local_addr().unwrap()
-    }
-
-    fn faults(seed: u64) -> FaultConfig {
-        FaultConfig {
-            seed,
-            drop: 0.1,
-            duplicate: 0.1,
-            reorder: 0.1,
-            reorder_max_ms: 20,
-            corrupt: 0.02,
-            ..FaultConfig::default()
-        }
-    }
-
-    /// The load against a real receiver, with seeded loss, duplication, reordering and
-    /// corruption in both directions (data through a faulty forwarder, acknowledgements from
-    /// the receiver's own faulty endpoint): every simulated sender finishes, retransmission
-    /// repairs the losses, and the receiver consumed exactly what was acknowledged.
-    #[test]
-    fn load_survives_a_lossy_network_and_matches_the_receivers_store() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = dir.path().join("receiver.ken");
-        let receiver_addr = free_addr();
-        let senders: Vec<(String, SocketAddr)> =
-            (0..3).map(|i| (format!("load-{i}"), free_addr())).collect();
-
-        let mut config = Config::new(ProcessId::new("receiver").unwrap(), receiver_addr, &store);
-        for (id, addr) in &senders {
-            config
-                .peers
-                .insert(ProcessId::new(id.clone()).unwrap(), *addr);
-        }
-        config.faults = Some(faults(1));
-        config.finish_linger = Duration::from_millis(300);
-        let receiver = std::thread::spawn(move || ken::run(config, Receiver { expect_done: 3 }));
-
-        // The data direction goes through a forwarder whose endpoint applies the faults.
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let forwarder = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let endpoint =
-                    Endpoint::bind_with_faults("127.0.0.1:0".parse().unwrap(), faults(2)).unwrap();
-                addr_tx.send(endpoint.local_addr()).unwrap();
-                loop {
-                    tokio::select! {
-                        received = endpoint.recv() => {
-                            let (frame, _) = received.unwrap();
-                            let _ = endpoint.send(receiver_addr, &frame).await;
-                        }
-                        _ = &mut stop_rx => break,
-                    }
-                }
-            });
-        });
-        let forwarder_addr = addr_rx.recv().unwrap();
-
-        let plan = LoadPlan {
-            senders: senders.clone(),
-            receiver: ("receiver".to_string(), forwarder_addr),
-            outstanding: 16,
-            stop_at: Time::now_wall().plus(Duration::from_millis(600)),
-            seed: 3,
-        };
-        let report = run(&plan).expect("the load finishes");
-        let _ = stop_tx.send(());
-        forwarder.join().unwrap();
-        let exit = receiver.join().unwrap().expect("the receiver finishes");
-        let Exit::Finished { report: received } = exit;
-        let received: ReceiverReport = serde_json::from_str(&received).unwrap();
-
-        assert_eq!(report.senders.len(), 3);
-        for (i, s) in report.senders.iter().enumerate() {
-            assert_eq!(s.id, senders[i].0);
-            assert_eq!(s.incarnation, incarnation(3, i as u64));
-            assert!(s.data > 0, "{s:?}");
-            assert_eq!(s.acked, s.data + 1, "{s:?}");
-        }
-        assert!(
-            report.retransmits() > 0,
-            "10% loss and no retransmission: {report:?}"
-        );
-        assert_eq!(received.received, report.data(), "{report:?}");
-        let peers = ken::store::Reader::open(&store).unwrap().peers().unwrap();
-        for s in &report.senders {
-            let row = peers.iter().find(|p| p.peer == s.id).expect("a peer row");
-            assert_eq!((row.delivered, row.incarnation), (s.acked, s.incarnation));
-        }
-    }
 
     #[test]
     fn incarnations_are_distinct_nonzero_and_seeded() {

@@ -3,9 +3,11 @@
 //! Four measurements, one after the other, all on the disk under `--dir`:
 //! 1. **Raw fsync rate** ([`ken::store::bench`]): a 4 KiB write plus `fdatasync` in a loop,
 //!    the ceiling for a store that committed each turn on its own.
-//! 2. **Pingpong round trip**: a hitter and an echo process volley one ball; the hitter
-//!    records each volley's round trip in a table (see [`node::Hitter`] for the exact
-//!    interval). Runs before the throughput phase, on a quiet disk.
+//! 2. **Pingpong round trip**: two processes of the example app ([`ken_apps::pingpong`])
+//!    volley one ball; the hitter's driver times each ball from the turn that sent it to the
+//!    frame that acknowledged it, which is the answering ball, handled in the hitter's next
+//!    turn (the observation hook, [`ken::observe::Observer`]): A's commit, the datagram, B's
+//!    turn and commit, the datagram back. Runs before the throughput phase, on a quiet disk.
 //! 3. **Durable turns per second at one receiver**: one load-generator process ([`load`],
 //!    `"load": "raw-frames"` in the report) speaks the frame protocol for `--senders`
 //!    simulated senders, each keeping `--outstanding` messages unacknowledged to one
@@ -17,9 +19,9 @@
 //!    rows in its store, and what all senders sent against what the receiver consumed.
 //! 4. **Acknowledgement latency**, in the same run as 3: one extra, light sender (the
 //!    probe, one message per millisecond, at most [`node::PROBE_OUTSTANDING`] outstanding)
-//!    runs under an instrumented copy of the driver loop ([`probe`]) that timestamps each
-//!    message's send and its acknowledgement: the latency a message sees at a saturated
-//!    receiver.
+//!    runs under the real driver with its observation hook set, which timestamps each
+//!    message's send turn, first transmission and acknowledgement ([`node::ProbeReport`]):
+//!    the latency a message sees at a saturated receiver.
 //!
 //! All processes share this machine's CPUs and disk. The load is one light process (no
 //! store, no engine; `load_cpu_cores` in the report says what it used) rather than one full
@@ -32,38 +34,36 @@
 //! below `1 / p50`; the report says so when it sees it, since the ratio to the target then
 //! moves from run to run.
 //!
-//! Every Ken process is a child process (`ken bench-node`), with its own store, runtime and
-//! UDP port on 127.0.0.1; so is the load generator, with one port per simulated sender. Ports are picked by binding port 0 and releasing it just before the
-//! child binds it (peers need each other's address up front); if another program takes one
-//! in between, the child exits with [`node::EXIT_BIND`] and the phase is retried with new
-//! ports. The first process of a phase (receiver, echo) is started first and the others once
+//! Every Ken process is a child process (`ken bench-node`, run through the process harness,
+//! [`ken_tools::harness`]), with its own store, runtime and UDP port on 127.0.0.1; so is the
+//! load generator, with one port per simulated sender. Ports are picked by binding port 0
+//! and releasing it just before the child binds it (peers need each other's address up
+//! front); if another program takes one in between, the child exits with
+//! [`node::EXIT_BIND`] and the phase is retried with new ports. The first process of a phase (receiver, echo) is started first and the others once
 //! it announces that it listens, so no warm-up is lost to retransmission backoff. Children
 //! finish on their own when the measurement is over; they are killed if they outlive their
 //! phase (and kill themselves at a deadline if `ken bench` dies), so nothing runs after the
 //! command exits. The stores live in a temporary directory that is removed at the end.
 
-use std::fs::File;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use ken::store::bench::BenchOptions;
 use ken::store::Reader;
 use ken::Time;
+use ken_tools::harness::{self, End, Process, Spec};
 use serde::Serialize;
 
 pub mod fuse;
 pub mod fuse_node;
 mod load;
 pub mod node;
-mod probe;
 
 use load::LoadReport;
 pub use node::NodeArgs;
-use node::{NodeSpec, ReceiverReport, Role};
-use probe::ProbeReport;
+use node::{NodeSpec, PingpongReport, ProbeReport, ReceiverReport, Role};
 
 /// The project's throughput target: durable turns per second at one receiver, divided by
 /// the disk's raw fsyncs per second, at least this.
@@ -239,7 +239,8 @@ pub struct BenchResult {
     pub ack_after_transmit_us_p99: u64,
     pub ack_samples: u64,
 
-    /// Hitter's send turn to its turn receiving the ball back.
+    /// Hitter's send turn to its turn receiving the answer (the frame acknowledging its
+    /// ball).
     pub pingpong_rtt_us_p50: u64,
     pub pingpong_rtt_us_p99: u64,
     pub pingpong_volleys: u64,
@@ -459,17 +460,8 @@ fn with_port_retries<T>(mut phase: impl FnMut(u32) -> anyhow::Result<T>) -> anyh
     }
 }
 
-/// `n` distinct free UDP ports on 127.0.0.1, released for the children to bind.
-fn free_ports(n: usize) -> anyhow::Result<Vec<SocketAddr>> {
-    let sockets = (0..n)
-        .map(|_| UdpSocket::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()
-        .context("cannot bind a UDP port on 127.0.0.1")?;
-    Ok(sockets
-        .iter()
-        .map(UdpSocket::local_addr)
-        .collect::<Result<_, _>>()?)
-}
+/// What a failed [`harness::free_addrs`] says.
+const NO_FREE_PORT: &str = "cannot bind a UDP port on 127.0.0.1";
 
 /// When a phase measures, as wall-clock instants handed to its children.
 #[derive(Debug, Clone, Copy)]
@@ -505,13 +497,7 @@ fn sleep_until(t: Time) {
 /// The bench's child processes. Dropping it kills (SIGKILL) and reaps any still running.
 struct Children {
     dir: PathBuf,
-    procs: Vec<Proc>,
-}
-
-struct Proc {
-    id: String,
-    child: Child,
-    status: Option<ExitStatus>,
+    procs: Vec<Process>,
 }
 
 impl Children {
@@ -523,51 +509,40 @@ impl Children {
     }
 
     fn spawn(&mut self, spec: &NodeSpec) -> anyhow::Result<()> {
-        let exe = own_executable()?;
-        let out = File::create(self.dir.join(format!("{}.out", spec.id)))?;
-        let err = File::create(self.dir.join(format!("{}.err", spec.id)))?;
-        let mut cmd = std::process::Command::new(exe);
-        cmd.arg("bench-node")
-            .arg(serde_json::to_string(spec)?)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        for var in SCRUBBED_ENV {
-            cmd.env_remove(var);
-        }
-        let child = cmd.spawn().context("cannot start a bench process")?;
-        self.procs.push(Proc {
-            id: spec.id.clone(),
-            child,
-            status: None,
-        });
+        let args = ["bench-node".to_string(), serde_json::to_string(spec)?];
+        let mut child = Spec::new(spec.id.clone(), own_executable()?, args, &self.dir);
+        child.env_remove = SCRUBBED_ENV.map(Into::into).to_vec();
+        let p = Process::start(child).context("cannot start a bench process")?;
+        self.procs.push(p);
         Ok(())
     }
 
-    fn output(&self, id: &str, stream: &str) -> String {
-        std::fs::read_to_string(self.dir.join(format!("{id}.{stream}"))).unwrap_or_default()
+    fn get(&self, id: &str) -> anyhow::Result<&Process> {
+        self.procs
+            .iter()
+            .find(|p| p.name() == id)
+            .with_context(|| format!("no bench process {id}"))
     }
 
-    /// Fails if a child has exited unsuccessfully, naming it and quoting its error output.
+    /// Fails if a child has ended other than by exiting 0 (or by our [`Children::stop`]),
+    /// naming it and quoting its error output.
     fn check(&mut self) -> anyhow::Result<()> {
         for p in &mut self.procs {
-            if p.status.is_none() {
-                p.status = p.child.try_wait()?;
-            }
+            p.poll()?;
         }
         for p in &self.procs {
-            let Some(status) = p.status else { continue };
-            if status.success() {
+            let Some(life) = p.current_life() else {
                 continue;
+            };
+            match &life.end {
+                None | Some(End::Finished) | Some(End::KilledByUs) => {}
+                Some(End::BindError) => return Err(PortTaken(p.name().to_string()).into()),
+                Some(end) => bail!(
+                    "bench process {} failed ({end:?}): {}",
+                    p.name(),
+                    life.stderr_tail(5).trim()
+                ),
             }
-            if status.code() == Some(i32::from(node::EXIT_BIND)) {
-                return Err(PortTaken(p.id.clone()).into());
-            }
-            bail!(
-                "bench process {} failed ({status}): {}",
-                p.id,
-                self.output(&p.id, "err").trim()
-            );
         }
         Ok(())
     }
@@ -578,7 +553,8 @@ impl Children {
     fn wait_listening(&mut self, id: &str) -> anyhow::Result<()> {
         let until = Instant::now() + LISTEN_MAX;
         loop {
-            if self.output(id, "err").contains("\"event\":\"listening\"") {
+            let life = self.get(id)?.current_life();
+            if life.is_some_and(|l| l.listening_at().is_some()) {
                 return Ok(());
             }
             self.check_running()?;
@@ -592,26 +568,27 @@ impl Children {
     /// Fails if any child has exited at all (none should before its phase ends).
     fn check_running(&mut self) -> anyhow::Result<()> {
         self.check()?;
-        if let Some(p) = self.procs.iter().find(|p| p.status.is_some()) {
-            bail!("bench process {} exited early", p.id);
+        if let Some(p) = self.procs.iter().find(|p| !p.is_running()) {
+            bail!("bench process {} exited early", p.name());
         }
         Ok(())
     }
 
-    /// Waits until every child exited successfully; fails at `deadline`.
-    fn wait_all(&mut self, deadline: Instant) -> anyhow::Result<()> {
+    /// Waits until every child named in `ids` (all, if empty) exited successfully; fails
+    /// at `deadline`.
+    fn wait(&mut self, ids: &[&str], deadline: Instant) -> anyhow::Result<()> {
         loop {
             self.check()?;
-            if self.procs.iter().all(|p| p.status.is_some()) {
+            let running: Vec<&str> = self
+                .procs
+                .iter()
+                .filter(|p| p.is_running() && (ids.is_empty() || ids.contains(&p.name())))
+                .map(|p| p.name())
+                .collect();
+            if running.is_empty() {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                let running: Vec<&str> = self
-                    .procs
-                    .iter()
-                    .filter(|p| p.status.is_none())
-                    .map(|p| p.id.as_str())
-                    .collect();
                 bail!(
                     "bench processes did not finish in time: {}",
                     running.join(", ")
@@ -621,28 +598,31 @@ impl Children {
         }
     }
 
+    /// SIGKILLs child `id` (one that keeps nothing the bench still needs).
+    fn stop(&mut self, id: &str) -> anyhow::Result<()> {
+        if let Some(p) = self.procs.iter_mut().find(|p| p.name() == id) {
+            if p.is_running() {
+                p.kill()?;
+            }
+        }
+        Ok(())
+    }
+
     /// The process id of child `id`.
     fn pid(&self, id: &str) -> Option<u32> {
-        self.procs.iter().find(|p| p.id == id).map(|p| p.child.id())
+        self.get(id).ok().and_then(Process::pid)
     }
 
     /// The last line a child printed on standard output, parsed as JSON.
     fn report<T: serde::de::DeserializeOwned>(&self, id: &str) -> anyhow::Result<T> {
-        let out = self.output(id, "out");
-        let last = out.lines().last().unwrap_or_default();
+        let lines = self
+            .get(id)?
+            .current_life()
+            .map(|l| l.stdout_lines())
+            .unwrap_or_default();
+        let last = lines.last().map(String::as_str).unwrap_or_default();
         serde_json::from_str(last)
-            .with_context(|| format!("bench process {id} printed no report (got {out:?})"))
-    }
-}
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for p in &mut self.procs {
-            if p.status.is_none() {
-                let _ = p.child.kill();
-                let _ = p.child.wait();
-            }
-        }
+            .with_context(|| format!("bench process {id} printed no report (got {lines:?})"))
     }
 }
 
@@ -678,16 +658,9 @@ fn phase_dir(dir: &Path, name: &str, attempt: u32) -> anyhow::Result<PathBuf> {
     Ok(d)
 }
 
-#[derive(Debug)]
-struct Pingpong {
-    rtt_us_p50: u64,
-    rtt_us_p99: u64,
-    volleys: u64,
-}
-
-fn pingpong(dir: &Path, plan: &Plan, attempt: u32) -> anyhow::Result<Pingpong> {
+fn pingpong(dir: &Path, plan: &Plan, attempt: u32) -> anyhow::Result<PingpongReport> {
     let dir = phase_dir(dir, "pingpong", attempt)?;
-    let addrs = free_ports(2)?;
+    let addrs = harness::free_addrs(2).context(NO_FREE_PORT)?;
     let (hitter, echo) = (("hitter", addrs[0]), ("echo", addrs[1]));
     let spec =
         |role: Role, me: (&str, SocketAddr), peer: (&str, SocketAddr), at: &Schedule| NodeSpec {
@@ -711,45 +684,17 @@ fn pingpong(dir: &Path, plan: &Plan, attempt: u32) -> anyhow::Result<Pingpong> {
     children.spawn(&spec(Role::Echo, echo, hitter, &early))?;
     children.wait_listening(echo.0)?;
     let at = Schedule::from_now(plan.pingpong_warmup, plan.pingpong, Duration::ZERO);
-    let hitter_spec = spec(Role::Hitter, hitter, echo, &at);
-    children.spawn(&hitter_spec)?;
+    children.spawn(&spec(Role::Hitter, hitter, echo, &at))?;
     sleep_until(at.measure_until);
-    children.wait_all(Instant::now() + DRAIN_MAX)?;
-
-    #[derive(serde::Deserialize)]
-    struct HitterReport {
-        measured: u64,
+    // The hitter exits once every ball of the window came back; the echo volleys on until
+    // it is stopped.
+    children.wait(&[hitter.0], Instant::now() + DRAIN_MAX)?;
+    let report: PingpongReport = children.report(hitter.0)?;
+    children.stop(echo.0)?;
+    if report.volleys == 0 {
+        bail!("pingpong measured no round trip in its window");
     }
-    let report: HitterReport = children.report("hitter")?;
-    let reader = open_reader(&hitter_spec.store)?;
-    let mut samples = Vec::new();
-    let mut after: Option<Vec<u8>> = None;
-    loop {
-        let page = reader.table_scan(
-            node::RTT_TABLE,
-            &[],
-            after.as_deref(),
-            ken::store::MAX_SCAN_ROWS,
-        )?;
-        let Some((last, _)) = page.last() else { break };
-        after = Some(last.clone());
-        for (_, value) in &page {
-            samples.push(ken::store::codec::decode::<u64>(value)?);
-        }
-    }
-    if samples.len() as u64 != report.measured || samples.is_empty() {
-        bail!(
-            "pingpong measured {} round trips but its store holds {}",
-            report.measured,
-            samples.len()
-        );
-    }
-    samples.sort_unstable();
-    Ok(Pingpong {
-        rtt_us_p50: percentile(&samples, 50),
-        rtt_us_p99: percentile(&samples, 99),
-        volleys: samples.len() as u64,
-    })
+    Ok(report)
 }
 
 #[derive(Debug)]
@@ -771,7 +716,7 @@ struct Throughput {
 fn throughput(dir: &Path, args: &Args, plan: &Plan, attempt: u32) -> anyhow::Result<Throughput> {
     let dir = phase_dir(dir, "throughput", attempt)?;
     let senders = args.senders as usize;
-    let addrs = free_ports(senders + 2)?;
+    let addrs = harness::free_addrs(senders + 2).context(NO_FREE_PORT)?;
     let receiver = ("receiver".to_string(), addrs[0]);
     let simulated: Vec<(String, SocketAddr)> = (0..senders)
         .map(|i| (format!("load-{i}"), addrs[i + 1]))
@@ -842,7 +787,7 @@ fn throughput(dir: &Path, args: &Args, plan: &Plan, attempt: u32) -> anyhow::Res
         _ => None,
     };
     children.check_running()?;
-    children.wait_all(Instant::now() + STOP_AFTER_WINDOW + DRAIN_MAX)?;
+    children.wait(&[], Instant::now() + STOP_AFTER_WINDOW + DRAIN_MAX)?;
 
     let received: ReceiverReport = children.report(&receiver.0)?;
     let load: LoadReport = children.report(LOAD_ID)?;

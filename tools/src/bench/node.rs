@@ -3,14 +3,19 @@
 //! `ken bench` starts every Ken process of a measurement as a child process (`ken bench-node
 //! SPEC`), so that each has its own runtime, store file and UDP port as in production, and so
 //! that what the runtime prints on its standard output (a finished handler's report) goes to
-//! the child's output file, never into `ken bench --json`. The throughput phase's load
-//! generator ([`Role::Load`], module `load`) is a child process too, but not a Ken process:
-//! it speaks the frame protocol itself for many simulated senders.
+//! the child's output file, never into `ken bench --json`. Every Ken process runs the real
+//! driver, [`ken::run`]; the latency probe and the pingpong hitter also set its observation
+//! hook ([`Config::observe`]), which reports each message's send turn, first transmission
+//! and acknowledgement. The throughput phase's load generator ([`Role::Load`], module
+//! `load`) is a child process too, but not a Ken process: it speaks the frame protocol
+//! itself for many simulated senders.
 //!
-//! Every handler here finishes on its own (see each one's `finished`), so a child exits by
-//! itself once the measurement is over. As a backstop, every child also exits with
-//! [`EXIT_DEADLINE`] at the wall-clock deadline in its spec, whatever it is doing, so that no
-//! bench process outlives the run even if `ken bench` itself is killed.
+//! The receiver and the probe finish on their own (see their `finished`); the pingpong
+//! players are the example app ([`ken_apps::pingpong`]) volleying towards a count they never
+//! reach: the hitter exits once every ball it sent in the window came back, and `ken bench`
+//! then SIGKILLs the echo. As a backstop, every child also exits with [`EXIT_DEADLINE`] at
+//! the wall-clock deadline in its spec, whatever it is doing, so that no bench process
+//! outlives the run even if `ken bench` itself is killed.
 //!
 //! Handlers follow the turn rules: they read the time only through `Turn::now`, keep their
 //! durable state in the root state and tables, and do no I/O of their own.
@@ -18,12 +23,16 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use ken::{Config, Handler, Input, ProcessId, RunError, Time, Turn};
+use ken::observe::{MessageTimes, Observer};
+use ken::{Config, Exit, Handler, Input, ProcessId, RunError, Time, Turn};
+use ken_apps::pingpong::PingPong;
 use serde::{Deserialize, Serialize};
 
-use super::{load, probe};
+use super::load::{self, Msg};
+use super::percentile;
 
 /// Exit code of a child that could not bind its UDP port (the parent retries with new ports).
 pub const EXIT_BIND: u8 = 75;
@@ -44,12 +53,12 @@ pub const PROBE_OUTSTANDING: usize = 4;
 /// Distinct table keys the receiver writes per sender (older keys are overwritten).
 const RECEIVER_KEYSPACE: u64 = 1024;
 
-/// Table where the hitter records each measured round trip: key = volley (u64 big-endian),
-/// value = round trip in microseconds (u64).
-pub const RTT_TABLE: &str = "rtt";
-
-/// Hard bound on volleys in one pingpong run, whatever the time.
+/// Hard bound on volleys in one pingpong run, whatever the time: the players volley to
+/// twice this (a volley is two balls) and then finish.
 pub const VOLLEYS_MAX: u64 = 100_000;
+
+/// How often the hitter's main thread looks whether the window's last ball came back.
+const HITTER_POLL: Duration = Duration::from_millis(5);
 
 /// The hidden `bench-node` subcommand.
 #[derive(Debug, clap::Args)]
@@ -68,12 +77,13 @@ pub enum Role {
     /// protocol for every simulated sender in `simulated`, each keeping `outstanding`
     /// messages unacknowledged to the receiver until `stop_at`.
     Load,
-    /// A light sender run by the instrumented loop of [`probe`], which timestamps sends and
-    /// acknowledgements.
+    /// A light sender ([`Sender`]) whose driver's observation hook timestamps sends,
+    /// transmissions and acknowledgements ([`ProbeReport`]).
     Probe,
-    /// Pingpong: sends a ball, times its return, sends the next.
+    /// Pingpong's hitter ([`ken_apps::pingpong`], not serving), each ball timed from its
+    /// send turn to the turn that receives the answer ([`PingpongReport`]).
     Hitter,
-    /// Pingpong: returns every ball.
+    /// Pingpong's server: returns every ball.
     Echo,
 }
 
@@ -112,19 +122,6 @@ pub struct NodeSpec {
     pub seed: u64,
 }
 
-/// The messages of every bench handler.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Msg {
-    /// One unit of load: the sender's message number (1, 2, ...).
-    Data(u64),
-    /// The sender's last message.
-    Done,
-    /// Pingpong ball number `n`.
-    Ball(u64),
-    /// The hitter is done.
-    Stop,
-}
-
 /// The probe's handler's final report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SenderReport {
@@ -140,7 +137,7 @@ pub struct ReceiverReport {
     pub done: u64,
 }
 
-/// The latency probe's handler (run by [`probe`]'s instrumented loop): sends `Data` to
+/// The latency probe's handler (its driver observed, see [`ProbeReport`]): sends `Data` to
 /// `target`, keeping at most `outstanding` unacknowledged, topping up in a
 /// timer turn every `poll` (acknowledgements do not start turns, so a timer is how a handler
 /// learns that its outbox drained). At the first turn at or after `stop_at` it sends `Done`
@@ -226,7 +223,6 @@ impl Handler for Receiver {
                 turn.table("bench").put(key, &n);
             }
             Msg::Done => state.done += 1,
-            Msg::Ball(_) | Msg::Stop => {}
         }
     }
 
@@ -236,123 +232,86 @@ impl Handler for Receiver {
     }
 }
 
-/// Pingpong hitter: one ball in play at a time. Each turn that receives ball `n` back records
-/// `now - (time of the turn that sent ball n)` in [`RTT_TABLE`] (if that send was in the
-/// measured window), then sends ball `n + 1`, until `stop_at` or [`VOLLEYS_MAX`].
-///
-/// The recorded interval starts when the hitter's turn sends the ball and ends when the
-/// hitter's turn that receives it back starts: the hitter's commit of the sending turn, the
-/// datagram to the echo, the echo's turn and commit, the datagram back. In steady state it
-/// is the period of the volley, so it holds exactly two commits, one per side.
-#[derive(Debug, Clone)]
-pub struct Hitter {
-    pub target: ProcessId,
-    pub stop_at: Time,
-    pub measure_from: Time,
-    pub measure_until: Time,
-}
-
+/// What the probe measured, printed as one JSON line on its standard output.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct HitterState {
-    pub volley: u64,
-    pub sent_at_us: u64,
-    pub measured: u64,
-    pub stopped: bool,
+pub struct ProbeReport {
+    /// `Data` messages sent over the whole run (the receiver counts them too).
+    pub sent: u64,
+    /// Messages measured (sent inside the window).
+    pub samples: u64,
+    /// Send turn to acknowledgement received: the probe's commit of the sending turn,
+    /// transmission, the receiver's queueing, turn and group commit, and the
+    /// acknowledgement's way back.
+    pub ack_latency_us_p50: u64,
+    pub ack_latency_us_p99: u64,
+    /// First transmission to acknowledgement received: the same without the probe's own
+    /// commit (the interval the engine's round-trip estimator samples).
+    pub ack_after_transmit_us_p50: u64,
+    pub ack_after_transmit_us_p99: u64,
 }
 
-impl Hitter {
-    fn serve(&self, state: &mut HitterState, turn: &mut Turn<'_, Msg>) {
-        state.volley += 1;
-        state.sent_at_us = turn.now().as_micros();
-        turn.send(&self.target, &Msg::Ball(state.volley))
-            .expect("the echo is in the address book");
-    }
+/// What the pingpong hitter measured, printed as one JSON line on its standard output.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PingpongReport {
+    /// Balls measured (sent inside the window).
+    pub volleys: u64,
+    pub rtt_us_p50: u64,
+    pub rtt_us_p99: u64,
 }
 
-impl Handler for Hitter {
-    type State = HitterState;
-    type Message = Msg;
-    type Request = ();
-    type Reply = ();
+/// The times of the messages to one peer sent in `[from, until)`, as the driver's
+/// observation hook reports them ([`Config::observe`]).
+#[derive(Debug, Clone)]
+struct Window {
+    to: ProcessId,
+    from: Time,
+    until: Time,
+    times: Arc<Mutex<Vec<MessageTimes>>>,
+}
 
-    fn on_turn(&self, state: &mut HitterState, turn: &mut Turn<'_, Msg>, input: Input<Msg>) {
-        if state.stopped {
-            return;
+impl Window {
+    fn new(to: ProcessId, from: Time, until: Time) -> Window {
+        Window {
+            to,
+            from,
+            until,
+            times: Arc::default(),
         }
-        match input {
-            Input::Start => self.serve(state, turn),
-            Input::Message {
-                message: Msg::Ball(n),
-                ..
-            } if n == state.volley => {
-                let sent_at = Time(state.sent_at_us);
-                if sent_at >= self.measure_from && sent_at < self.measure_until {
-                    let rtt_us = turn.now().since(sent_at).as_micros() as u64;
-                    turn.table(RTT_TABLE).put(n.to_be_bytes(), &rtt_us);
-                    state.measured += 1;
-                }
-                if turn.now() >= self.stop_at || state.volley >= VOLLEYS_MAX {
-                    turn.send(&self.target, &Msg::Stop)
-                        .expect("the echo is in the address book");
-                    state.stopped = true;
-                } else {
-                    self.serve(state, turn);
+    }
+
+    /// The hook: keeps the messages of the window; with `after`, says (once, without
+    /// blocking) when a message sent after the window was acknowledged.
+    fn observer(&self, after: Option<mpsc::SyncSender<()>>) -> Observer {
+        let w = self.clone();
+        Observer(Arc::new(move |m: &MessageTimes| {
+            if m.to != w.to {
+                return;
+            }
+            if m.sent >= w.from && m.sent < w.until {
+                w.times
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(m.clone());
+            } else if m.sent >= w.until {
+                if let Some(tx) = &after {
+                    let _ = tx.try_send(());
                 }
             }
-            _ => {}
-        }
+        }))
     }
 
-    fn finished(&self, state: &HitterState) -> Option<String> {
-        state.stopped.then(|| {
-            format!(
-                "{{\"volleys\":{},\"measured\":{}}}",
-                state.volley, state.measured
-            )
-        })
-    }
-}
-
-/// Pingpong echo: returns every ball (one table write per ball, as the pingpong app does);
-/// finishes at `Stop`.
-#[derive(Debug, Clone)]
-pub struct Echo {
-    pub target: ProcessId,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct EchoState {
-    pub returned: u64,
-    pub stopped: bool,
-}
-
-impl Handler for Echo {
-    type State = EchoState;
-    type Message = Msg;
-    type Request = ();
-    type Reply = ();
-
-    fn on_turn(&self, state: &mut EchoState, turn: &mut Turn<'_, Msg>, input: Input<Msg>) {
-        let Input::Message { message, .. } = input else {
-            return;
-        };
-        match message {
-            Msg::Ball(n) => {
-                let turn_no = turn.turn_number();
-                turn.table("received").put(n.to_be_bytes(), &turn_no);
-                turn.send(&self.target, &Msg::Ball(n))
-                    .expect("the hitter is in the address book");
-                state.returned += 1;
-            }
-            Msg::Stop => state.stopped = true,
-            Msg::Data(_) | Msg::Done => {}
-        }
-    }
-
-    fn finished(&self, state: &EchoState) -> Option<String> {
-        state
-            .stopped
-            .then(|| format!("{{\"returned\":{}}}", state.returned))
+    /// Sorted microseconds of `sent -> acknowledged`, and of `transmitted -> acknowledged`.
+    fn latencies_us(&self) -> (Vec<u64>, Vec<u64>) {
+        let times = self.times.lock().unwrap_or_else(|e| e.into_inner());
+        let us = |from: Time, to: Time| to.since(from).as_micros() as u64;
+        let mut ack: Vec<u64> = times.iter().map(|m| us(m.sent, m.acknowledged)).collect();
+        let mut after_transmit: Vec<u64> = times
+            .iter()
+            .filter_map(|m| Some(us(m.transmitted?, m.acknowledged)))
+            .collect();
+        ack.sort_unstable();
+        after_transmit.sort_unstable();
+        (ack, after_transmit)
     }
 }
 
@@ -393,6 +352,25 @@ impl NodeSpec {
             stop_at: Time(self.stop_at_us),
         })
     }
+
+    /// A pingpong player volleying with its target towards [`VOLLEYS_MAX`] volleys.
+    fn pingpong(&self, serve: bool) -> anyhow::Result<PingPong> {
+        Ok(PingPong {
+            id: pid(&self.id)?,
+            peer: self.target()?,
+            count: 2 * VOLLEYS_MAX,
+            serve,
+        })
+    }
+
+    /// The measurement window of the probe and the hitter, for messages to the target.
+    fn window(&self) -> anyhow::Result<Window> {
+        Ok(Window::new(
+            self.target()?,
+            Time(self.measure_from_us),
+            Time(self.measure_until_us),
+        ))
+    }
 }
 
 /// Entry point of `ken bench-node SPEC`. Prints the node's report on standard output (the
@@ -419,7 +397,7 @@ pub fn main(args: &NodeArgs) -> ExitCode {
             let bind = e
                 .downcast_ref::<RunError>()
                 .is_some_and(|e| matches!(e, RunError::Bind { .. }))
-                || e.downcast_ref::<probe::BindError>().is_some();
+                || e.downcast_ref::<load::BindError>().is_some();
             ExitCode::from(if bind { EXIT_BIND } else { 1 })
         }
     }
@@ -443,7 +421,7 @@ fn run_node(spec: &NodeSpec) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
     }
-    let config = spec.config()?;
+    let mut config = spec.config()?;
     match spec.role {
         Role::Load => unreachable!("handled above"),
         Role::Receiver => {
@@ -455,31 +433,151 @@ fn run_node(spec: &NodeSpec) -> anyhow::Result<()> {
             )?;
         }
         Role::Probe => {
-            let report = probe::run(
-                config,
-                spec.probe_sender()?,
-                Time(spec.measure_from_us),
-                Time(spec.measure_until_us),
-            )?;
+            let window = spec.window()?;
+            config.observe = Some(window.observer(None));
+            let Exit::Finished { report } = ken::run(config, spec.probe_sender()?)?;
+            let sender: SenderReport = serde_json::from_str(&report)?;
+            let (ack, after_transmit) = window.latencies_us();
+            let report = ProbeReport {
+                sent: sender.sent,
+                samples: ack.len() as u64,
+                ack_latency_us_p50: percentile(&ack, 50),
+                ack_latency_us_p99: percentile(&ack, 99),
+                ack_after_transmit_us_p50: percentile(&after_transmit, 50),
+                ack_after_transmit_us_p99: percentile(&after_transmit, 99),
+            };
             println!("{}", serde_json::to_string(&report)?);
         }
         Role::Hitter => {
-            let hitter = Hitter {
-                target: spec.target()?,
-                stop_at: Time(spec.stop_at_us),
-                measure_from: Time(spec.measure_from_us),
-                measure_until: Time(spec.measure_until_us),
+            let window = spec.window()?;
+            let (after_window, done) = mpsc::sync_channel(1);
+            config.observe = Some(window.observer(Some(after_window)));
+            let hitter = spec.pingpong(false)?;
+            let player = std::thread::spawn(move || ken::run(config, hitter));
+            // One ball is in play at a time and delivery is FIFO: once a ball sent after the
+            // window came back, every ball of the window has.
+            while done.recv_timeout(HITTER_POLL).is_err() {
+                if player.is_finished() {
+                    // The volley ended (or the run failed) before the window did.
+                    player.join().expect("the hitter's driver thread")?;
+                    break;
+                }
+            }
+            let (rtt, _) = window.latencies_us();
+            let report = PingpongReport {
+                volleys: rtt.len() as u64,
+                rtt_us_p50: percentile(&rtt, 50),
+                rtt_us_p99: percentile(&rtt, 99),
             };
-            ken::run(config, hitter)?;
+            println!("{}", serde_json::to_string(&report)?);
+            // Returning ends the process, and the driver thread with it.
         }
         Role::Echo => {
-            ken::run(
-                config,
-                Echo {
-                    target: spec.target()?,
-                },
-            )?;
+            ken::run(config, spec.pingpong(true)?)?;
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::load::{incarnation, run, LoadPlan};
+    use super::*;
+    use ken::transport::{Endpoint, FaultConfig};
+
+    fn free_addr() -> SocketAddr {
+        ken_tools::harness::free_addrs(1).unwrap()[0]
+    }
+
+    fn faults(seed: u64) -> FaultConfig {
+        FaultConfig {
+            seed,
+            drop: 0.1,
+            duplicate: 0.1,
+            reorder: 0.1,
+            reorder_max_ms: 20,
+            corrupt: 0.02,
+            ..FaultConfig::default()
+        }
+    }
+
+    /// The load against a real receiver, with seeded loss, duplication, reordering and
+    /// corruption in both directions (data through a faulty forwarder, acknowledgements from
+    /// the receiver's own faulty endpoint): every simulated sender finishes, retransmission
+    /// repairs the losses, and the receiver consumed exactly what was acknowledged.
+    #[test]
+    fn load_survives_a_lossy_network_and_matches_the_receivers_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("receiver.ken");
+        let receiver_addr = free_addr();
+        let senders: Vec<(String, SocketAddr)> =
+            (0..3).map(|i| (format!("load-{i}"), free_addr())).collect();
+
+        let mut config = Config::new(ProcessId::new("receiver").unwrap(), receiver_addr, &store);
+        for (id, addr) in &senders {
+            config
+                .peers
+                .insert(ProcessId::new(id.clone()).unwrap(), *addr);
+        }
+        config.faults = Some(faults(1));
+        config.finish_linger = Duration::from_millis(300);
+        let receiver = std::thread::spawn(move || ken::run(config, Receiver { expect_done: 3 }));
+
+        // The data direction goes through a forwarder whose endpoint applies the faults.
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let forwarder = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let endpoint =
+                    Endpoint::bind_with_faults("127.0.0.1:0".parse().unwrap(), faults(2)).unwrap();
+                addr_tx.send(endpoint.local_addr()).unwrap();
+                loop {
+                    tokio::select! {
+                        received = endpoint.recv() => {
+                            let (frame, _) = received.unwrap();
+                            let _ = endpoint.send(receiver_addr, &frame).await;
+                        }
+                        _ = &mut stop_rx => break,
+                    }
+                }
+            });
+        });
+        let forwarder_addr = addr_rx.recv().unwrap();
+
+        let plan = LoadPlan {
+            senders: senders.clone(),
+            receiver: ("receiver".to_string(), forwarder_addr),
+            outstanding: 16,
+            stop_at: Time::now_wall().plus(Duration::from_millis(600)),
+            seed: 3,
+        };
+        let report = run(&plan).expect("the load finishes");
+        let _ = stop_tx.send(());
+        forwarder.join().unwrap();
+        let exit = receiver.join().unwrap().expect("the receiver finishes");
+        let Exit::Finished { report: received } = exit;
+        let received: ReceiverReport = serde_json::from_str(&received).unwrap();
+
+        assert_eq!(report.senders.len(), 3);
+        for (i, s) in report.senders.iter().enumerate() {
+            assert_eq!(s.id, senders[i].0);
+            assert_eq!(s.incarnation, incarnation(3, i as u64));
+            assert!(s.data > 0, "{s:?}");
+            assert_eq!(s.acked, s.data + 1, "{s:?}");
+        }
+        assert!(
+            report.retransmits() > 0,
+            "10% loss and no retransmission: {report:?}"
+        );
+        assert_eq!(received.received, report.data(), "{report:?}");
+        let peers = ken::store::Reader::open(&store).unwrap().peers().unwrap();
+        for s in &report.senders {
+            let row = peers.iter().find(|p| p.peer == s.id).expect("a peer row");
+            assert_eq!((row.delivered, row.incarnation), (s.acked, s.incarnation));
+        }
+    }
 }

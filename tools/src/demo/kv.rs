@@ -1,71 +1,17 @@
-//! The demo's kv clients: threads that send `incr`s and `put`s to `ken-kv` through
-//! [`ken::BlockingClient`] (the blocking face of [`ken::Client`]), retrying a timed-out
-//! request with the same number until it is answered, and recording what was acknowledged.
-//!
-//! ken-tools does not link ken-apps (see the crate docs), so the kv request and reply types
-//! are mirrored here variant for variant, in the same order, and encoded with the store's
-//! codec. If the app changes them, replies fail to decode and the demo reports it.
+//! The demo's kv clients: threads that send `incr`s and `put`s to the kv service through
+//! [`ken::BlockingClient`] (the blocking face of [`ken::Client`]) typed with the app's own
+//! request and reply ([`ken_apps::kv::KvClient`]), retrying a timed-out request with the same
+//! number until it is answered, and recording what was acknowledged.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ken::{BlockingClient, ClientError, ClientId, ClientOptions};
+use ken::{ClientError, ClientId, ClientOptions};
+use ken_apps::kv::{self, KvClient, Reply, Request};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
-
-/// Mirror of `ken_apps::kv::Request` (the variants the demo does not send are kept so that
-/// the variant indices match).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[allow(dead_code)]
-pub enum Request {
-    Get {
-        key: String,
-    },
-    Put {
-        key: String,
-        value: String,
-    },
-    Delete {
-        key: String,
-    },
-    Cas {
-        key: String,
-        expected: Option<String>,
-        new: Option<String>,
-    },
-    List {
-        prefix: String,
-        limit: u32,
-    },
-    Incr {
-        key: String,
-        by: i64,
-    },
-}
-
-/// Mirror of `ken_apps::kv::Reply`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[allow(dead_code)]
-pub enum Reply {
-    Value(Option<String>),
-    Put {
-        previous: Option<String>,
-    },
-    Deleted(bool),
-    Cas {
-        swapped: bool,
-        current: Option<String>,
-    },
-    List {
-        rows: Vec<(String, String)>,
-        truncated: bool,
-    },
-    Incr(i64),
-    Error(String),
-}
 
 /// The counter keys the demo increments.
 pub const COUNTERS: usize = 3;
@@ -100,9 +46,6 @@ pub struct ClientLog {
     /// Requests answered with something else than expected, and typed errors.
     pub problems: Vec<String>,
 }
-
-/// The demo's kv client.
-type KvClient = BlockingClient<Request, Reply>;
 
 /// One call, retried with the same number after each timeout, for at most `give_up`.
 pub fn call(
@@ -204,7 +147,7 @@ pub fn check_puts(store: &std::path::Path, puts: &[(String, String)]) -> Vec<Str
     let mut problems = Vec::new();
     for (key, value) in puts {
         let found = reader
-            .table_get("kv", key.as_bytes())
+            .table_get(kv::KV_TABLE, key.as_bytes())
             .map_err(|e| e.to_string())
             .and_then(|v| {
                 v.map(|b| ken_store::codec::decode::<String>(&b).map_err(|e| e.to_string()))

@@ -12,31 +12,31 @@
 //!    every outbox is empty, every bank member started all its transfers and the committed
 //!    turn count is stable.
 //! 4. **Check** and report: money conserved and every transfer applied exactly once (the
-//!    bank audit of `ken torture`, over the stores), every pair's messages consumed exactly
-//!    once (`torture::check`), every counter equal to the sum of its acknowledged
-//!    increments, every acknowledged put present. Exit 0 only if all of it held.
+//!    bank audit, `ken_apps::bank::audit_run`, over the stores), every pair's messages
+//!    consumed exactly once (`torture::check`), every counter equal to the sum of its
+//!    acknowledged increments, every acknowledged put present. Exit 0 only if all of it
+//!    held.
 //!
-//! App binaries: found next to the `ken` binary (ken-tools does not link ken-apps; see the
-//! crate docs). If they are missing there and the `ken` binary lives in this workspace's
-//! target directory (`cargo run --bin ken` builds only `ken`), the demo builds them with
-//! `cargo build -p ken-apps` in the same profile, saying so on stderr.
+//! The processes run this executable (`ken app bank ..`, `ken app kv serve ..`: the apps'
+//! own command lines, `ken_apps::cli`) through the process harness
+//! ([`ken_tools::harness`]); there is nothing to build or find beside `ken`.
 
 mod kv;
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use ken_tools::harness::{self, End, Process, Spec};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::torture::apps::{self, TortureApp};
 use crate::torture::check;
-use crate::torture::member::{End, Member};
 
 /// Bank members.
 const BANK_MEMBERS: usize = 3;
@@ -62,21 +62,18 @@ pub struct Args {
     /// Directory for the stores and logs (default: a fresh temporary directory, kept).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Directory holding `ken-bank` and `ken-kv` (default: the `ken` binary's directory).
-    #[arg(long)]
-    pub bin_dir: Option<PathBuf>,
 }
 
 /// One process of the cluster.
 struct Proc {
-    member: Member,
+    member: Process,
     store: PathBuf,
 }
 
 /// Runs the demo; exit 0 only if every check held.
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let seed = args.seed.unwrap_or_else(rand::random);
-    let bin_dir = app_bin_dir(args.bin_dir.as_deref())?;
+    let program = std::env::current_exe().context("the ken executable's path")?;
     let dir = match &args.dir {
         Some(d) => {
             std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
@@ -110,35 +107,32 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     };
     let mut ids = bank.members();
     ids.push("kv1".into());
-    let ports = free_ports(ids.len())?;
-    let addrs: Vec<SocketAddr> = ports
-        .iter()
-        .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
-        .collect();
+    let ports = harness::free_ports(ids.len()).context("pick free UDP ports")?;
+    let addrs: Vec<SocketAddr> = ports.iter().map(|p| harness::loopback(*p)).collect();
     let mut procs = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         let store = dir.join(format!("{id}.db"));
-        let (program, args) = if i < BANK_MEMBERS {
+        let mut args = vec!["app".to_string()];
+        if i < BANK_MEMBERS {
             let peers: Vec<(String, SocketAddr)> = (0..BANK_MEMBERS)
                 .filter(|&j| j != i)
                 .map(|j| (ids[j].clone(), addrs[j]))
                 .collect();
-            let a = bank.args(i, addrs[i], &store, &peers);
-            (bin_dir.join("ken-bank"), a)
+            args.push(bank.app().name().into());
+            args.extend(bank.args(i, addrs[i], &store, &peers));
         } else {
-            let a = vec![
-                "serve".to_string(),
+            args.extend([
+                ken_apps::cli::App::Kv.name().to_string(),
+                "serve".into(),
                 "--id".into(),
                 id.clone(),
                 "--listen".into(),
                 addrs[i].to_string(),
                 "--store".into(),
                 store.display().to_string(),
-            ];
-            (bin_dir.join("ken-kv"), a)
-        };
-        let mut member = Member::new(id.clone(), program, args, Vec::new(), dir.clone());
-        member.spawn(None)?;
+            ]);
+        }
+        let member = Process::start(Spec::new(id.clone(), &program, args, &dir))?;
         procs.push(Proc { member, store });
     }
     let stores: Vec<PathBuf> = procs.iter().map(|p| p.store.clone()).collect();
@@ -175,7 +169,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             }
             if restart_at[i].is_some_and(|t| t <= now) {
                 restart_at[i] = None;
-                p.member.spawn(None)?;
+                p.member.restart()?;
                 restarts += 1;
             }
         }
@@ -223,7 +217,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     for (i, p) in procs.iter_mut().enumerate() {
         if !p.member.is_running() {
             restart_at[i] = None;
-            p.member.spawn(None)?;
+            p.member.restart()?;
             restarts += 1;
         }
     }
@@ -389,22 +383,12 @@ fn quiesce(bank: &apps::Bank, stores: &[PathBuf]) -> Result<(), String> {
     Err(format!("after {QUIESCE_DEADLINE:?}: {last}"))
 }
 
-/// Mirror of `ken_apps::bank::State` (same fields, same order; see `torture::apps`).
-#[derive(Debug, Default, serde::Deserialize)]
-struct BankState {
-    _next_transfer: u64,
-    transfers_started: u64,
-    _transfers_skipped: u64,
-    _credits_applied: u64,
-    _duplicate_credits: u64,
-}
-
 /// True once every bank member committed the start of all its `transfers`.
 fn bank_work_done(stores: &[PathBuf], transfers: u64) -> Result<bool, String> {
     for s in stores {
         let reader = ken_store::Reader::open(s).map_err(|e| format!("{}: {e}", s.display()))?;
-        let state: BankState = match reader.root().map_err(|e| e.to_string())? {
-            None => BankState::default(),
+        let state: ken_apps::bank::State = match reader.root().map_err(|e| e.to_string())? {
+            None => ken_apps::bank::State::default(),
             Some(b) => ken_store::codec::decode(&b).map_err(|e| format!("bank state: {e}"))?,
         };
         if state.transfers_started < transfers {
@@ -412,67 +396,4 @@ fn bank_work_done(stores: &[PathBuf], transfers: u64) -> Result<bool, String> {
         }
     }
     Ok(true)
-}
-
-/// `n` distinct loopback UDP ports that were free a moment ago.
-fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let socks: Vec<std::net::UdpSocket> = (0..n)
-        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0"))
-        .collect::<Result<_, _>>()?;
-    Ok(socks
-        .iter()
-        .map(|s| s.local_addr().map(|a| a.port()))
-        .collect::<Result<_, _>>()?)
-}
-
-/// The directory holding `ken-bank` and `ken-kv`, building them if they are missing beside
-/// a `ken` binary of this workspace's target directory.
-fn app_bin_dir(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
-    const BINARIES: [&str; 2] = ["ken-bank", "ken-kv"];
-    let dir = match explicit {
-        Some(d) => d.to_path_buf(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("the ken binary's directory")?
-            .to_path_buf(),
-    };
-    let missing = |d: &Path| BINARIES.iter().any(|b| !d.join(b).is_file());
-    if !missing(&dir) {
-        return Ok(dir);
-    }
-    let hint = "build them with `cargo build --release` (or pass --bin-dir)";
-    // <workspace>/target/<profile>/ken: build the apps with the same profile and target.
-    let workspace = dir
-        .ancestors()
-        .find(|a| {
-            std::fs::read_to_string(a.join("Cargo.toml"))
-                .is_ok_and(|t| t.contains("[workspace]") && t.contains("\"apps\""))
-        })
-        .map(Path::to_path_buf);
-    let (Some(workspace), None) = (workspace, explicit) else {
-        bail!("ken-bank or ken-kv not found in {}: {hint}", dir.display());
-    };
-    let profile = match dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => "dev".to_string(),
-        Some(p) => p.to_string(),
-        None => bail!("ken-bank or ken-kv not found in {}: {hint}", dir.display()),
-    };
-    let target_dir = dir.parent().context("the target directory")?;
-    eprintln!(
-        "ken demo: ken-bank/ken-kv missing in {}; building them: cargo build -p ken-apps --profile {profile}",
-        dir.display()
-    );
-    let status = std::process::Command::new(std::env::var_os("CARGO").unwrap_or("cargo".into()))
-        .arg("build")
-        .arg("--manifest-path")
-        .arg(workspace.join("Cargo.toml"))
-        .args(["-p", "ken-apps", "--profile", &profile])
-        .arg("--target-dir")
-        .arg(target_dir)
-        .status()
-        .with_context(|| format!("run cargo to build the app binaries ({hint})"))?;
-    if !status.success() || missing(&dir) {
-        bail!("building the app binaries failed ({status}): {hint}");
-    }
-    Ok(dir)
 }

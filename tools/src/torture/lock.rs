@@ -18,11 +18,11 @@
 //!
 //! What is read: the emitted lines of every life (server: `granted`, `freed`, `queued`,
 //! `refused`; holders: `holding`, `released`, `lost`, `refused`, `done`; see
-//! `ken_apps::lock`), and the stores, through generic records only: FUSE group records
-//! (decoded by `ken_tools::inspect::fuse`), the turn log (a notification is a turn of input
-//! kind `fuse` whose source is the group), outbox statistics, and the row count of the
-//! server's `grants` table. ken-tools does not link ken-apps; nothing app-specific is
-//! decoded but the JSON lines.
+//! `ken_apps::lock`; the server's are audited by the app's own
+//! [`ken_apps::lock::audit_server`]), and the stores, through generic records: FUSE group
+//! records (decoded by `ken_inspect::fuse`), the turn log (a notification is a turn of
+//! input kind `fuse` whose source is the group), outbox statistics, and the row count of
+//! the server's `grants` table ([`ken_apps::lock::GRANTS_TABLE`]).
 //!
 //! Lines are at most once: a line is printed after its turn commits, so a SIGKILL between
 //! the commit and the print loses it (never the reverse). Every check that needs a line
@@ -34,12 +34,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use ken::engine::fuse::{GroupRecord, GroupState};
+use ken_inspect::fuse as group_records;
 use ken_store::Reader;
-use ken_tools::inspect::fuse as group_records;
 use serde::Deserialize;
 
 use super::apps::TortureApp;
-use super::member::End;
+use ken_apps::cli::App;
+use ken_apps::lock;
+use ken_tools::harness::End;
 
 /// Member index of the server.
 pub const SERVER: usize = 0;
@@ -86,8 +88,8 @@ impl TortureApp for Lock {
         "lock"
     }
 
-    fn binary(&self) -> &'static str {
-        "ken-lock"
+    fn app(&self) -> App {
+        App::Lock
     }
 
     fn members(&self) -> Vec<String> {
@@ -395,7 +397,7 @@ fn read_store(path: &Path) -> Result<StoreView, String> {
     let mut after: Option<Vec<u8>> = None;
     loop {
         let page = r
-            .table_scan("grants", &[], after.as_deref(), 1000)
+            .table_scan(lock::GRANTS_TABLE, &[], after.as_deref(), 1000)
             .map_err(|e| format!("grants: {e}"))?;
         let Some(last) = page.last() else { break };
         after = Some(last.0.clone());
@@ -766,25 +768,42 @@ pub fn check(rec: &RunRecord) -> (Vec<String>, Report) {
     (v.finish(), report)
 }
 
-/// Per lock, from the server's lines in print order: tokens strictly increase, no token is
-/// granted twice, a grant is freed before the next one (granted..freed intervals never
-/// overlap), and every line names a group the server committed (output validity).
+/// The server's lines: the lock service's own audit of them ([`lock::audit_server`]: per
+/// lock, tokens strictly increase, each granted once, one grant live at a time), and output
+/// validity against the server's store: every `granted` and `freed` line names a group the
+/// server committed, and a `freed` one the store holds failed and notified.
 fn check_server_lines(run: &RecordIndex<'_>, v: &mut Listed, report: &mut Report) {
-    #[derive(Default)]
-    struct PerLock {
-        open: Option<(u64, String, Pos)>,
-        last_token: u64,
-        last_pos: Option<Pos>,
+    let lines: Vec<(u32, String)> = run.rec.members[SERVER]
+        .lives
+        .iter()
+        .enumerate()
+        .flat_map(|(i, l)| l.lines.iter().map(move |line| (i as u32 + 1, line.clone())))
+        .collect();
+    let audit = lock::audit_server(&lines);
+    report.grants += audit.granted;
+    report.freed += audit.freed;
+    report.lines_unconfirmed += audit.unconfirmed;
+    report.token_max = report
+        .token_max
+        .max(audit.last_token.values().copied().max().unwrap_or(0));
+    for a in &audit.violations {
+        let kind = match a.kind {
+            // `check_output` names lines that are not events.
+            lock::AuditKind::NotJson => continue,
+            lock::AuditKind::Tokens => "tokens",
+            lock::AuditKind::OneGrant => "one grant",
+        };
+        v.push(kind, format!("lock: s {a}"));
     }
-    let store = run.stores[SERVER].as_ref();
-    let mut locks: BTreeMap<String, PerLock> = BTreeMap::new();
+    let Some(store) = run.stores[SERVER].as_ref() else {
+        return;
+    };
     let mut events: Vec<(Pos, &Line)> = run
         .events(SERVER, "granted")
         .chain(run.events(SERVER, "freed"))
         .collect();
     events.sort_by_key(|(p, _)| *p);
     for (pos, l) in events {
-        let st = locks.entry(l.lock.clone()).or_default();
         let where_ = format!(
             "s life {} line {}: {} {} token {} {}",
             pos.0 + 1,
@@ -794,86 +813,26 @@ fn check_server_lines(run: &RecordIndex<'_>, v: &mut Listed, report: &mut Report
             l.token,
             l.group
         );
-        if let Some(s) = store {
-            match s.groups.get(&l.group) {
-                None => v.push(
+        match store.groups.get(&l.group) {
+            None => v.push(
+                "output validity",
+                format!(
+                    "lock: {where_}: the server's store has no such group (a line of a \
+                     rolled-back turn: output validity violated)"
+                ),
+            ),
+            Some(g) if l.event == "freed" && !(g.state == GroupState::Failed && g.notified) => {
+                v.push(
                     "output validity",
                     format!(
-                        "lock: {where_}: the server's store has no such group (a line of a \
-                         rolled-back turn: output validity violated)"
-                    ),
-                ),
-                Some(g) if l.event == "freed" && !(g.state == GroupState::Failed && g.notified) => {
-                    v.push(
-                        "output validity",
-                        format!(
-                            "lock: {where_}: the group is {:?} (notified {}) in the server's \
-                             store, not failed and notified",
-                            g.state, g.notified
-                        ),
-                    );
-                }
-                Some(_) => {}
-            }
-        }
-        // A line can be missing only at the end of a killed life.
-        let boundary_since = |p: Pos| p.0 < pos.0;
-        if l.event == "granted" {
-            report.grants += 1;
-            report.token_max = report.token_max.max(l.token);
-            if l.token <= st.last_token {
-                v.push(
-                    "tokens",
-                    format!(
-                        "lock: {where_}: token not above the last one granted for {} ({}): \
-                         fencing tokens must strictly increase, each granted once",
-                        l.lock, st.last_token
+                        "lock: {where_}: the group is {:?} (notified {}) in the server's \
+                         store, not failed and notified",
+                        g.state, g.notified
                     ),
                 );
             }
-            st.last_token = st.last_token.max(l.token);
-            if let Some((t, g, p)) = &st.open {
-                if boundary_since(*p) {
-                    report.lines_unconfirmed += 1;
-                } else {
-                    v.push(
-                        "one grant",
-                        format!(
-                            "lock: {where_}: granted while token {t} ({g}) was still live: two \
-                             live grants of one lock"
-                        ),
-                    );
-                }
-            }
-            st.open = Some((l.token, l.group.clone(), pos));
-        } else {
-            report.freed += 1;
-            match &st.open {
-                Some((t, g, _)) if *t == l.token && *g == l.group => {}
-                Some((t, g, p)) => {
-                    if boundary_since(*p) {
-                        report.lines_unconfirmed += 1;
-                    } else {
-                        v.push(
-                            "one grant",
-                            format!("lock: {where_}: but the live grant is token {t} ({g})"),
-                        );
-                    }
-                }
-                None => {
-                    if st.last_pos.is_none_or(boundary_since) {
-                        report.lines_unconfirmed += 1;
-                    } else {
-                        v.push(
-                            "one grant",
-                            format!("lock: {where_}: freed, but no grant of the lock is live"),
-                        );
-                    }
-                }
-            }
-            st.open = None;
+            Some(_) => {}
         }
-        st.last_pos = Some(pos);
     }
 }
 

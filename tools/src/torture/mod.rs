@@ -41,11 +41,10 @@
 pub mod apps;
 pub mod check;
 pub mod lock;
-pub mod member;
 
 use std::collections::BTreeSet;
 use std::io::{IsTerminal, Write};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -55,7 +54,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use apps::TortureApp;
-use member::{End, Member};
+use ken_tools::harness::{self, loopback, End, Process, Spec};
 
 /// Interval of each process's stats lines (`KEN_STATS_INTERVAL_MS`).
 const STATS_INTERVAL_MS: u64 = 500;
@@ -229,9 +228,6 @@ pub struct Args {
     /// checks assume --t-fail-ms and --heartbeat-ms.
     #[arg(long, hide = true)]
     pub unsafe_child_fuse: Option<String>,
-    /// Directory holding the app binaries (default: the `ken` binary's directory).
-    #[arg(long)]
-    pub bin_dir: Option<PathBuf>,
     /// Negative control: run the children with KEN_UNSAFE_RELEASE_BEFORE_COMMIT=1.
     #[arg(long, hide = true)]
     pub unsafe_release_before_commit: bool,
@@ -311,6 +307,37 @@ struct FusePlan {
     long_at: Vec<(Duration, Duration, Duration)>,
     /// While a permanent kill's notification is being timed, the server is left alone.
     server_quiet_until: Option<Instant>,
+}
+
+/// One member of the cluster: its process, and the harness's plans for it.
+struct Member {
+    proc: Process,
+    /// Set while down: when to start the next life.
+    restart_at: Option<Instant>,
+    /// Set when the harness SIGKILLed it for good: it is never started again.
+    killed_for_good: Option<Instant>,
+}
+
+impl Member {
+    /// Starts its next life, with crash point `crash_at` if given.
+    fn spawn(&mut self, crash_at: Option<(String, u64)>) -> std::io::Result<()> {
+        assert!(
+            self.killed_for_good.is_none(),
+            "{} was killed for good and is never started again",
+            self.proc.name()
+        );
+        self.proc.spawn(crash_at)
+    }
+
+    /// Exited 0 and is not to be restarted.
+    fn finished(&self) -> bool {
+        !self.proc.is_running()
+            && self.restart_at.is_none()
+            && self
+                .proc
+                .current_life()
+                .is_some_and(|l| l.end == Some(End::Finished))
+    }
 }
 
 /// The cluster under torture.
@@ -440,6 +467,14 @@ fn default_rounds(args: &Args) -> u64 {
 
 /// Rejects flag combinations that cannot make a meaningful run, in one line each.
 fn check_args(args: &Args) -> anyhow::Result<()> {
+    if args.unsafe_release_before_commit && !ken::Tuning::RELEASE_BEFORE_COMMIT_COMPILED {
+        bail!(
+            "--unsafe-release-before-commit: this `ken` was built without the test-only switch \
+             (its children would run safely and the negative control would prove nothing); \
+             it exists only in test builds (`cargo test`, or the cargo feature \
+             ken/unsafe-release-before-commit)"
+        );
+    }
     if let (Some(min), Some(max)) = (args.pause_min_ms, args.pause_max_ms) {
         if min > max {
             bail!("--pause-min-ms {min} is above --pause-max-ms {max}; swap them");
@@ -521,21 +556,6 @@ fn replay_command(seed: u64) -> String {
     out.push("--seed".into());
     out.push(seed.to_string());
     out.join(" ")
-}
-
-/// `n` distinct loopback UDP ports that were free a moment ago.
-fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let socks: Vec<UdpSocket> = (0..n)
-        .map(|_| UdpSocket::bind("127.0.0.1:0"))
-        .collect::<Result<_, _>>()?;
-    Ok(socks
-        .iter()
-        .map(|s| s.local_addr().map(|a| a.port()))
-        .collect::<Result<_, _>>()?)
-}
-
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// Draws the FUSE plan of a lock run: timing, and when the permanent kills and long
@@ -643,28 +663,15 @@ impl Cluster {
         if let Some(mb) = args.tmpfs_mb {
             mount_tmpfs(&stores_dir, mb)?;
         }
-        // A private copy of the binary: immune to a rebuild while the run lasts. Written
-        // before any child is forked, so no child inherits its write descriptor (ETXTBSY).
-        let bin_dir = match &args.bin_dir {
-            Some(d) => d.clone(),
-            None => std::env::current_exe()?
-                .parent()
-                .context("the ken binary's directory")?
-                .to_path_buf(),
-        };
-        let source = bin_dir.join(app.binary());
-        if !source.is_file() {
-            bail!(
-                "{} not found (build it: cargo build -p ken-apps --bin {}; or pass --bin-dir)",
-                source.display(),
-                app.binary()
-            );
-        }
-        let program = bin.join(app.binary());
+        // The members run this executable (`ken app NAME ..`, the app's own command line),
+        // from a private copy: immune to a rebuild while the run lasts. Written before any
+        // child is forked, so no child inherits its write descriptor (ETXTBSY).
+        let source = std::env::current_exe().context("the ken executable's path")?;
+        let program = bin.join("ken");
         std::fs::copy(&source, &program)
             .with_context(|| format!("copy {} to {}", source.display(), program.display()))?;
         let ids = app.members();
-        let ports = free_ports(ids.len())?;
+        let ports = harness::free_ports(ids.len()).context("pick free UDP ports")?;
         let stores: Vec<PathBuf> = ids
             .iter()
             .map(|id| stores_dir.join(format!("{id}.ken")))
@@ -704,12 +711,20 @@ impl Cluster {
                 envs.push(("KEN_FUSE_HEARTBEAT_MS".to_string(), heartbeat.to_string()));
                 envs.push(("KEN_FUSE_CREATE_TIMEOUT_MS".to_string(), create.to_string()));
             }
-            let mut member =
-                Member::new(id.clone(), program.clone(), Vec::new(), envs, logs.clone());
+            let mut spec = Spec::new(id.clone(), program.clone(), Vec::<String>::new(), &logs);
+            spec.envs = envs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect();
+            let mut proc = Process::new(spec);
             if fuse.is_some() {
-                member.stall_gap = Some(LOCK_STALL_GAP);
+                proc.set_stall_gap(Some(LOCK_STALL_GAP));
             }
-            members.push(member);
+            members.push(Member {
+                proc,
+                restart_at: None,
+                killed_for_good: None,
+            });
         }
         let mut cluster = Cluster {
             app,
@@ -745,9 +760,14 @@ impl Cluster {
                 .filter(|(j, _)| *j != i)
                 .map(|(j, id)| (id.clone(), loopback(self.ports[j])))
                 .collect();
-            self.members[i].args =
+            let mut args = vec!["app".into(), self.app.app().name().into()];
+            args.extend(
                 self.app
-                    .args(i, loopback(self.ports[i]), &self.stores[i], &peers);
+                    .args(i, loopback(self.ports[i]), &self.stores[i], &peers)
+                    .into_iter()
+                    .map(Into::into),
+            );
+            self.members[i].proc.set_args(args);
         }
     }
 
@@ -817,10 +837,10 @@ impl Cluster {
 
     /// SIGSTOPs member `i` until `until`, recording the pause.
     fn pause_member(&mut self, i: usize, now: Instant, until: Instant) {
-        if !self.members[i].is_running() {
+        if !self.members[i].proc.is_running() {
             return;
         }
-        self.members[i].pause(until);
+        self.members[i].proc.pause(until);
         self.windows.push(lock::Window {
             member: i,
             cut_from: None,
@@ -834,11 +854,11 @@ impl Cluster {
 
     /// SIGCONTs member `i` if paused, closing its pause window.
     fn resume_member(&mut self, i: usize) {
-        if self.members[i].paused_until.is_none() {
+        if self.members[i].proc.paused_until().is_none() {
             self.close_pause_if_dead(i);
             return;
         }
-        self.members[i].resume();
+        self.members[i].proc.resume();
         if let Some(w) = self.pause_window[i].take() {
             self.windows[w].end_ms = Some(self.clock.ms(Instant::now()));
         }
@@ -847,11 +867,11 @@ impl Cluster {
     /// A paused member that was killed (or died) is no longer paused: its pause window ends
     /// where its life did (its downtime follows).
     fn close_pause_if_dead(&mut self, i: usize) {
-        if self.members[i].paused_until.is_some() {
+        if self.members[i].proc.paused_until().is_some() {
             return;
         }
         if let Some(w) = self.pause_window[i].take() {
-            let ended = self.members[i].current_life().and_then(|l| l.ended_at);
+            let ended = self.members[i].proc.current_life().and_then(|l| l.ended_at);
             self.windows[w].end_ms = Some(self.clock.ms(ended.unwrap_or_else(Instant::now)));
         }
     }
@@ -928,7 +948,7 @@ impl Cluster {
     fn reap(&mut self, healing: bool) -> anyhow::Result<()> {
         let mut rebind = false;
         for i in 0..self.members.len() {
-            let Some(end) = self.members[i].poll()? else {
+            let Some(end) = self.members[i].proc.poll()? else {
                 continue;
             };
             let down_for = match end {
@@ -950,8 +970,8 @@ impl Cluster {
                     let m = &self.members[i];
                     self.violations.push(format!(
                         "{} life {} ended unexpectedly: {why}",
-                        m.id,
-                        m.lives.len()
+                        m.proc.name(),
+                        m.proc.lives().len()
                     ));
                     true
                 }
@@ -969,7 +989,7 @@ impl Cluster {
             // Someone took a port: new ports for everyone, everyone restarted with the new
             // address book (addresses are not durable state).
             self.counters.port_changes += 1;
-            self.ports = free_ports(self.members.len())?;
+            self.ports = harness::free_ports(self.members.len()).context("pick free UDP ports")?;
             self.set_args();
             for i in 0..self.members.len() {
                 // Partitions name addresses: rewrite them for the new ports.
@@ -979,8 +999,8 @@ impl Cluster {
                 if m.killed_for_good.is_some() {
                     continue;
                 }
-                if m.is_running() {
-                    m.kill()?;
+                if m.proc.is_running() {
+                    m.proc.kill()?;
                 }
                 m.restart_at = Some(Instant::now());
             }
@@ -1014,18 +1034,16 @@ impl Cluster {
             return Ok(());
         }
         let waiting = self.members.iter().any(|m| {
-            m.is_running()
-                && m.current_life()
+            m.proc.is_running()
+                && m.proc
+                    .current_life()
                     .is_some_and(|l| l.stdout_lines().is_empty())
         });
         if !waiting {
             return Ok(());
         }
         for m in &mut self.members {
-            let finished = !m.is_running()
-                && m.restart_at.is_none()
-                && m.current_life()
-                    .is_some_and(|l| l.end == Some(End::Finished));
+            let finished = m.finished();
             if finished {
                 m.spawn(None)?;
                 self.counters.restarts += 1;
@@ -1036,12 +1054,7 @@ impl Cluster {
     }
 
     fn all_finished(&self) -> bool {
-        self.members.iter().all(|m| {
-            !m.is_running()
-                && m.restart_at.is_none()
-                && m.current_life()
-                    .is_some_and(|l| l.end == Some(End::Finished))
-        })
+        self.members.iter().all(|m| m.finished())
     }
 
     /// A new network epoch: every member's link faults are redrawn. Bank and pingpong cut
@@ -1119,7 +1132,11 @@ impl Cluster {
                 break;
             }
             for i in 0..self.members.len() {
-                if self.members[i].paused_until.is_some_and(|t| t <= now) {
+                if self.members[i]
+                    .proc
+                    .paused_until()
+                    .is_some_and(|t| t <= now)
+                {
                     self.resume_member(i);
                 }
                 self.close_pause_if_dead(i);
@@ -1128,11 +1145,11 @@ impl Cluster {
             self.fuse_events(now, now.duration_since(start))?;
             if next_kill.is_some_and(|t| t <= now) {
                 let running: Vec<usize> = (0..self.members.len())
-                    .filter(|i| self.members[*i].is_running() && !self.busy(*i, now))
+                    .filter(|i| self.members[*i].proc.is_running() && !self.busy(*i, now))
                     .collect();
                 if !running.is_empty() {
                     let i = running[self.rng.gen_range(0..running.len())];
-                    let end = self.members[i].kill()?;
+                    let end = self.members[i].proc.kill()?;
                     match end {
                         End::KilledByUs => self.counters.kills += 1,
                         End::CrashPoint(_) => self.counters.crash_points_hit += 1,
@@ -1149,8 +1166,8 @@ impl Cluster {
             if next_pause.is_some_and(|t| t <= now) {
                 let candidates: Vec<usize> = (0..self.members.len())
                     .filter(|i| {
-                        self.members[*i].is_running()
-                            && self.members[*i].paused_until.is_none()
+                        self.members[*i].proc.is_running()
+                            && self.members[*i].proc.paused_until().is_none()
                             && !self.busy(*i, now)
                     })
                     .collect();
@@ -1262,7 +1279,7 @@ impl Cluster {
                 missing.push("not every member exited 0".into());
             }
         } else {
-            if self.members.iter().any(|m| !m.is_running()) {
+            if self.members.iter().any(|m| !m.proc.is_running()) {
                 missing.push("a member is down".into());
             }
         }
@@ -1277,8 +1294,8 @@ impl Cluster {
         for i in 0..self.members.len() {
             self.resume_member(i);
             let m = &mut self.members[i];
-            if m.is_running() {
-                let _ = m.kill();
+            if m.proc.is_running() {
+                let _ = m.proc.kill();
             }
         }
     }
@@ -1294,8 +1311,8 @@ impl Cluster {
             let candidates: Vec<usize> = (2..self.members.len())
                 .filter(|i| {
                     let m = &self.members[*i];
-                    m.is_running()
-                        && m.paused_until.is_none()
+                    m.proc.is_running()
+                        && m.proc.paused_until().is_none()
                         && !self.busy(*i, now)
                         && !self
                             .cuts
@@ -1306,7 +1323,7 @@ impl Cluster {
             if !candidates.is_empty() {
                 let i = candidates[self.rng.gen_range(0..candidates.len())];
                 let killed_at = Instant::now();
-                let end = self.members[i].kill()?;
+                let end = self.members[i].proc.kill()?;
                 let plan = self.fuse.as_mut().expect("lock run");
                 if end == End::Finished {
                     // It finished its rounds a moment ago: not a kill; another victim later.
@@ -1342,7 +1359,7 @@ impl Cluster {
         let pair = [lock::SERVER, lock::STICKY];
         let up = pair.iter().all(|i| {
             let m = &self.members[*i];
-            m.is_running() && m.paused_until.is_none() && !self.busy(*i, now)
+            m.proc.is_running() && m.proc.paused_until().is_none() && !self.busy(*i, now)
         });
         let cut = self
             .cuts
@@ -1352,7 +1369,8 @@ impl Cluster {
             return false;
         }
         let last = self.members[lock::STICKY]
-            .lives
+            .proc
+            .lives()
             .iter()
             .rev()
             .flat_map(|l| l.stdout_lines().into_iter().rev())
@@ -1371,11 +1389,7 @@ impl Cluster {
         let ids = self.app.members();
         for (i, id) in ids.iter().enumerate().skip(2) {
             let m = &self.members[i];
-            let finished = !m.is_running()
-                && m.restart_at.is_none()
-                && m.killed_for_good.is_none()
-                && m.current_life()
-                    .is_some_and(|l| l.end == Some(End::Finished));
+            let finished = m.finished() && m.killed_for_good.is_none();
             if finished && pending.get(id).is_some_and(|d| *d > 0) {
                 self.members[i].spawn(None)?;
                 self.counters.restarts += 1;
@@ -1396,14 +1410,11 @@ impl Cluster {
             if m.killed_for_good.is_some() {
                 continue;
             }
-            let finished = !m.is_running()
-                && m.restart_at.is_none()
-                && m.current_life()
-                    .is_some_and(|l| l.end == Some(End::Finished));
-            if i < 2 && !m.is_running() {
-                missing.push(format!("{} is down", m.id));
+            let finished = m.finished();
+            if i < 2 && !m.proc.is_running() {
+                missing.push(format!("{} is down", m.proc.name()));
             } else if i >= 2 && !finished {
-                missing.push(format!("{} has not finished its rounds", m.id));
+                missing.push(format!("{} has not finished its rounds", m.proc.name()));
             }
         }
         let gone: Vec<bool> = self
@@ -1444,7 +1455,11 @@ impl Cluster {
         let fuse = self.fuse.as_ref().map(|plan| {
             let record = self.lock_record(plan.timing, q, end_ms);
             let checked = lock::check(&record);
-            if let Some(dir) = self.members.first().and_then(|m| m.log_dir.parent()) {
+            if let Some(dir) = self
+                .members
+                .first()
+                .and_then(|m| m.proc.spec().log_dir.parent())
+            {
                 let mut text = lock::timeline(&record, self.clock.base_ms);
                 text.push_str("# what the checks found (Unix ms)\n");
                 for n in &checked.1.notes {
@@ -1460,15 +1475,20 @@ impl Cluster {
         }
         self.violations.extend(self.app.check(&self.stores, q));
         for (i, m) in self.members.iter().enumerate() {
-            let lines: Vec<String> = m.lives.iter().flat_map(|l| l.stdout_lines()).collect();
+            let lines: Vec<String> = m
+                .proc
+                .lives()
+                .iter()
+                .flat_map(|l| l.stdout_lines())
+                .collect();
             self.violations.extend(self.app.check_output(i, &lines, q));
         }
-        self.details = self.members.iter().map(Member::describe).collect();
+        self.details = self.members.iter().map(|m| m.proc.describe()).collect();
         let totals = check::totals(&self.stores).unwrap_or_default();
         let mut recovery: Vec<u64> = self
             .members
             .iter()
-            .flat_map(|m| m.lives.iter().skip(1))
+            .flat_map(|m| m.proc.lives().iter().skip(1))
             .filter_map(|l| l.recovery_ms())
             .collect();
         recovery.sort_unstable();
@@ -1479,10 +1499,10 @@ impl Cluster {
                 recovery[((recovery.len() as f64 * p).ceil() as usize).clamp(1, recovery.len()) - 1]
             }
         };
-        let stats: Vec<member::Stats> = self
+        let stats: Vec<harness::Stats> = self
             .members
             .iter()
-            .flat_map(|m| m.lives.iter().filter_map(|l| l.stats()))
+            .flat_map(|m| m.proc.lives().iter().filter_map(|l| l.stats()))
             .collect();
         let c = &self.counters;
         let mut summary = serde_json::json!({
@@ -1565,10 +1585,11 @@ impl Cluster {
             .iter()
             .zip(&self.stores)
             .map(|(m, store)| lock::MemberRecord {
-                id: m.id.clone(),
+                id: m.proc.name().to_string(),
                 store: store.clone(),
                 lives: m
-                    .lives
+                    .proc
+                    .lives()
                     .iter()
                     .map(|l| lock::LifeRecord {
                         lines: l.stdout_lines(),

@@ -7,23 +7,24 @@
 //! 1200 ms. Measured times are printed; they are asserted against the bound plus a slack
 //! ([`SLACK`]) for a loaded 2-core CI machine. Independent trials run concurrently, each on
 //! a small cluster of its own (ports picked by binding port 0, stores in a temporary
-//! directory). No process here opens a store as its owner, only `ken::store::Reader`s after
-//! the nodes are stopped, so forking children cannot hold a store lock of this process (see
-//! `tests/tests/real/main.rs`).
+//! directory), its nodes run through the process harness (`ken_tools::harness`). No
+//! process here opens a store as its owner, only `ken::store::Reader`s after the nodes are
+//! stopped, so forking children cannot hold a store lock of this process (see
+//! `tools/tests/real/main.rs`).
 //!
 //! Each node records every notification durably (table `heard`: a count per group) and
 //! prints it; exactly-once is checked on both, over every life of the node.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::fs::{File, OpenOptions};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ken::engine::fuse::GroupRecord;
 use ken::{GroupState, Time};
+use ken_tools::harness::{self, End, Process, Spec};
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 
@@ -58,12 +59,7 @@ struct Node {
     id: String,
     addr: SocketAddr,
     store: PathBuf,
-    args: Vec<OsString>,
-    env: Vec<(String, String)>,
-    out: PathBuf,
-    err: PathBuf,
-    child: Option<Child>,
-    lives: u32,
+    proc: Process,
 }
 
 /// A small cluster of `ken fuse-node` processes; dropping it SIGKILLs whatever still runs.
@@ -83,15 +79,6 @@ struct NodeOpts {
     expect_groups: Option<u64>,
     /// Watch a faults file (`KEN_FAULTS_FILE`), initially empty.
     faults_file: bool,
-    /// Extra environment (e.g. `KEN_CRASH_AT`).
-    env: Vec<(String, String)>,
-}
-
-fn free_ports(n: usize) -> Vec<SocketAddr> {
-    let sockets: Vec<UdpSocket> = (0..n)
-        .map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port on 127.0.0.1"))
-        .collect();
-    sockets.iter().map(|s| s.local_addr().unwrap()).collect()
 }
 
 fn now_ms() -> u64 {
@@ -119,7 +106,7 @@ impl Cluster {
     /// the shortened FUSE timing and `create_timeout_ms`. Nothing is started.
     fn new(name: &str, opts: &[NodeOpts], create_timeout_ms: u64) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let addrs = free_ports(opts.len());
+        let addrs = harness::free_addrs(opts.len()).expect("bind UDP ports on 127.0.0.1");
         let ids: Vec<String> = (0..opts.len()).map(|i| format!("n{i}")).collect();
         // A backstop: no node outlives a test that died without dropping its cluster.
         let exit_at = now_ms() + 180_000;
@@ -171,17 +158,21 @@ impl Cluster {
                     write_faults(&f, "");
                     env.push(("KEN_FAULTS_FILE".to_string(), f.display().to_string()));
                 }
-                env.extend(o.env.iter().cloned());
+                let spec = Spec {
+                    name: ids[i].clone(),
+                    program: env!("CARGO_BIN_EXE_ken").into(),
+                    args,
+                    envs: env.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+                    env_remove: ["KEN_FAULTS", "KEN_FAULTS_FILE"]
+                        .map(OsString::from)
+                        .to_vec(),
+                    log_dir: dir.path().to_path_buf(),
+                };
                 Node {
                     id: ids[i].clone(),
                     addr: addrs[i],
                     store,
-                    args,
-                    env,
-                    out: dir.path().join(format!("{}.out", ids[i])),
-                    err: dir.path().join(format!("{}.err", ids[i])),
-                    child: None,
-                    lives: 0,
+                    proc: Process::new(spec),
                 }
             })
             .collect();
@@ -196,34 +187,18 @@ impl Cluster {
         self.dir.path().join(format!("{}.faults", self.nodes[i].id))
     }
 
-    /// Starts (or restarts, with the same command) node `i`; output is appended to its
-    /// files across lives.
+    /// Starts (or restarts, with the same command) node `i`.
     fn start(&mut self, i: usize) {
-        let n = &mut self.nodes[i];
-        assert!(n.child.is_none(), "{} is already running", n.id);
-        let append = |p: &Path| -> File {
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .unwrap()
-        };
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ken"));
-        cmd.args(&n.args)
-            .stdin(Stdio::null())
-            .stdout(append(&n.out))
-            .stderr(append(&n.err));
-        for var in [
-            "KEN_FAULTS",
-            "KEN_FAULTS_FILE",
-            "KEN_CRASH_AT",
-            "KEN_CRASH_SEED",
-        ] {
-            cmd.env_remove(var);
-        }
-        cmd.envs(n.env.iter().map(|(k, v)| (k, v)));
-        n.child = Some(cmd.spawn().expect("start ken fuse-node"));
-        n.lives += 1;
+        self.nodes[i].proc.restart().expect("start ken fuse-node");
+    }
+
+    /// Restarts node `i` armed with crash point `point` (`KEN_CRASH_AT`).
+    fn start_with_crash_point(&mut self, i: usize, point: &str) {
+        let crash = Some((point.to_string(), 0));
+        self.nodes[i]
+            .proc
+            .spawn(crash)
+            .expect("start ken fuse-node");
     }
 
     fn start_all(&mut self) {
@@ -234,16 +209,15 @@ impl Cluster {
 
     /// SIGKILLs node `i` and reaps it; returns the wall time just before the kill.
     fn kill(&mut self, i: usize) -> u64 {
-        let mut c = self.nodes[i].child.take().expect("the node is running");
         let at = now_ms();
-        c.kill().unwrap();
-        c.wait().unwrap();
+        let end = self.nodes[i].proc.kill().expect("SIGKILL");
+        assert_eq!(end, End::KilledByUs, "{}", self.nodes[i].proc.describe());
         at
     }
 
     fn stop_all(&mut self) {
         for i in 0..self.nodes.len() {
-            if self.nodes[i].child.is_some() {
+            if self.nodes[i].proc.is_running() {
                 self.kill(i);
             }
         }
@@ -252,38 +226,43 @@ impl Cluster {
     /// Panics if a node that should be running has exited, quoting its error output.
     fn check_running(&mut self) {
         for n in &mut self.nodes {
-            if let Some(c) = n.child.as_mut() {
-                if let Some(status) = c.try_wait().unwrap() {
-                    let err = std::fs::read_to_string(&n.err).unwrap_or_default();
-                    let tail: Vec<&str> = err
-                        .lines()
-                        .filter(|l| !l.contains("\"event\":\"stats\""))
-                        .collect();
-                    panic!(
-                        "{}: {} exited ({status}){}: {}",
-                        self.name,
-                        n.id,
-                        if status.code() == Some(75) {
-                            " because its UDP port was taken by another program; run again"
-                        } else {
-                            ""
-                        },
-                        tail[tail.len().saturating_sub(6)..].join("\n")
-                    );
-                }
+            if !n.proc.is_running() {
+                continue;
+            }
+            if let Some(end) = n.proc.poll().unwrap() {
+                let err = n
+                    .proc
+                    .current_life()
+                    .map(|l| std::fs::read_to_string(&l.stderr_path).unwrap_or_default())
+                    .unwrap_or_default();
+                let tail: Vec<&str> = err
+                    .lines()
+                    .filter(|l| !l.contains("\"event\":\"stats\""))
+                    .collect();
+                panic!(
+                    "{}: {} exited ({end:?}){}: {}",
+                    self.name,
+                    n.id,
+                    if end == End::BindError {
+                        " because its UDP port was taken by another program; run again"
+                    } else {
+                        ""
+                    },
+                    tail[tail.len().saturating_sub(6)..].join("\n")
+                );
             }
         }
     }
 
     /// Every complete line node `i` printed on standard output, over all its lives.
     fn events(&self, i: usize) -> Vec<Event> {
-        let text = std::fs::read_to_string(&self.nodes[i].out).unwrap_or_default();
-        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
-        complete
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                serde_json::from_str(l)
+        self.nodes[i]
+            .proc
+            .stdout_lines()
+            .into_iter()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(_, l)| {
+                serde_json::from_str(&l)
                     .unwrap_or_else(|e| panic!("{}: bad line {l:?}: {e}", self.nodes[i].id))
             })
             .collect()
@@ -304,24 +283,34 @@ impl Cluster {
 
     /// Lines of node `i`'s standard error (every life) holding `needle`.
     fn err_lines(&self, i: usize, needle: &str) -> Vec<String> {
-        std::fs::read_to_string(&self.nodes[i].err)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains(needle))
-            .map(str::to_string)
+        self.nodes[i]
+            .proc
+            .lives()
+            .iter()
+            .flat_map(|l| {
+                std::fs::read_to_string(&l.stderr_path)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.contains(needle))
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
             .collect()
     }
 
     /// Waits until node `i`'s current life announced its address.
     fn wait_listening(&mut self, i: usize) {
-        let lives = self.nodes[i].lives as usize;
+        let lives = self.nodes[i].proc.lives().len();
         let name = format!(
             "{}: {} listening (life {lives})",
             self.name, self.nodes[i].id
         );
         wait_for(&name, Duration::from_secs(20), || {
             self.check_running();
-            self.err_lines(i, "\"event\":\"listening\"").len() >= lives
+            self.nodes[i]
+                .proc
+                .current_life()
+                .is_some_and(|l| l.listening_at().is_some())
         });
     }
 
@@ -376,17 +365,6 @@ impl Cluster {
             })
             .collect();
         (groups, heard)
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for n in &mut self.nodes {
-            if let Some(mut c) = n.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
     }
 }
 
@@ -775,15 +753,11 @@ fn a_member_dead_during_creation_fails_the_group_for_those_who_heard_of_it() {
             members: Some(vec!["n0".into()]),
             ..NodeOpts::default()
         },
-        NodeOpts {
-            env: vec![("KEN_CRASH_AT".into(), "before_commit".into())],
-            ..NodeOpts::default()
-        },
+        NodeOpts::default(),
     ];
     let mut c = Cluster::new("dead-in-creation", &opts, 1000);
     // n2's first life (no crash point) commits its start turn, so that its only commit in
     // the second life is the one recording the group.
-    let first_life = c.nodes[2].env.pop();
     c.start(2);
     c.wait_listening(2);
     wait_for("n2 committed its start", Duration::from_secs(10), || {
@@ -793,20 +767,17 @@ fn a_member_dead_during_creation_fails_the_group_for_those_who_heard_of_it() {
             .is_some_and(|m| m.turns_committed >= 1)
     });
     c.kill(2);
-    c.nodes[2].env.extend(first_life);
-    c.start(2);
+    c.start_with_crash_point(2, "before_commit");
     c.wait_listening(2);
     c.start(0);
     c.start(1);
     wait_for(
         "n2 dies at the crash point",
         Duration::from_secs(10),
-        || {
-            let n = &mut c.nodes[2];
-            n.child.as_mut().unwrap().try_wait().unwrap().is_some()
-        },
+        || c.nodes[2].proc.poll().unwrap().is_some(),
     );
-    c.nodes[2].child = None;
+    let end = c.nodes[2].proc.current_life().and_then(|l| l.end.clone());
+    assert_eq!(end, Some(End::CrashPoint("before_commit".into())));
     assert_eq!(c.err_lines(2, "\"event\":\"crash_point\"").len(), 1);
     c.wait_heard(
         &[0, 1],

@@ -1,27 +1,28 @@
 //! `ken inspect` and the apps' `inspect` subcommands against stores written by real app
-//! processes (`ken-pingpong`, `ken-bank`, `ken-kv` and its clients): every view's JSON is checked against what the run
-//! did (counts, sequence numbers, counters, decoded state), live while a bank runs and after
-//! it is SIGKILLed; corrupt records are named by `verify` and spoil only what needs them;
-//! broken inputs get a one-line message and a non-zero exit, never a panic.
+//! processes (pingpong, bank, kv and its command-line clients, all `ken app ..`): every
+//! view's JSON is checked against what the run did (counts, sequence numbers, counters,
+//! decoded state), live while a bank runs and after it is SIGKILLed; corrupt records are
+//! named by `verify` and spoil only what needs them; broken inputs get a one-line message
+//! and a non-zero exit, never a panic.
 //!
-//! App binaries are built once per test process (`cargo build -p ken-apps`, a no-op when
-//! fresh: `cargo test` does not build another package's plain binaries) and copied into each
-//! test's directory with the `ken` binary, so a concurrent rebuild cannot swap them
-//! mid-test. Ports are picked by binding port 0; a run whose app could not bind is retried
-//! with new ports. Every wait has a deadline; randomness is seeded and the seed printed
-//! (`KEN_TEST_SEED=N` replays it).
+//! The apps and their `inspect` subcommands run from the `ken` binary under test (`ken app
+//! bank inspect STORE` is the code of `ken-bank inspect STORE`), copied into each test's
+//! directory so a concurrent rebuild cannot swap it mid-test; the app processes run through
+//! the process harness (`ken_tools::harness`). Ports are picked by binding port 0; a run
+//! whose app could not bind is retried with new ports. Every wait has a deadline;
+//! randomness is seeded and the seed printed (`KEN_TEST_SEED=N` replays it).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use ken_tools::harness::{self, End, Process, Spec};
 
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-/// Exit statuses of `ken inspect` (see `ken_tools::inspect`).
+/// Exit statuses of `ken inspect` (see `ken_inspect`).
 const EXIT_DAMAGED: i32 = 1;
 const EXIT_ERROR: i32 = 2;
 
@@ -34,86 +35,69 @@ const BIND_ATTEMPTS_MAX: u32 = 5;
 // ---------------------------------------------------------------------------------------
 // Binaries and processes
 
-/// Builds the app binaries once per test process and returns `<target>/<profile>`.
-fn built_profile_dir() -> PathBuf {
-    static BUILT: OnceLock<Mutex<Option<PathBuf>>> = OnceLock::new();
-    let mut built = BUILT
-        .get_or_init(|| Mutex::new(None))
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if let Some(dir) = built.as_ref() {
-        return dir.clone();
-    }
-    let exe = std::env::current_exe().expect("the test executable's path");
-    // <target>/<profile>/deps/it-<hash>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test executable lives in <target>/<profile>/deps")
-        .to_path_buf();
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => "dev".to_string(),
-        Some(other) => other.to_string(),
-        None => panic!("no profile directory above {}", exe.display()),
-    };
-    let target_dir = profile_dir.parent().expect("<target> above <profile>");
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tools/ is inside the workspace");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    // The same features as every other test build of the apps (the torture's negative
-    // controls need the test-only switch): the binaries are shared.
-    cmd.args([
-        "build",
-        "--quiet",
-        "--features",
-        "ken/unsafe-release-before-commit",
-    ]);
-    cmd.args(["--manifest-path"])
-        .arg(workspace.join("Cargo.toml"))
-        .args([
-            "-p",
-            "ken-apps",
-            "--bin",
-            "ken-pingpong",
-            "--bin",
-            "ken-bank",
-            "--bin",
-            "ken-kv",
-        ])
-        .args(["--profile", &profile, "--target-dir"])
-        .arg(target_dir);
-    let status = cmd
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(status.success(), "{cmd:?} failed: {status}");
-    *built = Some(profile_dir.clone());
-    profile_dir
+/// What takes `inspect STORE ..`: the `ken` binary (`ken inspect`), or an app's command
+/// line run by it (`ken app bank inspect`).
+trait Inspector {
+    fn command(&self) -> Command;
 }
 
-/// The binaries of one test, private copies in its directory.
+impl Inspector for Path {
+    fn command(&self) -> Command {
+        Command::new(self)
+    }
+}
+
+impl Inspector for PathBuf {
+    fn command(&self) -> Command {
+        Command::new(self)
+    }
+}
+
+/// An app's command line: `ken app NAME ..`.
+struct App {
+    ken: PathBuf,
+    name: &'static str,
+}
+
+impl Inspector for App {
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.ken);
+        c.args(["app", self.name]);
+        c
+    }
+}
+
+impl App {
+    /// `ken app NAME ARGS..` as a harness process named `id`, its files in `dir`.
+    fn start(&self, id: &str, args: &[String], dir: &Path) -> Process {
+        let mut all = vec!["app".to_string(), self.name.to_string()];
+        all.extend_from_slice(args);
+        Process::start(Spec::new(id, &self.ken, all, dir)).expect("start an app process")
+    }
+}
+
+/// The binaries of one test: a private copy of `ken` in its directory, and the apps it runs.
 struct Bins {
     ken: PathBuf,
-    pingpong: PathBuf,
-    bank: PathBuf,
-    kv: PathBuf,
+    pingpong: App,
+    bank: App,
+    kv: App,
 }
 
 impl Bins {
     fn copy_into(dir: &Path) -> Bins {
-        let profile_dir = built_profile_dir();
-        let copy = |from: &Path, name: &str| {
-            let to = dir.join(name);
-            std::fs::copy(from, &to)
-                .unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
-            to
+        let ken = dir.join("ken");
+        std::fs::copy(env!("CARGO_BIN_EXE_ken"), &ken)
+            .unwrap_or_else(|e| panic!("copy ken to {}: {e}", ken.display()));
+        let app = |name| App {
+            ken: ken.clone(),
+            name,
         };
         Bins {
-            ken: copy(Path::new(env!("CARGO_BIN_EXE_ken")), "ken"),
-            pingpong: copy(&profile_dir.join("ken-pingpong"), "ken-pingpong"),
-            bank: copy(&profile_dir.join("ken-bank"), "ken-bank"),
-            kv: copy(&profile_dir.join("ken-kv"), "ken-kv"),
+            pingpong: app("pingpong"),
+            bank: app("bank"),
+            kv: app("kv"),
+            ken,
         }
     }
 }
@@ -133,65 +117,11 @@ fn spawn(cmd: &mut Command) -> Child {
     }
 }
 
-/// A child process, SIGKILLed when dropped (a failing test leaves no orphan).
-struct Kid {
-    name: String,
-    child: Child,
-    stderr_path: PathBuf,
-}
-
-impl Kid {
-    fn start(name: &str, program: &Path, args: &[String], dir: &Path) -> Kid {
-        let stderr_path = dir.join(format!("{name}.stderr"));
-        let stderr = std::fs::File::create(&stderr_path).expect("create stderr file");
-        let child = spawn(
-            Command::new(program)
-                .args(args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(stderr),
-        );
-        Kid {
-            name: name.to_string(),
-            child,
-            stderr_path,
-        }
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
-    }
-
-    fn try_wait(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().expect("try_wait")
-    }
-
-    /// SIGKILL and reap (std's `Child::kill` sends SIGKILL).
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn bind_failed(&self, status: ExitStatus) -> bool {
-        status.code() == Some(1) && self.stderr().contains("cannot bind UDP")
-    }
-}
-
-impl Drop for Kid {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// `n` loopback UDP ports that were free a moment ago.
-fn free_ports(n: usize) -> Vec<u16> {
-    let sockets: Vec<UdpSocket> = (0..n)
-        .map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-        .collect();
-    sockets
-        .iter()
-        .map(|s| s.local_addr().expect("local address").port())
-        .collect()
+/// The last lines of the stderr of `p`'s current life.
+fn stderr(p: &Process) -> String {
+    p.current_life()
+        .map(|l| l.stderr_tail(20))
+        .unwrap_or_default()
 }
 
 fn addr(port: u16) -> String {
@@ -256,9 +186,9 @@ impl Run {
 }
 
 /// `<bin> inspect STORE <args>`.
-fn inspect(bin: &Path, store: &Path, args: &[&str]) -> Run {
+fn inspect(bin: &(impl Inspector + ?Sized), store: &Path, args: &[&str]) -> Run {
     let child = spawn(
-        Command::new(bin)
+        bin.command()
             .arg("inspect")
             .arg(store)
             .args(args)
@@ -286,7 +216,7 @@ fn inspect(bin: &Path, store: &Path, args: &[&str]) -> Run {
 }
 
 /// `<bin> inspect STORE <args> --json`, which must exit 0.
-fn view(bin: &Path, store: &Path, args: &[&str]) -> Value {
+fn view(bin: &(impl Inspector + ?Sized), store: &Path, args: &[&str]) -> Value {
     let mut all = args.to_vec();
     all.push("--json");
     let run = inspect(bin, store, &all);
@@ -324,7 +254,7 @@ fn peer<'a>(summary: &'a Value, id: &str) -> &'a Value {
 fn run_pingpong(dir: &Path, bins: &Bins, count: u64) -> (PathBuf, PathBuf) {
     let (a, b) = (dir.join("a.ken"), dir.join("b.ken"));
     for attempt in 1..=BIND_ATTEMPTS_MAX {
-        let ports = free_ports(2);
+        let ports = harness::free_ports(2).expect("bind 127.0.0.1:0");
         let args = |id: &str, port: u16, store: &Path, other: &str, other_port: u16| {
             vec![
                 "--id".to_string(),
@@ -342,49 +272,44 @@ fn run_pingpong(dir: &Path, bins: &Bins, count: u64) -> (PathBuf, PathBuf) {
         let mut b_args = args("b", ports[1], &b, "a", ports[0]);
         b_args.push("--serve".to_string());
         let mut kids = [
-            Kid::start(
-                "a",
-                &bins.pingpong,
-                &args("a", ports[0], &a, "b", ports[1]),
-                dir,
-            ),
-            Kid::start("b", &bins.pingpong, &b_args, dir),
+            bins.pingpong
+                .start("a", &args("a", ports[0], &a, "b", ports[1]), dir),
+            bins.pingpong.start("b", &b_args, dir),
         ];
-        let statuses = wait_for(RUN_DEADLINE, "the pingpong volley to finish", || {
-            let done: Vec<Option<ExitStatus>> = kids.iter_mut().map(Kid::try_wait).collect();
+        let ends = wait_for(RUN_DEADLINE, "the pingpong volley to finish", || {
+            for k in &mut kids {
+                k.poll().expect("poll");
+            }
+            let done: Vec<Option<End>> = kids
+                .iter()
+                .map(|k| k.current_life().and_then(|l| l.end.clone()))
+                .collect();
             // A process that could not bind stops the attempt at once.
-            if done.iter().flatten().any(|s| !s.success()) || done.iter().all(Option::is_some) {
+            if done.iter().flatten().any(|e| !e.is_success()) || done.iter().all(Option::is_some) {
                 Some(done)
             } else {
                 None
             }
         });
-        let bind_failed = kids
-            .iter()
-            .zip(&statuses)
-            .any(|(k, s)| s.is_some_and(|s| k.bind_failed(s)));
-        if bind_failed && attempt < BIND_ATTEMPTS_MAX {
+        if ends.contains(&Some(End::BindError)) && attempt < BIND_ATTEMPTS_MAX {
             eprintln!("pingpong attempt {attempt}: a port was taken; retrying with new ports");
             continue;
         }
-        for (kid, status) in kids.iter_mut().zip(&statuses) {
-            let status = status.expect("both ended");
-            let mut out = String::new();
-            use std::io::Read;
-            kid.child
-                .stdout
-                .take()
-                .expect("piped stdout")
-                .read_to_string(&mut out)
-                .expect("read stdout");
+        for (kid, end) in kids.iter().zip(&ends) {
+            let end = end.as_ref().expect("both ended");
+            let out = kid
+                .current_life()
+                .expect("started")
+                .stdout_lines()
+                .join("\n");
             assert!(
-                status.success(),
-                "{} exited {status}: {}",
-                kid.name,
-                kid.stderr()
+                end.is_success(),
+                "{} ended {end:?}: {}",
+                kid.name(),
+                stderr(kid)
             );
             let report: Value = serde_json::from_str(out.trim())
-                .unwrap_or_else(|e| panic!("{} report `{out}`: {e}", kid.name));
+                .unwrap_or_else(|e| panic!("{} report `{out}`: {e}", kid.name()));
             assert_eq!(report["gaps"], 0, "{report}");
             assert_eq!(report["repeats"], 0, "{report}");
         }
@@ -602,7 +527,7 @@ fn bank_stores_inspected_live_and_after_sigkill_agree_with_each_other() {
         .collect();
     let mut kids = Vec::new();
     'attempts: for attempt in 1..=BIND_ATTEMPTS_MAX {
-        let ports = free_ports(ids.len());
+        let ports = harness::free_ports(ids.len()).expect("bind 127.0.0.1:0");
         kids = ids
             .iter()
             .enumerate()
@@ -628,25 +553,25 @@ fn bank_stores_inspected_live_and_after_sigkill_agree_with_each_other() {
                     args.push("--peer".to_string());
                     args.push(format!("{other}={}", addr(ports[j])));
                 }
-                Kid::start(id, &bins.bank, &args, dir.path())
+                bins.bank.start(id, &args, dir.path())
             })
             .collect();
         // Live: every store readable and past its start turn (a fresh store is briefly an
         // empty file, which inspect reports as not a Ken store).
         for (i, store) in stores.iter().enumerate() {
             let ok = wait_for(RUN_DEADLINE, "the bank stores to be created", || {
-                if let Some(status) = kids[i].try_wait() {
-                    return Some(Err(status));
+                if let Some(end) = kids[i].poll().expect("poll") {
+                    return Some(Err(end));
                 }
                 let run = inspect(&bins.ken, store, &["--json"]);
                 (run.code == 0 && u(&run.json()["turns_committed"]) > 0).then_some(Ok(()))
             });
-            if let Err(status) = ok {
-                if kids[i].bind_failed(status) && attempt < BIND_ATTEMPTS_MAX {
+            if let Err(end) = ok {
+                if end == End::BindError && attempt < BIND_ATTEMPTS_MAX {
                     eprintln!("bank attempt {attempt}: a port was taken; retrying");
                     continue 'attempts;
                 }
-                panic!("{} exited {status}: {}", ids[i], kids[i].stderr());
+                panic!("{} ended {end:?}: {}", ids[i], stderr(&kids[i]));
             }
         }
         break;
@@ -719,12 +644,12 @@ fn bank_stores_inspected_live_and_after_sigkill_agree_with_each_other() {
     // SIGKILL everyone: the stores hold the last commits and change no more.
     for kid in &mut kids {
         assert!(
-            kid.try_wait().is_none(),
+            kid.poll().expect("poll").is_none(),
             "{} stopped by itself: {}",
-            kid.name,
-            kid.stderr()
+            kid.name(),
+            stderr(kid)
         );
-        kid.kill();
+        kid.kill().expect("SIGKILL");
     }
 
     let mut summaries = BTreeMap::new();
@@ -872,16 +797,16 @@ fn kv_requests_show_as_turns_clients_and_rows() {
     let store = dir.path().join("kv.ken");
     let mut server = None;
     for attempt in 1..=BIND_ATTEMPTS_MAX {
-        let port = free_ports(1)[0];
+        let port = harness::free_ports(1).expect("bind 127.0.0.1:0")[0];
         let args: Vec<String> = ["serve", "--id", "kv", "--listen", &addr(port), "--store"]
             .iter()
             .map(|s| s.to_string())
             .chain([store.display().to_string()])
             .collect();
-        let mut kid = Kid::start("kv", &bins.kv, &args, dir.path());
+        let mut kid = bins.kv.start("kv", &args, dir.path());
         let started = wait_for(RUN_DEADLINE, "the kv store to be created", || {
-            if let Some(status) = kid.try_wait() {
-                return Some(Err(status));
+            if let Some(end) = kid.poll().expect("poll") {
+                return Some(Err(end));
             }
             let run = inspect(&bins.ken, &store, &["--json"]);
             (run.code == 0 && u(&run.json()["turns_committed"]) >= 1).then_some(Ok(()))
@@ -891,10 +816,10 @@ fn kv_requests_show_as_turns_clients_and_rows() {
                 server = Some((kid, port));
                 break;
             }
-            Err(status) if kid.bind_failed(status) && attempt < BIND_ATTEMPTS_MAX => {
+            Err(End::BindError) if attempt < BIND_ATTEMPTS_MAX => {
                 eprintln!("kv attempt {attempt}: the port was taken; retrying");
             }
-            Err(status) => panic!("ken-kv serve exited {status}: {}", kid.stderr()),
+            Err(end) => panic!("ken app kv serve ended {end:?}: {}", stderr(&kid)),
         }
     }
     let (mut kid, port) = server.expect("the last attempt starts or panics");
@@ -906,7 +831,9 @@ fn kv_requests_show_as_turns_clients_and_rows() {
         &["get", "k1"],
     ];
     for call in calls {
-        let out = Command::new(&bins.kv)
+        let out = bins
+            .kv
+            .command()
             .args(call)
             .args(["--server", &addr(port), "--json"])
             .output()
@@ -975,7 +902,11 @@ fn kv_requests_show_as_turns_clients_and_rows() {
             (json!("n"), json!("7")),
         ]
     );
-    assert!(kid.try_wait().is_none(), "ken-kv stopped: {}", kid.stderr());
+    assert!(
+        kid.poll().expect("poll").is_none(),
+        "ken app kv stopped: {}",
+        stderr(&kid)
+    );
 }
 
 /// Flips a random bit of a `received` row and of a turn-log entry of one store and of the
@@ -1264,34 +1195,28 @@ fn broken_inputs_get_one_line_and_a_non_zero_exit() {
         ),
     ];
     for (path, code, says) in &cases {
-        for (bin, args) in [
-            (&bins.ken, vec![]),
-            (&bins.ken, vec!["--json"]),
-            (&bins.ken, vec!["verify"]),
-            (&bins.ken, vec!["table", "t", "--json"]),
+        let ken: &dyn Inspector = &bins.ken;
+        let bank: &dyn Inspector = &bins.bank;
+        for (bin, name, args) in [
+            (ken, "ken", vec![]),
+            (ken, "ken", vec!["--json"]),
+            (ken, "ken", vec!["verify"]),
+            (ken, "ken", vec!["table", "t", "--json"]),
             (
-                &bins.ken,
+                ken,
+                "ken",
                 vec!["watch", "--count", "2", "--interval-ms", "10"],
             ),
-            (&bins.bank, vec!["state", "--json"]),
+            (bank, "ken-bank", vec!["state", "--json"]),
         ] {
             let run = inspect(bin, path, &args);
-            let what = format!(
-                "{} {args:?} on {}: {}",
-                bin.display(),
-                path.display(),
-                run.describe()
-            );
+            let what = format!("{name} {args:?} on {}: {}", path.display(), run.describe());
             assert_eq!(run.code, *code, "{what}");
             assert_eq!(run.stdout, "", "{what}");
             assert_eq!(run.stderr.lines().count(), 1, "{what}");
             assert!(run.stderr.contains(says), "{what}");
             assert!(
-                run.stderr.starts_with(if *bin == bins.ken {
-                    "ken inspect: "
-                } else {
-                    "ken-bank inspect: "
-                }),
+                run.stderr.starts_with(&format!("{name} inspect: ")),
                 "{what}"
             );
         }
@@ -1412,7 +1337,7 @@ mod groups {
     }
 
     fn key(g: GroupId) -> String {
-        format!("0x{}", ken_tools::inspect::decode::hex(&g.0))
+        format!("0x{}", ken_inspect::decode::hex(&g.0))
     }
 
     /// Rewrites the sealed record of group `g` in `store` with `f(record)`.
@@ -1538,7 +1463,7 @@ mod groups {
                     .unwrap_or_else(|| panic!("{i}: no {} in {v:#}", key(id)));
                 let ctx = format!("node {i}, G{}: {got:#}", e.1);
                 assert_eq!(got["display"], id.to_string(), "{ctx}");
-                let state = ken_tools::inspect::fuse::state_name(e.2);
+                let state = ken_inspect::fuse::state_name(e.2);
                 assert_eq!(got["state"], state, "{ctx}");
                 assert_eq!(got["creator"], "a", "{ctx}");
                 assert_eq!(got["members"], json!(e.4), "{ctx}");

@@ -3,60 +3,10 @@
 //! release-before-commit switch; for lock also children whose FUSE timing is not what the
 //! checks assume) make it report violations and exit non-zero.
 //!
-//! The app binaries are taken from next to the `ken` binary (`<target>/<profile>/`) and
-//! built there first (`cargo build -p ken-apps --bins`, a no-op when fresh), since
-//! `cargo test -p ken-tools` alone does not build another package's binaries.
+//! The apps run as `ken app ..` children of the `ken` binary under test: nothing else to
+//! build.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, OnceLock};
-
-/// The directory holding `ken` and the app binaries, built fresh once per test process.
-fn bin_dir() -> PathBuf {
-    static BUILT: OnceLock<Mutex<bool>> = OnceLock::new();
-    let ken = PathBuf::from(env!("CARGO_BIN_EXE_ken"));
-    let dir = ken
-        .parent()
-        .expect("ken lives in <target>/<profile>")
-        .to_path_buf();
-    let mut built = BUILT
-        .get_or_init(|| Mutex::new(false))
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if !*built {
-        let profile = match dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") => "dev".to_string(),
-            Some(other) => other.to_string(),
-            None => panic!("no profile directory in {}", dir.display()),
-        };
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("tools is inside the workspace");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "ken-apps",
-                "--bins",
-                "--profile",
-                &profile,
-                // The negative controls need the test-only release-before-commit switch.
-                "--features",
-                "ken/unsafe-release-before-commit",
-            ])
-            .arg("--manifest-path")
-            .arg(workspace.join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(dir.parent().expect("<target>"))
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "cargo build -p ken-apps failed: {status}");
-        *built = true;
-    }
-    dir
-}
 
 /// Runs `ken torture ARGS` in a fresh directory; returns (success, stdout, summary).
 fn torture(args: &[&str]) -> (bool, String, serde_json::Value) {
@@ -66,8 +16,6 @@ fn torture(args: &[&str]) -> (bool, String, serde_json::Value) {
         .args(args)
         .arg("--dir")
         .arg(dir.path().join("run"))
-        .arg("--bin-dir")
-        .arg(bin_dir())
         .output()
         .expect("run ken torture");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();

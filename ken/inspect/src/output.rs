@@ -1,5 +1,5 @@
 //! The documents `ken inspect --json` prints: one type per view. These field names are a
-//! stable interface (scripts and tests parse them); `tools/INSPECT.md` lists them too.
+//! stable interface (scripts and tests parse them); `ken/inspect/INSPECT.md` lists them too.
 //! Change a name only with a note there, add fields freely.
 //!
 //! Conventions, everywhere:

@@ -1,20 +1,19 @@
 //! Real-process kill-and-restart of the kv service: client threads send thousands of
 //! requests (increments of a few counters, puts of fresh keys) with exactly-once retries
-//! while the `ken-kv` process is SIGKILLed at seeded random moments and restarted with the
-//! same command (harness and checks: `ken_tests::kv`).
+//! while the kv process (`ken app kv serve`) is SIGKILLed at seeded random moments and
+//! restarted with the same command (harness and checks: [`crate::kv_harness`]).
 //!
 //! Replay a failing run with the seed it printed: `KEN_SEED=<seed> cargo test --release -p
-//! ken-tests --test real <test name>`. The kill schedule and the requests replay exactly;
+//! ken-tools --test real <test name>`. The kill schedule and the requests replay exactly;
 //! what each kill interrupts depends on the scheduler.
 
 use std::time::Duration;
 
-use ken_tests::kv::{self, Scenario};
-use ken_tests::procs;
-use ken_tests::seed;
+use crate::kv_harness::{self as kv, Scenario};
+use crate::seed;
 
 fn binary() -> std::path::PathBuf {
-    procs::app_binary("ken-apps", "ken-kv")
+    crate::ken()
 }
 
 /// At least 20 SIGKILLs while 4 clients send at least 4000 requests with retries: every

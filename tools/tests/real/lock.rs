@@ -1,12 +1,13 @@
-//! Real-process tests of the FUSE lock service (`ken-lock`, `ken_apps::lock`): a server and
-//! holders on loopback, SIGKILLed (and restarted, or not) while they contend for one lock.
+//! Real-process tests of the FUSE lock service (`ken app lock`, `ken_apps::lock`): a server
+//! and holders on loopback, SIGKILLed (and restarted, or not) while they contend for one
+//! lock.
 //!
 //! FUSE runs fast here: `T_fail` 1000 ms, heartbeat 100 ms (creation timeout 2000 ms), set
 //! in every process's environment. Timing claims are printed; the bounds asserted are
 //! generous (seconds of slack) so that a loaded 2-core machine cannot make them flake.
 //!
 //! Replay the randomized test with the seed it printed: `KEN_SEED=<seed> cargo test
-//! --release -p ken-tests --test real lock_`. The kill schedule replays exactly; what each
+//! --release -p ken-tools --test real lock_`. The kill schedule replays exactly; what each
 //! kill interrupts depends on the scheduler.
 //!
 //! Ports: free loopback ports are picked by binding port 0 and passed on the command lines
@@ -19,8 +20,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ken_apps::lock::{self, LockEntry, Report};
-use ken_tests::procs::{self, AppSpec, LifeEnd, Proc};
-use ken_tests::seed;
+use ken_tools::harness::{self, End, Process, Spec};
+
+use crate::seed;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
@@ -48,7 +50,7 @@ struct Cluster {
     bin: PathBuf,
     ports: Vec<u16>,
     holders: Vec<HolderOpts>,
-    procs: Vec<Option<Proc>>,
+    procs: Vec<Option<Process>>,
     started: Instant,
 }
 
@@ -74,13 +76,13 @@ impl Cluster {
             .tempdir()
             .expect("temp dir");
         // Every life runs the same build: a private copy, immune to a concurrent rebuild.
-        let bin = dir.path().join("ken-lock");
-        std::fs::copy(procs::app_binary("ken-apps", "ken-lock"), &bin).expect("copy ken-lock");
+        let bin = dir.path().join("ken");
+        std::fs::copy(crate::ken(), &bin).expect("copy ken");
         let n = holders.len() + 1;
         Cluster {
             dir,
             bin,
-            ports: procs::free_udp_ports(n),
+            ports: harness::free_ports(n).expect("free UDP ports"),
             holders: holders.to_vec(),
             procs: (0..n).map(|_| None).collect(),
             started: Instant::now(),
@@ -88,14 +90,14 @@ impl Cluster {
     }
 
     fn addr(&self, i: usize) -> String {
-        procs::loopback(self.ports[i]).to_string()
+        harness::loopback(self.ports[i]).to_string()
     }
 
     fn store(&self, i: usize) -> PathBuf {
         self.dir.path().join(format!("{}.db", name(i)))
     }
 
-    fn spec(&self, i: usize) -> AppSpec {
+    fn spec(&self, i: usize) -> Spec {
         let mut args: Vec<String> = Vec::new();
         let id = name(i);
         if i == 0 {
@@ -122,21 +124,23 @@ impl Cluster {
         ]
         .map(|(k, v)| (OsString::from(k), OsString::from(v.to_string())))
         .to_vec();
-        AppSpec {
+        let app = ["app".to_string(), "lock".to_string()];
+        Spec {
             name: name(i),
             program: self.bin.clone(),
-            args: args.into_iter().map(OsString::from).collect(),
+            args: app.into_iter().chain(args).map(OsString::from).collect(),
             envs,
+            env_remove: Vec::new(),
             log_dir: self.dir.path().to_path_buf(),
         }
     }
 
     fn start(&mut self, i: usize) {
         assert!(self.procs[i].is_none(), "{} already started", name(i));
-        self.procs[i] = Some(Proc::start(self.spec(i)).expect("spawn ken-lock"));
+        self.procs[i] = Some(Process::start(self.spec(i)).expect("spawn ken app lock"));
     }
 
-    fn proc(&mut self, i: usize) -> &mut Proc {
+    fn proc(&mut self, i: usize) -> &mut Process {
         self.procs[i].as_mut().expect("started")
     }
 
@@ -144,14 +148,14 @@ impl Cluster {
     /// finished); anything else but death by our signal fails the test.
     fn kill(&mut self, i: usize) -> bool {
         match self.proc(i).kill().expect("kill") {
-            LifeEnd::KilledByUs => true,
+            End::KilledByUs => true,
             end if i > 0 && end.is_success() => false,
             end => panic!("{} ended with {end:?}\n{}", name(i), self.describe()),
         }
     }
 
     fn restart(&mut self, i: usize) {
-        self.proc(i).restart().expect("restart ken-lock");
+        self.proc(i).restart().expect("restart ken app lock");
     }
 
     /// Notes lives that ended on their own: a bind failure is `Err`; any exit other than a
@@ -164,7 +168,7 @@ impl Cluster {
             let Some(end) = p.poll().expect("poll") else {
                 continue;
             };
-            if procs::exited_with_bind_error(p.current_life()) {
+            if end == End::BindError {
                 println!("{} could not bind its port: fresh ports", name(i));
                 return Err(BindLost);
             }
@@ -240,7 +244,7 @@ impl Cluster {
             self.dir.path().display()
         );
         for p in self.procs.iter().flatten() {
-            out.push_str(&p.describe(2, 15));
+            out.push_str(&p.report(2, 15));
         }
         out
     }
@@ -327,9 +331,9 @@ fn lock_rounds_complete_with_increasing_tokens_across_random_sigkills() {
         c.wait("both holders to exit 0", Duration::from_secs(20), |c| {
             (1..3)
                 .all(|i| {
-                    c.procs[i].as_ref().is_some_and(
-                        |p| matches!(p.current_life().ended, Some((_, e)) if e.is_success()),
-                    )
+                    c.procs[i].as_ref().is_some_and(|p| {
+                        p.current_life().and_then(|l| l.end.as_ref()) == Some(&End::Finished)
+                    })
                 })
                 .then_some(())
         })?;

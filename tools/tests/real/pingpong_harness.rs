@@ -1,4 +1,4 @@
-//! The pingpong kill-and-restart harness: two real `ken-pingpong` processes on loopback,
+//! The pingpong kill-and-restart harness: two real pingpong processes (`ken app pingpong`) on loopback,
 //! SIGKILLed at seeded random moments and restarted with the same command, checked for
 //! exactly-once delivery.
 //!
@@ -50,11 +50,11 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ken_apps::pingpong::Report;
+use ken_apps::pingpong::{expected_received, Report};
+use ken_tools::harness::{self, End, Life, Process, Spec};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::procs::{self, AppSpec, LifeEnd, Proc};
 use crate::stores::{self, StoreRef, StoreViolation};
 
 /// How one run is set up.
@@ -222,23 +222,13 @@ impl Outcome {
 /// [`Outcome::catch_up_kills`]), so the target is reached before the volley ends.
 pub const CATCH_UP_SPARE_SLOTS: u32 = 5;
 
-/// Balls the process receives in a volley to `count`: the server (`serve`) gets the odd
-/// values, the hitter the even ones.
-pub fn expected_received(count: u64, serve: bool) -> u64 {
-    if serve {
-        count.div_ceil(2)
-    } else {
-        count / 2
-    }
-}
-
 /// One player: its id, whether it serves, its store, its process and what we saw of it.
 #[derive(Debug)]
 struct Player {
     id: String,
     serve: bool,
     store: PathBuf,
-    proc: Proc,
+    proc: Process,
     /// Stdout lines already checked, per life number.
     lines_checked: BTreeMap<u32, usize>,
     /// A report was printed in the current life.
@@ -254,14 +244,16 @@ fn player_args(id: &str, serve: bool, store: &Path, ports: [u16; 2], count: u64)
     let [listen, peer_port] = ports;
     let peer_id = if serve { "a" } else { "b" };
     let mut a: Vec<OsString> = vec![
+        "app".into(),
+        "pingpong".into(),
         "--id".into(),
         id.into(),
         "--listen".into(),
-        procs::loopback(listen).to_string().into(),
+        harness::loopback(listen).to_string().into(),
         "--store".into(),
         store.into(),
         "--peer".into(),
-        format!("{peer_id}={}", procs::loopback(peer_port)).into(),
+        format!("{peer_id}={}", harness::loopback(peer_port)).into(),
         "--count".into(),
         count.to_string().into(),
     ];
@@ -285,8 +277,8 @@ struct Run<'a> {
     started: Instant,
 }
 
-/// Runs `scenario` with `seed` in a fresh temporary directory, using the `ken-pingpong`
-/// binary at `binary`. A runtime misbehaviour never panics here: everything found is in the
+/// Runs `scenario` with `seed` in a fresh temporary directory, running the players with the
+/// `ken` binary at `binary` (`ken app pingpong ..`). A runtime misbehaviour never panics here: everything found is in the
 /// returned [`Outcome`]. `Err` only for failures of the harness's own I/O (spawn, wait).
 pub fn run(binary: &Path, scenario: &Scenario, seed: u64) -> std::io::Result<Outcome> {
     let dir = tempfile::Builder::new()
@@ -295,7 +287,7 @@ pub fn run(binary: &Path, scenario: &Scenario, seed: u64) -> std::io::Result<Out
     // Every life of a run runs the same build: a private copy, immune to a rebuild of the
     // target directory while the run lasts (cargo replaces the file, briefly removing it).
     let binary = {
-        let copy = dir.path().join("ken-pingpong");
+        let copy = dir.path().join("ken");
         std::fs::copy(binary, &copy).map_err(|e| {
             let what = format!("copy {} to the run directory: {e}", binary.display());
             std::io::Error::new(e.kind(), what)
@@ -313,22 +305,23 @@ pub fn run(binary: &Path, scenario: &Scenario, seed: u64) -> std::io::Result<Out
 
     // Index 0 serves (b), index 1 hits (a). The server starts first so that the first ball
     // usually finds it listening (if not, the hitter retransmits).
-    let ports = procs::free_udp_ports(2);
+    let ports = harness::free_ports(2)?;
     let mut players = Vec::new();
     for (i, (id, serve)) in [("b", true), ("a", false)].into_iter().enumerate() {
         let store = dir.path().join(format!("{id}.db"));
-        let spec = AppSpec {
+        let spec = Spec {
             name: id.to_string(),
             program: binary.to_path_buf(),
             args: player_args(id, serve, &store, [ports[i], ports[1 - i]], scenario.count),
             envs: envs.clone(),
+            env_remove: Vec::new(),
             log_dir: dir.path().to_path_buf(),
         };
         players.push(Player {
             id: id.to_string(),
             serve,
             store,
-            proc: Proc::start(spec)?,
+            proc: Process::start(spec)?,
             lines_checked: BTreeMap::new(),
             reported_this_life: false,
             reported_ever: false,
@@ -405,7 +398,7 @@ pub fn run(binary: &Path, scenario: &Scenario, seed: u64) -> std::io::Result<Out
                 p.restart_at = None;
                 p.reported_this_life = false;
                 p.proc.restart()?;
-                let msg = format!("restart {} (life {})", p.id, p.proc.current_life().number);
+                let msg = format!("restart {} (life {})", p.id, life(&p.proc).number);
                 run.events.push((now - started, msg));
             }
         }
@@ -445,18 +438,18 @@ pub fn run(binary: &Path, scenario: &Scenario, seed: u64) -> std::io::Result<Out
         if let Some((victim, delay, behind)) = pending_kill {
             let v = &run.players[victim];
             let min_life = Duration::from_millis(scenario.kill_interval_ms.start);
-            if v.proc.is_running() && now >= v.proc.current_life().started + min_life {
+            if v.proc.is_running() && now >= life(&v.proc).started + min_life {
                 pending_kill = None;
                 let msg = format!(
                     "kill {} (life {}), restart in {} ms, balls consumed {delivered_total}{}",
                     run.players[victim].id,
-                    run.players[victim].proc.current_life().number,
+                    life(&run.players[victim].proc).number,
                     delay.as_millis(),
                     if behind { ", catching up" } else { "" }
                 );
                 run.events.push((now - started, msg));
                 match run.players[victim].proc.kill()? {
-                    LifeEnd::KilledByUs => run.players[victim].restart_at = Some(now + delay),
+                    End::KilledByUs => run.players[victim].restart_at = Some(now + delay),
                     end => run.life_ended(victim, end),
                 }
             } else if !v.proc.is_running() && v.restart_at.is_none() {
@@ -479,7 +472,7 @@ pub fn run(binary: &Path, scenario: &Scenario, seed: u64) -> std::io::Result<Out
                 let msg = format!(
                     "operator restart of finished {} (life {}): its peer waits",
                     p.id,
-                    p.proc.current_life().number
+                    life(&p.proc).number
                 );
                 run.events.push((now - started, msg));
             }
@@ -517,7 +510,7 @@ pub fn run(binary: &Path, scenario: &Scenario, seed: u64) -> std::io::Result<Out
     let mut diagnostics = run
         .players
         .iter()
-        .map(|p| p.proc.describe(3, 30))
+        .map(|p| p.proc.report(3, 30))
         .collect::<Vec<_>>()
         .join("");
     diagnostics.push_str("harness events:\n");
@@ -550,17 +543,17 @@ pub fn run(binary: &Path, scenario: &Scenario, seed: u64) -> std::io::Result<Out
 
 impl Run<'_> {
     /// A life of player `i` ended on its own (exit, or a signal we did not send).
-    fn life_ended(&mut self, i: usize, end: LifeEnd) {
+    fn life_ended(&mut self, i: usize, end: End) {
         self.check_new_lines(i);
         let p = &mut self.players[i];
-        let life = p.proc.current_life();
+        let life = life(&p.proc);
         self.events.push((
             self.started.elapsed(),
             format!("{} (life {}) ended on its own: {end:?}", p.id, life.number),
         ));
         match end {
-            LifeEnd::KilledByUs => unreachable!("poll and kill report our kills separately"),
-            LifeEnd::Exited(status) if status.success() => {
+            End::KilledByUs => unreachable!("poll and kill report our kills separately"),
+            End::Finished => {
                 if p.reported_this_life {
                     p.finished = true;
                 } else {
@@ -570,11 +563,11 @@ impl Run<'_> {
                     });
                 }
             }
-            LifeEnd::Exited(_) if procs::exited_with_bind_error(life) => self.rebind = true,
-            LifeEnd::Exited(status) => self.violations.push(Violation::UnexpectedExit {
+            End::BindError => self.rebind = true,
+            end => self.violations.push(Violation::UnexpectedExit {
                 id: p.id.clone(),
                 life: life.number,
-                status: status.to_string(),
+                status: format!("{end:?}"),
                 stderr_tail: life.stderr_tail(30),
             }),
         }
@@ -584,7 +577,7 @@ impl Run<'_> {
     fn check_new_lines(&mut self, i: usize) {
         let expected = expected_received(self.scenario.count, self.players[i].serve);
         let p = &mut self.players[i];
-        let current = p.proc.current_life().number;
+        let current = life(&p.proc).number;
         for life in p.proc.lives() {
             let lines = life.stdout_lines();
             let checked = p.lines_checked.entry(life.number).or_insert(0);
@@ -634,7 +627,7 @@ impl Run<'_> {
     fn move_to_fresh_ports(&mut self) -> std::io::Result<()> {
         self.rebind = false;
         self.port_changes += 1;
-        let ports = procs::free_udp_ports(2);
+        let ports = harness::free_ports(2)?;
         self.events.push((
             self.started.elapsed(),
             format!("a port was taken: both move to ports {ports:?}"),
@@ -644,7 +637,7 @@ impl Run<'_> {
             let p = &mut self.players[i];
             if p.proc.is_running() {
                 let end = p.proc.kill()?;
-                if end != LifeEnd::KilledByUs {
+                if end != End::KilledByUs {
                     // It ended on its own just before our signal: judge that life.
                     self.life_ended(i, end);
                 }
@@ -661,4 +654,9 @@ impl Run<'_> {
         }
         Ok(())
     }
+}
+
+/// The newest life of a started process.
+fn life(p: &Process) -> &Life {
+    p.current_life().expect("the player was started")
 }

@@ -4,12 +4,17 @@
 //! Views: the summary (default), `outbox`, `peers`, `timers`, `tables`, `table NAME`,
 //! `turns`, `groups`, `clients`, `state`, `verify`, `watch`. Each prints a readable table, or
 //! with `--json` one JSON document (for `watch`, one per line) whose field names are stable
-//! and documented on the types of [`output`] and in `tools/INSPECT.md`.
+//! and documented on the types of [`output`] and in `ken/inspect/INSPECT.md`.
 //!
 //! The same views serve every app binary: [`main`] takes an [`AppDecoder`] that knows the
 //! app's types (root state, messages, table keys and values), so `ken-bank inspect STORE
 //! state` prints decoded values as JSON where `ken inspect STORE state` can only show sizes
 //! and previews. The app binaries add the subcommand with [`Args`] and call [`main`].
+//!
+//! Where it sits: a crate of its own under `ken/` (ken-inspect), depending only on `ken`
+//! (the FUSE group record type, in [`fuse`]), `ken-store` and a few light crates, so that
+//! the apps (ken-apps) and the `ken` command (ken-tools, which depends on the apps) share it
+//! while the dependency graph stays one way: `ken` <- ken-inspect <- ken-apps <- ken-tools.
 //!
 //! Invariants:
 //! - The store is read through a [`Reader`] only: read-only, no owner lock, one query per
@@ -58,7 +63,7 @@ Exit status: 0 when nothing is wrong, 1 when the store is damaged (verify found 
 or a view met a corrupt record), 2 when the store cannot be inspected (no file, not a Ken \
 store, newer format, I/O error) or the arguments are wrong.
 
-JSON field names: tools/INSPECT.md.")]
+JSON field names: ken/inspect/INSPECT.md.")]
 pub struct Args {
     /// The store file (as given to the process with --store).
     pub store: PathBuf,

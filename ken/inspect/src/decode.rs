@@ -34,7 +34,7 @@ struct TableTypes {
 /// tables. Built once by an app binary and handed to [`super::main`].
 ///
 /// ```
-/// use ken_tools::inspect::{keys, AppDecoder};
+/// use ken_inspect::{keys, AppDecoder};
 /// #[derive(serde::Serialize, serde::Deserialize)]
 /// struct State { pings: u64 }
 ///

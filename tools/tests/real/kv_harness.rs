@@ -1,4 +1,4 @@
-//! The kv kill harness: one real `ken-kv` process on loopback, SIGKILLed at seeded random
+//! The kv kill harness: one real kv process (`ken app kv serve`) on loopback, SIGKILLed at seeded random
 //! moments and restarted with the same command, while client threads (each a
 //! [`ken::BlockingClient`] with its own [`ken::ClientId`]) send it requests with retries.
 //!
@@ -41,7 +41,7 @@ use ken_apps::kv::{Reply, Request};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::procs::{self, AppSpec, LifeEnd, Proc};
+use ken_tools::harness::{self, End, Process, Spec};
 
 /// How one run is set up.
 #[derive(Debug, Clone)]
@@ -288,24 +288,27 @@ fn counter_key(i: usize) -> String {
 
 fn serve_args(store: &Path, port: u16) -> Vec<OsString> {
     vec![
+        "app".into(),
+        "kv".into(),
         "serve".into(),
         "--id".into(),
         "kv1".into(),
         "--listen".into(),
-        procs::loopback(port).to_string().into(),
+        harness::loopback(port).to_string().into(),
         "--store".into(),
         store.into(),
     ]
 }
 
-/// Runs `scenario` with `seed` against the `ken-kv` binary at `binary`, in a fresh
+/// Runs `scenario` with `seed` against the kv service run by the `ken` binary at `binary`
+/// (`ken app kv serve ..`), in a fresh
 /// temporary directory. Violations are in the [`Outcome`]; `Err` only for failures of the
 /// harness's own I/O.
 pub fn run(binary: &Path, scenario: &Scenario, seed: u64) -> std::io::Result<Outcome> {
     let dir = tempfile::Builder::new().prefix("ken-kv-kill-").tempdir()?;
     // A private copy: immune to a rebuild of the target directory during the run.
     let binary = {
-        let copy = dir.path().join("ken-kv");
+        let copy = dir.path().join("ken");
         std::fs::copy(binary, &copy).map_err(|e| {
             let what = format!("copy {} to the run directory: {e}", binary.display());
             std::io::Error::new(e.kind(), what)
@@ -320,16 +323,17 @@ pub fn run(binary: &Path, scenario: &Scenario, seed: u64) -> std::io::Result<Out
     if scenario.unsafe_release_before_commit {
         envs.push(("KEN_UNSAFE_RELEASE_BEFORE_COMMIT".into(), "1".into()));
     }
-    let port = procs::free_udp_ports(1)[0];
-    let mut proc = Proc::start(AppSpec {
+    let port = harness::free_ports(1)?[0];
+    let mut proc = Process::start(Spec {
         name: "kv1".into(),
         program: binary.clone(),
         args: serve_args(&store, port),
         envs,
+        env_remove: Vec::new(),
         log_dir: dir.path().to_path_buf(),
     })?;
     let shared = Arc::new(Shared {
-        server: Mutex::new(procs::loopback(port)),
+        server: Mutex::new(harness::loopback(port)),
         kills_done: AtomicBool::new(false),
         stop: AtomicBool::new(false),
         healed: AtomicBool::new(false),
@@ -356,13 +360,13 @@ pub fn run(binary: &Path, scenario: &Scenario, seed: u64) -> std::io::Result<Out
     loop {
         let now = Instant::now();
         if let Some(end) = proc.poll()? {
-            let life = proc.current_life();
-            if procs::exited_with_bind_error(life) {
-                let port = procs::free_udp_ports(1)[0];
+            let life = proc.current_life().expect("started");
+            if end == End::BindError {
+                let port = harness::free_ports(1)?[0];
                 port_changes += 1;
                 events.push((now - started, format!("port taken: move to {port}")));
                 proc.set_args(serve_args(&store, port));
-                *shared.server.lock().unwrap_or_else(|e| e.into_inner()) = procs::loopback(port);
+                *shared.server.lock().unwrap_or_else(|e| e.into_inner()) = harness::loopback(port);
                 proc.restart()?;
             } else {
                 violations.push(Violation::UnexpectedExit {
@@ -376,7 +380,10 @@ pub fn run(binary: &Path, scenario: &Scenario, seed: u64) -> std::io::Result<Out
         if restart_at.is_some_and(|t| t <= now) {
             restart_at = None;
             proc.restart()?;
-            let msg = format!("restart (life {})", proc.current_life().number);
+            let msg = format!(
+                "restart (life {})",
+                proc.current_life().expect("started").number
+            );
             events.push((now - started, msg));
             next_kill =
                 now + Duration::from_millis(rng.gen_range(scenario.kill_interval_ms.clone()));
@@ -398,18 +405,18 @@ pub fn run(binary: &Path, scenario: &Scenario, seed: u64) -> std::io::Result<Out
             let delay = Duration::from_millis(rng.gen_range(scenario.restart_delay_ms.clone()));
             let msg = format!(
                 "kill (life {}) after {} requests, restart in {} ms",
-                proc.current_life().number,
+                proc.current_life().expect("started").number,
                 shared.requests.load(Ordering::Relaxed),
                 delay.as_millis()
             );
             events.push((now - started, msg));
             match proc.kill()? {
-                LifeEnd::KilledByUs => restart_at = Some(now + delay),
-                LifeEnd::Exited(status) => {
-                    let life = proc.current_life();
+                End::KilledByUs => restart_at = Some(now + delay),
+                end => {
+                    let life = proc.current_life().expect("started");
                     violations.push(Violation::UnexpectedExit {
                         life: life.number,
-                        status: status.to_string(),
+                        status: format!("{end:?}"),
                         stderr_tail: life.stderr_tail(30),
                     });
                     break;
@@ -438,7 +445,7 @@ pub fn run(binary: &Path, scenario: &Scenario, seed: u64) -> std::io::Result<Out
         .map(|c| c.join().expect("a client thread panicked"))
         .collect();
     if let Some(end) = proc.poll()? {
-        let life = proc.current_life();
+        let life = proc.current_life().expect("started");
         violations.push(Violation::UnexpectedExit {
             life: life.number,
             status: format!("{end:?}"),
@@ -512,7 +519,7 @@ pub fn run(binary: &Path, scenario: &Scenario, seed: u64) -> std::io::Result<Out
     }
 
     let sum = |f: fn(&ClientLog) -> u64| logs.iter().map(f).sum::<u64>();
-    let mut diagnostics = proc.describe(3, 30);
+    let mut diagnostics = proc.report(3, 30);
     diagnostics.push_str("harness events:\n");
     for (at, what) in &events {
         diagnostics.push_str(&format!("  {:>7.3} s  {what}\n", at.as_secs_f64()));

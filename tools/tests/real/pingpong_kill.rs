@@ -1,28 +1,27 @@
-//! Real-process kill-and-restart of pingpong: two `ken-pingpong` processes on loopback,
-//! SIGKILLed at seeded random moments and restarted with the same command, must still
-//! deliver every ball exactly once (harness and checks: `ken_tests::pingpong`).
+//! Real-process kill-and-restart of pingpong: two pingpong processes (`ken app pingpong`) on
+//! loopback, SIGKILLed at seeded random moments and restarted with the same command, must
+//! still deliver every ball exactly once (harness and checks: [`crate::pingpong_harness`]).
 //!
 //! Replay a failing run with the seed it printed: `KEN_SEED=<seed> cargo test --release -p
-//! ken-tests --test real <test name>`. The kill schedule replays exactly; the interleaving
+//! ken-tools --test real <test name>`. The kill schedule replays exactly; the interleaving
 //! with the processes' own progress depends on the scheduler, so a replay is likely, not
 //! certain, to hit the same bug. Each failure message lists every life of both processes,
 //! their stderr tails and the harness's timeline of kills and restarts.
 
 use std::time::Duration;
 
-use ken_tests::pingpong::{self, Scenario};
-use ken_tests::procs;
-use ken_tests::seed;
+use crate::pingpong_harness::{self as pingpong, Scenario};
+use crate::seed;
 
 fn binary() -> std::path::PathBuf {
-    procs::app_binary("ken-apps", "ken-pingpong")
+    crate::ken()
 }
 
 /// N = 2000, at least 20 SIGKILLs spread over both sides while the volley runs, each
 /// followed by a restart after 0..100 ms. Both must end with exit 0 and a clean report
 /// (`received` 1000, no gap, no repeat), the stores must never hold an acknowledgement
 /// beyond delivery, and all within 120 s. A process that finished while its peer still
-/// waits is restarted, as an operator would (see `ken_tests::pingpong`).
+/// waits is restarted, as an operator would (see `crate::pingpong_harness`).
 #[test]
 fn pingpong_survives_random_sigkills_of_both_sides() {
     let seed = seed::seed("pingpong_survives_random_sigkills_of_both_sides");
@@ -72,7 +71,7 @@ fn pingpong_survives_random_sigkills_of_both_sides() {
 /// What it finds in practice, at the first or second kill: a lost message (the peer holds
 /// an acknowledgement beyond what the killed process's store consumed). Never a gap or a
 /// repeat: pingpong's handler is deterministic, so re-running rolled-back turns re-sends
-/// the same balls under the same sequence numbers (see `ken_tests::pingpong`); without the
+/// the same balls under the same sequence numbers (see `crate::pingpong_harness`); without the
 /// store check the broken runtime only stalls until the deadline.
 #[test]
 fn negative_control_release_before_commit_is_caught() {

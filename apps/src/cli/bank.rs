@@ -1,0 +1,103 @@
+//! `ken-bank` (also `ken app bank`): one member of a bank whose accounts are spread over
+//! processes (see [`crate::bank`]).
+//!
+//! `ken-bank --id .. --listen .. --store .. --peer ..` runs a member;
+//! `ken-bank inspect STORE [VIEW]` looks inside a member's store, decoding the bank's types
+//! (the views of `ken inspect`).
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::bank::Bank;
+use crate::cli::{self, PeerArg};
+use clap::{Parser, Subcommand};
+use ken::ProcessId;
+
+/// Run one bank member; it transfers money to the other members until killed.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ken-bank",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: Option<RunArgs>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Look inside a store, decoding the bank's types (the views of `ken inspect`).
+    Inspect(ken_inspect::Args),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// This process's id.
+    #[arg(long, value_parser = cli::parse_id)]
+    id: ProcessId,
+    /// UDP address to listen on.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Checkpoint store file (created if missing).
+    #[arg(long)]
+    store: PathBuf,
+    /// Another member, as ID=ADDR (repeat for each).
+    #[arg(long = "peer")]
+    peers: Vec<PeerArg>,
+    /// Accounts held by each member.
+    #[arg(long, default_value_t = 16)]
+    accounts: u32,
+    /// Opening balance of every account.
+    #[arg(long, default_value_t = 1000)]
+    initial_balance: i64,
+    /// Milliseconds between two transfers started by this member.
+    #[arg(long, default_value_t = 5)]
+    interval_ms: u64,
+    /// Transfers this member starts in all (0 = no limit).
+    #[arg(long, default_value_t = 0)]
+    transfers: u64,
+    /// Skip a transfer when this many messages to its destination await acknowledgement.
+    #[arg(long, default_value_t = 1000)]
+    outbox_limit: usize,
+}
+
+/// Runs `ken-bank` with command line `args` (the first is the program name); usage errors
+/// exit the process with clap's status 2.
+pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    let args = match Cli::parse_from(args) {
+        Cli {
+            command: Some(Command::Inspect(args)),
+            ..
+        } => return ken_inspect::main(&args, &crate::inspect::bank()),
+        Cli { run: Some(run), .. } => run,
+        Cli { run: None, .. } => {
+            eprintln!("ken-bank: nothing to do; see ken-bank --help");
+            return ExitCode::from(2);
+        }
+    };
+    cli::init_tracing();
+    let mut config = ken::Config::new(args.id.clone(), args.listen, args.store);
+    let mut members = vec![args.id.clone()];
+    for p in &args.peers {
+        config.peers.insert(p.id.clone(), p.addr);
+        members.push(p.id.clone());
+    }
+    members.sort();
+    let handler = Bank {
+        id: args.id,
+        members,
+        accounts: args.accounts,
+        initial_balance: args.initial_balance,
+        transfer_interval: Duration::from_millis(args.interval_ms),
+        transfers_max: args.transfers,
+        outbox_limit: args.outbox_limit,
+    };
+    cli::run_to_exit(config, handler)
+}
