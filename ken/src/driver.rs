@@ -4,8 +4,9 @@
 //! One current-thread tokio runtime runs the engine loop; the store has its own thread
 //! (commits block on fsync) that talks to the loop through two bounded channels, so that
 //! turns keep running into the next batch while one commits; a batch of a few turns with no
-//! frame waiting is committed on the loop thread instead (see `INLINE_COMMIT_TURNS_MAX`:
-//! a lone round trip then skips two thread hand-offs). A receive task feeds frames (taken
+//! frame waiting is committed on the loop thread instead, while commits are fast (see
+//! `INLINE_COMMIT_TURNS_MAX` and `INLINE_COMMIT_SLOW`: a lone round trip then skips two
+//! thread hand-offs). A receive task feeds frames (taken
 //! with `recvmmsg`, several per system call) through a bounded channel that the loop stops
 //! reading when the engine applies backpressure.
 //!
@@ -263,7 +264,7 @@ type SharedStore = Arc<std::sync::Mutex<Store>>;
 struct StoreThread {
     store: SharedStore,
     commits: std::sync::mpsc::SyncSender<(BatchId, Batch)>,
-    done: mpsc::Receiver<(BatchId, Result<(), CommitError>)>,
+    done: mpsc::Receiver<(BatchId, Result<Duration, CommitError>)>,
 }
 
 /// A batch of at most this many turns is committed on the engine loop's own thread when no
@@ -273,14 +274,26 @@ struct StoreThread {
 /// (pipelined group commit).
 const INLINE_COMMIT_TURNS_MAX: u64 = 4;
 
-/// One commit with its crash points; shared by both commit paths.
-fn commit_one(store: &SharedStore, crash: &CrashPoints, batch: &Batch) -> Result<(), CommitError> {
+/// ... and only while commits are fast: the loop receives nothing while it commits, so a
+/// commit that blocks it longer than this (a disk whose fsync takes milliseconds) would delay
+/// every frame that arrives meanwhile by as much, for a saving of two thread hand-offs (tens
+/// of microseconds). Judged by a moving average of recent commit times, both paths.
+const INLINE_COMMIT_SLOW: Duration = Duration::from_millis(1);
+
+/// One commit with its crash points; shared by both commit paths. Returns how long the
+/// transaction took.
+fn commit_one(
+    store: &SharedStore,
+    crash: &CrashPoints,
+    batch: &Batch,
+) -> Result<Duration, CommitError> {
     crash.pass("before_commit");
+    let started = std::time::Instant::now();
     let result = store
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .commit(batch)
-        .map(|_| ());
+        .map(|_| started.elapsed());
     if result.is_ok() {
         crash.pass("after_commit");
     }
@@ -390,6 +403,7 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
         crash: &crash,
         client_addrs: HashMap::new(),
         observation: config.observe.clone().map(|o| Observation::new(o, &engine)),
+        commit_avg: Duration::ZERO,
     };
     // Set when a batch was released: its outputs go out at the top of the next iteration.
     let mut released = false;
@@ -448,8 +462,9 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
             biased;
             done = store.done.recv() => {
                 let Some((id, result)) = done else { break Err(RunError::StoreThread) };
-                if let Err(e) = result {
-                    break Err(RunError::Commit(e));
+                match result {
+                    Ok(took) => out.commit_took(took),
+                    Err(e) => break Err(RunError::Commit(e)),
                 }
                 out.committed(&mut engine, id);
                 released = true;
@@ -533,6 +548,9 @@ struct Out<'a> {
     client_addrs: HashMap<ProcessId, SocketAddr>,
     /// [`Config::observe`], when set.
     observation: Option<Observation>,
+    /// Moving average (1/8 weight per sample) of commit times, both paths: decides whether a
+    /// small batch may be committed inline ([`INLINE_COMMIT_SLOW`]).
+    commit_avg: Duration,
 }
 
 impl Out<'_> {
@@ -548,6 +566,11 @@ impl Out<'_> {
             self.client_addrs.clear();
         }
         self.client_addrs.insert(frame.from.clone(), from);
+    }
+
+    /// A commit (either path) took `took`.
+    fn commit_took(&mut self, took: Duration) {
+        self.commit_avg = (self.commit_avg * 7 + took) / 8;
     }
 
     /// Batch `id` is durable (committed by either path): its outputs may leave.
@@ -580,8 +603,12 @@ impl Out<'_> {
                 Command::Commit { id, batch } => {
                     assert!(!self.committing, "at most one batch commits at a time");
                     assert_eq!(id, self.durable + 1, "batches commit in order");
-                    if idle && batch.turns <= INLINE_COMMIT_TURNS_MAX {
-                        commit_one(&store.store, self.crash, &batch)?;
+                    if idle
+                        && batch.turns <= INLINE_COMMIT_TURNS_MAX
+                        && self.commit_avg <= INLINE_COMMIT_SLOW
+                    {
+                        let took = commit_one(&store.store, self.crash, &batch)?;
+                        self.commit_took(took);
                         self.committed(engine, id);
                         inline = true;
                     } else {
