@@ -14,7 +14,7 @@
 //! # Example
 //!
 //! ```
-//! use ken_transport::{Endpoint, FaultConfig, Frame, FrameKind, Incarnation, ProcessId, Seq};
+//! use ken_transport::{Auth, Endpoint, FaultConfig, Frame, FrameKind, Incarnation, ProcessId, Seq};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -22,6 +22,7 @@
 //! let bob = Endpoint::bind("127.0.0.1:0".parse()?)?;
 //! let frame = Frame {
 //!     kind: FrameKind::Data,
+//!     auth: Auth::None,
 //!     from: ProcessId::new("alice")?,
 //!     from_incarnation: Incarnation(1),
 //!     to: ProcessId::new("bob")?,
@@ -42,6 +43,7 @@
 //! # }
 //! ```
 
+pub mod auth;
 pub mod endpoint;
 pub mod faults;
 pub mod frame;
@@ -49,5 +51,8 @@ pub mod mmsg;
 
 pub use endpoint::{Endpoint, EndpointOptions, EndpointStats, FaultsFile, SendError};
 pub use faults::{FaultConfig, FaultInjector, FaultParseError};
-pub use frame::{DecodeError, EncodeError, Frame, FrameKind, IdError, Incarnation, ProcessId, Seq};
+pub use auth::{ClientCredential, ClusterKey, FrameKey, FrameKeys, KeyFileError, KeyId, Keyring, KeyringError, NoKeys};
+pub use frame::{
+    Auth, DecodeError, EncodeError, Frame, FrameKind, IdError, Incarnation, ProcessId, Seq,
+};
 pub use mmsg::{RecvBuffers, RECV_BATCH_MAX};
