@@ -508,7 +508,7 @@ impl Frame {
                     .filter(|n| *n >= MIN_FRAME_BYTES - CRC_BYTES)
                     .ok_or(DecodeError::BadLength)?;
                 let (sealed, auth_trailer) = body.split_at(sealed_len);
-                let (from, to, payload_start) = raw_ids(sealed).ok_or(DecodeError::BadTag)?;
+                let (from, to, payload_start) = raw_ids(sealed).ok_or(DecodeError::BadLength)?;
                 let (key, auth) = keys
                     .key(kind, key_id, from, to)
                     .ok_or(DecodeError::UnknownKey(key_id))?;
@@ -589,6 +589,12 @@ impl Frame {
         );
         MAX_FRAME_BYTES - overhead
     }
+}
+
+/// The key id of a well-formed tagged datagram (read without checking anything else).
+pub fn key_id_of(datagram: &[u8]) -> Option<KeyId> {
+    let bytes = datagram.get(KEY_ID_OFFSET..KEY_ID_OFFSET + 4)?;
+    Some(KeyId(u32::from_le_bytes(bytes.try_into().ok()?)))
 }
 
 /// The raw bytes of the two ids of a sealed body, and where its payload starts: read (bounds
