@@ -29,7 +29,7 @@ use chacha20poly1305::aead::generic_array::GenericArray;
 use chacha20poly1305::{KeyInit, XChaCha20Poly1305};
 use zeroize::Zeroize;
 
-use crate::frame::{Auth, FrameKind};
+use crate::frame::{Auth, EncodeError, Frame, FrameKind};
 
 /// First word of a cluster key file.
 pub const KEY_FILE_MAGIC: &str = "ken-key-v1";
@@ -458,6 +458,25 @@ impl Keyring {
                 Some((set.client_frame_key(&client?), encrypted))
             }
         }
+    }
+}
+
+impl Keyring {
+    /// Encodes `frame` as its [`Frame::auth`] asks: untagged, sealed with the current frame
+    /// key (and this keyring's encryption policy), or sealed with the token of the client it
+    /// names (`to` of a reply, `from` of a request).
+    pub fn seal(&self, frame: &Frame) -> Result<Vec<u8>, EncodeError> {
+        if frame.auth == Auth::None {
+            return frame.encode();
+        }
+        let client = match frame.kind {
+            FrameKind::ClientRequest => client_id_bytes(frame.from.as_str().as_bytes()),
+            _ => client_id_bytes(frame.to.as_str().as_bytes()),
+        };
+        let (key, encrypt) = self
+            .seal_key(frame.auth, client)
+            .ok_or(EncodeError::NoKey(frame.auth))?;
+        frame.seal(&key, encrypt)
     }
 }
 

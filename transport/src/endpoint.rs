@@ -40,8 +40,8 @@ use tokio::time::Instant;
 use crate::faults::{
     FaultConfig, FaultInjector, Transmission, Verdict, FAULTS_FILE_ENV, MAX_FAULT_SPEC_BYTES,
 };
-use crate::auth::{client_id_bytes, FrameKeys, Keyring, NoKeys};
-use crate::frame::{Auth, DecodeError, EncodeError, Frame, FrameKind, MAX_FRAME_BYTES};
+use crate::auth::{FrameKeys, Keyring, NoKeys};
+use crate::frame::{Auth, DecodeError, EncodeError, Frame, MAX_FRAME_BYTES};
 
 /// Most datagrams held back by the delay and reorder faults at once.
 pub const MAX_HELD_DATAGRAMS: usize = 10_000;
@@ -406,18 +406,10 @@ impl Drop for Endpoint {
 impl Inner {
     /// Encodes `frame`, sealed as its `auth` asks.
     fn seal(&self, frame: &Frame) -> Result<Vec<u8>, EncodeError> {
-        if frame.auth == Auth::None {
-            return frame.encode();
+        match &self.keys {
+            Some(keys) => keys.seal(frame),
+            None => frame.encode(),
         }
-        let keys = self.keys.as_ref().ok_or(EncodeError::NoKey(frame.auth))?;
-        let client = match frame.kind {
-            FrameKind::ClientRequest => client_id_bytes(frame.from.as_str().as_bytes()),
-            _ => client_id_bytes(frame.to.as_str().as_bytes()),
-        };
-        let (key, encrypt) = keys
-            .seal_key(frame.auth, client)
-            .ok_or(EncodeError::NoKey(frame.auth))?;
-        frame.seal(&key, encrypt)
     }
 
     /// Opens one datagram, counting it: the frame, or `None` if it was dropped.

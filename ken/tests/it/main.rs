@@ -1,5 +1,6 @@
 //! Integration tests of the `ken` crate (one test binary, per matklad's advice).
 
+mod attacks;
 mod client;
 mod crash;
 mod engine;
