@@ -7,4 +7,5 @@ mod engine;
 mod fuse;
 mod fuse_engine;
 mod fuse_machine;
+mod hostile;
 mod sans_io;
