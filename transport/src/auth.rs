@@ -1,17 +1,20 @@
 //! Keys: the cluster key, the subkeys derived from it, client credentials, and the keyring an
 //! endpoint tags and checks frames with.
 //!
-//! One primitive family, RustCrypto's ChaCha (`chacha20poly1305`, `chacha20`), audited by NCC
-//! Group (SECURITY.md says why this one):
-//! - Frames are tagged (and optionally encrypted) with XChaCha20-Poly1305 under a 256-bit
-//!   *frame key*, with a random 192-bit nonce per frame: random nonces of that size never
-//!   repeat in practice, so nothing about nonces has to survive a crash (`frame.rs` does the
-//!   framing; this module only chooses keys).
-//! - Subkeys come from the cluster key through HChaCha20, the PRF that XChaCha20 itself uses
-//!   to derive its per-nonce keys, each with its own 16-byte label, so one key file serves
-//!   every purpose without cross-use: the frame key, the client-token key, and the key id.
-//! - A client credential is a client id (16 random bytes) and its *token*, HChaCha20 of the
-//!   id under the client-token key. A server recomputes the token from the id a request
+//! The primitives (SECURITY.md says why these):
+//! - Frames are tagged with keyed BLAKE3 (the `blake3` crate, by the BLAKE3 designers),
+//!   truncated to 128 bits, over every byte of the frame before the tag: a deterministic PRF,
+//!   so there is no nonce to manage for authentication. Encrypted frames also carry a random
+//!   192-bit nonce and their payload is encrypted with XChaCha20 (RustCrypto's `chacha20`,
+//!   audited by NCC Group) under a separate key, encrypt-then-MAC: the tag covers the nonce
+//!   and the ciphertext and is checked before anything is decrypted. Random nonces of that
+//!   size never repeat in practice, so nothing about them has to survive a crash.
+//!   (`frame.rs` does the framing; this module only chooses keys.)
+//! - Subkeys come from the cluster key through BLAKE3's key derivation mode, each with its
+//!   own context string, so one key file serves every purpose without cross-use: the frame
+//!   MAC key, the frame encryption key, the client-token key, and the key id.
+//! - A client credential is a client id (16 random bytes) and its *token*, keyed BLAKE3 of
+//!   the id under the client-token key. A server recomputes the token from the id a request
 //!   names, so it keeps no table of secrets; nobody without the cluster key can make one.
 //!
 //! Invariants:
@@ -24,9 +27,6 @@ use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use chacha20::cipher::consts::U10;
-use chacha20poly1305::aead::generic_array::GenericArray;
-use chacha20poly1305::{KeyInit, XChaCha20Poly1305};
 use zeroize::Zeroize;
 
 use crate::frame::{Auth, EncodeError, Frame, FrameKind};
@@ -46,20 +46,17 @@ pub const KEY_BYTES: usize = 32;
 /// Bytes of a client id.
 pub const CLIENT_ID_BYTES: usize = 16;
 
-/// Labels of the subkeys (16 bytes each: HChaCha20's input).
-const LABEL_FRAME: &[u8; 16] = b"ken frame key v1";
-const LABEL_CLIENT: &[u8; 16] = b"ken client tok 1";
-const LABEL_KEY_ID: &[u8; 16] = b"ken key id v1\0\0\0";
+/// Context strings of the derived keys (BLAKE3 `derive_key`: globally unique, fixed).
+const CONTEXT_FRAME_MAC: &str = "ken 2026-12 frame mac v1";
+const CONTEXT_FRAME_ENCRYPTION: &str = "ken 2026-12 frame encryption v1";
+const CONTEXT_CLIENT: &str = "ken 2026-12 client token v1";
+const CONTEXT_CLIENT_MAC: &str = "ken 2026-12 client mac v1";
+const CONTEXT_CLIENT_ENCRYPTION: &str = "ken 2026-12 client encryption v1";
+const CONTEXT_KEY_ID: &str = "ken 2026-12 key id v1";
 
-/// HChaCha20 of `input` under `key`: a PRF from 16 bytes to 32.
-fn prf(key: &[u8; KEY_BYTES], input: &[u8; 16]) -> [u8; KEY_BYTES] {
-    let out = chacha20::hchacha::<U10>(
-        GenericArray::from_slice(key),
-        GenericArray::from_slice(input),
-    );
-    let mut bytes = [0u8; KEY_BYTES];
-    bytes.copy_from_slice(&out);
-    bytes
+/// The subkey of `key` for `context`.
+fn derive(context: &str, key: &[u8; KEY_BYTES]) -> [u8; KEY_BYTES] {
+    blake3::derive_key(context, key)
 }
 
 /// Names a cluster key in frames and credentials without revealing it: the first four bytes
@@ -151,7 +148,7 @@ impl ClusterKey {
 
     /// The key's id (what frames and credentials name it by).
     pub fn id(&self) -> KeyId {
-        let out = prf(&self.bytes, LABEL_KEY_ID);
+        let out = derive(CONTEXT_KEY_ID, &self.bytes);
         KeyId(u32::from_le_bytes([out[0], out[1], out[2], out[3]]))
     }
 
@@ -210,21 +207,25 @@ impl ClusterKey {
         Ok(key)
     }
 
-    /// The key that tags and encrypts frames.
+    /// The keys that tag and encrypt frames.
     pub fn frame_key(&self) -> FrameKey {
-        FrameKey::new(self.id(), prf(&self.bytes, LABEL_FRAME))
+        FrameKey {
+            id: self.id(),
+            mac: derive(CONTEXT_FRAME_MAC, &self.bytes),
+            encryption: derive(CONTEXT_FRAME_ENCRYPTION, &self.bytes),
+        }
     }
 
     /// The key client tokens are derived under.
     fn client_key(&self) -> [u8; KEY_BYTES] {
-        prf(&self.bytes, LABEL_CLIENT)
+        derive(CONTEXT_CLIENT, &self.bytes)
     }
 
     /// Issues the credential of client `id`: anyone holding it can speak as that client to
     /// any process that holds this key.
     pub fn credential(&self, id: [u8; CLIENT_ID_BYTES]) -> ClientCredential {
         let mut client_key = self.client_key();
-        let token = prf(&client_key, &id);
+        let token = token(&client_key, &id);
         client_key.zeroize();
         ClientCredential {
             id,
@@ -242,11 +243,24 @@ impl ClusterKey {
     }
 }
 
-/// A 256-bit XChaCha20-Poly1305 key that tags (and may encrypt) frames, and its key id.
+/// A client's token: keyed BLAKE3 of its id under the client-token key.
+fn token(client_key: &[u8; KEY_BYTES], id: &[u8; CLIENT_ID_BYTES]) -> [u8; KEY_BYTES] {
+    *blake3::keyed_hash(client_key, id).as_bytes()
+}
+
+/// The keys that tag (keyed BLAKE3) and may encrypt (XChaCha20) frames, and their key id.
 #[derive(Clone)]
 pub struct FrameKey {
     id: KeyId,
-    pub(crate) aead: XChaCha20Poly1305,
+    pub(crate) mac: [u8; KEY_BYTES],
+    pub(crate) encryption: [u8; KEY_BYTES],
+}
+
+impl Drop for FrameKey {
+    fn drop(&mut self) {
+        self.mac.zeroize();
+        self.encryption.zeroize();
+    }
 }
 
 impl fmt::Debug for FrameKey {
@@ -256,10 +270,13 @@ impl fmt::Debug for FrameKey {
 }
 
 impl FrameKey {
-    fn new(id: KeyId, mut bytes: [u8; KEY_BYTES]) -> FrameKey {
-        let aead = XChaCha20Poly1305::new(GenericArray::from_slice(&bytes));
-        bytes.zeroize();
-        FrameKey { id, aead }
+    /// The frame keys of a client token.
+    fn of_token(id: KeyId, token: &[u8; KEY_BYTES]) -> FrameKey {
+        FrameKey {
+            id,
+            mac: derive(CONTEXT_CLIENT_MAC, token),
+            encryption: derive(CONTEXT_CLIENT_ENCRYPTION, token),
+        }
     }
 
     /// The id written in the frames this key tags.
@@ -293,7 +310,7 @@ impl fmt::Debug for ClientCredential {
 impl ClientCredential {
     /// The key that tags (and encrypts) this client's requests and the replies to them.
     pub fn frame_key(&self) -> FrameKey {
-        FrameKey::new(self.key, self.token)
+        FrameKey::of_token(self.key, &self.token)
     }
 
     /// The text of a credential file: `ken-client-v1 <32 hex id> <8 hex key id> <64 hex
@@ -370,7 +387,10 @@ impl KeySet {
     }
 
     fn client_frame_key(&self, client: &[u8; CLIENT_ID_BYTES]) -> FrameKey {
-        FrameKey::new(self.frame.id, prf(&self.client, client))
+        let mut token = token(&self.client, client);
+        let key = FrameKey::of_token(self.frame.id, &token);
+        token.zeroize();
+        key
     }
 }
 
@@ -681,7 +701,9 @@ mod tests {
         assert_eq!(text.len(), 11 + 64 + 1);
         assert_eq!(ClusterKey::parse(&text, Path::new("k")).unwrap(), key);
         // Distinct labels give distinct keys; the key id is stable.
-        assert_ne!(prf(&key.bytes, LABEL_FRAME), prf(&key.bytes, LABEL_CLIENT));
+        let frame = key.frame_key();
+        assert_ne!(frame.mac, frame.encryption);
+        assert_ne!(frame.mac, key.client_key());
         assert_eq!(key.id(), ClusterKey::from_bytes([7; KEY_BYTES]).id());
         assert_ne!(key.id(), ClusterKey::from_bytes([8; KEY_BYTES]).id());
     }

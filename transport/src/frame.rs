@@ -7,18 +7,20 @@
 //! from_len u8 | from (from_len bytes, UTF-8) | from_incarnation u64 |
 //! to_len u8   | to (to_len bytes, UTF-8)     | to_incarnation u64 |
 //! seq u64 | ack u64 | payload_len u32 | payload |
-//! [nonce (24) | tag (16), when protection is not 0] | crc32 u32 (over every byte before it)
+//! [nonce (24), when protection is 2] | [tag (16), when protection is not 0] |
+//! crc32 u32 (over every byte before it)
 //! ```
 //!
 //! Decoding is total: any byte string yields a [`Frame`] or a [`DecodeError`], never a panic.
 //!
 //! Authentication ([`Frame::seal`], [`Frame::open`], keys in [`crate::auth`]): a *tagged*
-//! frame carries an XChaCha20-Poly1305 tag over every byte before its nonce (header and
-//! payload; with protection 2 the payload is encrypted, the header stays clear and is
-//! authenticated as associated data). [`Frame::open`] checks, before it parses anything but
-//! what choosing the key needs (kind, protection, key id, and the raw bytes of the two ids,
-//! which a client key derives from and the tag then covers): the CRC, then the key, then the
-//! tag. A frame that fails is dropped with its reason ([`DecodeError::is_auth`]).
+//! frame carries a keyed BLAKE3 tag (128 bits) over every byte before the tag: header,
+//! payload and, with protection 2, the nonce; with protection 2 the payload is encrypted with
+//! XChaCha20 first (encrypt-then-MAC; the header stays clear). [`Frame::open`] checks, before
+//! it parses anything but what choosing the key needs (kind, protection, key id, and the raw
+//! bytes of the two ids, which a client key derives from and the tag then covers): the CRC,
+//! then the key, then the tag, and only then decrypts. A frame that fails is dropped with
+//! its reason ([`DecodeError::is_auth`]).
 //!
 //! Invariants:
 //! - A [`ProcessId`] is valid by construction (1 to [`MAX_ID_BYTES`] bytes of
@@ -32,12 +34,11 @@
 //! - The CRC32 (IEEE, `crc32fast`) covers every byte before the trailer; the version is
 //!   checked before the CRC so a future version may change the trailer.
 //! - A tagged frame opens only under the key that sealed it, and only unchanged: every byte
-//!   before the nonce is under the tag, and the nonce selects the tag key.
+//!   before the tag is under the tag.
 
 use std::fmt;
 
-use chacha20poly1305::aead::generic_array::GenericArray;
-use chacha20poly1305::AeadInPlace;
+use chacha20::cipher::{KeyIvInit, StreamCipher};
 
 use crate::auth::{FrameKey, FrameKeys, KeyId, NoKeys};
 
@@ -58,8 +59,12 @@ pub const MAGIC: [u8; 2] = *b"KN";
 /// and the CRC trailer.
 pub const FIXED_OVERHEAD_BYTES: usize = 2 + 1 + 1 + 1 + 4 + 1 + 8 + 1 + 8 + 8 + 8 + 4 + 4;
 
-/// Bytes a tag adds to a frame: the random nonce and the Poly1305 tag.
+/// Most bytes authentication adds to a frame: the random nonce of an encrypted frame and the
+/// tag (a frame that is only tagged adds [`TAG_BYTES`]).
 pub const AUTH_TRAILER_BYTES: usize = NONCE_BYTES + TAG_BYTES;
+
+/// Bytes of the tag: keyed BLAKE3, truncated to 128 bits.
+pub const TAG_BYTES: usize = 16;
 
 /// Largest header plus trailer (both ids at [`MAX_ID_BYTES`], tagged).
 pub const MAX_OVERHEAD_BYTES: usize = FIXED_OVERHEAD_BYTES + AUTH_TRAILER_BYTES + 2 * MAX_ID_BYTES;
@@ -74,9 +79,8 @@ pub const MIN_PAYLOAD_CAPACITY_BYTES: usize = MAX_FRAME_BYTES - MAX_OVERHEAD_BYT
 /// Size of the CRC32 trailer.
 const CRC_BYTES: usize = 4;
 
-/// XChaCha20 nonce and Poly1305 tag sizes.
+/// The XChaCha20 nonce of an encrypted frame.
 const NONCE_BYTES: usize = 24;
-const TAG_BYTES: usize = 16;
 
 /// Offsets of the fixed fields before the ids.
 const KIND_OFFSET: usize = 3;
@@ -384,7 +388,11 @@ impl Frame {
     }
 
     fn encode_with(&self, seal: Option<(&FrameKey, bool)>) -> Result<Vec<u8>, EncodeError> {
-        let trailer = if seal.is_some() { AUTH_TRAILER_BYTES } else { 0 };
+        let trailer = match seal {
+            None => 0,
+            Some((_, false)) => TAG_BYTES,
+            Some((_, true)) => AUTH_TRAILER_BYTES,
+        };
         let size = self.untagged_len().saturating_add(trailer);
         if size > MAX_FRAME_BYTES {
             return Err(EncodeError::TooLarge { size });
@@ -412,17 +420,13 @@ impl Frame {
         let payload_start = out.len();
         out.extend_from_slice(&self.payload);
         if let Some((key, encrypt)) = seal {
-            let nonce: [u8; NONCE_BYTES] = rand::random();
-            let nonce_ga = GenericArray::from_slice(&nonce);
-            let tag = if encrypt {
-                let (header, payload) = out.split_at_mut(payload_start);
-                key.aead
-                    .encrypt_in_place_detached(nonce_ga, header, payload)
-            } else {
-                key.aead.encrypt_in_place_detached(nonce_ga, &out, &mut [])
+            if encrypt {
+                let nonce: [u8; NONCE_BYTES] = rand::random();
+                let mut cipher = chacha20::XChaCha20::new(&key.encryption.into(), &nonce.into());
+                cipher.apply_keystream(&mut out[payload_start..]);
+                out.extend_from_slice(&nonce);
             }
-            .expect("XChaCha20-Poly1305 seals any message under 256 GiB");
-            out.extend_from_slice(&nonce);
+            let tag = tag(key, &out);
             out.extend_from_slice(&tag);
         }
         let crc = crc32fast::hash(&out);
@@ -431,13 +435,20 @@ impl Frame {
         Ok(out)
     }
 
-    /// Size of this frame's datagram in bytes (may exceed [`MAX_FRAME_BYTES`]): with the
-    /// nonce and tag if [`Frame::auth`] asks for a seal.
+    /// Size of this frame's datagram in bytes (may exceed [`MAX_FRAME_BYTES`]), with the tag
+    /// (and the nonce of an encrypted client frame) its [`Frame::auth`] asks for. (Whether
+    /// a cluster frame is encrypted is the keyring's policy: its 24-byte nonce is not
+    /// counted.)
     pub fn encoded_len(&self) -> usize {
-        let trailer = if self.auth == Auth::None {
-            0
-        } else {
-            AUTH_TRAILER_BYTES
+        let trailer = match self.auth {
+            Auth::None => 0,
+            Auth::Cluster
+            | Auth::Client {
+                encrypted: false, ..
+            } => TAG_BYTES,
+            Auth::Client {
+                encrypted: true, ..
+            } => AUTH_TRAILER_BYTES,
         };
         self.untagged_len().saturating_add(trailer)
     }
@@ -502,9 +513,10 @@ impl Frame {
             }
             PROTECTION_TAGGED | PROTECTION_ENCRYPTED => {
                 let encrypted = protection == PROTECTION_ENCRYPTED;
+                let trailer = if encrypted { AUTH_TRAILER_BYTES } else { TAG_BYTES };
                 let sealed_len = body
                     .len()
-                    .checked_sub(AUTH_TRAILER_BYTES)
+                    .checked_sub(trailer)
                     .filter(|n| *n >= MIN_FRAME_BYTES - CRC_BYTES)
                     .ok_or(DecodeError::BadLength)?;
                 let (sealed, auth_trailer) = body.split_at(sealed_len);
@@ -512,24 +524,24 @@ impl Frame {
                 let (key, auth) = keys
                     .key(kind, key_id, from, to)
                     .ok_or(DecodeError::UnknownKey(key_id))?;
-                let (nonce, tag) = auth_trailer.split_at(NONCE_BYTES);
-                let nonce = GenericArray::from_slice(nonce);
-                let tag = GenericArray::from_slice(tag);
+                let (nonce, received) = auth_trailer.split_at(auth_trailer.len() - TAG_BYTES);
+                let expected = tag(&key, &body[..body.len() - TAG_BYTES]);
+                if !constant_time_eq(&expected, received) {
+                    return Err(DecodeError::BadTag);
+                }
                 let auth = match auth {
                     Auth::Client { key, .. } => Auth::Client { key, encrypted },
                     other => other,
                 };
                 if encrypted {
                     let mut plain = sealed.to_vec();
-                    let (header, payload) = plain.split_at_mut(payload_start);
-                    key.aead
-                        .decrypt_in_place_detached(nonce, header, payload, tag)
-                        .map_err(|_| DecodeError::BadTag)?;
+                    let nonce: [u8; NONCE_BYTES] =
+                        nonce.try_into().map_err(|_| DecodeError::BadLength)?;
+                    let mut cipher =
+                        chacha20::XChaCha20::new(&key.encryption.into(), &nonce.into());
+                    cipher.apply_keystream(&mut plain[payload_start..]);
                     Frame::parse(&plain, kind, auth, Some(key_id))
                 } else {
-                    key.aead
-                        .decrypt_in_place_detached(nonce, sealed, &mut [], tag)
-                        .map_err(|_| DecodeError::BadTag)?;
                     Frame::parse(sealed, kind, auth, Some(key_id))
                 }
             }
@@ -574,8 +586,8 @@ impl Frame {
         })
     }
 
-    /// Bytes of header and trailer around the payload for these ids, tagged (the larger
-    /// case; an untagged frame is [`AUTH_TRAILER_BYTES`] smaller).
+    /// Bytes of header and trailers around the payload for these ids, encrypted (the largest
+    /// case; a tagged frame is 24 bytes smaller, an untagged one [`AUTH_TRAILER_BYTES`]).
     pub fn overhead(from: &ProcessId, to: &ProcessId) -> usize {
         FIXED_OVERHEAD_BYTES + AUTH_TRAILER_BYTES + from.0.len() + to.0.len()
     }
@@ -589,6 +601,19 @@ impl Frame {
         );
         MAX_FRAME_BYTES - overhead
     }
+}
+
+/// The tag of `bytes` under `key`: keyed BLAKE3, truncated to [`TAG_BYTES`].
+fn tag(key: &FrameKey, bytes: &[u8]) -> [u8; TAG_BYTES] {
+    let hash = blake3::keyed_hash(&key.mac, bytes);
+    let mut tag = [0u8; TAG_BYTES];
+    tag.copy_from_slice(&hash.as_bytes()[..TAG_BYTES]);
+    tag
+}
+
+/// Compares two tags without an early exit (the time does not tell how much matched).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The key id of a well-formed tagged datagram (read without checking anything else).
@@ -823,9 +848,11 @@ mod tests {
         let mut frame = sample();
         let max = Frame::max_payload(&frame.from, &frame.to);
         frame.payload = vec![0xab; max];
-        // Tagged: `max_payload` is exact.
-        let bytes = frame.seal(&key, false).expect("a sealed frame of exactly MAX_FRAME_BYTES");
+        // Encrypted: `max_payload` is exact; tagged only, 24 bytes are spare.
+        let bytes = frame.seal(&key, true).expect("a sealed frame of exactly MAX_FRAME_BYTES");
         assert_eq!(bytes.len(), MAX_FRAME_BYTES);
+        let bytes = frame.seal(&key, false).expect("a tagged frame fits");
+        assert_eq!(bytes.len(), MAX_FRAME_BYTES - (AUTH_TRAILER_BYTES - TAG_BYTES));
         // Untagged: the trailer's bytes are free for payload.
         frame.payload = vec![0xab; max + AUTH_TRAILER_BYTES];
         let bytes = frame
@@ -1008,7 +1035,8 @@ mod tests {
         let key = crate::auth::ClusterKey::from_bytes([1; 32]).frame_key();
         for encrypt in [false, true] {
             let bytes = sample().seal(&key, encrypt).unwrap();
-            assert_eq!(bytes.len(), sample().encoded_len() + AUTH_TRAILER_BYTES);
+            let trailer = if encrypt { AUTH_TRAILER_BYTES } else { TAG_BYTES };
+            assert_eq!(bytes.len(), sample().encoded_len() + trailer);
             assert_eq!(bytes[PROTECTION_OFFSET], if encrypt { 2 } else { 1 });
             let opened = Frame::open(&bytes, &ours).unwrap();
             assert_eq!(opened, Frame { auth: Auth::Cluster, ..sample() });
