@@ -57,9 +57,8 @@ pub const CLIENT_CLOCK_SKEW_MAX: Duration = Duration::from_secs(30);
 /// so no copy of a request applied before the eviction can still be fresh afterwards: a
 /// forgotten client's next fresh request is new, whatever its number, and nothing is ever
 /// applied twice (the argument is in `client.rs`).
-pub const CLIENT_IDLE_EVICT: Duration = Duration::from_secs(
-    CLIENT_RETRY_WINDOW.as_secs() + 2 * CLIENT_CLOCK_SKEW_MAX.as_secs() + 1,
-);
+pub const CLIENT_IDLE_EVICT: Duration =
+    Duration::from_secs(CLIENT_RETRY_WINDOW.as_secs() + 2 * CLIENT_CLOCK_SKEW_MAX.as_secs() + 1);
 
 /// A reply to a request without a credential is at most this many times the size of the
 /// request's datagram (a spoofed small request cannot aim a large reply at someone else). A

@@ -469,7 +469,11 @@ impl Keyring {
     /// `Cluster` uses the current key and this keyring's policy; `Client` uses the token of
     /// the client the frame names (`to`, a reply), derived under the key the client's own
     /// request named. `None` for [`Auth::None`], or a client key this keyring does not hold.
-    pub fn seal_key(&self, auth: Auth, client: Option<[u8; CLIENT_ID_BYTES]>) -> Option<(FrameKey, bool)> {
+    pub fn seal_key(
+        &self,
+        auth: Auth,
+        client: Option<[u8; CLIENT_ID_BYTES]>,
+    ) -> Option<(FrameKey, bool)> {
         match auth {
             Auth::None => None,
             Auth::Cluster => Some((self.current.frame.clone(), self.encrypt)),
@@ -602,7 +606,7 @@ fn hex(bytes: &[u8]) -> String {
 
 fn unhex(digits: &str) -> Option<Vec<u8>> {
     let digits = digits.as_bytes();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return None;
     }
     digits
@@ -746,8 +750,16 @@ mod tests {
 
     #[test]
     fn client_ids_parse_only_in_frame_form() {
-        assert_eq!(client_id_bytes(b"c-000102030405060708090a0b0c0d0e0f"), Some([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]));
-        for bad in [&b"c-00"[..], b"x-000102030405060708090a0b0c0d0e0f", b"c-000102030405060708090A0B0C0D0E0F", b""] {
+        assert_eq!(
+            client_id_bytes(b"c-000102030405060708090a0b0c0d0e0f"),
+            Some([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15])
+        );
+        for bad in [
+            &b"c-00"[..],
+            b"x-000102030405060708090a0b0c0d0e0f",
+            b"c-000102030405060708090A0B0C0D0E0F",
+            b"",
+        ] {
             assert_eq!(client_id_bytes(bad), None);
         }
     }

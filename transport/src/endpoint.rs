@@ -37,10 +37,10 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::auth::{FrameKeys, Keyring, NoKeys};
 use crate::faults::{
     FaultConfig, FaultInjector, Transmission, Verdict, FAULTS_FILE_ENV, MAX_FAULT_SPEC_BYTES,
 };
-use crate::auth::{FrameKeys, Keyring, NoKeys};
 use crate::frame::{Auth, DecodeError, EncodeError, Frame, MAX_FRAME_BYTES};
 
 /// Most datagrams held back by the delay and reorder faults at once.

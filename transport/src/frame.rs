@@ -454,10 +454,7 @@ impl Frame {
     }
 
     fn untagged_len(&self) -> usize {
-        FIXED_OVERHEAD_BYTES
-            + self.from.0.len()
-            + self.to.0.len()
-            + self.payload.len()
+        FIXED_OVERHEAD_BYTES + self.from.0.len() + self.to.0.len() + self.payload.len()
     }
 
     /// Decodes one untagged datagram (a process or tool without keys). Total: never panics.
@@ -513,7 +510,11 @@ impl Frame {
             }
             PROTECTION_TAGGED | PROTECTION_ENCRYPTED => {
                 let encrypted = protection == PROTECTION_ENCRYPTED;
-                let trailer = if encrypted { AUTH_TRAILER_BYTES } else { TAG_BYTES };
+                let trailer = if encrypted {
+                    AUTH_TRAILER_BYTES
+                } else {
+                    TAG_BYTES
+                };
                 let sealed_len = body
                     .len()
                     .checked_sub(trailer)
@@ -849,10 +850,15 @@ mod tests {
         let max = Frame::max_payload(&frame.from, &frame.to);
         frame.payload = vec![0xab; max];
         // Encrypted: `max_payload` is exact; tagged only, 24 bytes are spare.
-        let bytes = frame.seal(&key, true).expect("a sealed frame of exactly MAX_FRAME_BYTES");
+        let bytes = frame
+            .seal(&key, true)
+            .expect("a sealed frame of exactly MAX_FRAME_BYTES");
         assert_eq!(bytes.len(), MAX_FRAME_BYTES);
         let bytes = frame.seal(&key, false).expect("a tagged frame fits");
-        assert_eq!(bytes.len(), MAX_FRAME_BYTES - (AUTH_TRAILER_BYTES - TAG_BYTES));
+        assert_eq!(
+            bytes.len(),
+            MAX_FRAME_BYTES - (AUTH_TRAILER_BYTES - TAG_BYTES)
+        );
         // Untagged: the trailer's bytes are free for payload.
         frame.payload = vec![0xab; max + AUTH_TRAILER_BYTES];
         let bytes = frame
@@ -860,7 +866,10 @@ mod tests {
             .expect("a frame of exactly MAX_FRAME_BYTES encodes");
         assert_eq!(bytes.len(), MAX_FRAME_BYTES);
         assert_eq!(Frame::decode(&bytes), Ok(frame.clone()));
-        assert!(matches!(frame.seal(&key, true), Err(EncodeError::TooLarge { .. })));
+        assert!(matches!(
+            frame.seal(&key, true),
+            Err(EncodeError::TooLarge { .. })
+        ));
         frame.payload.push(0);
         assert_eq!(
             frame.encode(),
@@ -1035,11 +1044,21 @@ mod tests {
         let key = crate::auth::ClusterKey::from_bytes([1; 32]).frame_key();
         for encrypt in [false, true] {
             let bytes = sample().seal(&key, encrypt).unwrap();
-            let trailer = if encrypt { AUTH_TRAILER_BYTES } else { TAG_BYTES };
+            let trailer = if encrypt {
+                AUTH_TRAILER_BYTES
+            } else {
+                TAG_BYTES
+            };
             assert_eq!(bytes.len(), sample().encoded_len() + trailer);
             assert_eq!(bytes[PROTECTION_OFFSET], if encrypt { 2 } else { 1 });
             let opened = Frame::open(&bytes, &ours).unwrap();
-            assert_eq!(opened, Frame { auth: Auth::Cluster, ..sample() });
+            assert_eq!(
+                opened,
+                Frame {
+                    auth: Auth::Cluster,
+                    ..sample()
+                }
+            );
             // Encryption hides the payload; a tag alone does not.
             let clear = bytes.windows(5).any(|w| w == b"hello");
             assert_eq!(clear, !encrypt);
@@ -1048,13 +1067,19 @@ mod tests {
                 Frame::open(&bytes, &ring(2)),
                 Err(DecodeError::UnknownKey(key.id()))
             );
-            assert_eq!(Frame::decode(&bytes), Err(DecodeError::UnknownKey(key.id())));
+            assert_eq!(
+                Frame::decode(&bytes),
+                Err(DecodeError::UnknownKey(key.id()))
+            );
         }
         // An untagged peer frame is refused by a process with a key.
         let plain = sample().encode().unwrap();
         assert_eq!(Frame::open(&plain, &ours), Err(DecodeError::Untagged));
         // ...but an anonymous client's request passes (the runtime decides).
-        let request = Frame { kind: FrameKind::ClientRequest, ..sample() };
+        let request = Frame {
+            kind: FrameKind::ClientRequest,
+            ..sample()
+        };
         let opened = Frame::open(&request.encode().unwrap(), &ours).unwrap();
         assert_eq!(opened.auth, Auth::None);
     }

@@ -49,9 +49,12 @@ pub mod faults;
 pub mod frame;
 pub mod mmsg;
 
+pub use auth::{
+    ClientCredential, ClusterKey, FrameKey, FrameKeys, KeyFileError, KeyId, Keyring, KeyringError,
+    NoKeys,
+};
 pub use endpoint::{Endpoint, EndpointOptions, EndpointStats, FaultsFile, SendError};
 pub use faults::{FaultConfig, FaultInjector, FaultParseError};
-pub use auth::{ClientCredential, ClusterKey, FrameKey, FrameKeys, KeyFileError, KeyId, Keyring, KeyringError, NoKeys};
 pub use frame::{
     Auth, DecodeError, EncodeError, Frame, FrameKind, IdError, Incarnation, ProcessId, Seq,
 };

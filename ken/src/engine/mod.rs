@@ -962,8 +962,7 @@ impl<H: Handler> Engine<H> {
         if self.security.authenticated && !credentialed {
             self.stats.requests_unauthorized += 1;
             let body = ken_store::codec::encode(&ReplyBody::Unauthorized(
-                "this cluster has a key: use a client credential (ken client-credential)"
-                    .into(),
+                "this cluster has a key: use a client credential (ken client-credential)".into(),
             ));
             self.send_client(client, n, FrameKind::ClientReply, body, to);
             return;
@@ -1010,11 +1009,9 @@ impl<H: Handler> Engine<H> {
         // A new request: applied only if first sent within the retry window (client.rs
         // says why this makes eviction safe).
         let sent = Time::from_millis(envelope.sent_ms);
-        let oldest = Time(
-            now.0.saturating_sub(
-                (limits::CLIENT_RETRY_WINDOW + limits::CLIENT_CLOCK_SKEW_MAX).as_micros() as u64,
-            ),
-        );
+        let oldest = Time(now.0.saturating_sub(
+            (limits::CLIENT_RETRY_WINDOW + limits::CLIENT_CLOCK_SKEW_MAX).as_micros() as u64,
+        ));
         if sent < oldest || sent > now.plus(limits::CLIENT_CLOCK_SKEW_MAX) {
             self.stats.requests_expired += 1;
             let body = ken_store::codec::encode(&ReplyBody::Expired {
@@ -1133,7 +1130,14 @@ impl<H: Handler> Engine<H> {
     /// without a credential larger than [`limits::AMPLIFICATION_MAX`] times the request is
     /// replaced by `Pad` (the client resends the request padded, and the reply comes from the
     /// cache, or is made again if it was not cached).
-    fn send_client(&mut self, client: ClientId, n: u64, kind: FrameKind, payload: Vec<u8>, to: ReplyTo) {
+    fn send_client(
+        &mut self,
+        client: ClientId,
+        n: u64,
+        kind: FrameKind,
+        payload: Vec<u8>,
+        to: ReplyTo,
+    ) {
         let mut frame = Frame {
             kind,
             auth: to.auth,
@@ -1571,8 +1575,12 @@ impl<H: Handler> Engine<H> {
         let p = self.peers.get_mut(pid).expect("known peer");
         let ack = p.delivered_committed;
         p.ack_sent = p.ack_sent.max(ack);
-        let frame =
-            Header::of(&self.id, self.incarnation, p, self.security).frame(FrameKind::Ack, 0, ack, Vec::new());
+        let frame = Header::of(&self.id, self.incarnation, p, self.security).frame(
+            FrameKind::Ack,
+            0,
+            ack,
+            Vec::new(),
+        );
         self.stats.acks_sent += 1;
         self.commands.push(Command::Send {
             to: pid.clone(),

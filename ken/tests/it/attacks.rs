@@ -15,8 +15,7 @@ use ken::engine::tables::EmptyTables;
 use ken::engine::{Command, Engine, EngineConfig, Security};
 use ken::store::Recovered;
 use ken::transport::{
-    Auth, ClientCredential, ClusterKey, DecodeError, Frame, FrameKeys, FrameKind, Keyring,
-    NoKeys,
+    Auth, ClientCredential, ClusterKey, DecodeError, Frame, FrameKeys, FrameKind, Keyring, NoKeys,
 };
 use ken::{ClientId, GroupState, Handler, Incarnation, Input, ProcessId, Seq, Time, Tuning, Turn};
 use serde::{Deserialize, Serialize};
@@ -110,7 +109,11 @@ impl Host {
     fn new(id: &str, inc: u64, node: Node, keys: Option<Keyring>) -> Host {
         let config = EngineConfig {
             id: pid(id),
-            peers: ["a", "b"].iter().filter(|p| **p != id).map(|p| pid(p)).collect(),
+            peers: ["a", "b"]
+                .iter()
+                .filter(|p| **p != id)
+                .map(|p| pid(p))
+                .collect(),
             tuning: Tuning::default(),
             seed: 1,
         };
@@ -223,7 +226,15 @@ fn ring(current: &ClusterKey, old: &[ClusterKey]) -> Keyring {
 fn pair(keyed: bool, to_b: Vec<u64>) -> (Host, Host) {
     let keys = || keyed.then(|| ring(&key(1), &[]));
     let a = Host::new("a", INC_A, Node { to_b, group: false }, keys());
-    let b = Host::new("b", INC_B, Node { to_b: vec![], group: false }, keys());
+    let b = Host::new(
+        "b",
+        INC_B,
+        Node {
+            to_b: vec![],
+            group: false,
+        },
+        keys(),
+    );
     (a, b)
 }
 
@@ -268,7 +279,12 @@ fn forged_data_frame(keyed: bool) -> Vec<(String, u64)> {
         let _ = b.deliver(t(1), bytes);
     }
     if keyed {
-        assert_eq!(b.dropped.values().sum::<u64>(), attempts.len() as u64, "{:?}", b.dropped);
+        assert_eq!(
+            b.dropped.values().sum::<u64>(),
+            attempts.len() as u64,
+            "{:?}",
+            b.dropped
+        );
     }
     let _ = b.deliver(t(2), &genuine_bytes);
     exchange(&mut a, &mut b, 3, 20, false);
@@ -322,7 +338,11 @@ fn forged_ack(keyed: bool) -> (usize, Vec<(String, u64)>) {
 fn forged_ack_is_refused_with_a_key() {
     let (outbox, got) = forged_ack(true);
     assert_eq!(outbox, 1, "the message stays in the outbox");
-    assert_eq!(got, vec![("a".to_string(), 1)], "and is delivered by retransmission");
+    assert_eq!(
+        got,
+        vec![("a".to_string(), 1)],
+        "and is delivered by retransmission"
+    );
 }
 
 #[test]
@@ -443,7 +463,10 @@ fn forged_client_request(keyed: bool) -> (Vec<(String, u64)>, Vec<u8>) {
             let mut bytes = request(ClientId([8; 16]), 1, &Req::Put(667), t(1), Some(&other), 0);
             // The same bytes cannot be renamed: the id is under the tag.
             let name = ClientId([8; 16]).to_string();
-            let at = bytes.windows(name.len()).position(|w| w == name.as_bytes()).unwrap();
+            let at = bytes
+                .windows(name.len())
+                .position(|w| w == name.as_bytes())
+                .unwrap();
             bytes[at..at + name.len()].copy_from_slice(victim.to_string().as_bytes());
             let n = bytes.len() - 4;
             let crc = crc32fast::hash(&bytes[..n]);
@@ -453,7 +476,10 @@ fn forged_client_request(keyed: bool) -> (Vec<(String, u64)>, Vec<u8>) {
         assert_eq!(b.deliver(t(1), &forged), Err(DecodeError::BadTag));
     }
     b.step(t(1));
-    let _ = b.deliver(t(2), &request(victim, 1, &Req::Put(1), t(2), credential.as_ref(), 0));
+    let _ = b.deliver(
+        t(2),
+        &request(victim, 1, &Req::Put(1), t(2), credential.as_ref(), 0),
+    );
     let sent = b.step(t(2));
     let got = replies(&sent, credential.as_ref());
     let reply = match got.as_slice() {
@@ -473,7 +499,11 @@ fn forged_client_request_is_refused_with_a_key() {
 #[test]
 fn control_forged_client_request_is_applied_without_a_key() {
     let (applied, reply) = forged_client_request(false);
-    assert_eq!(applied, vec![("client".to_string(), 666)], "the attacker's request");
+    assert_eq!(
+        applied,
+        vec![("client".to_string(), 666)],
+        "the attacker's request"
+    );
     assert_eq!(reply, b"put 666", "the victim got the attacker's reply");
 }
 
@@ -500,7 +530,14 @@ fn a_small_anonymous_request_never_draws_a_large_reply() {
     assert_eq!(b.engine.stats().replies_padded, 1);
     // Control: padded as asked, the same request gets its (cached) 60 KB reply: the test
     // sees large replies when they are allowed.
-    let padded = request(client, 1, &Req::Big(60_000), t(1), None, *datagram_bytes as usize);
+    let padded = request(
+        client,
+        1,
+        &Req::Big(60_000),
+        t(1),
+        None,
+        *datagram_bytes as usize,
+    );
     assert!(padded.len() >= *datagram_bytes as usize);
     b.deliver(t(2), &padded).unwrap();
     let got = replies(&b.step(t(2)), None);
@@ -508,7 +545,10 @@ fn a_small_anonymous_request_never_draws_a_large_reply() {
         panic!("the cached reply expected: {got:?}");
     };
     assert!(*reply_len > 60_000 && *reply_len <= 4 * padded.len());
-    assert_eq!(ken::store::codec::decode::<Vec<u8>>(bytes).unwrap().len(), 60_000);
+    assert_eq!(
+        ken::store::codec::decode::<Vec<u8>>(bytes).unwrap().len(),
+        60_000
+    );
     assert_eq!(b.engine.stats().requests_applied, 1, "applied once");
 }
 
@@ -519,7 +559,14 @@ fn a_credentialed_client_gets_large_replies_directly() {
     b.engine.start(t(0));
     b.step(t(0));
     let credential = cluster.credential([5; 16]);
-    let small = request(ClientId([5; 16]), 1, &Req::Big(60_000), t(1), Some(&credential), 0);
+    let small = request(
+        ClientId([5; 16]),
+        1,
+        &Req::Big(60_000),
+        t(1),
+        Some(&credential),
+        0,
+    );
     b.deliver(t(1), &small).unwrap();
     let got = replies(&b.step(t(1)), Some(&credential));
     assert!(
@@ -548,19 +595,24 @@ fn a_full_reply_cache_evicts_idle_clients_instead_of_locking_everyone_out() {
     b.engine.start(t(0));
     b.step(t(0));
     fill_cache(&mut b);
-    assert_eq!(b.engine.stats().requests_applied, ken::limits::CLIENTS_MAX as u64);
+    assert_eq!(
+        b.engine.stats().requests_applied,
+        ken::limits::CLIENTS_MAX as u64
+    );
     // Control: within the idle bound, a newcomer is refused (the cache is full of clients
     // that may still retry).
     let newcomer = ClientId([1; 16]);
     let soon = t(1000);
-    b.deliver(soon, &request(newcomer, 1, &Req::Put(1), soon, None, 0)).unwrap();
+    b.deliver(soon, &request(newcomer, 1, &Req::Put(1), soon, None, 0))
+        .unwrap();
     assert!(matches!(
         replies(&b.step(soon), None).as_slice(),
         [(1, ReplyBody::Refused(_), _)]
     ));
     // Once they have been idle for CLIENT_IDLE_EVICT, the least recently used goes.
     let later = t(1).plus(ken::limits::CLIENT_IDLE_EVICT);
-    b.deliver(later, &request(newcomer, 1, &Req::Put(1), later, None, 0)).unwrap();
+    b.deliver(later, &request(newcomer, 1, &Req::Put(1), later, None, 0))
+        .unwrap();
     assert!(matches!(
         replies(&b.step(later), None).as_slice(),
         [(1, ReplyBody::Ok(_), _)]
@@ -571,14 +623,23 @@ fn a_full_reply_cache_evicts_idle_clients_instead_of_locking_everyone_out() {
     first[15] = 0xee;
     let evicted = ClientId(first);
     let applied = b.engine.stats().requests_applied;
-    b.deliver(later, &request(evicted, 1, &Req::Touch, t(1), None, 0)).unwrap();
+    b.deliver(later, &request(evicted, 1, &Req::Touch, t(1), None, 0))
+        .unwrap();
     assert!(matches!(
         replies(&b.step(later), None).as_slice(),
         [(1, ReplyBody::Expired { .. }, _)]
     ));
-    assert_eq!(b.engine.stats().requests_applied, applied, "not applied again");
+    assert_eq!(
+        b.engine.stats().requests_applied,
+        applied,
+        "not applied again"
+    );
     // A forgotten client's next fresh request is new, whatever its number.
-    b.deliver(later, &request(evicted, 2, &Req::Put(10_001), later, None, 0)).unwrap();
+    b.deliver(
+        later,
+        &request(evicted, 2, &Req::Put(10_001), later, None, 0),
+    )
+    .unwrap();
     assert!(matches!(
         replies(&b.step(later), None).as_slice(),
         [(2, ReplyBody::Ok(_), _)]
@@ -598,8 +659,18 @@ fn random_ids_without_credentials_never_enter_a_keyed_cache() {
         ken::limits::CLIENTS_MAX as u64
     );
     let credential = cluster.credential([3; 16]);
-    b.deliver(t(2), &request(ClientId([3; 16]), 1, &Req::Put(1), t(2), Some(&credential), 0))
-        .unwrap();
+    b.deliver(
+        t(2),
+        &request(
+            ClientId([3; 16]),
+            1,
+            &Req::Put(1),
+            t(2),
+            Some(&credential),
+            0,
+        ),
+    )
+    .unwrap();
     assert!(matches!(
         replies(&b.step(t(2)), Some(&credential)).as_slice(),
         [(1, ReplyBody::Ok(_), _)]
@@ -618,15 +689,21 @@ fn a_request_number_beyond_i64_is_dropped_and_counted() {
         let credential = keyed.then(|| cluster.credential([4; 16]));
         let client = ClientId([4; 16]);
         for n in [1u64 << 63, u64::MAX] {
-            b.deliver(t(1), &request(client, n, &Req::Put(1), t(1), credential.as_ref(), 0))
-                .unwrap();
+            b.deliver(
+                t(1),
+                &request(client, n, &Req::Put(1), t(1), credential.as_ref(), 0),
+            )
+            .unwrap();
             assert!(b.step(t(1)).is_empty(), "nothing committed, nothing sent");
         }
         assert_eq!(b.engine.stats().out_of_range_frames, 2);
         // The largest number the store holds is applied.
         let max = ken::limits::WIRE_NUMBER_MAX;
-        b.deliver(t(2), &request(client, max, &Req::Put(2), t(2), credential.as_ref(), 0))
-            .unwrap();
+        b.deliver(
+            t(2),
+            &request(client, max, &Req::Put(2), t(2), credential.as_ref(), 0),
+        )
+        .unwrap();
         assert!(matches!(
             replies(&b.step(t(2)), credential.as_ref()).as_slice(),
             [(n, ReplyBody::Ok(_), _)] if *n == max
@@ -657,14 +734,34 @@ fn control_the_store_cannot_hold_a_number_beyond_i64() {
 
 #[test]
 fn processes_with_different_keys_never_exchange_a_message() {
-    let mut a = Host::new("a", INC_A, Node { to_b: vec![1, 2, 3], group: false }, Some(ring(&key(1), &[])));
-    let mut b = Host::new("b", INC_B, Node { to_b: vec![], group: false }, Some(ring(&key(2), &[])));
+    let mut a = Host::new(
+        "a",
+        INC_A,
+        Node {
+            to_b: vec![1, 2, 3],
+            group: false,
+        },
+        Some(ring(&key(1), &[])),
+    );
+    let mut b = Host::new(
+        "b",
+        INC_B,
+        Node {
+            to_b: vec![],
+            group: false,
+        },
+        Some(ring(&key(2), &[])),
+    );
     a.engine.start(t(0));
     b.engine.start(t(0));
     exchange(&mut a, &mut b, 0, 300, false);
     assert_eq!(b.got(), vec![]);
     assert_eq!(a.outbox_to("b"), 3);
-    assert!(b.dropped.get("UnknownKey").copied().unwrap_or(0) >= 3, "{:?}", b.dropped);
+    assert!(
+        b.dropped.get("UnknownKey").copied().unwrap_or(0) >= 3,
+        "{:?}",
+        b.dropped
+    );
     assert_eq!(b.engine.stats().frames_in, 0);
     // Control: the same key, and everything is delivered.
     let (mut a, mut b) = pair(true, vec![1, 2, 3]);
@@ -677,22 +774,42 @@ fn processes_with_different_keys_never_exchange_a_message() {
 #[test]
 fn key_rotation_without_downtime() {
     let (old, new) = (key(1), key(2));
-    let node = |to_b: Vec<u64>| Node { to_b, group: false };
-    let mut a = Host::new("a", INC_A, node((1..=100).collect()), Some(ring(&old, &[])));
-    let mut b = Host::new("b", INC_B, node(vec![]), Some(ring(&old, &[])));
+    // A FUSE group keeps heartbeats flowing both ways through every step.
+    let node = |to_b: Vec<u64>, group| Node { to_b, group };
+    let mut a = Host::new(
+        "a",
+        INC_A,
+        node((1..=100).collect(), true),
+        Some(ring(&old, &[])),
+    );
+    let mut b = Host::new("b", INC_B, node(vec![], false), Some(ring(&old, &[])));
     a.engine.start(t(0));
     b.engine.start(t(0));
-    let mut ms = exchange(&mut a, &mut b, 0, 2, false);
-    // 1. `a` rotates first: sends with the new key, accepts both.
-    a.keys = Some(ring(&new, &[old.clone()]));
-    ms = exchange(&mut a, &mut b, ms, 3, false);
-    // 2. `b` rotates: both keys accepted everywhere.
-    b.keys = Some(ring(&new, &[old.clone()]));
-    ms = exchange(&mut a, &mut b, ms, 3, false);
-    // 3. The old key is dropped everywhere.
+    let mut ms = exchange(&mut a, &mut b, 0, 50, false);
+    // The procedure of SECURITY.md, one process at a time: 1. accept the new key...
+    a.keys = Some(ring(&old, std::slice::from_ref(&new)));
+    ms = exchange(&mut a, &mut b, ms, 50, false);
+    b.keys = Some(ring(&old, std::slice::from_ref(&new)));
+    ms = exchange(&mut a, &mut b, ms, 50, false);
+    // 2. ...send with it, still accepting the old one...
+    a.keys = Some(ring(&new, std::slice::from_ref(&old)));
+    ms = exchange(&mut a, &mut b, ms, 50, false);
+    b.keys = Some(ring(&new, std::slice::from_ref(&old)));
+    ms = exchange(&mut a, &mut b, ms, 50, false);
+    // 3. ...and drop the old one.
     a.keys = Some(ring(&new, &[]));
     b.keys = Some(ring(&new, &[]));
     exchange(&mut a, &mut b, ms, 300, false);
+    assert!(
+        a.dropped.is_empty() && b.dropped.is_empty(),
+        "no frame was ever refused"
+    );
+    assert_eq!(
+        a.engine.groups()[0].state,
+        GroupState::Live,
+        "FUSE noticed nothing"
+    );
+    assert!(b.engine.stats().frames_in > 40, "frames flowed throughout");
     let expected: Vec<(String, u64)> = (1..=100).map(|v| ("a".to_string(), v)).collect();
     assert_eq!(b.got(), expected, "every message once, in order");
     assert_eq!(a.outbox_to("b"), 0);
@@ -709,7 +826,10 @@ fn key_rotation_without_downtime() {
         payload: vec![],
     };
     let bytes = ring(&old, &[]).seal(&stale).unwrap();
-    assert_eq!(b.deliver(t(10_000), &bytes), Err(DecodeError::UnknownKey(old.id())));
+    assert_eq!(
+        b.deliver(t(10_000), &bytes),
+        Err(DecodeError::UnknownKey(old.id()))
+    );
 }
 
 // ---- replayed heartbeats ----
@@ -718,8 +838,24 @@ fn key_rotation_without_downtime() {
 /// heartbeat to `a` every 100 ms. Returns the group's state at `a` after 3 x T_fail.
 fn replayed_heartbeats(keyed: bool) -> GroupState {
     let keys = || keyed.then(|| ring(&key(1), &[]));
-    let mut a = Host::new("a", INC_A, Node { to_b: vec![], group: true }, keys());
-    let mut b = Host::new("b", INC_B, Node { to_b: vec![], group: false }, keys());
+    let mut a = Host::new(
+        "a",
+        INC_A,
+        Node {
+            to_b: vec![],
+            group: true,
+        },
+        keys(),
+    );
+    let mut b = Host::new(
+        "b",
+        INC_B,
+        Node {
+            to_b: vec![],
+            group: false,
+        },
+        keys(),
+    );
     a.engine.start(t(0));
     b.engine.start(t(0));
     let mut ms = 0;
@@ -770,8 +906,24 @@ fn control_replayed_heartbeats_keep_a_dead_peer_alive_without_a_key() {
 fn with_a_key_live_peers_stay_live_on_fresh_stamps() {
     // The stamp rule must not cost a live pair its group: 3 x T_fail of normal traffic.
     let keys = || Some(ring(&key(1), &[]));
-    let mut a = Host::new("a", INC_A, Node { to_b: vec![], group: true }, keys());
-    let mut b = Host::new("b", INC_B, Node { to_b: vec![], group: false }, keys());
+    let mut a = Host::new(
+        "a",
+        INC_A,
+        Node {
+            to_b: vec![],
+            group: true,
+        },
+        keys(),
+    );
+    let mut b = Host::new(
+        "b",
+        INC_B,
+        Node {
+            to_b: vec![],
+            group: false,
+        },
+        keys(),
+    );
     a.engine.start(t(0));
     b.engine.start(t(0));
     let rounds = 3 * ken::limits::FUSE_T_FAIL.as_millis() as u64 / 10;

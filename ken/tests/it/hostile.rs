@@ -38,7 +38,8 @@ impl Handler for Notes {
             match request {
                 Req::Note(text) => {
                     book.0.push(text.clone());
-                    turn.reply(&format!("noted #{}: {text}", book.0.len())).unwrap();
+                    turn.reply(&format!("noted #{}: {text}", book.0.len()))
+                        .unwrap();
                 }
                 Req::Big(n) => turn.reply(&"x".repeat(n)).unwrap(),
             }
@@ -69,7 +70,12 @@ fn quick() -> ClientOptions {
 }
 
 /// One request datagram of `client` numbered `n`, sealed with `credential` if given.
-fn request_bytes(client: ClientId, n: u64, req: &Req, credential: Option<&ClientCredential>) -> Vec<u8> {
+fn request_bytes(
+    client: ClientId,
+    n: u64,
+    req: &Req,
+    credential: Option<&ClientCredential>,
+) -> Vec<u8> {
     let frame = Frame {
         kind: FrameKind::ClientRequest,
         auth: Auth::None,
@@ -134,12 +140,12 @@ fn replayed_request(keyed: bool) -> (Result<ReplyBody, String>, bool) {
     ));
     // The attacker captured `bytes` and sends them again.
     let stolen = ask(&localhost(), server, &bytes);
-    let in_clear = stolen
-        .windows(secret.len())
-        .any(|w| w == secret.as_bytes());
+    let in_clear = stolen.windows(secret.len()).any(|w| w == secret.as_bytes());
     let read = Frame::decode(&stolen)
         .map_err(|e| e.to_string())
-        .and_then(|f| ken::store::codec::decode::<ReplyBody>(&f.payload).map_err(|e| e.to_string()));
+        .and_then(|f| {
+            ken::store::codec::decode::<ReplyBody>(&f.payload).map_err(|e| e.to_string())
+        });
     (read, in_clear)
 }
 
@@ -164,11 +170,16 @@ fn a_request_number_beyond_i64_does_not_stop_a_process() {
         let key = ClusterKey::generate();
         let server = start(dir.path(), keyed.then(|| key.clone()));
         let credential = keyed.then(|| key.new_credential());
-        let id = credential.as_ref().map_or_else(ClientId::random, |c| ClientId(c.id));
+        let id = credential
+            .as_ref()
+            .map_or_else(ClientId::random, |c| ClientId(c.id));
         let attacker = localhost();
         for n in [1u64 << 63, u64::MAX] {
             attacker
-                .send_to(&request_bytes(id, n, &Req::Note("boom".into()), credential.as_ref()), server)
+                .send_to(
+                    &request_bytes(id, n, &Req::Note("boom".into()), credential.as_ref()),
+                    server,
+                )
                 .unwrap();
         }
         // Still serving (the requests were dropped, the process did not exit).
@@ -189,8 +200,14 @@ fn clients_with_and_without_credentials() {
     // With a credential: served; large replies come directly.
     let mut client: BlockingClient<Req, String> =
         BlockingClient::with_credential(key.new_credential(), 1, quick()).unwrap();
-    assert_eq!(client.call(server, &Req::Note("hi".into())).unwrap(), "noted #1: hi");
-    assert_eq!(client.call(server, &Req::Big(50_000)).unwrap().len(), 50_000);
+    assert_eq!(
+        client.call(server, &Req::Note("hi".into())).unwrap(),
+        "noted #1: hi"
+    );
+    assert_eq!(
+        client.call(server, &Req::Big(50_000)).unwrap().len(),
+        50_000
+    );
     // Without one: refused at once, with the reason.
     let mut anonymous: BlockingClient<Req, String> =
         BlockingClient::with_id(ClientId::random(), 1, quick()).unwrap();
@@ -219,7 +236,10 @@ fn clients_with_and_without_credentials() {
     let loaded = ClientCredential::load(&path).unwrap();
     let mut from_file: BlockingClient<Req, String> =
         BlockingClient::with_credential(loaded, 1, quick()).unwrap();
-    assert_eq!(from_file.call(server, &Req::Note("file".into())).unwrap(), "noted #2: file");
+    assert_eq!(
+        from_file.call(server, &Req::Note("file".into())).unwrap(),
+        "noted #2: file"
+    );
 }
 
 #[test]
@@ -228,8 +248,14 @@ fn an_anonymous_client_pads_itself_for_a_large_reply() {
     let server = start(dir.path(), None);
     let mut client: BlockingClient<Req, String> =
         BlockingClient::with_id(ClientId::random(), 1, quick()).unwrap();
-    assert_eq!(client.call(server, &Req::Big(40_000)).unwrap().len(), 40_000);
-    assert_eq!(client.call(server, &Req::Note("small".into())).unwrap(), "noted #1: small");
+    assert_eq!(
+        client.call(server, &Req::Big(40_000)).unwrap().len(),
+        40_000
+    );
+    assert_eq!(
+        client.call(server, &Req::Note("small".into())).unwrap(),
+        "noted #1: small"
+    );
 }
 
 #[test]
@@ -338,7 +364,12 @@ fn live(keyed: bool) -> Live {
         &Req::Note("n".into()),
         keyed.then_some(&credential),
     )];
-    for kind in [FrameKind::Data, FrameKind::Ack, FrameKind::Heartbeat, FrameKind::Fuse] {
+    for kind in [
+        FrameKind::Data,
+        FrameKind::Ack,
+        FrameKind::Heartbeat,
+        FrameKind::Fuse,
+    ] {
         let frame = Frame {
             kind,
             auth: if keyed { Auth::Cluster } else { Auth::None },

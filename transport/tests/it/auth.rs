@@ -16,7 +16,9 @@ fn keyed(current: &ClusterKey, old: &[ClusterKey], encrypt: bool) -> Endpoint {
     let options = EndpointOptions {
         faults: FaultConfig::default(),
         faults_file: FaultsFile::Disabled,
-        keys: Some(Arc::new(Keyring::new(current, old, encrypt).expect("keyring"))),
+        keys: Some(Arc::new(
+            Keyring::new(current, old, encrypt).expect("keyring"),
+        )),
     };
     Endpoint::bind_with_options(localhost(), options).expect("bind")
 }
@@ -61,7 +63,10 @@ async fn same_key_crosses_tagged_and_encrypted() {
         } else {
             ken_transport::frame::TAG_BYTES
         };
-        assert_eq!(a.stats().bytes_sent, (data(1).encoded_len() + trailer) as u64);
+        assert_eq!(
+            a.stats().bytes_sent,
+            (data(1).encoded_len() + trailer) as u64
+        );
     }
 }
 
@@ -86,14 +91,19 @@ async fn untagged_peer_frames_are_refused_and_tagged_ones_need_a_key() {
     let mut got_b = drain(Arc::clone(&b));
     let mut got_keyless = drain(Arc::clone(&keyless));
     // Negative control: without keys, an untagged frame is accepted.
-    keyless.send(keyless.local_addr(), &data(1)).await.expect("send");
+    keyless
+        .send(keyless.local_addr(), &data(1))
+        .await
+        .expect("send");
     assert_eq!(got_keyless.recv().await, Some(data(1)));
     // With a key, it is not.
     keyless.send(b.local_addr(), &data(2)).await.expect("send");
     dropped(&b, "untagged", |s| s.untagged_dropped, 1).await;
     // And a keyless endpoint cannot seal, nor open sealed frames.
     assert!(keyless.send(b.local_addr(), &sealed(3)).await.is_err());
-    b.send(keyless.local_addr(), &sealed(4)).await.expect("send");
+    b.send(keyless.local_addr(), &sealed(4))
+        .await
+        .expect("send");
     dropped(&keyless, "unknown key", |s| s.unknown_key_dropped, 1).await;
     assert!(got_b.try_recv().is_err());
     assert!(got_keyless.try_recv().is_err());
@@ -104,7 +114,9 @@ async fn altered_frames_are_counted_as_bad_tags() {
     let key = ClusterKey::generate();
     let b = Arc::new(keyed(&key, &[], false));
     let mut got = drain(Arc::clone(&b));
-    let raw = tokio::net::UdpSocket::bind(localhost()).await.expect("bind");
+    let raw = tokio::net::UdpSocket::bind(localhost())
+        .await
+        .expect("bind");
     let good = sealed(1).seal(&key.frame_key(), false).expect("seal");
     let mut altered = good.clone();
     // The payload's last byte, with the CRC fixed as a forger would.
@@ -124,7 +136,7 @@ async fn rotation_accepts_the_old_key_until_it_is_removed() {
     let old = ClusterKey::generate();
     let new = ClusterKey::generate();
     let still_old = keyed(&old, &[], false);
-    let rotating = Arc::new(keyed(&new, &[old.clone()], false));
+    let rotating = Arc::new(keyed(&new, std::slice::from_ref(&old), false));
     let mut got = drain(Arc::clone(&rotating));
     still_old
         .send(rotating.local_addr(), &sealed(1))
@@ -135,13 +147,19 @@ async fn rotation_accepts_the_old_key_until_it_is_removed() {
     // The rotating process sends with the new key: a process not yet rotated drops it...
     let old_only = Arc::new(keyed(&old, &[], false));
     let mut got_old = drain(Arc::clone(&old_only));
-    rotating.send(old_only.local_addr(), &sealed(2)).await.expect("send");
+    rotating
+        .send(old_only.local_addr(), &sealed(2))
+        .await
+        .expect("send");
     dropped(&old_only, "new key unknown", |s| s.unknown_key_dropped, 1).await;
     assert!(got_old.try_recv().is_err());
     // ...and once the old key is dropped everywhere, frames under it are refused.
     let done = Arc::new(keyed(&new, &[], false));
     let mut got_done = drain(Arc::clone(&done));
-    still_old.send(done.local_addr(), &sealed(3)).await.expect("send");
+    still_old
+        .send(done.local_addr(), &sealed(3))
+        .await
+        .expect("send");
     dropped(&done, "old key retired", |s| s.unknown_key_dropped, 1).await;
     assert!(got_done.try_recv().is_err());
 }

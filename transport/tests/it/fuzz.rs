@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use ken_transport::frame::{AUTH_TRAILER_BYTES, MAX_FRAME_BYTES, MAX_ID_BYTES, MIN_FRAME_BYTES, WIRE_VERSION};
+use ken_transport::frame::{
+    AUTH_TRAILER_BYTES, MAX_FRAME_BYTES, MAX_ID_BYTES, MIN_FRAME_BYTES, WIRE_VERSION,
+};
 use ken_transport::{DecodeError, Frame, FrameKind, Incarnation, ProcessId, Seq};
 use proptest::prelude::*;
 use rand::{Rng, RngCore, SeedableRng};
