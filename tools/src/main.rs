@@ -103,6 +103,13 @@ fn main() -> ExitCode {
             }
         },
         Command::ClientCredential { key_file, out } => {
+            if let Some(mode) = ken::transport::auth::loose_permissions(&key_file) {
+                eprintln!(
+                    "ken client-credential: warning: {} has mode {mode:o}: others may read the \
+                     cluster key; run `chmod 600` on it",
+                    key_file.display()
+                );
+            }
             let written = ken::ClusterKey::load(&key_file).and_then(|key| {
                 let credential = key.new_credential();
                 credential.write_new(&out).map(|()| credential)

@@ -622,6 +622,22 @@ fn truncate(word: &str) -> String {
     word.chars().take(24).collect()
 }
 
+/// The mode of `path` if others than its owner may read or write it (`None` if not, or if
+/// it cannot be read; always `None` off Unix), for tools that print their own warning.
+pub fn loose_permissions(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
 /// Reads a small secret file, warning if its mode lets others than the owner read it.
 fn read_secret_file(path: &Path) -> Result<String, KeyFileError> {
     let read_error = |source: std::io::Error| {
@@ -784,6 +800,13 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
+            assert_eq!(loose_permissions(&path), None);
+            let other = dir.path().join("shared.key");
+            std::fs::write(&other, key.to_file_text()).unwrap();
+            std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o644)).unwrap();
+            assert_eq!(loose_permissions(&other), Some(0o644));
+            // Still usable (with a warning logged).
+            assert_eq!(ClusterKey::load(&other).unwrap(), key);
         }
         assert_eq!(ClusterKey::load(&path).unwrap(), key);
         assert!(matches!(
