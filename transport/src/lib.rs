@@ -1,15 +1,20 @@
 //! Ken's datagram transport.
 //!
-//! - [`frame`]: the wire frame (byte layout in `transport/FRAME.md`) and its total decoder.
+//! - [`frame`]: the wire frame (byte layout in `transport/FRAME.md`), its tag and optional
+//!   encryption ([`Frame::seal`]) and its total decoder ([`Frame::open`]).
+//! - [`auth`]: the cluster key (key files), the keys derived from it, client credentials,
+//!   and the [`Keyring`] a process seals and opens frames with (threat model in SECURITY.md).
 //! - [`endpoint`]: an async UDP endpoint on tokio that sends and receives frames; junk
-//!   datagrams are dropped and counted, never surfaced.
+//!   datagrams, and with a keyring unauthenticated ones, are dropped and counted by reason,
+//!   never surfaced.
 //! - [`faults`]: a seeded fault layer under the endpoint (drop, duplicate, reorder, delay,
 //!   corrupt, truncate, partition), configured at run time or from `KEN_FAULTS` and
 //!   `KEN_FAULTS_FILE` (syntax in `transport/FAULTS.md`).
 //!
 //! This crate knows nothing of turns, stores or sequence-number semantics: it moves frames.
 //! Delivery is UDP's: frames may be lost, duplicated or reordered (more so with faults on),
-//! never corrupted (a frame that does not pass its CRC is dropped).
+//! never corrupted (a frame that does not pass its CRC is dropped) and, with a keyring, never
+//! forged (a frame whose tag does not check out is dropped).
 //!
 //! # Example
 //!
