@@ -20,6 +20,16 @@
 //! incarnation, `after` the newest durable batch), runs a notification turn per failed
 //! group it hands out, and commits a batch whenever the machine reports group changes.
 //!
+//! Security ([`Security`], set by the host with [`Engine::with_security`]): the engine holds
+//! no key; the host opens every datagram (checking its tag) before it hands the frame in and
+//! seals every frame the engine hands out as its [`Frame::auth`] says. With
+//! `authenticated`, the engine accepts only peer frames the cluster key vouched for (so a
+//! first contact, an ack or a FUSE message cannot be forged), only client requests with a
+//! credential, and FUSE liveness only from fresh stamps. Either way it drops and counts
+//! request and sequence numbers the store cannot hold, applies a request only if it was
+//! first sent within the client retry window, evicts idle clients from a full reply cache
+//! least recently used first, and caps replies to requests without a credential.
+//!
 //! Invariants (asserted here, checked again by the driver and the simulation):
 //! - Output commit: a data frame carries a message only if the batch that created it is
 //!   durable; an acknowledgement never exceeds what durable turns consumed; FUSE messages
