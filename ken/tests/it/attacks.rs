@@ -697,6 +697,28 @@ fn a_request_number_beyond_i64_is_dropped_and_counted() {
             assert!(b.step(t(1)).is_empty(), "nothing committed, nothing sent");
         }
         assert_eq!(b.engine.stats().out_of_range_frames, 2);
+        // Peer frames too: a sequence number or an acknowledgement beyond i64.
+        for (seq, ack) in [(1u64 << 63, 0), (1, u64::MAX)] {
+            let frame = Frame {
+                kind: FrameKind::Data,
+                auth: if keyed { Auth::Cluster } else { Auth::None },
+                from: pid("a"),
+                from_incarnation: Incarnation(INC_A),
+                to: pid("b"),
+                to_incarnation: Incarnation(0),
+                seq: Seq(seq),
+                ack: Seq(ack),
+                payload: ken::store::codec::encode(&5u64),
+            };
+            let bytes = match &b.keys {
+                Some(k) => k.seal(&frame).unwrap(),
+                None => frame.encode().unwrap(),
+            };
+            b.deliver(t(1), &bytes).unwrap();
+            assert!(b.step(t(1)).is_empty());
+        }
+        assert_eq!(b.engine.stats().out_of_range_frames, 4);
+        assert!(b.got().is_empty());
         // The largest number the store holds is applied.
         let max = ken::limits::WIRE_NUMBER_MAX;
         b.deliver(
