@@ -9,11 +9,37 @@
 //! cached reply is resent. A request older than the last one the cache remembers for that
 //! client gets [`ClientError::TooOld`], never a second application.
 //!
-//! The cache keeps, per client, the last request and its reply, for at most
-//! [`crate::limits::CLIENTS_MAX`] clients. When it is full, the client idle the longest is
-//! evicted, but only if it has been idle for [`crate::limits::CLIENT_IDLE_EVICT`]; otherwise
-//! new clients are refused ([`ClientError::Refused`]) rather than risk a double application.
-//! So: **a client must not retry a request for longer than `CLIENT_IDLE_EVICT`** (one hour).
+//! **Credentials.** In a cluster with a key, a client proves which client it is with a
+//! [`ClientCredential`] issued from the cluster key (`ken client-credential`, or
+//! [`ken_transport::ClusterKey::credential`]): its id and a token derived from the key and the
+//! id. The client tags and encrypts every request with its token; the process recomputes the
+//! token from the id, so it keeps no table of secrets, and tags and encrypts the reply with
+//! it. Nobody without the credential can apply a request as that client, nor read its replies
+//! (cached or not). A process with a key refuses requests without a credential
+//! ([`ClientError::Unauthorized`]); a process without a key serves every client anonymously:
+//! the 128-bit random id is then the only thing that tells clients apart (SECURITY.md).
+//!
+//! **The retry window.** A request carries the moment the client first sent it
+//! ([`RequestEnvelope::sent_ms`], the client's wall clock); retries carry the same moment. A
+//! process applies a request only if that moment is within
+//! [`crate::limits::CLIENT_RETRY_WINDOW`] (60 s) of its own clock, give or take
+//! [`crate::limits::CLIENT_CLOCK_SKEW_MAX`] (30 s); an older one is answered
+//! [`ClientError::Expired`], never applied. So **a client retries a request for at most
+//! `CLIENT_RETRY_WINDOW`**, and clocks must agree within `CLIENT_CLOCK_SKEW_MAX`.
+//!
+//! **The reply cache** keeps, per client, the last request and its reply, for at most
+//! [`crate::limits::CLIENTS_MAX`] clients. When it is full, the least recently used client
+//! idle for [`crate::limits::CLIENT_IDLE_EVICT`] (121 s) is evicted; only if every client
+//! was active more recently is a new client refused ([`ClientError::Refused`], retry later).
+//! Eviction never causes a double application: a request applied at time `t_a` was first
+//! sent at most `t_a + skew`; the client is evicted no earlier than `t_a + CLIENT_IDLE_EVICT`,
+//! and after that every copy of the request is older than `window + skew`, so it is
+//! `Expired`. A forgotten client's next fresh request is therefore new, whatever its number.
+//!
+//! **No amplification.** A reply to a request without a credential is at most
+//! [`crate::limits::AMPLIFICATION_MAX`] times the request's datagram. A larger one is
+//! answered `Pad`; the [`Client`] then resends the request padded to the size asked, at once,
+//! and gets its reply from the cache.
 //!
 //! [`Client`] is the async client (tokio); [`BlockingClient`] wraps it for plain threads.
 
@@ -22,7 +48,8 @@ use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use ken_transport::{Frame, FrameKind, Incarnation, ProcessId, Seq};
+pub use ken_transport::ClientCredential;
+use ken_transport::{Auth, Frame, FrameKind, Incarnation, ProcessId, Seq};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -67,6 +94,18 @@ impl fmt::Display for ClientId {
     }
 }
 
+/// The payload of a `ClientRequest` frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestEnvelope {
+    /// When the client first sent this request (its wall clock, ms since the Unix epoch);
+    /// every retry carries the same value. See the module docs: the retry window.
+    pub sent_ms: u64,
+    /// The request, encoded (the handler's [`crate::Handler::Request`]).
+    pub request: Vec<u8>,
+    /// Zeros that make the datagram as large as a `Pad` answer asked.
+    pub padding: Vec<u8>,
+}
+
 /// The payload of a `ClientReply` frame.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReplyBody {
@@ -79,6 +118,15 @@ pub enum ReplyBody {
     /// The request did not decode as the process's request type: not applied. (Appended
     /// last: the variant index is the wire tag.)
     BadRequest(String),
+    /// The reply is ready (the request was applied, or refused with a long reason) but larger
+    /// than [`crate::limits::AMPLIFICATION_MAX`] times the request: resend the request with
+    /// the same number in a datagram of at least this many bytes.
+    Pad { datagram_bytes: u32 },
+    /// The request was first sent longer ago than the retry window (or stamped in the
+    /// future): not applied now. If an earlier copy was applied, its reply is gone.
+    Expired { sent_ms: u64, now_ms: u64 },
+    /// This process requires a client credential: not applied.
+    Unauthorized(String),
 }
 
 /// Why a call failed. Says whether the request may have been applied.
@@ -112,6 +160,20 @@ pub enum ClientError {
     /// [`Client::retry_last`] before any request was sent.
     #[error("no request to retry: this client has not sent one yet")]
     NothingToRetry,
+    /// The request was first sent longer ago than the server's retry window allows (or the
+    /// clocks disagree by more than the allowed skew): not applied now; if an earlier copy
+    /// was applied, its reply is lost. Send a new request.
+    #[error("request {request_no} expired: first sent at {sent_ms} ms, the server's clock says {now_ms} ms (retry window {window:?}, clock skew at most {skew:?})")]
+    Expired {
+        request_no: u64,
+        sent_ms: u64,
+        now_ms: u64,
+        window: Duration,
+        skew: Duration,
+    },
+    /// The server requires a client credential (its cluster has a key); not applied.
+    #[error("the server requires a client credential: {0}")]
+    Unauthorized(String),
     #[error("client socket error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -152,11 +214,14 @@ impl Default for ClientOptions {
 pub struct Client<Q, R> {
     id: ClientId,
     pid: ProcessId,
+    /// Tags and encrypts requests, opens replies; `None`: anonymous (a cluster without a key).
+    credential: Option<(ClientCredential, ken_transport::FrameKey)>,
     socket: tokio::net::UdpSocket,
     /// The number of the next new request.
     next_request: u64,
-    /// The last new request, encoded: what [`Client::retry_last`] sends again.
-    last: Option<(u64, Vec<u8>)>,
+    /// The last new request, encoded, and when it was first sent: what
+    /// [`Client::retry_last`] sends again.
+    last: Option<(u64, Vec<u8>, u64)>,
     /// The server incarnation learned from replies, per server address.
     incarnations: std::collections::HashMap<SocketAddr, Incarnation>,
     options: ClientOptions,
@@ -180,7 +245,7 @@ impl<Q: Serialize, R: DeserializeOwned> Client<Q, R> {
     }
 
     /// A client resuming a persisted identity: `next_request` is the number its next new
-    /// request gets.
+    /// request gets. Anonymous: for processes without a cluster key.
     ///
     /// # Panics
     /// If `next_request` is 0 (request numbers start at 1).
@@ -189,11 +254,37 @@ impl<Q: Serialize, R: DeserializeOwned> Client<Q, R> {
         next_request: u64,
         options: ClientOptions,
     ) -> Result<Self, ClientError> {
+        Self::build(id, None, next_request, options).await
+    }
+
+    /// A client speaking as the client of `credential` (issued from the cluster key): its
+    /// requests are tagged and encrypted with the credential's token, and only replies
+    /// tagged with it are believed. `next_request` as in [`Client::with_id`].
+    ///
+    /// # Panics
+    /// If `next_request` is 0.
+    pub async fn with_credential(
+        credential: ClientCredential,
+        next_request: u64,
+        options: ClientOptions,
+    ) -> Result<Self, ClientError> {
+        let id = ClientId(credential.id);
+        let key = credential.frame_key();
+        Self::build(id, Some((credential, key)), next_request, options).await
+    }
+
+    async fn build(
+        id: ClientId,
+        credential: Option<(ClientCredential, ken_transport::FrameKey)>,
+        next_request: u64,
+        options: ClientOptions,
+    ) -> Result<Self, ClientError> {
         assert!(next_request >= 1, "request numbers start at 1");
         let socket = tokio::net::UdpSocket::bind("0.0.0.0:0").await?;
         Ok(Client {
             id,
             pid: id.to_process_id(),
+            credential,
             socket,
             next_request,
             last: None,
@@ -218,15 +309,16 @@ impl<Q: Serialize, R: DeserializeOwned> Client<Q, R> {
         let bytes = encode_request(request)?;
         let n = self.next_request;
         self.next_request += 1;
-        self.last = Some((n, bytes.clone()));
-        self.exchange(server, n, &bytes).await
+        let sent_ms = now_ms();
+        self.last = Some((n, bytes.clone(), sent_ms));
+        self.exchange(server, n, &bytes, sent_ms).await
     }
 
     /// Sends the last request again with its number (after a [`ClientError::Timeout`]): it
     /// is applied at most once in all, and the answer is its reply.
     pub async fn retry_last(&mut self, server: SocketAddr) -> Result<R, ClientError> {
-        let (n, bytes) = self.last.clone().ok_or(ClientError::NothingToRetry)?;
-        self.exchange(server, n, &bytes).await
+        let (n, bytes, sent_ms) = self.last.clone().ok_or(ClientError::NothingToRetry)?;
+        self.exchange(server, n, &bytes, sent_ms).await
     }
 
     /// Calls `request`, then retries it with the same number after each timeout until it is
@@ -263,21 +355,29 @@ impl<Q: Serialize, R: DeserializeOwned> Client<Q, R> {
         request: &Q,
     ) -> Result<R, ClientError> {
         let bytes = encode_request(request)?;
-        self.exchange(server, n, &bytes).await
+        self.exchange(server, n, &bytes, now_ms()).await
     }
 
-    /// Sends request `n` (encoded) until answered or the deadline passes.
+    /// Sends request `n` (encoded, first sent at `sent_ms`) until answered or the deadline
+    /// passes, padding it when the server asks.
     async fn exchange(
         &mut self,
         server: SocketAddr,
         n: u64,
         request: &[u8],
+        sent_ms: u64,
     ) -> Result<R, ClientError> {
         let started = Instant::now();
         let mut timeout = self.options.retry_initial;
+        let mut envelope = RequestEnvelope {
+            sent_ms,
+            request: request.to_vec(),
+            padding: Vec::new(),
+        };
         loop {
             let frame = Frame {
                 kind: FrameKind::ClientRequest,
+                auth: Auth::None,
                 from: self.pid.clone(),
                 from_incarnation: Incarnation(0),
                 // The server's name is not known to the client; the server checks only the
@@ -286,11 +386,15 @@ impl<Q: Serialize, R: DeserializeOwned> Client<Q, R> {
                 to_incarnation: self.incarnations.get(&server).copied().unwrap_or_default(),
                 seq: Seq(n),
                 ack: Seq(0),
-                payload: request.to_vec(),
+                payload: ken_store::codec::encode(&envelope),
             };
-            let bytes = frame.encode().map_err(|_| ClientError::TooLarge {
+            let sealed = match &self.credential {
+                Some((_, key)) => frame.seal(key, true),
+                None => frame.encode(),
+            };
+            let bytes = sealed.map_err(|_| ClientError::TooLarge {
                 bytes: request.len(),
-                max_bytes: limits::MESSAGE_BYTES_MAX,
+                max_bytes: limits::REQUEST_BYTES_MAX,
             })?;
             self.socket.send_to(&bytes, server).await?;
             let remaining = self.options.deadline.saturating_sub(started.elapsed());
@@ -302,6 +406,19 @@ impl<Q: Serialize, R: DeserializeOwned> Client<Q, R> {
             }
             let until = tokio::time::Instant::now() + timeout.min(remaining);
             if let Some(body) = self.await_reply(server, n, until).await? {
+                if let ReplyBody::Pad { datagram_bytes } = body {
+                    // Resend at once, padded to the size asked (the reply waits in the cache).
+                    let want = usize::try_from(datagram_bytes).unwrap_or(usize::MAX);
+                    let more = want.saturating_sub(bytes.len()).max(1);
+                    let padded = envelope.padding.len().saturating_add(more);
+                    if padded > limits::MESSAGE_BYTES_MAX {
+                        return Err(ClientError::Refused(format!(
+                            "the server asks for a request of {datagram_bytes} bytes, more than a datagram"
+                        )));
+                    }
+                    envelope.padding = vec![0; padded];
+                    continue;
+                }
                 return match body {
                     ReplyBody::Ok(bytes) => ken_store::codec::decode(&bytes)
                         .map_err(|e| ClientError::Decode(e.to_string())),
@@ -311,6 +428,15 @@ impl<Q: Serialize, R: DeserializeOwned> Client<Q, R> {
                     }),
                     ReplyBody::Refused(why) => Err(ClientError::Refused(why)),
                     ReplyBody::BadRequest(why) => Err(ClientError::BadRequest(why)),
+                    ReplyBody::Expired { sent_ms, now_ms } => Err(ClientError::Expired {
+                        request_no: n,
+                        sent_ms,
+                        now_ms,
+                        window: limits::CLIENT_RETRY_WINDOW,
+                        skew: limits::CLIENT_CLOCK_SKEW_MAX,
+                    }),
+                    ReplyBody::Unauthorized(why) => Err(ClientError::Unauthorized(why)),
+                    ReplyBody::Pad { .. } => unreachable!("handled above"),
                 };
             }
             timeout = (timeout * 2).min(self.options.retry_max);
@@ -331,7 +457,11 @@ impl<Q: Serialize, R: DeserializeOwned> Client<Q, R> {
             if from != server {
                 continue;
             }
-            let Ok(reply) = Frame::decode(&self.buf[..len]) else {
+            let opened = match &self.credential {
+                Some((credential, _)) => Frame::open(&self.buf[..len], credential),
+                None => Frame::decode(&self.buf[..len]),
+            };
+            let Ok(reply) = opened else {
                 continue;
             };
             if reply.to != self.pid || reply.seq.0 != n {
@@ -350,10 +480,15 @@ impl<Q: Serialize, R: DeserializeOwned> Client<Q, R> {
     }
 }
 
+/// The wall clock in ms since the Unix epoch (what requests are stamped with).
+fn now_ms() -> u64 {
+    crate::Time::now_wall().as_millis()
+}
+
 /// Encodes a request, refusing one that cannot fit a datagram.
 fn encode_request<Q: Serialize>(request: &Q) -> Result<Vec<u8>, ClientError> {
     let bytes = ken_store::codec::encode(request);
-    let max_bytes = limits::MESSAGE_BYTES_MAX;
+    let max_bytes = limits::REQUEST_BYTES_MAX;
     if bytes.len() > max_bytes {
         return Err(ClientError::TooLarge {
             bytes: bytes.len(),
@@ -393,6 +528,19 @@ impl<Q: Serialize, R: DeserializeOwned> BlockingClient<Q, R> {
             .enable_all()
             .build()?;
         let inner = rt.block_on(Client::with_id(id, next_request, options))?;
+        Ok(BlockingClient { rt, inner })
+    }
+
+    /// See [`Client::with_credential`].
+    pub fn with_credential(
+        credential: ClientCredential,
+        next_request: u64,
+        options: ClientOptions,
+    ) -> Result<Self, ClientError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let inner = rt.block_on(Client::with_credential(credential, next_request, options))?;
         Ok(BlockingClient { rt, inner })
     }
 

@@ -15,6 +15,12 @@
 //! by the store thread, or committed inline. The driver asserts it, independently of the
 //! engine's own assertions.
 //!
+//! Security: with a cluster key ([`Config::key`]) the endpoint tags every peer frame with
+//! it and drops, counted, every peer frame not tagged with it (or an older key still
+//! accepted, [`Config::accepted_keys`]); clients need a credential. Without a key, [`run`]
+//! logs one loud warning at start: anyone who can send a datagram to the process can speak
+//! as any peer or client (SECURITY.md).
+//!
 //! Failure policy: a failed commit stops the process (exit code non-zero, clear message); it
 //! is never retried. Restart = run the same command again.
 //!
@@ -24,7 +30,7 @@
 //! `{"event":"stats","turns":..,"messages_sent":..,"retransmits":..,"duplicates_dropped":..,
 //! "frames_in":..,"frames_sent":..,"junk_dropped":..,"heartbeats_sent":..,
 //! "liveness_bytes_sent":..,"fuse_bytes_sent":..,"fuse_notifications":..,"faults_dropped":..,
-//! "at_ms":..}` to stderr every N ms and when the loop ends (a SIGKILLed life loses the counts
+//! "untagged_dropped":..,"unknown_key_dropped":..,"bad_tag_dropped":..,"at_ms":..}` to stderr every N ms and when the loop ends (a SIGKILLed life loses the counts
 //! since its last line). Counters are per life; `at_ms` is the wall clock (ms since the epoch)
 //! when the line was printed, so rates can be taken between two lines.
 
@@ -36,11 +42,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ken_store::{Batch, CommitError, Store, StoreOptions};
-use ken_transport::{Endpoint, FaultConfig, Frame, FrameKind, ProcessId};
+use ken_transport::{
+    Auth, ClusterKey, Endpoint, EndpointOptions, FaultConfig, FaultsFile, Frame, FrameKind,
+    KeyFileError, Keyring, ProcessId,
+};
 use tokio::sync::mpsc;
 
 use crate::crash::CrashPoints;
-use crate::engine::{BatchId, Command, Engine, EngineConfig, EngineError};
+use crate::engine::{BatchId, Command, Engine, EngineConfig, EngineError, Security};
 use crate::{Handler, Time, Tuning};
 
 /// Frames buffered between the receive task and the engine loop.
@@ -78,6 +87,16 @@ pub struct Config {
     /// time, its first transmission, its acknowledgement. Messages already in the outbox at
     /// recovery are not reported. It runs on the engine loop, so it must be quick.
     pub observe: Option<Observer>,
+    /// The cluster key: every peer frame is tagged with it, frames not tagged with it (or
+    /// with one of `accepted_keys`) are dropped, and clients need a credential issued from
+    /// it. `None`: unauthenticated mode, announced by a loud warning at start.
+    pub key: Option<ClusterKey>,
+    /// Older keys still accepted (a rotation in progress: every process runs with the new
+    /// key and accepts the old one, then the old one is dropped).
+    pub accepted_keys: Vec<ClusterKey>,
+    /// Encrypt the payload of every peer frame (needs `key`). Frames are accepted encrypted
+    /// or not either way, so a cluster can switch this on one process at a time.
+    pub encrypt: bool,
 }
 
 impl Config {
@@ -95,7 +114,22 @@ impl Config {
             announce: false,
             bound: None,
             observe: None,
+            key: None,
+            accepted_keys: Vec::new(),
+            encrypt: false,
         }
+    }
+
+    /// Uses the cluster key in `path` (see [`Config::key`]).
+    pub fn key_file(mut self, path: &std::path::Path) -> Result<Config, KeyFileError> {
+        self.key = Some(ClusterKey::load(path)?);
+        Ok(self)
+    }
+
+    /// Also accepts frames and credentials of the key in `path` (a rotation in progress).
+    pub fn accept_key_file(mut self, path: &std::path::Path) -> Result<Config, KeyFileError> {
+        self.accepted_keys.push(ClusterKey::load(path)?);
+        Ok(self)
     }
 
     /// Applies the environment switches for harnesses: `KEN_ANNOUNCE=1`, and, only in builds
@@ -238,6 +272,8 @@ pub enum RunError {
     Engine(#[from] EngineError),
     #[error("bad tuning: {0}")]
     Tuning(#[from] crate::tuning::TuningError),
+    #[error("bad keys: {0}")]
+    Keys(String),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
     #[error("the store thread died unexpectedly")]
@@ -343,10 +379,41 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
         Some(f) => Some(f.clone()),
         None => FaultConfig::from_env().map_err(|e| RunError::Faults(e.to_string()))?,
     };
-    let endpoint = match faults {
-        Some(f) => Endpoint::bind_with_faults(config.listen, f),
-        None => Endpoint::bind(config.listen),
+    let keys = match &config.key {
+        Some(key) => Some(Arc::new(
+            Keyring::new(key, &config.accepted_keys, config.encrypt)
+                .map_err(|e| RunError::Keys(e.to_string()))?,
+        )),
+        None if config.encrypt || !config.accepted_keys.is_empty() => {
+            return Err(RunError::Keys(
+                "encryption and accepted keys need a cluster key".into(),
+            ))
+        }
+        None => None,
+    };
+    match &keys {
+        Some(keys) => tracing::info!(
+            id = %config.id,
+            key = %keys.current(),
+            accepted = config.accepted_keys.len(),
+            encrypt = keys.encrypts(),
+            "frames authenticated with the cluster key"
+        ),
+        None => tracing::warn!(
+            id = %config.id,
+            "NO CLUSTER KEY: frames are not authenticated. Anyone who can send this process \
+             a datagram can speak as any peer or client (forge messages and acks, take over \
+             clients, keep dead peers alive). Run with a key (ken keygen FILE); see SECURITY.md"
+        ),
     }
+    let endpoint = Endpoint::bind_with_options(
+        config.listen,
+        EndpointOptions {
+            faults: faults.unwrap_or_default(),
+            faults_file: FaultsFile::FromEnv,
+            keys,
+        },
+    )
     .map_err(|source| RunError::Bind {
         addr: config.listen,
         source,
@@ -369,7 +436,11 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
         tuning: config.tuning.clone(),
         seed: rand::random(),
     };
-    let mut engine = Engine::recover(engine_config, handler, recovered, Box::new(reader))?;
+    let security = Security {
+        authenticated: config.key.is_some(),
+    };
+    let mut engine = Engine::recover(engine_config, handler, recovered, Box::new(reader))?
+        .with_security(security);
     crash.pass("recovery");
     let mut store = spawn_store_thread(store, Arc::clone(&crash));
 
@@ -404,6 +475,7 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
         client_addrs: HashMap::new(),
         observation: config.observe.clone().map(|o| Observation::new(o, &engine)),
         commit_avg: Duration::ZERO,
+        anonymous_addrs: HashMap::new(),
     };
     // Set when a batch was released: its outputs go out at the top of the next iteration.
     let mut released = false;
@@ -515,7 +587,7 @@ fn stats_interval_from_env() -> Option<Duration> {
 fn print_stats(engine: &crate::engine::EngineStats, endpoint: &Endpoint) {
     let ep = endpoint.stats();
     eprintln!(
-        "{{\"event\":\"stats\",\"turns\":{},\"messages_sent\":{},\"retransmits\":{},\"duplicates_dropped\":{},\"frames_in\":{},\"frames_sent\":{},\"junk_dropped\":{},\"heartbeats_sent\":{},\"liveness_bytes_sent\":{},\"fuse_bytes_sent\":{},\"fuse_notifications\":{},\"faults_dropped\":{},\"at_ms\":{}}}",
+        "{{\"event\":\"stats\",\"turns\":{},\"messages_sent\":{},\"retransmits\":{},\"duplicates_dropped\":{},\"frames_in\":{},\"frames_sent\":{},\"junk_dropped\":{},\"heartbeats_sent\":{},\"liveness_bytes_sent\":{},\"fuse_bytes_sent\":{},\"fuse_notifications\":{},\"faults_dropped\":{},\"untagged_dropped\":{},\"unknown_key_dropped\":{},\"bad_tag_dropped\":{},\"at_ms\":{}}}",
         engine.turns,
         engine.messages_sent,
         engine.retransmits,
@@ -528,6 +600,9 @@ fn print_stats(engine: &crate::engine::EngineStats, endpoint: &Endpoint) {
         engine.fuse_bytes_sent,
         engine.fuse_notifications,
         ep.faults_dropped,
+        ep.untagged_dropped,
+        ep.unknown_key_dropped,
+        ep.bad_tag_dropped,
         Time::now_wall().as_millis()
     );
 }
@@ -544,13 +619,17 @@ struct Out<'a> {
     /// The finished report and when to exit (after lingering).
     finished: Option<(String, Time)>,
     crash: &'a CrashPoints,
-    /// Where each client's requests came from, for its replies. Bounded.
+    /// Where each credentialed client's requests came from, for its replies: learned only
+    /// from requests its credential tagged. Bounded.
     client_addrs: HashMap<ProcessId, SocketAddr>,
     /// [`Config::observe`], when set.
     observation: Option<Observation>,
     /// Moving average (1/8 weight per sample) of commit times, both paths: decides whether a
     /// small batch may be committed inline ([`INLINE_COMMIT_SLOW`]).
     commit_avg: Duration,
+    /// The same for requests without a credential (anyone may send one in any client's
+    /// name: kept apart, so such a request cannot divert a credentialed client's replies).
+    anonymous_addrs: HashMap<ProcessId, SocketAddr>,
 }
 
 impl Out<'_> {
@@ -559,13 +638,15 @@ impl Out<'_> {
         if frame.kind != FrameKind::ClientRequest {
             return;
         }
-        if self.client_addrs.len() >= crate::limits::CLIENT_ADDRS_MAX
-            && !self.client_addrs.contains_key(&frame.from)
-        {
+        let addrs = match frame.auth {
+            Auth::Client { .. } => &mut self.client_addrs,
+            _ => &mut self.anonymous_addrs,
+        };
+        if addrs.len() >= crate::limits::CLIENT_ADDRS_MAX && !addrs.contains_key(&frame.from) {
             // Forget everyone: active clients are learned again from their next retry.
-            self.client_addrs.clear();
+            addrs.clear();
         }
-        self.client_addrs.insert(frame.from.clone(), from);
+        addrs.insert(frame.from.clone(), from);
     }
 
     /// A commit (either path) took `took`.
@@ -626,8 +707,15 @@ impl Out<'_> {
                         "output commit violated: frame depends on batch {after}, durable is {}",
                         self.durable
                     );
-                    let Some(addr) = self.peers.get(&to).or_else(|| self.client_addrs.get(&to))
-                    else {
+                    let clients = match frame.kind {
+                        FrameKind::ClientReply | FrameKind::Reject
+                            if matches!(frame.auth, Auth::Client { .. }) =>
+                        {
+                            &self.client_addrs
+                        }
+                        _ => &self.anonymous_addrs,
+                    };
+                    let Some(addr) = self.peers.get(&to).or_else(|| clients.get(&to)) else {
                         tracing::warn!(peer = %to, "no address for peer; frame dropped");
                         continue;
                     };

@@ -15,6 +15,9 @@
 //!   ([`RunError`]).
 //! - [`Client`] / [`BlockingClient`]: exactly-once requests from programs outside Ken,
 //!   typed by the handler's [`Handler::Request`] and [`Handler::Reply`].
+//! - [`ClusterKey`] and [`ClientCredential`]: the cluster's shared secret (set in
+//!   [`Config::key`]; every peer frame is then authenticated) and what a [`Client`] shows to
+//!   prove which client it is. SECURITY.md has the threat model.
 //! - [`limits`]: every limit and default, with its value.
 //!
 //! Below that, for hosts, simulations and tools rather than applications: [`engine`], the
@@ -71,6 +74,6 @@ pub use engine::fuse::{FuseError, GroupId, GroupState};
 pub use handler::{Handler, Input, SendError, Table, Turn};
 pub use ken_store as store;
 pub use ken_transport as transport;
-pub use ken_transport::{Incarnation, ProcessId, Seq};
+pub use ken_transport::{ClientCredential, ClusterKey, Incarnation, KeyFileError, ProcessId, Seq};
 pub use time::Time;
 pub use tuning::{Tuning, TuningError};

@@ -42,9 +42,33 @@ pub const ROOT_BYTES_MAX: usize = 16 << 20;
 /// Clients remembered by the reply cache (per client: last request and its reply).
 pub const CLIENTS_MAX: usize = 10_000;
 
-/// A client idle this long may be evicted from a full reply cache. Clients must not retry a
-/// request for longer than this.
-pub const CLIENT_IDLE_EVICT: Duration = Duration::from_secs(3600);
+/// The client retry window: a client retries a request for at most this long after it first
+/// sent it (a request carries that moment, `RequestEnvelope::sent_ms`). A process applies a
+/// request only if it was first sent within this window (and [`CLIENT_CLOCK_SKEW_MAX`]); an
+/// older one is answered `Expired`, never applied.
+pub const CLIENT_RETRY_WINDOW: Duration = Duration::from_secs(60);
+
+/// How far a client's clock may be from the process's: a request stamped further in the
+/// future, or older than the retry window by more than this, is answered `Expired`.
+pub const CLIENT_CLOCK_SKEW_MAX: Duration = Duration::from_secs(30);
+
+/// A client idle this long (since its last applied request) may be evicted from a full reply
+/// cache, least recently used first. Longer than the retry window plus twice the clock skew,
+/// so no copy of a request applied before the eviction can still be fresh afterwards: a
+/// forgotten client's next fresh request is new, whatever its number, and nothing is ever
+/// applied twice (the argument is in `client.rs`).
+pub const CLIENT_IDLE_EVICT: Duration =
+    Duration::from_secs(CLIENT_RETRY_WINDOW.as_secs() + 2 * CLIENT_CLOCK_SKEW_MAX.as_secs() + 1);
+
+/// A reply to a request without a credential is at most this many times the size of the
+/// request's datagram (a spoofed small request cannot aim a large reply at someone else). A
+/// larger reply is answered `Pad`: the client resends the request padded (the
+/// [`crate::Client`] does it by itself) and gets the reply from the cache.
+pub const AMPLIFICATION_MAX: usize = 4;
+
+/// Largest request number and sequence number taken from the network: the store keeps them
+/// in SQLite `INTEGER` columns (signed 64-bit). Larger ones are dropped and counted.
+pub const WIRE_NUMBER_MAX: u64 = i64::MAX as u64;
 
 /// Client return addresses the driver remembers.
 pub const CLIENT_ADDRS_MAX: usize = 2 * CLIENTS_MAX;
@@ -65,16 +89,24 @@ pub const FUSE_T_FAIL: Duration = Duration::from_secs(3);
 /// A group whose members have not all confirmed within this fails.
 pub const FUSE_CREATE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Upper bound on a data frame's payload (an encoded message), set by the datagram limit
-/// and the longest ids.
-pub const MESSAGE_BYTES_MAX: usize =
-    ken_transport::frame::MAX_FRAME_BYTES - 2 * ken_transport::frame::MAX_ID_BYTES - 64;
+/// Upper bound on a data frame's payload (an encoded message): what a tagged frame between
+/// the longest ids carries.
+pub const MESSAGE_BYTES_MAX: usize = ken_transport::frame::MIN_PAYLOAD_CAPACITY_BYTES;
 
 /// Largest reply to a client request: a message less the reply envelope's tag and length.
 pub const REPLY_BYTES_MAX: usize = MESSAGE_BYTES_MAX - 16;
+
+/// Largest encoded client request: a message less the request envelope (first-send time,
+/// lengths and an empty padding).
+pub const REQUEST_BYTES_MAX: usize = MESSAGE_BYTES_MAX - 32;
 
 const _: () = assert!(RTO_MIN.as_millis() <= RTO_INITIAL.as_millis());
 const _: () = assert!(RTO_INITIAL.as_millis() <= RTO_MAX.as_millis());
 const _: () = assert!(WINDOW_MESSAGES_MAX as u64 <= REORDER_BUFFER_MAX);
 const _: () = assert!(MESSAGE_BYTES_MAX < BATCH_BYTES_MAX);
 const _: () = assert!(10 * FUSE_HEARTBEAT.as_millis() < FUSE_T_FAIL.as_millis());
+const _: () = assert!(
+    CLIENT_IDLE_EVICT.as_millis()
+        > CLIENT_RETRY_WINDOW.as_millis() + 2 * CLIENT_CLOCK_SKEW_MAX.as_millis()
+);
+const _: () = assert!(AMPLIFICATION_MAX >= 2);

@@ -527,9 +527,15 @@ impl<H: Handler> Cluster<H> {
         let Some(engine) = self.nodes[i].engine.as_mut() else {
             return;
         };
-        let payload = ken_store::codec::encode(request);
+        // First sent now: inside the engine's retry window.
+        let payload = ken_store::codec::encode(&crate::client::RequestEnvelope {
+            sent_ms: self.now.as_millis(),
+            request: ken_store::codec::encode(request),
+            padding: Vec::new(),
+        });
         let frame = Frame {
             kind: FrameKind::ClientRequest,
+            auth: ken_transport::Auth::None,
             from: client.to_process_id(),
             from_incarnation: ken_transport::Incarnation(0),
             to: engine.id().clone(),

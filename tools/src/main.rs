@@ -13,6 +13,10 @@
 //!   while clients use them, then checked (money conserved, every acknowledged request
 //!   applied exactly once) with a short report.
 //!
+//! - `ken keygen FILE`: writes a fresh cluster key (mode 0600, never overwriting a file);
+//!   `ken client-credential --key-file K --out FILE`: issues a client credential from it
+//!   (SECURITY.md).
+//!
 //! - `ken inspect STORE [VIEW]`: looks inside a process's checkpoint store, live or dead
 //!   (summary, outbox, peers, timers, tables, turns, state, verify, watch; `--json`). The
 //!   views live in the `ken-inspect` crate because the app binaries use them too. See
@@ -57,6 +61,20 @@ enum Command {
     /// Torture a cluster of real app processes (kills, crash points, pauses, network
     /// faults), heal, and check exactly-once, FIFO, output validity and liveness.
     Torture(Box<torture::Args>),
+    /// Write a fresh cluster key to FILE (mode 0600; refuses to overwrite a file).
+    Keygen {
+        /// Where to write the key.
+        file: std::path::PathBuf,
+    },
+    /// Issue a client credential (a fresh client id and its token) from the cluster key.
+    ClientCredential {
+        /// The cluster key file.
+        #[arg(long)]
+        key_file: std::path::PathBuf,
+        /// Where to write the credential (mode 0600; refuses to overwrite a file).
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
     /// Internal: run an example app, `ken app bank ARGS..` as `ken-bank ARGS..` would (how
     /// `ken torture`, `ken demo` and the tests start app processes).
     #[command(hide = true, disable_help_flag = true)]
@@ -92,6 +110,39 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Keygen { file } => match ken::ClusterKey::write_new(&file) {
+            Ok(key) => {
+                println!("wrote cluster key {} to {}", key.id(), file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ken keygen: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::ClientCredential { key_file, out } => {
+            if let Some(mode) = ken::transport::auth::loose_permissions(&key_file) {
+                eprintln!(
+                    "ken client-credential: warning: {} has mode {mode:o}: others may read the \
+                     cluster key; run `chmod 600` on it",
+                    key_file.display()
+                );
+            }
+            let written = ken::ClusterKey::load(&key_file).and_then(|key| {
+                let credential = key.new_credential();
+                credential.write_new(&out).map(|()| credential)
+            });
+            match written {
+                Ok(credential) => {
+                    println!("wrote {credential:?} to {}", out.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ken client-credential: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::BenchNode(args) => bench::node::main(&args),
         Command::FuseNode(args) => bench::fuse_node::main(&args),
         Command::Torture(args) => match torture::run(&args) {

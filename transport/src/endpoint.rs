@@ -8,6 +8,11 @@
 //! corrupted, foreign traffic, or a datagram from a partitioned address) is dropped and
 //! counted in [`EndpointStats`], never surfaced.
 //!
+//! With a [`Keyring`] ([`EndpointOptions::keys`]), every frame is opened with it
+//! ([`Frame::open`]): untagged peer frames, frames tagged with a key it does not hold, and
+//! frames whose tag fails are dropped and counted by reason before anything else of them is
+//! parsed; frames to send are sealed as their [`Frame::auth`] asks ([`Keyring::seal_key`]).
+//!
 //! Invariants:
 //! - Every datagram received or fault applied is counted; counters only grow.
 //! - Held (delayed or reordered) datagrams live in one queue bounded by
@@ -32,10 +37,11 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::auth::{FrameKeys, Keyring, NoKeys};
 use crate::faults::{
     FaultConfig, FaultInjector, Transmission, Verdict, FAULTS_FILE_ENV, MAX_FAULT_SPEC_BYTES,
 };
-use crate::frame::{EncodeError, Frame, MAX_FRAME_BYTES};
+use crate::frame::{Auth, DecodeError, EncodeError, Frame, MAX_FRAME_BYTES};
 
 /// Most datagrams held back by the delay and reorder faults at once.
 pub const MAX_HELD_DATAGRAMS: usize = 10_000;
@@ -70,6 +76,16 @@ pub struct EndpointStats {
     pub bytes_received: u64,
     /// Datagrams that did not decode (bad CRC, truncated, foreign): dropped.
     pub junk_dropped: u64,
+    /// Untagged frames of a kind this endpoint takes only tagged (it has a key): dropped.
+    pub untagged_dropped: u64,
+    /// Frames tagged with a key this endpoint does not hold (another cluster's, a retired
+    /// one, or any key when it has none): dropped.
+    pub unknown_key_dropped: u64,
+    /// Frames whose tag did not check out (forged or altered): dropped.
+    pub bad_tag_dropped: u64,
+    /// Frames accepted under an older key of the keyring (a rotation in progress: once this
+    /// stops growing everywhere, the old key can go).
+    pub old_key_frames: u64,
     pub send_errors: u64,
     pub faults_dropped: u64,
     pub faults_duplicated: u64,
@@ -122,6 +138,8 @@ pub struct EndpointOptions {
     pub faults: FaultConfig,
     /// The file watched for new fault configurations.
     pub faults_file: FaultsFile,
+    /// The cluster's keys: `None` is unauthenticated mode (untagged frames only).
+    pub keys: Option<Arc<Keyring>>,
 }
 
 /// A bound UDP socket that speaks frames.
@@ -143,6 +161,7 @@ struct Inner {
     /// Wakes the drainer when a datagram is held.
     held_added: Notify,
     buffers: Mutex<Vec<Vec<u8>>>,
+    keys: Option<Arc<Keyring>>,
 }
 
 /// A datagram waiting for its time.
@@ -204,6 +223,7 @@ impl Endpoint {
             held: Mutex::new(HeldQueue::default()),
             held_added: Notify::new(),
             buffers: Mutex::new(Vec::new()),
+            keys: options.keys,
         });
         inner.set_faults(local_addr, options.faults);
         let mut tasks = vec![runtime.spawn(drain_held(Arc::clone(&inner)))];
@@ -237,7 +257,7 @@ impl Endpoint {
     /// fault (all counted). Cancel-safe in the sense that cancelling may lose the frame,
     /// which UDP may do anyway.
     pub async fn send(&self, to: SocketAddr, frame: &Frame) -> Result<(), SendError> {
-        let bytes = frame.encode()?;
+        let bytes = self.inner.seal(frame)?;
         if !self.inner.faults_active.load(Ordering::Acquire) {
             return Ok(self.inner.transmit(to, &bytes).await?);
         }
@@ -295,16 +315,8 @@ impl Endpoint {
                 continue;
             }
             let datagram = buffer.0.get(..len).unwrap_or(&[]);
-            match Frame::decode(datagram) {
-                Ok(frame) => {
-                    AtomicStats::bump(&stats.frames_received);
-                    AtomicStats::add(&stats.bytes_received, len);
-                    return Ok((frame, from));
-                }
-                Err(error) => {
-                    AtomicStats::bump(&stats.junk_dropped);
-                    tracing::debug!(%from, len, %error, "junk datagram dropped");
-                }
+            if let Some(frame) = self.inner.open(datagram, from) {
+                return Ok((frame, from));
             }
         }
     }
@@ -351,16 +363,8 @@ impl Endpoint {
                     continue;
                 }
                 let datagram = buffers.bufs[i].get(..len).unwrap_or(&[]);
-                match Frame::decode(datagram) {
-                    Ok(frame) => {
-                        AtomicStats::bump(&stats.frames_received);
-                        AtomicStats::add(&stats.bytes_received, len);
-                        out.push((frame, from));
-                    }
-                    Err(error) => {
-                        AtomicStats::bump(&stats.junk_dropped);
-                        tracing::debug!(%from, len, %error, "junk datagram dropped");
-                    }
+                if let Some(frame) = self.inner.open(datagram, from) {
+                    out.push((frame, from));
                 }
             }
             if out.len() > before {
@@ -400,6 +404,50 @@ impl Drop for Endpoint {
 }
 
 impl Inner {
+    /// Encodes `frame`, sealed as its `auth` asks.
+    fn seal(&self, frame: &Frame) -> Result<Vec<u8>, EncodeError> {
+        match &self.keys {
+            Some(keys) => keys.seal(frame),
+            None => frame.encode(),
+        }
+    }
+
+    /// Opens one datagram, counting it: the frame, or `None` if it was dropped.
+    fn open(&self, datagram: &[u8], from: SocketAddr) -> Option<Frame> {
+        let stats = &self.stats;
+        let keys: &dyn FrameKeys = match &self.keys {
+            Some(keys) => keys.as_ref(),
+            None => &NoKeys,
+        };
+        match Frame::open(datagram, keys) {
+            Ok(frame) => {
+                AtomicStats::bump(&stats.frames_received);
+                AtomicStats::add(&stats.bytes_received, datagram.len());
+                if let (Some(keys), Some(id)) = (&self.keys, crate::frame::key_id_of(datagram)) {
+                    if frame.auth != Auth::None && id != keys.current() {
+                        AtomicStats::bump(&stats.old_key_frames);
+                    }
+                }
+                Some(frame)
+            }
+            Err(error) => {
+                let counter = match error {
+                    DecodeError::Untagged => &stats.untagged_dropped,
+                    DecodeError::UnknownKey(_) => &stats.unknown_key_dropped,
+                    DecodeError::BadTag => &stats.bad_tag_dropped,
+                    _ => &stats.junk_dropped,
+                };
+                AtomicStats::bump(counter);
+                if error.is_auth() {
+                    tracing::debug!(%from, len = datagram.len(), %error, "unauthenticated datagram dropped");
+                } else {
+                    tracing::debug!(%from, len = datagram.len(), %error, "junk datagram dropped");
+                }
+                None
+            }
+        }
+    }
+
     fn set_faults(&self, local_addr: SocketAddr, faults: FaultConfig) {
         let active = faults.is_active();
         if active {
@@ -676,6 +724,10 @@ struct AtomicStats {
     bytes_sent: AtomicU64,
     bytes_received: AtomicU64,
     junk_dropped: AtomicU64,
+    untagged_dropped: AtomicU64,
+    unknown_key_dropped: AtomicU64,
+    bad_tag_dropped: AtomicU64,
+    old_key_frames: AtomicU64,
     send_errors: AtomicU64,
     faults_dropped: AtomicU64,
     faults_duplicated: AtomicU64,
@@ -707,6 +759,10 @@ impl AtomicStats {
             bytes_sent: get(&self.bytes_sent),
             bytes_received: get(&self.bytes_received),
             junk_dropped: get(&self.junk_dropped),
+            untagged_dropped: get(&self.untagged_dropped),
+            unknown_key_dropped: get(&self.unknown_key_dropped),
+            bad_tag_dropped: get(&self.bad_tag_dropped),
+            old_key_frames: get(&self.old_key_frames),
             send_errors: get(&self.send_errors),
             faults_dropped: get(&self.faults_dropped),
             faults_duplicated: get(&self.faults_duplicated),

@@ -20,6 +20,16 @@
 //! incarnation, `after` the newest durable batch), runs a notification turn per failed
 //! group it hands out, and commits a batch whenever the machine reports group changes.
 //!
+//! Security ([`Security`], set by the host with [`Engine::with_security`]): the engine holds
+//! no key; the host opens every datagram (checking its tag) before it hands the frame in and
+//! seals every frame the engine hands out as its [`Frame::auth`] says. With
+//! `authenticated`, the engine accepts only peer frames the cluster key vouched for (so a
+//! first contact, an ack or a FUSE message cannot be forged), only client requests with a
+//! credential, and FUSE liveness only from fresh stamps. Either way it drops and counts
+//! request and sequence numbers the store cannot hold, applies a request only if it was
+//! first sent within the client retry window, evicts idle clients from a full reply cache
+//! least recently used first, and caps replies to requests without a credential.
+//!
 //! Invariants (asserted here, checked again by the driver and the simulation):
 //! - Output commit: a data frame carries a message only if the batch that created it is
 //!   durable; an acknowledgement never exceeds what durable turns consumed; FUSE messages
@@ -39,11 +49,11 @@ use ken_store::{
     Batch, ClientChange, ClientRow, OutboxAck, OutboxRow, PeerRow, Recovered, TableWrite,
     TimerChange, TurnLogEntry,
 };
-use ken_transport::{Frame, FrameKind, Incarnation, ProcessId, Seq};
+use ken_transport::{Auth, Frame, FrameKind, Incarnation, ProcessId, Seq};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::client::{ClientId, ReplyBody};
+use crate::client::{ClientId, ReplyBody, RequestEnvelope};
 use crate::handler::{Effects, Handler, Input, PeerView, TimerOp, Turn};
 use crate::{limits, Time, Tuning};
 use fuse::{Fuse, FuseOutput, SealToken};
@@ -144,6 +154,32 @@ pub struct EngineStats {
     pub fuse_bytes_sent: u64,
     /// Acknowledgements of messages never sent (ignored).
     pub bogus_acks: u64,
+    /// Peer frames without the cluster key's tag reaching an engine that requires it (the
+    /// endpoint drops them first; counted here if a host hands one in anyway).
+    pub unauthenticated_frames: u64,
+    /// Frames with a number the store cannot hold (a request number or sequence number above
+    /// [`limits::WIRE_NUMBER_MAX`]): dropped.
+    pub out_of_range_frames: u64,
+    /// FUSE heartbeats and lists not credited as proof of life: their stamp was not newer
+    /// than the last heard from the peer (a replay, or reordering). Only with a cluster key.
+    pub stale_stamps: u64,
+    /// Requests without a credential refused by a process with a cluster key.
+    pub requests_unauthorized: u64,
+    /// Requests first sent outside the retry window (answered `Expired`, not applied).
+    pub requests_expired: u64,
+    /// Replies to requests without a credential too large for them (answered `Pad`).
+    pub replies_padded: u64,
+    /// Idle clients evicted from a full reply cache.
+    pub clients_evicted: u64,
+}
+
+/// How the host protects this engine's frames: set once, before [`Engine::start`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Security {
+    /// Every peer frame handed in was opened with the cluster key (the endpoint dropped the
+    /// rest), and every peer frame the engine makes is to be sealed with it. Also: clients
+    /// must hold a credential, and FUSE liveness is credited only for fresh stamps.
+    pub authenticated: bool,
 }
 
 /// Static configuration of an engine.
@@ -164,7 +200,7 @@ struct Filling {
     bytes: usize,
     emits: Vec<String>,
     /// Client replies (client, request number, encoded reply body).
-    replies: Vec<(ClientId, u64, Vec<u8>)>,
+    replies: Vec<(ClientId, u64, Vec<u8>, ReplyTo)>,
     /// Anything to commit: a turn ran, or peer counters changed (FUSE group changes are
     /// reported by [`Fuse::needs_seal`]).
     nonempty: bool,
@@ -176,9 +212,17 @@ struct Committing {
     /// Per peer changed in the batch: (next_seq, delivered) as of the seal.
     snapshot: Vec<(ProcessId, u64, u64)>,
     emits: Vec<String>,
-    replies: Vec<(ClientId, u64, Vec<u8>)>,
+    replies: Vec<(ClientId, u64, Vec<u8>, ReplyTo)>,
     /// The FUSE machine's share of the batch.
     fuse: SealToken,
+}
+
+/// How to answer a request: the reply mirrors its protection, and a reply to a request
+/// without a credential is capped by the request's size.
+#[derive(Debug, Clone, Copy)]
+struct ReplyTo {
+    auth: Auth,
+    request_bytes: usize,
 }
 
 /// The reply cache entry of one client.
@@ -205,15 +249,26 @@ impl PeerView for PeerDepths<'_> {
 
 /// The two ends of a pair, for building frames to the peer.
 struct Header {
+    auth: Auth,
     from: ProcessId,
     from_incarnation: Incarnation,
     to: ProcessId,
     to_incarnation: Incarnation,
 }
 
+/// How peer frames are to be sealed under `security`.
+fn peer_auth(security: Security) -> Auth {
+    if security.authenticated {
+        Auth::Cluster
+    } else {
+        Auth::None
+    }
+}
+
 impl Header {
-    fn of(id: &ProcessId, incarnation: Incarnation, peer: &Peer) -> Header {
+    fn of(id: &ProcessId, incarnation: Incarnation, peer: &Peer, security: Security) -> Header {
         Header {
+            auth: peer_auth(security),
             from: id.clone(),
             from_incarnation: incarnation,
             to: peer.id.clone(),
@@ -224,6 +279,7 @@ impl Header {
     fn frame(&self, kind: FrameKind, seq: u64, ack: u64, payload: Vec<u8>) -> Frame {
         Frame {
             kind,
+            auth: self.auth,
             from: self.from.clone(),
             from_incarnation: self.from_incarnation,
             to: self.to.clone(),
@@ -260,6 +316,9 @@ pub struct Engine<H: Handler> {
     timers: BTreeMap<String, Time>,
     timer_queue: BTreeSet<(Time, String)>,
     clients: BTreeMap<ClientId, ClientEntry>,
+    /// The reply cache's clients by last use, oldest first (the LRU order of eviction).
+    clients_lru: BTreeSet<(Time, ClientId)>,
+    security: Security,
     /// FUSE groups and shared liveness, a machine of its own (`fuse/`).
     fuse: Fuse,
     tables: TableOverlay,
@@ -377,7 +436,9 @@ impl<H: Handler> Engine<H> {
             timer_queue.insert((due, t.name.clone()));
         }
         let mut clients = BTreeMap::new();
+        let mut clients_lru = BTreeSet::new();
         for row in &recovered.clients {
+            clients_lru.insert((Time::from_millis(row.updated_ms), ClientId(row.client)));
             clients.insert(
                 ClientId(row.client),
                 ClientEntry {
@@ -401,6 +462,8 @@ impl<H: Handler> Engine<H> {
             timers,
             timer_queue,
             clients,
+            clients_lru,
+            security: Security::default(),
             fuse,
             tables: TableOverlay::new(source),
             last_root: recovered.root.unwrap_or_default(),
@@ -416,6 +479,19 @@ impl<H: Handler> Engine<H> {
             failed: false,
         };
         Ok(engine)
+    }
+
+    /// Sets how the host protects frames (default: unauthenticated). Call before
+    /// [`Engine::start`].
+    pub fn with_security(mut self, security: Security) -> Engine<H> {
+        self.security = security;
+        self.fuse.require_fresh_stamps(security.authenticated);
+        self
+    }
+
+    /// How the host protects frames.
+    pub fn security(&self) -> Security {
+        self.security
     }
 
     /// Starts the process: the `Start` turn of a fresh process, then transmission of the
@@ -652,8 +728,19 @@ impl<H: Handler> Engine<H> {
             self.on_request(now, frame);
             return;
         }
+        // With a key, a peer frame counts only if the cluster key's tag vouched for it: this
+        // is what makes first contact from an unknown incarnation, acks and FUSE messages
+        // trustworthy. (The endpoint drops the rest before they get here.)
+        if self.security.authenticated && frame.auth != Auth::Cluster {
+            self.stats.unauthenticated_frames += 1;
+            return;
+        }
         if frame.to != self.id {
             self.stats.misaddressed_frames += 1;
+            return;
+        }
+        if frame.seq.0 > limits::WIRE_NUMBER_MAX || frame.ack.0 > limits::WIRE_NUMBER_MAX {
+            self.stats.out_of_range_frames += 1;
             return;
         }
         if matches!(frame.kind, FrameKind::Heartbeat | FrameKind::Fuse) {
@@ -699,6 +786,7 @@ impl<H: Handler> Engine<H> {
             self.stats.stale_incarnation_frames += 1;
             let reject = Frame {
                 kind: FrameKind::Reject,
+                auth: peer_auth(self.security),
                 from: self.id.clone(),
                 from_incarnation: self.incarnation,
                 to: frame.from.clone(),
@@ -789,6 +877,7 @@ impl<H: Handler> Engine<H> {
             };
             let frame = Frame {
                 kind,
+                auth: peer_auth(self.security),
                 from: self.id.clone(),
                 from_incarnation: self.incarnation,
                 to: to.clone(),
@@ -819,6 +908,7 @@ impl<H: Handler> Engine<H> {
         self.stats.fuse_notifications = f.notifications;
         self.stats.fuse_list_exchanges = f.list_exchanges;
         self.stats.fuse_stale_lists = f.stale_lists;
+        self.stats.stale_stamps = f.stale_stamps;
     }
 
     /// Runs the notification turns of failed groups (one per group, exactly once: the turn
@@ -869,28 +959,77 @@ impl<H: Handler> Engine<H> {
             self.stats.malformed_frames += 1;
             return;
         }
-        if frame.to_incarnation.0 != 0 && frame.to_incarnation != self.incarnation {
-            self.stats.stale_incarnation_frames += 1;
-            self.send_client(client, n, FrameKind::Reject, b"store replaced".to_vec());
+        if n > limits::WIRE_NUMBER_MAX {
+            // The store could not hold it; no client numbers that far.
+            self.stats.out_of_range_frames += 1;
             return;
         }
+        let to = ReplyTo {
+            auth: frame.auth,
+            request_bytes: frame.encoded_len(),
+        };
+        let credentialed = matches!(frame.auth, Auth::Client { .. });
+        if self.security.authenticated && !credentialed {
+            self.stats.requests_unauthorized += 1;
+            let body = ken_store::codec::encode(&ReplyBody::Unauthorized(
+                "this cluster has a key: use a client credential (ken client-credential)".into(),
+            ));
+            self.send_client(client, n, FrameKind::ClientReply, body, to);
+            return;
+        }
+        if !self.security.authenticated && frame.auth != Auth::None {
+            // Only a host with keys can vouch for a tag.
+            self.stats.malformed_frames += 1;
+            return;
+        }
+        if frame.to_incarnation.0 != 0 && frame.to_incarnation != self.incarnation {
+            self.stats.stale_incarnation_frames += 1;
+            self.send_client(client, n, FrameKind::Reject, b"store replaced".to_vec(), to);
+            return;
+        }
+        let envelope = match ken_store::codec::decode::<RequestEnvelope>(&frame.payload) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                self.stats.requests_undecodable += 1;
+                let body = ken_store::codec::encode(&ReplyBody::BadRequest(format!(
+                    "not a Ken client request (a client of another version?): {e}"
+                )));
+                self.send_client(client, n, FrameKind::ClientReply, body, to);
+                return;
+            }
+        };
         if let Some(e) = self.clients.get(&client) {
             if n <= e.last {
                 if n == e.durable_last {
                     // A retry of the last durable request: the cached reply, not a new turn.
                     self.stats.requests_replayed += 1;
                     let reply = e.durable_reply.clone();
-                    self.send_client(client, n, FrameKind::ClientReply, reply);
+                    self.send_client(client, n, FrameKind::ClientReply, reply, to);
                 } else if n < e.durable_last {
                     self.stats.requests_too_old += 1;
                     let body = ken_store::codec::encode(&ReplyBody::TooOld {
                         last: e.durable_last,
                     });
-                    self.send_client(client, n, FrameKind::ClientReply, body);
+                    self.send_client(client, n, FrameKind::ClientReply, body, to);
                 }
                 // Otherwise applied by a turn not yet durable: its reply follows the commit.
                 return;
             }
+        }
+        // A new request: applied only if first sent within the retry window (client.rs
+        // says why this makes eviction safe).
+        let sent = Time::from_millis(envelope.sent_ms);
+        let oldest = Time(now.0.saturating_sub(
+            (limits::CLIENT_RETRY_WINDOW + limits::CLIENT_CLOCK_SKEW_MAX).as_micros() as u64,
+        ));
+        if sent < oldest || sent > now.plus(limits::CLIENT_CLOCK_SKEW_MAX) {
+            self.stats.requests_expired += 1;
+            let body = ken_store::codec::encode(&ReplyBody::Expired {
+                sent_ms: envelope.sent_ms,
+                now_ms: now.as_millis(),
+            });
+            self.send_client(client, n, FrameKind::ClientReply, body, to);
+            return;
         }
         if !self.accepting_input() {
             self.stats.backpressure_dropped += 1;
@@ -899,14 +1038,14 @@ impl<H: Handler> Engine<H> {
         if !self.clients.contains_key(&client) && !self.make_room_for_client(now) {
             self.stats.requests_refused += 1;
             let body = ken_store::codec::encode(&ReplyBody::Refused(format!(
-                "the reply cache holds {} clients active within {:?}; retry later",
+                "reply cache full ({} clients active within {:?}); retry later",
                 limits::CLIENTS_MAX,
                 limits::CLIENT_IDLE_EVICT
             )));
-            self.send_client(client, n, FrameKind::ClientReply, body);
+            self.send_client(client, n, FrameKind::ClientReply, body, to);
             return;
         }
-        let request = match ken_store::codec::decode::<H::Request>(&frame.payload) {
+        let request = match ken_store::codec::decode::<H::Request>(&envelope.request) {
             Ok(request) => request,
             Err(e) => {
                 // Not applied and not cached: no turn ran. A client of another application
@@ -915,7 +1054,7 @@ impl<H: Handler> Engine<H> {
                 let body = ken_store::codec::encode(&ReplyBody::BadRequest(format!(
                     "the request does not decode as this process's request type: {e}"
                 )));
-                self.send_client(client, n, FrameKind::ClientReply, body);
+                self.send_client(client, n, FrameKind::ClientReply, body, to);
                 return;
             }
         };
@@ -935,8 +1074,10 @@ impl<H: Handler> Engine<H> {
             durable_last: 0,
             durable_reply: Vec::new(),
         });
+        self.clients_lru.remove(&(e.updated, client));
         e.last = n;
         e.updated = now;
+        self.clients_lru.insert((now, client));
         self.filling
             .batch
             .clients
@@ -946,54 +1087,70 @@ impl<H: Handler> Engine<H> {
                 reply: body.clone(),
                 updated_ms: now.as_millis(),
             }));
-        self.filling.replies.push((client, n, body));
+        self.filling.replies.push((client, n, body, to));
         if self.tuning.releases_before_commit() {
             self.release_before_commit(now);
         }
     }
 
-    /// Evicts the longest-idle client if the cache is full and it has been idle long enough.
-    /// False if the cache is full of recently active clients.
+    /// Makes room for a new client in a full reply cache: evicts the least recently used
+    /// client idle for at least [`limits::CLIENT_IDLE_EVICT`] whose last request is durable.
+    /// False if every client was active more recently.
     fn make_room_for_client(&mut self, now: Time) -> bool {
         if self.clients.len() < limits::CLIENTS_MAX {
             return true;
         }
-        let oldest = self
-            .clients
+        let evictable = self
+            .clients_lru
             .iter()
-            .min_by_key(|(_, e)| e.updated)
-            .map(|(c, e)| (*c, e.updated, e.last == e.durable_last));
-        match oldest {
-            Some((client, updated, settled))
-                if settled && now.since(updated) >= limits::CLIENT_IDLE_EVICT =>
-            {
-                self.clients.remove(&client);
-                self.filling
-                    .batch
-                    .clients
-                    .push(ClientChange::Evict { client: client.0 });
-                true
-            }
-            _ => false,
-        }
+            .take_while(|(updated, _)| now.since(*updated) >= limits::CLIENT_IDLE_EVICT)
+            .find(|(_, c)| {
+                self.clients
+                    .get(c)
+                    .is_some_and(|e| e.last == e.durable_last)
+            })
+            .copied();
+        let Some((updated, client)) = evictable else {
+            return false;
+        };
+        self.clients_lru.remove(&(updated, client));
+        self.clients.remove(&client);
+        self.stats.clients_evicted += 1;
+        self.filling
+            .batch
+            .clients
+            .push(ClientChange::Evict { client: client.0 });
+        true
     }
 
     /// Releases the replies of a durable batch (or, under the test-only switch, early).
-    fn release_replies(&mut self, replies: Vec<(ClientId, u64, Vec<u8>)>) {
-        for (client, n, body) in replies {
+    fn release_replies(&mut self, replies: Vec<(ClientId, u64, Vec<u8>, ReplyTo)>) {
+        for (client, n, body, to) in replies {
             if let Some(e) = self.clients.get_mut(&client) {
                 if n >= e.durable_last {
                     e.durable_last = n;
                     e.durable_reply = body.clone();
                 }
             }
-            self.send_client(client, n, FrameKind::ClientReply, body);
+            self.send_client(client, n, FrameKind::ClientReply, body, to);
         }
     }
 
-    fn send_client(&mut self, client: ClientId, n: u64, kind: FrameKind, payload: Vec<u8>) {
-        let frame = Frame {
+    /// Answers request `n` of `client`, protected as the request was. A reply to a request
+    /// without a credential larger than [`limits::AMPLIFICATION_MAX`] times the request is
+    /// replaced by `Pad` (the client resends the request padded, and the reply comes from the
+    /// cache, or is made again if it was not cached).
+    fn send_client(
+        &mut self,
+        client: ClientId,
+        n: u64,
+        kind: FrameKind,
+        payload: Vec<u8>,
+        to: ReplyTo,
+    ) {
+        let mut frame = Frame {
             kind,
+            auth: to.auth,
             from: self.id.clone(),
             from_incarnation: self.incarnation,
             to: client.to_process_id(),
@@ -1002,6 +1159,24 @@ impl<H: Handler> Engine<H> {
             ack: Seq(0),
             payload,
         };
+        if to.auth == Auth::None {
+            let cap = to.request_bytes.saturating_mul(limits::AMPLIFICATION_MAX);
+            if frame.encoded_len() > cap {
+                self.stats.replies_padded += 1;
+                let needed = frame.encoded_len().div_ceil(limits::AMPLIFICATION_MAX);
+                frame.kind = FrameKind::ClientReply;
+                frame.payload = ken_store::codec::encode(&ReplyBody::Pad {
+                    datagram_bytes: u32::try_from(needed).unwrap_or(u32::MAX),
+                });
+                // Every request is larger than a `Pad` reply's quarter: the header of a
+                // request names a 34-byte client id, the reply's a process id of at most
+                // 64 bytes, and the request's envelope outweighs the `Pad` body.
+                debug_assert!(frame.encoded_len() <= cap, "a Pad reply fits the cap");
+                if frame.encoded_len() > cap {
+                    return;
+                }
+            }
+        }
         self.commands.push(Command::Send {
             to: frame.to.clone(),
             frame,
@@ -1345,7 +1520,7 @@ impl<H: Handler> Engine<H> {
                 break;
             }
             let ack = p.delivered_committed;
-            let frame = Header::of(&self.id, self.incarnation, p).frame(
+            let frame = Header::of(&self.id, self.incarnation, p, self.security).frame(
                 FrameKind::Data,
                 seq,
                 ack,
@@ -1374,7 +1549,7 @@ impl<H: Handler> Engine<H> {
         let p = self.peers.get_mut(pid).expect("known peer");
         let rto = p.rto.current();
         let ack = p.delivered_committed;
-        let header = Header::of(&self.id, self.incarnation, p);
+        let header = Header::of(&self.id, self.incarnation, p, self.security);
         for i in 0..p.in_flight {
             let e = &mut p.outbox[i];
             assert!(
@@ -1410,8 +1585,12 @@ impl<H: Handler> Engine<H> {
         let p = self.peers.get_mut(pid).expect("known peer");
         let ack = p.delivered_committed;
         p.ack_sent = p.ack_sent.max(ack);
-        let frame =
-            Header::of(&self.id, self.incarnation, p).frame(FrameKind::Ack, 0, ack, Vec::new());
+        let frame = Header::of(&self.id, self.incarnation, p, self.security).frame(
+            FrameKind::Ack,
+            0,
+            ack,
+            Vec::new(),
+        );
         self.stats.acks_sent += 1;
         self.commands.push(Command::Send {
             to: pid.clone(),

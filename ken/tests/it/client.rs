@@ -113,11 +113,11 @@ fn an_oversized_request_is_refused_before_sending() {
     let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
     silent.set_nonblocking(true).unwrap();
     let mut c = BlockingClient::<Vec<u8>, ()>::with_id(ClientId::random(), 1, quick()).unwrap();
-    let big = vec![0u8; ken::limits::MESSAGE_BYTES_MAX + 1];
+    let big = vec![0u8; ken::limits::REQUEST_BYTES_MAX + 1];
     match c.call(silent.local_addr().unwrap(), &big) {
         Err(ClientError::TooLarge { bytes, max_bytes }) => {
             assert!(bytes > big.len(), "the encoded size: {bytes}");
-            assert_eq!(max_bytes, ken::limits::MESSAGE_BYTES_MAX);
+            assert_eq!(max_bytes, ken::limits::REQUEST_BYTES_MAX);
         }
         other => panic!("expected TooLarge, got {other:?}"),
     }
@@ -139,6 +139,7 @@ fn an_undecodable_reply_is_a_decode_error() {
             };
             let reply = Frame {
                 kind: FrameKind::ClientReply,
+                auth: ken::transport::Auth::None,
                 from: ProcessId::new("fake").unwrap(),
                 from_incarnation: Incarnation(1),
                 to: req.from,

@@ -106,6 +106,7 @@ fn t(ms: u64) -> Time {
 fn data(from: &str, from_inc: u64, to: &str, to_inc: u64, seq: u64, ack: u64, v: u64) -> Frame {
     Frame {
         kind: FrameKind::Data,
+        auth: ken::transport::Auth::None,
         from: pid(from),
         from_incarnation: Incarnation(from_inc),
         to: pid(to),
@@ -119,6 +120,7 @@ fn data(from: &str, from_inc: u64, to: &str, to_inc: u64, seq: u64, ack: u64, v:
 fn ack(from: &str, from_inc: u64, to: &str, to_inc: u64, ack: u64) -> Frame {
     Frame {
         kind: FrameKind::Ack,
+        auth: ken::transport::Auth::None,
         from: pid(from),
         from_incarnation: Incarnation(from_inc),
         to: pid(to),
@@ -660,14 +662,24 @@ fn finished_waits_for_commit_and_acknowledgements() {
 fn request(client: ken::ClientId, n: u64, body: &[u8]) -> Frame {
     Frame {
         kind: FrameKind::ClientRequest,
+        auth: ken::transport::Auth::None,
         from: client.to_process_id(),
         from_incarnation: Incarnation(0),
         to: pid("whoever"),
         to_incarnation: Incarnation(0),
         seq: Seq(n),
         ack: Seq(0),
-        payload: ken::store::codec::encode(&body.to_vec()),
+        payload: envelope(body),
     }
+}
+
+/// A request's payload: `body` as the handler's request, first sent at `t(0)`.
+fn envelope(body: &[u8]) -> Vec<u8> {
+    ken::store::codec::encode(&ken::client::RequestEnvelope {
+        sent_ms: t(0).as_millis(),
+        request: ken::store::codec::encode(&body.to_vec()),
+        padding: Vec::new(),
+    })
 }
 
 /// The reply body of an applied request whose reply is `bytes` (the echo's `Vec<u8>`).
@@ -744,7 +756,11 @@ fn a_request_that_does_not_decode_is_answered_bad_request_and_not_applied() {
     b.commit_done(t(1), id);
     // A varint length far beyond the payload: not a `Vec<u8>`.
     let mut frame = request(client, 1, b"");
-    frame.payload = vec![0xfc, 0xff, 0xff, 0xff, 0x7f];
+    frame.payload = ken::store::codec::encode(&ken::client::RequestEnvelope {
+        sent_ms: t(0).as_millis(),
+        request: vec![0xfc, 0xff, 0xff, 0xff, 0x7f],
+        padding: Vec::new(),
+    });
     b.handle_frame(t(2), frame);
     let cmds = b.take_commands();
     assert!(

@@ -1,11 +1,13 @@
 //! Integration tests of the `ken` crate (one test binary, per matklad's advice).
 
+mod attacks;
 mod client;
 mod crash;
 mod engine;
 mod fuse;
 mod fuse_engine;
 mod fuse_machine;
+mod hostile;
 mod observe;
 mod sans_io;
 mod testing;

@@ -63,6 +63,7 @@ fn fake_receiver(socket: UdpSocket, me: ProcessId, stop: Arc<AtomicBool>) {
         }
         let ack = Frame {
             kind: FrameKind::Ack,
+            auth: ken::transport::Auth::None,
             from: me.clone(),
             from_incarnation: Incarnation(7),
             to: data.from,

@@ -230,6 +230,7 @@ impl Simulated {
             to,
             frame: Frame {
                 kind: FrameKind::Data,
+                auth: ken::transport::Auth::None,
                 from: id,
                 from_incarnation: incarnation,
                 to: receiver,

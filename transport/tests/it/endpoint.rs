@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use ken_transport::frame::{MAX_FRAME_BYTES, MIN_FRAME_BYTES};
+use ken_transport::frame::{AUTH_TRAILER_BYTES, MAX_FRAME_BYTES, MIN_FRAME_BYTES};
 use ken_transport::{EncodeError, Endpoint, FaultConfig, Frame, SendError, Seq};
 use tokio::net::UdpSocket;
 
@@ -41,7 +41,8 @@ async fn largest_frame_crosses_loopback() {
     let a = endpoint(FaultConfig::default());
     let b = endpoint(FaultConfig::default());
     let mut frame = data(1);
-    frame.payload = vec![0x5a; Frame::max_payload(&frame.from, &frame.to)];
+    // Untagged, the tag's bytes are free for payload.
+    frame.payload = vec![0x5a; Frame::max_payload(&frame.from, &frame.to) + AUTH_TRAILER_BYTES];
     assert_eq!(frame.encoded_len(), MAX_FRAME_BYTES);
     a.send(b.local_addr(), &frame)
         .await
@@ -54,7 +55,7 @@ async fn oversize_frame_is_an_encode_error_and_nothing_is_sent() {
     let a = endpoint(FaultConfig::default());
     let b = endpoint(FaultConfig::default());
     let mut frame = data(1);
-    frame.payload = vec![0; Frame::max_payload(&frame.from, &frame.to) + 1];
+    frame.payload = vec![0; Frame::max_payload(&frame.from, &frame.to) + AUTH_TRAILER_BYTES + 1];
     let error = a.send(b.local_addr(), &frame).await.expect_err("too large");
     assert!(
         matches!(error, SendError::Encode(EncodeError::TooLarge { size }) if size == MAX_FRAME_BYTES + 1),

@@ -312,6 +312,7 @@ async fn faults_file_reconfigures_a_running_endpoint() {
     let options = EndpointOptions {
         faults: FaultConfig::default(),
         faults_file: FaultsFile::Path(path.clone()),
+        keys: None,
     };
     let a = Endpoint::bind_with_options(localhost(), options).expect("bind");
     let b = endpoint(FaultConfig::default());

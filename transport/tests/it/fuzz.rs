@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use ken_transport::frame::{MAX_FRAME_BYTES, MAX_ID_BYTES, MIN_FRAME_BYTES, WIRE_VERSION};
+use ken_transport::frame::{
+    AUTH_TRAILER_BYTES, MAX_FRAME_BYTES, MAX_ID_BYTES, MIN_FRAME_BYTES, WIRE_VERSION,
+};
 use ken_transport::{DecodeError, Frame, FrameKind, Incarnation, ProcessId, Seq};
 use proptest::prelude::*;
 use rand::{Rng, RngCore, SeedableRng};
@@ -47,6 +49,7 @@ fn random_frame(rng: &mut ChaCha8Rng, payload_len: usize) -> Frame {
     rng.fill_bytes(&mut payload);
     Frame {
         kind: FrameKind::ALL[rng.gen_range(0..FrameKind::ALL.len())],
+        auth: ken_transport::Auth::None,
         from: random_id(rng),
         from_incarnation: Incarnation(random_u64(rng)),
         to: random_id(rng),
@@ -94,7 +97,7 @@ struct Offsets {
 }
 
 fn offsets(frame: &Frame) -> Offsets {
-    let from_len = 4;
+    let from_len = 9;
     let to_len = from_len + 1 + frame.from.len_bytes() + 8;
     let payload_len = to_len + 1 + frame.to.len_bytes() + 8 + 8 + 8;
     Offsets {
@@ -193,6 +196,10 @@ fn variant(error: &DecodeError) -> &'static str {
         DecodeError::BadChecksum => "BadChecksum",
         DecodeError::BadId(_) => "BadId",
         DecodeError::BadLength => "BadLength",
+        // A mutated protection byte or key id (the CRC fixed by the mutation): a keyless
+        // decoder refuses any tagged frame.
+        DecodeError::BadProtection(_) => "BadProtection",
+        DecodeError::UnknownKey(_) => "UnknownKey",
         _ => "other",
     }
 }
@@ -212,8 +219,10 @@ fn generate(rng: &mut ChaCha8Rng, big_frames: &[(Frame, Vec<u8>)]) -> Vec<u8> {
             bytes[..3].copy_from_slice(&[b'K', b'N', WIRE_VERSION]);
             bytes[3] = rng.gen_range(0..9);
         }
-        if len > 5 {
-            bytes[4] = rng.gen_range(0..80);
+        if len > 10 {
+            // Untagged, key id 0, a plausible `from_len`.
+            bytes[4..9].fill(0);
+            bytes[9] = rng.gen_range(0..80);
         }
         fix_crc(&mut bytes);
         bytes
@@ -259,7 +268,8 @@ fn decoder_survives_a_million_datagrams() {
     let big_frames: Vec<(Frame, Vec<u8>)> = (0..BIG_FRAMES)
         .map(|_| {
             let mut frame = random_frame(&mut rng, 0);
-            let max = Frame::max_payload(&frame.from, &frame.to);
+            // Untagged frames may use the tag's bytes too.
+            let max = Frame::max_payload(&frame.from, &frame.to) + AUTH_TRAILER_BYTES;
             let slack = rng.gen_range(0..200);
             frame.payload = random_bytes(&mut rng, max - slack);
             let bytes = encode_checked(&frame);
@@ -326,6 +336,7 @@ prop_compose! {
     ) -> Frame {
         Frame {
             kind,
+            auth: ken_transport::Auth::None,
             from,
             from_incarnation: Incarnation(from_incarnation),
             to,
@@ -342,7 +353,10 @@ proptest! {
     fn frames_round_trip(frame in arbitrary_frame()) {
         let bytes = frame.encode().expect("small frames encode");
         prop_assert_eq!(bytes.len(), frame.encoded_len());
-        prop_assert_eq!(bytes.len(), Frame::overhead(&frame.from, &frame.to) + frame.payload.len());
+        prop_assert_eq!(
+            bytes.len(),
+            Frame::overhead(&frame.from, &frame.to) - AUTH_TRAILER_BYTES + frame.payload.len()
+        );
         let decoded = Frame::decode(&bytes).expect("an encoding decodes");
         prop_assert_eq!(&decoded, &frame);
         prop_assert_eq!(decoded.encode().expect("re-encodes"), bytes);

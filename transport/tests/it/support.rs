@@ -36,6 +36,7 @@ pub fn id(text: &str) -> ProcessId {
 pub fn data(seq: u64) -> Frame {
     Frame {
         kind: FrameKind::Data,
+        auth: ken_transport::Auth::None,
         from: id("alice"),
         from_incarnation: Incarnation(0xa11ce),
         to: id("bob"),
@@ -54,6 +55,7 @@ pub fn endpoint(faults: FaultConfig) -> Endpoint {
     let options = EndpointOptions {
         faults,
         faults_file: FaultsFile::Disabled,
+        keys: None,
     };
     Endpoint::bind_with_options(localhost(), options).expect("bind 127.0.0.1:0")
 }

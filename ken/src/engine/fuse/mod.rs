@@ -114,6 +114,9 @@ pub struct FuseStats {
     /// Groups missing from a peer's list that was older than the group's state here (see
     /// [`FuseMsg::List`]): not counted against the group.
     pub stale_lists: u64,
+    /// Heartbeats and lists not credited as proof of life because their stamp was not newer
+    /// than the last one heard from the peer (with [`Fuse::require_fresh_stamps`]).
+    pub stale_stamps: u64,
 }
 
 /// Parts of a received FUSE message that were malformed and ignored (the rest was applied);
@@ -159,6 +162,8 @@ pub struct Fuse {
     seals: u64,
     outputs: Vec<FuseOutput>,
     stats: FuseStats,
+    /// Liveness only from stamps newer than the last heard (a cluster with a key).
+    fresh_stamps: bool,
 }
 
 impl Fuse {
@@ -179,7 +184,29 @@ impl Fuse {
             seals: 0,
             outputs: Vec::new(),
             stats: FuseStats::default(),
+            fresh_stamps: false,
         }
+    }
+
+    /// With `on`, only a heartbeat or list whose stamp is newer than the last heard from its
+    /// sender proves the sender alive, and [`Fuse::heard`] (any other frame) proves nothing:
+    /// a replayed frame cannot keep a dead peer alive. For clusters with a key, where stamps
+    /// cannot be forged; the engine sets it.
+    pub fn require_fresh_stamps(&mut self, on: bool) {
+        self.fresh_stamps = on;
+    }
+
+    /// Credits `stamp` from `peer`: its liveness (unless [`Fuse::require_fresh_stamps`]
+    /// finds it stale) and what our lists echo.
+    fn heard_stamped(&mut self, now: Time, peer: &ProcessId, stamp: Time) {
+        if self.fresh_stamps {
+            if self.pairs.echo(peer) < stamp {
+                self.pairs.heard(now, peer);
+            } else {
+                self.stats.stale_stamps += 1;
+            }
+        }
+        self.pairs.heard_stamp(peer, stamp);
     }
 
     /// The machine of a restarted process, from its stored groups (all durable). A failed
@@ -259,15 +286,18 @@ impl Fuse {
 
     // ---- events: the network ----
 
-    /// Anything heard from `peer` (any frame) proves it alive.
+    /// Anything heard from `peer` (any frame) proves it alive, unless
+    /// [`Fuse::require_fresh_stamps`] is on (then only fresh stamps do).
     pub fn heard(&mut self, now: Time, peer: &ProcessId) {
-        self.pairs.heard(now, peer);
+        if !self.fresh_stamps {
+            self.pairs.heard(now, peer);
+        }
     }
 
     /// A heartbeat from `from`: compares its digest with ours and answers a disagreement
     /// with our list (see [`LIST_AFTER_DISAGREEMENTS`]).
     pub fn on_heartbeat(&mut self, now: Time, from: &ProcessId, hb: Heartbeat) {
-        self.pairs.heard_stamp(from, hb.stamp());
+        self.heard_stamped(now, from, hb.stamp());
         let ours = self.pairs.digest(from);
         if self.pairs.disagreement_answered(from, ours, hb.values()) {
             self.send_list(now, from);
@@ -317,7 +347,7 @@ impl Fuse {
                 let Some(range) = list::range(lo, hi, &groups) else {
                     return Malformed(1);
                 };
-                self.pairs.heard_stamp(from, Time(stamp));
+                self.heard_stamped(now, from, Time(stamp));
                 self.on_list(now, from, range, groups, Time(echo));
                 Malformed(0)
             }

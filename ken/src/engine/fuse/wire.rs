@@ -260,6 +260,7 @@ mod tests {
         for m in &msgs {
             let frame = Frame {
                 kind: FrameKind::Fuse,
+                auth: ken_transport::Auth::None,
                 from: long('f'),
                 from_incarnation: Incarnation(u64::MAX),
                 to: long('t'),
