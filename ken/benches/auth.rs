@@ -158,6 +158,7 @@ fn frame_cost_ns(mode: Mode, payload: usize) -> f64 {
         to_incarnation: Incarnation(2),
         seq: Seq(1),
         ack: Seq(0),
+        acked: Seq(0),
         payload: vec![7; payload],
     };
     let keys: &dyn FrameKeys = if mode == Mode::Plain { &NoKeys } else { &ring };

@@ -386,6 +386,7 @@ impl<Q: Serialize, R: DeserializeOwned> Client<Q, R> {
                 to_incarnation: self.incarnations.get(&server).copied().unwrap_or_default(),
                 seq: Seq(n),
                 ack: Seq(0),
+                acked: Seq(0),
                 payload: ken_store::codec::encode(&envelope),
             };
             let sealed = match &self.credential {

@@ -104,6 +104,10 @@ const _: () = assert!(RTO_MIN.as_millis() <= RTO_INITIAL.as_millis());
 const _: () = assert!(RTO_INITIAL.as_millis() <= RTO_MAX.as_millis());
 const _: () = assert!(WINDOW_MESSAGES_MAX as u64 <= REORDER_BUFFER_MAX);
 const _: () = assert!(MESSAGE_BYTES_MAX < BATCH_BYTES_MAX);
+// A message of the largest size fits a frame between any two ids: the 64 bytes above cover
+// the frame's fixed header and trailer (54 bytes in wire version 2; a header field added
+// later must still fit, or this fails to compile).
+const _: () = assert!(MESSAGE_BYTES_MAX <= ken_transport::frame::MIN_PAYLOAD_CAPACITY_BYTES);
 const _: () = assert!(10 * FUSE_HEARTBEAT.as_millis() < FUSE_T_FAIL.as_millis());
 const _: () = assert!(
     CLIENT_IDLE_EVICT.as_millis()

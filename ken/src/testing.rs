@@ -542,6 +542,7 @@ impl<H: Handler> Cluster<H> {
             to_incarnation: ken_transport::Incarnation(0),
             seq: ken_transport::Seq(request_no),
             ack: ken_transport::Seq(0),
+            acked: ken_transport::Seq(0),
             payload,
         };
         engine.handle_frame(self.now, frame);
@@ -842,5 +843,31 @@ fn open_store(path: &Path, id: &str) -> (Store, Recovered) {
             }
             Err(e) => panic!("open store {}: {e}", path.display()),
         }
+    }
+}
+
+/// The environment variable that overrides the seed of every randomized test.
+pub const SEED_ENV: &str = "KEN_SEED";
+
+/// The seed for the randomized run `label`: `KEN_SEED` if set (decimal or `0x` hex),
+/// otherwise a fresh random one. Prints it either way, with the line that replays it.
+///
+/// # Panics
+/// If `KEN_SEED` is set but not a number (a mistyped replay must not silently run a random
+/// seed).
+pub fn seed(label: &str) -> u64 {
+    let seed = match std::env::var(SEED_ENV) {
+        Ok(text) => parse_seed(&text).unwrap_or_else(|| panic!("{SEED_ENV}={text:?} is not a u64")),
+        Err(_) => rand::random(),
+    };
+    println!("{label}: seed {seed} (replay with {SEED_ENV}={seed})");
+    seed
+}
+
+fn parse_seed(text: &str) -> Option<u64> {
+    let text = text.trim();
+    match text.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
     }
 }

@@ -21,11 +21,19 @@ pub fn lock_path(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Reads the pid an owner wrote into a lock file, for messages.
+/// Reads the pid an owner wrote into a lock file, for messages (the binary layout of
+/// `witness`, or the text a format-2 owner wrote).
 pub(crate) fn lock_holder(lock_path: &Path) -> Option<u32> {
-    let mut text = String::new();
-    File::open(lock_path).ok()?.read_to_string(&mut text).ok()?;
-    text.trim().parse().ok()
+    let mut bytes = Vec::new();
+    File::open(lock_path)
+        .ok()?
+        .take(4096)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    match crate::witness::decode(&bytes) {
+        Some(w) => (w.pid != 0).then_some(w.pid),
+        None => std::str::from_utf8(&bytes).ok()?.trim().parse().ok(),
+    }
 }
 
 /// Reads all `meta` rows (one query).
@@ -40,7 +48,11 @@ pub(crate) fn meta_or_open_error(
     path: &Path,
     rows: &[(String, Vec<u8>)],
 ) -> Result<schema::MetaValues, OpenError> {
-    schema::decode_meta(rows).map_err(|p| match p {
+    schema::decode_meta(rows).map_err(|p| meta_open_error(path, p))
+}
+
+fn meta_open_error(path: &Path, p: schema::MetaProblem) -> OpenError {
+    match p {
         schema::MetaProblem::NotKen(detail) => OpenError::NotAKenStore {
             path: path.to_path_buf(),
             detail,
@@ -53,20 +65,45 @@ pub(crate) fn meta_or_open_error(
             found,
             supported: FORMAT_VERSION,
         },
+        schema::MetaProblem::Migratable(found) => OpenError::NeedsMigration {
+            path: path.to_path_buf(),
+            found,
+            supported: FORMAT_VERSION,
+        },
         schema::MetaProblem::Corrupted(c) => OpenError::Corrupted(c),
-    })
+    }
 }
 
-/// Classifies an opened file without writing to it: `Ok(None)` for a database with no
-/// tables at all, `Ok(Some(meta))` for a Ken store this build reads, else the reason not.
-pub(crate) fn classify(
-    conn: &Connection,
-    path: &Path,
-) -> Result<Option<schema::MetaValues>, OpenError> {
+/// What [`classify`] found in an opened file.
+#[derive(Debug)]
+pub(crate) enum Found {
+    /// A database with no tables at all: a new file or an interrupted creation.
+    Empty,
+    /// A Ken store of this build's format.
+    Store(schema::MetaValues),
+    /// A Ken store of format [`schema::MIGRATES_FROM`]: only the owner opens it, migrating.
+    Migratable,
+}
+
+/// Classifies an opened file without writing to it, or says why it is no store this build
+/// reads.
+pub(crate) fn classify(conn: &Connection, path: &Path) -> Result<Found, OpenError> {
     let tables: Vec<String> = conn
         .prepare("SELECT name FROM sqlite_schema WHERE type = 'table'")
         .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
         .map_err(|e| match e.sqlite_error_code() {
+            // A Ken store whose header page is damaged is no foreign file: its lock file
+            // witnessed commits. Moving it away would start over.
+            Some(rusqlite::ErrorCode::NotADatabase)
+                if crate::witness::read_path(&lock_path(path)).is_some_and(|w| w.commits > 0) =>
+            {
+                OpenError::Damaged {
+                    path: path.to_path_buf(),
+                    detail: "its header is not SQLite's, but its owner lock file witnessed \
+                             commits of a Ken store here"
+                        .to_string(),
+                }
+            }
             Some(rusqlite::ErrorCode::NotADatabase) => OpenError::NotAKenStore {
                 path: path.to_path_buf(),
                 detail: "not an SQLite database".to_string(),
@@ -74,7 +111,7 @@ pub(crate) fn classify(
             _ => sqlite_open_err(path)(e),
         })?;
     if tables.is_empty() {
-        return Ok(None);
+        return Ok(Found::Empty);
     }
     if !tables.iter().any(|t| t == "meta") {
         return Err(OpenError::NotAKenStore {
@@ -86,7 +123,17 @@ pub(crate) fn classify(
         path: path.to_path_buf(),
         detail: format!("its `meta` table is not Ken's: {e}"),
     })?;
-    let meta = meta_or_open_error(path, &rows)?;
+    let found = match schema::decode_meta(&rows) {
+        Ok(meta) => Found::Store(meta),
+        Err(schema::MetaProblem::Migratable(_)) => {
+            // Decode it as format 2 now, so that a damaged old store is refused before
+            // anything is written.
+            schema::decode_meta_as(&rows, schema::MIGRATES_FROM)
+                .map_err(|p| meta_open_error(path, p))?;
+            Found::Migratable
+        }
+        Err(p) => return Err(meta_open_error(path, p)),
+    };
     if let Some(missing) = schema::TABLES
         .iter()
         .find(|t| !tables.iter().any(|have| have == *t))
@@ -97,13 +144,25 @@ pub(crate) fn classify(
             detail: "the table is missing".to_string(),
         }));
     }
-    Ok(Some(meta))
+    Ok(found)
 }
 
 pub(crate) fn sqlite_open_err(path: &Path) -> impl Fn(rusqlite::Error) -> OpenError + '_ {
-    move |e| OpenError::Sqlite {
-        path: path.to_path_buf(),
-        detail: e.to_string(),
+    move |e| match e.sqlite_error_code() {
+        // SQLite found the file damaged below the records: say so, not just "SQLite error".
+        Some(rusqlite::ErrorCode::DatabaseCorrupt) => OpenError::Damaged {
+            path: path.to_path_buf(),
+            detail: format!("SQLite finds the database file malformed ({e})"),
+        },
+        // The tables are STRICT: a value of the wrong type is a damaged page, not a bug.
+        _ if crate::error::is_type_mismatch(&e) => OpenError::Damaged {
+            path: path.to_path_buf(),
+            detail: format!("a row does not match the schema ({e})"),
+        },
+        _ => OpenError::Sqlite {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        },
     }
 }
 
@@ -142,7 +201,8 @@ pub(crate) fn table_get(
     match value {
         None => Ok(None),
         Some(bytes) => {
-            let body = codec::unseal(
+            let body = codec::unseal_record(
+                &codec::Record::kv(table, key),
                 &schema::kv_table_name(table),
                 &codec::printable_key(key),
                 &bytes,

@@ -59,6 +59,19 @@ pub enum OpenError {
          it, or start from a fresh store"
     )]
     OlderFormat { found: u32, supported: u32 },
+    /// The store is of format `found`, which the owner migrates to `supported` when it next
+    /// opens the store ([`Store::open`](crate::Store::open)); a
+    /// [`Reader`](crate::Reader) does not read it before. Nothing was changed.
+    #[error(
+        "store {path} is of format version {found}; this build reads version {supported} and \
+         migrates the store when its process next starts (the owner opens it): start the \
+         process once, or inspect the store with the build that wrote it"
+    )]
+    NeedsMigration {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
     /// There is no store at the path ([`Reader::open`](crate::Reader::open) never creates
     /// one). Nothing was changed.
     #[error("no store at {path}; check the path (a Reader never creates a store)")]
@@ -70,6 +83,57 @@ pub enum OpenError {
          restore the file from a backup"
     )]
     Corrupted(Corrupted),
+    /// The store's write-ahead log is damaged in the middle: SQLite would silently drop the
+    /// committed transactions after frame `frame` (`wal` is the `-wal` file; frame 0 is its
+    /// header). Nothing was changed: the store was not opened by SQLite, so the evidence is
+    /// intact. The process must not run from this store.
+    #[error(
+        "the write-ahead log {wal} of store {path} is damaged: {detail}, and frame \
+         {proof_frame} proves that at least {commits_lost} committed transactions after it \
+         would be silently lost; do not run from this store: restore it (with its -wal and \
+         .lock files) from a standby or backup, or compare it with its peers' stores (`ken \
+         audit`); keep the files as they are for investigation"
+    )]
+    WalDamaged {
+        path: PathBuf,
+        wal: PathBuf,
+        /// 1-based index of the first frame SQLite rejects (0: the header).
+        frame: u64,
+        /// A later frame that proves the rejected one belonged to a durable transaction.
+        proof_frame: u64,
+        /// Committed transactions after the damage, at least.
+        commits_lost: u64,
+        detail: String,
+    },
+    /// The store holds fewer commits than its owner lock file witnessed durable: committed
+    /// history was lost (a deleted or damaged `-wal` file, an older copy of the database put
+    /// in its place, a deleted database: then `commits` is 0). Nothing was changed (a
+    /// database file SQLite created empty where there was none is removed again). The
+    /// process must not run from this store.
+    #[error(
+        "store {path} lost committed history: it holds {commits} commits, but its owner lock \
+         file {lock_path} witnessed {witnessed} durable commits of this store (incarnation \
+         {incarnation:016x}); its -wal file or the database was deleted or damaged, or an \
+         older copy was put in its place; do not run from it: restore the store from a \
+         standby or backup with its -wal file; to run from it anyway, accepting the loss, \
+         delete {lock_path} (its peers will then detect the rollback and name it; a deleted \
+         database then starts over as a new incarnation)"
+    )]
+    HistoryLost {
+        path: PathBuf,
+        lock_path: PathBuf,
+        incarnation: u64,
+        commits: u64,
+        witnessed: u64,
+    },
+    /// The store's files are damaged below the record level (described in `detail`: a
+    /// missing or truncated database file beside a write-ahead log that still holds commits,
+    /// a database shorter than its header says). Nothing was changed.
+    #[error(
+        "store {path} is damaged: {detail}; do not run from it: restore it from a standby or \
+         backup, and keep the files as they are for investigation"
+    )]
+    Damaged { path: PathBuf, detail: String },
     /// An I/O error on the store, its directory or its lock file. When creating, a partly
     /// created file may remain; the next open completes the creation.
     #[error("I/O error on {path}: {source}; check the path, permissions and free space")]
@@ -133,7 +197,14 @@ pub enum ReadError {
     /// An I/O error outside SQLite (file sizes).
     #[error("I/O error reading the store: {detail}")]
     Io { detail: String },
-    /// SQLite failed the query (for example the file is damaged below the record level).
+    /// SQLite finds the file damaged below the record level (a damaged page: SQLite's
+    /// `SQLITE_CORRUPT`).
+    #[error(
+        "the store file is damaged below its records (SQLite: {detail}); do not run from it: \
+         run `ken inspect STORE verify`, then restore it from a standby or backup"
+    )]
+    Damaged { detail: String },
+    /// SQLite failed the query.
     #[error("SQLite error reading the store: {detail}")]
     Sqlite { detail: String },
 }
@@ -144,10 +215,27 @@ impl From<Corrupted> for ReadError {
     }
 }
 
+/// True for a value read back with a type the (STRICT) schema does not allow: only a damaged
+/// page produces one.
+pub(crate) fn is_type_mismatch(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::InvalidColumnType(..) | rusqlite::Error::FromSqlConversionFailure(..)
+    )
+}
+
 impl From<rusqlite::Error> for ReadError {
     fn from(e: rusqlite::Error) -> Self {
-        ReadError::Sqlite {
-            detail: e.to_string(),
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseCorrupt) => ReadError::Damaged {
+                detail: e.to_string(),
+            },
+            _ if is_type_mismatch(&e) => ReadError::Damaged {
+                detail: format!("a row does not match the schema: {e}"),
+            },
+            _ => ReadError::Sqlite {
+                detail: e.to_string(),
+            },
         }
     }
 }

@@ -9,10 +9,16 @@
 //! Invariants:
 //! - After any failed commit the store refuses all further work ([`CommitError::Poisoned`])
 //!   until it is reopened: an fsync is never retried.
-//! - Every record (root state, table value, outbox payload, timer payload, cached reply,
-//!   group record, turn-log entry) is sealed by [`codec`] with a format version byte and a
-//!   CRC32. A record whose CRC does not match is a [`Corrupted`] error naming the table and
-//!   key; it never reaches the caller as data.
+//! - Every record (root state, table value, outbox payload, peer counters, timer payload,
+//!   cached reply, group record, turn-log entry, meta value) is sealed by [`codec`] with an
+//!   envelope version byte and a CRC32 over the body *and* the row's other columns (its
+//!   table, key, sequence numbers, times). A record whose CRC does not match is a
+//!   [`Corrupted`] error naming the table and key; it never reaches the caller as data.
+//! - Lost history is refused, not run on: [`Store::open`] scans the WAL before SQLite opens
+//!   it ([`wal`]: damage in the middle is [`OpenError::WalDamaged`], a torn tail is accepted
+//!   as SQLite does) and compares the recovered commits with the owner lock file's commit
+//!   witness ([`witness`]: fewer is [`OpenError::HistoryLost`]). A refused store is left
+//!   as found.
 //! - One owner at a time: the owner holds an exclusive advisory lock on `<store>.lock`.
 //!   Readers never take it and never hold a read transaction longer than one query.
 //!
@@ -70,23 +76,28 @@
 //! # Ok(()) }
 //! ```
 
+pub mod audit;
 pub mod bench;
 pub mod codec;
 #[doc = include_str!("../FORMAT.md")]
 pub mod format {}
 mod access;
 mod error;
+mod files;
 mod reader;
 mod schema;
 mod store;
 pub mod vfs;
+pub mod wal;
+pub mod witness;
 
 pub use access::lock_path;
 pub use error::{CommitError, OpenError, ReadError};
+pub use files::wal_path;
 pub use reader::{
-    FileSizes, KeyValue, Meta, OutboxStats, Problem, Reader, TableStats,
+    FileSizes, KeyValue, Meta, OutboxStats, Problem, Reader, TableStats, Verification,
     INTEGRITY_CHECK_MAX_ERRORS, MAX_SCAN_ROWS, READER_BUSY_TIMEOUT, VERIFY_MAX_PROBLEMS,
-    VERIFY_PAGE_ROWS,
+    VERIFY_PAGE_ROWS, WAL_SCANS_MAX,
 };
 pub use store::{
     Store, JOURNAL_SIZE_LIMIT_BYTES, MAX_BATCH_ROWS, MAX_BODY_BYTES, MAX_KEY_BYTES, MAX_NAME_BYTES,
@@ -94,7 +105,7 @@ pub use store::{
 };
 
 /// The store file format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// A batch of turns to commit atomically: everything a group of turns changed.
 ///

@@ -28,12 +28,15 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::access::{
-    classify, lock_holder, lock_path, query_decode, read_meta_rows, SQL_CLIENTS, SQL_GROUPS,
+    classify, lock_holder, lock_path, query_decode, read_meta_rows, Found, SQL_CLIENTS, SQL_GROUPS,
     SQL_PEERS, SQL_TIMERS,
 };
 use crate::codec;
 use crate::error::{OpenError, ReadError};
+use crate::files::{self, FileProblem};
 use crate::schema::{self, MetaProblem};
+use crate::wal::WalState;
+use crate::witness::{self, WitnessRecord};
 use crate::{ClientRow, Corrupted, GroupRow, OutboxRow, PeerRow, TimerRow, TurnLogEntry};
 
 /// How long a reader query waits on a lock held briefly by the owner or by another reader
@@ -132,6 +135,27 @@ impl From<Corrupted> for Problem {
     }
 }
 
+/// Everything [`Reader::verify_all`] found: the problems and the state of the write-ahead
+/// log and of the owner lock file's commit witness.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    /// What is wrong (empty = healthy), as [`Reader::verify`] returns it.
+    pub problems: Vec<Problem>,
+    /// The write-ahead log as SQLite would read it, and any proof of lost history.
+    pub wal: WalState,
+    /// What the owner lock file witnesses (`None`: no lock file, or one that witnesses
+    /// nothing, as after a format-2 owner).
+    pub witness: Option<WitnessRecord>,
+    /// The store's `commits` counter as read after the witness.
+    pub commits: u64,
+}
+
+/// How many times [`Reader::verify_all`] scans a WAL that looks damaged before it believes
+/// it: a scan racing a running owner's commit may read a frame before it is written and a
+/// later one after, which looks like damage at the write frontier; real damage stays at the
+/// same frame in every scan.
+pub const WAL_SCANS_MAX: u32 = 3;
+
 /// Collects problems up to [`VERIFY_MAX_PROBLEMS`].
 struct Problems {
     list: Vec<Problem>,
@@ -159,11 +183,7 @@ impl Problems {
     }
 }
 
-fn wal_path(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push("-wal");
-    PathBuf::from(name)
-}
+use crate::files::wal_path;
 
 fn file_len(path: &Path) -> Result<u64, ReadError> {
     match std::fs::metadata(path) {
@@ -187,6 +207,11 @@ fn meta_problem(p: MetaProblem) -> Corrupted {
             table: "meta".to_string(),
             key: schema::META_FORMAT_VERSION.to_string(),
             detail: format!("format version {v} is newer than this build's"),
+        },
+        MetaProblem::Migratable(v) => Corrupted {
+            table: "meta".to_string(),
+            key: schema::META_FORMAT_VERSION.to_string(),
+            detail: format!("format version {v} is migrated when the owner next opens the store"),
         },
         MetaProblem::Older(v) => Corrupted {
             table: "meta".to_string(),
@@ -246,17 +271,39 @@ impl Reader {
             }
             _ => conn,
         };
-        Reader::check_found(path, classify(&conn, path)?)?;
+        let found = classify(&conn, path);
+        if matches!(found, Ok(Found::Empty) | Err(_)) {
+            // A damaged WAL or database file explains an empty or unreadable store better
+            // than "not a Ken store".
+            files::check(path)?;
+            if let (Ok(Found::Empty), Some(w)) = (&found, witness::read_path(&lock_path(path))) {
+                if w.commits > 0 {
+                    return Err(OpenError::HistoryLost {
+                        path: path.to_path_buf(),
+                        lock_path: lock_path(path),
+                        incarnation: w.incarnation,
+                        commits: 0,
+                        witnessed: w.commits,
+                    });
+                }
+            }
+        }
+        Reader::check_found(path, found?)?;
         Ok(Reader {
             conn,
             path: path.to_path_buf(),
         })
     }
 
-    fn check_found(path: &Path, found: Option<schema::MetaValues>) -> Result<(), OpenError> {
+    fn check_found(path: &Path, found: Found) -> Result<(), OpenError> {
         match found {
-            Some(_) => Ok(()),
-            None => Err(OpenError::NotAKenStore {
+            Found::Store(_) => Ok(()),
+            Found::Migratable => Err(OpenError::NeedsMigration {
+                path: path.to_path_buf(),
+                found: schema::MIGRATES_FROM,
+                supported: crate::FORMAT_VERSION,
+            }),
+            Found::Empty => Err(OpenError::NotAKenStore {
                 path: path.to_path_buf(),
                 detail: match lock_holder(&lock_path(path)) {
                     Some(pid) => format!("an empty database, perhaps being created by pid {pid}"),
@@ -310,7 +357,10 @@ impl Reader {
             .optional()?;
         match bytes {
             None => Ok(None),
-            Some(b) => Ok(Some(codec::unseal("root", schema::ROOT_KEY, &b)?.to_vec())),
+            Some(b) => Ok(Some(
+                codec::unseal_record(&codec::Record::root(), "root", schema::ROOT_KEY, &b)?
+                    .to_vec(),
+            )),
         }
     }
 
@@ -353,7 +403,13 @@ impl Reader {
         let name = schema::kv_table_name(table);
         let raw = |r: &rusqlite::Row<'_>| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?));
         let decode = |(key, value): (Vec<u8>, Vec<u8>)| {
-            let body = codec::unseal(&name, &codec::printable_key(&key), &value)?.to_vec();
+            let body = codec::check_record(&codec::Record::kv(table, &key), &value)
+                .map_err(|detail| Corrupted {
+                    table: name.clone(),
+                    key: codec::printable_key(&key),
+                    detail,
+                })?
+                .to_vec();
             Ok((key, body))
         };
         match upper {
@@ -564,10 +620,92 @@ impl Reader {
     ///
     /// An `Err` means a check could not run (for example SQLite could not read the file).
     pub fn verify(&self) -> Result<Vec<Problem>, ReadError> {
+        Ok(self.verify_all()?.problems)
+    }
+
+    /// The state of the write-ahead log as SQLite would read it (no query): frames,
+    /// generation, the last commit SQLite recovers, frames past it, and any proof of lost
+    /// history (see [`crate::wal`]). Reads the whole `-wal` file.
+    pub fn wal_state(&self) -> Result<WalState, ReadError> {
+        Ok(self.files()?.wal)
+    }
+
+    fn files(&self) -> Result<files::Files, ReadError> {
+        files::examine(&self.path).map_err(|e| ReadError::Io {
+            detail: format!("{}: {e}", self.path.display()),
+        })
+    }
+
+    /// [`Reader::verify`], and the files below the records: the write-ahead log (damage in
+    /// the middle, which SQLite would silently cut off; scanned up to [`WAL_SCANS_MAX`] times
+    /// while it looks damaged, see there), a database file shorter than its header says, and
+    /// the owner lock file's commit witness against the store's `commits` counter (read in
+    /// that order, so a running owner never causes a false alarm). Problems of the files are
+    /// named `wal` / `frame N`, `sqlite` / `file`, and `meta` / `counters`.
+    pub fn verify_all(&self) -> Result<Verification, ReadError> {
+        let witness = witness::read_path(&lock_path(&self.path));
+        let mut files = self.files()?;
+        for _ in 1..WAL_SCANS_MAX {
+            let Some(d) = &files.wal.damage else { break };
+            let again = self.files()?;
+            if again
+                .wal
+                .damage
+                .as_ref()
+                .map(|a| (a.frame, &again.wal.header))
+                == Some((d.frame, &files.wal.header))
+            {
+                break;
+            }
+            files = again;
+        }
         let mut problems = Problems {
             list: Vec::new(),
             dropped: 0,
         };
+        for p in files.problems() {
+            problems.push(match p {
+                FileProblem::Wal(d) => Problem {
+                    table: "wal".to_string(),
+                    key: format!("frame {}", d.frame),
+                    what: format!(
+                        "{}; frame {} proves at least {} committed transactions after it, \
+                         which SQLite silently drops",
+                        d.detail, d.proof_frame, d.commits_lost
+                    ),
+                },
+                FileProblem::Damaged(what) => Problem {
+                    table: "sqlite".to_string(),
+                    key: "file".to_string(),
+                    what,
+                },
+            });
+        }
+        let meta = self.meta().ok();
+        if let (Some(w), Some(m)) = (witness, &meta) {
+            if w.incarnation == m.incarnation && m.commits < w.commits {
+                problems.push(Problem {
+                    table: "meta".to_string(),
+                    key: schema::META_COUNTERS.to_string(),
+                    what: format!(
+                        "the store holds {} commits, but its owner lock file witnessed {} \
+                         durable commits: committed history was lost (a deleted or damaged \
+                         -wal file, or an older copy of the database)",
+                        m.commits, w.commits
+                    ),
+                });
+            }
+        }
+        self.verify_records(&mut problems)?;
+        Ok(Verification {
+            problems: problems.finish(),
+            wal: files.wal,
+            witness,
+            commits: meta.map_or(0, |m| m.commits),
+        })
+    }
+
+    fn verify_records(&self, problems: &mut Problems) -> Result<(), ReadError> {
         let meta_rows = read_meta_rows(&self.conn)?;
         let missing: Vec<&str> = schema::META_KEYS
             .into_iter()
@@ -588,11 +726,11 @@ impl Reader {
             Err(ReadError::Corrupted(c)) => problems.push(c.into()),
             Err(e) => return Err(e),
         }
-        self.verify_kv(&mut problems)?;
-        self.verify_outbox_rows(&mut problems)?;
-        self.verify_peers(&mut problems)?;
-        self.verify_simple(&mut problems)?;
-        self.verify_outbox_structure(&mut problems)?;
+        self.verify_kv(problems)?;
+        self.verify_outbox_rows(problems)?;
+        self.verify_peers(problems)?;
+        self.verify_simple(problems)?;
+        self.verify_outbox_structure(problems)?;
         let rows: Vec<String> = {
             let mut stmt = self.conn.prepare(&format!(
                 "PRAGMA integrity_check({INTEGRITY_CHECK_MAX_ERRORS})"
@@ -609,7 +747,7 @@ impl Reader {
                 });
             }
         }
-        Ok(problems.finish())
+        Ok(())
     }
 
     /// Walks a table page by page: `first` takes `?1` = limit; `next` takes the cursor
@@ -666,10 +804,12 @@ impl Reader {
             },
             |(t, k, _)| vec![Value::Text(t.clone()), Value::Blob(k.clone())],
             |(t, k, v)| {
-                if let Err(c) =
-                    codec::unseal(&schema::kv_table_name(&t), &codec::printable_key(&k), &v)
-                {
-                    problems.push(c.into());
+                if let Err(detail) = codec::check_record(&codec::Record::kv(&t, &k), &v) {
+                    problems.push(Problem {
+                        table: schema::kv_table_name(&t),
+                        key: codec::printable_key(&k),
+                        what: detail,
+                    });
                 }
             },
         )

@@ -6,14 +6,17 @@
 //! for humans; change both together.
 //!
 //! Invariants:
-//! - Every sealed column is decoded through [`codec::unseal`]; a bad envelope or a body of
-//!   the wrong length is a [`Corrupted`] naming the table and key, never a panic.
+//! - Every sealed column is decoded through [`codec::unseal_record`] with the identity of its
+//!   row ([`codec::Record`]: the table and every other column), so a damaged key, sequence
+//!   number or time fails like a damaged value; a bad envelope or a body of the wrong length
+//!   is a [`Corrupted`] naming the table and key, never a panic. Only the frozen `magic` and
+//!   `format_version` meta rows use the version-1 envelope ([`codec::unseal`]).
 //! - Ordered integers (sequence numbers, times, counters) are stored as SQLite `INTEGER`
 //!   and must be `<= i64::MAX` (asserted on write; a negative value read back is
 //!   `Corrupted`). Identifiers that use all 64 bits (incarnations) are never stored in an
 //!   `INTEGER` column: they live inside sealed records.
 
-use crate::codec;
+use crate::codec::{self, Record};
 use crate::{ClientRow, Corrupted, GroupRow, OutboxRow, PeerRow, TimerRow};
 
 /// Value of the `magic` meta row: tells a Ken store from any other SQLite file.
@@ -194,7 +197,7 @@ pub(crate) fn peer_body(row: &PeerRow) -> [u8; PEER_RECORD_BYTES] {
 
 /// Decodes a `peers` row.
 pub(crate) fn decode_peer(peer: String, record: &[u8]) -> Result<PeerRow, Corrupted> {
-    let body = codec::unseal("peers", &peer, record)?;
+    let body = codec::unseal_record(&Record::peer(&peer), "peers", &peer, record)?;
     let [incarnation, next_seq, acked, delivered] = u64s_le::<4>("peers", &peer, body)?;
     Ok(PeerRow {
         peer,
@@ -228,7 +231,13 @@ pub(crate) fn decode_outbox(
     let seq_u64 = u64_from_sql(seq, "outbox", &format!("{peer}/{seq}"), "seq")?;
     let key = outbox_key(&peer, seq_u64);
     let created_ms = u64_from_sql(created_ms, "outbox", &key, "created_ms")?;
-    let payload = codec::unseal("outbox", &key, payload)?.to_vec();
+    let payload = codec::unseal_record(
+        &Record::outbox(&peer, seq_u64, created_ms),
+        "outbox",
+        &key,
+        payload,
+    )?
+    .to_vec();
     Ok(OutboxRow {
         peer,
         seq: seq_u64,
@@ -244,7 +253,8 @@ pub(crate) fn decode_timer(
     payload: &[u8],
 ) -> Result<TimerRow, Corrupted> {
     let due_ms = u64_from_sql(due_ms, "timers", &name, "due_ms")?;
-    let payload = codec::unseal("timers", &name, payload)?.to_vec();
+    let payload =
+        codec::unseal_record(&Record::timer(&name, due_ms), "timers", &name, payload)?.to_vec();
     Ok(TimerRow {
         name,
         due_ms,
@@ -274,18 +284,28 @@ pub(crate) fn decode_client(
         c.key = hex_key(&client);
         c
     };
+    let request_no = u64_from_sql(request_no, "clients", "", "request_no").map_err(named)?;
+    let updated_ms = u64_from_sql(updated_ms, "clients", "", "updated_ms").map_err(named)?;
+    let reply = codec::unseal_record(
+        &Record::client(&client, request_no, updated_ms),
+        "clients",
+        "",
+        reply,
+    )
+    .map_err(named)?
+    .to_vec();
     Ok(ClientRow {
         client,
-        request_no: u64_from_sql(request_no, "clients", "", "request_no").map_err(named)?,
-        updated_ms: u64_from_sql(updated_ms, "clients", "", "updated_ms").map_err(named)?,
-        reply: codec::unseal("clients", "", reply).map_err(named)?.to_vec(),
+        request_no,
+        updated_ms,
+        reply,
     })
 }
 
 /// Decodes a `fuse_groups` row read as (group_id, record).
 pub(crate) fn decode_group(group: &[u8], record: &[u8]) -> Result<GroupRow, Corrupted> {
     let group = id16("fuse_groups", group)?;
-    let record = codec::unseal("fuse_groups", "", record)
+    let record = codec::unseal_record(&Record::group(&group), "fuse_groups", "", record)
         .map_err(|mut c| {
             c.key = hex_key(&group);
             c
@@ -304,7 +324,7 @@ pub(crate) fn decode_turns(
     let key = turn.to_string();
     let first = u64_from_sql(turn, "turn_log", &key, "turn")?;
     let count = u64_from_sql(turns, "turn_log", &key, "turns")?;
-    let body = codec::unseal("turn_log", &key, entries)?;
+    let body = codec::unseal_record(&Record::turn_log(first, count), "turn_log", &key, entries)?;
     let bad = |detail: String| Corrupted {
         table: "turn_log".to_string(),
         key: key.clone(),
@@ -341,6 +361,10 @@ pub(crate) struct MetaValues {
     pub(crate) last_commit_ms: u64,
 }
 
+/// The format version whose stores `Store::open` migrates to [`crate::FORMAT_VERSION`]
+/// (format 2: the same schema, every record sealed with the version-1 envelope).
+pub(crate) const MIGRATES_FROM: u32 = 2;
+
 /// Why the `meta` rows did not decode.
 #[derive(Debug)]
 pub(crate) enum MetaProblem {
@@ -350,6 +374,8 @@ pub(crate) enum MetaProblem {
     Newer(u32),
     /// A Ken store of an older format this build has no migration from.
     Older(u32),
+    /// A Ken store of format [`MIGRATES_FROM`]: the owner migrates it at open.
+    Migratable(u32),
     /// A Ken store whose meta rows are damaged or missing.
     Corrupted(Corrupted),
 }
@@ -360,8 +386,38 @@ impl From<Corrupted> for MetaProblem {
     }
 }
 
-/// Decodes the `meta` rows (key, sealed value), in the order: magic, format version, rest.
+/// Decodes the `meta` rows (key, sealed value) of a store of this build's format, in the
+/// order: magic, format version, rest. A store of format [`MIGRATES_FROM`] is
+/// [`MetaProblem::Migratable`].
 pub(crate) fn decode_meta(rows: &[(String, Vec<u8>)]) -> Result<MetaValues, MetaProblem> {
+    decode_meta_as(rows, crate::FORMAT_VERSION)
+}
+
+/// The meta row's body: the frozen rows and every row of a format-2 store with the
+/// version-1 envelope, the others with the record envelope.
+fn meta_body<'a>(key: &str, raw: &'a [u8], format: u32) -> Result<&'a [u8], Corrupted> {
+    if format == MIGRATES_FROM || key == META_MAGIC || key == META_FORMAT_VERSION {
+        codec::unseal("meta", key, raw)
+    } else {
+        codec::unseal_record(&Record::meta(key), "meta", key, raw)
+    }
+}
+
+/// Seals a meta row's body as this build writes it (see [`meta_body`]).
+pub(crate) fn seal_meta(key: &str, body: &[u8]) -> Vec<u8> {
+    if key == META_MAGIC || key == META_FORMAT_VERSION {
+        codec::seal(body)
+    } else {
+        codec::seal_record(&Record::meta(key), body)
+    }
+}
+
+/// Decodes the `meta` rows as a store of format `expect` (this build's, or
+/// [`MIGRATES_FROM`] for the migration).
+pub(crate) fn decode_meta_as(
+    rows: &[(String, Vec<u8>)],
+    expect: u32,
+) -> Result<MetaValues, MetaProblem> {
     let find = |key: &str| {
         rows.iter()
             .find(|(k, _)| k == key)
@@ -393,9 +449,6 @@ pub(crate) fn decode_meta(rows: &[(String, Vec<u8>)]) -> Result<MetaValues, Meta
     if format_version > crate::FORMAT_VERSION {
         return Err(MetaProblem::Newer(format_version));
     }
-    if (1..crate::FORMAT_VERSION).contains(&format_version) {
-        return Err(MetaProblem::Older(format_version));
-    }
     if format_version == 0 {
         return Err(Corrupted {
             table: "meta".to_string(),
@@ -404,8 +457,15 @@ pub(crate) fn decode_meta(rows: &[(String, Vec<u8>)]) -> Result<MetaValues, Meta
         }
         .into());
     }
+    if format_version != expect {
+        return Err(if format_version == MIGRATES_FROM {
+            MetaProblem::Migratable(format_version)
+        } else {
+            MetaProblem::Older(format_version)
+        });
+    }
     let body = |key: &str| -> Result<&[u8], Corrupted> {
-        codec::unseal("meta", key, find(key).ok_or_else(|| missing(key))?)
+        meta_body(key, find(key).ok_or_else(|| missing(key))?, format_version)
     };
     let process_id = std::str::from_utf8(body(META_PROCESS_ID)?)
         .map_err(|_| Corrupted {
@@ -472,9 +532,22 @@ mod tests {
         assert_eq!(&magic[..10], b"\x01ken-store");
         assert_eq!(&magic[10..], [0xd4, 0x3c, 0xbb, 0x13]);
         assert_eq!(
-            codec::seal(&crate::FORMAT_VERSION.to_le_bytes()),
+            codec::seal(&2u32.to_le_bytes()),
             [0x01, 0x02, 0x00, 0x00, 0x00, 0x26, 0x16, 0x4b, 0x51]
         );
+        assert_eq!(crate::FORMAT_VERSION, 3);
+        assert_eq!(
+            seal_meta(META_FORMAT_VERSION, &crate::FORMAT_VERSION.to_le_bytes()),
+            [0x01, 0x03, 0x00, 0x00, 0x00, 0x43, 0x71, 0xf7, 0xe9]
+        );
+        // A record: table `kv`, application table "t", key "k", value "hi".
+        assert_eq!(
+            codec::seal_record(&Record::kv("t", b"k"), b"hi"),
+            [0x02, 0x68, 0x69, 0x19, 0x0c, 0x69, 0xd2]
+        );
+        let mut covered = vec![0x02, 0x02, b'k', b'v', 1, 0, 0, 0, b't', 1, 0, 0, 0, b'k'];
+        covered.extend_from_slice(b"hi");
+        assert_eq!(crc32fast::hash(&covered), 0xd269_0c19);
     }
 
     #[test]
@@ -494,16 +567,23 @@ mod tests {
             acked: 3,
             delivered: 7,
         };
-        let sealed = codec::seal(&peer_body(&row));
+        let sealed = codec::seal_record(&Record::peer("b"), &peer_body(&row));
         assert_eq!(decode_peer("b".into(), &sealed).unwrap(), row);
-        let short = codec::seal(&peer_body(&row)[..31]);
+        // Another peer's record pasted here does not check.
+        assert!(decode_peer("c".into(), &sealed).is_err());
+        let short = codec::seal_record(&Record::peer("b"), &peer_body(&row)[..31]);
         let err = decode_peer("b".into(), &short).unwrap_err();
         assert_eq!((err.table.as_str(), err.key.as_str()), ("peers", "b"));
     }
 
     #[test]
     fn negative_integers_read_back_are_corrupted() {
-        let err = decode_timer("t".into(), -1, &codec::seal(b"")).unwrap_err();
+        let err = decode_timer(
+            "t".into(),
+            -1,
+            &codec::seal_record(&Record::timer("t", 0), b""),
+        )
+        .unwrap_err();
         assert_eq!((err.table.as_str(), err.key.as_str()), ("timers", "t"));
     }
 

@@ -15,22 +15,24 @@
 //!   successful `COMMIT`, so they always equal what is durable.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use std::os::unix::fs::FileExt;
 
 use crate::access::{
     classify, lock_holder, lock_path, meta_or_open_error, query_decode, read_meta_rows,
-    sqlite_open_err, table_get,
+    sqlite_open_err, table_get, Found,
 };
-use crate::codec::{self, seal};
+use crate::codec::{self, seal_record, Record};
 use crate::error::{CommitError, OpenError, ReadError};
 use crate::schema::{self, sql_u64};
+use crate::witness::{self, Witness, WitnessRecord};
 use crate::{
-    Batch, ClientChange, CommitInfo, GroupChange, Recovered, StoreOptions, TimerChange,
+    Batch, ClientChange, CommitInfo, Corrupted, GroupChange, Recovered, StoreOptions, TimerChange,
     TurnLogEntry, FORMAT_VERSION,
 };
 
@@ -64,7 +66,8 @@ const STATEMENT_CACHE_CAPACITY: usize = 64;
 pub struct Store {
     // Field order is drop order: the connection closes before the lock is released.
     conn: Connection,
-    _lock: File,
+    /// The owner lock file and its commit witness (see `witness`).
+    witness: Witness,
     path: PathBuf,
     process_id: String,
     incarnation: u64,
@@ -109,7 +112,7 @@ fn now_ms() -> u64 {
 /// Takes the exclusive advisory owner lock, or reports who holds it.
 fn take_owner_lock(path: &Path) -> Result<File, OpenError> {
     let lock_path = lock_path(path);
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
@@ -132,10 +135,6 @@ fn take_owner_lock(path: &Path) -> Result<File, OpenError> {
             })
         }
     }
-    // The holder's pid, for people (`cat store.lock`); not needed for correctness, so
-    // it is not fsynced.
-    file.set_len(0).map_err(io_err(&lock_path))?;
-    writeln!(file, "{}", std::process::id()).map_err(io_err(&lock_path))?;
     Ok(file)
 }
 
@@ -184,53 +183,60 @@ impl Store {
             "process id must be 1..={MAX_NAME_BYTES} bytes"
         );
         let lock = take_owner_lock(path)?;
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        // The owner writes through the `ken-wal` shim (one write system call per commit
-        // instead of two per page: see `vfs`); if it cannot register, the default VFS.
-        let mut conn = match crate::vfs::register() {
-            Ok(()) => Connection::open_with_flags_and_vfs(path, flags, crate::vfs::VFS_NAME),
-            Err(rc) => {
-                tracing::warn!(
-                    rc,
-                    "the ken-wal VFS did not register; using SQLite's default"
-                );
-                Connection::open_with_flags(path, flags)
-            }
-        }
-        .map_err(sqlite_open_err(path))?;
-        conn.busy_timeout(OWNER_BUSY_TIMEOUT)
-            .map_err(sqlite_open_err(path))?;
-        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
-
-        // `None`: no schema at all, a new file or one left by an interrupted creation.
-        let found = classify(&conn, path)?;
-        if let Some(meta) = &found {
-            if meta.process_id != process_id {
-                return Err(OpenError::WrongProcess {
-                    expected: process_id.to_string(),
-                    found: meta.process_id.clone(),
-                });
-            }
-        }
-        configure_owner(&conn, path, options)?;
-        let created = found.is_none();
-        if created {
-            create(&mut conn, process_id).map_err(sqlite_open_err(path))?;
-            fsync_dir(path)?;
-            tracing::info!(path = %path.display(), process_id, "created store");
-        }
-        let (recovered, turn_log) = recover(&mut conn, path, created)?;
-        if recovered.process_id != process_id {
-            return Err(OpenError::WrongProcess {
-                expected: process_id.to_string(),
-                found: recovered.process_id,
-            });
-        }
+        let witnessed = witness::read_file(&lock);
+        // Record this owner's pid now (for `InUse` messages), keeping what the file
+        // witnesses until recovery has checked it.
+        let mut record = witnessed.unwrap_or(WitnessRecord {
+            pid: 0,
+            incarnation: 0,
+            commits: 0,
+        });
+        record.pid = std::process::id();
+        let lock_file = lock_path(path);
+        lock.write_all_at(&witness::encode(&record), 0)
+            .and_then(|()| lock.set_len(witness::LOCK_FILE_BYTES as u64))
+            .map_err(io_err(&lock_file))?;
+        // Before SQLite touches the files (it deletes a WAL beside an empty database, and a
+        // checkpoint would overwrite the evidence): the files' own checks.
+        crate::files::check(path)?;
+        let shm = {
+            let mut name = path.as_os_str().to_owned();
+            name.push("-shm");
+            PathBuf::from(name)
+        };
+        let before: Vec<(PathBuf, bool)> = [path.to_path_buf(), crate::files::wal_path(path), shm]
+            .into_iter()
+            .map(|f| {
+                let e = f.exists();
+                (f, e)
+            })
+            .collect();
+        let (conn, recovered, turn_log) =
+            match open_checked(path, process_id, options, witnessed, &lock_file) {
+                Ok(opened) => opened,
+                Err(e) => {
+                    // Refused: remove what SQLite created here (an empty database, a
+                    // preallocated WAL), so the files are left as they were found.
+                    for (f, existed) in &before {
+                        if !existed {
+                            let _ = std::fs::remove_file(f);
+                        }
+                    }
+                    return Err(e);
+                }
+            };
+        let witness = Witness::install(
+            lock,
+            &WitnessRecord {
+                pid: std::process::id(),
+                incarnation: recovered.incarnation,
+                commits: recovered.commits,
+            },
+        )
+        .map_err(io_err(&lock_file))?;
         let store = Store {
             conn,
-            _lock: lock,
+            witness,
             path: path.to_path_buf(),
             process_id: process_id.to_string(),
             incarnation: recovered.incarnation,
@@ -303,6 +309,8 @@ impl Store {
         let commits = self.commits + 1;
         match self.write(batch, turns_committed, commits) {
             Ok(plan) => {
+                // Durable: witness it before any output of the batch can leave.
+                self.witness.set(commits);
                 self.turns_committed = turns_committed;
                 self.commits = commits;
                 self.turn_log.drain(..plan.dropped);
@@ -338,7 +346,7 @@ impl Store {
                 "INSERT INTO root (id, value) VALUES (0, ?1)
                  ON CONFLICT (id) DO UPDATE SET value = excluded.value",
             )?
-            .execute([seal(root)])?;
+            .execute([seal_record(&Record::root(), root)])?;
         }
         if !batch.table_writes.is_empty() {
             let mut put = tx.prepare_cached(
@@ -348,7 +356,11 @@ impl Store {
             let mut del = tx.prepare_cached("DELETE FROM kv WHERE tbl = ?1 AND key = ?2")?;
             for w in &batch.table_writes {
                 match &w.value {
-                    Some(v) => put.execute((&w.table, &w.key, seal(v)))?,
+                    Some(v) => put.execute((
+                        &w.table,
+                        &w.key,
+                        seal_record(&Record::kv(&w.table, &w.key), v),
+                    ))?,
                     None => del.execute((&w.table, &w.key))?,
                 };
             }
@@ -362,7 +374,7 @@ impl Store {
                     &m.peer,
                     sql_u64(m.seq, "outbox seq"),
                     sql_u64(m.created_ms, "outbox created_ms"),
-                    seal(&m.payload),
+                    seal_record(&Record::outbox(&m.peer, m.seq, m.created_ms), &m.payload),
                 ))?;
             }
         }
@@ -384,7 +396,10 @@ impl Store {
                  ON CONFLICT (peer) DO UPDATE SET record = excluded.record",
             )?;
             for p in &batch.peers {
-                put.execute((&p.peer, seal(&schema::peer_body(p))))?;
+                put.execute((
+                    &p.peer,
+                    seal_record(&Record::peer(&p.peer), &schema::peer_body(p)),
+                ))?;
             }
         }
         if !batch.timers.is_empty() {
@@ -399,7 +414,11 @@ impl Store {
                         name,
                         due_ms,
                         payload,
-                    } => set.execute((name, sql_u64(*due_ms, "timer due_ms"), seal(payload)))?,
+                    } => set.execute((
+                        name,
+                        sql_u64(*due_ms, "timer due_ms"),
+                        seal_record(&Record::timer(name, *due_ms), payload),
+                    ))?,
                     TimerChange::Cancel { name } => cancel.execute([name])?,
                 };
             }
@@ -417,7 +436,10 @@ impl Store {
                         &row.client[..],
                         sql_u64(row.request_no, "client request_no"),
                         sql_u64(row.updated_ms, "client updated_ms"),
-                        seal(&row.reply),
+                        seal_record(
+                            &Record::client(&row.client, row.request_no, row.updated_ms),
+                            &row.reply,
+                        ),
                     ))?,
                     ClientChange::Evict { client } => evict.execute([&client[..]])?,
                 };
@@ -431,7 +453,10 @@ impl Store {
             let mut del = tx.prepare_cached("DELETE FROM fuse_groups WHERE group_id = ?1")?;
             for g in &batch.groups {
                 match g {
-                    GroupChange::Put(row) => put.execute((&row.group[..], seal(&row.record)))?,
+                    GroupChange::Put(row) => put.execute((
+                        &row.group[..],
+                        seal_record(&Record::group(&row.group), &row.record),
+                    ))?,
                     GroupChange::Delete { group } => del.execute([&group[..]])?,
                 };
             }
@@ -448,18 +473,20 @@ impl Store {
                 insert.execute((
                     sql_u64(chunk[0].turn, "turn number"),
                     chunk.len() as i64,
-                    seal(&codec::encode(chunk)),
+                    seal_record(
+                        &Record::turn_log(chunk[0].turn, chunk.len() as u64),
+                        &codec::encode(chunk),
+                    ),
                 ))?;
             }
         }
         let changed = tx
             .prepare_cached("UPDATE meta SET value = ?1 WHERE key = ?2")?
             .execute((
-                seal(&schema::counters_body(
-                    turns_committed,
-                    commits,
-                    batch.now_ms,
-                )),
+                schema::seal_meta(
+                    schema::META_COUNTERS,
+                    &schema::counters_body(turns_committed, commits, batch.now_ms),
+                ),
                 schema::META_COUNTERS,
             ))?;
         assert_eq!(changed, 1, "meta has exactly one `counters` row");
@@ -495,6 +522,112 @@ impl Store {
             entries: total,
         }
     }
+}
+
+/// What [`open_checked`] hands back: the connection, what it recovered, the turn-log rows.
+type Opened = (
+    Connection,
+    Recovered,
+    std::collections::VecDeque<(u64, u64)>,
+);
+
+/// The part of [`Store::open_with`] that opens the connection: classify, create or migrate,
+/// recover, and check the recovered commits against the lock file's witness. Any error
+/// leaves the files as they were (the connection closes without a checkpoint).
+fn open_checked(
+    path: &Path,
+    process_id: &str,
+    options: &StoreOptions,
+    witnessed: Option<WitnessRecord>,
+    lock_file: &Path,
+) -> Result<Opened, OpenError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    // The owner writes through the `ken-wal` shim (one write system call per commit
+    // instead of two per page: see `vfs`); if it cannot register, the default VFS.
+    let mut conn = match crate::vfs::register() {
+        Ok(()) => Connection::open_with_flags_and_vfs(path, flags, crate::vfs::VFS_NAME),
+        Err(rc) => {
+            tracing::warn!(
+                rc,
+                "the ken-wal VFS did not register; using SQLite's default"
+            );
+            Connection::open_with_flags(path, flags)
+        }
+    }
+    .map_err(sqlite_open_err(path))?;
+    // Until the store is accepted, closing the connection must not checkpoint (and so
+    // rewrite or delete the WAL): a refused store stays exactly as it was found.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+        .map_err(sqlite_open_err(path))?;
+    conn.busy_timeout(OWNER_BUSY_TIMEOUT)
+        .map_err(sqlite_open_err(path))?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+
+    let found = classify(&conn, path)?;
+    if let Found::Store(meta) = &found {
+        if meta.process_id != process_id {
+            return Err(OpenError::WrongProcess {
+                expected: process_id.to_string(),
+                found: meta.process_id.clone(),
+            });
+        }
+    }
+    if let (Found::Empty, Some(w)) = (&found, witnessed) {
+        if w.commits > 0 {
+            // A database with no tables where the lock file witnessed commits: the
+            // database (or its only copy of the data, the -wal) was deleted. Creating a
+            // new store here would silently start over.
+            return Err(OpenError::HistoryLost {
+                path: path.to_path_buf(),
+                lock_path: lock_file.to_path_buf(),
+                incarnation: w.incarnation,
+                commits: 0,
+                witnessed: w.commits,
+            });
+        }
+    }
+    configure_owner(&conn, path, options)?;
+    let created = matches!(found, Found::Empty);
+    if created {
+        create(&mut conn, process_id).map_err(sqlite_open_err(path))?;
+        fsync_dir(path)?;
+        tracing::info!(path = %path.display(), process_id, "created store");
+    }
+    if matches!(found, Found::Migratable) {
+        migrate(&mut conn, path, process_id)?;
+    }
+    let (recovered, turn_log) = recover(&mut conn, path, created)?;
+    if recovered.process_id != process_id {
+        return Err(OpenError::WrongProcess {
+            expected: process_id.to_string(),
+            found: recovered.process_id,
+        });
+    }
+    if let Some(w) = witnessed {
+        if w.incarnation == recovered.incarnation && recovered.commits < w.commits {
+            return Err(OpenError::HistoryLost {
+                path: path.to_path_buf(),
+                lock_path: lock_file.to_path_buf(),
+                incarnation: w.incarnation,
+                commits: recovered.commits,
+                witnessed: w.commits,
+            });
+        }
+        if w.incarnation != 0 && w.incarnation != recovered.incarnation && !created {
+            tracing::warn!(
+                path = %path.display(),
+                lock_incarnation = w.incarnation,
+                store_incarnation = recovered.incarnation,
+                "the lock file witnessed another store (another incarnation); it now \
+                 witnesses this one"
+            );
+        }
+    }
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false)
+        .map_err(sqlite_open_err(path))?;
+    Ok((conn, recovered, turn_log))
 }
 
 /// Owner pragmas. `journal_mode=WAL` is persistent (written in the file header); the others
@@ -549,10 +682,256 @@ fn create(conn: &mut Connection, process_id: &str) -> rusqlite::Result<()> {
             ),
         ];
         for (key, body) in rows {
-            put.execute((key, seal(&body)))?;
+            put.execute((key, schema::seal_meta(key, &body)))?;
         }
     }
     tx.commit()
+}
+
+/// One table of the format-2 migration: its key columns (the order of the walk), the other
+/// columns its record covers, and the sealed column.
+struct MigrateTable {
+    table: &'static str,
+    keys: &'static [&'static str],
+    extra: &'static [&'static str],
+    sealed: &'static str,
+}
+
+const MIGRATE_TABLES: [MigrateTable; 8] = [
+    MigrateTable {
+        table: "root",
+        keys: &["id"],
+        extra: &[],
+        sealed: "value",
+    },
+    MigrateTable {
+        table: "kv",
+        keys: &["tbl", "key"],
+        extra: &[],
+        sealed: "value",
+    },
+    MigrateTable {
+        table: "outbox",
+        keys: &["peer", "seq"],
+        extra: &["created_ms"],
+        sealed: "payload",
+    },
+    MigrateTable {
+        table: "peers",
+        keys: &["peer"],
+        extra: &[],
+        sealed: "record",
+    },
+    MigrateTable {
+        table: "timers",
+        keys: &["name"],
+        extra: &["due_ms"],
+        sealed: "payload",
+    },
+    MigrateTable {
+        table: "clients",
+        keys: &["client"],
+        extra: &["request_no", "updated_ms"],
+        sealed: "reply",
+    },
+    MigrateTable {
+        table: "fuse_groups",
+        keys: &["group_id"],
+        extra: &[],
+        sealed: "record",
+    },
+    MigrateTable {
+        table: "turn_log",
+        keys: &["turn"],
+        extra: &["turns"],
+        sealed: "entries",
+    },
+];
+
+/// Rows the migration reads per query.
+const MIGRATE_PAGE_ROWS: i64 = 512;
+
+/// Migrates a format-2 store to this build's format in one transaction: every record is
+/// checked with the version-1 envelope and sealed again with its identity
+/// ([`codec::seal_record`]), and `format_version` is set. A damaged record aborts it with
+/// `Corrupted` (nothing written); a crash leaves format 2, migrated again at the next open.
+fn migrate(conn: &mut Connection, path: &Path, process_id: &str) -> Result<(), OpenError> {
+    use rusqlite::types::Value;
+    let sq = sqlite_open_err(path);
+    let started = std::time::Instant::now();
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(&sq)?;
+    let meta = read_meta_rows(&tx).map_err(&sq)?;
+    schema::decode_meta_as(&meta, schema::MIGRATES_FROM).map_err(|p| match p {
+        schema::MetaProblem::Corrupted(c) => OpenError::Corrupted(c),
+        other => OpenError::Sqlite {
+            path: path.to_path_buf(),
+            detail: format!("format-2 meta rows changed while migrating: {other:?}"),
+        },
+    })?;
+    let mut rows = 0u64;
+    for (key, value) in &meta {
+        if key == schema::META_MAGIC || key == schema::META_FORMAT_VERSION {
+            continue;
+        }
+        let body = codec::unseal("meta", key, value).map_err(OpenError::Corrupted)?;
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = ?2",
+            (schema::seal_meta(key, body), key),
+        )
+        .map_err(&sq)?;
+        rows += 1;
+    }
+    let int = |v: &Value, t: &str, k: &str, c: &str| match v {
+        Value::Integer(i) => schema::u64_from_sql(*i, t, k, c).map_err(OpenError::Corrupted),
+        _ => Err(OpenError::Corrupted(Corrupted {
+            table: t.to_string(),
+            key: k.to_string(),
+            detail: format!("column `{c}` is not an integer"),
+        })),
+    };
+    for m in &MIGRATE_TABLES {
+        let cols: Vec<&str> = m.keys.iter().chain(m.extra).copied().collect();
+        let key_list = m.keys.join(", ");
+        let params: Vec<String> = (1..=m.keys.len()).map(|i| format!("?{i}")).collect();
+        let first = format!(
+            "SELECT {}, {} FROM {} ORDER BY {key_list} LIMIT {MIGRATE_PAGE_ROWS}",
+            cols.join(", "),
+            m.sealed,
+            m.table
+        );
+        let next = format!(
+            "SELECT {}, {} FROM {} WHERE ({key_list}) > ({}) ORDER BY {key_list} LIMIT {MIGRATE_PAGE_ROWS}",
+            cols.join(", "),
+            m.sealed,
+            m.table,
+            params.join(", ")
+        );
+        let update = format!(
+            "UPDATE {} SET {} = ?1 WHERE {}",
+            m.table,
+            m.sealed,
+            m.keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| format!("{k} = ?{}", i + 2))
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        );
+        let mut after: Option<Vec<Value>> = None;
+        loop {
+            let page: Vec<Vec<Value>> = {
+                let mut stmt = tx
+                    .prepare_cached(if after.is_some() { &next } else { &first })
+                    .map_err(&sq)?;
+                let n = cols.len() + 1;
+                let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Vec<Value>> {
+                    (0..n).map(|i| r.get::<_, Value>(i)).collect()
+                };
+                let got = match &after {
+                    None => stmt.query_map([], map),
+                    Some(a) => stmt.query_map(rusqlite::params_from_iter(a.iter()), map),
+                }
+                .map_err(&sq)?;
+                got.collect::<rusqlite::Result<_>>().map_err(&sq)?
+            };
+            for row in &page {
+                let text = |i: usize| match &row[i] {
+                    Value::Text(t) => t.clone(),
+                    other => format!("{other:?}"),
+                };
+                let blob = |i: usize| match &row[i] {
+                    Value::Blob(b) => b.clone(),
+                    Value::Text(t) => t.as_bytes().to_vec(),
+                    _ => Vec::new(),
+                };
+                let sealed = match &row[cols.len()] {
+                    Value::Blob(b) => b.as_slice(),
+                    _ => &[][..],
+                };
+                let (name, key): (String, String) = match m.table {
+                    "kv" => (
+                        schema::kv_table_name(&text(0)),
+                        codec::printable_key(&blob(1)),
+                    ),
+                    "outbox" => ("outbox".into(), format!("{}/{:?}", text(0), row[1])),
+                    "clients" | "fuse_groups" => (m.table.into(), schema::hex_key(&blob(0))),
+                    "root" => ("root".into(), schema::ROOT_KEY.into()),
+                    "turn_log" => ("turn_log".into(), format!("{:?}", row[0])),
+                    _ => (m.table.into(), text(0)),
+                };
+                let body = codec::unseal(&name, &key, sealed).map_err(OpenError::Corrupted)?;
+                let (t0, b0, b1) = (text(0), blob(0), blob(1));
+                let resealed = match m.table {
+                    "root" => codec::seal_record(&Record::root(), body),
+                    "kv" => codec::seal_record(&Record::kv(&t0, &b1), body),
+                    "outbox" => codec::seal_record(
+                        &Record::outbox(
+                            &t0,
+                            int(&row[1], &name, &key, "seq")?,
+                            int(&row[2], &name, &key, "created_ms")?,
+                        ),
+                        body,
+                    ),
+                    "peers" => codec::seal_record(&Record::peer(&t0), body),
+                    "timers" => codec::seal_record(
+                        &Record::timer(&t0, int(&row[1], &name, &key, "due_ms")?),
+                        body,
+                    ),
+                    "clients" => codec::seal_record(
+                        &Record::client(
+                            &b0,
+                            int(&row[1], &name, &key, "request_no")?,
+                            int(&row[2], &name, &key, "updated_ms")?,
+                        ),
+                        body,
+                    ),
+                    "fuse_groups" => codec::seal_record(&Record::group(&b0), body),
+                    "turn_log" => codec::seal_record(
+                        &Record::turn_log(
+                            int(&row[0], &name, &key, "turn")?,
+                            int(&row[1], &name, &key, "turns")?,
+                        ),
+                        body,
+                    ),
+                    other => unreachable!("no migration for table {other}"),
+                };
+                let mut p: Vec<Value> = vec![Value::Blob(resealed)];
+                p.extend(row[..m.keys.len()].iter().cloned());
+                let changed = tx
+                    .prepare_cached(&update)
+                    .and_then(|mut s| s.execute(rusqlite::params_from_iter(p.iter())))
+                    .map_err(&sq)?;
+                assert_eq!(changed, 1, "the migrated row exists");
+                rows += 1;
+            }
+            let full = page.len() as i64 == MIGRATE_PAGE_ROWS;
+            after = page.last().map(|r| r[..m.keys.len()].to_vec());
+            if !full {
+                break;
+            }
+        }
+    }
+    tx.execute(
+        "UPDATE meta SET value = ?1 WHERE key = ?2",
+        (
+            codec::seal(&FORMAT_VERSION.to_le_bytes()),
+            schema::META_FORMAT_VERSION,
+        ),
+    )
+    .map_err(&sq)?;
+    tx.commit().map_err(&sq)?;
+    tracing::info!(
+        path = %path.display(),
+        process_id,
+        rows,
+        ms = started.elapsed().as_millis() as u64,
+        from = schema::MIGRATES_FROM,
+        to = FORMAT_VERSION,
+        "migrated store format"
+    );
+    Ok(())
 }
 
 /// Loads everything but table rows, in one read transaction. Returns the turn-log row count.
@@ -570,7 +949,7 @@ fn recover(
         .map_err(&sq)?;
     let root = match root {
         Some(bytes) => Some(
-            codec::unseal("root", schema::ROOT_KEY, &bytes)
+            codec::unseal_record(&Record::root(), "root", schema::ROOT_KEY, &bytes)
                 .map_err(OpenError::Corrupted)?
                 .to_vec(),
         ),
@@ -677,6 +1056,10 @@ fn recover(
 fn read_to_open(path: &Path, e: ReadError) -> OpenError {
     match e {
         ReadError::Corrupted(c) => OpenError::Corrupted(c),
+        ReadError::Damaged { detail } => OpenError::Damaged {
+            path: path.to_path_buf(),
+            detail: format!("SQLite finds the database file malformed ({detail})"),
+        },
         other => OpenError::Sqlite {
             path: path.to_path_buf(),
             detail: other.to_string(),

@@ -6,7 +6,7 @@
 //! magic "KN" (2) | version u8 | kind u8 | protection u8 | key_id u32 |
 //! from_len u8 | from (from_len bytes, UTF-8) | from_incarnation u64 |
 //! to_len u8   | to (to_len bytes, UTF-8)     | to_incarnation u64 |
-//! seq u64 | ack u64 | payload_len u32 | payload |
+//! seq u64 | ack u64 | acked u64 | payload_len u32 | payload |
 //! [nonce (24), when protection is 2] | [tag (16), when protection is not 0] |
 //! crc32 u32 (over every byte before it)
 //! ```
@@ -55,9 +55,9 @@ pub const WIRE_VERSION: u8 = 2;
 pub const MAGIC: [u8; 2] = *b"KN";
 
 /// Bytes of an untagged frame that do not depend on the ids or the payload: magic, version,
-/// kind, protection, key id, the two id lengths, two incarnations, seq, ack, payload length
-/// and the CRC trailer.
-pub const FIXED_OVERHEAD_BYTES: usize = 2 + 1 + 1 + 1 + 4 + 1 + 8 + 1 + 8 + 8 + 8 + 4 + 4;
+/// kind, protection, key id, the two id lengths, two incarnations, seq, ack, acked, payload
+/// length and the CRC trailer.
+pub const FIXED_OVERHEAD_BYTES: usize = 2 + 1 + 1 + 1 + 4 + 1 + 8 + 1 + 8 + 8 + 8 + 8 + 4 + 4;
 
 /// Most bytes authentication adds to a frame: the random nonce of an encrypted frame and the
 /// tag (a frame that is only tagged adds [`TAG_BYTES`]).
@@ -189,6 +189,11 @@ pub struct Frame {
     pub to_incarnation: Incarnation,
     pub seq: Seq,
     pub ack: Seq,
+    /// The sender's view of the reverse direction of `ack`: the highest of the sender's own
+    /// messages to the receiver that the receiver has acknowledged (0 = none, or not said).
+    /// With `ack` it lets the receiver check its own store against what the sender knows
+    /// of it (a store that rolled back is found out by its peers).
+    pub acked: Seq,
     pub payload: Vec<u8>,
 }
 
@@ -414,6 +419,7 @@ impl Frame {
         out.extend_from_slice(&self.to_incarnation.0.to_le_bytes());
         out.extend_from_slice(&self.seq.0.to_le_bytes());
         out.extend_from_slice(&self.ack.0.to_le_bytes());
+        out.extend_from_slice(&self.acked.0.to_le_bytes());
         let payload_len = u32::try_from(self.payload.len())
             .expect("payload length is bounded by MAX_FRAME_BYTES, checked above");
         out.extend_from_slice(&payload_len.to_le_bytes());
@@ -569,6 +575,7 @@ impl Frame {
         let to_incarnation = Incarnation(reader.u64()?);
         let seq = Seq(reader.u64()?);
         let ack = Seq(reader.u64()?);
+        let acked = Seq(reader.u64()?);
         let payload_len = usize::try_from(reader.u32()?).map_err(|_| DecodeError::BadLength)?;
         if payload_len != reader.remaining() {
             return Err(DecodeError::BadLength);
@@ -583,6 +590,7 @@ impl Frame {
             to_incarnation,
             seq,
             ack,
+            acked,
             payload,
         })
     }
@@ -633,7 +641,8 @@ fn raw_ids(sealed: &[u8]) -> Option<(&[u8], &[u8], usize)> {
     let to_len_at = from_start + from_len + 8;
     let to_len = usize::from(*sealed.get(to_len_at)?);
     let to = sealed.get(to_len_at + 1..to_len_at + 1 + to_len)?;
-    let payload_start = to_len_at + 1 + to_len + 8 + 8 + 8 + 4;
+    // to_incarnation, seq, ack, acked, payload_len
+    let payload_start = to_len_at + 1 + to_len + 8 + 8 + 8 + 8 + 4;
     (payload_start <= sealed.len()).then_some((from, to, payload_start))
 }
 
@@ -720,6 +729,7 @@ mod tests {
             to_incarnation: Incarnation(7),
             seq: Seq(42),
             ack: Seq(41),
+            acked: Seq(40),
             payload: b"hello".to_vec(),
         }
     }
@@ -747,12 +757,13 @@ mod tests {
         assert_eq!(&bytes[29..37], &7u64.to_le_bytes());
         assert_eq!(&bytes[37..45], &42u64.to_le_bytes());
         assert_eq!(&bytes[45..53], &41u64.to_le_bytes());
-        assert_eq!(&bytes[53..57], &5u32.to_le_bytes());
-        assert_eq!(&bytes[57..62], b"hello");
-        assert_eq!(&bytes[62..66], &crc32fast::hash(&bytes[..62]).to_le_bytes());
+        assert_eq!(&bytes[53..61], &40u64.to_le_bytes());
+        assert_eq!(&bytes[61..65], &5u32.to_le_bytes());
+        assert_eq!(&bytes[65..70], b"hello");
+        assert_eq!(&bytes[70..74], &crc32fast::hash(&bytes[..70]).to_le_bytes());
         // The worked example in FRAME.md.
-        assert_eq!(&bytes[62..66], &FRAME_MD_CRC);
-        assert_eq!(bytes.len(), 66);
+        assert_eq!(&bytes[70..74], &FRAME_MD_CRC);
+        assert_eq!(bytes.len(), 74);
         assert_eq!(bytes.len(), sample().encoded_len());
         assert_eq!(Frame::decode(&bytes), Ok(sample()));
     }
@@ -769,7 +780,7 @@ mod tests {
     }
 
     /// The CRC of the worked example in FRAME.md.
-    const FRAME_MD_CRC: [u8; 4] = [0x7f, 0x27, 0x0c, 0xfd];
+    const FRAME_MD_CRC: [u8; 4] = [0xb3, 0x36, 0x58, 0xad];
 
     #[test]
     fn process_id_validation() {

@@ -34,6 +34,7 @@
 //!     to_incarnation: Incarnation(0), // not known yet
 //!     seq: Seq(1),
 //!     ack: Seq(0),
+//!     acked: Seq(0),
 //!     payload: b"hello".to_vec(),
 //! };
 //! alice.send(bob.local_addr(), &frame).await?;

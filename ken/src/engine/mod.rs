@@ -37,6 +37,11 @@
 //!   until [`fuse::Fuse::durable`]).
 //! - At most one batch commits at a time; batch ids are consecutive.
 //! - Per peer: see `peer.rs`; per FUSE peer: see `fuse/liveness.rs`.
+//! - History is never silently lost: a data or ack frame whose view of the pair (`ack`,
+//!   `acked`) is ahead of this store proves the store rolled back; the engine sends the peer
+//!   a `Reject` from its unchanged incarnation and stops ([`EngineError::RolledBack`]). A
+//!   restarted engine (a store it did not create) probes every peer (an `Ack` with `seq`
+//!   [`PROBE_SEQ`]) until it has checked a frame from it, so a quiet pair is checked too.
 
 pub mod fuse;
 pub(crate) mod peer;
@@ -57,8 +62,13 @@ use crate::client::{ClientId, ReplyBody, RequestEnvelope};
 use crate::handler::{Effects, Handler, Input, PeerView, TimerOp, Turn};
 use crate::{limits, Time, Tuning};
 use fuse::{Fuse, FuseOutput, SealToken};
+pub use peer::RollbackEvidence;
 use peer::{OutEntry, Peer};
 use tables::{TableOverlay, TableSource};
+
+/// The `seq` of an `Ack` frame that asks the receiver to answer with its view of the pair (a
+/// restarted process probes its peers; see `FRAME.md`). A plain `Ack` has `seq` 0.
+pub const PROBE_SEQ: u64 = 1;
 
 /// Identifies a commit batch of this engine's life (1, 2, 3, ...). Not durable.
 pub type BatchId = u64;
@@ -102,6 +112,20 @@ pub enum EngineError {
     BadPeerId(String),
     #[error("a stored FUSE group does not decode: {0}; run `ken inspect STORE verify`")]
     BadGroup(String),
+    /// A frame from `peer` proves that this process's store lost committed history (a
+    /// deleted or damaged `-wal`, an older copy of the store put in its place): its view of
+    /// the pair is ahead of what this store holds. The engine told the peer (a `Reject`)
+    /// and stopped; nothing was committed or released after the evidence arrived.
+    #[error(
+        "this process's store lost committed history: peer `{peer}` {evidence}; the store was \
+         rolled back (a deleted or damaged -wal file, an older copy of the store); do not run \
+         from it: restore it from a standby or backup, or audit it against its peers' stores \
+         (`ken audit`)"
+    )]
+    RolledBack {
+        peer: String,
+        evidence: RollbackEvidence,
+    },
 }
 
 /// Counters over the life of an engine (not durable).
@@ -152,8 +176,6 @@ pub struct EngineStats {
     pub liveness_bytes_sent: u64,
     /// Bytes (whole datagrams) of every FUSE frame sent: liveness plus creation and `Fail`.
     pub fuse_bytes_sent: u64,
-    /// Acknowledgements of messages never sent (ignored).
-    pub bogus_acks: u64,
     /// Peer frames without the cluster key's tag reaching an engine that requires it (the
     /// endpoint drops them first; counted here if a host hands one in anyway).
     pub unauthenticated_frames: u64,
@@ -171,6 +193,13 @@ pub struct EngineStats {
     pub replies_padded: u64,
     /// Idle clients evicted from a full reply cache.
     pub clients_evicted: u64,
+    /// Peers that told us (with a `Reject` from their known incarnation) that their store
+    /// rolled back and they stopped.
+    pub peer_rollbacks: u64,
+    /// Probes sent after a restart (an `Ack` with `seq` 1: "tell me your view of the pair").
+    pub probes_sent: u64,
+    /// Probes from peers answered.
+    pub probes_answered: u64,
 }
 
 /// How the host protects this engine's frames: set once, before [`Engine::start`].
@@ -276,7 +305,7 @@ impl Header {
         }
     }
 
-    fn frame(&self, kind: FrameKind, seq: u64, ack: u64, payload: Vec<u8>) -> Frame {
+    fn frame(&self, kind: FrameKind, seq: u64, ack: u64, acked: u64, payload: Vec<u8>) -> Frame {
         Frame {
             kind,
             auth: self.auth,
@@ -286,6 +315,7 @@ impl Header {
             to_incarnation: self.to_incarnation,
             seq: Seq(seq),
             ack: Seq(ack),
+            acked: Seq(acked),
             payload,
         }
     }
@@ -326,6 +356,8 @@ pub struct Engine<H: Handler> {
     /// Turns over the life of the store, including uncommitted ones.
     turns_total: u64,
     needs_start: bool,
+    /// The store was not created by this life: probe every peer for its view of the pair.
+    restarted: bool,
     /// Id of the filling batch.
     next_batch: BatchId,
     /// Newest durable batch.
@@ -380,6 +412,7 @@ impl<H: Handler> Engine<H> {
             p.committed_next_seq = p.next_seq;
             p.acked = row.acked;
             p.acked_stored = row.acked;
+            p.peer_acked = row.acked;
             p.delivered = row.delivered;
             p.delivered_committed = row.delivered;
             p.ack_sent = 0;
@@ -469,6 +502,7 @@ impl<H: Handler> Engine<H> {
             last_root: recovered.root.unwrap_or_default(),
             turns_total: recovered.turns_committed,
             needs_start: recovered.turns_committed == 0,
+            restarted: !recovered.created,
             next_batch: 1,
             durable: 0,
             filling: Filling::default(),
@@ -506,6 +540,16 @@ impl<H: Handler> Engine<H> {
             self.run_turn(now, Input::Start, "start", String::new(), 0);
         }
         let ids: Vec<ProcessId> = self.peers.keys().cloned().collect();
+        if self.restarted {
+            // A store that lost history looks like a healthy older one: ask every peer for
+            // its view of the pair at once (a quiet pair would never show it otherwise).
+            for id in &ids {
+                let p = self.peers.get_mut(id).expect("known peer");
+                p.probe_interval = self.tuning.rto_initial;
+                p.probe_at = Some(now);
+            }
+            self.send_probes(now);
+        }
         for id in &ids {
             self.pump(now, id);
         }
@@ -553,6 +597,7 @@ impl<H: Handler> Engine<H> {
         for id in &due {
             self.retransmit(now, id);
         }
+        self.send_probes(now);
         self.after_event(now);
     }
 
@@ -616,7 +661,8 @@ impl<H: Handler> Engine<H> {
     pub fn next_deadline(&self) -> Option<Time> {
         let timer = self.timer_queue.first().map(|(t, _)| *t);
         let rexmit = self.peers.values().filter_map(|p| p.retransmit_at).min();
-        [timer, rexmit, self.fuse.deadline()]
+        let probe = self.peers.values().filter_map(|p| p.probe_at).min();
+        [timer, rexmit, probe, self.fuse.deadline()]
             .into_iter()
             .flatten()
             .min()
@@ -762,6 +808,22 @@ impl<H: Handler> Engine<H> {
             FrameKind::Data | FrameKind::Ack => {}
             FrameKind::Reject => {
                 self.stats.rejects_received += 1;
+                let known = self.peers.get(&frame.from).map(|p| p.incarnation);
+                if known.is_some_and(|k| k.0 != 0 && k == frame.from_incarnation)
+                    && frame.to_incarnation == self.incarnation
+                {
+                    // The peer we know, same store, says it lost history and stopped.
+                    self.stats.peer_rollbacks += 1;
+                    tracing::error!(
+                        peer = %frame.from,
+                        its_ack = frame.ack.0,
+                        its_acked = frame.acked.0,
+                        said = %String::from_utf8_lossy(&frame.payload),
+                        "peer's store rolled back (lost committed history); it stopped and \
+                         needs its store restored"
+                    );
+                    return;
+                }
                 tracing::error!(
                     peer = %frame.from,
                     "peer rejects our frames: they address an incarnation it no longer is \
@@ -793,6 +855,7 @@ impl<H: Handler> Engine<H> {
                 to_incarnation: frame.from_incarnation,
                 seq: Seq(0),
                 ack: Seq(0),
+                acked: Seq(0),
                 payload: format!(
                     "frame addressed incarnation {}, this process is incarnation {}",
                     frame.to_incarnation, self.incarnation
@@ -827,8 +890,19 @@ impl<H: Handler> Engine<H> {
             return;
         }
         let from = frame.from.clone();
+        if let Some(evidence) = p.rollback_evidence(frame.ack.0, frame.acked.0) {
+            self.rolled_back(&from, evidence);
+            return;
+        }
+        // The peer's view of the pair checks out: no more probes to it.
+        p.probe_at = None;
+        let probe = frame.kind == FrameKind::Ack && frame.seq.0 == PROBE_SEQ;
         self.fuse.heard(now, &from);
         self.on_ack(now, &from, frame.ack.0);
+        if probe {
+            self.stats.probes_answered += 1;
+            self.send_ack(&from);
+        }
         if frame.kind == FrameKind::Data {
             self.on_data(now, &from, frame.seq.0, frame.payload);
         }
@@ -887,6 +961,7 @@ impl<H: Handler> Engine<H> {
                     .map_or(Incarnation(0), |p| p.incarnation),
                 seq: Seq(0),
                 ack: Seq(0),
+                acked: Seq(0),
                 payload,
             };
             let bytes = frame.encoded_len() as u64;
@@ -1157,6 +1232,7 @@ impl<H: Handler> Engine<H> {
             to_incarnation: Incarnation(0),
             seq: Seq(n),
             ack: Seq(0),
+            acked: Seq(0),
             payload,
         };
         if to.auth == Auth::None {
@@ -1186,14 +1262,10 @@ impl<H: Handler> Engine<H> {
 
     fn on_ack(&mut self, now: Time, pid: &ProcessId, ack: u64) {
         let p = self.peers.get_mut(pid).expect("known peer");
+        // (An ack of a message never committed was refused by the pair check already.)
+        debug_assert!(ack < p.committed_next_seq);
+        p.peer_acked = p.peer_acked.max(ack);
         if ack <= p.acked {
-            return;
-        }
-        if ack >= p.committed_next_seq {
-            // Acknowledges a message never committed, so never transmitted: a confused or
-            // malicious peer. (Untransmitted-in-this-life messages may be acked: they were
-            // transmitted before a restart.)
-            self.stats.bogus_acks += 1;
             return;
         }
         let mut sample = None;
@@ -1524,6 +1596,7 @@ impl<H: Handler> Engine<H> {
                 FrameKind::Data,
                 seq,
                 ack,
+                p.peer_acked,
                 p.outbox[idx].payload.clone(),
             );
             let e = &mut p.outbox[idx];
@@ -1549,6 +1622,7 @@ impl<H: Handler> Engine<H> {
         let p = self.peers.get_mut(pid).expect("known peer");
         let rto = p.rto.current();
         let ack = p.delivered_committed;
+        let acked = p.peer_acked;
         let header = Header::of(&self.id, self.incarnation, p, self.security);
         for i in 0..p.in_flight {
             let e = &mut p.outbox[i];
@@ -1561,7 +1635,7 @@ impl<H: Handler> Engine<H> {
             }
             e.transmissions += 1;
             e.last_sent = now;
-            let frame = header.frame(FrameKind::Data, e.seq, ack, e.payload.clone());
+            let frame = header.frame(FrameKind::Data, e.seq, ack, acked, e.payload.clone());
             self.stats.retransmits += 1;
             self.commands.push(Command::Send {
                 to: pid.clone(),
@@ -1572,6 +1646,59 @@ impl<H: Handler> Engine<H> {
         p.ack_sent = p.ack_sent.max(ack);
         p.rto.back_off();
         p.retransmit_at = (p.in_flight > 0).then(|| now.plus(p.rto.current()));
+    }
+
+    /// Sends the due probes: an `Ack` with `seq` [`PROBE_SEQ`] asks the peer to answer with
+    /// its view of the pair, which the pair check then compares with this store.
+    fn send_probes(&mut self, now: Time) {
+        let ceiling = self.tuning.rto_max;
+        for p in self.peers.values_mut() {
+            if p.probe_at.is_none_or(|t| t > now) {
+                continue;
+            }
+            let frame = Header::of(&self.id, self.incarnation, p, self.security).frame(
+                FrameKind::Ack,
+                PROBE_SEQ,
+                p.delivered_committed,
+                p.peer_acked,
+                Vec::new(),
+            );
+            p.probe_at = Some(now.plus(p.probe_interval));
+            p.probe_interval = (p.probe_interval * 2).min(ceiling);
+            self.stats.probes_sent += 1;
+            self.commands.push(Command::Send {
+                to: p.id.clone(),
+                frame,
+                after: self.durable,
+            });
+        }
+    }
+
+    /// A frame from `pid` proved that this store lost history: tell the peer (a `Reject`
+    /// from our unchanged incarnation, with our view of the pair) and stop.
+    fn rolled_back(&mut self, pid: &ProcessId, evidence: RollbackEvidence) {
+        let p = self.peers.get(pid).expect("known peer");
+        tracing::error!(peer = %pid, %evidence, "this store lost committed history; stopping");
+        let reject = Header::of(&self.id, self.incarnation, p, self.security).frame(
+            FrameKind::Reject,
+            0,
+            p.delivered_committed,
+            p.peer_acked,
+            format!(
+                "{} stopped: your view of the pair proves its store rolled back: you {evidence}",
+                self.id
+            )
+            .into_bytes(),
+        );
+        self.commands.push(Command::Send {
+            to: pid.clone(),
+            frame: reject,
+            after: self.durable,
+        });
+        self.fail(EngineError::RolledBack {
+            peer: pid.to_string(),
+            evidence,
+        });
     }
 
     fn ack_if_owed(&mut self, pid: &ProcessId) {
@@ -1589,6 +1716,7 @@ impl<H: Handler> Engine<H> {
             FrameKind::Ack,
             0,
             ack,
+            p.peer_acked,
             Vec::new(),
         );
         self.stats.acks_sent += 1;

@@ -7,6 +7,16 @@
 //! - Only messages with `seq < committed_next_seq` are ever transmitted (output commit).
 //! - Acknowledgements sent never exceed `delivered_committed`.
 //! - Reorder buffer keys are all `> delivered + 1` and `<= delivered + reorder_max`.
+//! - `peer_acked >= acked` except after `forget_peer` (which moves `acked` up to `next_seq -
+//!   1` without the peer having acknowledged anything): `peer_acked` is what frames carry as
+//!   `acked`, the peer's real acknowledgement, so a peer never reads a forgotten outbox as
+//!   acknowledged.
+//!
+//! The pair check (issue 13): every data and ack frame from the peer carries its view of the
+//! pair (`ack`, `acked`). Those values only grow and are sent only once durable, so a frame
+//! with `ack >= committed_next_seq` (it acknowledges a message this store never committed)
+//! or `acked > delivered_committed` (it holds an acknowledgement of more than this store has
+//! consumed) proves that this store lost history: [`Peer::rollback_evidence`].
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -128,6 +138,43 @@ pub(crate) struct Peer {
     pub dirty: bool,
     /// Logged once: frames from this peer carry an incarnation other than the known one.
     pub foreign_incarnation_seen: bool,
+    /// The highest acknowledgement the peer really sent (see the module docs); carried as
+    /// `acked` in data and ack frames.
+    pub peer_acked: u64,
+    /// After a restart: when to probe the peer for its view of the pair again, until a data
+    /// or ack frame from it has been checked (`None`: no probe due).
+    pub probe_at: Option<Time>,
+    /// The probe interval, doubled after each probe up to the retransmission ceiling.
+    pub probe_interval: Duration,
+}
+
+/// Why a frame from a peer proves that this process's store lost history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RollbackEvidence {
+    /// The peer acknowledged our message `ack`, but this store committed messages to it only
+    /// up to `issued` (`committed_next_seq - 1`).
+    AckBeyondIssued { ack: u64, issued: u64 },
+    /// The peer holds our acknowledgement of its messages up to `acked`, but this store
+    /// consumed (durably) only up to `delivered`.
+    AckedBeyondDelivered { acked: u64, delivered: u64 },
+}
+
+impl std::fmt::Display for RollbackEvidence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RollbackEvidence::AckBeyondIssued { ack, issued } => write!(
+                f,
+                "acknowledges our message {ack}, but this store issued messages to it only up \
+                 to {issued}"
+            ),
+            RollbackEvidence::AckedBeyondDelivered { acked, delivered } => write!(
+                f,
+                "holds our acknowledgement of its messages up to {acked}, but this store \
+                 consumed them only up to {delivered}"
+            ),
+        }
+    }
 }
 
 impl Peer {
@@ -149,7 +196,28 @@ impl Peer {
             retransmit_at: None,
             dirty: false,
             foreign_incarnation_seen: false,
+            peer_acked: 0,
+            probe_at: None,
+            probe_interval: tuning.rto_initial,
         }
+    }
+
+    /// The pair check of a frame from the peer carrying its view (`ack`, `acked`): `Some` if
+    /// it proves that this store lost history (see the module docs).
+    pub fn rollback_evidence(&self, ack: u64, acked: u64) -> Option<RollbackEvidence> {
+        if ack >= self.committed_next_seq {
+            return Some(RollbackEvidence::AckBeyondIssued {
+                ack,
+                issued: self.committed_next_seq - 1,
+            });
+        }
+        if acked > self.delivered_committed {
+            return Some(RollbackEvidence::AckedBeyondDelivered {
+                acked,
+                delivered: self.delivered_committed,
+            });
+        }
+        None
     }
 
     /// Checks the invariants in the module doc. Cheap enough for every event in tests.

@@ -325,6 +325,7 @@ fn forged_ack(keyed: bool) -> (usize, Vec<(String, u64)>) {
         to_incarnation: genuine.from_incarnation,
         seq: Seq(0),
         ack: Seq(1),
+        acked: Seq(0),
         payload: vec![],
     };
     let _ = a.deliver(t(1), &ack.encode().unwrap());
@@ -369,6 +370,7 @@ fn forged_first_contact(keyed: bool) -> (Vec<(String, u64)>, u64) {
         to_incarnation: Incarnation(0),
         seq: Seq(0),
         ack: Seq(0),
+        acked: Seq(0),
         payload: vec![],
     };
     let _ = b.deliver(t(1), &forged.encode().unwrap());
@@ -412,6 +414,7 @@ fn request(
         to_incarnation: Incarnation(0),
         seq: Seq(n),
         ack: Seq(0),
+        acked: Seq(0),
         payload: ken::store::codec::encode(&RequestEnvelope {
             sent_ms: sent.as_millis(),
             request: ken::store::codec::encode(req),
@@ -708,6 +711,7 @@ fn a_request_number_beyond_i64_is_dropped_and_counted() {
                 to_incarnation: Incarnation(0),
                 seq: Seq(seq),
                 ack: Seq(ack),
+                acked: Seq(0),
                 payload: ken::store::codec::encode(&5u64),
             };
             let bytes = match &b.keys {
@@ -845,6 +849,7 @@ fn key_rotation_without_downtime() {
         to_incarnation: Incarnation(INC_B),
         seq: Seq(0),
         ack: Seq(0),
+        acked: Seq(0),
         payload: vec![],
     };
     let bytes = ring(&old, &[]).seal(&stale).unwrap();

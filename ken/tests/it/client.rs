@@ -146,6 +146,7 @@ fn an_undecodable_reply_is_a_decode_error() {
                 to_incarnation: Incarnation(0),
                 seq: req.seq,
                 ack: Seq(0),
+                acked: Seq(0),
                 payload: vec![0xff, 0xfe, 0xfd],
             };
             let _ = fake.send_to(&reply.encode().unwrap(), from);

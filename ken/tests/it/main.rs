@@ -9,5 +9,6 @@ mod fuse_engine;
 mod fuse_machine;
 mod hostile;
 mod observe;
+mod rollback;
 mod sans_io;
 mod testing;

@@ -70,6 +70,7 @@ fn fake_receiver(socket: UdpSocket, me: ProcessId, stop: Arc<AtomicBool>) {
             to_incarnation: data.from_incarnation,
             seq: Seq(0),
             ack: Seq(delivered),
+            acked: Seq(0),
             payload: Vec::new(),
         };
         let _ = socket.send_to(&ack.encode().unwrap(), from);

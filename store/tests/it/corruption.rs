@@ -200,6 +200,7 @@ fn every_recovered_record_kind_names_its_table_and_key() {
 
 #[test]
 fn a_turn_log_row_whose_count_disagrees_is_reported() {
+    // The record's checksum covers the `turns` column: a changed count fails it.
     let t = temp_store();
     healthy_store(&t.path, b"value-one");
     let conn = raw(&t.path);
@@ -213,7 +214,7 @@ fn a_turn_log_row_whose_count_disagrees_is_reported() {
     match reader.turn_log(10) {
         Err(ReadError::Corrupted(c)) => {
             assert_names(&c, "turn_log", "1");
-            assert!(c.detail.contains("1 entries where the row says 2"), "{c}");
+            assert!(c.detail.contains("CRC32 mismatch"), "{c}");
         }
         other => panic!("expected Corrupted, got {other:?}"),
     }
@@ -299,5 +300,99 @@ fn a_record_too_short_for_its_envelope_is_corrupted_not_a_panic() {
     match try_open(&t.path, "a") {
         Err(OpenError::Corrupted(c)) => assert_names(&c, "peers", "b"),
         other => panic!("expected Corrupted, got {other:?}"),
+    }
+}
+
+/// Every byte of a record is checked: a changed key column, sequence number or time fails
+/// like a changed value (format 3). Each case changes one column other than the sealed one,
+/// through SQL, and must be named at open or by a read, and by `verify`.
+#[test]
+fn a_changed_key_or_other_column_is_corrupted_like_a_changed_value() {
+    // (update, table and key the damage is named by, at open (true) or on read)
+    let cases: [(&str, &str, &str, bool); 12] = [
+        (
+            "UPDATE kv SET key = x'6a31' WHERE key = x'6b31'",
+            "kv:t",
+            "j1",
+            false,
+        ),
+        (
+            "UPDATE kv SET tbl = 's' WHERE key = x'6b32'",
+            "kv:s",
+            "k2",
+            false,
+        ),
+        (
+            "UPDATE outbox SET seq = 2 WHERE seq = 1",
+            "outbox",
+            "b/2",
+            true,
+        ),
+        ("UPDATE outbox SET created_ms = 2", "outbox", "b/1", true),
+        ("UPDATE peers SET peer = 'c'", "peers", "c", true),
+        ("UPDATE timers SET name = 'tock'", "timers", "tock", true),
+        ("UPDATE timers SET due_ms = 6", "timers", "tick", true),
+        (
+            "UPDATE clients SET request_no = 2",
+            "clients",
+            "0x03030303030303030303030303030303",
+            true,
+        ),
+        (
+            "UPDATE clients SET updated_ms = 2",
+            "clients",
+            "0x03030303030303030303030303030303",
+            true,
+        ),
+        (
+            "UPDATE fuse_groups SET group_id = x'05040404040404040404040404040404'",
+            "fuse_groups",
+            "0x05040404040404040404040404040404",
+            true,
+        ),
+        ("UPDATE turn_log SET turn = 2", "turn_log", "2", false),
+        // A meta value pasted into another row of the same length.
+        (
+            "UPDATE meta SET value = (SELECT value FROM meta WHERE key = 'incarnation') \
+             WHERE key = 'created_ms'",
+            "meta",
+            "created_ms",
+            true,
+        ),
+    ];
+    for (update, table, key, at_open) in cases {
+        let t = temp_store();
+        healthy_store(&t.path, b"value-one");
+        assert!(raw(&t.path).execute(update, []).unwrap() >= 1, "{update}");
+        let opened = try_open(&t.path, "a");
+        if at_open {
+            match opened {
+                Err(OpenError::Corrupted(c)) => assert_names(&c, table, key),
+                other => panic!("{update}: expected Corrupted, got {other:?}"),
+            }
+        } else {
+            let (store, _) = opened.unwrap_or_else(|e| panic!("{update}: {e}"));
+            drop(store);
+        }
+        if table == "meta" {
+            // A reader refuses a store whose meta rows do not check, naming the row.
+            match Reader::open(&t.path) {
+                Err(OpenError::Corrupted(c)) => assert_names(&c, table, key),
+                other => panic!("{update}: expected Corrupted, got {other:?}"),
+            }
+            continue;
+        }
+        let reader = Reader::open(&t.path).unwrap();
+        let problems = reader.verify().unwrap();
+        assert!(
+            problems.iter().any(|p| p.table == table && p.key == key),
+            "{update}: {problems:?}"
+        );
+        if let Some(t_name) = table.strip_prefix("kv:") {
+            match reader.table_get(t_name, key.as_bytes()) {
+                Err(ReadError::Corrupted(c)) => assert_names(&c, table, key),
+                other => panic!("{update}: expected Corrupted, got {other:?}"),
+            }
+        }
     }
 }

@@ -237,6 +237,7 @@ impl Simulated {
                 to_incarnation: Incarnation(0),
                 seq: Seq(0),
                 ack: Seq(0),
+                acked: Seq(0),
                 payload: Vec::new(),
             },
             outstanding: outstanding.max(1),

@@ -1537,10 +1537,13 @@ mod groups {
             notified: true,
             created_ms: created_ms[1],
         };
+        // (The envelope's CRC covers the group id too: format 3.)
         rewrite(&stores[1], g[1], |_| {
-            codec::seal(&codec::encode(&impossible))
+            codec::seal_record(&codec::Record::group(&g[1].0), &codec::encode(&impossible))
         });
-        rewrite(&stores[1], g[3], |_| codec::seal(&[0xff, 0xff, 0xff]));
+        rewrite(&stores[1], g[3], |_| {
+            codec::seal_record(&codec::Record::group(&g[3].0), &[0xff, 0xff, 0xff])
+        });
         // a: one random bit of G2's stored record flipped (the envelope's CRC catches it).
         rewrite(&stores[0], g[2], |mut r| {
             let bit = rng.gen_range(0..r.len() * 8);

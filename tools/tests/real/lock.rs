@@ -366,7 +366,16 @@ fn lock_rounds_complete_with_increasing_tokens_across_random_sigkills() {
         c.describe()
     );
     assert!(entry.queue.is_empty(), "{entry:?}");
-    assert_eq!(audit.last_token.get(LOCK).copied(), Some(2 * ROUNDS));
+    // Lines are at most once (`Turn::emit`): a SIGKILL of the server between a grant's commit
+    // and its print loses that line, so the last token printed may be below the last granted
+    // (the store, checked above, is the truth) by at most one per server kill.
+    let printed = audit.last_token.get(LOCK).copied().unwrap_or(0);
+    assert!(
+        printed <= 2 * ROUNDS && 2 * ROUNDS - printed <= u64::from(kills[0]),
+        "seed {seed}: last token printed {printed}, granted {}, server kills {}",
+        2 * ROUNDS,
+        kills[0]
+    );
 
     let granted_to: BTreeMap<u64, String> = c
         .events(0, "granted")

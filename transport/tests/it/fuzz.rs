@@ -56,6 +56,7 @@ fn random_frame(rng: &mut ChaCha8Rng, payload_len: usize) -> Frame {
         to_incarnation: Incarnation(random_u64(rng)),
         seq: Seq(random_u64(rng)),
         ack: Seq(random_u64(rng)),
+        acked: Seq(random_u64(rng)),
         payload,
     }
 }
@@ -332,6 +333,7 @@ prop_compose! {
         to_incarnation in any::<u64>(),
         seq in any::<u64>(),
         ack in any::<u64>(),
+        acked in any::<u64>(),
         payload in prop::collection::vec(any::<u8>(), 0..2048),
     ) -> Frame {
         Frame {
@@ -343,6 +345,7 @@ prop_compose! {
             to_incarnation: Incarnation(to_incarnation),
             seq: Seq(seq),
             ack: Seq(ack),
+            acked: Seq(acked),
             payload,
         }
     }

@@ -43,6 +43,7 @@ pub fn data(seq: u64) -> Frame {
         to_incarnation: Incarnation(0xb0b),
         seq: Seq(seq),
         ack: Seq(seq.saturating_sub(1)),
+        acked: Seq(0),
         payload: format!("message {seq}").into_bytes(),
     }
 }

@@ -267,6 +267,7 @@ mod tests {
                 to_incarnation: Incarnation(u64::MAX),
                 seq: Seq(0),
                 ack: Seq(0),
+                acked: Seq(0),
                 payload: m.encode(),
             };
             assert!(
