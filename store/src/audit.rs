@@ -1,5 +1,6 @@
 //! The cross-store audit: the stores of communicating processes checked against each other,
-//! pair by pair. The core of `ken audit STORE...` (the command itself is a later phase).
+//! pair by pair. The core of `ken audit STORE...` (the command, with FUSE group and client checks, is
+//! `ken_inspect::audit`).
 //!
 //! For an ordered pair (sender A, receiver B), with A's `peers` row for B and B's for A:
 //!
@@ -101,9 +102,15 @@ fn row<'a>(s: &'a Snapshot, peer: &str) -> Option<&'a PeerRow> {
 
 /// Checks every ordered pair among the stores (see the module docs) and returns the broken
 /// ones. Stores that never exchanged a message have nothing to check.
-pub fn audit(readers: &[Reader]) -> Result<Vec<BrokenPair>, AuditError> {
-    let first: Vec<Snapshot> = readers.iter().map(snapshot).collect::<Result<_, _>>()?;
-    let second: Vec<Snapshot> = readers.iter().map(snapshot).collect::<Result<_, _>>()?;
+pub fn audit<R: std::borrow::Borrow<Reader>>(readers: &[R]) -> Result<Vec<BrokenPair>, AuditError> {
+    let first: Vec<Snapshot> = readers
+        .iter()
+        .map(|r| snapshot(r.borrow()))
+        .collect::<Result<_, _>>()?;
+    let second: Vec<Snapshot> = readers
+        .iter()
+        .map(|r| snapshot(r.borrow()))
+        .collect::<Result<_, _>>()?;
     let mut broken = Vec::new();
     for (a, a_now) in first.iter().zip(&second) {
         for (b, b_now) in first.iter().zip(&second) {

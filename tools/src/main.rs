@@ -50,6 +50,9 @@ enum Command {
     Demo(demo::Args),
     /// Look inside a process's checkpoint store, live or dead (see `ken inspect --help`).
     Inspect(ken_inspect::Args),
+    /// Check the stores of a cluster against each other: every pair's counters, FUSE groups,
+    /// each store's own verify. Names the store that lost history (safe while they run).
+    Audit(ken_inspect::audit::AuditArgs),
     /// Measure this machine: disk fsync rate, turn throughput, ack latency, round trip.
     Bench(bench::Args),
     /// Internal: one process of a `ken bench` run (started by `ken bench`, not by hand).
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Inspect(args) => ken_inspect::main(&args, &ken_inspect::AppDecoder::generic()),
+        Command::Audit(args) => ken_inspect::audit::main(&args),
         Command::Bench(args) => match bench::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -12,6 +12,7 @@
 //! after it (`scan_table`).
 
 use ken::engine::fuse::GroupState;
+use ken_store::wal::WalHeader;
 use ken_store::{codec, GroupRow, OutboxStats, PeerRow, ReadError, Reader, MAX_SCAN_ROWS};
 
 use super::decode::{hex, unhex, AppDecoder};
@@ -349,8 +350,9 @@ pub fn clients(reader: &Reader, app: &AppDecoder, now_ms: u64) -> Result<Clients
 /// has named that record already, so then the bodies are not checked (fix or remove the
 /// named record and verify again).
 pub fn verify(reader: &Reader) -> Result<VerifyView, ReadError> {
-    let mut problems: Vec<ProblemInfo> = reader
-        .verify()?
+    let all = reader.verify_all()?;
+    let mut problems: Vec<ProblemInfo> = all
+        .problems
         .into_iter()
         .map(|p| ProblemInfo {
             table: p.table,
@@ -377,9 +379,38 @@ pub fn verify(reader: &Reader) -> Result<VerifyView, ReadError> {
             }));
         }
     }
+    let w = &all.wal;
+    let (header, generation) = match &w.header {
+        WalHeader::Empty => ("empty".to_string(), None),
+        WalHeader::Valid { checkpoint_seq, .. } => ("valid".to_string(), Some(*checkpoint_seq)),
+        WalHeader::Invalid(why) => (format!("invalid: {why}"), None),
+    };
     Ok(VerifyView {
         clean: problems.is_empty(),
         problems,
+        wal: WalInfo {
+            exists: w.exists,
+            bytes: w.bytes,
+            header,
+            generation,
+            frames_valid: w.frames_valid,
+            commits: w.commits,
+            last_commit_frame: w.last_commit_frame,
+            frames_past_commit: w.frames_past_commit,
+            damage: w.damage.as_ref().map(|d| WalDamageInfo {
+                frame: d.frame,
+                offset: d.offset,
+                proof_frame: d.proof_frame,
+                commits_lost: d.commits_lost,
+                detail: d.detail.clone(),
+            }),
+        },
+        witness: all.witness.map(|r| WitnessInfo {
+            pid: r.pid,
+            incarnation: format!("0x{:016x}", r.incarnation),
+            commits: r.commits,
+        }),
+        commits: all.commits,
     })
 }
 

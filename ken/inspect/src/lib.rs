@@ -26,6 +26,7 @@
 //! - A corrupt record spoils only what needs it: the other views, and the other parts of the
 //!   summary and state views, are still shown.
 
+pub mod audit;
 pub mod collect;
 pub mod decode;
 pub mod fuse;

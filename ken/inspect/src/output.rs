@@ -358,6 +358,61 @@ pub struct VerifyView {
     /// No problem found (exit status 0).
     pub clean: bool,
     pub problems: Vec<ProblemInfo>,
+    /// The write-ahead log as SQLite would read it.
+    pub wal: WalInfo,
+    /// What the owner lock file witnesses (`null`: no lock file, or one that witnesses
+    /// nothing).
+    pub witness: Option<WitnessInfo>,
+    /// The store's own commit counter (read after the witness).
+    pub commits: u64,
+}
+
+/// The `-wal` file as `verify` found it (see `ken_store::wal`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WalInfo {
+    /// False when there is no `-wal` file (a checkpointed, cleanly closed store).
+    pub exists: bool,
+    pub bytes: u64,
+    /// `"empty"` (no log: a missing, short or zeroed header), `"valid"`, or `"invalid: WHY"`.
+    pub header: String,
+    /// SQLite's checkpoint sequence number: which generation of the log this is (`null`
+    /// without a valid header).
+    pub generation: Option<u32>,
+    /// Frames SQLite reads (the unbroken chain from the header).
+    pub frames_valid: u64,
+    /// Committed transactions among them.
+    pub commits: u64,
+    /// 1-based index of the last commit frame SQLite recovers (0: none).
+    pub last_commit_frame: u64,
+    /// Frames of this generation after the last commit, which SQLite ignores: a torn or
+    /// unfinished last transaction (normal after a crash), or lost ones when `damaged`.
+    pub frames_past_commit: u64,
+    /// Committed history after a bad frame: the first bad frame, and how many commits
+    /// SQLite would silently drop (`null` when sound).
+    pub damage: Option<WalDamageInfo>,
+}
+
+/// Damage in the middle of the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WalDamageInfo {
+    /// 1-based index of the first frame SQLite rejects (0: the header).
+    pub frame: u64,
+    pub offset: u64,
+    /// A later frame of the same generation that proves it.
+    pub proof_frame: u64,
+    pub commits_lost: u64,
+    pub detail: String,
+}
+
+/// The owner lock file's commit witness.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WitnessInfo {
+    /// The pid that wrote it last.
+    pub pid: u32,
+    /// `"0x"` + 16 hex digits: the incarnation the count belongs to.
+    pub incarnation: String,
+    /// Commits the store had made durable, at least.
+    pub commits: u64,
 }
 
 /// One problem `verify` found.

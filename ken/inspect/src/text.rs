@@ -460,6 +460,43 @@ pub fn state(v: &StateView) -> String {
 /// `verify`.
 pub fn verify(v: &VerifyView) -> String {
     let mut out = String::new();
+    let w = &v.wal;
+    if w.exists {
+        let _ = writeln!(
+            out,
+            "wal: {} ({}), header {}{}, {} frames SQLite reads, {} commits, last commit at \
+             frame {}, {} frames past it{}",
+            bytes(w.bytes),
+            w.bytes,
+            w.header,
+            w.generation
+                .map_or(String::new(), |g| format!(", generation {g}")),
+            w.frames_valid,
+            w.commits,
+            w.last_commit_frame,
+            w.frames_past_commit,
+            if w.damage.is_none() && w.frames_past_commit > 0 {
+                " (a torn or unfinished last transaction: normal after a crash)"
+            } else {
+                ""
+            },
+        );
+    } else {
+        out.push_str("wal: none (checkpointed)\n");
+    }
+    match &v.witness {
+        Some(wit) => {
+            let _ = writeln!(
+                out,
+                "witness: lock file says incarnation {} made at least {} commits durable; \
+                 the store holds {}",
+                wit.incarnation, wit.commits, v.commits
+            );
+        }
+        None => {
+            let _ = writeln!(out, "witness: none; the store holds {} commits", v.commits);
+        }
+    }
     for p in &v.problems {
         let key = if p.key.is_empty() { "-" } else { &p.key };
         let _ = writeln!(out, "PROBLEM {} {}: {}", p.table, key, p.what);

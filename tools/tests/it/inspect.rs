@@ -230,6 +230,16 @@ fn view(bin: &(impl Inspector + ?Sized), store: &Path, args: &[&str]) -> Value {
     run.json()
 }
 
+/// A clean `verify` view: no problem, and the files below the records reported (the WAL's
+/// state, the store's commit count).
+fn assert_verify_clean(v: &Value, what: &str) {
+    assert_eq!(v["clean"], true, "{what}: {v:#}");
+    assert_eq!(v["problems"], json!([]), "{what}: {v:#}");
+    assert!(v["wal"]["exists"].is_boolean(), "{what}: {v:#}");
+    assert_eq!(v["wal"]["damage"], Value::Null, "{what}: {v:#}");
+    assert!(u(&v["commits"]) > 0, "{what}: {v:#}");
+}
+
 fn u(v: &Value) -> u64 {
     v.as_u64()
         .unwrap_or_else(|| panic!("not an unsigned integer: {v}"))
@@ -415,10 +425,7 @@ fn every_view_of_finished_pingpong_stores_matches_the_volley() {
         assert_eq!(view(&bins.ken, store, &["timers"])["timers"], json!([]));
         assert_eq!(view(&bins.ken, store, &["groups"])["groups"], json!([]));
         assert_eq!(view(&bins.ken, store, &["clients"])["clients"], json!([]));
-        assert_eq!(
-            view(&bins.ken, store, &["verify"]),
-            json!({"clean": true, "problems": []})
-        );
+        assert_verify_clean(&view(&bins.ken, store, &["verify"]), "");
 
         // The turn log: the start, then one turn per ball in order.
         let turns = view(&bins.ken, store, &["turns", "--last", "1000"]);
@@ -514,21 +521,19 @@ fn every_view_of_finished_pingpong_stores_matches_the_volley() {
 /// A bank of three members, inspected while it runs, then SIGKILLed and checked exactly:
 /// every counter in `peers` against the decoded `sent` and `applied` tables of both ends,
 /// every outbox against its counters, and money conservation over all stores.
-#[test]
-fn bank_stores_inspected_live_and_after_sigkill_agree_with_each_other() {
-    let dir = tempfile::tempdir().unwrap();
-    let bins = Bins::copy_into(dir.path());
-    let ids = ["a", "b", "c"];
-    let accounts = 8u64;
-    let initial = 1000i64;
-    let stores: Vec<PathBuf> = ids
-        .iter()
-        .map(|id| dir.path().join(format!("{id}.ken")))
-        .collect();
-    let mut kids = Vec::new();
+/// Starts a bank of `ids` (one store each in `stores`) and waits until every store is past
+/// its start turn. A run whose app could not bind is retried with new ports.
+fn start_bank(
+    bins: &Bins,
+    dir: &Path,
+    ids: &[&str],
+    stores: &[PathBuf],
+    accounts: u64,
+    initial: i64,
+) -> Vec<Process> {
     'attempts: for attempt in 1..=BIND_ATTEMPTS_MAX {
         let ports = harness::free_ports(ids.len()).expect("bind 127.0.0.1:0");
-        kids = ids
+        let mut kids: Vec<Process> = ids
             .iter()
             .enumerate()
             .map(|(i, id)| {
@@ -553,7 +558,7 @@ fn bank_stores_inspected_live_and_after_sigkill_agree_with_each_other() {
                     args.push("--peer".to_string());
                     args.push(format!("{other}={}", addr(ports[j])));
                 }
-                bins.bank.start(id, &args, dir.path())
+                bins.bank.start(id, &args, dir)
             })
             .collect();
         // Live: every store readable and past its start turn (a fresh store is briefly an
@@ -574,8 +579,23 @@ fn bank_stores_inspected_live_and_after_sigkill_agree_with_each_other() {
                 panic!("{} ended {end:?}: {}", ids[i], stderr(&kids[i]));
             }
         }
-        break;
+        return kids;
     }
+    unreachable!("the last attempt returns or panics")
+}
+
+#[test]
+fn bank_stores_inspected_live_and_after_sigkill_agree_with_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let bins = Bins::copy_into(dir.path());
+    let ids = ["a", "b", "c"];
+    let accounts = 8u64;
+    let initial = 1000i64;
+    let stores: Vec<PathBuf> = ids
+        .iter()
+        .map(|id| dir.path().join(format!("{id}.ken")))
+        .collect();
+    let mut kids = start_bank(&bins, dir.path(), &ids, &stores, accounts, initial);
 
     // While it runs.
     let a = &stores[0];
@@ -590,10 +610,7 @@ fn bank_stores_inspected_live_and_after_sigkill_agree_with_each_other() {
     assert_eq!(arr(&timers["timers"]).len(), 1, "{timers}");
     assert_eq!(timers["timers"][0]["name"], "transfer", "{timers}");
     for store in &stores {
-        assert_eq!(
-            view(&bins.ken, store, &["verify"]),
-            json!({"clean": true, "problems": []})
-        );
+        assert_verify_clean(&view(&bins.ken, store, &["verify"]), "");
     }
     let watch = inspect(
         &bins.ken,
@@ -1257,7 +1274,7 @@ mod groups {
     use serde::{Deserialize, Serialize};
     use serde_json::{json, Value};
 
-    use super::{arr, inspect, seed, u, view, view_code, EXIT_DAMAGED};
+    use super::{arr, assert_verify_clean, inspect, seed, u, view, view_code, EXIT_DAMAGED};
 
     /// `a` creates group `i` of `PLAN` (itself and the listed members) `PLAN[i].0` ms after
     /// its start; every member records the failures it hears.
@@ -1505,7 +1522,7 @@ mod groups {
             );
             assert_eq!(s["errors"], json!([]), "{i}: {s:#}");
             let v = view(&ken_bin, store, &["verify"]);
-            assert_eq!(v, json!({"clean": true, "problems": []}), "{i}");
+            assert_verify_clean(&v, &i.to_string());
         }
         // The text forms.
         let text = inspect(&ken_bin, &stores[0], &[]);
@@ -1527,6 +1544,27 @@ mod groups {
         assert_eq!(words[1..4], ["joined", "no", "a"], "{line}");
         assert_eq!(words.last(), Some(&"a,b"), "{line}");
         assert!(text.stdout.starts_with("GROUP "), "{}", text.stdout);
+
+        // The audit: the stores agree on every group they share. Then G1 (live at a and b)
+        // deleted from a copy of b's store, which b's own verify cannot see (no record is
+        // damaged): the audit names b as the store that lost history.
+        let (code, r) = super::audit(&ken_bin, &stores);
+        assert_eq!(code, 0, "{r:#}");
+        assert!(u(&r["groups_checked"]) >= 2, "{r:#}");
+        let gone = dir.path().join("b-gone.ken");
+        super::copy_store(&stores[1], &gone);
+        let conn = rusqlite::Connection::open(&gone).unwrap();
+        let n = conn
+            .execute("DELETE FROM fuse_groups WHERE group_id = ?1", [&g[1].0[..]])
+            .unwrap();
+        assert_eq!(n, 1);
+        drop(conn);
+        let (code, r) = super::audit(&ken_bin, &[stores[0].clone(), gone, stores[2].clone()]);
+        assert_eq!(code, EXIT_DAMAGED, "{r:#}");
+        let found = arr(&r["groups"]);
+        assert_eq!(found.len(), 1, "{r:#}");
+        assert_eq!(found[0]["group"], key(g[1]), "{r:#}");
+        assert_eq!(found[0]["suspect"], "b", "{r:#}");
 
         // Damage. b: G1 re-sealed as live but notified (an impossible record), G3's body
         // replaced by bytes that are no group record (both with a valid envelope).
@@ -1635,4 +1673,113 @@ mod groups {
         // c: untouched.
         assert_eq!(view(&ken_bin, &stores[2], &["verify"])["clean"], true);
     }
+}
+
+/// `ken audit STORE..` with `--json`: the run and its parsed report.
+fn audit(ken: &Path, stores: &[PathBuf]) -> (i32, Value) {
+    let child = spawn(
+        Command::new(ken)
+            .arg("audit")
+            .args(stores)
+            .arg("--json")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let out = child.wait_with_output().expect("wait for audit");
+    let run = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert!(!run.stderr.contains("panicked"), "{}", run.describe());
+    (run.code, run.json())
+}
+
+/// Copies a store's three files (database, `-wal`, owner lock file).
+fn copy_store(from: &Path, to: &Path) {
+    for (f, t) in [
+        (from.to_path_buf(), to.to_path_buf()),
+        (ken_store::wal_path(from), ken_store::wal_path(to)),
+        (ken_store::lock_path(from), ken_store::lock_path(to)),
+    ] {
+        let _ = std::fs::remove_file(&t);
+        if f.exists() {
+            std::fs::copy(&f, &t).unwrap_or_else(|e| panic!("copy {}: {e}", f.display()));
+        }
+    }
+}
+
+/// `ken audit` over a real bank: clean while it runs (every store read twice, bounds taken
+/// from the right pass) and after SIGKILL; then one store put back to an older copy of
+/// itself, lock file and all, which its own `verify` cannot tell (it is a consistent store,
+/// just an old one): the audit names it as the store behind its peers, exit 1.
+#[test]
+fn audit_names_a_store_put_back_in_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let bins = Bins::copy_into(dir.path());
+    let ids = ["a", "b", "c"];
+    let stores: Vec<PathBuf> = ids
+        .iter()
+        .map(|id| dir.path().join(format!("{id}.ken")))
+        .collect();
+    let mut kids = start_bank(&bins, dir.path(), &ids, &stores, 8, 1000);
+    let turns = |store: &Path| u(&view(&bins.ken, store, &[])["turns_committed"]);
+    wait_for(RUN_DEADLINE, "every bank store past 50 turns", || {
+        stores.iter().all(|s| turns(s) > 50).then_some(())
+    });
+    for round in 0..3 {
+        let (code, r) = audit(&bins.ken, &stores);
+        assert_eq!(code, 0, "live audit {round}: {r:#}");
+        assert_eq!(r["clean"], true, "{r:#}");
+        assert_eq!(u(&r["pairs_checked"]), 6, "{r:#}");
+    }
+    for kid in &mut kids {
+        kid.kill().expect("SIGKILL");
+    }
+    let old = dir.path().join("b-old.ken");
+    copy_store(&stores[1], &old);
+    let old_turns = turns(&old);
+    for kid in &mut kids {
+        kid.restart().expect("restart");
+    }
+    wait_for(RUN_DEADLINE, "b 100 turns past the copy", || {
+        (turns(&stores[1]) > old_turns + 100).then_some(())
+    });
+    for kid in &mut kids {
+        kid.kill().expect("SIGKILL");
+    }
+    let (code, r) = audit(&bins.ken, &stores);
+    assert_eq!((code, &r["clean"]), (0, &json!(true)), "{r:#}");
+
+    // b put back in time, lock file included: consistent on its own.
+    copy_store(&old, &stores[1]);
+    assert_verify_clean(&view(&bins.ken, &stores[1], &["verify"]), "the old copy");
+    let (code, r) = audit(&bins.ken, &stores);
+    assert_eq!(code, EXIT_DAMAGED, "{r:#}");
+    assert_eq!(r["clean"], false, "{r:#}");
+    let pairs = arr(&r["pairs"]);
+    assert!(!pairs.is_empty(), "{r:#}");
+    for p in pairs {
+        assert_eq!(p["suspect"], "b", "{r:#}");
+    }
+    // The readable form names it too; the same stores twice are refused.
+    let text = Command::new(&bins.ken)
+        .arg("audit")
+        .args(&stores)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("stores behind their peers: b;"), "{text}");
+    let twice = Command::new(&bins.ken)
+        .args(["audit"])
+        .arg(&stores[0])
+        .arg(&stores[0])
+        .output()
+        .unwrap();
+    assert_eq!(twice.status.code(), Some(EXIT_ERROR));
+    assert!(
+        String::from_utf8_lossy(&twice.stderr).contains("both belong to process `a`"),
+        "{twice:?}"
+    );
 }
