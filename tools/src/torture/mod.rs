@@ -635,6 +635,33 @@ fn mount_tmpfs(dir: &Path, mb: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Room one store needs besides its growth: the preallocated WAL and a first database.
+const STORE_MIN_BYTES: u64 = ken_store::vfs::WAL_PREALLOCATE_BYTES as u64 + (1 << 20);
+
+/// The smallest `--tmpfs-mb` for `members` stores: each store's minimum plus 2 MiB for the
+/// stores' growth between disk-full episodes.
+fn tmpfs_mb_min(members: usize) -> u64 {
+    (members as u64 * STORE_MIN_BYTES).div_ceil(1 << 20) + 2
+}
+
+/// Refuses a tmpfs too small for the stores to exist at all: the run would report every
+/// open that fails (on the lock file, the WAL) as a violation instead of exercising disk-full
+/// episodes, which the ballast makes anyway.
+fn check_tmpfs_size(mb: u64, members: usize) -> anyhow::Result<()> {
+    let min = tmpfs_mb_min(members);
+    if mb < min {
+        bail!(
+            "--tmpfs-mb {mb} is too small for {members} processes: each store needs about \
+             {:.1} MiB before it grows (a {:.1} MiB preallocated WAL and the database); use \
+             --tmpfs-mb {min} or more (disk-full episodes come from the ballast file, not from \
+             a small tmpfs)",
+            STORE_MIN_BYTES as f64 / (1 << 20) as f64,
+            ken_store::vfs::WAL_PREALLOCATE_BYTES as f64 / (1 << 20) as f64,
+        );
+    }
+    Ok(())
+}
+
 /// Unmounts the stores' tmpfs, copying the stores to `stores-kept/` first if `keep`.
 fn unmount_tmpfs(dir: &Path, keep: bool) {
     let stores = dir.join("stores");
@@ -661,6 +688,7 @@ impl Cluster {
             std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
         }
         if let Some(mb) = args.tmpfs_mb {
+            check_tmpfs_size(mb, app.members().len())?;
             mount_tmpfs(&stores_dir, mb)?;
         }
         // The members run this executable (`ken app NAME ..`, the app's own command line),

@@ -235,3 +235,71 @@ fn lock_release_before_commit_is_caught() {
         "{stdout}"
     );
 }
+
+/// Disk full, briefly: the stores on a small tmpfs that the harness fills now and then.
+/// Processes that hit the full disk stop with the store's clear error (counted, expected) and
+/// recover once it has room; no violation. Skipped, saying so, where a tmpfs cannot be
+/// mounted (not root, or no mount permission).
+#[test]
+fn bank_torture_with_disk_full_episodes_passes() {
+    let probe = tempfile::tempdir().expect("temp dir");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "ken-probe"])
+        .arg(probe.path())
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !mounted {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root and mount permission)");
+        return;
+    }
+    let _ = Command::new("umount").arg(probe.path()).status();
+    let (ok, stdout, s) = torture(&[
+        "--app",
+        "bank",
+        "--procs",
+        "3",
+        "--seconds",
+        "15",
+        "--seed",
+        "13",
+        "--tmpfs-mb",
+        "32",
+        "--disk-full",
+        "0.6",
+    ]);
+    assert!(ok && n(&s, "violations") == 0, "{stdout}");
+    assert!(n(&s, "disk_full_episodes") > 0, "{s}");
+    assert!(n(&s, "turns") > 0, "{s}");
+}
+
+/// A tmpfs too small for the stores to exist is refused up front (nothing mounted, nothing
+/// started), naming the minimum, instead
+/// of a run that reports every failed open as a violation.
+#[test]
+fn a_tmpfs_too_small_for_the_stores_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_ken"))
+        .args(["torture", "--app", "bank", "--procs", "5", "--seconds", "5"])
+        .args(["--tmpfs-mb", "16", "--dir"])
+        .arg(dir.path().join("run"))
+        .output()
+        .expect("run ken torture");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.contains("--tmpfs-mb 16 is too small for 5 processes"),
+        "{all}"
+    );
+    let min: u64 = all
+        .split("use --tmpfs-mb ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no minimum named: {all}"));
+    assert!(min > 16, "{all}");
+    assert!(!dir.path().join("run").join("stores").join("a.ken").exists());
+}
