@@ -273,8 +273,12 @@ impl<'a, M: Serialize, R: Serialize> Turn<'a, M, R> {
         self.effects.fuse_signals.push(group);
     }
 
-    /// Gives up on `peer`: drops every unacknowledged message to it (typically after a FUSE
-    /// notification). Later messages to it are queued and sent as usual.
+    /// Gives up on `peer`: withdraws every unacknowledged message earlier turns sent it
+    /// (typically after a FUSE notification). Messages sent from this turn on (before or
+    /// after this call in the turn) are queued and sent as usual. If the peer comes back, it
+    /// is told to skip the withdrawn ones (a `Skip` frame, repeated until acknowledged) and
+    /// goes on with the later ones: none of them is lost, none of the withdrawn ones is ever
+    /// delivered. Logged as a warning and counted (`messages_withdrawn`).
     pub fn forget_peer(&mut self, peer: &ProcessId) {
         self.effects.forget.push(peer.clone());
     }

@@ -76,6 +76,7 @@ fn build(path: PathBuf, mib: u64) {
                     next_seq: i / 8 + 2,
                     acked: 0,
                     delivered: i,
+                    forgotten: 0,
                 }],
                 timers: vec![TimerChange::Set {
                     name: format!("t{}", i % 20),

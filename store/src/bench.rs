@@ -324,6 +324,7 @@ fn measure_batches(
             next_seq: *next_seq,
             acked,
             delivered: 0,
+            forgotten: 0,
         });
         let t = Instant::now();
         store.commit(&batch)?;

@@ -55,6 +55,7 @@
 //!         next_seq: 2,
 //!         acked: 0,
 //!         delivered: 0,
+//!         forgotten: 0,
 //!     }],
 //!     ..Batch::default()
 //! })?;
@@ -176,6 +177,10 @@ pub struct PeerRow {
     pub acked: u64,
     /// Highest sequence number from `peer` consumed by a committed turn.
     pub delivered: u64,
+    /// Highest sequence number to `peer` that this process withdrew with `forget_peer`
+    /// (0: none). Messages up to it are gone from the outbox; the peer is told to skip what
+    /// it has not consumed of them. Stored only when not 0 (a 40-byte record instead of 32).
+    pub forgotten: u64,
 }
 
 /// A durable timer change.

@@ -46,6 +46,9 @@ pub(crate) const ROOT_KEY: &str = "root";
 
 /// Body length of a `peers.record`: incarnation, next_seq, acked, delivered (u64 LE each).
 pub(crate) const PEER_RECORD_BYTES: usize = 32;
+/// Body length of a `peers.record` of a pair with a `forgotten` mark: the four counters and
+/// `forgotten`.
+pub(crate) const PEER_RECORD_FORGOTTEN_BYTES: usize = 40;
 /// Body length of the `counters` meta record: turns_committed, commits, last_commit_ms.
 pub(crate) const COUNTERS_RECORD_BYTES: usize = 24;
 
@@ -184,13 +187,21 @@ pub(crate) fn u64s_le<const N: usize>(
 }
 
 /// Body of a `peers.record`.
-pub(crate) fn peer_body(row: &PeerRow) -> [u8; PEER_RECORD_BYTES] {
-    let mut out = [0u8; PEER_RECORD_BYTES];
-    for (i, v) in [row.incarnation, row.next_seq, row.acked, row.delivered]
-        .into_iter()
-        .enumerate()
-    {
-        out[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+/// 32 bytes, or 40 with a `forgotten` mark (so stores that never forget a peer keep the
+/// record of format 3 byte for byte).
+pub(crate) fn peer_body(row: &PeerRow) -> Vec<u8> {
+    let words = [
+        row.incarnation,
+        row.next_seq,
+        row.acked,
+        row.delivered,
+        row.forgotten,
+    ];
+    let n = if row.forgotten == 0 { 4 } else { 5 };
+    let mut out = Vec::with_capacity(PEER_RECORD_FORGOTTEN_BYTES);
+    debug_assert!(n * 8 == PEER_RECORD_BYTES || n * 8 == PEER_RECORD_FORGOTTEN_BYTES);
+    for v in &words[..n] {
+        out.extend_from_slice(&v.to_le_bytes());
     }
     out
 }
@@ -198,13 +209,20 @@ pub(crate) fn peer_body(row: &PeerRow) -> [u8; PEER_RECORD_BYTES] {
 /// Decodes a `peers` row.
 pub(crate) fn decode_peer(peer: String, record: &[u8]) -> Result<PeerRow, Corrupted> {
     let body = codec::unseal_record(&Record::peer(&peer), "peers", &peer, record)?;
-    let [incarnation, next_seq, acked, delivered] = u64s_le::<4>("peers", &peer, body)?;
+    let [incarnation, next_seq, acked, delivered, forgotten] =
+        if body.len() == PEER_RECORD_FORGOTTEN_BYTES {
+            u64s_le::<5>("peers", &peer, body)?
+        } else {
+            let [i, n, a, d] = u64s_le::<4>("peers", &peer, body)?;
+            [i, n, a, d, 0]
+        };
     Ok(PeerRow {
         peer,
         incarnation,
         next_seq,
         acked,
         delivered,
+        forgotten,
     })
 }
 
@@ -566,6 +584,7 @@ mod tests {
             next_seq: 9,
             acked: 3,
             delivered: 7,
+            forgotten: 0,
         };
         let sealed = codec::seal_record(&Record::peer("b"), &peer_body(&row));
         assert_eq!(decode_peer("b".into(), &sealed).unwrap(), row);

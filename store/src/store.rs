@@ -1152,6 +1152,13 @@ fn check_batch(batch: &Batch) {
             p.acked,
             p.next_seq
         );
+        assert!(
+            p.forgotten < p.next_seq,
+            "peer `{}`: forgotten {} must be below next_seq {}",
+            p.peer,
+            p.forgotten,
+            p.next_seq
+        );
         sql_u64(p.next_seq, "peer next_seq");
     }
     for t in &batch.timers {

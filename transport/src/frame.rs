@@ -159,6 +159,10 @@ pub enum FrameKind {
     ClientReply = 6,
     /// Rejection of a frame addressed to another incarnation of this process.
     Reject = 7,
+    /// The sender withdrew its messages up to `seq` (the application forgot this peer): the
+    /// receiver treats every one of them it has not consumed as consumed, and acknowledges
+    /// `seq`. `ack` and `acked` as in a data frame; no payload.
+    Skip = 8,
 }
 
 /// How a frame is (or, to send, is to be) protected. A received frame says what its tag
@@ -349,7 +353,7 @@ impl fmt::Display for Incarnation {
 
 impl FrameKind {
     /// Every kind, in wire-value order.
-    pub const ALL: [FrameKind; 7] = [
+    pub const ALL: [FrameKind; 8] = [
         FrameKind::Data,
         FrameKind::Ack,
         FrameKind::Heartbeat,
@@ -357,6 +361,7 @@ impl FrameKind {
         FrameKind::ClientRequest,
         FrameKind::ClientReply,
         FrameKind::Reject,
+        FrameKind::Skip,
     ];
 
     /// The kind with this wire value, if any.
@@ -776,7 +781,7 @@ mod tests {
             assert_eq!(Frame::decode(&frame.encode().unwrap()), Ok(frame));
         }
         assert_eq!(FrameKind::from_u8(0), None);
-        assert_eq!(FrameKind::from_u8(8), None);
+        assert_eq!(FrameKind::from_u8(9), None);
     }
 
     /// The CRC of the worked example in FRAME.md.
@@ -955,7 +960,7 @@ mod tests {
 
     #[test]
     fn decode_bad_kind() {
-        for kind in [0u8, 8, 255] {
+        for kind in [0u8, 9, 255] {
             let mut bytes = sample().encode().unwrap();
             bytes[3] = kind;
             fix_crc(&mut bytes);

@@ -200,6 +200,12 @@ pub struct EngineStats {
     pub probes_sent: u64,
     /// Probes from peers answered.
     pub probes_answered: u64,
+    /// Unacknowledged messages withdrawn by `forget_peer`.
+    pub messages_withdrawn: u64,
+    /// `Skip` frames sent (a peer told to skip withdrawn messages).
+    pub skips_sent: u64,
+    /// Messages of peers skipped on their `Skip` (never delivered: the peer withdrew them).
+    pub messages_skipped: u64,
 }
 
 /// How the host protects this engine's frames: set once, before [`Engine::start`].
@@ -239,7 +245,8 @@ struct Filling {
 struct Committing {
     id: BatchId,
     /// Per peer changed in the batch: (next_seq, delivered) as of the seal.
-    snapshot: Vec<(ProcessId, u64, u64)>,
+    /// Per dirty peer: `next_seq`, `delivered` and `forgotten` as the batch writes them.
+    snapshot: Vec<(ProcessId, u64, u64, u64)>,
     emits: Vec<String>,
     replies: Vec<(ClientId, u64, Vec<u8>, ReplyTo)>,
     /// The FUSE machine's share of the batch.
@@ -410,8 +417,10 @@ impl<H: Handler> Engine<H> {
             p.incarnation = Incarnation(row.incarnation);
             p.next_seq = row.next_seq.max(1);
             p.committed_next_seq = p.next_seq;
-            p.acked = row.acked;
-            p.acked_stored = row.acked;
+            p.forgotten = row.forgotten;
+            p.forgotten_durable = row.forgotten;
+            p.acked = row.acked.max(row.forgotten);
+            p.acked_stored = p.acked;
             p.peer_acked = row.acked;
             p.delivered = row.delivered;
             p.delivered_committed = row.delivered;
@@ -551,6 +560,13 @@ impl<H: Handler> Engine<H> {
             self.send_probes(now);
         }
         for id in &ids {
+            let p = self.peers.get_mut(id).expect("known peer");
+            if p.forgotten_durable > p.peer_acked {
+                p.skip_at = Some(now);
+            }
+        }
+        self.send_skips(now);
+        for id in &ids {
             self.pump(now, id);
         }
         self.after_event(now);
@@ -598,6 +614,7 @@ impl<H: Handler> Engine<H> {
             self.retransmit(now, id);
         }
         self.send_probes(now);
+        self.send_skips(now);
         self.after_event(now);
     }
 
@@ -622,7 +639,7 @@ impl<H: Handler> Engine<H> {
         self.durable = id;
         self.stats.commits += 1;
         self.tables.batch_durable(id);
-        for (pid, next_seq, delivered) in &c.snapshot {
+        for (pid, next_seq, delivered, forgotten) in &c.snapshot {
             let p = self
                 .peers
                 .get_mut(pid)
@@ -635,8 +652,16 @@ impl<H: Handler> Engine<H> {
             );
             p.committed_next_seq = p.committed_next_seq.max(*next_seq);
             p.delivered_committed = p.delivered_committed.max(*delivered);
+            if *forgotten > p.forgotten_durable {
+                p.forgotten_durable = *forgotten;
+                if p.forgotten_durable > p.peer_acked {
+                    p.skip_interval = self.tuning.rto_initial;
+                    p.skip_at = Some(now);
+                }
+            }
         }
-        for (pid, _, _) in &c.snapshot {
+        self.send_skips(now);
+        for (pid, _, _, _) in &c.snapshot {
             self.pump(now, pid);
             self.ack_if_owed(pid);
         }
@@ -662,7 +687,8 @@ impl<H: Handler> Engine<H> {
         let timer = self.timer_queue.first().map(|(t, _)| *t);
         let rexmit = self.peers.values().filter_map(|p| p.retransmit_at).min();
         let probe = self.peers.values().filter_map(|p| p.probe_at).min();
-        [timer, rexmit, probe, self.fuse.deadline()]
+        let skip = self.peers.values().filter_map(|p| p.skip_at).min();
+        [timer, rexmit, probe, skip, self.fuse.deadline()]
             .into_iter()
             .flatten()
             .min()
@@ -805,7 +831,7 @@ impl<H: Handler> Engine<H> {
             return;
         }
         match frame.kind {
-            FrameKind::Data | FrameKind::Ack => {}
+            FrameKind::Data | FrameKind::Ack | FrameKind::Skip => {}
             FrameKind::Reject => {
                 self.stats.rejects_received += 1;
                 let known = self.peers.get(&frame.from).map(|p| p.incarnation);
@@ -903,8 +929,10 @@ impl<H: Handler> Engine<H> {
             self.stats.probes_answered += 1;
             self.send_ack(&from);
         }
-        if frame.kind == FrameKind::Data {
-            self.on_data(now, &from, frame.seq.0, frame.payload);
+        match frame.kind {
+            FrameKind::Data => self.on_data(now, &from, frame.seq.0, frame.payload),
+            FrameKind::Skip => self.on_skip(now, &from, frame.seq.0),
+            _ => {}
         }
     }
 
@@ -1009,20 +1037,109 @@ impl<H: Handler> Engine<H> {
         self.filling.nonempty || self.fuse.needs_seal()
     }
 
-    /// A turn gave up on `peer`: drop its outbox (nothing more will be sent to it).
+    /// A turn gave up on `peer`: withdraw every message queued to it so far (earlier turns'
+    /// messages; this turn's are queued after). Their sequence numbers stay used: once this
+    /// is durable the peer is sent a `Skip` up to the last of them, so that when it comes
+    /// back it goes on from there instead of waiting for them.
     fn forget_peer(&mut self, peer: &ProcessId) {
         let Some(p) = self.peers.get_mut(peer) else {
             return;
         };
+        let through = p.next_seq - 1;
+        if through <= p.acked {
+            return; // nothing unacknowledged
+        }
+        let withdrawn = through - p.acked;
         p.outbox.clear();
         p.in_flight = 0;
         p.retransmit_at = None;
-        p.acked = p.next_seq - 1;
+        p.forgotten = through;
+        p.acked = through;
+        // Withdrawn messages need no commit: none of them may ever be sent.
         p.committed_next_seq = p.next_seq;
         p.acked_stored = p.acked;
         p.dirty = true;
-        self.filling.batch.outbox_forget.push(peer.to_string());
+        self.stats.messages_withdrawn += withdrawn;
+        tracing::warn!(
+            peer = %peer,
+            withdrawn,
+            through,
+            "forget_peer: unacknowledged messages to the peer withdrawn; it will be told to \
+             skip them (Skip) and later messages reach it as usual"
+        );
+        self.filling.batch.outbox_acks.push(OutboxAck {
+            peer: peer.to_string(),
+            up_to: through,
+        });
         self.filling.nonempty = true;
+    }
+
+    /// Sends the due `Skip` frames: a peer that has not acknowledged the last withdrawn
+    /// message is told to treat the withdrawn ones as consumed (see [`Engine::forget_peer`]).
+    fn send_skips(&mut self, now: Time) {
+        let ceiling = self.tuning.rto_max;
+        for p in self.peers.values_mut() {
+            if p.skip_at.is_none_or(|t| t > now) {
+                continue;
+            }
+            if p.peer_acked >= p.forgotten_durable {
+                p.skip_at = None;
+                continue;
+            }
+            let frame = Header::of(&self.id, self.incarnation, p, self.security).frame(
+                FrameKind::Skip,
+                p.forgotten_durable,
+                p.delivered_committed,
+                p.peer_acked,
+                Vec::new(),
+            );
+            p.ack_sent = p.ack_sent.max(p.delivered_committed);
+            p.skip_at = Some(now.plus(p.skip_interval));
+            p.skip_interval = (p.skip_interval * 2).min(ceiling);
+            self.stats.skips_sent += 1;
+            self.commands.push(Command::Send {
+                to: p.id.clone(),
+                frame,
+                after: self.durable,
+            });
+        }
+    }
+
+    /// A `Skip` from `pid`: its messages up to `through` were withdrawn. Those not consumed
+    /// count as consumed (durably, with the next batch); buffered later ones are delivered.
+    fn on_skip(&mut self, now: Time, pid: &ProcessId, through: u64) {
+        let p = self.peers.get_mut(pid).expect("known peer");
+        if through <= p.delivered {
+            self.stats.duplicates_dropped += 1;
+            if through <= p.delivered_committed {
+                self.send_ack(pid);
+            }
+            return;
+        }
+        let skipped = through - p.delivered;
+        tracing::warn!(
+            peer = %pid,
+            from = p.delivered + 1,
+            through,
+            "the peer withdrew messages it had not delivered (its application forgot this \
+             process); they are skipped"
+        );
+        self.stats.messages_skipped += skipped;
+        p.reorder.retain(|&s, _| s > through);
+        p.delivered = through;
+        p.dirty = true;
+        self.filling.nonempty = true;
+        loop {
+            if self.failed {
+                return;
+            }
+            let p = self.peers.get_mut(pid).expect("known peer");
+            let next = p.delivered + 1;
+            let Some(payload) = p.reorder.remove(&next) else {
+                break;
+            };
+            self.deliver(now, pid, next, payload);
+        }
     }
 
     fn on_request(&mut self, now: Time, frame: Frame) {
@@ -1264,7 +1381,17 @@ impl<H: Handler> Engine<H> {
         let p = self.peers.get_mut(pid).expect("known peer");
         // (An ack of a message never committed was refused by the pair check already.)
         debug_assert!(ack < p.committed_next_seq);
-        p.peer_acked = p.peer_acked.max(ack);
+        if ack > p.peer_acked {
+            p.peer_acked = ack;
+            if p.peer_acked >= p.forgotten_durable {
+                p.skip_at = None;
+            }
+            if ack <= p.acked {
+                // Only after a forget: the stored acknowledgement still grows.
+                p.dirty = true;
+                self.filling.nonempty = true;
+            }
+        }
         if ack <= p.acked {
             return;
         }
@@ -1417,6 +1544,10 @@ impl<H: Handler> Engine<H> {
                 });
             }
         }
+        // Forgets first: they withdraw what earlier turns queued, never this turn's sends.
+        for peer in &effects.forget {
+            self.forget_peer(peer);
+        }
         let messages_out = effects.sends.len() as u32;
         for (to, payload) in effects.sends {
             let p = self.peers.get_mut(&to).expect("Turn::send checks the peer");
@@ -1464,9 +1595,6 @@ impl<H: Handler> Engine<H> {
         }
         for id in effects.fuse_signals {
             self.fuse.signal(id);
-        }
-        for peer in &effects.forget {
-            self.forget_peer(peer);
         }
         let outputs = effects.emits.len() as u32 + u32::from(effects.reply.is_some());
         self.filling.emits.extend(effects.emits);
@@ -1549,10 +1677,12 @@ impl<H: Handler> Engine<H> {
                 peer: p.id.to_string(),
                 incarnation: p.incarnation.0,
                 next_seq: p.next_seq,
-                acked: p.acked,
+                // The peer's real acknowledgement; the outbox floor is max(acked, forgotten).
+                acked: p.peer_acked,
                 delivered: p.delivered,
+                forgotten: p.forgotten,
             });
-            snapshot.push((p.id.clone(), p.next_seq, p.delivered));
+            snapshot.push((p.id.clone(), p.next_seq, p.delivered, p.forgotten));
         }
         let (groups, fuse) = self.fuse.seal();
         batch.groups = groups;

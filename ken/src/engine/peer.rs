@@ -7,10 +7,14 @@
 //! - Only messages with `seq < committed_next_seq` are ever transmitted (output commit).
 //! - Acknowledgements sent never exceed `delivered_committed`.
 //! - Reorder buffer keys are all `> delivered + 1` and `<= delivered + reorder_max`.
-//! - `peer_acked >= acked` except after `forget_peer` (which moves `acked` up to `next_seq -
-//!   1` without the peer having acknowledged anything): `peer_acked` is what frames carry as
-//!   `acked`, the peer's real acknowledgement, so a peer never reads a forgotten outbox as
-//!   acknowledged.
+//! - `acked = max(peer_acked, forgotten)`: `acked` is the outbox floor; `forget_peer` moves
+//!   it up to `next_seq - 1` (the withdrawn messages, `forgotten`) without the peer having
+//!   acknowledged anything. `peer_acked` is what frames carry as `acked`, the peer's real
+//!   acknowledgement, and what the peer row stores as `acked` (with `forgotten` beside it), so
+//!   a peer never reads a withdrawn outbox as acknowledged, not even after a restart.
+//! - Withdrawn sequence numbers stay used: the peer is told with a `Skip` frame (repeated
+//!   with backoff from the moment the forget is durable until it acknowledges
+//!   `forgotten_durable`), and treats the ones it has not consumed as consumed.
 //!
 //! The pair check (issue 13): every data and ack frame from the peer carries its view of the
 //! pair (`ack`, `acked`). Those values only grow and are sent only once durable, so a frame
@@ -146,6 +150,15 @@ pub(crate) struct Peer {
     pub probe_at: Option<Time>,
     /// The probe interval, doubled after each probe up to the retransmission ceiling.
     pub probe_interval: Duration,
+    /// The highest sequence number to the peer withdrawn by `forget_peer` (0: none); stored
+    /// in the peer row. `acked` (the outbox floor) is at least this.
+    pub forgotten: u64,
+    /// `forgotten` as durable: only a durable withdrawal may be announced (a `Skip`).
+    pub forgotten_durable: u64,
+    /// When to send the next `Skip`, while the peer has not acknowledged `forgotten_durable`.
+    pub skip_at: Option<Time>,
+    /// The `Skip` interval, doubled after each up to the retransmission ceiling.
+    pub skip_interval: Duration,
 }
 
 /// Why a frame from a peer proves that this process's store lost history.
@@ -199,6 +212,10 @@ impl Peer {
             peer_acked: 0,
             probe_at: None,
             probe_interval: tuning.rto_initial,
+            forgotten: 0,
+            forgotten_durable: 0,
+            skip_at: None,
+            skip_interval: tuning.rto_initial,
         }
     }
 
@@ -232,6 +249,13 @@ impl Peer {
         assert!(self.committed_next_seq <= self.next_seq);
         assert!(self.delivered_committed <= self.delivered);
         assert!(self.ack_sent <= self.delivered_committed);
+        assert_eq!(
+            self.acked,
+            self.peer_acked.max(self.forgotten),
+            "{}",
+            self.id
+        );
+        assert!(self.forgotten_durable <= self.forgotten);
         assert_eq!(self.outbox.len() as u64, self.next_seq - 1 - self.acked);
         if let Some(first) = self.outbox.front() {
             assert_eq!(first.seq, self.acked + 1);

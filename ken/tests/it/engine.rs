@@ -180,7 +180,8 @@ fn start_commits_before_it_sends() {
             incarnation: 0,
             next_seq: 2,
             acked: 0,
-            delivered: 0
+            delivered: 0,
+            forgotten: 0,
         }]
     );
     assert!(batch.root.is_some(), "the first turn writes the root state");
@@ -480,6 +481,7 @@ fn recovery_retransmits_the_outbox_and_keeps_counters() {
         next_seq: 3,
         acked: 1,
         delivered: 5,
+        forgotten: 0,
     }];
     rec.outbox = vec![OutboxRow {
         peer: "b".into(),

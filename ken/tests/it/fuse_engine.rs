@@ -353,7 +353,8 @@ impl Handler for GivesUp {
 }
 
 /// The notification turn's `forget_peer` commits with it: the batch deletes `b`'s outbox,
-/// the outbox is empty and nothing is retransmitted to `b` afterwards.
+/// the outbox is empty and nothing is retransmitted to `b` afterwards; `b` is told to skip
+/// the withdrawn messages with a `Skip`, repeated with backoff (b never answers).
 #[test]
 fn a_notified_handler_forgets_the_peer_with_its_notification_turn() {
     let all = ["a", "b"];
@@ -376,7 +377,7 @@ fn a_notified_handler_forgets_the_peer_with_its_notification_turn() {
         e.tick(now);
         for c in e.take_commands() {
             if let Command::Commit { id, batch } = c {
-                if !batch.outbox_forget.is_empty() {
+                if batch.peers.iter().any(|p| p.forgotten > 0) {
                     forget_batch = Some(batch.clone());
                 }
                 e.commit_done(now, id);
@@ -385,7 +386,18 @@ fn a_notified_handler_forgets_the_peer_with_its_notification_turn() {
         settle(&mut e, now);
     }
     let batch = forget_batch.expect("the notification turn's batch");
-    assert_eq!(batch.outbox_forget, ["b"]);
+    // b's messages 1 and 2 withdrawn: deleted from the outbox, the mark in b's row, and b's
+    // real acknowledgement (none) kept.
+    assert_eq!(batch.outbox_acks.len(), 1);
+    assert_eq!(
+        (
+            batch.outbox_acks[0].peer.as_str(),
+            batch.outbox_acks[0].up_to
+        ),
+        ("b", 2)
+    );
+    let row = batch.peers.iter().find(|p| p.peer == "b").unwrap();
+    assert_eq!((row.acked, row.forgotten, row.next_seq), (0, 2, 3));
     assert_eq!(
         batch.turn_log.last().map(|t| t.input_kind.as_str()),
         Some("fuse")
@@ -393,14 +405,25 @@ fn a_notified_handler_forgets_the_peer_with_its_notification_turn() {
     assert_eq!(outbox(&e), 0);
     assert_eq!(e.groups()[0].durable, Some(GroupState::Failed));
     let rexmits = e.stats().retransmits;
+    let mut skips = Vec::new();
     for _ in 0..100 {
         now = now.plus(Duration::from_millis(100));
         e.tick(now);
-        let data: Vec<Command> = settle(&mut e, now)
+        let sent = settle(&mut e, now);
+        skips.extend(sent.iter().filter_map(|c| match c {
+            Command::Send { frame, .. } if frame.kind == FrameKind::Skip => Some(frame.seq.0),
+            _ => None,
+        }));
+        let data: Vec<Command> = sent
             .into_iter()
             .filter(|c| matches!(c, Command::Send { frame, .. } if frame.kind == FrameKind::Data))
             .collect();
         assert!(data.is_empty(), "sent to a forgotten peer: {data:?}");
     }
     assert_eq!(e.stats().retransmits, rexmits);
+    assert!(
+        skips.len() >= 3 && skips.iter().all(|&s| s == 2),
+        "{skips:?}"
+    );
+    assert!(skips.len() < 40, "Skip backs off: {}", skips.len());
 }

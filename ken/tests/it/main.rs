@@ -4,6 +4,7 @@ mod attacks;
 mod client;
 mod crash;
 mod engine;
+mod forget;
 mod fuse;
 mod fuse_engine;
 mod fuse_machine;

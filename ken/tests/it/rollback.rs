@@ -63,6 +63,7 @@ fn restarted(id: &str, inc: u64, pairs: &[Pair]) -> Engine<Quiet> {
                 next_seq: p.next_seq,
                 acked: p.acked,
                 delivered: p.delivered,
+                forgotten: 0,
             })
             .collect(),
         outbox: pairs

@@ -19,6 +19,7 @@ fn counters(store: &mut Store, peer: &str, inc: u64, next_seq: u64, acked: u64, 
                 next_seq,
                 acked,
                 delivered,
+                forgotten: 0,
             }],
             ..Batch::default()
         })

@@ -41,6 +41,7 @@ fn healthy_store(path: &Path, marker: &[u8]) {
                 next_seq: 2,
                 acked: 0,
                 delivered: 0,
+                forgotten: 0,
             }],
             timers: vec![TimerChange::Set {
                 name: "tick".into(),

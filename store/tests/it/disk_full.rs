@@ -40,6 +40,7 @@ fn batch(i: u64) -> Batch {
             next_seq: i + 1,
             acked: 0,
             delivered: 0,
+            forgotten: 0,
         }],
         ..Batch::default()
     }

@@ -89,6 +89,7 @@ fn batch(i: u64) -> Batch {
             next_seq: 2 * i + 1,
             acked: acked_after(i),
             delivered: i,
+            forgotten: 0,
         }],
         timers: vec![
             TimerChange::Set {
@@ -193,6 +194,7 @@ fn expected_recovered(r: u64, incarnation: u64) -> Recovered {
                 next_seq: 2 * r + 1,
                 acked: acked_after(r),
                 delivered: r,
+                forgotten: 0,
             }]
         },
         outbox: (acked_after(r) + 1..=2 * r)

@@ -41,6 +41,7 @@ fn full_batch(i: u64) -> Batch {
             next_seq: i + 1,
             acked: 0,
             delivered: i,
+            forgotten: 0,
         }],
         timers: vec![TimerChange::Set {
             name: format!("timer{}", i % 3),

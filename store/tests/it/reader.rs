@@ -37,6 +37,7 @@ fn batch(i: u64) -> Batch {
             next_seq: i + 1,
             acked,
             delivered: 0,
+            forgotten: 0,
         }],
         ..Batch::default()
     }

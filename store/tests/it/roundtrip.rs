@@ -31,6 +31,7 @@ fn peer(peer: &str, incarnation: u64, next_seq: u64, acked: u64, delivered: u64)
         next_seq,
         acked,
         delivered,
+        forgotten: 0,
     }
 }
 
