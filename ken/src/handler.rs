@@ -331,7 +331,13 @@ impl<'a, M: Serialize, R: Serialize> Turn<'a, M, R> {
         }
     }
 
-    fn scan_raw(&mut self, table: &str, prefix: &[u8], limit: u32) -> Vec<(Vec<u8>, Vec<u8>)> {
+    fn scan_raw(
+        &mut self,
+        table: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: u32,
+    ) -> Vec<(Vec<u8>, Vec<u8>)> {
         let own: Vec<(Vec<u8>, Option<Vec<u8>>)> = self
             .effects
             .writes
@@ -339,6 +345,7 @@ impl<'a, M: Serialize, R: Serialize> Turn<'a, M, R> {
             .map(|t| {
                 t.range(prefix.to_vec()..)
                     .take_while(|(k, _)| k.starts_with(prefix))
+                    .filter(|(k, _)| after.is_none_or(|a| k.as_slice() > a))
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect()
             })
@@ -346,7 +353,7 @@ impl<'a, M: Serialize, R: Serialize> Turn<'a, M, R> {
         let hidden = own.iter().filter(|(_, v)| v.is_none()).count() as u32;
         let base = match self
             .tables
-            .scan(table, prefix, limit.saturating_add(hidden))
+            .scan(table, prefix, after, limit.saturating_add(hidden))
         {
             Ok(rows) => rows,
             Err(e) => {
@@ -412,7 +419,22 @@ impl<M: Serialize, R: Serialize> Table<'_, '_, M, R> {
         prefix: impl AsRef<[u8]>,
         limit: u32,
     ) -> Vec<(Vec<u8>, V)> {
-        let rows = self.turn.scan_raw(&self.name, prefix.as_ref(), limit);
+        self.scan_after(prefix, None::<&[u8]>, limit)
+    }
+
+    /// As [`Table::scan`], but only keys greater than `after` (if given): pages through a
+    /// table of any keys, dense or not, by passing the last key of one page as `after` of the
+    /// next. This turn's own writes are seen as in `scan`.
+    pub fn scan_after<V: DeserializeOwned>(
+        &mut self,
+        prefix: impl AsRef<[u8]>,
+        after: Option<impl AsRef<[u8]>>,
+        limit: u32,
+    ) -> Vec<(Vec<u8>, V)> {
+        let after = after.as_ref().map(AsRef::as_ref);
+        let rows = self
+            .turn
+            .scan_raw(&self.name, prefix.as_ref(), after, limit);
         let mut out = Vec::with_capacity(rows.len());
         for (k, v) in rows {
             match ken_store::codec::decode(&v) {

@@ -21,8 +21,15 @@ pub trait TableSource: Send {
     /// (I/O, a corrupt record) stops the process.
     fn get(&mut self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError>;
 
-    /// Up to `limit` committed rows of `table` whose key starts with `prefix`, in key order.
-    fn scan(&mut self, table: &str, prefix: &[u8], limit: u32) -> Result<Rows, ReadError>;
+    /// Up to `limit` committed rows of `table` whose key starts with `prefix` and is greater
+    /// than `after` (if given), in key order.
+    fn scan(
+        &mut self,
+        table: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<Rows, ReadError>;
 }
 
 impl TableSource for ken_store::Reader {
@@ -30,9 +37,15 @@ impl TableSource for ken_store::Reader {
         self.table_get(table, key)
     }
 
-    fn scan(&mut self, table: &str, prefix: &[u8], limit: u32) -> Result<Rows, ReadError> {
+    fn scan(
+        &mut self,
+        table: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<Rows, ReadError> {
         let mut rows = Vec::new();
-        let mut after: Option<Vec<u8>> = None;
+        let mut after: Option<Vec<u8>> = after.map(<[u8]>::to_vec);
         while (rows.len() as u32) < limit {
             let want = (limit - rows.len() as u32).min(ken_store::MAX_SCAN_ROWS);
             let page = self.table_scan(table, prefix, after.as_deref(), want)?;
@@ -56,7 +69,13 @@ impl TableSource for EmptyTables {
         Ok(None)
     }
 
-    fn scan(&mut self, _table: &str, _prefix: &[u8], _limit: u32) -> Result<Rows, ReadError> {
+    fn scan(
+        &mut self,
+        _table: &str,
+        _prefix: &[u8],
+        _after: Option<&[u8]>,
+        _limit: u32,
+    ) -> Result<Rows, ReadError> {
         Ok(Vec::new())
     }
 }
@@ -94,15 +113,24 @@ impl TableOverlay {
         self.source.get(table, key)
     }
 
-    /// Up to `limit` rows of `table` with keys starting with `prefix`, newest values, in key
-    /// order: the store's rows merged with uncommitted writes (deletes hide rows).
-    pub fn scan(&mut self, table: &str, prefix: &[u8], limit: u32) -> Result<Rows, ReadError> {
+    /// Up to `limit` rows of `table` with keys starting with `prefix` and greater than
+    /// `after` (if given), newest values, in key order: the store's rows merged with
+    /// uncommitted writes (deletes hide rows).
+    pub fn scan(
+        &mut self,
+        table: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<Rows, ReadError> {
         let layer: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = self
             .layers
             .get(table)
             .map(|l| {
                 l.iter()
-                    .filter(|(k, _)| k.starts_with(prefix))
+                    .filter(|(k, _)| {
+                        k.starts_with(prefix) && after.is_none_or(|a| k.as_slice() > a)
+                    })
                     .map(|(k, (_, v))| (k, v))
                     .collect()
             })
@@ -111,7 +139,7 @@ impl TableOverlay {
         let hidden = layer.iter().filter(|(_, v)| v.is_none()).count() as u32;
         let mut merged: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>> = self
             .source
-            .scan(table, prefix, limit.saturating_add(hidden))?
+            .scan(table, prefix, after, limit.saturating_add(hidden))?
             .into_iter()
             .map(|(k, v)| (k, Some(v)))
             .collect();

@@ -868,6 +868,7 @@ enum Op {
     Put(String),
     Del(String),
     Scan(String, u32),
+    ScanAfter(String, String, u32),
 }
 
 impl Handler for Tables {
@@ -888,6 +889,14 @@ impl Handler for Tables {
             match op {
                 Op::Put(k) => turn.table("t").put(k.as_bytes(), &1u8),
                 Op::Del(k) => turn.table("t").delete(k.as_bytes()),
+                Op::ScanAfter(prefix, after, limit) => {
+                    *state = turn
+                        .table("t")
+                        .scan_after::<u8>(prefix.as_bytes(), Some(after.as_bytes()), limit)
+                        .into_iter()
+                        .map(|(k, _)| String::from_utf8(k).unwrap())
+                        .collect();
+                }
                 Op::Scan(prefix, limit) => {
                     *state = turn
                         .table("t")
@@ -912,12 +921,14 @@ impl ken::engine::tables::TableSource for MapTables {
         &mut self,
         _table: &str,
         prefix: &[u8],
+        after: Option<&[u8]>,
         limit: u32,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ken::store::ReadError> {
         Ok(self
             .0
             .range(prefix.to_vec()..)
             .take_while(|(k, _)| k.starts_with(prefix))
+            .filter(|(k, _)| after.is_none_or(|a| k.as_slice() > a))
             .take(limit as usize)
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect())
@@ -966,4 +977,17 @@ fn scans_merge_committed_rows_uncommitted_writes_and_the_turns_own() {
     assert_eq!(b.state(), &vec!["a0", "a1"]);
     b.handle_frame(t(1), msg(5, vec![Op::Scan("b".into(), 10)]));
     assert_eq!(b.state(), &vec!["b1"]);
+    // Paging from a start key, over committed rows, uncommitted writes and absent keys.
+    let after =
+        |seq, after: &str, limit| msg(seq, vec![Op::ScanAfter("a".into(), after.into(), limit)]);
+    b.handle_frame(t(1), after(6, "a0", 10));
+    assert_eq!(b.state(), &vec!["a1", "a4"]);
+    b.handle_frame(t(1), after(7, "a0", 1));
+    assert_eq!(b.state(), &vec!["a1"]);
+    b.handle_frame(t(1), after(8, "a15", 10));
+    assert_eq!(b.state(), &vec!["a4"]);
+    b.handle_frame(t(1), after(9, "a4", 10));
+    assert!(b.state().is_empty());
+    b.handle_frame(t(1), after(10, "", 2));
+    assert_eq!(b.state(), &vec!["a0", "a1"]);
 }
