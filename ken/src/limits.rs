@@ -5,54 +5,55 @@
 
 use std::time::Duration;
 
-/// Turns per commit batch. A full batch waits for the one committing before it.
+/// Turns per commit batch (4,096). A full batch waits for the one committing before it.
 pub const BATCH_TURNS_MAX: u32 = 4096;
 
-/// Bytes of state and messages per commit batch.
+/// Bytes of state and messages per commit batch (8 MiB).
 pub const BATCH_BYTES_MAX: usize = 8 << 20;
 
-/// Messages in flight (sent, not acknowledged) per peer; the rest wait in the outbox.
+/// Messages in flight (sent, not acknowledged) per peer (256); the rest wait in the outbox.
 pub const WINDOW_MESSAGES_MAX: usize = 256;
 
-/// Out-of-order arrivals held per peer; later ones are dropped (the sender retransmits).
+/// Out-of-order arrivals held per peer (512); later ones are dropped (the sender
+/// retransmits).
 pub const REORDER_BUFFER_MAX: u64 = 512;
 
-/// Retransmission timeout before the first round-trip sample.
+/// Retransmission timeout before the first round-trip sample: **200 ms**.
 pub const RTO_INITIAL: Duration = Duration::from_millis(200);
 
-/// Smallest retransmission timeout (round trips include the peer's commit).
+/// Smallest retransmission timeout, **20 ms** (round trips include the peer's commit).
 pub const RTO_MIN: Duration = Duration::from_millis(20);
 
-/// Ceiling of the retransmission timeout after exponential backoff. The runtime never gives
+/// Ceiling of the retransmission timeout after exponential backoff: **1 s**. The runtime never gives
 /// up on a peer on its own; it retransmits at this interval forever.
 pub const RTO_MAX: Duration = Duration::from_secs(1);
 
-/// Longest timer name, in bytes.
+/// Longest timer name: 128 bytes.
 pub const TIMER_NAME_BYTES_MAX: usize = 128;
 
-/// Longest table name, in bytes.
+/// Longest table name: 128 bytes.
 pub const TABLE_NAME_BYTES_MAX: usize = 128;
 
-/// Longest table key, in bytes.
+/// Longest table key: 1,024 bytes.
 pub const TABLE_KEY_BYTES_MAX: usize = 1024;
 
-/// Largest encoded root state, in bytes. Large state belongs in tables.
+/// Largest encoded root state: 16 MiB. Large state belongs in tables.
 pub const ROOT_BYTES_MAX: usize = 16 << 20;
 
-/// Clients remembered by the reply cache (per client: last request and its reply).
+/// Clients remembered by the reply cache: 10,000 (per client: last request and its reply).
 pub const CLIENTS_MAX: usize = 10_000;
 
 /// The client retry window: a client retries a request for at most this long after it first
-/// sent it (a request carries that moment, `RequestEnvelope::sent_ms`). A process applies a
+/// sent it, **60 s** (a request carries that moment, `RequestEnvelope::sent_ms`). A process applies a
 /// request only if it was first sent within this window (and [`CLIENT_CLOCK_SKEW_MAX`]); an
 /// older one is answered `Expired`, never applied.
 pub const CLIENT_RETRY_WINDOW: Duration = Duration::from_secs(60);
 
-/// How far a client's clock may be from the process's: a request stamped further in the
+/// How far a client's clock may be from the process's, **30 s**: a request stamped further in the
 /// future, or older than the retry window by more than this, is answered `Expired`.
 pub const CLIENT_CLOCK_SKEW_MAX: Duration = Duration::from_secs(30);
 
-/// A client idle this long (since its last applied request) may be evicted from a full reply
+/// A client idle this long, **121 s** (since its last applied request), may be evicted from a full reply
 /// cache, least recently used first. Longer than the retry window plus twice the clock skew,
 /// so no copy of a request applied before the eviction can still be fresh afterwards: a
 /// forgotten client's next fresh request is new, whatever its number, and nothing is ever
@@ -76,17 +77,17 @@ pub const CLIENT_ADDRS_MAX: usize = 2 * CLIENTS_MAX;
 /// Members of one FUSE group.
 pub const GROUP_MEMBERS_MAX: usize = 64;
 
-/// Interval between two FUSE heartbeats to a peer sharing groups.
+/// Interval between two FUSE heartbeats to a peer sharing groups: **200 ms**.
 pub const FUSE_HEARTBEAT: Duration = Duration::from_millis(200);
 
-/// The FUSE failure bound. A peer is failed after hearing nothing from it for
+/// The FUSE failure bound, `T_fail`: **3 s**. A peer is failed after hearing nothing from it for
 /// `FUSE_T_FAIL + 2 x FUSE_HEARTBEAT` (the slack covers the heartbeat period it may have been
 /// silent before a crash and a lost heartbeat), so a crash-restart with downtime up to
 /// `0.9 x FUSE_T_FAIL` is masked, and every live member hears of a permanent failure within
 /// `FUSE_T_FAIL + 2 x FUSE_HEARTBEAT` of the failed member's last frame (plus a commit).
 pub const FUSE_T_FAIL: Duration = Duration::from_secs(3);
 
-/// A group whose members have not all confirmed within this fails.
+/// A group whose members have not all confirmed within this (**3 s**) fails.
 pub const FUSE_CREATE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Upper bound on a data frame's payload (an encoded message): what a tagged frame between
@@ -114,3 +115,28 @@ const _: () = assert!(
         > CLIENT_RETRY_WINDOW.as_millis() + 2 * CLIENT_CLOCK_SKEW_MAX.as_millis()
 );
 const _: () = assert!(AMPLIFICATION_MAX >= 2);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The values the docs above state (rustdoc shows a `Duration` constant's expression at
+    /// best): a change of a value must change its doc too.
+    #[test]
+    fn documented_values() {
+        assert_eq!(RTO_INITIAL, Duration::from_millis(200));
+        assert_eq!(RTO_MIN, Duration::from_millis(20));
+        assert_eq!(RTO_MAX, Duration::from_secs(1));
+        assert_eq!(CLIENT_RETRY_WINDOW, Duration::from_secs(60));
+        assert_eq!(CLIENT_CLOCK_SKEW_MAX, Duration::from_secs(30));
+        assert_eq!(CLIENT_IDLE_EVICT, Duration::from_secs(121));
+        assert_eq!(FUSE_HEARTBEAT, Duration::from_millis(200));
+        assert_eq!(FUSE_T_FAIL, Duration::from_secs(3));
+        assert_eq!(FUSE_CREATE_TIMEOUT, Duration::from_secs(3));
+        assert_eq!(
+            (BATCH_TURNS_MAX, BATCH_BYTES_MAX, WINDOW_MESSAGES_MAX),
+            (4096, 8 << 20, 256)
+        );
+        assert_eq!((REORDER_BUFFER_MAX, CLIENTS_MAX), (512, 10_000));
+    }
+}
