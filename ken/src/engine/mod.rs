@@ -1129,17 +1129,7 @@ impl<H: Handler> Engine<H> {
         p.delivered = through;
         p.dirty = true;
         self.filling.nonempty = true;
-        loop {
-            if self.failed {
-                return;
-            }
-            let p = self.peers.get_mut(pid).expect("known peer");
-            let next = p.delivered + 1;
-            let Some(payload) = p.reorder.remove(&next) else {
-                break;
-            };
-            self.deliver(now, pid, next, payload);
-        }
+        self.deliver_buffered(now, pid);
     }
 
     fn on_request(&mut self, now: Time, frame: Frame) {
@@ -1446,6 +1436,11 @@ impl<H: Handler> Engine<H> {
             return;
         }
         self.deliver(now, pid, seq, payload);
+        self.deliver_buffered(now, pid);
+    }
+
+    /// Delivers the buffered arrivals that now follow `delivered` without a gap.
+    fn deliver_buffered(&mut self, now: Time, pid: &ProcessId) {
         loop {
             if self.failed {
                 return;
