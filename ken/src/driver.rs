@@ -257,6 +257,9 @@ pub enum Exit {
 pub enum RunError {
     #[error("cannot open store: {0}")]
     Open(#[from] ken_store::OpenError),
+    /// The store's schema migration failed; nothing was written (see the message).
+    #[error("{0}")]
+    Upgrade(#[from] crate::upgrade::UpgradeError),
     #[error("cannot bind UDP {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -364,8 +367,13 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
     config.tuning.apply_env()?;
     config.tuning.check()?;
     let crash = Arc::new(CrashPoints::from_env()?);
-    let (store, recovered) =
-        Store::open_with(&config.store, config.id.as_str(), &config.store_options)?;
+    let (mut store, mut recovered) = Store::open_for_app(
+        &config.store,
+        config.id.as_str(),
+        &config.store_options,
+        &crate::upgrade::identity::<H>(),
+    )?;
+    crate::upgrade::apply(&mut store, &mut recovered, &handler, &crash)?;
     let reader = ken_store::Reader::open(&config.store)?;
     tracing::info!(
         id = %config.id,

@@ -52,6 +52,7 @@ enum Req {
 }
 
 impl Handler for Node {
+    const APP: &'static str = "node";
     type State = Seen;
     type Message = u64;
     type Request = Req;

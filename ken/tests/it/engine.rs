@@ -26,6 +26,7 @@ struct EchoState {
 }
 
 impl Handler for Echo {
+    const APP: &'static str = "echo";
     type State = EchoState;
     type Message = u64;
     type Request = Vec<u8>;
@@ -653,6 +654,7 @@ fn release_before_commit_switch_breaks_output_commit() {
 fn finished_waits_for_commit_and_acknowledgements() {
     struct Once;
     impl Handler for Once {
+        const APP: &'static str = "once";
         type State = u64;
         type Message = u64;
         type Request = ();
@@ -869,6 +871,7 @@ enum Op {
 }
 
 impl Handler for Tables {
+    const APP: &'static str = "tables";
     type State = Vec<String>;
     type Message = Vec<Op>;
     type Request = ();

@@ -1274,6 +1274,7 @@ mod groups {
     }
 
     impl Handler for Grouper {
+        const APP: &'static str = "grouper";
         type State = GrouperState;
         type Message = ();
         type Request = ();
