@@ -70,9 +70,8 @@ pub trait Handler: 'static {
     /// not change). An error sends the message to the dead-letter table
     /// (`ken.dead_letters`), acknowledged and kept for an operator.
     fn upgrade_message(&self, from_version: u32, bytes: &[u8]) -> Result<Self::Message, String> {
-        ken_store::codec::decode(bytes).map_err(|e| {
-            format!("a message of schema version {from_version} does not decode: {e}")
-        })
+        ken_store::codec::decode(bytes)
+            .map_err(|e| format!("a message of schema version {from_version} does not decode: {e}"))
     }
 
     /// Called only on committed state with nothing in flight (every outbox empty): returns

@@ -95,7 +95,10 @@ pub enum HeldSource {
     /// A timer.
     Timer { name: String },
     /// A client request (answered `Panicked` on every retry).
-    Request { client: crate::ClientId, request_no: u64 },
+    Request {
+        client: crate::ClientId,
+        request_no: u64,
+    },
 }
 
 /// One held source.

@@ -372,13 +372,8 @@ impl<H: Handler> Cluster<H> {
         .unwrap_or_else(|e| panic!("migrate {}: {e}", node.config.id));
         let reader = Reader::open(&node.path)
             .unwrap_or_else(|e| panic!("open a reader on {}: {e}", node.path.display()));
-        let mut engine = Engine::recover(
-            node.config.clone(),
-            handler,
-            recovered,
-            Box::new(reader),
-        )
-        .unwrap_or_else(|e| panic!("recover {}: {e}", node.config.id));
+        let mut engine = Engine::recover(node.config.clone(), handler, recovered, Box::new(reader))
+            .unwrap_or_else(|e| panic!("recover {}: {e}", node.config.id));
         engine.start(self.now);
         node.engine = Some(engine);
         node.store = Some(store);

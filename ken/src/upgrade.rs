@@ -202,12 +202,14 @@ pub fn plan<H: Handler>(
     };
     for v in from..to {
         m.from_version = v;
-        handler.migrate(v, &mut m).map_err(|error| UpgradeError::Step {
-            app: H::APP.to_string(),
-            from: v,
-            to: v + 1,
-            error,
-        })?;
+        handler
+            .migrate(v, &mut m)
+            .map_err(|error| UpgradeError::Step {
+                app: H::APP.to_string(),
+                from: v,
+                to: v + 1,
+                error,
+            })?;
         after_step(v);
     }
     if let Some(bytes) = &m.root {

@@ -32,8 +32,8 @@ use crate::error::{CommitError, OpenError, ReadError};
 use crate::schema::{self, sql_u64};
 use crate::witness::{self, Witness, WitnessRecord};
 use crate::{
-    AppIdentity, Batch, ClientChange, CommitInfo, Corrupted, GroupChange, Recovered, StoreOptions, TimerChange,
-    TurnLogEntry, FORMAT_VERSION,
+    AppIdentity, Batch, ClientChange, CommitInfo, Corrupted, GroupChange, Recovered, StoreOptions,
+    TimerChange, TurnLogEntry, FORMAT_VERSION,
 };
 
 /// How long the owner waits on a lock held briefly by a reader (for example while a reader
@@ -239,22 +239,35 @@ impl Store {
             name.push("-shm");
             PathBuf::from(name)
         };
-        let before: Vec<(PathBuf, bool)> = [path.to_path_buf(), crate::files::wal_path(path), shm]
-            .into_iter()
-            .map(|f| {
-                let e = f.exists();
-                (f, e)
-            })
-            .collect();
+        let before: Vec<(PathBuf, Option<u64>)> =
+            [path.to_path_buf(), crate::files::wal_path(path), shm]
+                .into_iter()
+                .map(|f| {
+                    let len = std::fs::metadata(&f).ok().map(|m| m.len());
+                    (f, len)
+                })
+                .collect();
         let (conn, recovered, turn_log, stored_app) =
             match open_checked(path, process_id, options, witnessed, &lock_file, app) {
                 Ok(opened) => opened,
                 Err(e) => {
                     // Refused: remove what SQLite created here (an empty database, a
-                    // preallocated WAL), so the files are left as they were found.
-                    for (f, existed) in &before {
-                        if !existed {
-                            let _ = std::fs::remove_file(f);
+                    // preallocated WAL), so the files are left as they were found; an
+                    // empty WAL the open only preallocated (zeros) is emptied again.
+                    for (f, len) in &before {
+                        match len {
+                            None => {
+                                let _ = std::fs::remove_file(f);
+                            }
+                            Some(0) if *f == crate::files::wal_path(path) => {
+                                if std::fs::read(f).is_ok_and(|b| b.iter().all(|x| *x == 0)) {
+                                    let _ = OpenOptions::new()
+                                        .write(true)
+                                        .open(f)
+                                        .and_then(|w| w.set_len(0));
+                                }
+                            }
+                            Some(_) => {}
                         }
                     }
                     return Err(e);

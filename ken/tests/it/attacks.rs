@@ -274,7 +274,9 @@ fn forged_data_frame(keyed: bool) -> Vec<(String, u64)> {
         .into_iter()
         .find(|(_, f, _)| f.kind == FrameKind::Data)
         .unwrap();
-    let mut attempts = forgeries(&genuine, |f| f.payload = ken::store::wrap_payload(1, &ken::store::codec::encode(&666u64)));
+    let mut attempts = forgeries(&genuine, |f| {
+        f.payload = ken::store::wrap_payload(1, &ken::store::codec::encode(&666u64))
+    });
     attempts.push(altered(&genuine_bytes, genuine_bytes.len() - 4 - 1));
     for bytes in &attempts {
         let _ = b.deliver(t(1), bytes);
