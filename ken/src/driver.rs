@@ -30,7 +30,9 @@
 //! `{"event":"stats","turns":..,"messages_sent":..,"retransmits":..,"duplicates_dropped":..,
 //! "frames_in":..,"frames_sent":..,"junk_dropped":..,"heartbeats_sent":..,
 //! "liveness_bytes_sent":..,"fuse_bytes_sent":..,"fuse_notifications":..,"faults_dropped":..,
-//! "untagged_dropped":..,"unknown_key_dropped":..,"bad_tag_dropped":..,"at_ms":..}` to stderr every N ms and when the loop ends (a SIGKILLed life loses the counts
+//! "untagged_dropped":..,"unknown_key_dropped":..,"bad_tag_dropped":..,"messages_held":..,
+//! "dead_letters":..,"turns_panicked":..,"held":..,"at_ms":..}` (`held`: input sources held
+//! now, see `ken::living`) to stderr every N ms and when the loop ends (a SIGKILLed life loses the counts
 //! since its last line). Counters are per life; `at_ms` is the wall clock (ms since the epoch)
 //! when the line was printed, so rates can be taken between two lines.
 
@@ -495,7 +497,7 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
     let result = loop {
         if let (Some(due), Some(interval)) = (stats_due, stats_interval) {
             if Time::now_wall() >= due {
-                print_stats(engine.stats(), &endpoint);
+                print_stats(engine.stats(), engine.held().len(), &endpoint);
                 // A fixed schedule (no drift), skipping beats the loop missed.
                 let mut next = due.plus(interval);
                 while next <= Time::now_wall() {
@@ -575,7 +577,7 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
         }
     };
     if stats_interval.is_some() {
-        print_stats(engine.stats(), &endpoint);
+        print_stats(engine.stats(), engine.held().len(), &endpoint);
     }
     receiver.abort();
     drop(store.commits);
@@ -592,10 +594,10 @@ fn stats_interval_from_env() -> Option<Duration> {
 }
 
 /// Prints the stats line (module docs) to stderr.
-fn print_stats(engine: &crate::engine::EngineStats, endpoint: &Endpoint) {
+fn print_stats(engine: &crate::engine::EngineStats, held: usize, endpoint: &Endpoint) {
     let ep = endpoint.stats();
     eprintln!(
-        "{{\"event\":\"stats\",\"turns\":{},\"messages_sent\":{},\"retransmits\":{},\"duplicates_dropped\":{},\"frames_in\":{},\"frames_sent\":{},\"junk_dropped\":{},\"heartbeats_sent\":{},\"liveness_bytes_sent\":{},\"fuse_bytes_sent\":{},\"fuse_notifications\":{},\"faults_dropped\":{},\"untagged_dropped\":{},\"unknown_key_dropped\":{},\"bad_tag_dropped\":{},\"at_ms\":{}}}",
+        "{{\"event\":\"stats\",\"turns\":{},\"messages_sent\":{},\"retransmits\":{},\"duplicates_dropped\":{},\"frames_in\":{},\"frames_sent\":{},\"junk_dropped\":{},\"heartbeats_sent\":{},\"liveness_bytes_sent\":{},\"fuse_bytes_sent\":{},\"fuse_notifications\":{},\"faults_dropped\":{},\"untagged_dropped\":{},\"unknown_key_dropped\":{},\"bad_tag_dropped\":{},\"messages_held\":{},\"dead_letters\":{},\"turns_panicked\":{},\"held\":{},\"at_ms\":{}}}",
         engine.turns,
         engine.messages_sent,
         engine.retransmits,
@@ -611,6 +613,10 @@ fn print_stats(engine: &crate::engine::EngineStats, endpoint: &Endpoint) {
         ep.untagged_dropped,
         ep.unknown_key_dropped,
         ep.bad_tag_dropped,
+        engine.messages_held,
+        engine.dead_letters,
+        engine.turns_panicked,
+        held,
         Time::now_wall().as_millis()
     );
 }

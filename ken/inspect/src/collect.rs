@@ -153,9 +153,16 @@ pub fn summary(reader: &Reader, now_ms: u64) -> Result<(Summary, Vec<Damage>), R
             db_bytes: 0,
             wal_bytes: 0,
         });
+    let rows_of = |name: &str| tables.iter().find(|t| t.name == name).map_or(0, |t| t.rows);
+    let dead_letters = rows_of(ken::living::DEAD_LETTERS_TABLE);
+    let poison_inputs = rows_of(ken::living::POISON_TABLE);
     let summary = Summary {
         store: reader.path().display().to_string(),
         process_id: meta.process_id,
+        app: meta.app.as_ref().map(|a| a.name.clone()),
+        schema_version: meta.app.as_ref().map(|a| a.schema_version),
+        dead_letters,
+        poison_inputs,
         incarnation: incarnation_hex(meta.incarnation),
         format_version: meta.format_version,
         created_ms: meta.created_ms,
@@ -244,6 +251,61 @@ pub fn timers(reader: &Reader, now_ms: u64) -> Result<TimersView, ReadError> {
             })
             .collect(),
     })
+}
+
+/// `dead-letters`: up to `limit` rows of the runtime's dead-letter table.
+pub fn dead_letters(reader: &Reader, limit: u32) -> Result<DeadLettersView, ReadError> {
+    let mut out = Vec::new();
+    for (key, value) in reader.table_scan(
+        ken::living::DEAD_LETTERS_TABLE,
+        b"",
+        None,
+        limit.min(MAX_SCAN_ROWS),
+    )? {
+        let l: ken::living::DeadLetter = codec::decode(&value).map_err(|e| {
+            ReadError::Corrupted(ken_store::Corrupted {
+                table: ken::living::DEAD_LETTERS_TABLE.into(),
+                key: codec::printable_key(&key),
+                detail: format!("not a dead letter: {e}"),
+            })
+        })?;
+        out.push(DeadLetterInfo {
+            message: Blob::plain(&l.bytes),
+            peer: l.peer,
+            seq: l.seq,
+            version: l.version,
+            error: l.error,
+            at_ms: l.at_ms,
+        });
+    }
+    Ok(DeadLettersView { dead_letters: out })
+}
+
+/// `poison`: up to `limit` rows of the runtime's poison table.
+pub fn poison(reader: &Reader, limit: u32) -> Result<PoisonView, ReadError> {
+    let mut out = Vec::new();
+    for (key, value) in reader.table_scan(
+        ken::living::POISON_TABLE,
+        b"",
+        None,
+        limit.min(MAX_SCAN_ROWS),
+    )? {
+        let p: ken::living::Poison = codec::decode(&value).map_err(|e| {
+            ReadError::Corrupted(ken_store::Corrupted {
+                table: ken::living::POISON_TABLE.into(),
+                key: codec::printable_key(&key),
+                detail: format!("not a poison record: {e}"),
+            })
+        })?;
+        out.push(PoisonInfo {
+            kind: p.kind,
+            source: p.source,
+            seq: p.seq,
+            message: p.message,
+            at_ms: p.at_ms,
+        });
+    }
+    Ok(PoisonView { poison: out })
 }
 
 /// `tables`.
