@@ -178,7 +178,7 @@ fn cluster<H: Handler>(
     ids: &[&str],
     handler: impl Fn() -> H + Clone + 'static,
 ) -> Cluster<H> {
-    let mut c = Cluster::new(dir.to_path_buf(), Time::from_millis(T0), 1);
+    let mut c = Cluster::new(PathBuf::from(dir), Time::from_millis(T0), 1);
     let all: Vec<ProcessId> = ids.iter().map(|s| pid(s)).collect();
     for id in &all {
         let config = EngineConfig {
@@ -583,11 +583,13 @@ fn an_undecodable_message_of_a_known_version_is_dead_lettered_and_acknowledged()
 #[test]
 fn control_dropping_held_messages_loses_them() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = Cluster::new(dir.path().to_path_buf(), Time::from_millis(T0), 1);
+    let mut c = Cluster::new(PathBuf::from(dir.path()), Time::from_millis(T0), 1);
     let ids = [pid("a"), pid("b")];
     for id in &ids {
-        let mut tuning = Tuning::default();
-        tuning.drop_held_messages = true;
+        let tuning = Tuning {
+            drop_held_messages: true,
+            ..Tuning::default()
+        };
         let config = EngineConfig {
             id: id.clone(),
             peers: ids.iter().filter(|p| *p != id).cloned().collect(),
