@@ -214,6 +214,8 @@ pub fn outbox(
     limit: u32,
 ) -> Result<OutboxView, ReadError> {
     let limit = limit.min(VIEW_ROWS_MAX);
+    // A store with an application identity envelopes every payload with its schema version.
+    let enveloped = reader.meta()?.app.is_some();
     let mut rows = reader.outbox(peer, limit + 1)?;
     let truncated = rows.len() > limit as usize;
     rows.truncate(limit as usize);
@@ -224,12 +226,19 @@ pub fn outbox(
         now_ms,
         messages: rows
             .into_iter()
-            .map(|r| OutboxMessage {
-                age_ms: age(now_ms, r.created_ms),
-                payload: app.message_blob(&r.payload),
-                peer: r.peer,
-                seq: r.seq,
-                created_ms: r.created_ms,
+            .map(|r| {
+                let (version, message) = match ken_store::unwrap_payload(&r.payload) {
+                    Some((v, m)) if enveloped => (Some(v), m),
+                    _ => (None, &r.payload[..]),
+                };
+                OutboxMessage {
+                    age_ms: age(now_ms, r.created_ms),
+                    version,
+                    payload: app.message_blob(message),
+                    peer: r.peer,
+                    seq: r.seq,
+                    created_ms: r.created_ms,
+                }
             })
             .collect(),
     })

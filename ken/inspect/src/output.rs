@@ -180,7 +180,10 @@ pub struct OutboxMessage {
     /// When the turn that produced it ran.
     pub created_ms: u64,
     pub age_ms: u64,
-    /// The payload (decoded with the app's message type when known).
+    /// The sender's schema version from the payload's envelope (`null` in a store written
+    /// before application identities, whose payloads have none).
+    pub version: Option<u32>,
+    /// The message, without its envelope (decoded with the app's message type when known).
     pub payload: Blob,
 }
 
