@@ -137,6 +137,7 @@ impl Bank {
 }
 
 impl Handler for Bank {
+    const APP: &'static str = "bank";
     type State = State;
     type Message = Msg;
     type Request = ();

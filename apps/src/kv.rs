@@ -117,6 +117,7 @@ pub struct State {
 }
 
 impl Handler for Kv {
+    const APP: &'static str = "kv";
     type State = State;
     type Message = ();
     type Request = Request;

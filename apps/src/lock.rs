@@ -285,6 +285,7 @@ pub struct Report {
 type T<'a, 'b> = &'a mut Turn<'b, Msg>;
 
 impl Handler for Lock {
+    const APP: &'static str = "lock";
     type State = State;
     type Message = Msg;
     type Request = ();

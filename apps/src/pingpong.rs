@@ -78,6 +78,7 @@ impl PingPong {
 }
 
 impl Handler for PingPong {
+    const APP: &'static str = "pingpong";
     type State = State;
     type Message = Msg;
     type Request = ();

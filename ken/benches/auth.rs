@@ -50,6 +50,7 @@ struct Bench {
 struct Count(u64);
 
 impl Handler for Bench {
+    const APP: &'static str = "bench";
     type State = Count;
     type Message = u64;
     type Request = ();

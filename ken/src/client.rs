@@ -127,6 +127,10 @@ pub enum ReplyBody {
     Expired { sent_ms: u64, now_ms: u64 },
     /// This process requires a client credential: not applied.
     Unauthorized(String),
+    /// The handler panicked on this request (the panic's message): not applied, recorded in
+    /// the server's poison table; a retry gets the same answer until the server restarts
+    /// (with a fixed binary). Appended last: the variant index is the wire tag.
+    Panicked(String),
 }
 
 /// Why a call failed. Says whether the request may have been applied.
@@ -171,6 +175,10 @@ pub enum ClientError {
         window: Duration,
         skew: Duration,
     },
+    /// The server's handler panicked on this request; not applied (recorded in the server's
+    /// poison table, for its operator).
+    #[error("the server's handler panicked on this request (not applied): {0}")]
+    Panicked(String),
     /// The server requires a client credential (its cluster has a key); not applied.
     #[error("the server requires a client credential: {0}")]
     Unauthorized(String),
@@ -437,6 +445,7 @@ impl<Q: Serialize, R: DeserializeOwned> Client<Q, R> {
                         skew: limits::CLIENT_CLOCK_SKEW_MAX,
                     }),
                     ReplyBody::Unauthorized(why) => Err(ClientError::Unauthorized(why)),
+                    ReplyBody::Panicked(why) => Err(ClientError::Panicked(why)),
                     ReplyBody::Pad { .. } => unreachable!("handled above"),
                 };
             }

@@ -14,6 +14,8 @@
 //! | `mid_release` | between two outputs of a released batch |
 //! | `after_release` | a batch's outputs all released, before the next commit (which deletes acknowledged outbox rows) |
 //! | `recovery` | after the store is opened and recovered, before the engine starts |
+//! | `migrate_step` | after each step of a schema migration, before its one commit |
+//! | `migrate_commit` | every step of a schema migration done, just before its one commit |
 //!
 //! Before dying the process prints `{"event":"crash_point","point":"NAME"}` to stderr so a
 //! harness can count the points hit. The kill is `SIGKILL` to itself: no destructor, no
@@ -25,17 +27,19 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 /// Every crash point, by name.
-pub const POINTS: [&str; 5] = [
+pub const POINTS: [&str; 7] = [
     "before_commit",
     "after_commit",
     "mid_release",
     "after_release",
     "recovery",
+    "migrate_step",
+    "migrate_commit",
 ];
 
 /// Why `KEN_CRASH_AT` did not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("bad KEN_CRASH_AT entry `{entry}`: {why} (points: before_commit, after_commit, mid_release, after_release, recovery; syntax POINT[:PROBABILITY],...)")]
+#[error("bad KEN_CRASH_AT entry `{entry}`: {why} (points: before_commit, after_commit, mid_release, after_release, recovery, migrate_step, migrate_commit; syntax POINT[:PROBABILITY],...)")]
 pub struct CrashParseError {
     pub entry: String,
     pub why: String,

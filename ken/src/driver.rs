@@ -30,7 +30,9 @@
 //! `{"event":"stats","turns":..,"messages_sent":..,"retransmits":..,"duplicates_dropped":..,
 //! "frames_in":..,"frames_sent":..,"junk_dropped":..,"heartbeats_sent":..,
 //! "liveness_bytes_sent":..,"fuse_bytes_sent":..,"fuse_notifications":..,"faults_dropped":..,
-//! "untagged_dropped":..,"unknown_key_dropped":..,"bad_tag_dropped":..,"at_ms":..}` to stderr every N ms and when the loop ends (a SIGKILLed life loses the counts
+//! "untagged_dropped":..,"unknown_key_dropped":..,"bad_tag_dropped":..,"messages_held":..,
+//! "dead_letters":..,"turns_panicked":..,"held":..,"at_ms":..}` (`held`: input sources held
+//! now, see `ken::living`) to stderr every N ms and when the loop ends (a SIGKILLed life loses the counts
 //! since its last line). Counters are per life; `at_ms` is the wall clock (ms since the epoch)
 //! when the line was printed, so rates can be taken between two lines.
 
@@ -257,6 +259,9 @@ pub enum Exit {
 pub enum RunError {
     #[error("cannot open store: {0}")]
     Open(#[from] ken_store::OpenError),
+    /// The store's schema migration failed; nothing was written (see the message).
+    #[error("{0}")]
+    Upgrade(#[from] crate::upgrade::UpgradeError),
     #[error("cannot bind UDP {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -364,8 +369,13 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
     config.tuning.apply_env()?;
     config.tuning.check()?;
     let crash = Arc::new(CrashPoints::from_env()?);
-    let (store, recovered) =
-        Store::open_with(&config.store, config.id.as_str(), &config.store_options)?;
+    let (mut store, mut recovered) = Store::open_for_app(
+        &config.store,
+        config.id.as_str(),
+        &config.store_options,
+        &crate::upgrade::identity::<H>(),
+    )?;
+    crate::upgrade::apply(&mut store, &mut recovered, &handler, &crash)?;
     let reader = ken_store::Reader::open(&config.store)?;
     tracing::info!(
         id = %config.id,
@@ -487,7 +497,7 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
     let result = loop {
         if let (Some(due), Some(interval)) = (stats_due, stats_interval) {
             if Time::now_wall() >= due {
-                print_stats(engine.stats(), &endpoint);
+                print_stats(engine.stats(), engine.held().len(), &endpoint);
                 // A fixed schedule (no drift), skipping beats the loop missed.
                 let mut next = due.plus(interval);
                 while next <= Time::now_wall() {
@@ -567,7 +577,7 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
         }
     };
     if stats_interval.is_some() {
-        print_stats(engine.stats(), &endpoint);
+        print_stats(engine.stats(), engine.held().len(), &endpoint);
     }
     receiver.abort();
     drop(store.commits);
@@ -584,10 +594,10 @@ fn stats_interval_from_env() -> Option<Duration> {
 }
 
 /// Prints the stats line (module docs) to stderr.
-fn print_stats(engine: &crate::engine::EngineStats, endpoint: &Endpoint) {
+fn print_stats(engine: &crate::engine::EngineStats, held: usize, endpoint: &Endpoint) {
     let ep = endpoint.stats();
     eprintln!(
-        "{{\"event\":\"stats\",\"turns\":{},\"messages_sent\":{},\"retransmits\":{},\"duplicates_dropped\":{},\"frames_in\":{},\"frames_sent\":{},\"junk_dropped\":{},\"heartbeats_sent\":{},\"liveness_bytes_sent\":{},\"fuse_bytes_sent\":{},\"fuse_notifications\":{},\"faults_dropped\":{},\"untagged_dropped\":{},\"unknown_key_dropped\":{},\"bad_tag_dropped\":{},\"at_ms\":{}}}",
+        "{{\"event\":\"stats\",\"turns\":{},\"messages_sent\":{},\"retransmits\":{},\"duplicates_dropped\":{},\"frames_in\":{},\"frames_sent\":{},\"junk_dropped\":{},\"heartbeats_sent\":{},\"liveness_bytes_sent\":{},\"fuse_bytes_sent\":{},\"fuse_notifications\":{},\"faults_dropped\":{},\"untagged_dropped\":{},\"unknown_key_dropped\":{},\"bad_tag_dropped\":{},\"messages_held\":{},\"dead_letters\":{},\"turns_panicked\":{},\"held\":{},\"at_ms\":{}}}",
         engine.turns,
         engine.messages_sent,
         engine.retransmits,
@@ -603,6 +613,10 @@ fn print_stats(engine: &crate::engine::EngineStats, endpoint: &Endpoint) {
         ep.untagged_dropped,
         ep.unknown_key_dropped,
         ep.bad_tag_dropped,
+        engine.messages_held,
+        engine.dead_letters,
+        engine.turns_panicked,
+        held,
         Time::now_wall().as_millis()
     );
 }

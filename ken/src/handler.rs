@@ -25,6 +25,15 @@ use crate::{ProcessId, Seq, Time};
 /// a time. `&self` holds immutable configuration; all mutable state lives in `State` (the
 /// durable root, encoded with bincode and written when it changes) and in tables.
 pub trait Handler: 'static {
+    /// The application's name, recorded in every store it creates: a store of another
+    /// application is refused at open (`ken_store::OpenError::WrongApp`).
+    const APP: &'static str;
+    /// The version of the application's data: its `State`, table values and `Message`
+    /// types. Raise it by one whenever their encoding changes, and add a [`Handler::migrate`]
+    /// step (and, for messages, an [`Handler::upgrade_message`] case). A store of a newer
+    /// version is refused (a downgrade); an older one is migrated at open. See UPGRADES.md.
+    const SCHEMA_VERSION: u32 = 1;
+
     /// The durable root state. Keep it small: large data belongs in tables.
     type State: Serialize + DeserializeOwned + Default;
     /// The messages processes of this application send each other.
@@ -43,6 +52,27 @@ pub trait Handler: 'static {
         turn: &mut Turn<'_, Self::Message, Self::Reply>,
         input: Input<Self::Message, Self::Request>,
     );
+
+    /// Migrates the store's data from schema version `from_version` to `from_version + 1`
+    /// (read the old types from `m`, write the new ones). Run at open for each version
+    /// between the store's and [`Handler::SCHEMA_VERSION`]; all steps commit in one
+    /// transaction with the new version, before the first turn. An error refuses to start,
+    /// nothing written. The default has no steps: it fails.
+    fn migrate(&self, from_version: u32, _m: &mut crate::Migration<'_>) -> Result<(), String> {
+        Err(format!(
+            "{} has no migration step from schema version {from_version}",
+            Self::APP
+        ))
+    }
+
+    /// Decodes a message a peer of the older schema version `from_version` sent. The
+    /// default decodes it as the current `Message` type (right when the message encoding did
+    /// not change). An error sends the message to the dead-letter table
+    /// (`ken.dead_letters`), acknowledged and kept for an operator.
+    fn upgrade_message(&self, from_version: u32, bytes: &[u8]) -> Result<Self::Message, String> {
+        ken_store::codec::decode(bytes)
+            .map_err(|e| format!("a message of schema version {from_version} does not decode: {e}"))
+    }
 
     /// Called only on committed state with nothing in flight (every outbox empty): returns
     /// a final report when the process's work is done, and the driver then prints it and
@@ -305,12 +335,18 @@ impl<'a, M: Serialize, R: Serialize> Turn<'a, M, R> {
     /// it touched). Reads see this turn's writes and those of earlier uncommitted turns.
     ///
     /// # Panics
-    /// If `name` is empty or longer than [`limits::TABLE_NAME_BYTES_MAX`].
+    /// If `name` is empty or longer than [`limits::TABLE_NAME_BYTES_MAX`], or starts with
+    /// `ken.` (the runtime's own tables: dead letters, poison inputs).
     pub fn table(&mut self, name: &str) -> Table<'_, 'a, M, R> {
         assert!(
             !name.is_empty() && name.len() <= limits::TABLE_NAME_BYTES_MAX,
             "table name must be 1 to {} bytes",
             limits::TABLE_NAME_BYTES_MAX
+        );
+        assert!(
+            !name.starts_with(crate::living::RESERVED_TABLE_PREFIX),
+            "table names starting with `{}` belong to the runtime",
+            crate::living::RESERVED_TABLE_PREFIX
         );
         Table {
             turn: self,

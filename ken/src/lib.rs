@@ -39,6 +39,7 @@
 //! enum Msg { Ping, Pong }
 //!
 //! impl Handler for Counter {
+//!     const APP: &'static str = "counter";
 //!     type State = State;
 //!     type Message = Msg;
 //!     type Request = (); // no clients
@@ -59,6 +60,7 @@ pub mod engine;
 mod fuse_types;
 mod handler;
 pub mod limits;
+pub mod living;
 /// The driver's per-message timing hook ([`Config::observe`]), for benchmarks: when each
 /// message was sent by its turn, first transmitted, and acknowledged.
 pub mod observe {
@@ -67,6 +69,7 @@ pub mod observe {
 pub mod testing;
 mod time;
 mod tuning;
+pub mod upgrade;
 
 pub use client::{BlockingClient, Client, ClientError, ClientId, ClientOptions};
 pub use driver::{run, Config, Exit, RunError};
@@ -77,3 +80,4 @@ pub use ken_transport as transport;
 pub use ken_transport::{ClientCredential, ClusterKey, Incarnation, KeyFileError, ProcessId, Seq};
 pub use time::Time;
 pub use tuning::{Tuning, TuningError};
+pub use upgrade::Migration;

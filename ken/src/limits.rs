@@ -90,9 +90,15 @@ pub const FUSE_T_FAIL: Duration = Duration::from_secs(3);
 /// A group whose members have not all confirmed within this (**3 s**) fails.
 pub const FUSE_CREATE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Upper bound on a data frame's payload (an encoded message): what a tagged frame between
-/// the longest ids carries.
-pub const MESSAGE_BYTES_MAX: usize = ken_transport::frame::MIN_PAYLOAD_CAPACITY_BYTES;
+/// Upper bound on an encoded message (a data frame's payload less its envelope):
+/// what a tagged frame between the longest ids carries, less the envelope that names the
+/// sender's schema version ([`MESSAGE_ENVELOPE_BYTES`]).
+pub const MESSAGE_BYTES_MAX: usize =
+    ken_transport::frame::MIN_PAYLOAD_CAPACITY_BYTES - MESSAGE_ENVELOPE_BYTES;
+
+/// The envelope of a peer message in the outbox and on the wire: its sender's schema version
+/// (u32 LE, `ken_store::wrap_payload`).
+pub const MESSAGE_ENVELOPE_BYTES: usize = 4;
 
 /// Largest reply to a client request: a message less the reply envelope's tag and length.
 pub const REPLY_BYTES_MAX: usize = MESSAGE_BYTES_MAX - 16;

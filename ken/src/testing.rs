@@ -31,6 +31,7 @@
 //! /// `a` sends `b` one message; `b` counts what it receives.
 //! struct Hello;
 //! impl Handler for Hello {
+//!     const APP: &'static str = "hello";
 //!     type State = u64;
 //!     type Message = String;
 //!     type Request = ();
@@ -356,16 +357,23 @@ impl<H: Handler> Cluster<H> {
     pub fn start(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         assert!(node.engine.is_none(), "{} is already up", node.config.id);
-        let (store, recovered) = open_store(&node.path, node.config.id.as_str());
+        let (mut store, mut recovered) = open_store(
+            &node.path,
+            node.config.id.as_str(),
+            &crate::upgrade::identity::<H>(),
+        );
+        let handler = (node.handler)();
+        crate::upgrade::apply(
+            &mut store,
+            &mut recovered,
+            &handler,
+            &crate::crash::CrashPoints::default(),
+        )
+        .unwrap_or_else(|e| panic!("migrate {}: {e}", node.config.id));
         let reader = Reader::open(&node.path)
             .unwrap_or_else(|e| panic!("open a reader on {}: {e}", node.path.display()));
-        let mut engine = Engine::recover(
-            node.config.clone(),
-            (node.handler)(),
-            recovered,
-            Box::new(reader),
-        )
-        .unwrap_or_else(|e| panic!("recover {}: {e}", node.config.id));
+        let mut engine = Engine::recover(node.config.clone(), handler, recovered, Box::new(reader))
+            .unwrap_or_else(|e| panic!("recover {}: {e}", node.config.id));
         engine.start(self.now);
         node.engine = Some(engine);
         node.store = Some(store);
@@ -830,10 +838,10 @@ impl<H: Handler> Cluster<H> {
 /// Opens a store, retrying briefly an `InUse` held by this very process: a child forked by
 /// another test thread holds a copy of the just-closed lock descriptor until it execs (the
 /// owner lock is an `flock`, shared by forked descriptors).
-fn open_store(path: &Path, id: &str) -> (Store, Recovered) {
+fn open_store(path: &Path, id: &str, app: &ken_store::AppIdentity) -> (Store, Recovered) {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        match Store::open(path, id) {
+        match Store::open_for_app(path, id, &ken_store::StoreOptions::default(), app) {
             Ok(opened) => return opened,
             Err(ken_store::OpenError::InUse { holder_pid, .. })
                 if holder_pid == Some(std::process::id())

@@ -28,6 +28,11 @@ pub struct Tuning {
     /// feature has neither the field nor the variable: nothing can switch it into this mode.
     #[cfg(feature = "unsafe-release-before-commit")]
     pub release_before_commit: bool,
+    /// TEST ONLY, and only in builds with the cargo feature `unsafe-drop-held` (off by
+    /// default): a message of a newer schema version is consumed, acknowledged and dropped
+    /// instead of held, as before issue 14, so that negative controls can show the loss.
+    #[cfg(feature = "unsafe-drop-held")]
+    pub drop_held_messages: bool,
 }
 
 /// Why a [`Tuning`] was refused. Nothing was started.
@@ -58,6 +63,8 @@ impl Default for Tuning {
             fuse_create_timeout: limits::FUSE_CREATE_TIMEOUT,
             #[cfg(feature = "unsafe-release-before-commit")]
             release_before_commit: false,
+            #[cfg(feature = "unsafe-drop-held")]
+            drop_held_messages: false,
         }
     }
 }
@@ -153,6 +160,19 @@ impl Tuning {
     /// True if this build has the test-only release-before-commit switch (the cargo feature
     /// `unsafe-release-before-commit`). False in every build a user deploys.
     pub const RELEASE_BEFORE_COMMIT_COMPILED: bool = cfg!(feature = "unsafe-release-before-commit");
+
+    /// True if messages of a newer schema version are dropped instead of held (the test-only
+    /// switch is compiled in and on). Always false without the feature.
+    pub fn drops_held_messages(&self) -> bool {
+        #[cfg(feature = "unsafe-drop-held")]
+        {
+            self.drop_held_messages
+        }
+        #[cfg(not(feature = "unsafe-drop-held"))]
+        {
+            false
+        }
+    }
 
     /// True if turns' outputs leave before their commit (the test-only switch is compiled in
     /// and on). Always false without the feature.

@@ -45,6 +45,29 @@ pub enum OpenError {
          store file"
     )]
     WrongProcess { expected: String, found: String },
+    /// The store belongs to another application. Nothing was changed.
+    #[error(
+        "store {path} belongs to application `{found}`, not `{expected}`; point this binary at \
+         a store of its own application (or a fresh path)"
+    )]
+    WrongApp {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
+    /// The store's data was written by a newer schema version of this application than this
+    /// binary knows (a downgrade). Nothing was changed.
+    #[error(
+        "store {path} holds `{app}` data of schema version {found}, newer than this binary's \
+         version {supported}; run a binary of schema version {found} or newer (a downgrade \
+         cannot read it)"
+    )]
+    NewerSchema {
+        path: PathBuf,
+        app: String,
+        found: u32,
+        supported: u32,
+    },
     /// The store was written by a newer build (format version `found`). Nothing was changed.
     #[error(
         "store format version {found} is newer than this build supports ({supported}); run a \

@@ -275,6 +275,39 @@ impl Default for StoreOptions {
     }
 }
 
+/// Which application wrote a store, and the version of its data's schema (the `app` meta
+/// row). Ken's runtime writes it at creation, refuses to open another application's store or
+/// a newer schema, and migrates an older one (see `Store::open_for_app`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppIdentity {
+    /// The application's name (`Handler::APP`).
+    pub name: String,
+    /// The version of its state and message schema (`Handler::SCHEMA_VERSION`, from 1).
+    pub schema_version: u32,
+}
+
+impl std::fmt::Display for AppIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}` schema version {}", self.name, self.schema_version)
+    }
+}
+
+/// Prefixes an outbox payload with its sender's schema version (u32 LE): the envelope every
+/// peer message of a store with an application identity carries (`FORMAT.md`, outbox).
+pub fn wrap_payload(schema_version: u32, message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + message.len());
+    out.extend_from_slice(&schema_version.to_le_bytes());
+    out.extend_from_slice(message);
+    out
+}
+
+/// Splits an enveloped payload into (schema version, message bytes); `None` if it is shorter
+/// than the envelope.
+pub fn unwrap_payload(payload: &[u8]) -> Option<(u32, &[u8])> {
+    let head: [u8; 4] = payload.get(..4)?.try_into().ok()?;
+    Some((u32::from_le_bytes(head), &payload[4..]))
+}
+
 /// What recovery hands the runtime: everything but table rows (those are read on demand).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recovered {

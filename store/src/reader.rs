@@ -82,6 +82,8 @@ pub struct Meta {
     pub commits: u64,
     /// `now_ms` of the last commit (0 before the first).
     pub last_commit_ms: u64,
+    /// The application identity (`None` in a store no application has adopted yet).
+    pub app: Option<crate::AppIdentity>,
 }
 
 /// Size of one application table.
@@ -345,6 +347,7 @@ impl Reader {
             turns_committed: m.turns_committed,
             commits: m.commits,
             last_commit_ms: m.last_commit_ms,
+            app: m.app,
         })
     }
 

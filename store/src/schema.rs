@@ -30,6 +30,9 @@ pub(crate) const META_PROCESS_ID: &str = "process_id";
 pub(crate) const META_INCARNATION: &str = "incarnation";
 pub(crate) const META_CREATED_MS: &str = "created_ms";
 pub(crate) const META_COUNTERS: &str = "counters";
+/// The application identity (schema version u32 LE, then the name in UTF-8). Optional: a
+/// store written before it existed has none until an owner that names its app adopts it.
+pub(crate) const META_APP: &str = "app";
 
 /// Every `meta` key a complete store has.
 pub(crate) const META_KEYS: [&str; 6] = [
@@ -377,6 +380,38 @@ pub(crate) struct MetaValues {
     pub(crate) turns_committed: u64,
     pub(crate) commits: u64,
     pub(crate) last_commit_ms: u64,
+    /// The `app` row, if the store has one.
+    pub(crate) app: Option<crate::AppIdentity>,
+}
+
+/// Body of the `app` meta row.
+pub(crate) fn app_body(app: &crate::AppIdentity) -> Vec<u8> {
+    let mut out = app.schema_version.to_le_bytes().to_vec();
+    out.extend_from_slice(app.name.as_bytes());
+    out
+}
+
+/// Decodes the body of the `app` meta row.
+pub(crate) fn decode_app(body: &[u8]) -> Result<crate::AppIdentity, Corrupted> {
+    let bad = |detail: &str| Corrupted {
+        table: "meta".to_string(),
+        key: META_APP.to_string(),
+        detail: detail.to_string(),
+    };
+    if body.len() < 4 {
+        return Err(bad("shorter than its 4-byte schema version"));
+    }
+    let schema_version = u32::from_le_bytes([body[0], body[1], body[2], body[3]]);
+    if schema_version == 0 {
+        return Err(bad("schema version 0 does not exist"));
+    }
+    let name = std::str::from_utf8(&body[4..])
+        .map_err(|_| bad("application name is not UTF-8"))?
+        .to_string();
+    Ok(crate::AppIdentity {
+        name,
+        schema_version,
+    })
 }
 
 /// The format version whose stores `Store::open` migrates to [`crate::FORMAT_VERSION`]
@@ -496,6 +531,10 @@ pub(crate) fn decode_meta_as(
     let [created_ms] = u64s_le::<1>("meta", META_CREATED_MS, body(META_CREATED_MS)?)?;
     let [turns_committed, commits, last_commit_ms] =
         u64s_le::<3>("meta", META_COUNTERS, body(META_COUNTERS)?)?;
+    let app = match find(META_APP) {
+        Some(raw) => Some(decode_app(meta_body(META_APP, raw, format_version)?)?),
+        None => None,
+    };
     if incarnation == 0 {
         return Err(Corrupted {
             table: "meta".to_string(),
@@ -512,6 +551,7 @@ pub(crate) fn decode_meta_as(
         turns_committed,
         commits,
         last_commit_ms,
+        app,
     })
 }
 

@@ -32,8 +32,8 @@ use crate::error::{CommitError, OpenError, ReadError};
 use crate::schema::{self, sql_u64};
 use crate::witness::{self, Witness, WitnessRecord};
 use crate::{
-    Batch, ClientChange, CommitInfo, Corrupted, GroupChange, Recovered, StoreOptions, TimerChange,
-    TurnLogEntry, FORMAT_VERSION,
+    AppIdentity, Batch, ClientChange, CommitInfo, Corrupted, GroupChange, Recovered, StoreOptions,
+    TimerChange, TurnLogEntry, FORMAT_VERSION,
 };
 
 /// How long the owner waits on a lock held briefly by a reader (for example while a reader
@@ -79,6 +79,8 @@ pub struct Store {
     /// Entries over all `turn_log` rows.
     turn_log_entries: u64,
     poisoned: bool,
+    /// The application identity in `meta` (`None` for a store opened without one).
+    app: Option<AppIdentity>,
 }
 
 /// Turn-log entries per `turn_log` row at most: a batch's entries are stored as one row per
@@ -178,6 +180,39 @@ impl Store {
         process_id: &str,
         options: &StoreOptions,
     ) -> Result<(Store, Recovered), OpenError> {
+        Store::open_inner(path, process_id, options, None)
+    }
+
+    /// [`Store::open_with`] for application `app`: a new store records `app` in its `meta`;
+    /// an existing one must be of the same application ([`OpenError::WrongApp`]) and of a
+    /// schema version not newer than `app`'s ([`OpenError::NewerSchema`]), else nothing is
+    /// changed. A store written before application identities existed (no `app` row) is
+    /// adopted: it gets `app`'s name with schema version 1, and its outbox payloads get the
+    /// version envelope ([`crate::wrap_payload`]), in one transaction, logged. The store's
+    /// version ([`Store::app`]) may be older than `app`'s: the caller migrates it
+    /// ([`Store::commit_schema`]).
+    ///
+    /// # Panics
+    /// As [`Store::open_with`], or if `app`'s name is empty or its version 0.
+    pub fn open_for_app(
+        path: &Path,
+        process_id: &str,
+        options: &StoreOptions,
+        app: &AppIdentity,
+    ) -> Result<(Store, Recovered), OpenError> {
+        assert!(
+            !app.name.is_empty() && app.name.len() <= MAX_NAME_BYTES && app.schema_version > 0,
+            "application name must be 1..={MAX_NAME_BYTES} bytes and the schema version > 0"
+        );
+        Store::open_inner(path, process_id, options, Some(app))
+    }
+
+    fn open_inner(
+        path: &Path,
+        process_id: &str,
+        options: &StoreOptions,
+        app: Option<&AppIdentity>,
+    ) -> Result<(Store, Recovered), OpenError> {
         assert!(
             !process_id.is_empty() && process_id.len() <= MAX_NAME_BYTES,
             "process id must be 1..={MAX_NAME_BYTES} bytes"
@@ -204,22 +239,35 @@ impl Store {
             name.push("-shm");
             PathBuf::from(name)
         };
-        let before: Vec<(PathBuf, bool)> = [path.to_path_buf(), crate::files::wal_path(path), shm]
-            .into_iter()
-            .map(|f| {
-                let e = f.exists();
-                (f, e)
-            })
-            .collect();
-        let (conn, recovered, turn_log) =
-            match open_checked(path, process_id, options, witnessed, &lock_file) {
+        let before: Vec<(PathBuf, Option<u64>)> =
+            [path.to_path_buf(), crate::files::wal_path(path), shm]
+                .into_iter()
+                .map(|f| {
+                    let len = std::fs::metadata(&f).ok().map(|m| m.len());
+                    (f, len)
+                })
+                .collect();
+        let (conn, recovered, turn_log, stored_app) =
+            match open_checked(path, process_id, options, witnessed, &lock_file, app) {
                 Ok(opened) => opened,
                 Err(e) => {
                     // Refused: remove what SQLite created here (an empty database, a
-                    // preallocated WAL), so the files are left as they were found.
-                    for (f, existed) in &before {
-                        if !existed {
-                            let _ = std::fs::remove_file(f);
+                    // preallocated WAL), so the files are left as they were found; an
+                    // empty WAL the open only preallocated (zeros) is emptied again.
+                    for (f, len) in &before {
+                        match len {
+                            None => {
+                                let _ = std::fs::remove_file(f);
+                            }
+                            Some(0) if *f == crate::files::wal_path(path) => {
+                                if std::fs::read(f).is_ok_and(|b| b.iter().all(|x| *x == 0)) {
+                                    let _ = OpenOptions::new()
+                                        .write(true)
+                                        .open(f)
+                                        .and_then(|w| w.set_len(0));
+                                }
+                            }
+                            Some(_) => {}
                         }
                     }
                     return Err(e);
@@ -246,6 +294,7 @@ impl Store {
             turn_log_entries: turn_log.iter().map(|(_, n)| n).sum(),
             turn_log,
             poisoned: false,
+            app: stored_app,
         };
         Ok((store, recovered))
     }
@@ -275,6 +324,40 @@ impl Store {
         self.commits
     }
 
+    /// The application identity recorded in the store (after adoption), `None` if it was
+    /// opened without one and has none.
+    pub fn app(&self) -> Option<&AppIdentity> {
+        self.app.as_ref()
+    }
+
+    /// [`Store::commit`], and in the same transaction sets the store's schema version to
+    /// `schema_version`: a migration's one commit. A crash leaves either the old version and
+    /// none of the batch, or both.
+    ///
+    /// # Panics
+    /// If the store has no application identity, or `schema_version` is not newer than it.
+    pub fn commit_schema(
+        &mut self,
+        batch: &Batch,
+        schema_version: u32,
+    ) -> Result<CommitInfo, CommitError> {
+        let app = self
+            .app
+            .clone()
+            .expect("commit_schema on a store without an application identity");
+        assert!(
+            schema_version > app.schema_version,
+            "a migration moves to a newer schema version"
+        );
+        let new = AppIdentity {
+            schema_version,
+            ..app
+        };
+        let info = self.commit_inner(batch, Some(&new))?;
+        self.app = Some(new);
+        Ok(info)
+    }
+
     /// True after a failed commit: every call fails until the store is reopened.
     pub fn is_poisoned(&self) -> bool {
         self.poisoned
@@ -298,6 +381,14 @@ impl Store {
     /// contiguous per peer within the batch, a peer with `acked >= next_seq`, turn-log entries
     /// not increasing, an integer above `i64::MAX`, an empty or oversized name, key or body.
     pub fn commit(&mut self, batch: &Batch) -> Result<CommitInfo, CommitError> {
+        self.commit_inner(batch, None)
+    }
+
+    fn commit_inner(
+        &mut self,
+        batch: &Batch,
+        app: Option<&AppIdentity>,
+    ) -> Result<CommitInfo, CommitError> {
         if self.poisoned {
             return Err(CommitError::Poisoned);
         }
@@ -307,7 +398,7 @@ impl Store {
             .checked_add(batch.turns)
             .expect("turns_committed overflows u64");
         let commits = self.commits + 1;
-        match self.write(batch, turns_committed, commits) {
+        match self.write(batch, turns_committed, commits, app) {
             Ok(plan) => {
                 // Durable: witness it before any output of the batch can leave.
                 self.witness.set(commits);
@@ -335,6 +426,7 @@ impl Store {
         batch: &Batch,
         turns_committed: u64,
         commits: u64,
+        app: Option<&AppIdentity>,
     ) -> Result<TurnLogPlan, CommitError> {
         let plan = self.turn_log_plan(&batch.turn_log);
         let newest_dropped = plan.dropped.checked_sub(1).map(|i| self.turn_log[i].0);
@@ -490,6 +582,15 @@ impl Store {
                 schema::META_COUNTERS,
             ))?;
         assert_eq!(changed, 1, "meta has exactly one `counters` row");
+        if let Some(app) = app {
+            let changed = tx
+                .prepare_cached("UPDATE meta SET value = ?1 WHERE key = ?2")?
+                .execute((
+                    schema::seal_meta(schema::META_APP, &schema::app_body(app)),
+                    schema::META_APP,
+                ))?;
+            assert_eq!(changed, 1, "meta has exactly one `app` row");
+        }
         tx.commit()?;
         Ok(plan)
     }
@@ -529,6 +630,7 @@ type Opened = (
     Connection,
     Recovered,
     std::collections::VecDeque<(u64, u64)>,
+    Option<AppIdentity>,
 );
 
 /// The part of [`Store::open_with`] that opens the connection: classify, create or migrate,
@@ -540,6 +642,7 @@ fn open_checked(
     options: &StoreOptions,
     witnessed: Option<WitnessRecord>,
     lock_file: &Path,
+    app: Option<&AppIdentity>,
 ) -> Result<Opened, OpenError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
@@ -573,6 +676,9 @@ fn open_checked(
                 found: meta.process_id.clone(),
             });
         }
+        if let (Some(want), Some(have)) = (app, &meta.app) {
+            check_app(path, want, have)?;
+        }
     }
     if let (Found::Empty, Some(w)) = (&found, witnessed) {
         if w.commits > 0 {
@@ -591,7 +697,7 @@ fn open_checked(
     configure_owner(&conn, path, options)?;
     let created = matches!(found, Found::Empty);
     if created {
-        create(&mut conn, process_id).map_err(sqlite_open_err(path))?;
+        create(&mut conn, process_id, app).map_err(sqlite_open_err(path))?;
         fsync_dir(path)?;
         tracing::info!(path = %path.display(), process_id, "created store");
     }
@@ -625,9 +731,103 @@ fn open_checked(
             );
         }
     }
+    let mut recovered = recovered;
+    let stored_app = match (app, meta_app(&conn, path)?) {
+        (_, Some(have)) => {
+            if let Some(want) = app {
+                check_app(path, want, &have)?;
+            }
+            Some(have)
+        }
+        (Some(want), None) => {
+            let adopted = AppIdentity {
+                name: want.name.clone(),
+                schema_version: 1,
+            };
+            adopt(&mut conn, path, &adopted, &mut recovered)?;
+            Some(adopted)
+        }
+        (None, None) => None,
+    };
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false)
         .map_err(sqlite_open_err(path))?;
-    Ok((conn, recovered, turn_log))
+    Ok((conn, recovered, turn_log, stored_app))
+}
+
+/// Refuses a store of another application or of a newer schema version.
+fn check_app(path: &Path, want: &AppIdentity, have: &AppIdentity) -> Result<(), OpenError> {
+    if have.name != want.name {
+        return Err(OpenError::WrongApp {
+            path: path.to_path_buf(),
+            expected: want.name.clone(),
+            found: have.name.clone(),
+        });
+    }
+    if have.schema_version > want.schema_version {
+        return Err(OpenError::NewerSchema {
+            path: path.to_path_buf(),
+            app: have.name.clone(),
+            found: have.schema_version,
+            supported: want.schema_version,
+        });
+    }
+    Ok(())
+}
+
+/// The `app` meta row, if any.
+fn meta_app(conn: &Connection, path: &Path) -> Result<Option<AppIdentity>, OpenError> {
+    let rows = read_meta_rows(conn).map_err(sqlite_open_err(path))?;
+    Ok(meta_or_open_error(path, &rows)?.app)
+}
+
+/// Adopts a store written before application identities: the `app` row, and the version
+/// envelope around every outbox payload (they were all written by schema version 1), in one
+/// transaction. `recovered`'s outbox is updated to match.
+fn adopt(
+    conn: &mut Connection,
+    path: &Path,
+    app: &AppIdentity,
+    recovered: &mut Recovered,
+) -> Result<(), OpenError> {
+    let sq = sqlite_open_err(path);
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(&sq)?;
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)",
+        (
+            schema::META_APP,
+            schema::seal_meta(schema::META_APP, &schema::app_body(app)),
+        ),
+    )
+    .map_err(&sq)?;
+    for row in &mut recovered.outbox {
+        row.payload = crate::wrap_payload(app.schema_version, &row.payload);
+        let changed = tx
+            .prepare_cached("UPDATE outbox SET payload = ?1 WHERE peer = ?2 AND seq = ?3")
+            .and_then(|mut s| {
+                s.execute((
+                    seal_record(
+                        &Record::outbox(&row.peer, row.seq, row.created_ms),
+                        &row.payload,
+                    ),
+                    &row.peer,
+                    sql_u64(row.seq, "outbox seq"),
+                ))
+            })
+            .map_err(&sq)?;
+        assert_eq!(changed, 1, "the recovered outbox row exists");
+    }
+    tx.commit().map_err(&sq)?;
+    tracing::info!(
+        path = %path.display(),
+        app = %app.name,
+        schema_version = app.schema_version,
+        outbox_rows = recovered.outbox.len(),
+        "adopted a store written before application identities: recorded its application \
+         (schema version 1) and the version envelope of its outbox"
+    );
+    Ok(())
 }
 
 /// Owner pragmas. `journal_mode=WAL` is persistent (written in the file header); the others
@@ -661,7 +861,11 @@ fn configure_owner(
 }
 
 /// Creates the schema and `meta` rows in one transaction.
-fn create(conn: &mut Connection, process_id: &str) -> rusqlite::Result<()> {
+fn create(
+    conn: &mut Connection,
+    process_id: &str,
+    app: Option<&AppIdentity>,
+) -> rusqlite::Result<()> {
     let incarnation: u64 = rand::thread_rng().gen_range(1..=u64::MAX);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute_batch(schema::SCHEMA_SQL)?;
@@ -683,6 +887,12 @@ fn create(conn: &mut Connection, process_id: &str) -> rusqlite::Result<()> {
         ];
         for (key, body) in rows {
             put.execute((key, schema::seal_meta(key, &body)))?;
+        }
+        if let Some(app) = app {
+            put.execute((
+                schema::META_APP,
+                schema::seal_meta(schema::META_APP, &schema::app_body(app)),
+            ))?;
         }
     }
     tx.commit()

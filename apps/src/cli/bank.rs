@@ -35,6 +35,8 @@ struct Cli {
 enum Command {
     /// Look inside a store, decoding the bank's types (the views of `ken inspect`).
     Inspect(ken_inspect::Args),
+    /// What this binary would migrate in a store (`migrate STORE --dry-run`).
+    Migrate(cli::MigrateArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -76,6 +78,20 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             command: Some(Command::Inspect(args)),
             ..
         } => return ken_inspect::main(&args, &crate::inspect::bank()),
+        Cli {
+            command: Some(Command::Migrate(args)),
+            ..
+        } => {
+            return cli::migrate(&args, |id| Bank {
+                members: vec![id.clone()],
+                id,
+                accounts: 16,
+                initial_balance: 1000,
+                transfer_interval: Duration::from_millis(5),
+                transfers_max: 0,
+                outbox_limit: 1000,
+            })
+        }
         Cli { run: Some(run), .. } => run,
         Cli { run: None, .. } => {
             eprintln!("ken-bank: nothing to do; see ken-bank --help");

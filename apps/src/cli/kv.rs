@@ -100,6 +100,8 @@ enum Command {
     },
     /// Look inside a store, decoding kv's types (the views of `ken inspect`).
     Inspect(ken_inspect::Args),
+    /// What this binary would migrate in a store (`migrate STORE --dry-run`).
+    Migrate(cli::MigrateArgs),
 }
 
 #[derive(Debug, ClapArgs)]
@@ -134,6 +136,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Command::Inspect(args) => {
             return ken_inspect::main(&args, &crate::inspect::kv());
         }
+        Command::Migrate(args) => return cli::migrate(&args, |_| Kv),
         Command::Put { key, value, client } => (Request::Put { key, value }, client),
         Command::Get { key, client } => (Request::Get { key }, client),
         Command::Del { key, client } => (Request::Delete { key }, client),

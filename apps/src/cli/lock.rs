@@ -65,6 +65,8 @@ enum Command {
     },
     /// Look inside a store, decoding the lock service's types (the views of `ken inspect`).
     Inspect(ken_inspect::Args),
+    /// What this binary would migrate in a store (`migrate STORE --dry-run`).
+    Migrate(cli::MigrateArgs),
 }
 
 #[derive(Debug, ClapArgs)]
@@ -117,6 +119,12 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     let (config, role) = match args.command {
         Command::Inspect(args) => {
             return ken_inspect::main(&args, &crate::inspect::lock());
+        }
+        Command::Migrate(args) => {
+            return cli::migrate(&args, |id| lock::Lock {
+                id,
+                role: lock::Role::Server(lock::ServerConfig::default()),
+            })
         }
         Command::Serve { common, queue_max } => {
             if queue_max == 0 {

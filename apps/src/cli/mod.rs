@@ -67,6 +67,68 @@ pub fn parse_id(s: &str) -> Result<ProcessId, String> {
     ProcessId::new(s).map_err(|e| format!("bad process id `{s}`: {e}"))
 }
 
+/// `migrate STORE --dry-run`, shared by every app's command line: what opening the store
+/// with this binary would migrate (`ken::upgrade::dry_run`), without writing. The migration
+/// itself runs when the process next starts on the store.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MigrateArgs {
+    /// The store (live or not; it is only read).
+    pub store: PathBuf,
+    /// Report what would change without writing (required: the migration itself runs at
+    /// the process's start).
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Runs `migrate` for the handler `make` builds from the store's process id (the handler's
+/// configuration does not matter to a migration); exit 0 with the report, 1 with a one-line
+/// error, 2 without `--dry-run`.
+pub fn migrate<H: ken::Handler>(args: &MigrateArgs, make: impl FnOnce(ProcessId) -> H) -> ExitCode {
+    if !args.dry_run {
+        eprintln!(
+            "{}: migrate needs --dry-run: the migration itself runs when the process starts on \
+             the store",
+            H::APP
+        );
+        return ExitCode::from(2);
+    }
+    let id = match ken::store::Reader::open(&args.store).and_then(|r| {
+        r.meta()
+            .map_err(|e| ken::store::OpenError::Corrupted(corrupted(e)))
+    }) {
+        Ok(meta) => meta.process_id,
+        Err(e) => {
+            eprintln!("{}: {e}", H::APP);
+            return ExitCode::from(1);
+        }
+    };
+    let Ok(id) = ProcessId::new(id.clone()) else {
+        eprintln!("{}: the store's process id `{id}` is not valid", H::APP);
+        return ExitCode::from(1);
+    };
+    match ken::upgrade::dry_run(&args.store, &make(id)) {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", H::APP);
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn corrupted(e: ken::store::ReadError) -> ken::store::Corrupted {
+    match e {
+        ken::store::ReadError::Corrupted(c) => c,
+        other => ken::store::Corrupted {
+            table: "meta".into(),
+            key: String::new(),
+            detail: other.to_string(),
+        },
+    }
+}
+
 /// Logs to stderr, filtered by `RUST_LOG` (default `warn`).
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -34,6 +34,8 @@ struct Cli {
 enum Command {
     /// Look inside a store, decoding pingpong's types (the views of `ken inspect`).
     Inspect(ken_inspect::Args),
+    /// What this binary would migrate in a store (`migrate STORE --dry-run`).
+    Migrate(cli::MigrateArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -66,6 +68,17 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             command: Some(Command::Inspect(args)),
             ..
         } => return ken_inspect::main(&args, &crate::inspect::pingpong()),
+        Cli {
+            command: Some(Command::Migrate(args)),
+            ..
+        } => {
+            return cli::migrate(&args, |id| crate::pingpong::PingPong {
+                peer: id.clone(),
+                id,
+                count: 0,
+                serve: false,
+            })
+        }
         Cli { run: Some(run), .. } => run,
         Cli { run: None, .. } => {
             eprintln!("ken-pingpong: nothing to do; see ken-pingpong --help");

@@ -154,9 +154,16 @@ pub fn summary(reader: &Reader, now_ms: u64) -> Result<(Summary, Vec<Damage>), R
             db_bytes: 0,
             wal_bytes: 0,
         });
+    let rows_of = |name: &str| tables.iter().find(|t| t.name == name).map_or(0, |t| t.rows);
+    let dead_letters = rows_of(ken::living::DEAD_LETTERS_TABLE);
+    let poison_inputs = rows_of(ken::living::POISON_TABLE);
     let summary = Summary {
         store: reader.path().display().to_string(),
         process_id: meta.process_id,
+        app: meta.app.as_ref().map(|a| a.name.clone()),
+        schema_version: meta.app.as_ref().map(|a| a.schema_version),
+        dead_letters,
+        poison_inputs,
         incarnation: incarnation_hex(meta.incarnation),
         format_version: meta.format_version,
         created_ms: meta.created_ms,
@@ -208,6 +215,8 @@ pub fn outbox(
     limit: u32,
 ) -> Result<OutboxView, ReadError> {
     let limit = limit.min(VIEW_ROWS_MAX);
+    // A store with an application identity envelopes every payload with its schema version.
+    let enveloped = reader.meta()?.app.is_some();
     let mut rows = reader.outbox(peer, limit + 1)?;
     let truncated = rows.len() > limit as usize;
     rows.truncate(limit as usize);
@@ -218,12 +227,19 @@ pub fn outbox(
         now_ms,
         messages: rows
             .into_iter()
-            .map(|r| OutboxMessage {
-                age_ms: age(now_ms, r.created_ms),
-                payload: app.message_blob(&r.payload),
-                peer: r.peer,
-                seq: r.seq,
-                created_ms: r.created_ms,
+            .map(|r| {
+                let (version, message) = match ken_store::unwrap_payload(&r.payload) {
+                    Some((v, m)) if enveloped => (Some(v), m),
+                    _ => (None, &r.payload[..]),
+                };
+                OutboxMessage {
+                    age_ms: age(now_ms, r.created_ms),
+                    version,
+                    payload: app.message_blob(message),
+                    peer: r.peer,
+                    seq: r.seq,
+                    created_ms: r.created_ms,
+                }
             })
             .collect(),
     })
@@ -245,6 +261,61 @@ pub fn timers(reader: &Reader, now_ms: u64) -> Result<TimersView, ReadError> {
             })
             .collect(),
     })
+}
+
+/// `dead-letters`: up to `limit` rows of the runtime's dead-letter table.
+pub fn dead_letters(reader: &Reader, limit: u32) -> Result<DeadLettersView, ReadError> {
+    let mut out = Vec::new();
+    for (key, value) in reader.table_scan(
+        ken::living::DEAD_LETTERS_TABLE,
+        b"",
+        None,
+        limit.min(MAX_SCAN_ROWS),
+    )? {
+        let l: ken::living::DeadLetter = codec::decode(&value).map_err(|e| {
+            ReadError::Corrupted(ken_store::Corrupted {
+                table: ken::living::DEAD_LETTERS_TABLE.into(),
+                key: codec::printable_key(&key),
+                detail: format!("not a dead letter: {e}"),
+            })
+        })?;
+        out.push(DeadLetterInfo {
+            message: Blob::plain(&l.bytes),
+            peer: l.peer,
+            seq: l.seq,
+            version: l.version,
+            error: l.error,
+            at_ms: l.at_ms,
+        });
+    }
+    Ok(DeadLettersView { dead_letters: out })
+}
+
+/// `poison`: up to `limit` rows of the runtime's poison table.
+pub fn poison(reader: &Reader, limit: u32) -> Result<PoisonView, ReadError> {
+    let mut out = Vec::new();
+    for (key, value) in reader.table_scan(
+        ken::living::POISON_TABLE,
+        b"",
+        None,
+        limit.min(MAX_SCAN_ROWS),
+    )? {
+        let p: ken::living::Poison = codec::decode(&value).map_err(|e| {
+            ReadError::Corrupted(ken_store::Corrupted {
+                table: ken::living::POISON_TABLE.into(),
+                key: codec::printable_key(&key),
+                detail: format!("not a poison record: {e}"),
+            })
+        })?;
+        out.push(PoisonInfo {
+            kind: p.kind,
+            source: p.source,
+            seq: p.seq,
+            message: p.message,
+            at_ms: p.at_ms,
+        });
+    }
+    Ok(PoisonView { poison: out })
 }
 
 /// `tables`.

@@ -95,6 +95,18 @@ pub enum View {
     Peers,
     /// Durable timers and when they are due.
     Timers,
+    /// Peer messages that did not decode, kept by the runtime (`ken.dead_letters`).
+    DeadLetters {
+        /// Show at most this many.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=i64::from(VIEW_ROWS_MAX)))]
+        limit: u32,
+    },
+    /// Inputs whose turn panicked, with the panic's message (`ken.poison`).
+    Poison {
+        /// Show at most this many.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=i64::from(VIEW_ROWS_MAX)))]
+        limit: u32,
+    },
     /// Application tables: rows and bytes.
     Tables,
     /// Rows of one application table, in key order.
@@ -246,6 +258,19 @@ pub fn run(
         }
         View::Timers => {
             emit(out, json, &collect::timers(&reader, now)?, text::timers)?;
+            Vec::new()
+        }
+        View::DeadLetters { limit } => {
+            emit(
+                out,
+                json,
+                &collect::dead_letters(&reader, limit)?,
+                text::dead_letters,
+            )?;
+            Vec::new()
+        }
+        View::Poison { limit } => {
+            emit(out, json, &collect::poison(&reader, limit)?, text::poison)?;
             Vec::new()
         }
         View::Tables => {

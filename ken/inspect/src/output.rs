@@ -46,6 +46,14 @@ pub struct Summary {
     /// The store path as given.
     pub store: String,
     pub process_id: String,
+    /// The application that wrote the store (`null` in a store no application adopted yet).
+    pub app: Option<String>,
+    /// The schema version of its data (`null` as `app`).
+    pub schema_version: Option<u32>,
+    /// Rows of the dead-letter table (messages that did not decode; `dead-letters` view).
+    pub dead_letters: u64,
+    /// Rows of the poison table (inputs whose turn panicked; `poison` view).
+    pub poison_inputs: u64,
     /// Random id of this store's life, `"0x"` + 16 hex digits.
     pub incarnation: String,
     pub format_version: u32,
@@ -172,8 +180,49 @@ pub struct OutboxMessage {
     /// When the turn that produced it ran.
     pub created_ms: u64,
     pub age_ms: u64,
-    /// The payload (decoded with the app's message type when known).
+    /// The sender's schema version from the payload's envelope (`null` in a store written
+    /// before application identities, whose payloads have none).
+    pub version: Option<u32>,
+    /// The message, without its envelope (decoded with the app's message type when known).
     pub payload: Blob,
+}
+
+/// `ken inspect STORE dead-letters`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeadLettersView {
+    pub dead_letters: Vec<DeadLetterInfo>,
+}
+
+/// A peer message that did not decode, kept by the runtime (`ken.dead_letters`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeadLetterInfo {
+    pub peer: String,
+    pub seq: u64,
+    /// The sender's schema version (0: shorter than the envelope).
+    pub version: u32,
+    pub error: String,
+    pub at_ms: u64,
+    pub message: Blob,
+}
+
+/// `ken inspect STORE poison`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PoisonView {
+    pub poison: Vec<PoisonInfo>,
+}
+
+/// An input whose turn panicked (`ken.poison`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PoisonInfo {
+    /// `message`, `request` or `timer`.
+    pub kind: String,
+    /// The peer, client or timer name.
+    pub source: String,
+    /// Sequence or request number (0 for a timer).
+    pub seq: u64,
+    /// The panic's message.
+    pub message: String,
+    pub at_ms: u64,
 }
 
 /// `ken inspect STORE timers`.

@@ -162,6 +162,21 @@ pub fn summary(s: &Summary) -> String {
         s.format_version,
         utc(s.created_ms)
     );
+    if let (Some(app), Some(v)) = (&s.app, s.schema_version) {
+        let _ = writeln!(out, "app           {app} (schema version {v})");
+    } else {
+        let _ = writeln!(
+            out,
+            "app           none recorded (written before application identities)"
+        );
+    }
+    if s.dead_letters > 0 || s.poison_inputs > 0 {
+        let _ = writeln!(
+            out,
+            "held back     {} dead letters, {} poison inputs (see the dead-letters and poison views)",
+            s.dead_letters, s.poison_inputs
+        );
+    }
     let last = match s.last_commit_age_ms {
         None => "no commit yet".to_string(),
         Some(age) => format!(
@@ -296,6 +311,53 @@ pub fn timers(v: &TimersView) -> String {
         })
         .collect();
     columns(0, &["TIMER", "DUE", "WHEN", "PAYLOAD"], &rows)
+}
+
+/// `dead-letters`.
+pub fn dead_letters(v: &DeadLettersView) -> String {
+    if v.dead_letters.is_empty() {
+        return "no dead letters\n".to_string();
+    }
+    let rows: Vec<Vec<String>> = v
+        .dead_letters
+        .iter()
+        .map(|l| {
+            vec![
+                l.peer.clone(),
+                l.seq.to_string(),
+                l.version.to_string(),
+                utc(l.at_ms),
+                l.error.clone(),
+                blob(&l.message),
+            ]
+        })
+        .collect();
+    columns(
+        0,
+        &["PEER", "SEQ", "VERSION", "AT", "ERROR", "MESSAGE"],
+        &rows,
+    )
+}
+
+/// `poison`.
+pub fn poison(v: &PoisonView) -> String {
+    if v.poison.is_empty() {
+        return "no poison inputs\n".to_string();
+    }
+    let rows: Vec<Vec<String>> = v
+        .poison
+        .iter()
+        .map(|p| {
+            vec![
+                p.kind.clone(),
+                p.source.clone(),
+                p.seq.to_string(),
+                utc(p.at_ms),
+                p.message.clone(),
+            ]
+        })
+        .collect();
+    columns(0, &["KIND", "SOURCE", "SEQ", "AT", "PANIC"], &rows)
 }
 
 /// `tables`.

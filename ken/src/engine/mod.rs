@@ -60,6 +60,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::client::{ClientId, ReplyBody, RequestEnvelope};
 use crate::handler::{Effects, Handler, Input, PeerView, TimerOp, Turn};
+use crate::living::{self, DeadLetter, Held, HeldReason, HeldSource, Poison};
 use crate::{limits, Time, Tuning};
 use fuse::{Fuse, FuseOutput, SealToken};
 pub use peer::RollbackEvidence;
@@ -108,6 +109,10 @@ pub enum EngineError {
     TurnFault { turn: u64, what: String },
     #[error("recovered outbox for peer `{peer}` is inconsistent: {what}; run `ken inspect STORE verify`")]
     BadOutbox { peer: String, what: String },
+    /// The handler panicked in a turn that cannot be held (the `Start` turn, a FUSE failure
+    /// notification). Nothing of the turn was committed or released.
+    #[error("the handler panicked on its {input} turn: {message}; fix the handler (the turn runs again at the next start)")]
+    Panicked { input: String, message: String },
     #[error("invalid process id `{0}` in the store")]
     BadPeerId(String),
     #[error("a stored FUSE group does not decode: {0}; run `ken inspect STORE verify`")]
@@ -206,6 +211,13 @@ pub struct EngineStats {
     pub skips_sent: u64,
     /// Messages of peers skipped on their `Skip` (never delivered: the peer withdrew them).
     pub messages_skipped: u64,
+    /// Data frames not delivered because their pair is held (a newer schema version, or a
+    /// poison message): neither consumed nor acknowledged; the sender retransmits.
+    pub messages_held: u64,
+    /// Messages of a known version that did not decode, recorded in the dead-letter table.
+    pub dead_letters: u64,
+    /// Turns that panicked (discarded, their input recorded and held).
+    pub turns_panicked: u64,
 }
 
 /// How the host protects this engine's frames: set once, before [`Engine::start`].
@@ -251,6 +263,15 @@ struct Committing {
     replies: Vec<(ClientId, u64, Vec<u8>, ReplyTo)>,
     /// The FUSE machine's share of the batch.
     fuse: SealToken,
+}
+
+/// Why [`Engine::run_turn`] did not complete a turn.
+#[derive(Debug)]
+enum TurnFailed {
+    /// A store read failed or a value did not decode: the engine failed.
+    Fault,
+    /// The handler panicked (the message): the turn was discarded.
+    Panicked(String),
 }
 
 /// How to answer a request: the reply mirrors its protection, and a reply to a request
@@ -360,6 +381,15 @@ pub struct Engine<H: Handler> {
     fuse: Fuse,
     tables: TableOverlay,
     last_root: Vec<u8>,
+    /// The encoded state as of the end of the last turn: what a panicking turn restores,
+    /// and what the seal writes.
+    state_bytes: Vec<u8>,
+    /// Peer pairs held in this life, by peer.
+    held_peers: BTreeMap<ProcessId, Held>,
+    /// Timers whose turn panicked: still set durably, not fired in this life (name -> due).
+    held_timers: BTreeMap<String, (Time, Held)>,
+    /// Client requests whose turn panicked, with the panic message.
+    poisoned_requests: BTreeMap<(ClientId, u64), Held>,
     /// Turns over the life of the store, including uncommitted ones.
     turns_total: u64,
     needs_start: bool,
@@ -493,6 +523,7 @@ impl<H: Handler> Engine<H> {
         }
         let fuse = Fuse::recover(config.id.clone(), &config.tuning, &recovered.groups)
             .map_err(|e| EngineError::BadGroup(e.to_string()))?;
+        let state_bytes = ken_store::codec::encode(&state);
         let engine = Engine {
             id: config.id,
             incarnation: Incarnation(recovered.incarnation),
@@ -509,6 +540,10 @@ impl<H: Handler> Engine<H> {
             fuse,
             tables: TableOverlay::new(source),
             last_root: recovered.root.unwrap_or_default(),
+            state_bytes,
+            held_peers: BTreeMap::new(),
+            held_timers: BTreeMap::new(),
+            poisoned_requests: BTreeMap::new(),
             turns_total: recovered.turns_committed,
             needs_start: recovered.turns_committed == 0,
             restarted: !recovered.created,
@@ -546,7 +581,15 @@ impl<H: Handler> Engine<H> {
         self.fuse.start(now);
         if self.needs_start {
             self.needs_start = false;
-            self.run_turn(now, Input::Start, "start", String::new(), 0);
+            if let Err(TurnFailed::Panicked(message)) =
+                self.run_turn(now, Input::Start, "start", String::new(), 0)
+            {
+                self.fail(EngineError::Panicked {
+                    input: "start".into(),
+                    message,
+                });
+                return;
+            }
         }
         let ids: Vec<ProcessId> = self.peers.keys().cloned().collect();
         if self.restarted {
@@ -600,7 +643,26 @@ impl<H: Handler> Engine<H> {
                 .batch
                 .timers
                 .push(TimerChange::Cancel { name: name.clone() });
-            self.run_turn(now, Input::Timer { name: name.clone() }, "timer", name, 0);
+            let input = Input::Timer { name: name.clone() };
+            match self.run_turn(now, input, "timer", name.clone(), 0) {
+                Ok(_) | Err(TurnFailed::Fault) => {}
+                Err(TurnFailed::Panicked(message)) => {
+                    // Still set durably (set again after its cancel); not fired again in
+                    // this life.
+                    self.filling.batch.timers.push(TimerChange::Set {
+                        name: name.clone(),
+                        due_ms: due.as_millis(),
+                        payload: Vec::new(),
+                    });
+                    self.record_poison(now, "timer", &name, 0, &message);
+                    let held = Held {
+                        source: HeldSource::Timer { name: name.clone() },
+                        reason: HeldReason::Panicked { message },
+                        since: now,
+                    };
+                    self.held_timers.insert(name, (due, held));
+                }
+            }
         }
         self.fuse.tick(now);
         self.send_fuse_outputs();
@@ -753,6 +815,15 @@ impl<H: Handler> Engine<H> {
                 in_flight: p.in_flight,
             })
             .collect()
+    }
+
+    /// Every input source held in this life: peer pairs (a newer schema version, a poison
+    /// message), poison timers and poison client requests (see [`crate::living`]).
+    pub fn held(&self) -> Vec<Held> {
+        let mut out: Vec<Held> = self.held_peers.values().cloned().collect();
+        out.extend(self.held_timers.values().map(|(_, h)| h.clone()));
+        out.extend(self.poisoned_requests.values().cloned());
+        out
     }
 
     /// Smoothed round-trip time to `peer` (send to acknowledgement), once measured.
@@ -1021,13 +1092,18 @@ impl<H: Handler> Engine<H> {
             let Some(id) = self.fuse.next_notification() else {
                 break;
             };
-            self.run_turn(
+            if let Err(TurnFailed::Panicked(message)) = self.run_turn(
                 now,
                 Input::FuseFailure { group: id },
                 "fuse",
                 id.to_string(),
                 0,
-            );
+            ) {
+                self.fail(EngineError::Panicked {
+                    input: format!("FUSE failure notification of group {id}"),
+                    message,
+                });
+            }
         }
         self.copy_fuse_stats();
     }
@@ -1129,6 +1205,9 @@ impl<H: Handler> Engine<H> {
         p.delivered = through;
         p.dirty = true;
         self.filling.nonempty = true;
+        // A pair held at the old `delivered + 1` (newer version, poison) held a withdrawn
+        // message: nothing to wait for any more.
+        self.held_peers.remove(pid);
         self.deliver_buffered(now, pid);
     }
 
@@ -1240,13 +1319,41 @@ impl<H: Handler> Engine<H> {
                 return;
             }
         };
+        if let Some(held) = self.poisoned_requests.get(&(client, n)) {
+            let HeldReason::Panicked { message } = &held.reason else {
+                unreachable!("requests are held only for panics")
+            };
+            let body = ken_store::codec::encode(&ReplyBody::Panicked(message.clone()));
+            self.send_client(client, n, FrameKind::ClientReply, body, to);
+            return;
+        }
         let input = Input::Request {
             client,
             request_no: n,
             request,
         };
-        let Some(reply) = self.run_turn(now, input, "request", client.to_string(), n) else {
-            return;
+        let reply = match self.run_turn(now, input, "request", client.to_string(), n) {
+            Ok(reply) => reply,
+            Err(TurnFailed::Fault) => return,
+            Err(TurnFailed::Panicked(message)) => {
+                // Not applied, not cached: answered at once, and the same on every retry
+                // in this life.
+                self.record_poison(now, "request", &client.to_string(), n, &message);
+                let body = ken_store::codec::encode(&ReplyBody::Panicked(message.clone()));
+                self.poisoned_requests.insert(
+                    (client, n),
+                    Held {
+                        source: HeldSource::Request {
+                            client,
+                            request_no: n,
+                        },
+                        reason: HeldReason::Panicked { message },
+                        since: now,
+                    },
+                );
+                self.send_client(client, n, FrameKind::ClientReply, body, to);
+                return;
+            }
         };
         self.stats.requests_applied += 1;
         let body = ken_store::codec::encode(&ReplyBody::Ok(reply));
@@ -1435,11 +1542,14 @@ impl<H: Handler> Engine<H> {
             }
             return;
         }
-        self.deliver(now, pid, seq, payload);
+        if !self.deliver(now, pid, seq, payload) {
+            return;
+        }
         self.deliver_buffered(now, pid);
     }
 
-    /// Delivers the buffered arrivals that now follow `delivered` without a gap.
+    /// Delivers the buffered arrivals that now follow `delivered` without a gap, until one is
+    /// not consumed (its pair is held).
     fn deliver_buffered(&mut self, now: Time, pid: &ProcessId) {
         loop {
             if self.failed {
@@ -1450,49 +1560,182 @@ impl<H: Handler> Engine<H> {
             let Some(payload) = p.reorder.remove(&next) else {
                 break;
             };
-            self.deliver(now, pid, next, payload);
+            if !self.deliver(now, pid, next, payload) {
+                break;
+            }
         }
     }
 
-    fn deliver(&mut self, now: Time, pid: &ProcessId, seq: u64, payload: Vec<u8>) {
-        let p = self.peers.get_mut(pid).expect("known peer");
+    /// Delivers message `seq` of `pid` (the next one expected). False if it was not
+    /// consumed: its pair is held (or the engine failed); later messages must wait.
+    fn deliver(&mut self, now: Time, pid: &ProcessId, seq: u64, payload: Vec<u8>) -> bool {
+        let p = self.peers.get(pid).expect("known peer");
         assert_eq!(seq, p.delivered + 1, "deliver in order");
-        p.delivered = seq;
-        p.dirty = true;
-        match ken_store::codec::decode::<H::Message>(&payload) {
+        if self.held_peers.contains_key(pid) {
+            self.stats.messages_held += 1;
+            return false;
+        }
+        let decoded = match ken_store::unwrap_payload(&payload) {
+            None => Err((
+                0,
+                Vec::new(),
+                "the payload is shorter than its version envelope".to_string(),
+            )),
+            Some((version, bytes)) if version > H::SCHEMA_VERSION => {
+                if self.tuning.drops_held_messages() {
+                    // TEST ONLY (negative control): consumed and dropped, as before.
+                    Err((version, bytes.to_vec(), "newer version dropped".to_string()))
+                } else {
+                    self.stats.messages_held += 1;
+                    tracing::warn!(
+                        peer = %pid,
+                        seq,
+                        version,
+                        known = H::SCHEMA_VERSION,
+                        "message of a newer schema version held (not acknowledged) until this \
+                         process runs a binary that reads it"
+                    );
+                    self.held_peers.insert(
+                        pid.clone(),
+                        Held {
+                            source: HeldSource::Peer {
+                                peer: pid.clone(),
+                                seq,
+                            },
+                            reason: HeldReason::NewerVersion { version },
+                            since: now,
+                        },
+                    );
+                    return false;
+                }
+            }
+            Some((version, bytes)) if version == H::SCHEMA_VERSION => {
+                ken_store::codec::decode::<H::Message>(bytes)
+                    .map_err(|e| (version, bytes.to_vec(), e.to_string()))
+            }
+            Some((version, bytes)) => self
+                .handler
+                .upgrade_message(version, bytes)
+                .map_err(|e| (version, bytes.to_vec(), e)),
+        };
+        match decoded {
             Ok(message) => {
                 let input = Input::Message {
                     from: pid.clone(),
                     seq: Seq(seq),
                     message,
                 };
-                self.run_turn(now, input, "message", pid.to_string(), seq);
+                let p = self.peers.get_mut(pid).expect("known peer");
+                p.delivered = seq;
+                p.dirty = true;
+                match self.run_turn(now, input, "message", pid.to_string(), seq) {
+                    Ok(_) => true,
+                    Err(TurnFailed::Fault) => false,
+                    Err(TurnFailed::Panicked(message)) => {
+                        // Not consumed: neither delivered nor acknowledged.
+                        self.peers.get_mut(pid).expect("known peer").delivered = seq - 1;
+                        self.record_poison(now, "message", pid.as_str(), seq, &message);
+                        self.held_peers.insert(
+                            pid.clone(),
+                            Held {
+                                source: HeldSource::Peer {
+                                    peer: pid.clone(),
+                                    seq,
+                                },
+                                reason: HeldReason::Panicked { message },
+                                since: now,
+                            },
+                        );
+                        false
+                    }
+                }
             }
-            Err(e) => {
-                // Consumed without calling the handler: acknowledged, counted and logged
-                // so that the pair does not stall and an operator can find it.
+            Err((version, bytes, error)) => {
+                // Consumed without calling the handler: acknowledged, and recorded whole in
+                // the dead-letter table (never silently dropped).
+                let p = self.peers.get_mut(pid).expect("known peer");
+                p.delivered = seq;
+                p.dirty = true;
                 self.stats.undecodable_messages += 1;
-                tracing::warn!(peer = %pid, seq, error = %e, "undecodable message consumed");
+                let dropped = self.tuning.drops_held_messages() && version > H::SCHEMA_VERSION;
+                if !dropped {
+                    self.stats.dead_letters += 1;
+                    tracing::warn!(peer = %pid, seq, version, %error, "undecodable message dead-lettered");
+                    let letter = DeadLetter {
+                        peer: pid.to_string(),
+                        seq,
+                        version,
+                        error: error.clone(),
+                        bytes,
+                        at_ms: now.as_millis(),
+                    };
+                    self.runtime_write(
+                        living::DEAD_LETTERS_TABLE,
+                        living::dead_letter_key(pid.as_str(), seq),
+                        ken_store::codec::encode(&letter),
+                    );
+                }
                 self.turns_total += 1;
                 self.filling.turns += 1;
                 self.filling.nonempty = true;
                 self.filling.batch.turn_log.push(TurnLogEntry {
                     turn: self.turns_total,
                     at_ms: now.as_millis(),
-                    input_kind: "undecodable".into(),
+                    input_kind: if dropped { "dropped" } else { "dead_letter" }.into(),
                     input_source: pid.to_string(),
                     input_seq: seq,
                     messages_out: 0,
                     outputs: 0,
                     bytes_written: 0,
-                    note: e.to_string(),
+                    note: error,
                 });
+                true
             }
         }
     }
 
+    /// A row of a runtime table (`ken.*`) written with the filling batch.
+    fn runtime_write(&mut self, table: &str, key: Vec<u8>, value: Vec<u8>) {
+        self.tables
+            .write(self.next_batch, table, key.clone(), Some(value.clone()));
+        self.filling.batch.table_writes.push(TableWrite {
+            table: table.to_string(),
+            key,
+            value: Some(value),
+        });
+        self.filling.nonempty = true;
+    }
+
+    /// Records a poison input durably (with the filling batch) and counts it.
+    fn record_poison(&mut self, now: Time, kind: &str, source: &str, seq: u64, message: &str) {
+        self.stats.turns_panicked += 1;
+        tracing::error!(
+            process = %self.id,
+            kind,
+            source,
+            seq,
+            panic = message,
+            "the handler panicked: turn discarded, input recorded (ken.poison) and held until \
+             a restart (deploy a fixed binary)"
+        );
+        let p = Poison {
+            kind: kind.to_string(),
+            source: source.to_string(),
+            seq,
+            message: message.to_string(),
+            at_ms: now.as_millis(),
+        };
+        self.runtime_write(
+            living::POISON_TABLE,
+            living::poison_key(&p),
+            ken_store::codec::encode(&p),
+        );
+    }
+
     /// Runs one turn into the filling batch. Returns the turn's reply (empty if it gave
-    /// none), or `None` if the turn faulted (the engine has failed then).
+    /// none), or why it failed: a fault (the engine has failed then), or a panic (the turn
+    /// was discarded: none of its effects applied, the state restored; the caller holds the
+    /// input).
     fn run_turn(
         &mut self,
         now: Time,
@@ -1500,7 +1743,7 @@ impl<H: Handler> Engine<H> {
         kind: &str,
         source: String,
         seq: u64,
-    ) -> Option<Vec<u8>> {
+    ) -> Result<Vec<u8>, TurnFailed> {
         self.turns_total += 1;
         let turn_no = self.turns_total;
         let batch_id = self.next_batch;
@@ -1517,15 +1760,35 @@ impl<H: Handler> Engine<H> {
             effects: Effects::default(),
             _types: PhantomData,
         };
-        self.handler.on_turn(&mut self.state, &mut turn, input);
+        let handler = &self.handler;
+        let state = &mut self.state;
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            handler.on_turn(state, &mut turn, input);
+        }));
         let effects = turn.effects;
+        if let Err(payload) = ran {
+            // Discarded: the effects are dropped unapplied, the state is what the last turn
+            // left (re-decoded from its encoding), the turn number is given back.
+            self.turns_total -= 1;
+            match ken_store::codec::decode::<H::State>(&self.state_bytes) {
+                Ok(state) => self.state = state,
+                Err(e) => {
+                    self.fail(EngineError::RootDecode(format!(
+                        "restoring the state after a panic: {e}"
+                    )));
+                    return Err(TurnFailed::Fault);
+                }
+            }
+            return Err(TurnFailed::Panicked(living::panic_message(&*payload)));
+        }
         if let Some(what) = effects.fault {
             self.fail(EngineError::TurnFault {
                 turn: turn_no,
                 what,
             });
-            return None;
+            return Err(TurnFailed::Fault);
         }
+        self.state_bytes = ken_store::codec::encode(&self.state);
         let mut bytes_written = 0usize;
         for (table, rows) in effects.writes {
             for (key, value) in rows {
@@ -1550,6 +1813,7 @@ impl<H: Handler> Engine<H> {
             p.next_seq += 1;
             p.dirty = true;
             bytes_written += payload.len();
+            let payload = ken_store::wrap_payload(H::SCHEMA_VERSION, &payload);
             self.filling.batch.outbox_appends.push(OutboxRow {
                 peer: to.to_string(),
                 seq,
@@ -1567,6 +1831,7 @@ impl<H: Handler> Engine<H> {
         for op in effects.timers {
             match op {
                 TimerOp::Set { name, due } => {
+                    self.held_timers.remove(&name);
                     if let Some(old) = self.timers.insert(name.clone(), due) {
                         self.timer_queue.remove(&(old, name.clone()));
                     }
@@ -1578,6 +1843,7 @@ impl<H: Handler> Engine<H> {
                     });
                 }
                 TimerOp::Cancel { name } => {
+                    self.held_timers.remove(&name);
                     if let Some(old) = self.timers.remove(&name) {
                         self.timer_queue.remove(&(old, name.clone()));
                     }
@@ -1611,7 +1877,7 @@ impl<H: Handler> Engine<H> {
         if self.tuning.releases_before_commit() {
             self.release_before_commit(now);
         }
-        Some(effects.reply.unwrap_or_default())
+        Ok(effects.reply.unwrap_or_default())
     }
 
     /// TEST ONLY (negative control): behave as if the filling batch were durable already.
@@ -1645,7 +1911,7 @@ impl<H: Handler> Engine<H> {
         batch.now_ms = now.as_millis();
         batch.turns = filling.turns as u64;
         if filling.turns > 0 {
-            let root = ken_store::codec::encode(&self.state);
+            let root = self.state_bytes.clone();
             if root.len() > limits::ROOT_BYTES_MAX {
                 self.fail(EngineError::RootTooLarge {
                     bytes: root.len(),

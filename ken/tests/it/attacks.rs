@@ -52,6 +52,7 @@ enum Req {
 }
 
 impl Handler for Node {
+    const APP: &'static str = "node";
     type State = Seen;
     type Message = u64;
     type Request = Req;
@@ -273,7 +274,9 @@ fn forged_data_frame(keyed: bool) -> Vec<(String, u64)> {
         .into_iter()
         .find(|(_, f, _)| f.kind == FrameKind::Data)
         .unwrap();
-    let mut attempts = forgeries(&genuine, |f| f.payload = ken::store::codec::encode(&666u64));
+    let mut attempts = forgeries(&genuine, |f| {
+        f.payload = ken::store::wrap_payload(1, &ken::store::codec::encode(&666u64))
+    });
     attempts.push(altered(&genuine_bytes, genuine_bytes.len() - 4 - 1));
     for bytes in &attempts {
         let _ = b.deliver(t(1), bytes);
@@ -712,7 +715,7 @@ fn a_request_number_beyond_i64_is_dropped_and_counted() {
                 seq: Seq(seq),
                 ack: Seq(ack),
                 acked: Seq(0),
-                payload: ken::store::codec::encode(&5u64),
+                payload: ken::store::wrap_payload(1, &ken::store::codec::encode(&5u64)),
             };
             let bytes = match &b.keys {
                 Some(k) => k.seal(&frame).unwrap(),

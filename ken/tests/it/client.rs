@@ -16,6 +16,7 @@ struct Adder;
 struct Total(u64);
 
 impl Handler for Adder {
+    const APP: &'static str = "adder";
     type State = Total;
     type Message = ();
     type Request = u64;
@@ -163,6 +164,7 @@ fn an_undecodable_reply_is_a_decode_error() {
 fn an_oversized_reply_is_refused_to_the_handler() {
     struct Big;
     impl Handler for Big {
+        const APP: &'static str = "big";
         type State = ();
         type Message = ();
         type Request = ();

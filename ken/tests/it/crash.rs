@@ -13,6 +13,7 @@ struct Once;
 struct Started(bool);
 
 impl Handler for Once {
+    const APP: &'static str = "once";
     type State = Started;
     type Message = ();
     type Request = ();

@@ -26,6 +26,7 @@ struct EchoState {
 }
 
 impl Handler for Echo {
+    const APP: &'static str = "echo";
     type State = EchoState;
     type Message = u64;
     type Request = Vec<u8>;
@@ -114,7 +115,7 @@ fn data(from: &str, from_inc: u64, to: &str, to_inc: u64, seq: u64, ack: u64, v:
         seq: Seq(seq),
         ack: Seq(ack),
         acked: Seq(0),
-        payload: ken::store::codec::encode(&v),
+        payload: ken::store::wrap_payload(1, &ken::store::codec::encode(&v)),
     }
 }
 
@@ -169,7 +170,7 @@ fn start_commits_before_it_sends() {
         vec![OutboxRow {
             peer: "b".into(),
             seq: 1,
-            payload: ken::store::codec::encode(&1u64),
+            payload: ken::store::wrap_payload(1, &ken::store::codec::encode(&1u64)),
             created_ms: t(0).as_millis(),
         }]
     );
@@ -486,7 +487,7 @@ fn recovery_retransmits_the_outbox_and_keeps_counters() {
     rec.outbox = vec![OutboxRow {
         peer: "b".into(),
         seq: 2,
-        payload: ken::store::codec::encode(&2u64),
+        payload: ken::store::wrap_payload(1, &ken::store::codec::encode(&2u64)),
         created_ms: 1,
     }];
     rec.timers = vec![TimerRow {
@@ -597,8 +598,18 @@ fn undecodable_messages_are_consumed_logged_and_acknowledged() {
     b.handle_frame(t(2), data("a", INC_A, "b", 0, 2, 0, 22));
     b.handle_frame(t(2), junk);
     let (id, batch) = only_commit(b.take_commands());
-    assert_eq!(batch.turn_log[0].input_kind, "undecodable");
+    assert_eq!(batch.turn_log[0].input_kind, "dead_letter");
     assert_eq!(batch.turn_log[0].input_seq, 1);
+    // Kept whole in the dead-letter table, with its error (never silently dropped).
+    let letter = batch
+        .table_writes
+        .iter()
+        .find(|w| w.table == ken::living::DEAD_LETTERS_TABLE)
+        .expect("a dead letter");
+    let letter: ken::living::DeadLetter =
+        ken::store::codec::decode(letter.value.as_ref().unwrap()).unwrap();
+    assert_eq!((letter.peer.as_str(), letter.seq), ("a", 1));
+    assert_eq!(letter.version, 0, "shorter than its envelope");
     assert_eq!(batch.turn_log[1].input_kind, "message");
     b.commit_done(t(3), id);
     assert_eq!(
@@ -611,6 +622,7 @@ fn undecodable_messages_are_consumed_logged_and_acknowledged() {
         "the pair did not stall"
     );
     assert_eq!(b.stats().undecodable_messages, 1);
+    assert_eq!(b.stats().dead_letters, 1);
 }
 
 /// Compiled only with the test-only feature (on in `cargo test --workspace`, where the test
@@ -655,6 +667,7 @@ fn release_before_commit_switch_breaks_output_commit() {
 fn finished_waits_for_commit_and_acknowledgements() {
     struct Once;
     impl Handler for Once {
+        const APP: &'static str = "once";
         type State = u64;
         type Message = u64;
         type Request = ();
@@ -872,6 +885,7 @@ enum Op {
 }
 
 impl Handler for Tables {
+    const APP: &'static str = "tables";
     type State = Vec<String>;
     type Message = Vec<Op>;
     type Request = ();
@@ -952,7 +966,7 @@ fn scans_merge_committed_rows_uncommitted_writes_and_the_turns_own() {
     let mut b = Engine::recover(config, Tables, rec, Box::new(MapTables(committed))).unwrap();
     b.start(t(0));
     let msg = |seq: u64, ops: Vec<Op>| Frame {
-        payload: ken::store::codec::encode(&ops),
+        payload: ken::store::wrap_payload(1, &ken::store::codec::encode(&ops)),
         ..data("a", INC_A, "b", 0, seq, 0, 0)
     };
     // Turn 1 (its batch commits), turn 2 stays uncommitted behind it, turn 3 scans.

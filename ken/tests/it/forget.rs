@@ -27,6 +27,7 @@ enum Do {
 struct App;
 
 impl Handler for App {
+    const APP: &'static str = "forget-test";
     type State = Vec<u64>;
     type Message = u64;
     type Request = Do;

@@ -24,6 +24,7 @@ struct MemberState {
 }
 
 impl Handler for Member {
+    const APP: &'static str = "member";
     type State = MemberState;
     type Message = bool;
     type Request = ();
@@ -368,6 +369,7 @@ fn a_stale_list_overtaken_by_the_confirm_does_not_fail_a_healthy_group() {
         heard: Vec<GroupId>,
     }
     impl Handler for Creator {
+        const APP: &'static str = "creator";
         type State = St;
         type Message = ();
         type Request = ();

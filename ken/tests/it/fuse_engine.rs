@@ -37,6 +37,7 @@ struct MemberState {
 }
 
 impl Handler for Member {
+    const APP: &'static str = "member";
     type State = MemberState;
     type Message = ();
     type Request = ();
@@ -331,6 +332,7 @@ struct GivesUpState {
 }
 
 impl Handler for GivesUp {
+    const APP: &'static str = "gives-up";
     type State = GivesUpState;
     type Message = u32;
     type Request = ();

@@ -29,6 +29,7 @@ enum Req {
 }
 
 impl Handler for Notes {
+    const APP: &'static str = "notes";
     type State = Book;
     type Message = ();
     type Request = Req;

@@ -9,6 +9,7 @@ mod fuse;
 mod fuse_engine;
 mod fuse_machine;
 mod hostile;
+mod living;
 mod observe;
 mod rollback;
 mod sans_io;

@@ -24,6 +24,7 @@ struct Sender {
 struct Count(u64);
 
 impl Handler for Sender {
+    const APP: &'static str = "sender";
     type State = Count;
     type Message = u64;
     type Request = ();

@@ -21,6 +21,7 @@ const INC_B: u64 = 0xBBBB;
 struct Quiet;
 
 impl Handler for Quiet {
+    const APP: &'static str = "quiet";
     type State = ();
     type Message = u64;
     type Request = ();
@@ -507,6 +508,7 @@ mod run {
     }
 
     impl Handler for Player {
+        const APP: &'static str = "player";
         type State = u64;
         type Message = Msg;
         type Request = ();

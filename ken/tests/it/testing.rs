@@ -15,6 +15,7 @@ const COUNT: u64 = 200;
 struct Counter;
 
 impl Handler for Counter {
+    const APP: &'static str = "counter";
     type State = Vec<u64>;
     type Message = u64;
     type Request = Vec<u8>;

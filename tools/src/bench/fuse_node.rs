@@ -177,6 +177,7 @@ impl FuseNode {
 }
 
 impl Handler for FuseNode {
+    const APP: &'static str = "fuse-node";
     type State = FuseNodeState;
     type Message = ();
     type Request = String;

@@ -9,7 +9,8 @@
 //! sender half of the protocol of `ken::engine`:
 //! - `Data` frames with sequence numbers 1, 2, 3, ... whose payloads are the receiver's
 //!   message type ([`Msg::Data`] with the sequence number, then one [`Msg::Done`] at
-//!   `stop_at`) encoded with [`ken::store::codec::encode`], at most `outstanding`
+//!   `stop_at`) encoded with [`ken::store::codec::encode`] in the version envelope of the
+//!   receiver's schema version ([`ken::store::wrap_payload`]), at most `outstanding`
 //!   unacknowledged at any time;
 //! - cumulative acknowledgements, from `Ack` frames and piggybacked on `Data` frames (the
 //!   receiver sends none, but they would count), free window space;
@@ -308,7 +309,10 @@ impl Simulated {
             } else {
                 Msg::Data(seq)
             };
-            let payload = ken::store::codec::encode(&message);
+            let payload = ken::store::wrap_payload(
+                <super::node::Receiver as ken::Handler>::SCHEMA_VERSION,
+                &ken::store::codec::encode(&message),
+            );
             self.transmit(seq, &payload).await;
             self.in_flight.push_back(InFlight { seq, payload });
             if self.retransmit_at.is_none() {

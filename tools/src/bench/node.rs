@@ -159,6 +159,7 @@ pub struct SenderState {
 }
 
 impl Handler for Sender {
+    const APP: &'static str = "bench-sender";
     type State = SenderState;
     type Message = Msg;
     type Request = ();
@@ -205,6 +206,7 @@ pub struct Receiver {
 }
 
 impl Handler for Receiver {
+    const APP: &'static str = "bench-receiver";
     type State = ReceiverReport;
     type Message = Msg;
     type Request = ();

@@ -1291,6 +1291,7 @@ mod groups {
     }
 
     impl Handler for Grouper {
+        const APP: &'static str = "grouper";
         type State = GrouperState;
         type Message = ();
         type Request = ();
@@ -1782,4 +1783,184 @@ fn audit_names_a_store_put_back_in_time() {
         String::from_utf8_lossy(&twice.stderr).contains("both belong to process `a`"),
         "{twice:?}"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Living code (issue 14): the application identity, dead letters and poison inputs in the
+// views, and the apps' `migrate STORE --dry-run`. Stores written in-process on the engines'
+// test host, with a network the test controls.
+
+mod living {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+    use std::time::Duration;
+
+    use ken::engine::EngineConfig;
+    use ken::store::{codec, AppIdentity, Store, StoreOptions};
+    use ken::testing::{Cluster, Fate};
+    use ken::transport::{Frame, FrameKind};
+    use ken::{Handler, Input, ProcessId, Time, Tuning, Turn};
+
+    use super::{arr, u, view};
+
+    /// `a` sends 1, 2, 13 to `b`; `b` panics on 13.
+    struct Fragile;
+
+    impl Handler for Fragile {
+        const APP: &'static str = "fragile";
+        type State = u64;
+        type Message = u64;
+        type Request = ();
+        type Reply = ();
+        fn on_turn(&self, total: &mut u64, turn: &mut Turn<'_, u64>, input: Input<u64>) {
+            match input {
+                Input::Start if turn.id().as_str() == "a" => {
+                    for n in [1u64, 2, 13] {
+                        turn.send(&ProcessId::new("b").unwrap(), &n).unwrap();
+                    }
+                }
+                Input::Message { message, .. } => {
+                    assert_ne!(message, 13, "thirteen");
+                    *total += message;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs the pair; `a`'s message 2 reaches `b` as junk of a known version. Returns `b`'s
+    /// store.
+    fn fragile_stores(dir: &Path) -> PathBuf {
+        let ids = ["a", "b"].map(|s| ProcessId::new(s).unwrap());
+        let mut c = Cluster::new(PathBuf::from(dir), Time::from_millis(1_700_000_000_000), 0);
+        for id in &ids {
+            let config = EngineConfig {
+                id: id.clone(),
+                peers: ids.iter().filter(|p| *p != id).cloned().collect(),
+                tuning: Tuning::default(),
+                seed: 1,
+            };
+            c.add(config, || Fragile);
+        }
+        c.set_filter(|d| {
+            if d.from == 0 && d.kind == FrameKind::Data {
+                Fate::Hold
+            } else {
+                Fate::Pass
+            }
+        });
+        c.start_all();
+        for _ in 0..200 {
+            c.run_for(Duration::from_millis(10));
+            for mut d in c.take_held(0, 1) {
+                let mut f = Frame::decode(&d.bytes).unwrap();
+                if f.seq.0 == 2 {
+                    f.payload = ken::store::wrap_payload(1, b"\xff\xff\xff");
+                }
+                d.bytes = f.encode().unwrap();
+                c.in_flight_mut().push_back(d);
+            }
+        }
+        assert_eq!(*c.state(1), 1);
+        assert_eq!(c.engine(1).stats().turns_panicked, 1);
+        c.node(1).path().to_path_buf()
+    }
+
+    #[test]
+    fn the_views_show_the_app_its_dead_letters_and_its_poison_inputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let ken = PathBuf::from(env!("CARGO_BIN_EXE_ken"));
+        let store = fragile_stores(dir.path());
+        let s = view(&ken, &store, &[]);
+        assert_eq!(s["app"], "fragile");
+        assert_eq!(u(&s["schema_version"]), 1);
+        assert_eq!(u(&s["dead_letters"]), 1);
+        assert_eq!(u(&s["poison_inputs"]), 1);
+        let letters = view(&ken, &store, &["dead-letters"]);
+        let letters = arr(&letters["dead_letters"]);
+        assert_eq!(letters.len(), 1);
+        assert_eq!(
+            (
+                letters[0]["peer"].as_str(),
+                u(&letters[0]["seq"]),
+                u(&letters[0]["version"])
+            ),
+            (Some("a"), 2, 1)
+        );
+        assert_eq!(u(&letters[0]["message"]["bytes"]), 3);
+        let poison = view(&ken, &store, &["poison"]);
+        let poison = arr(&poison["poison"]);
+        assert_eq!(poison.len(), 1);
+        assert_eq!(
+            (
+                poison[0]["kind"].as_str(),
+                poison[0]["source"].as_str(),
+                u(&poison[0]["seq"])
+            ),
+            (Some("message"), Some("a"), 3)
+        );
+        assert!(
+            poison[0]["message"].as_str().unwrap().contains("thirteen"),
+            "{poison:?}"
+        );
+        let text = super::inspect(&ken, &store, &[]).stdout;
+        assert!(
+            text.contains("app           fragile (schema version 1)"),
+            "{text}"
+        );
+        assert!(text.contains("1 dead letters, 1 poison inputs"), "{text}");
+    }
+
+    fn migrate(store: &Path, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_ken"))
+            .args(["app", "bank", "migrate"])
+            .arg(store)
+            .args(args)
+            .output()
+            .expect("run ken app bank migrate")
+    }
+
+    #[test]
+    fn migrate_dry_run_reports_refuses_other_apps_and_requires_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let bank = dir.path().join("bank.ken");
+        let app = AppIdentity {
+            name: "bank".into(),
+            schema_version: 1,
+        };
+        let (mut s, _) = Store::open_for_app(&bank, "m1", &StoreOptions::default(), &app).unwrap();
+        s.commit(&ken::store::Batch {
+            turns: 1,
+            table_writes: vec![ken::store::TableWrite {
+                table: "t".into(),
+                key: b"k".to_vec(),
+                value: Some(codec::encode(&1u64)),
+            }],
+            ..Default::default()
+        })
+        .unwrap();
+        drop(s);
+        let out = migrate(&bank, &["--dry-run"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            stdout.contains("`bank` store at schema version 1: nothing to migrate"),
+            "{stdout}"
+        );
+
+        let out = migrate(&bank, &[]);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--dry-run"));
+
+        let fragile = fragile_stores(dir.path());
+        let out = migrate(&fragile, &["--dry-run"]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("`fragile`")
+                && stderr.contains("`bank`")
+                && stderr.lines().count() == 1,
+            "{stderr}"
+        );
+    }
 }

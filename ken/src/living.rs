@@ -1,0 +1,121 @@
+//! The runtime's records of inputs it could not run: dead letters and poison inputs, kept
+//! in application tables of the store whose names start with [`RESERVED_TABLE_PREFIX`]
+//! (handlers cannot open them), and the held inputs of a process.
+//!
+//! - A **dead letter** is a peer message of a schema version this process knows that does
+//!   not decode (as the current `Message`, or through [`crate::Handler::upgrade_message`]).
+//!   It is consumed and acknowledged like any message, and recorded whole in
+//!   [`DEAD_LETTERS_TABLE`] with the error: never silently dropped.
+//! - A **poison input** is one whose turn panicked. The turn is discarded (its effects never
+//!   applied, the state restored), the input is recorded in [`POISON_TABLE`] with the panic
+//!   message, and its source is *held* for the rest of the process's life: a peer's
+//!   messages are neither consumed nor acknowledged (the sender retransmits them), a timer
+//!   stays set but does not fire; a client request is answered `Panicked` and not applied.
+//!   A restart (typically with a fixed binary) runs the held input again.
+//! - A message of a **newer schema version** than the process knows holds its pair the same
+//!   way (nothing recorded: it is a deployment still in progress, not an error).
+//!
+//! Records are written with the batch of the turn that found them, so they are exactly as
+//! durable as the turns around them. Keys sort by source then sequence.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ProcessId, Time};
+
+/// Application tables whose name starts with this belong to the runtime.
+pub const RESERVED_TABLE_PREFIX: &str = "ken.";
+
+/// Dead letters: key [`dead_letter_key`], value [`DeadLetter`].
+pub const DEAD_LETTERS_TABLE: &str = "ken.dead_letters";
+
+/// Poison inputs: key [`poison_key`], value [`Poison`].
+pub const POISON_TABLE: &str = "ken.poison";
+
+/// A peer message of a known schema version that did not decode (durable).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub peer: String,
+    pub seq: u64,
+    /// The sender's schema version (0 if the payload was shorter than its envelope).
+    pub version: u32,
+    pub error: String,
+    /// The message bytes (without the envelope).
+    pub bytes: Vec<u8>,
+    pub at_ms: u64,
+}
+
+/// `peer` then 0 then `seq` big-endian: a peer's dead letters in order.
+pub fn dead_letter_key(peer: &str, seq: u64) -> Vec<u8> {
+    let mut key = peer.as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// An input whose turn panicked (durable; one row per panic).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Poison {
+    /// `message`, `request` or `timer`.
+    pub kind: String,
+    /// The peer, the client or the timer's name.
+    pub source: String,
+    /// The message's sequence number or the request's number (0 for a timer).
+    pub seq: u64,
+    /// The panic's message.
+    pub message: String,
+    pub at_ms: u64,
+}
+
+/// `kind` 0 `source` 0 `seq` BE, then the time BE (a panic after a restart is a row of its
+/// own).
+pub fn poison_key(p: &Poison) -> Vec<u8> {
+    let mut key = p.kind.as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(p.source.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&p.seq.to_be_bytes());
+    key.extend_from_slice(&p.at_ms.to_be_bytes());
+    key
+}
+
+/// Why an input is held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeldReason {
+    /// The message's schema version is newer than this process's.
+    NewerVersion { version: u32 },
+    /// Its turn panicked.
+    Panicked { message: String },
+}
+
+/// A source whose inputs are held in this process's life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeldSource {
+    /// A peer pair: message `seq` and everything after it wait.
+    Peer { peer: ProcessId, seq: u64 },
+    /// A timer.
+    Timer { name: String },
+    /// A client request (answered `Panicked` on every retry).
+    Request {
+        client: crate::ClientId,
+        request_no: u64,
+    },
+}
+
+/// One held source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub source: HeldSource,
+    pub reason: HeldReason,
+    pub since: Time,
+}
+
+/// The message of a caught panic's payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-text payload".to_string()
+    }
+}
