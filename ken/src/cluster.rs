@@ -207,9 +207,9 @@ impl FromStr for PeerAddress {
         }
         let valid_name = !host.is_empty()
             && host.len() <= 253
-            && host
-                .split('.')
-                .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+            && host.split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
         if host.parse::<IpAddr>().is_err() && !valid_name {
             return Err(format!(
                 "bad address `{s}`: `{host}` is neither an IP address nor a host name; {example}"
@@ -404,10 +404,7 @@ impl ClusterFile {
             let line = e.span().map_or(1, |s| line_of(text, s.start));
             invalid(line, e.message().trim().to_string())
         })?;
-        let dir = path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let resolve = |p: &str| -> PathBuf {
             let p = Path::new(p);
             if p.is_absolute() {
@@ -497,7 +494,11 @@ impl ClusterFile {
                     encrypt: s.encrypt,
                     stats_interval: s.stats_interval_ms.map(Duration::from_millis),
                     fuse,
-                    tuning: s.tuning.as_ref().map(|t| t.get_ref().clone()).unwrap_or_default(),
+                    tuning: s
+                        .tuning
+                        .as_ref()
+                        .map(|t| t.get_ref().clone())
+                        .unwrap_or_default(),
                 };
                 let mut tuning = Tuning::default();
                 settings.apply(&mut tuning);
@@ -506,7 +507,10 @@ impl ClusterFile {
                         .tuning
                         .as_ref()
                         .map_or(1, |t| line_of(text, t.span().start));
-                    return Err(invalid(line, format!("the settings do not hold together: {e}")));
+                    return Err(invalid(
+                        line,
+                        format!("the settings do not hold together: {e}"),
+                    ));
                 }
                 settings
             }
@@ -623,7 +627,9 @@ impl ClusterFile {
                 message: format!("{e} (an environment variable; the file's [settings.fuse] takes precedence over it when set)"),
             })?;
         s.apply(&mut config.tuning);
-        config.stats_interval = s.stats_interval.or_else(crate::driver::stats_interval_from_env);
+        config.stats_interval = s
+            .stats_interval
+            .or_else(crate::driver::stats_interval_from_env);
         config.read_env = false;
         Ok(())
     }
@@ -690,15 +696,27 @@ rto_max_ms = 2000
         assert_eq!(b.address.host, "kv-b.example");
         assert_eq!(b.address.port, 7002);
         assert_eq!(b.line, 8);
-        assert_eq!(f.processes[0].store.as_deref(), Some(Path::new("/etc/ken/a.db")));
+        assert_eq!(
+            f.processes[0].store.as_deref(),
+            Some(Path::new("/etc/ken/a.db"))
+        );
         assert_eq!(b.store.as_deref(), Some(Path::new("/var/lib/ken/b.db")));
         let c = &f.processes[2];
         assert_eq!(c.address.literal(), Some("[::1]:7003".parse().unwrap()));
         assert_eq!(c.address.to_string(), "[::1]:7003");
-        assert_eq!(f.listen_of(&ProcessId::new("c").unwrap()).unwrap(), "[::]:7003".parse().unwrap());
-        assert_eq!(f.listen_of(&ProcessId::new("a").unwrap()).unwrap(), "127.0.0.1:7001".parse().unwrap());
+        assert_eq!(
+            f.listen_of(&ProcessId::new("c").unwrap()).unwrap(),
+            "[::]:7003".parse().unwrap()
+        );
+        assert_eq!(
+            f.listen_of(&ProcessId::new("a").unwrap()).unwrap(),
+            "127.0.0.1:7001".parse().unwrap()
+        );
         let s = &f.settings;
-        assert_eq!(s.key_file.as_deref(), Some(Path::new("/etc/ken/cluster.key")));
+        assert_eq!(
+            s.key_file.as_deref(),
+            Some(Path::new("/etc/ken/cluster.key"))
+        );
         assert_eq!(s.accept_key_files, vec![PathBuf::from("/etc/ken/old.key")]);
         assert!(s.encrypt);
         assert_eq!(s.stats_interval, Some(Duration::from_millis(500)));
@@ -709,19 +727,39 @@ rto_max_ms = 2000
         assert_eq!(t.fuse_create_timeout, Tuning::default().fuse_create_timeout);
         assert_eq!(t.rto_max, Duration::from_secs(2));
         let peers = f.peers_of(&ProcessId::new("a").unwrap());
-        assert_eq!(peers.keys().map(|p| p.as_str()).collect::<Vec<_>>(), ["b", "c"]);
+        assert_eq!(
+            peers.keys().map(|p| p.as_str()).collect::<Vec<_>>(),
+            ["b", "c"]
+        );
+    }
+
+    #[test]
+    fn the_example_file_is_valid() {
+        let text = include_str!("../../apps/deploy/cluster.example.toml");
+        let f = parse(text).unwrap();
+        assert_eq!(f.processes.len(), 3);
+        assert_eq!(f.processes[2].address.to_string(), "[2001:db8::13]:7001");
+        assert_eq!(f.settings.fuse.t_fail, Some(Duration::from_secs(3)));
     }
 
     #[test]
     fn duplicate_ids_name_both_lines() {
         let e = err("[[process]]\nid = \"a\"\naddress = \"127.0.0.1:1\"\n[[process]]\nid = \"a\"\naddress = \"127.0.0.1:2\"\n");
-        assert!(e.starts_with("/etc/ken/cluster.toml:5: process id `a` is given twice (first on line 2)"), "{e}");
+        assert!(
+            e.starts_with(
+                "/etc/ken/cluster.toml:5: process id `a` is given twice (first on line 2)"
+            ),
+            "{e}"
+        );
     }
 
     #[test]
     fn duplicate_addresses_are_refused() {
         let e = err("[[process]]\nid = \"a\"\naddress = \"Host:1\"\n[[process]]\nid = \"b\"\naddress = \"host:1\"\n");
-        assert!(e.contains(":6: address host:1 of `b` is also the address of `a` (line 3)"), "{e}");
+        assert!(
+            e.contains(":6: address host:1 of `b` is also the address of `a` (line 3)"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -735,25 +773,40 @@ rto_max_ms = 2000
             ("bad host:1", "neither an IP address nor a host name"),
         ] {
             let e = err(&format!("[[process]]\nid = \"a\"\naddress = \"{addr}\"\n"));
-            assert!(e.contains(":3: bad address") && e.contains(says), "{addr}: {e}");
+            assert!(
+                e.contains(":3: bad address") && e.contains(says),
+                "{addr}: {e}"
+            );
         }
     }
 
     #[test]
     fn unknown_keys_and_ids_are_named() {
-        let e = err("[[process]]\nid = \"a\"\naddress = \"h:1\"\n[settings.fuse]\nhearbeat_ms = 5\n");
+        let e =
+            err("[[process]]\nid = \"a\"\naddress = \"h:1\"\n[settings.fuse]\nhearbeat_ms = 5\n");
         assert!(e.contains(":5:") && e.contains("hearbeat_ms"), "{e}");
         let f = parse("[[process]]\nid = \"a\"\naddress = \"h:1\"\n").unwrap();
-        let e = f.process(&ProcessId::new("z").unwrap()).unwrap_err().to_string();
-        assert!(e.contains("no process `z`") && e.contains("(its processes: a)"), "{e}");
-        let e = f.config(&ProcessId::new("a").unwrap(), None).unwrap_err().to_string();
+        let e = f
+            .process(&ProcessId::new("z").unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no process `z`") && e.contains("(its processes: a)"),
+            "{e}"
+        );
+        let e = f
+            .config(&ProcessId::new("a").unwrap(), None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("has no store"), "{e}");
     }
 
     #[test]
     fn settings_that_do_not_hold_together_are_refused() {
         let base = "[[process]]\nid = \"a\"\naddress = \"h:1\"\n";
-        let e = err(&format!("{base}[settings.fuse]\nheartbeat_ms = 600\nt_fail_ms = 1000\n"));
+        let e = err(&format!(
+            "{base}[settings.fuse]\nheartbeat_ms = 600\nt_fail_ms = 1000\n"
+        ));
         assert!(e.contains("two heartbeats per T_fail"), "{e}");
         let e = err(&format!("{base}[settings.fuse]\nt_fail_ms = 0\n"));
         assert!(e.contains(":5: t_fail_ms = 0"), "{e}");
@@ -779,7 +832,10 @@ rto_max_ms = 2000
         assert_eq!(c.store, dir.path().join("a.db"));
         assert_eq!(c.listen, "127.0.0.1:7001".parse().unwrap());
         assert_eq!(c.peers.len(), 1);
-        assert_eq!(c.peers[&ProcessId::new("b").unwrap()], "127.0.0.1:7002".parse().unwrap());
+        assert_eq!(
+            c.peers[&ProcessId::new("b").unwrap()],
+            "127.0.0.1:7002".parse().unwrap()
+        );
         assert_eq!(c.key.as_ref().map(|k| k.id()), Some(key.id()));
         assert_eq!(c.stats_interval, Some(Duration::ZERO));
         assert!(!c.read_env);

@@ -545,18 +545,16 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
     let mut watch = PeerWatch::new(
         config.tuning.rto_max * crate::limits::PEER_QUIET_CEILINGS,
         crate::limits::PEER_QUIET_WARN_INTERVAL,
-        engine
-            .peer_status()
-            .into_iter()
-            .map(|p| {
-                let host = config.peer_hosts.get(&p.id).cloned();
-                let known = config.peers.contains_key(&p.id);
-                (p.id, host, known)
-            }),
+        engine.peer_status().into_iter().map(|p| {
+            let host = config.peer_hosts.get(&p.id).cloned();
+            let known = config.peers.contains_key(&p.id);
+            (p.id, host, known)
+        }),
     );
-    let resolver = config.resolver.clone().unwrap_or_else(|| {
-        Resolver(Arc::new(|a: &PeerAddress| a.resolve()))
-    });
+    let resolver = config
+        .resolver
+        .clone()
+        .unwrap_or_else(|| Resolver(Arc::new(|a: &PeerAddress| a.resolve())));
     let (resolved_tx, mut resolved_rx) =
         mpsc::channel::<(ProcessId, PeerAddress, std::io::Result<SocketAddr>)>(RESOLVE_QUEUE_MAX);
     let mut resolving: std::collections::HashSet<ProcessId> = Default::default();
@@ -622,10 +620,17 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
         if Time::now_wall() >= watch_due {
             let now = Time::now_wall();
             let status = engine.peer_status();
-            let actions = watch.check(now, status.iter().map(|p| (p.id.clone(), p.acked, p.outbox)));
+            let actions = watch.check(
+                now,
+                status.iter().map(|p| (p.id.clone(), p.acked, p.outbox)),
+            );
             for action in actions {
                 match action {
-                    Action::Warn { peer, quiet_for, waiting } => {
+                    Action::Warn {
+                        peer,
+                        quiet_for,
+                        waiting,
+                    } => {
                         let at = match (out.peers.get(&peer), config.peer_hosts.get(&peer)) {
                             (Some(addr), Some(host)) => format!("{addr} (resolved from {host})"),
                             (Some(addr), None) => addr.to_string(),

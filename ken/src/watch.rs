@@ -37,7 +37,10 @@ pub(crate) enum Action {
         waiting: usize,
     },
     /// The peer acknowledged again after a warning.
-    Answers { peer: ProcessId, quiet_for: Duration },
+    Answers {
+        peer: ProcessId,
+        quiet_for: Duration,
+    },
     /// Resolve the peer's host name again.
     Resolve {
         peer: ProcessId,
@@ -207,7 +210,9 @@ mod tests {
         assert!(w.check(at(4_999), status(0)).is_empty());
         let a = w.check(at(5_000), status(0));
         assert_eq!(kinds(&a), ["warn named", "resolve named", "warn ip"]);
-        assert!(matches!(&a[0], Action::Warn { quiet_for, waiting: 3, .. } if *quiet_for == Duration::from_secs(5)));
+        assert!(
+            matches!(&a[0], Action::Warn { quiet_for, waiting: 3, .. } if *quiet_for == Duration::from_secs(5))
+        );
         // Re-resolved every quiet period, warned again only after the warning interval.
         assert!(w.check(at(9_999), status(0)).is_empty());
         assert_eq!(kinds(&w.check(at(10_000), status(0))), ["resolve named"]);
@@ -222,7 +227,9 @@ mod tests {
         // An acknowledgement ends it, said once; then it is quiet again only after 5 s.
         let a = w.check(at(66_000), status(1));
         assert_eq!(kinds(&a), ["answers named", "answers ip"]);
-        assert!(matches!(&a[0], Action::Answers { quiet_for, .. } if *quiet_for == Duration::from_secs(66)));
+        assert!(
+            matches!(&a[0], Action::Answers { quiet_for, .. } if *quiet_for == Duration::from_secs(66))
+        );
         assert!(w.check(at(70_999), status(1)).is_empty());
         assert_eq!(
             kinds(&w.check(at(71_000), status(1))),
@@ -248,9 +255,15 @@ mod tests {
             Duration::from_secs(60),
             [(id("later"), Some("later.example:1".parse().unwrap()), false)],
         );
-        assert_eq!(kinds(&w.check(at(0), [(id("later"), 0, 0)])), ["resolve later"]);
+        assert_eq!(
+            kinds(&w.check(at(0), [(id("later"), 0, 0)])),
+            ["resolve later"]
+        );
         assert!(w.check(at(4_000), [(id("later"), 0, 0)]).is_empty());
-        assert_eq!(kinds(&w.check(at(5_000), [(id("later"), 0, 0)])), ["resolve later"]);
+        assert_eq!(
+            kinds(&w.check(at(5_000), [(id("later"), 0, 0)])),
+            ["resolve later"]
+        );
         w.resolved(&id("later"), true);
         assert!(w.check(at(10_000), [(id("later"), 0, 0)]).is_empty());
     }

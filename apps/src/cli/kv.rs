@@ -204,7 +204,10 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     let server = match client.server.resolve() {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("error: cannot resolve --server {}: {e} (not sent)", client.server);
+            eprintln!(
+                "error: cannot resolve --server {}: {e} (not sent)",
+                client.server
+            );
             return ExitCode::from(exit::NOT_APPLIED);
         }
     };
@@ -252,7 +255,8 @@ fn read_stdin_value() -> Result<String, String> {
             kv::VALUE_BYTES_MAX
         ));
     }
-    String::from_utf8(bytes).map_err(|_| "the value on standard input is not UTF-8 text".to_string())
+    String::from_utf8(bytes)
+        .map_err(|_| "the value on standard input is not UTF-8 text".to_string())
 }
 
 fn call(
@@ -322,7 +326,9 @@ fn print_reply(request: &Request, reply: Reply, as_json: bool) -> ExitCode {
         Reply::List { rows, truncated } => {
             let mut text: Vec<String> = rows.iter().map(|(k, v)| format!("{k}\t{v}")).collect();
             if truncated {
-                eprintln!("(more keys match: list longer prefixes to see them all, up to 1000 rows each)");
+                eprintln!(
+                    "(more keys match: list longer prefixes to see them all, up to 1000 rows each)"
+                );
             }
             if text.is_empty() {
                 text.push("(no keys)".into());

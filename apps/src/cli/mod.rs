@@ -49,7 +49,9 @@ pub struct ProcessArgs {
 /// The settings every process of a cluster shares. Each is taken from its flag, else from
 /// the cluster file's `[settings]`, else from its environment variable, else the default.
 #[derive(Debug, Clone, Default, clap::Args)]
-#[command(next_help_heading = "Cluster settings (flag, else the cluster file, else the environment variable)")]
+#[command(
+    next_help_heading = "Cluster settings (flag, else the cluster file, else the environment variable)"
+)]
 pub struct SettingsArgs {
     /// The cluster key (make one with `ken keygen FILE`): every peer frame is authenticated
     /// with it and clients need a credential (`ken client-credential`). Without one the
@@ -159,7 +161,10 @@ impl ProcessArgs {
 pub fn check_peers(config: &ken::Config, peers: &[PeerArg]) -> Result<(), String> {
     let mut addresses: Vec<(String, String)> = Vec::new();
     if !config.listen.ip().is_unspecified() {
-        addresses.push((config.listen.to_string(), format!("this process (--listen {})", config.listen)));
+        addresses.push((
+            config.listen.to_string(),
+            format!("this process (--listen {})", config.listen),
+        ));
     }
     for (id, addr) in &config.peers {
         addresses.push((addr.to_string(), format!("peer {id}")));
@@ -182,7 +187,10 @@ pub fn check_peers(config: &ken::Config, peers: &[PeerArg]) -> Result<(), String
             ));
         }
         if !seen.insert(p.id.clone()) {
-            return Err(format!("--peer {} is given twice; give each peer once", p.id));
+            return Err(format!(
+                "--peer {} is given twice; give each peer once",
+                p.id
+            ));
         }
         let key = match p.address.literal() {
             Some(a) => a.to_string(),
@@ -211,7 +219,9 @@ impl FromStr for PeerArg {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (id, addr) = s.split_once('=').ok_or_else(|| {
-            format!("expected ID=ADDR (for example b=127.0.0.1:7001 or b=kv-b.example:7001), got `{s}`")
+            format!(
+                "expected ID=ADDR (for example b=127.0.0.1:7001 or b=kv-b.example:7001), got `{s}`"
+            )
         })?;
         let id = ProcessId::new(id).map_err(|e| format!("bad peer id `{id}`: {e}"))?;
         let address = addr.parse().map_err(|e| format!("peer {id}: {e}"))?;
@@ -224,12 +234,15 @@ pub fn parse_id(s: &str) -> Result<ProcessId, String> {
     ProcessId::new(s).map_err(|e| format!("bad process id `{s}`: {e}"))
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `warn`).
+/// Logs to stderr, filtered by `RUST_LOG` (default `warn`), with colours only when stderr
+/// is a terminal.
 pub fn init_tracing() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
