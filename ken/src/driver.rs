@@ -124,9 +124,12 @@ pub struct Config {
     pub resolver: Option<Resolver>,
 }
 
+/// The function inside a [`Resolver`].
+pub type ResolveFn = dyn Fn(&PeerAddress) -> std::io::Result<SocketAddr> + Send + Sync;
+
 /// A host-name resolver for [`Config::resolver`]: called off the engine loop, may block.
 #[derive(Clone)]
-pub struct Resolver(pub Arc<dyn Fn(&PeerAddress) -> std::io::Result<SocketAddr> + Send + Sync>);
+pub struct Resolver(pub Arc<ResolveFn>);
 
 impl std::fmt::Debug for Resolver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
