@@ -26,7 +26,8 @@
 //!
 //! Observability for harnesses (`ken torture`), off unless set in the environment:
 //! `KEN_ANNOUNCE=1` sets [`Config::announce`] (through [`Config::with_env_switches`]), and
-//! `KEN_STATS_INTERVAL_MS=N` prints one line
+//! [`Config::stats_interval`] (the app binaries: `--stats-interval-ms`, the cluster file, else
+//! `KEN_STATS_INTERVAL_MS=N`) prints one line
 //! `{"event":"stats","turns":..,"messages_sent":..,"retransmits":..,"duplicates_dropped":..,
 //! "frames_in":..,"frames_sent":..,"junk_dropped":..,"heartbeats_sent":..,
 //! "liveness_bytes_sent":..,"fuse_bytes_sent":..,"fuse_notifications":..,"faults_dropped":..,
