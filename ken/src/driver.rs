@@ -26,7 +26,8 @@
 //!
 //! Observability for harnesses (`ken torture`), off unless set in the environment:
 //! `KEN_ANNOUNCE=1` sets [`Config::announce`] (through [`Config::with_env_switches`]), and
-//! `KEN_STATS_INTERVAL_MS=N` prints one line
+//! [`Config::stats_interval`] (the app binaries: `--stats-interval-ms`, the cluster file, else
+//! `KEN_STATS_INTERVAL_MS=N`) prints one line
 //! `{"event":"stats","turns":..,"messages_sent":..,"retransmits":..,"duplicates_dropped":..,
 //! "frames_in":..,"frames_sent":..,"junk_dropped":..,"heartbeats_sent":..,
 //! "liveness_bytes_sent":..,"fuse_bytes_sent":..,"fuse_notifications":..,"faults_dropped":..,
@@ -50,12 +51,20 @@ use ken_transport::{
 };
 use tokio::sync::mpsc;
 
+use crate::cluster::PeerAddress;
 use crate::crash::CrashPoints;
 use crate::engine::{BatchId, Command, Engine, EngineConfig, EngineError, Security};
+use crate::watch::{Action, PeerWatch};
 use crate::{Handler, Time, Tuning};
 
 /// Frames buffered between the receive task and the engine loop.
 const FRAME_QUEUE_MAX: usize = 4096;
+
+/// Name resolutions finished and not yet taken by the engine loop.
+const RESOLVE_QUEUE_MAX: usize = 64;
+
+/// How often the loop looks for quiet peers (`watch.rs`).
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Frames the engine loop handles before it looks at other events again.
 const FRAMES_PER_WAKEUP_MAX: usize = 256;
@@ -99,6 +108,42 @@ pub struct Config {
     /// Encrypt the payload of every peer frame (needs `key`). Frames are accepted encrypted
     /// or not either way, so a cluster can switch this on one process at a time.
     pub encrypt: bool,
+    /// Peers given by host name ([`Config::add_peer`]): resolved again when the peer has
+    /// acknowledged nothing for a while (`watch.rs`), and, for those not in `peers` because
+    /// their name did not resolve at start, until it does. Every key here is a peer.
+    pub peer_hosts: BTreeMap<ProcessId, PeerAddress>,
+    /// Print a stats line this often (module docs); `Some(ZERO)`: never. `None`: read
+    /// `KEN_STATS_INTERVAL_MS` if `read_env`.
+    pub stats_interval: Option<Duration>,
+    /// Read the environment fallbacks in [`run`]: `KEN_FUSE_*` into the tuning (overriding
+    /// it) and `KEN_STATS_INTERVAL_MS`. True by default; false when the caller resolved them
+    /// already (a cluster file or flags, which take precedence over the variables).
+    pub read_env: bool,
+    /// Print one human-readable line to stderr once the process is up (the app binaries
+    /// do): id, listening address, fresh or recovered store, turns and outbox recovered,
+    /// recovery time.
+    pub ready_line: bool,
+    /// How host names are resolved (tests inject one); `None`: the system resolver.
+    pub resolver: Option<Resolver>,
+}
+
+/// The function inside a [`Resolver`].
+pub type ResolveFn = dyn Fn(&PeerAddress) -> std::io::Result<SocketAddr> + Send + Sync;
+
+/// A host-name resolver for [`Config::resolver`]: called off the engine loop, may block.
+#[derive(Clone)]
+pub struct Resolver(pub Arc<ResolveFn>);
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Resolver(..)")
+    }
+}
+
+impl Resolver {
+    fn resolve(&self, address: &PeerAddress) -> std::io::Result<SocketAddr> {
+        (self.0)(address)
+    }
 }
 
 impl Config {
@@ -119,7 +164,40 @@ impl Config {
             key: None,
             accepted_keys: Vec::new(),
             encrypt: false,
+            peer_hosts: BTreeMap::new(),
+            stats_interval: None,
+            read_env: true,
+            ready_line: false,
+            resolver: None,
         }
+    }
+
+    /// Adds peer `id` at `address`: an IP address goes straight into [`Config::peers`]; a
+    /// host name is resolved now (blocking; with [`Config::resolver`] if set) and kept in
+    /// [`Config::peer_hosts`] to be resolved again later. A name that does not resolve now
+    /// is not an error: [`run`] keeps trying (a peer's name may appear only once it runs,
+    /// as in a Kubernetes headless service) and warns while messages wait for it.
+    pub fn add_peer(&mut self, id: ProcessId, address: PeerAddress) {
+        if let Some(addr) = address.literal() {
+            self.peers.insert(id.clone(), addr);
+            self.peer_hosts.remove(&id);
+            return;
+        }
+        let resolved = match &self.resolver {
+            Some(r) => r.resolve(&address),
+            None => address.resolve(),
+        };
+        match resolved {
+            Ok(addr) => {
+                self.peers.insert(id.clone(), addr);
+            }
+            Err(e) => {
+                tracing::warn!(peer = %id, address = %address, error = %e,
+                    "peer's host name does not resolve yet; will keep trying");
+                self.peers.remove(&id);
+            }
+        }
+        self.peer_hosts.insert(id, address);
     }
 
     /// Uses the cluster key in `path` (see [`Config::key`]).
@@ -366,7 +444,10 @@ fn spawn_store_thread(store: Store, crash: Arc<CrashPoints>) -> StoreThread {
 }
 
 async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, RunError> {
-    config.tuning.apply_env()?;
+    let started = std::time::Instant::now();
+    if config.read_env {
+        config.tuning.apply_env()?;
+    }
     config.tuning.check()?;
     let crash = Arc::new(CrashPoints::from_env()?);
     let (mut store, mut recovered) = Store::open_for_app(
@@ -440,9 +521,17 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
         );
     }
 
+    let fresh = recovered.created;
+    let recovered_turns = recovered.turns_committed;
+    let recovered_outbox = recovered.outbox.len();
+    let incarnation = recovered.incarnation;
+    let mut all_peers: Vec<ProcessId> = config.peers.keys().cloned().collect();
+    all_peers.extend(config.peer_hosts.keys().cloned());
+    all_peers.sort();
+    all_peers.dedup();
     let engine_config = EngineConfig {
         id: config.id.clone(),
-        peers: config.peers.keys().cloned().collect(),
+        peers: all_peers,
         tuning: config.tuning.clone(),
         seed: rand::random(),
     };
@@ -452,7 +541,37 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
     let mut engine = Engine::recover(engine_config, handler, recovered, Box::new(reader))?
         .with_security(security);
     crash.pass("recovery");
+    if config.ready_line {
+        eprintln!(
+            "ready: {} listening on {} ({}), store {} {} (incarnation {:016x}, {} turns, {} messages in the outbox) in {} ms",
+            config.id,
+            endpoint.local_addr(),
+            if config.key.is_some() { "frames authenticated" } else { "NO cluster key" },
+            config.store.display(),
+            if fresh { "created fresh" } else { "recovered" },
+            incarnation,
+            recovered_turns,
+            recovered_outbox,
+            started.elapsed().as_millis()
+        );
+    }
     let mut store = spawn_store_thread(store, Arc::clone(&crash));
+    let mut watch = PeerWatch::new(
+        config.tuning.rto_max * crate::limits::PEER_QUIET_CEILINGS,
+        crate::limits::PEER_QUIET_WARN_INTERVAL,
+        engine.peer_status().into_iter().map(|p| {
+            let host = config.peer_hosts.get(&p.id).cloned();
+            let known = config.peers.contains_key(&p.id);
+            (p.id, host, known)
+        }),
+    );
+    let resolver = config
+        .resolver
+        .clone()
+        .unwrap_or_else(|| Resolver(Arc::new(|a: &PeerAddress| a.resolve())));
+    let (resolved_tx, mut resolved_rx) =
+        mpsc::channel::<(ProcessId, PeerAddress, std::io::Result<SocketAddr>)>(RESOLVE_QUEUE_MAX);
+    let mut resolving: std::collections::HashSet<ProcessId> = Default::default();
 
     let (frame_tx, mut frame_rx) = mpsc::channel(FRAME_QUEUE_MAX);
     let recv_endpoint = Arc::clone(&endpoint);
@@ -475,7 +594,8 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
 
     let mut out = Out {
         endpoint: &endpoint,
-        peers: &config.peers,
+        peers: config.peers.clone(),
+        peer_hosts: &config.peer_hosts,
         durable: 0,
         committing: false,
         allow_early_release: config.tuning.releases_before_commit(),
@@ -489,8 +609,13 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
     };
     // Set when a batch was released: its outputs go out at the top of the next iteration.
     let mut released = false;
-    let stats_interval = stats_interval_from_env();
+    let stats_interval = match config.stats_interval {
+        Some(i) => Some(i).filter(|i| !i.is_zero()),
+        None if config.read_env => stats_interval_from_env(),
+        None => None,
+    };
     let mut stats_due = stats_interval.map(|i| Time::now_wall().plus(i));
+    let mut watch_due = Time::now_wall();
     let now = Time::now_wall();
     engine.start(now);
     out.observe(&engine, now);
@@ -505,6 +630,49 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
                 }
                 stats_due = Some(next);
             }
+        }
+        if Time::now_wall() >= watch_due {
+            let now = Time::now_wall();
+            let status = engine.peer_status();
+            let actions = watch.check(
+                now,
+                status.iter().map(|p| (p.id.clone(), p.acked, p.outbox)),
+            );
+            for action in actions {
+                match action {
+                    Action::Warn {
+                        peer,
+                        quiet_for,
+                        waiting,
+                    } => {
+                        let at = match (out.peers.get(&peer), config.peer_hosts.get(&peer)) {
+                            (Some(addr), Some(host)) => format!("{addr} (resolved from {host})"),
+                            (Some(addr), None) => addr.to_string(),
+                            (None, Some(host)) => format!("{host}, which does not resolve"),
+                            (None, None) => "no known address".to_string(),
+                        };
+                        tracing::warn!(
+                            "peer {peer} at {at} has acknowledged nothing for {} s ({waiting} messages waiting): is it running, is that its address (the same address family as it listens on), and has it the same cluster key? (warned again every {} s while it lasts)",
+                            quiet_for.as_secs(),
+                            crate::limits::PEER_QUIET_WARN_INTERVAL.as_secs()
+                        );
+                    }
+                    Action::Answers { peer, quiet_for } => tracing::warn!(
+                        "peer {peer} acknowledges again after {} s of silence",
+                        quiet_for.as_secs()
+                    ),
+                    Action::Resolve { peer, address } => {
+                        if resolving.insert(peer.clone()) {
+                            let (tx, r) = (resolved_tx.clone(), resolver.clone());
+                            tokio::task::spawn_blocking(move || {
+                                let result = r.resolve(&address);
+                                let _ = tx.try_send((peer, address, result));
+                            });
+                        }
+                    }
+                }
+            }
+            watch_due = now.plus(WATCH_INTERVAL);
         }
         match out.execute(&mut engine, &store, frame_rx.is_empty()).await {
             Err(e) => break Err(e),
@@ -533,6 +701,7 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
         if let Some(due) = stats_due {
             wake = Some(wake.map_or(due, |w| w.min(due)));
         }
+        wake = Some(wake.map_or(watch_due, |w| w.min(watch_due)));
         let sleep_for = wake.map(|w| w.since(now));
         if sleep_for == Some(Duration::ZERO) {
             engine.tick(now);
@@ -550,6 +719,22 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
                 }
                 out.committed(&mut engine, id);
                 released = true;
+            }
+            Some((peer, address, result)) = resolved_rx.recv() => {
+                resolving.remove(&peer);
+                watch.resolved(&peer, result.is_ok());
+                match result {
+                    Ok(addr) => {
+                        let old = out.peers.insert(peer.clone(), addr);
+                        if old != Some(addr) {
+                            tracing::warn!(
+                                "peer {peer}: {address} now resolves to {addr} (was {}); sending there",
+                                old.map_or("unresolved".to_string(), |a| a.to_string())
+                            );
+                        }
+                    }
+                    Err(e) => tracing::warn!("peer {peer}: cannot resolve {address}: {e}"),
+                }
             }
             frame = frame_rx.recv(), if accepting => {
                 let Some((frame, from)) = frame else { break Err(RunError::StoreThread) };
@@ -585,7 +770,7 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
 }
 
 /// `KEN_STATS_INTERVAL_MS` (module docs); unset, unparsable or 0 = no stats lines.
-fn stats_interval_from_env() -> Option<Duration> {
+pub(crate) fn stats_interval_from_env() -> Option<Duration> {
     std::env::var("KEN_STATS_INTERVAL_MS")
         .ok()
         .and_then(|v| v.trim().parse::<u64>().ok())
@@ -624,7 +809,10 @@ fn print_stats(engine: &crate::engine::EngineStats, held: usize, endpoint: &Endp
 /// Executes engine commands against the world, checking output commit on the way.
 struct Out<'a> {
     endpoint: &'a Endpoint,
-    peers: &'a BTreeMap<ProcessId, SocketAddr>,
+    /// Where each peer is sent to now (host names resolved again update it).
+    peers: BTreeMap<ProcessId, SocketAddr>,
+    /// Peers given by name (for the message when one has no address).
+    peer_hosts: &'a BTreeMap<ProcessId, PeerAddress>,
     /// Newest batch the store thread reported durable.
     durable: BatchId,
     committing: bool,
@@ -730,7 +918,13 @@ impl Out<'_> {
                         _ => &self.anonymous_addrs,
                     };
                     let Some(addr) = self.peers.get(&to).or_else(|| clients.get(&to)) else {
-                        tracing::warn!(peer = %to, "no address for peer; frame dropped");
+                        // A peer whose name does not resolve yet: the watch says so, rate
+                        // limited; the engine retransmits once it has an address.
+                        if self.peer_hosts.contains_key(&to) {
+                            tracing::debug!(peer = %to, "peer's name not resolved; frame dropped");
+                        } else {
+                            tracing::warn!(peer = %to, "no address for peer; frame dropped");
+                        }
                         continue;
                     };
                     if let Err(e) = self.endpoint.send(*addr, &frame).await {

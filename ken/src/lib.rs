@@ -18,6 +18,9 @@
 //! - [`ClusterKey`] and [`ClientCredential`]: the cluster's shared secret (set in
 //!   [`Config::key`]; every peer frame is then authenticated) and what a [`Client`] shows to
 //!   prove which client it is. SECURITY.md has the threat model.
+//! - [`ClusterFile`]: a cluster described once in TOML (processes with host names or IP
+//!   addresses, shared settings, store paths); [`Config::from_cluster_file`] makes a
+//!   process's config from it. The [`cluster`] module documents the format.
 //! - [`limits`]: every limit and default, with its value.
 //!
 //! Below that, for hosts, simulations and tools rather than applications: [`engine`], the
@@ -54,6 +57,7 @@
 //! ```
 
 pub mod client;
+pub mod cluster;
 pub mod crash;
 mod driver;
 pub mod engine;
@@ -70,9 +74,11 @@ pub mod testing;
 mod time;
 mod tuning;
 pub mod upgrade;
+mod watch;
 
 pub use client::{BlockingClient, Client, ClientError, ClientId, ClientOptions};
-pub use driver::{run, Config, Exit, RunError};
+pub use cluster::{ClusterError, ClusterFile, PeerAddress};
+pub use driver::{run, Config, Exit, Resolver, RunError};
 pub use engine::fuse::{FuseError, GroupId, GroupState};
 pub use handler::{Handler, Input, SendError, Table, Turn};
 pub use ken_store as store;

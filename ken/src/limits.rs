@@ -122,6 +122,14 @@ const _: () = assert!(
 );
 const _: () = assert!(AMPLIFICATION_MAX >= 2);
 
+/// A peer is *quiet* when messages wait for it and it has acknowledged none for this many
+/// retransmission ceilings (`Tuning::rto_max`): the driver then warns (naming the peer, its
+/// address and how long) and resolves its host name again.
+pub const PEER_QUIET_CEILINGS: u32 = 5;
+
+/// While a peer stays quiet, the warning about it is repeated at most this often.
+pub const PEER_QUIET_WARN_INTERVAL: Duration = Duration::from_secs(60);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,14 +6,12 @@
 //! (the views of `ken inspect`).
 
 use std::ffi::OsString;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::bank::Bank;
 use crate::cli::{self, PeerArg};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use ken::ProcessId;
 
 /// Run one bank member; it transfers money to the other members until killed.
@@ -27,8 +25,10 @@ use ken::ProcessId;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// (Parsed by hand in [`main`]: clap's derive cannot tell whether an optional group
+    /// holding a flattened group was given.)
     #[command(flatten)]
-    run: Option<RunArgs>,
+    run: RunArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -41,16 +41,10 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// This process's id.
-    #[arg(long, value_parser = cli::parse_id)]
-    id: ProcessId,
-    /// UDP address to listen on.
-    #[arg(long)]
-    listen: SocketAddr,
-    /// Checkpoint store file (created if missing).
-    #[arg(long)]
-    store: PathBuf,
-    /// Another member, as ID=ADDR (repeat for each).
+    #[command(flatten)]
+    process: cli::ProcessArgs,
+    /// Another member, as ID=ADDR (repeat for each; with --cluster, in addition to the
+    /// file's other processes).
     #[arg(long = "peer")]
     peers: Vec<PeerArg>,
     /// Accounts held by each member.
@@ -73,16 +67,11 @@ struct RunArgs {
 /// Runs `ken-bank` with command line `args` (the first is the program name); usage errors
 /// exit the process with clap's status 2.
 pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
-    let args = match Cli::parse_from(args) {
-        Cli {
-            command: Some(Command::Inspect(args)),
-            ..
-        } => return ken_inspect::main(&args, &crate::inspect::bank()),
-        Cli {
-            command: Some(Command::Migrate(args)),
-            ..
-        } => {
-            return cli::migrate(&args, |id| Bank {
+    let matches = Cli::command().get_matches_from(args);
+    if matches.subcommand().is_some() {
+        return match Command::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()) {
+            Command::Inspect(args) => ken_inspect::main(&args, &crate::inspect::bank()),
+            Command::Migrate(args) => cli::migrate(&args, |id| Bank {
                 members: vec![id.clone()],
                 id,
                 accounts: 16,
@@ -90,24 +79,22 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
                 transfer_interval: Duration::from_millis(5),
                 transfers_max: 0,
                 outbox_limit: 1000,
-            })
-        }
-        Cli { run: Some(run), .. } => run,
-        Cli { run: None, .. } => {
-            eprintln!("ken-bank: nothing to do; see ken-bank --help");
-            return ExitCode::from(2);
-        }
-    };
-    cli::init_tracing();
-    let mut config = ken::Config::new(args.id.clone(), args.listen, args.store);
-    let mut members = vec![args.id.clone()];
-    for p in &args.peers {
-        config.peers.insert(p.id.clone(), p.addr);
-        members.push(p.id.clone());
+            }),
+        };
     }
+    let args = RunArgs::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    cli::init_tracing();
+    let config = match args.process.config(&args.peers) {
+        Ok(c) => c,
+        Err(e) => return cli::usage("ken-bank", e),
+    };
+    let mut members: Vec<ProcessId> = config.peers.keys().cloned().collect();
+    members.extend(config.peer_hosts.keys().cloned());
+    members.push(config.id.clone());
     members.sort();
+    members.dedup();
     let handler = Bank {
-        id: args.id,
+        id: config.id.clone(),
         members,
         accounts: args.accounts,
         initial_balance: args.initial_balance,

@@ -11,11 +11,12 @@
 //! Both roles print one JSON line per event on stdout (the list is in `ken_apps::lock`);
 //! a holder with `--rounds R` prints a final `{"event":"done",...}` line and exits 0 after
 //! R rounds. `--hold-ms 0` holds each grant until its group fails (for tests). Run the same
-//! command again to restart a process from its store. FUSE timing comes from the
-//! environment (`KEN_FUSE_HEARTBEAT_MS`, `KEN_FUSE_T_FAIL_MS`, `KEN_FUSE_CREATE_TIMEOUT_MS`)
-//! and must be the same in every process. Usage errors are one line on stderr and exit 2.
+//! command again to restart a process from its store. FUSE timing (`--fuse-heartbeat-ms`,
+//! `--fuse-t-fail-ms`, `--fuse-create-timeout-ms`, or the cluster file's `[settings.fuse]`,
+//! or the environment: `KEN_FUSE_HEARTBEAT_MS`, `KEN_FUSE_T_FAIL_MS`,
+//! `KEN_FUSE_CREATE_TIMEOUT_MS`) must be the same in every process. Usage errors are one
+//! line on stderr and exit 2.
 
-use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -73,7 +74,8 @@ enum Command {
 struct Common {
     #[command(flatten)]
     process: cli::ProcessArgs,
-    /// Another process, as ID=ADDR (repeat for each).
+    /// Another process, as ID=ADDR (repeat for each; with --cluster, in addition to the
+    /// file's other processes).
     #[arg(long)]
     peer: Vec<PeerArg>,
 }
@@ -84,32 +86,12 @@ fn parse_lock(s: &str) -> Result<String, String> {
 
 /// Usage error: one line, exit 2.
 fn usage(what: String) -> ExitCode {
-    eprintln!("ken-lock: {what}");
-    ExitCode::from(2)
+    cli::usage("ken-lock", what)
 }
 
 /// The config, or a one-line reason the peers are unusable.
 fn config(common: Common) -> Result<ken::Config, String> {
-    let mut seen = BTreeSet::new();
-    for p in &common.peer {
-        if p.id == common.process.id {
-            return Err(format!(
-                "--peer {}={} names this process itself; list only the other processes",
-                p.id, p.addr
-            ));
-        }
-        if !seen.insert(p.id.clone()) {
-            return Err(format!(
-                "--peer {} is given twice; give each peer once",
-                p.id
-            ));
-        }
-    }
-    let mut config = common.process.config();
-    config
-        .peers
-        .extend(common.peer.into_iter().map(|p| (p.id, p.addr)));
-    Ok(config)
+    common.process.config(&common.peer)
 }
 
 /// Runs `ken-lock` with command line `args` (the first is the program name); usage errors
@@ -147,9 +129,9 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return usage(e),
             };
-            if !config.peers.contains_key(&server) {
+            if !config.peers.contains_key(&server) && !config.peer_hosts.contains_key(&server) {
                 return usage(format!(
-                    "--server {server} is not among the --peer entries; add --peer {server}=ADDR"
+                    "--server {server} is not among the --peer entries (or the cluster file's processes); add --peer {server}=ADDR"
                 ));
             }
             let holder = HolderConfig {

@@ -6,13 +6,11 @@
 //! types (the views of `ken inspect`).
 
 use std::ffi::OsString;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::cli::{self, PeerArg};
 use crate::pingpong::PingPong;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use ken::ProcessId;
 
 /// Volley a counter with a peer up to --count; print a JSON report and exit 0 when done.
@@ -26,8 +24,10 @@ use ken::ProcessId;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// (Parsed by hand in [`main`]: clap's derive cannot tell whether an optional group
+    /// holding a flattened group was given.)
     #[command(flatten)]
-    run: Option<RunArgs>,
+    run: RunArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -40,18 +40,11 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// This process's id.
-    #[arg(long, value_parser = cli::parse_id)]
-    id: ProcessId,
-    /// UDP address to listen on.
+    #[command(flatten)]
+    process: cli::ProcessArgs,
+    /// The other player, as ID=ADDR (with --cluster: the file's other process).
     #[arg(long)]
-    listen: SocketAddr,
-    /// Checkpoint store file (created if missing).
-    #[arg(long)]
-    store: PathBuf,
-    /// The other player, as ID=ADDR.
-    #[arg(long)]
-    peer: PeerArg,
+    peer: Option<PeerArg>,
     /// The last value of the volley.
     #[arg(long)]
     count: u64,
@@ -63,34 +56,49 @@ struct RunArgs {
 /// Runs `ken-pingpong` with command line `args` (the first is the program name); usage
 /// errors exit the process with clap's status 2.
 pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
-    let args = match Cli::parse_from(args) {
-        Cli {
-            command: Some(Command::Inspect(args)),
-            ..
-        } => return ken_inspect::main(&args, &crate::inspect::pingpong()),
-        Cli {
-            command: Some(Command::Migrate(args)),
-            ..
-        } => {
-            return cli::migrate(&args, |id| crate::pingpong::PingPong {
-                peer: id.clone(),
-                id,
-                count: 0,
-                serve: false,
-            })
+    let matches = Cli::command().get_matches_from(args);
+    if matches.subcommand().is_some() {
+        match Command::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()) {
+            Command::Inspect(args) => return ken_inspect::main(&args, &crate::inspect::pingpong()),
+            Command::Migrate(args) => {
+                return cli::migrate(&args, |id| PingPong {
+                    peer: id.clone(),
+                    id,
+                    count: 0,
+                    serve: false,
+                })
+            }
         }
-        Cli { run: Some(run), .. } => run,
-        Cli { run: None, .. } => {
-            eprintln!("ken-pingpong: nothing to do; see ken-pingpong --help");
-            return ExitCode::from(2);
+    }
+    let args = RunArgs::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    cli::init_tracing();
+    let config = match args.process.config(args.peer.as_slice()) {
+        Ok(c) => c,
+        Err(e) => return cli::usage("ken-pingpong", e),
+    };
+    let mut peers: Vec<ProcessId> = config.peers.keys().cloned().collect();
+    peers.extend(config.peer_hosts.keys().cloned());
+    peers.sort();
+    peers.dedup();
+    let peer = match <[ProcessId; 1]>::try_from(peers) {
+        Ok([peer]) => peer,
+        Err(peers) if peers.is_empty() => {
+            return cli::usage("ken-pingpong", "no other player: give --peer ID=ADDR");
+        }
+        Err(peers) => {
+            return cli::usage(
+                "ken-pingpong",
+                format!(
+                    "pingpong plays with exactly one peer, and this has {} ({}); use a cluster file of two processes",
+                    peers.len(),
+                    peers.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            );
         }
     };
-    cli::init_tracing();
-    let mut config = ken::Config::new(args.id.clone(), args.listen, args.store);
-    config.peers.insert(args.peer.id.clone(), args.peer.addr);
     let handler = PingPong {
-        id: args.id,
-        peer: args.peer.id,
+        id: config.id.clone(),
+        peer,
         count: args.count,
         serve: args.serve,
     };

@@ -25,6 +25,7 @@
 //! -p ken-tools --test real <test name>` ([`seed`]).
 
 mod bind;
+mod keys;
 mod kv_harness;
 mod kv_kill;
 mod lock;
