@@ -62,11 +62,13 @@ pub enum Request {
         expected: Option<String>,
         new: Option<String>,
     },
-    /// Keys starting with `prefix`, in byte order, at most `limit` (capped at
-    /// [`LIST_ROWS_MAX`]).
+    /// Keys starting with `prefix` (and greater than `start_after`, if given), in byte
+    /// order, at most `limit` (capped at [`LIST_ROWS_MAX`]). Page with the last key of one
+    /// reply as `start_after` of the next.
     List {
         prefix: String,
         limit: u32,
+        start_after: Option<String>,
     },
     /// Adds `by` to the integer at `key` (absent = 0) and answers the new value.
     Incr {
@@ -198,10 +200,14 @@ fn apply(turn: &mut Turn<'_, (), Reply>, request: Request) -> Reply {
             }
             Reply::Cas { swapped, current }
         }
-        Request::List { prefix, limit } => {
+        Request::List {
+            prefix,
+            limit,
+            start_after,
+        } => {
             let limit = limit.min(LIST_ROWS_MAX);
             // One row more than asked, to tell whether more match.
-            let found = table.scan::<String>(&prefix, limit.saturating_add(1));
+            let found = table.scan_after::<String>(&prefix, start_after, limit.saturating_add(1));
             let mut truncated = found.len() > limit as usize;
             let mut rows = Vec::new();
             let mut bytes = 0;
@@ -264,6 +270,64 @@ mod tests {
         let bytes = ken::store::codec::encode(&reply);
         assert_eq!(ken::store::codec::decode::<Reply>(&bytes).unwrap(), reply);
         assert!(ken::store::codec::decode::<Reply>(b"\xff").is_err());
+    }
+
+    /// `list` pages through sparse keys with `start_after`: every key once, in order.
+    #[test]
+    fn list_pages_with_start_after() {
+        use ken::engine::EngineConfig;
+        use ken::testing::Cluster;
+        use ken::{ClientId, ProcessId, Time, Tuning};
+        let mut c = Cluster::new(tempfile::tempdir().unwrap(), Time::from_millis(1 << 40), 5);
+        let id = ProcessId::new("kv").unwrap();
+        c.add(
+            EngineConfig {
+                id,
+                peers: vec![],
+                tuning: Tuning::default(),
+                seed: 1,
+            },
+            || Kv,
+        );
+        c.start_all();
+        let client = ClientId([3; 16]);
+        let keys: Vec<String> = (0..25).map(|i| format!("k{:03}", i * 7)).collect();
+        let mut n = 0;
+        for k in &keys {
+            n += 1;
+            let put = Request::Put {
+                key: k.clone(),
+                value: "v".into(),
+            };
+            c.request(0, client, n, &put);
+        }
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            n += 1;
+            let list = Request::List {
+                prefix: "k".into(),
+                limit: 10,
+                start_after: after.clone(),
+            };
+            c.request(0, client, n, &list);
+            c.run_for(std::time::Duration::from_millis(20));
+            let frame = c.node(0).replies().last().expect("a reply").clone();
+            assert_eq!(frame.seq.0, n);
+            let body: ken::client::ReplyBody = ken::store::codec::decode(&frame.payload).unwrap();
+            let ken::client::ReplyBody::Ok(bytes) = body else {
+                panic!("{body:?}")
+            };
+            let Reply::List { rows, truncated } = ken::store::codec::decode(&bytes).unwrap() else {
+                panic!("not a list reply")
+            };
+            seen.extend(rows.iter().map(|(k, _)| k.clone()));
+            after = rows.last().map(|(k, _)| k.clone());
+            if !truncated {
+                break;
+            }
+        }
+        assert_eq!(seen, keys);
     }
 
     #[test]

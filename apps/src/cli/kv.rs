@@ -119,6 +119,9 @@ enum Command {
         /// Most rows to print (the service caps it at 1000).
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// Only keys after this one (page with the last key printed).
+        #[arg(long, value_name = "KEY")]
+        start_after: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -200,8 +203,16 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Command::List {
             prefix,
             limit,
+            start_after,
             client,
-        } => (Request::List { prefix, limit }, client),
+        } => (
+            Request::List {
+                prefix,
+                limit,
+                start_after,
+            },
+            client,
+        ),
         Command::Incr { key, n, client } => (Request::Incr { key, by: n }, client),
     };
     let server = match client.server.resolve() {
@@ -330,7 +341,8 @@ fn print_reply(request: &Request, reply: Reply, as_json: bool) -> ExitCode {
             let mut text: Vec<String> = rows.iter().map(|(k, v)| format!("{k}\t{v}")).collect();
             if truncated {
                 eprintln!(
-                    "(more keys match: list longer prefixes to see them all, up to 1000 rows each)"
+                    "(more keys match: run again with --start-after {})",
+                    rows.last().map_or("''", |(k, _)| k.as_str())
                 );
             }
             if text.is_empty() {
