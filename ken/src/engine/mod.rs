@@ -1181,15 +1181,21 @@ impl<H: Handler> Engine<H> {
         }
     }
 
+    /// A data or `Skip` frame from `pid` up to `seq`, already consumed: dropped, and
+    /// acknowledged again once durable (our earlier acknowledgement may have been lost).
+    fn drop_duplicate(&mut self, pid: &ProcessId, seq: u64) {
+        self.stats.duplicates_dropped += 1;
+        if seq <= self.peers[pid].delivered_committed {
+            self.send_ack(pid);
+        }
+    }
+
     /// A `Skip` from `pid`: its messages up to `through` were withdrawn. Those not consumed
     /// count as consumed (durably, with the next batch); buffered later ones are delivered.
     fn on_skip(&mut self, now: Time, pid: &ProcessId, through: u64) {
         let p = self.peers.get_mut(pid).expect("known peer");
         if through <= p.delivered {
-            self.stats.duplicates_dropped += 1;
-            if through <= p.delivered_committed {
-                self.send_ack(pid);
-            }
+            self.drop_duplicate(pid, through);
             return;
         }
         let skipped = through - p.delivered;
@@ -1523,10 +1529,7 @@ impl<H: Handler> Engine<H> {
         let reorder_max = self.tuning.reorder_buffer_max;
         let p = self.peers.get_mut(pid).expect("known peer");
         if seq <= p.delivered {
-            self.stats.duplicates_dropped += 1;
-            if seq <= p.delivered_committed {
-                self.send_ack(pid);
-            }
+            self.drop_duplicate(pid, seq);
             return;
         }
         if !accepting {
