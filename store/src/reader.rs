@@ -197,6 +197,9 @@ fn file_len(path: &Path) -> Result<u64, ReadError> {
     }
 }
 
+/// One step of [`Reader::verify_records`].
+type VerifyStep = fn(&Reader, &mut Problems) -> Result<(), ReadError>;
+
 /// A problem below the records (a page failing its checksum, a malformed page).
 fn damaged(detail: String) -> Problem {
     Problem {
@@ -749,7 +752,7 @@ impl Reader {
         }
         // A page that fails its checksum ends the step that read it (SQLite returns no row
         // of it): reported, and the next step goes on.
-        let steps: [fn(&Reader, &mut Problems) -> Result<(), ReadError>; 5] = [
+        let steps: [VerifyStep; 5] = [
             Reader::verify_kv,
             Reader::verify_outbox_rows,
             Reader::verify_peers,
