@@ -23,7 +23,7 @@ pub struct Tuning {
     /// Admit a peer that comes back as a new incarnation (its store was replaced) at once,
     /// without an operator's `ken admit` (default false). Either way the FUSE groups shared
     /// with the old incarnation fail when the new one is first heard. See
-    /// [`crate::Engine`]'s module docs, "Replaced peers".
+    /// the [`crate::engine`] module docs, "Replaced peers".
     pub admit_replaced_peers: bool,
     /// TEST ONLY, and only in builds with the cargo feature `unsafe-release-before-commit`
     /// (off by default; only the negative controls turn it on): releases each turn's outputs

@@ -42,6 +42,21 @@
 //!   a `Reject` from its unchanged incarnation and stops ([`EngineError::RolledBack`]). A
 //!   restarted engine (a store it did not create) probes every peer (an `Ack` with `seq`
 //!   [`PROBE_SEQ`]) until it has checked a frame from it, so a quiet pair is checked too.
+//!
+//! Replaced peers. A frame from a new incarnation of a known peer means the old incarnation's
+//! store is gone (a destroyed disk, a node replaced): a permanent failure. The first such
+//! frame of a life fails every FUSE group shared with the peer (the application hears
+//! `FuseFailure`, as for any permanent failure). The new incarnation is then refused (a
+//! `Reject` with `seq` [`REJECT_NOT_ADMITTED`], whose text names this process and the command
+//! to run; the refused process logs it once) until it is admitted: by an operator (`ken admit
+//! STORE PEER` while this process is stopped writes a row in [`crate::living::ADMIT_TABLE`],
+//! consumed at admission) or at once with [`Tuning::admit_replaced_peers`]. Admission makes
+//! it a fresh peer: every message the old incarnation had not acknowledged is withdrawn
+//! (counted in `messages_withdrawn`; a message sent before the new incarnation was first
+//! heard is among them), the new one is told to skip every sequence number used so far
+//! (`Skip`), the receiving side starts from zero, and a turn-log entry `admit` records it.
+//! Why refuse by default: admitting is declaring the old incarnation dead; a second live copy
+//! of a process (two hosts with the same id) must not silently take over a pair.
 
 pub mod fuse;
 pub(crate) mod peer;

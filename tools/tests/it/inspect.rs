@@ -1975,3 +1975,60 @@ fn raw_sqlite(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
         ken_store::vfs::VFS_NAME,
     )
 }
+
+/// `ken admit STORE PEER`: refuses a store in use and an unknown peer with one clear line
+/// and writes nothing; on a stopped store it records the admission (a `ken.admit` row the
+/// engine consumes; the engine's side is tested in ken/tests/it/replace.rs).
+#[test]
+fn ken_admit_records_an_admission_and_refuses_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.ken");
+    let (mut store, _) = ken_store::Store::open(&path, "a").unwrap();
+    store
+        .commit(&ken_store::Batch {
+            now_ms: 1,
+            turns: 1,
+            peers: vec![ken_store::PeerRow {
+                peer: "b".into(),
+                incarnation: 0xABCD,
+                next_seq: 3,
+                acked: 1,
+                delivered: 4,
+                forgotten: 0,
+            }],
+            ..ken_store::Batch::default()
+        })
+        .unwrap();
+    let admit = |peer: &str| {
+        Command::new(env!("CARGO_BIN_EXE_ken"))
+            .args(["admit"])
+            .arg(&path)
+            .arg(peer)
+            .output()
+            .unwrap()
+    };
+    let out = admit("b");
+    assert!(!out.status.success(), "the owner runs: refused");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use"), "{err}");
+    drop(store);
+
+    let out = admit("zz");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("has no peer `zz`") && err.contains("b"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    let out = admit("b");
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("000000000000abcd"), "{said}");
+    let reader = ken_store::Reader::open(&path).unwrap();
+    assert!(reader
+        .table_get(ken::living::ADMIT_TABLE, b"b")
+        .unwrap()
+        .is_some());
+}

@@ -103,7 +103,7 @@ pub enum FuseOutput {
 }
 
 /// Counters over the life of the machine (not durable). The engine copies them into its
-/// [`crate::EngineStats`]; what depends on frames (messages, heartbeats, bytes) the engine
+/// [`crate::engine::EngineStats`]; what depends on frames (messages, heartbeats, bytes) the engine
 /// counts itself, where it builds them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FuseStats {
