@@ -220,6 +220,45 @@ pub(crate) const SQL_PEERS: &str = "SELECT peer, record FROM peers ORDER BY peer
 
 pub(crate) const SQL_TIMERS: &str = "SELECT name, due_ms, payload FROM timers ORDER BY name";
 
+/// Every client row, each checked whole, returned with an empty `reply` (read one row at a
+/// time, so the replies are never all in memory).
+pub(crate) fn clients_without_replies(
+    conn: &Connection,
+) -> Result<Vec<crate::ClientRow>, ReadError> {
+    let mut stmt = conn.prepare_cached(SQL_CLIENTS)?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let client: Vec<u8> = r.get(0)?;
+        let request_no: i64 = r.get(1)?;
+        let updated_ms: i64 = r.get(2)?;
+        let reply = r.get_ref(3)?.as_blob().map_err(rusqlite::Error::from)?;
+        let mut row = schema::decode_client(&client, request_no, updated_ms, reply)?;
+        row.reply = Vec::new();
+        out.push(row);
+    }
+    Ok(out)
+}
+
+/// One client's row (its last request number and reply), checked.
+pub(crate) fn client(
+    conn: &Connection,
+    client: &[u8; 16],
+) -> Result<Option<crate::ClientRow>, ReadError> {
+    let raw: Option<(Vec<u8>, i64, i64, Vec<u8>)> = conn
+        .prepare_cached(
+            "SELECT client, request_no, updated_ms, reply FROM clients WHERE client = ?1",
+        )?
+        .query_row([&client[..]], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()?;
+    match raw {
+        None => Ok(None),
+        Some((c, n, at, reply)) => Ok(Some(schema::decode_client(&c, n, at, &reply)?)),
+    }
+}
+
 pub(crate) const SQL_CLIENTS: &str =
     "SELECT client, request_no, updated_ms, reply FROM clients ORDER BY client";
 

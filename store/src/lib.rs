@@ -327,6 +327,8 @@ pub struct Recovered {
     /// Every outbox row, ordered by (peer, seq).
     pub outbox: Vec<OutboxRow>,
     pub timers: Vec<TimerRow>,
+    /// Every cached client, checked whole at open but with an empty `reply`: replies stay
+    /// in the store ([`crate::Reader::client`] reads one when a retry needs it).
     pub clients: Vec<ClientRow>,
     pub groups: Vec<GroupRow>,
 }

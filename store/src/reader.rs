@@ -573,6 +573,11 @@ impl Reader {
         )
     }
 
+    /// One client's cached row (last request number and reply), if any (one query).
+    pub fn client(&self, client: &[u8; 16]) -> Result<Option<ClientRow>, ReadError> {
+        crate::access::client(&self.conn, client)
+    }
+
     /// Every cached client reply, by client id (one query).
     pub fn clients(&self) -> Result<Vec<ClientRow>, ReadError> {
         query_decode(

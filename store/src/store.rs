@@ -1217,23 +1217,10 @@ fn recover(
         |(name, due_ms, payload)| schema::decode_timer(name, due_ms, &payload),
     )
     .map_err(|e| read_to_open(path, e))?;
-    let clients = query_decode(
-        &tx,
-        crate::access::SQL_CLIENTS,
-        [],
-        |r| {
-            Ok((
-                r.get::<_, Vec<u8>>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, Vec<u8>>(3)?,
-            ))
-        },
-        |(client, request_no, updated_ms, reply)| {
-            schema::decode_client(&client, request_no, updated_ms, &reply)
-        },
-    )
-    .map_err(|e| read_to_open(path, e))?;
+    // Every reply is checked, one row at a time, but none is kept: the reply cache reads a
+    // reply from the store when a retry needs it (`Reader::client`), so memory does not
+    // grow with reply sizes.
+    let clients = crate::access::clients_without_replies(&tx).map_err(|e| read_to_open(path, e))?;
     let groups = query_decode(
         &tx,
         crate::access::SQL_GROUPS,

@@ -318,10 +318,17 @@ struct ClientEntry {
     /// The last request applied (possibly by an uncommitted turn).
     last: u64,
     updated: Time,
-    /// The last request applied by a durable turn, and its encoded reply body.
+    /// The last request applied by a durable turn.
     durable_last: u64,
-    durable_reply: Vec<u8>,
+    /// Its encoded reply body if at most [`REPLY_INLINE_MAX`] bytes; a larger one (and any
+    /// after a restart) is read from the store when a retry needs it, so the cache's memory
+    /// does not grow with reply sizes.
+    durable_reply: Option<Vec<u8>>,
 }
+
+/// Replies up to this many bytes stay in the reply cache's memory (most replies of small
+/// requests: an acknowledgement, a number); larger ones are read back from the store.
+pub const REPLY_INLINE_MAX: usize = 64;
 
 struct PeerDepths<'a>(&'a BTreeMap<ProcessId, Peer>);
 
@@ -549,7 +556,10 @@ impl<H: Handler> Engine<H> {
                     last: row.request_no,
                     updated: Time::from_millis(row.updated_ms),
                     durable_last: row.request_no,
-                    durable_reply: row.reply.clone(),
+                    // A store's recovery leaves replies in the store (empty here); a host
+                    // that passes a small one keeps it inline.
+                    durable_reply: (!row.reply.is_empty() && row.reply.len() <= REPLY_INLINE_MAX)
+                        .then(|| row.reply.clone()),
                 },
             );
         }
@@ -810,6 +820,17 @@ impl<H: Handler> Engine<H> {
 
     pub fn id(&self) -> &ProcessId {
         &self.id
+    }
+
+    /// Bytes of replies the reply cache holds in memory: only replies of at most
+    /// [`REPLY_INLINE_MAX`] bytes (larger ones, and every reply after a restart, are read
+    /// from the store when a retry needs them), so this never exceeds `REPLY_INLINE_MAX`
+    /// per cached client whatever the replies' sizes.
+    pub fn reply_cache_inline_bytes(&self) -> usize {
+        self.clients
+            .values()
+            .filter_map(|e| e.durable_reply.as_ref().map(Vec::len))
+            .sum()
     }
 
     pub fn incarnation(&self) -> Incarnation {
@@ -1459,8 +1480,24 @@ impl<H: Handler> Engine<H> {
             if n <= e.last {
                 if n == e.durable_last {
                     // A retry of the last durable request: the cached reply, not a new turn.
+                    let inline = e.durable_reply.clone();
+                    let reply = match inline {
+                        Some(reply) => reply,
+                        None => match self.tables.client(&client.0) {
+                            Ok(Some((m, reply))) if m == n => reply,
+                            // The row moved on (the client's next request committed since):
+                            // a stale retry, whose reply the client already had.
+                            Ok(_) => ken_store::codec::encode(&ReplyBody::TooOld { last: n }),
+                            Err(e) => {
+                                self.fail(EngineError::TurnFault {
+                                    turn: self.turns_total,
+                                    what: format!("reading the reply cache: {e}"),
+                                });
+                                return;
+                            }
+                        },
+                    };
                     self.stats.requests_replayed += 1;
-                    let reply = e.durable_reply.clone();
                     self.send_client(client, n, FrameKind::ClientReply, reply, to);
                 } else if n < e.durable_last {
                     self.stats.requests_too_old += 1;
@@ -1557,7 +1594,7 @@ impl<H: Handler> Engine<H> {
             last: 0,
             updated: now,
             durable_last: 0,
-            durable_reply: Vec::new(),
+            durable_reply: None,
         });
         self.clients_lru.remove(&(e.updated, client));
         e.last = n;
@@ -1614,7 +1651,7 @@ impl<H: Handler> Engine<H> {
             if let Some(e) = self.clients.get_mut(&client) {
                 if n >= e.durable_last {
                     e.durable_last = n;
-                    e.durable_reply = body.clone();
+                    e.durable_reply = (body.len() <= REPLY_INLINE_MAX).then(|| body.clone());
                 }
             }
             self.send_client(client, n, FrameKind::ClientReply, body, to);

@@ -30,11 +30,22 @@ pub trait TableSource: Send {
         after: Option<&[u8]>,
         limit: u32,
     ) -> Result<Rows, ReadError>;
+
+    /// The committed reply cache row of `client`: its last request number and encoded
+    /// reply (replies are read from the store when a retry needs them, not kept in memory).
+    /// A source without a store has none.
+    fn client(&mut self, _client: &[u8; 16]) -> Result<Option<(u64, Vec<u8>)>, ReadError> {
+        Ok(None)
+    }
 }
 
 impl TableSource for ken_store::Reader {
     fn get(&mut self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
         self.table_get(table, key)
+    }
+
+    fn client(&mut self, client: &[u8; 16]) -> Result<Option<(u64, Vec<u8>)>, ReadError> {
+        Ok(ken_store::Reader::client(self, client)?.map(|row| (row.request_no, row.reply)))
     }
 
     fn scan(
@@ -80,6 +91,77 @@ impl TableSource for EmptyTables {
     }
 }
 
+/// An in-memory table source for hosts without a store (tests of the bare engine): the host
+/// applies each batch it "commits" with [`MemoryTables::apply`]; clones share the rows.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryTables(std::sync::Arc<std::sync::Mutex<MemoryRows>>);
+
+#[derive(Debug, Default)]
+struct MemoryRows {
+    tables: std::collections::BTreeMap<(String, Vec<u8>), Vec<u8>>,
+    clients: std::collections::BTreeMap<[u8; 16], (u64, Vec<u8>)>,
+}
+
+impl MemoryTables {
+    /// Applies a committed batch's table writes and reply cache changes.
+    pub fn apply(&self, batch: &ken_store::Batch) {
+        let mut rows = self.0.lock().expect("not poisoned");
+        for w in &batch.table_writes {
+            let key = (w.table.clone(), w.key.clone());
+            match &w.value {
+                Some(v) => rows.tables.insert(key, v.clone()),
+                None => rows.tables.remove(&key),
+            };
+        }
+        for c in &batch.clients {
+            match c {
+                ken_store::ClientChange::Put(row) => {
+                    rows.clients
+                        .insert(row.client, (row.request_no, row.reply.clone()));
+                }
+                ken_store::ClientChange::Evict { client } => {
+                    rows.clients.remove(client);
+                }
+            }
+        }
+    }
+}
+
+impl TableSource for MemoryTables {
+    fn get(&mut self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
+        let rows = self.0.lock().expect("not poisoned");
+        Ok(rows.tables.get(&(table.to_string(), key.to_vec())).cloned())
+    }
+
+    fn scan(
+        &mut self,
+        table: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<Rows, ReadError> {
+        let rows = self.0.lock().expect("not poisoned");
+        Ok(rows
+            .tables
+            .range((table.to_string(), prefix.to_vec())..)
+            .take_while(|((t, k), _)| t == table && k.starts_with(prefix))
+            .filter(|((_, k), _)| after.is_none_or(|a| k.as_slice() > a))
+            .take(limit as usize)
+            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn client(&mut self, client: &[u8; 16]) -> Result<Option<(u64, Vec<u8>)>, ReadError> {
+        Ok(self
+            .0
+            .lock()
+            .expect("not poisoned")
+            .clients
+            .get(client)
+            .cloned())
+    }
+}
+
 type Layer = HashMap<Vec<u8>, (BatchId, Option<Vec<u8>>)>;
 
 /// Uncommitted table writes over a [`TableSource`].
@@ -103,6 +185,11 @@ impl TableOverlay {
             layers: HashMap::new(),
             source,
         }
+    }
+
+    /// The committed reply cache row of `client` (see [`TableSource::client`]).
+    pub fn client(&mut self, client: &[u8; 16]) -> Result<Option<(u64, Vec<u8>)>, ReadError> {
+        self.source.client(client)
     }
 
     /// The newest value of `key`: uncommitted writes first, then the store.

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use ken::client::{ReplyBody, RequestEnvelope};
-use ken::engine::tables::EmptyTables;
+use ken::engine::tables::MemoryTables;
 use ken::engine::{Command, Engine, EngineConfig, Security};
 use ken::store::Recovered;
 use ken::transport::{
@@ -98,9 +98,10 @@ fn recovered(id: &str, inc: u64) -> Recovered {
 }
 
 /// An engine and its keys: the host half of a process, without sockets or a store (a batch
-/// is durable as soon as it is handed out).
+/// is durable as soon as it is handed out, its rows applied to in-memory tables).
 struct Host {
     engine: Engine<Node>,
+    tables: MemoryTables,
     keys: Option<Keyring>,
     /// Datagrams dropped when opened, by reason.
     dropped: BTreeMap<String, u64>,
@@ -118,13 +119,15 @@ impl Host {
             tuning: Tuning::default(),
             seed: 1,
         };
-        let engine = Engine::recover(config, node, recovered(id, inc), Box::new(EmptyTables))
+        let tables = MemoryTables::default();
+        let engine = Engine::recover(config, node, recovered(id, inc), Box::new(tables.clone()))
             .unwrap()
             .with_security(Security {
                 authenticated: keys.is_some(),
             });
         Host {
             engine,
+            tables,
             keys,
             dropped: BTreeMap::new(),
         }
@@ -164,7 +167,10 @@ impl Host {
             }
             for cmd in cmds {
                 match cmd {
-                    Command::Commit { id, .. } => self.engine.commit_done(now, id),
+                    Command::Commit { id, batch } => {
+                        self.tables.apply(&batch);
+                        self.engine.commit_done(now, id);
+                    }
                     Command::Send { to, frame, .. } => {
                         let bytes = match &self.keys {
                             Some(keys) => keys.seal(&frame).expect("seal"),

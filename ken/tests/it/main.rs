@@ -12,6 +12,7 @@ mod hostile;
 mod living;
 mod observe;
 mod replace;
+mod reply_cache;
 mod rollback;
 mod sans_io;
 mod testing;
