@@ -26,15 +26,19 @@
 //! reports per simulated sender (messages sent, highest sequence acknowledged) is checked by
 //! `ken bench` against the receiver's store.
 //!
+//! With a cluster key (`ken bench`'s keyed variants) every frame is sealed with it as a Ken
+//! process seals it (tagged; encrypted too if asked), and frames received are opened with it.
+//!
 //! One current-thread tokio runtime runs one task per simulated sender.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use ken::transport::frame::MAX_FRAME_BYTES;
-use ken::transport::{Frame, FrameKind, Incarnation, ProcessId, Seq};
+use ken::transport::{Frame, FrameKind, Incarnation, Keyring, ProcessId, Seq};
 use ken::Time;
 use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
@@ -124,6 +128,9 @@ pub struct LoadPlan {
     pub stop_at: Time,
     /// Seed of the incarnations.
     pub seed: u64,
+    /// The cluster's keys (`None`: unauthenticated): every frame is sealed with them (tagged,
+    /// and encrypted if they say so) and every frame received must check out.
+    pub keys: Option<Arc<Keyring>>,
 }
 
 /// SplitMix64: the `i`-th value of the stream seeded with `seed`.
@@ -151,6 +158,7 @@ pub fn run(plan: &LoadPlan) -> anyhow::Result<LoadReport> {
 async fn run_async(plan: &LoadPlan) -> anyhow::Result<LoadReport> {
     let receiver_id = ProcessId::new(plan.receiver.0.clone())?;
     let stop_at = Instant::now() + plan.stop_at.since(Time::now_wall());
+    let keys = plan.keys.clone();
     let mut sims = Vec::with_capacity(plan.senders.len());
     // Bind every socket before sending anything, so that a port taken by another program
     // fails the phase (to be retried) before the receiver heard of any sender.
@@ -168,6 +176,7 @@ async fn run_async(plan: &LoadPlan) -> anyhow::Result<LoadReport> {
             plan.receiver.1,
             plan.outstanding,
             stop_at,
+            keys.clone(),
         ));
     }
     let mut tasks = tokio::task::JoinSet::new();
@@ -214,6 +223,8 @@ struct Simulated {
     rto: Duration,
     retransmits: u64,
     frames_in: u64,
+    /// The cluster's keys, if keyed.
+    keys: Option<Arc<Keyring>>,
 }
 
 impl Simulated {
@@ -225,13 +236,18 @@ impl Simulated {
         to: SocketAddr,
         outstanding: usize,
         stop_at: Instant,
+        keys: Option<Arc<Keyring>>,
     ) -> Simulated {
         Simulated {
             socket,
             to,
             frame: Frame {
                 kind: FrameKind::Data,
-                auth: ken::transport::Auth::None,
+                auth: if keys.is_some() {
+                    ken::transport::Auth::Cluster
+                } else {
+                    ken::transport::Auth::None
+                },
                 from: id,
                 from_incarnation: incarnation,
                 to: receiver,
@@ -251,6 +267,7 @@ impl Simulated {
             rto: RTO_INITIAL,
             retransmits: 0,
             frames_in: 0,
+            keys,
         }
     }
 
@@ -326,10 +343,11 @@ impl Simulated {
         self.frame.seq = Seq(seq);
         self.frame.payload.clear();
         self.frame.payload.extend_from_slice(payload);
-        let bytes = self
-            .frame
-            .encode()
-            .expect("a bench message fits in a datagram");
+        let bytes = match &self.keys {
+            Some(keys) => keys.seal(&self.frame),
+            None => self.frame.encode(),
+        }
+        .expect("a bench message fits in a datagram");
         let _ = self.socket.send_to(&bytes, self.to).await;
     }
 
@@ -351,8 +369,13 @@ impl Simulated {
 
     /// Handles one datagram from the network.
     fn on_datagram(&mut self, datagram: &[u8]) -> anyhow::Result<()> {
-        // Junk is dropped, as the endpoint does; nothing else sends to these sockets.
-        let Ok(frame) = Frame::decode(datagram) else {
+        // Junk (and, keyed, anything that does not check out) is dropped, as the endpoint
+        // does; nothing else sends to these sockets.
+        let opened = match &self.keys {
+            Some(keys) => Frame::open(datagram, keys.as_ref()),
+            None => Frame::decode(datagram),
+        };
+        let Ok(frame) = opened else {
             return Ok(());
         };
         self.frames_in += 1;
