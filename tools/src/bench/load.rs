@@ -96,6 +96,9 @@ pub struct SimulatedReport {
     pub retransmits: u64,
     /// Frames received from the receiver.
     pub frames_in: u64,
+    /// Of those, frames tagged with the cluster key (all of them when keyed, none when not).
+    #[serde(default)]
+    pub tagged_in: u64,
 }
 
 /// The load generator's final report (its standard output).
@@ -108,6 +111,13 @@ impl LoadReport {
     /// `Data` messages sent by all simulated senders.
     pub fn data(&self) -> u64 {
         self.senders.iter().map(|s| s.data).sum()
+    }
+
+    /// Frames received from the receiver by all simulated senders, and how many were tagged.
+    pub fn frames_in(&self) -> (u64, u64) {
+        self.senders
+            .iter()
+            .fold((0, 0), |(a, t), s| (a + s.frames_in, t + s.tagged_in))
     }
 
     pub fn retransmits(&self) -> u64 {
@@ -223,6 +233,7 @@ struct Simulated {
     rto: Duration,
     retransmits: u64,
     frames_in: u64,
+    tagged_in: u64,
     /// The cluster's keys, if keyed.
     keys: Option<Arc<Keyring>>,
 }
@@ -267,6 +278,7 @@ impl Simulated {
             rto: RTO_INITIAL,
             retransmits: 0,
             frames_in: 0,
+            tagged_in: 0,
             keys,
         }
     }
@@ -312,6 +324,7 @@ impl Simulated {
             acked: self.acked,
             retransmits: self.retransmits,
             frames_in: self.frames_in,
+            tagged_in: self.tagged_in,
         })
     }
 
@@ -379,6 +392,9 @@ impl Simulated {
             return Ok(());
         };
         self.frames_in += 1;
+        if frame.auth != ken::transport::Auth::None {
+            self.tagged_in += 1;
+        }
         if frame.to != self.frame.from || frame.from != self.frame.to {
             return Ok(());
         }

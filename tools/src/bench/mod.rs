@@ -157,6 +157,12 @@ pub struct Args {
     /// A smoke run of under 10 seconds: short windows, rough numbers.
     #[arg(long)]
     pub quick: bool,
+    /// Rounds of the pingpong and throughput phases, each round running the three key
+    /// variants (none, key, key and encryption; the next round in reverse order); each
+    /// variant reports its median round.
+    #[arg(long, default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub rounds: u32,
 }
 
 /// The measurements other than the default one.
@@ -274,6 +280,8 @@ pub struct BenchResult {
     pub encrypted_rtt_ratio: f64,
     pub auth_turns_ratio_target: f64,
     pub keyed_turns_pass: bool,
+    /// Rounds of each variant (`--rounds`); every figure is its variant's median round.
+    pub rounds: u32,
 }
 
 /// How a measurement's processes protect their frames.
@@ -315,6 +323,10 @@ pub struct AuthCost {
     pub pingpong_rtt_us_p99: u64,
     /// `pingpong_rtt_us_p50` over the unkeyed run's.
     pub rtt_ratio: f64,
+    /// Frames the load generator received from the receiver, and how many carried a tag
+    /// that checked out under the key (the proof the variant ran keyed).
+    pub load_frames_in: u64,
+    pub load_frames_tagged: u64,
 }
 
 /// The keys of one variant's processes.
@@ -329,6 +341,13 @@ impl AuthPlan {
         spec.key_file = self.key_file.clone();
         spec.encrypt = self.mode == AuthMode::KeyEncrypt;
     }
+}
+
+/// The run whose `key` is the median (the lower middle one of an even count).
+fn median_by<T>(mut runs: Vec<T>, key: impl Fn(&T) -> f64) -> T {
+    assert!(!runs.is_empty(), "at least one round");
+    runs.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    runs.swap_remove((runs.len() - 1) / 2)
 }
 
 /// Nearest-rank percentile of sorted samples (0 if there are none).
@@ -391,31 +410,59 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             key_file: (mode != AuthMode::None).then(|| key_file.clone()),
         })
         .collect();
-    let mut pingpongs = Vec::new();
-    for auth in &auths {
-        progress(&format!(
-            "pingpong round trips, keys: {} ({:.1} s)",
-            auth.mode.name(),
-            plan.pingpong.as_secs_f64()
-        ));
-        pingpongs.push(with_port_retries(|attempt| {
-            pingpong(&dir, &plan, auth, attempt)
-        })?);
+    // Round r runs the variants in order, the next round in reverse (ABC CBA ...), so that a
+    // drift of the machine over the run does not favour one; each variant's figure is the
+    // round with its median value.
+    let rounds = args.rounds.max(1);
+    let order = |r: u32| -> Vec<usize> {
+        let mut o: Vec<usize> = (0..auths.len()).collect();
+        if r % 2 == 1 {
+            o.reverse();
+        }
+        o
+    };
+    let mut pingpong_runs: Vec<Vec<PingpongReport>> = vec![Vec::new(); auths.len()];
+    for r in 0..rounds {
+        for i in order(r) {
+            let auth = &auths[i];
+            progress(&format!(
+                "pingpong round trips, keys: {} ({:.1} s, round {}/{rounds})",
+                auth.mode.name(),
+                plan.pingpong.as_secs_f64(),
+                r + 1
+            ));
+            pingpong_runs[i].push(with_port_retries(|attempt| {
+                pingpong(&dir, &plan, auth, r, attempt)
+            })?);
+        }
     }
-    let mut loads = Vec::new();
-    for auth in &auths {
-        progress(&format!(
-            "throughput, keys: {}: {} simulated senders ({LOAD_KIND}) -> 1 receiver, plus the latency probe ({:.1} s warm-up, {:.1} s window)",
-            auth.mode.name(),
-            args.senders,
-            plan.warmup.as_secs_f64(),
-            plan.window.as_secs_f64()
-        ));
-        loads.push(with_port_retries(|attempt| {
-            throughput(&dir, args, &plan, auth, attempt)
-        })?);
+    let mut load_runs: Vec<Vec<Throughput>> = auths.iter().map(|_| Vec::new()).collect();
+    for r in 0..rounds {
+        for i in order(r) {
+            let auth = &auths[i];
+            progress(&format!(
+                "throughput, keys: {}: {} simulated senders ({LOAD_KIND}) -> 1 receiver, plus the latency probe ({:.1} s warm-up, {:.1} s window, round {}/{rounds})",
+                auth.mode.name(),
+                args.senders,
+                plan.warmup.as_secs_f64(),
+                plan.window.as_secs_f64(),
+                r + 1
+            ));
+            load_runs[i].push(with_port_retries(|attempt| {
+                throughput(&dir, args, &plan, auth, r, attempt)
+            })?);
+        }
     }
+    let pingpongs: Vec<PingpongReport> = pingpong_runs
+        .into_iter()
+        .map(|runs| median_by(runs, |p| p.rtt_us_p50 as f64))
+        .collect();
+    let loads: Vec<Throughput> = load_runs
+        .into_iter()
+        .map(|runs| median_by(runs, |t| t.turns_per_sec))
+        .collect();
     let (pingpong, load) = (pingpongs[0].clone(), &loads[0]);
+    let rounds_run = rounds;
     let auth: Vec<AuthCost> = auths
         .iter()
         .zip(pingpongs.iter().zip(&loads))
@@ -430,6 +477,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             pingpong_rtt_us_p50: p.rtt_us_p50,
             pingpong_rtt_us_p99: p.rtt_us_p99,
             rtt_ratio: p.rtt_us_p50 as f64 / pingpong.rtt_us_p50.max(1) as f64,
+            load_frames_in: l.load_frames_in,
+            load_frames_tagged: l.load_frames_tagged,
         })
         .collect();
 
@@ -477,6 +526,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         encrypted_rtt_ratio: auth[2].rtt_ratio,
         auth_turns_ratio_target: AUTH_TURNS_RATIO_TARGET,
         keyed_turns_pass: auth[1].turns_ratio >= AUTH_TURNS_RATIO_TARGET,
+        rounds: rounds_run,
         auth,
     };
     if args.json {
@@ -544,10 +594,11 @@ fn render(r: &BenchResult) -> String {
         "  pingpong    round trip (A sends, B commits and answers, A's next turn): p50 {} us, p99 {} us ({} volleys)",
         r.pingpong_rtt_us_p50, r.pingpong_rtt_us_p99, r.pingpong_volleys
     ));
-    line(
-        "  authentication (the same phases with a cluster key, and with a key and encryption)"
-            .to_string(),
-    );
+    line(format!(
+        "  authentication (the same phases with a cluster key, and with a key and encryption; median of {} round{})",
+        r.rounds,
+        if r.rounds == 1 { "" } else { "s" }
+    ));
     for a in &r.auth {
         line(format!(
             "    {:<12} {:>8.0} turns/s ({:>5.1}% of unkeyed)  ack latency p50 {:>6} us  pingpong rtt p50 {:>5} us ({:>5.1}% of unkeyed), p99 {} us",
@@ -806,9 +857,11 @@ fn pingpong(
     dir: &Path,
     plan: &Plan,
     auth: &AuthPlan,
+    round: u32,
     attempt: u32,
 ) -> anyhow::Result<PingpongReport> {
-    let dir = phase_dir(dir, &format!("pingpong-{}", auth.mode.name()), attempt)?;
+    let name = format!("pingpong-{}-{round}", auth.mode.name());
+    let dir = phase_dir(dir, &name, attempt)?;
     let addrs = harness::free_addrs(2).context(NO_FREE_PORT)?;
     let (hitter, echo) = (("hitter", addrs[0]), ("echo", addrs[1]));
     let spec = |role: Role, me: (&str, SocketAddr), peer: (&str, SocketAddr), at: &Schedule| {
@@ -864,6 +917,9 @@ struct Throughput {
     receiver_cpu_wait_cores: Option<f64>,
     load_cpu_cores: Option<f64>,
     load_retransmits: u64,
+    /// Frames the load generator received from the receiver, and how many were tagged.
+    load_frames_in: u64,
+    load_frames_tagged: u64,
     probe: ProbeReport,
 }
 
@@ -872,9 +928,11 @@ fn throughput(
     args: &Args,
     plan: &Plan,
     auth: &AuthPlan,
+    round: u32,
     attempt: u32,
 ) -> anyhow::Result<Throughput> {
-    let dir = phase_dir(dir, &format!("throughput-{}", auth.mode.name()), attempt)?;
+    let name = format!("throughput-{}-{round}", auth.mode.name());
+    let dir = phase_dir(dir, &name, attempt)?;
     let senders = args.senders as usize;
     let addrs = harness::free_addrs(senders + 2).context(NO_FREE_PORT)?;
     let receiver = ("receiver".to_string(), addrs[0]);
@@ -989,6 +1047,8 @@ fn throughput(
         receiver_cpu_wait_cores,
         load_cpu_cores,
         load_retransmits: load.retransmits(),
+        load_frames_in: load.frames_in().0,
+        load_frames_tagged: load.frames_in().1,
         probe,
     })
 }
