@@ -178,16 +178,18 @@ async fn run_async(plan: &LoadPlan) -> anyhow::Result<LoadReport> {
             source,
         })?;
         let id = ProcessId::new(id.clone())?;
-        sims.push(Simulated::new(
-            id,
-            Incarnation(incarnation(plan.seed, i as u64)),
-            socket,
-            receiver_id.clone(),
-            plan.receiver.1,
-            plan.outstanding,
-            stop_at,
-            keys.clone(),
-        ));
+        sims.push(
+            Simulated::new(
+                id,
+                Incarnation(incarnation(plan.seed, i as u64)),
+                socket,
+                receiver_id.clone(),
+                plan.receiver.1,
+                plan.outstanding,
+                stop_at,
+            )
+            .with_keys(keys.clone()),
+        );
     }
     let mut tasks = tokio::task::JoinSet::new();
     for (i, sim) in sims.into_iter().enumerate() {
@@ -247,18 +249,13 @@ impl Simulated {
         to: SocketAddr,
         outstanding: usize,
         stop_at: Instant,
-        keys: Option<Arc<Keyring>>,
     ) -> Simulated {
         Simulated {
             socket,
             to,
             frame: Frame {
                 kind: FrameKind::Data,
-                auth: if keys.is_some() {
-                    ken::transport::Auth::Cluster
-                } else {
-                    ken::transport::Auth::None
-                },
+                auth: ken::transport::Auth::None,
                 from: id,
                 from_incarnation: incarnation,
                 to: receiver,
@@ -279,8 +276,19 @@ impl Simulated {
             retransmits: 0,
             frames_in: 0,
             tagged_in: 0,
-            keys,
+            keys: None,
         }
+    }
+
+    /// Seals every frame with `keys` (and opens every frame received with them), if given.
+    fn with_keys(mut self, keys: Option<Arc<Keyring>>) -> Simulated {
+        self.frame.auth = if keys.is_some() {
+            ken::transport::Auth::Cluster
+        } else {
+            ken::transport::Auth::None
+        };
+        self.keys = keys;
+        self
     }
 
     async fn run(mut self) -> anyhow::Result<SimulatedReport> {
