@@ -327,6 +327,10 @@ pub struct AuthCost {
     /// that checked out under the key (the proof the variant ran keyed).
     pub load_frames_in: u64,
     pub load_frames_tagged: u64,
+    /// Every round's turns per second and pingpong round trip p50, in round order (the
+    /// figures above are the median rounds): the spread says how much to trust a ratio.
+    pub turns_per_sec_rounds: Vec<f64>,
+    pub pingpong_rtt_us_p50_rounds: Vec<u64>,
 }
 
 /// The keys of one variant's processes.
@@ -453,6 +457,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             })?);
         }
     }
+    let rtt_rounds: Vec<Vec<u64>> = pingpong_runs
+        .iter()
+        .map(|runs| runs.iter().map(|p| p.rtt_us_p50).collect())
+        .collect();
+    let turns_rounds: Vec<Vec<f64>> = load_runs
+        .iter()
+        .map(|runs| runs.iter().map(|t| t.turns_per_sec).collect())
+        .collect();
     let pingpongs: Vec<PingpongReport> = pingpong_runs
         .into_iter()
         .map(|runs| median_by(runs, |p| p.rtt_us_p50 as f64))
@@ -466,7 +478,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let auth: Vec<AuthCost> = auths
         .iter()
         .zip(pingpongs.iter().zip(&loads))
-        .map(|(a, (p, l))| AuthCost {
+        .zip(turns_rounds.into_iter().zip(rtt_rounds))
+        .map(|((a, (p, l)), (turns_rounds, rtt_rounds))| AuthCost {
             mode: a.mode,
             turns_per_sec: l.turns_per_sec,
             turns_ratio: l.turns_per_sec / load.turns_per_sec,
@@ -479,6 +492,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             rtt_ratio: p.rtt_us_p50 as f64 / pingpong.rtt_us_p50.max(1) as f64,
             load_frames_in: l.load_frames_in,
             load_frames_tagged: l.load_frames_tagged,
+            turns_per_sec_rounds: turns_rounds,
+            pingpong_rtt_us_p50_rounds: rtt_rounds,
         })
         .collect();
 
@@ -610,6 +625,23 @@ fn render(r: &BenchResult) -> String {
             100.0 * a.rtt_ratio,
             a.pingpong_rtt_us_p99
         ));
+        if r.rounds > 1 {
+            let turns: Vec<String> = a
+                .turns_per_sec_rounds
+                .iter()
+                .map(|t| format!("{t:.0}"))
+                .collect();
+            let rtt: Vec<String> = a
+                .pingpong_rtt_us_p50_rounds
+                .iter()
+                .map(u64::to_string)
+                .collect();
+            line(format!(
+                "                 rounds: turns/s {}; rtt p50 {} us",
+                turns.join(" "),
+                rtt.join(" ")
+            ));
+        }
     }
     line("  targets".to_string());
     line(format!(

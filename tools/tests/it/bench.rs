@@ -129,6 +129,11 @@ fn quick_json_reports_every_measurement() {
         let (frames, tagged) = (number(a, "load_frames_in"), number(a, "load_frames_tagged"));
         assert!(frames > 0.0, "{a}");
         assert_eq!(tagged, if i == 0 { 0.0 } else { frames }, "{a}");
+        assert_eq!(a["turns_per_sec_rounds"][0], a["turns_per_sec"], "{a}");
+        assert_eq!(
+            a["pingpong_rtt_us_p50_rounds"][0], a["pingpong_rtt_us_p50"],
+            "{a}"
+        );
     }
     assert_eq!(
         number(&auth[0], "turns_per_sec"),
