@@ -361,3 +361,26 @@ fn a_tmpfs_too_small_for_the_stores_is_refused() {
     assert!(min > 16, "{all}");
     assert!(!dir.path().join("run").join("stores").join("a.ken").exists());
 }
+
+/// `--no-key`: the cluster runs unauthenticated, and says so loudly first.
+#[test]
+fn no_key_runs_unauthenticated_and_says_so() {
+    let (ok, stdout, s) = torture(&[
+        "--app",
+        "pingpong",
+        "--seconds",
+        "2",
+        "--count",
+        "200",
+        "--seed",
+        "14",
+        "--no-key",
+    ]);
+    assert!(ok && n(&s, "violations") == 0, "{stdout}");
+    assert_eq!(s["keyed"], false, "{s}");
+    let second = stdout.lines().nth(1).unwrap_or_default();
+    assert!(
+        second.contains("WARNING: --no-key") && second.contains("WITHOUT a cluster key"),
+        "{stdout}"
+    );
+}
