@@ -360,8 +360,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     }
     println!("look inside a store: ken inspect {}", kv_store.display());
     println!(
-        "replay this run: ken demo --seconds {} --seed {seed}",
-        args.seconds
+        "replay this run: ken demo --seconds {} --seed {seed}{}",
+        args.seconds,
+        if args.no_key { " --no-key" } else { "" }
     );
     let verdict = all.is_empty();
     println!(
