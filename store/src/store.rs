@@ -649,6 +649,7 @@ fn open_checked(
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     // The owner writes through the `ken-wal` shim (one write system call per commit
     // instead of two per page: see `vfs`); if it cannot register, the default VFS.
+    let shim = crate::vfs::register().is_ok();
     let mut conn = match crate::vfs::register() {
         Ok(()) => Connection::open_with_flags_and_vfs(path, flags, crate::vfs::VFS_NAME),
         Err(rc) => {
@@ -694,8 +695,12 @@ fn open_checked(
             });
         }
     }
-    configure_owner(&conn, path, options)?;
     let created = matches!(found, Found::Empty);
+    if created && shim && options.page_checksums {
+        // Before the first page is written: afterwards the layout is fixed.
+        crate::vfs::reserve_checksum_bytes(&conn).map_err(sqlite_open_err(path))?;
+    }
+    configure_owner(&conn, path, options)?;
     if created {
         create(&mut conn, process_id, app).map_err(sqlite_open_err(path))?;
         fsync_dir(path)?;
