@@ -31,7 +31,8 @@
 //! `{"event":"stats","turns":..,"messages_sent":..,"retransmits":..,"duplicates_dropped":..,
 //! "frames_in":..,"frames_sent":..,"junk_dropped":..,"heartbeats_sent":..,
 //! "liveness_bytes_sent":..,"fuse_bytes_sent":..,"fuse_notifications":..,"faults_dropped":..,
-//! "untagged_dropped":..,"unknown_key_dropped":..,"bad_tag_dropped":..,"messages_held":..,
+//! "untagged_dropped":..,"unknown_key_dropped":..,"bad_tag_dropped":..,"old_key_frames":..,
+//! "messages_held":..,
 //! "dead_letters":..,"turns_panicked":..,"held":..,"at_ms":..}` (`held`: input sources held
 //! now, see `ken::living`) to stderr every N ms and when the loop ends (a SIGKILLed life loses the counts
 //! since its last line). Counters are per life; `at_ms` is the wall clock (ms since the epoch)
@@ -782,7 +783,7 @@ pub(crate) fn stats_interval_from_env() -> Option<Duration> {
 fn print_stats(engine: &crate::engine::EngineStats, held: usize, endpoint: &Endpoint) {
     let ep = endpoint.stats();
     eprintln!(
-        "{{\"event\":\"stats\",\"turns\":{},\"messages_sent\":{},\"retransmits\":{},\"duplicates_dropped\":{},\"frames_in\":{},\"frames_sent\":{},\"junk_dropped\":{},\"heartbeats_sent\":{},\"liveness_bytes_sent\":{},\"fuse_bytes_sent\":{},\"fuse_notifications\":{},\"faults_dropped\":{},\"untagged_dropped\":{},\"unknown_key_dropped\":{},\"bad_tag_dropped\":{},\"messages_held\":{},\"dead_letters\":{},\"turns_panicked\":{},\"held\":{},\"at_ms\":{}}}",
+        "{{\"event\":\"stats\",\"turns\":{},\"messages_sent\":{},\"retransmits\":{},\"duplicates_dropped\":{},\"frames_in\":{},\"frames_sent\":{},\"junk_dropped\":{},\"heartbeats_sent\":{},\"liveness_bytes_sent\":{},\"fuse_bytes_sent\":{},\"fuse_notifications\":{},\"faults_dropped\":{},\"untagged_dropped\":{},\"unknown_key_dropped\":{},\"bad_tag_dropped\":{},\"old_key_frames\":{},\"messages_held\":{},\"dead_letters\":{},\"turns_panicked\":{},\"held\":{},\"at_ms\":{}}}",
         engine.turns,
         engine.messages_sent,
         engine.retransmits,
@@ -798,6 +799,7 @@ fn print_stats(engine: &crate::engine::EngineStats, held: usize, endpoint: &Endp
         ep.untagged_dropped,
         ep.unknown_key_dropped,
         ep.bad_tag_dropped,
+        ep.old_key_frames,
         engine.messages_held,
         engine.dead_letters,
         engine.turns_panicked,

@@ -154,6 +154,14 @@ pub struct Stats {
     pub frames_in: u64,
     pub frames_sent: u64,
     pub junk_dropped: u64,
+    /// Frames dropped for a key this process does not hold (another cluster, or a rotation
+    /// without its accept window).
+    pub unknown_key_dropped: u64,
+    /// Frames dropped for a bad tag, or untagged where a tag is needed.
+    pub bad_tag_dropped: u64,
+    pub untagged_dropped: u64,
+    /// Frames accepted under an older key than the one this process sends with.
+    pub old_key_frames: u64,
 }
 
 /// What the stderr reader saw of one life.
@@ -652,6 +660,10 @@ fn scan_line(line: &str, events: &Mutex<Events>, stall_gap: Option<Duration>) {
                     frames_in: n("frames_in"),
                     frames_sent: n("frames_sent"),
                     junk_dropped: n("junk_dropped"),
+                    unknown_key_dropped: n("unknown_key_dropped"),
+                    bad_tag_dropped: n("bad_tag_dropped"),
+                    untagged_dropped: n("untagged_dropped"),
+                    old_key_frames: n("old_key_frames"),
                 });
             }
             Some("crash_point") => {

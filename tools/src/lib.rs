@@ -4,6 +4,8 @@
 //!   `ken bench fuse`) and every real-process test (`tests/it`, `tests/real`) start, watch,
 //!   pause, SIGKILL and restart their child processes through it, and pick their loopback
 //!   ports with its [`harness::free_ports`].
+//! - [`keys`]: the cluster key files of a run (`ken demo` and `ken torture` run keyed by
+//!   default) and the steps of a key rotation (`ken torture --rotate-key`).
 //!
 //! Where ken-tools sits: at the top of the workspace's one-way dependency graph, `ken-store`
 //! and `ken-transport` <- `ken` <- `ken-inspect` <- `ken-apps` <- `ken-tools` (`ken-tests` may
@@ -15,3 +17,4 @@
 //! shared with the app binaries' `inspect` subcommands.
 
 pub mod harness;
+pub mod keys;

@@ -1,17 +1,20 @@
 //! The `ken` command line: a thin dispatcher, one module per subcommand.
 //!
 //! - `ken bench`: measures this machine (raw fsync rate, durable turns per second at one
-//!   receiver, acknowledgement latency, pingpong round trip) against the project's targets.
+//!   receiver, acknowledgement latency, pingpong round trip) against the project's targets,
+//!   without a cluster key, with one, and with one and encryption (the cost of
+//!   authentication).
 //!   `ken bench fuse`: FUSE liveness bytes per second for 1 to 10,000 groups and
 //!   kill-to-notification times (its processes are `ken fuse-node`, hidden).
 //!
 //! - `ken torture`: a cluster of real app processes under seeded kills, crash points,
 //!   pauses and network faults, then healed and checked (exactly-once, FIFO, output
-//!   validity, the app's invariants, liveness). See `tools/TORTURE.md`.
+//!   validity, the app's invariants, liveness). Keyed by default; `--rotate-key` rotates
+//!   the cluster key mid-run. See `tools/TORTURE.md`.
 //!
 //! - `ken demo`: three bank processes and a kv service on loopback, SIGKILLed and restarted
 //!   while clients use them, then checked (money conserved, every acknowledged request
-//!   applied exactly once) with a short report.
+//!   applied exactly once) with a short report. Keyed by default (`--no-key`: not).
 //!
 //! - `ken keygen FILE`: writes a fresh cluster key (mode 0600, never overwriting a file);
 //!   `ken client-credential --key-file K --out FILE`: issues a client credential from it

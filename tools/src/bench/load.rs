@@ -26,15 +26,19 @@
 //! reports per simulated sender (messages sent, highest sequence acknowledged) is checked by
 //! `ken bench` against the receiver's store.
 //!
+//! With a cluster key (`ken bench`'s keyed variants) every frame is sealed with it as a Ken
+//! process seals it (tagged; encrypted too if asked), and frames received are opened with it.
+//!
 //! One current-thread tokio runtime runs one task per simulated sender.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use ken::transport::frame::MAX_FRAME_BYTES;
-use ken::transport::{Frame, FrameKind, Incarnation, ProcessId, Seq};
+use ken::transport::{Frame, FrameKind, Incarnation, Keyring, ProcessId, Seq};
 use ken::Time;
 use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
@@ -92,6 +96,9 @@ pub struct SimulatedReport {
     pub retransmits: u64,
     /// Frames received from the receiver.
     pub frames_in: u64,
+    /// Of those, frames tagged with the cluster key (all of them when keyed, none when not).
+    #[serde(default)]
+    pub tagged_in: u64,
 }
 
 /// The load generator's final report (its standard output).
@@ -104,6 +111,13 @@ impl LoadReport {
     /// `Data` messages sent by all simulated senders.
     pub fn data(&self) -> u64 {
         self.senders.iter().map(|s| s.data).sum()
+    }
+
+    /// Frames received from the receiver by all simulated senders, and how many were tagged.
+    pub fn frames_in(&self) -> (u64, u64) {
+        self.senders
+            .iter()
+            .fold((0, 0), |(a, t), s| (a + s.frames_in, t + s.tagged_in))
     }
 
     pub fn retransmits(&self) -> u64 {
@@ -124,6 +138,9 @@ pub struct LoadPlan {
     pub stop_at: Time,
     /// Seed of the incarnations.
     pub seed: u64,
+    /// The cluster's keys (`None`: unauthenticated): every frame is sealed with them (tagged,
+    /// and encrypted if they say so) and every frame received must check out.
+    pub keys: Option<Arc<Keyring>>,
 }
 
 /// SplitMix64: the `i`-th value of the stream seeded with `seed`.
@@ -151,6 +168,7 @@ pub fn run(plan: &LoadPlan) -> anyhow::Result<LoadReport> {
 async fn run_async(plan: &LoadPlan) -> anyhow::Result<LoadReport> {
     let receiver_id = ProcessId::new(plan.receiver.0.clone())?;
     let stop_at = Instant::now() + plan.stop_at.since(Time::now_wall());
+    let keys = plan.keys.clone();
     let mut sims = Vec::with_capacity(plan.senders.len());
     // Bind every socket before sending anything, so that a port taken by another program
     // fails the phase (to be retried) before the receiver heard of any sender.
@@ -160,15 +178,18 @@ async fn run_async(plan: &LoadPlan) -> anyhow::Result<LoadReport> {
             source,
         })?;
         let id = ProcessId::new(id.clone())?;
-        sims.push(Simulated::new(
-            id,
-            Incarnation(incarnation(plan.seed, i as u64)),
-            socket,
-            receiver_id.clone(),
-            plan.receiver.1,
-            plan.outstanding,
-            stop_at,
-        ));
+        sims.push(
+            Simulated::new(
+                id,
+                Incarnation(incarnation(plan.seed, i as u64)),
+                socket,
+                receiver_id.clone(),
+                plan.receiver.1,
+                plan.outstanding,
+                stop_at,
+            )
+            .with_keys(keys.clone()),
+        );
     }
     let mut tasks = tokio::task::JoinSet::new();
     for (i, sim) in sims.into_iter().enumerate() {
@@ -214,6 +235,9 @@ struct Simulated {
     rto: Duration,
     retransmits: u64,
     frames_in: u64,
+    tagged_in: u64,
+    /// The cluster's keys, if keyed.
+    keys: Option<Arc<Keyring>>,
 }
 
 impl Simulated {
@@ -251,7 +275,20 @@ impl Simulated {
             rto: RTO_INITIAL,
             retransmits: 0,
             frames_in: 0,
+            tagged_in: 0,
+            keys: None,
         }
+    }
+
+    /// Seals every frame with `keys` (and opens every frame received with them), if given.
+    fn with_keys(mut self, keys: Option<Arc<Keyring>>) -> Simulated {
+        self.frame.auth = if keys.is_some() {
+            ken::transport::Auth::Cluster
+        } else {
+            ken::transport::Auth::None
+        };
+        self.keys = keys;
+        self
     }
 
     async fn run(mut self) -> anyhow::Result<SimulatedReport> {
@@ -295,6 +332,7 @@ impl Simulated {
             acked: self.acked,
             retransmits: self.retransmits,
             frames_in: self.frames_in,
+            tagged_in: self.tagged_in,
         })
     }
 
@@ -326,10 +364,11 @@ impl Simulated {
         self.frame.seq = Seq(seq);
         self.frame.payload.clear();
         self.frame.payload.extend_from_slice(payload);
-        let bytes = self
-            .frame
-            .encode()
-            .expect("a bench message fits in a datagram");
+        let bytes = match &self.keys {
+            Some(keys) => keys.seal(&self.frame),
+            None => self.frame.encode(),
+        }
+        .expect("a bench message fits in a datagram");
         let _ = self.socket.send_to(&bytes, self.to).await;
     }
 
@@ -351,11 +390,19 @@ impl Simulated {
 
     /// Handles one datagram from the network.
     fn on_datagram(&mut self, datagram: &[u8]) -> anyhow::Result<()> {
-        // Junk is dropped, as the endpoint does; nothing else sends to these sockets.
-        let Ok(frame) = Frame::decode(datagram) else {
+        // Junk (and, keyed, anything that does not check out) is dropped, as the endpoint
+        // does; nothing else sends to these sockets.
+        let opened = match &self.keys {
+            Some(keys) => Frame::open(datagram, keys.as_ref()),
+            None => Frame::decode(datagram),
+        };
+        let Ok(frame) = opened else {
             return Ok(());
         };
         self.frames_in += 1;
+        if frame.auth != ken::transport::Auth::None {
+            self.tagged_in += 1;
+        }
         if frame.to != self.frame.from || frame.from != self.frame.to {
             return Ok(());
         }

@@ -23,6 +23,13 @@
 //!    message's send turn, first transmission and acknowledgement ([`node::ProbeReport`]):
 //!    the latency a message sees at a saturated receiver.
 //!
+//! **The cost of authentication**: phases 2 and 3 run three times, one after the other: with
+//! no cluster key (the report's main numbers), with a key (every frame tagged), and with a
+//! key and encryption; every process of a phase, the load generator included, holds the same
+//! fresh key. The report's `auth` rows give each variant's turns per second, acknowledgement
+//! latency and round trip, and their ratios to the unkeyed run (`keyed_turns_ratio`, target
+//! [`AUTH_TURNS_RATIO_TARGET`]).
+//!
 //! All processes share this machine's CPUs and disk. The load is one light process (no
 //! store, no engine; `load_cpu_cores` in the report says what it used) rather than one full
 //! Ken process per sender, whose own commits and runtimes would compete with the receiver's
@@ -72,6 +79,10 @@ pub const TURNS_PER_FSYNC_TARGET: f64 = 20.0;
 /// The round-trip budget is `RTT_BUDGET_FSYNCS * fsync_us_p50 + RTT_BUDGET_SLACK_US`.
 pub const RTT_BUDGET_FSYNCS: f64 = 3.0;
 pub const RTT_BUDGET_SLACK_US: f64 = 200.0;
+
+/// The most turns per second a key may cost: keyed turns/s over unkeyed turns/s at least
+/// this (issue 12: at most 10% fewer).
+pub const AUTH_TURNS_RATIO_TARGET: f64 = 0.9;
 
 /// The throughput phase's load generator, in the report.
 pub const LOAD_KIND: &str = "raw-frames";
@@ -146,6 +157,12 @@ pub struct Args {
     /// A smoke run of under 10 seconds: short windows, rough numbers.
     #[arg(long)]
     pub quick: bool,
+    /// Rounds of the pingpong and throughput phases, each round running the three key
+    /// variants (none, key, key and encryption; the next round in reverse order); each
+    /// variant reports its median round.
+    #[arg(long, default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub rounds: u32,
 }
 
 /// The measurements other than the default one.
@@ -251,6 +268,90 @@ pub struct BenchResult {
     /// `3 * fsync_us_p50 + 200`: the most `pingpong_rtt_us_p50` may be.
     pub rtt_budget_us: f64,
     pub rtt_pass: bool,
+
+    /// The same measurements per authentication variant (`none` first: the numbers above).
+    pub auth: Vec<AuthCost>,
+    /// Turns per second with a key (and with a key and encryption) over turns per second
+    /// without.
+    pub keyed_turns_ratio: f64,
+    pub encrypted_turns_ratio: f64,
+    /// Pingpong round trip p50 with a key (with a key and encryption) over without.
+    pub keyed_rtt_ratio: f64,
+    pub encrypted_rtt_ratio: f64,
+    pub auth_turns_ratio_target: f64,
+    pub keyed_turns_pass: bool,
+    /// Rounds of each variant (`--rounds`); every figure is its variant's median round.
+    pub rounds: u32,
+}
+
+/// How a measurement's processes protect their frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMode {
+    /// No cluster key.
+    None,
+    /// A cluster key: every frame tagged.
+    Key,
+    /// A cluster key and encryption of every peer frame's payload.
+    KeyEncrypt,
+}
+
+impl AuthMode {
+    const ALL: [AuthMode; 3] = [AuthMode::None, AuthMode::Key, AuthMode::KeyEncrypt];
+
+    fn name(self) -> &'static str {
+        match self {
+            AuthMode::None => "none",
+            AuthMode::Key => "key",
+            AuthMode::KeyEncrypt => "key-encrypt",
+        }
+    }
+}
+
+/// One authentication variant's numbers.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuthCost {
+    pub mode: AuthMode,
+    pub turns_per_sec: f64,
+    /// `turns_per_sec` over the unkeyed run's.
+    pub turns_ratio: f64,
+    pub turns_per_commit: f64,
+    pub receiver_cpu_cores: Option<f64>,
+    pub ack_latency_us_p50: u64,
+    pub ack_latency_us_p99: u64,
+    pub pingpong_rtt_us_p50: u64,
+    pub pingpong_rtt_us_p99: u64,
+    /// `pingpong_rtt_us_p50` over the unkeyed run's.
+    pub rtt_ratio: f64,
+    /// Frames the load generator received from the receiver, and how many carried a tag
+    /// that checked out under the key (the proof the variant ran keyed).
+    pub load_frames_in: u64,
+    pub load_frames_tagged: u64,
+    /// Every round's turns per second and pingpong round trip p50, in round order (the
+    /// figures above are the median rounds): the spread says how much to trust a ratio.
+    pub turns_per_sec_rounds: Vec<f64>,
+    pub pingpong_rtt_us_p50_rounds: Vec<u64>,
+}
+
+/// The keys of one variant's processes.
+#[derive(Debug, Clone)]
+struct AuthPlan {
+    mode: AuthMode,
+    key_file: Option<PathBuf>,
+}
+
+impl AuthPlan {
+    fn apply(&self, spec: &mut NodeSpec) {
+        spec.key_file = self.key_file.clone();
+        spec.encrypt = self.mode == AuthMode::KeyEncrypt;
+    }
+}
+
+/// The run whose `key` is the median (the lower middle one of an even count).
+fn median_by<T>(mut runs: Vec<T>, key: impl Fn(&T) -> f64) -> T {
+    assert!(!runs.is_empty(), "at least one round");
+    runs.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    runs.swap_remove((runs.len() - 1) / 2)
 }
 
 /// Nearest-rank percentile of sorted samples (0 if there are none).
@@ -304,19 +405,97 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         bail!("the fsync loop measured nothing");
     }
 
-    progress(&format!(
-        "pingpong round trips ({:.1} s)",
-        plan.pingpong.as_secs_f64()
-    ));
-    let pingpong = with_port_retries(|attempt| pingpong(&dir, &plan, attempt))?;
-
-    progress(&format!(
-        "throughput: {} simulated senders ({LOAD_KIND}) -> 1 receiver, plus the latency probe ({:.1} s warm-up, {:.1} s window)",
-        args.senders,
-        plan.warmup.as_secs_f64(),
-        plan.window.as_secs_f64()
-    ));
-    let load = with_port_retries(|attempt| throughput(&dir, args, &plan, attempt))?;
+    let key_file = dir.join("bench.key");
+    ken::ClusterKey::write_new(&key_file)?;
+    let auths: Vec<AuthPlan> = AuthMode::ALL
+        .iter()
+        .map(|&mode| AuthPlan {
+            mode,
+            key_file: (mode != AuthMode::None).then(|| key_file.clone()),
+        })
+        .collect();
+    // Round r runs the variants in order, the next round in reverse (ABC CBA ...), so that a
+    // drift of the machine over the run does not favour one; each variant's figure is the
+    // round with its median value.
+    let rounds = args.rounds.max(1);
+    let order = |r: u32| -> Vec<usize> {
+        let mut o: Vec<usize> = (0..auths.len()).collect();
+        if r % 2 == 1 {
+            o.reverse();
+        }
+        o
+    };
+    let mut pingpong_runs: Vec<Vec<PingpongReport>> = vec![Vec::new(); auths.len()];
+    for r in 0..rounds {
+        for i in order(r) {
+            let auth = &auths[i];
+            progress(&format!(
+                "pingpong round trips, keys: {} ({:.1} s, round {}/{rounds})",
+                auth.mode.name(),
+                plan.pingpong.as_secs_f64(),
+                r + 1
+            ));
+            pingpong_runs[i].push(with_port_retries(|attempt| {
+                pingpong(&dir, &plan, auth, r, attempt)
+            })?);
+        }
+    }
+    let mut load_runs: Vec<Vec<Throughput>> = auths.iter().map(|_| Vec::new()).collect();
+    for r in 0..rounds {
+        for i in order(r) {
+            let auth = &auths[i];
+            progress(&format!(
+                "throughput, keys: {}: {} simulated senders ({LOAD_KIND}) -> 1 receiver, plus the latency probe ({:.1} s warm-up, {:.1} s window, round {}/{rounds})",
+                auth.mode.name(),
+                args.senders,
+                plan.warmup.as_secs_f64(),
+                plan.window.as_secs_f64(),
+                r + 1
+            ));
+            load_runs[i].push(with_port_retries(|attempt| {
+                throughput(&dir, args, &plan, auth, r, attempt)
+            })?);
+        }
+    }
+    let rtt_rounds: Vec<Vec<u64>> = pingpong_runs
+        .iter()
+        .map(|runs| runs.iter().map(|p| p.rtt_us_p50).collect())
+        .collect();
+    let turns_rounds: Vec<Vec<f64>> = load_runs
+        .iter()
+        .map(|runs| runs.iter().map(|t| t.turns_per_sec).collect())
+        .collect();
+    let pingpongs: Vec<PingpongReport> = pingpong_runs
+        .into_iter()
+        .map(|runs| median_by(runs, |p| p.rtt_us_p50 as f64))
+        .collect();
+    let loads: Vec<Throughput> = load_runs
+        .into_iter()
+        .map(|runs| median_by(runs, |t| t.turns_per_sec))
+        .collect();
+    let (pingpong, load) = (pingpongs[0].clone(), &loads[0]);
+    let rounds_run = rounds;
+    let auth: Vec<AuthCost> = auths
+        .iter()
+        .zip(pingpongs.iter().zip(&loads))
+        .zip(turns_rounds.into_iter().zip(rtt_rounds))
+        .map(|((a, (p, l)), (turns_rounds, rtt_rounds))| AuthCost {
+            mode: a.mode,
+            turns_per_sec: l.turns_per_sec,
+            turns_ratio: l.turns_per_sec / load.turns_per_sec,
+            turns_per_commit: l.turns_per_commit,
+            receiver_cpu_cores: l.receiver_cpu_cores,
+            ack_latency_us_p50: l.probe.ack_latency_us_p50,
+            ack_latency_us_p99: l.probe.ack_latency_us_p99,
+            pingpong_rtt_us_p50: p.rtt_us_p50,
+            pingpong_rtt_us_p99: p.rtt_us_p99,
+            rtt_ratio: p.rtt_us_p50 as f64 / pingpong.rtt_us_p50.max(1) as f64,
+            load_frames_in: l.load_frames_in,
+            load_frames_tagged: l.load_frames_tagged,
+            turns_per_sec_rounds: turns_rounds,
+            pingpong_rtt_us_p50_rounds: rtt_rounds,
+        })
+        .collect();
 
     let turns_per_fsync_ratio = load.turns_per_sec / fsync.fsync_per_sec;
     let rtt_budget_us = RTT_BUDGET_FSYNCS * fsync.fsync_us_p50 as f64 + RTT_BUDGET_SLACK_US;
@@ -356,6 +535,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         turns_per_fsync_pass: turns_per_fsync_ratio >= TURNS_PER_FSYNC_TARGET,
         rtt_budget_us,
         rtt_pass: pingpong.rtt_us_p50 as f64 <= rtt_budget_us,
+        keyed_turns_ratio: auth[1].turns_ratio,
+        encrypted_turns_ratio: auth[2].turns_ratio,
+        keyed_rtt_ratio: auth[1].rtt_ratio,
+        encrypted_rtt_ratio: auth[2].rtt_ratio,
+        auth_turns_ratio_target: AUTH_TURNS_RATIO_TARGET,
+        keyed_turns_pass: auth[1].turns_ratio >= AUTH_TURNS_RATIO_TARGET,
+        rounds: rounds_run,
+        auth,
     };
     if args.json {
         println!("{}", serde_json::to_string(&result)?);
@@ -422,6 +609,40 @@ fn render(r: &BenchResult) -> String {
         "  pingpong    round trip (A sends, B commits and answers, A's next turn): p50 {} us, p99 {} us ({} volleys)",
         r.pingpong_rtt_us_p50, r.pingpong_rtt_us_p99, r.pingpong_volleys
     ));
+    line(format!(
+        "  authentication (the same phases with a cluster key, and with a key and encryption; median of {} round{})",
+        r.rounds,
+        if r.rounds == 1 { "" } else { "s" }
+    ));
+    for a in &r.auth {
+        line(format!(
+            "    {:<12} {:>8.0} turns/s ({:>5.1}% of unkeyed)  ack latency p50 {:>6} us  pingpong rtt p50 {:>5} us ({:>5.1}% of unkeyed), p99 {} us",
+            a.mode.name(),
+            a.turns_per_sec,
+            100.0 * a.turns_ratio,
+            a.ack_latency_us_p50,
+            a.pingpong_rtt_us_p50,
+            100.0 * a.rtt_ratio,
+            a.pingpong_rtt_us_p99
+        ));
+        if r.rounds > 1 {
+            let turns: Vec<String> = a
+                .turns_per_sec_rounds
+                .iter()
+                .map(|t| format!("{t:.0}"))
+                .collect();
+            let rtt: Vec<String> = a
+                .pingpong_rtt_us_p50_rounds
+                .iter()
+                .map(u64::to_string)
+                .collect();
+            line(format!(
+                "                 rounds: turns/s {}; rtt p50 {} us",
+                turns.join(" "),
+                rtt.join(" ")
+            ));
+        }
+    }
     line("  targets".to_string());
     line(format!(
         "    turns/s / fsync/s = {:.1}   (target >= {:.0})   {}",
@@ -434,6 +655,12 @@ fn render(r: &BenchResult) -> String {
         r.pingpong_rtt_us_p50,
         r.rtt_budget_us,
         pass(r.rtt_pass)
+    ));
+    line(format!(
+        "    keyed turns/s / unkeyed turns/s = {:.2}   (target >= {:.2})   {}",
+        r.keyed_turns_ratio,
+        r.auth_turns_ratio_target,
+        pass(r.keyed_turns_pass)
     ));
     s
 }
@@ -658,12 +885,19 @@ fn phase_dir(dir: &Path, name: &str, attempt: u32) -> anyhow::Result<PathBuf> {
     Ok(d)
 }
 
-fn pingpong(dir: &Path, plan: &Plan, attempt: u32) -> anyhow::Result<PingpongReport> {
-    let dir = phase_dir(dir, "pingpong", attempt)?;
+fn pingpong(
+    dir: &Path,
+    plan: &Plan,
+    auth: &AuthPlan,
+    round: u32,
+    attempt: u32,
+) -> anyhow::Result<PingpongReport> {
+    let name = format!("pingpong-{}-{round}", auth.mode.name());
+    let dir = phase_dir(dir, &name, attempt)?;
     let addrs = harness::free_addrs(2).context(NO_FREE_PORT)?;
     let (hitter, echo) = (("hitter", addrs[0]), ("echo", addrs[1]));
-    let spec =
-        |role: Role, me: (&str, SocketAddr), peer: (&str, SocketAddr), at: &Schedule| NodeSpec {
+    let spec = |role: Role, me: (&str, SocketAddr), peer: (&str, SocketAddr), at: &Schedule| {
+        let mut spec = NodeSpec {
             role,
             id: me.0.to_string(),
             listen: me.1,
@@ -678,7 +912,12 @@ fn pingpong(dir: &Path, plan: &Plan, attempt: u32) -> anyhow::Result<PingpongRep
             expect_done: 0,
             simulated: Vec::new(),
             seed: 0,
+            key_file: None,
+            encrypt: false,
         };
+        auth.apply(&mut spec);
+        spec
+    };
     let mut children = Children::new(&dir);
     let early = Schedule::from_now(plan.pingpong_warmup, plan.pingpong, Duration::ZERO);
     children.spawn(&spec(Role::Echo, echo, hitter, &early))?;
@@ -710,11 +949,22 @@ struct Throughput {
     receiver_cpu_wait_cores: Option<f64>,
     load_cpu_cores: Option<f64>,
     load_retransmits: u64,
+    /// Frames the load generator received from the receiver, and how many were tagged.
+    load_frames_in: u64,
+    load_frames_tagged: u64,
     probe: ProbeReport,
 }
 
-fn throughput(dir: &Path, args: &Args, plan: &Plan, attempt: u32) -> anyhow::Result<Throughput> {
-    let dir = phase_dir(dir, "throughput", attempt)?;
+fn throughput(
+    dir: &Path,
+    args: &Args,
+    plan: &Plan,
+    auth: &AuthPlan,
+    round: u32,
+    attempt: u32,
+) -> anyhow::Result<Throughput> {
+    let name = format!("throughput-{}-{round}", auth.mode.name());
+    let dir = phase_dir(dir, &name, attempt)?;
     let senders = args.senders as usize;
     let addrs = harness::free_addrs(senders + 2).context(NO_FREE_PORT)?;
     let receiver = ("receiver".to_string(), addrs[0]);
@@ -725,21 +975,27 @@ fn throughput(dir: &Path, args: &Args, plan: &Plan, attempt: u32) -> anyhow::Res
     let mut receiver_peers = simulated.clone();
     receiver_peers.push(probe.clone());
 
-    let spec = |role: Role, me: &(String, SocketAddr), peers, at: &Schedule| NodeSpec {
-        role,
-        id: me.0.clone(),
-        listen: me.1,
-        store: dir.join(format!("{}.ken", me.0)),
-        target: (role != Role::Receiver).then(|| receiver.0.clone()),
-        peers,
-        stop_at_us: at.stop_at.as_micros(),
-        measure_from_us: at.measure_from.as_micros(),
-        measure_until_us: at.measure_until.as_micros(),
-        deadline_us: at.deadline.as_micros(),
-        outstanding: args.outstanding as usize,
-        expect_done: receiver_peers.len() as u64,
-        simulated: Vec::new(),
-        seed: 0,
+    let spec = |role: Role, me: &(String, SocketAddr), peers, at: &Schedule| {
+        let mut spec = NodeSpec {
+            role,
+            id: me.0.clone(),
+            listen: me.1,
+            store: dir.join(format!("{}.ken", me.0)),
+            target: (role != Role::Receiver).then(|| receiver.0.clone()),
+            peers,
+            stop_at_us: at.stop_at.as_micros(),
+            measure_from_us: at.measure_from.as_micros(),
+            measure_until_us: at.measure_until.as_micros(),
+            deadline_us: at.deadline.as_micros(),
+            outstanding: args.outstanding as usize,
+            expect_done: receiver_peers.len() as u64,
+            simulated: Vec::new(),
+            seed: 0,
+            key_file: None,
+            encrypt: false,
+        };
+        auth.apply(&mut spec);
+        spec
     };
     let mut children = Children::new(&dir);
     let early = Schedule::from_now(plan.warmup, plan.window, STOP_AFTER_WINDOW);
@@ -823,6 +1079,8 @@ fn throughput(dir: &Path, args: &Args, plan: &Plan, attempt: u32) -> anyhow::Res
         receiver_cpu_wait_cores,
         load_cpu_cores,
         load_retransmits: load.retransmits(),
+        load_frames_in: load.frames_in().0,
+        load_frames_tagged: load.frames_in().1,
         probe,
     })
 }

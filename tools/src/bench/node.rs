@@ -120,6 +120,13 @@ pub struct NodeSpec {
     /// Load generator: seed of the simulated senders' incarnations.
     #[serde(default)]
     pub seed: u64,
+    /// The cluster key file (`None`: unauthenticated): every process of a measurement holds
+    /// the same key, the load generator too.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// With a key: encrypt every peer frame's payload too.
+    #[serde(default)]
+    pub encrypt: bool,
 }
 
 /// The probe's handler's final report.
@@ -336,10 +343,21 @@ impl NodeSpec {
             config.peers.insert(pid(id)?, *addr);
         }
         config.faults = Some(ken::transport::FaultConfig::default());
+        config.key = self.key()?;
+        config.encrypt = self.encrypt;
         config.finish_linger = FINISH_LINGER;
         // `ken bench` waits for this line on standard error before starting the peers.
         config.announce = true;
         Ok(config)
+    }
+
+    /// The cluster key, if the spec names one.
+    pub fn key(&self) -> anyhow::Result<Option<ken::ClusterKey>> {
+        Ok(self
+            .key_file
+            .as_deref()
+            .map(ken::ClusterKey::load)
+            .transpose()?)
     }
 
     /// The probe's sender handler: one message per [`PROBE_POLL`], at most
@@ -419,6 +437,14 @@ fn run_node(spec: &NodeSpec) -> anyhow::Result<()> {
             outstanding: spec.outstanding,
             stop_at: Time(spec.stop_at_us),
             seed: spec.seed,
+            keys: match spec.key()? {
+                Some(key) => Some(Arc::new(ken::transport::Keyring::new(
+                    &key,
+                    &[],
+                    spec.encrypt,
+                )?)),
+                None => None,
+            },
         })?;
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
@@ -556,6 +582,7 @@ mod tests {
             outstanding: 16,
             stop_at: Time::now_wall().plus(Duration::from_millis(600)),
             seed: 3,
+            keys: None,
         };
         let report = run(&plan).expect("the load finishes");
         let _ = stop_tx.send(());

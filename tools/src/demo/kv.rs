@@ -1,14 +1,15 @@
 //! The demo's kv clients: threads that send `incr`s and `put`s to the kv service through
 //! [`ken::BlockingClient`] (the blocking face of [`ken::Client`]) typed with the app's own
 //! request and reply ([`ken_apps::kv::KvClient`]), retrying a timed-out request with the same
-//! number until it is answered, and recording what was acknowledged.
+//! number until it is answered, and recording what was acknowledged. With a cluster key each
+//! client holds a credential issued from it ([`ClusterKey::new_credential`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ken::{ClientError, ClientId, ClientOptions};
+use ken::{ClientError, ClientId, ClientOptions, ClusterKey};
 use ken_apps::kv::{self, KvClient, Reply, Request};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -75,10 +76,16 @@ pub fn options() -> ClientOptions {
 }
 
 /// Sends requests until `live.stop`, one at a time, then returns what it saw.
-pub fn client_thread(index: usize, seed: u64, server: SocketAddr, live: &Live) -> ClientLog {
+pub fn client_thread(
+    index: usize,
+    seed: u64,
+    server: SocketAddr,
+    key: Option<&ClusterKey>,
+    live: &Live,
+) -> ClientLog {
     let mut log = ClientLog::default();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut client = match KvClient::with_id(ClientId::random(), 1, options()) {
+    let mut client = match new_client(key) {
         Ok(c) => c,
         Err(e) => {
             log.problems.push(format!("client {index}: {e}"));
@@ -163,10 +170,22 @@ pub fn check_puts(store: &std::path::Path, puts: &[(String, String)]) -> Vec<Str
     problems
 }
 
-/// Reads counter `key` (absent = 0).
-pub fn read_counter(server: SocketAddr, key: &str) -> Result<i64, String> {
-    let mut client =
-        KvClient::with_id(ClientId::random(), 1, options()).map_err(|e| e.to_string())?;
+/// A fresh client: with a credential issued from the cluster key if there is one (a keyed
+/// server answers nothing else), anonymous otherwise.
+fn new_client(key: Option<&ClusterKey>) -> Result<KvClient, ClientError> {
+    match key {
+        Some(k) => KvClient::with_credential(k.new_credential(), 1, options()),
+        None => KvClient::with_id(ClientId::random(), 1, options()),
+    }
+}
+
+/// Reads counter `key` (absent = 0), as a fresh client of the cluster keyed `cluster_key`.
+pub fn read_counter(
+    server: SocketAddr,
+    key: &str,
+    cluster_key: Option<&ClusterKey>,
+) -> Result<i64, String> {
+    let mut client = new_client(cluster_key).map_err(|e| e.to_string())?;
     let request = Request::Get { key: key.into() };
     match call(&mut client, server, &request, Duration::from_secs(10)).0 {
         Ok(Reply::Value(None)) => Ok(0),

@@ -2,7 +2,10 @@
 //! then checked.
 //!
 //! 1. **Start** three `ken-bank` members (each starts a bounded number of transfers) and one
-//!    `ken-kv` process, stores in a fresh directory (or `--dir`).
+//!    `ken-kv` process, stores in a fresh directory (or `--dir`). Keyed: a fresh cluster key
+//!    (`keys/key-0.key`, [`ken_tools::keys`]) is given to every process (`--key-file`) and
+//!    the kv clients hold credentials issued from it; `--no-key` runs unauthenticated, with
+//!    a loud warning.
 //! 2. **Faults** for `--seconds`: four client threads send `incr`s of a few counters and
 //!    `put`s of fresh keys to kv (a timed-out request is retried with the same number until
 //!    answered); meanwhile the demo SIGKILLs a random process every 0.3-1.2 s and restarts
@@ -32,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use ken_tools::harness::{self, End, Process, Spec};
+use ken_tools::keys::{Held, KeyRing};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -62,6 +66,11 @@ pub struct Args {
     /// Directory for the stores and logs (default: a fresh temporary directory, kept).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Run the cluster without a cluster key (unauthenticated mode, SECURITY.md). By default
+    /// the demo writes a fresh key to `DIR/keys/key-0.key`, starts every process with it and
+    /// gives its kv clients credentials issued from it.
+    #[arg(long)]
+    pub no_key: bool,
 }
 
 /// One process of the cluster.
@@ -96,6 +105,23 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         args.seconds,
         dir.display()
     );
+    let ring = if args.no_key {
+        println!("ken demo: {}", ken_tools::keys::NO_KEY_WARNING);
+        None
+    } else {
+        let ring = KeyRing::create(&dir.join("keys"))?;
+        println!(
+            "ken demo: cluster key {} in {} (every frame authenticated, clients with credentials)",
+            ring.key(0)?.id(),
+            ring.file(0).display()
+        );
+        Some(ring)
+    };
+    let key_args = ring
+        .as_ref()
+        .map(|r| Held::only(0).args(r))
+        .unwrap_or_default();
+    let key = ring.as_ref().map(|r| r.key(0)).transpose()?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let bank = apps::Bank {
         procs: BANK_MEMBERS,
@@ -132,6 +158,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                 store.display().to_string(),
             ]);
         }
+        args.extend(key_args.iter().cloned());
         let member = Process::start(Spec::new(id.clone(), &program, args, &dir))?;
         procs.push(Proc { member, store });
     }
@@ -145,7 +172,10 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         .map(|i| {
             let live = Arc::clone(&live);
             let client_seed = rng.gen::<u64>();
-            std::thread::spawn(move || kv::client_thread(i, client_seed, kv_addr, &live))
+            let key = key.clone();
+            std::thread::spawn(move || {
+                kv::client_thread(i, client_seed, kv_addr, key.as_ref(), &live)
+            })
         })
         .collect();
 
@@ -252,11 +282,12 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             *acked.entry(k.clone()).or_default() += v;
         }
     }
+    let cluster_key = key.as_ref();
     let mut counter_lines = Vec::new();
     for i in 0..kv::COUNTERS {
         let key = kv::counter_key(i);
         let want = acked.get(&key).copied().unwrap_or(0);
-        match kv::read_counter(kv_addr, &key) {
+        match kv::read_counter(kv_addr, &key, cluster_key) {
             Ok(found) if found == want => counter_lines.push(format!("{key}={found}")),
             Ok(found) => kv_problems.push(format!(
                 "{key} is {found}, but its acknowledged increments sum to {want}"
@@ -329,8 +360,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     }
     println!("look inside a store: ken inspect {}", kv_store.display());
     println!(
-        "replay this run: ken demo --seconds {} --seed {seed}",
-        args.seconds
+        "replay this run: ken demo --seconds {} --seed {seed}{}",
+        args.seconds,
+        if args.no_key { " --no-key" } else { "" }
     );
     let verdict = all.is_empty();
     println!(

@@ -55,6 +55,7 @@ use rand_chacha::ChaCha8Rng;
 
 use apps::TortureApp;
 use ken_tools::harness::{self, loopback, End, Process, Spec};
+use ken_tools::keys::{self, Held, KeyRing, RotationStep};
 
 /// Interval of each process's stats lines (`KEN_STATS_INTERVAL_MS`).
 const STATS_INTERVAL_MS: u64 = 500;
@@ -231,6 +232,17 @@ pub struct Args {
     /// Negative control: run the children with KEN_UNSAFE_RELEASE_BEFORE_COMMIT=1.
     #[arg(long, hide = true)]
     pub unsafe_release_before_commit: bool,
+    /// Run the cluster without a cluster key (unauthenticated mode, SECURITY.md). By default
+    /// a fresh key is written to `DIR/keys/key-0.key` and given to every process.
+    #[arg(long)]
+    pub no_key: bool,
+    /// Rotate the cluster key N times (default 1) while the faults go on (bank, pingpong):
+    /// a new key, then SECURITY.md's three passes of one SIGKILL and restart at a time
+    /// (send old and accept new; send new and accept old; new alone). The first starts at a
+    /// fifth of the fault phase; a rotation unfinished at the heal finishes before
+    /// quiescence counts.
+    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "1")]
+    pub rotate_key: Option<u32>,
 }
 
 /// Counters of a run.
@@ -251,6 +263,9 @@ struct Counters {
     /// Planned but not made: no eligible victim (or the sticky holder never held) in time.
     permanent_kills_skipped: u64,
     long_partitions_skipped: u64,
+    /// Key rotations completed, and the SIGKILLs and restarts they made.
+    key_rotations: u64,
+    key_rotation_restarts: u64,
 }
 
 /// Converts the harness's instants to wall-clock milliseconds since the Unix epoch, the
@@ -367,6 +382,34 @@ struct Cluster {
     pause_window: Vec<Option<usize>>,
     /// Lock runs only.
     fuse: Option<FusePlan>,
+    /// The run's key files (`None`: `--no-key`), and the keys each member holds.
+    keys: Option<KeyRing>,
+    held: Vec<Held>,
+    rotation: Rotation,
+}
+
+/// Gap between a rotation restart's process listening and the next rotation restart (and
+/// before a rotation's first): longer than any delay the fault files put on a frame, so no
+/// frame sealed under a key is still in flight when its last holder drops it.
+const ROTATION_GAP: Duration = Duration::from_millis(300);
+
+/// Key rotations (`--rotate-key`): what is left to do.
+#[derive(Debug, Default)]
+struct Rotation {
+    /// Rotations not started yet.
+    left: u32,
+    /// The restarts of the rotation in progress, next first.
+    steps: std::collections::VecDeque<RotationStep>,
+    /// No restart before this time.
+    next_at: Option<Instant>,
+    /// The member restarted last, until it listens (or dies).
+    waiting_on: Option<usize>,
+}
+
+impl Rotation {
+    fn done(&self) -> bool {
+        self.left == 0 && self.steps.is_empty() && self.waiting_on.is_none()
+    }
 }
 
 /// Runs `ken torture`; the exit code is 0 only if no violation was found.
@@ -474,6 +517,12 @@ fn check_args(args: &Args) -> anyhow::Result<()> {
              it exists only in test builds (`cargo test`, or the cargo feature \
              ken/unsafe-release-before-commit)"
         );
+    }
+    if args.rotate_key.is_some() && args.no_key {
+        bail!("--rotate-key needs a cluster key: drop --no-key");
+    }
+    if args.rotate_key.is_some() && args.app == AppName::Lock {
+        bail!("--rotate-key works with --app bank and --app pingpong (the lock checks would count its restarts as unplanned outages)");
     }
     if let (Some(min), Some(max)) = (args.pause_min_ms, args.pause_max_ms) {
         if min > max {
@@ -699,6 +748,12 @@ impl Cluster {
         std::fs::copy(&source, &program)
             .with_context(|| format!("copy {} to {}", source.display(), program.display()))?;
         let ids = app.members();
+        let keys = if args.no_key {
+            println!("ken torture: {}", keys::NO_KEY_WARNING);
+            None
+        } else {
+            Some(KeyRing::create(&dir.join("keys"))?)
+        };
         let ports = harness::free_ports(ids.len()).context("pick free UDP ports")?;
         let stores: Vec<PathBuf> = ids
             .iter()
@@ -773,7 +828,13 @@ impl Cluster {
             windows: Vec::new(),
             pause_window: vec![None; ids.len()],
             fuse,
+            keys,
+            held: vec![Held::only(0); ids.len()],
+            rotation: Rotation::default(),
         };
+        if let Some(n) = cluster.args.rotate_key {
+            cluster.rotation.left = n;
+        }
         cluster.set_args();
         Ok(cluster)
     }
@@ -795,6 +856,9 @@ impl Cluster {
                     .into_iter()
                     .map(Into::into),
             );
+            if let Some(ring) = &self.keys {
+                args.extend(self.held[i].args(ring).into_iter().map(Into::into));
+            }
             self.members[i].proc.set_args(args);
         }
     }
@@ -1171,6 +1235,7 @@ impl Cluster {
             }
             self.end_cuts(|c| c.until.is_some_and(|t| t <= now))?;
             self.fuse_events(now, now.duration_since(start))?;
+            self.rotate_keys(now, start + Duration::from_secs(self.args.seconds) / 5)?;
             if next_kill.is_some_and(|t| t <= now) {
                 let running: Vec<usize> = (0..self.members.len())
                     .filter(|i| self.members[*i].proc.is_running() && !self.busy(*i, now))
@@ -1251,6 +1316,7 @@ impl Cluster {
             self.operator_rule()?;
             self.lock_operator_rule()?;
             let now = Instant::now();
+            self.rotate_keys(now, now)?;
             match self.quiescent(&mut last_turns, now) {
                 Ok(None) => {
                     let took = now.duration_since(healed);
@@ -1314,7 +1380,72 @@ impl Cluster {
         if now.duration_since(stable_since) < QUIESCE_STABLE {
             missing.push(format!("turns/messages moving ({moving})"));
         }
+        if !self.rotation.done() {
+            missing.push("a key rotation in progress".into());
+        }
         Ok((!missing.is_empty()).then(|| missing.join(", ")))
+    }
+
+    /// `--rotate-key`: starts a rotation once `first_at` has passed (a new key, the plan of
+    /// [`keys::rotation_plan`]) and makes its restarts one at a time: each member is
+    /// SIGKILLed and started again at once holding its next keys, the next one only
+    /// [`ROTATION_GAP`] after it listens. A member that is down or finished just gets its new
+    /// keys for its next start.
+    fn rotate_keys(&mut self, now: Instant, first_at: Instant) -> anyhow::Result<()> {
+        let Some(ring) = &mut self.keys else {
+            return Ok(());
+        };
+        if let Some(i) = self.rotation.waiting_on {
+            let proc = &self.members[i].proc;
+            let listening = proc
+                .current_life()
+                .is_some_and(|l| l.listening_at().is_some());
+            if !listening && proc.is_running() {
+                return Ok(());
+            }
+            self.rotation.waiting_on = None;
+            self.rotation.next_at = Some(now + ROTATION_GAP);
+            if self.rotation.steps.is_empty() {
+                self.counters.key_rotations += 1;
+            }
+        }
+        if self.rotation.next_at.unwrap_or(first_at) > now {
+            return Ok(());
+        }
+        if self.rotation.steps.is_empty() {
+            if self.rotation.left == 0 {
+                return Ok(());
+            }
+            self.rotation.left -= 1;
+            let old = ring.newest();
+            let new = ring.generate()?;
+            self.rotation.steps = keys::rotation_plan(self.members.len(), old, new).into();
+        }
+        let Some(step) = self.rotation.steps.pop_front() else {
+            return Ok(());
+        };
+        let i = step.member;
+        self.held[i] = step.held;
+        self.set_args();
+        if self.members[i].proc.is_running() && self.members[i].killed_for_good.is_none() {
+            self.resume_member(i);
+            match self.members[i].proc.kill()? {
+                End::KilledByUs => {}
+                End::CrashPoint(_) => self.counters.crash_points_hit += 1,
+                End::StoreFull => self.counters.disk_full_exits += 1,
+                End::Finished | End::BindError | End::Unexpected(_) => {}
+            }
+            self.close_pause_if_dead(i);
+            self.members[i].restart_at = None;
+            self.members[i].spawn(None)?;
+            self.counters.restarts += 1;
+            self.counters.key_rotation_restarts += 1;
+            self.rotation.waiting_on = Some(i);
+        } else if self.rotation.steps.is_empty() {
+            self.counters.key_rotations += 1;
+            self.rotation.next_at = Some(now + ROTATION_GAP);
+        }
+        Ok(())
     }
 
     /// SIGKILLs every running member (the end of a run; not counted as a kill).
@@ -1553,6 +1684,12 @@ impl Cluster {
             "retransmits": stats.iter().map(|s| s.retransmits).sum::<u64>(),
             "duplicates_dropped": stats.iter().map(|s| s.duplicates_dropped).sum::<u64>(),
             "frames_corrupted_dropped": stats.iter().map(|s| s.junk_dropped).sum::<u64>(),
+            "keyed": self.keys.is_some(),
+            "key_rotations": c.key_rotations,
+            "key_rotation_restarts": c.key_rotation_restarts,
+            "frames_unknown_key_dropped": stats.iter().map(|s| s.unknown_key_dropped).sum::<u64>(),
+            "frames_bad_tag_dropped": stats.iter().map(|s| s.bad_tag_dropped + s.untagged_dropped).sum::<u64>(),
+            "frames_old_key": stats.iter().map(|s| s.old_key_frames).sum::<u64>(),
             "recovery_ms_p50": pct(0.5),
             "recovery_ms_p99": pct(0.99),
             "quiesce_ms": quiesced.map(|d| d.as_millis() as u64),

@@ -105,6 +105,51 @@ fn quick_json_reports_every_measurement() {
         "{v}"
     );
 
+    // The same phases with a key and with a key and encryption, in the same run.
+    let auth = v["auth"].as_array().expect("`auth` rows");
+    let modes: Vec<&str> = auth.iter().map(|a| a["mode"].as_str().unwrap()).collect();
+    assert_eq!(modes, ["none", "key", "key-encrypt"], "{v}");
+    assert_eq!(v["rounds"], 1, "{v}");
+    for (i, a) in auth.iter().enumerate() {
+        for field in [
+            "turns_per_sec",
+            "turns_ratio",
+            "pingpong_rtt_us_p50",
+            "rtt_ratio",
+        ] {
+            let x = number(a, field);
+            assert!(x.is_finite() && x > 0.0, "`{field}` = {x} in {a}");
+        }
+        let ratio = number(a, "turns_per_sec") / number(&v, "turns_per_sec");
+        assert!(
+            (number(a, "turns_ratio") - ratio).abs() <= 1e-9 * ratio,
+            "{a}"
+        );
+        // What the load generator heard from the receiver was tagged exactly when keyed.
+        let (frames, tagged) = (number(a, "load_frames_in"), number(a, "load_frames_tagged"));
+        assert!(frames > 0.0, "{a}");
+        assert_eq!(tagged, if i == 0 { 0.0 } else { frames }, "{a}");
+        assert_eq!(a["turns_per_sec_rounds"][0], a["turns_per_sec"], "{a}");
+        assert_eq!(
+            a["pingpong_rtt_us_p50_rounds"][0], a["pingpong_rtt_us_p50"],
+            "{a}"
+        );
+    }
+    assert_eq!(
+        number(&auth[0], "turns_per_sec"),
+        number(&v, "turns_per_sec")
+    );
+    assert_eq!(
+        number(&v, "keyed_turns_ratio"),
+        number(&auth[1], "turns_ratio"),
+        "{v}"
+    );
+    assert_eq!(
+        v["keyed_turns_pass"],
+        number(&v, "keyed_turns_ratio") >= 0.9,
+        "{v}"
+    );
+
     // Every store and child output went into the run's own directory, removed at the end.
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(left.is_empty(), "ken bench left files behind: {left:?}");

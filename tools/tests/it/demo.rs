@@ -27,6 +27,23 @@ fn a_short_demo_kills_restarts_and_verifies_everything() {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }
     assert!(!stdout.contains("FAILED"), "{stdout}");
+    // Keyed by default: the key is in the directory, every process was given it.
+    assert!(
+        stdout.contains("ken demo: cluster key ") && !stdout.contains("WARNING"),
+        "{stdout}"
+    );
+    assert!(stores.join("keys/key-0.key").is_file());
+    let stderr_logs: String = std::fs::read_dir(&stores)
+        .expect("the demo's directory")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".stderr"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    assert!(
+        stderr_logs.contains("frames authenticated")
+            && !stderr_logs.to_lowercase().contains("no cluster key"),
+        "every life runs keyed"
+    );
     // Not a terminal: plain progress lines, and the kills really happened.
     assert!(stdout.contains("turns/s"), "{stdout}");
     let killed = stdout

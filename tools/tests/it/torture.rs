@@ -55,6 +55,64 @@ fn bank_torture_passes() {
     assert!(n(&s, "restarts") >= n(&s, "kills"), "{s}");
     assert!(n(&s, "turns") > 0 && n(&s, "messages") > 0, "{s}");
     assert!(stdout.starts_with("ken torture: seed 11"), "{stdout}");
+    // Keyed by default: every frame authenticated, none refused.
+    assert_eq!(s["keyed"], true, "{s}");
+    assert_eq!(n(&s, "frames_unknown_key_dropped"), 0, "{s}");
+    assert_eq!(n(&s, "frames_bad_tag_dropped"), 0, "{s}");
+}
+
+/// `--rotate-key 2`: two rotations of the cluster key (SECURITY.md's three passes of one
+/// SIGKILL and restart at a time each) while the kills, pauses and network faults go on.
+/// Nothing lost or done twice, and no frame refused for its key at any moment: the accept
+/// window carries every frame across (its negative control, a restart with the new key
+/// alone, is `tests/real/keys.rs`).
+#[test]
+fn bank_torture_rotating_the_key_passes_and_refuses_no_frame() {
+    let (ok, stdout, s) = torture(&[
+        "--app",
+        "bank",
+        "--procs",
+        "3",
+        "--seconds",
+        "10",
+        "--seed",
+        "13",
+        "--rotate-key",
+        "2",
+    ]);
+    assert!(ok && n(&s, "violations") == 0, "{stdout}");
+    assert_eq!(n(&s, "key_rotations"), 2, "{s}");
+    // Three passes over 3 processes per rotation; one that is down at its turn only gets
+    // its keys for its next start.
+    let restarts = n(&s, "key_rotation_restarts");
+    assert!((4..=18).contains(&restarts), "{s}");
+    assert!(n(&s, "restarts") >= n(&s, "kills") + restarts, "{s}");
+    // Frames under the old key were accepted (the window was used), none was refused.
+    assert!(n(&s, "frames_old_key") > 0, "{s}");
+    assert_eq!(n(&s, "frames_unknown_key_dropped"), 0, "{s}");
+}
+
+#[test]
+fn a_rotation_needs_a_key_and_a_supported_app() {
+    for (args, says) in [
+        (
+            &["--no-key", "--rotate-key"][..],
+            "--rotate-key needs a cluster key",
+        ),
+        (
+            &["--app", "lock", "--rotate-key"][..],
+            "--rotate-key works with --app bank and --app pingpong",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ken"))
+            .arg("torture")
+            .args(args)
+            .output()
+            .expect("run ken torture");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+    }
 }
 
 #[test]
@@ -302,4 +360,27 @@ fn a_tmpfs_too_small_for_the_stores_is_refused() {
         .unwrap_or_else(|| panic!("no minimum named: {all}"));
     assert!(min > 16, "{all}");
     assert!(!dir.path().join("run").join("stores").join("a.ken").exists());
+}
+
+/// `--no-key`: the cluster runs unauthenticated, and says so loudly first.
+#[test]
+fn no_key_runs_unauthenticated_and_says_so() {
+    let (ok, stdout, s) = torture(&[
+        "--app",
+        "pingpong",
+        "--seconds",
+        "2",
+        "--count",
+        "200",
+        "--seed",
+        "14",
+        "--no-key",
+    ]);
+    assert!(ok && n(&s, "violations") == 0, "{stdout}");
+    assert_eq!(s["keyed"], false, "{s}");
+    let second = stdout.lines().nth(1).unwrap_or_default();
+    assert!(
+        second.contains("WARNING: --no-key") && second.contains("WITHOUT a cluster key"),
+        "{stdout}"
+    );
 }

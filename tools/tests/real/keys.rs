@@ -176,3 +176,111 @@ fn a_keyed_kv_server_serves_a_credentialed_client_only() {
     assert_eq!(server.poll().unwrap(), None, "{}", server.report(1, 20));
     assert_eq!(server.kill().unwrap(), End::KilledByUs);
 }
+
+/// A pingpong player of cluster file `file` volleying towards a count it never reaches, with
+/// stats lines every 100 ms; `extra` flags override the file's key.
+fn endless_player(dir: &Path, file: &Path, id: &str) -> Process {
+    let mut args: Vec<OsString> = vec![
+        "app".into(),
+        "pingpong".into(),
+        "--cluster".into(),
+        file.into(),
+        "--id".into(),
+        id.into(),
+        "--count".into(),
+        "100000000".into(),
+    ];
+    if id == "b" {
+        args.push("--serve".into());
+    }
+    let spec = Spec::new(id, crate::ken(), args, dir)
+        .env("KEN_STATS_INTERVAL_MS", "100")
+        .env("KEN_ANNOUNCE", "1");
+    Process::start(spec).unwrap()
+}
+
+/// Restarts `p` (SIGKILL, then its next life) with the key flags `keys` added to its command.
+fn restart_with(p: &mut Process, base: &[OsString], keys: &[&Path], accept: &[&Path]) {
+    assert_eq!(p.kill().unwrap(), End::KilledByUs, "{}", p.report(1, 20));
+    let mut args = base.to_vec();
+    for k in keys {
+        args.extend(["--key-file".into(), k.as_os_str().to_owned()]);
+    }
+    for k in accept {
+        args.extend(["--accept-key-file".into(), k.as_os_str().to_owned()]);
+    }
+    p.set_args(args);
+    p.spawn(None).unwrap();
+}
+
+/// The newest stats line of `p`'s current life, once its counters satisfy `ok` (10 s).
+fn stats_until(p: &Process, what: &str, ok: impl Fn(&harness::Stats) -> bool) -> harness::Stats {
+    harness::wait_until(
+        Instant::now() + Duration::from_secs(10),
+        Duration::from_millis(20),
+        || p.current_life().and_then(|l| l.stats()).filter(|s| ok(s)),
+    )
+    .unwrap_or_else(|_| {
+        panic!(
+            "{}: {what} within 10 s (last stats {:?}): {}",
+            p.name(),
+            p.current_life().and_then(|l| l.stats()),
+            p.report(1, 20)
+        )
+    })
+}
+
+/// The negative control of `ken torture --rotate-key` (tests/it/torture.rs): a process
+/// restarted with ONLY the new key while its peer holds only the old one exchanges no
+/// message, each side dropping the other's frames as `unknown_key_dropped`; restarted with
+/// the new key and the old one accepted (the rotation's window), it hears its peer at once,
+/// and once the peer holds the same pair of keys the volley resumes.
+#[test]
+fn a_restart_with_only_the_new_key_hears_nothing_and_the_accept_window_restores_the_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (dir.path().join("old.key"), dir.path().join("new.key"));
+    keygen(&old);
+    keygen(&new);
+    let file = cluster_file(dir.path(), "rotate.toml", "old.key");
+    let mut a = endless_player(dir.path(), &file, "a");
+    let mut b = endless_player(dir.path(), &file, "b");
+    let (a_args, b_args) = (a.spec().args.clone(), b.spec().args.clone());
+    stats_until(&a, "volleys under the old key", |s| s.turns >= 50);
+
+    // b restarted with the new key alone: a's frames are refused by b, b's by a.
+    restart_with(&mut b, &b_args, &[&new], &[]);
+    stats_until(&b, "drops a's frames", |s| s.unknown_key_dropped >= 5);
+    let a_turns = stats_until(&a, "drops b's frames", |s| s.unknown_key_dropped >= 3).turns;
+    let quiet_since = Instant::now();
+    while quiet_since.elapsed() < Duration::from_millis(1500) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (sa, sb) = (
+        a.current_life().and_then(|l| l.stats()).unwrap(),
+        b.current_life().and_then(|l| l.stats()).unwrap(),
+    );
+    assert_eq!(sb.frames_in, 0, "b took a frame of a: {sb:?}");
+    assert_eq!(
+        sa.turns, a_turns,
+        "a ran a turn with its only peer cut off: {sa:?}"
+    );
+    assert!(
+        sb.unknown_key_dropped > 5 && sa.unknown_key_dropped > 3,
+        "{sa:?} {sb:?}"
+    );
+
+    // The window: b sends with the new key and accepts the old one: it hears a at once
+    // (a still refuses b's frames: it does not hold the new key yet).
+    restart_with(&mut b, &b_args, &[&new], &[&old]);
+    let sb = stats_until(&b, "takes a's frames", |s| {
+        s.frames_in > 0 && s.old_key_frames > 0
+    });
+    assert_eq!(sb.unknown_key_dropped, 0, "{sb:?}");
+    // a too: the volley resumes.
+    restart_with(&mut a, &a_args, &[&new], &[&old]);
+    stats_until(&a, "volleys under the new key", |s| s.turns >= 50);
+    for p in [&mut a, &mut b] {
+        assert_eq!(p.poll().unwrap(), None, "{}", p.report(1, 20));
+        assert_eq!(p.kill().unwrap(), End::KilledByUs);
+    }
+}
