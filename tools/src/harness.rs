@@ -154,6 +154,10 @@ pub struct Stats {
     pub frames_in: u64,
     pub frames_sent: u64,
     pub junk_dropped: u64,
+    /// Deliveries of a newer schema version's message held (not consumed, not acked).
+    pub messages_held: u64,
+    /// Messages consumed into the dead-letter table.
+    pub dead_letters: u64,
 }
 
 /// What the stderr reader saw of one life.
@@ -652,6 +656,8 @@ fn scan_line(line: &str, events: &Mutex<Events>, stall_gap: Option<Duration>) {
                     frames_in: n("frames_in"),
                     frames_sent: n("frames_sent"),
                     junk_dropped: n("junk_dropped"),
+                    messages_held: n("messages_held"),
+                    dead_letters: n("dead_letters"),
                 });
             }
             Some("crash_point") => {

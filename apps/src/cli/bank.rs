@@ -3,13 +3,13 @@
 //!
 //! `ken-bank --id .. --listen .. --store .. --peer ..` runs a member;
 //! `ken-bank inspect STORE [VIEW]` looks inside a member's store, decoding the bank's types
-//! (the views of `ken inspect`).
+//! (the views of `ken inspect`). `--schema 2` runs schema version 2 ([`BankV2`]).
 
 use std::ffi::OsString;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::bank::Bank;
+use crate::bank::{Bank, BankV2};
 use crate::cli::{self, PeerArg};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use ken::ProcessId;
@@ -36,7 +36,16 @@ enum Command {
     /// Look inside a store, decoding the bank's types (the views of `ken inspect`).
     Inspect(ken_inspect::Args),
     /// What this binary would migrate in a store (`migrate STORE --dry-run`).
-    Migrate(cli::MigrateArgs),
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct MigrateArgs {
+    #[command(flatten)]
+    migrate: cli::MigrateArgs,
+    /// The schema version to migrate to (1 or 2).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=2))]
+    schema: u32,
 }
 
 #[derive(Debug, clap::Args)]
@@ -62,6 +71,10 @@ struct RunArgs {
     /// Skip a transfer when this many messages to its destination await acknowledgement.
     #[arg(long, default_value_t = 1000)]
     outbox_limit: usize,
+    /// Schema version to run: 1, or 2 (balances in table `balances`, a memo on every
+    /// transfer; migrates a version-1 store at start; see UPGRADES.md).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=2))]
+    schema: u32,
 }
 
 /// Runs `ken-bank` with command line `args` (the first is the program name); usage errors
@@ -71,15 +84,21 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     if matches.subcommand().is_some() {
         return match Command::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()) {
             Command::Inspect(args) => ken_inspect::main(&args, &crate::inspect::bank()),
-            Command::Migrate(args) => cli::migrate(&args, |id| Bank {
-                members: vec![id.clone()],
-                id,
-                accounts: 16,
-                initial_balance: 1000,
-                transfer_interval: Duration::from_millis(5),
-                transfers_max: 0,
-                outbox_limit: 1000,
-            }),
+            Command::Migrate(args) => {
+                let bank = |id: ProcessId| Bank {
+                    members: vec![id.clone()],
+                    id,
+                    accounts: 16,
+                    initial_balance: 1000,
+                    transfer_interval: Duration::from_millis(5),
+                    transfers_max: 0,
+                    outbox_limit: 1000,
+                };
+                match args.schema {
+                    2 => cli::migrate(&args.migrate, |id| BankV2(bank(id))),
+                    _ => cli::migrate(&args.migrate, bank),
+                }
+            }
         };
     }
     let args = RunArgs::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
@@ -102,5 +121,8 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         transfers_max: args.transfers,
         outbox_limit: args.outbox_limit,
     };
-    cli::run_to_exit(config, handler)
+    match args.schema {
+        2 => cli::run_to_exit(config, BankV2(handler)),
+        _ => cli::run_to_exit(config, handler),
+    }
 }
