@@ -349,7 +349,10 @@ fn rolling_upgrade_dropping_held_messages_loses_transfers() {
         "14",
         "--unsafe-drop-held",
     ]);
-    assert!(!ok, "ken torture exited 0 with held messages dropped: {stdout}");
+    assert!(
+        !ok,
+        "ken torture exited 0 with held messages dropped: {stdout}"
+    );
     assert!(n(&s, "violations") > 0, "{s}");
     assert!(
         stdout.contains("never applied after quiescence (lost)"),
@@ -360,8 +363,14 @@ fn rolling_upgrade_dropping_held_messages_loses_transfers() {
 #[test]
 fn upgrade_needs_the_bank_and_drop_held_needs_upgrade() {
     for (args, says) in [
-        (&["--app", "pingpong", "--upgrade"][..], "use it with --app bank"),
-        (&["--app", "bank", "--unsafe-drop-held"][..], "only matters with --upgrade"),
+        (
+            &["--app", "pingpong", "--upgrade"][..],
+            "use it with --app bank",
+        ),
+        (
+            &["--app", "bank", "--unsafe-drop-held"][..],
+            "only matters with --upgrade",
+        ),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_ken"))
             .arg("torture")

@@ -12,7 +12,15 @@ use std::time::Duration;
 /// its `listening` event, then SIGKILLs it: the store exists, at the version that ran.
 fn run_until_listening(store: &Path, args: &[&str]) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ken"))
-        .args(["app", "bank", "--id", "m0", "--listen", "127.0.0.1:0", "--store"])
+        .args([
+            "app",
+            "bank",
+            "--id",
+            "m0",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+        ])
         .arg(store)
         .args(args)
         .env("KEN_ANNOUNCE", "1")
@@ -47,7 +55,15 @@ fn a_version_1_bank_refuses_a_version_2_store_and_writes_nothing() {
     let wal = dir.path().join("m0.ken-wal");
     let before = (bytes(&store), bytes(&wal));
     let out = Command::new(env!("CARGO_BIN_EXE_ken"))
-        .args(["app", "bank", "--id", "m0", "--listen", "127.0.0.1:0", "--store"])
+        .args([
+            "app",
+            "bank",
+            "--id",
+            "m0",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+        ])
         .arg(&store)
         .output()
         .expect("run ken app bank");
@@ -83,7 +99,11 @@ fn the_dry_run_of_the_version_2_migration_moves_balances() {
         .output()
         .expect("run ken app bank migrate");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("schema version 1 -> 2"), "{stdout}");
     assert!(
         stdout.contains("table accounts: 0 added, 0 changed, 3 deleted"),
