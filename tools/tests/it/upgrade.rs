@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Starts `ken app bank ARGS` on `store` (member `m0`, no peers), waits (deadline 20 s) for
 /// its `listening` event, then SIGKILLs it: the store exists, at the version that ran.
@@ -38,9 +38,22 @@ fn run_until_listening(store: &Path, args: &[&str]) {
         }
     });
     let listening = rx.recv_timeout(Duration::from_secs(20));
+    // And its start turn committed (listening comes first).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while listening.is_ok() && committed_turns(store) == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     child.kill().expect("kill");
     child.wait().expect("wait");
     listening.expect("the bank member did not listen within 20 s");
+    assert!(committed_turns(store) > 0, "no turn committed within 20 s");
+}
+
+fn committed_turns(store: &Path) -> u64 {
+    ken_store::Reader::open(store)
+        .ok()
+        .and_then(|r| r.meta().ok())
+        .map_or(0, |m| m.turns_committed)
 }
 
 fn bytes(path: &Path) -> Vec<u8> {
@@ -124,4 +137,55 @@ fn the_dry_run_of_the_version_2_migration_moves_balances() {
         .expect("run ken app bank migrate");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("nothing to migrate"), "{stdout}");
+}
+
+/// `ken dead-letters` is refused on a live store (its owner lock is held) with one line
+/// saying so, and on a stopped store names a dead letter that does not exist.
+#[test]
+fn dead_letters_is_refused_on_a_live_store() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = dir.path().join("m0.ken");
+    run_until_listening(&store, &[]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ken"))
+        .args(["app", "bank", "--id", "m0", "--listen", "127.0.0.1:0", "--store"])
+        .arg(&store)
+        .env("KEN_ANNOUNCE", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ken app bank");
+    let stderr = child.stderr.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("\"event\":\"listening\"") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let listening = rx.recv_timeout(Duration::from_secs(20));
+    let live = Command::new(env!("CARGO_BIN_EXE_ken"))
+        .arg("dead-letters")
+        .arg(&store)
+        .args(["replay", "m1", "1"])
+        .output()
+        .expect("run ken dead-letters");
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    listening.expect("the bank member did not listen within 20 s");
+    let text = String::from_utf8_lossy(&live.stderr);
+    assert!(!live.status.success(), "accepted on a live store: {text}");
+    assert!(text.contains("in use") && text.lines().count() == 1, "{text}");
+    let stopped = Command::new(env!("CARGO_BIN_EXE_ken"))
+        .arg("dead-letters")
+        .arg(&store)
+        .args(["discard", "m1", "1"])
+        .output()
+        .expect("run ken dead-letters");
+    let text = String::from_utf8_lossy(&stopped.stderr);
+    assert!(!stopped.status.success(), "{text}");
+    assert!(
+        text.contains("no dead letter from `m1` with sequence number 1"),
+        "{text}"
+    );
 }
