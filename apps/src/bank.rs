@@ -49,6 +49,10 @@ pub struct Bank {
     pub transfers_max: u64,
     /// Skip a transfer when the outbox to its destination holds this many messages.
     pub outbox_limit: usize,
+    /// A deliberate bug of version 1, for the poison torture (0 = none): the handler panics
+    /// on every `Credit` whose transfer id is a multiple of this. [`BankV2`] is the fix: it
+    /// ignores this field.
+    pub panic_every: u64,
 }
 
 /// A member's durable root state.
@@ -210,6 +214,9 @@ impl Handler for Bank {
                     },
                 ..
             } => {
+                if self.panic_every > 0 && transfer % self.panic_every == 0 {
+                    panic!("bank v1 bug: cannot credit transfer {transfer} from {from}");
+                }
                 let key = applied_key(from.as_str(), transfer);
                 if turn.table(APPLIED_TABLE).contains(&key) {
                     state.duplicate_credits += 1;

@@ -75,6 +75,10 @@ struct RunArgs {
     /// transfer; migrates a version-1 store at start; see UPGRADES.md).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=2))]
     schema: u32,
+    /// TEST: a deliberate bug of schema version 1 (the poison torture): panic on every
+    /// credit whose transfer id is a multiple of this (0 = never). Version 2 is the fix.
+    #[arg(long, default_value_t = 0, hide = true)]
+    bug_panic_every: u64,
 }
 
 /// Runs `ken-bank` with command line `args` (the first is the program name); usage errors
@@ -93,6 +97,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
                     transfer_interval: Duration::from_millis(5),
                     transfers_max: 0,
                     outbox_limit: 1000,
+                    panic_every: 0,
                 };
                 match args.schema {
                     2 => cli::migrate(&args.migrate, |id| BankV2(bank(id))),
@@ -120,6 +125,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         transfer_interval: Duration::from_millis(args.interval_ms),
         transfers_max: args.transfers,
         outbox_limit: args.outbox_limit,
+        panic_every: args.bug_panic_every,
     };
     match args.schema {
         2 => cli::run_to_exit(config, BankV2(handler)),

@@ -42,6 +42,12 @@
 //! `--unsafe-drop-held` runs the children with `KEN_UNSAFE_DROP_HELD=1` (test builds only):
 //! newer messages are consumed and dropped, and the bank audit reports lost transfers.
 //!
+//! Poison torture (`--upgrade --poison N`): version 1 carries a bug, a panic on every credit
+//! of a transfer id that is a multiple of N. Each such turn is rolled back, recorded in
+//! `ken.poison` and its pair held (retried, and panicking again, at each restart) until the
+//! receiver runs version 2, the fix. Poison rows are then expected (`poison_inputs` counts
+//! them), and the usual checks prove each poisoned credit applied exactly once.
+//!
 //! Disk full (`--tmpfs-mb`): the stores live on a tmpfs of that size (root only; a clear
 //! error otherwise). In some network epochs the harness fills the tmpfs with a ballast file
 //! and removes it at the next epoch. A process whose commit fails exits 1 with "store full":
@@ -246,6 +252,10 @@ pub struct Args {
     /// Bank: a rolling upgrade to schema version 2 during the fault phase (see UPGRADES.md).
     #[arg(long)]
     pub upgrade: bool,
+    /// Poison torture (with --upgrade): version-1 members run a deliberate bug, a panic on
+    /// every credit of a transfer id that is a multiple of N; version 2 is the fix.
+    #[arg(long)]
+    pub poison: Option<u64>,
     /// Negative control (with --upgrade): run the children with KEN_UNSAFE_DROP_HELD=1.
     #[arg(long, hide = true)]
     pub unsafe_drop_held: bool,
@@ -508,6 +518,12 @@ fn check_args(args: &Args) -> anyhow::Result<()> {
     }
     if args.upgrade && args.app != AppName::Bank {
         bail!("--upgrade is a rolling upgrade of the bank to schema version 2: use it with --app bank");
+    }
+    if args.poison.is_some() && !args.upgrade {
+        bail!("--poison makes version 1 buggy and needs --upgrade to deploy the fix (version 2)");
+    }
+    if args.poison == Some(0) {
+        bail!("--poison 0 would poison nothing; give N >= 1 (every credit of a transfer id that is a multiple of N panics)");
     }
     if args.unsafe_drop_held && !args.upgrade {
         bail!("--unsafe-drop-held only matters with --upgrade (no newer messages otherwise)");
@@ -866,6 +882,8 @@ impl Cluster {
             );
             if self.upgraded[i] {
                 args.extend(["--schema".into(), "2".into()]);
+            } else if let Some(n) = self.args.poison {
+                args.extend(["--bug-panic-every".into(), n.to_string().into()]);
             }
             self.members[i].proc.set_args(args);
         }
@@ -1438,10 +1456,13 @@ impl Cluster {
         Ok(())
     }
 
-    /// `--upgrade`: every store at schema version 2, and no dead letter or poison input
-    /// anywhere. One line per violation.
-    fn check_upgrade(&self) -> Vec<String> {
+    /// `--upgrade`: every store at schema version 2, and no dead letter anywhere, nor a
+    /// poison input unless `--poison` (then their number is returned: each was run by the
+    /// fixed version, which the other checks prove: every transfer applied exactly once).
+    /// One line per violation.
+    fn check_upgrade(&self) -> (Vec<String>, u64) {
         let mut out = Vec::new();
+        let mut poison_inputs = 0;
         for s in &self.stores {
             let r = match ken_store::Reader::open(s) {
                 Ok(r) => r,
@@ -1462,7 +1483,18 @@ impl Cluster {
                 }
                 Err(e) => out.push(format!("upgrade: meta of {}: {e}", s.display())),
             }
-            for table in [ken::living::DEAD_LETTERS_TABLE, ken::living::POISON_TABLE] {
+            if self.args.poison.is_some() {
+                match r.table_scan(ken::living::POISON_TABLE, &[], None, u32::MAX) {
+                    Ok(rows) => poison_inputs += rows.len() as u64,
+                    Err(e) => out.push(format!("upgrade: scan poison of {}: {e}", s.display())),
+                }
+            }
+            let tables: &[&str] = if self.args.poison.is_some() {
+                &[ken::living::DEAD_LETTERS_TABLE]
+            } else {
+                &[ken::living::DEAD_LETTERS_TABLE, ken::living::POISON_TABLE]
+            };
+            for &table in tables {
                 match r.table_scan(table, &[], None, 5) {
                     Ok(rows) if rows.is_empty() => {}
                     Ok(rows) => out.push(format!(
@@ -1475,7 +1507,7 @@ impl Cluster {
                 }
             }
         }
-        out
+        (out, poison_inputs)
     }
 
     /// SIGKILLs every running member (the end of a run; not counted as a kill).
@@ -1663,9 +1695,11 @@ impl Cluster {
             self.violations.extend(violations.iter().cloned());
         }
         self.violations.extend(self.app.check(&self.stores, q));
+        let mut poison_inputs = 0;
         if self.args.upgrade {
-            let upgrade = self.check_upgrade();
+            let (upgrade, poisoned) = self.check_upgrade();
             self.violations.extend(upgrade);
+            poison_inputs = poisoned;
         }
         for (i, m) in self.members.iter().enumerate() {
             let lines: Vec<String> = m
@@ -1729,6 +1763,7 @@ impl Cluster {
                 "upgrades_at_heal": c.upgrades_at_heal,
                 "messages_held": stats.iter().map(|s| s.messages_held).sum::<u64>(),
                 "dead_letters": stats.iter().map(|s| s.dead_letters).sum::<u64>(),
+                "poison_inputs": poison_inputs,
             });
             if let (Some(out), Some(extra)) = (summary.as_object_mut(), extra.as_object()) {
                 out.extend(extra.clone());

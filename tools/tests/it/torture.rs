@@ -382,3 +382,28 @@ fn upgrade_needs_the_bank_and_drop_held_needs_upgrade() {
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
 }
+
+/// The poison torture: version 1 panics on every credit of a transfer id that is a multiple
+/// of 7; the panics are contained (turn rolled back, input recorded and its pair held), and
+/// once the rolling upgrade deploys version 2 (the fix) every poisoned credit is applied
+/// exactly once: 0 violations with poison inputs recorded.
+#[test]
+fn bank_poison_torture_passes_once_the_fix_is_deployed() {
+    let (ok, stdout, s) = torture(&[
+        "--app",
+        "bank",
+        "--procs",
+        "3",
+        "--seconds",
+        "15",
+        "--upgrade",
+        "--poison",
+        "7",
+        "--seed",
+        "5",
+    ]);
+    assert!(ok && n(&s, "violations") == 0, "{stdout}");
+    assert!(n(&s, "poison_inputs") > 0, "no input was poisoned: {s}");
+    assert_eq!(n(&s, "upgrades"), 3, "{s}");
+    assert_eq!(n(&s, "dead_letters"), 0, "{s}");
+}

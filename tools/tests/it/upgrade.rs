@@ -147,7 +147,15 @@ fn dead_letters_is_refused_on_a_live_store() {
     let store = dir.path().join("m0.ken");
     run_until_listening(&store, &[]);
     let mut child = Command::new(env!("CARGO_BIN_EXE_ken"))
-        .args(["app", "bank", "--id", "m0", "--listen", "127.0.0.1:0", "--store"])
+        .args([
+            "app",
+            "bank",
+            "--id",
+            "m0",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+        ])
         .arg(&store)
         .env("KEN_ANNOUNCE", "1")
         .stdout(Stdio::null())
@@ -175,7 +183,10 @@ fn dead_letters_is_refused_on_a_live_store() {
     listening.expect("the bank member did not listen within 20 s");
     let text = String::from_utf8_lossy(&live.stderr);
     assert!(!live.status.success(), "accepted on a live store: {text}");
-    assert!(text.contains("in use") && text.lines().count() == 1, "{text}");
+    assert!(
+        text.contains("in use") && text.lines().count() == 1,
+        "{text}"
+    );
     let stopped = Command::new(env!("CARGO_BIN_EXE_ken"))
         .arg("dead-letters")
         .arg(&store)
