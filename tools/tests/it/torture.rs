@@ -361,7 +361,7 @@ fn rolling_upgrade_dropping_held_messages_loses_transfers() {
 }
 
 #[test]
-fn upgrade_needs_the_bank_and_drop_held_needs_upgrade() {
+fn upgrade_flags_that_make_no_sense_are_refused() {
     for (args, says) in [
         (
             &["--app", "pingpong", "--upgrade"][..],
@@ -370,6 +370,11 @@ fn upgrade_needs_the_bank_and_drop_held_needs_upgrade() {
         (
             &["--app", "bank", "--unsafe-drop-held"][..],
             "only matters with --upgrade",
+        ),
+        (&["--app", "bank", "--poison", "3"][..], "needs --upgrade"),
+        (
+            &["--app", "bank", "--upgrade", "--poison", "0"][..],
+            "would poison nothing",
         ),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_ken"))
