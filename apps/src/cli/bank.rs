@@ -87,7 +87,19 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     let matches = Cli::command().get_matches_from(args);
     if matches.subcommand().is_some() {
         return match Command::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()) {
-            Command::Inspect(args) => ken_inspect::main(&args, &crate::inspect::bank()),
+            Command::Inspect(args) => {
+                // The store's own schema version picks the types to decode with.
+                let version = ken::store::Reader::open(&args.store)
+                    .ok()
+                    .and_then(|r| r.meta().ok())
+                    .and_then(|m| m.app)
+                    .map_or(1, |a| a.schema_version);
+                let decoder = match version {
+                    2 => crate::inspect::bank_v2(),
+                    _ => crate::inspect::bank(),
+                };
+                ken_inspect::main(&args, &decoder)
+            }
             Command::Migrate(args) => {
                 let bank = |id: ProcessId| Bank {
                     members: vec![id.clone()],
