@@ -641,3 +641,88 @@ fn audit_with(
     }
     violations
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ken::store::codec;
+
+    fn v2() -> BankV2 {
+        let id = ProcessId::new("m0").unwrap();
+        BankV2(Bank {
+            members: vec![id.clone()],
+            id,
+            accounts: 2,
+            initial_balance: 10,
+            transfer_interval: Duration::from_millis(5),
+            transfers_max: 0,
+            outbox_limit: 10,
+            panic_every: 0,
+        })
+    }
+
+    #[test]
+    fn version_2_reads_a_version_1_credit_with_an_empty_memo_and_refuses_others() {
+        let old = codec::encode(&Msg::Credit {
+            transfer: 7,
+            account: 1,
+            amount: 5,
+        });
+        assert_eq!(
+            v2().upgrade_message(1, &old),
+            Ok(MsgV2::Credit {
+                transfer: 7,
+                account: 1,
+                amount: 5,
+                memo: String::new(),
+            })
+        );
+        assert!(v2().upgrade_message(1, &[0xff; 3]).is_err());
+        assert!(v2().upgrade_message(3, &old).is_err());
+    }
+
+    #[test]
+    fn a_view_reads_sent_rows_and_balances_of_either_version() {
+        let mut view = BankView::default();
+        let v1 = Sent {
+            to: "m1".into(),
+            account: 1,
+            amount: 5,
+        };
+        let v2 = SentV2 {
+            to: "m2".into(),
+            account: 0,
+            amount: 9,
+            memo: "m0/1".into(),
+        };
+        view.apply_write(SENT_TABLE, &0u64.to_be_bytes(), Some(&codec::encode(&v1)))
+            .unwrap();
+        view.apply_write(SENT_TABLE, &1u64.to_be_bytes(), Some(&codec::encode(&v2)))
+            .unwrap();
+        view.apply_write(
+            ACCOUNTS_TABLE,
+            &0u32.to_be_bytes(),
+            Some(&codec::encode(&3i64)),
+        )
+        .unwrap();
+        view.apply_write(
+            BALANCES_TABLE,
+            &1u32.to_be_bytes(),
+            Some(&codec::encode(&4i64)),
+        )
+        .unwrap();
+        assert_eq!(view.sent[&0], v1);
+        assert_eq!(
+            view.sent[&1],
+            Sent {
+                to: "m2".into(),
+                account: 0,
+                amount: 9,
+            }
+        );
+        assert_eq!(view.balances.values().sum::<i64>(), 7);
+        assert!(view
+            .apply_write(SENT_TABLE, &2u64.to_be_bytes(), Some(&[0xff; 2]))
+            .is_err());
+    }
+}
