@@ -22,6 +22,7 @@
 //! key_file = "cluster.key"         # the cluster key (`ken keygen FILE`); see SECURITY.md
 //! accept_key_files = []            # older keys still accepted during a rotation
 //! encrypt = false                  # encrypt peer payloads (needs key_file)
+//! admit_replaced_peers = false     # admit a peer back with a new (empty) store without `ken admit`
 //! stats_interval_ms = 0            # print a stats line this often (0 = never)
 //!
 //! [settings.fuse]                  # FUSE timing: the same in every process
@@ -252,6 +253,8 @@ pub struct Settings {
     /// Older keys still accepted, resolved likewise.
     pub accept_key_files: Vec<PathBuf>,
     pub encrypt: bool,
+    /// `admit_replaced_peers` ([`Tuning::admit_replaced_peers`]).
+    pub admit_replaced_peers: bool,
     /// `stats_interval_ms`; `Some(ZERO)` turns stats off even if the environment sets them.
     pub stats_interval: Option<Duration>,
     pub fuse: FuseSettings,
@@ -346,6 +349,8 @@ struct RawSettings {
     accept_key_files: Vec<String>,
     #[serde(default)]
     encrypt: bool,
+    #[serde(default)]
+    admit_replaced_peers: bool,
     stats_interval_ms: Option<u64>,
     fuse: Option<RawFuse>,
     tuning: Option<Spanned<TuningSettings>>,
@@ -492,6 +497,7 @@ impl ClusterFile {
                     key_file: s.key_file.as_deref().map(resolve),
                     accept_key_files: s.accept_key_files.iter().map(|p| resolve(p)).collect(),
                     encrypt: s.encrypt,
+                    admit_replaced_peers: s.admit_replaced_peers,
                     stats_interval: s.stats_interval_ms.map(Duration::from_millis),
                     fuse,
                     tuning: s
@@ -627,6 +633,7 @@ impl ClusterFile {
                 message: format!("{e} (an environment variable; the file's [settings.fuse] takes precedence over it when set)"),
             })?;
         s.apply(&mut config.tuning);
+        config.tuning.admit_replaced_peers |= s.admit_replaced_peers;
         config.stats_interval = s
             .stats_interval
             .or_else(crate::driver::stats_interval_from_env);

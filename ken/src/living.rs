@@ -34,6 +34,19 @@ pub const DEAD_LETTERS_TABLE: &str = "ken.dead_letters";
 /// row in the same batch; one that still does not decode goes back to the dead letters.
 pub const REPLAY_TABLE: &str = "ken.replay";
 
+/// Operator admissions of a replaced peer (`ken admit`): key the peer's id, value an
+/// encoded [`Admission`]. The engine admits the next new incarnation of that peer it hears
+/// and deletes the row in the same batch.
+pub const ADMIT_TABLE: &str = "ken.admit";
+
+/// Why an [`ADMIT_TABLE`] row was written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Admission {
+    /// Free text: who or what admitted (for example `ken admit`).
+    pub by: String,
+    pub at_ms: u64,
+}
+
 /// Poison inputs: key [`poison_key`], value [`Poison`].
 pub const POISON_TABLE: &str = "ken.poison";
 
@@ -212,4 +225,73 @@ pub fn dead_letter_action(
         path.display(),
         recovered.turns_committed + 1
     ))
+}
+
+/// Why [`admit_offline`] wrote nothing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdmitError {
+    /// The store could not be opened (in use by its running process, damaged, absent...).
+    #[error("{0}")]
+    Open(#[from] ken_store::OpenError),
+    /// The store could not be read.
+    #[error("{0}")]
+    Read(#[from] ken_store::ReadError),
+    /// The peer is not one this store has ever exchanged messages with.
+    #[error(
+        "{store} (process {process}) has no peer `{peer}`; its peers are: {known}; check the \
+         store and the peer's id"
+    )]
+    UnknownPeer {
+        store: String,
+        process: String,
+        peer: String,
+        known: String,
+    },
+    /// The commit failed (nothing was written).
+    #[error("{0}")]
+    Commit(#[from] ken_store::CommitError),
+}
+
+/// Records, in the store at `path`, that an operator admits the next new incarnation of
+/// `peer` (a replacement with a fresh store: its old incarnation is gone). The process that
+/// owns the store must be stopped (its owner lock is taken; a running owner makes this
+/// `OpenError::InUse`, and nothing is written). When the process runs again and hears the
+/// new incarnation, it admits it as a fresh peer and deletes the row in the same batch
+/// (turn-log entry `admit`). Returns the incarnation the store knew for the peer.
+pub fn admit_offline(
+    path: &std::path::Path,
+    peer: &ProcessId,
+    by: &str,
+) -> Result<u64, AdmitError> {
+    let process = ken_store::Reader::open(path)?.meta()?.process_id;
+    let (mut store, recovered) = ken_store::Store::open(path, &process)?;
+    let Some(row) = recovered.peers.iter().find(|r| r.peer == peer.as_str()) else {
+        return Err(AdmitError::UnknownPeer {
+            store: path.display().to_string(),
+            process,
+            peer: peer.to_string(),
+            known: recovered
+                .peers
+                .iter()
+                .map(|r| r.peer.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    };
+    let known = row.incarnation;
+    let now_ms = Time::now_wall().as_millis();
+    store.commit(&ken_store::Batch {
+        now_ms,
+        table_writes: vec![ken_store::TableWrite {
+            table: ADMIT_TABLE.to_string(),
+            key: peer.as_str().as_bytes().to_vec(),
+            value: Some(ken_store::codec::encode(&Admission {
+                by: by.to_string(),
+                at_ms: now_ms,
+            })),
+        }],
+        ..ken_store::Batch::default()
+    })?;
+    Ok(known)
 }

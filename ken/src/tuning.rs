@@ -20,6 +20,11 @@ pub struct Tuning {
     pub fuse_t_fail: Duration,
     /// FUSE creation timeout: a group not confirmed by every member within this fails.
     pub fuse_create_timeout: Duration,
+    /// Admit a peer that comes back as a new incarnation (its store was replaced) at once,
+    /// without an operator's `ken admit` (default false). Either way the FUSE groups shared
+    /// with the old incarnation fail when the new one is first heard. See
+    /// the [`crate::engine`] module docs, "Replaced peers".
+    pub admit_replaced_peers: bool,
     /// TEST ONLY, and only in builds with the cargo feature `unsafe-release-before-commit`
     /// (off by default; only the negative controls turn it on): releases each turn's outputs
     /// before its batch commits, breaking output validity on purpose, so that negative
@@ -62,6 +67,7 @@ impl Default for Tuning {
             fuse_heartbeat: limits::FUSE_HEARTBEAT,
             fuse_t_fail: limits::FUSE_T_FAIL,
             fuse_create_timeout: limits::FUSE_CREATE_TIMEOUT,
+            admit_replaced_peers: false,
             #[cfg(feature = "unsafe-release-before-commit")]
             release_before_commit: false,
             #[cfg(feature = "unsafe-drop-held")]

@@ -148,9 +148,13 @@ pub(crate) fn classify(conn: &Connection, path: &Path) -> Result<Found, OpenErro
 }
 
 pub(crate) fn sqlite_open_err(path: &Path) -> impl Fn(rusqlite::Error) -> OpenError + '_ {
-    move |e| match e.sqlite_error_code() {
+    move |e| match (crate::error::checksum_failure(&e), e.sqlite_error_code()) {
+        (Some(page), _) => OpenError::Damaged {
+            path: path.to_path_buf(),
+            detail: page,
+        },
         // SQLite found the file damaged below the records: say so, not just "SQLite error".
-        Some(rusqlite::ErrorCode::DatabaseCorrupt) => OpenError::Damaged {
+        (_, Some(rusqlite::ErrorCode::DatabaseCorrupt)) => OpenError::Damaged {
             path: path.to_path_buf(),
             detail: format!("SQLite finds the database file malformed ({e})"),
         },

@@ -223,6 +223,7 @@ pub fn run(dir: &Path, opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     let options = StoreOptions {
         turn_log_max: 1,
         max_page_count: None,
+        page_checksums: true,
     };
     let (mut store, _) = Store::open_with(&store_path, "bench", &options)?;
     let mut batches = Vec::with_capacity(opts.batch_sizes.len());

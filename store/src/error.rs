@@ -220,10 +220,10 @@ pub enum ReadError {
     /// An I/O error outside SQLite (file sizes).
     #[error("I/O error reading the store: {detail}")]
     Io { detail: String },
-    /// SQLite finds the file damaged below the record level (a damaged page: SQLite's
-    /// `SQLITE_CORRUPT`).
+    /// The file is damaged below the record level: a page fails its checksum, or SQLite
+    /// finds a damaged page (`SQLITE_CORRUPT`).
     #[error(
-        "the store file is damaged below its records (SQLite: {detail}); do not run from it: \
+        "the store file is damaged below its records ({detail}); do not run from it: \
          run `ken inspect STORE verify`, then restore it from a standby or backup"
     )]
     Damaged { detail: String },
@@ -247,11 +247,29 @@ pub(crate) fn is_type_mismatch(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// For a read that failed because a page failed its checksum (`SQLITE_IOERR_DATA` from the
+/// `ken-wal` shim): the page, named.
+pub(crate) fn checksum_failure(e: &rusqlite::Error) -> Option<String> {
+    let rusqlite::Error::SqliteFailure(f, _) = e else {
+        return None;
+    };
+    if f.extended_code != rusqlite::ffi::SQLITE_IOERR_DATA {
+        return None;
+    }
+    Some(match crate::vfs::take_checksum_failure() {
+        Some(failure) => failure.to_string(),
+        None => "a page of the database file fails its checksum".to_string(),
+    })
+}
+
 impl From<rusqlite::Error> for ReadError {
     fn from(e: rusqlite::Error) -> Self {
+        if let Some(detail) = checksum_failure(&e) {
+            return ReadError::Damaged { detail };
+        }
         match e.sqlite_error_code() {
             Some(rusqlite::ErrorCode::DatabaseCorrupt) => ReadError::Damaged {
-                detail: e.to_string(),
+                detail: format!("SQLite: {e}"),
             },
             _ if is_type_mismatch(&e) => ReadError::Damaged {
                 detail: format!("a row does not match the schema: {e}"),
@@ -266,6 +284,14 @@ impl From<rusqlite::Error> for ReadError {
 impl From<rusqlite::Error> for CommitError {
     fn from(e: rusqlite::Error) -> Self {
         use rusqlite::ErrorCode;
+        if let Some(page) = checksum_failure(&e) {
+            return CommitError::Io {
+                detail: format!(
+                    "{page}: the store file is damaged; do not run from it: run `ken inspect \
+                     STORE verify`, then restore it from a standby or backup"
+                ),
+            };
+        }
         let detail = e.to_string();
         match e.sqlite_error_code() {
             Some(ErrorCode::DiskFull) => CommitError::Full { detail },

@@ -264,6 +264,10 @@ pub struct StoreOptions {
     pub turn_log_max: u32,
     /// If set, `PRAGMA max_page_count` for the file (tests use it to simulate a full disk).
     pub max_page_count: Option<u32>,
+    /// Whether a store created by this open keeps a checksum in every page (default true;
+    /// see `vfs`). Existing stores keep what they were created with. Off only for tests
+    /// that show what the checksums catch.
+    pub page_checksums: bool,
 }
 
 impl Default for StoreOptions {
@@ -271,6 +275,7 @@ impl Default for StoreOptions {
         StoreOptions {
             turn_log_max: 1000,
             max_page_count: None,
+            page_checksums: true,
         }
     }
 }

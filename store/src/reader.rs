@@ -197,6 +197,18 @@ fn file_len(path: &Path) -> Result<u64, ReadError> {
     }
 }
 
+/// One step of [`Reader::verify_records`].
+type VerifyStep = fn(&Reader, &mut Problems) -> Result<(), ReadError>;
+
+/// A problem below the records (a page failing its checksum, a malformed page).
+fn damaged(detail: String) -> Problem {
+    Problem {
+        table: "sqlite".to_string(),
+        key: "file".to_string(),
+        what: detail,
+    }
+}
+
 fn meta_problem(p: MetaProblem) -> Corrupted {
     match p {
         MetaProblem::Corrupted(c) => c,
@@ -257,7 +269,12 @@ impl Reader {
             detail: e.to_string(),
         };
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(path, flags).map_err(sq)?;
+        // Through the `ken-wal` shim, which checks every database page read (see `vfs`).
+        let conn = match crate::vfs::register() {
+            Ok(()) => Connection::open_with_flags_and_vfs(path, flags, crate::vfs::VFS_NAME),
+            Err(_) => Connection::open_with_flags(path, flags),
+        }
+        .map_err(sq)?;
         conn.busy_timeout(READER_BUSY_TIMEOUT).map_err(sq)?;
         // Reading a WAL database needs its -wal and -shm files (see the module docs).
         let probe = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
@@ -324,6 +341,9 @@ impl Reader {
             }
         }
         uri.push_str("?immutable=1");
+        if crate::vfs::register().is_ok() {
+            uri.push_str("&vfs=ken-wal");
+        }
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
             | OpenFlags::SQLITE_OPEN_URI;
@@ -727,19 +747,38 @@ impl Reader {
         match self.root() {
             Ok(_) => {}
             Err(ReadError::Corrupted(c)) => problems.push(c.into()),
+            Err(ReadError::Damaged { detail }) => problems.push(damaged(detail)),
             Err(e) => return Err(e),
         }
-        self.verify_kv(problems)?;
-        self.verify_outbox_rows(problems)?;
-        self.verify_peers(problems)?;
-        self.verify_simple(problems)?;
-        self.verify_outbox_structure(problems)?;
+        // A page that fails its checksum ends the step that read it (SQLite returns no row
+        // of it): reported, and the next step goes on.
+        let steps: [VerifyStep; 5] = [
+            Reader::verify_kv,
+            Reader::verify_outbox_rows,
+            Reader::verify_peers,
+            Reader::verify_simple,
+            Reader::verify_outbox_structure,
+        ];
+        for step in steps {
+            match step(self, problems) {
+                Ok(()) => {}
+                Err(ReadError::Damaged { detail }) => problems.push(damaged(detail)),
+                Err(e) => return Err(e),
+            }
+        }
         let rows: Vec<String> = {
-            let mut stmt = self.conn.prepare(&format!(
-                "PRAGMA integrity_check({INTEGRITY_CHECK_MAX_ERRORS})"
-            ))?;
-            let rows = stmt.query_map([], |r| r.get(0))?;
-            rows.collect::<rusqlite::Result<_>>()?
+            let integrity = || -> rusqlite::Result<Vec<String>> {
+                let mut stmt = self.conn.prepare(&format!(
+                    "PRAGMA integrity_check({INTEGRITY_CHECK_MAX_ERRORS})"
+                ))?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                rows.collect()
+            };
+            match integrity().map_err(ReadError::from) {
+                Ok(rows) => rows,
+                Err(ReadError::Damaged { detail }) => vec![detail],
+                Err(e) => return Err(e),
+            }
         };
         for row in rows {
             if row != "ok" {

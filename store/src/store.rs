@@ -217,7 +217,17 @@ impl Store {
             !process_id.is_empty() && process_id.len() <= MAX_NAME_BYTES,
             "process id must be 1..={MAX_NAME_BYTES} bytes"
         );
+        let lock_file = lock_path(path);
+        let lock_existed = lock_file.exists();
         let lock = take_owner_lock(path)?;
+        // A refused open leaves no lock file it created (removed while the lock is held, so
+        // no other opener can be holding that file).
+        let refused = |e: OpenError| {
+            if !lock_existed {
+                let _ = std::fs::remove_file(&lock_file);
+            }
+            e
+        };
         let witnessed = witness::read_file(&lock);
         // Record this owner's pid now (for `InUse` messages), keeping what the file
         // witnesses until recovery has checked it.
@@ -227,13 +237,13 @@ impl Store {
             commits: 0,
         });
         record.pid = std::process::id();
-        let lock_file = lock_path(path);
         lock.write_all_at(&witness::encode(&record), 0)
             .and_then(|()| lock.set_len(witness::LOCK_FILE_BYTES as u64))
-            .map_err(io_err(&lock_file))?;
+            .map_err(io_err(&lock_file))
+            .map_err(refused)?;
         // Before SQLite touches the files (it deletes a WAL beside an empty database, and a
         // checkpoint would overwrite the evidence): the files' own checks.
-        crate::files::check(path)?;
+        crate::files::check(path).map_err(refused)?;
         let shm = {
             let mut name = path.as_os_str().to_owned();
             name.push("-shm");
@@ -270,7 +280,7 @@ impl Store {
                             Some(_) => {}
                         }
                     }
-                    return Err(e);
+                    return Err(refused(e));
                 }
             };
         let witness = Witness::install(
@@ -649,6 +659,7 @@ fn open_checked(
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     // The owner writes through the `ken-wal` shim (one write system call per commit
     // instead of two per page: see `vfs`); if it cannot register, the default VFS.
+    let shim = crate::vfs::register().is_ok();
     let mut conn = match crate::vfs::register() {
         Ok(()) => Connection::open_with_flags_and_vfs(path, flags, crate::vfs::VFS_NAME),
         Err(rc) => {
@@ -694,8 +705,12 @@ fn open_checked(
             });
         }
     }
-    configure_owner(&conn, path, options)?;
     let created = matches!(found, Found::Empty);
+    if created && shim && options.page_checksums {
+        // Before the first page is written: afterwards the layout is fixed.
+        crate::vfs::reserve_checksum_bytes(&conn).map_err(sqlite_open_err(path))?;
+    }
+    configure_owner(&conn, path, options)?;
     if created {
         create(&mut conn, process_id, app).map_err(sqlite_open_err(path))?;
         fsync_dir(path)?;

@@ -15,6 +15,20 @@
 //! reaching [`BUFFER_BYTES_MAX`]. Every other file, and every other method, goes straight to
 //! the default VFS.
 //!
+//! **Page checksums.** The shim also keeps a checksum in the last [`PAGE_CHECKSUM_BYTES`]
+//! bytes of every page of a database file whose header reserves exactly that many bytes per
+//! page (byte 20; Ken's stores set it at creation, see [`reserve_checksum_bytes`]). Every
+//! whole page written to such a file (by a checkpoint, from the WAL) gets the checksum of its
+//! page number and its other bytes; every whole page read from it is checked, and a page
+//! that fails is `SQLITE_IOERR_DATA` (the error SQLite defines for such shims) instead of
+//! data: a bit flip in a B-tree page (a child pointer, a cell count) would otherwise make
+//! rows vanish with no error at all, since SQLite trusts its pages. The page number in the
+//! checksum also catches a page written to the wrong place. Pages in the WAL carry a stale
+//! checksum in those bytes: the WAL's own cumulative checksums cover them, and Ken's WAL
+//! scan (`wal`) checks them at open. Memory-mapped reads are turned off for checked files so
+//! every page goes through `xRead`. The failure is also remembered per thread
+//! ([`take_checksum_failure`]) so errors can name the page.
+//!
 //! The shim also preallocates a new WAL ([`WAL_PREALLOCATE_BYTES`] of written zeros) so that
 //! commits overwrite rather than grow the file.
 //!
@@ -48,6 +62,138 @@ pub const WAL_PREALLOCATE_BYTES: usize = (4 << 20) + (512 << 10);
 /// `seekAndWriteFd` masks the length), so a buffer goes out in chunks of 120 KiB.
 const WRITE_BYTES_MAX: usize = 120 << 10;
 
+/// Bytes reserved at the end of each page for the shim's checksum: the CRC-32 of the page
+/// number (u32 LE) followed by the page's other bytes, then the page number, both LE.
+pub const PAGE_CHECKSUM_BYTES: u8 = 8;
+
+/// A page of a checked database file that failed its checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChecksumFailure {
+    /// The page number (from 1) SQLite asked for.
+    pub page: u32,
+    /// The page number recorded in the page's checksum bytes (differs when the page holds
+    /// another page's bytes).
+    pub recorded_page: u32,
+}
+
+impl std::fmt::Display for ChecksumFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "page {} of the database file fails its checksum",
+            self.page
+        )?;
+        if self.recorded_page != self.page {
+            write!(f, " (it records page {})", self.recorded_page)?;
+        }
+        Ok(())
+    }
+}
+
+thread_local! {
+    static LAST_FAILURE: std::cell::Cell<Option<ChecksumFailure>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// The last page that failed its checksum on this thread, if any (and forgets it). SQLite
+/// reports only `SQLITE_IOERR_DATA`; this names the page.
+pub fn take_checksum_failure() -> Option<ChecksumFailure> {
+    LAST_FAILURE.with(std::cell::Cell::take)
+}
+
+/// The checksum bytes of page `page` (from 1) whose bytes but the last
+/// [`PAGE_CHECKSUM_BYTES`] are `body`.
+pub fn page_checksum(page: u32, body: &[u8]) -> [u8; PAGE_CHECKSUM_BYTES as usize] {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&page.to_le_bytes());
+    h.update(body);
+    let mut out = [0u8; PAGE_CHECKSUM_BYTES as usize];
+    out[..4].copy_from_slice(&h.finalize().to_le_bytes());
+    out[4..].copy_from_slice(&page.to_le_bytes());
+    out
+}
+
+/// Checks one whole page (`bytes.len()` is the page size) read from offset
+/// `(page - 1) * bytes.len()`.
+pub fn check_page(page: u32, bytes: &[u8]) -> Result<(), ChecksumFailure> {
+    let n = bytes.len() - usize::from(PAGE_CHECKSUM_BYTES);
+    if page_checksum(page, &bytes[..n])[..] == bytes[n..] {
+        return Ok(());
+    }
+    let recorded = u32::from_le_bytes(bytes[n + 4..].try_into().expect("4 bytes"));
+    Err(ChecksumFailure {
+        page,
+        recorded_page: recorded,
+    })
+}
+
+/// The page size and reserved bytes per page a database header (the first 100 bytes of
+/// the file) declares, if it is one.
+pub fn header_layout(header: &[u8]) -> Option<(usize, u8)> {
+    if header.len() < 100 || &header[..16] != b"SQLite format 3\0" {
+        return None;
+    }
+    let size = match u16::from_be_bytes([header[16], header[17]]) {
+        1 => 65536,
+        n if n >= 512 && n.is_power_of_two() => usize::from(n),
+        _ => return None,
+    };
+    Some((size, header[20]))
+}
+
+/// Asks SQLite to reserve [`PAGE_CHECKSUM_BYTES`] per page in the (still empty) database of
+/// `conn`, so the shim keeps page checksums in it. Takes effect when the first page is
+/// written; on a database that has pages already it changes nothing.
+pub(crate) fn reserve_checksum_bytes(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    let mut n: c_int = c_int::from(PAGE_CHECKSUM_BYTES);
+    // SAFETY: a valid connection handle and a pointer to a live int, as the file control
+    // SQLITE_FCNTL_RESERVE_BYTES takes.
+    let rc = unsafe {
+        ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            ffi::SQLITE_FCNTL_RESERVE_BYTES,
+            ptr::addr_of_mut!(n).cast(),
+        )
+    };
+    if rc == ffi::SQLITE_OK {
+        Ok(())
+    } else {
+        Err(rusqlite::Error::SqliteFailure(ffi::Error::new(rc), None))
+    }
+}
+
+/// Page checks of one database file.
+#[derive(Default)]
+struct Checked {
+    /// The page size, once the header was seen with checksums reserved; `None`: unchecked.
+    page_size: Option<usize>,
+    /// Scratch page for writes (SQLite's buffer is const).
+    scratch: Vec<u8>,
+}
+
+impl Checked {
+    /// Learns the layout from a read or write at offset 0.
+    fn learn(&mut self, offset: i64, bytes: &[u8]) {
+        if offset != 0 {
+            return;
+        }
+        if let Some((size, reserved)) = header_layout(bytes) {
+            self.page_size = (reserved == PAGE_CHECKSUM_BYTES).then_some(size);
+        }
+    }
+
+    /// The page number of a whole, aligned page access, if this file is checked.
+    fn page_of(&self, offset: i64, len: usize) -> Option<u32> {
+        let size = self.page_size?;
+        let offset = u64::try_from(offset).ok()?;
+        if len != size || offset % size as u64 != 0 {
+            return None;
+        }
+        u32::try_from(offset / size as u64 + 1).ok()
+    }
+}
+
 /// One open file: SQLite allocates `szOsFile` bytes and hands them to `xOpen`; the shim's
 /// header comes first and the default VFS's file follows at [`REAL_OFFSET`].
 #[repr(C)]
@@ -55,6 +201,8 @@ struct ShimFile {
     base: ffi::sqlite3_file,
     /// Buffered writes (WAL files only); `None` for other files.
     buffer: Option<Box<Buffer>>,
+    /// Page checks (main database files only); `None` for other files.
+    checked: Option<Box<Checked>>,
 }
 
 #[derive(Default)]
@@ -211,6 +359,7 @@ unsafe extern "C" fn shim_open(
                 pMethods: ptr::null(),
             },
             buffer: None,
+            checked: None,
         },
     );
     let inner = real(file);
@@ -230,6 +379,15 @@ unsafe extern "C" fn shim_open(
     if flags & ffi::SQLITE_OPEN_WAL != 0 {
         shim.buffer = Some(Box::default());
         preallocate(inner);
+    }
+    if flags & ffi::SQLITE_OPEN_MAIN_DB != 0 {
+        shim.checked = Some(Box::default());
+        // Learn the layout now: SQLite may read whole pages before it reads the header.
+        let mut header = [0u8; 100];
+        let m = &*(*inner).pMethods;
+        if m.xRead.expect("xRead")(inner, header.as_mut_ptr().cast(), 100, 0) == ffi::SQLITE_OK {
+            shim.checked.as_mut().expect("set").learn(0, &header);
+        }
     }
     shim.base.pMethods = &IO_METHODS;
     rc
@@ -327,7 +485,22 @@ unsafe extern "C" fn shim_read(
     if rc != ffi::SQLITE_OK {
         return rc;
     }
-    methods(file).xRead.expect("xRead")(real(file), out, amount, offset)
+    let rc = methods(file).xRead.expect("xRead")(real(file), out, amount, offset);
+    let shim = &mut *file.cast::<ShimFile>();
+    let (Some(checked), ffi::SQLITE_OK, Ok(len)) =
+        (shim.checked.as_mut(), rc, usize::try_from(amount))
+    else {
+        return rc;
+    };
+    let bytes = std::slice::from_raw_parts(out.cast::<u8>(), len);
+    checked.learn(offset, bytes);
+    if let Some(page) = checked.page_of(offset, len) {
+        if let Err(failure) = check_page(page, bytes) {
+            LAST_FAILURE.with(|f| f.set(Some(failure)));
+            return ffi::SQLITE_IOERR_DATA;
+        }
+    }
+    rc
 }
 
 unsafe extern "C" fn shim_write(
@@ -337,6 +510,24 @@ unsafe extern "C" fn shim_write(
     offset: i64,
 ) -> c_int {
     let shim = &mut *file.cast::<ShimFile>();
+    if let (Some(checked), Ok(len)) = (shim.checked.as_mut(), usize::try_from(amount)) {
+        let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len);
+        checked.learn(offset, bytes);
+        if let Some(page) = checked.page_of(offset, len) {
+            let Checked { scratch, .. } = &mut **checked;
+            scratch.clear();
+            scratch.extend_from_slice(bytes);
+            let n = len - usize::from(PAGE_CHECKSUM_BYTES);
+            let sum = page_checksum(page, &scratch[..n]);
+            scratch[n..].copy_from_slice(&sum);
+            return methods(file).xWrite.expect("xWrite")(
+                real(file),
+                scratch.as_ptr().cast(),
+                amount,
+                offset,
+            );
+        }
+    }
     let Some(buffer) = shim.buffer.as_mut() else {
         return methods(file).xWrite.expect("xWrite")(real(file), data, amount, offset);
     };
@@ -461,6 +652,12 @@ unsafe extern "C" fn shim_fetch(
     let rc = flush(file);
     if rc != ffi::SQLITE_OK {
         return rc;
+    }
+    let shim = &*file.cast::<ShimFile>();
+    if shim.checked.as_ref().is_some_and(|c| c.page_size.is_some()) {
+        // No mapping: every page of a checked file is read (and checked) through xRead.
+        *out = ptr::null_mut();
+        return ffi::SQLITE_OK;
     }
     methods(file).xFetch.expect("xFetch")(real(file), offset, amount, out)
 }

@@ -64,6 +64,17 @@ enum Command {
     /// Torture a cluster of real app processes (kills, crash points, pauses, network
     /// faults), heal, and check exactly-once, FIFO, output validity and liveness.
     Torture(Box<torture::Args>),
+    /// Admit a replaced peer: a process whose store was lost came back as a new incarnation
+    /// and the process owning STORE refuses it (it logs who and this command). Run with that
+    /// process stopped; when it runs again it admits the new incarnation as a fresh peer
+    /// (what the old one never acknowledged is withdrawn; the FUSE groups shared with the old
+    /// one have already failed). Recorded in the store (`ken.admit`, then the turn log).
+    Admit {
+        /// The store of the process that refuses the peer (that process must be stopped).
+        store: std::path::PathBuf,
+        /// The id of the replaced peer.
+        peer: String,
+    },
     /// Write a fresh cluster key to FILE (mode 0600; refuses to overwrite a file).
     Keygen {
         /// Where to write the key.
@@ -138,6 +149,27 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Admit { store, peer } => {
+            let admitted = ken::ProcessId::new(&peer)
+                .map_err(|e| format!("`{peer}` is not a process id: {e}"))
+                .and_then(|id| {
+                    ken::living::admit_offline(&store, &id, "ken admit").map_err(|e| e.to_string())
+                });
+            match admitted {
+                Ok(known) => {
+                    println!(
+                        "{}: the next new incarnation of `{peer}` will be admitted as a fresh \
+                         peer (the store knew incarnation {known:016x}); start the process again",
+                        store.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ken admit: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Keygen { file } => match ken::ClusterKey::write_new(&file) {
             Ok(key) => {
                 println!("wrote cluster key {} to {}", key.id(), file.display());

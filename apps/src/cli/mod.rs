@@ -64,6 +64,10 @@ pub struct SettingsArgs {
     /// Encrypt the payload of every peer frame (needs a key).
     #[arg(long)]
     pub encrypt: bool,
+    /// Admit at once a peer that comes back with a new (empty) store, as a fresh peer,
+    /// instead of refusing it until an operator runs `ken admit` (DEPLOY.md, replacing a node).
+    #[arg(long)]
+    pub admit_replaced_peers: bool,
     /// FUSE heartbeat interval in ms, the same in every process [env: KEN_FUSE_HEARTBEAT_MS].
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
     pub fuse_heartbeat_ms: Option<u64>,
@@ -92,6 +96,7 @@ impl SettingsArgs {
                 .push(ken::ClusterKey::load(path).map_err(|e| e.to_string())?);
         }
         config.encrypt |= self.encrypt;
+        config.tuning.admit_replaced_peers |= self.admit_replaced_peers;
         let ms = std::time::Duration::from_millis;
         if let Some(v) = self.fuse_heartbeat_ms {
             config.tuning.fuse_heartbeat = ms(v);

@@ -42,6 +42,21 @@
 //!   a `Reject` from its unchanged incarnation and stops ([`EngineError::RolledBack`]). A
 //!   restarted engine (a store it did not create) probes every peer (an `Ack` with `seq`
 //!   [`PROBE_SEQ`]) until it has checked a frame from it, so a quiet pair is checked too.
+//!
+//! Replaced peers. A frame from a new incarnation of a known peer means the old incarnation's
+//! store is gone (a destroyed disk, a node replaced): a permanent failure. The first such
+//! frame of a life fails every FUSE group shared with the peer (the application hears
+//! `FuseFailure`, as for any permanent failure). The new incarnation is then refused (a
+//! `Reject` with `seq` [`REJECT_NOT_ADMITTED`], whose text names this process and the command
+//! to run; the refused process logs it once) until it is admitted: by an operator (`ken admit
+//! STORE PEER` while this process is stopped writes a row in [`crate::living::ADMIT_TABLE`],
+//! consumed at admission) or at once with [`Tuning::admit_replaced_peers`]. Admission makes
+//! it a fresh peer: every message the old incarnation had not acknowledged is withdrawn
+//! (counted in `messages_withdrawn`; a message sent before the new incarnation was first
+//! heard is among them), the new one is told to skip every sequence number used so far
+//! (`Skip`), the receiving side starts from zero, and a turn-log entry `admit` records it.
+//! Why refuse by default: admitting is declaring the old incarnation dead; a second live copy
+//! of a process (two hosts with the same id) must not silently take over a pair.
 
 pub mod fuse;
 pub(crate) mod peer;
@@ -70,6 +85,15 @@ use tables::{TableOverlay, TableSource};
 /// The `seq` of an `Ack` frame that asks the receiver to answer with its view of the pair (a
 /// restarted process probes its peers; see `FRAME.md`). A plain `Ack` has `seq` 0.
 pub const PROBE_SEQ: u64 = 1;
+
+/// The `seq` of a `Reject` that refuses a new incarnation of the receiver: the sender knew
+/// an earlier incarnation (whose store is gone) and has not admitted this one (FRAME.md).
+/// Other rejects carry 0 (a rollback) or [`REJECT_STALE_INCARNATION`].
+pub const REJECT_NOT_ADMITTED: u64 = 1;
+
+/// The `seq` of a `Reject` that answers a frame addressed to an earlier incarnation of the
+/// sender (FRAME.md). (Older builds sent 0, like a rollback.)
+pub const REJECT_STALE_INCARNATION: u64 = 2;
 
 /// Identifies a commit batch of this engine's life (1, 2, 3, ...). Not durable.
 pub type BatchId = u64;
@@ -155,6 +179,12 @@ pub struct EngineStats {
     pub stale_incarnation_frames: u64,
     /// Frames from a peer whose incarnation differs from the one we know (wiped store).
     pub foreign_incarnation_frames: u64,
+    /// Rejects sent to a new incarnation of a peer that is not admitted.
+    pub admission_refusals_sent: u64,
+    /// Rejects received saying a peer does not admit this (new) incarnation.
+    pub admission_refusals: u64,
+    /// New incarnations of peers admitted as fresh peers.
+    pub peers_admitted: u64,
     /// Rejects received: a peer says our frames address an incarnation it no longer is.
     pub rejects_received: u64,
     /// Client requests applied (turns run).
@@ -258,7 +288,7 @@ struct Committing {
     id: BatchId,
     /// Per peer changed in the batch: (next_seq, delivered) as of the seal.
     /// Per dirty peer: `next_seq`, `delivered` and `forgotten` as the batch writes them.
-    snapshot: Vec<(ProcessId, u64, u64, u64)>,
+    snapshot: Vec<(ProcessId, u64, u64, u64, u32)>,
     emits: Vec<String>,
     replies: Vec<(ClientId, u64, Vec<u8>, ReplyTo)>,
     /// The FUSE machine's share of the batch.
@@ -386,6 +416,8 @@ pub struct Engine<H: Handler> {
     state_bytes: Vec<u8>,
     /// Peer pairs held in this life, by peer.
     held_peers: BTreeMap<ProcessId, Held>,
+    /// Peers that refused this incarnation (logged once each).
+    refused_by: BTreeSet<ProcessId>,
     /// Timers whose turn panicked: still set durably, not fired in this life (name -> due).
     held_timers: BTreeMap<String, (Time, Held)>,
     /// Client requests whose turn panicked, with the panic message.
@@ -542,6 +574,7 @@ impl<H: Handler> Engine<H> {
             last_root: recovered.root.unwrap_or_default(),
             state_bytes,
             held_peers: BTreeMap::new(),
+            refused_by: BTreeSet::new(),
             held_timers: BTreeMap::new(),
             poisoned_requests: BTreeMap::new(),
             turns_total: recovered.turns_committed,
@@ -705,11 +738,16 @@ impl<H: Handler> Engine<H> {
         self.durable = id;
         self.stats.commits += 1;
         self.tables.batch_durable(id);
-        for (pid, next_seq, delivered, forgotten) in &c.snapshot {
+        for (pid, next_seq, delivered, forgotten, epoch) in &c.snapshot {
             let p = self
                 .peers
                 .get_mut(pid)
                 .expect("snapshot names a known peer");
+            if *epoch != p.epoch {
+                // Sealed before a new incarnation of the peer was admitted: its counters
+                // speak of the old pair (the admission's own batch carries the new ones).
+                continue;
+            }
             assert!(*next_seq <= p.next_seq && *delivered <= p.delivered);
             // (Under the test-only early-release switch the counters ran ahead already.)
             assert!(
@@ -727,7 +765,7 @@ impl<H: Handler> Engine<H> {
             }
         }
         self.send_skips(now);
-        for (pid, _, _, _) in &c.snapshot {
+        for (pid, _, _, _, _) in &c.snapshot {
             self.pump(now, pid);
             self.ack_if_owed(pid);
         }
@@ -909,8 +947,23 @@ impl<H: Handler> Engine<H> {
             FrameKind::Data | FrameKind::Ack | FrameKind::Skip => {}
             FrameKind::Reject => {
                 self.stats.rejects_received += 1;
+                if frame.seq.0 == REJECT_NOT_ADMITTED && frame.to_incarnation == self.incarnation {
+                    self.stats.admission_refusals += 1;
+                    if self.refused_by.insert(frame.from.clone()) {
+                        tracing::error!(
+                            peer = %frame.from,
+                            incarnation = %self.incarnation,
+                            said = %String::from_utf8_lossy(&frame.payload),
+                            "a peer refuses this process: it knew an earlier incarnation of \
+                             it (this store is new, so the old one is gone); nothing flows \
+                             between them until the peer admits this incarnation"
+                        );
+                    }
+                    return;
+                }
                 let known = self.peers.get(&frame.from).map(|p| p.incarnation);
-                if known.is_some_and(|k| k.0 != 0 && k == frame.from_incarnation)
+                if frame.seq.0 != REJECT_STALE_INCARNATION
+                    && known.is_some_and(|k| k.0 != 0 && k == frame.from_incarnation)
                     && frame.to_incarnation == self.incarnation
                 {
                     // The peer we know, same store, says it lost history and stopped.
@@ -954,7 +1007,7 @@ impl<H: Handler> Engine<H> {
                 from_incarnation: self.incarnation,
                 to: frame.from.clone(),
                 to_incarnation: frame.from_incarnation,
-                seq: Seq(0),
+                seq: Seq(REJECT_STALE_INCARNATION),
                 ack: Seq(0),
                 acked: Seq(0),
                 payload: format!(
@@ -978,18 +1031,11 @@ impl<H: Handler> Engine<H> {
             p.dirty = true;
         } else if p.incarnation != frame.from_incarnation {
             self.stats.foreign_incarnation_frames += 1;
-            if !p.foreign_incarnation_seen {
-                p.foreign_incarnation_seen = true;
-                tracing::error!(
-                    peer = %frame.from,
-                    known = %p.incarnation,
-                    seen = %frame.from_incarnation,
-                    "frames from a new incarnation of a peer (its store was replaced); \
-                     they are rejected, not delivered"
-                );
+            if !self.replaced_peer(now, &frame) {
+                return;
             }
-            return;
         }
+        let p = self.peers.get_mut(&frame.from).expect("checked above");
         let from = frame.from.clone();
         if let Some(evidence) = p.rollback_evidence(frame.ack.0, frame.acked.0) {
             self.rolled_back(&from, evidence);
@@ -1152,6 +1198,150 @@ impl<H: Handler> Engine<H> {
             up_to: through,
         });
         self.filling.nonempty = true;
+    }
+
+    /// A frame from a new incarnation of a known peer: the old incarnation's store is gone,
+    /// a permanent failure. The first time in this life, every FUSE group shared with the
+    /// peer fails. Then the new incarnation is admitted if the tuning says so
+    /// (`admit_replaced_peers`) or an operator did (`ken admit`: a row in
+    /// [`living::ADMIT_TABLE`]); otherwise the frame is refused with a `Reject` that tells
+    /// the new process who refuses it and what to run. Returns whether it was admitted (the
+    /// frame is then handled as usual).
+    fn replaced_peer(&mut self, now: Time, frame: &Frame) -> bool {
+        let pid = frame.from.clone();
+        let p = self.peers.get_mut(&pid).expect("known peer");
+        let known = p.incarnation;
+        let first = !p.foreign_incarnation_seen;
+        p.foreign_incarnation_seen = true;
+        if first {
+            self.fuse.peer_replaced(&pid);
+        }
+        let by_operator = match self
+            .tables
+            .get(living::ADMIT_TABLE, pid.as_str().as_bytes())
+        {
+            Ok(row) => row.is_some(),
+            Err(e) => {
+                self.fail(EngineError::TurnFault {
+                    turn: self.turns_total,
+                    what: format!("reading {}: {e}", living::ADMIT_TABLE),
+                });
+                return false;
+            }
+        };
+        if self.tuning.admit_replaced_peers || by_operator {
+            self.admit(now, &pid, frame.from_incarnation, by_operator);
+            return true;
+        }
+        let how = format!(
+            "stop {me}, run `ken admit STORE_OF_{me} {pid}`, and start {me} again (or run {me} \
+             with --admit-replaced-peers)",
+            me = self.id
+        );
+        if first {
+            tracing::error!(
+                peer = %pid,
+                known = %known,
+                seen = %frame.from_incarnation,
+                "a peer came back as a new incarnation (its store was replaced): the old one \
+                 is gone for good, so the FUSE groups shared with it failed; the new one's \
+                 frames are refused until an operator admits it: {how}"
+            );
+        }
+        self.stats.admission_refusals_sent += 1;
+        let reject = Frame {
+            kind: FrameKind::Reject,
+            auth: peer_auth(self.security),
+            from: self.id.clone(),
+            from_incarnation: self.incarnation,
+            to: pid.clone(),
+            to_incarnation: frame.from_incarnation,
+            seq: Seq(REJECT_NOT_ADMITTED),
+            ack: Seq(0),
+            acked: Seq(0),
+            payload: format!(
+                "{me} knew incarnation {known} of {pid}, whose store is gone; to admit \
+                 incarnation {new}: {how}",
+                me = self.id,
+                new = frame.from_incarnation
+            )
+            .into_bytes(),
+        };
+        self.commands.push(Command::Send {
+            to: pid,
+            frame: reject,
+            after: self.durable,
+        });
+        false
+    }
+
+    /// Admits a new incarnation of `pid` as a fresh peer: what the old incarnation never
+    /// acknowledged is withdrawn (it is gone; the application heard of it through its FUSE
+    /// groups), the new one is told to skip every sequence number used so far (`Skip`), and
+    /// the receiving side starts from nothing. On the record: a turn-log entry `admit`, and
+    /// the operator's [`living::ADMIT_TABLE`] row (if any) is deleted in the same batch.
+    fn admit(&mut self, now: Time, pid: &ProcessId, incarnation: Incarnation, by_operator: bool) {
+        let withdrawn_before = self.stats.messages_withdrawn;
+        self.forget_peer(pid);
+        let withdrawn = self.stats.messages_withdrawn - withdrawn_before;
+        let p = self.peers.get_mut(pid).expect("known peer");
+        let through = p.next_seq - 1;
+        // The new incarnation starts after every number used with the old one.
+        p.forgotten = p.forgotten.max(through);
+        p.acked = p.acked.max(through);
+        let old = p.incarnation;
+        p.incarnation = incarnation;
+        p.delivered = 0;
+        p.delivered_committed = 0;
+        p.ack_sent = 0;
+        p.peer_acked = 0;
+        p.reorder.clear();
+        p.probe_at = None;
+        p.foreign_incarnation_seen = false;
+        p.skip_interval = self.tuning.rto_initial;
+        p.epoch += 1;
+        p.dirty = true;
+        self.held_peers.remove(pid);
+        self.refused_by.remove(pid);
+        if by_operator {
+            self.tables.write(
+                self.next_batch,
+                living::ADMIT_TABLE,
+                pid.as_str().as_bytes().to_vec(),
+                None,
+            );
+            self.filling.batch.table_writes.push(TableWrite {
+                table: living::ADMIT_TABLE.to_string(),
+                key: pid.as_str().as_bytes().to_vec(),
+                value: None,
+            });
+        }
+        self.stats.peers_admitted += 1;
+        tracing::warn!(
+            peer = %pid,
+            old = %old,
+            new = %incarnation,
+            withdrawn,
+            by = if by_operator { "ken admit" } else { "admit_replaced_peers" },
+            "admitted a new incarnation of a peer as a fresh peer"
+        );
+        self.turns_total += 1;
+        self.filling.turns += 1;
+        self.filling.nonempty = true;
+        self.filling.batch.turn_log.push(TurnLogEntry {
+            turn: self.turns_total,
+            at_ms: now.as_millis(),
+            input_kind: "admit".into(),
+            input_source: pid.to_string(),
+            input_seq: 0,
+            messages_out: 0,
+            outputs: 0,
+            bytes_written: 0,
+            note: format!(
+                "incarnation {old} replaced by {incarnation}; {withdrawn} unacknowledged \
+                 messages withdrawn; sequence numbers through {through} skipped"
+            ),
+        });
     }
 
     /// Sends the due `Skip` frames: a peer that has not acknowledged the last withdrawn
@@ -2050,7 +2240,7 @@ impl<H: Handler> Engine<H> {
                 delivered: p.delivered,
                 forgotten: p.forgotten,
             });
-            snapshot.push((p.id.clone(), p.next_seq, p.delivered, p.forgotten));
+            snapshot.push((p.id.clone(), p.next_seq, p.delivered, p.forgotten, p.epoch));
         }
         let (groups, fuse) = self.fuse.seal();
         batch.groups = groups;

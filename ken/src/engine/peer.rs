@@ -159,6 +159,9 @@ pub(crate) struct Peer {
     pub skip_at: Option<Time>,
     /// The `Skip` interval, doubled after each up to the retransmission ceiling.
     pub skip_interval: Duration,
+    /// Bumped when a new incarnation of the peer is admitted (in memory only): a batch
+    /// sealed before it speaks of the old incarnation's pair, whose counters are gone.
+    pub epoch: u32,
 }
 
 /// Why a frame from a peer proves that this process's store lost history.
@@ -216,6 +219,7 @@ impl Peer {
             forgotten_durable: 0,
             skip_at: None,
             skip_interval: tuning.rto_initial,
+            epoch: 0,
         }
     }
 

@@ -569,13 +569,21 @@ fn frames_for_another_incarnation_are_rejected_not_delivered() {
     assert!(b.state().got.is_empty());
     assert_eq!(b.stats().stale_incarnation_frames, 1);
 
-    // Known peer incarnation, then a frame from a new incarnation of that peer: dropped.
+    // Known peer incarnation, then a frame from a new incarnation of that peer (its store
+    // was replaced): not delivered; refused with a Reject that names the reason.
     b.handle_frame(t(3), data("a", INC_A, "b", INC_B, 1, 0, 1));
     let (id, _) = only_commit(b.take_commands());
     b.commit_done(t(4), id);
     let _ = b.take_commands();
     b.handle_frame(t(5), data("a", 0x1234, "b", INC_B, 2, 0, 2));
-    assert!(b.take_commands().is_empty());
+    let cmds = b.take_commands();
+    let out = sends(&cmds);
+    assert_eq!(out.len(), 1, "{cmds:#?}");
+    assert_eq!(out[0].kind, FrameKind::Reject);
+    assert_eq!(out[0].seq.0, ken::engine::REJECT_NOT_ADMITTED);
+    assert_eq!(out[0].to_incarnation.0, 0x1234);
+    assert!(String::from_utf8_lossy(&out[0].payload).contains("ken admit"));
+    assert_eq!(cmds.len(), 1, "nothing committed: {cmds:#?}");
     assert_eq!(b.stats().foreign_incarnation_frames, 1);
     assert_eq!(b.state().got.len(), 1);
 }

@@ -11,6 +11,7 @@ mod fuse_machine;
 mod hostile;
 mod living;
 mod observe;
+mod replace;
 mod rollback;
 mod sans_io;
 mod testing;

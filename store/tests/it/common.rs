@@ -21,8 +21,16 @@ pub fn temp_store() -> TempStore {
 }
 
 /// A raw read-write SQLite connection, for tests that damage or inspect the file directly.
+/// It writes through the `ken-wal` shim, as the owner does, so the pages it writes keep
+/// their checksums (the damage a test makes is to records, seen by the record checks).
 pub fn raw(path: &Path) -> rusqlite::Connection {
-    rusqlite::Connection::open(path).expect("raw connection")
+    ken_store::vfs::register().expect("the ken-wal VFS registers");
+    rusqlite::Connection::open_with_flags_and_vfs(
+        path,
+        rusqlite::OpenFlags::default(),
+        ken_store::vfs::VFS_NAME,
+    )
+    .expect("raw connection")
 }
 
 /// A seeded RNG: the seed comes from `KEN_SEED` if set, else from the clock; it is printed

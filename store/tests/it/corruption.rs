@@ -5,14 +5,18 @@ use std::path::Path;
 
 use ken_store::{
     codec, Batch, ClientChange, ClientRow, GroupChange, GroupRow, OpenError, OutboxRow, PeerRow,
-    Problem, ReadError, Reader, TableWrite, TimerChange, TurnLogEntry,
+    Problem, ReadError, Reader, StoreOptions, TableWrite, TimerChange, TurnLogEntry,
 };
 use rand::Rng;
 
-use crate::common::{raw, seeded_rng, temp_store, try_open};
+use crate::common::{raw, seeded_rng, temp_store, try_open, try_open_with};
 
 fn healthy_store(path: &Path, marker: &[u8]) {
-    let (mut store, _) = try_open(path, "a").unwrap();
+    healthy_store_with(path, marker, &StoreOptions::default());
+}
+
+fn healthy_store_with(path: &Path, marker: &[u8], options: &StoreOptions) {
+    let (mut store, _) = try_open_with(path, "a", options).unwrap();
     store
         .commit(&Batch {
             turns: 1,
@@ -237,12 +241,13 @@ fn a_flipped_turn_log_entry_is_reported_not_returned() {
     only_problem(&reader, "turn_log", "1");
 }
 
-#[test]
-fn a_byte_flipped_in_the_file_on_disk_is_found_by_name() {
-    let (mut rng, _) = seeded_rng("corruption::file_on_disk");
+/// Builds the healthy store with `options`, checkpoints everything into the database file
+/// and flips one random bit of the marker value in the file on disk.
+fn flip_marker_on_disk(test: &str, options: &StoreOptions) -> crate::common::TempStore {
+    let (mut rng, _) = seeded_rng(test);
     let t = temp_store();
     let marker: Vec<u8> = format!("KEN-MARKER-{:032x}", rng.gen::<u128>()).into_bytes();
-    healthy_store(&t.path, &marker);
+    healthy_store_with(&t.path, &marker, options);
     // The owner closed cleanly: SQLite checkpointed the WAL into the file and removed it.
     // Checkpoint again through a raw connection to be sure nothing is left in a WAL.
     {
@@ -264,7 +269,39 @@ fn a_byte_flipped_in_the_file_on_disk_is_found_by_name() {
     let i = at[0] + rng.gen_range(0..marker.len());
     bytes[i] ^= 1 << rng.gen_range(0..8);
     std::fs::write(&t.path, &bytes).unwrap();
+    t
+}
 
+#[test]
+fn a_byte_flipped_in_the_file_on_disk_fails_its_page_checksum() {
+    let t = flip_marker_on_disk("corruption::page_checksum", &StoreOptions::default());
+    let (store, _) = try_open(&t.path, "a").unwrap();
+    match store.table_get("t", b"k1") {
+        Err(ReadError::Damaged { detail }) => {
+            assert!(detail.contains("fails its checksum"), "{detail}");
+        }
+        other => panic!("expected Damaged, got {other:?}"),
+    }
+    let reader = Reader::open(&t.path).unwrap();
+    let problems = reader.verify().unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.table == "sqlite" && p.what.contains("fails its checksum")),
+        "{problems:?}"
+    );
+    drop(store);
+}
+
+#[test]
+fn a_byte_flipped_in_the_file_on_disk_is_found_by_name() {
+    // Without page checksums (a store created before them) the record check still names
+    // the row, and the other rows of the page still read.
+    let options = StoreOptions {
+        page_checksums: false,
+        ..StoreOptions::default()
+    };
+    let t = flip_marker_on_disk("corruption::file_on_disk", &options);
     let (store, _) = try_open(&t.path, "a").unwrap();
     match store.table_get("t", b"k1") {
         Err(ReadError::Corrupted(c)) => assert_names(&c, "kv:t", "k1"),
@@ -396,4 +433,109 @@ fn a_changed_key_or_other_column_is_corrupted_like_a_changed_value() {
             }
         }
     }
+}
+
+/// A store with `ROWS` rows in table `t`, closed cleanly and checkpointed into the database
+/// file; then the cell count of the leaf page holding key `k0500` is decremented: a one-bit
+/// change to the B-tree's structure, not to any record, which SQLite does not notice (the
+/// page still parses; its last row just is no longer there).
+fn shrink_a_leaf_page(options: &StoreOptions) -> crate::common::TempStore {
+    const ROWS: u32 = 2000;
+    let t = temp_store();
+    {
+        let (mut store, _) = try_open_with(&t.path, "a", options).unwrap();
+        let table_writes = (0..ROWS)
+            .map(|i| TableWrite {
+                table: "t".into(),
+                key: format!("k{i:04}").into_bytes(),
+                value: Some(vec![b'v'; 64]),
+            })
+            .collect();
+        store
+            .commit(&Batch {
+                turns: 1,
+                table_writes,
+                ..Batch::default()
+            })
+            .unwrap();
+    }
+    {
+        let conn = raw(&t.path);
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+    }
+    let mut bytes = std::fs::read(&t.path).unwrap();
+    let page_size = usize::from(u16::from_be_bytes([bytes[16], bytes[17]]));
+    let at = bytes
+        .windows(5)
+        .position(|w| w == b"k0500")
+        .expect("the key is in the file");
+    let page = at / page_size;
+    let header = page * page_size + if page == 0 { 100 } else { 0 };
+    assert!(
+        matches!(bytes[header], 0x0a | 0x0d),
+        "page {} holding the key is a leaf (type {:#x})",
+        page + 1,
+        bytes[header]
+    );
+    let cells = u16::from_be_bytes([bytes[header + 3], bytes[header + 4]]);
+    assert!(cells > 1);
+    bytes[header + 3..header + 5].copy_from_slice(&(cells - 1).to_be_bytes());
+    std::fs::write(&t.path, &bytes).unwrap();
+    t
+}
+
+/// Every key's read: `Ok(true)` present, `Ok(false)` absent, `Err` the read failed.
+fn read_every_key(path: &Path) -> Vec<Result<bool, ReadError>> {
+    let (store, _) = try_open(path, "a").unwrap();
+    (0..2000)
+        .map(|i| {
+            store
+                .table_get("t", format!("k{i:04}").as_bytes())
+                .map(|v| v.is_some())
+        })
+        .collect()
+}
+
+#[test]
+fn a_damaged_b_tree_page_is_an_error_never_missing_rows() {
+    let t = shrink_a_leaf_page(&StoreOptions::default());
+    let reads = read_every_key(&t.path);
+    assert!(
+        reads.iter().all(|r| !matches!(r, Ok(false))),
+        "no key reads as absent"
+    );
+    let failed: Vec<_> = reads.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(!failed.is_empty(), "the damaged page's keys fail to read");
+    for e in &failed {
+        assert!(
+            matches!(e, ReadError::Damaged { detail } if detail.contains("fails its checksum")),
+            "{e}"
+        );
+    }
+    let problems = Reader::open(&t.path).unwrap().verify().unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.what.contains("fails its checksum")),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn control_without_page_checksums_a_damaged_b_tree_page_loses_rows_silently() {
+    let options = StoreOptions {
+        page_checksums: false,
+        ..StoreOptions::default()
+    };
+    let t = shrink_a_leaf_page(&options);
+    let reads = read_every_key(&t.path);
+    assert!(
+        reads.iter().all(Result::is_ok),
+        "no read fails: the damage is silent"
+    );
+    assert!(
+        reads.iter().any(|r| matches!(r, Ok(false))),
+        "a committed key reads as absent"
+    );
 }

@@ -42,6 +42,7 @@ const PEER_INCARNATION: u64 = 42;
 const OPTIONS: StoreOptions = StoreOptions {
     turn_log_max: TURN_LOG_MAX,
     max_page_count: None,
+    page_checksums: true,
 };
 
 fn acked_after(i: u64) -> u64 {

@@ -101,6 +101,10 @@ fn a_file_that_is_not_sqlite_is_not_a_ken_store() {
         Err(OpenError::NotAKenStore { .. })
     ));
     assert_eq!(std::fs::read(&t.path).unwrap(), junk);
+    assert!(
+        !ken_store::lock_path(&t.path).exists(),
+        "a refused open leaves no lock file it created"
+    );
 }
 
 #[test]
@@ -124,6 +128,10 @@ fn a_foreign_sqlite_file_is_not_a_ken_store_and_stays_untouched() {
     // Still a rollback-journal database: the owner never switched it to WAL.
     let after = std::fs::read(&t.path).unwrap();
     assert_eq!(after, before);
+    assert!(
+        !ken_store::lock_path(&t.path).exists(),
+        "no stray lock file"
+    );
     assert_eq!((after[18], after[19]), (1, 1), "file format bytes: not WAL");
 
     // A `meta` table that is not ours is refused too.

@@ -944,7 +944,7 @@ fn corrupt_records_are_named_and_the_healthy_parts_still_read() {
     let victim = pa.values[rng.gen_range(0..pa.values.len())];
     let victim_key = victim.to_be_bytes().to_vec();
     // A turn-log row (one per batch of up to 64 turns), named by its first turn.
-    let log_rows: Vec<(i64, i64)> = rusqlite::Connection::open(&a)
+    let log_rows: Vec<(i64, i64)> = raw_sqlite(&a)
         .unwrap()
         .prepare("SELECT turn, turns FROM turn_log ORDER BY turn")
         .unwrap()
@@ -957,7 +957,7 @@ fn corrupt_records_are_named_and_the_healthy_parts_still_read() {
     let victim_last = victim_turn + victim_turns as u64 - 1;
     assert!(u(&before["turns_committed"]) >= victim_last);
     let mut flip = |store: &Path, select: &str, update: &str, key: &dyn rusqlite::ToSql| {
-        let conn = rusqlite::Connection::open(store).unwrap();
+        let conn = raw_sqlite(store).unwrap();
         let mut blob: Vec<u8> = conn.query_row(select, [key], |r| r.get(0)).unwrap();
         let bit = rng.gen_range(0..blob.len() * 8);
         blob[bit / 8] ^= 1 << (bit % 8);
@@ -1149,7 +1149,7 @@ fn broken_inputs_get_one_line_and_a_non_zero_exit() {
     let text = d.join("notes.txt");
     std::fs::write(&text, "not a database\n".repeat(100)).unwrap();
     let foreign = d.join("foreign.db");
-    rusqlite::Connection::open(&foreign)
+    raw_sqlite(&foreign)
         .unwrap()
         .execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
         .unwrap();
@@ -1166,7 +1166,7 @@ fn broken_inputs_get_one_line_and_a_non_zero_exit() {
             })
             .unwrap();
     }
-    let conn = rusqlite::Connection::open(&newer).unwrap();
+    let conn = raw_sqlite(&newer).unwrap();
     let next = ken_store::codec::seal(&(ken_store::FORMAT_VERSION + 1).to_le_bytes());
     conn.execute(
         "UPDATE meta SET value = ?1 WHERE key = 'format_version'",
@@ -1174,7 +1174,7 @@ fn broken_inputs_get_one_line_and_a_non_zero_exit() {
     )
     .unwrap();
     drop(conn);
-    let conn = rusqlite::Connection::open(&bad_meta).unwrap();
+    let conn = raw_sqlite(&bad_meta).unwrap();
     conn.execute("UPDATE meta SET value = x'0102' WHERE key = 'counters'", [])
         .unwrap();
     drop(conn);
@@ -1360,7 +1360,7 @@ mod groups {
 
     /// Rewrites the sealed record of group `g` in `store` with `f(record)`.
     fn rewrite(store: &Path, g: GroupId, f: impl FnOnce(Vec<u8>) -> Vec<u8>) {
-        let conn = rusqlite::Connection::open(store).unwrap();
+        let conn = super::raw_sqlite(store).unwrap();
         let old: Vec<u8> = conn
             .query_row(
                 "SELECT record FROM fuse_groups WHERE group_id = ?1",
@@ -1554,7 +1554,7 @@ mod groups {
         assert!(u(&r["groups_checked"]) >= 2, "{r:#}");
         let gone = dir.path().join("b-gone.ken");
         super::copy_store(&stores[1], &gone);
-        let conn = rusqlite::Connection::open(&gone).unwrap();
+        let conn = super::raw_sqlite(&gone).unwrap();
         let n = conn
             .execute("DELETE FROM fuse_groups WHERE group_id = ?1", [&g[1].0[..]])
             .unwrap();
@@ -1963,4 +1963,72 @@ mod living {
             "{stderr}"
         );
     }
+}
+
+/// A read-write SQLite connection that writes through the `ken-wal` shim, as the owner does,
+/// so pages it writes keep their checksums: the damage these tests make is to records.
+fn raw_sqlite(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
+    ken_store::vfs::register().expect("the ken-wal VFS registers");
+    rusqlite::Connection::open_with_flags_and_vfs(
+        path,
+        rusqlite::OpenFlags::default(),
+        ken_store::vfs::VFS_NAME,
+    )
+}
+
+/// `ken admit STORE PEER`: refuses a store in use and an unknown peer with one clear line
+/// and writes nothing; on a stopped store it records the admission (a `ken.admit` row the
+/// engine consumes; the engine's side is tested in ken/tests/it/replace.rs).
+#[test]
+fn ken_admit_records_an_admission_and_refuses_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.ken");
+    let (mut store, _) = ken_store::Store::open(&path, "a").unwrap();
+    store
+        .commit(&ken_store::Batch {
+            now_ms: 1,
+            turns: 1,
+            peers: vec![ken_store::PeerRow {
+                peer: "b".into(),
+                incarnation: 0xABCD,
+                next_seq: 3,
+                acked: 1,
+                delivered: 4,
+                forgotten: 0,
+            }],
+            ..ken_store::Batch::default()
+        })
+        .unwrap();
+    let admit = |peer: &str| {
+        Command::new(env!("CARGO_BIN_EXE_ken"))
+            .args(["admit"])
+            .arg(&path)
+            .arg(peer)
+            .output()
+            .unwrap()
+    };
+    let out = admit("b");
+    assert!(!out.status.success(), "the owner runs: refused");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use"), "{err}");
+    drop(store);
+
+    let out = admit("zz");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("has no peer `zz`") && err.contains("b"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    let out = admit("b");
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("000000000000abcd"), "{said}");
+    let reader = ken_store::Reader::open(&path).unwrap();
+    assert!(reader
+        .table_get(ken::living::ADMIT_TABLE, b"b")
+        .unwrap()
+        .is_some());
 }

@@ -103,7 +103,7 @@ pub enum FuseOutput {
 }
 
 /// Counters over the life of the machine (not durable). The engine copies them into its
-/// [`crate::EngineStats`]; what depends on frames (messages, heartbeats, bytes) the engine
+/// [`crate::engine::EngineStats`]; what depends on frames (messages, heartbeats, bytes) the engine
 /// counts itself, where it builds them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FuseStats {
@@ -285,6 +285,13 @@ impl Fuse {
     }
 
     // ---- events: the network ----
+
+    /// `peer` came back as a new incarnation: its old incarnation, a member of our shared
+    /// groups, is gone for good (its store was replaced). Fails every group shared with it
+    /// at once, as a silence of `T_fail` would.
+    pub fn peer_replaced(&mut self, peer: &ProcessId) {
+        self.fail_shared_with(peer, "a member's store was replaced (a new incarnation)");
+    }
 
     /// Anything heard from `peer` (any frame) proves it alive, unless
     /// [`Fuse::require_fresh_stamps`] is on (then only fresh stamps do).
@@ -724,7 +731,7 @@ impl Fuse {
         let silence = self.silence_limit();
         for p in &self.pairs.monitored() {
             match self.pairs.tick(now, p, silence, self.heartbeat) {
-                Due::Silent => self.fail_shared_with(p),
+                Due::Silent => self.fail_shared_with(p, "a member was silent for T_fail"),
                 Due::Heartbeat => {
                     let (digest, groups) = self.pairs.digest(p);
                     let hb = Heartbeat::new(digest, groups, self.stamp(now));
@@ -737,7 +744,7 @@ impl Fuse {
     }
 
     /// `peer` was silent too long: every group shared with it fails.
-    fn fail_shared_with(&mut self, peer: &ProcessId) {
+    fn fail_shared_with(&mut self, peer: &ProcessId, why: &'static str) {
         let shared: Vec<GroupId> = self
             .groups
             .iter()
@@ -745,7 +752,7 @@ impl Fuse {
             .map(|(id, _)| *id)
             .collect();
         for id in shared {
-            self.fail(id, "a member was silent for T_fail");
+            self.fail(id, why);
         }
     }
 
