@@ -12,6 +12,15 @@
 //!   applied transfer is in the sender's `sent` table with the same amount).
 //!
 //! [`audit`] checks both over [`BankView`]s read from the stores.
+//!
+//! **Two schema versions** (issue 14, the rolling-upgrade torture): [`Bank`] is schema
+//! version 1; [`BankV2`] (`ken app bank --schema 2`, same application name `bank`) is
+//! version 2, a real schema change: balances move from table `accounts` to table
+//! `balances`, `sent` rows and `Credit` messages gain a `memo`, and the root gains a
+//! counter of credits that carried one ([`StateV2`]). [`BankV2`] migrates a version-1 store
+//! at open ([`ken::Handler::migrate`]) and reads version-1 `Credit`s through
+//! [`ken::Handler::upgrade_message`]; a version-1 member holds version-2 messages until it
+//! is upgraded too. [`BankView::read`] reads either version.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -23,6 +32,8 @@ pub const ACCOUNTS_TABLE: &str = "accounts";
 pub const SENT_TABLE: &str = "sent";
 pub const APPLIED_TABLE: &str = "applied";
 pub const TRANSFER_TIMER: &str = "transfer";
+/// Schema version 2's table of balances (version 1 keeps them in [`ACCOUNTS_TABLE`]).
+pub const BALANCES_TABLE: &str = "balances";
 
 /// The bank handler of one member.
 #[derive(Debug, Clone)]
@@ -38,6 +49,10 @@ pub struct Bank {
     pub transfers_max: u64,
     /// Skip a transfer when the outbox to its destination holds this many messages.
     pub outbox_limit: usize,
+    /// A deliberate bug of version 1, for the poison torture (0 = none): the handler panics
+    /// on every `Credit` whose transfer id is a multiple of this. [`BankV2`] is the fix: it
+    /// ignores this field.
+    pub panic_every: u64,
 }
 
 /// A member's durable root state.
@@ -85,51 +100,80 @@ pub fn parse_applied_key(key: &[u8]) -> Option<(String, u64)> {
     Some((from, u64::from_be_bytes(t)))
 }
 
+/// A transfer drawn by [`Bank::draw_transfer`]: the debit is not written yet.
+struct Draw {
+    to: ProcessId,
+    from_account: u32,
+    to_account: u32,
+    balance: i64,
+    amount: i64,
+}
+
 impl Bank {
     fn others(&self) -> Vec<&ProcessId> {
         self.members.iter().filter(|m| **m != self.id).collect()
     }
 
-    fn transfer(&self, state: &mut State, turn: &mut Turn<'_, Msg>) {
+    /// Draws the next transfer out of the balances in `table`, or `None` (counted in
+    /// `skipped` when the outbox is full or the account empty).
+    fn draw_transfer<M: Serialize>(
+        &self,
+        turn: &mut Turn<'_, M>,
+        table: &str,
+        skipped: &mut u64,
+    ) -> Option<Draw> {
         let others = self.others();
         if others.is_empty() || self.accounts == 0 {
-            return;
+            return None;
         }
         let to = others[turn.random_below(others.len() as u64) as usize].clone();
         if turn.outbox_depth(&to) >= self.outbox_limit {
-            state.transfers_skipped += 1;
-            return;
+            *skipped += 1;
+            return None;
         }
         let from_account = turn.random_below(self.accounts as u64) as u32;
         let to_account = turn.random_below(self.accounts as u64) as u32;
         let balance: i64 = turn
-            .table(ACCOUNTS_TABLE)
+            .table(table)
             .get(from_account.to_be_bytes())
             .unwrap_or(0);
         if balance <= 0 {
-            state.transfers_skipped += 1;
-            return;
+            *skipped += 1;
+            return None;
         }
         let amount = 1 + turn.random_below(balance.min(100) as u64) as i64;
+        Some(Draw {
+            to,
+            from_account,
+            to_account,
+            balance,
+            amount,
+        })
+    }
+
+    fn transfer(&self, state: &mut State, turn: &mut Turn<'_, Msg>) {
+        let Some(d) = self.draw_transfer(turn, ACCOUNTS_TABLE, &mut state.transfers_skipped) else {
+            return;
+        };
         let transfer = state.next_transfer;
         state.next_transfer += 1;
         state.transfers_started += 1;
         turn.table(ACCOUNTS_TABLE)
-            .put(from_account.to_be_bytes(), &(balance - amount));
+            .put(d.from_account.to_be_bytes(), &(d.balance - d.amount));
         turn.table(SENT_TABLE).put(
             transfer.to_be_bytes(),
             &Sent {
-                to: to.to_string(),
-                account: to_account,
-                amount,
+                to: d.to.to_string(),
+                account: d.to_account,
+                amount: d.amount,
             },
         );
         turn.send(
-            &to,
+            &d.to,
             &Msg::Credit {
                 transfer,
-                account: to_account,
-                amount,
+                account: d.to_account,
+                amount: d.amount,
             },
         )
         .expect("members are in the address book");
@@ -170,6 +214,9 @@ impl Handler for Bank {
                     },
                 ..
             } => {
+                if self.panic_every > 0 && transfer % self.panic_every == 0 {
+                    panic!("bank v1 bug: cannot credit transfer {transfer} from {from}");
+                }
                 let key = applied_key(from.as_str(), transfer);
                 if turn.table(APPLIED_TABLE).contains(&key) {
                     state.duplicate_credits += 1;
@@ -186,6 +233,210 @@ impl Handler for Bank {
             }
             _ => {}
         }
+    }
+}
+
+/// Schema version 2 of the bank ([`Bank`] is version 1): the same members and workload,
+/// with balances in table [`BALANCES_TABLE`], a memo on every transfer ([`SentV2`],
+/// [`MsgV2`]) and a root with one more counter ([`StateV2`]). See the module docs.
+#[derive(Debug, Clone)]
+pub struct BankV2(pub Bank);
+
+/// Version 2's root state: version 1's [`State`] plus `memos_received`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateV2 {
+    pub next_transfer: u64,
+    pub transfers_started: u64,
+    pub transfers_skipped: u64,
+    pub credits_applied: u64,
+    /// Credits that arrived a second time. Exactly-once delivery keeps this 0.
+    pub duplicate_credits: u64,
+    /// Credits applied that carried a non-empty memo (sent by a version-2 member).
+    pub memos_received: u64,
+}
+
+impl StateV2 {
+    /// The version-1 view of this state (`memos_received` dropped).
+    pub fn v1(&self) -> State {
+        State {
+            next_transfer: self.next_transfer,
+            transfers_started: self.transfers_started,
+            transfers_skipped: self.transfers_skipped,
+            credits_applied: self.credits_applied,
+            duplicate_credits: self.duplicate_credits,
+        }
+    }
+}
+
+/// Version 2's messages: a `Credit` with a memo.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MsgV2 {
+    Credit {
+        transfer: u64,
+        account: u32,
+        amount: i64,
+        memo: String,
+    },
+}
+
+/// Version 2's `sent` rows: version 1's [`Sent`] plus the memo.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentV2 {
+    pub to: String,
+    pub account: u32,
+    pub amount: i64,
+    pub memo: String,
+}
+
+impl BankV2 {
+    fn transfer(&self, state: &mut StateV2, turn: &mut Turn<'_, MsgV2>) {
+        let Some(d) = self
+            .0
+            .draw_transfer(turn, BALANCES_TABLE, &mut state.transfers_skipped)
+        else {
+            return;
+        };
+        let transfer = state.next_transfer;
+        state.next_transfer += 1;
+        state.transfers_started += 1;
+        let memo = format!("{}/{transfer}", self.0.id);
+        turn.table(BALANCES_TABLE)
+            .put(d.from_account.to_be_bytes(), &(d.balance - d.amount));
+        turn.table(SENT_TABLE).put(
+            transfer.to_be_bytes(),
+            &SentV2 {
+                to: d.to.to_string(),
+                account: d.to_account,
+                amount: d.amount,
+                memo: memo.clone(),
+            },
+        );
+        turn.send(
+            &d.to,
+            &MsgV2::Credit {
+                transfer,
+                account: d.to_account,
+                amount: d.amount,
+                memo,
+            },
+        )
+        .expect("members are in the address book");
+    }
+}
+
+impl Handler for BankV2 {
+    const APP: &'static str = "bank";
+    const SCHEMA_VERSION: u32 = 2;
+    type State = StateV2;
+    type Message = MsgV2;
+    type Request = ();
+    type Reply = ();
+
+    fn on_turn(&self, state: &mut StateV2, turn: &mut Turn<'_, MsgV2>, input: Input<MsgV2>) {
+        let bank = &self.0;
+        match input {
+            Input::Start => {
+                for a in 0..bank.accounts {
+                    turn.table(BALANCES_TABLE)
+                        .put(a.to_be_bytes(), &bank.initial_balance);
+                }
+                turn.set_timer(TRANSFER_TIMER, bank.transfer_interval);
+            }
+            Input::Timer { name } if name == TRANSFER_TIMER => {
+                let exhausted =
+                    bank.transfers_max > 0 && state.transfers_started >= bank.transfers_max;
+                if !exhausted {
+                    self.transfer(state, turn);
+                    turn.set_timer(TRANSFER_TIMER, bank.transfer_interval);
+                }
+            }
+            Input::Message {
+                from,
+                message:
+                    MsgV2::Credit {
+                        transfer,
+                        account,
+                        amount,
+                        memo,
+                    },
+                ..
+            } => {
+                let key = applied_key(from.as_str(), transfer);
+                if turn.table(APPLIED_TABLE).contains(&key) {
+                    state.duplicate_credits += 1;
+                    return;
+                }
+                let balance: i64 = turn
+                    .table(BALANCES_TABLE)
+                    .get(account.to_be_bytes())
+                    .unwrap_or(0);
+                turn.table(BALANCES_TABLE)
+                    .put(account.to_be_bytes(), &(balance + amount));
+                turn.table(APPLIED_TABLE).put(&key, &amount);
+                state.credits_applied += 1;
+                if !memo.is_empty() {
+                    state.memos_received += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Version 1 to 2: the root gains `memos_received` (0), every `accounts` row moves to
+    /// `balances`, every `sent` row gains an empty memo.
+    fn migrate(&self, from_version: u32, m: &mut ken::Migration<'_>) -> Result<(), String> {
+        if from_version != 1 {
+            return Err(format!(
+                "bank has no migration step from schema version {from_version}"
+            ));
+        }
+        let old: State = m.root()?;
+        m.set_root(&StateV2 {
+            next_transfer: old.next_transfer,
+            transfers_started: old.transfers_started,
+            transfers_skipped: old.transfers_skipped,
+            credits_applied: old.credits_applied,
+            duplicate_credits: old.duplicate_credits,
+            memos_received: 0,
+        });
+        for (k, balance) in m.rows::<i64>(ACCOUNTS_TABLE)? {
+            m.put(BALANCES_TABLE, &k, &balance);
+            m.delete(ACCOUNTS_TABLE, &k);
+        }
+        for (k, sent) in m.rows::<Sent>(SENT_TABLE)? {
+            m.put(
+                SENT_TABLE,
+                &k,
+                &SentV2 {
+                    to: sent.to,
+                    account: sent.account,
+                    amount: sent.amount,
+                    memo: String::new(),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// A version-1 `Credit` is a version-2 `Credit` with an empty memo.
+    fn upgrade_message(&self, from_version: u32, bytes: &[u8]) -> Result<MsgV2, String> {
+        if from_version != 1 {
+            return Err(format!(
+                "bank reads messages of schema versions 1 and 2, not {from_version}"
+            ));
+        }
+        let Msg::Credit {
+            transfer,
+            account,
+            amount,
+        } = ken::store::codec::decode(bytes)
+            .map_err(|e| format!("a version-1 bank message does not decode: {e}"))?;
+        Ok(MsgV2::Credit {
+            transfer,
+            account,
+            amount,
+            memo: String::new(),
+        })
     }
 }
 
@@ -210,7 +461,7 @@ impl BankView {
     ) -> Result<(), String> {
         let decode_err = |e: ken::store::codec::DecodeError| format!("{table}: {e}");
         match table {
-            ACCOUNTS_TABLE => {
+            ACCOUNTS_TABLE | BALANCES_TABLE => {
                 let k = u32::from_be_bytes(key.try_into().map_err(|_| "bad account key")?);
                 match value {
                     Some(v) => {
@@ -226,8 +477,21 @@ impl BankView {
                 let k = u64::from_be_bytes(key.try_into().map_err(|_| "bad transfer key")?);
                 match value {
                     Some(v) => {
-                        self.sent
-                            .insert(k, ken::store::codec::decode(v).map_err(decode_err)?);
+                        // Either version: a version-1 row is a strict prefix of a
+                        // version-2 one and the codec refuses trailing bytes, so exactly
+                        // one of the two decodes.
+                        let sent = match ken::store::codec::decode::<Sent>(v) {
+                            Ok(s) => s,
+                            Err(_) => {
+                                let s: SentV2 = ken::store::codec::decode(v).map_err(decode_err)?;
+                                Sent {
+                                    to: s.to,
+                                    account: s.account,
+                                    amount: s.amount,
+                                }
+                            }
+                        };
+                        self.sent.insert(k, sent);
                     }
                     None => {
                         self.sent.remove(&k);
@@ -251,17 +515,24 @@ impl BankView {
         Ok(())
     }
 
-    /// Reads a member's committed bank data from its store.
+    /// Reads a member's committed bank data from its store, of either schema version.
     pub fn read(reader: &ken::store::Reader) -> Result<BankView, String> {
         let meta = reader.meta().map_err(|e| e.to_string())?;
         let mut view = BankView {
             id: meta.process_id,
             ..BankView::default()
         };
+        let version = meta.app.map_or(1, |a| a.schema_version);
         if let Some(root) = reader.root().map_err(|e| e.to_string())? {
-            view.state = ken::store::codec::decode(&root).map_err(|e| e.to_string())?;
+            view.state = match version {
+                1 => ken::store::codec::decode(&root).map_err(|e| e.to_string())?,
+                2 => ken::store::codec::decode::<StateV2>(&root)
+                    .map_err(|e| e.to_string())?
+                    .v1(),
+                v => return Err(format!("bank schema version {v} is unknown to this build")),
+            };
         }
-        for table in [ACCOUNTS_TABLE, SENT_TABLE, APPLIED_TABLE] {
+        for table in [ACCOUNTS_TABLE, BALANCES_TABLE, SENT_TABLE, APPLIED_TABLE] {
             let mut after: Option<Vec<u8>> = None;
             loop {
                 let rows = reader
@@ -369,4 +640,89 @@ fn audit_with(
         ));
     }
     violations
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ken::store::codec;
+
+    fn v2() -> BankV2 {
+        let id = ProcessId::new("m0").unwrap();
+        BankV2(Bank {
+            members: vec![id.clone()],
+            id,
+            accounts: 2,
+            initial_balance: 10,
+            transfer_interval: Duration::from_millis(5),
+            transfers_max: 0,
+            outbox_limit: 10,
+            panic_every: 0,
+        })
+    }
+
+    #[test]
+    fn version_2_reads_a_version_1_credit_with_an_empty_memo_and_refuses_others() {
+        let old = codec::encode(&Msg::Credit {
+            transfer: 7,
+            account: 1,
+            amount: 5,
+        });
+        assert_eq!(
+            v2().upgrade_message(1, &old),
+            Ok(MsgV2::Credit {
+                transfer: 7,
+                account: 1,
+                amount: 5,
+                memo: String::new(),
+            })
+        );
+        assert!(v2().upgrade_message(1, &[0xff; 3]).is_err());
+        assert!(v2().upgrade_message(3, &old).is_err());
+    }
+
+    #[test]
+    fn a_view_reads_sent_rows_and_balances_of_either_version() {
+        let mut view = BankView::default();
+        let v1 = Sent {
+            to: "m1".into(),
+            account: 1,
+            amount: 5,
+        };
+        let v2 = SentV2 {
+            to: "m2".into(),
+            account: 0,
+            amount: 9,
+            memo: "m0/1".into(),
+        };
+        view.apply_write(SENT_TABLE, &0u64.to_be_bytes(), Some(&codec::encode(&v1)))
+            .unwrap();
+        view.apply_write(SENT_TABLE, &1u64.to_be_bytes(), Some(&codec::encode(&v2)))
+            .unwrap();
+        view.apply_write(
+            ACCOUNTS_TABLE,
+            &0u32.to_be_bytes(),
+            Some(&codec::encode(&3i64)),
+        )
+        .unwrap();
+        view.apply_write(
+            BALANCES_TABLE,
+            &1u32.to_be_bytes(),
+            Some(&codec::encode(&4i64)),
+        )
+        .unwrap();
+        assert_eq!(view.sent[&0], v1);
+        assert_eq!(
+            view.sent[&1],
+            Sent {
+                to: "m2".into(),
+                account: 0,
+                amount: 9,
+            }
+        );
+        assert_eq!(view.balances.values().sum::<i64>(), 7);
+        assert!(view
+            .apply_write(SENT_TABLE, &2u64.to_be_bytes(), Some(&[0xff; 2]))
+            .is_err());
+    }
 }

@@ -33,6 +33,18 @@ pub fn bank() -> AppDecoder {
         .table::<i64>(bank::APPLIED_TABLE, applied_key)
 }
 
+/// `ken-bank` on a store of schema version 2 ([`bank::BankV2`]): root [`bank::StateV2`],
+/// messages [`bank::MsgV2`], tables `balances` (account, u32 big-endian -> balance), `sent`
+/// (-> [`bank::SentV2`]) and `applied`.
+pub fn bank_v2() -> AppDecoder {
+    AppDecoder::new("ken-bank")
+        .root::<bank::StateV2>()
+        .message::<bank::MsgV2>()
+        .table::<i64>(bank::BALANCES_TABLE, keys::u32_be)
+        .table::<bank::SentV2>(bank::SENT_TABLE, keys::u64_be)
+        .table::<i64>(bank::APPLIED_TABLE, applied_key)
+}
+
 /// `ken-kv`: root [`kv::State`], table `kv` (the key's UTF-8 bytes -> the value, a
 /// `String`), and cached client replies ([`kv::Reply`] in the runtime's reply envelope).
 pub fn kv() -> AppDecoder {

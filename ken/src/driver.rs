@@ -215,7 +215,8 @@ impl Config {
 
     /// Applies the environment switches for harnesses: `KEN_ANNOUNCE=1`, and, only in builds
     /// with the test-only cargo feature `unsafe-release-before-commit`,
-    /// `KEN_UNSAFE_RELEASE_BEFORE_COMMIT=1` (see [`Tuning`]).
+    /// `KEN_UNSAFE_RELEASE_BEFORE_COMMIT=1`, and with `unsafe-drop-held`,
+    /// `KEN_UNSAFE_DROP_HELD=1` (see [`Tuning`]).
     pub fn with_env_switches(mut self) -> Config {
         #[cfg(feature = "unsafe-release-before-commit")]
         if std::env::var("KEN_UNSAFE_RELEASE_BEFORE_COMMIT").is_ok_and(|v| v == "1") {
@@ -223,6 +224,11 @@ impl Config {
                 "KEN_UNSAFE_RELEASE_BEFORE_COMMIT=1: outputs leave before commit (test only)"
             );
             self.tuning.release_before_commit = true;
+        }
+        #[cfg(feature = "unsafe-drop-held")]
+        if std::env::var("KEN_UNSAFE_DROP_HELD").is_ok_and(|v| v == "1") {
+            tracing::warn!("KEN_UNSAFE_DROP_HELD=1: newer-version messages dropped (test only)");
+            self.tuning.drop_held_messages = true;
         }
         if std::env::var("KEN_ANNOUNCE").is_ok_and(|v| v == "1") {
             self.announce = true;

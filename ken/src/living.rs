@@ -28,6 +28,12 @@ pub const RESERVED_TABLE_PREFIX: &str = "ken.";
 /// Dead letters: key [`dead_letter_key`], value [`DeadLetter`].
 pub const DEAD_LETTERS_TABLE: &str = "ken.dead_letters";
 
+/// Dead letters an operator queued for replay ([`dead_letter_action`]): same key and value
+/// as [`DEAD_LETTERS_TABLE`]. The next start of the process decodes each (through
+/// [`crate::Handler::upgrade_message`] if older) and runs it as a message turn, deleting the
+/// row in the same batch; one that still does not decode goes back to the dead letters.
+pub const REPLAY_TABLE: &str = "ken.replay";
+
 /// Operator admissions of a replaced peer (`ken admit`): key the peer's id, value an
 /// encoded [`Admission`]. The engine admits the next new incarnation of that peer it hears
 /// and deletes the row in the same batch.
@@ -131,6 +137,94 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     } else {
         "a panic with a non-text payload".to_string()
     }
+}
+
+/// What an operator does with one dead letter ([`dead_letter_action`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterAction {
+    /// Queue it for delivery by the next start of the process (normally a fixed binary):
+    /// moved to [`REPLAY_TABLE`].
+    Replay,
+    /// Delete it for good.
+    Discard,
+}
+
+/// Replays or discards dead letter (`peer`, `seq`) of the store at `path`, on the record:
+/// one commit holding the table change and a turn-log entry (kind `dead_letter_replay` or
+/// `dead_letter_discard`, note naming the operator action). The store is opened as its
+/// owner, so this is refused while a process runs on it (its owner lock is held): stop the
+/// process first; the replay runs when it starts again. Returns a one-line account of what
+/// was done, or a one-line error (nothing written).
+pub fn dead_letter_action(
+    path: &std::path::Path,
+    peer: &str,
+    seq: u64,
+    action: DeadLetterAction,
+) -> Result<String, String> {
+    let reader = ken_store::Reader::open(path).map_err(|e| e.to_string())?;
+    let process_id = reader.meta().map_err(|e| e.to_string())?.process_id;
+    drop(reader);
+    let (mut store, recovered) =
+        ken_store::Store::open_with(path, &process_id, &ken_store::StoreOptions::default())
+            .map_err(|e| e.to_string())?;
+    let key = dead_letter_key(peer, seq);
+    let Some(value) = store
+        .table_get(DEAD_LETTERS_TABLE, &key)
+        .map_err(|e| format!("reading {DEAD_LETTERS_TABLE}: {e}"))?
+    else {
+        return Err(format!(
+            "{}: no dead letter from `{peer}` with sequence number {seq} (list them with `ken inspect {} dead-letters`)",
+            path.display(),
+            path.display()
+        ));
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut writes = vec![ken_store::TableWrite {
+        table: DEAD_LETTERS_TABLE.to_string(),
+        key: key.clone(),
+        value: None,
+    }];
+    let (kind, done) = match action {
+        DeadLetterAction::Replay => {
+            writes.push(ken_store::TableWrite {
+                table: REPLAY_TABLE.to_string(),
+                key,
+                value: Some(value),
+            });
+            (
+                "dead_letter_replay",
+                "queued for replay at the process's next start",
+            )
+        }
+        DeadLetterAction::Discard => ("dead_letter_discard", "discarded"),
+    };
+    let batch = ken_store::Batch {
+        now_ms,
+        turns: 1,
+        table_writes: writes,
+        turn_log: vec![ken_store::TurnLogEntry {
+            turn: recovered.turns_committed + 1,
+            at_ms: now_ms,
+            input_kind: kind.to_string(),
+            input_source: peer.to_string(),
+            input_seq: seq,
+            messages_out: 0,
+            outputs: 0,
+            bytes_written: 0,
+            note: format!("operator: dead letter {done}"),
+        }],
+        ..Default::default()
+    };
+    store
+        .commit(&batch)
+        .map_err(|e| format!("{}: commit: {e}", path.display()))?;
+    Ok(format!(
+        "{}: dead letter from `{peer}` seq {seq} {done} (turn {})",
+        path.display(),
+        recovered.turns_committed + 1
+    ))
 }
 
 /// Why [`admit_offline`] wrote nothing.

@@ -35,7 +35,8 @@ pub struct Tuning {
     pub release_before_commit: bool,
     /// TEST ONLY, and only in builds with the cargo feature `unsafe-drop-held` (off by
     /// default): a message of a newer schema version is consumed, acknowledged and dropped
-    /// instead of held, as before issue 14, so that negative controls can show the loss.
+    /// instead of held, as before issue 14, so that negative controls can show the loss. In
+    /// such builds `KEN_UNSAFE_DROP_HELD=1` sets it in real processes.
     #[cfg(feature = "unsafe-drop-held")]
     pub drop_held_messages: bool,
 }
@@ -166,6 +167,10 @@ impl Tuning {
     /// True if this build has the test-only release-before-commit switch (the cargo feature
     /// `unsafe-release-before-commit`). False in every build a user deploys.
     pub const RELEASE_BEFORE_COMMIT_COMPILED: bool = cfg!(feature = "unsafe-release-before-commit");
+
+    /// True if this build has the test-only drop-held switch (the cargo feature
+    /// `unsafe-drop-held`). False in every build a user deploys.
+    pub const DROP_HELD_COMPILED: bool = cfg!(feature = "unsafe-drop-held");
 
     /// True if messages of a newer schema version are dropped instead of held (the test-only
     /// switch is compiled in and on). Always false without the feature.

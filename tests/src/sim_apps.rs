@@ -59,6 +59,7 @@ impl SimApp for BankSim {
             transfer_interval: Duration::from_millis(3),
             transfers_max: self.transfers,
             outbox_limit: 64,
+            panic_every: 0,
         }
     }
 

@@ -162,6 +162,10 @@ pub struct Stats {
     pub untagged_dropped: u64,
     /// Frames accepted under an older key than the one this process sends with.
     pub old_key_frames: u64,
+    /// Deliveries of a newer schema version's message held (not consumed, not acked).
+    pub messages_held: u64,
+    /// Messages consumed into the dead-letter table.
+    pub dead_letters: u64,
 }
 
 /// What the stderr reader saw of one life.
@@ -664,6 +668,8 @@ fn scan_line(line: &str, events: &Mutex<Events>, stall_gap: Option<Duration>) {
                     bad_tag_dropped: n("bad_tag_dropped"),
                     untagged_dropped: n("untagged_dropped"),
                     old_key_frames: n("old_key_frames"),
+                    messages_held: n("messages_held"),
+                    dead_letters: n("dead_letters"),
                 });
             }
             Some("crash_point") => {

@@ -92,10 +92,34 @@ enum Command {
         #[arg(long)]
         out: std::path::PathBuf,
     },
+    /// Replay or discard one dead letter of a stopped process's store, on the record (a
+    /// turn-log entry). Refused while a process runs on the store (stop it first); a
+    /// replayed letter runs when the process starts again, normally with a fixed binary.
+    DeadLetters(DeadLettersArgs),
     /// Internal: run an example app, `ken app bank ARGS..` as `ken-bank ARGS..` would (how
     /// `ken torture`, `ken demo` and the tests start app processes).
     #[command(hide = true, disable_help_flag = true)]
     App(AppArgs),
+}
+
+/// `ken dead-letters STORE ACTION PEER SEQ`.
+#[derive(Debug, clap::Args)]
+struct DeadLettersArgs {
+    /// The store (its process stopped).
+    store: std::path::PathBuf,
+    /// `replay`: queue it for the next start; `discard`: delete it.
+    #[arg(value_enum)]
+    action: DeadLetterVerb,
+    /// The peer that sent it (as `ken inspect STORE dead-letters` lists).
+    peer: String,
+    /// Its sequence number.
+    seq: u64,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum DeadLetterVerb {
+    Replay,
+    Discard,
 }
 
 /// `ken app NAME ARGS..`.
@@ -191,6 +215,22 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::DeadLetters(a) => {
+            let action = match a.action {
+                DeadLetterVerb::Replay => ken::living::DeadLetterAction::Replay,
+                DeadLetterVerb::Discard => ken::living::DeadLetterAction::Discard,
+            };
+            match ken::living::dead_letter_action(&a.store, &a.peer, a.seq, action) {
+                Ok(done) => {
+                    println!("{done}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ken dead-letters: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::App(a) => ken_apps::cli::run(a.app, a.args),
     }
 }

@@ -634,6 +634,10 @@ impl<H: Handler> Engine<H> {
                 return;
             }
         }
+        self.replay_dead_letters(now);
+        if self.failed {
+            return;
+        }
         let ids: Vec<ProcessId> = self.peers.keys().cloned().collect();
         if self.restarted {
             // A store that lost history looks like a healthy older one: ask every peer for
@@ -1922,6 +1926,106 @@ impl<H: Handler> Engine<H> {
                 true
             }
         }
+    }
+
+    /// Runs the dead letters an operator queued for replay ([`living::REPLAY_TABLE`], see
+    /// [`living::dead_letter_action`]), in key order, each as a message turn of its peer and
+    /// sequence number, its row deleted in the same batch. One of a newer schema version
+    /// stays queued; one that still does not decode goes back to the dead letters with the
+    /// new error; one whose turn panics stays queued (recorded as poison, tried again at the
+    /// next start).
+    fn replay_dead_letters(&mut self, now: Time) {
+        let rows = match self.tables.scan(living::REPLAY_TABLE, b"", None, u32::MAX) {
+            Ok(rows) => rows,
+            Err(e) => {
+                self.fail(EngineError::TurnFault {
+                    turn: self.turns_total,
+                    what: format!("reading {}: {e}", living::REPLAY_TABLE),
+                });
+                return;
+            }
+        };
+        for (key, value) in rows {
+            let letter = match ken_store::codec::decode::<DeadLetter>(&value) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, "a queued replay does not decode; left in place");
+                    continue;
+                }
+            };
+            let Ok(pid) = ProcessId::new(letter.peer.clone()) else {
+                tracing::error!(peer = %letter.peer, "a queued replay names an invalid peer; left in place");
+                continue;
+            };
+            let decoded = if letter.version > H::SCHEMA_VERSION {
+                tracing::warn!(
+                    peer = %pid,
+                    seq = letter.seq,
+                    version = letter.version,
+                    "a queued replay is of a newer schema version; left queued"
+                );
+                continue;
+            } else if letter.version == H::SCHEMA_VERSION {
+                ken_store::codec::decode::<H::Message>(&letter.bytes).map_err(|e| e.to_string())
+            } else {
+                self.handler.upgrade_message(letter.version, &letter.bytes)
+            };
+            let message = match decoded {
+                Ok(m) => m,
+                Err(error) => {
+                    tracing::warn!(peer = %pid, seq = letter.seq, %error, "a replayed dead letter still does not decode: dead-lettered again");
+                    self.runtime_delete(living::REPLAY_TABLE, key.clone());
+                    let again = DeadLetter {
+                        error: error.clone(),
+                        at_ms: now.as_millis(),
+                        ..letter.clone()
+                    };
+                    self.runtime_write(
+                        living::DEAD_LETTERS_TABLE,
+                        key,
+                        ken_store::codec::encode(&again),
+                    );
+                    self.stats.dead_letters += 1;
+                    self.turns_total += 1;
+                    self.filling.turns += 1;
+                    self.filling.batch.turn_log.push(TurnLogEntry {
+                        turn: self.turns_total,
+                        at_ms: now.as_millis(),
+                        input_kind: "dead_letter".into(),
+                        input_source: pid.to_string(),
+                        input_seq: letter.seq,
+                        messages_out: 0,
+                        outputs: 0,
+                        bytes_written: 0,
+                        note: format!("replay: {error}"),
+                    });
+                    continue;
+                }
+            };
+            let input = Input::Message {
+                from: pid.clone(),
+                seq: Seq(letter.seq),
+                message,
+            };
+            match self.run_turn(now, input, "replay", pid.to_string(), letter.seq) {
+                Ok(_) => self.runtime_delete(living::REPLAY_TABLE, key),
+                Err(TurnFailed::Fault) => return,
+                Err(TurnFailed::Panicked(message)) => {
+                    self.record_poison(now, "replay", pid.as_str(), letter.seq, &message);
+                }
+            }
+        }
+    }
+
+    /// Deletes a row of a runtime table (`ken.*`) with the filling batch.
+    fn runtime_delete(&mut self, table: &str, key: Vec<u8>) {
+        self.tables.write(self.next_batch, table, key.clone(), None);
+        self.filling.batch.table_writes.push(TableWrite {
+            table: table.to_string(),
+            key,
+            value: None,
+        });
+        self.filling.nonempty = true;
     }
 
     /// A row of a runtime table (`ken.*`) written with the filling batch.

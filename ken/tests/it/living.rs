@@ -112,6 +112,9 @@ struct V2 {
     finish: bool,
     /// Makes the migration step fail (nothing written).
     failing_migration: bool,
+    /// The fixed upgrade hook: a "version 1" message that is really (value, memo) (a
+    /// sender's bug) is read as such instead of failing (dead-lettered).
+    lenient_upgrade: Arc<AtomicBool>,
 }
 
 impl Handler for V2 {
@@ -163,6 +166,11 @@ impl Handler for V2 {
     }
     fn upgrade_message(&self, from_version: u32, bytes: &[u8]) -> Result<(u64, String), String> {
         assert_eq!(from_version, 1);
+        if self.lenient_upgrade.load(Ordering::SeqCst) {
+            if let Ok(m) = codec::decode::<(u64, String)>(bytes) {
+                return Ok(m);
+            }
+        }
         let v: u64 = codec::decode(bytes).map_err(|e| e.to_string())?;
         Ok((v, "v1".to_string()))
     }
@@ -609,6 +617,117 @@ fn control_dropping_held_messages_loses_them() {
     c.run_for(Duration::from_secs(5));
     assert_eq!(c.engine(0).peer_status()[0].outbox, 0, "acknowledged");
     assert_eq!(c.state(1).entries, 0, "lost: consumed and dropped");
+}
+
+// ---- dead letters: replay and discard (operator, offline, on the record) ----
+
+/// `a` sends 1, 2, 3 to `b` (both version 2); message 2 claims version 1 while holding
+/// version-2 bytes, so `b`'s upgrade hook fails on it: dead-lettered. Returns the cluster
+/// (running) and the fix switch.
+fn dead_letter_2(dir: &Path) -> (Cluster<V2>, Arc<AtomicBool>) {
+    let fixed = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&fixed);
+    let mut c = cluster(dir, &["a", "b"], move || V2 {
+        send: vec![1, 2, 3],
+        lenient_upgrade: Arc::clone(&flag),
+        ..V2::default()
+    });
+    hold_data_from(&mut c, 0);
+    c.start_all();
+    run_rewriting(&mut c, 0, 1, Duration::from_secs(2), &|f| {
+        if f.seq.0 == 2 {
+            set_version(f, 1);
+        }
+    });
+    c.clear_filter();
+    c.run_until(Duration::from_secs(10), |c| {
+        c.engine(0).peer_status()[0].outbox == 0
+    });
+    assert_eq!(c.state(1).total, 4, "1 and 3 applied, 2 dead-lettered");
+    assert_eq!(c.engine(1).stats().dead_letters, 1);
+    (c, fixed)
+}
+
+fn turn_log_kinds(path: &Path) -> Vec<(String, String, u64)> {
+    Reader::open(path)
+        .unwrap()
+        .turn_log(1000)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.input_kind, e.input_source, e.input_seq))
+        .collect()
+}
+
+#[test]
+fn a_dead_letter_replayed_by_the_operator_runs_once_with_the_fixed_binary() {
+    use ken::living::{dead_letter_action, DeadLetterAction, REPLAY_TABLE};
+    let dir = tempfile::tempdir().unwrap();
+    let (mut c, fixed) = dead_letter_2(dir.path());
+    let path = c.node(1).path().to_path_buf();
+    // Refused while the process runs (its owner lock is held): nothing written.
+    let before = files(&path);
+    let err = dead_letter_action(&path, "a", 2, DeadLetterAction::Replay)
+        .expect_err("a live store must be refused");
+    assert!(err.contains("in use") && !err.contains('\n'), "{err}");
+    assert!(files(&path) == before, "the refusal wrote");
+    // Stopped: queued, on the record.
+    c.crash(1);
+    let err = dead_letter_action(&path, "a", 9, DeadLetterAction::Replay).unwrap_err();
+    assert!(
+        err.contains("no dead letter from `a` with sequence number 9"),
+        "{err}"
+    );
+    let done = dead_letter_action(&path, "a", 2, DeadLetterAction::Replay).unwrap();
+    assert!(done.contains("queued for replay"), "{done}");
+    assert!(rows::<DeadLetter>(&path, ken::living::DEAD_LETTERS_TABLE).is_empty());
+    assert_eq!(rows::<DeadLetter>(&path, REPLAY_TABLE).len(), 1);
+    assert!(
+        turn_log_kinds(&path).contains(&("dead_letter_replay".into(), "a".into(), 2)),
+        "{:?}",
+        turn_log_kinds(&path)
+    );
+    // The fixed binary starts: the letter runs once, its row deleted with the turn.
+    fixed.store(true, Ordering::SeqCst);
+    c.start(1);
+    c.run_until(Duration::from_secs(5), |c| c.state(1).total == 6);
+    assert_eq!(c.state(1).entries, 3);
+    c.restart(1);
+    c.run_for(Duration::from_secs(2));
+    assert_eq!(c.state(1).total, 6, "exactly once across a restart");
+    drop(c);
+    assert!(rows::<DeadLetter>(&path, REPLAY_TABLE).is_empty());
+    assert!(rows::<DeadLetter>(&path, ken::living::DEAD_LETTERS_TABLE).is_empty());
+    assert!(turn_log_kinds(&path).contains(&("replay".into(), "a".into(), 2)));
+    let seen: Vec<(Vec<u8>, (u64, String))> = rows(&path, "seen");
+    assert_eq!(seen.len(), 3, "{seen:?}");
+}
+
+#[test]
+fn a_replay_that_still_fails_is_dead_lettered_again_and_a_discard_removes_it() {
+    use ken::living::{dead_letter_action, DeadLetterAction, REPLAY_TABLE};
+    let dir = tempfile::tempdir().unwrap();
+    let (mut c, _fixed) = dead_letter_2(dir.path());
+    let path = c.node(1).path().to_path_buf();
+    c.crash(1);
+    dead_letter_action(&path, "a", 2, DeadLetterAction::Replay).unwrap();
+    // The same (unfixed) binary: the replay fails again, back in the dead letters.
+    c.start(1);
+    c.run_for(Duration::from_secs(1));
+    assert_eq!(c.state(1).total, 4);
+    c.crash(1);
+    assert!(rows::<DeadLetter>(&path, REPLAY_TABLE).is_empty());
+    let letters: Vec<(Vec<u8>, DeadLetter)> = rows(&path, ken::living::DEAD_LETTERS_TABLE);
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!((letters[0].1.peer.as_str(), letters[0].1.seq), ("a", 2));
+    // Discarded: gone for good, on the record; a restart applies nothing.
+    let done = dead_letter_action(&path, "a", 2, DeadLetterAction::Discard).unwrap();
+    assert!(done.contains("discarded"), "{done}");
+    assert!(rows::<DeadLetter>(&path, ken::living::DEAD_LETTERS_TABLE).is_empty());
+    assert!(turn_log_kinds(&path).contains(&("dead_letter_discard".into(), "a".into(), 2)));
+    c.start(1);
+    c.run_for(Duration::from_secs(1));
+    assert_eq!(c.state(1).total, 4);
+    assert_eq!(c.state(1).entries, 2);
 }
 
 // ---- panics ----

@@ -409,6 +409,7 @@ fn bank_handler(id: &str) -> Bank {
         transfer_interval: Duration::from_millis(5),
         transfers_max: BANK_TRANSFERS,
         outbox_limit: 64,
+        panic_every: 0,
     }
 }
 

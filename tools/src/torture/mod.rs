@@ -30,6 +30,24 @@
 //! server) are not killed, paused or cut off by other faults, so the measured notification
 //! delays are FUSE's own.
 //!
+//! Rolling upgrade (`--upgrade`, bank only): every member starts as schema version 1
+//! (`ken app bank`) and, one at a time at random moments of the fault phase's middle half,
+//! is SIGKILLed and started again as version 2 on the same store (`ken app bank --schema 2`:
+//! the store is migrated at start; half of these first starts are armed with a migration
+//! crash point). Mixed versions run side by side meanwhile, under the same faults; version-1
+//! members hold version-2 messages until they are upgraded themselves. A member still on
+//! version 1 at heal time is upgraded then. On top of the usual checks: every store ends at
+//! schema version 2, and no dead letter or poison input was recorded. The summary counts
+//! `upgrades` and `messages_held` (held deliveries, from the stats lines). Negative control:
+//! `--unsafe-drop-held` runs the children with `KEN_UNSAFE_DROP_HELD=1` (test builds only):
+//! newer messages are consumed and dropped, and the bank audit reports lost transfers.
+//!
+//! Poison torture (`--upgrade --poison N`): version 1 carries a bug, a panic on every credit
+//! of a transfer id that is a multiple of N. Each such turn is rolled back, recorded in
+//! `ken.poison` and its pair held (retried, and panicking again, at each restart) until the
+//! receiver runs version 2, the fix. Poison rows are then expected (`poison_inputs` counts
+//! them), and the usual checks prove each poisoned credit applied exactly once.
+//!
 //! Disk full (`--tmpfs-mb`): the stores live on a tmpfs of that size (root only; a clear
 //! error otherwise). In some network epochs the harness fills the tmpfs with a ballast file
 //! and removes it at the next epoch. A process whose commit fails exits 1 with "store full":
@@ -243,6 +261,16 @@ pub struct Args {
     /// quiescence counts.
     #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "1")]
     pub rotate_key: Option<u32>,
+    /// Bank: a rolling upgrade to schema version 2 during the fault phase (see UPGRADES.md).
+    #[arg(long)]
+    pub upgrade: bool,
+    /// Poison torture (with --upgrade): version-1 members run a deliberate bug, a panic on
+    /// every credit of a transfer id that is a multiple of N; version 2 is the fix.
+    #[arg(long)]
+    pub poison: Option<u64>,
+    /// Negative control (with --upgrade): run the children with KEN_UNSAFE_DROP_HELD=1.
+    #[arg(long, hide = true)]
+    pub unsafe_drop_held: bool,
 }
 
 /// Counters of a run.
@@ -266,6 +294,9 @@ struct Counters {
     /// Key rotations completed, and the SIGKILLs and restarts they made.
     key_rotations: u64,
     key_rotation_restarts: u64,
+    /// Members replaced by schema version 2 (`--upgrade`), and how many of those at heal.
+    upgrades: u64,
+    upgrades_at_heal: u64,
 }
 
 /// Converts the harness's instants to wall-clock milliseconds since the Unix epoch, the
@@ -386,6 +417,11 @@ struct Cluster {
     keys: Option<KeyRing>,
     held: Vec<Held>,
     rotation: Rotation,
+    /// `--upgrade`: members running schema version 2 (from their next life on).
+    upgraded: Vec<bool>,
+    /// `--upgrade`: upgrades still to make, earliest first: (offset into the fault phase,
+    /// member).
+    upgrade_at: Vec<(Duration, usize)>,
 }
 
 /// Gap between a rotation restart's process listening and the next rotation restart (and
@@ -529,6 +565,25 @@ fn check_args(args: &Args) -> anyhow::Result<()> {
             bail!("--pause-min-ms {min} is above --pause-max-ms {max}; swap them");
         }
     }
+    if args.upgrade && args.app != AppName::Bank {
+        bail!("--upgrade is a rolling upgrade of the bank to schema version 2: use it with --app bank");
+    }
+    if args.poison.is_some() && !args.upgrade {
+        bail!("--poison makes version 1 buggy and needs --upgrade to deploy the fix (version 2)");
+    }
+    if args.poison == Some(0) {
+        bail!("--poison 0 would poison nothing; give N >= 1 (every credit of a transfer id that is a multiple of N panics)");
+    }
+    if args.unsafe_drop_held && !args.upgrade {
+        bail!("--unsafe-drop-held only matters with --upgrade (no newer messages otherwise)");
+    }
+    if args.unsafe_drop_held && !ken::Tuning::DROP_HELD_COMPILED {
+        bail!(
+            "--unsafe-drop-held: this `ken` was built without the test-only switch (its \
+             children would hold messages and the negative control would prove nothing); it \
+             exists only in test builds (`cargo test`, or the cargo feature ken/unsafe-drop-held)"
+        );
+    }
     if args.app != AppName::Lock {
         return Ok(());
     }
@@ -653,6 +708,26 @@ fn fuse_plan(args: &Args, rng: &mut ChaCha8Rng) -> FusePlan {
         long_at,
         server_quiet_until: None,
     }
+}
+
+/// `--upgrade`: when each member is replaced by schema version 2, earliest first (offsets
+/// into the fault phase): the members in a random order, one in each of `members` equal
+/// slots of the phase's middle half, at a random moment of its slot.
+fn upgrade_plan(seconds: u64, members: usize, rng: &mut ChaCha8Rng) -> Vec<(Duration, usize)> {
+    let mut order: Vec<usize> = (0..members).collect();
+    for k in (1..order.len()).rev() {
+        order.swap(k, rng.gen_range(0..=k));
+    }
+    let phase_ms = seconds * 1000;
+    let slot = (phase_ms / 2 / members.max(1) as u64).max(1);
+    order
+        .into_iter()
+        .enumerate()
+        .map(|(k, i)| {
+            let at = phase_ms / 4 + k as u64 * slot + rng.gen_range(0..slot);
+            (Duration::from_millis(at), i)
+        })
+        .collect()
 }
 
 /// Replaces `path` atomically with `text` (write a sibling, rename).
@@ -782,6 +857,9 @@ impl Cluster {
                 ),
                 ("KEN_FAULTS".to_string(), String::new()),
             ];
+            if args.unsafe_drop_held {
+                envs.push(("KEN_UNSAFE_DROP_HELD".to_string(), "1".to_string()));
+            }
             if args.unsafe_release_before_commit {
                 envs.push((
                     "KEN_UNSAFE_RELEASE_BEFORE_COMMIT".to_string(),
@@ -809,6 +887,11 @@ impl Cluster {
                 killed_for_good: None,
             });
         }
+        let upgrade_at = if args.upgrade {
+            upgrade_plan(args.seconds, ids.len(), &mut rng)
+        } else {
+            Vec::new()
+        };
         let mut cluster = Cluster {
             app,
             members,
@@ -831,6 +914,8 @@ impl Cluster {
             keys,
             held: vec![Held::only(0); ids.len()],
             rotation: Rotation::default(),
+            upgraded: vec![false; ids.len()],
+            upgrade_at,
         };
         if let Some(n) = cluster.args.rotate_key {
             cluster.rotation.left = n;
@@ -858,6 +943,11 @@ impl Cluster {
             );
             if let Some(ring) = &self.keys {
                 args.extend(self.held[i].args(ring).into_iter().map(Into::into));
+            }
+            if self.upgraded[i] {
+                args.extend(["--schema".into(), "2".into()]);
+            } else if let Some(n) = self.args.poison {
+                args.extend(["--bug-panic-every".into(), n.to_string().into()]);
             }
             self.members[i].proc.set_args(args);
         }
@@ -1236,6 +1326,7 @@ impl Cluster {
             self.end_cuts(|c| c.until.is_some_and(|t| t <= now))?;
             self.fuse_events(now, now.duration_since(start))?;
             self.rotate_keys(now, start + Duration::from_secs(self.args.seconds) / 5)?;
+            self.upgrades_due(now.duration_since(start))?;
             if next_kill.is_some_and(|t| t <= now) {
                 let running: Vec<usize> = (0..self.members.len())
                     .filter(|i| self.members[*i].proc.is_running() && !self.busy(*i, now))
@@ -1298,6 +1389,19 @@ impl Cluster {
         }
         if let Some(b) = &self.ballast {
             let _ = std::fs::remove_file(b);
+        }
+        if self.args.upgrade {
+            // Whoever is still on version 1 is upgraded now: version-2 messages to it would
+            // be held for ever.
+            let left: Vec<usize> = std::mem::take(&mut self.upgrade_at)
+                .into_iter()
+                .map(|(_, i)| i)
+                .collect();
+            for i in left {
+                self.resume_member(i);
+                self.upgrade(i, false)?;
+                self.counters.upgrades_at_heal += 1;
+            }
         }
         for i in 0..self.members.len() {
             self.resume_member(i);
@@ -1446,6 +1550,95 @@ impl Cluster {
             self.rotation.next_at = Some(now + ROTATION_GAP);
         }
         Ok(())
+    }
+
+    /// `--upgrade`: makes the upgrades that are due.
+    fn upgrades_due(&mut self, elapsed: Duration) -> anyhow::Result<()> {
+        while self.upgrade_at.first().is_some_and(|(t, _)| *t <= elapsed) {
+            let (_, i) = self.upgrade_at.remove(0);
+            self.upgrade(i, true)?;
+        }
+        Ok(())
+    }
+
+    /// Replaces member `i` by schema version 2: SIGKILL if running, then start the new
+    /// version on the same store at once, with a migration crash point if `crash_points`
+    /// and a coin says so. A member that is down starts as version 2 at its planned restart.
+    fn upgrade(&mut self, i: usize, crash_points: bool) -> anyhow::Result<()> {
+        self.upgraded[i] = true;
+        self.set_args();
+        self.counters.upgrades += 1;
+        if !self.members[i].proc.is_running() {
+            return Ok(());
+        }
+        match self.members[i].proc.kill()? {
+            End::CrashPoint(_) => self.counters.crash_points_hit += 1,
+            End::StoreFull => self.counters.disk_full_exits += 1,
+            End::KilledByUs | End::Finished | End::BindError | End::Unexpected(_) => {}
+        }
+        self.close_pause_if_dead(i);
+        let crash = (crash_points && self.rng.gen_bool(0.5)).then(|| {
+            let point = ["migrate_step", "migrate_commit"][self.rng.gen_range(0..2)];
+            (format!("{point}:0.5"), self.rng.gen())
+        });
+        self.members[i].restart_at = None;
+        self.members[i].spawn(crash)?;
+        self.counters.restarts += 1;
+        Ok(())
+    }
+
+    /// `--upgrade`: every store at schema version 2, and no dead letter anywhere, nor a
+    /// poison input unless `--poison` (then their number is returned: each was run by the
+    /// fixed version, which the other checks prove: every transfer applied exactly once).
+    /// One line per violation.
+    fn check_upgrade(&self) -> (Vec<String>, u64) {
+        let mut out = Vec::new();
+        let mut poison_inputs = 0;
+        for s in &self.stores {
+            let r = match ken_store::Reader::open(s) {
+                Ok(r) => r,
+                Err(e) => {
+                    out.push(format!("upgrade: cannot open {}: {e}", s.display()));
+                    continue;
+                }
+            };
+            match r.meta() {
+                Ok(m) => {
+                    let v = m.app.map(|a| a.schema_version);
+                    if v != Some(2) {
+                        out.push(format!(
+                            "upgrade: {} ends at schema version {v:?}, expected 2",
+                            m.process_id
+                        ));
+                    }
+                }
+                Err(e) => out.push(format!("upgrade: meta of {}: {e}", s.display())),
+            }
+            if self.args.poison.is_some() {
+                match r.table_scan(ken::living::POISON_TABLE, &[], None, u32::MAX) {
+                    Ok(rows) => poison_inputs += rows.len() as u64,
+                    Err(e) => out.push(format!("upgrade: scan poison of {}: {e}", s.display())),
+                }
+            }
+            let tables: &[&str] = if self.args.poison.is_some() {
+                &[ken::living::DEAD_LETTERS_TABLE]
+            } else {
+                &[ken::living::DEAD_LETTERS_TABLE, ken::living::POISON_TABLE]
+            };
+            for &table in tables {
+                match r.table_scan(table, &[], None, 5) {
+                    Ok(rows) if rows.is_empty() => {}
+                    Ok(rows) => out.push(format!(
+                        "upgrade: {} holds {}{} rows in {table} (an input of the rolling upgrade was not processed)",
+                        s.display(),
+                        rows.len(),
+                        if rows.len() == 5 { " or more" } else { "" }
+                    )),
+                    Err(e) => out.push(format!("upgrade: scan {table} of {}: {e}", s.display())),
+                }
+            }
+        }
+        (out, poison_inputs)
     }
 
     /// SIGKILLs every running member (the end of a run; not counted as a kill).
@@ -1633,6 +1826,12 @@ impl Cluster {
             self.violations.extend(violations.iter().cloned());
         }
         self.violations.extend(self.app.check(&self.stores, q));
+        let mut poison_inputs = 0;
+        if self.args.upgrade {
+            let (upgrade, poisoned) = self.check_upgrade();
+            self.violations.extend(upgrade);
+            poison_inputs = poisoned;
+        }
         for (i, m) in self.members.iter().enumerate() {
             let lines: Vec<String> = m
                 .proc
@@ -1695,6 +1894,18 @@ impl Cluster {
             "quiesce_ms": quiesced.map(|d| d.as_millis() as u64),
             "violations": self.violations.len(),
         });
+        if self.args.upgrade {
+            let extra = serde_json::json!({
+                "upgrades": c.upgrades,
+                "upgrades_at_heal": c.upgrades_at_heal,
+                "messages_held": stats.iter().map(|s| s.messages_held).sum::<u64>(),
+                "dead_letters": stats.iter().map(|s| s.dead_letters).sum::<u64>(),
+                "poison_inputs": poison_inputs,
+            });
+            if let (Some(out), Some(extra)) = (summary.as_object_mut(), extra.as_object()) {
+                out.extend(extra.clone());
+            }
+        }
         if let (Some(plan), Some((_, r))) = (&self.fuse, &fuse) {
             let mut notify = r.notify_ms.clone();
             notify.sort_unstable();

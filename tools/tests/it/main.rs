@@ -5,3 +5,4 @@ mod demo;
 mod fuse;
 mod inspect;
 mod torture;
+mod upgrade;
