@@ -51,7 +51,8 @@ enum Command {
     /// Start a small cluster (3 bank processes and a kv service), SIGKILL and restart them
     /// while clients use them, then check money conservation and exactly-once requests.
     Demo(demo::Args),
-    /// Look inside a process's checkpoint store, live or dead (see `ken inspect --help`).
+    /// Look inside a process's checkpoint store, live or dead: summary, outbox, peers, timers,
+    /// tables, turns, state, verify, watch.
     Inspect(ken_inspect::Args),
     /// Check the stores of a cluster against each other: every pair's counters, FUSE groups,
     /// each store's own verify. Names the store that lost history (safe while they run).

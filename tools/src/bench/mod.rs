@@ -535,8 +535,8 @@ pub fn run(args: &Args) -> anyhow::Result<Verdict> {
         .collect();
 
     let turns_per_fsync_ratio = load.turns_per_sec / fsync.fsync_per_sec;
-    let rtt_budget_us = (RTT_BUDGET_FSYNCS * fsync.fsync_us_p50 as f64 + RTT_BUDGET_SLACK_US)
-        / args.target_scale;
+    let rtt_budget_us =
+        (RTT_BUDGET_FSYNCS * fsync.fsync_us_p50 as f64 + RTT_BUDGET_SLACK_US) / args.target_scale;
     let turns_per_fsync_target = TURNS_PER_FSYNC_TARGET * args.target_scale;
     let auth_turns_ratio_target = AUTH_TURNS_RATIO_TARGET * args.target_scale;
     let result = BenchResult {

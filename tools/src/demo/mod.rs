@@ -97,7 +97,8 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let (dir, mut temp) = match &args.dir {
         Some(d) => {
             std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
-            let abs = std::fs::canonicalize(d).with_context(|| format!("resolve {}", d.display()))?;
+            let abs =
+                std::fs::canonicalize(d).with_context(|| format!("resolve {}", d.display()))?;
             (abs, None)
         }
         None => {

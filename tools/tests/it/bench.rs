@@ -153,9 +153,13 @@ fn quick_json_reports_every_measurement() {
     );
 
     // The exit code follows the verdicts.
-    let all_pass = [&v["turns_per_fsync_pass"], &v["rtt_pass"], &v["keyed_turns_pass"]]
-        .iter()
-        .all(|p| **p == true);
+    let all_pass = [
+        &v["turns_per_fsync_pass"],
+        &v["rtt_pass"],
+        &v["keyed_turns_pass"],
+    ]
+    .iter()
+    .all(|p| **p == true);
     assert_eq!(
         out.status.code(),
         Some(if all_pass { 0 } else { 2 }),
@@ -193,7 +197,11 @@ fn a_missed_target_exits_2_after_its_miss_lines() {
         .lines()
         .filter(|l| l.ends_with("PASS") || l.ends_with("MISS"))
         .collect();
-    assert_eq!(verdicts.len(), 3, "three target lines in:\n{stdout}\n{stderr}");
+    assert_eq!(
+        verdicts.len(),
+        3,
+        "three target lines in:\n{stdout}\n{stderr}"
+    );
     assert!(
         verdicts.iter().all(|l| l.ends_with("MISS")),
         "every impossible target missed:\n{stdout}"
@@ -215,6 +223,9 @@ fn bench_help_states_the_exit_codes() {
                 && help.contains("2 measured, but a target was missed"),
             "{args:?}: {help}"
         );
-        assert!(!help.contains("target-scale"), "the test switch is hidden: {help}");
+        assert!(
+            !help.contains("target-scale"),
+            "the test switch is hidden: {help}"
+        );
     }
 }

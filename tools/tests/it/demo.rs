@@ -121,7 +121,10 @@ fn temporary_stores_are_removed_unless_kept() {
         } else {
             assert!(!dir.exists(), "{} still there", dir.display());
             assert!(left.is_empty(), "left behind: {left:?}");
-            assert!(stdout.contains("removed at exit (--keep keeps them"), "{stdout}");
+            assert!(
+                stdout.contains("removed at exit (--keep keeps them"),
+                "{stdout}"
+            );
             assert!(!stdout.contains("look inside a store"), "{stdout}");
         }
     }

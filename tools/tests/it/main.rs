@@ -3,5 +3,6 @@
 mod bench;
 mod demo;
 mod fuse;
+mod help;
 mod inspect;
 mod torture;
