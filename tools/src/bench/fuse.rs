@@ -41,6 +41,12 @@
 //! late the detecting tick ran (timer resolution, scheduling), and the report prints that
 //! excess (`notify_ms_over_bound_max`). Every node exits at a deadline on its own
 //! (`--exit-at-ms`) if `ken bench` dies, and is killed when its round ends.
+//!
+//! A round that fails (a deadline missed, a node dead) ends the run with exit 1, but the
+//! rounds that succeeded before it are reported first (`"complete": false` and
+//! `failed_round` in `--json`, an INCOMPLETE line in text), and the error carries a hint
+//! when the one-minute load average is above the number of CPUs ([`busy_hint`]). A complete
+//! run exits 0, or 2 when the liveness ratio is a MISS.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -51,6 +51,10 @@
 //! finish on their own when the measurement is over; they are killed if they outlive their
 //! phase (and kill themselves at a deadline if `ken bench` dies), so nothing runs after the
 //! command exits. The stores live in a temporary directory that is removed at the end.
+//!
+//! Exit codes ([`EXIT_CODES_HELP`], also in `--help`): 0 every target met, [`EXIT_MISS`] (2)
+//! a target missed (a MISS line), 1 an error. The hidden `--target-scale F` multiplies every
+//! target by F so that a test can force a miss; real runs never set it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
