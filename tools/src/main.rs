@@ -51,12 +51,14 @@ enum Command {
     /// Start a small cluster (3 bank processes and a kv service), SIGKILL and restart them
     /// while clients use them, then check money conservation and exactly-once requests.
     Demo(demo::Args),
-    /// Look inside a process's checkpoint store, live or dead (see `ken inspect --help`).
+    /// Look inside a process's checkpoint store, live or dead: summary, outbox, peers, timers,
+    /// tables, turns, state, verify, watch.
     Inspect(ken_inspect::Args),
     /// Check the stores of a cluster against each other: every pair's counters, FUSE groups,
     /// each store's own verify. Names the store that lost history (safe while they run).
     Audit(ken_inspect::audit::AuditArgs),
     /// Measure this machine: disk fsync rate, turn throughput, ack latency, round trip.
+    #[command(after_help = bench::EXIT_CODES_HELP)]
     Bench(bench::Args),
     /// Internal: one process of a `ken bench` run (started by `ken bench`, not by hand).
     #[command(hide = true)]
@@ -146,7 +148,8 @@ fn main() -> ExitCode {
         Command::Inspect(args) => ken_inspect::main(&args, &ken_inspect::AppDecoder::generic()),
         Command::Audit(args) => ken_inspect::audit::main(&args),
         Command::Bench(args) => match bench::run(&args) {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(bench::Verdict::Met) => ExitCode::SUCCESS,
+            Ok(bench::Verdict::Missed) => ExitCode::from(bench::EXIT_MISS),
             Err(e) => {
                 eprintln!("ken bench: {e:#}");
                 ExitCode::FAILURE

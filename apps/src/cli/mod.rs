@@ -65,7 +65,7 @@ pub struct SettingsArgs {
     #[arg(long)]
     pub encrypt: bool,
     /// Admit at once a peer that comes back with a new (empty) store, as a fresh peer,
-    /// instead of refusing it until an operator runs `ken admit` (DEPLOY.md, replacing a node).
+    /// instead of refusing it until an operator runs `ken admit` (apps/deploy/DEPLOY.md, section 5).
     #[arg(long)]
     pub admit_replaced_peers: bool,
     /// FUSE heartbeat interval in ms, the same in every process [env: KEN_FUSE_HEARTBEAT_MS].

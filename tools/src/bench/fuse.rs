@@ -41,6 +41,12 @@
 //! late the detecting tick ran (timer resolution, scheduling), and the report prints that
 //! excess (`notify_ms_over_bound_max`). Every node exits at a deadline on its own
 //! (`--exit-at-ms`) if `ken bench` dies, and is killed when its round ends.
+//!
+//! A round that fails (a deadline missed, a node dead) ends the run with exit 1, but the
+//! rounds that succeeded before it are reported first (`"complete": false` and
+//! `failed_round` in `--json`, an INCOMPLETE line in text), and the error carries a hint
+//! when the one-minute load average is above the number of CPUs ([`busy_hint`]). A complete
+//! run exits 0, or 2 when the liveness ratio is a MISS.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -52,7 +58,7 @@ use ken_tools::harness::{self, Process, Spec};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::{cpu_time, own_executable, percentile, CpuTime, NO_FREE_PORT};
+use super::{cpu_time, own_executable, percentile, CpuTime, Verdict, NO_FREE_PORT};
 
 /// The most the 10,000-group liveness rate may be, relative to the 1-group rate.
 pub const LIVENESS_RATIO_MAX: f64 = 1.1;
@@ -133,8 +139,10 @@ struct Round {
     missing: u64,
 }
 
-/// Runs `ken bench fuse`.
-pub fn run(args: &FuseArgs) -> anyhow::Result<()> {
+/// Runs `ken bench fuse`; `Ok` says whether the liveness target was met. When a round fails
+/// after others succeeded, the rounds that succeeded are still reported (marked incomplete)
+/// before the error, with a hint when the machine is busier than its CPUs ([`busy_hint`]).
+pub fn run(args: &FuseArgs) -> anyhow::Result<Verdict> {
     if !(args.seconds.is_finite() && args.seconds >= 0.5 && args.seconds <= 600.0) {
         bail!("--seconds must be between 0.5 and 600");
     }
@@ -180,9 +188,37 @@ pub fn run(args: &FuseArgs) -> anyhow::Result<()> {
         ));
         let dir = tmp_path.join(format!("round-{i}-{groups}"));
         std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        rounds.push(round(&dir, args, &tuning, groups)?);
+        match round(&dir, args, &tuning, groups) {
+            Ok(r) => rounds.push(r),
+            Err(e) => {
+                let failed = format!(
+                    "round {} of {} ({groups} groups) failed",
+                    i + 1,
+                    args.groups.len()
+                );
+                if !rounds.is_empty() {
+                    let mut report = report_json(args, &tuning, &rounds);
+                    report["complete"] = json!(false);
+                    report["failed_round"] = json!(format!("{failed}: {e:#}"));
+                    if args.json {
+                        println!("{report}");
+                    } else {
+                        print!("{}", report_text(&report, &rounds));
+                        println!(
+                            "  INCOMPLETE: {failed}; the rows above are the rounds that succeeded \
+                             (the ratio and verdict compare those only)"
+                        );
+                    }
+                }
+                let hint = busy_hint(load_average(), cpus())
+                    .map(|h| format!("; {h}"))
+                    .unwrap_or_default();
+                return Err(e.context(format!("{failed}{hint}")));
+            }
+        }
     }
-    let report = report_json(args, &tuning, &rounds);
+    let mut report = report_json(args, &tuning, &rounds);
+    report["complete"] = json!(true);
     if args.json {
         println!("{report}");
     } else {
@@ -192,7 +228,35 @@ pub fn run(args: &FuseArgs) -> anyhow::Result<()> {
     if broken > 0 {
         bail!("FUSE exactly-once is broken: {broken} (member, group) notifications missing or repeated");
     }
-    Ok(())
+    Ok(Verdict::of(report["liveness_pass"] == true))
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// The one-minute load average (Linux `/proc/loadavg`), if readable.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A hint for a failed round when the machine is busier than it has CPUs (the one-minute
+/// load average above the number of CPUs): rounds then miss their deadlines for want of CPU,
+/// not because FUSE is wrong.
+pub fn busy_hint(load: Option<f64>, cpus: usize) -> Option<String> {
+    let load = load?;
+    (load > cpus as f64).then(|| {
+        format!(
+            "the machine is busy (load average {load:.2} on {cpus} CPUs): rounds can time out \
+             for want of CPU; run it again when the machine is quieter, or with fewer --groups \
+             or --nodes"
+        )
+    })
 }
 
 fn bound(t: &Tuning) -> Duration {
@@ -748,5 +812,14 @@ mod tests {
         assert_eq!(v["notify_ms_max"], 3500);
         let text = report_text(&v, &[r(1, 1000.0)]);
         assert!(text.contains("1.200x") && text.contains("MISS"), "{text}");
+    }
+
+    #[test]
+    fn a_busy_machine_gets_a_hint_and_a_quiet_one_does_not() {
+        let hint = busy_hint(Some(3.5), 2).expect("load 3.5 on 2 CPUs is busy");
+        assert!(hint.contains("load average 3.50 on 2 CPUs"), "{hint}");
+        assert_eq!(busy_hint(Some(1.9), 2), None);
+        assert_eq!(busy_hint(Some(2.0), 2), None);
+        assert_eq!(busy_hint(None, 2), None);
     }
 }

@@ -51,6 +51,10 @@
 //! finish on their own when the measurement is over; they are killed if they outlive their
 //! phase (and kill themselves at a deadline if `ken bench` dies), so nothing runs after the
 //! command exits. The stores live in a temporary directory that is removed at the end.
+//!
+//! Exit codes ([`EXIT_CODES_HELP`], also in `--help`): 0 every target met, [`EXIT_MISS`] (2)
+//! a target missed (a MISS line), 1 an error. The hidden `--target-scale F` multiplies every
+//! target by F so that a test can force a miss; real runs never set it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -163,13 +167,46 @@ pub struct Args {
     #[arg(long, default_value_t = 1, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=20))]
     pub rounds: u32,
+    /// Testing only: multiplies every target by F (divides the round-trip budget by F), so
+    /// that a test can force a MISS and check the exit code. Real runs leave it at 1.
+    #[arg(long, default_value_t = 1.0, value_name = "F", hide = true)]
+    pub target_scale: f64,
+}
+
+/// Exit code of `ken bench` (and `ken bench fuse`) when it measured everything but missed a
+/// target (printed a MISS line, or a `*_pass` field is false in `--json`).
+pub const EXIT_MISS: u8 = 2;
+
+/// What `ken bench` (and `ken bench fuse`) says in `--help` about its exit codes.
+pub const EXIT_CODES_HELP: &str = "Exit codes: 0 every target met (every verdict PASS); \
+1 the measurement could not be made (an error, printed on standard error); \
+2 measured, but a target was missed (a MISS line; in --json a `*_pass` field is false).";
+
+/// Whether every target was met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every target met: exit 0.
+    Met,
+    /// At least one MISS: exit [`EXIT_MISS`].
+    Missed,
+}
+
+impl Verdict {
+    fn of(all_pass: bool) -> Verdict {
+        if all_pass {
+            Verdict::Met
+        } else {
+            Verdict::Missed
+        }
+    }
 }
 
 /// The measurements other than the default one.
 #[derive(Debug, clap::Subcommand)]
 pub enum What {
     /// FUSE: liveness bytes per second per process for 1, 100 and 10,000 groups over the same
-    /// 8 processes, and kill-to-notification times (see `bench/fuse.rs`).
+    /// 8 processes, and kill-to-notification times.
+    #[command(after_help = EXIT_CODES_HELP)]
     Fuse(fuse::FuseArgs),
 }
 
@@ -363,10 +400,14 @@ pub(crate) fn percentile(sorted: &[u64], pct: u64) -> u64 {
     sorted[idx as usize]
 }
 
-/// Runs `ken bench`.
-pub fn run(args: &Args) -> anyhow::Result<()> {
+/// Runs `ken bench`; `Ok` says whether every target was met (the exit code, see
+/// [`EXIT_CODES_HELP`]).
+pub fn run(args: &Args) -> anyhow::Result<Verdict> {
     if let Some(What::Fuse(fuse_args)) = &args.what {
         return fuse::run(fuse_args);
+    }
+    if !(args.target_scale.is_finite() && args.target_scale > 0.0) {
+        bail!("--target-scale must be a positive number");
     }
     let plan = Plan::new(args)?;
     let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
@@ -498,7 +539,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .collect();
 
     let turns_per_fsync_ratio = load.turns_per_sec / fsync.fsync_per_sec;
-    let rtt_budget_us = RTT_BUDGET_FSYNCS * fsync.fsync_us_p50 as f64 + RTT_BUDGET_SLACK_US;
+    let rtt_budget_us =
+        (RTT_BUDGET_FSYNCS * fsync.fsync_us_p50 as f64 + RTT_BUDGET_SLACK_US) / args.target_scale;
+    let turns_per_fsync_target = TURNS_PER_FSYNC_TARGET * args.target_scale;
+    let auth_turns_ratio_target = AUTH_TURNS_RATIO_TARGET * args.target_scale;
     let result = BenchResult {
         dir: dir.display().to_string(),
         filesystem,
@@ -531,16 +575,16 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         pingpong_rtt_us_p99: pingpong.rtt_us_p99,
         pingpong_volleys: pingpong.volleys,
         turns_per_fsync_ratio,
-        turns_per_fsync_target: TURNS_PER_FSYNC_TARGET,
-        turns_per_fsync_pass: turns_per_fsync_ratio >= TURNS_PER_FSYNC_TARGET,
+        turns_per_fsync_target,
+        turns_per_fsync_pass: turns_per_fsync_ratio >= turns_per_fsync_target,
         rtt_budget_us,
         rtt_pass: pingpong.rtt_us_p50 as f64 <= rtt_budget_us,
         keyed_turns_ratio: auth[1].turns_ratio,
         encrypted_turns_ratio: auth[2].turns_ratio,
         keyed_rtt_ratio: auth[1].rtt_ratio,
         encrypted_rtt_ratio: auth[2].rtt_ratio,
-        auth_turns_ratio_target: AUTH_TURNS_RATIO_TARGET,
-        keyed_turns_pass: auth[1].turns_ratio >= AUTH_TURNS_RATIO_TARGET,
+        auth_turns_ratio_target,
+        keyed_turns_pass: auth[1].turns_ratio >= auth_turns_ratio_target,
         rounds: rounds_run,
         auth,
     };
@@ -549,7 +593,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     } else {
         print!("{}", render(&result));
     }
-    Ok(())
+    Ok(Verdict::of(
+        result.turns_per_fsync_pass && result.rtt_pass && result.keyed_turns_pass,
+    ))
 }
 
 fn pass(ok: bool) -> &'static str {

@@ -19,6 +19,10 @@
 //!    consumed exactly once (`torture::check`), every counter equal to the sum of its
 //!    acknowledged increments, every acknowledged put present. Exit 0 only if all of it
 //!    held.
+//! 5. **Clean up**: a temporary directory (no `--dir`) is removed at the end unless `--keep`
+//!    is given or a check failed; then, and with `--dir`, the report prints the absolute path
+//!    of the stores and a `ken inspect` command line naming this executable by its absolute
+//!    path, so it works as printed after `cargo run` too.
 //!
 //! The processes run this executable (`ken app bank ..`, `ken app kv serve ..`: the apps'
 //! own command lines, `ken_apps::cli`) through the process harness
@@ -63,9 +67,14 @@ pub struct Args {
     /// Seed of the kill schedule and the clients' requests (default: random, printed).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Directory for the stores and logs (default: a fresh temporary directory, kept).
+    /// Directory for the stores and logs, kept at the end (default: a fresh temporary
+    /// directory, removed at the end unless --keep is given or a check failed).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Keep the temporary directory (stores, keys, each process's output) at the end and
+    /// print where it is, to look inside with `ken inspect`.
+    #[arg(long)]
+    pub keep: bool,
     /// Run the cluster without a cluster key (unauthenticated mode, SECURITY.md). By default
     /// the demo writes a fresh key to `DIR/keys/key-0.key`, starts every process with it and
     /// gives its kv clients credentials issued from it.
@@ -83,15 +92,24 @@ struct Proc {
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let seed = args.seed.unwrap_or_else(rand::random);
     let program = std::env::current_exe().context("the ken executable's path")?;
-    let dir = match &args.dir {
+    // Absolute, so that every path printed works from any directory. `temp` removes a
+    // temporary directory when dropped (after `procs`, declared later, killed the children).
+    let (dir, mut temp) = match &args.dir {
         Some(d) => {
             std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
-            d.clone()
+            let abs =
+                std::fs::canonicalize(d).with_context(|| format!("resolve {}", d.display()))?;
+            (abs, None)
         }
-        None => tempfile::Builder::new()
-            .prefix("ken-demo-")
-            .tempdir()?
-            .keep(),
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("ken-demo-")
+                .tempdir()
+                .context("make a temporary directory")?;
+            let abs = std::fs::canonicalize(t.path())
+                .with_context(|| format!("resolve {}", t.path().display()))?;
+            (abs, Some(t))
+        }
     };
     let fresh = std::fs::read_dir(&dir)?.next().is_none();
     if !fresh {
@@ -358,13 +376,25 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     for p in all.iter().take(20) {
         println!("problem: {p}");
     }
-    println!("look inside a store: ken inspect {}", kv_store.display());
-    println!(
-        "replay this run: ken demo --seconds {} --seed {seed}{}",
-        args.seconds,
-        if args.no_key { " --no-key" } else { "" }
-    );
     let verdict = all.is_empty();
+    let ken = program.display();
+    // Kept: a --dir, --keep, or a failed check (the stores are the evidence).
+    let kept = temp.is_none() || args.keep || !verdict;
+    if kept {
+        println!("stores kept in {}", dir.display());
+        println!("look inside a store: {ken} inspect {}", kv_store.display());
+    } else {
+        println!(
+            "stores in {} removed at exit (--keep keeps them, to look inside with `{ken} inspect`)",
+            dir.display()
+        );
+    }
+    println!(
+        "replay this run: {ken} demo --seconds {} --seed {seed}{}{}",
+        args.seconds,
+        if args.no_key { " --no-key" } else { "" },
+        if args.keep { " --keep" } else { "" }
+    );
     println!(
         "{} in {:.1} s",
         if verdict {
@@ -375,6 +405,14 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         started.elapsed().as_secs_f64()
     );
     drop(procs);
+    if kept {
+        if let Some(t) = temp.take() {
+            let _ = t.keep();
+        }
+    } else if let Some(t) = temp.take() {
+        let path = t.path().display().to_string();
+        t.close().with_context(|| format!("remove {path}"))?;
+    }
     Ok(if verdict {
         ExitCode::SUCCESS
     } else {

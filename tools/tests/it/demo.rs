@@ -7,10 +7,13 @@ use std::process::Command;
 #[test]
 fn a_short_demo_kills_restarts_and_verifies_everything() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let stores = dir.path().join("demo");
+    let stores = std::fs::canonicalize(dir.path())
+        .expect("resolve the temp dir")
+        .join("demo");
+    // A relative --dir: every path the demo prints must still be absolute.
     let out = Command::new(env!("CARGO_BIN_EXE_ken"))
-        .args(["demo", "--seconds", "6", "--dir"])
-        .arg(&stores)
+        .args(["demo", "--seconds", "6", "--dir", "demo"])
+        .current_dir(dir.path())
         .output()
         .expect("run ken demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -21,7 +24,7 @@ fn a_short_demo_kills_restarts_and_verifies_everything() {
         "check money conserved, every transfer applied exactly once",
         "check every message consumed exactly once, in order, outboxes empty: ok",
         "check every acknowledged request applied exactly once",
-        "look inside a store: ken inspect ",
+        "look inside a store: ",
         "all checks held in ",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
@@ -54,6 +57,77 @@ fn a_short_demo_kills_restarts_and_verifies_everything() {
         .expect("a `what was killed: N SIGKILLs` line");
     assert!(killed >= 3, "only {killed} kills in 6 s:\n{stdout}");
     assert!(stores.join("kv1.db").is_file());
+    // The printed command works as printed, from anywhere: an absolute executable and store.
+    let inspect = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("look inside a store: "))
+        .expect("a `look inside a store` line");
+    let words: Vec<&str> = inspect.split(' ').collect();
+    assert_eq!(words.len(), 3, "{inspect}");
+    assert_eq!(words[1], "inspect", "{inspect}");
+    assert_eq!(
+        std::path::Path::new(words[2]),
+        stores.join("kv1.db"),
+        "{inspect}"
+    );
+    let shown = Command::new(words[0])
+        .args(&words[1..])
+        .current_dir("/")
+        .output()
+        .expect("run the printed command");
+    assert!(shown.status.success(), "{inspect}: {shown:?}");
+    assert!(
+        stdout.contains(&format!("stores kept in {}", stores.display())),
+        "a --dir is kept and said so: {stdout}"
+    );
+}
+
+/// Without --dir the stores are in a temporary directory that is gone when the demo ends;
+/// with --keep it stays and the report says where.
+#[test]
+fn temporary_stores_are_removed_unless_kept() {
+    for keep in [false, true] {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut args = vec!["demo", "--seconds", "2"];
+        if keep {
+            args.push("--keep");
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_ken"))
+            .args(&args)
+            .env("TMPDIR", tmp.path())
+            .output()
+            .expect("run ken demo");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        let dir = stdout
+            .lines()
+            .find_map(|l| l.split_once(", stores in ").map(|(_, d)| d))
+            .map(std::path::PathBuf::from)
+            .expect("a `stores in DIR` line");
+        assert!(dir.is_absolute(), "{}", dir.display());
+        assert!(
+            dir.starts_with(std::fs::canonicalize(tmp.path()).unwrap()),
+            "{}",
+            dir.display()
+        );
+        let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+        if keep {
+            assert!(dir.join("kv1.db").is_file(), "kept: {}", dir.display());
+            assert!(
+                stdout.contains(&format!("stores kept in {}", dir.display())),
+                "{stdout}"
+            );
+        } else {
+            assert!(!dir.exists(), "{} still there", dir.display());
+            assert!(left.is_empty(), "left behind: {left:?}");
+            assert!(
+                stdout.contains("removed at exit (--keep keeps them"),
+                "{stdout}"
+            );
+            assert!(!stdout.contains("look inside a store"), "{stdout}");
+        }
+    }
 }
 
 #[test]

@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod fuse;
+mod help;
 mod inspect;
 mod torture;
 mod upgrade;
