@@ -13,6 +13,7 @@ mod living;
 mod observe;
 mod replace;
 mod reply_cache;
+mod resolve;
 mod rollback;
 mod sans_io;
 mod testing;
