@@ -1021,27 +1021,16 @@ impl<H: Handler> Engine<H> {
         }
         if frame.to_incarnation.0 != 0 && frame.to_incarnation != self.incarnation {
             self.stats.stale_incarnation_frames += 1;
-            let reject = Frame {
-                kind: FrameKind::Reject,
-                auth: peer_auth(self.security),
-                from: self.id.clone(),
-                from_incarnation: self.incarnation,
-                to: frame.from.clone(),
-                to_incarnation: frame.from_incarnation,
-                seq: Seq(REJECT_STALE_INCARNATION),
-                ack: Seq(0),
-                acked: Seq(0),
-                payload: format!(
-                    "frame addressed incarnation {}, this process is incarnation {}",
-                    frame.to_incarnation, self.incarnation
-                )
-                .into_bytes(),
-            };
-            self.commands.push(Command::Send {
-                to: frame.from,
-                frame: reject,
-                after: self.durable,
-            });
+            let why = format!(
+                "frame addressed incarnation {}, this process is incarnation {}",
+                frame.to_incarnation, self.incarnation
+            );
+            self.send_reject(
+                frame.from,
+                frame.from_incarnation,
+                REJECT_STALE_INCARNATION,
+                why,
+            );
             return;
         }
         let p = self.peers.get_mut(&frame.from).expect("checked above");
@@ -1270,30 +1259,42 @@ impl<H: Handler> Engine<H> {
             );
         }
         self.stats.admission_refusals_sent += 1;
+        let why = format!(
+            "{me} knew incarnation {known} of {pid}, whose store is gone; to admit incarnation \
+             {new}: {how}",
+            me = self.id,
+            new = frame.from_incarnation
+        );
+        self.send_reject(pid, frame.from_incarnation, REJECT_NOT_ADMITTED, why);
+        false
+    }
+
+    /// Sends a `Reject` (reason `reason`, FRAME.md) to incarnation `to_incarnation` of `to`,
+    /// with `why` as its text.
+    fn send_reject(
+        &mut self,
+        to: ProcessId,
+        to_incarnation: Incarnation,
+        reason: u64,
+        why: String,
+    ) {
         let reject = Frame {
             kind: FrameKind::Reject,
             auth: peer_auth(self.security),
             from: self.id.clone(),
             from_incarnation: self.incarnation,
-            to: pid.clone(),
-            to_incarnation: frame.from_incarnation,
-            seq: Seq(REJECT_NOT_ADMITTED),
+            to: to.clone(),
+            to_incarnation,
+            seq: Seq(reason),
             ack: Seq(0),
             acked: Seq(0),
-            payload: format!(
-                "{me} knew incarnation {known} of {pid}, whose store is gone; to admit \
-                 incarnation {new}: {how}",
-                me = self.id,
-                new = frame.from_incarnation
-            )
-            .into_bytes(),
+            payload: why.into_bytes(),
         };
         self.commands.push(Command::Send {
-            to: pid,
+            to,
             frame: reject,
             after: self.durable,
         });
-        false
     }
 
     /// Admits a new incarnation of `pid` as a fresh peer: what the old incarnation never
