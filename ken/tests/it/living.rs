@@ -857,7 +857,11 @@ fn a_poison_message_moved_to_the_dead_letters_by_the_operator_frees_its_pair_on_
     assert!(turn_log_kinds(&path).contains(&("dead_letter".into(), "a".into(), 3)));
     let seen: Vec<(Vec<u8>, u64)> = rows(&path, "seen");
     let values: Vec<u64> = seen.iter().map(|(_, v)| *v).collect();
-    assert_eq!(values, vec![1, 2, 100], "delivered exactly once, 13 not run");
+    assert_eq!(
+        values,
+        vec![1, 2, 100],
+        "delivered exactly once, 13 not run"
+    );
     let err = poison_dead_letter(&path, "a", 3).unwrap_err();
     assert!(err.contains("consumed already"), "{err}");
     // The letter is an ordinary dead letter: replayed once the fix is deployed.
