@@ -11,7 +11,8 @@
 //!   message, and its source is *held* for the rest of the process's life: a peer's
 //!   messages are neither consumed nor acknowledged (the sender retransmits them), a timer
 //!   stays set but does not fire; a client request is answered `Panicked` and not applied.
-//!   A restart (typically with a fixed binary) runs the held input again.
+//!   A restart (typically with a fixed binary) runs the held input again; or an operator
+//!   moves a poison message to the dead letters offline ([`poison_dead_letter`]).
 //! - A message of a **newer schema version** than the process knows holds its pair the same
 //!   way (nothing recorded: it is a deployment still in progress, not an error).
 //!

@@ -25,6 +25,10 @@
 //!   views live in the `ken-inspect` crate because the app binaries use them too. See
 //!   `ken/inspect/INSPECT.md`.
 //!
+//! - `ken dead-letters STORE replay|discard PEER SEQ` and `ken poison STORE dead-letter PEER
+//!   SEQ`: the operator's actions on a stopped process's dead letters and poison messages,
+//!   on the record (`ken::living`, UPGRADES.md).
+//!
 //! - `ken app NAME ARGS..` (hidden): runs an example app as its own binary would
 //!   (`ken_apps::cli`), so that `ken torture`, `ken demo` and the real-process tests start
 //!   app processes from this one executable.
