@@ -1329,6 +1329,9 @@ impl<H: Handler> Engine<H> {
         p.epoch += 1;
         p.dirty = true;
         self.held_peers.remove(pid);
+        // The old incarnation's messages are gone: an operator's order naming one of them
+        // must not consume the new incarnation's message of the same number.
+        self.drop_poison_skips(pid, u64::MAX);
         self.refused_by.remove(pid);
         if by_operator {
             self.tables.write(
@@ -1435,7 +1438,29 @@ impl<H: Handler> Engine<H> {
         // A pair held at the old `delivered + 1` (newer version, poison) held a withdrawn
         // message: nothing to wait for any more.
         self.held_peers.remove(pid);
+        self.drop_poison_skips(pid, through);
         self.deliver_buffered(now, pid);
+    }
+
+    /// Deletes (with the filling batch) the operator's orders to dead-letter poison
+    /// messages of `pid` numbered up to `through`: those messages will never be delivered.
+    fn drop_poison_skips(&mut self, pid: &ProcessId, through: u64) {
+        if self.poison_skips.is_empty() {
+            return;
+        }
+        let gone: Vec<u64> = self
+            .poison_skips
+            .range((pid.clone(), 0)..=(pid.clone(), through))
+            .map(|((_, seq), _)| *seq)
+            .collect();
+        for seq in gone {
+            self.poison_skips.remove(&(pid.clone(), seq));
+            tracing::info!(peer = %pid, seq, "the poison message to dead-letter was withdrawn; order deleted");
+            self.runtime_delete(
+                living::SKIP_POISON_TABLE,
+                living::dead_letter_key(pid.as_str(), seq),
+            );
+        }
     }
 
     fn on_request(&mut self, now: Time, frame: Frame) {
