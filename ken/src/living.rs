@@ -11,7 +11,8 @@
 //!   message, and its source is *held* for the rest of the process's life: a peer's
 //!   messages are neither consumed nor acknowledged (the sender retransmits them), a timer
 //!   stays set but does not fire; a client request is answered `Panicked` and not applied.
-//!   A restart (typically with a fixed binary) runs the held input again.
+//!   A restart (typically with a fixed binary) runs the held input again; or an operator
+//!   moves a poison message to the dead letters offline ([`poison_dead_letter`]).
 //! - A message of a **newer schema version** than the process knows holds its pair the same
 //!   way (nothing recorded: it is a deployment still in progress, not an error).
 //!
@@ -33,6 +34,22 @@ pub const DEAD_LETTERS_TABLE: &str = "ken.dead_letters";
 /// [`crate::Handler::upgrade_message`] if older) and runs it as a message turn, deleting the
 /// row in the same batch; one that still does not decode goes back to the dead letters.
 pub const REPLAY_TABLE: &str = "ken.replay";
+
+/// Poison messages an operator moved to the dead letters ([`poison_dead_letter`]): key
+/// [`dead_letter_key`], value [`PoisonSkip`]. When the process next has that message to
+/// deliver (its pair's next one), it consumes it without running it: acknowledged, recorded
+/// in [`DEAD_LETTERS_TABLE`] with the panic's message as its error, and the row deleted, in
+/// one batch (turn-log kind `dead_letter`, note `operator: ...`). A row whose message was
+/// consumed already (a fixed binary ran it first) is deleted at start.
+pub const SKIP_POISON_TABLE: &str = "ken.skip_poison";
+
+/// A [`SKIP_POISON_TABLE`] row: why the message is to be dead-lettered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoisonSkip {
+    /// The error its dead letter records (the panic's message).
+    pub error: String,
+    pub at_ms: u64,
+}
 
 /// Operator admissions of a replaced peer (`ken admit`): key the peer's id, value an
 /// encoded [`Admission`]. The engine admits the next new incarnation of that peer it hears
@@ -224,6 +241,97 @@ pub fn dead_letter_action(
         "{}: dead letter from `{peer}` seq {seq} {done} (turn {})",
         path.display(),
         recovered.turns_committed + 1
+    ))
+}
+
+/// Moves poison message (`peer`, `seq`) of the store at `path` to the dead letters, on the
+/// record: the message whose turn panicked (a `message` row of [`POISON_TABLE`]) is marked
+/// in [`SKIP_POISON_TABLE`], with a turn-log entry (kind `poison_dead_letter`), in one
+/// commit. At its next start the process consumes the message as a dead letter instead of
+/// running it (see [`SKIP_POISON_TABLE`]), so the pair flows again even on the same
+/// binary; the letter can later be replayed ([`dead_letter_action`]). Refused while the
+/// process runs (its owner lock is held), for a message that is not poison, and for one
+/// consumed already. Returns a one-line account, or a one-line error (nothing written).
+pub fn poison_dead_letter(path: &std::path::Path, peer: &str, seq: u64) -> Result<String, String> {
+    let shown = path.display();
+    let reader = ken_store::Reader::open(path).map_err(|e| e.to_string())?;
+    let process_id = reader.meta().map_err(|e| e.to_string())?.process_id;
+    drop(reader);
+    // The owner lock first: everything read below cannot change until the commit.
+    let (mut store, recovered) =
+        ken_store::Store::open_with(path, &process_id, &ken_store::StoreOptions::default())
+            .map_err(|e| e.to_string())?;
+    let reader = ken_store::Reader::open(path).map_err(|e| e.to_string())?;
+    let mut prefix = b"message".to_vec();
+    prefix.push(0);
+    prefix.extend_from_slice(peer.as_bytes());
+    prefix.push(0);
+    prefix.extend_from_slice(&seq.to_be_bytes());
+    let rows = reader
+        .table_scan(POISON_TABLE, &prefix, None, ken_store::MAX_SCAN_ROWS)
+        .map_err(|e| format!("{shown}: reading {POISON_TABLE}: {e}"))?;
+    // Keys end with the time: the last row is the latest panic.
+    let Some((_, value)) = rows.last() else {
+        return Err(format!(
+            "{shown}: no poison message from `{peer}` with sequence number {seq} (list them with `ken inspect {shown} poison`)"
+        ));
+    };
+    let poison: Poison = ken_store::codec::decode(value)
+        .map_err(|e| format!("{shown}: a {POISON_TABLE} row does not decode: {e}"))?;
+    let delivered = recovered
+        .peers
+        .iter()
+        .find(|r| r.peer == peer)
+        .map_or(0, |r| r.delivered);
+    if delivered >= seq {
+        return Err(format!(
+            "{shown}: message {seq} from `{peer}` was consumed already (delivered up to {delivered}): nothing to move"
+        ));
+    }
+    let key = dead_letter_key(peer, seq);
+    if reader
+        .table_get(SKIP_POISON_TABLE, &key)
+        .map_err(|e| format!("{shown}: reading {SKIP_POISON_TABLE}: {e}"))?
+        .is_some()
+    {
+        return Err(format!(
+            "{shown}: message {seq} from `{peer}` is already to be dead-lettered at the process's next start"
+        ));
+    }
+    drop(reader);
+    let now_ms = Time::now_wall().as_millis();
+    let turn = recovered.turns_committed + 1;
+    let batch = ken_store::Batch {
+        now_ms,
+        turns: 1,
+        table_writes: vec![ken_store::TableWrite {
+            table: SKIP_POISON_TABLE.to_string(),
+            key,
+            value: Some(ken_store::codec::encode(&PoisonSkip {
+                error: poison.message.clone(),
+                at_ms: now_ms,
+            })),
+        }],
+        turn_log: vec![ken_store::TurnLogEntry {
+            turn,
+            at_ms: now_ms,
+            input_kind: "poison_dead_letter".to_string(),
+            input_source: peer.to_string(),
+            input_seq: seq,
+            messages_out: 0,
+            outputs: 0,
+            bytes_written: 0,
+            note: "operator: poison message to be dead-lettered at the process's next start"
+                .to_string(),
+        }],
+        ..Default::default()
+    };
+    store
+        .commit(&batch)
+        .map_err(|e| format!("{shown}: commit: {e}"))?;
+    Ok(format!(
+        "{shown}: poison message from `{peer}` seq {seq} (panicked: {}) will be dead-lettered at the process's next start (turn {turn})",
+        poison.message
     ))
 }
 

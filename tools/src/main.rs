@@ -25,6 +25,10 @@
 //!   views live in the `ken-inspect` crate because the app binaries use them too. See
 //!   `ken/inspect/INSPECT.md`.
 //!
+//! - `ken dead-letters STORE replay|discard PEER SEQ` and `ken poison STORE dead-letter PEER
+//!   SEQ`: the operator's actions on a stopped process's dead letters and poison messages,
+//!   on the record (`ken::living`, UPGRADES.md).
+//!
 //! - `ken app NAME ARGS..` (hidden): runs an example app as its own binary would
 //!   (`ken_apps::cli`), so that `ken torture`, `ken demo` and the real-process tests start
 //!   app processes from this one executable.
@@ -98,6 +102,11 @@ enum Command {
     /// turn-log entry). Refused while a process runs on the store (stop it first); a
     /// replayed letter runs when the process starts again, normally with a fixed binary.
     DeadLetters(DeadLettersArgs),
+    /// Move one poison message (its turn panicked; its pair is held) of a stopped process's
+    /// store to the dead letters, on the record (a turn-log entry). At its next start the
+    /// process consumes it as a dead letter instead of running it, and the pair flows again
+    /// (even on the same binary). Refused while a process runs on the store.
+    Poison(PoisonArgs),
     /// Internal: run an example app, `ken app bank ARGS..` as `ken-bank ARGS..` would (how
     /// `ken torture`, `ken demo` and the tests start app processes).
     #[command(hide = true, disable_help_flag = true)]
@@ -116,6 +125,25 @@ struct DeadLettersArgs {
     peer: String,
     /// Its sequence number.
     seq: u64,
+}
+
+/// `ken poison STORE dead-letter PEER SEQ`.
+#[derive(Debug, clap::Args)]
+struct PoisonArgs {
+    /// The store (its process stopped).
+    store: std::path::PathBuf,
+    /// `dead-letter`: move it to the dead letters at the process's next start.
+    #[arg(value_enum)]
+    action: PoisonVerb,
+    /// The peer that sent it (as `ken inspect STORE poison` lists).
+    peer: String,
+    /// Its sequence number.
+    seq: u64,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum PoisonVerb {
+    DeadLetter,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -230,6 +258,19 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("ken dead-letters: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Poison(a) => {
+            let PoisonVerb::DeadLetter = a.action;
+            match ken::living::poison_dead_letter(&a.store, &a.peer, a.seq) {
+                Ok(done) => {
+                    println!("{done}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ken poison: {e}");
                     ExitCode::FAILURE
                 }
             }

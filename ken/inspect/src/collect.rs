@@ -157,6 +157,8 @@ pub fn summary(reader: &Reader, now_ms: u64) -> Result<(Summary, Vec<Damage>), R
     let rows_of = |name: &str| tables.iter().find(|t| t.name == name).map_or(0, |t| t.rows);
     let dead_letters = rows_of(ken::living::DEAD_LETTERS_TABLE);
     let poison_inputs = rows_of(ken::living::POISON_TABLE);
+    let replays_queued = rows_of(ken::living::REPLAY_TABLE);
+    let poison_to_dead_letter = rows_of(ken::living::SKIP_POISON_TABLE);
     let summary = Summary {
         store: reader.path().display().to_string(),
         process_id: meta.process_id,
@@ -164,6 +166,8 @@ pub fn summary(reader: &Reader, now_ms: u64) -> Result<(Summary, Vec<Damage>), R
         schema_version: meta.app.as_ref().map(|a| a.schema_version),
         dead_letters,
         poison_inputs,
+        replays_queued,
+        poison_to_dead_letter,
         incarnation: incarnation_hex(meta.incarnation),
         format_version: meta.format_version,
         created_ms: meta.created_ms,
@@ -265,16 +269,25 @@ pub fn timers(reader: &Reader, now_ms: u64) -> Result<TimersView, ReadError> {
 
 /// `dead-letters`: up to `limit` rows of the runtime's dead-letter table.
 pub fn dead_letters(reader: &Reader, limit: u32) -> Result<DeadLettersView, ReadError> {
+    Ok(DeadLettersView {
+        dead_letters: letters(reader, ken::living::DEAD_LETTERS_TABLE, limit)?,
+    })
+}
+
+/// `replay`: up to `limit` dead letters an operator queued for replay at the next start.
+pub fn replay(reader: &Reader, limit: u32) -> Result<ReplayView, ReadError> {
+    Ok(ReplayView {
+        replay: letters(reader, ken::living::REPLAY_TABLE, limit)?,
+    })
+}
+
+/// Up to `limit` rows of `table`, a table of [`ken::living::DeadLetter`] values.
+fn letters(reader: &Reader, table: &str, limit: u32) -> Result<Vec<DeadLetterInfo>, ReadError> {
     let mut out = Vec::new();
-    for (key, value) in reader.table_scan(
-        ken::living::DEAD_LETTERS_TABLE,
-        b"",
-        None,
-        limit.min(MAX_SCAN_ROWS),
-    )? {
+    for (key, value) in reader.table_scan(table, b"", None, limit.min(MAX_SCAN_ROWS))? {
         let l: ken::living::DeadLetter = codec::decode(&value).map_err(|e| {
             ReadError::Corrupted(ken_store::Corrupted {
-                table: ken::living::DEAD_LETTERS_TABLE.into(),
+                table: table.into(),
                 key: codec::printable_key(&key),
                 detail: format!("not a dead letter: {e}"),
             })
@@ -288,7 +301,7 @@ pub fn dead_letters(reader: &Reader, limit: u32) -> Result<DeadLettersView, Read
             at_ms: l.at_ms,
         });
     }
-    Ok(DeadLettersView { dead_letters: out })
+    Ok(out)
 }
 
 /// `poison`: up to `limit` rows of the runtime's poison table.

@@ -101,6 +101,13 @@ pub enum View {
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=i64::from(VIEW_ROWS_MAX)))]
         limit: u32,
     },
+    /// Dead letters an operator queued for replay at the process's next start
+    /// (`ken.replay`, `ken dead-letters STORE replay PEER SEQ`).
+    Replay {
+        /// Show at most this many.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=i64::from(VIEW_ROWS_MAX)))]
+        limit: u32,
+    },
     /// Inputs whose turn panicked, with the panic's message (`ken.poison`).
     Poison {
         /// Show at most this many.
@@ -267,6 +274,10 @@ pub fn run(
                 &collect::dead_letters(&reader, limit)?,
                 text::dead_letters,
             )?;
+            Vec::new()
+        }
+        View::Replay { limit } => {
+            emit(out, json, &collect::replay(&reader, limit)?, text::replay)?;
             Vec::new()
         }
         View::Poison { limit } => {

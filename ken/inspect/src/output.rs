@@ -54,6 +54,11 @@ pub struct Summary {
     pub dead_letters: u64,
     /// Rows of the poison table (inputs whose turn panicked; `poison` view).
     pub poison_inputs: u64,
+    /// Rows of the replay queue (dead letters to run at the next start; `replay` view).
+    pub replays_queued: u64,
+    /// Poison messages an operator moved to the dead letters, still to be consumed at the
+    /// next start (rows of `ken.skip_poison`).
+    pub poison_to_dead_letter: u64,
     /// Random id of this store's life, `"0x"` + 16 hex digits.
     pub incarnation: String,
     pub format_version: u32,
@@ -203,6 +208,13 @@ pub struct DeadLetterInfo {
     pub error: String,
     pub at_ms: u64,
     pub message: Blob,
+}
+
+/// `ken inspect STORE replay`: dead letters an operator queued for replay
+/// (`ken.replay`), run at the process's next start.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReplayView {
+    pub replay: Vec<DeadLetterInfo>,
 }
 
 /// `ken inspect STORE poison`.

@@ -177,6 +177,13 @@ pub fn summary(s: &Summary) -> String {
             s.dead_letters, s.poison_inputs
         );
     }
+    if s.replays_queued > 0 || s.poison_to_dead_letter > 0 {
+        let _ = writeln!(
+            out,
+            "next start    {} replays queued (see the replay view), {} poison messages to dead-letter",
+            s.replays_queued, s.poison_to_dead_letter
+        );
+    }
     let last = match s.last_commit_age_ms {
         None => "no commit yet".to_string(),
         Some(age) => format!(
@@ -318,8 +325,20 @@ pub fn dead_letters(v: &DeadLettersView) -> String {
     if v.dead_letters.is_empty() {
         return "no dead letters\n".to_string();
     }
-    let rows: Vec<Vec<String>> = v
-        .dead_letters
+    letters(&v.dead_letters)
+}
+
+/// `replay`.
+pub fn replay(v: &ReplayView) -> String {
+    if v.replay.is_empty() {
+        return "no replays queued\n".to_string();
+    }
+    letters(&v.replay)
+}
+
+/// A table of dead letters.
+fn letters(letters: &[DeadLetterInfo]) -> String {
+    let rows: Vec<Vec<String>> = letters
         .iter()
         .map(|l| {
             vec![

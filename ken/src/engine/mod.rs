@@ -75,7 +75,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::client::{ClientId, ReplyBody, RequestEnvelope};
 use crate::handler::{Effects, Handler, Input, PeerView, TimerOp, Turn};
-use crate::living::{self, DeadLetter, Held, HeldReason, HeldSource, Poison};
+use crate::living::{self, DeadLetter, Held, HeldReason, HeldSource, Poison, PoisonSkip};
 use crate::{limits, Time, Tuning};
 use fuse::{Fuse, FuseOutput, SealToken};
 pub use peer::RollbackEvidence;
@@ -425,6 +425,10 @@ pub struct Engine<H: Handler> {
     held_peers: BTreeMap<ProcessId, Held>,
     /// Peers that refused this incarnation (logged once each).
     refused_by: BTreeSet<ProcessId>,
+    /// Poison messages an operator moved to the dead letters
+    /// ([`living::SKIP_POISON_TABLE`]), loaded at start: consumed as dead letters when
+    /// delivered.
+    poison_skips: BTreeMap<(ProcessId, u64), PoisonSkip>,
     /// Timers whose turn panicked: still set durably, not fired in this life (name -> due).
     held_timers: BTreeMap<String, (Time, Held)>,
     /// Client requests whose turn panicked, with the panic message.
@@ -585,6 +589,7 @@ impl<H: Handler> Engine<H> {
             state_bytes,
             held_peers: BTreeMap::new(),
             refused_by: BTreeSet::new(),
+            poison_skips: BTreeMap::new(),
             held_timers: BTreeMap::new(),
             poisoned_requests: BTreeMap::new(),
             turns_total: recovered.turns_committed,
@@ -634,6 +639,7 @@ impl<H: Handler> Engine<H> {
                 return;
             }
         }
+        self.load_poison_skips();
         self.replay_dead_letters(now);
         if self.failed {
             return;
@@ -1324,6 +1330,9 @@ impl<H: Handler> Engine<H> {
         p.epoch += 1;
         p.dirty = true;
         self.held_peers.remove(pid);
+        // The old incarnation's messages are gone: an operator's order naming one of them
+        // must not consume the new incarnation's message of the same number.
+        self.drop_poison_skips(pid, u64::MAX);
         self.refused_by.remove(pid);
         if by_operator {
             self.tables.write(
@@ -1430,7 +1439,29 @@ impl<H: Handler> Engine<H> {
         // A pair held at the old `delivered + 1` (newer version, poison) held a withdrawn
         // message: nothing to wait for any more.
         self.held_peers.remove(pid);
+        self.drop_poison_skips(pid, through);
         self.deliver_buffered(now, pid);
+    }
+
+    /// Deletes (with the filling batch) the operator's orders to dead-letter poison
+    /// messages of `pid` numbered up to `through`: those messages will never be delivered.
+    fn drop_poison_skips(&mut self, pid: &ProcessId, through: u64) {
+        if self.poison_skips.is_empty() {
+            return;
+        }
+        let gone: Vec<u64> = self
+            .poison_skips
+            .range((pid.clone(), 0)..=(pid.clone(), through))
+            .map(|((_, seq), _)| *seq)
+            .collect();
+        for seq in gone {
+            self.poison_skips.remove(&(pid.clone(), seq));
+            tracing::info!(peer = %pid, seq, "the poison message to dead-letter was withdrawn; order deleted");
+            self.runtime_delete(
+                living::SKIP_POISON_TABLE,
+                living::dead_letter_key(pid.as_str(), seq),
+            );
+        }
     }
 
     fn on_request(&mut self, now: Time, frame: Frame) {
@@ -1810,6 +1841,32 @@ impl<H: Handler> Engine<H> {
             self.stats.messages_held += 1;
             return false;
         }
+        let skip = if self.poison_skips.is_empty() {
+            None
+        } else {
+            self.poison_skips.remove(&(pid.clone(), seq))
+        };
+        if let Some(skip) = skip {
+            // An operator moved this poison message to the dead letters: consumed without
+            // running it, the order's row deleted in the same batch.
+            self.runtime_delete(
+                living::SKIP_POISON_TABLE,
+                living::dead_letter_key(pid.as_str(), seq),
+            );
+            let (version, bytes) = match ken_store::unwrap_payload(&payload) {
+                Some((version, bytes)) => (version, bytes.to_vec()),
+                None => (0, payload.clone()),
+            };
+            return self.dead_letter(
+                now,
+                pid,
+                seq,
+                version,
+                bytes,
+                skip.error,
+                "operator: poison message dead-lettered".to_string(),
+            );
+        }
         let decoded = match ken_store::unwrap_payload(&payload) {
             None => Err((
                 0,
@@ -1886,46 +1943,107 @@ impl<H: Handler> Engine<H> {
                 }
             }
             Err((version, bytes, error)) => {
-                // Consumed without calling the handler: acknowledged, and recorded whole in
-                // the dead-letter table (never silently dropped).
-                let p = self.peers.get_mut(pid).expect("known peer");
-                p.delivered = seq;
-                p.dirty = true;
+                let note = error.clone();
                 self.stats.undecodable_messages += 1;
-                let dropped = self.tuning.drops_held_messages() && version > H::SCHEMA_VERSION;
-                if !dropped {
-                    self.stats.dead_letters += 1;
-                    tracing::warn!(peer = %pid, seq, version, %error, "undecodable message dead-lettered");
-                    let letter = DeadLetter {
-                        peer: pid.to_string(),
-                        seq,
-                        version,
-                        error: error.clone(),
-                        bytes,
-                        at_ms: now.as_millis(),
-                    };
-                    self.runtime_write(
-                        living::DEAD_LETTERS_TABLE,
-                        living::dead_letter_key(pid.as_str(), seq),
-                        ken_store::codec::encode(&letter),
-                    );
-                }
-                self.turns_total += 1;
-                self.filling.turns += 1;
-                self.filling.nonempty = true;
-                self.filling.batch.turn_log.push(TurnLogEntry {
-                    turn: self.turns_total,
-                    at_ms: now.as_millis(),
-                    input_kind: if dropped { "dropped" } else { "dead_letter" }.into(),
-                    input_source: pid.to_string(),
-                    input_seq: seq,
-                    messages_out: 0,
-                    outputs: 0,
-                    bytes_written: 0,
-                    note: error,
-                });
-                true
+                self.dead_letter(now, pid, seq, version, bytes, error, note)
             }
+        }
+    }
+
+    /// Consumes message `seq` of `pid` without calling the handler: acknowledged, and
+    /// recorded whole in the dead-letter table (never silently dropped), with a turn-log
+    /// entry. Returns true (consumed).
+    #[allow(clippy::too_many_arguments)]
+    fn dead_letter(
+        &mut self,
+        now: Time,
+        pid: &ProcessId,
+        seq: u64,
+        version: u32,
+        bytes: Vec<u8>,
+        error: String,
+        note: String,
+    ) -> bool {
+        let p = self.peers.get_mut(pid).expect("known peer");
+        p.delivered = seq;
+        p.dirty = true;
+        let dropped = self.tuning.drops_held_messages() && version > H::SCHEMA_VERSION;
+        if !dropped {
+            self.stats.dead_letters += 1;
+            tracing::warn!(peer = %pid, seq, version, %error, %note, "message dead-lettered");
+            let letter = DeadLetter {
+                peer: pid.to_string(),
+                seq,
+                version,
+                error: error.clone(),
+                bytes,
+                at_ms: now.as_millis(),
+            };
+            self.runtime_write(
+                living::DEAD_LETTERS_TABLE,
+                living::dead_letter_key(pid.as_str(), seq),
+                ken_store::codec::encode(&letter),
+            );
+        }
+        self.turns_total += 1;
+        self.filling.turns += 1;
+        self.filling.nonempty = true;
+        self.filling.batch.turn_log.push(TurnLogEntry {
+            turn: self.turns_total,
+            at_ms: now.as_millis(),
+            input_kind: if dropped { "dropped" } else { "dead_letter" }.into(),
+            input_source: pid.to_string(),
+            input_seq: seq,
+            messages_out: 0,
+            outputs: 0,
+            bytes_written: 0,
+            note,
+        });
+        true
+    }
+
+    /// Loads the poison messages an operator moved to the dead letters
+    /// ([`living::SKIP_POISON_TABLE`]); deletes (with the filling batch) those whose message
+    /// was consumed already.
+    fn load_poison_skips(&mut self) {
+        let rows = match self
+            .tables
+            .scan(living::SKIP_POISON_TABLE, b"", None, u32::MAX)
+        {
+            Ok(rows) => rows,
+            Err(e) => {
+                self.fail(EngineError::TurnFault {
+                    turn: self.turns_total,
+                    what: format!("reading {}: {e}", living::SKIP_POISON_TABLE),
+                });
+                return;
+            }
+        };
+        for (key, value) in rows {
+            let parsed = key
+                .iter()
+                .position(|b| *b == 0)
+                .filter(|at| key.len() == at + 9)
+                .and_then(|at| {
+                    let peer = ProcessId::new(String::from_utf8(key[..at].to_vec()).ok()?).ok()?;
+                    let seq = u64::from_be_bytes(key[at + 1..].try_into().ok()?);
+                    Some((peer, seq))
+                });
+            let (Some((peer, seq)), Ok(skip)) =
+                (parsed, ken_store::codec::decode::<PoisonSkip>(&value))
+            else {
+                tracing::error!(
+                    table = living::SKIP_POISON_TABLE,
+                    "a row does not decode; left in place"
+                );
+                continue;
+            };
+            if self.peers.get(&peer).is_some_and(|p| p.delivered >= seq) {
+                tracing::info!(%peer, seq, "the poison message to dead-letter was consumed already; order deleted");
+                self.runtime_delete(living::SKIP_POISON_TABLE, key);
+                continue;
+            }
+            self.poison_skips.insert((peer, seq), skip);
         }
     }
 

@@ -788,6 +788,93 @@ fn a_panicking_message_is_rolled_back_and_held_while_other_peers_flow_then_run_o
 }
 
 #[test]
+fn a_poison_message_moved_to_the_dead_letters_by_the_operator_frees_its_pair_on_the_same_binary() {
+    use ken::living::{
+        dead_letter_action, poison_dead_letter, DeadLetterAction, PoisonSkip, DEAD_LETTERS_TABLE,
+        SKIP_POISON_TABLE,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let buggy = Arc::new(AtomicBool::new(true));
+    let flag = Arc::clone(&buggy);
+    let mut c = cluster(dir.path(), &["a", "b"], move || V1 {
+        buggy: Arc::clone(&flag),
+        send: vec![1, 2, POISON, 100],
+        ..V1::default()
+    });
+    c.start_all();
+    c.run_until(Duration::from_secs(10), |c| {
+        c.engine(1).stats().turns_panicked == 1
+    });
+    c.run_for(Duration::from_secs(2));
+    assert_eq!(*c.state(1), 3, "held at the poison 13; 100 waits behind it");
+    assert_eq!(c.engine(0).peer_status()[0].outbox, 2);
+    let path = c.node(1).path().to_path_buf();
+    // Refused while the process runs: one line, nothing written.
+    let before = files(&path);
+    let err = poison_dead_letter(&path, "a", 3).expect_err("a live store must be refused");
+    assert!(err.contains("in use") && !err.contains('\n'), "{err}");
+    assert!(files(&path) == before, "the refusal wrote");
+    // Stopped: a message that is not poison is refused; the poison one is moved, on the
+    // record.
+    c.crash(1);
+    let err = poison_dead_letter(&path, "a", 2).unwrap_err();
+    assert!(
+        err.contains("no poison message from `a` with sequence number 2") && !err.contains('\n'),
+        "{err}"
+    );
+    let done = poison_dead_letter(&path, "a", 3).unwrap();
+    assert!(done.contains("will be dead-lettered"), "{done}");
+    let skips: Vec<(Vec<u8>, PoisonSkip)> = rows(&path, SKIP_POISON_TABLE);
+    assert_eq!(skips.len(), 1);
+    assert_eq!(skips[0].1.error, "poison message 13");
+    assert!(
+        turn_log_kinds(&path).contains(&("poison_dead_letter".into(), "a".into(), 3)),
+        "{:?}",
+        turn_log_kinds(&path)
+    );
+    let err = poison_dead_letter(&path, "a", 3).unwrap_err();
+    assert!(err.contains("already"), "{err}");
+    // The SAME (buggy) binary starts: 13 is consumed as a dead letter without running, and
+    // the pair flows again.
+    c.start(1);
+    c.run_until(Duration::from_secs(30), |c| *c.state(1) == 103);
+    c.run_until(Duration::from_secs(10), |c| {
+        c.engine(0).peer_status()[0].outbox == 0
+    });
+    assert_eq!(c.engine(1).stats().turns_panicked, 0, "not run again");
+    assert!(c.engine(1).held().is_empty());
+    c.restart(1);
+    c.run_for(Duration::from_secs(3));
+    assert_eq!(*c.state(1), 103, "exactly once across a restart");
+    c.crash(1);
+    assert!(rows::<PoisonSkip>(&path, SKIP_POISON_TABLE).is_empty());
+    let letters: Vec<(Vec<u8>, DeadLetter)> = rows(&path, DEAD_LETTERS_TABLE);
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let l = &letters[0].1;
+    assert_eq!((l.peer.as_str(), l.seq, l.version), ("a", 3, 1));
+    assert_eq!(l.error, "poison message 13");
+    assert_eq!(codec::decode::<u64>(&l.bytes).unwrap(), POISON);
+    assert!(turn_log_kinds(&path).contains(&("dead_letter".into(), "a".into(), 3)));
+    let seen: Vec<(Vec<u8>, u64)> = rows(&path, "seen");
+    let values: Vec<u64> = seen.iter().map(|(_, v)| *v).collect();
+    assert_eq!(
+        values,
+        vec![1, 2, 100],
+        "delivered exactly once, 13 not run"
+    );
+    let err = poison_dead_letter(&path, "a", 3).unwrap_err();
+    assert!(err.contains("consumed already"), "{err}");
+    // The letter is an ordinary dead letter: replayed once the fix is deployed.
+    dead_letter_action(&path, "a", 3, DeadLetterAction::Replay).unwrap();
+    buggy.store(false, Ordering::SeqCst);
+    c.start(1);
+    c.run_until(Duration::from_secs(5), |c| *c.state(1) == 116);
+    c.restart(1);
+    c.run_for(Duration::from_secs(2));
+    assert_eq!(*c.state(1), 116);
+}
+
+#[test]
 fn a_panicking_request_gets_a_typed_error_and_is_not_applied() {
     let dir = tempfile::tempdir().unwrap();
     let buggy = Arc::new(AtomicBool::new(true));

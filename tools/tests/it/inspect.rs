@@ -1911,6 +1911,74 @@ mod living {
         assert!(text.contains("1 dead letters, 1 poison inputs"), "{text}");
     }
 
+    fn ken_cmd(args: &[&str], store: &Path, rest: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_ken"))
+            .args(args)
+            .arg(store)
+            .args(rest)
+            .output()
+            .expect("run ken")
+    }
+
+    #[test]
+    fn the_replay_view_lists_the_queue_and_the_summary_counts_the_operators_orders() {
+        let dir = tempfile::tempdir().unwrap();
+        let ken = PathBuf::from(env!("CARGO_BIN_EXE_ken"));
+        let store = fragile_stores(dir.path());
+        // Nothing queued yet.
+        let s = view(&ken, &store, &[]);
+        assert_eq!(u(&s["replays_queued"]), 0);
+        assert_eq!(u(&s["poison_to_dead_letter"]), 0);
+        assert!(arr(&view(&ken, &store, &["replay"])["replay"]).is_empty());
+        let text = super::inspect(&ken, &store, &["replay"]).stdout;
+        assert_eq!(text, "no replays queued\n");
+        assert!(!super::inspect(&ken, &store, &[])
+            .stdout
+            .contains("next start"));
+        // The operator queues the dead letter and moves the poison message.
+        let out = ken_cmd(&["dead-letters"], &store, &["replay", "a", "2"]);
+        assert!(out.status.success(), "{out:?}");
+        let out = ken_cmd(&["poison"], &store, &["dead-letter", "a", "2"]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.starts_with("ken poison: ")
+                && stderr.contains("no poison message from `a` with sequence number 2")
+                && stderr.trim_end().lines().count() == 1,
+            "{stderr}"
+        );
+        let out = ken_cmd(&["poison"], &store, &["dead-letter", "a", "3"]);
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("will be dead-lettered"),
+            "{out:?}"
+        );
+        let s = view(&ken, &store, &[]);
+        assert_eq!(u(&s["dead_letters"]), 0);
+        assert_eq!(u(&s["replays_queued"]), 1);
+        assert_eq!(u(&s["poison_to_dead_letter"]), 1);
+        let queued = view(&ken, &store, &["replay"]);
+        let queued = arr(&queued["replay"]);
+        assert_eq!(queued.len(), 1);
+        assert_eq!(
+            (
+                queued[0]["peer"].as_str(),
+                u(&queued[0]["seq"]),
+                u(&queued[0]["version"])
+            ),
+            (Some("a"), 2, 1)
+        );
+        assert_eq!(u(&queued[0]["message"]["bytes"]), 3);
+        let text = super::inspect(&ken, &store, &["replay"]).stdout;
+        assert!(text.contains("PEER") && text.contains("ERROR"), "{text}");
+        assert_eq!(text.lines().count(), 2, "{text}");
+        let text = super::inspect(&ken, &store, &[]).stdout;
+        assert!(
+            text.contains("next start    1 replays queued (see the replay view), 1 poison messages to dead-letter"),
+            "{text}"
+        );
+    }
+
     fn migrate(store: &Path, args: &[&str]) -> std::process::Output {
         Command::new(env!("CARGO_BIN_EXE_ken"))
             .args(["app", "bank", "migrate"])
