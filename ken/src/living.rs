@@ -178,12 +178,7 @@ pub fn dead_letter_action(
     seq: u64,
     action: DeadLetterAction,
 ) -> Result<String, String> {
-    let reader = ken_store::Reader::open(path).map_err(|e| e.to_string())?;
-    let process_id = reader.meta().map_err(|e| e.to_string())?.process_id;
-    drop(reader);
-    let (mut store, recovered) =
-        ken_store::Store::open_with(path, &process_id, &ken_store::StoreOptions::default())
-            .map_err(|e| e.to_string())?;
+    let (mut store, recovered) = open_stopped(path).map_err(|e| e.to_string())?;
     let key = dead_letter_key(peer, seq);
     let Some(value) = store
         .table_get(DEAD_LETTERS_TABLE, &key)
@@ -254,13 +249,8 @@ pub fn dead_letter_action(
 /// consumed already. Returns a one-line account, or a one-line error (nothing written).
 pub fn poison_dead_letter(path: &std::path::Path, peer: &str, seq: u64) -> Result<String, String> {
     let shown = path.display();
-    let reader = ken_store::Reader::open(path).map_err(|e| e.to_string())?;
-    let process_id = reader.meta().map_err(|e| e.to_string())?.process_id;
-    drop(reader);
     // The owner lock first: everything read below cannot change until the commit.
-    let (mut store, recovered) =
-        ken_store::Store::open_with(path, &process_id, &ken_store::StoreOptions::default())
-            .map_err(|e| e.to_string())?;
+    let (mut store, recovered) = open_stopped(path).map_err(|e| e.to_string())?;
     let reader = ken_store::Reader::open(path).map_err(|e| e.to_string())?;
     let mut prefix = b"message".to_vec();
     prefix.push(0);
@@ -372,8 +362,8 @@ pub fn admit_offline(
     peer: &ProcessId,
     by: &str,
 ) -> Result<u64, AdmitError> {
-    let process = ken_store::Reader::open(path)?.meta()?.process_id;
-    let (mut store, recovered) = ken_store::Store::open(path, &process)?;
+    let (mut store, recovered) = open_stopped(path)?;
+    let process = recovered.process_id.clone();
     let Some(row) = recovered.peers.iter().find(|r| r.peer == peer.as_str()) else {
         return Err(AdmitError::UnknownPeer {
             store: path.display().to_string(),
@@ -402,4 +392,14 @@ pub fn admit_offline(
         ..ken_store::Batch::default()
     })?;
     Ok(known)
+}
+
+/// Opens the store at `path` as its owner for an operator command (`ken admit`, `ken
+/// dead-letters`, `ken poison`), whatever its process id: refused with
+/// `OpenError::InUse` while its process runs.
+fn open_stopped(
+    path: &std::path::Path,
+) -> Result<(ken_store::Store, ken_store::Recovered), AdmitError> {
+    let process = ken_store::Reader::open(path)?.meta()?.process_id;
+    Ok(ken_store::Store::open(path, &process)?)
 }

@@ -2006,18 +2006,8 @@ impl<H: Handler> Engine<H> {
     /// ([`living::SKIP_POISON_TABLE`]); deletes (with the filling batch) those whose message
     /// was consumed already.
     fn load_poison_skips(&mut self) {
-        let rows = match self
-            .tables
-            .scan(living::SKIP_POISON_TABLE, b"", None, u32::MAX)
-        {
-            Ok(rows) => rows,
-            Err(e) => {
-                self.fail(EngineError::TurnFault {
-                    turn: self.turns_total,
-                    what: format!("reading {}: {e}", living::SKIP_POISON_TABLE),
-                });
-                return;
-            }
+        let Some(rows) = self.runtime_rows(living::SKIP_POISON_TABLE) else {
+            return;
         };
         for (key, value) in rows {
             let parsed = key
@@ -2054,15 +2044,8 @@ impl<H: Handler> Engine<H> {
     /// new error; one whose turn panics stays queued (recorded as poison, tried again at the
     /// next start).
     fn replay_dead_letters(&mut self, now: Time) {
-        let rows = match self.tables.scan(living::REPLAY_TABLE, b"", None, u32::MAX) {
-            Ok(rows) => rows,
-            Err(e) => {
-                self.fail(EngineError::TurnFault {
-                    turn: self.turns_total,
-                    what: format!("reading {}: {e}", living::REPLAY_TABLE),
-                });
-                return;
-            }
+        let Some(rows) = self.runtime_rows(living::REPLAY_TABLE) else {
+            return;
         };
         for (key, value) in rows {
             let letter = match ken_store::codec::decode::<DeadLetter>(&value) {
@@ -2132,6 +2115,21 @@ impl<H: Handler> Engine<H> {
                 Err(TurnFailed::Panicked(message)) => {
                     self.record_poison(now, "replay", pid.as_str(), letter.seq, &message);
                 }
+            }
+        }
+    }
+
+    /// Every committed row of runtime table `table`; `None` (the engine has failed) if the
+    /// store cannot be read.
+    fn runtime_rows(&mut self, table: &str) -> Option<tables::Rows> {
+        match self.tables.scan(table, b"", None, u32::MAX) {
+            Ok(rows) => Some(rows),
+            Err(e) => {
+                self.fail(EngineError::TurnFault {
+                    turn: self.turns_total,
+                    what: format!("reading {table}: {e}"),
+                });
+                None
             }
         }
     }
