@@ -55,6 +55,7 @@ use tokio::sync::mpsc;
 use crate::cluster::PeerAddress;
 use crate::crash::CrashPoints;
 use crate::engine::{BatchId, Command, Engine, EngineConfig, EngineError, Security};
+use crate::task::{TaskContext, TaskId, TaskRegistry, TaskResult};
 use crate::watch::{Action, PeerWatch};
 use crate::{Handler, Time, Tuning};
 
@@ -126,6 +127,8 @@ pub struct Config {
     pub ready_line: bool,
     /// How host names are resolved (tests inject one); `None`: the system resolver.
     pub resolver: Option<Resolver>,
+    /// The task functions turns may start ([`Config::task`], [`crate::Turn::start_task`]).
+    pub tasks: TaskRegistry,
 }
 
 /// The function inside a [`Resolver`].
@@ -170,7 +173,30 @@ impl Config {
             read_env: true,
             ready_line: false,
             resolver: None,
+            tasks: TaskRegistry::default(),
         }
+    }
+
+    /// Registers the async function `f` as task `name`, which turns start with
+    /// [`crate::Turn::start_task`]. Each attempt is called with a [`TaskContext`] (the task's
+    /// id, its idempotency key, the attempt number) and the payload, runs on this process's
+    /// tokio runtime outside any turn (it may do any I/O; at most
+    /// [`Tuning::task_running_max`] run at once), and returns the result bytes or an error.
+    ///
+    /// **At least once, with a stable key; the result is delivered exactly once.** An
+    /// attempt that fails (`Err`, a panic) is retried after an exponential backoff; one cut
+    /// short by a crash is run again after the restart, so the outside world may see a task
+    /// more than once: give it [`TaskContext::key`] (the same for every attempt) to
+    /// recognise repeats. The first success becomes one [`crate::Input::TaskDone`]. A task
+    /// started under a name not registered here fails every attempt (logged) until a process
+    /// that registers it runs. See [`crate::task`].
+    pub fn task<F, Fut>(&mut self, name: &str, f: F) -> &mut Config
+    where
+        F: Fn(TaskContext, Vec<u8>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = TaskResult> + Send + 'static,
+    {
+        self.tasks.register(name, f);
+        self
     }
 
     /// Adds peer `id` at `address`: an IP address goes straight into [`Config::peers`]; a
@@ -599,7 +625,12 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
         }
     });
 
+    // Every running attempt sends one result; at most `task_running_max` run.
+    let (task_tx, mut task_rx) =
+        mpsc::channel::<(TaskId, u32, TaskResult)>(config.tuning.task_running_max);
     let mut out = Out {
+        tasks: &config.tasks,
+        task_tx,
         endpoint: &endpoint,
         peers: config.peers.clone(),
         peer_hosts: &config.peer_hosts,
@@ -727,6 +758,11 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
                 out.committed(&mut engine, id);
                 released = true;
             }
+            Some((id, attempt, result)) = task_rx.recv() => {
+                let now = Time::now_wall();
+                engine.task_finished(now, id, attempt, result);
+                out.observe(&engine, now);
+            }
             Some((peer, address, result)) = resolved_rx.recv() => {
                 resolving.remove(&peer);
                 watch.resolved(&peer, result.is_ok());
@@ -829,6 +865,10 @@ struct Out<'a> {
     /// The finished report and when to exit (after lingering).
     finished: Option<(String, Time)>,
     crash: &'a CrashPoints,
+    /// The registered task functions.
+    tasks: &'a TaskRegistry,
+    /// Where task attempts send their results to the engine loop.
+    task_tx: mpsc::Sender<(TaskId, u32, TaskResult)>,
     /// Where each credentialed client's requests came from, for its replies: learned only
     /// from requests its credential tagged. Bounded.
     client_addrs: HashMap<ProcessId, SocketAddr>,
@@ -843,6 +883,37 @@ struct Out<'a> {
 }
 
 impl Out<'_> {
+    /// Runs attempt `attempt` of task `id` on its own tokio task; its result (a panic is an
+    /// error naming it) goes back to the engine loop through `task_tx`.
+    fn start_task(&self, id: TaskId, name: String, payload: Vec<u8>, key: String, attempt: u32) {
+        let tx = self.task_tx.clone();
+        let Some(f) = self.tasks.get(&name) else {
+            let error = format!(
+                "no task named `{name}` is registered with this process: register it with \
+                 Config::task before ken::run (retried with backoff until one is)"
+            );
+            tracing::error!(task = %id, %name, "{error}");
+            // Never full: the channel holds one result per running attempt.
+            let _ = tx.try_send((id, attempt, Err(error)));
+            return;
+        };
+        tracing::debug!(task = %id, %name, attempt, "task attempt started");
+        let cx = TaskContext { id, key, attempt };
+        tokio::spawn(async move {
+            // The function is called inside the inner task, so a panic while building the
+            // future is caught as well as one while it runs.
+            let result = match tokio::spawn(async move { f(cx, payload).await }).await {
+                Ok(r) => r,
+                Err(e) if e.is_panic() => Err(format!(
+                    "the task panicked: {}",
+                    crate::living::panic_message(&*e.into_panic())
+                )),
+                Err(e) => Err(format!("the task was cancelled: {e}")),
+            };
+            let _ = tx.send((id, attempt, result)).await;
+        });
+    }
+
     /// Remembers the return address of a client request.
     fn learn(&mut self, frame: &Frame, from: SocketAddr) {
         if frame.kind != FrameKind::ClientRequest {
@@ -951,6 +1022,21 @@ impl Out<'_> {
                     let mut stdout = std::io::stdout().lock();
                     let _ = writeln!(stdout, "{line}");
                     let _ = stdout.flush();
+                }
+                Command::StartTask {
+                    id,
+                    name,
+                    payload,
+                    key,
+                    attempt,
+                    after,
+                } => {
+                    assert!(
+                        after <= self.durable || self.allow_early_release,
+                        "output commit violated: task {id} depends on batch {after}, durable is {}",
+                        self.durable
+                    );
+                    self.start_task(id, name, payload, key, attempt);
                 }
                 Command::Finished { report } => {
                     {

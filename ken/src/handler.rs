@@ -19,6 +19,7 @@ use serde::Serialize;
 use crate::engine::tables::TableOverlay;
 use crate::fuse_types::{FuseError, GroupId};
 use crate::limits;
+use crate::task::TaskId;
 use crate::{ProcessId, Seq, Time};
 
 /// An application: a pure function of (state, input) to (state, effects), run one input at
@@ -105,6 +106,14 @@ pub enum Input<M, Q = ()> {
     },
     /// A FUSE group this process belongs to failed. Heard exactly once per group.
     FuseFailure { group: GroupId },
+    /// A task this process started ([`Turn::start_task`]) succeeded: `result` is what its
+    /// successful attempt returned. Delivered exactly once per task (the task itself ran at
+    /// least once; see [`crate::task`]).
+    TaskDone {
+        id: TaskId,
+        name: String,
+        result: Vec<u8>,
+    },
 }
 
 /// Why [`Turn::send`] refused a message. Nothing was queued.
@@ -139,6 +148,8 @@ pub(crate) struct Effects {
     pub fuse_creates: Vec<(GroupId, Vec<ProcessId>)>,
     pub fuse_signals: Vec<GroupId>,
     pub forget: Vec<ProcessId>,
+    /// Tasks started: id, name, payload.
+    pub tasks: Vec<(TaskId, String, Vec<u8>)>,
     /// A store read failed or a stored value did not decode: the process must stop.
     pub fault: Option<String>,
 }
@@ -311,6 +322,49 @@ impl<'a, M: Serialize, R: Serialize> Turn<'a, M, R> {
     /// delivered. Logged as a warning and counted (`messages_withdrawn`).
     pub fn forget_peer(&mut self, peer: &ProcessId) {
         self.effects.forget.push(peer.clone());
+    }
+
+    /// Starts task `name` (a function registered with [`crate::Config::task`]) with
+    /// `payload`, outside the turn, for work a handler may not do itself (any I/O).
+    ///
+    /// The task is recorded with this turn and started only once the turn's batch is
+    /// durable (never if the turn is rolled back). It runs **at least once, with a stable
+    /// key; the result is delivered exactly once**: a failed attempt (an `Err`, a panic, an
+    /// unknown name) is retried after an exponential backoff, an attempt cut short by a
+    /// crash is run again after the restart, and every attempt gets the same idempotency key
+    /// ([`crate::task::TaskContext::key`]); its first successful result comes back as one
+    /// [`Input::TaskDone`] with the returned id. See [`crate::task`].
+    ///
+    /// # Errors
+    /// [`SendError::TooLarge`] if `payload` exceeds [`limits::TASK_PAYLOAD_BYTES_MAX`]
+    /// (nothing recorded).
+    ///
+    /// # Panics
+    /// If `name` is empty or longer than [`limits::TASK_NAME_BYTES_MAX`], or this turn
+    /// already started [`limits::TASKS_PER_TURN_MAX`] tasks.
+    pub fn start_task(&mut self, name: &str, payload: &[u8]) -> Result<TaskId, SendError> {
+        assert!(
+            !name.is_empty() && name.len() <= limits::TASK_NAME_BYTES_MAX,
+            "task name must be 1 to {} bytes",
+            limits::TASK_NAME_BYTES_MAX
+        );
+        if payload.len() > limits::TASK_PAYLOAD_BYTES_MAX {
+            return Err(SendError::TooLarge {
+                bytes: payload.len(),
+                max_bytes: limits::TASK_PAYLOAD_BYTES_MAX,
+            });
+        }
+        let index = self.effects.tasks.len() as u32;
+        assert!(
+            index < limits::TASKS_PER_TURN_MAX,
+            "a turn may start at most {} tasks",
+            limits::TASKS_PER_TURN_MAX
+        );
+        let id = TaskId::new(self.turn_no, index);
+        self.effects
+            .tasks
+            .push((id, name.to_string(), payload.to_vec()));
+        Ok(id)
     }
 
     /// A random number from the engine's seeded generator (deterministic in simulation).

@@ -21,6 +21,9 @@
 //! - [`ClusterFile`]: a cluster described once in TOML (processes with host names or IP
 //!   addresses, shared settings, store paths); [`Config::from_cluster_file`] makes a
 //!   process's config from it. The [`cluster`] module documents the format.
+//! - [`Turn::start_task`] and [`Config::task`]: outside work (any I/O) as tasks that run
+//!   at least once, with a stable idempotency key, and whose result comes back exactly once
+//!   as [`Input::TaskDone`]; the [`task`] module explains the guarantee.
 //! - [`limits`]: every limit and default, with its value.
 //!
 //! Below that, for hosts, simulations and tools rather than applications: [`engine`], the
@@ -71,6 +74,7 @@ pub mod observe {
     pub use crate::driver::{MessageTimes, Observer};
 }
 pub mod testing;
+pub mod task;
 mod time;
 mod tuning;
 pub mod upgrade;
@@ -81,6 +85,7 @@ pub use cluster::{ClusterError, ClusterFile, PeerAddress};
 pub use driver::{run, Config, Exit, Resolver, RunError};
 pub use engine::fuse::{FuseError, GroupId, GroupState};
 pub use handler::{Handler, Input, SendError, Table, Turn};
+pub use task::{TaskContext, TaskId, TaskResult};
 pub use ken_store as store;
 pub use ken_transport as transport;
 pub use ken_transport::{ClientCredential, ClusterKey, Incarnation, KeyFileError, ProcessId, Seq};

@@ -37,6 +37,30 @@ pub const TABLE_NAME_BYTES_MAX: usize = 128;
 /// Longest table key: 1,024 bytes.
 pub const TABLE_KEY_BYTES_MAX: usize = 1024;
 
+/// Longest task name ([`crate::Turn::start_task`]): 128 bytes.
+pub const TASK_NAME_BYTES_MAX: usize = 128;
+
+/// Largest task payload: 64 KiB. A task that needs more reads it from where the handler
+/// put it (a table row written by the same turn, an outside store).
+pub const TASK_PAYLOAD_BYTES_MAX: usize = 64 << 10;
+
+/// Tasks one turn may start: 1,024 (a task id is the turn number and an index below this).
+pub const TASKS_PER_TURN_MAX: u32 = 1024;
+
+/// Tasks running at once in one process by default (16); the rest wait their turn.
+pub const TASKS_RUNNING_MAX: usize = 16;
+
+/// Wait before a failed task's second attempt: **100 ms**; doubled after each further
+/// failure up to [`TASK_BACKOFF_MAX`].
+pub const TASK_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+
+/// Ceiling of a failed task's backoff: **30 s**. A task is retried at this interval forever
+/// (until it succeeds); `ken inspect STORE tasks` shows its attempts and last error.
+pub const TASK_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Longest error text of a failed task kept in its record: 1,024 bytes (longer ones are cut).
+pub const TASK_ERROR_BYTES_MAX: usize = 1024;
+
 /// Largest encoded root state: 16 MiB. Large state belongs in tables.
 pub const ROOT_BYTES_MAX: usize = 16 << 20;
 

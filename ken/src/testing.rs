@@ -175,6 +175,20 @@ pub struct Node<H: Handler> {
     finished: Option<String>,
     replies: Vec<Frame>,
     stopped: Option<EngineError>,
+    tasks_started: Vec<TaskAttempt>,
+}
+
+/// A task attempt an engine handed out ([`Command::StartTask`]). The cluster runs no task
+/// function: the test finishes attempts by hand with [`Cluster::finish_task`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskAttempt {
+    /// The life of the node that started it.
+    pub life: u32,
+    pub id: crate::TaskId,
+    pub name: String,
+    pub payload: Vec<u8>,
+    pub key: String,
+    pub attempt: u32,
 }
 
 impl<H: Handler> std::fmt::Debug for Node<H> {
@@ -233,6 +247,11 @@ impl<H: Handler> Node<H> {
     /// Why the engine of this life stopped, if it did.
     pub fn stopped(&self) -> Option<&EngineError> {
         self.stopped.as_ref()
+    }
+
+    /// Task attempts started, over all lives, in order.
+    pub fn tasks_started(&self) -> &[TaskAttempt] {
+        &self.tasks_started
     }
 }
 
@@ -313,6 +332,7 @@ impl<H: Handler> Cluster<H> {
             finished: None,
             replies: Vec::new(),
             stopped: None,
+            tasks_started: Vec::new(),
         });
         self.nodes.len() - 1
     }
@@ -432,6 +452,27 @@ impl<H: Handler> Cluster<H> {
         engine.commit_done(self.now, id);
         self.drain(i);
         true
+    }
+
+    /// Hands node `i`'s engine the result of attempt `attempt` of task `id` (as the driver
+    /// does when a task function returns) and performs what follows.
+    ///
+    /// # Panics
+    /// If the node is down.
+    pub fn finish_task(
+        &mut self,
+        i: usize,
+        id: crate::TaskId,
+        attempt: u32,
+        result: crate::TaskResult,
+    ) {
+        let now = self.now;
+        let node = &mut self.nodes[i];
+        let Some(engine) = node.engine.as_mut() else {
+            panic!("{} is down", node.config.id);
+        };
+        engine.task_finished(now, id, attempt, result);
+        self.drain(i);
     }
 
     /// Node `i`'s engine configuration, used from its next start on (to change the seed
@@ -720,6 +761,25 @@ impl<H: Handler> Cluster<H> {
                 let node = &mut self.nodes[i];
                 node.lines.push((node.life, line.clone()));
                 self.record(Event::Emitted { node: i, line });
+            }
+            Command::StartTask {
+                id,
+                name,
+                payload,
+                key,
+                attempt,
+                after,
+            } => {
+                self.assert_durable(i, after);
+                let node = &mut self.nodes[i];
+                node.tasks_started.push(TaskAttempt {
+                    life: node.life,
+                    id,
+                    name,
+                    payload,
+                    key,
+                    attempt,
+                });
             }
             Command::Finished { report } => {
                 self.nodes[i].finished = Some(report.clone());

@@ -25,6 +25,13 @@ pub struct Tuning {
     /// with the old incarnation fail when the new one is first heard. See
     /// the [`crate::engine`] module docs, "Replaced peers".
     pub admit_replaced_peers: bool,
+    /// Tasks ([`crate::Turn::start_task`]) running at once; the rest wait.
+    pub task_running_max: usize,
+    /// Backoff before a failed task's second attempt, doubled per failure up to
+    /// `task_backoff_max`.
+    pub task_backoff_initial: Duration,
+    /// Ceiling of a failed task's backoff.
+    pub task_backoff_max: Duration,
     /// TEST ONLY, and only in builds with the cargo feature `unsafe-release-before-commit`
     /// (off by default; only the negative controls turn it on): releases each turn's outputs
     /// before its batch commits, breaking output validity on purpose, so that negative
@@ -68,6 +75,9 @@ impl Default for Tuning {
             fuse_t_fail: limits::FUSE_T_FAIL,
             fuse_create_timeout: limits::FUSE_CREATE_TIMEOUT,
             admit_replaced_peers: false,
+            task_running_max: limits::TASKS_RUNNING_MAX,
+            task_backoff_initial: limits::TASK_BACKOFF_INITIAL,
+            task_backoff_max: limits::TASK_BACKOFF_MAX,
             #[cfg(feature = "unsafe-release-before-commit")]
             release_before_commit: false,
             #[cfg(feature = "unsafe-drop-held")]
@@ -148,6 +158,15 @@ impl Tuning {
                 "rto_min <= rto_initial <= rto_max",
             ),
             (self.rto_min > Duration::ZERO, "rto_min must be positive"),
+            (
+                self.task_running_max > 0,
+                "task_running_max must be positive",
+            ),
+            (
+                self.task_backoff_initial > Duration::ZERO
+                    && self.task_backoff_initial <= self.task_backoff_max,
+                "0 < task_backoff_initial <= task_backoff_max",
+            ),
             (
                 self.fuse_heartbeat > Duration::ZERO && 2 * self.fuse_heartbeat < self.fuse_t_fail,
                 "FUSE needs at least two heartbeats per T_fail (ten to mask restarts of 0.9 T_fail): \

@@ -61,6 +61,7 @@
 pub mod fuse;
 pub(crate) mod peer;
 pub mod tables;
+pub mod tasks;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::marker::PhantomData;
@@ -76,11 +77,13 @@ use rand_chacha::ChaCha8Rng;
 use crate::client::{ClientId, ReplyBody, RequestEnvelope};
 use crate::handler::{Effects, Handler, Input, PeerView, TimerOp, Turn};
 use crate::living::{self, DeadLetter, Held, HeldReason, HeldSource, Poison, PoisonSkip};
+use crate::task::{self, TaskId, TaskRecord, TaskResult};
 use crate::{limits, Time, Tuning};
 use fuse::{Fuse, FuseOutput, SealToken};
 pub use peer::RollbackEvidence;
 use peer::{OutEntry, Peer};
 use tables::{TableOverlay, TableSource};
+use tasks::Tasks;
 
 /// The `seq` of an `Ack` frame that asks the receiver to answer with its view of the pair (a
 /// restarted process probes its peers; see `FRAME.md`). A plain `Ack` has `seq` 0.
@@ -113,6 +116,18 @@ pub enum Command {
     },
     /// Release a line of output (emitted by a committed turn).
     Emit { line: String, after: BatchId },
+    /// Start attempt `attempt` of task `id`: run the function registered as `name` with
+    /// `payload` and idempotency key `key` outside the engine, then hand the result to
+    /// [`Engine::task_finished`]. `after` is the batch that made the task durable (the host
+    /// asserts it is).
+    StartTask {
+        id: TaskId,
+        name: String,
+        payload: Vec<u8>,
+        key: String,
+        attempt: u32,
+        after: BatchId,
+    },
     /// The handler reported its work done on committed state with every outbox empty.
     Finished { report: String },
     /// The process must stop: nothing further will be committed or released.
@@ -248,6 +263,16 @@ pub struct EngineStats {
     pub dead_letters: u64,
     /// Turns that panicked (discarded, their input recorded and held).
     pub turns_panicked: u64,
+    /// Tasks started by turns (recorded; each starts once its batch is durable).
+    pub tasks_started: u64,
+    /// Task attempts handed to the host ([`Command::StartTask`]).
+    pub task_attempts: u64,
+    /// Task attempts that failed (retried after a backoff).
+    pub task_failures: u64,
+    /// Task results consumed by a turn.
+    pub task_results_delivered: u64,
+    /// Task results ignored: not from the attempt running (duplicate or late).
+    pub task_results_ignored: u64,
 }
 
 /// How the host protects this engine's frames: set once, before [`Engine::start`].
@@ -416,6 +441,8 @@ pub struct Engine<H: Handler> {
     security: Security,
     /// FUSE groups and shared liveness, a machine of its own (`fuse/`).
     fuse: Fuse,
+    /// Pending tasks, a machine of its own (`tasks.rs`).
+    tasks: Tasks,
     tables: TableOverlay,
     last_root: Vec<u8>,
     /// The encoded state as of the end of the last turn: what a panicking turn restores,
@@ -570,6 +597,11 @@ impl<H: Handler> Engine<H> {
         let fuse = Fuse::recover(config.id.clone(), &config.tuning, &recovered.groups)
             .map_err(|e| EngineError::BadGroup(e.to_string()))?;
         let state_bytes = ken_store::codec::encode(&state);
+        let tasks = Tasks::new(
+            config.tuning.task_running_max,
+            config.tuning.task_backoff_initial,
+            config.tuning.task_backoff_max,
+        );
         let engine = Engine {
             id: config.id,
             incarnation: Incarnation(recovered.incarnation),
@@ -584,6 +616,7 @@ impl<H: Handler> Engine<H> {
             clients_lru,
             security: Security::default(),
             fuse,
+            tasks,
             tables: TableOverlay::new(source),
             last_root: recovered.root.unwrap_or_default(),
             state_bytes,
@@ -641,6 +674,7 @@ impl<H: Handler> Engine<H> {
         }
         self.load_poison_skips();
         self.replay_dead_letters(now);
+        self.load_tasks(now);
         if self.failed {
             return;
         }
@@ -717,6 +751,7 @@ impl<H: Handler> Engine<H> {
                 }
             }
         }
+        self.start_due_tasks(now);
         self.fuse.tick(now);
         self.send_fuse_outputs();
         let due: Vec<ProcessId> = self
@@ -794,7 +829,49 @@ impl<H: Handler> Engine<H> {
         self.release_replies(c.replies);
         self.fuse.durable(c.fuse);
         self.send_fuse_outputs();
+        self.tasks.durable(now, id);
+        self.start_due_tasks(now);
         self.after_event(now);
+    }
+
+    /// Attempt `attempt` of task `id` (from [`Command::StartTask`]) ended with `result`.
+    /// A success is delivered as one [`Input::TaskDone`] turn (now, or as soon as input is
+    /// accepted) whose batch deletes the task's record; a failure is recorded with the
+    /// filling batch and retried after a backoff. A result not from the attempt running (a
+    /// duplicate, a late one, one for a task delivered already) is ignored and counted
+    /// (`task_results_ignored`).
+    pub fn task_finished(&mut self, now: Time, id: TaskId, attempt: u32, result: TaskResult) {
+        if self.failed {
+            return;
+        }
+        match self.tasks.finished(now, id, attempt, result) {
+            tasks::Outcome::Ignored => self.stats.task_results_ignored += 1,
+            tasks::Outcome::Queued => {}
+            tasks::Outcome::Failed { record, retry_at } => {
+                self.stats.task_failures += 1;
+                tracing::warn!(
+                    process = %self.id,
+                    task = %id,
+                    name = %record.name,
+                    attempt,
+                    error = record.last_error.as_deref().unwrap_or(""),
+                    retry_in_ms = retry_at.since(now).as_millis() as u64,
+                    "a task attempt failed; retried after a backoff"
+                );
+                self.runtime_write(
+                    task::TASKS_TABLE,
+                    id.key_bytes().to_vec(),
+                    ken_store::codec::encode(&record),
+                );
+            }
+        }
+        self.start_due_tasks(now);
+        self.after_event(now);
+    }
+
+    /// Every task not yet delivered, with its phase and record (tests and tools).
+    pub fn tasks(&self) -> Vec<tasks::TaskStatus> {
+        self.tasks.status()
     }
 
     /// Commands produced so far, in order.
@@ -808,7 +885,7 @@ impl<H: Handler> Engine<H> {
         let rexmit = self.peers.values().filter_map(|p| p.retransmit_at).min();
         let probe = self.peers.values().filter_map(|p| p.probe_at).min();
         let skip = self.peers.values().filter_map(|p| p.skip_at).min();
-        [timer, rexmit, probe, skip, self.fuse.deadline()]
+        [timer, rexmit, probe, skip, self.fuse.deadline(), self.tasks.deadline()]
             .into_iter()
             .flatten()
             .min()
@@ -904,6 +981,7 @@ impl<H: Handler> Engine<H> {
     /// calls it after every step.
     pub fn check_invariants(&self) {
         self.fuse.check_invariants();
+        self.tasks.check();
         for p in self.peers.values() {
             p.check(self.tuning.reorder_buffer_max);
         }
@@ -923,6 +1001,7 @@ impl<H: Handler> Engine<H> {
             return;
         }
         self.run_fuse_notifications(now);
+        self.deliver_task_results(now);
         self.maybe_commit(now);
         self.check_finished();
     }
@@ -2119,6 +2198,79 @@ impl<H: Handler> Engine<H> {
         }
     }
 
+    /// Loads the pending tasks ([`task::TASKS_TABLE`]): each is due at once (its earlier
+    /// attempts, if any, were cut short by the crash or the stop).
+    fn load_tasks(&mut self, now: Time) {
+        let Some(rows) = self.runtime_rows(task::TASKS_TABLE) else {
+            return;
+        };
+        for (key, value) in rows {
+            match (
+                TaskId::from_key(&key),
+                ken_store::codec::decode::<TaskRecord>(&value),
+            ) {
+                (Some(id), Ok(record)) => self.tasks.recovered(now, id, record),
+                _ => {
+                    self.fail(EngineError::TurnFault {
+                        turn: self.turns_total,
+                        what: format!(
+                            "{}: the row at key {} is not a task record",
+                            task::TASKS_TABLE,
+                            ken_store::codec::printable_key(&key)
+                        ),
+                    });
+                    return;
+                }
+            }
+        }
+        self.start_due_tasks(now);
+    }
+
+    /// Hands out the task attempts due now (within the concurrency bound).
+    fn start_due_tasks(&mut self, now: Time) {
+        if self.failed {
+            return;
+        }
+        for start in self.tasks.due(now) {
+            self.stats.task_attempts += 1;
+            self.commands.push(Command::StartTask {
+                key: task::task_key(&self.id, self.incarnation, start.id),
+                id: start.id,
+                name: start.name,
+                payload: start.payload,
+                attempt: start.attempt,
+                after: self.durable,
+            });
+        }
+    }
+
+    /// Runs a turn per task result waiting, while input is accepted: each deletes its
+    /// task's record in the same batch, so it is consumed exactly once. A panicking turn
+    /// holds the task for the rest of this life (recorded as poison; run again after a
+    /// restart).
+    fn deliver_task_results(&mut self, now: Time) {
+        while self.accepting_input() && !self.failed && self.tasks.has_results() {
+            let (id, name, result) = self.tasks.next_result().expect("a result waits");
+            let input = Input::TaskDone {
+                id,
+                name: name.clone(),
+                result,
+            };
+            match self.run_turn(now, input, "task", name.clone(), id.0) {
+                Ok(_) => {
+                    self.runtime_delete(task::TASKS_TABLE, id.key_bytes().to_vec());
+                    self.tasks.delivered(id);
+                    self.stats.task_results_delivered += 1;
+                }
+                Err(TurnFailed::Fault) => return,
+                Err(TurnFailed::Panicked(message)) => {
+                    self.record_poison(now, "task", &name, id.0, &message);
+                    self.tasks.hold(id);
+                }
+            }
+        }
+    }
+
     /// Every committed row of runtime table `table`; `None` (the engine has failed) if the
     /// store cannot be read.
     fn runtime_rows(&mut self, table: &str) -> Option<tables::Rows> {
@@ -2308,6 +2460,21 @@ impl<H: Handler> Engine<H> {
         for id in effects.fuse_signals {
             self.fuse.signal(id);
         }
+        for (id, name, payload) in effects.tasks {
+            let record = TaskRecord {
+                name,
+                payload,
+                created_ms: now.as_millis(),
+                failures: 0,
+                last_error: None,
+                last_error_ms: 0,
+            };
+            let bytes = ken_store::codec::encode(&record);
+            bytes_written += bytes.len();
+            self.runtime_write(task::TASKS_TABLE, id.key_bytes().to_vec(), bytes);
+            self.tasks.recorded(id, record, batch_id);
+            self.stats.tasks_started += 1;
+        }
         let outputs = effects.emits.len() as u32 + u32::from(effects.reply.is_some());
         self.filling.emits.extend(effects.emits);
         self.filling.batch.turn_log.push(TurnLogEntry {
@@ -2413,6 +2580,7 @@ impl<H: Handler> Engine<H> {
             || self.committing.is_some()
             || self.filling_nonempty()
             || self.needs_start
+            || self.tasks.pending() > 0
             || self.peers.values().any(|p| !p.outbox.is_empty())
         {
             return;

@@ -165,7 +165,7 @@ impl<H: Handler> Host<H> {
                             })
                         }
                         Command::Finished { report } => self.nodes[i].finished = Some(report),
-                        Command::Emit { .. } => {}
+                        Command::Emit { .. } | Command::StartTask { .. } => {}
                     }
                 }
             }
