@@ -16,4 +16,5 @@ mod reply_cache;
 mod resolve;
 mod rollback;
 mod sans_io;
+mod tasks;
 mod testing;
