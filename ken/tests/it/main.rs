@@ -17,4 +17,5 @@ mod resolve;
 mod rollback;
 mod sans_io;
 mod tasks;
+mod tasks_real;
 mod testing;
