@@ -159,6 +159,7 @@ pub fn summary(reader: &Reader, now_ms: u64) -> Result<(Summary, Vec<Damage>), R
     let poison_inputs = rows_of(ken::living::POISON_TABLE);
     let replays_queued = rows_of(ken::living::REPLAY_TABLE);
     let poison_to_dead_letter = rows_of(ken::living::SKIP_POISON_TABLE);
+    let tasks_pending = rows_of(ken::task::TASKS_TABLE);
     let summary = Summary {
         store: reader.path().display().to_string(),
         process_id: meta.process_id,
@@ -168,6 +169,7 @@ pub fn summary(reader: &Reader, now_ms: u64) -> Result<(Summary, Vec<Damage>), R
         poison_inputs,
         replays_queued,
         poison_to_dead_letter,
+        tasks_pending,
         incarnation: incarnation_hex(meta.incarnation),
         format_version: meta.format_version,
         created_ms: meta.created_ms,
@@ -329,6 +331,36 @@ pub fn poison(reader: &Reader, limit: u32) -> Result<PoisonView, ReadError> {
         });
     }
     Ok(PoisonView { poison: out })
+}
+
+/// `tasks`: up to `limit` pending tasks, in id order.
+pub fn tasks(reader: &Reader, limit: u32) -> Result<TasksView, ReadError> {
+    let mut out = Vec::new();
+    for (key, value) in
+        reader.table_scan(ken::task::TASKS_TABLE, b"", None, limit.min(MAX_SCAN_ROWS))?
+    {
+        let corrupted = |detail: String| {
+            ReadError::Corrupted(ken_store::Corrupted {
+                table: ken::task::TASKS_TABLE.into(),
+                key: codec::printable_key(&key),
+                detail,
+            })
+        };
+        let id = ken::TaskId::from_key(&key)
+            .ok_or_else(|| corrupted("the key is not a task id (8 bytes)".into()))?;
+        let t: ken::task::TaskRecord = codec::decode(&value)
+            .map_err(|e| corrupted(format!("not a task record: {e}")))?;
+        out.push(TaskInfo {
+            id: id.to_string(),
+            name: t.name,
+            payload_bytes: t.payload.len() as u64,
+            created_ms: t.created_ms,
+            failures: t.failures,
+            last_error: t.last_error,
+            last_error_ms: t.last_error_ms,
+        });
+    }
+    Ok(TasksView { tasks: out })
 }
 
 /// `tables`.

@@ -114,6 +114,13 @@ pub enum View {
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=i64::from(VIEW_ROWS_MAX)))]
         limit: u32,
     },
+    /// Pending tasks (`ken.tasks`): started by committed turns, result not yet consumed;
+    /// with their failed attempts and last error.
+    Tasks {
+        /// Show at most this many.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=i64::from(VIEW_ROWS_MAX)))]
+        limit: u32,
+    },
     /// Application tables: rows and bytes.
     Tables,
     /// Rows of one application table, in key order.
@@ -282,6 +289,10 @@ pub fn run(
         }
         View::Poison { limit } => {
             emit(out, json, &collect::poison(&reader, limit)?, text::poison)?;
+            Vec::new()
+        }
+        View::Tasks { limit } => {
+            emit(out, json, &collect::tasks(&reader, limit)?, text::tasks)?;
             Vec::new()
         }
         View::Tables => {

@@ -59,6 +59,9 @@ pub struct Summary {
     /// Poison messages an operator moved to the dead letters, still to be consumed at the
     /// next start (rows of `ken.skip_poison`).
     pub poison_to_dead_letter: u64,
+    /// Tasks started by committed turns whose result no turn consumed yet (rows of
+    /// `ken.tasks`; `tasks` view).
+    pub tasks_pending: u64,
     /// Random id of this store's life, `"0x"` + 16 hex digits.
     pub incarnation: String,
     pub format_version: u32,
@@ -215,6 +218,30 @@ pub struct DeadLetterInfo {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReplayView {
     pub replay: Vec<DeadLetterInfo>,
+}
+
+/// `ken inspect STORE tasks`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TasksView {
+    pub tasks: Vec<TaskInfo>,
+}
+
+/// A pending task (`ken.tasks`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskInfo {
+    /// `TURN.INDEX`: the turn that started it and its index in that turn.
+    pub id: String,
+    /// The registered task function.
+    pub name: String,
+    pub payload_bytes: u64,
+    /// When the starting turn ran.
+    pub created_ms: u64,
+    /// Attempts that failed and were recorded (one cut short by a crash is not).
+    pub failures: u32,
+    /// The last failure's error.
+    pub last_error: Option<String>,
+    /// When it was recorded (0 if none).
+    pub last_error_ms: u64,
 }
 
 /// `ken inspect STORE poison`.

@@ -184,6 +184,13 @@ pub fn summary(s: &Summary) -> String {
             s.replays_queued, s.poison_to_dead_letter
         );
     }
+    if s.tasks_pending > 0 {
+        let _ = writeln!(
+            out,
+            "tasks         {} pending (see the tasks view)",
+            s.tasks_pending
+        );
+    }
     let last = match s.last_commit_age_ms {
         None => "no commit yet".to_string(),
         Some(age) => format!(
@@ -377,6 +384,35 @@ pub fn poison(v: &PoisonView) -> String {
         })
         .collect();
     columns(0, &["KIND", "SOURCE", "SEQ", "AT", "PANIC"], &rows)
+}
+
+/// `tasks`.
+pub fn tasks(v: &TasksView) -> String {
+    if v.tasks.is_empty() {
+        return "no pending tasks\n".to_string();
+    }
+    let rows: Vec<Vec<String>> = v
+        .tasks
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.clone(),
+                t.name.clone(),
+                t.payload_bytes.to_string(),
+                utc(t.created_ms),
+                t.failures.to_string(),
+                match &t.last_error {
+                    Some(e) => format!("{} at {}", e, utc(t.last_error_ms)),
+                    None => "-".to_string(),
+                },
+            ]
+        })
+        .collect();
+    columns(
+        0,
+        &["ID", "NAME", "PAYLOAD", "STARTED", "FAILURES", "LAST ERROR"],
+        &rows,
+    )
 }
 
 /// `tables`.

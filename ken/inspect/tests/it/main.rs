@@ -1,0 +1,3 @@
+//! Integration tests of `ken-inspect` (one test binary).
+
+mod tasks;
