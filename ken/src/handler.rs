@@ -5,7 +5,8 @@
 //! goes through the `Turn`: messages ([`Turn::send`]), timers, table writes, outputs. None of
 //! it is visible outside the process until the turn's batch is committed; if the process
 //! crashes first, the turn never happened. The handler is synchronous and must not block or
-//! do its own I/O: that is the one rule that makes crash-restart invisible.
+//! do its own I/O: that is the one rule that makes crash-restart invisible. Work that needs
+//! I/O is started as a task ([`Turn::start_task`]), whose result comes back as an input.
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;

@@ -3,7 +3,8 @@
 //! Events in: [`Engine::start`], [`Engine::handle_frame`], [`Engine::tick`] (time passed:
 //! timers and retransmissions), [`Engine::commit_done`]. Commands out
 //! ([`Engine::take_commands`]): [`Command::Commit`] a batch, [`Command::Send`] a frame,
-//! [`Command::Emit`] a line of output, [`Command::Finished`], [`Command::Fatal`]. The
+//! [`Command::Emit`] a line of output, [`Command::StartTask`] (whose result comes back
+//! through [`Engine::task_finished`]), [`Command::Finished`], [`Command::Fatal`]. The
 //! engine never reads a clock, a socket or a file: time comes with every event, randomness
 //! from a seed, committed table rows through a [`tables::TableSource`]. A test
 //! (`engine_is_sans_io`) greps this module for forbidden imports.
@@ -19,6 +20,13 @@
 //! each seal and commit; it turns the machine's outputs into frames (to the peer's known
 //! incarnation, `after` the newest durable batch), runs a notification turn per failed
 //! group it hands out, and commits a batch whenever the machine reports group changes.
+//!
+//! Tasks ([`crate::task`]) are a machine of their own too ([`tasks::Tasks`]): the engine
+//! records a turn's tasks in `ken.tasks` with its batch, hands out [`Command::StartTask`]
+//! only once that batch is durable (within `Tuning::task_running_max`), runs one
+//! [`Input::TaskDone`] turn per successful result (deleting the row in the same batch),
+//! writes a failure into the row and retries after a backoff, and starts every row again at
+//! [`Engine::start`].
 //!
 //! Security ([`Security`], set by the host with [`Engine::with_security`]): the engine holds
 //! no key; the host opens every datagram (checking its tag) before it hands the frame in and
