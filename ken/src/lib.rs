@@ -73,8 +73,8 @@ pub mod living;
 pub mod observe {
     pub use crate::driver::{MessageTimes, Observer};
 }
-pub mod testing;
 pub mod task;
+pub mod testing;
 mod time;
 mod tuning;
 pub mod upgrade;
@@ -85,10 +85,10 @@ pub use cluster::{ClusterError, ClusterFile, PeerAddress};
 pub use driver::{run, Config, Exit, Resolver, RunError};
 pub use engine::fuse::{FuseError, GroupId, GroupState};
 pub use handler::{Handler, Input, SendError, Table, Turn};
-pub use task::{TaskContext, TaskId, TaskResult};
 pub use ken_store as store;
 pub use ken_transport as transport;
 pub use ken_transport::{ClientCredential, ClusterKey, Incarnation, KeyFileError, ProcessId, Seq};
+pub use task::{TaskContext, TaskId, TaskResult};
 pub use time::Time;
 pub use tuning::{Tuning, TuningError};
 pub use upgrade::Migration;

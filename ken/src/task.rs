@@ -43,9 +43,7 @@ pub const TASKS_TABLE: &str = "ken.tasks";
 
 /// A task's id: the turn that started it and its index among that turn's tasks. Unique over
 /// the life of a store (turn numbers are; a rolled-back turn's tasks were never started).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct TaskId(pub u64);
 
 impl TaskId {

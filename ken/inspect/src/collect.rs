@@ -348,8 +348,8 @@ pub fn tasks(reader: &Reader, limit: u32) -> Result<TasksView, ReadError> {
         };
         let id = ken::TaskId::from_key(&key)
             .ok_or_else(|| corrupted("the key is not a task id (8 bytes)".into()))?;
-        let t: ken::task::TaskRecord = codec::decode(&value)
-            .map_err(|e| corrupted(format!("not a task record: {e}")))?;
+        let t: ken::task::TaskRecord =
+            codec::decode(&value).map_err(|e| corrupted(format!("not a task record: {e}")))?;
         out.push(TaskInfo {
             id: id.to_string(),
             name: t.name,

@@ -893,10 +893,17 @@ impl<H: Handler> Engine<H> {
         let rexmit = self.peers.values().filter_map(|p| p.retransmit_at).min();
         let probe = self.peers.values().filter_map(|p| p.probe_at).min();
         let skip = self.peers.values().filter_map(|p| p.skip_at).min();
-        [timer, rexmit, probe, skip, self.fuse.deadline(), self.tasks.deadline()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            timer,
+            rexmit,
+            probe,
+            skip,
+            self.fuse.deadline(),
+            self.tasks.deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// False when both the committing and the filling batch are full: the host should stop

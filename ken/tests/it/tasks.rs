@@ -124,14 +124,20 @@ fn a_task_starts_only_after_its_turns_commit_and_its_result_is_delivered_once() 
         TaskPhase::Uncommitted { .. }
     ));
     c.run_for(Duration::from_millis(100));
-    assert!(c.node(0).tasks_started().is_empty(), "started before commit");
+    assert!(
+        c.node(0).tasks_started().is_empty(),
+        "started before commit"
+    );
     assert!(c.complete_commit(0));
     let started = c.node(0).tasks_started().to_vec();
     assert_eq!(started.len(), 1, "{started:?}");
     let a = &started[0];
     assert_eq!((a.name.as_str(), a.attempt), ("work", 1));
     assert_eq!(a.payload, 0u64.to_be_bytes());
-    assert_eq!(a.key, format!("solo/{:016x}/{}", c.engine(0).incarnation().0, a.id));
+    assert_eq!(
+        a.key,
+        format!("solo/{:016x}/{}", c.engine(0).incarnation().0, a.id)
+    );
     assert_eq!(stored(&c).len(), 1, "recorded in the store");
     // The result: one turn, whose commit deletes the record.
     c.finish_task(0, a.id, 1, Ok(b"forty-two".to_vec()));
@@ -160,7 +166,10 @@ fn a_rolled_back_turns_task_never_starts() {
     assert!(c.node(0).tasks_started().is_empty());
     assert!(stored(&c).is_empty());
     c.start(0);
-    assert!(c.engine(0).tasks().is_empty(), "the rolled-back task came back");
+    assert!(
+        c.engine(0).tasks().is_empty(),
+        "the rolled-back task came back"
+    );
     assert!(c.node(0).tasks_started().is_empty());
     // The timer fires again in the new life; that task starts once its turn commits.
     c.run_until(Duration::from_secs(1), |c| c.engine(0).is_committing());
@@ -175,7 +184,9 @@ fn a_rolled_back_turns_task_never_starts() {
 fn a_crash_while_a_task_runs_starts_it_again_with_the_same_key_and_delivers_once() {
     let mut c = cluster(jobs(3, 3), Tuning::default(), Commits::AtOnce);
     c.start(0);
-    c.run_until(Duration::from_secs(1), |c| c.node(0).tasks_started().len() == 3);
+    c.run_until(Duration::from_secs(1), |c| {
+        c.node(0).tasks_started().len() == 3
+    });
     let first: Vec<_> = c.node(0).tasks_started().to_vec();
     // One result is consumed and committed; then a crash with the other two running.
     c.finish_task(0, first[0].id, 1, Ok(b"r0".to_vec()));
@@ -184,7 +195,11 @@ fn a_crash_while_a_task_runs_starts_it_again_with_the_same_key_and_delivers_once
     // A result of the dead life arriving now would go nowhere: the host is gone.
     c.start(0);
     let again: Vec<_> = c.node(0).tasks_started()[3..].to_vec();
-    assert_eq!(again.len(), 2, "the two pending tasks start again at recovery");
+    assert_eq!(
+        again.len(),
+        2,
+        "the two pending tasks start again at recovery"
+    );
     for a in &again {
         let before = first.iter().find(|f| f.id == a.id).unwrap();
         assert_eq!(a.key, before.key, "the key changed across the crash");
@@ -215,7 +230,9 @@ fn a_failed_attempt_is_recorded_and_retried_after_an_exponential_backoff() {
     let mut c = cluster(jobs(1, 1), tuning, Commits::AtOnce);
     c.set_step(Duration::from_millis(1));
     c.start(0);
-    c.run_until(Duration::from_secs(1), |c| c.node(0).tasks_started().len() == 1);
+    c.run_until(Duration::from_secs(1), |c| {
+        c.node(0).tasks_started().len() == 1
+    });
     let id = c.node(0).tasks_started()[0].id;
     let key = c.node(0).tasks_started()[0].key.clone();
     // Three failures: waits of 100, 200, then 300 (the ceiling) ms.
@@ -230,7 +247,8 @@ fn a_failed_attempt_is_recorded_and_retried_after_an_exponential_backoff() {
         });
         let waited = c.now().since(at);
         assert!(
-            waited >= Duration::from_millis(wait_ms) && waited <= Duration::from_millis(wait_ms + 2),
+            waited >= Duration::from_millis(wait_ms)
+                && waited <= Duration::from_millis(wait_ms + 2),
             "failure {failure}: retried after {waited:?} ({took:?}), expected {wait_ms} ms"
         );
         let a = c.node(0).tasks_started().last().unwrap().clone();
@@ -252,7 +270,9 @@ fn at_most_task_running_max_attempts_run_at_once() {
     };
     let mut c = cluster(jobs(5, 5), tuning, Commits::AtOnce);
     c.start(0);
-    c.run_until(Duration::from_secs(1), |c| !c.node(0).tasks_started().is_empty());
+    c.run_until(Duration::from_secs(1), |c| {
+        !c.node(0).tasks_started().is_empty()
+    });
     c.run_for(Duration::from_millis(200));
     assert_eq!(c.node(0).tasks_started().len(), 2, "the bound was not kept");
     let mut finished = 0;
@@ -275,10 +295,15 @@ fn a_panicking_result_turn_holds_the_task_until_a_restart_runs_it_again() {
     let buggy = Arc::clone(&j.buggy);
     let mut c = cluster(j, Tuning::default(), Commits::AtOnce);
     c.start(0);
-    c.run_until(Duration::from_secs(1), |c| c.node(0).tasks_started().len() == 1);
+    c.run_until(Duration::from_secs(1), |c| {
+        c.node(0).tasks_started().len() == 1
+    });
     let a = c.node(0).tasks_started()[0].clone();
     c.finish_task(0, a.id, 1, Ok(b"panic".to_vec()));
-    assert!(c.state(0).done.is_empty(), "the panicking turn's state survived");
+    assert!(
+        c.state(0).done.is_empty(),
+        "the panicking turn's state survived"
+    );
     assert_eq!(c.engine(0).tasks()[0].phase, TaskPhase::Held);
     assert_eq!(stored(&c).len(), 1, "the record stays");
     c.run_for(Duration::from_secs(1));

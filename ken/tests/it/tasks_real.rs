@@ -1,7 +1,7 @@
 //! Tasks in a real process, SIGKILLed while they run (issue 15): a worker (this test binary
 //! re-run as a child, sled-style) starts `TASKS` tasks over several turns; each attempt
-//! appends `KEY ATTEMPT PAYLOAD` to a file, sleeps, fails now and then, and returns three
-//! times its payload. The parent kills the worker with SIGKILL at seeded moments while
+//! appends `KEY ATTEMPT PAYLOAD` to a file, sleeps, fails (an error or a panic) now and
+//! then, and returns three times its payload. The parent kills the worker with SIGKILL at seeded moments while
 //! attempts run, restarts it, and finally lets it finish. Then: every task's `TaskDone` was
 //! applied exactly once (read from the store's committed state) with the right result, no
 //! task record is left, every attempt of a task carried the same key, no two tasks shared a
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use ken::store::{codec, Reader};
 use ken::task::TASKS_TABLE;
-use ken::{Config, Handler, Input, ProcessId, TaskContext, Turn, Tuning};
+use ken::{Config, Handler, Input, ProcessId, TaskContext, Tuning, Turn};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -72,7 +72,10 @@ fn draw(seed: u64, key: &str, attempt: u32, n: u64) -> u64 {
     for b in key.bytes() {
         h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
-    h % n
+    // splitmix64's finalizer: every input bit reaches the low bits.
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (h ^ (h >> 31)) % n
 }
 
 /// Child mode: the worker on the store and attempt log named by the environment.
@@ -114,8 +117,10 @@ fn tasks_child() {
             }
             let ms = 20 + draw(seed, &cx.key, cx.attempt, 100);
             tokio::time::sleep(Duration::from_millis(ms)).await;
-            if draw(seed ^ 1, &cx.key, cx.attempt, 5) == 0 {
-                return Err(format!("attempt {} of {n} failed on purpose", cx.attempt));
+            match draw(seed ^ 1, &cx.key, cx.attempt, 10) {
+                0 => return Err(format!("attempt {} of {n} failed on purpose", cx.attempt)),
+                1 => panic!("attempt {} of {n} panicked on purpose", cx.attempt),
+                _ => {}
             }
             Ok(codec::encode(&(n, 3 * n)))
         }
@@ -150,7 +155,11 @@ fn log_lines(dir: &Path) -> Vec<(String, u32, u64)> {
         .map(|l| {
             let f: Vec<&str> = l.split(' ').collect();
             assert_eq!(f.len(), 3, "a torn line in the attempt log: {l:?}");
-            (f[0].to_string(), f[1].parse().unwrap(), f[2].parse().unwrap())
+            (
+                f[0].to_string(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+            )
         })
         .collect()
 }
@@ -226,12 +235,26 @@ fn tasks_sigkilled_while_they_run_deliver_each_result_exactly_once_with_one_key(
         .values()
         .filter(|a| a.len() != a.iter().collect::<BTreeSet<_>>().len())
         .count();
-    let retried = attempts.values().filter(|a| a.iter().any(|x| *x > 1)).count();
+    let retried = attempts
+        .values()
+        .filter(|a| a.iter().any(|x| *x > 1))
+        .count();
     println!(
         "tasks_real: {} attempts for {TASKS} tasks over {} lives; {rerun} tasks re-run after a kill, {retried} retried after a failure",
         lines.len(),
         KILLS + 1
     );
-    assert!(rerun > 0, "no attempt was cut short by a kill: the test proved nothing");
-    assert!(retried > 0, "no attempt failed: the retry path was not exercised");
+    assert!(
+        rerun > 0,
+        "no attempt was cut short by a kill: the test proved nothing"
+    );
+    assert!(
+        retried > 0,
+        "no attempt failed: the retry path was not exercised"
+    );
+    let panics = (0..=KILLS)
+        .map(|life| std::fs::read_to_string(dir.path().join(format!("life{life}.err"))).unwrap())
+        .filter(|e| e.contains("panicked on purpose"))
+        .count();
+    println!("tasks_real: lives with a panicking attempt: {panics}");
 }

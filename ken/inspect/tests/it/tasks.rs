@@ -79,7 +79,9 @@ fn the_tasks_view_lists_pending_tasks_with_their_failures() {
     assert!(show(&store, None, false).contains("tasks         2 pending"));
 
     // Both results consumed: nothing pending.
-    c.run_until(Duration::from_secs(1), |c| c.node(0).tasks_started().len() == 3);
+    c.run_until(Duration::from_secs(1), |c| {
+        c.node(0).tasks_started().len() == 3
+    });
     for a in c.node(0).tasks_started()[1..].to_vec() {
         c.finish_task(0, a.id, a.attempt, Ok(Vec::new()));
     }
