@@ -82,7 +82,8 @@ fn the_tasks_view_lists_pending_tasks_with_their_failures() {
     c.run_until(Duration::from_secs(1), |c| {
         c.node(0).tasks_started().len() == 3
     });
-    for a in c.node(0).tasks_started()[1..].to_vec() {
+    let rest = c.node(0).tasks_started()[1..].to_vec();
+    for a in rest {
         c.finish_task(0, a.id, a.attempt, Ok(Vec::new()));
     }
     assert_eq!(*c.state(0), 2);
