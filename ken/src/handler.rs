@@ -170,6 +170,8 @@ pub struct Turn<'a, M, R = ()> {
     pub(crate) tables: &'a mut TableOverlay,
     pub(crate) peers: &'a dyn PeerView,
     pub(crate) rng: &'a mut ChaCha8Rng,
+    /// Tasks started by earlier turns and not yet delivered.
+    pub(crate) tasks_pending: usize,
     pub(crate) effects: Effects,
     pub(crate) _types: PhantomData<fn(M, R)>,
 }
@@ -366,6 +368,13 @@ impl<'a, M: Serialize, R: Serialize> Turn<'a, M, R> {
             .tasks
             .push((id, name.to_string(), payload.to_vec()));
         Ok(id)
+    }
+
+    /// Tasks started (by earlier turns and this one) whose result no turn consumed yet: for
+    /// flow control (each is a row in the store until its result is consumed; stop starting
+    /// tasks when too many wait).
+    pub fn tasks_pending(&self) -> usize {
+        self.tasks_pending + self.effects.tasks.len()
     }
 
     /// A random number from the engine's seeded generator (deterministic in simulation).

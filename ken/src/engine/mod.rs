@@ -2375,6 +2375,7 @@ impl<H: Handler> Engine<H> {
             tables: &mut self.tables,
             peers: &view,
             rng: &mut self.rng,
+            tasks_pending: self.tasks.pending(),
             effects: Effects::default(),
             _types: PhantomData,
         };

@@ -36,6 +36,8 @@ struct JobsState {
     /// Task id -> TaskDone turns that consumed it.
     done: BTreeMap<u64, u32>,
     results: BTreeMap<u64, Vec<u8>>,
+    /// `Turn::tasks_pending` at the end of the last timer turn.
+    pending_seen: usize,
 }
 
 impl Handler for Jobs {
@@ -59,6 +61,7 @@ impl Handler for Jobs {
                 if s.next < self.n {
                     turn.set_timer("go", Duration::from_millis(10));
                 }
+                s.pending_seen = turn.tasks_pending();
             }
             Input::TaskDone { id, name, result } => {
                 assert_eq!(name, "work");
@@ -268,24 +271,29 @@ fn at_most_task_running_max_attempts_run_at_once() {
         task_running_max: 2,
         ..Tuning::default()
     };
-    let mut c = cluster(jobs(5, 5), tuning, Commits::AtOnce);
+    let mut c = cluster(jobs(6, 3), tuning, Commits::AtOnce);
     c.start(0);
     c.run_until(Duration::from_secs(1), |c| {
         !c.node(0).tasks_started().is_empty()
     });
     c.run_for(Duration::from_millis(200));
     assert_eq!(c.node(0).tasks_started().len(), 2, "the bound was not kept");
+    assert_eq!(
+        c.state(0).pending_seen,
+        6,
+        "Turn::tasks_pending counts earlier turns' tasks"
+    );
     let mut finished = 0;
-    while finished < 5 {
+    while finished < 6 {
         let started = c.node(0).tasks_started().to_vec();
         let running = started.len() - finished;
         assert!(running <= 2, "{running} attempts ran at once");
         let a = &started[finished];
         c.finish_task(0, a.id, a.attempt, Ok(Vec::new()));
         finished += 1;
-        assert_eq!(c.node(0).tasks_started().len(), (finished + 2).min(5));
+        assert_eq!(c.node(0).tasks_started().len(), (finished + 2).min(6));
     }
-    assert_eq!(c.state(0).done.len(), 5);
+    assert_eq!(c.state(0).done.len(), 6);
 }
 
 #[test]
