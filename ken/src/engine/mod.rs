@@ -2225,17 +2225,13 @@ impl<H: Handler> Engine<H> {
                 ken_store::codec::decode::<TaskRecord>(&value),
             ) {
                 (Some(id), Ok(record)) => self.tasks.recovered(now, id, record),
-                _ => {
-                    self.fail(EngineError::TurnFault {
-                        turn: self.turns_total,
-                        what: format!(
-                            "{}: the row at key {} is not a task record",
-                            task::TASKS_TABLE,
-                            ken_store::codec::printable_key(&key)
-                        ),
-                    });
-                    return;
-                }
+                // As the other runtime tables: named loudly, left in place for an operator
+                // (`ken inspect STORE tasks` names it as corrupted).
+                _ => tracing::error!(
+                    table = task::TASKS_TABLE,
+                    key = %ken_store::codec::printable_key(&key),
+                    "a row is not a task record; left in place, not run"
+                ),
             }
         }
         self.start_due_tasks(now);
