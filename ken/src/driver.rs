@@ -182,6 +182,8 @@ impl Config {
     /// id, its idempotency key, the attempt number) and the payload, runs on this process's
     /// tokio runtime outside any turn (it may do any I/O; at most
     /// [`Tuning::task_running_max`] run at once), and returns the result bytes or an error.
+    /// The runtime is single-threaded and shared with the engine loop: an attempt must not
+    /// block the thread (await I/O; put blocking work in `tokio::task::spawn_blocking`).
     ///
     /// **At least once, with a stable key; the result is delivered exactly once.** An
     /// attempt that fails (`Err`, a panic) is retried after an exponential backoff; one cut
