@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use ken::client::ReplyBody;
 use ken::engine::EngineConfig;
-use ken::living::{DeadLetter, HeldReason, HeldSource, Poison};
+use ken::living::{self, DeadLetter, HeldPair, HeldReason, HeldSource, Poison};
 use ken::store::{codec, AppIdentity, OpenError, Reader, Store, StoreOptions};
 use ken::testing::{Cluster, Fate};
 use ken::transport::{Frame, FrameKind};
@@ -523,6 +523,22 @@ fn a_newer_version_message_is_held_unacknowledged_and_retransmitted() {
     let a = c.engine(0);
     assert_eq!(a.peer_status()[0].outbox, 2, "the sender keeps them");
     assert!(a.stats().retransmits >= 2, "{:?}", a.stats());
+    // The hold is on the record (`ken.held`), for `ken inspect` on a live or dead store.
+    let b_path = c.node(1).path().to_path_buf();
+    let held_rows = || rows::<HeldPair>(&b_path, living::HELD_TABLE);
+    let first = held_rows();
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0].0, b"a".to_vec());
+    assert_eq!(
+        (first[0].1.seq, first[0].1.version, first[0].1.known),
+        (1, 3, 2)
+    );
+    // The same binary restarted holds the same message again: the record and its start
+    // time are kept.
+    c.restart(1);
+    run_rewriting(&mut c, 0, 1, Duration::from_secs(2), &|f| set_version(f, 3));
+    assert_eq!(c.engine(1).held().len(), 1);
+    assert_eq!(held_rows(), first, "one record per held message, its first start kept");
     // The receiver "upgraded" (here: the frames stop claiming a version it cannot read)
     // and restarted: both are delivered, once, in order.
     c.clear_filter();
@@ -532,6 +548,10 @@ fn a_newer_version_message_is_held_unacknowledged_and_retransmitted() {
     c.run_for(Duration::from_secs(2));
     assert_eq!(c.engine(0).peer_status()[0].outbox, 0);
     assert_eq!(c.state(1).entries, 2, "exactly once");
+    assert!(
+        held_rows().is_empty(),
+        "the record goes with the batch that consumes the message"
+    );
 }
 
 #[test]
