@@ -27,7 +27,15 @@ impl BankSim {
             };
             if let Some(node) = world.nodes.get(id.as_str()) {
                 if let Some(root) = &node.root {
-                    view.state = ken::store::codec::decode(root).map_err(|e| e.to_string())?;
+                    // Either schema version (a mixed-version run): version 1's root is a
+                    // strict prefix of version 2's and the codec refuses trailing bytes, so
+                    // exactly one of the two decodes.
+                    view.state = match ken::store::codec::decode::<bank::State>(root) {
+                        Ok(s) => s,
+                        Err(_) => ken::store::codec::decode::<bank::StateV2>(root)
+                            .map_err(|e| e.to_string())?
+                            .v1(),
+                    };
                 }
                 for (table, rows) in &node.tables {
                     for (k, v) in rows {
@@ -38,6 +46,18 @@ impl BankSim {
             views.push(view);
         }
         Ok(views)
+    }
+}
+
+impl BankSim {
+    /// The schema-2 handler of member `id` (the rolling upgrade's target).
+    pub fn handler_v2(&self, id: &ProcessId) -> bank::BankV2 {
+        bank::BankV2(self.handler(id))
+    }
+
+    /// The members' committed bank data in `world` (either schema version).
+    pub fn world_views(&self, world: &World) -> Result<Vec<BankView>, String> {
+        self.views(world)
     }
 }
 
