@@ -15,6 +15,8 @@ pub struct BankSim {
     pub accounts: u32,
     pub initial_balance: i64,
     pub transfers: u64,
+    /// Milliseconds between two transfers started by one member.
+    pub transfer_interval_ms: u64,
 }
 
 impl BankSim {
@@ -76,7 +78,7 @@ impl SimApp for BankSim {
             members: self.ids(),
             accounts: self.accounts,
             initial_balance: self.initial_balance,
-            transfer_interval: Duration::from_millis(3),
+            transfer_interval: Duration::from_millis(self.transfer_interval_ms),
             transfers_max: self.transfers,
             outbox_limit: 64,
             panic_every: 0,

@@ -30,8 +30,8 @@ use ken_apps::bank::{Bank, BankV2};
 use rand::Rng;
 
 use crate::sim::{
-    apply_to_model, fast_tempdir, network_faults, Checker, SimApp, SimConfig,
-    SimReport, World, T0_MS,
+    apply_to_model, fast_tempdir, network_faults, Checker, SimApp, SimConfig, SimReport, World,
+    T0_MS,
 };
 use crate::sim_apps::BankSim;
 
@@ -83,7 +83,11 @@ impl std::fmt::Debug for MixedSim {
 }
 
 fn new_cluster<H: Handler>(dir: &Path, seed: u64, config: &SimConfig) -> Cluster<H> {
-    let mut c = Cluster::new(dir.to_path_buf(), Time::from_millis(T0_MS), seed);
+    let mut c = Cluster::new(
+        std::path::PathBuf::from(dir),
+        Time::from_millis(T0_MS),
+        seed,
+    );
     c.set_commits(Commits::Held);
     c.record_events(true);
     c.tolerate_stops();
@@ -371,7 +375,8 @@ impl MixedSim {
             self.crash(i);
         } else if roll < 0.45 && self.in_flight() > 0 {
             // Random pick from the network: reordering.
-            let k = self.old.rng().gen_range(0..self.in_flight());
+            let len = self.in_flight();
+            let k = self.old.rng().gen_range(0..len);
             self.deliver(k);
         } else if roll < 0.75 {
             let i = self.old.rng().gen_range(0..n);
@@ -424,8 +429,39 @@ impl MixedSim {
                 break;
             }
             if self.now() >= deadline {
+                let nodes: Vec<String> = (0..self.len())
+                    .map(|i| {
+                        let engine = match self.side[i] {
+                            Side::Old => self
+                                .old
+                                .node(i)
+                                .engine()
+                                .map(|e| format!("{:?}", e.state())),
+                            Side::New => self
+                                .new
+                                .node(i)
+                                .engine()
+                                .map(|e| format!("{:?} {:?}", e.state(), e.peer_status())),
+                        };
+                        format!("{:?} {:?} {engine:?}", self.side[i], self.engine_view(i))
+                    })
+                    .collect();
+                let views = self.app.world_views(&self.world).map(|vs| {
+                    vs.iter()
+                        .map(|v| {
+                            format!(
+                                "{}: started {} sent {} applied {}",
+                                v.id,
+                                v.state.transfers_started,
+                                v.sent.len(),
+                                v.applied.len()
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                });
                 self.checker.violation(format!(
-                    "no quiescence within {} ms of virtual time after healing",
+                    "no quiescence within {} ms of virtual time after healing: nodes \
+                     (deadline, committing, outbox, held) {nodes:?}; {views:?}",
                     self.config.quiesce_ms
                 ));
                 break;

@@ -66,7 +66,11 @@ fn signed_delta_ms(later_ms: u64, earlier_ms: u64) -> i64 {
 /// The held pairs of a store, by peer: `ken.held` rows whose message is not delivered yet,
 /// then poison messages not delivered yet (a pair holds at one message at a time; the lowest
 /// undelivered one wins).
-fn holds(reader: &Reader, peers: &[PeerRow], now_ms: u64) -> Result<Vec<(String, HeldInfo)>, ReadError> {
+fn holds(
+    reader: &Reader,
+    peers: &[PeerRow],
+    now_ms: u64,
+) -> Result<Vec<(String, HeldInfo)>, ReadError> {
     let delivered = |peer: &str| peers.iter().find(|p| p.peer == peer).map(|p| p.delivered);
     let mut out: Vec<(String, HeldInfo)> = Vec::new();
     let mut keep = |peer: String, info: HeldInfo| {
@@ -88,7 +92,11 @@ fn holds(reader: &Reader, peers: &[PeerRow], now_ms: u64) -> Result<Vec<(String,
     };
     for (key, value) in reader.table_scan(ken::living::HELD_TABLE, b"", None, MAX_SCAN_ROWS)? {
         let row: ken::living::HeldPair = codec::decode(&value).map_err(|e| {
-            corrupt(ken::living::HELD_TABLE, &key, format!("not a hold record: {e}"))
+            corrupt(
+                ken::living::HELD_TABLE,
+                &key,
+                format!("not a hold record: {e}"),
+            )
         })?;
         keep(
             String::from_utf8_lossy(&key).into_owned(),
@@ -103,9 +111,15 @@ fn holds(reader: &Reader, peers: &[PeerRow], now_ms: u64) -> Result<Vec<(String,
             },
         );
     }
-    for (key, value) in reader.table_scan(ken::living::POISON_TABLE, b"message\0", None, MAX_SCAN_ROWS)? {
+    for (key, value) in
+        reader.table_scan(ken::living::POISON_TABLE, b"message\0", None, MAX_SCAN_ROWS)?
+    {
         let p: ken::living::Poison = codec::decode(&value).map_err(|e| {
-            corrupt(ken::living::POISON_TABLE, &key, format!("not a poison record: {e}"))
+            corrupt(
+                ken::living::POISON_TABLE,
+                &key,
+                format!("not a poison record: {e}"),
+            )
         })?;
         keep(
             p.source,
@@ -155,10 +169,7 @@ fn peer_infos(
                 outbox_max_seq: o.map(|o| o.max_seq),
                 oldest_unacked_ms: o.map(|o| o.oldest_created_ms),
                 oldest_unacked_age_ms: o.map(|o| age(now_ms, o.oldest_created_ms)),
-                held: held
-                    .iter()
-                    .find(|(p, _)| p == name)
-                    .map(|(_, h)| h.clone()),
+                held: held.iter().find(|(p, _)| p == name).map(|(_, h)| h.clone()),
             }
         })
         .collect()

@@ -75,9 +75,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::client::{ClientId, ReplyBody, RequestEnvelope};
 use crate::handler::{Effects, Handler, Input, PeerView, TimerOp, Turn};
-use crate::living::{
-    self, DeadLetter, Held, HeldPair, HeldReason, HeldSource, Poison, PoisonSkip,
-};
+use crate::living::{self, DeadLetter, Held, HeldPair, HeldReason, HeldSource, Poison, PoisonSkip};
 use crate::{limits, Time, Tuning};
 use fuse::{Fuse, FuseOutput, SealToken};
 pub use peer::RollbackEvidence;
@@ -2061,9 +2059,11 @@ impl<H: Handler> Engine<H> {
             let peer = String::from_utf8(key.clone())
                 .ok()
                 .and_then(|k| ProcessId::new(k).ok());
-            let (Some(peer), Ok(row)) = (peer, ken_store::codec::decode::<HeldPair>(&value))
-            else {
-                tracing::error!(table = living::HELD_TABLE, "a row does not decode; left in place");
+            let (Some(peer), Ok(row)) = (peer, ken_store::codec::decode::<HeldPair>(&value)) else {
+                tracing::error!(
+                    table = living::HELD_TABLE,
+                    "a row does not decode; left in place"
+                );
                 continue;
             };
             if self.peers.get(&peer).is_none_or(|p| p.delivered >= row.seq) {

@@ -538,7 +538,11 @@ fn a_newer_version_message_is_held_unacknowledged_and_retransmitted() {
     c.restart(1);
     run_rewriting(&mut c, 0, 1, Duration::from_secs(2), &|f| set_version(f, 3));
     assert_eq!(c.engine(1).held().len(), 1);
-    assert_eq!(held_rows(), first, "one record per held message, its first start kept");
+    assert_eq!(
+        held_rows(),
+        first,
+        "one record per held message, its first start kept"
+    );
     // The receiver "upgraded" (here: the frames stop claiming a version it cannot read)
     // and restarted: both are delivered, once, in order.
     c.clear_filter();

@@ -270,7 +270,10 @@ fn inspect_shows_a_pair_held_for_a_newer_version_until_the_receiver_upgrades() {
     assert_eq!(held["reason"], "newer_version", "{held}");
     assert_eq!(held["version"], 2, "{held}");
     assert_eq!(held["known"], 1, "{held}");
-    assert_eq!(held["seq"], 1, "m1's first credit waits, and all after it: {held}");
+    assert_eq!(
+        held["seq"], 1,
+        "m1's first credit waits, and all after it: {held}"
+    );
     assert!(held["since_ms"].as_u64().is_some_and(|t| t > 0), "{held}");
     // The text view names it too.
     let text = Command::new(ken)
@@ -285,11 +288,19 @@ fn inspect_shows_a_pair_held_for_a_newer_version_until_the_receiver_upgrades() {
     m0.kill().expect("SIGKILL m0");
     m0.set_args(args(0, "2").into_iter().map(Into::into).collect());
     m0.restart().expect("restart m0 as schema 2");
-    let done = harness::wait_until(deadline + Duration::from_secs(30), Duration::from_millis(100), || {
-        let v = peers_view(&store(0))?;
-        let m1_row = v["peers"].as_array()?.iter().find(|p| p["peer"] == "m1")?.clone();
-        (held_of(&v, "m1").is_null() && m1_row["delivered"].as_u64()? > 1).then_some(())
-    });
+    let done = harness::wait_until(
+        deadline + Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            let v = peers_view(&store(0))?;
+            let m1_row = v["peers"]
+                .as_array()?
+                .iter()
+                .find(|p| p["peer"] == "m1")?
+                .clone();
+            (held_of(&v, "m1").is_null() && m1_row["delivered"].as_u64()? > 1).then_some(())
+        },
+    );
     let report = format!("{}\n{}", m0.report(2, 20), m1.report(2, 20));
     m0.kill().expect("SIGKILL m0");
     m1.kill().expect("SIGKILL m1");
