@@ -898,6 +898,62 @@ fn a_poison_message_moved_to_the_dead_letters_by_the_operator_frees_its_pair_on_
     assert_eq!(*c.state(1), 116);
 }
 
+/// An operator's order to dead-letter poison message (a, 3) names a message of `a`'s
+/// incarnation: when `a` is replaced (its disk destroyed, a new incarnation admitted), the
+/// order is dropped with the old incarnation's messages and never consumes the new
+/// incarnation's message 3. Here the new `a` sends the same poison value again: it panics
+/// (held), as any poison does, instead of being dead-lettered by the stale order.
+#[test]
+fn a_poison_order_is_dropped_when_its_peer_is_replaced() {
+    use ken::living::{poison_dead_letter, PoisonSkip, DEAD_LETTERS_TABLE, SKIP_POISON_TABLE};
+    let dir = tempfile::tempdir().unwrap();
+    let buggy = Arc::new(AtomicBool::new(true));
+    let flag = Arc::clone(&buggy);
+    let mut c = cluster(dir.path(), &["a", "b"], move || V1 {
+        buggy: Arc::clone(&flag),
+        send: vec![1, 2, POISON, 100],
+        ..V1::default()
+    });
+    c.config_mut(1).tuning.admit_replaced_peers = true;
+    c.start_all();
+    c.run_until(Duration::from_secs(10), |c| {
+        c.engine(1).stats().turns_panicked == 1
+    });
+    let b_path = c.node(1).path().to_path_buf();
+    c.crash(1);
+    poison_dead_letter(&b_path, "a", 3).unwrap();
+    assert_eq!(rows::<PoisonSkip>(&b_path, SKIP_POISON_TABLE).len(), 1);
+    // a's disk is destroyed: it comes back as a new incarnation and sends 1, 2, 13, 100
+    // again; b (admitting replaced peers) starts after it.
+    c.crash(0);
+    let a_path = c.node(0).path().to_path_buf();
+    for suffix in ["", "-wal", "-shm", ".lock"] {
+        let mut p = a_path.clone().into_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
+    c.start(0);
+    c.start(1);
+    c.run_until(Duration::from_secs(30), |c| {
+        c.engine(1).stats().peers_admitted == 1 && c.engine(1).stats().turns_panicked == 1
+    });
+    c.run_for(Duration::from_secs(2));
+    assert!(
+        rows::<PoisonSkip>(&b_path, SKIP_POISON_TABLE).is_empty(),
+        "the order went with the old incarnation"
+    );
+    let letters: Vec<(Vec<u8>, DeadLetter)> = rows(&b_path, DEAD_LETTERS_TABLE);
+    assert!(
+        letters.is_empty(),
+        "the new a's message 3 was dead-lettered: {letters:?}"
+    );
+    assert_eq!(
+        c.engine(1).held().len(),
+        1,
+        "the new poison is held, as any poison"
+    );
+}
+
 #[test]
 fn a_panicking_request_gets_a_typed_error_and_is_not_applied() {
     let dir = tempfile::tempdir().unwrap();
