@@ -155,6 +155,7 @@ const OPTIONS: StoreOptions = StoreOptions {
     turn_log_max: 4,
     max_page_count: None,
     page_checksums: true,
+    page_size: None,
 };
 
 #[test]
@@ -315,6 +316,7 @@ fn turn_log_trims_across_reopens_with_a_smaller_limit() {
         turn_log_max: 3,
         max_page_count: None,
         page_checksums: true,
+        page_size: None,
     };
     let (mut store, _) = try_open_with(&t.path, "a", &small).unwrap();
     // The smaller limit applies from the next commit on, even one without entries.
@@ -418,6 +420,7 @@ fn a_busy_commit_stores_its_turn_log_in_a_few_rows_and_trims_whole_rows() {
         turn_log_max: 100,
         max_page_count: None,
         page_checksums: true,
+        page_size: None,
     };
     let (mut store, _) = try_open_with(&t.path, "a", &opts).unwrap();
     let mut next = 1;
