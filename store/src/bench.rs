@@ -549,6 +549,28 @@ mod tests {
             assert!(b.commit_us_p50 <= b.commit_us_p99);
         }
         assert!(report.commit_to_fsync_ratio().is_some());
+        // The write-volume phase: every (page size, batch size), and smaller pages write
+        // less per single-turn commit, about one page per table touched.
+        assert_eq!(report.volume.len(), 6);
+        let wal = |page: u32, turns: u32| {
+            report
+                .volume
+                .iter()
+                .find(|v| v.page_size == page && v.turns_per_commit == turns)
+                .map(|v| v.wal_bytes_per_commit)
+                .unwrap()
+        };
+        assert!(
+            wal(512, 1) < wal(1024, 1) && wal(1024, 1) < wal(4096, 1),
+            "{report}"
+        );
+        assert!(
+            wal(4096, 1) >= 4096.0 && wal(4096, 1) < 10.0 * 4120.0,
+            "{report}"
+        );
+        for v in &report.volume {
+            assert!(v.syncs_per_commit >= 1.0, "{v:?}");
+        }
         assert!(report.to_string().contains("turns/s at 100 turns/commit"));
         let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert!(left.is_empty(), "bench left files behind: {left:?}");
