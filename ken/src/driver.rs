@@ -33,8 +33,10 @@
 //! "liveness_bytes_sent":..,"fuse_bytes_sent":..,"fuse_notifications":..,"faults_dropped":..,
 //! "untagged_dropped":..,"unknown_key_dropped":..,"bad_tag_dropped":..,"old_key_frames":..,
 //! "messages_held":..,
-//! "dead_letters":..,"turns_panicked":..,"held":..,"at_ms":..}` (`held`: input sources held
-//! now, see `ken::living`) to stderr every N ms and when the loop ends (a SIGKILLed life loses the counts
+//! "dead_letters":..,"turns_panicked":..,"held":..,"wal_bytes":..,"db_bytes":..,"syncs":..,
+//! "at_ms":..}` (`held`: input sources held now, see `ken::living`; `wal_bytes`, `db_bytes`,
+//! `syncs`: what the store wrote to its WAL and database file and how many syncs, counted by
+//! its VFS shim, `ken_store::vfs::WriteCounters`) to stderr every N ms and when the loop ends (a SIGKILLed life loses the counts
 //! since its last line). Counters are per life; `at_ms` is the wall clock (ms since the epoch)
 //! when the line was printed, so rates can be taken between two lines.
 
@@ -826,8 +828,9 @@ pub(crate) fn stats_interval_from_env() -> Option<Duration> {
 /// Prints the stats line (module docs) to stderr.
 fn print_stats(engine: &crate::engine::EngineStats, held: usize, endpoint: &Endpoint) {
     let ep = endpoint.stats();
+    let io = ken_store::vfs::write_counters();
     eprintln!(
-        "{{\"event\":\"stats\",\"turns\":{},\"messages_sent\":{},\"retransmits\":{},\"duplicates_dropped\":{},\"frames_in\":{},\"frames_sent\":{},\"junk_dropped\":{},\"heartbeats_sent\":{},\"liveness_bytes_sent\":{},\"fuse_bytes_sent\":{},\"fuse_notifications\":{},\"faults_dropped\":{},\"untagged_dropped\":{},\"unknown_key_dropped\":{},\"bad_tag_dropped\":{},\"old_key_frames\":{},\"messages_held\":{},\"dead_letters\":{},\"turns_panicked\":{},\"held\":{},\"at_ms\":{}}}",
+        "{{\"event\":\"stats\",\"turns\":{},\"messages_sent\":{},\"retransmits\":{},\"duplicates_dropped\":{},\"frames_in\":{},\"frames_sent\":{},\"junk_dropped\":{},\"heartbeats_sent\":{},\"liveness_bytes_sent\":{},\"fuse_bytes_sent\":{},\"fuse_notifications\":{},\"faults_dropped\":{},\"untagged_dropped\":{},\"unknown_key_dropped\":{},\"bad_tag_dropped\":{},\"old_key_frames\":{},\"messages_held\":{},\"dead_letters\":{},\"turns_panicked\":{},\"held\":{},\"wal_bytes\":{},\"db_bytes\":{},\"syncs\":{},\"at_ms\":{}}}",
         engine.turns,
         engine.messages_sent,
         engine.retransmits,
@@ -848,6 +851,9 @@ fn print_stats(engine: &crate::engine::EngineStats, held: usize, endpoint: &Endp
         engine.dead_letters,
         engine.turns_panicked,
         held,
+        io.wal_bytes,
+        io.db_bytes,
+        io.syncs,
         Time::now_wall().as_millis()
     );
 }

@@ -15,8 +15,10 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::vfs::{write_counters, WriteCounters};
 use crate::{
     Batch, CommitError, OpenError, OutboxAck, OutboxRow, PeerRow, Store, StoreOptions, TableWrite,
+    TurnLogEntry,
 };
 
 /// Block written before each fsync of the raw fsync measurement.
@@ -41,6 +43,14 @@ pub struct BenchOptions {
     pub max_ops: u64,
     /// Size of each table value and each outbox payload.
     pub value_bytes: usize,
+    /// Page size of the throughput phases' store (`None`: the store's default).
+    pub page_size: Option<u32>,
+    /// Page sizes the write-volume phase compares (a fresh store each).
+    pub volume_page_sizes: Vec<u32>,
+    /// Turns per commit of the write-volume phase.
+    pub volume_batch_sizes: Vec<u32>,
+    /// Commits per (page size, batch size) of the write-volume phase.
+    pub volume_commits: u64,
 }
 
 impl BenchOptions {
@@ -52,6 +62,10 @@ impl BenchOptions {
             batch_sizes: vec![1, 10, 100, 1000],
             max_ops: 1_000_000,
             value_bytes: 100,
+            page_size: None,
+            volume_page_sizes: vec![4096, 1024, 512],
+            volume_batch_sizes: vec![1, 30],
+            volume_commits: 1000,
         }
     }
 
@@ -61,6 +75,7 @@ impl BenchOptions {
             fsync_time: Duration::from_millis(150),
             batch_time: Duration::from_millis(150),
             max_ops: 2_000,
+            volume_commits: 60,
             ..BenchOptions::full()
         }
     }
@@ -98,11 +113,32 @@ pub struct BatchReport {
     pub commit_us_p99: u64,
 }
 
+/// What a runtime-like commit writes at one page size and batch size, counted by the
+/// store's VFS shim ([`WriteCounters`]; bytes handed to the kernel, before the file
+/// system's own journal and block rounding). Each turn consumes one message (its peer's
+/// counters), writes a 16-byte root and one 16-byte table row, sends one 16-byte message
+/// and appends a turn-log entry; each commit acknowledges the previous commit's messages.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VolumeReport {
+    pub page_size: u32,
+    pub turns_per_commit: u32,
+    pub commits: u64,
+    /// WAL bytes per commit (frame headers and whole pages).
+    pub wal_bytes_per_commit: f64,
+    /// WAL plus database-file (checkpoint) bytes per turn.
+    pub bytes_per_turn: f64,
+    /// Database-file bytes per turn (checkpoints copying pages back from the WAL).
+    pub checkpoint_bytes_per_turn: f64,
+    pub syncs_per_commit: f64,
+    pub commits_per_sec: f64,
+}
+
 /// Everything one [`run`] measured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BenchReport {
     pub fsync: FsyncReport,
     pub batches: Vec<BatchReport>,
+    pub volume: Vec<VolumeReport>,
 }
 
 impl BenchReport {
@@ -161,6 +197,34 @@ impl fmt::Display for BenchReport {
         }
         if let Some(r) = self.turns_at_100_to_fsync_ratio() {
             writeln!(f, "turns/s at 100 turns/commit vs fsync/s: {r:.1}")?;
+        }
+        if !self.volume.is_empty() {
+            writeln!(
+                f,
+                "write volume (runtime-like turns, counted by the VFS shim):\n{:>9} {:>12} {:>8} {:>14} {:>14} {:>16} {:>12} {:>10}",
+                "page B",
+                "turns/commit",
+                "commits",
+                "WAL B/commit",
+                "total B/turn",
+                "checkpoint B/turn",
+                "syncs/commit",
+                "commits/s"
+            )?;
+            for v in &self.volume {
+                writeln!(
+                    f,
+                    "{:>9} {:>12} {:>8} {:>14.0} {:>14.0} {:>16.0} {:>12.2} {:>10.0}",
+                    v.page_size,
+                    v.turns_per_commit,
+                    v.commits,
+                    v.wal_bytes_per_commit,
+                    v.bytes_per_turn,
+                    v.checkpoint_bytes_per_turn,
+                    v.syncs_per_commit,
+                    v.commits_per_sec
+                )?;
+            }
         }
         Ok(())
     }
@@ -224,6 +288,7 @@ pub fn run(dir: &Path, opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         turn_log_max: 1,
         max_page_count: None,
         page_checksums: true,
+        page_size: opts.page_size,
     };
     let (mut store, _) = Store::open_with(&store_path, "bench", &options)?;
     let mut batches = Vec::with_capacity(opts.batch_sizes.len());
@@ -238,7 +303,117 @@ pub fn run(dir: &Path, opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             &mut turn,
         )?);
     }
-    Ok(BenchReport { fsync, batches })
+    drop(store);
+    let mut volume = Vec::new();
+    for &page_size in &opts.volume_page_sizes {
+        for &size in &opts.volume_batch_sizes {
+            volume.push(measure_volume(dir, &tag, opts, page_size, size)?);
+        }
+    }
+    Ok(BenchReport {
+        fsync,
+        batches,
+        volume,
+    })
+}
+
+/// One write-volume measurement on a fresh store of `page_size` (see [`VolumeReport`]).
+fn measure_volume(
+    dir: &Path,
+    tag: &str,
+    opts: &BenchOptions,
+    page_size: u32,
+    turns_per_commit: u32,
+) -> Result<VolumeReport, BenchError> {
+    let path = dir.join(format!("{tag}-volume-{page_size}-{turns_per_commit}.ken"));
+    let mut files = vec![crate::lock_path(&path)];
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.clone().into_os_string();
+        p.push(suffix);
+        files.push(PathBuf::from(p));
+    }
+    let _cleanup = Cleanup(files);
+    let options = StoreOptions {
+        page_size: Some(page_size),
+        ..StoreOptions::default()
+    };
+    let (mut store, _) = Store::open_with(&path, "bench", &options)?;
+    const PEER: &str = "bench-peer";
+    let small = vec![0x5au8; 16];
+    let (mut next_seq, mut delivered, mut turn) = (1u64, 0u64, 0u64);
+    let mut commit = |store: &mut Store| -> Result<(), BenchError> {
+        let acked = next_seq - 1;
+        let mut batch = Batch {
+            now_ms: 1,
+            turns: u64::from(turns_per_commit),
+            root: Some(small.clone()),
+            outbox_acks: vec![OutboxAck {
+                peer: PEER.to_string(),
+                up_to: acked,
+            }],
+            ..Batch::default()
+        };
+        for _ in 0..turns_per_commit {
+            turn += 1;
+            delivered += 1;
+            batch.table_writes.push(TableWrite {
+                table: "bench".to_string(),
+                key: (turn % BENCH_KEYSPACE).to_be_bytes().to_vec(),
+                value: Some(small.clone()),
+            });
+            batch.outbox_appends.push(OutboxRow {
+                peer: PEER.to_string(),
+                seq: next_seq,
+                payload: small.clone(),
+                created_ms: 1,
+            });
+            next_seq += 1;
+            batch.turn_log.push(TurnLogEntry {
+                turn,
+                at_ms: 1,
+                input_kind: "message".to_string(),
+                input_source: PEER.to_string(),
+                input_seq: delivered,
+                messages_out: 1,
+                outputs: 0,
+                bytes_written: 32,
+                note: String::new(),
+            });
+        }
+        batch.peers.push(PeerRow {
+            peer: PEER.to_string(),
+            incarnation: 1,
+            next_seq,
+            acked,
+            delivered,
+            forgotten: 0,
+        });
+        store.commit(&batch)?;
+        Ok(())
+    };
+    // Warm up: the tables' first pages, the WAL's first frames.
+    for _ in 0..20 {
+        commit(&mut store)?;
+    }
+    let before = write_counters();
+    let start = Instant::now();
+    for _ in 0..opts.volume_commits {
+        commit(&mut store)?;
+    }
+    let elapsed = start.elapsed();
+    let d: WriteCounters = write_counters().since(&before);
+    let commits = opts.volume_commits.max(1);
+    let turns = (commits * u64::from(turns_per_commit)) as f64;
+    Ok(VolumeReport {
+        page_size,
+        turns_per_commit,
+        commits,
+        wal_bytes_per_commit: d.wal_bytes as f64 / commits as f64,
+        bytes_per_turn: (d.wal_bytes + d.db_bytes) as f64 / turns,
+        checkpoint_bytes_per_turn: d.db_bytes as f64 / turns,
+        syncs_per_commit: d.syncs as f64 / commits as f64,
+        commits_per_sec: commits as f64 / elapsed.as_secs_f64(),
+    })
 }
 
 fn measure_fsync(path: &Path, opts: &BenchOptions) -> Result<FsyncReport, BenchError> {
@@ -374,6 +549,28 @@ mod tests {
             assert!(b.commit_us_p50 <= b.commit_us_p99);
         }
         assert!(report.commit_to_fsync_ratio().is_some());
+        // The write-volume phase: every (page size, batch size), and smaller pages write
+        // less per single-turn commit, about one page per table touched.
+        assert_eq!(report.volume.len(), 6);
+        let wal = |page: u32, turns: u32| {
+            report
+                .volume
+                .iter()
+                .find(|v| v.page_size == page && v.turns_per_commit == turns)
+                .map(|v| v.wal_bytes_per_commit)
+                .unwrap()
+        };
+        assert!(
+            wal(512, 1) < wal(1024, 1) && wal(1024, 1) < wal(4096, 1),
+            "{report}"
+        );
+        assert!(
+            wal(4096, 1) >= 4096.0 && wal(4096, 1) < 10.0 * 4120.0,
+            "{report}"
+        );
+        for v in &report.volume {
+            assert!(v.syncs_per_commit >= 1.0, "{v:?}");
+        }
         assert!(report.to_string().contains("turns/s at 100 turns/commit"));
         let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert!(left.is_empty(), "bench left files behind: {left:?}");

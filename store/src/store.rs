@@ -706,6 +706,20 @@ fn open_checked(
         }
     }
     let created = matches!(found, Found::Empty);
+    if let (true, Some(size)) = (created, options.page_size) {
+        if !(512..=65536).contains(&size) || !size.is_power_of_two() {
+            return Err(OpenError::Sqlite {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "page size {size} is not a power of two from 512 to 65536: choose one of \
+                     512, 1024, 2048, 4096 (the default), ..., 65536"
+                ),
+            });
+        }
+        // Before the first page is written: afterwards the size is fixed (in WAL mode).
+        conn.pragma_update(None, "page_size", size)
+            .map_err(sqlite_open_err(path))?;
+    }
     if created && shim && options.page_checksums {
         // Before the first page is written: afterwards the layout is fixed.
         crate::vfs::reserve_checksum_bytes(&conn).map_err(sqlite_open_err(path))?;

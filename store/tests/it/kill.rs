@@ -43,6 +43,7 @@ const OPTIONS: StoreOptions = StoreOptions {
     turn_log_max: TURN_LOG_MAX,
     max_page_count: None,
     page_checksums: true,
+    page_size: None,
 };
 
 fn acked_after(i: u64) -> u64 {

@@ -155,6 +155,7 @@ const OPTIONS: StoreOptions = StoreOptions {
     turn_log_max: 4,
     max_page_count: None,
     page_checksums: true,
+    page_size: None,
 };
 
 #[test]
@@ -315,6 +316,7 @@ fn turn_log_trims_across_reopens_with_a_smaller_limit() {
         turn_log_max: 3,
         max_page_count: None,
         page_checksums: true,
+        page_size: None,
     };
     let (mut store, _) = try_open_with(&t.path, "a", &small).unwrap();
     // The smaller limit applies from the next commit on, even one without entries.
@@ -418,6 +420,7 @@ fn a_busy_commit_stores_its_turn_log_in_a_few_rows_and_trims_whole_rows() {
         turn_log_max: 100,
         max_page_count: None,
         page_checksums: true,
+        page_size: None,
     };
     let (mut store, _) = try_open_with(&t.path, "a", &opts).unwrap();
     let mut next = 1;
@@ -466,5 +469,49 @@ fn a_busy_commit_stores_its_turn_log_in_a_few_rows_and_trims_whole_rows() {
     assert_eq!(
         reader.turn_log(1000).unwrap(),
         (245..=344).map(turn).collect::<Vec<_>>()
+    );
+}
+
+/// `StoreOptions::page_size` sets the page size of a new store (SQLite header bytes 16-17)
+/// and nothing else; an existing store keeps its own; a size SQLite cannot use is refused
+/// with one line naming the choices.
+#[test]
+fn page_size_applies_to_new_stores_only_and_bad_sizes_are_refused() {
+    let header_page_size = |path: &std::path::Path| {
+        let bytes = std::fs::read(path).unwrap();
+        u16::from_be_bytes([bytes[16], bytes[17]])
+    };
+    let t = temp_store();
+    let small = StoreOptions {
+        page_size: Some(1024),
+        ..StoreOptions::default()
+    };
+    let (mut store, _) = try_open_with(&t.path, "a", &small).unwrap();
+    for b in batches() {
+        store.commit(&b).unwrap();
+    }
+    drop(store);
+    assert_eq!(header_page_size(&t.path), 1024);
+    let big = StoreOptions {
+        page_size: Some(8192),
+        ..StoreOptions::default()
+    };
+    let (store, recovered) = try_open_with(&t.path, "a", &big).unwrap();
+    drop(store);
+    assert_eq!(recovered.turns_committed, 8);
+    assert_eq!(
+        header_page_size(&t.path),
+        1024,
+        "an existing store keeps its size"
+    );
+    let t2 = temp_store();
+    let bad = StoreOptions {
+        page_size: Some(1000),
+        ..StoreOptions::default()
+    };
+    let err = try_open_with(&t2.path, "a", &bad).unwrap_err().to_string();
+    assert!(
+        err.contains("page size 1000") && !err.contains('\n'),
+        "{err}"
     );
 }

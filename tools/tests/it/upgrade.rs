@@ -306,3 +306,36 @@ fn inspect_shows_a_pair_held_for_a_newer_version_until_the_receiver_upgrades() {
     m1.kill().expect("SIGKILL m1");
     done.unwrap_or_else(|_| panic!("m0 upgraded never delivered m1's credits:\n{report}"));
 }
+
+/// `--store-page-size` sets the page size of a store the process creates; a size SQLite
+/// cannot use is a usage error (exit 2) naming the choices, before anything is created.
+#[test]
+fn store_page_size_flag_sets_a_new_stores_page_size() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = dir.path().join("m0.ken");
+    run_until_listening(&store, &["--store-page-size", "1024"]);
+    let header = bytes(&store);
+    assert_eq!(u16::from_be_bytes([header[16], header[17]]), 1024);
+    let other = dir.path().join("m1.ken");
+    let out = Command::new(env!("CARGO_BIN_EXE_ken"))
+        .args([
+            "app",
+            "bank",
+            "--id",
+            "m1",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+        ])
+        .arg(&other)
+        .args(["--store-page-size", "1000"])
+        .output()
+        .expect("run ken app bank");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("not a power of two from 512 to 65536"),
+        "{text}"
+    );
+    assert!(!other.exists(), "a usage error created the store");
+}
