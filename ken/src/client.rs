@@ -182,8 +182,23 @@ pub enum ClientError {
     /// The server requires a client credential (its cluster has a key); not applied.
     #[error("the server requires a client credential: {0}")]
     Unauthorized(String),
+    /// Nothing listened at the server's address for [`ClientOptions::refused_grace`]: its
+    /// host refused every retransmission (no process bound to that port: the server is
+    /// stopped, or the address is wrong). The request may have been applied if the server
+    /// was up when an earlier copy arrived.
+    #[error("nothing listens at {server}: its host refused every retransmission for {after:?} (is the server running, and is this its address? the request may have been applied if it was up earlier)")]
+    NotListening { server: SocketAddr, after: Duration },
     #[error("client socket error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// What one wait for a reply saw.
+enum Awaited {
+    Reply(ReplyBody),
+    /// Nothing before the round's timer.
+    Nothing,
+    /// The server's host said nothing listens there (ICMP port unreachable).
+    Refused,
 }
 
 /// Retry policy of a [`Client`].
@@ -194,6 +209,12 @@ pub struct ClientOptions {
     pub retry_max: Duration,
     /// Give up after this long (the request may have been applied).
     pub deadline: Duration,
+    /// Give up sooner, with [`ClientError::NotListening`], when the server's host answered
+    /// every retransmission for this long that nothing listens on the port (ICMP port
+    /// unreachable: no process bound there). Shorter than `deadline`, longer than a
+    /// crash-restart (about 50 ms for Ken, 100 ms of systemd's default `RestartSec`), so a
+    /// restarting server is waited for and a stopped one is reported within about this long.
+    pub refused_grace: Duration,
 }
 
 impl Default for ClientOptions {
@@ -202,6 +223,7 @@ impl Default for ClientOptions {
             retry_initial: Duration::from_millis(50),
             retry_max: Duration::from_secs(1),
             deadline: Duration::from_secs(10),
+            refused_grace: Duration::from_secs(1),
         }
     }
 }
@@ -377,6 +399,9 @@ impl<Q: Serialize, R: DeserializeOwned> Client<Q, R> {
     ) -> Result<R, ClientError> {
         let started = Instant::now();
         let mut timeout = self.options.retry_initial;
+        // Connected to the server, the socket hears its host's "port unreachable".
+        self.socket.connect(server).await?;
+        let mut refused_since: Option<Instant> = None;
         let mut envelope = RequestEnvelope {
             sent_ms,
             request: request.to_vec(),
@@ -414,7 +439,26 @@ impl<Q: Serialize, R: DeserializeOwned> Client<Q, R> {
                 });
             }
             let until = tokio::time::Instant::now() + timeout.min(remaining);
-            if let Some(body) = self.await_reply(server, n, until).await? {
+            let body = match self.await_reply(server, n, until).await? {
+                Awaited::Reply(body) => Some(body),
+                Awaited::Nothing => {
+                    refused_since = None;
+                    None
+                }
+                Awaited::Refused => {
+                    let since = *refused_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= self.options.refused_grace {
+                        return Err(ClientError::NotListening {
+                            server,
+                            after: since.elapsed(),
+                        });
+                    }
+                    // Retransmit on the usual schedule, not at once.
+                    tokio::time::sleep_until(until).await;
+                    None
+                }
+            };
+            if let Some(body) = body {
                 if let ReplyBody::Pad { datagram_bytes } = body {
                     // Resend at once, padded to the size asked (the reply waits in the cache).
                     let want = usize::try_from(datagram_bytes).unwrap_or(usize::MAX);
@@ -453,17 +497,26 @@ impl<Q: Serialize, R: DeserializeOwned> Client<Q, R> {
         }
     }
 
-    /// Waits until `until` for the reply to request `n` from `server`; `None` if none came.
+    /// Waits until `until` for the reply to request `n` from `server` (the socket is
+    /// connected to it).
     async fn await_reply(
         &mut self,
         server: SocketAddr,
         n: u64,
         until: tokio::time::Instant,
-    ) -> Result<Option<ReplyBody>, ClientError> {
+    ) -> Result<Awaited, ClientError> {
         loop {
             let recv = tokio::time::timeout_at(until, self.socket.recv_from(&mut self.buf)).await;
-            let Ok(recv) = recv else { return Ok(None) };
-            let (len, from) = recv?;
+            let Ok(recv) = recv else {
+                return Ok(Awaited::Nothing);
+            };
+            let (len, from) = match recv {
+                Ok(got) => got,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    return Ok(Awaited::Refused);
+                }
+                Err(e) => return Err(e.into()),
+            };
             if from != server {
                 continue;
             }
@@ -485,7 +538,7 @@ impl<Q: Serialize, R: DeserializeOwned> Client<Q, R> {
             self.incarnations.insert(server, reply.from_incarnation);
             let body: ReplyBody = ken_store::codec::decode(&reply.payload)
                 .map_err(|e| ClientError::Decode(e.to_string()))?;
-            return Ok(Some(body));
+            return Ok(Awaited::Reply(body));
         }
     }
 }

@@ -237,7 +237,9 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Err(e) => {
             eprintln!("error: {e}");
             let code = match e {
-                ClientError::Timeout { .. } | ClientError::Io(_) => {
+                ClientError::Timeout { .. }
+                | ClientError::NotListening { .. }
+                | ClientError::Io(_) => {
                     eprintln!("(maybe applied; this command cannot retry the same request: check with `ken-kv get`)");
                     exit::MAYBE_APPLIED
                 }

@@ -47,6 +47,7 @@ fn quick() -> ClientOptions {
         retry_initial: Duration::from_millis(20),
         retry_max: Duration::from_millis(100),
         deadline: Duration::from_millis(400),
+        ..ClientOptions::default()
     }
 }
 
@@ -107,6 +108,84 @@ fn an_unreachable_server_times_out() {
         other => panic!("expected Timeout, got {other:?}"),
     }
     assert!(started.elapsed() >= quick().deadline);
+}
+
+/// An address where nothing is bound: the host answers "port unreachable" to every copy,
+/// and the client says so after `refused_grace`, long before its deadline. Negative control:
+/// with the grace beyond the deadline, the same call waits out the whole deadline.
+#[test]
+fn a_server_that_is_not_running_is_reported_after_the_grace_not_the_deadline() {
+    let nothing = {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap()
+    }; // closed again: nothing listens there
+    let options = ClientOptions {
+        deadline: Duration::from_secs(10),
+        refused_grace: Duration::from_millis(300),
+        ..quick()
+    };
+    let mut c = BlockingClient::<String, String>::with_id(ClientId::random(), 1, options).unwrap();
+    let started = std::time::Instant::now();
+    match c.call(nothing, &"hello".to_string()) {
+        Err(e @ ClientError::NotListening { .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.contains(&nothing.to_string()) && text.contains("is the server running"),
+                "{text}"
+            );
+        }
+        other => panic!("expected NotListening, got {other:?}"),
+    }
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "reported after {took:?}, not soon after the grace"
+    );
+    // Negative control: refusals ignored (grace past the deadline) = the old behaviour.
+    let patient = ClientOptions {
+        deadline: Duration::from_millis(600),
+        refused_grace: Duration::from_secs(60),
+        ..quick()
+    };
+    let mut c = BlockingClient::<String, String>::with_id(ClientId::random(), 1, patient).unwrap();
+    match c.call(nothing, &"hello".to_string()) {
+        Err(ClientError::Timeout { .. }) => {}
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+}
+
+/// A server that starts within the grace (a crash-restart) is waited for: the call is
+/// answered, not reported as not listening.
+#[test]
+fn a_server_that_comes_up_within_the_grace_is_waited_for() {
+    let dir = tempfile::tempdir().unwrap();
+    // Find a free port, then start the server on it a little later.
+    let addr = {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap()
+    };
+    let path = dir.path().join("adder.db");
+    let starter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300)); // the deliberate outage
+        let mut config = Config::new(ProcessId::new("adder").unwrap(), addr, path);
+        let (tx, rx) = std::sync::mpsc::channel();
+        config.bound = Some(tx);
+        std::thread::spawn(move || ken::run(config, Adder));
+        rx.recv_timeout(Duration::from_secs(10)).is_ok()
+    });
+    let options = ClientOptions {
+        deadline: Duration::from_secs(10),
+        refused_grace: Duration::from_secs(3),
+        ..quick()
+    };
+    let mut c = BlockingClient::<u64, u64>::with_id(ClientId::random(), 1, options).unwrap();
+    let reply = c.call(addr, &5);
+    if !starter.join().unwrap() {
+        eprintln!("skipped: another program took the port before the server bound it");
+        return;
+    }
+    assert_eq!(reply.unwrap(), 5);
 }
 
 #[test]

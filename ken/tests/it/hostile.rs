@@ -67,6 +67,7 @@ fn quick() -> ClientOptions {
         retry_initial: Duration::from_millis(20),
         retry_max: Duration::from_millis(100),
         deadline: Duration::from_millis(2000),
+        ..ClientOptions::default()
     }
 }
 

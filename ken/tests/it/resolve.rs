@@ -51,6 +51,7 @@ fn quick() -> ClientOptions {
         retry_initial: Duration::from_millis(20),
         retry_max: Duration::from_millis(100),
         deadline: Duration::from_secs(2),
+        ..ClientOptions::default()
     }
 }
 

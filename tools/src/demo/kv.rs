@@ -72,6 +72,7 @@ pub fn options() -> ClientOptions {
         retry_initial: Duration::from_millis(20),
         retry_max: Duration::from_millis(100),
         deadline: Duration::from_millis(300),
+        ..ClientOptions::default()
     }
 }
 

@@ -77,3 +77,28 @@ fn help_texts_name_no_source_file_and_not_themselves() {
     }
     assert!(checked > 20, "only {checked} help texts found");
 }
+
+/// A kv client pointed at a stopped server says so in about a second (the host refuses
+/// every copy: nothing listens there) and exits with "maybe applied", instead of waiting
+/// out its 10-second deadline.
+#[test]
+fn a_kv_client_of_a_stopped_server_says_so_at_once() {
+    let nothing = {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        s.local_addr().expect("local addr")
+    }; // closed again
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_ken"))
+        .args(["app", "kv", "get", "k", "--server"])
+        .arg(nothing.to_string())
+        .output()
+        .expect("run ken app kv get");
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "maybe applied: {text}");
+    assert!(text.contains("nothing listens at"), "{text}");
+    assert!(
+        took < std::time::Duration::from_secs(6),
+        "took {took:?}: {text}"
+    );
+}

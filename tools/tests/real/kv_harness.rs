@@ -86,6 +86,7 @@ impl Default for Scenario {
                 retry_initial: Duration::from_millis(20),
                 retry_max: Duration::from_millis(50),
                 deadline: Duration::from_millis(150),
+                ..ClientOptions::default()
             },
             request_deadline: Duration::from_secs(30),
             deadline: Duration::from_secs(60),
