@@ -52,6 +52,7 @@ use ken_transport::{
 };
 use tokio::sync::mpsc;
 
+use crate::admin::AdminDesk;
 use crate::cluster::PeerAddress;
 use crate::crash::CrashPoints;
 use crate::engine::{BatchId, Command, Engine, EngineConfig, EngineError, Security};
@@ -69,6 +70,10 @@ const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Frames the engine loop handles before it looks at other events again.
 const FRAMES_PER_WAKEUP_MAX: usize = 256;
+
+/// Admin replies waiting to be sent; requests beyond it in one wakeup are dropped (the
+/// operator's tool retries).
+const ADMIN_REPLIES_QUEUED_MAX: usize = 64;
 
 /// How a process is run.
 #[derive(Debug, Clone)]
@@ -613,6 +618,8 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
         observation: config.observe.clone().map(|o| Observation::new(o, &engine)),
         commit_avg: Duration::ZERO,
         anonymous_addrs: HashMap::new(),
+        desk: AdminDesk::new::<H>(started, config.key.is_some(), &config.store),
+        admin_replies: Vec::new(),
     };
     // Set when a batch was released: its outputs go out at the top of the next iteration.
     let mut released = false;
@@ -680,6 +687,13 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
                 }
             }
             watch_due = now.plus(WATCH_INTERVAL);
+            out.desk
+                .sample_turns(std::time::Instant::now(), engine.stats().turns);
+        }
+        for (to, reply) in std::mem::take(&mut out.admin_replies) {
+            if let Err(e) = endpoint.send(to, &reply).await {
+                tracing::debug!(to = %to, error = %e, "admin reply not sent");
+            }
         }
         match out.execute(&mut engine, &store, frame_rx.is_empty()).await {
             Err(e) => break Err(e),
@@ -746,15 +760,11 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
             frame = frame_rx.recv(), if accepting => {
                 let Some((frame, from)) = frame else { break Err(RunError::StoreThread) };
                 let now = Time::now_wall();
-                out.learn(&frame, from);
-                engine.handle_frame(now, frame);
+                out.take_frame(&mut engine, now, frame, from);
                 let mut n = 1;
                 while n < FRAMES_PER_WAKEUP_MAX && engine.accepting_input() {
                     match frame_rx.try_recv() {
-                        Ok((frame, from)) => {
-                            out.learn(&frame, from);
-                            engine.handle_frame(now, frame);
-                        }
+                        Ok((frame, from)) => out.take_frame(&mut engine, now, frame, from),
                         Err(_) => break,
                     }
                     n += 1;
@@ -840,9 +850,35 @@ struct Out<'a> {
     /// The same for requests without a credential (anyone may send one in any client's
     /// name: kept apart, so such a request cannot divert a credentialed client's replies).
     anonymous_addrs: HashMap<ProcessId, SocketAddr>,
+    /// Answers administrative requests (`crate::admin`).
+    desk: AdminDesk,
+    /// Admin replies to send, with their return addresses (sent at the top of the loop).
+    admin_replies: Vec<(SocketAddr, Frame)>,
 }
 
 impl Out<'_> {
+    /// A frame from the receive queue: an admin request is answered by the runtime (never
+    /// the engine's turn machinery, never the handler); every other frame goes to the engine.
+    fn take_frame<H: Handler>(
+        &mut self,
+        engine: &mut Engine<H>,
+        now: Time,
+        frame: Frame,
+        from: SocketAddr,
+    ) {
+        if frame.kind == FrameKind::AdminRequest {
+            if self.admin_replies.len() < ADMIN_REPLIES_QUEUED_MAX {
+                let stats = self.endpoint.stats();
+                if let Some(reply) = self.desk.handle(engine, &frame, &self.peers, &stats) {
+                    self.admin_replies.push((from, reply));
+                }
+            }
+            return;
+        }
+        self.learn(&frame, from);
+        engine.handle_frame(now, frame);
+    }
+
     /// Remembers the return address of a client request.
     fn learn(&mut self, frame: &Frame, from: SocketAddr) {
         if frame.kind != FrameKind::ClientRequest {
@@ -862,6 +898,7 @@ impl Out<'_> {
     /// A commit (either path) took `took`.
     fn commit_took(&mut self, took: Duration) {
         self.commit_avg = (self.commit_avg * 7 + took) / 8;
+        self.desk.commit_took(took);
     }
 
     /// Batch `id` is durable (committed by either path): its outputs may leave.

@@ -56,6 +56,7 @@
 //! }
 //! ```
 
+pub mod admin;
 pub mod client;
 pub mod cluster;
 pub mod crash;

@@ -59,6 +59,7 @@
 //! of a process (two hosts with the same id) must not silently take over a pair.
 
 pub mod fuse;
+pub mod operator;
 pub(crate) mod peer;
 pub mod tables;
 
