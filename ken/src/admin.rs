@@ -568,3 +568,63 @@ pub async fn ask(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_round_trip_and_bad_ones_say_why() {
+        let request = AdminRequest::Admit { peer: "b".into() };
+        let bytes = encode_payload(&request);
+        assert_eq!(&bytes[..2], &ADMIN_VERSION.to_le_bytes());
+        assert_eq!(decode_payload::<AdminRequest>(&bytes), Ok(request));
+        assert_eq!(
+            decode_payload::<AdminRequest>(&[1]),
+            Err(PayloadError::TooShort(1))
+        );
+        let mut other = bytes.clone();
+        other[..2].copy_from_slice(&(ADMIN_VERSION + 1).to_le_bytes());
+        assert_eq!(
+            decode_payload::<AdminRequest>(&other),
+            Err(PayloadError::Version {
+                theirs: ADMIN_VERSION + 1
+            })
+        );
+        let mut junk = ADMIN_VERSION.to_le_bytes().to_vec();
+        junk.extend([0xff; 9]);
+        assert!(matches!(
+            decode_payload::<AdminRequest>(&junk),
+            Err(PayloadError::Undecodable(_))
+        ));
+        // Trailing bytes are not ignored.
+        let mut long = encode_payload(&AdminRequest::Status);
+        long.push(0);
+        assert!(decode_payload::<AdminRequest>(&long).is_err());
+    }
+
+    #[test]
+    fn latency_percentiles_of_recent_commits() {
+        let mut desk = AdminDesk {
+            started: Instant::now(),
+            app: "t",
+            schema_version: 1,
+            authenticated: false,
+            commit_us: VecDeque::new(),
+            turn_samples: VecDeque::new(),
+            reader: None,
+            answered: 0,
+            malformed: 0,
+        };
+        assert_eq!(desk.latency(), Latency::default());
+        for us in 1..=(COMMIT_SAMPLES_MAX as u64 + 100) {
+            desk.commit_took(Duration::from_micros(us));
+        }
+        let l = desk.latency();
+        assert_eq!(l.samples, COMMIT_SAMPLES_MAX as u64);
+        // The oldest 100 samples (1..=100 us) fell out.
+        assert_eq!(l.max_us, COMMIT_SAMPLES_MAX as u64 + 100);
+        assert_eq!(l.p50_us, 100 + 512);
+        assert_eq!(l.p99_us, 100 + 1014);
+    }
+}

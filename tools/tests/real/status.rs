@@ -172,6 +172,13 @@ fn status_rows_of_a_keyed_bank_cluster_a_killed_member_and_an_unkeyed_request() 
         u(&row(&keyed, "a")["status"]["frames_dropped"]["admin_malformed"]),
         0
     );
+    // A keyed admin request whose payload does not decode is dropped and counted as such.
+    send_malformed_admin(dir.path(), row(&keyed, "a")["address"].as_str().unwrap());
+    wait_status(&file, "a counts a malformed admin request", |_, doc| {
+        row(doc, "a")["status"]["frames_dropped"]["admin_malformed"]
+            .as_u64()
+            .is_some_and(|n| n > 0)
+    });
 
     // SIGKILL b: its row says no answer, a and c stay up.
     procs[1].kill().unwrap();
@@ -205,6 +212,30 @@ fn status_rows_of_a_keyed_bank_cluster_a_killed_member_and_an_unkeyed_request() 
     assert!(rows[1].starts_with("b ") && rows[1].contains("no answer"), "{text}");
     assert!(rows[2].starts_with("c ") && rows[2].contains(" up "), "{text}");
     drop(procs);
+}
+
+/// Sends process `a` at `addr` an admin request sealed with the cluster key whose payload
+/// has the right version and junk after it.
+fn send_malformed_admin(dir: &Path, addr: &str) {
+    use ken::transport::{Auth, Frame, FrameKind, Keyring};
+    let key = ken::ClusterKey::load(&dir.join("k.key")).unwrap();
+    let keys = Keyring::new(&key, &[], false).unwrap();
+    let mut payload = ken::admin::ADMIN_VERSION.to_le_bytes().to_vec();
+    payload.extend([0xff; 7]);
+    let frame = Frame {
+        kind: FrameKind::AdminRequest,
+        auth: Auth::Cluster,
+        from: ken::ProcessId::new("admin-test").unwrap(),
+        from_incarnation: ken::Incarnation(0),
+        to: ken::ProcessId::new("a").unwrap(),
+        to_incarnation: ken::Incarnation(0),
+        seq: ken::Seq(1),
+        ack: ken::Seq(0),
+        acked: ken::Seq(0),
+        payload,
+    };
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.send_to(&keys.seal(&frame).unwrap(), addr).unwrap();
 }
 
 /// Deletes every file of a store (a destroyed disk), the lock file included.
