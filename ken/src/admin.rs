@@ -109,6 +109,8 @@ pub struct PeerReport {
     pub refuses_us: bool,
     /// Smoothed round trip, once measured.
     pub srtt_us: Option<u64>,
+    /// Data frames retransmitted to it in this life.
+    pub retransmits: u64,
 }
 
 /// A process's status, as `ken status` prints it. Counters are per life unless named
@@ -214,6 +216,8 @@ pub(crate) struct AdminDesk {
     reader: Option<ken_store::Reader>,
     answered: u64,
     malformed: u64,
+    /// The Prometheus metrics, when served ([`crate::Config::metrics`]).
+    pub(crate) metrics: Option<crate::metrics::Metrics>,
 }
 
 impl AdminDesk {
@@ -232,6 +236,7 @@ impl AdminDesk {
             reader: ken_store::Reader::open(store).ok(),
             answered: 0,
             malformed: 0,
+            metrics: None,
         }
     }
 
@@ -241,6 +246,28 @@ impl AdminDesk {
             self.commit_us.pop_front();
         }
         self.commit_us.push_back(took.as_micros() as u64);
+        if let Some(m) = &self.metrics {
+            m.commit_took(took);
+        }
+    }
+
+    /// A batch of `turns` turns goes to the store.
+    pub(crate) fn batch(&self, turns: u64) {
+        if let Some(m) = &self.metrics {
+            m.batch(turns);
+        }
+    }
+
+    /// Refreshes the metrics, if served, from the engine's counters (once a second).
+    pub(crate) fn refresh_metrics<H: Handler>(
+        &self,
+        engine: &Engine<H>,
+        peers: &BTreeMap<ProcessId, SocketAddr>,
+        endpoint: &EndpointStats,
+    ) {
+        if let Some(m) = &self.metrics {
+            m.refresh(&self.status(engine.snapshot(), peers, endpoint), engine.stats());
+        }
     }
 
     /// The engine had run `turns` turns at `now` (called about once a second).
@@ -372,6 +399,7 @@ impl AdminDesk {
                 awaiting_admission: p.awaiting_admission,
                 refuses_us: p.refuses_us,
                 srtt_us: p.srtt.map(|d| d.as_micros() as u64),
+                retransmits: p.retransmits,
             })
             .collect();
         let (turns_per_s, rate_window) = match self.turn_samples.front() {
@@ -615,6 +643,7 @@ mod tests {
             reader: None,
             answered: 0,
             malformed: 0,
+            metrics: None,
         };
         assert_eq!(desk.latency(), Latency::default());
         for us in 1..=(COMMIT_SAMPLES_MAX as u64 + 100) {

@@ -131,6 +131,9 @@ pub struct Config {
     pub ready_line: bool,
     /// How host names are resolved (tests inject one); `None`: the system resolver.
     pub resolver: Option<Resolver>,
+    /// Serve Prometheus metrics over HTTP here (`GET /metrics`; `ken/METRICS.md`). `None`:
+    /// no endpoint.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// The function inside a [`Resolver`].
@@ -175,6 +178,7 @@ impl Config {
             read_env: true,
             ready_line: false,
             resolver: None,
+            metrics: None,
         }
     }
 
@@ -352,6 +356,11 @@ pub enum RunError {
     /// The store's schema migration failed; nothing was written (see the message).
     #[error("{0}")]
     Upgrade(#[from] crate::upgrade::UpgradeError),
+    #[error("cannot serve metrics on TCP {addr}: {source} (choose another --metrics address)")]
+    Metrics {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot bind UDP {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -567,6 +576,7 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
             started.elapsed().as_millis()
         );
     }
+    let ready_after = started.elapsed();
     let mut store = spawn_store_thread(store, Arc::clone(&crash));
     let mut watch = PeerWatch::new(
         config.tuning.rto_max * crate::limits::PEER_QUIET_CEILINGS,
@@ -621,6 +631,14 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
         desk: AdminDesk::new::<H>(started, config.key.is_some(), &config.store),
         admin_replies: Vec::new(),
     };
+    if let Some(addr) = config.metrics {
+        let (metrics, bound) = crate::metrics::serve(addr)
+            .await
+            .map_err(|source| RunError::Metrics { addr, source })?;
+        metrics.recovered(ready_after);
+        eprintln!("metrics: http://{bound}/metrics");
+        out.desk.metrics = Some(metrics);
+    }
     // Set when a batch was released: its outputs go out at the top of the next iteration.
     let mut released = false;
     let stats_interval = match config.stats_interval {
@@ -689,6 +707,8 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
             watch_due = now.plus(WATCH_INTERVAL);
             out.desk
                 .sample_turns(std::time::Instant::now(), engine.stats().turns);
+            out.desk
+                .refresh_metrics(&engine, &out.peers, &endpoint.stats());
         }
         for (to, reply) in std::mem::take(&mut out.admin_replies) {
             if let Err(e) = endpoint.send(to, &reply).await {
@@ -930,6 +950,7 @@ impl Out<'_> {
             match cmd {
                 Command::Commit { id, batch } => {
                     assert!(!self.committing, "at most one batch commits at a time");
+                    self.desk.batch(batch.turns);
                     assert_eq!(id, self.durable + 1, "batches commit in order");
                     if idle
                         && batch.turns <= INLINE_COMMIT_TURNS_MAX

@@ -66,6 +66,7 @@ mod fuse_types;
 mod handler;
 pub mod limits;
 pub mod living;
+mod metrics;
 /// The driver's per-message timing hook ([`Config::observe`]), for benchmarks: when each
 /// message was sent by its turn, first transmitted, and acknowledged.
 pub mod observe {

@@ -2480,6 +2480,7 @@ impl<H: Handler> Engine<H> {
             e.last_sent = now;
             let frame = header.frame(FrameKind::Data, e.seq, ack, acked, e.payload.clone());
             self.stats.retransmits += 1;
+            p.retransmits += 1;
             self.commands.push(Command::Send {
                 to: pid.clone(),
                 frame,

@@ -39,6 +39,8 @@ pub struct PeerSnapshot {
     pub refuses_us: bool,
     /// Smoothed round-trip time, once measured.
     pub srtt: Option<std::time::Duration>,
+    /// Data frames retransmitted to it in this life.
+    pub retransmits: u64,
 }
 
 /// A read-only summary of a running engine for the status view: counters, peers, FUSE
@@ -100,6 +102,7 @@ impl<H: Handler> Engine<H> {
                 awaiting_admission: p.foreign_incarnation_seen,
                 refuses_us: self.refused_by.contains(&p.id),
                 srtt: p.rto.srtt(),
+                retransmits: p.retransmits,
             })
             .collect();
         let mut groups = BTreeMap::new();

@@ -311,3 +311,114 @@ fn a_replaced_member_is_refused_until_admitted_online() {
     assert_eq!(u(&admitted["processes"][0]["status"]["dead_letters"]), 0);
     drop((a.kill(), b.kill()));
 }
+
+/// One plain HTTP GET of `path` at `addr`: (status line, body).
+fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+/// The value of the sample `name` (with its labels, exactly as printed) in `body`.
+fn sample(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn metrics_endpoint_serves_the_documented_metrics_and_counters_grow() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = cluster_file(dir.path(), &["a", "b"]);
+    let mut procs = Vec::new();
+    for id in ["a", "b"] {
+        let args: Vec<std::ffi::OsString> = vec![
+            "app".into(),
+            "bank".into(),
+            "--cluster".into(),
+            file.clone().into(),
+            "--id".into(),
+            id.into(),
+            "--metrics".into(),
+            "127.0.0.1:0".into(),
+        ];
+        procs.push(Process::start(Spec::new(id, crate::ken(), args, dir.path())).unwrap());
+    }
+    // The bound address is printed on stderr.
+    let addr = harness::wait_until(
+        Instant::now() + Duration::from_secs(30),
+        Duration::from_millis(50),
+        || {
+            procs[0].current_life().and_then(|l| {
+                l.stderr_tail(50).lines().find_map(|line| {
+                    line.strip_prefix("metrics: http://")
+                        .and_then(|rest| rest.strip_suffix("/metrics"))
+                        .map(str::to_string)
+                })
+            })
+        },
+    )
+    .unwrap_or_else(|_| panic!("a metrics line: {}", procs[0].report(1, 30)));
+    let scrape = || {
+        let (status, body) = http_get(&addr, "/metrics");
+        assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+        body
+    };
+    // Wait for turns and a refresh (once a second).
+    let first = harness::wait_until(
+        Instant::now() + Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            let body = scrape();
+            (sample(&body, "ken_turns_total").is_some_and(|t| t > 0.0)
+                && sample(&body, "ken_peer_outbox_messages{peer=\"b\"}").is_some())
+            .then_some(body)
+        },
+    )
+    .expect("ken_turns_total above 0 within 30 s");
+    // Every metric METRICS.md documents is there.
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../ken/METRICS.md"),
+    )
+    .unwrap();
+    let documented: Vec<&str> = doc
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `")?.split('`').next())
+        .collect();
+    assert!(documented.len() >= 15, "METRICS.md lists the metrics: {documented:?}");
+    for name in &documented {
+        assert!(
+            first.lines().any(|l| l.starts_with(name)),
+            "metric {name} documented but not served:\n{first}"
+        );
+    }
+    for name in [
+        "ken_commit_seconds_bucket",
+        "ken_batch_turns_count",
+        "ken_frames_dropped_total{reason=\"untagged\"}",
+        "ken_fuse_groups{state=\"live\"}",
+        "ken_client_requests_total{outcome=\"applied\"}",
+        "ken_peer_retransmits_total{peer=\"b\"}",
+    ] {
+        assert!(first.contains(name), "{name} in:\n{first}");
+    }
+    assert!(sample(&first, "ken_commit_seconds_count").is_some_and(|n| n > 0.0));
+    assert!(sample(&first, "ken_recovery_seconds").is_some_and(|s| s > 0.0));
+    // A counter grows between two scrapes.
+    let turns = sample(&first, "ken_turns_total").unwrap();
+    harness::wait_until(
+        Instant::now() + Duration::from_secs(30),
+        Duration::from_millis(200),
+        || (sample(&scrape(), "ken_turns_total").unwrap() > turns).then_some(()),
+    )
+    .expect("ken_turns_total grows");
+    // Anything but /metrics is a 404.
+    assert_eq!(http_get(&addr, "/other").0, "HTTP/1.1 404 Not Found");
+    drop(procs);
+}
