@@ -68,7 +68,9 @@ pub enum AdminReply {
         known_incarnation: u64,
     },
     /// The request was understood and refused (one line saying why and what to do).
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
 }
 
 /// Recent commit times (the transaction and its fsync), in microseconds.
@@ -178,7 +180,9 @@ impl StatusReport {
 pub enum PayloadError {
     #[error("admin payload of {0} bytes is too short for its version")]
     TooShort(usize),
-    #[error("admin version {theirs} (this build speaks {ADMIN_VERSION}): use the same Ken release")]
+    #[error(
+        "admin version {theirs} (this build speaks {ADMIN_VERSION}): use the same Ken release"
+    )]
     Version { theirs: u16 },
     #[error("admin payload does not decode: {0}")]
     Undecodable(String),
@@ -266,7 +270,10 @@ impl AdminDesk {
         endpoint: &EndpointStats,
     ) {
         if let Some(m) = &self.metrics {
-            m.refresh(&self.status(engine.snapshot(), peers, endpoint), engine.stats());
+            m.refresh(
+                &self.status(engine.snapshot(), peers, endpoint),
+                engine.stats(),
+            );
         }
     }
 

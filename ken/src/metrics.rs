@@ -101,7 +101,11 @@ impl Metrics {
         };
         let r = registry;
         r.register("ken_turns", "Turns run (per life)", m.turns.clone());
-        r.register("ken_commits", "Batches committed (per life)", m.commits.clone());
+        r.register(
+            "ken_commits",
+            "Batches committed (per life)",
+            m.commits.clone(),
+        );
         r.register(
             "ken_messages_sent",
             "Messages to peers sent by turns (per life)",
@@ -220,7 +224,10 @@ impl Metrics {
                 .set(p.oldest_unacked_age_ms.unwrap_or(0) as f64 / 1000.0);
         }
         for (reason, n) in &report.frames_dropped {
-            set_counter(&self.frames_dropped.get_or_create(&label("reason", reason)), *n);
+            set_counter(
+                &self.frames_dropped.get_or_create(&label("reason", reason)),
+                *n,
+            );
         }
         for (outcome, n) in [
             ("applied", stats.requests_applied),
@@ -232,7 +239,9 @@ impl Metrics {
             ("expired", stats.requests_expired),
         ] {
             set_counter(
-                &self.client_requests.get_or_create(&label("outcome", outcome)),
+                &self
+                    .client_requests
+                    .get_or_create(&label("outcome", outcome)),
                 n,
             );
         }

@@ -96,11 +96,8 @@ async fn ask_all(file: &ClusterFile, keys: Option<&Keyring>, timeout: Duration) 
         let answer = match resolve(entry) {
             Err(e) => Err(e),
             Ok(addr) => {
-                match ken::admin::ask(addr, &entry.id, keys, &AdminRequest::Status, timeout).await
-                {
-                    Ok(AdminReply::Status(report)) if report.id == entry.id.as_str() => {
-                        Ok(*report)
-                    }
+                match ken::admin::ask(addr, &entry.id, keys, &AdminRequest::Status, timeout).await {
+                    Ok(AdminReply::Status(report)) if report.id == entry.id.as_str() => Ok(*report),
                     Ok(AdminReply::Status(report)) => Err(format!(
                         "process `{}` answered at {addr}, not `{}`: check the cluster file",
                         report.id, entry.id
@@ -144,7 +141,9 @@ async fn futures_join_all<F: std::future::Future<Output = Row>>(
         }
     })
     .await;
-    out.into_iter().map(|r| r.expect("every future finished")).collect()
+    out.into_iter()
+        .map(|r| r.expect("every future finished"))
+        .collect()
 }
 
 fn duration_text(ms: u64) -> String {
@@ -159,8 +158,17 @@ fn duration_text(ms: u64) -> String {
 fn render_text(rows: &[Row]) -> String {
     let mut out = String::new();
     let header = [
-        "ID", "STATE", "INCARNATION", "APP", "UPTIME", "TURNS/S", "COMMIT p50/p99", "OUTBOX",
-        "OLDEST", "HELD/POISON/DEAD", "FUSE",
+        "ID",
+        "STATE",
+        "INCARNATION",
+        "APP",
+        "UPTIME",
+        "TURNS/S",
+        "COMMIT p50/p99",
+        "OUTBOX",
+        "OLDEST",
+        "HELD/POISON/DEAD",
+        "FUSE",
     ];
     let mut table: Vec<Vec<String>> = vec![header.iter().map(ToString::to_string).collect()];
     let mut notes = Vec::new();
@@ -186,16 +194,17 @@ fn render_text(rows: &[Row]) -> String {
                     if s.commit_latency.samples == 0 {
                         "-".into()
                     } else {
-                        format!(
-                            "{}/{} us",
-                            s.commit_latency.p50_us, s.commit_latency.p99_us
-                        )
+                        format!("{}/{} us", s.commit_latency.p50_us, s.commit_latency.p99_us)
                     },
                     s.outbox_total().to_string(),
-                    s.oldest_unacked_age_ms()
-                        .map_or("-".into(), duration_text),
-                    format!("{}/{}/{}{}", s.held, s.poisoned, s.dead_letters,
-                        if s.dead_letters_capped { "+" } else { "" }),
+                    s.oldest_unacked_age_ms().map_or("-".into(), duration_text),
+                    format!(
+                        "{}/{}/{}{}",
+                        s.held,
+                        s.poisoned,
+                        s.dead_letters,
+                        if s.dead_letters_capped { "+" } else { "" }
+                    ),
                     fuse,
                 ]);
                 for p in &s.peers {
@@ -206,7 +215,10 @@ fn render_text(rows: &[Row]) -> String {
                         ));
                     }
                     if p.refuses_us {
-                        notes.push(format!("{}: refused by {} (it knew an earlier incarnation)", row.id, p.id));
+                        notes.push(format!(
+                            "{}: refused by {} (it knew an earlier incarnation)",
+                            row.id, p.id
+                        ));
                     }
                     if let Some(h) = &p.held {
                         notes.push(format!("{}: messages from {} held: {h}", row.id, p.id));
@@ -353,7 +365,13 @@ pub fn admit_online(
         peer: peer.to_string(),
     };
     let reply = rt
-        .block_on(ken::admin::ask(addr, &id, keyring.as_ref(), &request, timeout))
+        .block_on(ken::admin::ask(
+            addr,
+            &id,
+            keyring.as_ref(),
+            &request,
+            timeout,
+        ))
         .with_context(|| {
             format!(
                 "{id} at {addr} did not answer: is it running, and has this tool its cluster key? \

@@ -29,7 +29,11 @@ fn cluster_file(dir: &Path, ids: &[&str]) -> PathBuf {
         .arg(dir.join("k.key"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     path
 }
 
@@ -113,13 +117,17 @@ fn status_rows_of_a_keyed_bank_cluster_a_killed_member_and_an_unkeyed_request() 
     let file = cluster_file(dir.path(), &ids);
     let mut procs: Vec<Process> = ids.iter().map(|id| bank(dir.path(), &file, id)).collect();
 
-    let first = wait_status(&file, "every member up with turns and commits", |code, doc| {
-        code == 0
-            && ids.iter().all(|id| {
-                let r = row(doc, id);
-                r["up"] == true && r["status"]["commits"].as_u64().is_some_and(|c| c > 0)
-            })
-    });
+    let first = wait_status(
+        &file,
+        "every member up with turns and commits",
+        |code, doc| {
+            code == 0
+                && ids.iter().all(|id| {
+                    let r = row(doc, id);
+                    r["up"] == true && r["status"]["commits"].as_u64().is_some_and(|c| c > 0)
+                })
+        },
+    );
     for id in ids {
         let s = &row(&first, id)["status"];
         assert_eq!(s["id"], id);
@@ -128,7 +136,10 @@ fn status_rows_of_a_keyed_bank_cluster_a_killed_member_and_an_unkeyed_request() 
         assert_eq!(s["authenticated"], true);
         assert_eq!(s["incarnation"].as_str().unwrap().len(), 16, "{s:#}");
         assert!(u(&s["uptime_ms"]) > 0);
-        assert!(u(&s["turns"]) > 0 && u(&s["turns_total"]) >= u(&s["turns"]), "{s:#}");
+        assert!(
+            u(&s["turns"]) > 0 && u(&s["turns_total"]) >= u(&s["turns"]),
+            "{s:#}"
+        );
         let lat = &s["commit_latency"];
         assert!(u(&lat["samples"]) > 0, "{s:#}");
         assert!(u(&lat["p50_us"]) <= u(&lat["p99_us"]) && u(&lat["p99_us"]) <= u(&lat["max_us"]));
@@ -157,7 +168,10 @@ fn status_rows_of_a_keyed_bank_cluster_a_killed_member_and_an_unkeyed_request() 
     for id in ids {
         let r = row(&doc, id);
         assert_eq!(r["up"], false, "{id} answered an unkeyed request: {doc:#}");
-        assert!(r["error"].as_str().unwrap().contains("no answer"), "{doc:#}");
+        assert!(
+            r["error"].as_str().unwrap().contains("no answer"),
+            "{doc:#}"
+        );
     }
     // ... and counted the drops as untagged frames.
     let keyed = wait_status(&file, "untagged drops counted", |code, doc| {
@@ -185,17 +199,24 @@ fn status_rows_of_a_keyed_bank_cluster_a_killed_member_and_an_unkeyed_request() 
     let (code, doc) = status(&file, &[]);
     assert_eq!(code, 2, "{doc:#}");
     assert_eq!(row(&doc, "b")["up"], false, "{doc:#}");
-    assert!(row(&doc, "b")["error"].as_str().unwrap().contains("no answer"));
+    assert!(row(&doc, "b")["error"]
+        .as_str()
+        .unwrap()
+        .contains("no answer"));
     for id in ["a", "c"] {
         assert_eq!(row(&doc, id)["up"], true, "{doc:#}");
     }
     // Messages to b wait in a's outbox, and their age grows.
-    let waiting = wait_status(&file, "a's outbox to b waits for more than 1 s", |_, doc| {
-        row(doc, "a")["up"] == true
-            && peer(doc, "a", "b")["oldest_unacked_age_ms"]
-                .as_u64()
-                .is_some_and(|ms| ms > 1000)
-    });
+    let waiting = wait_status(
+        &file,
+        "a's outbox to b waits for more than 1 s",
+        |_, doc| {
+            row(doc, "a")["up"] == true
+                && peer(doc, "a", "b")["oldest_unacked_age_ms"]
+                    .as_u64()
+                    .is_some_and(|ms| ms > 1000)
+        },
+    );
     assert!(u(&peer(&waiting, "a", "b")["outbox"]) > 0, "{waiting:#}");
 
     // The text view has one row per process.
@@ -206,11 +227,23 @@ fn status_rows_of_a_keyed_bank_cluster_a_killed_member_and_an_unkeyed_request() 
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(2), "{text}");
-    assert!(!text.contains('\x1b'), "no escape codes in a pipe: {text:?}");
+    assert!(
+        !text.contains('\x1b'),
+        "no escape codes in a pipe: {text:?}"
+    );
     let rows: Vec<&str> = text.lines().skip(1).take(3).collect();
-    assert!(rows[0].starts_with("a ") && rows[0].contains(" up "), "{text}");
-    assert!(rows[1].starts_with("b ") && rows[1].contains("no answer"), "{text}");
-    assert!(rows[2].starts_with("c ") && rows[2].contains(" up "), "{text}");
+    assert!(
+        rows[0].starts_with("a ") && rows[0].contains(" up "),
+        "{text}"
+    );
+    assert!(
+        rows[1].starts_with("b ") && rows[1].contains("no answer"),
+        "{text}"
+    );
+    assert!(
+        rows[2].starts_with("c ") && rows[2].contains(" up "),
+        "{text}"
+    );
     drop(procs);
 }
 
@@ -255,7 +288,10 @@ fn a_replaced_member_is_refused_until_admitted_online() {
     let mut a = bank(dir.path(), &file, "a");
     let mut b = bank(dir.path(), &file, "b");
     let before = wait_status(&file, "a and b exchange messages", |code, doc| {
-        code == 0 && peer(doc, "a", "b")["delivered"].as_u64().is_some_and(|d| d > 0)
+        code == 0
+            && peer(doc, "a", "b")["delivered"]
+                .as_u64()
+                .is_some_and(|d| d > 0)
     });
     let old_b = row(&before, "b")["status"]["incarnation"].clone();
 
@@ -268,7 +304,11 @@ fn a_replaced_member_is_refused_until_admitted_online() {
             && peer(doc, "a", "b")["awaiting_admission"] == true
     });
     let new_b = row(&refused, "b")["status"]["incarnation"].clone();
-    assert_eq!(peer(&refused, "a", "b")["incarnation"], old_b, "{refused:#}");
+    assert_eq!(
+        peer(&refused, "a", "b")["incarnation"],
+        old_b,
+        "{refused:#}"
+    );
     // Negative control: left alone, a keeps refusing it (b consumes nothing of a's), in
     // every sample until b has run for 2 s.
     wait_status(&file, "b up for 2 s, refused all along", |_, doc| {
@@ -306,7 +346,9 @@ fn a_replaced_member_is_refused_until_admitted_online() {
         code == 0
             && peer(doc, "a", "b")["incarnation"] == new_b
             && peer(doc, "a", "b")["awaiting_admission"] == false
-            && peer(doc, "b", "a")["delivered"].as_u64().is_some_and(|d| d > 0)
+            && peer(doc, "b", "a")["delivered"]
+                .as_u64()
+                .is_some_and(|d| d > 0)
     });
     assert_eq!(u(&admitted["processes"][0]["status"]["dead_letters"]), 0);
     drop((a.kill(), b.kill()));
@@ -383,15 +425,17 @@ fn metrics_endpoint_serves_the_documented_metrics_and_counters_grow() {
     )
     .expect("ken_turns_total above 0 within 30 s");
     // Every metric METRICS.md documents is there.
-    let doc = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../ken/METRICS.md"),
-    )
-    .unwrap();
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../ken/METRICS.md"))
+            .unwrap();
     let documented: Vec<&str> = doc
         .lines()
         .filter_map(|l| l.strip_prefix("| `")?.split('`').next())
         .collect();
-    assert!(documented.len() >= 15, "METRICS.md lists the metrics: {documented:?}");
+    assert!(
+        documented.len() >= 15,
+        "METRICS.md lists the metrics: {documented:?}"
+    );
     for name in &documented {
         assert!(
             first.lines().any(|l| l.starts_with(name)),
