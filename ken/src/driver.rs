@@ -21,6 +21,10 @@
 //! logs one loud warning at start: anyone who can send a datagram to the process can speak
 //! as any peer or client (SECURITY.md).
 //!
+//! Operators: an `AdminRequest` frame (`ken status`, `ken admit --cluster`) is answered by
+//! the loop itself from counters (`crate::admin::AdminDesk`), never by a turn; with
+//! [`Config::metrics`] the same counters are served to Prometheus (`crate::metrics`).
+//!
 //! Failure policy: a failed commit stops the process (exit code non-zero, clear message); it
 //! is never retried. Restart = run the same command again.
 //!

@@ -25,8 +25,10 @@
 //!
 //! Below that, for hosts, simulations and tools rather than applications: [`engine`], the
 //! protocol as a state machine with no I/O (events in, commands out), which [`run`] drives
-//! with tokio, a SQLite store and a UDP socket; and [`crash`], the crash points torture
-//! harnesses arm (`KEN_CRASH_AT`).
+//! with tokio, a SQLite store and a UDP socket; [`crash`], the crash points torture
+//! harnesses arm (`KEN_CRASH_AT`); and [`admin`], the operator's requests to a running
+//! process (`ken status`, `ken admit --cluster`), answered by the runtime, never the
+//! application.
 //!
 //! ```
 //! use ken::{Handler, Input, Turn};
