@@ -317,14 +317,23 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         } else {
             render_text(&rows)
         };
-        let mut stdout = std::io::stdout().lock();
-        if interval.is_some() && terminal && !args.json {
+        let clear = interval.is_some() && terminal && !args.json;
+        let written = {
+            let mut stdout = std::io::stdout().lock();
             // Clear the screen only on a terminal (no escape codes in a pipe).
-            write!(stdout, "\x1b[2J\x1b[H")?;
+            (if clear {
+                write!(stdout, "\x1b[2J\x1b[H")
+            } else {
+                Ok(())
+            })
+            .and_then(|()| writeln!(stdout, "{}", text.trim_end()))
+            .and_then(|()| stdout.flush())
+        };
+        match written {
+            // The reader went away (`ken status --watch | head`): done.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+            other => other?,
         }
-        writeln!(stdout, "{}", text.trim_end())?;
-        stdout.flush()?;
-        drop(stdout);
         let all_up = rows.iter().all(|r| r.answer.is_ok());
         match interval {
             None => {
@@ -336,7 +345,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             }
             Some(i) => {
                 if !terminal || args.json {
-                    println!();
+                    let _ = writeln!(std::io::stdout());
                 }
                 std::thread::sleep(i);
             }
