@@ -35,14 +35,18 @@ use crate::{Handler, Time};
 pub const ADMIN_VERSION: u16 = 1;
 
 /// Peers listed in one status reply (the rest are counted in `peers_not_listed`), so that
-/// the reply always fits in one datagram.
-pub const STATUS_PEERS_MAX: usize = 200;
+/// the reply always fits in one datagram (a listed peer takes at most about 700 bytes: a
+/// 64-byte id, its address, a quoted panic of [`HELD_TEXT_CHARS_MAX`] characters, counters).
+pub const STATUS_PEERS_MAX: usize = 64;
 
 /// Commit times kept for the latency percentiles (the most recent ones).
 pub const COMMIT_SAMPLES_MAX: usize = 1024;
 
 /// Dead letters counted per status request (one bounded read of the store).
 pub const DEAD_LETTERS_COUNTED_MAX: u32 = 1000;
+
+/// Characters of a panic message quoted in a status reply (per held peer).
+pub const HELD_TEXT_CHARS_MAX: usize = 120;
 
 /// Turn-count samples kept for the recent turn rate, one per driver watch interval (1 s).
 const TURN_SAMPLES_MAX: usize = 11;
@@ -378,7 +382,14 @@ impl AdminDesk {
                 }
                 HeldReason::Panicked { message } => {
                     poisoned += 1;
-                    format!("poison: {message}")
+                    // Bounded, so that the reply fits in a datagram whatever the panic said.
+                    let short: String = message.chars().take(HELD_TEXT_CHARS_MAX).collect();
+                    let more = if short.len() < message.len() {
+                        "..."
+                    } else {
+                        ""
+                    };
+                    format!("poison: {short}{more}")
                 }
             };
             if let crate::living::HeldSource::Peer { peer, seq } = &h.source {
@@ -636,6 +647,72 @@ mod tests {
         let mut long = encode_payload(&AdminRequest::Status);
         long.push(0);
         assert!(decode_payload::<AdminRequest>(&long).is_err());
+    }
+
+    #[test]
+    fn the_largest_status_reply_fits_in_a_frame() {
+        let id = "x".repeat(ken_transport::frame::MAX_ID_BYTES);
+        let panic: String = "\u{1F600}".repeat(HELD_TEXT_CHARS_MAX);
+        let peer = PeerReport {
+            id: id.clone(),
+            incarnation: format!("{:016x}", u64::MAX),
+            address: Some("[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535".into()),
+            outbox: u64::MAX,
+            in_flight: u64::MAX,
+            acked: u64::MAX,
+            delivered: u64::MAX,
+            oldest_unacked_seq: Some(u64::MAX),
+            oldest_unacked_age_ms: Some(u64::MAX),
+            held: Some(format!("from seq {}: poison: {panic}...", u64::MAX)),
+            dead_letters: u64::MAX,
+            awaiting_admission: true,
+            refuses_us: true,
+            srtt_us: Some(u64::MAX),
+            retransmits: u64::MAX,
+        };
+        let report = StatusReport {
+            id,
+            incarnation: format!("{:016x}", u64::MAX),
+            app: "a".repeat(64),
+            schema_version: u32::MAX,
+            authenticated: true,
+            uptime_ms: u64::MAX,
+            turns_total: u64::MAX,
+            turns: u64::MAX,
+            commits: u64::MAX,
+            turns_per_s: f64::MAX,
+            rate_window_ms: u64::MAX,
+            commit_latency: Latency {
+                samples: u64::MAX,
+                mean_us: u64::MAX,
+                p50_us: u64::MAX,
+                p99_us: u64::MAX,
+                max_us: u64::MAX,
+            },
+            peers: vec![peer; STATUS_PEERS_MAX],
+            peers_not_listed: u64::MAX,
+            held: u64::MAX,
+            poisoned: u64::MAX,
+            dead_letters: u64::MAX,
+            dead_letters_capped: true,
+            fuse_groups: ["creating", "joined", "live", "failed"]
+                .into_iter()
+                .map(|k| (k.to_string(), u64::MAX))
+                .collect(),
+            clients_cached: u64::MAX,
+            reply_cache_bytes: u64::MAX,
+            frames_dropped: (0..20)
+                .map(|i| (format!("reason_{i:020}"), u64::MAX))
+                .collect(),
+            retransmits: u64::MAX,
+            admin_requests: u64::MAX,
+        };
+        let bytes = encode_payload(&AdminReply::Status(Box::new(report)));
+        assert!(
+            bytes.len() <= ken_transport::frame::MIN_PAYLOAD_CAPACITY_BYTES,
+            "{} bytes",
+            bytes.len()
+        );
     }
 
     #[test]
