@@ -64,6 +64,30 @@ pub struct Admission {
     pub at_ms: u64,
 }
 
+/// Peer pairs held because their next message is of a newer schema version than the
+/// process's own: key the peer's id, value [`HeldPair`]. Written with the next batch when a
+/// hold starts (a binary that holds the same message again after a restart keeps the row and
+/// its `since_ms`), deleted in the batch that consumes that message (a binary that reads it
+/// ran it, or it was dead-lettered) or withdraws it (the peer forgot this process or was
+/// replaced). It is a record for operators (`ken inspect STORE peers` shows it on a live or
+/// dead store); the engine decides holds from the message itself, never from this table.
+/// Poison holds need no row of their own: a [`POISON_TABLE`] row whose message is not yet
+/// delivered is one.
+pub const HELD_TABLE: &str = "ken.held";
+
+/// A [`HELD_TABLE`] row: the held message and the versions on each side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldPair {
+    /// The held message's sequence number (the pair's next to deliver).
+    pub seq: u64,
+    /// The message's schema version.
+    pub version: u32,
+    /// The schema version of the binary that held it (the newest that held it, if several).
+    pub known: u32,
+    /// When the hold of this message started, first seen (ms since the Unix epoch).
+    pub since_ms: u64,
+}
+
 /// Poison inputs: key [`poison_key`], value [`Poison`].
 pub const POISON_TABLE: &str = "ken.poison";
 

@@ -128,7 +128,7 @@ pub struct Checker {
 }
 
 impl Checker {
-    fn violation(&mut self, what: String) {
+    pub(crate) fn violation(&mut self, what: String) {
         if self.violations.len() < 50 {
             self.violations.push(what);
         }
@@ -250,7 +250,7 @@ pub fn fast_tempdir() -> tempfile::TempDir {
         .expect("create a temporary directory")
 }
 
-const T0_MS: u64 = 1_700_000_000_000;
+pub(crate) const T0_MS: u64 = 1_700_000_000_000;
 
 impl<A: SimApp> Sim<A> {
     pub fn new(app: A, config: SimConfig) -> Sim<A> {
@@ -464,7 +464,7 @@ impl<A: SimApp> Sim<A> {
 }
 
 /// The simulation's hostile network as the cluster's random faults.
-fn network_faults(f: &SimFaults) -> Faults {
+pub(crate) fn network_faults(f: &SimFaults) -> Faults {
     Faults {
         drop: f.drop,
         corrupt: f.corrupt,
@@ -475,7 +475,7 @@ fn network_faults(f: &SimFaults) -> Faults {
 }
 
 /// Applies a committed batch to a model of the store's data.
-fn apply_to_model(model: &mut NodeModel, batch: &Batch) {
+pub(crate) fn apply_to_model(model: &mut NodeModel, batch: &Batch) {
     if let Some(root) = &batch.root {
         model.root = Some(root.clone());
     }

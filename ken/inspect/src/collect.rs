@@ -63,8 +63,88 @@ fn signed_delta_ms(later_ms: u64, earlier_ms: u64) -> i64 {
     i64::try_from(d).unwrap_or(if d < 0 { i64::MIN } else { i64::MAX })
 }
 
-/// Merges counters and outbox statistics into one row per peer, ordered by peer.
-fn peer_infos(now_ms: u64, peers: &[PeerRow], outbox: &[OutboxStats]) -> Vec<PeerInfo> {
+/// The held pairs of a store, by peer: `ken.held` rows whose message is not delivered yet,
+/// then poison messages not delivered yet (a pair holds at one message at a time; the lowest
+/// undelivered one wins).
+fn holds(
+    reader: &Reader,
+    peers: &[PeerRow],
+    now_ms: u64,
+) -> Result<Vec<(String, HeldInfo)>, ReadError> {
+    let delivered = |peer: &str| peers.iter().find(|p| p.peer == peer).map(|p| p.delivered);
+    let mut out: Vec<(String, HeldInfo)> = Vec::new();
+    let mut keep = |peer: String, info: HeldInfo| {
+        if delivered(&peer).is_some_and(|d| d >= info.seq) {
+            return;
+        }
+        match out.iter_mut().find(|(p, _)| *p == peer) {
+            Some((_, old)) if old.seq <= info.seq => {}
+            Some((_, old)) => *old = info,
+            None => out.push((peer, info)),
+        }
+    };
+    let corrupt = |table: &str, key: &[u8], what: String| {
+        ReadError::Corrupted(ken_store::Corrupted {
+            table: table.into(),
+            key: codec::printable_key(key),
+            detail: what,
+        })
+    };
+    for (key, value) in reader.table_scan(ken::living::HELD_TABLE, b"", None, MAX_SCAN_ROWS)? {
+        let row: ken::living::HeldPair = codec::decode(&value).map_err(|e| {
+            corrupt(
+                ken::living::HELD_TABLE,
+                &key,
+                format!("not a hold record: {e}"),
+            )
+        })?;
+        keep(
+            String::from_utf8_lossy(&key).into_owned(),
+            HeldInfo {
+                seq: row.seq,
+                reason: "newer_version".into(),
+                version: Some(row.version),
+                known: Some(row.known),
+                panic: None,
+                since_ms: row.since_ms,
+                age_ms: age(now_ms, row.since_ms),
+            },
+        );
+    }
+    for (key, value) in
+        reader.table_scan(ken::living::POISON_TABLE, b"message\0", None, MAX_SCAN_ROWS)?
+    {
+        let p: ken::living::Poison = codec::decode(&value).map_err(|e| {
+            corrupt(
+                ken::living::POISON_TABLE,
+                &key,
+                format!("not a poison record: {e}"),
+            )
+        })?;
+        keep(
+            p.source,
+            HeldInfo {
+                seq: p.seq,
+                reason: "panicked".into(),
+                version: None,
+                known: None,
+                panic: Some(p.message),
+                since_ms: p.at_ms,
+                age_ms: age(now_ms, p.at_ms),
+            },
+        );
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Merges counters, outbox statistics and holds into one row per peer, ordered by peer.
+fn peer_infos(
+    now_ms: u64,
+    peers: &[PeerRow],
+    outbox: &[OutboxStats],
+    held: &[(String, HeldInfo)],
+) -> Vec<PeerInfo> {
     let mut names: Vec<&str> = peers
         .iter()
         .map(|p| p.peer.as_str())
@@ -89,6 +169,7 @@ fn peer_infos(now_ms: u64, peers: &[PeerRow], outbox: &[OutboxStats]) -> Vec<Pee
                 outbox_max_seq: o.map(|o| o.max_seq),
                 oldest_unacked_ms: o.map(|o| o.oldest_created_ms),
                 oldest_unacked_age_ms: o.map(|o| age(now_ms, o.oldest_created_ms)),
+                held: held.iter().find(|(p, _)| p == name).map(|(_, h)| h.clone()),
             }
         })
         .collect()
@@ -154,6 +235,7 @@ pub fn summary(reader: &Reader, now_ms: u64) -> Result<(Summary, Vec<Damage>), R
             db_bytes: 0,
             wal_bytes: 0,
         });
+    let held = part(d, "held", holds(reader, &peers, now_ms)).unwrap_or_default();
     let rows_of = |name: &str| tables.iter().find(|t| t.name == name).map_or(0, |t| t.rows);
     let dead_letters = rows_of(ken::living::DEAD_LETTERS_TABLE);
     let poison_inputs = rows_of(ken::living::POISON_TABLE);
@@ -178,7 +260,8 @@ pub fn summary(reader: &Reader, now_ms: u64) -> Result<(Summary, Vec<Damage>), R
         now_ms,
         root_bytes,
         tables: tables.into_iter().map(table_info).collect(),
-        peers: peer_infos(now_ms, &peers, &outbox),
+        held_pairs: held.len() as u64,
+        peers: peer_infos(now_ms, &peers, &outbox, &held),
         outbox_depth: outbox.iter().map(|o| o.depth).sum(),
         timers: timers.len() as u64,
         timers_due: timers.iter().filter(|t| t.due_ms <= now_ms).count() as u64,
@@ -204,9 +287,10 @@ fn table_info(t: ken_store::TableStats) -> TableInfo {
 pub fn peers(reader: &Reader, now_ms: u64) -> Result<PeersView, ReadError> {
     let peers = reader.peers()?;
     let outbox = reader.outbox_stats()?;
+    let held = holds(reader, &peers, now_ms)?;
     Ok(PeersView {
         now_ms,
-        peers: peer_infos(now_ms, &peers, &outbox),
+        peers: peer_infos(now_ms, &peers, &outbox, &held),
     })
 }
 

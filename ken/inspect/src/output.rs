@@ -59,6 +59,9 @@ pub struct Summary {
     /// Poison messages an operator moved to the dead letters, still to be consumed at the
     /// next start (rows of `ken.skip_poison`).
     pub poison_to_dead_letter: u64,
+    /// Peer pairs whose next message is held (a newer schema version, or its turn panicked
+    /// and it is not yet delivered); the peers view says which and since when.
+    pub held_pairs: u64,
     /// Random id of this store's life, `"0x"` + 16 hex digits.
     pub incarnation: String,
     pub format_version: u32,
@@ -155,6 +158,27 @@ pub struct PeerInfo {
     /// the outbox is empty.
     pub oldest_unacked_ms: Option<u64>,
     pub oldest_unacked_age_ms: Option<u64>,
+    /// The pair's next message is held (not delivered, not acknowledged), `null` if not.
+    pub held: Option<HeldInfo>,
+}
+
+/// Why a peer pair is held, from the runtime's records (`ken.held` for a newer schema
+/// version, `ken.poison` for a message whose turn panicked and is not yet delivered).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HeldInfo {
+    /// The held message (the pair's next to deliver); later ones wait behind it.
+    pub seq: u64,
+    /// `newer_version` or `panicked`.
+    pub reason: String,
+    /// For `newer_version`: the message's schema version and the one of the binary that
+    /// held it.
+    pub version: Option<u32>,
+    pub known: Option<u32>,
+    /// For `panicked`: the panic's message.
+    pub panic: Option<String>,
+    /// When the hold started (ms since the Unix epoch) and how long ago.
+    pub since_ms: u64,
+    pub age_ms: u64,
 }
 
 /// `ken inspect STORE peers`.

@@ -134,12 +134,21 @@ fn peer_rows(peers: &[PeerInfo]) -> Vec<Vec<String>> {
                     _ => "-".to_string(),
                 },
                 p.oldest_unacked_age_ms.map_or("-".to_string(), duration_ms),
+                p.held.as_ref().map_or("-".to_string(), held),
             ]
         })
         .collect()
 }
 
-const PEER_HEADERS: [&str; 8] = [
+/// A held pair in one cell: `seq 12: v2 > v1, 3.0s` or `seq 12: panicked, 3.0s`.
+fn held(h: &HeldInfo) -> String {
+    match (h.version, h.known) {
+        (Some(v), Some(k)) => format!("seq {}: v{v} > v{k}, {}", h.seq, duration_ms(h.age_ms)),
+        _ => format!("seq {}: {}, {}", h.seq, h.reason, duration_ms(h.age_ms)),
+    }
+}
+
+const PEER_HEADERS: [&str; 9] = [
     "PEER",
     "INCARNATION",
     "NEXT_SEQ",
@@ -148,6 +157,7 @@ const PEER_HEADERS: [&str; 8] = [
     "OUTBOX",
     "SEQS",
     "OLDEST_UNACKED",
+    "HELD",
 ];
 
 /// The summary.
@@ -175,6 +185,13 @@ pub fn summary(s: &Summary) -> String {
             out,
             "held back     {} dead letters, {} poison inputs (see the dead-letters and poison views)",
             s.dead_letters, s.poison_inputs
+        );
+    }
+    if s.held_pairs > 0 {
+        let _ = writeln!(
+            out,
+            "held pairs    {} (their next message waits: see HELD in the peers view)",
+            s.held_pairs
         );
     }
     if s.replays_queued > 0 || s.poison_to_dead_letter > 0 {

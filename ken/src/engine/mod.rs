@@ -76,7 +76,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::client::{ClientId, ReplyBody, RequestEnvelope};
 use crate::handler::{Effects, Handler, Input, PeerView, TimerOp, Turn};
-use crate::living::{self, DeadLetter, Held, HeldReason, HeldSource, Poison, PoisonSkip};
+use crate::living::{self, DeadLetter, Held, HeldPair, HeldReason, HeldSource, Poison, PoisonSkip};
 use crate::{limits, Time, Tuning};
 use fuse::{Fuse, FuseOutput, SealToken};
 pub use peer::RollbackEvidence;
@@ -430,6 +430,9 @@ pub struct Engine<H: Handler> {
     /// ([`living::SKIP_POISON_TABLE`]), loaded at start: consumed as dead letters when
     /// delivered.
     poison_skips: BTreeMap<(ProcessId, u64), PoisonSkip>,
+    /// The rows of [`living::HELD_TABLE`] (loaded at start, kept with every write): pairs
+    /// held for a newer schema version, as operators see them.
+    held_rows: BTreeMap<ProcessId, HeldPair>,
     /// Timers whose turn panicked: still set durably, not fired in this life (name -> due).
     held_timers: BTreeMap<String, (Time, Held)>,
     /// Client requests whose turn panicked, with the panic message.
@@ -591,6 +594,7 @@ impl<H: Handler> Engine<H> {
             held_peers: BTreeMap::new(),
             refused_by: BTreeSet::new(),
             poison_skips: BTreeMap::new(),
+            held_rows: BTreeMap::new(),
             held_timers: BTreeMap::new(),
             poisoned_requests: BTreeMap::new(),
             turns_total: recovered.turns_committed,
@@ -641,6 +645,7 @@ impl<H: Handler> Engine<H> {
             }
         }
         self.load_poison_skips();
+        self.load_held_rows();
         self.replay_dead_letters(now);
         if self.failed {
             return;
@@ -1331,6 +1336,7 @@ impl<H: Handler> Engine<H> {
         p.epoch += 1;
         p.dirty = true;
         self.held_peers.remove(pid);
+        self.release_held_row(pid, u64::MAX);
         // The old incarnation's messages are gone: an operator's order naming one of them
         // must not consume the new incarnation's message of the same number.
         self.drop_poison_skips(pid, u64::MAX);
@@ -1440,6 +1446,7 @@ impl<H: Handler> Engine<H> {
         // A pair held at the old `delivered + 1` (newer version, poison) held a withdrawn
         // message: nothing to wait for any more.
         self.held_peers.remove(pid);
+        self.release_held_row(pid, through);
         self.drop_poison_skips(pid, through);
         self.deliver_buffered(now, pid);
     }
@@ -1899,6 +1906,7 @@ impl<H: Handler> Engine<H> {
                             since: now,
                         },
                     );
+                    self.record_held_row(now, pid, seq, version);
                     return false;
                 }
             }
@@ -1922,7 +1930,10 @@ impl<H: Handler> Engine<H> {
                 p.delivered = seq;
                 p.dirty = true;
                 match self.run_turn(now, input, "message", pid.to_string(), seq) {
-                    Ok(_) => true,
+                    Ok(_) => {
+                        self.release_held_row(pid, seq);
+                        true
+                    }
                     Err(TurnFailed::Fault) => false,
                     Err(TurnFailed::Panicked(message)) => {
                         // Not consumed: neither delivered nor acknowledged.
@@ -1968,6 +1979,7 @@ impl<H: Handler> Engine<H> {
         let p = self.peers.get_mut(pid).expect("known peer");
         p.delivered = seq;
         p.dirty = true;
+        self.release_held_row(pid, seq);
         let dropped = self.tuning.drops_held_messages() && version > H::SCHEMA_VERSION;
         if !dropped {
             self.stats.dead_letters += 1;
@@ -2035,6 +2047,64 @@ impl<H: Handler> Engine<H> {
                 continue;
             }
             self.poison_skips.insert((peer, seq), skip);
+        }
+    }
+
+    /// Loads the rows of [`living::HELD_TABLE`]; deletes (with the filling batch) those whose
+    /// message was consumed already or whose peer is no longer known.
+    fn load_held_rows(&mut self) {
+        let Some(rows) = self.runtime_rows(living::HELD_TABLE) else {
+            return;
+        };
+        for (key, value) in rows {
+            let peer = String::from_utf8(key.clone())
+                .ok()
+                .and_then(|k| ProcessId::new(k).ok());
+            let (Some(peer), Ok(row)) = (peer, ken_store::codec::decode::<HeldPair>(&value)) else {
+                tracing::error!(
+                    table = living::HELD_TABLE,
+                    "a row does not decode; left in place"
+                );
+                continue;
+            };
+            if self.peers.get(&peer).is_none_or(|p| p.delivered >= row.seq) {
+                self.runtime_delete(living::HELD_TABLE, key);
+                continue;
+            }
+            self.held_rows.insert(peer, row);
+        }
+    }
+
+    /// Records (with the filling batch) that message `seq` of `pid`, of schema `version`, is
+    /// held: once per message and binary version, the first `since_ms` kept.
+    fn record_held_row(&mut self, now: Time, pid: &ProcessId, seq: u64, version: u32) {
+        let since_ms = match self.held_rows.get(pid) {
+            Some(r) if r.seq == seq && r.version == version && r.known == H::SCHEMA_VERSION => {
+                return;
+            }
+            Some(r) if r.seq == seq => r.since_ms,
+            _ => now.as_millis(),
+        };
+        let row = HeldPair {
+            seq,
+            version,
+            known: H::SCHEMA_VERSION,
+            since_ms,
+        };
+        self.runtime_write(
+            living::HELD_TABLE,
+            pid.as_str().as_bytes().to_vec(),
+            ken_store::codec::encode(&row),
+        );
+        self.held_rows.insert(pid.clone(), row);
+    }
+
+    /// Deletes (with the filling batch) the hold record of `pid` if its message, numbered up
+    /// to `through`, was consumed or withdrawn.
+    fn release_held_row(&mut self, pid: &ProcessId, through: u64) {
+        if self.held_rows.get(pid).is_some_and(|r| r.seq <= through) {
+            self.held_rows.remove(pid);
+            self.runtime_delete(living::HELD_TABLE, pid.as_str().as_bytes().to_vec());
         }
     }
 

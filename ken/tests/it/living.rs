@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use ken::client::ReplyBody;
 use ken::engine::EngineConfig;
-use ken::living::{DeadLetter, HeldReason, HeldSource, Poison};
+use ken::living::{self, DeadLetter, HeldPair, HeldReason, HeldSource, Poison};
 use ken::store::{codec, AppIdentity, OpenError, Reader, Store, StoreOptions};
 use ken::testing::{Cluster, Fate};
 use ken::transport::{Frame, FrameKind};
@@ -523,6 +523,26 @@ fn a_newer_version_message_is_held_unacknowledged_and_retransmitted() {
     let a = c.engine(0);
     assert_eq!(a.peer_status()[0].outbox, 2, "the sender keeps them");
     assert!(a.stats().retransmits >= 2, "{:?}", a.stats());
+    // The hold is on the record (`ken.held`), for `ken inspect` on a live or dead store.
+    let b_path = c.node(1).path().to_path_buf();
+    let held_rows = || rows::<HeldPair>(&b_path, living::HELD_TABLE);
+    let first = held_rows();
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0].0, b"a".to_vec());
+    assert_eq!(
+        (first[0].1.seq, first[0].1.version, first[0].1.known),
+        (1, 3, 2)
+    );
+    // The same binary restarted holds the same message again: the record and its start
+    // time are kept.
+    c.restart(1);
+    run_rewriting(&mut c, 0, 1, Duration::from_secs(2), &|f| set_version(f, 3));
+    assert_eq!(c.engine(1).held().len(), 1);
+    assert_eq!(
+        held_rows(),
+        first,
+        "one record per held message, its first start kept"
+    );
     // The receiver "upgraded" (here: the frames stop claiming a version it cannot read)
     // and restarted: both are delivered, once, in order.
     c.clear_filter();
@@ -532,6 +552,10 @@ fn a_newer_version_message_is_held_unacknowledged_and_retransmitted() {
     c.run_for(Duration::from_secs(2));
     assert_eq!(c.engine(0).peer_status()[0].outbox, 0);
     assert_eq!(c.state(1).entries, 2, "exactly once");
+    assert!(
+        held_rows().is_empty(),
+        "the record goes with the batch that consumes the message"
+    );
 }
 
 #[test]
@@ -872,6 +896,62 @@ fn a_poison_message_moved_to_the_dead_letters_by_the_operator_frees_its_pair_on_
     c.restart(1);
     c.run_for(Duration::from_secs(2));
     assert_eq!(*c.state(1), 116);
+}
+
+/// An operator's order to dead-letter poison message (a, 3) names a message of `a`'s
+/// incarnation: when `a` is replaced (its disk destroyed, a new incarnation admitted), the
+/// order is dropped with the old incarnation's messages and never consumes the new
+/// incarnation's message 3. Here the new `a` sends the same poison value again: it panics
+/// (held), as any poison does, instead of being dead-lettered by the stale order.
+#[test]
+fn a_poison_order_is_dropped_when_its_peer_is_replaced() {
+    use ken::living::{poison_dead_letter, PoisonSkip, DEAD_LETTERS_TABLE, SKIP_POISON_TABLE};
+    let dir = tempfile::tempdir().unwrap();
+    let buggy = Arc::new(AtomicBool::new(true));
+    let flag = Arc::clone(&buggy);
+    let mut c = cluster(dir.path(), &["a", "b"], move || V1 {
+        buggy: Arc::clone(&flag),
+        send: vec![1, 2, POISON, 100],
+        ..V1::default()
+    });
+    c.config_mut(1).tuning.admit_replaced_peers = true;
+    c.start_all();
+    c.run_until(Duration::from_secs(10), |c| {
+        c.engine(1).stats().turns_panicked == 1
+    });
+    let b_path = c.node(1).path().to_path_buf();
+    c.crash(1);
+    poison_dead_letter(&b_path, "a", 3).unwrap();
+    assert_eq!(rows::<PoisonSkip>(&b_path, SKIP_POISON_TABLE).len(), 1);
+    // a's disk is destroyed: it comes back as a new incarnation and sends 1, 2, 13, 100
+    // again; b (admitting replaced peers) starts after it.
+    c.crash(0);
+    let a_path = c.node(0).path().to_path_buf();
+    for suffix in ["", "-wal", "-shm", ".lock"] {
+        let mut p = a_path.clone().into_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
+    c.start(0);
+    c.start(1);
+    c.run_until(Duration::from_secs(30), |c| {
+        c.engine(1).stats().peers_admitted == 1 && c.engine(1).stats().turns_panicked == 1
+    });
+    c.run_for(Duration::from_secs(2));
+    assert!(
+        rows::<PoisonSkip>(&b_path, SKIP_POISON_TABLE).is_empty(),
+        "the order went with the old incarnation"
+    );
+    let letters: Vec<(Vec<u8>, DeadLetter)> = rows(&b_path, DEAD_LETTERS_TABLE);
+    assert!(
+        letters.is_empty(),
+        "the new a's message 3 was dead-lettered: {letters:?}"
+    );
+    assert_eq!(
+        c.engine(1).held().len(),
+        1,
+        "the new poison is held, as any poison"
+    );
 }
 
 #[test]
