@@ -21,6 +21,10 @@
 //! logs one loud warning at start: anyone who can send a datagram to the process can speak
 //! as any peer or client (SECURITY.md).
 //!
+//! Operators: an `AdminRequest` frame (`ken status`, `ken admit --cluster`) is answered by
+//! the loop itself from counters (`crate::admin::AdminDesk`), never by a turn; with
+//! [`Config::metrics`] the same counters are served to Prometheus (`crate::metrics`).
+//!
 //! Failure policy: a failed commit stops the process (exit code non-zero, clear message); it
 //! is never retried. Restart = run the same command again.
 //!
@@ -54,6 +58,7 @@ use ken_transport::{
 };
 use tokio::sync::mpsc;
 
+use crate::admin::AdminDesk;
 use crate::cluster::PeerAddress;
 use crate::crash::CrashPoints;
 use crate::engine::{BatchId, Command, Engine, EngineConfig, EngineError, Security};
@@ -72,6 +77,10 @@ const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Frames the engine loop handles before it looks at other events again.
 const FRAMES_PER_WAKEUP_MAX: usize = 256;
+
+/// Admin replies waiting to be sent; requests beyond it in one wakeup are dropped (the
+/// operator's tool retries).
+const ADMIN_REPLIES_QUEUED_MAX: usize = 64;
 
 /// How a process is run.
 #[derive(Debug, Clone)]
@@ -131,6 +140,9 @@ pub struct Config {
     pub resolver: Option<Resolver>,
     /// The task functions turns may start ([`Config::task`], [`crate::Turn::start_task`]).
     pub tasks: TaskRegistry,
+    /// Serve Prometheus metrics over HTTP here (`GET /metrics`; `ken/METRICS.md`). `None`:
+    /// no endpoint.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// The function inside a [`Resolver`].
@@ -176,6 +188,7 @@ impl Config {
             ready_line: false,
             resolver: None,
             tasks: TaskRegistry::default(),
+            metrics: None,
         }
     }
 
@@ -377,6 +390,11 @@ pub enum RunError {
     /// The store's schema migration failed; nothing was written (see the message).
     #[error("{0}")]
     Upgrade(#[from] crate::upgrade::UpgradeError),
+    #[error("cannot serve metrics on TCP {addr}: {source} (choose another --metrics address)")]
+    Metrics {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot bind UDP {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -592,6 +610,7 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
             started.elapsed().as_millis()
         );
     }
+    let ready_after = started.elapsed();
     let mut store = spawn_store_thread(store, Arc::clone(&crash));
     let mut watch = PeerWatch::new(
         config.tuning.rto_max * crate::limits::PEER_QUIET_CEILINGS,
@@ -648,7 +667,17 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
         observation: config.observe.clone().map(|o| Observation::new(o, &engine)),
         commit_avg: Duration::ZERO,
         anonymous_addrs: HashMap::new(),
+        desk: AdminDesk::new::<H>(started, config.key.is_some(), &config.store),
+        admin_replies: Vec::new(),
     };
+    if let Some(addr) = config.metrics {
+        let (metrics, bound) = crate::metrics::serve(addr)
+            .await
+            .map_err(|source| RunError::Metrics { addr, source })?;
+        metrics.recovered(ready_after);
+        eprintln!("metrics: http://{bound}/metrics");
+        out.desk.metrics = Some(metrics);
+    }
     // Set when a batch was released: its outputs go out at the top of the next iteration.
     let mut released = false;
     let stats_interval = match config.stats_interval {
@@ -715,6 +744,15 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
                 }
             }
             watch_due = now.plus(WATCH_INTERVAL);
+            out.desk
+                .sample_turns(std::time::Instant::now(), engine.stats().turns);
+            out.desk
+                .refresh_metrics(&engine, &out.peers, &endpoint.stats());
+        }
+        for (to, reply) in std::mem::take(&mut out.admin_replies) {
+            if let Err(e) = endpoint.send(to, &reply).await {
+                tracing::debug!(to = %to, error = %e, "admin reply not sent");
+            }
         }
         match out.execute(&mut engine, &store, frame_rx.is_empty()).await {
             Err(e) => break Err(e),
@@ -786,15 +824,11 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
             frame = frame_rx.recv(), if accepting => {
                 let Some((frame, from)) = frame else { break Err(RunError::StoreThread) };
                 let now = Time::now_wall();
-                out.learn(&frame, from);
-                engine.handle_frame(now, frame);
+                out.take_frame(&mut engine, now, frame, from);
                 let mut n = 1;
                 while n < FRAMES_PER_WAKEUP_MAX && engine.accepting_input() {
                     match frame_rx.try_recv() {
-                        Ok((frame, from)) => {
-                            out.learn(&frame, from);
-                            engine.handle_frame(now, frame);
-                        }
+                        Ok((frame, from)) => out.take_frame(&mut engine, now, frame, from),
                         Err(_) => break,
                     }
                     n += 1;
@@ -888,6 +922,10 @@ struct Out<'a> {
     /// The same for requests without a credential (anyone may send one in any client's
     /// name: kept apart, so such a request cannot divert a credentialed client's replies).
     anonymous_addrs: HashMap<ProcessId, SocketAddr>,
+    /// Answers administrative requests (`crate::admin`).
+    desk: AdminDesk,
+    /// Admin replies to send, with their return addresses (sent at the top of the loop).
+    admin_replies: Vec<(SocketAddr, Frame)>,
 }
 
 impl Out<'_> {
@@ -922,6 +960,28 @@ impl Out<'_> {
         });
     }
 
+    /// A frame from the receive queue: an admin request is answered by the runtime (never
+    /// the engine's turn machinery, never the handler); every other frame goes to the engine.
+    fn take_frame<H: Handler>(
+        &mut self,
+        engine: &mut Engine<H>,
+        now: Time,
+        frame: Frame,
+        from: SocketAddr,
+    ) {
+        if frame.kind == FrameKind::AdminRequest {
+            if self.admin_replies.len() < ADMIN_REPLIES_QUEUED_MAX {
+                let stats = self.endpoint.stats();
+                if let Some(reply) = self.desk.handle(engine, &frame, &self.peers, &stats) {
+                    self.admin_replies.push((from, reply));
+                }
+            }
+            return;
+        }
+        self.learn(&frame, from);
+        engine.handle_frame(now, frame);
+    }
+
     /// Remembers the return address of a client request.
     fn learn(&mut self, frame: &Frame, from: SocketAddr) {
         if frame.kind != FrameKind::ClientRequest {
@@ -941,6 +1001,7 @@ impl Out<'_> {
     /// A commit (either path) took `took`.
     fn commit_took(&mut self, took: Duration) {
         self.commit_avg = (self.commit_avg * 7 + took) / 8;
+        self.desk.commit_took(took);
     }
 
     /// Batch `id` is durable (committed by either path): its outputs may leave.
@@ -972,6 +1033,7 @@ impl Out<'_> {
             match cmd {
                 Command::Commit { id, batch } => {
                     assert!(!self.committing, "at most one batch commits at a time");
+                    self.desk.batch(batch.turns);
                     assert_eq!(id, self.durable + 1, "batches commit in order");
                     if idle
                         && batch.turns <= INLINE_COMMIT_TURNS_MAX

@@ -28,8 +28,10 @@
 //!
 //! Below that, for hosts, simulations and tools rather than applications: [`engine`], the
 //! protocol as a state machine with no I/O (events in, commands out), which [`run`] drives
-//! with tokio, a SQLite store and a UDP socket; and [`crash`], the crash points torture
-//! harnesses arm (`KEN_CRASH_AT`).
+//! with tokio, a SQLite store and a UDP socket; [`crash`], the crash points torture
+//! harnesses arm (`KEN_CRASH_AT`); and [`admin`], the operator's requests to a running
+//! process (`ken status`, `ken admit --cluster`), answered by the runtime, never the
+//! application.
 //!
 //! ```
 //! use ken::{Handler, Input, Turn};
@@ -59,6 +61,7 @@
 //! }
 //! ```
 
+pub mod admin;
 pub mod client;
 pub mod cluster;
 pub mod crash;
@@ -68,6 +71,7 @@ mod fuse_types;
 mod handler;
 pub mod limits;
 pub mod living;
+mod metrics;
 /// The driver's per-message timing hook ([`Config::observe`]), for benchmarks: when each
 /// message was sent by its turn, first transmitted, and acknowledged.
 pub mod observe {

@@ -40,6 +40,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod status;
 mod torture;
 
 /// Ken: crash-restart is invisible.
@@ -78,12 +79,14 @@ enum Command {
     /// process stopped; when it runs again it admits the new incarnation as a fresh peer
     /// (what the old one never acknowledged is withdrawn; the FUSE groups shared with the old
     /// one have already failed). Recorded in the store (`ken.admit`, then the turn log).
-    Admit {
-        /// The store of the process that refuses the peer (that process must be stopped).
-        store: std::path::PathBuf,
-        /// The id of the replaced peer.
-        peer: String,
-    },
+    /// Online: `ken admit --cluster FILE --id X PEER` asks the running process X to do the
+    /// same at PEER's next frame (an administrative request under the cluster key).
+    Admit(AdmitArgs),
+    /// Ask every process of a cluster file for its status (answered by the runtime, not the
+    /// app) and print one row per process: up or no answer, incarnation, version, uptime,
+    /// turns/s, commit latency, outbox and oldest unacknowledged message, held, poison and
+    /// dead letters, FUSE groups by state. Exit 0: all answered; 2: some did not.
+    Status(status::Args),
     /// Write a fresh cluster key to FILE (mode 0600; refuses to overwrite a file).
     Keygen {
         /// Where to write the key.
@@ -111,6 +114,30 @@ enum Command {
     /// `ken torture`, `ken demo` and the tests start app processes).
     #[command(hide = true, disable_help_flag = true)]
     App(AppArgs),
+}
+
+/// `ken admit STORE PEER` (offline) or `ken admit --cluster FILE --id X PEER` (online).
+#[derive(Debug, clap::Args)]
+struct AdmitArgs {
+    /// Offline: STORE PEER (the store of the stopped process that refuses PEER). Online
+    /// (with --cluster): PEER only.
+    #[arg(num_args = 1..=2, value_name = "STORE PEER | PEER", required = true)]
+    args: Vec<String>,
+    /// Online: the cluster file naming the running process and its address.
+    #[arg(long, requires = "id")]
+    cluster: Option<std::path::PathBuf>,
+    /// Online: the process that refuses the peer (it must be running).
+    #[arg(long, requires = "cluster")]
+    id: Option<String>,
+    /// Online: the cluster key file (default: the cluster file's key_file).
+    #[arg(long, requires = "cluster", conflicts_with = "no_key")]
+    key: Option<std::path::PathBuf>,
+    /// Online: send the request untagged (a keyed process drops it).
+    #[arg(long, requires = "cluster")]
+    no_key: bool,
+    /// Online: how long to wait for the answer, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    timeout_ms: u64,
 }
 
 /// `ken dead-letters STORE ACTION PEER SEQ`.
@@ -183,27 +210,14 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Admit { store, peer } => {
-            let admitted = ken::ProcessId::new(&peer)
-                .map_err(|e| format!("`{peer}` is not a process id: {e}"))
-                .and_then(|id| {
-                    ken::living::admit_offline(&store, &id, "ken admit").map_err(|e| e.to_string())
-                });
-            match admitted {
-                Ok(known) => {
-                    println!(
-                        "{}: the next new incarnation of `{peer}` will be admitted as a fresh \
-                         peer (the store knew incarnation {known:016x}); start the process again",
-                        store.display()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("ken admit: {e}");
-                    ExitCode::FAILURE
-                }
+        Command::Status(args) => match status::run(&args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("ken status: {e:#}");
+                ExitCode::FAILURE
             }
-        }
+        },
+        Command::Admit(a) => admit(a),
         Command::Keygen { file } => match ken::ClusterKey::write_new(&file) {
             Ok(key) => {
                 println!("wrote cluster key {} to {}", key.id(), file.display());
@@ -276,5 +290,59 @@ fn main() -> ExitCode {
             }
         }
         Command::App(a) => ken_apps::cli::run(a.app, a.args),
+    }
+}
+
+/// `ken admit`: offline on a stopped process's store, or online through the cluster file.
+fn admit(a: AdmitArgs) -> ExitCode {
+    if let (Some(cluster), Some(id)) = (&a.cluster, &a.id) {
+        let [peer] = a.args.as_slice() else {
+            eprintln!(
+                "ken admit: with --cluster, give only the peer: ken admit --cluster FILE --id X PEER"
+            );
+            return ExitCode::from(2);
+        };
+        let keys = status::KeyChoice {
+            key: a.key.clone(),
+            no_key: a.no_key,
+        };
+        let timeout = std::time::Duration::from_millis(a.timeout_ms.max(1));
+        return match status::admit_online(cluster, id, peer, &keys, timeout) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ken admit: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let [store, peer] = a.args.as_slice() else {
+        eprintln!(
+            "ken admit: give the stopped process's store and the peer (ken admit STORE PEER), \
+             or admit online (ken admit --cluster FILE --id X PEER)"
+        );
+        return ExitCode::from(2);
+    };
+    let store = std::path::PathBuf::from(store);
+    let admitted = ken::ProcessId::new(peer.as_str())
+        .map_err(|e| format!("`{peer}` is not a process id: {e}"))
+        .and_then(|id| {
+            ken::living::admit_offline(&store, &id, "ken admit").map_err(|e| e.to_string())
+        });
+    match admitted {
+        Ok(known) => {
+            println!(
+                "{}: the next new incarnation of `{peer}` will be admitted as a fresh \
+                 peer (the store knew incarnation {known:016x}); start the process again",
+                store.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ken admit: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -163,6 +163,13 @@ pub enum FrameKind {
     /// receiver treats every one of them it has not consumed as consumed, and acknowledges
     /// `seq`. `ack` and `acked` as in a data frame; no payload.
     Skip = 8,
+    /// An operator's administrative request (`ken status`), answered by the runtime, never
+    /// by the application: `from` is the operator tool's id, `seq` its request number, the
+    /// payload the runtime's request. Under the cluster's frame key when the receiver has one.
+    AdminRequest = 9,
+    /// The runtime's answer to an [`FrameKind::AdminRequest`]: `seq` the request number
+    /// answered, the payload the runtime's reply.
+    AdminReply = 10,
 }
 
 /// How a frame is (or, to send, is to be) protected. A received frame says what its tag
@@ -353,7 +360,7 @@ impl fmt::Display for Incarnation {
 
 impl FrameKind {
     /// Every kind, in wire-value order.
-    pub const ALL: [FrameKind; 8] = [
+    pub const ALL: [FrameKind; 10] = [
         FrameKind::Data,
         FrameKind::Ack,
         FrameKind::Heartbeat,
@@ -362,6 +369,8 @@ impl FrameKind {
         FrameKind::ClientReply,
         FrameKind::Reject,
         FrameKind::Skip,
+        FrameKind::AdminRequest,
+        FrameKind::AdminReply,
     ];
 
     /// The kind with this wire value, if any.
@@ -781,7 +790,7 @@ mod tests {
             assert_eq!(Frame::decode(&frame.encode().unwrap()), Ok(frame));
         }
         assert_eq!(FrameKind::from_u8(0), None);
-        assert_eq!(FrameKind::from_u8(9), None);
+        assert_eq!(FrameKind::from_u8(11), None);
     }
 
     /// The CRC of the worked example in FRAME.md.
@@ -960,7 +969,7 @@ mod tests {
 
     #[test]
     fn decode_bad_kind() {
-        for kind in [0u8, 9, 255] {
+        for kind in [0u8, 11, 255] {
             let mut bytes = sample().encode().unwrap();
             bytes[3] = kind;
             fix_crc(&mut bytes);

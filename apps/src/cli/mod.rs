@@ -42,6 +42,10 @@ pub struct ProcessArgs {
     /// Checkpoint store file, created if missing (with --cluster: defaults to the file's).
     #[arg(long, value_name = "PATH", required_unless_present = "cluster")]
     pub store: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (TCP; port 0 picks one, printed as
+    /// `metrics: http://..` on stderr). Each metric is described in ken/METRICS.md.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
     #[command(flatten)]
     pub settings: SettingsArgs,
 }
@@ -177,6 +181,7 @@ impl ProcessArgs {
             config.add_peer(p.id.clone(), p.address.clone());
         }
         self.settings.apply(&mut config)?;
+        config.metrics = self.metrics;
         config.ready_line = true;
         Ok(config)
     }

@@ -67,6 +67,7 @@
 //! of a process (two hosts with the same id) must not silently take over a pair.
 
 pub mod fuse;
+pub mod operator;
 pub(crate) mod peer;
 pub mod tables;
 pub mod tasks;
@@ -2729,6 +2730,7 @@ impl<H: Handler> Engine<H> {
             e.last_sent = now;
             let frame = header.frame(FrameKind::Data, e.seq, ack, acked, e.payload.clone());
             self.stats.retransmits += 1;
+            p.retransmits += 1;
             self.commands.push(Command::Send {
                 to: pid.clone(),
                 frame,

@@ -162,6 +162,8 @@ pub(crate) struct Peer {
     /// Bumped when a new incarnation of the peer is admitted (in memory only): a batch
     /// sealed before it speaks of the old incarnation's pair, whose counters are gone.
     pub epoch: u32,
+    /// Data frames retransmitted to the peer in this life (the status view, metrics).
+    pub retransmits: u64,
 }
 
 /// Why a frame from a peer proves that this process's store lost history.
@@ -220,6 +222,7 @@ impl Peer {
             skip_at: None,
             skip_interval: tuning.rto_initial,
             epoch: 0,
+            retransmits: 0,
         }
     }
 

@@ -15,7 +15,8 @@ use ken_store::{lock_path, wal_path, Batch, OpenError, Reader, Store, TableWrite
 
 use crate::common::{temp_store, try_open};
 
-const PAGE: usize = 4096;
+/// The page size of the stores these tests create (the default).
+const PAGE: usize = ken_store::DEFAULT_PAGE_SIZE as usize;
 
 fn frame_offset(i: usize) -> usize {
     WAL_HEADER_BYTES + i * (FRAME_HEADER_BYTES + PAGE)

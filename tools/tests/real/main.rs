@@ -7,6 +7,7 @@
 //! - [`kv_kill`]: the kv service SIGKILLed under client load, every request exactly once
 //!   (harness: [`kv_harness`]);
 //! - [`lock`]: the FUSE lock service's server and holders SIGKILLed, restarted or not;
+//! - [`status`]: `ken status` and `ken admit --cluster` on a keyed bank cluster;
 //! - [`bind`]: a life that cannot bind its port is recognised (the harnesses move to fresh
 //!   ports then).
 //!
@@ -32,6 +33,7 @@ mod lock;
 mod pingpong_harness;
 mod pingpong_kill;
 mod seed;
+mod status;
 mod stores;
 
 /// The `ken` binary under test, whose hidden `ken app NAME ..` runs the example apps.
