@@ -147,6 +147,14 @@ pub(crate) fn classify(conn: &Connection, path: &Path) -> Result<Found, OpenErro
     Ok(found)
 }
 
+/// SQLite's extended result code of `e`, if it came from SQLite.
+fn extended_code(e: &rusqlite::Error) -> Option<std::os::raw::c_int> {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) => Some(f.extended_code),
+        _ => None,
+    }
+}
+
 pub(crate) fn sqlite_open_err(path: &Path) -> impl Fn(rusqlite::Error) -> OpenError + '_ {
     move |e| match (crate::error::checksum_failure(&e), e.sqlite_error_code()) {
         (Some(page), _) => OpenError::Damaged {
@@ -163,9 +171,22 @@ pub(crate) fn sqlite_open_err(path: &Path) -> impl Fn(rusqlite::Error) -> OpenEr
             path: path.to_path_buf(),
             detail: format!("a row does not match the schema ({e})"),
         },
-        _ => OpenError::Sqlite {
+        // No space: for a write of the open itself, or to grow the `-shm` index (which
+        // SQLite reports as an I/O error of its own, SQLITE_IOERR_SHMSIZE).
+        (_, Some(rusqlite::ErrorCode::DiskFull)) => OpenError::Full {
             path: path.to_path_buf(),
             detail: e.to_string(),
+        },
+        _ if extended_code(&e) == Some(rusqlite::ffi::SQLITE_IOERR_SHMSIZE) => OpenError::Full {
+            path: path.to_path_buf(),
+            detail: format!("{e}: the -shm index cannot grow"),
+        },
+        _ => OpenError::Sqlite {
+            path: path.to_path_buf(),
+            detail: match extended_code(&e) {
+                Some(code) => format!("{e} (SQLite extended code {code})"),
+                None => e.to_string(),
+            },
         },
     }
 }

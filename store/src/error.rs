@@ -169,6 +169,13 @@ pub enum OpenError {
     /// open completes the creation.
     #[error("SQLite error opening {path}: {detail}")]
     Sqlite { path: PathBuf, detail: String },
+    /// The disk is full: SQLite could not write what an open needs (its shared-memory index
+    /// `-shm` grows with the `-wal`, and recovery writes). Nothing committed was changed.
+    #[error(
+        "store full opening {path}: free disk space, then restart the process; committed data \
+         is intact ({detail})"
+    )]
+    Full { path: PathBuf, detail: String },
 }
 
 /// Why [`Store::commit`](crate::Store::commit) failed.
@@ -293,6 +300,17 @@ impl From<rusqlite::Error> for CommitError {
             };
         }
         let detail = e.to_string();
+        let shm_full = matches!(
+            &e,
+            rusqlite::Error::SqliteFailure(f, _)
+                if f.extended_code == rusqlite::ffi::SQLITE_IOERR_SHMSIZE
+        );
+        if shm_full {
+            // The `-shm` index could not grow with the `-wal`: no space, as SQLITE_FULL.
+            return CommitError::Full {
+                detail: format!("{detail}: the -shm index cannot grow"),
+            };
+        }
         match e.sqlite_error_code() {
             Some(ErrorCode::DiskFull) => CommitError::Full { detail },
             Some(ErrorCode::SystemIoFailure) => CommitError::Io { detail },
