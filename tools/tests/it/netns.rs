@@ -48,9 +48,9 @@ const ACCOUNTS: u32 = 4;
 /// Large: c receives but sends nothing in phase 1, so a and b must not run dry.
 const INITIAL: i64 = 1_000_000;
 /// Transfers a and b each start in phase 1, and the new c in phase 2.
-const N: u64 = 2000;
+const N: u64 = 1000;
 const M: u64 = 100;
-const INTERVAL_MS: u64 = 5;
+const INTERVAL_MS: u64 = 10;
 const PORT: u16 = 7000;
 const NAMES: [&str; 3] = ["a", "b", "c"];
 /// How long any one wait may take before the test fails.
