@@ -452,6 +452,14 @@ fn three_namespaces_kills_a_cut_link_a_moved_and_a_replaced_node_lose_nothing() 
         "netns: c moved to 10.77.0.13, credits reach it again after {} ms",
         moved_at.elapsed().as_millis()
     );
+    // The old address is gone, so only a new resolution of the name can have reached it.
+    for peer in ["a", "b"] {
+        run.wait(&format!("{peer} resolving ken-c again"), |r| {
+            r.stderr_of(peer)
+                .contains("now resolves to 10.77.0.13:7000")
+                .then_some(())
+        });
+    }
     done = progress(&mut run, done, 1, "progress after the move");
 
     // A SIGKILL of a random node; the supervisor restarts it.
