@@ -5,5 +5,6 @@ mod demo;
 mod fuse;
 mod help;
 mod inspect;
+mod netns;
 mod torture;
 mod upgrade;
