@@ -45,8 +45,11 @@ fn quick_json_reports_every_measurement() {
         "ken bench failed: {}\nstdout: {stdout}\nstderr: {stderr}",
         out.status
     );
+    // A bound, not a speed target: --quick must not run the full phases (tens of seconds
+    // each). Generous, because the other tests of this binary share the 2 cores meanwhile
+    // (30 s seen under load; about 10 s alone).
     assert!(
-        elapsed < Duration::from_secs(20),
+        elapsed < Duration::from_secs(60),
         "--quick took {elapsed:?}"
     );
 
