@@ -8,9 +8,12 @@
 //! when the process has one: an operator holds the key file, and an untagged request to a
 //! keyed process is dropped by its endpoint like any untagged peer frame (counted as
 //! `untagged_dropped`). The payload is [`ADMIN_VERSION`] (u16, little-endian) followed by
-//! the bincode encoding ([`ken_store::codec`]) of an [`AdminRequest`] or [`AdminReply`]; a
-//! request of another version, or one that does not decode, is dropped and counted
-//! (`admin_malformed` in [`StatusReport::frames_dropped`]).
+//! the bincode encoding ([`ken_store::codec`]) of a [`PaddedRequest`] (the request and
+//! zeros) or an [`AdminReply`]; a request of another version, or one that does not decode,
+//! is dropped and counted (`admin_malformed` in [`StatusReport::frames_dropped`]), and so is
+//! one whose reply would be more than [`crate::limits::AMPLIFICATION_MAX`] times its
+//! datagram ([`ask`] pads every request to [`ADMIN_REQUEST_BYTES`]): a request with a
+//! forged or replayed source address cannot turn a process into an amplifier.
 //!
 //! The driver's half is [`AdminDesk`]; the client's half is [`ask`]. The engine's half is a
 //! read-only snapshot ([`crate::engine::Engine::snapshot`]) and the online admission
@@ -60,6 +63,25 @@ pub enum AdminRequest {
     /// admit STORE PEER` does offline, on the running process.
     Admit { peer: String },
 }
+
+/// An [`AdminRequest`] on the wire, with zeros that make its datagram at least
+/// [`ADMIN_REQUEST_BYTES`]: a process answers only when its reply is at most
+/// [`crate::limits::AMPLIFICATION_MAX`] times the request's datagram, so that a request with
+/// a forged source address (or a replayed one) cannot make it flood someone else with
+/// replies larger than what was sent. [`ask`] pads every request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaddedRequest {
+    pub request: AdminRequest,
+    pub padding: Vec<u8>,
+}
+
+/// The smallest admin request [`ask`] sends: large enough that the largest reply (one
+/// datagram) is within [`crate::limits::AMPLIFICATION_MAX`] times it.
+pub const ADMIN_REQUEST_BYTES: usize =
+    ken_transport::frame::MAX_FRAME_BYTES.div_ceil(crate::limits::AMPLIFICATION_MAX);
+
+/// Bytes sealing may add to a reply (the nonce and the tag).
+const SEAL_BYTES_MAX: usize = 64;
 
 /// What the runtime answers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -304,8 +326,8 @@ impl AdminDesk {
             self.malformed += 1;
             return None;
         }
-        let request: AdminRequest = match decode_payload(&frame.payload) {
-            Ok(r) => r,
+        let request: AdminRequest = match decode_payload::<PaddedRequest>(&frame.payload) {
+            Ok(r) => r.request,
             Err(e) => {
                 self.malformed += 1;
                 tracing::debug!(from = %frame.from, error = %e, "admin request dropped");
@@ -345,7 +367,7 @@ impl AdminDesk {
                 },
             },
         };
-        Some(Frame {
+        let reply = Frame {
             kind: FrameKind::AdminReply,
             auth: if self.authenticated {
                 Auth::Cluster
@@ -360,7 +382,22 @@ impl AdminDesk {
             ack: Seq(0),
             acked: Seq(0),
             payload: encode_payload(&reply),
-        })
+        };
+        let cap = frame
+            .encoded_len()
+            .saturating_mul(crate::limits::AMPLIFICATION_MAX);
+        if reply.encoded_len() + SEAL_BYTES_MAX > cap {
+            self.malformed += 1;
+            tracing::debug!(
+                from = %frame.from,
+                request_bytes = frame.encoded_len(),
+                reply_bytes = reply.encoded_len(),
+                "admin request too small for its reply (requests are padded to \
+                 ADMIN_REQUEST_BYTES): dropped, as a reply to a forged source would flood it"
+            );
+            return None;
+        }
+        Some(reply)
     }
 
     fn status(
@@ -580,7 +617,10 @@ pub async fn ask(
         seq,
         ack: Seq(0),
         acked: Seq(0),
-        payload: encode_payload(request),
+        payload: encode_payload(&PaddedRequest {
+            request: request.clone(),
+            padding: vec![0; ADMIN_REQUEST_BYTES],
+        }),
     };
     let bytes = match keys {
         Some(k) => k.seal(&frame)?,

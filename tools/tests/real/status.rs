@@ -194,6 +194,22 @@ fn status_rows_of_a_keyed_bank_cluster_a_killed_member_and_an_unkeyed_request() 
             .is_some_and(|n| n > 0)
     });
 
+    // A valid keyed status request too small for its reply gets no answer (a forged source
+    // address must not be flooded with replies larger than the request); the same request
+    // padded as `ken status` pads it is answered.
+    let a_addr = row(&keyed, "a")["address"].as_str().unwrap().to_string();
+    assert_eq!(
+        status_request_reply_bytes(dir.path(), &a_addr, 0),
+        None,
+        "an unpadded request was answered"
+    );
+    let answered = status_request_reply_bytes(dir.path(), &a_addr, ken::admin::ADMIN_REQUEST_BYTES)
+        .expect("a padded request gets its reply");
+    assert!(
+        answered <= ken::limits::AMPLIFICATION_MAX * ken::admin::ADMIN_REQUEST_BYTES,
+        "{answered}"
+    );
+
     // SIGKILL b: its row says no answer, a and c stay up.
     procs[1].kill().unwrap();
     let (code, doc) = status(&file, &[]);
@@ -269,6 +285,37 @@ fn send_malformed_admin(dir: &Path, addr: &str) {
     };
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     socket.send_to(&keys.seal(&frame).unwrap(), addr).unwrap();
+}
+
+/// Sends `a` at `addr` a keyed status request with `padding` zeros; the size of the reply
+/// datagram, or `None` if none came within 1 s.
+fn status_request_reply_bytes(dir: &Path, addr: &str, padding: usize) -> Option<usize> {
+    use ken::admin::{encode_payload, AdminRequest, PaddedRequest};
+    use ken::transport::{Auth, Frame, FrameKind, Keyring};
+    let key = ken::ClusterKey::load(&dir.join("k.key")).unwrap();
+    let keys = Keyring::new(&key, &[], false).unwrap();
+    let frame = Frame {
+        kind: FrameKind::AdminRequest,
+        auth: Auth::Cluster,
+        from: ken::ProcessId::new("admin-test").unwrap(),
+        from_incarnation: ken::Incarnation(0),
+        to: ken::ProcessId::new("a").unwrap(),
+        to_incarnation: ken::Incarnation(0),
+        seq: ken::Seq(2),
+        ack: ken::Seq(0),
+        acked: ken::Seq(0),
+        payload: encode_payload(&PaddedRequest {
+            request: AdminRequest::Status,
+            padding: vec![0; padding],
+        }),
+    };
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(1)))
+        .unwrap();
+    socket.send_to(&keys.seal(&frame).unwrap(), addr).unwrap();
+    let mut buf = vec![0u8; 65_536];
+    socket.recv_from(&mut buf).ok().map(|(n, _)| n)
 }
 
 /// Deletes every file of a store (a destroyed disk), the lock file included.
