@@ -430,7 +430,13 @@ impl<Q: Serialize, R: DeserializeOwned> Client<Q, R> {
                 bytes: request.len(),
                 max_bytes: limits::REQUEST_BYTES_MAX,
             })?;
-            self.socket.send_to(&bytes, server).await?;
+            // On the connected socket, a "port unreachable" for an earlier copy may be
+            // reported by this send instead (and this copy not sent): a refusal like any other.
+            let refused_on_send = match self.socket.send_to(&bytes, server).await {
+                Ok(_) => false,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => true,
+                Err(e) => return Err(e.into()),
+            };
             let remaining = self.options.deadline.saturating_sub(started.elapsed());
             if remaining.is_zero() {
                 return Err(ClientError::Timeout {
@@ -439,7 +445,12 @@ impl<Q: Serialize, R: DeserializeOwned> Client<Q, R> {
                 });
             }
             let until = tokio::time::Instant::now() + timeout.min(remaining);
-            let body = match self.await_reply(server, n, until).await? {
+            let awaited = if refused_on_send {
+                Awaited::Refused
+            } else {
+                self.await_reply(server, n, until).await?
+            };
+            let body = match awaited {
                 Awaited::Reply(body) => Some(body),
                 Awaited::Nothing => {
                     refused_since = None;

@@ -811,6 +811,19 @@ fn a_panicking_message_is_rolled_back_and_held_while_other_peers_flow_then_run_o
     assert!(c.engine(1).held().is_empty());
 }
 
+/// `a` sends 1, 2, [`POISON`], 100 to `b`, both running the buggy V1 until the returned
+/// flag is cleared (a fixed binary).
+fn poison_pair(dir: &Path) -> (Cluster<V1>, Arc<AtomicBool>) {
+    let buggy = Arc::new(AtomicBool::new(true));
+    let flag = Arc::clone(&buggy);
+    let c = cluster(dir, &["a", "b"], move || V1 {
+        buggy: Arc::clone(&flag),
+        send: vec![1, 2, POISON, 100],
+        ..V1::default()
+    });
+    (c, buggy)
+}
+
 #[test]
 fn a_poison_message_moved_to_the_dead_letters_by_the_operator_frees_its_pair_on_the_same_binary() {
     use ken::living::{
@@ -818,13 +831,7 @@ fn a_poison_message_moved_to_the_dead_letters_by_the_operator_frees_its_pair_on_
         SKIP_POISON_TABLE,
     };
     let dir = tempfile::tempdir().unwrap();
-    let buggy = Arc::new(AtomicBool::new(true));
-    let flag = Arc::clone(&buggy);
-    let mut c = cluster(dir.path(), &["a", "b"], move || V1 {
-        buggy: Arc::clone(&flag),
-        send: vec![1, 2, POISON, 100],
-        ..V1::default()
-    });
+    let (mut c, buggy) = poison_pair(dir.path());
     c.start_all();
     c.run_until(Duration::from_secs(10), |c| {
         c.engine(1).stats().turns_panicked == 1
@@ -907,13 +914,7 @@ fn a_poison_message_moved_to_the_dead_letters_by_the_operator_frees_its_pair_on_
 fn a_poison_order_is_dropped_when_its_peer_is_replaced() {
     use ken::living::{poison_dead_letter, PoisonSkip, DEAD_LETTERS_TABLE, SKIP_POISON_TABLE};
     let dir = tempfile::tempdir().unwrap();
-    let buggy = Arc::new(AtomicBool::new(true));
-    let flag = Arc::clone(&buggy);
-    let mut c = cluster(dir.path(), &["a", "b"], move || V1 {
-        buggy: Arc::clone(&flag),
-        send: vec![1, 2, POISON, 100],
-        ..V1::default()
-    });
+    let (mut c, _buggy) = poison_pair(dir.path());
     c.config_mut(1).tuning.admit_replaced_peers = true;
     c.start_all();
     c.run_until(Duration::from_secs(10), |c| {

@@ -266,11 +266,17 @@ fn status_rows_of_a_keyed_bank_cluster_a_killed_member_and_an_unkeyed_request() 
 /// Sends process `a` at `addr` an admin request sealed with the cluster key whose payload
 /// has the right version and junk after it.
 fn send_malformed_admin(dir: &Path, addr: &str) {
+    let mut payload = ken::admin::ADMIN_VERSION.to_le_bytes().to_vec();
+    payload.extend([0xff; 7]);
+    send_admin(dir, addr, 1, payload);
+}
+
+/// Sends process `a` at `addr` an admin frame with `payload`, sealed with the cluster key
+/// of `dir/k.key`, from a new socket (returned, to read a reply from).
+fn send_admin(dir: &Path, addr: &str, seq: u64, payload: Vec<u8>) -> std::net::UdpSocket {
     use ken::transport::{Auth, Frame, FrameKind, Keyring};
     let key = ken::ClusterKey::load(&dir.join("k.key")).unwrap();
     let keys = Keyring::new(&key, &[], false).unwrap();
-    let mut payload = ken::admin::ADMIN_VERSION.to_le_bytes().to_vec();
-    payload.extend([0xff; 7]);
     let frame = Frame {
         kind: FrameKind::AdminRequest,
         auth: Auth::Cluster,
@@ -278,42 +284,28 @@ fn send_malformed_admin(dir: &Path, addr: &str) {
         from_incarnation: ken::Incarnation(0),
         to: ken::ProcessId::new("a").unwrap(),
         to_incarnation: ken::Incarnation(0),
-        seq: ken::Seq(1),
+        seq: ken::Seq(seq),
         ack: ken::Seq(0),
         acked: ken::Seq(0),
         payload,
     };
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     socket.send_to(&keys.seal(&frame).unwrap(), addr).unwrap();
+    socket
 }
 
 /// Sends `a` at `addr` a keyed status request with `padding` zeros; the size of the reply
 /// datagram, or `None` if none came within 1 s.
 fn status_request_reply_bytes(dir: &Path, addr: &str, padding: usize) -> Option<usize> {
     use ken::admin::{encode_payload, AdminRequest, PaddedRequest};
-    use ken::transport::{Auth, Frame, FrameKind, Keyring};
-    let key = ken::ClusterKey::load(&dir.join("k.key")).unwrap();
-    let keys = Keyring::new(&key, &[], false).unwrap();
-    let frame = Frame {
-        kind: FrameKind::AdminRequest,
-        auth: Auth::Cluster,
-        from: ken::ProcessId::new("admin-test").unwrap(),
-        from_incarnation: ken::Incarnation(0),
-        to: ken::ProcessId::new("a").unwrap(),
-        to_incarnation: ken::Incarnation(0),
-        seq: ken::Seq(2),
-        ack: ken::Seq(0),
-        acked: ken::Seq(0),
-        payload: encode_payload(&PaddedRequest {
-            request: AdminRequest::Status,
-            padding: vec![0; padding],
-        }),
-    };
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let payload = encode_payload(&PaddedRequest {
+        request: AdminRequest::Status,
+        padding: vec![0; padding],
+    });
+    let socket = send_admin(dir, addr, 2, payload);
     socket
         .set_read_timeout(Some(std::time::Duration::from_secs(1)))
         .unwrap();
-    socket.send_to(&keys.seal(&frame).unwrap(), addr).unwrap();
     let mut buf = vec![0u8; 65_536];
     socket.recv_from(&mut buf).ok().map(|(n, _)| n)
 }
