@@ -50,6 +50,11 @@ pub const RTO_INITIAL: Duration = Duration::from_millis(200);
 /// Ceiling of the doubled retransmission timeout.
 pub const RTO_MAX: Duration = Duration::from_secs(1);
 
+/// How long a sender keeps asking for the acknowledgement of its `Done` before it gives up
+/// with an error (the receiver finished and exited while every copy of that acknowledgement
+/// was lost): a bound, so that the load can never hang.
+pub const DONE_ACK_WAIT: Duration = Duration::from_secs(10);
+
 /// Frames handled per wakeup of a simulated sender before it tops up its window again.
 const FRAMES_PER_WAKEUP_MAX: usize = 64;
 
@@ -293,10 +298,22 @@ impl Simulated {
 
     async fn run(mut self) -> anyhow::Result<SimulatedReport> {
         let mut buf = vec![0u8; MAX_FRAME_BYTES];
+        let mut done_sent_at: Option<Instant> = None;
         loop {
             self.fill_window().await;
             if self.done_seq.is_some_and(|done| self.acked >= done) {
                 break;
+            }
+            if self.done_seq.is_some() {
+                let since = *done_sent_at.get_or_insert_with(Instant::now);
+                if since.elapsed() > DONE_ACK_WAIT {
+                    anyhow::bail!(
+                        "{}: no acknowledgement of Done within {DONE_ACK_WAIT:?} (acknowledged \
+                         up to {}): the receiver finished and exited before one arrived",
+                        self.frame.from,
+                        self.acked
+                    );
+                }
             }
             let retransmit_at = self.retransmit_at.unwrap_or_else(far_future);
             // Only a sender with window space left waits for `stop_at`: it has `Done` to

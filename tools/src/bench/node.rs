@@ -548,7 +548,9 @@ mod tests {
                 .insert(ProcessId::new(id.clone()).unwrap(), *addr);
         }
         config.faults = Some(faults(1));
-        config.finish_linger = Duration::from_millis(300);
+        // Long enough that a sender whose last acknowledgement was lost (10% loss each way)
+        // asks again and hears one before the receiver exits (200 ms apart after `Done`).
+        config.finish_linger = Duration::from_secs(2);
         let receiver = std::thread::spawn(move || ken::run(config, Receiver { expect_done: 3 }));
 
         // The data direction goes through a forwarder whose endpoint applies the faults.
