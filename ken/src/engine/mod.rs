@@ -1457,23 +1457,11 @@ impl<H: Handler> Engine<H> {
             by = if by_operator { "ken admit" } else { "admit_replaced_peers" },
             "admitted a new incarnation of a peer as a fresh peer"
         );
-        self.turns_total += 1;
-        self.filling.turns += 1;
-        self.filling.nonempty = true;
-        self.filling.batch.turn_log.push(TurnLogEntry {
-            turn: self.turns_total,
-            at_ms: now.as_millis(),
-            input_kind: "admit".into(),
-            input_source: pid.to_string(),
-            input_seq: 0,
-            messages_out: 0,
-            outputs: 0,
-            bytes_written: 0,
-            note: format!(
-                "incarnation {old} replaced by {incarnation}; {withdrawn} unacknowledged \
-                 messages withdrawn; sequence numbers through {through} skipped"
-            ),
-        });
+        let note = format!(
+            "incarnation {old} replaced by {incarnation}; {withdrawn} unacknowledged messages \
+             withdrawn; sequence numbers through {through} skipped"
+        );
+        self.log_runtime_turn(now, "admit", pid, 0, note);
     }
 
     /// Sends the due `Skip` frames: a peer that has not acknowledged the last withdrawn
@@ -2092,21 +2080,35 @@ impl<H: Handler> Engine<H> {
                 ken_store::codec::encode(&letter),
             );
         }
+        let kind = if dropped { "dropped" } else { "dead_letter" };
+        self.log_runtime_turn(now, kind, pid, seq, note);
+        true
+    }
+
+    /// Counts an input the runtime consumed without calling the handler (a dead letter, an
+    /// admission) as a turn of the filling batch, with its turn-log entry.
+    fn log_runtime_turn(
+        &mut self,
+        now: Time,
+        kind: &str,
+        source: &ProcessId,
+        seq: u64,
+        note: String,
+    ) {
         self.turns_total += 1;
         self.filling.turns += 1;
         self.filling.nonempty = true;
         self.filling.batch.turn_log.push(TurnLogEntry {
             turn: self.turns_total,
             at_ms: now.as_millis(),
-            input_kind: if dropped { "dropped" } else { "dead_letter" }.into(),
-            input_source: pid.to_string(),
+            input_kind: kind.into(),
+            input_source: source.to_string(),
             input_seq: seq,
             messages_out: 0,
             outputs: 0,
             bytes_written: 0,
             note,
         });
-        true
     }
 
     /// Loads the poison messages an operator moved to the dead letters
@@ -2253,19 +2255,8 @@ impl<H: Handler> Engine<H> {
                         ken_store::codec::encode(&again),
                     );
                     self.stats.dead_letters += 1;
-                    self.turns_total += 1;
-                    self.filling.turns += 1;
-                    self.filling.batch.turn_log.push(TurnLogEntry {
-                        turn: self.turns_total,
-                        at_ms: now.as_millis(),
-                        input_kind: "dead_letter".into(),
-                        input_source: pid.to_string(),
-                        input_seq: letter.seq,
-                        messages_out: 0,
-                        outputs: 0,
-                        bytes_written: 0,
-                        note: format!("replay: {error}"),
-                    });
+                    let note = format!("replay: {error}");
+                    self.log_runtime_turn(now, "dead_letter", &pid, letter.seq, note);
                     continue;
                 }
             };
