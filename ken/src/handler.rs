@@ -105,8 +105,29 @@ pub enum Input<M, Q = ()> {
         request_no: u64,
         request: Q,
     },
-    /// A FUSE group this process belongs to failed. Heard exactly once per group.
+    /// A FUSE group this process belongs to failed. Heard exactly once per group, whether
+    /// or not [`Input::FuseJoined`] or [`Input::FuseLive`] came first (a group can fail
+    /// while it is being created). Never heard for a group this process never recorded:
+    /// a member that was down for the whole creation never hears of that group at all (see
+    /// "Joining, and groups that failed before you joined" in the [`crate::Turn::fuse_create`]
+    /// docs).
     FuseFailure { group: GroupId },
+    /// This process was made a member of a FUSE group another process (`creator`)
+    /// created, and has recorded it: from now on it monitors the group and hears its
+    /// failure. Heard exactly once per group, in a turn that commits with the membership
+    /// record (never at the creator, whose own turn created the group). `members` is every
+    /// member, this process and the creator included, sorted.
+    FuseJoined {
+        group: GroupId,
+        creator: ProcessId,
+        members: Vec<ProcessId>,
+    },
+    /// A FUSE group this process belongs to became live here: every member has recorded
+    /// it (at the creator: all confirmed; at a member: the creator said so). Heard at most
+    /// once per group, in a turn that commits with the group's new state; never for a group
+    /// that failed first. From this point a failure of any member is guaranteed to reach
+    /// every live member within the bound.
+    FuseLive { group: GroupId },
     /// A task this process started ([`Turn::start_task`]) succeeded: `result` is what its
     /// successful attempt returned. Delivered exactly once per task (the task itself ran at
     /// least once; see [`crate::task`]).
@@ -293,6 +314,54 @@ impl<'a, M: Serialize, R: Serialize> Turn<'a, M, R> {
     /// fails. Once created, the failure of any member, or a partition between members, or any
     /// member's [`Turn::fuse_signal`], becomes an [`Input::FuseFailure`] at every live member,
     /// exactly once, within a bound.
+    ///
+    /// # A group's life, as the handler hears it
+    ///
+    /// - The creator's turn returns the id. Each other member, once it has recorded the
+    ///   group, hears [`Input::FuseJoined`] (with the creator and the members).
+    ///   Every member, the creator included, hears [`Input::FuseLive`] once every member
+    ///   has recorded it. Then [`Input::FuseFailure`], exactly once, when it fails. Each of
+    ///   these turns commits with the group's new state, so none is heard twice or lost
+    ///   across crash-restarts.
+    /// - A group can fail before it is live (a member did not confirm within the creation
+    ///   timeout, [`crate::limits::FUSE_CREATE_TIMEOUT`]): the creator and the members that
+    ///   joined hear the failure without a `FuseLive` before it.
+    ///
+    /// # Joining, and groups that failed before you joined
+    ///
+    /// A member that was down for the whole creation never records the group, so it never
+    /// hears of it: not `FuseJoined`, not `FuseFailure`. A protocol that hands a member
+    /// something under a group (a lock, a lease, a job) must therefore not let the member
+    /// depend on hearing that group's failure unless it joined. The pattern: **the creator
+    /// acts on `FuseLive`, not on the create.** It creates the group, waits for
+    /// [`Input::FuseLive`] of that group, and only then sends the member what the group
+    /// guards (a grant naming the group). A member that receives it has, by then, recorded
+    /// the group, and will hear its failure. If the group fails first, the creator hears
+    /// [`Input::FuseFailure`] without `FuseLive` and tells the member to ask again (or
+    /// retries later): nothing was handed out under a group the member does not know.
+    /// The lock app (`apps/src/lock.rs`) works this way.
+    ///
+    /// # What detection assumes
+    ///
+    /// Failure detection runs in the live members: a member is declared failed after
+    /// silence of [`crate::limits::FUSE_T_FAIL`] plus two heartbeats *as measured by the
+    /// detecting process while it is up*. Liveness clocks are not durable: a detector that
+    /// restarts starts its silence clocks again from its restart, so a member that died
+    /// while the detector was down is declared failed up to one full bound after the
+    /// detector comes back, not after the death. Crash-restarts of the *monitored* member
+    /// shorter than about `0.9 x FUSE_T_FAIL` are masked (its groups are durable).
+    ///
+    /// # A durable lease timer, or a FUSE group?
+    ///
+    /// Use a **timer** ([`Turn::set_timer`]) when one process alone decides that time ran
+    /// out (a lease it granted, a job it gave a deadline): timers are durable, fire once, and
+    /// need nothing from anyone else, but the other side learns of the expiry only if told,
+    /// and a holder cannot release early without a message. Use a **FUSE group** when every
+    /// party must hear, within a bound, that the relationship ended, whoever ended it and
+    /// however (a crash for good, a partition, an explicit [`Turn::fuse_signal`]): no
+    /// deadlines to choose, no renewals to send, and the notification reaches every live
+    /// member even if messages are lost. A group costs a heartbeat per peer pair (shared by
+    /// all groups of the pair), a timer nothing until it fires.
     pub fn fuse_create(&mut self, members: &[ProcessId]) -> Result<GroupId, FuseError> {
         if members.len() + 1 > limits::GROUP_MEMBERS_MAX {
             return Err(FuseError::TooManyMembers {

@@ -1255,6 +1255,10 @@ impl<H: Handler> Engine<H> {
     /// and the group's `notified` flag commit together).
     fn run_fuse_notifications(&mut self, now: Time) {
         while !self.failed {
+            if let Some((id, change)) = self.fuse.next_lifecycle() {
+                self.run_fuse_lifecycle(now, id, change);
+                continue;
+            }
             let Some(id) = self.fuse.next_notification() else {
                 break;
             };
@@ -1272,6 +1276,33 @@ impl<H: Handler> Engine<H> {
             }
         }
         self.copy_fuse_stats();
+    }
+
+    /// Runs the lifecycle turn of group `id` (joined here, or live here) into the filling
+    /// batch, which also records the change: exactly once, with no flag of its own.
+    fn run_fuse_lifecycle(&mut self, now: Time, id: crate::GroupId, change: fuse::Lifecycle) {
+        let Some(g) = self.fuse.group(id) else {
+            return;
+        };
+        let (input, kind) = match change {
+            fuse::Lifecycle::Joined => (
+                Input::FuseJoined {
+                    group: id,
+                    creator: g.creator,
+                    members: g.members,
+                },
+                "fuse_joined",
+            ),
+            fuse::Lifecycle::Live => (Input::FuseLive { group: id }, "fuse_live"),
+        };
+        if let Err(TurnFailed::Panicked(message)) =
+            self.run_turn(now, input, kind, id.to_string(), 0)
+        {
+            self.fail(EngineError::Panicked {
+                input: format!("FUSE {kind} notification of group {id}"),
+                message,
+            });
+        }
     }
 
     /// Anything to commit: a turn ran, peer counters changed, or FUSE groups changed.
@@ -2637,6 +2668,10 @@ impl<H: Handler> Engine<H> {
             });
             snapshot.push((p.id.clone(), p.next_seq, p.delivered, p.forgotten, p.epoch));
         }
+        assert!(
+            !self.fuse.lifecycle_pending(),
+            "a FUSE lifecycle turn runs into the batch that records its change, before the seal"
+        );
         let (groups, fuse) = self.fuse.seal();
         batch.groups = groups;
         self.committing = Some(Committing {

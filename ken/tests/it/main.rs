@@ -7,6 +7,7 @@ mod engine;
 mod forget;
 mod fuse;
 mod fuse_engine;
+mod fuse_lifecycle;
 mod fuse_machine;
 mod hostile;
 mod living;

@@ -92,6 +92,16 @@ use wire::Outgoing;
 
 use crate::{Time, Tuning};
 
+/// A change in a group's life that the handler hears as a turn
+/// ([`crate::Input::FuseJoined`], [`crate::Input::FuseLive`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// This process recorded itself as a member of a group another process created.
+    Joined,
+    /// The group became live here: every member recorded it.
+    Live,
+}
+
 /// What the machine asks its host to transmit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FuseOutput {
@@ -154,6 +164,9 @@ pub struct Fuse {
     clock: Time,
     /// Failed groups whose notification turn has not run (checked again when taken).
     notify_queue: VecDeque<GroupId>,
+    /// Joins and groups become live since the last seal, in order: their lifecycle turns
+    /// run into the filling batch that records the change (see [`Fuse::next_lifecycle`]).
+    lifecycle: VecDeque<(GroupId, Lifecycle)>,
     /// Some group changed since the last seal.
     unsealed: bool,
     /// Messages caused by the changes of the filling batch: they leave once it is durable.
@@ -178,6 +191,7 @@ impl Fuse {
             groups: BTreeMap::new(),
             clock: Time::ZERO,
             notify_queue: VecDeque::new(),
+            lifecycle: VecDeque::new(),
             unsealed: false,
             filling_out: Vec::new(),
             committing: None,
@@ -276,6 +290,9 @@ impl Fuse {
             stamp,
         );
         self.groups.insert(id, g);
+        if state == GroupState::Live {
+            self.lifecycle.push_back((id, Lifecycle::Live));
+        }
         self.unsealed = true;
     }
 
@@ -454,6 +471,20 @@ impl Fuse {
         None
     }
 
+    /// The next lifecycle change (this process joined a group, or a group became live here)
+    /// whose turn has not run. The caller runs its turn into the filling batch before the
+    /// batch is sealed: the change is recorded in that batch too, so the turn and the
+    /// change commit together, exactly once, and a recovered group needs no flag (every
+    /// durable change's turn committed with it). Taken in order.
+    pub fn next_lifecycle(&mut self) -> Option<(GroupId, Lifecycle)> {
+        self.lifecycle.pop_front()
+    }
+
+    /// True while a lifecycle turn waits to run (a host must not seal then).
+    pub fn lifecycle_pending(&self) -> bool {
+        !self.lifecycle.is_empty()
+    }
+
     /// When [`Fuse::tick`] should next be called, if anything is scheduled.
     pub fn deadline(&self) -> Option<Time> {
         let mut next: Option<Time> = None;
@@ -470,6 +501,11 @@ impl Fuse {
         }
         self.pairs.deadlines(self.silence_limit(), at);
         next
+    }
+
+    /// One group's summary.
+    pub fn group(&self, id: GroupId) -> Option<GroupStatus> {
+        self.groups.get(&id).map(|g| g.status(id))
     }
 
     /// Every group, for tests and tools.
@@ -616,6 +652,7 @@ impl Fuse {
             stamp,
         );
         self.groups.insert(group, g);
+        self.lifecycle.push_back((group, Lifecycle::Joined));
         self.filling_out.push((
             from.clone(),
             FuseMsg::Confirm {
@@ -646,6 +683,7 @@ impl Fuse {
                     groups: vec![group],
                 },
             );
+            self.lifecycle.push_back((group, Lifecycle::Live));
             self.unsealed = true;
         }
     }
@@ -658,6 +696,7 @@ impl Fuse {
                 g.state = GroupState::Live;
                 g.vouch_since = stamp;
                 g.dirty = true;
+                self.lifecycle.push_back((group, Lifecycle::Live));
                 self.unsealed = true;
             }
         }
