@@ -3,23 +3,32 @@
 //!
 //! One **server** and any number of **holders**, all Ken processes. A holder sends
 //! `Acquire { lock, round }`; the server, if the lock is free, creates a FUSE group
-//! {server, holder}, records the grant and answers `Granted { lock, round, token, group }`;
-//! otherwise it queues the holder (FIFO, bounded, at most one entry per holder). The holder
-//! releases by signalling the group ([`ken::Turn::fuse_signal`]); both sides then hear
-//! [`Input::FuseFailure`]. The server frees the lock, tells the holder (`Freed`) and grants
-//! the next waiter under a new group with the next token. If the holder dies, or the
-//! network between them fails for longer than FUSE's bound, the group fails just the same
-//! and the lock is freed: a dead holder never keeps a lock.
+//! {server, holder} and records a pending grant; once the group is live
+//! ([`Input::FuseLive`]: the holder has recorded it) it gives the grant the next token and
+//! answers `Granted { lock, round, token, group }`; if the lock is taken it queues the
+//! holder (FIFO, bounded, at most one entry per holder). The holder releases by signalling
+//! the group ([`ken::Turn::fuse_signal`]); both sides then hear [`Input::FuseFailure`]. The
+//! server frees the lock and grants the next waiter under a new group. If the holder dies,
+//! or the network between them fails for longer than FUSE's bound, the group fails just the
+//! same and the lock is freed: a dead holder never keeps a lock.
+//!
+//! Granting on `FuseLive` is the rejoin pattern of [`ken::Turn::fuse_create`]: nothing is
+//! handed out under a group the holder has not recorded, so the holder always hears the
+//! failure of the group it holds under. A group that fails before it is live (the holder
+//! was down for the whole creation timeout) was never handed out: the server answers
+//! `Refused` and the holder asks again for the same round. (Before FUSE had lifecycle
+//! inputs the server granted at once and had to send `Freed` for grants whose group failed
+//! during creation, and holders had to signal again a group whose `Create` the grant had
+//! overtaken; neither can happen now.)
 //!
 //! # Messages
 //!
 //! - holder -> server: [`Msg::Acquire`].
-//! - server -> holder: [`Msg::Granted`]; [`Msg::Freed`] once the server freed that grant (the
-//!   holder usually heard the group fail first and ignores it; it matters when the group
-//!   failed during creation, before the holder ever recorded it, so that FUSE will never
-//!   notify the holder); [`Msg::Refused`] when the request cannot be queued (queue full, too
-//!   many locks, a bad lock name): the holder retries the same round after
-//!   [`HolderConfig::retry_after`].
+//! - server -> holder: [`Msg::Granted`] once the grant's group is live; [`Msg::Refused`]
+//!   when the request cannot be queued (queue full, too many locks, a bad lock name) or its
+//!   group failed before it was live: the holder retries the same round after
+//!   [`HolderConfig::retry_after`]. [`Msg::Freed`] is no longer sent (holders still accept
+//!   one from an older server).
 //!
 //! # Emitted lines (stdout, one JSON object each, only from committed turns)
 //!
@@ -64,15 +73,11 @@
 //! - A `Granted` for another round than the one the holder waits for (a bug or an old
 //!   store) is ignored; messages are exactly-once and FIFO, so it does not happen.
 //! - The group failing during creation (the holder was down longer than the creation
-//!   timeout): the holder never hears of the group from FUSE, so the server's `Freed`
-//!   ends the grant at the holder. It arrives right behind the `Granted` (FIFO), so the
-//!   holder reports `holding` and `lost` at once: a holder's view can lag the server's, as
-//!   in any lock service; the fencing token is what a protected resource checks.
-//! - A `Granted` that overtakes FUSE's `Create` of its group (the server was killed between
-//!   sending them, say): the holder's signal of a group it has not recorded yet does
-//!   nothing, so the holder signals again every [`HolderConfig::retry_after`] until it
-//!   hears the failure (the server resends `Create` until the holder joins, or fails the
-//!   group at the creation timeout and sends `Freed`).
+//!   timeout): nothing was granted; the server refuses the round (the holder asks again)
+//!   and serves the next waiter. The pending grant's token is not used: tokens stay
+//!   consecutive.
+//! - A holder's signal is repeated every [`HolderConfig::retry_after`] until it hears the
+//!   failure (a grant from an older server may have overtaken the group's `Create`).
 //! - A new `Acquire` from the current holder of the lock (it heard its group fail before
 //!   the server did): it is queued like any other and served once the server hears it.
 //! - Acquire is idempotent per (holder, round): a round at or below the highest one the
@@ -252,11 +257,16 @@ pub struct LockEntry {
     pub queue: VecDeque<Waiter>,
 }
 
-/// A live grant at the server.
+/// The [`Grant::token`] of a grant whose FUSE group is still being created: nothing has
+/// been handed out yet (tokens start at 1).
+pub const PENDING: u64 = 0;
+
+/// A grant at the server: pending while its group is created, then live.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
     pub holder: String,
     pub round: u64,
+    /// The fencing token; [`PENDING`] until the group is live.
     pub token: u64,
     pub group: GroupId,
     pub at_ms: u64,
@@ -330,6 +340,7 @@ fn server_turn(config: &ServerConfig, state: &mut State, turn: T<'_, '_>, input:
             message: Msg::Acquire { lock, round },
             ..
         } => on_acquire(config, state, turn, &from, lock, round),
+        Input::FuseLive { group } => on_group_live(turn, group),
         Input::FuseFailure { group } => on_group_failed(turn, group),
         Input::Message { from, message, .. } => {
             tracing::warn!(%from, ?message, "the lock server ignores a message meant for a holder");
@@ -429,8 +440,11 @@ fn on_acquire(
     turn.table(LOCKS_TABLE).put(&lock, &entry);
 }
 
-/// Grants `lock` to `waiter` under a new group and the next token. False (nothing changed,
-/// a `refused` emitted) if the waiter is not in the address book any more.
+/// Starts granting `lock` to `waiter`: creates the FUSE group {server, waiter} and records
+/// the grant as pending ([`PENDING`] token). Nothing is handed out until the group is live
+/// ([`on_group_live`]): by then the holder has recorded the group, so it will hear its
+/// failure. False (nothing changed, a `refused` emitted) if the waiter is not in the
+/// address book any more.
 fn grant(turn: T<'_, '_>, lock: &str, entry: &mut LockEntry, waiter: Waiter) -> bool {
     assert!(entry.grant.is_none(), "at most one live grant per lock");
     let holder = match ProcessId::new(waiter.holder.clone()) {
@@ -448,32 +462,58 @@ fn grant(turn: T<'_, '_>, lock: &str, entry: &mut LockEntry, waiter: Waiter) -> 
             return false;
         }
     };
-    let token = entry.next_token;
-    assert!(token >= 1, "tokens start at 1");
-    entry.next_token = token + 1;
-    let at_ms = turn.now().as_millis();
     entry.grant = Some(Grant {
         holder: waiter.holder.clone(),
         round: waiter.round,
-        token,
+        token: PENDING,
         group,
-        at_ms,
+        at_ms: turn.now().as_millis(),
     });
     turn.table(GRANTS_TABLE).put(group.0, &lock.to_string());
+    true
+}
+
+/// A group became live: if it is a pending grant's, the holder has recorded it, so the
+/// grant is made (the next token) and handed out.
+fn on_group_live(turn: T<'_, '_>, group: GroupId) {
+    let Some(lock) = turn.table(GRANTS_TABLE).get::<String>(group.0) else {
+        return;
+    };
+    let Some(mut entry) = turn.table(LOCKS_TABLE).get::<LockEntry>(&lock) else {
+        tracing::warn!(%group, lock, "a grant names a lock the server does not know");
+        return;
+    };
+    let Some(g) = entry
+        .grant
+        .as_mut()
+        .filter(|g| g.group == group && g.token == PENDING)
+    else {
+        return;
+    };
+    let token = entry.next_token;
+    assert!(token >= 1, "tokens start at 1");
+    entry.next_token = token + 1;
+    g.token = token;
+    g.at_ms = turn.now().as_millis();
+    let (holder_id, round, at_ms) = (g.holder.clone(), g.round, g.at_ms);
+    turn.table(LOCKS_TABLE).put(&lock, &entry);
+    let Ok(holder) = ProcessId::new(holder_id.clone()) else {
+        tracing::warn!(holder = holder_id, "a stored grant has a bad holder id");
+        return;
+    };
     let msg = Msg::Granted {
-        lock: lock.to_string(),
-        round: waiter.round,
+        lock: lock.clone(),
+        round,
         token,
         group,
     };
     turn.send(&holder, &msg)
         .expect("the holder is in the address book (fuse_create checked) and a grant is small");
     turn.emit(
-        json!({"event": "granted", "lock": lock, "holder": waiter.holder, "round": waiter.round,
+        json!({"event": "granted", "lock": lock, "holder": holder_id, "round": round,
                "token": token, "group": group.to_string(), "at_ms": at_ms})
         .to_string(),
     );
-    true
 }
 
 fn on_group_failed(turn: T<'_, '_>, group: GroupId) {
@@ -493,21 +533,27 @@ fn on_group_failed(turn: T<'_, '_>, group: GroupId) {
         g.group, group,
         "the grants table and the lock agree on the live group"
     );
-    turn.emit(
-        json!({"event": "freed", "lock": lock, "holder": g.holder, "round": g.round,
-               "token": g.token, "group": group.to_string(), "at_ms": turn.now().as_millis()})
-        .to_string(),
-    );
-    if let Ok(holder) = ProcessId::new(g.holder.clone()) {
-        let msg = Msg::Freed {
-            lock: lock.clone(),
-            round: g.round,
-            token: g.token,
-            group,
-        };
-        if let Err(e) = turn.send(&holder, &msg) {
-            tracing::warn!(%holder, error = %e, "cannot tell the holder its grant was freed");
+    if g.token == PENDING {
+        // The group failed before it was live (the holder did not record it within the
+        // creation timeout): nothing was handed out. The holder is told to ask again, for
+        // the same round.
+        if let Ok(holder) = ProcessId::new(g.holder.clone()) {
+            turn.table(ROUNDS_TABLE)
+                .put(holder.as_str(), &g.round.saturating_sub(1));
+            let why = "the holder did not join the lock's FUSE group within the creation \
+                       timeout; ask again"
+                .to_string();
+            refuse(turn, &holder, &lock, g.round, why);
         }
+    } else {
+        // The holder recorded the group before the grant left (it was live), so it hears
+        // the failure itself: no message needed.
+        turn.emit(
+            json!({"event": "freed", "lock": lock, "holder": g.holder, "round": g.round,
+                   "token": g.token, "group": group.to_string(),
+                   "at_ms": turn.now().as_millis()})
+            .to_string(),
+        );
     }
     while let Some(next) = entry.queue.pop_front() {
         if grant(turn, &lock, &mut entry, next) {
@@ -1094,44 +1140,53 @@ mod tests {
         clean_audit(&c);
     }
 
+    /// The rejoin pattern: a grant whose group fails during creation (its holder was down
+    /// for the whole creation, so it never recorded the group and would never hear its
+    /// failure) is never handed out; the holder is refused, asks again, and gets the next
+    /// token once its group is live.
     #[test]
-    fn a_grant_whose_group_failed_while_the_holder_was_down_is_reported_lost() {
+    fn a_grant_whose_group_fails_during_creation_is_never_handed_out_and_the_holder_asks_again() {
         let mut c = cluster(
             ServerConfig::default(),
             vec![holder("L", 0, None), holder("L", 100, Some(1))],
         );
         c.run_until_ms(1_000, |c| !c.emitted(1, "holding").is_empty());
         // h2 is queued behind h1 and goes down; then h1 goes silent (muted), so its group
-        // fails by silence and the server grants h2.
+        // fails by silence and the server starts granting h2, whose group creation times
+        // out while h2 is down.
         c.run_until_ms(1_000, |c| !c.emitted(0, "queued").is_empty());
         c.crash(2);
         c.isolate(1);
-        // h1's group fails by silence; the server grants h2, whose group creation times
-        // out while h2 is down: freed at the server, and `Freed` waits in the outbox.
-        c.run_until_ms(10_000, |c| c.emitted(0, "freed").len() >= 2);
-        let freed = tokens(&c.emitted(0, "freed"));
-        assert_eq!(freed, vec![1, 2]);
+        c.run_until_ms(10_000, |c| !c.emitted(0, "refused").is_empty());
+        assert_eq!(
+            tokens(&c.emitted(0, "freed")),
+            vec![1],
+            "only h1's grant was made"
+        );
+        assert_eq!(
+            tokens(&c.emitted(0, "granted")),
+            vec![1],
+            "h2 was never granted"
+        );
+        assert_eq!(c.emitted(0, "refused")[0]["holder"], "h2");
         c.boot(2);
-        c.run_until_ms(5_000, |c| {
-            c.node(2).finished().is_some() || !c.emitted(2, "lost").is_empty()
-        });
-        // h2 gets `Granted` and then `Freed` in one burst (FIFO): it reports the grant held
-        // and lost at the same instant (a stale view the fencing token protects against).
-        let lost = c.emitted(2, "lost");
-        assert_eq!(tokens(&lost), vec![2], "h2 hears its grant ended");
-        let holding = c.emitted(2, "holding");
-        assert_eq!(tokens(&holding), vec![2]);
-        assert_eq!(holding[0]["at_ms"], lost[0]["at_ms"]);
-        // It goes on to its next round (it asked for 1, so it is done: 1 lost round).
         c.run_until_ms(5_000, |c| c.node(2).finished().is_some());
-        assert_eq!(c.state(2).holder.lost, 1);
+        assert!(
+            !c.emitted(2, "refused").is_empty(),
+            "h2 heard it must ask again"
+        );
+        assert_eq!(tokens(&c.emitted(2, "holding")), vec![2], "the next token");
+        assert_eq!(tokens(&c.emitted(2, "released")), vec![2]);
+        assert_eq!(c.state(2).holder.lost, 0, "nothing handed out was lost");
         clean_audit(&c);
     }
 
+    /// A holder that cannot hear FUSE (its control frames are lost) never joins its group,
+    /// so it is never granted: a grant leaves only once the group is live, that is once the
+    /// holder has recorded it and will hear its failure. Once FUSE gets through, it gets in.
     #[test]
-    fn a_release_signalled_before_the_holder_heard_of_its_group_is_signalled_again() {
+    fn a_holder_that_cannot_join_its_group_is_never_granted_until_it_can() {
         let mut c = cluster(ServerConfig::default(), vec![holder("L", 50, Some(2))]);
-        // FUSE control frames to h1 are lost: `Granted` arrives, `Create` does not.
         c.set_filter(|d| {
             if d.to == 1 && d.kind == ken::transport::FrameKind::Fuse {
                 Fate::Drop
@@ -1139,14 +1194,11 @@ mod tests {
                 Fate::Pass
             }
         });
-        c.run_until_ms(1_000, |c| !c.emitted(1, "holding").is_empty());
-        c.run(300);
-        assert!(
-            c.emitted(1, "released").is_empty(),
-            "the first signal cannot fail a group h1 has not heard of"
-        );
+        c.run_until_ms(10_000, |c| !c.emitted(0, "refused").is_empty());
+        assert!(c.emitted(0, "granted").is_empty());
+        assert!(c.emitted(1, "holding").is_empty());
         c.clear_filter();
-        c.run_until_ms(5_000, |c| c.node(1).finished().is_some());
+        c.run_until_ms(10_000, |c| c.node(1).finished().is_some());
         assert_eq!(tokens(&c.emitted(1, "released")), vec![1, 2]);
         assert_eq!(c.state(1).holder.lost, 0);
         clean_audit(&c);
