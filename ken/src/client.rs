@@ -344,6 +344,30 @@ impl<Q: Serialize, R: DeserializeOwned> Client<Q, R> {
         self.exchange(server, n, &bytes, sent_ms).await
     }
 
+    /// Numbers and encodes `request` as the next new request and makes it the last one,
+    /// without sending it: for a caller that persists it first
+    /// ([`crate::app::DurableClient`]), then sends it with [`Client::retry_last`].
+    pub fn prepare(&mut self, request: &Q) -> Result<PendingRequest, ClientError> {
+        let bytes = encode_request(request)?;
+        let n = self.next_request;
+        self.next_request += 1;
+        let sent_ms = now_ms();
+        self.last = Some((n, bytes.clone(), sent_ms));
+        Ok(PendingRequest {
+            request_no: n,
+            request: bytes,
+            sent_ms,
+        })
+    }
+
+    /// Makes `pending` (prepared and persisted by an earlier life of this client) the last
+    /// request, to be sent again with [`Client::retry_last`] (same number, same first-sent
+    /// time: applied at most once in all). Later requests are numbered after it.
+    pub fn restore(&mut self, pending: PendingRequest) {
+        self.next_request = self.next_request.max(pending.request_no + 1);
+        self.last = Some((pending.request_no, pending.request, pending.sent_ms));
+    }
+
     /// Sends the last request again with its number (after a [`ClientError::Timeout`]): it
     /// is applied at most once in all, and the answer is its reply.
     pub async fn retry_last(&mut self, server: SocketAddr) -> Result<R, ClientError> {
@@ -572,6 +596,17 @@ fn encode_request<Q: Serialize>(request: &Q) -> Result<Vec<u8>, ClientError> {
     Ok(bytes)
 }
 
+/// A request numbered and encoded but not necessarily answered ([`Client::prepare`]): what
+/// a client persists to resume it after its own crash.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PendingRequest {
+    pub request_no: u64,
+    /// The encoded request.
+    pub request: Vec<u8>,
+    /// When it was first sent (Unix ms): the server's retry window counts from here.
+    pub sent_ms: u64,
+}
+
 /// A [`Client`] for code without an async runtime: each call blocks the thread.
 pub struct BlockingClient<Q, R> {
     rt: tokio::runtime::Runtime,
@@ -620,6 +655,16 @@ impl<Q: Serialize, R: DeserializeOwned> BlockingClient<Q, R> {
 
     pub fn client(&self) -> &Client<Q, R> {
         &self.inner
+    }
+
+    /// See [`Client::prepare`].
+    pub fn prepare(&mut self, request: &Q) -> Result<PendingRequest, ClientError> {
+        self.inner.prepare(request)
+    }
+
+    /// See [`Client::restore`].
+    pub fn restore(&mut self, pending: PendingRequest) {
+        self.inner.restore(pending)
     }
 
     /// See [`Client::call`].

@@ -62,6 +62,7 @@
 //! ```
 
 pub mod admin;
+pub mod app;
 pub mod client;
 pub mod cluster;
 pub mod crash;
@@ -84,7 +85,7 @@ mod tuning;
 pub mod upgrade;
 mod watch;
 
-pub use client::{BlockingClient, Client, ClientError, ClientId, ClientOptions};
+pub use client::{BlockingClient, Client, ClientError, ClientId, ClientOptions, PendingRequest};
 pub use cluster::{ClusterError, ClusterFile, PeerAddress};
 pub use driver::{run, Config, Exit, Resolver, RunError};
 pub use engine::fuse::{FuseError, GroupId, GroupState};
