@@ -312,7 +312,10 @@ pub struct MigrateArgs {
 /// Runs `migrate` for the handler `make` builds from the store's process id (the handler's
 /// configuration does not matter to a migration); exit 0 with the report, 1 with a one-line
 /// error, 2 without `--dry-run`.
-pub fn migrate<H: crate::Handler>(args: &MigrateArgs, make: impl FnOnce(ProcessId) -> H) -> ExitCode {
+pub fn migrate<H: crate::Handler>(
+    args: &MigrateArgs,
+    make: impl FnOnce(ProcessId) -> H,
+) -> ExitCode {
     if !args.dry_run {
         eprintln!(
             "{}: migrate needs --dry-run: the migration itself runs when the process starts on \
@@ -389,7 +392,6 @@ pub fn run_to_exit<H: crate::Handler>(config: crate::Config, handler: H) -> std:
     }
 }
 
-
 // ---------------------------------------------------------------------------------------
 // A client that survives its own crash.
 
@@ -456,7 +458,10 @@ impl<Q, R> std::fmt::Debug for DurableClient<Q, R> {
             .field("path", &self.path)
             .field("id", &ClientId(self.record.id))
             .field("next_request", &self.record.next_request)
-            .field("pending", &self.record.pending.as_ref().map(|p| p.request_no))
+            .field(
+                "pending",
+                &self.record.pending.as_ref().map(|p| p.request_no),
+            )
             .finish()
     }
 }
@@ -605,7 +610,8 @@ fn write_client_file(path: &Path, record: &ClientRecord) -> Result<(), String> {
     bytes.extend_from_slice(&body);
     bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| format!("create {}: {e}", tmp.display()))?;
+    let mut f =
+        std::fs::File::create(&tmp).map_err(|e| format!("create {}: {e}", tmp.display()))?;
     f.write_all(&bytes)
         .and_then(|()| f.sync_all())
         .map_err(|e| format!("write {}: {e}", tmp.display()))?;

@@ -14,7 +14,6 @@ pub mod pingpong;
 use std::ffi::OsString;
 use std::process::ExitCode;
 
-
 /// The glue every app shares, now in the library ([`ken::app`]); re-exported here for the
 /// apps' command lines.
 pub use ken::app::{

@@ -272,3 +272,105 @@ fn an_oversized_reply_is_refused_to_the_handler() {
     let mut c = BlockingClient::<(), String>::new().unwrap();
     assert_eq!(c.call(server, &()).unwrap(), "too big, sorry");
 }
+
+/// A UDP relay in front of a server that forwards every request and, while `replies` is
+/// false, drops every reply: a request applied whose answer is lost.
+struct Relay {
+    addr: SocketAddr,
+    replies: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    fn new(server: SocketAddr) -> Relay {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        let replies = std::sync::Arc::new(AtomicBool::new(true));
+        let pass = replies.clone();
+        std::thread::spawn(move || {
+            let mut client: Option<SocketAddr> = None;
+            let mut buf = vec![0u8; 70_000];
+            loop {
+                let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                    return;
+                };
+                if from == server {
+                    if let (Some(c), true) = (client, pass.load(Ordering::SeqCst)) {
+                        let _ = socket.send_to(&buf[..n], c);
+                    }
+                } else {
+                    client = Some(from);
+                    let _ = socket.send_to(&buf[..n], server);
+                }
+            }
+        });
+        Relay { addr, replies }
+    }
+
+    fn set_replies(&self, on: bool) {
+        self.replies.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A client that dies after its request was applied and before it heard the answer: a
+/// `DurableClient` started again from its file resumes that request with its number and
+/// gets the answer of its one application; a plain client that starts again as a new
+/// client and sends it again applies it twice (the negative control).
+#[test]
+fn a_durable_client_resumes_its_unanswered_request_after_a_crash_and_it_applies_once() {
+    use ken::app::{DurableClient, DurableClientError};
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_adder(dir.path());
+    let relay = Relay::new(server);
+    let file = dir.path().join("client.ken");
+    let mut c = DurableClient::<u64, u64>::open_with(&file, None, quick()).unwrap();
+    assert_eq!(c.call(relay.addr, &5).unwrap(), 5);
+    relay.set_replies(false);
+    match c.call(relay.addr, &7) {
+        Err(DurableClientError::Client(ClientError::Timeout { .. })) => {}
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert_eq!(c.pending(), Some(2));
+    let id = c.id();
+    drop(c); // the crash: only the file is left
+    relay.set_replies(true);
+    let mut c = DurableClient::<u64, u64>::open_with(&file, None, quick()).unwrap();
+    assert_eq!(
+        (c.id(), c.pending()),
+        (id, Some(2)),
+        "same client, same request"
+    );
+    match c.call(relay.addr, &1) {
+        Err(DurableClientError::Pending { request_no: 2 }) => {}
+        other => panic!("a new request before the pending one is refused, got {other:?}"),
+    }
+    assert_eq!(
+        c.resume(relay.addr).unwrap().unwrap(),
+        12,
+        "the answer of its one application (5 + 7)"
+    );
+    assert_eq!(c.pending(), None);
+    assert!(c.resume(relay.addr).is_none());
+    assert_eq!(c.call(relay.addr, &1).unwrap(), 13, "numbering goes on");
+    // Negative control: the same request from a client that did not keep its identity.
+    let mut fresh = BlockingClient::<u64, u64>::with_id(ClientId::random(), 1, quick()).unwrap();
+    assert_eq!(
+        fresh.call(server, &7).unwrap(),
+        20,
+        "7 applied a second time"
+    );
+    // A damaged or foreign file is refused with what to do.
+    std::fs::write(&file, b"ken-client\x01garbage").unwrap();
+    let e = DurableClient::<u64, u64>::open(&file)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("checksum mismatch") && e.contains("remove it"),
+        "{e}"
+    );
+    std::fs::write(&file, b"hello").unwrap();
+    let e = DurableClient::<u64, u64>::open(&file)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not a Ken client file"), "{e}");
+}
