@@ -307,16 +307,12 @@ impl Handler for Queue {
         match input {
             Input::Start => turn.set_timer("issue", Duration::from_millis(20)),
             Input::Timer { .. } => {
-                for _ in 0..2 {
-                    if s.next < JOBS {
-                        let to = if s.next % 2 == 0 { "w1" } else { "w2" };
-                        turn.send(&ProcessId::new(to).unwrap(), &Msg::Job(s.next))
-                            .unwrap();
-                        s.next += 1;
-                    }
-                }
+                let to = if s.next % 2 == 0 { "w1" } else { "w2" };
+                turn.send(&ProcessId::new(to).unwrap(), &Msg::Job(s.next))
+                    .unwrap();
+                s.next += 1;
                 if s.next < JOBS {
-                    turn.set_timer("issue", Duration::from_millis(60));
+                    turn.set_timer("issue", Duration::from_millis(100));
                 }
             }
             Input::Message {
@@ -332,7 +328,10 @@ impl Handler for Queue {
     }
 }
 
-struct Worker;
+struct Worker {
+    /// The negative control's bug: every tenth job's result is sent twice.
+    double: bool,
+}
 
 impl Handler for Worker {
     const APP: &'static str = "tasksvc-worker";
@@ -350,8 +349,11 @@ impl Handler for Worker {
             }
             Input::TaskDone { result, .. } => {
                 let (job, value): (u64, u64) = codec::decode(&result).unwrap();
-                turn.send(&ProcessId::new("q").unwrap(), &Msg::Done { job, value })
-                    .unwrap();
+                let q = ProcessId::new("q").unwrap();
+                turn.send(&q, &Msg::Done { job, value }).unwrap();
+                if self.double && job % 10 == 0 {
+                    turn.send(&q, &Msg::Done { job, value }).unwrap();
+                }
             }
             _ => {}
         }
@@ -391,7 +393,7 @@ fn task_service_child() {
             }
             let out = tokio::process::Command::new("sh")
                 .arg("-c")
-                .arg(format!("sleep 0.0$(( {job} % 5 )); echo $(( {job} * 3 ))"))
+                .arg(format!("sleep 0.$(( 1 + {job} % 3 )); echo $(( {job} * 3 ))"))
                 .output()
                 .await
                 .map_err(|e| e.to_string())?;
@@ -407,7 +409,12 @@ fn task_service_child() {
     });
     let result = match id.as_str() {
         "q" => ken::run(config, Queue),
-        _ => ken::run(config, Worker),
+        _ => ken::run(
+            config,
+            Worker {
+                double: std::env::var("KEN_TEST_TASKSVC_DOUBLE").is_ok_and(|v| v == "1"),
+            },
+        ),
     };
     panic!("{id} stopped: {result:?}");
 }
@@ -466,11 +473,12 @@ fn task_service_check() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
-/// The task-worker service under torture: processes of the user's own binary (no built-in
-/// app), jobs run as shell commands in tasks, and the check command proves every result
-/// applied exactly once.
-#[test]
-fn a_task_worker_service_passes() {
+/// Runs the task service under `ken torture --cluster` for `seconds` with `envs` added;
+/// returns (success, stdout, summary, attempts logged).
+fn torture_task_service(
+    seconds: &str,
+    envs: &[(&str, &str)],
+) -> (bool, String, serde_json::Value, u64) {
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
     let child = format!(
@@ -491,6 +499,8 @@ fn a_task_worker_service_passes() {
         "{} --exact cluster::task_service_check --nocapture --test-threads=1",
         q(&exe.display().to_string())
     );
+    let mut all = vec![("KEN_TEST_TASKSVC_LOG", log.to_str().unwrap())];
+    all.extend_from_slice(envs);
     let (ok, stdout, stderr, s) = torture(
         dir.path(),
         &[
@@ -499,16 +509,28 @@ fn a_task_worker_service_passes() {
             "--check",
             &check,
             "--seconds",
-            "12",
+            seconds,
+            "--kill-rate",
+            "1",
             "--seed",
             "7",
         ],
-        &[("KEN_TEST_TASKSVC_LOG", log.to_str().unwrap())],
+        &all,
     );
-    assert!(
-        ok && n(&s, "violations") == 0,
-        "{stdout}\nstderr: {stderr}"
-    );
+    let attempts = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .count() as u64;
+    (ok, format!("{stdout}\nstderr: {stderr}"), s, attempts)
+}
+
+/// The task-worker service under torture: processes of the user's own binary (no built-in
+/// app), jobs run as shell commands in tasks, SIGKILLs cutting some attempts short, and the
+/// check command proves every result applied exactly once.
+#[test]
+fn a_task_worker_service_passes() {
+    let (ok, out, s, attempts) = torture_task_service("12", &[]);
+    assert!(ok && n(&s, "violations") == 0, "{out}");
     assert!(n(&s, "kills") > 0, "{s}");
     assert_eq!(s["check"]["passed"], true, "{s}");
     let said = s["check"]["output"].to_string();
@@ -516,7 +538,17 @@ fn a_task_worker_service_passes() {
         said.contains(&format!("checked {JOBS} results")),
         "the check did not see every result: {said}"
     );
-    let attempts = std::fs::read_to_string(&log).unwrap().lines().count() as u64;
-    assert!(attempts >= JOBS, "{attempts} attempts for {JOBS} jobs");
+    // Some attempt was cut short by a kill and run again: a duplicate was possible.
+    assert!(attempts > JOBS, "{attempts} attempts for {JOBS} jobs: {s}");
     println!("task service: {attempts} attempts for {JOBS} jobs; {s}");
+}
+
+/// Negative control of the check command: workers that send every tenth result twice (a
+/// bug of the service, not of the runtime) make the check fail, and torture exit non-zero.
+#[test]
+fn a_task_worker_applying_results_twice_is_caught_by_its_check() {
+    let (ok, out, s, _) = torture_task_service("4", &[("KEN_TEST_TASKSVC_DOUBLE", "1")]);
+    assert!(!ok, "exit 0 with results applied twice: {out}");
+    assert_eq!(s["check"]["passed"], false, "{s}");
+    assert!(out.contains("job 0: applied 2 times"), "{out}");
 }
