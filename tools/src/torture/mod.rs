@@ -1340,21 +1340,24 @@ impl Cluster {
         Ok(())
     }
 
-    /// `--cluster` with `finishes = true`: a process that exited 0 while another store still
-    /// holds messages for it (unacknowledged: its acknowledgement was lost, or they were sent
-    /// after it left) is started again to take them; it finishes again.
+    /// `--cluster` with `finishes = true`: a process that exited 0 while messages to or from
+    /// it are unacknowledged (its acknowledgement was lost, they were sent after it left, or
+    /// its own last messages were never acknowledged) is started again to settle them; it
+    /// finishes again.
     fn custom_operator_rule(&mut self) -> anyhow::Result<()> {
         if !self.members.iter().any(Member::finished) {
             return Ok(());
         }
+        let ids = self.app.members();
         let mut waiting: BTreeSet<String> = BTreeSet::new();
-        for s in &self.stores {
+        for (id, s) in ids.iter().zip(&self.stores) {
             let Ok(r) = ken_store::Reader::open(s) else {
                 continue;
             };
             for o in r.outbox_stats().unwrap_or_default() {
                 if o.depth > 0 {
                     waiting.insert(o.peer);
+                    waiting.insert(id.clone());
                 }
             }
         }

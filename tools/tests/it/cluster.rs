@@ -135,6 +135,51 @@ fn the_bank_as_a_user_service_passes() {
     assert!(run.settings.key_file.is_some());
 }
 
+/// Pingpong as a user service that finishes (`[torture] finishes = true`): both processes
+/// exit 0 once the volley is done, a process that left with messages unacknowledged is
+/// started again, and the check named in the file (not on the command line) runs.
+#[test]
+fn pingpong_as_a_finishing_user_service_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = String::new();
+    for (i, (id, serve)) in [("b", ", \"--serve\""), ("a", "")].iter().enumerate() {
+        t.push_str(&format!(
+            "[[process]]\nid = \"{id}\"\naddress = \"127.0.0.1:{}\"\ncommand = [{}, \"app\", \
+             \"pingpong\", \"--cluster\", \"{{cluster}}\", \"--id\", \"{{id}}\", \"--count\", \
+             \"600\"{serve}]\n\n",
+            7001 + i,
+            q(KEN)
+        ));
+    }
+    t.push_str(&format!(
+        "[torture]\nfinishes = true\ncheck = {}\n",
+        q(&format!("{KEN:?} audit $KEN_TORTURE_STORES"))
+    ));
+    let file = dir.path().join("pingpong.toml");
+    std::fs::write(&file, t).unwrap();
+    let (ok, stdout, stderr, s) = torture(
+        dir.path(),
+        &[
+            "--cluster",
+            file.to_str().unwrap(),
+            "--seconds",
+            "8",
+            "--seed",
+            "3",
+        ],
+        &[],
+    );
+    assert!(
+        ok && n(&s, "violations") == 0,
+        "{stdout}\nstderr: {stderr}"
+    );
+    assert!(n(&s, "kills") > 0, "{s}");
+    // 600 values volleyed: 599 messages at least.
+    assert!(n(&s, "messages") >= 599, "{s}");
+    assert_eq!(s["check"]["passed"], true, "{s}");
+    assert!(s["check"]["command"].as_str().unwrap().contains("audit"), "{s}");
+}
+
 /// A check command that fails is a violation quoting its output, and a non-zero exit.
 #[test]
 fn a_failing_check_command_is_a_violation() {
