@@ -575,10 +575,12 @@ impl ClusterFile {
                 settings
             }
         };
-        let torture = raw.torture.map_or_else(TortureSettings::default, |t| TortureSettings {
-            finishes: t.finishes,
-            check: t.check,
-        });
+        let torture = raw
+            .torture
+            .map_or_else(TortureSettings::default, |t| TortureSettings {
+                finishes: t.finishes,
+                check: t.check,
+            });
         Ok(ClusterFile {
             path: path.to_path_buf(),
             processes,

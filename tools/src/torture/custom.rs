@@ -220,7 +220,10 @@ fn settings_toml(s: &Settings, key: Option<&Path>, stats_interval_ms: u64) -> St
     let tuning: Vec<String> = [
         ("batch_turns_max", u.batch_turns_max.map(u64::from)),
         ("batch_bytes_max", u.batch_bytes_max.map(|v| v as u64)),
-        ("window_messages_max", u.window_messages_max.map(|v| v as u64)),
+        (
+            "window_messages_max",
+            u.window_messages_max.map(|v| v as u64),
+        ),
         ("reorder_buffer_max", u.reorder_buffer_max),
         ("rto_initial_ms", u.rto_initial_ms),
         ("rto_min_ms", u.rto_min_ms),
@@ -427,7 +430,10 @@ mod tests {
         ken::ClusterKey::write_new(&key).unwrap();
         c.write_run_file(&addrs, &stores, Some(&key), 500).unwrap();
         let back = ClusterFile::load(&c.run_file).unwrap();
-        assert_eq!(back.processes[1].store.as_deref(), Some(stores[1].as_path()));
+        assert_eq!(
+            back.processes[1].store.as_deref(),
+            Some(stores[1].as_path())
+        );
         assert_eq!(back.processes[0].address.to_string(), "127.0.0.1:4001");
         assert_eq!(back.settings.key_file.as_deref(), Some(key.as_path()));
         assert!(back.settings.encrypt);

@@ -310,7 +310,7 @@ const CLUSTER_HELP: &str = "\
 Your own service (--cluster FILE):
   [[process]]
   id = \"worker-1\"
-  address = \"127.0.0.1:7001\"      # replaced by a port the run picks
+  address = \"127.0.0.1:7001\"        # replaced by a port the run picks
   command = [\"target/release/my-worker\", \"--cluster\", \"{cluster}\", \"--id\", \"{id}\"]
   [torture]
   finishes = false                  # true if every process exits 0 when its work is done

@@ -106,10 +106,7 @@ fn the_bank_as_a_user_service_passes() {
         ],
         &[],
     );
-    assert!(
-        ok && n(&s, "violations") == 0,
-        "{stdout}\nstderr: {stderr}"
-    );
+    assert!(ok && n(&s, "violations") == 0, "{stdout}\nstderr: {stderr}");
     assert_eq!(s["app"], "cluster", "{s}");
     assert_eq!(n(&s, "processes"), 3);
     assert!(n(&s, "kills") > 0, "{s}");
@@ -169,15 +166,15 @@ fn pingpong_as_a_finishing_user_service_passes() {
         ],
         &[],
     );
-    assert!(
-        ok && n(&s, "violations") == 0,
-        "{stdout}\nstderr: {stderr}"
-    );
+    assert!(ok && n(&s, "violations") == 0, "{stdout}\nstderr: {stderr}");
     assert!(n(&s, "kills") > 0, "{s}");
     // 600 values volleyed: 599 messages at least.
     assert!(n(&s, "messages") >= 599, "{s}");
     assert_eq!(s["check"]["passed"], true, "{s}");
-    assert!(s["check"]["command"].as_str().unwrap().contains("audit"), "{s}");
+    assert!(
+        s["check"]["command"].as_str().unwrap().contains("audit"),
+        "{s}"
+    );
 }
 
 /// A check command that fails is a violation quoting its output, and a non-zero exit.
@@ -316,7 +313,11 @@ fn bad_cluster_files_are_refused_in_one_line() {
             "{}: a run directory was made before the refusal",
             file.display()
         );
-        assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.stdout.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
 }
 
@@ -438,7 +439,9 @@ fn task_service_child() {
             }
             let out = tokio::process::Command::new("sh")
                 .arg("-c")
-                .arg(format!("sleep 0.$(( 1 + {job} % 3 )); echo $(( {job} * 3 ))"))
+                .arg(format!(
+                    "sleep 0.$(( 1 + {job} % 3 )); echo $(( {job} * 3 ))"
+                ))
                 .output()
                 .await
                 .map_err(|e| e.to_string())?;
