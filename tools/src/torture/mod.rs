@@ -1019,11 +1019,9 @@ impl Cluster {
             let addrs: Vec<SocketAddr> = self.ports.iter().map(|p| loopback(*p)).collect();
             let key = self.keys.as_ref().map(|ring| ring.file(0));
             c.write_run_file(&addrs, &self.stores, key, STATS_INTERVAL_MS)?;
-            for i in 0..self.members.len() {
+            for (i, m) in self.members.iter_mut().enumerate() {
                 let args = c.args(i, addrs[i], &self.stores[i], &[]);
-                self.members[i]
-                    .proc
-                    .set_args(args.into_iter().map(Into::into).collect());
+                m.proc.set_args(args.into_iter().map(Into::into).collect());
             }
             return Ok(());
         }

@@ -353,7 +353,7 @@ impl Handler for Queue {
         match input {
             Input::Start => turn.set_timer("issue", Duration::from_millis(20)),
             Input::Timer { .. } => {
-                let to = if s.next % 2 == 0 { "w1" } else { "w2" };
+                let to = if s.next.is_multiple_of(2) { "w1" } else { "w2" };
                 turn.send(&ProcessId::new(to).unwrap(), &Msg::Job(s.next))
                     .unwrap();
                 s.next += 1;
@@ -397,7 +397,7 @@ impl Handler for Worker {
                 let (job, value): (u64, u64) = codec::decode(&result).unwrap();
                 let q = ProcessId::new("q").unwrap();
                 turn.send(&q, &Msg::Done { job, value }).unwrap();
-                if self.double && job % 10 == 0 {
+                if self.double && job.is_multiple_of(10) {
                     turn.send(&q, &Msg::Done { job, value }).unwrap();
                 }
             }
