@@ -1250,6 +1250,16 @@ impl Cluster {
                 End::KilledByUs => true,
                 End::Unexpected(why) => {
                     let m = &self.members[i];
+                    if self.custom.is_some() && m.proc.lives().len() == 1 {
+                        // A command that cannot run: stop at once with what it said, rather
+                        // than restarting it for the whole run.
+                        bail!(
+                            "process `{}` failed at its first start ({why}); fix its command \
+                             in the cluster file or the program (logs in {})",
+                            m.proc.name(),
+                            m.proc.spec().log_dir.display()
+                        );
+                    }
                     self.violations.push(format!(
                         "{} life {} ended unexpectedly: {why}",
                         m.proc.name(),

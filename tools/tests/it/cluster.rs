@@ -321,6 +321,39 @@ fn bad_cluster_files_are_refused_in_one_line() {
     }
 }
 
+/// A command that starts but cannot run (here: a program that exits 2 at once, like a
+/// service given flags it does not know) stops the run at once with what it said.
+#[test]
+fn a_command_that_fails_at_start_stops_the_run_with_its_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "[[process]]\nid = \"a\"\naddress = \"127.0.0.1:7001\"\n\
+         command = [\"sh\", \"-c\", \"echo 'unknown flag --clutser' >&2; exit 2\"]\n\
+         [[process]]\nid = \"b\"\naddress = \"127.0.0.1:7002\"\ncommand = [\"sleep\", \"600\"]\n",
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let (ok, stdout, _, s) = torture(
+        dir.path(),
+        &["--cluster", file.to_str().unwrap(), "--seconds", "30"],
+        &[],
+    );
+    assert!(!ok, "{stdout}");
+    assert!(n(&s, "violations") >= 1, "{s}");
+    assert!(
+        stdout.contains("process `a` failed at its first start")
+            && stdout.contains("unknown flag --clutser"),
+        "{stdout}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the run went on for {:?}",
+        started.elapsed()
+    );
+}
+
 // The task-worker service: a queue `q` hands jobs to `w1` and `w2`; a worker runs each job
 // as a shell command in a task and sends the result back. Its processes are this test
 // binary, re-run by `ken torture` with `--exact cluster::task_service_child`.
