@@ -40,6 +40,24 @@
 //! rto_max_ms = 1000
 //! ```
 //!
+//! **Torture keys.** Two more keys describe a service to `ken torture --cluster FILE`
+//! (`tools/TORTURE.md`); the processes themselves ignore them:
+//!
+//! ```toml
+//! [[process]]
+//! id = "worker-1"
+//! address = "127.0.0.1:7001"
+//! # How ken torture starts this process. {id}, {cluster} and {store} are replaced by the
+//! # process id, the cluster file ken torture writes for the run (its own ports, stores and
+//! # key) and this process's store in that run. A relative program is relative to this
+//! # file's directory; a bare name is looked up in PATH.
+//! command = ["target/release/my-worker", "--cluster", "{cluster}", "--id", "{id}"]
+//!
+//! [torture]
+//! finishes = false                 # true: every process exits 0 once its work is done
+//! check = "./check-jobs.sh"        # run by `sh -c` after the run (else --check CMD)
+//! ```
+//!
 //! Rules, each checked by [`ClusterFile::load`] with an error naming the line and saying what
 //! to do:
 //! - Unknown keys are errors (a misspelt `hearbeat_ms` is not silently ignored).
@@ -235,6 +253,20 @@ pub struct ProcessEntry {
     pub store: Option<PathBuf>,
     /// The line of its `id`, for messages.
     pub line: usize,
+    /// How `ken torture --cluster` starts it (program and arguments, placeholders not yet
+    /// replaced; module docs), when the file says. Never empty.
+    pub command: Option<Vec<String>>,
+}
+
+/// `[torture]`: how `ken torture --cluster` treats the service (module docs). The processes
+/// ignore it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TortureSettings {
+    /// Every process exits 0 on its own once its work is done (else they run until killed,
+    /// and quiescence is every outbox empty and no task pending).
+    pub finishes: bool,
+    /// The check command (`sh -c`), run after the run with the processes dead.
+    pub check: Option<String>,
 }
 
 /// The FUSE timing of `[settings.fuse]`; `None`: not in the file.
@@ -321,6 +353,8 @@ pub struct ClusterFile {
     /// Every process, in file order.
     pub processes: Vec<ProcessEntry>,
     pub settings: Settings,
+    /// `[torture]`, read by `ken torture --cluster` only.
+    pub torture: TortureSettings,
 }
 
 #[derive(Deserialize)]
@@ -330,6 +364,16 @@ struct RawFile {
     process: Vec<RawProcess>,
     #[serde(default)]
     settings: Option<RawSettings>,
+    #[serde(default)]
+    torture: Option<RawTorture>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTorture {
+    #[serde(default)]
+    finishes: bool,
+    check: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -339,6 +383,7 @@ struct RawProcess {
     address: Spanned<String>,
     listen: Option<Spanned<String>>,
     store: Option<String>,
+    command: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -462,12 +507,21 @@ impl ClusterFile {
                     )
                 })?),
             };
+            if let Some(c) = &p.command {
+                if c.get_ref().first().is_none_or(|p| p.is_empty()) {
+                    return Err(invalid(
+                        line_of(text, c.span().start),
+                        format!("process `{id}`: command is empty: give the program and its arguments, for example [\"target/release/my-app\", \"--cluster\", \"{{cluster}}\", \"--id\", \"{{id}}\"]"),
+                    ));
+                }
+            }
             processes.push(ProcessEntry {
                 id,
                 address,
                 listen,
                 store: p.store.as_deref().map(resolve),
                 line,
+                command: p.command.map(Spanned::into_inner),
             });
         }
         let settings = match raw.settings {
@@ -521,10 +575,17 @@ impl ClusterFile {
                 settings
             }
         };
+        let torture = raw
+            .torture
+            .map_or_else(TortureSettings::default, |t| TortureSettings {
+                finishes: t.finishes,
+                check: t.check,
+            });
         Ok(ClusterFile {
             path: path.to_path_buf(),
             processes,
             settings,
+            torture,
         })
     }
 
@@ -821,6 +882,29 @@ rto_max_ms = 2000
         assert!(e.contains("needs key_file"), "{e}");
         let e = err("");
         assert!(e.contains("no processes"), "{e}");
+    }
+
+    #[test]
+    fn torture_keys_are_read_and_checked() {
+        let f = parse(
+            "[[process]]\nid = \"a\"\naddress = \"h:1\"\ncommand = [\"bin/a\", \"--id\", \"{id}\"]\n\
+             [[process]]\nid = \"b\"\naddress = \"h:2\"\n\
+             [torture]\nfinishes = true\ncheck = \"./check.sh\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            f.processes[0].command.as_deref(),
+            Some(&["bin/a".to_string(), "--id".into(), "{id}".into()][..])
+        );
+        assert_eq!(f.processes[1].command, None);
+        assert!(f.torture.finishes);
+        assert_eq!(f.torture.check.as_deref(), Some("./check.sh"));
+        let none = parse("[[process]]\nid = \"a\"\naddress = \"h:1\"\n").unwrap();
+        assert_eq!(none.torture, TortureSettings::default());
+        let e = err("[[process]]\nid = \"a\"\naddress = \"h:1\"\ncommand = []\n");
+        assert!(e.contains(":4: process `a`: command is empty"), "{e}");
+        let e = err("[[process]]\nid = \"a\"\naddress = \"h:1\"\n[torture]\nfinish = true\n");
+        assert!(e.contains(":5:") && e.contains("finish"), "{e}");
     }
 
     #[test]

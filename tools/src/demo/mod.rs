@@ -162,7 +162,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                 .filter(|&j| j != i)
                 .map(|j| (ids[j].clone(), addrs[j]))
                 .collect();
-            args.push(bank.app().name().into());
+            args.push(ken_apps::cli::App::Bank.name().into());
             args.extend(bank.args(i, addrs[i], &store, &peers));
         } else {
             args.extend([

@@ -18,8 +18,9 @@ use ken_store::{codec, Reader};
 pub trait TortureApp {
     /// The app's name (`--app`).
     fn name(&self) -> &'static str;
-    /// The app members run (`ken app NAME ..`).
-    fn app(&self) -> App;
+    /// The app members run (`ken app NAME ..`); `None`: a service described by a cluster
+    /// file, started from its own command lines ([`super::custom`]).
+    fn app(&self) -> Option<App>;
     /// The member ids, in a fixed order.
     fn members(&self) -> Vec<String>;
     /// The command line of member `index` (the app's, after `ken app NAME`), listening on
@@ -89,8 +90,8 @@ impl TortureApp for Bank {
         "bank"
     }
 
-    fn app(&self) -> App {
-        App::Bank
+    fn app(&self) -> Option<App> {
+        Some(App::Bank)
     }
 
     fn members(&self) -> Vec<String> {
@@ -190,8 +191,8 @@ impl TortureApp for PingPong {
         "pingpong"
     }
 
-    fn app(&self) -> App {
-        App::Pingpong
+    fn app(&self) -> Option<App> {
+        Some(App::Pingpong)
     }
 
     fn members(&self) -> Vec<String> {

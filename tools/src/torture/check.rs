@@ -32,6 +32,8 @@ pub struct Totals {
     pub messages: u64,
     /// Sum of outbox depths.
     pub outbox: u64,
+    /// Stores with a pending task (`ken.tasks` not empty: started, result not consumed).
+    pub tasks_pending: u64,
 }
 
 /// Reads the totals of every store.
@@ -46,6 +48,10 @@ pub fn totals(stores: &[PathBuf]) -> Result<Totals, String> {
         for o in r.outbox_stats().map_err(|e| e.to_string())? {
             t.outbox += o.depth;
         }
+        let task = r
+            .table_scan(ken::task::TASKS_TABLE, b"", None, 1)
+            .map_err(|e| e.to_string())?;
+        t.tasks_pending += u64::from(!task.is_empty());
     }
     Ok(t)
 }

@@ -88,8 +88,8 @@ impl TortureApp for Lock {
         "lock"
     }
 
-    fn app(&self) -> App {
-        App::Lock
+    fn app(&self) -> Option<App> {
+        Some(App::Lock)
     }
 
     fn members(&self) -> Vec<String> {

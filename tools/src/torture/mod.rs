@@ -55,9 +55,19 @@
 //! usual delay (it dies again while the disk is still full, which is fine: restart is the
 //! documented recovery). The ballast is removed at heal time. Stores kept after a violation
 //! are copied off the tmpfs before it is unmounted.
+//!
+//! Any service (`--cluster FILE`, [`custom`]): the processes of a cluster file whose entries
+//! carry a `command`, started from their own command lines on ports and stores the run
+//! picks (a cluster file written for the run), under the same faults; quiescence is every
+//! outbox empty, no task pending and the committed messages unchanged for a second (or, with
+//! `[torture] finishes = true`, every process exited 0). The checks are the runtime's own,
+//! plus the user's check command (`--check CMD`, also allowed with the built-in apps): run
+//! by `sh -c` with the processes dead, the stores in `KEN_TORTURE_STORES`; exit 0 passes,
+//! anything else is a violation that quotes its output.
 
 pub mod apps;
 pub mod check;
+pub mod custom;
 pub mod lock;
 
 use std::collections::BTreeSet;
@@ -116,7 +126,29 @@ pub enum AppName {
 
 /// `ken torture` flags.
 #[derive(Debug, Clone, clap::Args)]
+#[command(after_help = CLUSTER_HELP)]
 pub struct Args {
+    /// Torture your own service: a cluster file whose [[process]] entries carry
+    /// `command = ["PROGRAM", "--cluster", "{cluster}", "--id", "{id}"]` (and optionally a
+    /// [torture] table: `finishes`, `check`). Each process is started from its command with
+    /// the run's own cluster file (ports, stores, key) as {cluster}. See below and
+    /// tools/TORTURE.md.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["app", "procs", "upgrade", "rotate_key", "poison", "unsafe_drop_held"]
+    )]
+    pub cluster: Option<PathBuf>,
+    /// A check run by `sh -c` after the run, with the processes dead: the store paths in
+    /// $KEN_TORTURE_STORES (space-separated), the ids in $KEN_TORTURE_IDS, the run's cluster
+    /// file in $KEN_TORTURE_CLUSTER (--cluster), $KEN_TORTURE_QUIESCED 1 or 0. Exit 0 passes;
+    /// anything else is a violation quoting its output. Default: the cluster file's
+    /// [torture] check, if any.
+    #[arg(long, value_name = "CMD")]
+    pub check: Option<String>,
+    /// Bound on the check command's run time; it is killed after it (a violation).
+    #[arg(long, default_value_t = 120)]
+    pub check_timeout_seconds: u64,
     /// Application to run.
     #[arg(long, value_enum, default_value = "bank")]
     pub app: AppName,
@@ -273,6 +305,22 @@ pub struct Args {
     pub unsafe_drop_held: bool,
 }
 
+/// `ken torture --help`'s closing section: the --cluster mode in a few lines.
+const CLUSTER_HELP: &str = "\
+Your own service (--cluster FILE):
+  [[process]]
+  id = \"worker-1\"
+  address = \"127.0.0.1:7001\"        # replaced by a port the run picks
+  command = [\"target/release/my-worker\", \"--cluster\", \"{cluster}\", \"--id\", \"{id}\"]
+  [torture]
+  finishes = false                  # true if every process exits 0 when its work is done
+  check = \"./check.sh\"              # or --check CMD
+Placeholders: {id}, {cluster} (the cluster file written for the run: its ports, stores and
+key; the processes also get KEN_TORTURE_ID and KEN_TORTURE_CLUSTER), {store}. The processes
+must be Ken processes configured from {cluster} (ken::Config::from_cluster_file), so the
+network faults (KEN_FAULTS_FILE) and crash points (KEN_CRASH_AT) reach them. Checks: every
+pair exactly-once and FIFO, output validity, every store's verify, then the check command.";
+
 /// Counters of a run.
 #[derive(Debug, Default)]
 struct Counters {
@@ -389,6 +437,13 @@ impl Member {
 /// The cluster under torture.
 struct Cluster {
     app: Box<dyn TortureApp>,
+    /// `--cluster`: the service's description (the same as `app`), for its programs and
+    /// the run's cluster file.
+    custom: Option<custom::Custom>,
+    /// The run's directory.
+    dir: PathBuf,
+    /// What the check command did (`--check`, or the file's), once run.
+    check_run: Option<custom::CheckRun>,
     members: Vec<Member>,
     stores: Vec<PathBuf>,
     faults_files: Vec<PathBuf>,
@@ -451,10 +506,18 @@ impl Rotation {
 /// Runs `ken torture`; the exit code is 0 only if no violation was found.
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     check_args(args)?;
+    // A cluster file is read (and refused) before anything is created or started.
+    let mut custom = match &args.cluster {
+        Some(path) => Some(custom::Custom::load(path)?),
+        None => None,
+    };
     let seed = args.seed.unwrap_or_else(rand::random);
+    let what = match &args.cluster {
+        Some(path) => format!("cluster {}", path.display()),
+        None => format!("app {:?}", args.app),
+    };
     println!(
-        "ken torture: seed {seed} app {:?} (replay: {})",
-        args.app,
+        "ken torture: seed {seed} {what} (replay: {})",
         replay_command(seed)
     );
     let (dir, temp) = match &args.dir {
@@ -470,7 +533,11 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             true,
         ),
     };
+    if let Some(c) = &mut custom {
+        c.run_file = dir.join(custom::RUN_FILE);
+    }
     let app: Box<dyn TortureApp> = match args.app {
+        _ if custom.is_some() => Box::new(custom.clone().expect("checked")),
         AppName::Bank => Box::new(apps::Bank {
             procs: args.procs.max(2),
             accounts: args.accounts,
@@ -490,7 +557,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             rounds: args.rounds.unwrap_or_else(|| default_rounds(args)),
         }),
     };
-    let mut cluster = Cluster::new(app, args.clone(), seed, &dir)?;
+    let mut cluster = Cluster::new(app, custom, args.clone(), seed, &dir)?;
     let quiesced = match cluster.torture() {
         Ok(q) => q,
         Err(e) => {
@@ -803,7 +870,13 @@ fn unmount_tmpfs(dir: &Path, keep: bool) {
 }
 
 impl Cluster {
-    fn new(app: Box<dyn TortureApp>, args: Args, seed: u64, dir: &Path) -> anyhow::Result<Self> {
+    fn new(
+        app: Box<dyn TortureApp>,
+        custom: Option<custom::Custom>,
+        args: Args,
+        seed: u64,
+        dir: &Path,
+    ) -> anyhow::Result<Self> {
         let stores_dir = dir.join("stores");
         let logs = dir.join("logs");
         let faults_dir = dir.join("faults");
@@ -872,7 +945,18 @@ impl Cluster {
                 envs.push(("KEN_FUSE_HEARTBEAT_MS".to_string(), heartbeat.to_string()));
                 envs.push(("KEN_FUSE_CREATE_TIMEOUT_MS".to_string(), create.to_string()));
             }
-            let mut spec = Spec::new(id.clone(), program.clone(), Vec::<String>::new(), &logs);
+            if let Some(c) = &custom {
+                envs.push(("KEN_TORTURE_ID".to_string(), id.clone()));
+                envs.push((
+                    "KEN_TORTURE_CLUSTER".to_string(),
+                    c.run_file.display().to_string(),
+                ));
+            }
+            let program = match &custom {
+                Some(c) => c.program(i).to_path_buf(),
+                None => program.clone(),
+            };
+            let mut spec = Spec::new(id.clone(), program, Vec::<String>::new(), &logs);
             spec.envs = envs
                 .into_iter()
                 .map(|(k, v)| (k.into(), v.into()))
@@ -894,6 +978,9 @@ impl Cluster {
         };
         let mut cluster = Cluster {
             app,
+            custom,
+            dir: dir.to_path_buf(),
+            check_run: None,
             members,
             stores,
             faults_files,
@@ -920,13 +1007,24 @@ impl Cluster {
         if let Some(n) = cluster.args.rotate_key {
             cluster.rotation.left = n;
         }
-        cluster.set_args();
+        cluster.set_args()?;
         Ok(cluster)
     }
 
-    /// (Re)writes every member's command line from the current ports.
-    fn set_args(&mut self) {
+    /// (Re)writes every member's command line from the current ports (`--cluster`: and the
+    /// run's cluster file).
+    fn set_args(&mut self) -> anyhow::Result<()> {
         let ids = self.app.members();
+        if let Some(c) = &self.custom {
+            let addrs: Vec<SocketAddr> = self.ports.iter().map(|p| loopback(*p)).collect();
+            let key = self.keys.as_ref().map(|ring| ring.file(0));
+            c.write_run_file(&addrs, &self.stores, key, STATS_INTERVAL_MS)?;
+            for (i, m) in self.members.iter_mut().enumerate() {
+                let args = c.args(i, addrs[i], &self.stores[i], &[]);
+                m.proc.set_args(args.into_iter().map(Into::into).collect());
+            }
+            return Ok(());
+        }
         for i in 0..self.members.len() {
             let peers: Vec<(String, SocketAddr)> = ids
                 .iter()
@@ -934,7 +1032,8 @@ impl Cluster {
                 .filter(|(j, _)| *j != i)
                 .map(|(j, id)| (id.clone(), loopback(self.ports[j])))
                 .collect();
-            let mut args = vec!["app".into(), self.app.app().name().into()];
+            let name = self.app.app().map_or("", |a| a.name());
+            let mut args = vec!["app".into(), name.into()];
             args.extend(
                 self.app
                     .args(i, loopback(self.ports[i]), &self.stores[i], &peers)
@@ -951,6 +1050,7 @@ impl Cluster {
             }
             self.members[i].proc.set_args(args);
         }
+        Ok(())
     }
 
     fn exp_interval(&mut self, rate: f64) -> Option<Duration> {
@@ -1150,6 +1250,16 @@ impl Cluster {
                 End::KilledByUs => true,
                 End::Unexpected(why) => {
                     let m = &self.members[i];
+                    if self.custom.is_some() && m.proc.lives().len() == 1 {
+                        // A command that cannot run: stop at once with what it said, rather
+                        // than restarting it for the whole run.
+                        bail!(
+                            "process `{}` failed at its first start ({why}); fix its command \
+                             in the cluster file or the program (logs in {})",
+                            m.proc.name(),
+                            m.proc.spec().log_dir.display()
+                        );
+                    }
                     self.violations.push(format!(
                         "{} life {} ended unexpectedly: {why}",
                         m.proc.name(),
@@ -1172,7 +1282,7 @@ impl Cluster {
             // address book (addresses are not durable state).
             self.counters.port_changes += 1;
             self.ports = harness::free_ports(self.members.len()).context("pick free UDP ports")?;
-            self.set_args();
+            self.set_args()?;
             for i in 0..self.members.len() {
                 // Partitions name addresses: rewrite them for the new ports.
                 self.write_faults(i)?;
@@ -1215,6 +1325,9 @@ impl Cluster {
         if !self.app.finishes() {
             return Ok(());
         }
+        if self.custom.is_some() {
+            return self.custom_operator_rule();
+        }
         let waiting = self.members.iter().any(|m| {
             m.proc.is_running()
                 && m.proc
@@ -1227,6 +1340,37 @@ impl Cluster {
         for m in &mut self.members {
             let finished = m.finished();
             if finished {
+                m.spawn(None)?;
+                self.counters.restarts += 1;
+                self.counters.operator_restarts += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// `--cluster` with `finishes = true`: a process that exited 0 while messages to or from
+    /// it are unacknowledged (its acknowledgement was lost, they were sent after it left, or
+    /// its own last messages were never acknowledged) is started again to settle them; it
+    /// finishes again.
+    fn custom_operator_rule(&mut self) -> anyhow::Result<()> {
+        if !self.members.iter().any(Member::finished) {
+            return Ok(());
+        }
+        let ids = self.app.members();
+        let mut waiting: BTreeSet<String> = BTreeSet::new();
+        for (id, s) in ids.iter().zip(&self.stores) {
+            let Ok(r) = ken_store::Reader::open(s) else {
+                continue;
+            };
+            for o in r.outbox_stats().unwrap_or_default() {
+                if o.depth > 0 {
+                    waiting.insert(o.peer);
+                    waiting.insert(id.clone());
+                }
+            }
+        }
+        for m in &mut self.members {
+            if m.finished() && waiting.contains(m.proc.name()) {
                 m.spawn(None)?;
                 self.counters.restarts += 1;
                 self.counters.operator_restarts += 1;
@@ -1472,6 +1616,9 @@ impl Cluster {
         if t.outbox != 0 {
             missing.push(format!("{} messages in outboxes", t.outbox));
         }
+        if t.tasks_pending != 0 {
+            missing.push(format!("{} stores with pending tasks", t.tasks_pending));
+        }
         if self.app.finishes() {
             if !self.all_finished() {
                 missing.push("not every member exited 0".into());
@@ -1530,7 +1677,7 @@ impl Cluster {
         };
         let i = step.member;
         self.held[i] = step.held;
-        self.set_args();
+        self.set_args()?;
         if self.members[i].proc.is_running() && self.members[i].killed_for_good.is_none() {
             self.resume_member(i);
             match self.members[i].proc.kill()? {
@@ -1566,7 +1713,7 @@ impl Cluster {
     /// and a coin says so. A member that is down starts as version 2 at its planned restart.
     fn upgrade(&mut self, i: usize, crash_points: bool) -> anyhow::Result<()> {
         self.upgraded[i] = true;
-        self.set_args();
+        self.set_args()?;
         self.counters.upgrades += 1;
         if !self.members[i].proc.is_running() {
             return Ok(());
@@ -1826,6 +1973,34 @@ impl Cluster {
             self.violations.extend(violations.iter().cloned());
         }
         self.violations.extend(self.app.check(&self.stores, q));
+        let check_cmd = self.args.check.clone().or_else(|| {
+            self.custom
+                .as_ref()
+                .and_then(|c| c.file.torture.check.clone())
+        });
+        if let Some(cmd) = &check_cmd {
+            let run = custom::run_check(
+                cmd,
+                &self.dir,
+                &ids,
+                &self.stores,
+                self.custom.as_ref().map(|c| c.run_file.as_path()),
+                q,
+                Duration::from_secs(self.args.check_timeout_seconds),
+            );
+            if !run.passed {
+                let how = match (&run.problem, run.exit) {
+                    (Some(p), _) => p.clone(),
+                    (None, Some(code)) => format!("exited {code}"),
+                    (None, None) => "failed".into(),
+                };
+                self.violations
+                    .push(format!("check command `{cmd}` {how}; its output:"));
+                self.violations
+                    .extend(run.lines.iter().map(|l| format!("check: {l}")));
+            }
+            self.check_run = Some(run);
+        }
         let mut poison_inputs = 0;
         if self.args.upgrade {
             let (upgrade, poisoned) = self.check_upgrade();
@@ -1894,6 +2069,20 @@ impl Cluster {
             "quiesce_ms": quiesced.map(|d| d.as_millis() as u64),
             "violations": self.violations.len(),
         });
+        if let Some(cmd) = &check_cmd {
+            let run = self.check_run.clone().unwrap_or_default();
+            summary["check"] = serde_json::json!({
+                "command": cmd,
+                "passed": run.passed,
+                "exit": run.exit,
+                "ms": run.ms,
+                "output": run.lines,
+            });
+        }
+        if let Some(c) = &self.custom {
+            summary["cluster_file"] = c.file.path.display().to_string().into();
+            summary["run_cluster_file"] = c.run_file.display().to_string().into();
+        }
         if self.args.upgrade {
             let extra = serde_json::json!({
                 "upgrades": c.upgrades,

@@ -1,6 +1,7 @@
 //! Integration tests of the `ken` command line (one test binary for the crate).
 
 mod bench;
+mod cluster;
 mod demo;
 mod fuse;
 mod help;
