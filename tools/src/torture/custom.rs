@@ -158,7 +158,11 @@ impl Custom {
             "# Written by `ken torture --cluster` for this run: the processes of the user's\n\
              # cluster file on the ports and stores of the run. Rewritten if a port changes.\n",
         );
+        // Paths in a cluster file are relative to its directory: write them absolute, so a
+        // relative `--dir` names the same files for the processes as for this harness.
+        let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
         for ((p, addr), store) in self.file.processes.iter().zip(addrs).zip(stores) {
+            let store = abs(store);
             t.push_str(&format!(
                 "\n[[process]]\nid = {}\naddress = {}\nstore = {}\n",
                 quote(p.id.as_str()),
@@ -166,7 +170,12 @@ impl Custom {
                 quote(&store.display().to_string()),
             ));
         }
-        t.push_str(&settings_toml(&self.file.settings, key, stats_interval_ms));
+        let key = key.map(abs);
+        t.push_str(&settings_toml(
+            &self.file.settings,
+            key.as_deref(),
+            stats_interval_ms,
+        ));
         super::write_atomic(&self.run_file, &t)?;
         ClusterFile::load(&self.run_file).map_err(|e| {
             anyhow::anyhow!("the run's cluster file does not read back (a ken torture bug): {e}")
