@@ -23,6 +23,13 @@
 //!    message's send turn, first transmission and acknowledgement ([`node::ProbeReport`]):
 //!    the latency a message sees at a saturated receiver.
 //!
+//! **Write volume**: the pingpong hitter (about one turn per commit) and the throughput
+//! receiver (many turns per commit) each report, when done, what their store wrote (the
+//! store's own syscall counters, [`ken::store::vfs::write_counters`]: WAL frames and pages
+//! and checkpoints, not the WAL's one-time preallocation) and the turns and commits it made
+//! durable: `bytes_per_turn_alone` and `bytes_per_turn_busy`, with the turns per commit each
+//! was measured at (`alone_turns_per_commit`, `busy_turns_per_commit`).
+//!
 //! **The cost of authentication**: phases 2 and 3 run three times, one after the other: with
 //! no cluster key (the report's main numbers), with a key (every frame tagged), and with a
 //! key and encryption; every process of a phase, the load generator included, holds the same
@@ -299,6 +306,16 @@ pub struct BenchResult {
     pub pingpong_rtt_us_p99: u64,
     pub pingpong_volleys: u64,
 
+    /// Bytes the store wrote per durable turn (WAL frames and pages, checkpoints; its own
+    /// syscall counters, without the WAL's one-time preallocation) in the pingpong hitter,
+    /// whose turns commit about one per batch (`alone_turns_per_commit`), and in the
+    /// throughput receiver under load (`busy_turns_per_commit`). Each process's whole run;
+    /// the unkeyed variant's median rounds. `None` if a process did not report them.
+    pub bytes_per_turn_alone: Option<f64>,
+    pub alone_turns_per_commit: Option<f64>,
+    pub bytes_per_turn_busy: Option<f64>,
+    pub busy_turns_per_commit: Option<f64>,
+
     pub turns_per_fsync_ratio: f64,
     pub turns_per_fsync_target: f64,
     pub turns_per_fsync_pass: bool,
@@ -574,6 +591,10 @@ pub fn run(args: &Args) -> anyhow::Result<Verdict> {
         pingpong_rtt_us_p50: pingpong.rtt_us_p50,
         pingpong_rtt_us_p99: pingpong.rtt_us_p99,
         pingpong_volleys: pingpong.volleys,
+        bytes_per_turn_alone: pingpong.writes.as_ref().map(|w| w.per_turn().0),
+        alone_turns_per_commit: pingpong.writes.as_ref().map(|w| w.per_turn().1),
+        bytes_per_turn_busy: load.receiver_writes.as_ref().map(|w| w.per_turn().0),
+        busy_turns_per_commit: load.receiver_writes.as_ref().map(|w| w.per_turn().1),
         turns_per_fsync_ratio,
         turns_per_fsync_target,
         turns_per_fsync_pass: turns_per_fsync_ratio >= turns_per_fsync_target,
@@ -655,6 +676,16 @@ fn render(r: &BenchResult) -> String {
         "  pingpong    round trip (A sends, B commits and answers, A's next turn): p50 {} us, p99 {} us ({} volleys)",
         r.pingpong_rtt_us_p50, r.pingpong_rtt_us_p99, r.pingpong_volleys
     ));
+    if let (Some(alone), Some(alone_tpc), Some(busy), Some(busy_tpc)) = (
+        r.bytes_per_turn_alone,
+        r.alone_turns_per_commit,
+        r.bytes_per_turn_busy,
+        r.busy_turns_per_commit,
+    ) {
+        line(format!(
+            "  writes      store bytes per durable turn (its syscall counters): {alone:.0} alone ({alone_tpc:.1} turns/commit, pingpong), {busy:.0} busy ({busy_tpc:.1} turns/commit, the receiver)"
+        ));
+    }
     line(format!(
         "  authentication (the same phases with a cluster key, and with a key and encryption; median of {} round{})",
         r.rounds,
@@ -886,16 +917,25 @@ impl Children {
         self.get(id).ok().and_then(Process::pid)
     }
 
-    /// The last line a child printed on standard output, parsed as JSON.
+    /// The last line a child printed on standard output that parses as a `T` (JSON): a
+    /// child may print several reports of different kinds.
     fn report<T: serde::de::DeserializeOwned>(&self, id: &str) -> anyhow::Result<T> {
         let lines = self
             .get(id)?
             .current_life()
             .map(|l| l.stdout_lines())
             .unwrap_or_default();
-        let last = lines.last().map(String::as_str).unwrap_or_default();
-        serde_json::from_str(last)
-            .with_context(|| format!("bench process {id} printed no report (got {lines:?})"))
+        let mut error = None;
+        for line in lines.iter().rev() {
+            match serde_json::from_str(line) {
+                Ok(t) => return Ok(t),
+                Err(e) => error = error.or(Some(e)),
+            }
+        }
+        Err(anyhow::anyhow!(
+            "bench process {id} printed no report of the kind expected ({}; got {lines:?})",
+            error.map_or("no lines".to_string(), |e| e.to_string())
+        ))
     }
 }
 
@@ -998,6 +1038,8 @@ struct Throughput {
     /// Frames the load generator received from the receiver, and how many were tagged.
     load_frames_in: u64,
     load_frames_tagged: u64,
+    /// What the receiver's store wrote over its run.
+    receiver_writes: Option<node::NodeWrites>,
     probe: ProbeReport,
 }
 
@@ -1127,6 +1169,7 @@ fn throughput(
         load_retransmits: load.retransmits(),
         load_frames_in: load.frames_in().0,
         load_frames_tagged: load.frames_in().1,
+        receiver_writes: children.report::<node::NodeWrites>(&receiver.0).ok(),
         probe,
     })
 }

@@ -266,6 +266,44 @@ pub struct PingpongReport {
     pub volleys: u64,
     pub rtt_us_p50: u64,
     pub rtt_us_p99: u64,
+    /// What the hitter's store wrote over its whole run (about one turn per commit).
+    pub writes: Option<NodeWrites>,
+}
+
+/// What a process's store wrote over its life (the store's own counters,
+/// [`ken::store::vfs::write_counters`]: syscall bytes), and the turns and commits it made
+/// durable (its store's `meta`), printed by the receiver as a JSON line after its report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeWrites {
+    /// Bytes written to the WAL and the database file (frame headers, pages, checkpoints),
+    /// without the WAL's one-time preallocation.
+    pub bytes: u64,
+    pub syncs: u64,
+    pub turns: u64,
+    pub commits: u64,
+}
+
+impl NodeWrites {
+    /// This process's counters now, with the turns and commits its store at `store` holds.
+    pub fn now(store: &std::path::Path) -> anyhow::Result<NodeWrites> {
+        let w = ken::store::vfs::write_counters();
+        let meta = ken::store::Reader::open(store)?.meta()?;
+        Ok(NodeWrites {
+            bytes: w.wal_bytes + w.db_bytes,
+            syncs: w.syncs,
+            turns: meta.turns_committed,
+            commits: meta.commits,
+        })
+    }
+
+    /// Bytes per durable turn, and turns per commit.
+    pub fn per_turn(&self) -> (f64, f64) {
+        let turns = self.turns.max(1) as f64;
+        (
+            self.bytes as f64 / turns,
+            turns / self.commits.max(1) as f64,
+        )
+    }
 }
 
 /// The times of the messages to one peer sent in `[from, until)`, as the driver's
@@ -459,6 +497,7 @@ fn run_node(spec: &NodeSpec) -> anyhow::Result<()> {
                     expect_done: spec.expect_done,
                 },
             )?;
+            println!("{}", serde_json::to_string(&NodeWrites::now(&spec.store)?)?);
         }
         Role::Probe => {
             let window = spec.window()?;
@@ -496,6 +535,7 @@ fn run_node(spec: &NodeSpec) -> anyhow::Result<()> {
                 volleys: rtt.len() as u64,
                 rtt_us_p50: percentile(&rtt, 50),
                 rtt_us_p99: percentile(&rtt, 99),
+                writes: NodeWrites::now(&spec.store).ok(),
             };
             println!("{}", serde_json::to_string(&report)?);
             // Returning ends the process, and the driver thread with it.

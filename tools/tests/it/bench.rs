@@ -4,7 +4,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The fields every run must report, each a positive finite number.
-const POSITIVE_FIELDS: [&str; 12] = [
+const POSITIVE_FIELDS: [&str; 16] = [
     "fsync_per_sec",
     "fsync_us_p50",
     "turns_per_sec",
@@ -17,6 +17,10 @@ const POSITIVE_FIELDS: [&str; 12] = [
     "pingpong_rtt_us_p99",
     "turns_per_fsync_ratio",
     "rtt_budget_us",
+    "bytes_per_turn_alone",
+    "alone_turns_per_commit",
+    "bytes_per_turn_busy",
+    "busy_turns_per_commit",
 ];
 
 fn number(v: &serde_json::Value, field: &str) -> f64 {
@@ -62,6 +66,21 @@ fn quick_json_reports_every_measurement() {
         assert!(x.is_finite() && x > 0.0, "`{field}` = {x} in {v}");
     }
     assert!(number(&v, "turns_per_commit") >= 1.0, "{v}");
+    // What a commit writes: a page and its WAL frame header at least, shared by the turns
+    // of a batch; a busy receiver shares each commit among more turns than pingpong does.
+    assert!(number(&v, "alone_turns_per_commit") >= 1.0, "{v}");
+    assert!(
+        number(&v, "busy_turns_per_commit") > number(&v, "alone_turns_per_commit"),
+        "{v}"
+    );
+    assert!(
+        number(&v, "bytes_per_turn_alone") * number(&v, "alone_turns_per_commit") >= 512.0,
+        "{v}"
+    );
+    assert!(
+        number(&v, "bytes_per_turn_busy") < number(&v, "bytes_per_turn_alone"),
+        "{v}"
+    );
     assert!(
         number(&v, "fsync_us_p50") <= number(&v, "fsync_us_p99"),
         "{v}"
