@@ -15,7 +15,7 @@ enum Cli {
     /// Runs one process of the service.
     Run {
         #[command(flatten)]
-        process: ken::app::ProcessArgs,
+        process: Box<ken::app::ProcessArgs>,
         /// The other processes, without a cluster file: ID=HOST:PORT.
         #[arg(long = "peer")]
         peers: Vec<ken::app::PeerArg>,
