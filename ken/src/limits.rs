@@ -31,6 +31,11 @@ pub const RTO_MAX: Duration = Duration::from_secs(1);
 /// Longest timer name: 128 bytes.
 pub const TIMER_NAME_BYTES_MAX: usize = 128;
 
+/// Largest timer payload ([`crate::Turn::set_timer_with`]): 1 KiB. Set timers are kept in
+/// memory as well as in the store, so a payload is a few bytes that say what the timer is
+/// for; larger data belongs in a table row whose key the payload names.
+pub const TIMER_PAYLOAD_BYTES_MAX: usize = 1 << 10;
+
 /// Longest table name: 128 bytes.
 pub const TABLE_NAME_BYTES_MAX: usize = 128;
 
