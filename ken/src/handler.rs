@@ -138,7 +138,9 @@ pub(crate) enum TimerOp {
         due: Time,
         payload: Vec<u8>,
     },
-    Cancel { name: String },
+    Cancel {
+        name: String,
+    },
 }
 
 /// What a turn did, collected for the engine.

@@ -2517,7 +2517,8 @@ impl<H: Handler> Engine<H> {
             match op {
                 TimerOp::Set { name, due, payload } => {
                     self.held_timers.remove(&name);
-                    if let Some((old, _)) = self.timers.insert(name.clone(), (due, payload.clone())) {
+                    if let Some((old, _)) = self.timers.insert(name.clone(), (due, payload.clone()))
+                    {
                         self.timer_queue.remove(&(old, name.clone()));
                     }
                     self.timer_queue.insert((due, name.clone()));

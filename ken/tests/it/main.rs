@@ -18,5 +18,5 @@ mod rollback;
 mod sans_io;
 mod tasks;
 mod tasks_real;
-mod timers;
 mod testing;
+mod timers;

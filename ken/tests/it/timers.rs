@@ -101,5 +101,9 @@ fn a_timer_payload_survives_a_crash_and_comes_back_when_it_fires() {
     fired.sort();
     assert_eq!(fired, expected, "fired after the restart");
     let reader = Reader::open(c.node(0).path()).unwrap();
-    assert_eq!(reader.timers().unwrap().len(), 0, "fired timers are deleted");
+    assert_eq!(
+        reader.timers().unwrap().len(),
+        0,
+        "fired timers are deleted"
+    );
 }
