@@ -2,6 +2,7 @@
 
 mod attacks;
 mod client;
+mod compose;
 mod crash;
 mod engine;
 mod forget;
