@@ -39,6 +39,11 @@
 //!   in the order they were added; a **FUSE failure** is heard by every component, in the
 //!   same turn.
 //!
+//! A local message whose delivery turn panics holds the local queue for the rest of the
+//! process's life (the composite's timer is held, as the runtime holds any panicking
+//! input); the restart delivers it again. The runtime's poison tools (`ken poison`) see
+//! the held timer, not the message: fix the component and restart.
+//!
 //! A message to an unknown component, or one that does not decode as the destination's
 //! message type, is consumed (it cannot be handed back), logged with [`Turn::emit`] and
 //! counted in the root state ([`CompositeState::undeliverable`]).
@@ -260,6 +265,8 @@ pub struct CompositeState {
     pub local: VecDeque<LocalMessage>,
     /// Messages consumed that no component could take (unknown component, undecodable).
     pub undeliverable: u64,
+    /// True while the [`LOCAL_TIMER`] is set and has not fired.
+    pub local_armed: bool,
 }
 
 type CTurn<'a> = Turn<'a, Envelope, RoutedReply>;
@@ -698,6 +705,7 @@ impl<N: AppName> Handler for Composite<N> {
                 self.deliver(state, turn, &message.to, address, message.bytes);
             }
             Input::Timer { name, .. } if name == LOCAL_TIMER => {
+                state.local_armed = false;
                 if let Some(m) = state.local.pop_front() {
                     let from = Address {
                         process: turn.id().clone(),
@@ -758,10 +766,15 @@ impl<N: AppName> Handler for Composite<N> {
                 )),
             },
         }
-        if !state.local.is_empty() {
-            // Due at once: the next local message gets the next turn. Reset by every turn
-            // that leaves the queue non-empty, so it is always set while messages wait.
+        if !state.local.is_empty() && !state.local_armed {
+            // Due at once: the next local message gets the next turn. Set only when not
+            // set: if a delivery turn panics, the engine restores the state from before it
+            // (armed) and holds the timer for the rest of this life, so the local queue
+            // waits, as a peer's channel does behind a poison message, until a restart
+            // fires the durable timer again; other turns never re-arm it and re-run the
+            // poison message.
             turn.set_timer(LOCAL_TIMER, Duration::ZERO);
+            state.local_armed = true;
         }
     }
 }

@@ -570,3 +570,112 @@ fn negative_control_shared_memory_between_components_breaks_the_counts() {
         o.queue.done, o.metrics.counted
     );
 }
+
+/// Sends `b` two local messages at start, ticks a timer of its own every 10 ms.
+struct Sender;
+
+impl Component for Sender {
+    type State = u64;
+    type Message = ();
+    type Request = ();
+    type Reply = ();
+    fn on_turn(
+        &self,
+        ticks: &mut u64,
+        turn: &mut ComponentTurn<'_, '_, ()>,
+        input: ComponentInput<()>,
+    ) {
+        match input {
+            ComponentInput::Start => {
+                turn.send_local("b", &"poison".to_string()).unwrap();
+                turn.send_local("b", &"fine".to_string()).unwrap();
+                turn.set_timer("tick", Duration::from_millis(10));
+            }
+            ComponentInput::Timer { .. } => {
+                *ticks += 1;
+                turn.set_timer("tick", Duration::from_millis(10));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Records the messages it gets; panics on `poison` while `buggy`, counting the attempts.
+struct Receiver {
+    buggy: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    attempts: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl Component for Receiver {
+    type State = Vec<String>;
+    type Message = String;
+    type Request = ();
+    type Reply = ();
+    fn on_turn(
+        &self,
+        got: &mut Vec<String>,
+        _turn: &mut ComponentTurn<'_, '_, ()>,
+        input: ComponentInput<String>,
+    ) {
+        use std::sync::atomic::Ordering;
+        if let ComponentInput::Message { message, .. } = input {
+            if message == "poison" {
+                self.attempts.fetch_add(1, Ordering::SeqCst);
+                if self.buggy.load(Ordering::SeqCst) {
+                    panic!("a poison local message");
+                }
+            }
+            got.push(message);
+        }
+    }
+}
+
+/// A local message whose delivery panics holds the local queue for the rest of the life
+/// (later local messages wait behind it, in order), is not run again by the turns of other
+/// inputs, and is delivered once after a restart with the bug fixed.
+#[test]
+fn a_panicking_local_message_holds_the_local_queue_until_a_restart() {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::sync::Arc;
+    let buggy = Arc::new(AtomicBool::new(true));
+    let attempts = Arc::new(AtomicU32::new(0));
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(dir, Time::from_millis(T0), 4);
+    let config = EngineConfig {
+        id: pid("solo"),
+        peers: Vec::new(),
+        tuning: Tuning::default(),
+        seed: 4,
+    };
+    let (b, a) = (Arc::clone(&buggy), Arc::clone(&attempts));
+    c.add(config, move || {
+        Composite::<Jobs>::new().with("a", Sender).with(
+            "b",
+            Receiver {
+                buggy: Arc::clone(&b),
+                attempts: Arc::clone(&a),
+            },
+        )
+    });
+    c.start(0);
+    c.run_for(Duration::from_millis(200));
+    let s = c.state(0);
+    let ticks: u64 = component(s, "a");
+    let got: Vec<String> = component(s, "b");
+    assert!(ticks >= 10, "other inputs kept running: {ticks} ticks");
+    assert!(got.is_empty(), "nothing delivered past the poison: {got:?}");
+    assert_eq!(s.local.len(), 2);
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        1,
+        "the poison message ran again in the same life"
+    );
+    buggy.store(false, Ordering::SeqCst);
+    c.restart(0);
+    c.run_for(Duration::from_millis(100));
+    let s = c.state(0);
+    let got: Vec<String> = component(s, "b");
+    assert_eq!(got, ["poison", "fine"]);
+    assert!(s.local.is_empty());
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+}
