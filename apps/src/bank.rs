@@ -196,7 +196,7 @@ impl Handler for Bank {
                 }
                 turn.set_timer(TRANSFER_TIMER, self.transfer_interval);
             }
-            Input::Timer { name } if name == TRANSFER_TIMER => {
+            Input::Timer { name, .. } if name == TRANSFER_TIMER => {
                 let exhausted =
                     self.transfers_max > 0 && state.transfers_started >= self.transfers_max;
                 if !exhausted {
@@ -342,7 +342,7 @@ impl Handler for BankV2 {
                 }
                 turn.set_timer(TRANSFER_TIMER, bank.transfer_interval);
             }
-            Input::Timer { name } if name == TRANSFER_TIMER => {
+            Input::Timer { name, .. } if name == TRANSFER_TIMER => {
                 let exhausted =
                     bank.transfers_max > 0 && state.transfers_started >= bank.transfers_max;
                 if !exhausted {

@@ -602,7 +602,7 @@ fn holder_turn(config: &HolderConfig, h: &mut HolderState, turn: T<'_, '_>, inpu
         Input::Message { from, .. } => {
             tracing::warn!(%from, "a message from a process that is not the server; ignored");
         }
-        Input::Timer { name } if name == HOLD_TIMER => {
+        Input::Timer { name, .. } if name == HOLD_TIMER => {
             if let Phase::Holding {
                 group, signalled, ..
             } = &mut h.phase
@@ -614,7 +614,7 @@ fn holder_turn(config: &HolderConfig, h: &mut HolderState, turn: T<'_, '_>, inpu
                 turn.set_timer(HOLD_TIMER, config.retry_after);
             }
         }
-        Input::Timer { name } if name == RETRY_TIMER && h.phase == Phase::Waiting => {
+        Input::Timer { name, .. } if name == RETRY_TIMER && h.phase == Phase::Waiting => {
             send_acquire(config, turn, h.round);
         }
         Input::FuseFailure { group } => {

@@ -96,8 +96,9 @@ pub enum Input<M, Q = ()> {
         seq: Seq,
         message: M,
     },
-    /// A durable timer set with [`Turn::set_timer`] fired.
-    Timer { name: String },
+    /// A durable timer set with [`Turn::set_timer`] or [`Turn::set_timer_with`] fired:
+    /// `payload` is the bytes it was set with (empty for `set_timer`).
+    Timer { name: String, payload: Vec<u8> },
     /// A request from a client outside Ken, applied exactly once per (client, number). The
     /// handler answers with [`Turn::reply`]; the reply leaves after this turn commits.
     Request {
@@ -153,8 +154,14 @@ pub enum SendError {
 /// A timer operation requested by a turn.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum TimerOp {
-    Set { name: String, due: Time },
-    Cancel { name: String },
+    Set {
+        name: String,
+        due: Time,
+        payload: Vec<u8>,
+    },
+    Cancel {
+        name: String,
+    },
 }
 
 /// What a turn did, collected for the engine.
@@ -261,6 +268,37 @@ impl<'a, M: Serialize, R: Serialize> Turn<'a, M, R> {
     /// # Panics
     /// If `name` is longer than [`limits::TIMER_NAME_BYTES_MAX`].
     pub fn set_timer(&mut self, name: &str, after: Duration) {
+        self.push_timer(name, after, Vec::new());
+    }
+
+    /// As [`Turn::set_timer`], with `payload`: the bytes come back in the [`Input::Timer`]
+    /// when it fires (stored with the timer, so they survive restarts like it). Setting the
+    /// timer again replaces its payload (`set_timer` sets an empty one). For the few bytes
+    /// that say what the timer is for (an id, a lease number), so the name can stay a name.
+    ///
+    /// # Errors
+    /// [`SendError::TooLarge`] if `payload` exceeds [`limits::TIMER_PAYLOAD_BYTES_MAX`]
+    /// (nothing recorded): keep larger data in a table and put its key here.
+    ///
+    /// # Panics
+    /// If `name` is longer than [`limits::TIMER_NAME_BYTES_MAX`].
+    pub fn set_timer_with(
+        &mut self,
+        name: &str,
+        after: Duration,
+        payload: &[u8],
+    ) -> Result<(), SendError> {
+        if payload.len() > limits::TIMER_PAYLOAD_BYTES_MAX {
+            return Err(SendError::TooLarge {
+                bytes: payload.len(),
+                max_bytes: limits::TIMER_PAYLOAD_BYTES_MAX,
+            });
+        }
+        self.push_timer(name, after, payload.to_vec());
+        Ok(())
+    }
+
+    fn push_timer(&mut self, name: &str, after: Duration, payload: Vec<u8>) {
         assert!(
             name.len() <= limits::TIMER_NAME_BYTES_MAX,
             "timer name longer than {} bytes",
@@ -269,6 +307,7 @@ impl<'a, M: Serialize, R: Serialize> Turn<'a, M, R> {
         self.effects.timers.push(TimerOp::Set {
             name: name.to_string(),
             due: self.now.plus(after),
+            payload,
         });
     }
 

@@ -24,6 +24,9 @@
 //! - [`Turn::start_task`] and [`Config::task`]: outside work (any I/O) as tasks that run
 //!   at least once, with a stable idempotency key, and whose result comes back exactly once
 //!   as [`Input::TaskDone`]; the [`task`] module explains the guarantee.
+//! - [`compose`]: several independently written components (each its own state, tables,
+//!   timers and message types) hosted by one process, one store and one turn loop, as one
+//!   [`Handler`]; they address each other and remote components by name.
 //! - [`limits`]: every limit and default, with its value.
 //!
 //! Below that, for hosts, simulations and tools rather than applications: [`engine`], the
@@ -65,6 +68,7 @@ pub mod admin;
 pub mod app;
 pub mod client;
 pub mod cluster;
+pub mod compose;
 pub mod crash;
 mod driver;
 pub mod engine;

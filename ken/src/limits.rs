@@ -5,131 +5,225 @@
 
 use std::time::Duration;
 
-/// Turns per commit batch (4,096). A full batch waits for the one committing before it.
-pub const BATCH_TURNS_MAX: u32 = 4096;
+/// Defines a limit from one literal, and appends its value to its rustdoc from that same
+/// literal (rustdoc shows no value for a `Duration` constant, and a value typed twice
+/// drifts): `limit! { /// doc\n pub const NAME: Duration = 200 ms; }` (units `ms`, `s`),
+/// or `pub const NAME: T = EXPR;` for a number (the expression as written).
+macro_rules! limit {
+    ($(#[$attr:meta])* pub const $name:ident: Duration = $n:literal ms;) => {
+        $(#[$attr])*
+        #[doc = concat!("\n\nValue: **", stringify!($n), " ms**.")]
+        pub const $name: Duration = Duration::from_millis($n);
+    };
+    ($(#[$attr:meta])* pub const $name:ident: Duration = $n:literal s;) => {
+        $(#[$attr])*
+        #[doc = concat!("\n\nValue: **", stringify!($n), " s**.")]
+        pub const $name: Duration = Duration::from_secs($n);
+    };
+    ($(#[$attr:meta])* pub const $name:ident: $t:ty = $v:expr;) => {
+        $(#[$attr])*
+        #[doc = concat!("\n\nValue: `", stringify!($v), "`.")]
+        pub const $name: $t = $v;
+    };
+}
 
-/// Bytes of state and messages per commit batch (8 MiB).
-pub const BATCH_BYTES_MAX: usize = 8 << 20;
+limit! {
+    /// Turns per commit batch. A full batch waits for the one committing before it.
+    pub const BATCH_TURNS_MAX: u32 = 4096;
+}
 
-/// Messages in flight (sent, not acknowledged) per peer (256); the rest wait in the outbox.
-pub const WINDOW_MESSAGES_MAX: usize = 256;
+limit! {
+    /// Bytes of state and messages per commit batch.
+    pub const BATCH_BYTES_MAX: usize = 8 << 20;
+}
 
-/// Out-of-order arrivals held per peer (512); later ones are dropped (the sender
-/// retransmits).
-pub const REORDER_BUFFER_MAX: u64 = 512;
+limit! {
+    /// Messages in flight (sent, not acknowledged) per peer; the rest wait in the outbox.
+    pub const WINDOW_MESSAGES_MAX: usize = 256;
+}
 
-/// Retransmission timeout before the first round-trip sample: **200 ms**.
-pub const RTO_INITIAL: Duration = Duration::from_millis(200);
+limit! {
+    /// Out-of-order arrivals held per peer; later ones are dropped (the sender
+    /// retransmits).
+    pub const REORDER_BUFFER_MAX: u64 = 512;
+}
 
-/// Smallest retransmission timeout, **20 ms** (round trips include the peer's commit).
-pub const RTO_MIN: Duration = Duration::from_millis(20);
+limit! {
+    /// Retransmission timeout before the first round-trip sample.
+    pub const RTO_INITIAL: Duration = 200 ms;
+}
 
-/// Ceiling of the retransmission timeout after exponential backoff: **1 s**. The runtime never gives
-/// up on a peer on its own; it retransmits at this interval forever.
-pub const RTO_MAX: Duration = Duration::from_secs(1);
+limit! {
+    /// Smallest retransmission timeout (round trips include the peer's commit).
+    pub const RTO_MIN: Duration = 20 ms;
+}
 
-/// Longest timer name: 128 bytes.
-pub const TIMER_NAME_BYTES_MAX: usize = 128;
+limit! {
+    /// Ceiling of the retransmission timeout after exponential backoff. The runtime never gives
+    /// up on a peer on its own; it retransmits at this interval forever.
+    pub const RTO_MAX: Duration = 1 s;
+}
 
-/// Longest table name: 128 bytes.
-pub const TABLE_NAME_BYTES_MAX: usize = 128;
+limit! {
+    /// Longest timer name.
+    pub const TIMER_NAME_BYTES_MAX: usize = 128;
+}
 
-/// Longest table key: 1,024 bytes.
-pub const TABLE_KEY_BYTES_MAX: usize = 1024;
+limit! {
+    /// Largest timer payload ([`crate::Turn::set_timer_with`]). Set timers are kept in
+    /// memory as well as in the store, so a payload is a few bytes that say what the timer is
+    /// for; larger data belongs in a table row whose key the payload names.
+    pub const TIMER_PAYLOAD_BYTES_MAX: usize = 1 << 10;
+}
 
-/// Longest task name ([`crate::Turn::start_task`]): 128 bytes.
-pub const TASK_NAME_BYTES_MAX: usize = 128;
+limit! {
+    /// Longest table name.
+    pub const TABLE_NAME_BYTES_MAX: usize = 128;
+}
 
-/// Largest task payload: 64 KiB. A task that needs more reads it from where the handler
-/// put it (a table row written by the same turn, an outside store).
-pub const TASK_PAYLOAD_BYTES_MAX: usize = 64 << 10;
+limit! {
+    /// Longest table key.
+    pub const TABLE_KEY_BYTES_MAX: usize = 1024;
+}
 
-/// Tasks one turn may start: 1,024 (a task id is the turn number and an index below this).
-pub const TASKS_PER_TURN_MAX: u32 = 1024;
+limit! {
+    /// Longest task name ([`crate::Turn::start_task`]).
+    pub const TASK_NAME_BYTES_MAX: usize = 128;
+}
 
-/// Tasks running at once in one process by default (16); the rest wait their turn.
-pub const TASKS_RUNNING_MAX: usize = 16;
+limit! {
+    /// Largest task payload. A task that needs more reads it from where the handler
+    /// put it (a table row written by the same turn, an outside store).
+    pub const TASK_PAYLOAD_BYTES_MAX: usize = 64 << 10;
+}
 
-/// Wait before a failed task's second attempt: **100 ms**; doubled after each further
-/// failure up to [`TASK_BACKOFF_MAX`].
-pub const TASK_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+limit! {
+    /// Tasks one turn may start (a task id is the turn number and an index below this).
+    pub const TASKS_PER_TURN_MAX: u32 = 1024;
+}
 
-/// Ceiling of a failed task's backoff: **30 s**. A task is retried at this interval forever
-/// (until it succeeds); `ken inspect STORE tasks` shows its attempts and last error.
-pub const TASK_BACKOFF_MAX: Duration = Duration::from_secs(30);
+limit! {
+    /// Tasks running at once in one process by default; the rest wait their turn.
+    pub const TASKS_RUNNING_MAX: usize = 16;
+}
 
-/// Longest error text of a failed task kept in its record: 1,024 bytes (longer ones are cut).
-pub const TASK_ERROR_BYTES_MAX: usize = 1024;
+limit! {
+    /// Wait before a failed task's second attempt; doubled after each further
+    /// failure up to [`TASK_BACKOFF_MAX`].
+    pub const TASK_BACKOFF_INITIAL: Duration = 100 ms;
+}
 
-/// Largest encoded root state: 16 MiB. Large state belongs in tables.
-pub const ROOT_BYTES_MAX: usize = 16 << 20;
+limit! {
+    /// Ceiling of a failed task's backoff. A task is retried at this interval forever
+    /// (until it succeeds); `ken inspect STORE tasks` shows its attempts and last error.
+    pub const TASK_BACKOFF_MAX: Duration = 30 s;
+}
 
-/// Clients remembered by the reply cache: 10,000 (per client: last request and its reply).
-pub const CLIENTS_MAX: usize = 10_000;
+limit! {
+    /// Longest error text of a failed task kept in its record (longer ones are cut).
+    pub const TASK_ERROR_BYTES_MAX: usize = 1024;
+}
 
-/// The client retry window: a client retries a request for at most this long after it first
-/// sent it, **60 s** (a request carries that moment, `RequestEnvelope::sent_ms`). A process applies a
-/// request only if it was first sent within this window (and [`CLIENT_CLOCK_SKEW_MAX`]); an
-/// older one is answered `Expired`, never applied.
-pub const CLIENT_RETRY_WINDOW: Duration = Duration::from_secs(60);
+limit! {
+    /// Largest encoded root state. Large state belongs in tables.
+    pub const ROOT_BYTES_MAX: usize = 16 << 20;
+}
 
-/// How far a client's clock may be from the process's, **30 s**: a request stamped further in the
-/// future, or older than the retry window by more than this, is answered `Expired`.
-pub const CLIENT_CLOCK_SKEW_MAX: Duration = Duration::from_secs(30);
+limit! {
+    /// Clients remembered by the reply cache (per client: last request and its reply).
+    pub const CLIENTS_MAX: usize = 10_000;
+}
 
-/// A client idle this long, **121 s** (since its last applied request), may be evicted from a full reply
-/// cache, least recently used first. Longer than the retry window plus twice the clock skew,
-/// so no copy of a request applied before the eviction can still be fresh afterwards: a
-/// forgotten client's next fresh request is new, whatever its number, and nothing is ever
-/// applied twice (the argument is in `client.rs`).
-pub const CLIENT_IDLE_EVICT: Duration =
-    Duration::from_secs(CLIENT_RETRY_WINDOW.as_secs() + 2 * CLIENT_CLOCK_SKEW_MAX.as_secs() + 1);
+limit! {
+    /// The client retry window: a client retries a request for at most this long after it first
+    /// sent it (a request carries that moment, `RequestEnvelope::sent_ms`). A process applies a
+    /// request only if it was first sent within this window (and [`CLIENT_CLOCK_SKEW_MAX`]); an
+    /// older one is answered `Expired`, never applied.
+    pub const CLIENT_RETRY_WINDOW: Duration = 60 s;
+}
 
-/// A reply to a request without a credential is at most this many times the size of the
-/// request's datagram (a spoofed small request cannot aim a large reply at someone else). A
-/// larger reply is answered `Pad`: the client resends the request padded (the
-/// [`crate::Client`] does it by itself) and gets the reply from the cache.
-pub const AMPLIFICATION_MAX: usize = 4;
+limit! {
+    /// How far a client's clock may be from the process's: a request stamped further in the
+    /// future, or older than the retry window by more than this, is answered `Expired`.
+    pub const CLIENT_CLOCK_SKEW_MAX: Duration = 30 s;
+}
 
-/// Largest request number and sequence number taken from the network: the store keeps them
-/// in SQLite `INTEGER` columns (signed 64-bit). Larger ones are dropped and counted.
-pub const WIRE_NUMBER_MAX: u64 = i64::MAX as u64;
+limit! {
+    /// A client idle this long (since its last applied request), may be evicted from a full reply
+    /// cache, least recently used first. Longer than the retry window plus twice the clock skew,
+    /// so no copy of a request applied before the eviction can still be fresh afterwards: a
+    /// forgotten client's next fresh request is new, whatever its number, and nothing is ever
+    /// applied twice (the argument is in `client.rs`).
+    pub const CLIENT_IDLE_EVICT: Duration = 121 s;
+}
 
-/// Client return addresses the driver remembers.
-pub const CLIENT_ADDRS_MAX: usize = 2 * CLIENTS_MAX;
+limit! {
+    /// A reply to a request without a credential is at most this many times the size of the
+    /// request's datagram (a spoofed small request cannot aim a large reply at someone else). A
+    /// larger reply is answered `Pad`: the client resends the request padded (the
+    /// [`crate::Client`] does it by itself) and gets the reply from the cache.
+    pub const AMPLIFICATION_MAX: usize = 4;
+}
 
-/// Members of one FUSE group.
-pub const GROUP_MEMBERS_MAX: usize = 64;
+limit! {
+    /// Largest request number and sequence number taken from the network: the store keeps them
+    /// in SQLite `INTEGER` columns (signed 64-bit). Larger ones are dropped and counted.
+    pub const WIRE_NUMBER_MAX: u64 = i64::MAX as u64;
+}
 
-/// Interval between two FUSE heartbeats to a peer sharing groups: **200 ms**.
-pub const FUSE_HEARTBEAT: Duration = Duration::from_millis(200);
+limit! {
+    /// Client return addresses the driver remembers.
+    pub const CLIENT_ADDRS_MAX: usize = 2 * CLIENTS_MAX;
+}
 
-/// The FUSE failure bound, `T_fail`: **3 s**. A peer is failed after hearing nothing from it for
-/// `FUSE_T_FAIL + 2 x FUSE_HEARTBEAT` (the slack covers the heartbeat period it may have been
-/// silent before a crash and a lost heartbeat), so a crash-restart with downtime up to
-/// `0.9 x FUSE_T_FAIL` is masked, and every live member hears of a permanent failure within
-/// `FUSE_T_FAIL + 2 x FUSE_HEARTBEAT` of the failed member's last frame (plus a commit).
-pub const FUSE_T_FAIL: Duration = Duration::from_secs(3);
+limit! {
+    /// Members of one FUSE group.
+    pub const GROUP_MEMBERS_MAX: usize = 64;
+}
 
-/// A group whose members have not all confirmed within this (**3 s**) fails.
-pub const FUSE_CREATE_TIMEOUT: Duration = Duration::from_secs(3);
+limit! {
+    /// Interval between two FUSE heartbeats to a peer sharing groups.
+    pub const FUSE_HEARTBEAT: Duration = 200 ms;
+}
 
-/// Upper bound on an encoded message (a data frame's payload less its envelope):
-/// what a tagged frame between the longest ids carries, less the envelope that names the
-/// sender's schema version ([`MESSAGE_ENVELOPE_BYTES`]).
-pub const MESSAGE_BYTES_MAX: usize =
-    ken_transport::frame::MIN_PAYLOAD_CAPACITY_BYTES - MESSAGE_ENVELOPE_BYTES;
+limit! {
+    /// The FUSE failure bound, `T_fail`. A peer is failed after hearing nothing from it for
+    /// `FUSE_T_FAIL + 2 x FUSE_HEARTBEAT` (the slack covers the heartbeat period it may have been
+    /// silent before a crash and a lost heartbeat), so a crash-restart with downtime up to
+    /// `0.9 x FUSE_T_FAIL` is masked, and every live member hears of a permanent failure within
+    /// `FUSE_T_FAIL + 2 x FUSE_HEARTBEAT` of the failed member's last frame (plus a commit).
+    pub const FUSE_T_FAIL: Duration = 3 s;
+}
 
-/// The envelope of a peer message in the outbox and on the wire: its sender's schema version
-/// (u32 LE, `ken_store::wrap_payload`).
-pub const MESSAGE_ENVELOPE_BYTES: usize = 4;
+limit! {
+    /// A group whose members have not all confirmed within this fails.
+    pub const FUSE_CREATE_TIMEOUT: Duration = 3 s;
+}
 
-/// Largest reply to a client request: a message less the reply envelope's tag and length.
-pub const REPLY_BYTES_MAX: usize = MESSAGE_BYTES_MAX - 16;
+limit! {
+    /// Upper bound on an encoded message (a data frame's payload less its envelope):
+    /// what a tagged frame between the longest ids carries, less the envelope that names the
+    /// sender's schema version ([`MESSAGE_ENVELOPE_BYTES`]).
+    pub const MESSAGE_BYTES_MAX: usize =
+        ken_transport::frame::MIN_PAYLOAD_CAPACITY_BYTES - MESSAGE_ENVELOPE_BYTES;
+}
 
-/// Largest encoded client request: a message less the request envelope (first-send time,
-/// lengths and an empty padding).
-pub const REQUEST_BYTES_MAX: usize = MESSAGE_BYTES_MAX - 32;
+limit! {
+    /// The envelope of a peer message in the outbox and on the wire: its sender's schema version
+    /// (u32 LE, `ken_store::wrap_payload`).
+    pub const MESSAGE_ENVELOPE_BYTES: usize = 4;
+}
+
+limit! {
+    /// Largest reply to a client request: a message less the reply envelope's tag and length.
+    pub const REPLY_BYTES_MAX: usize = MESSAGE_BYTES_MAX - 16;
+}
+
+limit! {
+    /// Largest encoded client request: a message less the request envelope (first-send time,
+    /// lengths and an empty padding).
+    pub const REQUEST_BYTES_MAX: usize = MESSAGE_BYTES_MAX - 32;
+}
 
 const _: () = assert!(RTO_MIN.as_millis() <= RTO_INITIAL.as_millis());
 const _: () = assert!(RTO_INITIAL.as_millis() <= RTO_MAX.as_millis());
@@ -145,36 +239,20 @@ const _: () = assert!(
         > CLIENT_RETRY_WINDOW.as_millis() + 2 * CLIENT_CLOCK_SKEW_MAX.as_millis()
 );
 const _: () = assert!(AMPLIFICATION_MAX >= 2);
+// The eviction age is the retry window plus twice the skew, plus a second.
+const _: () = assert!(
+    CLIENT_IDLE_EVICT.as_secs()
+        == CLIENT_RETRY_WINDOW.as_secs() + 2 * CLIENT_CLOCK_SKEW_MAX.as_secs() + 1
+);
 
-/// A peer is *quiet* when messages wait for it and it has acknowledged none for this many
-/// retransmission ceilings (`Tuning::rto_max`): the driver then warns (naming the peer, its
-/// address and how long) and resolves its host name again.
-pub const PEER_QUIET_CEILINGS: u32 = 5;
+limit! {
+    /// A peer is *quiet* when messages wait for it and it has acknowledged none for this many
+    /// retransmission ceilings (`Tuning::rto_max`): the driver then warns (naming the peer, its
+    /// address and how long) and resolves its host name again.
+    pub const PEER_QUIET_CEILINGS: u32 = 5;
+}
 
-/// While a peer stays quiet, the warning about it is repeated at most this often.
-pub const PEER_QUIET_WARN_INTERVAL: Duration = Duration::from_secs(60);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The values the docs above state (rustdoc shows a `Duration` constant's expression at
-    /// best): a change of a value must change its doc too.
-    #[test]
-    fn documented_values() {
-        assert_eq!(RTO_INITIAL, Duration::from_millis(200));
-        assert_eq!(RTO_MIN, Duration::from_millis(20));
-        assert_eq!(RTO_MAX, Duration::from_secs(1));
-        assert_eq!(CLIENT_RETRY_WINDOW, Duration::from_secs(60));
-        assert_eq!(CLIENT_CLOCK_SKEW_MAX, Duration::from_secs(30));
-        assert_eq!(CLIENT_IDLE_EVICT, Duration::from_secs(121));
-        assert_eq!(FUSE_HEARTBEAT, Duration::from_millis(200));
-        assert_eq!(FUSE_T_FAIL, Duration::from_secs(3));
-        assert_eq!(FUSE_CREATE_TIMEOUT, Duration::from_secs(3));
-        assert_eq!(
-            (BATCH_TURNS_MAX, BATCH_BYTES_MAX, WINDOW_MESSAGES_MAX),
-            (4096, 8 << 20, 256)
-        );
-        assert_eq!((REORDER_BUFFER_MAX, CLIENTS_MAX), (512, 10_000));
-    }
+limit! {
+    /// While a peer stays quiet, the warning about it is repeated at most this often.
+    pub const PEER_QUIET_WARN_INTERVAL: Duration = 60 s;
 }

@@ -7,30 +7,42 @@ use crate::limits;
 /// Tuning knobs. `Tuning::default()` is what production uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tuning {
+    /// Turns per commit batch (default [`limits::BATCH_TURNS_MAX`]).
     pub batch_turns_max: u32,
+    /// Bytes per commit batch (default [`limits::BATCH_BYTES_MAX`]).
     pub batch_bytes_max: usize,
+    /// Messages in flight per peer (default [`limits::WINDOW_MESSAGES_MAX`]).
     pub window_messages_max: usize,
+    /// Out-of-order arrivals held per peer (default [`limits::REORDER_BUFFER_MAX`]).
     pub reorder_buffer_max: u64,
+    /// Retransmission timeout before the first round-trip sample (default
+    /// [`limits::RTO_INITIAL`]).
     pub rto_initial: Duration,
+    /// Smallest retransmission timeout (default [`limits::RTO_MIN`]).
     pub rto_min: Duration,
+    /// The retransmission ceiling: backoff stops growing here, and unacknowledged messages
+    /// are retransmitted at this interval forever (default [`limits::RTO_MAX`]).
     pub rto_max: Duration,
-    /// FUSE heartbeat interval per peer sharing groups.
+    /// FUSE heartbeat interval per peer sharing groups (default [`limits::FUSE_HEARTBEAT`]).
     pub fuse_heartbeat: Duration,
-    /// FUSE silence bound: a peer silent this long fails every group shared with it.
+    /// FUSE silence bound `T_fail`: a peer silent this long (plus two heartbeats) fails
+    /// every group shared with it (default [`limits::FUSE_T_FAIL`]).
     pub fuse_t_fail: Duration,
-    /// FUSE creation timeout: a group not confirmed by every member within this fails.
+    /// FUSE creation timeout: a group not confirmed by every member within this fails
+    /// (default [`limits::FUSE_CREATE_TIMEOUT`]).
     pub fuse_create_timeout: Duration,
     /// Admit a peer that comes back as a new incarnation (its store was replaced) at once,
     /// without an operator's `ken admit` (default false). Either way the FUSE groups shared
     /// with the old incarnation fail when the new one is first heard. See
     /// the [`crate::engine`] module docs, "Replaced peers".
     pub admit_replaced_peers: bool,
-    /// Tasks ([`crate::Turn::start_task`]) running at once; the rest wait.
+    /// Tasks ([`crate::Turn::start_task`]) running at once; the rest wait (default
+    /// [`limits::TASKS_RUNNING_MAX`]).
     pub task_running_max: usize,
     /// Backoff before a failed task's second attempt, doubled per failure up to
-    /// `task_backoff_max`.
+    /// `task_backoff_max` (default [`limits::TASK_BACKOFF_INITIAL`]).
     pub task_backoff_initial: Duration,
-    /// Ceiling of a failed task's backoff.
+    /// Ceiling of a failed task's backoff (default [`limits::TASK_BACKOFF_MAX`]).
     pub task_backoff_max: Duration,
     /// TEST ONLY, and only in builds with the cargo feature `unsafe-release-before-commit`
     /// (off by default; only the negative controls turn it on): releases each turn's outputs

@@ -442,7 +442,8 @@ pub struct Engine<H: Handler> {
     state: H::State,
     rng: ChaCha8Rng,
     peers: BTreeMap<ProcessId, Peer>,
-    timers: BTreeMap<String, Time>,
+    /// Set timers: name -> (due, payload).
+    timers: BTreeMap<String, (Time, Vec<u8>)>,
     timer_queue: BTreeSet<(Time, String)>,
     clients: BTreeMap<ClientId, ClientEntry>,
     /// The reply cache's clients by last use, oldest first (the LRU order of eviction).
@@ -586,7 +587,7 @@ impl<H: Handler> Engine<H> {
         let mut timer_queue = BTreeSet::new();
         for t in &recovered.timers {
             let due = Time::from_millis(t.due_ms);
-            timers.insert(t.name.clone(), due);
+            timers.insert(t.name.clone(), (due, t.payload.clone()));
             timer_queue.insert((due, t.name.clone()));
         }
         let mut clients = BTreeMap::new();
@@ -739,12 +740,19 @@ impl<H: Handler> Engine<H> {
                 break;
             }
             self.timer_queue.remove(&(due, name.clone()));
-            self.timers.remove(&name);
+            let payload = self
+                .timers
+                .remove(&name)
+                .map(|(_, payload)| payload)
+                .unwrap_or_default();
             self.filling
                 .batch
                 .timers
                 .push(TimerChange::Cancel { name: name.clone() });
-            let input = Input::Timer { name: name.clone() };
+            let input = Input::Timer {
+                name: name.clone(),
+                payload: payload.clone(),
+            };
             match self.run_turn(now, input, "timer", name.clone(), 0) {
                 Ok(_) | Err(TurnFailed::Fault) => {}
                 Err(TurnFailed::Panicked(message)) => {
@@ -753,7 +761,7 @@ impl<H: Handler> Engine<H> {
                     self.filling.batch.timers.push(TimerChange::Set {
                         name: name.clone(),
                         due_ms: due.as_millis(),
-                        payload: Vec::new(),
+                        payload,
                     });
                     self.record_poison(now, "timer", &name, 0, &message);
                     let held = Held {
@@ -2538,21 +2546,22 @@ impl<H: Handler> Engine<H> {
         }
         for op in effects.timers {
             match op {
-                TimerOp::Set { name, due } => {
+                TimerOp::Set { name, due, payload } => {
                     self.held_timers.remove(&name);
-                    if let Some(old) = self.timers.insert(name.clone(), due) {
+                    if let Some((old, _)) = self.timers.insert(name.clone(), (due, payload.clone()))
+                    {
                         self.timer_queue.remove(&(old, name.clone()));
                     }
                     self.timer_queue.insert((due, name.clone()));
                     self.filling.batch.timers.push(TimerChange::Set {
                         name,
                         due_ms: due.as_millis(),
-                        payload: Vec::new(),
+                        payload,
                     });
                 }
                 TimerOp::Cancel { name } => {
                     self.held_timers.remove(&name);
-                    if let Some(old) = self.timers.remove(&name) {
+                    if let Some((old, _)) = self.timers.remove(&name) {
                         self.timer_queue.remove(&(old, name.clone()));
                     }
                     self.filling.batch.timers.push(TimerChange::Cancel { name });

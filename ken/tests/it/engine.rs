@@ -46,7 +46,7 @@ impl Handler for Echo {
                     turn.send(&from, &(message + 1)).unwrap();
                 }
             }
-            Input::Timer { name } => turn.emit(format!("timer {name}")),
+            Input::Timer { name, .. } => turn.emit(format!("timer {name}")),
             Input::Request { request, .. } => {
                 state.got.push(("client".into(), request.len() as u64));
                 let mut r = request;

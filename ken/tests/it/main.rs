@@ -2,6 +2,7 @@
 
 mod attacks;
 mod client;
+mod compose;
 mod crash;
 mod engine;
 mod forget;
@@ -20,3 +21,4 @@ mod sans_io;
 mod tasks;
 mod tasks_real;
 mod testing;
+mod timers;

@@ -191,8 +191,8 @@ impl Handler for FuseNode {
     ) {
         match input {
             Input::Start if self.create > 0 => self.create_some(state, turn),
-            Input::Timer { name } if name == "create" => self.create_some(state, turn),
-            Input::Timer { name } if name == "signal" => self.signal_all(turn),
+            Input::Timer { name, .. } if name == "create" => self.create_some(state, turn),
+            Input::Timer { name, .. } if name == "signal" => self.signal_all(turn),
             Input::Request { request, .. } => {
                 let reply = if request == SIGNAL_REQUEST {
                     self.signal_all(turn);

@@ -1303,7 +1303,7 @@ mod groups {
                         turn.set_timer(&format!("create-{i}"), Duration::from_millis(*after_ms));
                     }
                 }
-                Input::Timer { name } => {
+                Input::Timer { name, .. } => {
                     let i: usize = name["create-".len()..].parse().unwrap();
                     let members: Vec<ProcessId> = PLAN[i]
                         .1
