@@ -38,7 +38,10 @@
 //! "untagged_dropped":..,"unknown_key_dropped":..,"bad_tag_dropped":..,"old_key_frames":..,
 //! "messages_held":..,
 //! "dead_letters":..,"turns_panicked":..,"held":..,"wal_bytes":..,"db_bytes":..,"syncs":..,
-//! "at_ms":..}` (`held`: input sources held now, see `ken::living`; `wal_bytes`, `db_bytes`,
+//! "tasks_started":..,"task_attempts":..,"task_failures":..,"task_results_delivered":..,
+//! "at_ms":..}` (`held`: input sources held now, see `ken::living`; the task counters: tasks
+//! recorded by turns, attempts started, attempts that failed (an error or a panic), results
+//! delivered as `Input::TaskDone`; `wal_bytes`, `db_bytes`,
 //! `syncs`: what the store wrote to its WAL and database file and how many syncs, counted by
 //! its VFS shim, `ken_store::vfs::WriteCounters`) to stderr every N ms and when the loop ends (a SIGKILLed life loses the counts
 //! since its last line). Counters are per life; `at_ms` is the wall clock (ms since the epoch)
@@ -864,7 +867,7 @@ fn print_stats(engine: &crate::engine::EngineStats, held: usize, endpoint: &Endp
     let ep = endpoint.stats();
     let io = ken_store::vfs::write_counters();
     eprintln!(
-        "{{\"event\":\"stats\",\"turns\":{},\"messages_sent\":{},\"retransmits\":{},\"duplicates_dropped\":{},\"frames_in\":{},\"frames_sent\":{},\"junk_dropped\":{},\"heartbeats_sent\":{},\"liveness_bytes_sent\":{},\"fuse_bytes_sent\":{},\"fuse_notifications\":{},\"faults_dropped\":{},\"untagged_dropped\":{},\"unknown_key_dropped\":{},\"bad_tag_dropped\":{},\"old_key_frames\":{},\"messages_held\":{},\"dead_letters\":{},\"turns_panicked\":{},\"held\":{},\"wal_bytes\":{},\"db_bytes\":{},\"syncs\":{},\"at_ms\":{}}}",
+        "{{\"event\":\"stats\",\"turns\":{},\"messages_sent\":{},\"retransmits\":{},\"duplicates_dropped\":{},\"frames_in\":{},\"frames_sent\":{},\"junk_dropped\":{},\"heartbeats_sent\":{},\"liveness_bytes_sent\":{},\"fuse_bytes_sent\":{},\"fuse_notifications\":{},\"faults_dropped\":{},\"untagged_dropped\":{},\"unknown_key_dropped\":{},\"bad_tag_dropped\":{},\"old_key_frames\":{},\"messages_held\":{},\"dead_letters\":{},\"turns_panicked\":{},\"held\":{},\"wal_bytes\":{},\"db_bytes\":{},\"syncs\":{},\"tasks_started\":{},\"task_attempts\":{},\"task_failures\":{},\"task_results_delivered\":{},\"at_ms\":{}}}",
         engine.turns,
         engine.messages_sent,
         engine.retransmits,
@@ -888,6 +891,10 @@ fn print_stats(engine: &crate::engine::EngineStats, held: usize, endpoint: &Endp
         io.wal_bytes,
         io.db_bytes,
         io.syncs,
+        engine.tasks_started,
+        engine.task_attempts,
+        engine.task_failures,
+        engine.task_results_delivered,
         Time::now_wall().as_millis()
     );
 }

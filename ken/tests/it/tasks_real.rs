@@ -95,6 +95,8 @@ fn tasks_child() {
         store,
     );
     config.finish_linger = Duration::ZERO;
+    // One stats line, when the loop ends (the last life's counters).
+    config.stats_interval = Some(Duration::from_secs(3600));
     config.tuning = Tuning {
         task_running_max: 6,
         task_backoff_initial: Duration::from_millis(10),
@@ -189,6 +191,14 @@ fn tasks_sigkilled_while_they_run_deliver_each_result_exactly_once_with_one_key(
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(9), "life {life}: {status:?}");
     }
+    let done_before = {
+        let reader = Reader::open(&dir.path().join("worker.db")).unwrap();
+        let state: WorkerState = reader
+            .root()
+            .unwrap()
+            .map_or_else(WorkerState::default, |b| codec::decode(&b).unwrap());
+        state.done.len() as u64
+    };
     let mut child = spawn(dir.path(), KILLS, seed);
     let deadline = Instant::now() + Duration::from_secs(120);
     let status = loop {
@@ -203,6 +213,32 @@ fn tasks_sigkilled_while_they_run_deliver_each_result_exactly_once_with_one_key(
         status.success() && out.contains(&format!("all {TASKS} tasks done")),
         "{status:?}: {out}"
     );
+
+    // The last life's stats line counts what it did with tasks: it delivered exactly the
+    // results the earlier lives had not, and ran at least one attempt per result.
+    let err = std::fs::read_to_string(dir.path().join(format!("life{KILLS}.err"))).unwrap();
+    let stats = err
+        .lines()
+        .rev()
+        .find(|l| l.contains("\"event\":\"stats\""))
+        .unwrap_or_else(|| panic!("no stats line: {err}"));
+    let field = |name: &str| -> u64 {
+        let at = stats
+            .find(&format!("\"{name}\":"))
+            .unwrap_or_else(|| panic!("{name}: {stats}"));
+        let rest = &stats[at + name.len() + 3..];
+        rest[..rest.find([',', '}']).unwrap()].parse().unwrap()
+    };
+    assert_eq!(
+        field("task_results_delivered"),
+        TASKS - done_before,
+        "{stats}"
+    );
+    assert!(
+        field("task_attempts") >= field("task_results_delivered"),
+        "{stats}"
+    );
+    assert!(field("task_failures") <= field("task_attempts"), "{stats}");
 
     // Exactly once, from the committed state.
     let reader = Reader::open(&dir.path().join("worker.db")).unwrap();
