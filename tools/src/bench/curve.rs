@@ -97,7 +97,12 @@ fn draw(
     let (top, bottom) = root.split_vertically(380);
     let label = |p: &CurvePoint| format!("{}x{}", p.senders, p.outstanding_per_sender);
 
-    let x = log_range(points.iter().map(|p| p.turns_per_commit));
+    // One x range for both panels, so that a load sits at the same x in each.
+    let x = log_range(
+        points
+            .iter()
+            .flat_map(|p| [p.turns_per_commit, p.run_turns_per_commit]),
+    );
     let y_max = points.iter().map(|p| p.turns_per_sec).fold(1.0, f64::max) * 1.15;
     let mut chart = ChartBuilder::on(&top)
         .caption(
@@ -107,9 +112,10 @@ fn draw(
         .margin(12)
         .x_label_area_size(45)
         .y_label_area_size(80)
-        .build_cartesian_2d(x.log_scale(), 0.0..y_max)?;
+        .build_cartesian_2d(x.clone().log_scale(), 0.0..y_max)?;
     chart
         .configure_mesh()
+        .light_line_style(WHITE)
         .x_desc(X_LABEL)
         .y_desc(Y_TURNS_LABEL)
         .y_label_formatter(&|v| format!("{v:.0}"))
@@ -122,11 +128,16 @@ fn draw(
     chart.draw_series(points.iter().map(|p| {
         EmptyElement::at((p.turns_per_commit, p.turns_per_sec))
             + Circle::new((0, 0), 4, BLUE.filled())
-            + Text::new(label(p), (6, -16), ("sans-serif", 12))
+            + Text::new(
+                format!("{}: {:.0}/s", label(p), p.turns_per_sec),
+                (6, -16),
+                ("sans-serif", 12),
+            )
     }))?;
 
-    let x = log_range(points.iter().map(|p| p.run_turns_per_commit));
+    // Whole decades: plotters labels a log axis only from its lower end's decade up.
     let y = log_range(points.iter().map(|p| p.bytes_per_turn));
+    let y = 10f64.powf(y.start.log10().floor())..10f64.powf(y.end.log10().ceil());
     let mut chart = ChartBuilder::on(&bottom)
         .caption(
             "store bytes written per turn against turns per commit",
@@ -138,8 +149,10 @@ fn draw(
         .build_cartesian_2d(x.log_scale(), y.log_scale())?;
     chart
         .configure_mesh()
+        .light_line_style(WHITE)
         .x_desc(X_LABEL)
         .y_desc(Y_BYTES_LABEL)
+        .y_labels(12)
         .y_label_formatter(&|v| format!("{v:.0}"))
         .x_label_formatter(&|v| format!("{v:.0}"))
         .draw()?;
@@ -152,7 +165,11 @@ fn draw(
     chart.draw_series(points.iter().map(|p| {
         EmptyElement::at((p.run_turns_per_commit, p.bytes_per_turn))
             + Circle::new((0, 0), 4, RED.filled())
-            + Text::new(label(p), (6, -16), ("sans-serif", 12))
+            + Text::new(
+                format!("{}: {:.0} B", label(p), p.bytes_per_turn),
+                (6, -16),
+                ("sans-serif", 12),
+            )
     }))?;
     root.present()?;
     Ok(())
@@ -229,7 +246,8 @@ mod tests {
             Y_TURNS_LABEL,
             Y_BYTES_LABEL,
             "raw fsync 1234/s, 2 CPUs, ext4 on /dev/x",
-            "4x8",
+            "4x8: 8000/s",
+            "4x8: 391 B",
         ] {
             assert!(svg.contains(text), "{text} missing from {svg}");
         }
