@@ -51,15 +51,16 @@ pub const X_LABEL: &str = "turns per commit (log)";
 pub const Y_TURNS_LABEL: &str = "durable turns per second";
 pub const Y_BYTES_LABEL: &str = "store bytes written per turn (log)";
 
-/// A logarithmic axis range holding every value, with some room either side.
-fn log_range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
+/// A logarithmic axis range holding every value: `below` and `above` times the lowest and
+/// highest apart from them.
+fn log_range(values: impl Iterator<Item = f64>, below: f64, above: f64) -> std::ops::Range<f64> {
     let (lo, hi) = values
         .filter(|v| v.is_finite() && *v > 0.0)
         .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
     if lo > hi {
         return 1.0..10.0;
     }
-    (lo / 1.6)..(hi * 1.6)
+    (lo / below)..(hi * above)
 }
 
 /// The SVG of the curve.
@@ -102,6 +103,9 @@ fn draw(
         points
             .iter()
             .flat_map(|p| [p.turns_per_commit, p.run_turns_per_commit]),
+        1.6,
+        // Room for the rightmost point's label.
+        3.5,
     );
     let y_max = points.iter().map(|p| p.turns_per_sec).fold(1.0, f64::max) * 1.15;
     let mut chart = ChartBuilder::on(&top)
@@ -136,7 +140,7 @@ fn draw(
     }))?;
 
     // Whole decades: plotters labels a log axis only from its lower end's decade up.
-    let y = log_range(points.iter().map(|p| p.bytes_per_turn));
+    let y = log_range(points.iter().map(|p| p.bytes_per_turn), 1.1, 1.1);
     let y = 10f64.powf(y.start.log10().floor())..10f64.powf(y.end.log10().ceil());
     let mut chart = ChartBuilder::on(&bottom)
         .caption(

@@ -182,7 +182,7 @@ pub struct Args {
     pub quick: bool,
     /// After the other phases, measure the curve: unkeyed throughput at five loads, from 1x1
     /// to 8x256 simulated senders x unacknowledged messages each (about 1 to hundreds of
-    /// turns per commit; about 20 s, 6 s with --quick). Writes an SVG of turns/s and store
+    /// turns per commit; about 20 s, 7 s with --quick). Writes an SVG of turns/s and store
     /// bytes/turn against turns/commit to FILE, and adds the points to the report (`curve`
     /// in --json). FILE's directory must exist and be writable (checked first).
     #[arg(long, value_name = "FILE")]
