@@ -30,6 +30,17 @@
 //! durable: `bytes_per_turn_alone` and `bytes_per_turn_busy`, with the turns per commit each
 //! was measured at (`alone_turns_per_commit`, `busy_turns_per_commit`).
 //!
+//! **The curve** (`--plot FILE`, after everything else): the unkeyed throughput measurement
+//! of 3, without the probe, at each load of [`curve::LOADS`] (1 simulated sender keeping 1
+//! message unacknowledged up to 8 keeping 256 each), one round each, 0.5 s warm-up and 2 s
+//! window (0.3 s and 0.5 s with `--quick`). Each point ([`curve::CurvePoint`], the report's
+//! `curve`) has the window's turns per second, turns per commit and commits per second, and
+//! the receiver's store bytes per turn over its run with that run's turns per commit. The
+//! points are drawn with the `plotters` crate into an SVG at FILE: durable turns per second
+//! and bytes per turn, each against turns per commit (log axis), titled with the fsync rate,
+//! the CPUs and the filesystem. FILE's directory is checked to be writable before anything
+//! runs.
+//!
 //! **The cost of authentication**: phases 2 and 3 run three times, one after the other: with
 //! no cluster key (the report's main numbers), with a key (every frame tagged), and with a
 //! key and encryption; every process of a phase, the load generator included, holds the same
@@ -74,6 +85,7 @@ use ken::Time;
 use ken_tools::harness::{self, End, Process, Spec};
 use serde::Serialize;
 
+pub mod curve;
 pub mod fuse;
 pub mod fuse_node;
 mod load;
@@ -168,6 +180,13 @@ pub struct Args {
     /// A smoke run of under 10 seconds: short windows, rough numbers.
     #[arg(long)]
     pub quick: bool,
+    /// After the other phases, measure the curve: unkeyed throughput at five loads, from 1x1
+    /// to 8x256 simulated senders x unacknowledged messages each (about 1 to hundreds of
+    /// turns per commit; about 20 s, 7 s with --quick). Writes an SVG of turns/s and store
+    /// bytes/turn against turns/commit to FILE, and adds the points to the report (`curve`
+    /// in --json). FILE's directory must exist and be writable (checked first).
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
     /// Rounds of the pingpong and throughput phases, each round running the three key
     /// variants (none, key, key and encryption; the next round in reverse order); each
     /// variant reports its median round.
@@ -225,6 +244,9 @@ struct Plan {
     window: Duration,
     pingpong_warmup: Duration,
     pingpong: Duration,
+    /// Warm-up and window of each point of the curve (`--plot`).
+    curve_warmup: Duration,
+    curve_window: Duration,
 }
 
 impl Plan {
@@ -236,6 +258,8 @@ impl Plan {
                 window: Duration::from_secs(1),
                 pingpong_warmup: Duration::from_millis(300),
                 pingpong: Duration::from_secs(1),
+                curve_warmup: Duration::from_millis(300),
+                curve_window: Duration::from_millis(500),
             });
         }
         if !(args.seconds.is_finite() && args.seconds >= 0.1 && args.seconds <= 600.0) {
@@ -248,6 +272,8 @@ impl Plan {
             window: s,
             pingpong_warmup: Duration::from_millis(500),
             pingpong: s,
+            curve_warmup: Duration::from_millis(500),
+            curve_window: Duration::from_secs(2),
         })
     }
 }
@@ -336,6 +362,11 @@ pub struct BenchResult {
     pub keyed_turns_pass: bool,
     /// Rounds of each variant (`--rounds`); every figure is its variant's median round.
     pub rounds: u32,
+
+    /// `--plot`: the curve's points, lightest load first (empty without `--plot`), and the
+    /// SVG file drawn from them.
+    pub curve: Vec<curve::CurvePoint>,
+    pub plot: Option<String>,
 }
 
 /// How a measurement's processes protect their frames.
@@ -427,6 +458,9 @@ pub fn run(args: &Args) -> anyhow::Result<Verdict> {
         bail!("--target-scale must be a positive number");
     }
     let plan = Plan::new(args)?;
+    if let Some(plot) = &args.plot {
+        curve::check_writable(plot)?;
+    }
     let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let tmp = tempfile::Builder::new()
         .prefix("ken-bench-")
@@ -510,8 +544,14 @@ pub fn run(args: &Args) -> anyhow::Result<Verdict> {
                 plan.window.as_secs_f64(),
                 r + 1
             ));
+            let shape = LoadShape {
+                senders: args.senders,
+                outstanding: args.outstanding,
+                probe: true,
+            };
+            let name = format!("throughput-{}-{r}", auth.mode.name());
             load_runs[i].push(with_port_retries(|attempt| {
-                throughput(&dir, args, &plan, auth, r, attempt)
+                throughput(&dir, shape, &plan, auth, &name, attempt)
             })?);
         }
     }
@@ -554,6 +594,47 @@ pub fn run(args: &Args) -> anyhow::Result<Verdict> {
             pingpong_rtt_us_p50_rounds: rtt_rounds,
         })
         .collect();
+
+    let mut points = Vec::new();
+    if args.plot.is_some() {
+        for (i, &(senders, outstanding)) in curve::LOADS.iter().enumerate() {
+            progress(&format!(
+                "curve point {}/{}: {senders} simulated senders x {outstanding} outstanding -> 1 receiver, no keys ({:.1} s warm-up, {:.1} s window)",
+                i + 1,
+                curve::LOADS.len(),
+                plan.curve_warmup.as_secs_f64(),
+                plan.curve_window.as_secs_f64(),
+            ));
+            let shape = LoadShape {
+                senders,
+                outstanding,
+                probe: false,
+            };
+            let curve_plan = Plan {
+                warmup: plan.curve_warmup,
+                window: plan.curve_window,
+                ..plan.clone()
+            };
+            let name = format!("curve-{i}");
+            let t = with_port_retries(|attempt| {
+                throughput(&dir, shape, &curve_plan, &auths[0], &name, attempt)
+            })?;
+            let writes = t.receiver_writes.as_ref().with_context(|| {
+                format!("the receiver of curve point {senders}x{outstanding} reported no write counters")
+            })?;
+            let (bytes_per_turn, run_turns_per_commit) = writes.per_turn();
+            points.push(curve::CurvePoint {
+                senders,
+                outstanding_per_sender: outstanding,
+                window_secs: t.window_secs,
+                turns_per_sec: t.turns_per_sec,
+                turns_per_commit: t.turns_per_commit,
+                commits_per_sec: t.commits_per_sec,
+                bytes_per_turn,
+                run_turns_per_commit,
+            });
+        }
+    }
 
     let turns_per_fsync_ratio = load.turns_per_sec / fsync.fsync_per_sec;
     let rtt_budget_us =
@@ -608,7 +689,18 @@ pub fn run(args: &Args) -> anyhow::Result<Verdict> {
         keyed_turns_pass: auth[1].turns_ratio >= auth_turns_ratio_target,
         rounds: rounds_run,
         auth,
+        curve: points,
+        plot: args.plot.as_ref().map(|p| p.display().to_string()),
     };
+    if let Some(plot) = &args.plot {
+        let machine = curve::Machine {
+            fsync_per_sec: result.fsync_per_sec,
+            cpus: result.cpus,
+            filesystem: result.filesystem.as_deref(),
+            quick: result.quick,
+        };
+        curve::write(plot, &result.curve, &machine)?;
+    }
     if args.json {
         println!("{}", serde_json::to_string(&result)?);
     } else {
@@ -717,6 +809,22 @@ fn render(r: &BenchResult) -> String {
                 "                 rounds: turns/s {}; rtt p50 {} us",
                 turns.join(" "),
                 rtt.join(" ")
+            ));
+        }
+    }
+    if let Some(plot) = &r.plot {
+        line(format!(
+            "  curve       unkeyed throughput by load (senders x outstanding), plotted in {plot}:"
+        ));
+        for p in &r.curve {
+            line(format!(
+                "    {:>7} {:>8.0} turns/s  {:>6.1} turns/commit  {:>6.0} commits/s  {:>7.0} bytes/turn ({:.1} turns/commit over the run)",
+                format!("{}x{}", p.senders, p.outstanding_per_sender),
+                p.turns_per_sec,
+                p.turns_per_commit,
+                p.commits_per_sec,
+                p.bytes_per_turn,
+                p.run_turns_per_commit
             ));
         }
     }
@@ -1043,17 +1151,28 @@ struct Throughput {
     probe: ProbeReport,
 }
 
+/// The load of one throughput run.
+#[derive(Debug, Clone, Copy)]
+struct LoadShape {
+    /// Simulated senders in the load generator.
+    senders: u32,
+    /// Unacknowledged messages each keeps.
+    outstanding: u32,
+    /// Whether the latency probe runs too (the curve runs without it: its own messages
+    /// would be most of the load at its lightest point).
+    probe: bool,
+}
+
 fn throughput(
     dir: &Path,
-    args: &Args,
+    shape: LoadShape,
     plan: &Plan,
     auth: &AuthPlan,
-    round: u32,
+    name: &str,
     attempt: u32,
 ) -> anyhow::Result<Throughput> {
-    let name = format!("throughput-{}-{round}", auth.mode.name());
-    let dir = phase_dir(dir, &name, attempt)?;
-    let senders = args.senders as usize;
+    let dir = phase_dir(dir, name, attempt)?;
+    let senders = shape.senders as usize;
     let addrs = harness::free_addrs(senders + 2).context(NO_FREE_PORT)?;
     let receiver = ("receiver".to_string(), addrs[0]);
     let simulated: Vec<(String, SocketAddr)> = (0..senders)
@@ -1061,7 +1180,9 @@ fn throughput(
         .collect();
     let probe = ("probe".to_string(), addrs[senders + 1]);
     let mut receiver_peers = simulated.clone();
-    receiver_peers.push(probe.clone());
+    if shape.probe {
+        receiver_peers.push(probe.clone());
+    }
 
     let spec = |role: Role, me: &(String, SocketAddr), peers, at: &Schedule| {
         let mut spec = NodeSpec {
@@ -1075,7 +1196,7 @@ fn throughput(
             measure_from_us: at.measure_from.as_micros(),
             measure_until_us: at.measure_until.as_micros(),
             deadline_us: at.deadline.as_micros(),
-            outstanding: args.outstanding as usize,
+            outstanding: shape.outstanding as usize,
             expect_done: receiver_peers.len() as u64,
             simulated: Vec::new(),
             seed: 0,
@@ -1102,7 +1223,9 @@ fn throughput(
         )
     };
     children.spawn(&load_spec)?;
-    children.spawn(&spec(Role::Probe, &probe, vec![receiver.clone()], &at))?;
+    if shape.probe {
+        children.spawn(&spec(Role::Probe, &probe, vec![receiver.clone()], &at))?;
+    }
 
     sleep_until(at.measure_from);
     children.check_running()?;
@@ -1135,7 +1258,11 @@ fn throughput(
 
     let received: ReceiverReport = children.report(&receiver.0)?;
     let load: LoadReport = children.report(LOAD_ID)?;
-    let probe: ProbeReport = children.report(&probe.0)?;
+    let probe: ProbeReport = if shape.probe {
+        children.report(&probe.0)?
+    } else {
+        ProbeReport::default()
+    };
     check_load(&load, &simulated, &reader)?;
     drop(reader);
     let sent = load.data() + probe.sent;
@@ -1148,7 +1275,7 @@ fn throughput(
     }
     let window_turns = end.turns_committed - start.turns_committed;
     let window_commits = end.commits - start.commits;
-    if window_turns == 0 || window_commits == 0 || probe.samples == 0 {
+    if window_turns == 0 || window_commits == 0 || (shape.probe && probe.samples == 0) {
         bail!(
             "nothing measured in the window ({window_turns} turns, {window_commits} commits, \
              {} probe samples)",

@@ -1,4 +1,5 @@
-//! `ken bench --quick --json`: one JSON object whose every number was measured.
+//! `ken bench --quick --json --plot F`: one JSON object whose every number was measured, and
+//! the SVG of the curve.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -33,10 +34,14 @@ fn number(v: &serde_json::Value, field: &str) -> f64 {
 #[test]
 fn quick_json_reports_every_measurement() {
     let dir = tempfile::tempdir().unwrap();
+    let plot_dir = tempfile::tempdir().unwrap();
+    let plot = plot_dir.path().join("curve.svg");
     let started = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_ken"))
         .args(["bench", "--quick", "--json", "--dir"])
         .arg(dir.path())
+        .arg("--plot")
+        .arg(&plot)
         .output()
         .expect("run ken bench");
     let elapsed = started.elapsed();
@@ -188,9 +193,93 @@ fn quick_json_reports_every_measurement() {
         "exit code against the verdicts in {v}"
     );
 
+    check_curve(&v, &plot);
+
     // Every store and child output went into the run's own directory, removed at the end.
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(left.is_empty(), "ken bench left files behind: {left:?}");
+}
+
+/// The curve of `--plot`: its points in the JSON, sane, and the SVG drawn from them.
+fn check_curve(v: &serde_json::Value, plot: &std::path::Path) {
+    let curve = v["curve"].as_array().expect("`curve` points");
+    assert_eq!(curve.len(), 5, "{v}");
+    assert_eq!(v["plot"], plot.display().to_string(), "{v}");
+    for p in curve {
+        for field in [
+            "turns_per_sec",
+            "commits_per_sec",
+            "bytes_per_turn",
+            "window_secs",
+        ] {
+            let x = number(p, field);
+            assert!(x.is_finite() && x > 0.0, "`{field}` = {x} in {p}");
+        }
+        for field in ["turns_per_commit", "run_turns_per_commit"] {
+            let x = number(p, field);
+            assert!(x.is_finite() && x >= 1.0, "`{field}` = {x} in {p}");
+        }
+        // turns/s = turns/commit x commits/s, over the same window.
+        let product = number(p, "turns_per_commit") * number(p, "commits_per_sec");
+        let turns = number(p, "turns_per_sec");
+        assert!((product - turns).abs() <= 1e-6 * turns, "{p}");
+    }
+    let (first, last) = (&curve[0], &curve[curve.len() - 1]);
+    assert!(
+        number(first, "senders") * number(first, "outstanding_per_sender")
+            < number(last, "senders") * number(last, "outstanding_per_sender"),
+        "lightest load first: {v}"
+    );
+    // More in flight, more turns per commit, and each commit's pages shared by more turns.
+    assert!(
+        number(last, "turns_per_commit") > number(first, "turns_per_commit"),
+        "{v}"
+    );
+    assert!(
+        number(last, "bytes_per_turn") < number(first, "bytes_per_turn"),
+        "{v}"
+    );
+
+    let svg = std::fs::read_to_string(plot).expect("the SVG was written");
+    assert!(svg.starts_with("<svg"), "{svg}");
+    for label in [
+        "turns per commit",
+        "durable turns per second",
+        "store bytes written per turn",
+        "raw fsync",
+    ] {
+        assert!(svg.contains(label), "`{label}` missing from the SVG: {svg}");
+    }
+    // One marker per point in each of the two panels.
+    assert_eq!(svg.matches("<circle").count(), 2 * curve.len(), "{svg}");
+}
+
+/// `--plot` into a directory that is not there is refused before anything is measured:
+/// one line, right away, and no file.
+#[test]
+fn plot_into_a_missing_directory_is_refused_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let plot = dir.path().join("no-such-dir").join("curve.svg");
+    let out = Command::new(env!("CARGO_BIN_EXE_ken"))
+        .args(["bench", "--quick", "--dir"])
+        .arg(dir.path())
+        .arg("--plot")
+        .arg(&plot)
+        .output()
+        .expect("run ken bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains("--plot") && stderr.contains("does not exist"),
+        "{stderr}"
+    );
+    // Checked before anything ran: no progress line (the first, "stores in", comes before
+    // the fsync loop), no run directory in --dir, no file.
+    assert!(!stderr.contains("stores in"), "{stderr}");
+    assert!(!plot.exists());
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "nothing made in --dir: {left:?}");
 }
 
 #[test]
