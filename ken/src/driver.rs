@@ -442,6 +442,8 @@ struct StoreThread {
     store: SharedStore,
     commits: std::sync::mpsc::SyncSender<(BatchId, Batch)>,
     done: mpsc::Receiver<(BatchId, Result<Duration, CommitError>)>,
+    /// Joined when the loop ends, so that the store is closed when `run` returns.
+    thread: std::thread::JoinHandle<()>,
 }
 
 /// A batch of at most this many turns is committed on the engine loop's own thread when no
@@ -482,7 +484,7 @@ fn spawn_store_thread(store: Store, crash: Arc<CrashPoints>) -> StoreThread {
     let (commit_tx, commit_rx) = std::sync::mpsc::sync_channel::<(BatchId, Batch)>(1);
     let (done_tx, done_rx) = mpsc::channel(2);
     let shared = Arc::clone(&store);
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("ken-store".into())
         .spawn(move || {
             while let Ok((id, batch)) = commit_rx.recv() {
@@ -498,6 +500,7 @@ fn spawn_store_thread(store: Store, crash: Arc<CrashPoints>) -> StoreThread {
         store,
         commits: commit_tx,
         done: done_rx,
+        thread,
     }
 }
 
@@ -849,7 +852,14 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
         print_stats(engine.stats(), engine.held().len(), &endpoint);
     }
     receiver.abort();
+    // Let the store thread go and wait for it: the store closes with its last handle (its
+    // WAL checkpointed, the owner lock released) before `run` returns, so a caller in the
+    // same process may open the store at once (a test rolling it back did, and a close
+    // still running on the detached thread checkpointed the newer WAL over its copy).
     drop(store.commits);
+    drop(store.done);
+    drop(store.store);
+    let _ = store.thread.join();
     result
 }
 
