@@ -65,26 +65,11 @@ fn cluster(n: usize) -> Cluster {
 
 /// `seed` seeds the network's random faults, if the test sets any.
 fn cluster_with(n: usize, signal_after: Option<Duration>, seed: u64) -> Cluster {
-    // tmpfs when there is one: these runs commit a lot and model crashes themselves.
-    let dir = tempfile::tempdir_in("/dev/shm").unwrap_or_else(|_| tempfile::tempdir().unwrap());
-    let mut c = Cluster::new(dir, Time::from_millis(T0), seed);
+    let mut c = crate::support::lettered(n, T0, seed, move |all: &[ProcessId]| Member {
+        all: all.to_vec(),
+        signal_after,
+    });
     c.record_events(true);
-    let ids: Vec<ProcessId> = (0..n)
-        .map(|i| pid(&((b'a' + i as u8) as char).to_string()))
-        .collect();
-    for (i, id) in ids.iter().enumerate() {
-        let config = EngineConfig {
-            id: id.clone(),
-            peers: ids.iter().filter(|p| *p != id).cloned().collect(),
-            tuning: Tuning::default(),
-            seed: i as u64,
-        };
-        let all = ids.clone();
-        c.add(config, move || Member {
-            all: all.clone(),
-            signal_after,
-        });
-    }
     c.start_all();
     c
 }

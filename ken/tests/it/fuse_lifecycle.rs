@@ -5,9 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ken::engine::EngineConfig;
 use ken::testing::{self, Commits};
-use ken::{GroupId, GroupState, Handler, Input, ProcessId, Time, Tuning, Turn};
+use ken::{GroupId, GroupState, Handler, Input, ProcessId, Turn};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -78,25 +77,12 @@ impl Member {
 type Cluster = testing::Cluster<Member>;
 
 fn cluster(n: usize, every: Option<Duration>, seed: u64) -> Cluster {
-    let dir = tempfile::tempdir_in("/dev/shm").unwrap_or_else(|_| tempfile::tempdir().unwrap());
-    let mut c = Cluster::new(dir, Time::from_millis(1_700_000_000_000), seed);
-    let ids: Vec<ProcessId> = (0..n)
-        .map(|i| ProcessId::new(((b'a' + i as u8) as char).to_string()).unwrap())
-        .collect();
-    for (i, id) in ids.iter().enumerate() {
-        let config = EngineConfig {
-            id: id.clone(),
-            peers: ids.iter().filter(|p| *p != id).cloned().collect(),
-            tuning: Tuning::default(),
-            seed: i as u64,
-        };
-        let all = ids.clone();
-        c.add(config, move || Member {
-            all: all.clone(),
+    crate::support::lettered(n, 1_700_000_000_000, seed, move |all: &[ProcessId]| {
+        Member {
+            all: all.to_vec(),
             every,
-        });
-    }
-    c
+        }
+    })
 }
 
 /// The events node `i` heard, per group, in order.
