@@ -632,7 +632,7 @@ mod run {
     /// file too, as a restored backup of every file would be). The copy's commits are first
     /// checkpointed into its database (a Reader-only open would not; a raw connection does),
     /// so that deleting its WAL loses nothing of the copy itself.
-    fn roll_back(pair: &Pair, old: &Path, with_lock: bool) -> (u64, u64) {
+    fn roll_back(pair: &Pair, old: &Path, with_lock: bool) -> (u64, u64, u64) {
         // The first run's store may still be closing on its own thread after its result
         // came back; its close would checkpoint the newer WAL over the copy put in place
         // below (seen once in CI: the "rolled back" store opened at its final state). Wait
@@ -660,6 +660,10 @@ mod run {
             .find(|p| p.peer == "b")
             .map_or(0, |p| p.next_seq - 1);
         let turns = meta.meta().unwrap().turns_committed;
+        let copy_round: u64 = meta
+            .root()
+            .unwrap()
+            .map_or(0, |r| ken::store::codec::decode(&r).unwrap());
         drop(meta);
         let a = pair.store("a");
         std::fs::copy(&old_db, &a).unwrap();
@@ -668,7 +672,25 @@ mod run {
         if with_lock {
             std::fs::copy(old.join("a.ken.lock"), lock_path(&a)).unwrap();
         }
-        (issued, turns)
+        (issued, turns, copy_round)
+    }
+
+    /// `played` then `roll_back`, again while the copy is not older than the end. Copying
+    /// a live store's files one after the other is not a point-in-time snapshot: a WAL
+    /// reset between the database copy and the WAL copy can put later commits (even the
+    /// final ones) in the "old" copy (seen in CI: the rolled-back store opened at round 30
+    /// of 30). A backup tool has the same problem; this test needs an older copy, so it
+    /// checks that it got one. Returns the pair, the copy's issued count to `b` and turns.
+    fn older_copy(rounds: u64, copy_at: u64, with_lock: bool) -> (Pair, u64, u64) {
+        for attempt in 1..=5 {
+            let (pair, old) = played(rounds, copy_at);
+            let (issued, turns, copy_round) = roll_back(&pair, old.path(), with_lock);
+            if copy_round < rounds {
+                return (pair, issued, turns);
+            }
+            eprintln!("attempt {attempt}: the copy holds round {copy_round} of {rounds}; again");
+        }
+        panic!("five copies of a live store were all at its final state");
     }
 
     /// Opens the copy as its owner once (recovering its WAL) and closes it cleanly, which
@@ -684,8 +706,7 @@ mod run {
     /// numbers, and never runs a turn; `b` runs on.
     #[test]
     fn a_store_replaced_by_an_older_copy_stops_with_the_error_never_hangs() {
-        let (pair, old) = played(40, 15);
-        let (issued, turns_old) = roll_back(&pair, old.path(), true);
+        let (pair, issued, turns_old) = older_copy(40, 15, true);
         assert!((15..40).contains(&issued), "{issued}");
         // b (intact, finished) lingers and answers; a restarts from its old copy.
         let b = pair.spawn("b", 40);
@@ -712,8 +733,7 @@ mod run {
     /// the lock file's commit witness refuses the store at open, before any peer is asked.
     #[test]
     fn a_deleted_wal_with_the_lock_file_kept_is_refused_at_open() {
-        let (pair, old) = played(30, 10);
-        roll_back(&pair, old.path(), false);
+        let (pair, _, _) = older_copy(30, 10, false);
         match result(&pair.spawn("a", 30), Duration::from_secs(10)) {
             Err(RunError::Open(OpenError::HistoryLost {
                 commits, witnessed, ..
