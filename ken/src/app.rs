@@ -76,6 +76,16 @@ pub struct ProcessArgs {
     /// `metrics: http://..` on stderr). Each metric is described in ken/METRICS.md.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+    /// Ship every committed batch to the standby listening (TCP) at HOST:PORT and release a
+    /// batch's outputs only once it holds it (with --cluster: defaults to the file's
+    /// `standby.ship`). Start the standby with `ken standby serve`.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "no_standby")]
+    pub standby: Option<String>,
+    /// Run without a standby even though the cluster file declares one: the process alone
+    /// holds its outputs (a promoted standby before its new standby is attached, or an
+    /// operator's decision). Logged loudly.
+    #[arg(long)]
+    pub no_standby: bool,
     #[command(flatten)]
     pub settings: SettingsArgs,
 }
@@ -211,6 +221,16 @@ impl ProcessArgs {
             config.add_peer(p.id.clone(), p.address.clone());
         }
         self.settings.apply(&mut config)?;
+        if let Some(standby) = &self.standby {
+            config.standby = Some(standby.clone());
+        }
+        if self.no_standby {
+            if let Some(declared) = config.standby.take() {
+                eprintln!(
+                    "warning: --no-standby: running WITHOUT the standby at {declared} that the cluster                      file declares; a destroyed disk here loses what this process commits"
+                );
+            }
+        }
         config.metrics = self.metrics;
         config.ready_line = true;
         Ok(config)

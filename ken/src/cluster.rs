@@ -58,6 +58,20 @@
 //! check = "./check-jobs.sh"        # run by `sh -c` after the run (else --check CMD)
 //! ```
 //!
+//! **Standby.** A process may have a standby replica on another host (issue 18,
+//! `ken::standby`): every committed batch is shipped to it and its outputs leave only once
+//! the standby holds it, so a destroyed disk loses nothing a peer has seen.
+//!
+//! ```toml
+//! [[process]]
+//! id = "bank-a"
+//! address = "10.0.0.1:7001"
+//! # ship: where the standby listens for batches (TCP); address: the UDP address this
+//! # process has once the standby is promoted (peers try it when bank-a stays quiet);
+//! # store: the standby's replica (for `ken standby serve --cluster FILE --id bank-a`).
+//! standby = { ship = "10.0.0.2:7101", address = "10.0.0.2:7001", store = "bank-a.standby.ken" }
+//! ```
+//!
 //! Rules, each checked by [`ClusterFile::load`] with an error naming the line and saying what
 //! to do:
 //! - Unknown keys are errors (a misspelt `hearbeat_ms` is not silently ignored).
@@ -256,6 +270,22 @@ pub struct ProcessEntry {
     /// How `ken torture --cluster` starts it (program and arguments, placeholders not yet
     /// replaced; module docs), when the file says. Never empty.
     pub command: Option<Vec<String>>,
+    /// Its standby, when the file declares one (module docs, issue 18).
+    pub standby: Option<StandbyEntry>,
+}
+
+/// `standby = { ship = .., address = .., store = .. }` of a `[[process]]`: where the
+/// process's standby replica runs (`crate::standby`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StandbyEntry {
+    /// Where the standby listens for batches (TCP), `HOST:PORT`: the primary ships there.
+    pub ship: PeerAddress,
+    /// The UDP address the process has once its standby is promoted: peers try it when the
+    /// process stays quiet.
+    pub address: PeerAddress,
+    /// The standby's replica store (for `ken standby serve --cluster`), resolved against
+    /// the file's directory.
+    pub store: Option<PathBuf>,
 }
 
 /// `[torture]`: how `ken torture --cluster` treats the service (module docs). The processes
@@ -384,6 +414,15 @@ struct RawProcess {
     listen: Option<Spanned<String>>,
     store: Option<String>,
     command: Option<Spanned<Vec<String>>>,
+    standby: Option<Spanned<RawStandby>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStandby {
+    ship: String,
+    address: String,
+    store: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -515,7 +554,32 @@ impl ClusterFile {
                     ));
                 }
             }
+            let standby = match p.standby {
+                None => None,
+                Some(sb) => {
+                    let at = line_of(text, sb.span().start);
+                    let sb = sb.into_inner();
+                    let ship: PeerAddress = sb.ship.parse().map_err(|e| {
+                        invalid(at, format!("process `{id}`: standby ship address: {e}"))
+                    })?;
+                    let standby_address: PeerAddress = sb.address.parse().map_err(|e| {
+                        invalid(at, format!("process `{id}`: standby address: {e}"))
+                    })?;
+                    if standby_address == address {
+                        return Err(invalid(
+                            at,
+                            format!("process `{id}`: its standby's address is its own address {address}; a standby runs on another host (or port)"),
+                        ));
+                    }
+                    Some(StandbyEntry {
+                        ship,
+                        address: standby_address,
+                        store: sb.store.as_deref().map(resolve),
+                    })
+                }
+            };
             processes.push(ProcessEntry {
+                standby,
                 id,
                 address,
                 listen,
@@ -663,6 +727,15 @@ impl ClusterFile {
         let mut config = Config::new(id.clone(), listen, store);
         for (peer, address) in self.peers_of(id) {
             config.add_peer(peer, address);
+        }
+        for p in &self.processes {
+            match &p.standby {
+                Some(sb) if p.id == *id => config.standby = Some(sb.ship.to_string()),
+                Some(sb) => {
+                    config.peer_standbys.insert(p.id.clone(), sb.address.clone());
+                }
+                None => {}
+            }
         }
         self.apply_settings(&mut config)?;
         Ok(config)

@@ -146,6 +146,17 @@ pub struct Config {
     /// Serve Prometheus metrics over HTTP here (`GET /metrics`; `ken/METRICS.md`). `None`:
     /// no endpoint.
     pub metrics: Option<SocketAddr>,
+    /// Where this process's standby listens for batches (`host:port`, TCP; issue 18,
+    /// `crate::standby`). Each committed batch is shipped there while it commits locally,
+    /// and its outputs leave only when both the local commit and the standby's
+    /// acknowledgement are done; at start nothing runs until the standby holds every commit
+    /// of the store. `None`: no standby (the process runs alone).
+    pub standby: Option<String>,
+    /// Where a peer's standby will listen for frames once promoted (the cluster file's
+    /// `standby.address`): a peer that stays quiet is tried at its standby address and back,
+    /// one quiet period each (see `watch`), so a promoted standby is found without
+    /// restarting anyone.
+    pub peer_standbys: BTreeMap<ProcessId, PeerAddress>,
 }
 
 /// The function inside a [`Resolver`].
@@ -192,6 +203,8 @@ impl Config {
             resolver: None,
             tasks: TaskRegistry::default(),
             metrics: None,
+            standby: None,
+            peer_standbys: BTreeMap::new(),
         }
     }
 
@@ -261,7 +274,7 @@ impl Config {
 
     /// Applies the environment switches for harnesses: `KEN_ANNOUNCE=1`, and, only in builds
     /// with the test-only cargo feature `unsafe-release-before-commit`,
-    /// `KEN_UNSAFE_RELEASE_BEFORE_COMMIT=1`, and with `unsafe-drop-held`,
+    /// `KEN_UNSAFE_RELEASE_BEFORE_COMMIT=1` and `KEN_UNSAFE_RELEASE_BEFORE_STANDBY=1`, and with `unsafe-drop-held`,
     /// `KEN_UNSAFE_DROP_HELD=1` (see [`Tuning`]).
     pub fn with_env_switches(mut self) -> Config {
         #[cfg(feature = "unsafe-release-before-commit")]
@@ -270,6 +283,13 @@ impl Config {
                 "KEN_UNSAFE_RELEASE_BEFORE_COMMIT=1: outputs leave before commit (test only)"
             );
             self.tuning.release_before_commit = true;
+        }
+        #[cfg(feature = "unsafe-release-before-commit")]
+        if std::env::var("KEN_UNSAFE_RELEASE_BEFORE_STANDBY").is_ok_and(|v| v == "1") {
+            tracing::warn!(
+                "KEN_UNSAFE_RELEASE_BEFORE_STANDBY=1: outputs leave before the standby holds them (test only)"
+            );
+            self.tuning.release_before_standby = true;
         }
         #[cfg(feature = "unsafe-drop-held")]
         if std::env::var("KEN_UNSAFE_DROP_HELD").is_ok_and(|v| v == "1") {
@@ -518,6 +538,8 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
         &crate::upgrade::identity::<H>(),
     )?;
     crate::upgrade::apply(&mut store, &mut recovered, &handler, &crash)?;
+    // Batch `id` of this life becomes the store's commit `commits_at_start + id`.
+    let commits_at_start = store.commits();
     let reader = ken_store::Reader::open(&config.store)?;
     tracing::info!(
         id = %config.id,
@@ -622,7 +644,15 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
         config.tuning.rto_max * crate::limits::PEER_QUIET_CEILINGS,
         crate::limits::PEER_QUIET_WARN_INTERVAL,
         engine.peer_status().into_iter().map(|p| {
-            let host = config.peer_hosts.get(&p.id).cloned();
+            // A peer with a standby is watched like one given by name, so that a quiet
+            // period makes the driver try its other address (below).
+            let host = config.peer_hosts.get(&p.id).cloned().or_else(|| {
+                let at = config.peers.get(&p.id)?;
+                config.peer_standbys.contains_key(&p.id).then(|| PeerAddress {
+                    host: at.ip().to_string(),
+                    port: at.port(),
+                })
+            });
             let known = config.peers.contains_key(&p.id);
             (p.id, host, known)
         }),
@@ -634,6 +664,8 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
     let (resolved_tx, mut resolved_rx) =
         mpsc::channel::<(ProcessId, PeerAddress, std::io::Result<SocketAddr>)>(RESOLVE_QUEUE_MAX);
     let mut resolving: std::collections::HashSet<ProcessId> = Default::default();
+    // Quiet peers being tried at their standby's address (`Config::peer_standbys`).
+    let mut at_standby: std::collections::HashSet<ProcessId> = Default::default();
 
     let (frame_tx, mut frame_rx) = mpsc::channel(FRAME_QUEUE_MAX);
     let recv_endpoint = Arc::clone(&endpoint);
@@ -675,6 +707,7 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
         anonymous_addrs: HashMap::new(),
         desk: AdminDesk::new::<H>(started, config.key.is_some(), &config.store),
         admin_replies: Vec::new(),
+        standby: None,
     };
     if let Some(addr) = config.metrics {
         let (metrics, bound) = crate::metrics::serve(addr)
@@ -693,6 +726,24 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
     };
     let mut stats_due = stats_interval.map(|i| Time::now_wall().plus(i));
     let mut watch_due = Time::now_wall();
+    let mut ship_events = None;
+    if let Some(target) = &config.standby {
+        let (ship, mut events) = crate::standby::start(crate::standby::ShipperConfig {
+            process: config.id.clone(),
+            store: config.store.clone(),
+            standby: target.clone(),
+            key: config.key.clone(),
+        });
+        sync_standby(target, commits_at_start, &mut events).await;
+        out.standby = Some(StandbyGate {
+            ship,
+            base: commits_at_start,
+            acked: commits_at_start,
+            local_done: None,
+            early: config.tuning.releases_before_standby(),
+        });
+        ship_events = Some(events);
+    }
     let now = Time::now_wall();
     engine.start(now);
     out.observe(&engine, now);
@@ -739,6 +790,21 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
                         quiet_for.as_secs()
                     ),
                     Action::Resolve { peer, address } => {
+                        // A quiet peer with a standby: its standby may have been promoted
+                        // (or demoted back); try the other address for a quiet period.
+                        let address = match config.peer_standbys.get(&peer) {
+                            Some(standby) => {
+                                let on_standby = at_standby.contains(&peer);
+                                if on_standby {
+                                    at_standby.remove(&peer);
+                                    address
+                                } else {
+                                    at_standby.insert(peer.clone());
+                                    standby.clone()
+                                }
+                            }
+                            None => address,
+                        };
                         if resolving.insert(peer.clone()) {
                             let (tx, r) = (resolved_tx.clone(), resolver.clone());
                             tokio::task::spawn_blocking(move || {
@@ -803,8 +869,11 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
                     Ok(took) => out.commit_took(took),
                     Err(e) => break Err(RunError::Commit(e)),
                 }
-                out.committed(&mut engine, id);
-                released = true;
+                released = out.local_done(&mut engine, id);
+            }
+            event = next_ship_event(&mut ship_events) => {
+                let Some(event) = event else { break Err(RunError::StoreThread) };
+                released = out.standby_event(&mut engine, event);
             }
             Some((id, attempt, result)) = task_rx.recv() => {
                 let now = Time::now_wall();
@@ -943,6 +1012,63 @@ struct Out<'a> {
     desk: AdminDesk,
     /// Admin replies to send, with their return addresses (sent at the top of the loop).
     admin_replies: Vec<(SocketAddr, Frame)>,
+    /// The standby's side of releasing a batch, when the process has one.
+    standby: Option<StandbyGate>,
+}
+
+/// A batch's outputs leave when both its local commit and the standby's acknowledgement
+/// are done (`Config::standby`): the two run at once, as group commit pipelines batches.
+struct StandbyGate {
+    ship: crate::standby::ShipperHandle,
+    /// The store's commits when this life began: batch `id` is commit `base + id`.
+    base: u64,
+    /// The standby holds every commit up to this one.
+    acked: u64,
+    /// The batch committed locally and waiting for the standby.
+    local_done: Option<BatchId>,
+    /// The test-only switch: release on the local commit alone (`Tuning`).
+    early: bool,
+}
+
+/// Waits until the standby holds every commit of the store (`commits`) before anything of
+/// this life runs: a restarted primary's outbox holds batches the standby may lack, and
+/// retransmitting them would show peers outputs a promoted standby never had.
+async fn sync_standby(
+    target: &str,
+    commits: u64,
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<crate::standby::ShipEvent>,
+) {
+    use crate::standby::ShipEvent;
+    tracing::info!("waiting for the standby at {target} to hold all {commits} commits");
+    let started = std::time::Instant::now();
+    while let Some(event) = events.recv().await {
+        match event {
+            ShipEvent::Acked(n) if n >= commits => {
+                tracing::info!(
+                    "standby at {target} holds all {commits} commits ({} ms)",
+                    started.elapsed().as_millis()
+                );
+                return;
+            }
+            ShipEvent::Acked(_) => {}
+            ShipEvent::Fenced { standby_epoch, ours } => tracing::error!(
+                "FENCED: the standby at {target} is at epoch {standby_epoch}, this process at                  {ours}: another copy of this process was promoted. This one will release                  nothing; stop it (its store is out of date)"
+            ),
+            ShipEvent::Disconnected(why) => {
+                tracing::warn!("standby at {target} not reachable ({why}); waiting for it")
+            }
+        }
+    }
+}
+
+/// The next shipping event (never, without a standby). `None`: the shipper is gone.
+async fn next_ship_event(
+    events: &mut Option<tokio::sync::mpsc::UnboundedReceiver<crate::standby::ShipEvent>>,
+) -> Option<crate::standby::ShipEvent> {
+    match events {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Out<'_> {
@@ -1021,6 +1147,48 @@ impl Out<'_> {
         self.desk.commit_took(took);
     }
 
+    /// The store thread committed batch `id`: it is durable if no standby must hold it too,
+    /// or the standby has acknowledged it already. True if it was released.
+    fn local_done<H: Handler>(&mut self, engine: &mut Engine<H>, id: BatchId) -> bool {
+        if let Some(gate) = &mut self.standby {
+            if gate.acked < gate.base + id && !gate.early {
+                gate.local_done = Some(id);
+                return false;
+            }
+        }
+        self.committed(engine, id);
+        true
+    }
+
+    /// An event of the shipper. True if a batch was released.
+    fn standby_event<H: Handler>(
+        &mut self,
+        engine: &mut Engine<H>,
+        event: crate::standby::ShipEvent,
+    ) -> bool {
+        use crate::standby::ShipEvent;
+        let Some(gate) = &mut self.standby else {
+            return false;
+        };
+        match event {
+            ShipEvent::Acked(n) => {
+                gate.acked = gate.acked.max(n);
+                if let Some(id) = gate.local_done.filter(|id| gate.acked >= gate.base + id) {
+                    gate.local_done = None;
+                    self.committed(engine, id);
+                    return true;
+                }
+            }
+            ShipEvent::Fenced { standby_epoch, ours } => tracing::error!(
+                "FENCED: the standby is at epoch {standby_epoch}, this process at {ours}:                  another copy of this process was promoted. This one releases nothing more;                  stop it (its store is out of date)"
+            ),
+            ShipEvent::Disconnected(why) => tracing::warn!(
+                "standby not reachable ({why}); outputs wait until it holds their batch"
+            ),
+        }
+        false
+    }
+
     /// Batch `id` is durable (committed by either path): its outputs may leave.
     fn committed<H: Handler>(&mut self, engine: &mut Engine<H>, id: BatchId) {
         self.durable = id;
@@ -1052,7 +1220,11 @@ impl Out<'_> {
                     assert!(!self.committing, "at most one batch commits at a time");
                     self.desk.batch(batch.turns);
                     assert_eq!(id, self.durable + 1, "batches commit in order");
+                    if let Some(gate) = &self.standby {
+                        gate.ship.ship(gate.base + id, batch.clone());
+                    }
                     if idle
+                        && self.standby.is_none()
                         && batch.turns <= INLINE_COMMIT_TURNS_MAX
                         && self.commit_avg <= INLINE_COMMIT_SLOW
                     {

@@ -83,6 +83,7 @@ pub mod observe {
     pub use crate::driver::{MessageTimes, Observer};
 }
 pub mod task;
+pub mod standby;
 pub mod testing;
 mod time;
 mod tuning;

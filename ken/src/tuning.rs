@@ -52,6 +52,12 @@ pub struct Tuning {
     /// feature has neither the field nor the variable: nothing can switch it into this mode.
     #[cfg(feature = "unsafe-release-before-commit")]
     pub release_before_commit: bool,
+    /// TEST ONLY, same feature: a process with a standby releases each batch's outputs once
+    /// its local commit is done, without waiting for the standby's acknowledgement, so that
+    /// negative controls can show what a promoted standby then lacks. In such builds
+    /// `KEN_UNSAFE_RELEASE_BEFORE_STANDBY=1` sets it in real processes.
+    #[cfg(feature = "unsafe-release-before-commit")]
+    pub release_before_standby: bool,
     /// TEST ONLY, and only in builds with the cargo feature `unsafe-drop-held` (off by
     /// default): a message of a newer schema version is consumed, acknowledged and dropped
     /// instead of held, as before issue 14, so that negative controls can show the loss. In
@@ -92,6 +98,8 @@ impl Default for Tuning {
             task_backoff_max: limits::TASK_BACKOFF_MAX,
             #[cfg(feature = "unsafe-release-before-commit")]
             release_before_commit: false,
+            #[cfg(feature = "unsafe-release-before-commit")]
+            release_before_standby: false,
             #[cfg(feature = "unsafe-drop-held")]
             drop_held_messages: false,
         }
@@ -211,6 +219,19 @@ impl Tuning {
             self.drop_held_messages
         }
         #[cfg(not(feature = "unsafe-drop-held"))]
+        {
+            false
+        }
+    }
+
+    /// True if a batch's outputs leave before its standby acknowledged it (the test-only
+    /// switch is compiled in and on). Always false without the feature.
+    pub fn releases_before_standby(&self) -> bool {
+        #[cfg(feature = "unsafe-release-before-commit")]
+        {
+            self.release_before_standby
+        }
+        #[cfg(not(feature = "unsafe-release-before-commit"))]
         {
             false
         }
