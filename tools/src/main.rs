@@ -40,6 +40,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod standby;
 mod status;
 mod torture;
 
@@ -110,6 +111,10 @@ enum Command {
     /// process consumes it as a dead letter instead of running it, and the pair flows again
     /// (even on the same binary). Refused while a process runs on the store.
     Poison(PoisonArgs),
+    /// A process's standby replica (every committed batch shipped to another host before its
+    /// outputs leave): `serve` runs one, `promote` makes a stopped one's store the primary's
+    /// (epoch + 1, fencing the old primary). See ken/STANDBY.md.
+    Standby(standby::Args),
     /// Internal: run an example app, `ken app bank ARGS..` as `ken-bank ARGS..` would (how
     /// `ken torture`, `ken demo` and the tests start app processes).
     #[command(hide = true, disable_help_flag = true)]
@@ -290,6 +295,7 @@ fn main() -> ExitCode {
             }
         }
         Command::App(a) => ken_apps::cli::run(a.app, a.args),
+        Command::Standby(a) => standby::main(&a),
     }
 }
 
