@@ -7,5 +7,6 @@ mod fuse;
 mod help;
 mod inspect;
 mod netns;
+mod standby;
 mod torture;
 mod upgrade;
