@@ -35,7 +35,7 @@ use crate::{Handler, Time};
 
 /// Version of the admin payloads written by this build; a request of another version is
 /// dropped as malformed, a reply of another version is reported by [`ask`].
-pub const ADMIN_VERSION: u16 = 1;
+pub const ADMIN_VERSION: u16 = 2;
 
 /// Peers listed in one status reply (the rest are counted in `peers_not_listed`), so that
 /// the reply always fits in one datagram (a listed peer takes at most about 700 bytes: a
@@ -183,6 +183,30 @@ pub struct StatusReport {
     pub retransmits: u64,
     /// Admin requests answered in this life (this one included).
     pub admin_requests: u64,
+    /// The standby, when the process has one (`crate::standby`, ken/STANDBY.md).
+    pub standby: Option<StandbyReport>,
+}
+
+/// A primary's view of its standby in a [`StatusReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StandbyReport {
+    /// Where batches are shipped (`host:port`).
+    pub target: String,
+    /// The store's commits (local, durable).
+    pub commits: u64,
+    /// The last commit the standby acknowledged holding.
+    pub acked: u64,
+    /// The last shipping event was an acknowledgement (false: disconnected or fenced).
+    pub connected: bool,
+    /// The standby refused this process as older than a promoted copy.
+    pub fenced: bool,
+}
+
+impl StandbyReport {
+    /// Commits the standby lacks (0: it holds everything committed here).
+    pub fn lag(&self) -> u64 {
+        self.commits.saturating_sub(self.acked)
+    }
 }
 
 impl StatusReport {
@@ -248,6 +272,8 @@ pub(crate) struct AdminDesk {
     malformed: u64,
     /// The Prometheus metrics, when served ([`crate::Config::metrics`]).
     pub(crate) metrics: Option<crate::metrics::Metrics>,
+    /// The standby's state, kept up to date by the driver.
+    pub(crate) standby: Option<StandbyReport>,
 }
 
 impl AdminDesk {
@@ -267,6 +293,7 @@ impl AdminDesk {
             answered: 0,
             malformed: 0,
             metrics: None,
+            standby: None,
         }
     }
 
@@ -516,6 +543,7 @@ impl AdminDesk {
             frames_dropped,
             retransmits: s.retransmits,
             admin_requests: self.answered,
+            standby: self.standby.clone(),
         }
     }
 
@@ -746,6 +774,14 @@ mod tests {
                 .collect(),
             retransmits: u64::MAX,
             admin_requests: u64::MAX,
+            // A host name of at most 253 bytes and a port.
+            standby: Some(StandbyReport {
+                target: format!("{}:65535", "h".repeat(253)),
+                commits: u64::MAX,
+                acked: u64::MAX,
+                connected: true,
+                fenced: true,
+            }),
         };
         let bytes = encode_payload(&AdminReply::Status(Box::new(report)));
         assert!(
@@ -768,6 +804,7 @@ mod tests {
             answered: 0,
             malformed: 0,
             metrics: None,
+            standby: None,
         };
         assert_eq!(desk.latency(), Latency::default());
         for us in 1..=(COMMIT_SAMPLES_MAX as u64 + 100) {

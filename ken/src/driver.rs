@@ -735,6 +735,13 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
             key: config.key.clone(),
         });
         sync_standby(target, commits_at_start, &mut events).await;
+        out.desk.standby = Some(crate::admin::StandbyReport {
+            target: target.clone(),
+            commits: commits_at_start,
+            acked: commits_at_start,
+            connected: true,
+            fenced: false,
+        });
         out.standby = Some(StandbyGate {
             ship,
             base: commits_at_start,
@@ -1170,9 +1177,16 @@ impl Out<'_> {
         let Some(gate) = &mut self.standby else {
             return false;
         };
+        if let Some(r) = &mut self.desk.standby {
+            r.connected = matches!(event, ShipEvent::Acked(_));
+            r.fenced = matches!(event, ShipEvent::Fenced { .. });
+        }
         match event {
             ShipEvent::Acked(n) => {
                 gate.acked = gate.acked.max(n);
+                if let Some(r) = &mut self.desk.standby {
+                    r.acked = gate.acked;
+                }
                 if let Some(id) = gate.local_done.filter(|id| gate.acked >= gate.base + id) {
                     gate.local_done = None;
                     self.committed(engine, id);
@@ -1192,6 +1206,9 @@ impl Out<'_> {
     /// Batch `id` is durable (committed by either path): its outputs may leave.
     fn committed<H: Handler>(&mut self, engine: &mut Engine<H>, id: BatchId) {
         self.durable = id;
+        if let (Some(r), Some(gate)) = (&mut self.desk.standby, &self.standby) {
+            r.commits = gate.base + id;
+        }
         self.committing = false;
         let now = Time::now_wall();
         engine.commit_done(now, id);

@@ -207,6 +207,22 @@ fn render_text(rows: &[Row]) -> String {
                     ),
                     fuse,
                 ]);
+                if let Some(sb) = &s.standby {
+                    notes.push(format!(
+                        "{}: standby at {}: {} commit {} of {} (lag {}){}",
+                        row.id,
+                        sb.target,
+                        if sb.connected { "holds" } else { "NOT CONNECTED, holds" },
+                        sb.acked,
+                        sb.commits,
+                        sb.lag(),
+                        if sb.fenced {
+                            "; FENCED: a promoted copy of this process exists, stop this one"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
                 for p in &s.peers {
                     if p.awaiting_admission {
                         notes.push(format!(
