@@ -107,6 +107,12 @@ pub const RTT_BUDGET_SLACK_US: f64 = 200.0;
 /// this (issue 12: at most 10% fewer).
 pub const AUTH_TURNS_RATIO_TARGET: f64 = 0.9;
 
+/// With a standby: keyed turns/s with a standby over keyed turns/s without, at least this
+/// (issue 18).
+pub const STANDBY_TURNS_RATIO_TARGET: f64 = 0.8;
+/// With a standby: keyed pingpong round trip p50 with a standby over without, at most this.
+pub const STANDBY_RTT_RATIO_TARGET: f64 = 1.5;
+
 /// The throughput phase's load generator, in the report.
 pub const LOAD_KIND: &str = "raw-frames";
 
@@ -360,6 +366,13 @@ pub struct BenchResult {
     pub encrypted_rtt_ratio: f64,
     pub auth_turns_ratio_target: f64,
     pub keyed_turns_pass: bool,
+    /// Keyed turns/s with a standby over keyed turns/s without, and the same of the pingpong
+    /// round trip p50 ([`STANDBY_TURNS_RATIO_TARGET`], [`STANDBY_RTT_RATIO_TARGET`]; reported,
+    /// not part of the exit code).
+    pub standby_turns_ratio: f64,
+    pub standby_rtt_ratio: f64,
+    pub standby_turns_pass: bool,
+    pub standby_rtt_pass: bool,
     /// Rounds of each variant (`--rounds`); every figure is its variant's median round.
     pub rounds: u32,
 
@@ -379,16 +392,25 @@ pub enum AuthMode {
     Key,
     /// A cluster key and encryption of every peer frame's payload.
     KeyEncrypt,
+    /// A cluster key, and every process with a store ships each batch to a standby replica
+    /// on loopback before releasing it (issue 18, ken/STANDBY.md).
+    KeyStandby,
 }
 
 impl AuthMode {
-    const ALL: [AuthMode; 3] = [AuthMode::None, AuthMode::Key, AuthMode::KeyEncrypt];
+    const ALL: [AuthMode; 4] = [
+        AuthMode::None,
+        AuthMode::Key,
+        AuthMode::KeyEncrypt,
+        AuthMode::KeyStandby,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             AuthMode::None => "none",
             AuthMode::Key => "key",
             AuthMode::KeyEncrypt => "key-encrypt",
+            AuthMode::KeyStandby => "key-standby",
         }
     }
 }
@@ -429,6 +451,7 @@ impl AuthPlan {
     fn apply(&self, spec: &mut NodeSpec) {
         spec.key_file = self.key_file.clone();
         spec.encrypt = self.mode == AuthMode::KeyEncrypt;
+        spec.standby = self.mode == AuthMode::KeyStandby;
     }
 }
 
@@ -687,6 +710,14 @@ pub fn run(args: &Args) -> anyhow::Result<Verdict> {
         encrypted_rtt_ratio: auth[2].rtt_ratio,
         auth_turns_ratio_target,
         keyed_turns_pass: auth[1].turns_ratio >= auth_turns_ratio_target,
+        standby_turns_ratio: auth[3].turns_per_sec / auth[1].turns_per_sec,
+        standby_rtt_ratio: auth[3].pingpong_rtt_us_p50 as f64
+            / auth[1].pingpong_rtt_us_p50.max(1) as f64,
+        standby_turns_pass: auth[3].turns_per_sec / auth[1].turns_per_sec
+            >= STANDBY_TURNS_RATIO_TARGET * args.target_scale,
+        standby_rtt_pass: auth[3].pingpong_rtt_us_p50 as f64
+            / auth[1].pingpong_rtt_us_p50.max(1) as f64
+            <= STANDBY_RTT_RATIO_TARGET / args.target_scale,
         rounds: rounds_run,
         auth,
         curve: points,
@@ -846,6 +877,13 @@ fn render(r: &BenchResult) -> String {
         r.keyed_turns_ratio,
         r.auth_turns_ratio_target,
         pass(r.keyed_turns_pass)
+    ));
+    line(format!(
+        "    with a standby / keyed without: turns/s {:.2} (target >= {STANDBY_TURNS_RATIO_TARGET:.2}) {}, pingpong rtt p50 {:.2}x (target <= {STANDBY_RTT_RATIO_TARGET:.1}x) {}   (reported; not in the exit code)",
+        r.standby_turns_ratio,
+        pass(r.standby_turns_pass),
+        r.standby_rtt_ratio,
+        pass(r.standby_rtt_pass)
     ));
     s
 }
@@ -1108,6 +1146,7 @@ fn pingpong(
             seed: 0,
             key_file: None,
             encrypt: false,
+            standby: false,
         };
         auth.apply(&mut spec);
         spec
@@ -1202,6 +1241,7 @@ fn throughput(
             seed: 0,
             key_file: None,
             encrypt: false,
+            standby: false,
         };
         auth.apply(&mut spec);
         spec

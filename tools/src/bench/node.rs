@@ -127,6 +127,10 @@ pub struct NodeSpec {
     /// With a key: encrypt every peer frame's payload too.
     #[serde(default)]
     pub encrypt: bool,
+    /// Ship every batch to a standby replica (`<store>.standby`) served by a thread of this
+    /// process on loopback ([`serve_standby`]).
+    #[serde(default)]
+    pub standby: bool,
 }
 
 /// The probe's handler's final report.
@@ -384,6 +388,9 @@ impl NodeSpec {
         config.key = self.key()?;
         config.encrypt = self.encrypt;
         config.finish_linger = FINISH_LINGER;
+        if self.standby {
+            config.standby = Some(serve_standby(self)?.to_string());
+        }
         // `ken bench` waits for this line on standard error before starting the peers.
         config.announce = true;
         Ok(config)
@@ -429,6 +436,44 @@ impl NodeSpec {
             Time(self.measure_until_us),
         ))
     }
+}
+
+/// Starts this node's standby on a thread of its own (its own runtime and store,
+/// `<store>.standby`), listening on loopback; returns its address.
+fn serve_standby(spec: &NodeSpec) -> anyhow::Result<SocketAddr> {
+    let process = pid(&spec.id)?;
+    let key = spec.key()?;
+    let mut store = spec.store.clone().into_os_string();
+    store.push(".standby");
+    let store = PathBuf::from(store);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("standby".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the standby");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)
+                    .expect("a tokio listener for the standby");
+                if let Err(e) = ken::standby::serve(ken::standby::StandbyConfig {
+                    process,
+                    store,
+                    listener,
+                    key,
+                    min_epoch: 0,
+                })
+                .await
+                {
+                    eprintln!("ken bench-node: the standby stopped: {e}");
+                    std::process::exit(1);
+                }
+            });
+        })?;
+    Ok(addr)
 }
 
 /// Entry point of `ken bench-node SPEC`. Prints the node's report on standard output (the
