@@ -137,7 +137,7 @@ fn quick_json_reports_every_measurement() {
     // The same phases with a key and with a key and encryption, in the same run.
     let auth = v["auth"].as_array().expect("`auth` rows");
     let modes: Vec<&str> = auth.iter().map(|a| a["mode"].as_str().unwrap()).collect();
-    assert_eq!(modes, ["none", "key", "key-encrypt"], "{v}");
+    assert_eq!(modes, ["none", "key", "key-encrypt", "key-standby"], "{v}");
     assert_eq!(v["rounds"], 1, "{v}");
     for (i, a) in auth.iter().enumerate() {
         for field in [
@@ -178,6 +178,19 @@ fn quick_json_reports_every_measurement() {
         number(&v, "keyed_turns_ratio") >= 0.9,
         "{v}"
     );
+
+    // The standby's cost against the keyed run without one (reported, not in the exit code).
+    let standby = number(&auth[3], "turns_per_sec") / number(&auth[1], "turns_per_sec");
+    assert!(
+        (number(&v, "standby_turns_ratio") - standby).abs() <= 1e-9 * standby,
+        "{v}"
+    );
+    assert_eq!(
+        v["standby_turns_pass"],
+        number(&v, "standby_turns_ratio") >= 0.8,
+        "{v}"
+    );
+    assert!(number(&v, "standby_rtt_ratio") > 0.0, "{v}");
 
     // The exit code follows the verdicts.
     let all_pass = [
