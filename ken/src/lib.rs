@@ -82,6 +82,7 @@ mod metrics;
 pub mod observe {
     pub use crate::driver::{MessageTimes, Observer};
 }
+pub mod standby;
 pub mod task;
 pub mod testing;
 mod time;
