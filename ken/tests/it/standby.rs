@@ -366,7 +366,10 @@ async fn an_old_epoch_is_fenced_after_a_promotion_and_the_new_one_accepted() {
     };
     let (ship2, mut events2) = ship_to(&new_primary, &sb2.addr, None);
     wait_acked(&mut events2, 6).await;
-    let b = batch(7, 3);
+    // (Its outbox goes on from message 5: the promotion's commit 6 sent nothing.)
+    let mut b = batch(7, 3);
+    b.outbox_appends[0].seq = 6;
+    b.peers[0].next_seq = 7;
     ship2.ship(7, b.clone());
     new_store.commit(&b).unwrap();
     wait_acked(&mut events2, 7).await;
