@@ -82,8 +82,8 @@ mod metrics;
 pub mod observe {
     pub use crate::driver::{MessageTimes, Observer};
 }
-pub mod task;
 pub mod standby;
+pub mod task;
 pub mod testing;
 mod time;
 mod tuning;

@@ -256,3 +256,38 @@ limit! {
     /// While a peer stays quiet, the warning about it is repeated at most this often.
     pub const PEER_QUIET_WARN_INTERVAL: Duration = 60 s;
 }
+
+limit! {
+    /// Largest message of the standby stream (`standby`), length prefix excluded: a shipped
+    /// batch (at most [`BATCH_BYTES_MAX`] of state and messages, with its row overhead) or a
+    /// snapshot chunk.
+    pub const STANDBY_MESSAGE_BYTES_MAX: u32 = 64 << 20;
+}
+
+limit! {
+    /// Bytes of the store copy per `Snapshot` message of the standby stream.
+    pub const STANDBY_SNAPSHOT_CHUNK_BYTES: u32 = 4 << 20;
+}
+
+limit! {
+    /// The primary's first wait before connecting to its standby again, doubled after each
+    /// failure up to [`STANDBY_RETRY_MAX`].
+    pub const STANDBY_RETRY_MIN: Duration = 100 ms;
+}
+
+limit! {
+    /// The longest wait between the primary's attempts to reach its standby (it never gives
+    /// up: a primary never drops its standby by itself).
+    pub const STANDBY_RETRY_MAX: Duration = 5 s;
+}
+
+limit! {
+    /// How long either end of the standby stream waits for an expected message (the
+    /// handshake's reply, the standby's `State` after a snapshot, an acknowledgement while
+    /// batches wait for one) before it closes the connection.
+    pub const STANDBY_REPLY_TIMEOUT: Duration = 30 s;
+}
+
+const _: () = assert!(STANDBY_SNAPSHOT_CHUNK_BYTES * 2 <= STANDBY_MESSAGE_BYTES_MAX);
+const _: () = assert!((BATCH_BYTES_MAX as u64) * 4 <= STANDBY_MESSAGE_BYTES_MAX as u64);
+const _: () = assert!(STANDBY_RETRY_MIN.as_millis() < STANDBY_RETRY_MAX.as_millis());

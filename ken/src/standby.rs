@@ -1,49 +1,1257 @@
-//! STUB (lead's branch only, replaced by the helper's module at merge).
-use std::path::PathBuf;
-use ken_store::Batch;
-use ken_transport::{ClusterKey, ProcessId};
+//! Standby replicas, the store and wire half (issue 18): a primary ships every committed
+//! batch to a standby process, which commits it to a replica of the primary's store and
+//! acknowledges it; the driver releases a batch's outputs only when its own commit and the
+//! standby's acknowledgement are both done, so the standby holds everything anyone outside
+//! has seen.
+//!
+//! - [`start`] (the primary's side) spawns the *shipper*: it connects to the standby over TCP
+//!   (retrying with backoff forever: a primary never drops its standby by itself), hands
+//!   shake, reseeds the replica with a consistent copy of the store when it is not exactly
+//!   the primary's, ships the batches handed to [`ShipperHandle::ship`] in commit order, and
+//!   reports [`ShipEvent`]s.
+//! - [`serve`] (the standby's side) owns the replica store, serves one primary connection at
+//!   a time, forever, and applies each shipped batch with `Store::commit` (fsynced) before it
+//!   acknowledges it.
+//! - [`promote`] (offline, the operator's `ken promote`) raises the store's epoch by one.
+//!
+//! **Epochs and fencing.** A store's epoch is a runtime table row (`ken.role`, key `epoch`,
+//! value u64 LE; absent = 0), so it travels inside the store (snapshots carry it) with no
+//! schema change. A standby refuses a primary whose epoch is below the highest epoch its
+//! replica holds, it was started with ([`StandbyConfig::min_epoch`]), or it accepted before:
+//! once a standby is promoted (epoch + 1) and a new standby is seeded from it, the old primary
+//! gets no acknowledgement from anyone and can release nothing ([`ShipEvent::Fenced`]).
+//!
+//! **Wire** (TCP, the primary connects). Each message: its length (u32 LE, at most
+//! [`STANDBY_MESSAGE_BYTES_MAX`]), then a version byte ([`WIRE_VERSION`]), the bincode (serde,
+//! standard configuration) encoding of a [`Message`], and, when the cluster has a key, a
+//! 32-byte keyed BLAKE3 tag over the direction (`P` primary to standby, `S` back), the
+//! message's number in its direction on this connection (u64 LE, from 0), and the version
+//! byte and body. `Hello` and the reply to it are tagged under the cluster key's standby key
+//! (`ClusterKey::standby_key`); every later message under the connection's key derived from
+//! it and both ends' nonces (`StandbyKey::session`), so nothing recorded from another
+//! connection (an old snapshot, old batches) can be replayed into this one. Without a key
+//! nothing is tagged, and both ends warn loudly.
+//!
+//! **Handshake and reseeding.** The primary sends `Hello` (its process id, epoch and
+//! [`Position`]); the standby answers `Refused` (another process, an old epoch) or `State`
+//! (its replica's position). Equal positions: the replica is the primary's store, shipping
+//! follows on. Otherwise (no replica, another incarnation, behind, or ahead: a batch shipped
+//! whose local commit the primary lost in a crash; none of its outputs left, so the primary's
+//! copy wins) the primary sends a copy of its store as of some commit C (`Reader::copy_into`,
+//! in [`STANDBY_SNAPSHOT_CHUNK_BYTES`] chunks); the standby writes it to a temporary file,
+//! checks it, puts it in place of its replica (`ken_store::install_copy`, which leaves the
+//! lock file witnessing the copy) and answers `State` again. Batches up to C count as
+//! acknowledged. A `Ship` whose commit number is not the replica's commits + 1 is refused and
+//! the connection closed: the primary reconnects and reseeds.
+//!
+//! **What the driver must do** (the other half, `driver.rs`): call [`start`] after opening
+//! the store; before starting the engine, wait for [`ShipEvent::Acked`] of at least the
+//! store's commits (so that after a restart nothing is retransmitted before the standby holds
+//! it); ship every batch with the commit number it will have (`Store::commits() + 1`) when it
+//! hands it to the store; release it once both are done. Commits the driver does not ship
+//! (a schema migration's `commit_schema`, offline operator commits) are harmless: the next
+//! shipped batch leaves a gap, and the shipper reconnects and reseeds.
 
-pub struct ShipperConfig {
-    pub process: ProcessId,
-    pub store: PathBuf,
-    pub standby: String,
-    pub key: Option<ClusterKey>,
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ken_store::{Batch, OpenError, Reader, Store, StoreOptions};
+use ken_transport::{ClusterKey, ProcessId, StandbyKey};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::limits::{
+    STANDBY_MESSAGE_BYTES_MAX, STANDBY_REPLY_TIMEOUT, STANDBY_RETRY_MAX, STANDBY_RETRY_MIN,
+    STANDBY_SNAPSHOT_CHUNK_BYTES,
+};
+use crate::time::Time;
+
+/// The runtime table that holds the store's role data (its epoch).
+pub const ROLE_TABLE: &str = "ken.role";
+
+/// The key of the epoch row in [`ROLE_TABLE`] (value: u64 LE).
+pub const EPOCH_KEY: &[u8] = b"epoch";
+
+/// The version byte that starts every message of the standby stream.
+pub const WIRE_VERSION: u8 = 1;
+
+/// Bytes of a tag.
+const TAG_BYTES: usize = StandbyKey::TAG_BYTES;
+
+/// Where a store is: what the handshake compares. Two stores at the same position hold the
+/// same history (the same incarnation and commits, and the same turns and time of the last
+/// commit, which tells apart two different commits of the same number: a replica's batch
+/// whose local commit the primary lost, and a later different commit of that number).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// The store's incarnation (0: no store).
+    pub incarnation: u64,
+    pub commits: u64,
+    pub turns_committed: u64,
+    /// `now_ms` of the last commit.
+    pub last_commit_ms: u64,
 }
-pub struct ShipperHandle(tokio::sync::mpsc::UnboundedSender<(u64, Batch)>);
-impl ShipperHandle {
-    pub fn ship(&self, commit_no: u64, batch: Batch) {
-        let _ = self.0.send((commit_no, batch));
+
+impl Position {
+    fn of(meta: &ken_store::Meta) -> Position {
+        Position {
+            incarnation: meta.incarnation,
+            commits: meta.commits,
+            turns_committed: meta.turns_committed,
+            last_commit_ms: meta.last_commit_ms,
+        }
     }
 }
-#[derive(Debug)]
+
+/// Why a standby refused a primary (then it closes the connection).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The standby replicates another process.
+    #[error("the standby replicates process `{standby}`, not `{primary}`: check the standby's address and --id")]
+    WrongProcess { standby: String, primary: String },
+    /// The primary's epoch is below the standby's: it has been superseded (fenced).
+    #[error("fenced: the standby is at epoch {standby_epoch}, this primary at {primary_epoch}; a newer primary was promoted, so this one may release nothing more")]
+    Fenced {
+        standby_epoch: u64,
+        primary_epoch: u64,
+    },
+    /// A shipped batch is not the next commit of the replica.
+    #[error("shipped commit {got}, but the replica's next commit is {expected}: reseeding")]
+    OutOfOrder { expected: u64, got: u64 },
+    /// A shipped batch breaks a store precondition.
+    #[error("shipped commit {commit_no} is malformed ({problem})")]
+    BadBatch { commit_no: u64, problem: String },
+    /// A snapshot did not arrive whole or does not open as the primary's store.
+    #[error("snapshot refused: {0}")]
+    BadSnapshot(String),
+    /// A message that does not belong at this point of the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+/// A message of the standby stream (see the module docs for the framing).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Primary to standby, first: who it is and where its store is.
+    Hello {
+        process: String,
+        epoch: u64,
+        at: Position,
+        nonce: [u8; 16],
+    },
+    /// Standby to primary: the handshake accepted, and where the replica is (all zeros: no
+    /// replica yet). Also the answer to a complete snapshot.
+    State {
+        epoch: u64,
+        at: Position,
+        nonce: [u8; 16],
+    },
+    /// Standby to primary, then the standby closes the connection.
+    Refused { reason: Refusal },
+    /// Primary to standby: part of a copy of the whole store as of commit `commits`
+    /// (`total_bytes` long; chunks in order, from offset 0).
+    Snapshot {
+        commits: u64,
+        total_bytes: u64,
+        offset: u64,
+        bytes: Vec<u8>,
+    },
+    /// Primary to standby: the batch that is (or will be) the primary's commit `commit_no`.
+    Ship { commit_no: u64, batch: Batch },
+    /// Standby to primary: the replica holds every commit up to `commit_no` (cumulative).
+    Acked { commit_no: u64 },
+}
+
+impl Message {
+    fn name(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "Hello",
+            Message::State { .. } => "State",
+            Message::Refused { .. } => "Refused",
+            Message::Snapshot { .. } => "Snapshot",
+            Message::Ship { .. } => "Ship",
+            Message::Acked { .. } => "Acked",
+        }
+    }
+}
+
+/// What went wrong on the standby stream's connection (it is closed after any of these).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("message of {0} bytes, over the {STANDBY_MESSAGE_BYTES_MAX}-byte limit")]
+    TooLarge(u64),
+    #[error("message of {0} bytes is too short")]
+    TooShort(u32),
+    #[error("message does not authenticate: the other end has another cluster key (or none)")]
+    BadTag,
+    #[error("message of wire version {0}; this build speaks version {WIRE_VERSION}")]
+    Version(u8),
+    #[error("message does not decode: {0}")]
+    Decode(String),
+    #[error("no message for {} s", .0.as_secs())]
+    Timeout(Duration),
+}
+
+/// One end of a connection's framing: its key and its message counters.
+struct Framing {
+    key: Option<StandbyKey>,
+    /// Our direction byte, and the other end's.
+    out_dir: u8,
+    in_dir: u8,
+    sent: u64,
+    received: u64,
+}
+
+impl Framing {
+    fn new(key: Option<StandbyKey>, primary: bool) -> Framing {
+        let (out_dir, in_dir) = if primary { (b'P', b'S') } else { (b'S', b'P') };
+        Framing {
+            key,
+            out_dir,
+            in_dir,
+            sent: 0,
+            received: 0,
+        }
+    }
+
+    fn encode(&mut self, msg: &Message) -> Result<Vec<u8>, WireError> {
+        let body = bincode::serde::encode_to_vec(msg, bincode::config::standard())
+            .map_err(|e| WireError::Decode(e.to_string()))?;
+        let tag_len = if self.key.is_some() { TAG_BYTES } else { 0 };
+        let len = 1 + body.len() as u64 + tag_len as u64;
+        if len > u64::from(STANDBY_MESSAGE_BYTES_MAX) {
+            return Err(WireError::TooLarge(len));
+        }
+        let mut frame = Vec::with_capacity(4 + len as usize);
+        frame.extend_from_slice(&(len as u32).to_le_bytes());
+        frame.push(WIRE_VERSION);
+        frame.extend_from_slice(&body);
+        if let Some(key) = &self.key {
+            let tag = key.tag(&[&[self.out_dir], &self.sent.to_le_bytes(), &frame[4..]]);
+            frame.extend_from_slice(&tag);
+        }
+        self.sent += 1;
+        Ok(frame)
+    }
+
+    fn decode(&mut self, mut frame: Vec<u8>) -> Result<Message, WireError> {
+        if let Some(key) = &self.key {
+            let body_len = frame.len() - TAG_BYTES;
+            if !key.verify(
+                &[&[self.in_dir], &self.received.to_le_bytes(), &frame[..body_len]],
+                &frame[body_len..],
+            ) {
+                return Err(WireError::BadTag);
+            }
+            frame.truncate(body_len);
+        }
+        if frame[0] != WIRE_VERSION {
+            return Err(WireError::Version(frame[0]));
+        }
+        let config = bincode::config::standard()
+            .with_limit::<{ STANDBY_MESSAGE_BYTES_MAX as usize }>();
+        let (msg, used): (Message, usize) =
+            bincode::serde::decode_from_slice(&frame[1..], config)
+                .map_err(|e| WireError::Decode(e.to_string()))?;
+        if used != frame.len() - 1 {
+            return Err(WireError::Decode(format!(
+                "{} bytes left over after the message",
+                frame.len() - 1 - used
+            )));
+        }
+        self.received += 1;
+        Ok(msg)
+    }
+
+    async fn write(
+        &mut self,
+        w: &mut (impl AsyncWrite + Unpin),
+        msg: &Message,
+    ) -> Result<(), WireError> {
+        let frame = self.encode(msg)?;
+        w.write_all(&frame).await?;
+        Ok(())
+    }
+
+    async fn read(&mut self, r: &mut (impl AsyncRead + Unpin)) -> Result<Message, WireError> {
+        let mut len = [0u8; 4];
+        r.read_exact(&mut len).await?;
+        let len = u32::from_le_bytes(len);
+        if len > STANDBY_MESSAGE_BYTES_MAX {
+            return Err(WireError::TooLarge(len.into()));
+        }
+        let min = 1 + if self.key.is_some() { TAG_BYTES } else { 0 };
+        if (len as usize) < min {
+            return Err(WireError::TooShort(len));
+        }
+        let mut frame = vec![0u8; len as usize];
+        r.read_exact(&mut frame).await?;
+        self.decode(frame)
+    }
+
+    async fn read_within(
+        &mut self,
+        r: &mut (impl AsyncRead + Unpin),
+        timeout: Duration,
+    ) -> Result<Message, WireError> {
+        match tokio::time::timeout(timeout, self.read(r)).await {
+            Ok(m) => m,
+            Err(_) => Err(WireError::Timeout(timeout)),
+        }
+    }
+}
+
+fn nonce() -> [u8; 16] {
+    use rand::RngCore;
+    let mut n = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut n);
+    n
+}
+
+fn no_key_warning(side: &str) {
+    tracing::warn!(
+        "NO CLUSTER KEY: the standby stream ({side}) is not authenticated. Anyone who can \
+         reach the standby's port can overwrite its replica, and anyone on the path can \
+         acknowledge batches the standby never stored. Run with a key (ken keygen FILE); see \
+         SECURITY.md"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Epochs and promotion.
+
+/// The epoch recorded in a store (0 when it has none), read through `reader`.
+pub fn epoch(reader: &Reader) -> Result<u64, ken_store::ReadError> {
+    decode_epoch(reader.table_get(ROLE_TABLE, EPOCH_KEY)?)
+}
+
+/// The epoch recorded in the store at `path` (0 when it has none).
+pub fn read_epoch(path: &Path) -> Result<u64, PromoteError> {
+    Ok(epoch(&Reader::open(path)?)?)
+}
+
+fn store_epoch(store: &Store) -> Result<u64, ken_store::ReadError> {
+    decode_epoch(store.table_get(ROLE_TABLE, EPOCH_KEY)?)
+}
+
+fn decode_epoch(value: Option<Vec<u8>>) -> Result<u64, ken_store::ReadError> {
+    match value {
+        None => Ok(0),
+        Some(v) => match <[u8; 8]>::try_from(v.as_slice()) {
+            Ok(b) => Ok(u64::from_le_bytes(b)),
+            Err(_) => Err(ken_store::ReadError::Corrupted(ken_store::Corrupted {
+                table: ROLE_TABLE.to_string(),
+                key: "epoch".to_string(),
+                detail: format!("the epoch is {} bytes, not 8", v.len()),
+            })),
+        },
+    }
+}
+
+/// Why [`promote`] or [`read_epoch`] did nothing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PromoteError {
+    /// The store could not be opened: absent, damaged, or in use (a running standby or
+    /// process holds its owner lock: stop it first). Nothing was written.
+    #[error("{0}")]
+    Open(#[from] OpenError),
+    /// The store could not be read. Nothing was written.
+    #[error("{0}")]
+    Read(#[from] ken_store::ReadError),
+    /// The commit failed (nothing was written).
+    #[error("{0}")]
+    Commit(#[from] ken_store::CommitError),
+}
+
+/// Turns the store at `path` (a standby's replica) into a primary's: its epoch + 1, written
+/// by one commit (no turn, the one [`ROLE_TABLE`] row). Offline: the store's owner must be
+/// stopped (a running standby or process makes it `OpenError::InUse`, nothing written).
+/// Returns the new epoch. From then on, a standby seeded from this store refuses the old
+/// primary, which is therefore fenced.
+pub fn promote(path: &Path) -> Result<u64, PromoteError> {
+    let process = Reader::open(path)?.meta()?.process_id;
+    let (mut store, _) = Store::open(path, &process)?;
+    let epoch = store_epoch(&store)? + 1;
+    store.commit(&Batch {
+        now_ms: Time::now_wall().as_millis(),
+        table_writes: vec![ken_store::TableWrite {
+            table: ROLE_TABLE.to_string(),
+            key: EPOCH_KEY.to_vec(),
+            value: Some(epoch.to_le_bytes().to_vec()),
+        }],
+        ..Batch::default()
+    })?;
+    tracing::info!(path = %path.display(), process, epoch, "promoted: the store is a primary's at epoch {epoch}");
+    Ok(epoch)
+}
+
+// ---------------------------------------------------------------------------------------
+// The primary's side: the shipper.
+
+/// What [`start`] needs.
+#[derive(Debug, Clone)]
+pub struct ShipperConfig {
+    /// The primary's process id (the standby checks it).
+    pub process: ProcessId,
+    /// The primary's store (read through `Reader`s: its position, epoch and copies).
+    pub store: PathBuf,
+    /// The standby's address, `host:port`.
+    pub standby: String,
+    /// The cluster key; `None`: unauthenticated, with a loud warning.
+    pub key: Option<ClusterKey>,
+}
+
+/// What the shipper reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ShipEvent {
+    /// Cumulative: the standby's replica holds every commit up to this one.
     Acked(u64),
+    /// The standby refused this primary's epoch: a newer primary exists. Nothing more will be
+    /// acknowledged; the shipper keeps trying (an operator decides).
     Fenced { standby_epoch: u64, ours: u64 },
+    /// The connection to the standby failed or closed (why); the shipper reconnects.
     Disconnected(String),
 }
-pub fn start(
-    _cfg: ShipperConfig,
-) -> (ShipperHandle, tokio::sync::mpsc::UnboundedReceiver<ShipEvent>) {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Batch)>();
-    let (etx, erx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let _ = etx.send(ShipEvent::Acked(u64::MAX / 2));
-        while let Some((n, _)) = rx.recv().await {
-            let _ = etx.send(ShipEvent::Acked(n));
-        }
-    });
-    (ShipperHandle(tx), erx)
+
+/// The driver's handle on the shipper. Dropping it stops the shipper.
+#[derive(Debug)]
+pub struct ShipperHandle {
+    batches: mpsc::UnboundedSender<(u64, Arc<Batch>)>,
+    task: tokio::task::JoinHandle<()>,
 }
+
+impl ShipperHandle {
+    /// Hands the shipper the batch that is (or will be) commit `commit_no` of the store:
+    /// shipped as soon as the connection allows; its acknowledgement comes as
+    /// [`ShipEvent::Acked`]. Never blocks. The driver ships every batch, in commit order,
+    /// and keeps at most a few unacknowledged (the engine's one committing batch), which
+    /// bounds what waits here.
+    pub fn ship(&self, commit_no: u64, batch: Batch) {
+        // The task ends only when this handle drops.
+        let _ = self.batches.send((commit_no, Arc::new(batch)));
+    }
+}
+
+impl Drop for ShipperHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Spawns the shipping task on the current tokio runtime. It connects (retrying with
+/// backoff, logging loudly, never giving up: a primary never drops its standby by itself),
+/// hands shake, reseeds by snapshot when needed, ships, and reports.
+///
+/// # Panics
+/// Outside a tokio runtime.
+pub fn start(cfg: ShipperConfig) -> (ShipperHandle, mpsc::UnboundedReceiver<ShipEvent>) {
+    if cfg.key.is_none() {
+        no_key_warning("primary");
+    }
+    let (batches, rx) = mpsc::unbounded_channel();
+    let (events, events_rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(ship_forever(cfg, rx, events));
+    (ShipperHandle { batches, task }, events_rx)
+}
+
+/// The shipper's state across connections.
+struct Shipper {
+    cfg: ShipperConfig,
+    batches: mpsc::UnboundedReceiver<(u64, Arc<Batch>)>,
+    events: mpsc::UnboundedSender<ShipEvent>,
+    /// Batches handed over and not known to be held by the standby, in commit order.
+    pending: VecDeque<(u64, Arc<Batch>)>,
+    /// The highest commit the standby is known to hold (0: none yet).
+    acked: u64,
+}
+
+/// How a connection ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionEnd {
+    #[error("cannot reach the standby at {at}: {source}")]
+    Connect { at: String, source: std::io::Error },
+    #[error("{0}")]
+    Wire(#[from] WireError),
+    #[error("the standby refused: {0}")]
+    Refused(Refusal),
+    #[error("{0}")]
+    Local(String),
+    #[error("{0}")]
+    Protocol(String),
+    /// The handle was dropped.
+    #[error("stopped")]
+    Stopped,
+}
+
+async fn ship_forever(
+    cfg: ShipperConfig,
+    batches: mpsc::UnboundedReceiver<(u64, Arc<Batch>)>,
+    events: mpsc::UnboundedSender<ShipEvent>,
+) {
+    let mut s = Shipper {
+        cfg,
+        batches,
+        events,
+        pending: VecDeque::new(),
+        acked: 0,
+    };
+    let mut backoff = STANDBY_RETRY_MIN;
+    loop {
+        let mut synced = false;
+        let end = s.session(&mut synced).await;
+        if synced {
+            backoff = STANDBY_RETRY_MIN;
+        }
+        match end {
+            SessionEnd::Stopped => return,
+            SessionEnd::Refused(Refusal::Fenced {
+                standby_epoch,
+                primary_epoch,
+            }) => {
+                tracing::error!(
+                    standby = %s.cfg.standby,
+                    standby_epoch,
+                    epoch = primary_epoch,
+                    "FENCED: the standby is at epoch {standby_epoch}, this primary at \
+                     {primary_epoch}: a newer primary was promoted; this process can release \
+                     nothing more (retrying in case an operator changes that)"
+                );
+                let _ = s.events.send(ShipEvent::Fenced {
+                    standby_epoch,
+                    ours: primary_epoch,
+                });
+            }
+            other => {
+                tracing::warn!(
+                    standby = %s.cfg.standby,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "standby connection lost: {other}; retrying (outputs wait for the standby)"
+                );
+                let _ = s.events.send(ShipEvent::Disconnected(other.to_string()));
+            }
+        }
+        // Wait, taking batches meanwhile (they wait for the next connection).
+        let deadline = tokio::time::Instant::now() + backoff;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                got = s.batches.recv() => match got {
+                    Some(b) => s.take(b),
+                    None => return,
+                },
+            }
+        }
+        backoff = (backoff * 2).min(STANDBY_RETRY_MAX);
+    }
+}
+
+impl Shipper {
+    /// Takes a batch handed over by the driver.
+    fn take(&mut self, (commit_no, batch): (u64, Arc<Batch>)) {
+        if commit_no <= self.acked {
+            // Already in the replica (a snapshot taken after its local commit): say so again.
+            let _ = self.events.send(ShipEvent::Acked(self.acked));
+            return;
+        }
+        if let Some((last, _)) = self.pending.back() {
+            assert!(
+                commit_no > *last,
+                "batches are shipped in commit order ({commit_no} after {last})"
+            );
+        }
+        self.pending.push_back((commit_no, batch));
+    }
+
+    fn acked(&mut self, n: u64) {
+        if n > self.acked {
+            self.acked = n;
+        }
+        while self.pending.front().is_some_and(|(c, _)| *c <= self.acked) {
+            self.pending.pop_front();
+        }
+        let _ = self.events.send(ShipEvent::Acked(self.acked));
+    }
+
+    /// Where the local store is, and its epoch.
+    async fn local(&self) -> Result<(Position, u64), SessionEnd> {
+        let path = self.cfg.store.clone();
+        blocking(move || {
+            let reader = Reader::open(&path).map_err(|e| e.to_string())?;
+            let meta = reader.meta().map_err(|e| e.to_string())?;
+            let epoch = epoch(&reader).map_err(|e| e.to_string())?;
+            Ok((Position::of(&meta), epoch))
+        })
+        .await
+        .map_err(SessionEnd::Local)
+    }
+
+    /// One connection: handshake, reseed if needed, ship until it fails.
+    async fn session(&mut self, synced: &mut bool) -> SessionEnd {
+        match self.session_inner(synced).await {
+            Ok(never) => match never {},
+            Err(e) => e,
+        }
+    }
+
+    async fn session_inner(
+        &mut self,
+        synced: &mut bool,
+    ) -> Result<std::convert::Infallible, SessionEnd> {
+        let stream = tokio::time::timeout(
+            STANDBY_REPLY_TIMEOUT,
+            TcpStream::connect(&self.cfg.standby),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connect timed out",
+            ))
+        })
+        .map_err(|source| SessionEnd::Connect {
+            at: self.cfg.standby.clone(),
+            source,
+        })?;
+        let _ = stream.set_nodelay(true);
+        let (mut rd, mut wr) = stream.into_split();
+        let base = self.cfg.key.as_ref().map(ClusterKey::standby_key);
+        let mut out = Framing::new(base.clone(), true);
+        let mut inn = Framing::new(base.clone(), true);
+        let (at, our_epoch) = self.local().await?;
+        let our_nonce = nonce();
+        out.write(
+            &mut wr,
+            &Message::Hello {
+                process: self.cfg.process.as_str().to_string(),
+                epoch: our_epoch,
+                at,
+                nonce: our_nonce,
+            },
+        )
+        .await?;
+        let (their_at, their_nonce) =
+            match inn.read_within(&mut rd, STANDBY_REPLY_TIMEOUT).await? {
+                Message::State { at, nonce, .. } => (at, nonce),
+                Message::Refused { reason } => return Err(SessionEnd::Refused(reason)),
+                other => {
+                    return Err(SessionEnd::Protocol(format!(
+                        "the standby answered Hello with {}",
+                        other.name()
+                    )))
+                }
+            };
+        if let Some(base) = &base {
+            let session = base.session(&our_nonce, &their_nonce);
+            out.key = Some(session.clone());
+            inn.key = Some(session);
+        }
+        let start = if their_at == at {
+            tracing::info!(standby = %self.cfg.standby, commits = at.commits, "standby in sync");
+            at.commits
+        } else {
+            let copied = self.reseed(&mut out, &mut wr, their_at).await?;
+            match inn.read_within(&mut rd, STANDBY_REPLY_TIMEOUT).await? {
+                Message::State { at: now, .. }
+                    if now.commits == copied.commits && now.incarnation == copied.incarnation => {}
+                Message::State { at: now, .. } => {
+                    return Err(SessionEnd::Protocol(format!(
+                        "after a snapshot of commit {} the standby is at commit {} of \
+                         incarnation {:x}",
+                        copied.commits, now.commits, now.incarnation
+                    )))
+                }
+                Message::Refused { reason } => return Err(SessionEnd::Refused(reason)),
+                other => {
+                    return Err(SessionEnd::Protocol(format!(
+                        "the standby answered a snapshot with {}",
+                        other.name()
+                    )))
+                }
+            }
+            copied.commits
+        };
+        *synced = true;
+        self.acked(start);
+        let mut next = start + 1;
+        // Ship what waits, then whatever comes; read acknowledgements meanwhile. Reads go
+        // through a task of their own (a read cut by `select!` would lose bytes).
+        let (in_tx, mut in_rx) = mpsc::channel::<Result<Message, WireError>>(16);
+        let reader = tokio::spawn(async move {
+            loop {
+                let got = inn.read(&mut rd).await;
+                let failed = got.is_err();
+                if in_tx.send(got).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let _abort_reader = AbortOnDrop(reader);
+        let mut waiting_since: Option<tokio::time::Instant> = None;
+        loop {
+            while let Some((commit_no, batch)) = self
+                .pending
+                .iter()
+                .find(|(c, _)| *c >= next)
+                .map(|(c, b)| (*c, b.clone()))
+            {
+                if commit_no != next {
+                    return Err(SessionEnd::Protocol(format!(
+                        "commit {next} was never handed to the shipper (the next is \
+                         {commit_no}): reseeding"
+                    )));
+                }
+                out.write(
+                    &mut wr,
+                    &Message::Ship {
+                        commit_no,
+                        batch: (*batch).clone(),
+                    },
+                )
+                .await?;
+                next += 1;
+            }
+            if self.pending.is_empty() {
+                waiting_since = None;
+            } else if waiting_since.is_none() {
+                waiting_since = Some(tokio::time::Instant::now());
+            }
+            let deadline = waiting_since.map(|t| t + STANDBY_REPLY_TIMEOUT);
+            tokio::select! {
+                got = self.batches.recv() => match got {
+                    Some(b) => self.take(b),
+                    None => return Err(SessionEnd::Stopped),
+                },
+                got = in_rx.recv() => match got {
+                    Some(Ok(Message::Acked { commit_no })) => {
+                        if commit_no >= next || commit_no < self.acked {
+                            return Err(SessionEnd::Protocol(format!(
+                                "the standby acknowledged commit {commit_no}; shipped up to {}, \
+                                 acknowledged up to {}", next - 1, self.acked
+                            )));
+                        }
+                        self.acked(commit_no);
+                        waiting_since = None;
+                    }
+                    Some(Ok(Message::Refused { reason })) => return Err(SessionEnd::Refused(reason)),
+                    Some(Ok(other)) => return Err(SessionEnd::Protocol(format!(
+                        "the standby sent {} while following", other.name()
+                    ))),
+                    Some(Err(e)) => return Err(e.into()),
+                    None => return Err(SessionEnd::Protocol("the reader stopped".into())),
+                },
+                _ = sleep_until_opt(deadline) => {
+                    return Err(WireError::Timeout(STANDBY_REPLY_TIMEOUT).into());
+                }
+            }
+        }
+    }
+
+    /// Sends a copy of the local store; returns its position.
+    async fn reseed(
+        &mut self,
+        out: &mut Framing,
+        wr: &mut (impl AsyncWrite + Unpin),
+        theirs: Position,
+    ) -> Result<Position, SessionEnd> {
+        let src = self.cfg.store.clone();
+        let mut name = src.as_os_str().to_owned();
+        name.push(format!(".standby-copy-{:016x}", rand::random::<u64>()));
+        let tmp = PathBuf::from(name);
+        let started = std::time::Instant::now();
+        let (copied, bytes) = {
+            let tmp = tmp.clone();
+            blocking(move || {
+                let result = (|| {
+                    let meta = Reader::open(&src)
+                        .map_err(|e| e.to_string())?
+                        .copy_into(&tmp)
+                        .map_err(|e| e.to_string())?;
+                    let bytes = std::fs::read(&tmp).map_err(|e| e.to_string())?;
+                    Ok((Position::of(&meta), bytes))
+                })();
+                let _ = std::fs::remove_file(&tmp);
+                result
+            })
+            .await
+            .map_err(|e| SessionEnd::Local(format!("copying the store for the standby: {e}")))?
+        };
+        tracing::warn!(
+            standby = %self.cfg.standby,
+            replica_incarnation = format!("{:x}", theirs.incarnation),
+            replica_commits = theirs.commits,
+            commits = copied.commits,
+            bytes = bytes.len(),
+            "reseeding the standby with a copy of the store (its replica is not this store's \
+             history)"
+        );
+        let total = bytes.len() as u64;
+        let mut offset = 0usize;
+        loop {
+            let end = (offset + STANDBY_SNAPSHOT_CHUNK_BYTES as usize).min(bytes.len());
+            out.write(
+                wr,
+                &Message::Snapshot {
+                    commits: copied.commits,
+                    total_bytes: total,
+                    offset: offset as u64,
+                    bytes: bytes[offset..end].to_vec(),
+                },
+            )
+            .await?;
+            offset = end;
+            if offset == bytes.len() {
+                break;
+            }
+        }
+        tracing::info!(
+            commits = copied.commits,
+            bytes = total,
+            copy_and_send_ms = started.elapsed().as_millis() as u64,
+            "snapshot sent"
+        );
+        Ok(copied)
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs blocking store work off the runtime's threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("blocking task failed: {e}"))?
+}
+
+// ---------------------------------------------------------------------------------------
+// The standby's side.
+
+/// What [`serve`] needs.
+#[derive(Debug)]
 pub struct StandbyConfig {
+    /// The process whose store this standby replicates.
     pub process: ProcessId,
+    /// The replica store (absent until the first snapshot: nothing is created before).
     pub store: PathBuf,
-    pub listener: tokio::net::TcpListener,
+    /// Where primaries connect.
+    pub listener: TcpListener,
+    /// The cluster key; `None`: unauthenticated, with a loud warning.
     pub key: Option<ClusterKey>,
+    /// The lowest epoch accepted, besides the replica's own (an operator's fence).
     pub min_epoch: u64,
 }
-pub async fn serve(_c: StandbyConfig) -> Result<(), String> {
-    Ok(())
+
+/// Why [`serve`] stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StandbyError {
+    /// The replica store does not open (in use, damaged, another process's...).
+    #[error("the replica store does not open: {0}")]
+    Open(#[from] OpenError),
+    /// The replica could not be read.
+    #[error("the replica store cannot be read: {0}")]
+    Read(#[from] ken_store::ReadError),
+    /// A commit to the replica failed: the store is poisoned; restart the standby (the
+    /// primary reconnects and reseeds or follows).
+    #[error("a commit to the replica failed: {0}; restart the standby")]
+    Commit(#[from] ken_store::CommitError),
+    /// Installing a snapshot failed after the replica was closed.
+    #[error("installing a snapshot failed: {0}; restart the standby (the primary reseeds it)")]
+    Install(String),
+    /// Accepting connections failed.
+    #[error("accepting connections: {0}")]
+    Accept(std::io::Error),
 }
-pub fn promote(_p: &std::path::Path) -> Result<u64, String> {
-    Ok(1)
+
+/// The standby's state.
+struct Replica {
+    process: ProcessId,
+    path: PathBuf,
+    store: Option<Store>,
+    /// The highest epoch seen: the replica's, the configured floor, every accepted Hello's.
+    epoch: u64,
+    /// The snapshot being received: its file, commits, total and bytes so far.
+    incoming: Option<(std::fs::File, u64, u64, u64)>,
+}
+
+impl Replica {
+    fn incoming_path(&self) -> PathBuf {
+        let mut name = self.path.as_os_str().to_owned();
+        name.push(".standby-incoming");
+        PathBuf::from(name)
+    }
+
+    fn position(&self) -> Result<Position, ken_store::ReadError> {
+        match &self.store {
+            None => Ok(Position::default()),
+            Some(_) => Ok(Position::of(&Reader::open(&self.path).map_err(|e| {
+                ken_store::ReadError::Io {
+                    detail: e.to_string(),
+                }
+            })?
+            .meta()?)),
+        }
+    }
+
+    fn open(&mut self) -> Result<(), StandbyError> {
+        let (store, _) = Store::open_with(
+            &self.path,
+            self.process.as_str(),
+            &StoreOptions::default(),
+        )?;
+        self.epoch = self.epoch.max(store_epoch(&store)?);
+        self.store = Some(store);
+        Ok(())
+    }
+}
+
+/// A primary's connection being served.
+struct Session {
+    wr: tokio::net::tcp::OwnedWriteHalf,
+    out: Framing,
+    from: std::net::SocketAddr,
+    incoming: mpsc::Receiver<Result<Message, WireError>>,
+    _reader: AbortOnDrop,
+}
+
+/// The standby process: owns the replica store at `cfg.store` (creates nothing until the
+/// first snapshot: an absent store is fine), listens, serves one primary connection at a
+/// time (a new connection whose `Hello` is accepted replaces the current one), forever.
+/// Returns only on an error of the replica store (a failed commit is never retried).
+pub async fn serve(cfg: StandbyConfig) -> Result<(), StandbyError> {
+    if cfg.key.is_none() {
+        no_key_warning("standby");
+    }
+    let mut replica = Replica {
+        process: cfg.process.clone(),
+        path: cfg.store.clone(),
+        store: None,
+        epoch: cfg.min_epoch,
+        incoming: None,
+    };
+    if replica.path.exists() {
+        replica.open()?;
+    }
+    let at = replica.position()?;
+    tracing::info!(
+        process = %cfg.process,
+        store = %cfg.store.display(),
+        listen = ?cfg.listener.local_addr().ok(),
+        commits = at.commits,
+        epoch = replica.epoch,
+        "standby serving"
+    );
+    let base = cfg.key.as_ref().map(ClusterKey::standby_key);
+    let mut current: Option<Session> = None;
+    loop {
+        tokio::select! {
+            accepted = cfg.listener.accept() => {
+                let (stream, from) = accepted.map_err(StandbyError::Accept)?;
+                if let Some(s) = handshake(&mut replica, base.as_ref(), stream, from).await? {
+                    if let Some(old) = current.replace(s) {
+                        tracing::warn!(old = %old.from, new = %from, "a new primary connection replaces the current one");
+                    }
+                    replica.incoming = None;
+                }
+            }
+            got = next_message(&mut current) => {
+                let s = current.as_mut().expect("a message comes from a session");
+                let result = match got {
+                    Some(Ok(msg)) => handle(&mut replica, s, msg).await,
+                    Some(Err(e)) => Err(Refusal::Protocol(e.to_string())),
+                    None => Err(Refusal::Protocol("connection closed".into())),
+                };
+                match result {
+                    Ok(()) => {}
+                    Err(reason) => {
+                        tracing::warn!(primary = %s.from, "closing the primary's connection: {reason}");
+                        let _ = s.out.write(&mut s.wr, &Message::Refused { reason }).await;
+                        current = None;
+                        replica.incoming = None;
+                    }
+                }
+                // A failed commit or install leaves the replica unusable: stop.
+                if let Some(e) = replica_failure(&mut replica) {
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+/// Set by `handle` when the replica store failed (the error is returned by `serve`).
+fn replica_failure(replica: &mut Replica) -> Option<StandbyError> {
+    if replica.store.as_ref().is_some_and(Store::is_poisoned) {
+        return Some(StandbyError::Commit(ken_store::CommitError::Poisoned));
+    }
+    None
+}
+
+async fn next_message(current: &mut Option<Session>) -> Option<Result<Message, WireError>> {
+    match current {
+        Some(s) => s.incoming.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads and judges a new connection's `Hello`; answers `State` (and returns the session)
+/// or `Refused`. Connection errors only drop the connection.
+async fn handshake(
+    replica: &mut Replica,
+    base: Option<&StandbyKey>,
+    stream: TcpStream,
+    from: std::net::SocketAddr,
+) -> Result<Option<Session>, StandbyError> {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let mut inn = Framing::new(base.cloned(), false);
+    let mut out = Framing::new(base.cloned(), false);
+    let hello = match inn.read_within(&mut rd, STANDBY_REPLY_TIMEOUT).await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(%from, "connection dropped before its Hello was accepted: {e}");
+            return Ok(None);
+        }
+    };
+    let refusal = match &hello {
+        Message::Hello { process, .. } if process != replica.process.as_str() => {
+            Some(Refusal::WrongProcess {
+                standby: replica.process.to_string(),
+                primary: process.clone(),
+            })
+        }
+        Message::Hello { epoch, .. } if *epoch < replica.epoch => Some(Refusal::Fenced {
+            standby_epoch: replica.epoch,
+            primary_epoch: *epoch,
+        }),
+        Message::Hello { .. } => None,
+        other => Some(Refusal::Protocol(format!(
+            "the first message was {}, not Hello",
+            other.name()
+        ))),
+    };
+    if let Some(reason) = refusal {
+        tracing::warn!(%from, "refused a primary: {reason}");
+        let _ = out.write(&mut wr, &Message::Refused { reason }).await;
+        return Ok(None);
+    }
+    let Message::Hello {
+        epoch,
+        nonce: their_nonce,
+        at: theirs,
+        ..
+    } = hello
+    else {
+        unreachable!("judged above")
+    };
+    replica.epoch = replica.epoch.max(epoch);
+    let our_nonce = nonce();
+    let at = replica.position()?;
+    if let Err(e) = out
+        .write(
+            &mut wr,
+            &Message::State {
+                epoch: replica.epoch,
+                at,
+                nonce: our_nonce,
+            },
+        )
+        .await
+    {
+        tracing::warn!(%from, "connection dropped during the handshake: {e}");
+        return Ok(None);
+    }
+    tracing::info!(
+        %from,
+        epoch,
+        primary_commits = theirs.commits,
+        replica_commits = at.commits,
+        in_sync = theirs == at,
+        "primary connected"
+    );
+    if let Some(base) = base {
+        let session = base.session(&their_nonce, &our_nonce);
+        out.key = Some(session.clone());
+        inn.key = Some(session);
+    }
+    let (tx, rx) = mpsc::channel(4);
+    let reader = tokio::spawn(async move {
+        loop {
+            let got = inn.read(&mut rd).await;
+            let failed = got.is_err();
+            if tx.send(got).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    Ok(Some(Session {
+        wr,
+        out,
+        from,
+        incoming: rx,
+        _reader: AbortOnDrop(reader),
+    }))
+}
+
+/// Applies one message of the current session. `Err`: refuse and close.
+async fn handle(replica: &mut Replica, s: &mut Session, msg: Message) -> Result<(), Refusal> {
+    match msg {
+        Message::Ship { commit_no, batch } => {
+            let Some(store) = replica.store.as_mut() else {
+                return Err(Refusal::OutOfOrder {
+                    expected: 1,
+                    got: commit_no,
+                });
+            };
+            let expected = store.commits() + 1;
+            if commit_no != expected {
+                return Err(Refusal::OutOfOrder {
+                    expected,
+                    got: commit_no,
+                });
+            }
+            if let Err(problem) = batch.check() {
+                return Err(Refusal::BadBatch { commit_no, problem });
+            }
+            let _ = store;
+            let mut store = replica.store.take().expect("checked above");
+            let (store, info) = tokio::task::spawn_blocking(move || {
+                let info = store.commit(&batch);
+                (store, info)
+            })
+            .await
+            .expect("a replica commit does not panic (the batch was checked)");
+            replica.store = Some(store);
+            match info {
+                Ok(info) => {
+                    debug_assert_eq!(info.commits, commit_no);
+                    s.out
+                        .write(&mut s.wr, &Message::Acked { commit_no })
+                        .await
+                        .map_err(|e| Refusal::Protocol(e.to_string()))
+                }
+                Err(e) => {
+                    tracing::error!("commit {commit_no} to the replica failed: {e}");
+                    Err(Refusal::Protocol(format!("the standby's commit failed: {e}")))
+                }
+            }
+        }
+        Message::Snapshot {
+            commits,
+            total_bytes,
+            offset,
+            bytes,
+        } => {
+            let path = replica.incoming_path();
+            if offset == 0 {
+                let file = std::fs::File::create(&path)
+                    .map_err(|e| Refusal::BadSnapshot(format!("{}: {e}", path.display())))?;
+                replica.incoming = Some((file, commits, total_bytes, 0));
+            }
+            let Some((file, c, total, got)) = replica.incoming.as_mut() else {
+                return Err(Refusal::BadSnapshot(format!(
+                    "a chunk at offset {offset} without the chunk at offset 0"
+                )));
+            };
+            if (*c, *total, *got) != (commits, total_bytes, offset)
+                || offset + bytes.len() as u64 > total_bytes
+            {
+                return Err(Refusal::BadSnapshot(format!(
+                    "chunk of commit {commits} at offset {offset} ({} bytes of {total_bytes}) \
+                     does not follow the {got} bytes of commit {c} received",
+                    bytes.len()
+                )));
+            }
+            use std::io::Write;
+            file.write_all(&bytes)
+                .map_err(|e| Refusal::BadSnapshot(format!("{}: {e}", path.display())))?;
+            *got += bytes.len() as u64;
+            if *got < *total {
+                return Ok(());
+            }
+            let (file, _, _, _) = replica.incoming.take().expect("checked above");
+            drop(file);
+            install(replica, &path, commits)?;
+            let at = replica
+                .position()
+                .map_err(|e| Refusal::BadSnapshot(e.to_string()))?;
+            s.out
+                .write(
+                    &mut s.wr,
+                    &Message::State {
+                        epoch: replica.epoch,
+                        at,
+                        nonce: [0; 16],
+                    },
+                )
+                .await
+                .map_err(|e| Refusal::Protocol(e.to_string()))
+        }
+        other => Err(Refusal::Protocol(format!(
+            "a primary sent {} after the handshake",
+            other.name()
+        ))),
+    }
+}
+
+/// Checks the received copy and puts it in place of the replica.
+fn install(replica: &mut Replica, copy: &Path, commits: u64) -> Result<(), Refusal> {
+    let checked = (|| {
+        let reader = Reader::open(copy).map_err(|e| e.to_string())?;
+        let meta = reader.meta().map_err(|e| e.to_string())?;
+        if meta.process_id != replica.process.as_str() || meta.commits != commits {
+            return Err(format!(
+                "the copy is process `{}` at commit {}, announced `{}` at commit {commits}",
+                meta.process_id, meta.commits, replica.process
+            ));
+        }
+        let problems = reader.verify().map_err(|e| e.to_string())?;
+        if let Some(p) = problems.first() {
+            return Err(format!("the copy does not verify: {p:?}"));
+        }
+        Ok(())
+    })();
+    if let Err(e) = checked {
+        let _ = std::fs::remove_file(copy);
+        return Err(Refusal::BadSnapshot(e));
+    }
+    // Close the replica (its lock too), put the copy in its place, reopen.
+    replica.store = None;
+    let installed = ken_store::install_copy(&replica.path, copy)
+        .map_err(|e| e.to_string())
+        .and_then(|_| replica.open().map_err(|e| e.to_string()));
+    match installed {
+        Ok(()) => {
+            tracing::info!(commits, epoch = replica.epoch, "snapshot installed");
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!("installing the snapshot failed: {e}");
+            Err(Refusal::BadSnapshot(format!("install failed: {e}")))
+        }
+    }
 }

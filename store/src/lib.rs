@@ -83,6 +83,7 @@ pub mod codec;
 #[doc = include_str!("../FORMAT.md")]
 pub mod format {}
 mod access;
+mod copy;
 mod error;
 mod files;
 mod reader;
@@ -93,6 +94,7 @@ pub mod wal;
 pub mod witness;
 
 pub use access::lock_path;
+pub use copy::install_copy;
 pub use error::{CommitError, OpenError, ReadError};
 pub use files::wal_path;
 pub use reader::{
@@ -112,7 +114,7 @@ pub const FORMAT_VERSION: u32 = 3;
 ///
 /// All vectors are applied in order inside one transaction. Bodies (`root`, table values,
 /// payloads, replies, group records) are raw bytes; the store seals each with [`codec::seal`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Batch {
     /// Wall-clock time of the commit, milliseconds since the Unix epoch (recorded in `meta`).
     pub now_ms: u64,
@@ -141,7 +143,7 @@ pub struct Batch {
 }
 
 /// One table row write (`value: Some`) or delete (`value: None`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TableWrite {
     pub table: String,
     pub key: Vec<u8>,
@@ -149,7 +151,7 @@ pub struct TableWrite {
 }
 
 /// One unacknowledged outbound message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OutboxRow {
     pub peer: String,
     pub seq: u64,
@@ -159,14 +161,14 @@ pub struct OutboxRow {
 }
 
 /// Delete every outbox row to `peer` with `seq <= up_to`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OutboxAck {
     pub peer: String,
     pub up_to: u64,
 }
 
 /// Per ordered pair counters (this process and `peer`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PeerRow {
     pub peer: String,
     /// The peer's incarnation as last seen in a frame from it; 0 = not yet known.
@@ -184,7 +186,7 @@ pub struct PeerRow {
 }
 
 /// A durable timer change.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum TimerChange {
     Set {
         name: String,
@@ -205,14 +207,14 @@ pub struct TimerRow {
 }
 
 /// A client reply cache change.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ClientChange {
     Put(ClientRow),
     Evict { client: [u8; 16] },
 }
 
 /// The last request applied for a client and its cached reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ClientRow {
     pub client: [u8; 16],
     pub request_no: u64,
@@ -221,14 +223,14 @@ pub struct ClientRow {
 }
 
 /// A FUSE group record change. The record body is opaque to the store.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum GroupChange {
     Put(GroupRow),
     Delete { group: [u8; 16] },
 }
 
 /// A FUSE group as stored: its id and an opaque record (members, state) owned by `ken`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GroupRow {
     pub group: [u8; 16],
     pub record: Vec<u8>,

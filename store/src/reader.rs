@@ -66,7 +66,7 @@ type PeerOutboxSummary = (String, i64, i64, i64, Option<Vec<u8>>);
 /// every method is one query (one read transaction) per page.
 #[derive(Debug)]
 pub struct Reader {
-    conn: Connection,
+    pub(crate) conn: Connection,
     path: PathBuf,
 }
 

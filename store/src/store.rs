@@ -112,7 +112,7 @@ fn now_ms() -> u64 {
 }
 
 /// Takes the exclusive advisory owner lock, or reports who holds it.
-fn take_owner_lock(path: &Path) -> Result<File, OpenError> {
+pub(crate) fn take_owner_lock(path: &Path) -> Result<File, OpenError> {
     let lock_path = lock_path(path);
     let file = OpenOptions::new()
         .read(true)
@@ -140,7 +140,7 @@ fn take_owner_lock(path: &Path) -> Result<File, OpenError> {
     Ok(file)
 }
 
-fn fsync_dir(path: &Path) -> Result<(), OpenError> {
+pub(crate) fn fsync_dir(path: &Path) -> Result<(), OpenError> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -1293,133 +1293,159 @@ fn read_to_open(path: &Path, e: ReadError) -> OpenError {
     }
 }
 
-fn check_name(name: &str, what: &str) {
-    assert!(
-        !name.is_empty() && name.len() <= MAX_NAME_BYTES,
-        "{what} `{name}` must be 1..={MAX_NAME_BYTES} bytes"
-    );
+fn check_name(name: &str, what: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME_BYTES {
+        return Err(format!(
+            "{what} `{name}` must be 1..={MAX_NAME_BYTES} bytes"
+        ));
+    }
+    Ok(())
 }
 
-fn check_body(body: &[u8], what: &str) {
-    assert!(
-        body.len() <= MAX_BODY_BYTES,
-        "{what} is {} bytes, over the {MAX_BODY_BYTES}-byte limit",
-        body.len()
-    );
+fn check_body(body: &[u8], what: &str) -> Result<(), String> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(format!(
+            "{what} is {} bytes, over the {MAX_BODY_BYTES}-byte limit",
+            body.len()
+        ));
+    }
+    Ok(())
+}
+
+fn check_u64(value: u64, what: &str) -> Result<(), String> {
+    if value > i64::MAX as u64 {
+        return Err(format!(
+            "{what} = {value} does not fit the store's INTEGER columns (max i64::MAX)"
+        ));
+    }
+    Ok(())
 }
 
 /// Asserts the batch's preconditions before anything is written.
 fn check_batch(batch: &Batch) {
-    let rows = batch.table_writes.len()
-        + batch.outbox_appends.len()
-        + batch.outbox_acks.len()
-        + batch.outbox_forget.len()
-        + batch.peers.len()
-        + batch.timers.len()
-        + batch.clients.len()
-        + batch.groups.len()
-        + batch.turn_log.len();
-    assert!(
-        rows <= MAX_BATCH_ROWS,
-        "batch of {rows} rows, over {MAX_BATCH_ROWS}"
-    );
-    if let Some(root) = &batch.root {
-        check_body(root, "root state");
+    if let Err(problem) = batch.check() {
+        panic!("{problem}");
     }
-    for w in &batch.table_writes {
-        check_name(&w.table, "table name");
-        assert!(
-            w.key.len() <= MAX_KEY_BYTES,
-            "table key over {MAX_KEY_BYTES} bytes"
-        );
-        if let Some(v) = &w.value {
-            check_body(v, "table value");
+}
+
+impl Batch {
+    /// Checks the preconditions [`Store::commit`] asserts (row count, names, key and body
+    /// sizes, outbox sequence numbers contiguous per peer, peer counters, turn-log order,
+    /// integers that fit the store's columns) and returns the first one broken, as one line.
+    /// For a batch that did not come from this process's own engine (a standby's replica
+    /// applies batches received over the network): check it, and refuse it on `Err`, rather
+    /// than let [`Store::commit`] panic.
+    pub fn check(&self) -> Result<(), String> {
+        let batch = self;
+        let rows = batch.table_writes.len()
+            + batch.outbox_appends.len()
+            + batch.outbox_acks.len()
+            + batch.outbox_forget.len()
+            + batch.peers.len()
+            + batch.timers.len()
+            + batch.clients.len()
+            + batch.groups.len()
+            + batch.turn_log.len();
+        if rows > MAX_BATCH_ROWS {
+            return Err(format!("batch of {rows} rows, over {MAX_BATCH_ROWS}"));
         }
-    }
-    let mut last_seq: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
-    for m in &batch.outbox_appends {
-        check_name(&m.peer, "peer id");
-        check_body(&m.payload, "outbox payload");
-        assert!(
-            m.seq > 0,
-            "outbox seq to `{}` is 0 (the first message is 1)",
-            m.peer
-        );
-        sql_u64(m.seq, "outbox seq");
-        sql_u64(m.created_ms, "outbox created_ms");
-        match last_seq.get_mut(m.peer.as_str()) {
-            Some(last) => {
-                assert_eq!(
-                    m.seq,
-                    *last + 1,
-                    "outbox appends to `{}` are not contiguous within the batch",
+        if let Some(root) = &batch.root {
+            check_body(root, "root state")?;
+        }
+        for w in &batch.table_writes {
+            check_name(&w.table, "table name")?;
+            if w.key.len() > MAX_KEY_BYTES {
+                return Err(format!("table key over {MAX_KEY_BYTES} bytes"));
+            }
+            if let Some(v) = &w.value {
+                check_body(v, "table value")?;
+            }
+        }
+        let mut last_seq: std::collections::HashMap<&str, u64> =
+            std::collections::HashMap::new();
+        for m in &batch.outbox_appends {
+            check_name(&m.peer, "peer id")?;
+            check_body(&m.payload, "outbox payload")?;
+            if m.seq == 0 {
+                return Err(format!(
+                    "outbox seq to `{}` is 0 (the first message is 1)",
                     m.peer
-                );
-                *last = m.seq;
+                ));
             }
-            None => {
-                last_seq.insert(&m.peer, m.seq);
+            check_u64(m.seq, "outbox seq")?;
+            check_u64(m.created_ms, "outbox created_ms")?;
+            match last_seq.get_mut(m.peer.as_str()) {
+                Some(last) => {
+                    if m.seq != *last + 1 {
+                        return Err(format!(
+                            "outbox appends to `{}` are not contiguous within the batch",
+                            m.peer
+                        ));
+                    }
+                    *last = m.seq;
+                }
+                None => {
+                    last_seq.insert(&m.peer, m.seq);
+                }
             }
         }
-    }
-    for a in &batch.outbox_acks {
-        check_name(&a.peer, "peer id");
-        sql_u64(a.up_to, "outbox ack up_to");
-    }
-    for p in &batch.outbox_forget {
-        check_name(p, "peer id");
-    }
-    for p in &batch.peers {
-        check_name(&p.peer, "peer id");
-        assert!(
-            p.acked < p.next_seq,
-            "peer `{}`: acked {} must be below next_seq {}",
-            p.peer,
-            p.acked,
-            p.next_seq
-        );
-        assert!(
-            p.forgotten < p.next_seq,
-            "peer `{}`: forgotten {} must be below next_seq {}",
-            p.peer,
-            p.forgotten,
-            p.next_seq
-        );
-        sql_u64(p.next_seq, "peer next_seq");
-    }
-    for t in &batch.timers {
-        match t {
-            TimerChange::Set {
-                name,
-                due_ms,
-                payload,
-            } => {
-                check_name(name, "timer name");
-                check_body(payload, "timer payload");
-                sql_u64(*due_ms, "timer due_ms");
+        for a in &batch.outbox_acks {
+            check_name(&a.peer, "peer id")?;
+            check_u64(a.up_to, "outbox ack up_to")?;
+        }
+        for p in &batch.outbox_forget {
+            check_name(p, "peer id")?;
+        }
+        for p in &batch.peers {
+            check_name(&p.peer, "peer id")?;
+            if p.acked >= p.next_seq {
+                return Err(format!(
+                    "peer `{}`: acked {} must be below next_seq {}",
+                    p.peer, p.acked, p.next_seq
+                ));
             }
-            TimerChange::Cancel { name } => check_name(name, "timer name"),
+            if p.forgotten >= p.next_seq {
+                return Err(format!(
+                    "peer `{}`: forgotten {} must be below next_seq {}",
+                    p.peer, p.forgotten, p.next_seq
+                ));
+            }
+            check_u64(p.next_seq, "peer next_seq")?;
         }
-    }
-    for c in &batch.clients {
-        if let ClientChange::Put(row) = c {
-            check_body(&row.reply, "client reply");
-            sql_u64(row.request_no, "client request_no");
-            sql_u64(row.updated_ms, "client updated_ms");
+        for t in &batch.timers {
+            match t {
+                TimerChange::Set {
+                    name,
+                    due_ms,
+                    payload,
+                } => {
+                    check_name(name, "timer name")?;
+                    check_body(payload, "timer payload")?;
+                    check_u64(*due_ms, "timer due_ms")?;
+                }
+                TimerChange::Cancel { name } => check_name(name, "timer name")?,
+            }
         }
-    }
-    for g in &batch.groups {
-        if let GroupChange::Put(row) = g {
-            check_body(&row.record, "group record");
+        for c in &batch.clients {
+            if let ClientChange::Put(row) = c {
+                check_body(&row.reply, "client reply")?;
+                check_u64(row.request_no, "client request_no")?;
+                check_u64(row.updated_ms, "client updated_ms")?;
+            }
         }
-    }
-    for pair in batch.turn_log.windows(2) {
-        assert!(
-            pair[0].turn < pair[1].turn,
-            "turn-log entries must increase by turn"
-        );
-    }
-    for e in &batch.turn_log {
-        sql_u64(e.turn, "turn number");
+        for g in &batch.groups {
+            if let GroupChange::Put(row) = g {
+                check_body(&row.record, "group record")?;
+            }
+        }
+        for pair in batch.turn_log.windows(2) {
+            if pair[0].turn >= pair[1].turn {
+                return Err("turn-log entries must increase by turn".to_string());
+            }
+        }
+        for e in &batch.turn_log {
+            check_u64(e.turn, "turn number")?;
+        }
+        Ok(())
     }
 }

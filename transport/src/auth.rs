@@ -53,6 +53,8 @@ const CONTEXT_CLIENT: &str = "ken 2026-12 client token v1";
 const CONTEXT_CLIENT_MAC: &str = "ken 2026-12 client mac v1";
 const CONTEXT_CLIENT_ENCRYPTION: &str = "ken 2026-12 client encryption v1";
 const CONTEXT_KEY_ID: &str = "ken 2026-12 key id v1";
+const CONTEXT_STANDBY: &str = "ken 2026-12 standby v1";
+const CONTEXT_STANDBY_SESSION: &str = "ken 2026-12 standby session v1";
 
 /// The subkey of `key` for `context`.
 fn derive(context: &str, key: &[u8; KEY_BYTES]) -> [u8; KEY_BYTES] {
@@ -240,6 +242,74 @@ impl ClusterKey {
         let mut id = [0u8; CLIENT_ID_BYTES];
         rand::rngs::OsRng.fill_bytes(&mut id);
         self.credential(id)
+    }
+}
+
+impl ClusterKey {
+    /// The key that authenticates a primary's connection to its standby (`ken::standby`):
+    /// distinct from every frame and client key.
+    pub fn standby_key(&self) -> StandbyKey {
+        StandbyKey {
+            bytes: derive(CONTEXT_STANDBY, &self.bytes),
+        }
+    }
+}
+
+/// A keyed-BLAKE3 MAC key of the standby stream (`ken::standby`): the cluster key's
+/// standby key, or the per-connection key derived from it and both ends' nonces
+/// ([`StandbyKey::session`]).
+#[derive(Clone)]
+pub struct StandbyKey {
+    bytes: [u8; KEY_BYTES],
+}
+
+impl Drop for StandbyKey {
+    fn drop(&mut self) {
+        self.bytes.zeroize();
+    }
+}
+
+impl fmt::Debug for StandbyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StandbyKey(..)")
+    }
+}
+
+impl StandbyKey {
+    /// Bytes of a tag.
+    pub const TAG_BYTES: usize = 32;
+
+    /// The key of one connection: derived from this key and the nonces both ends chose for
+    /// it, so that nothing recorded from another connection verifies on this one.
+    pub fn session(&self, primary_nonce: &[u8; 16], standby_nonce: &[u8; 16]) -> StandbyKey {
+        let mut material = [0u8; KEY_BYTES + 32];
+        material[..KEY_BYTES].copy_from_slice(&self.bytes);
+        material[KEY_BYTES..KEY_BYTES + 16].copy_from_slice(primary_nonce);
+        material[KEY_BYTES + 16..].copy_from_slice(standby_nonce);
+        let bytes = blake3::derive_key(CONTEXT_STANDBY_SESSION, &material);
+        material.zeroize();
+        StandbyKey { bytes }
+    }
+
+    /// The tag of `parts`, concatenated.
+    pub fn tag(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_keyed(&self.bytes);
+        for p in parts {
+            h.update(p);
+        }
+        *h.finalize().as_bytes()
+    }
+
+    /// Whether `tag` is the tag of `parts` (compared in constant time).
+    pub fn verify(&self, parts: &[&[u8]], tag: &[u8]) -> bool {
+        let Ok(tag) = <[u8; 32]>::try_from(tag) else {
+            return false;
+        };
+        let mut h = blake3::Hasher::new_keyed(&self.bytes);
+        for p in parts {
+            h.update(p);
+        }
+        h.finalize() == blake3::Hash::from(tag)
     }
 }
 

@@ -18,6 +18,7 @@ mod reply_cache;
 mod resolve;
 mod rollback;
 mod sans_io;
+mod standby;
 mod support;
 mod tasks;
 mod tasks_real;

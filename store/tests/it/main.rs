@@ -1,6 +1,8 @@
 //! Integration tests of `ken-store`: one test binary, one module per area.
 //!
 //! - `audit`: the cross-store audit names pairs whose stores disagree.
+//! - `copy`: consistent copies of a live store, installing one (a standby's seed),
+//!   `Batch::check`, a `Batch` through serde.
 //! - `roundtrip`: every `Batch` field survives commit and reopen, seen by `Recovered` and
 //!   `Reader` alike.
 //! - `open_errors`: every way `Store::open` and `Reader::open` refuse a file.
@@ -16,6 +18,7 @@
 
 mod audit;
 mod common;
+mod copy;
 mod corruption;
 mod disk_full;
 mod history;

@@ -1,0 +1,558 @@
+//! Standby replicas (`ken::standby`), on loopback with real stores: batches committed on a
+//! primary store while shipped through `start` to `serve` make a replica equal to it; a
+//! standby killed and restarted catches up; a standby ahead of its primary is reseeded; an
+//! old epoch is fenced (and the same epoch accepted); a wrong key is refused (and the right
+//! one accepted); a `Ship` out of order is refused (and the next one applied); `promote`
+//! raises the epoch and is refused while the store is open.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ken::standby::{
+    self, Message, Position, Refusal, ShipEvent, ShipperConfig, ShipperHandle, StandbyConfig,
+};
+use ken::store::{Batch, OutboxRow, PeerRow, Reader, Store, TableWrite, TurnLogEntry};
+use ken::{ClusterKey, ProcessId};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// How long any expected event may take.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn pid(s: &str) -> ProcessId {
+    ProcessId::new(s).unwrap()
+}
+
+/// Batch `n` of a primary (commit `n`), of `turns` turns: a root, a table row, an outbox
+/// message, peer counters, a turn-log entry.
+fn batch(n: u64, turns: u64) -> Batch {
+    Batch {
+        now_ms: 1_700_000_000_000 + n * 10 + turns,
+        turns,
+        root: Some(format!("root {n}/{turns}").into_bytes()),
+        table_writes: vec![TableWrite {
+            table: "t".into(),
+            key: n.to_be_bytes().to_vec(),
+            value: Some(vec![(n % 251) as u8; 200]),
+        }],
+        outbox_appends: vec![OutboxRow {
+            peer: "b".into(),
+            seq: n,
+            payload: format!("message {n}").into_bytes(),
+            created_ms: 1,
+        }],
+        peers: vec![PeerRow {
+            peer: "b".into(),
+            incarnation: 7,
+            next_seq: n + 1,
+            acked: 0,
+            delivered: 0,
+            forgotten: 0,
+        }],
+        turn_log: vec![TurnLogEntry {
+            turn: n * 1000,
+            at_ms: 1,
+            input_kind: "message".into(),
+            input_source: "b".into(),
+            input_seq: n,
+            messages_out: 1,
+            outputs: 0,
+            bytes_written: 200,
+            note: String::new(),
+        }],
+        ..Batch::default()
+    }
+}
+
+struct Standby {
+    addr: String,
+    path: PathBuf,
+    task: tokio::task::JoinHandle<Result<(), standby::StandbyError>>,
+}
+
+async fn spawn_standby(
+    path: &Path,
+    at: Option<&str>,
+    key: Option<ClusterKey>,
+    min_epoch: u64,
+) -> Standby {
+    let listener = tokio::net::TcpListener::bind(at.unwrap_or("127.0.0.1:0"))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let task = tokio::spawn(standby::serve(StandbyConfig {
+        process: pid("p"),
+        store: path.to_path_buf(),
+        listener,
+        key,
+        min_epoch,
+    }));
+    Standby {
+        addr,
+        path: path.to_path_buf(),
+        task,
+    }
+}
+
+impl Standby {
+    /// Kills the standby: the task is aborted (its replica store dropped without a word).
+    async fn kill(self) -> (String, PathBuf) {
+        self.task.abort();
+        assert!(self.task.await.unwrap_err().is_cancelled());
+        (self.addr, self.path)
+    }
+}
+
+fn ship_to(store: &Path, addr: &str, key: Option<ClusterKey>) -> (ShipperHandle, UnboundedReceiver<ShipEvent>) {
+    standby::start(ShipperConfig {
+        process: pid("p"),
+        store: store.to_path_buf(),
+        standby: addr.to_string(),
+        key,
+    })
+}
+
+/// Waits for `Acked(>= n)`; returns the events seen before it. Panics at the deadline.
+async fn wait_acked(rx: &mut UnboundedReceiver<ShipEvent>, n: u64) -> Vec<ShipEvent> {
+    let mut seen = Vec::new();
+    let until = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match tokio::time::timeout_at(until, rx.recv()).await {
+            Ok(Some(ShipEvent::Acked(m))) if m >= n => return seen,
+            Ok(Some(e)) => seen.push(e),
+            Ok(None) => panic!("the shipper stopped; events: {seen:?}"),
+            Err(_) => panic!("no Acked({n}) within {DEADLINE:?}; events: {seen:?}"),
+        }
+    }
+}
+
+/// Waits for the first event that `pick` accepts; returns it and the events before it.
+async fn wait_for(
+    rx: &mut UnboundedReceiver<ShipEvent>,
+    what: &str,
+    pick: impl Fn(&ShipEvent) -> bool,
+) -> (ShipEvent, Vec<ShipEvent>) {
+    let mut seen = Vec::new();
+    let until = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match tokio::time::timeout_at(until, rx.recv()).await {
+            Ok(Some(e)) if pick(&e) => return (e, seen),
+            Ok(Some(e)) => seen.push(e),
+            Ok(None) => panic!("the shipper stopped; events: {seen:?}"),
+            Err(_) => panic!("no {what} within {DEADLINE:?}; events: {seen:?}"),
+        }
+    }
+}
+
+/// Commits batch `n` on the primary while shipping it (as the driver does: shipped with the
+/// commit number it will have, then committed locally).
+fn commit_and_ship(store: &mut Store, ship: &ShipperHandle, n: u64) {
+    let b = batch(n, 1 + n % 3);
+    let commit_no = store.commits() + 1;
+    assert_eq!(commit_no, n, "the test's batches are numbered by commit");
+    ship.ship(commit_no, b.clone());
+    store.commit(&b).unwrap();
+}
+
+/// Everything a restarted process would read from a store, and its rows.
+fn contents(path: &Path) -> String {
+    let r = Reader::open(path).unwrap();
+    let m = r.meta().unwrap();
+    let rows: Vec<_> = r
+        .table_scan("t", b"", None, 10_000)
+        .unwrap()
+        .into_iter()
+        .collect();
+    format!(
+        "process {} incarnation {:x} commits {} turns {} last {} app {:?}\nroot {:?}\npeers {:?}\n\
+         outbox {:?}\ntimers {:?}\nturn log {:?}\nrows {rows:?}\nepoch {}",
+        m.process_id,
+        m.incarnation,
+        m.commits,
+        m.turns_committed,
+        m.last_commit_ms,
+        m.app,
+        r.root().unwrap(),
+        r.peers().unwrap(),
+        r.outbox(None, 10_000).unwrap(),
+        r.timers().unwrap(),
+        r.turn_log(10_000).unwrap(),
+        standby::epoch(&r).unwrap(),
+    )
+}
+
+/// The replica holds exactly the primary's store, and verifies.
+fn assert_replica_equal(primary: &Path, replica: &Path) {
+    let (a, b) = (contents(primary), contents(replica));
+    assert_eq!(a, b, "the replica differs from the primary");
+    let v = Reader::open(replica).unwrap().verify_all().unwrap();
+    assert!(v.problems.is_empty(), "the replica verifies: {:?}", v.problems);
+}
+
+fn commits(path: &Path) -> u64 {
+    Reader::open(path).unwrap().meta().unwrap().commits
+}
+
+fn dir() -> tempfile::TempDir {
+    tempfile::tempdir_in("/dev/shm").unwrap_or_else(|_| tempfile::tempdir().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_shipped_while_committed_make_an_equal_replica() {
+    let d = dir();
+    let primary = d.path().join("p.ken");
+    let (mut store, _) = Store::open(&primary, "p").unwrap();
+    // Commits before the standby exists: the first connection seeds it with a snapshot.
+    for n in 1..=5 {
+        store.commit(&batch(n, 2)).unwrap();
+    }
+    let sb = spawn_standby(&d.path().join("replica.ken"), None, None, 0).await;
+    assert!(!sb.path.exists(), "the standby creates nothing before its first snapshot");
+    let (ship, mut events) = ship_to(&primary, &sb.addr, None);
+    wait_acked(&mut events, 5).await;
+    assert_replica_equal(&primary, &sb.path);
+    // Then it follows: every batch shipped as it is committed, acknowledged in order. A few
+    // pipelined (shipped before the previous acknowledgement), the rest one at a time.
+    for n in 6..=10 {
+        commit_and_ship(&mut store, &ship, n);
+    }
+    wait_acked(&mut events, 10).await;
+    for n in 11..=40 {
+        commit_and_ship(&mut store, &ship, n);
+        let before = wait_acked(&mut events, n).await;
+        assert!(
+            before.iter().all(|e| matches!(e, ShipEvent::Acked(m) if *m < n)),
+            "nothing but acknowledgements while following: {before:?}"
+        );
+    }
+    assert_eq!(commits(&sb.path), 40);
+    assert_replica_equal(&primary, &sb.path);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_killed_and_restarted_catches_up() {
+    let d = dir();
+    let primary = d.path().join("p.ken");
+    let replica = d.path().join("replica.ken");
+    let (mut store, _) = Store::open(&primary, "p").unwrap();
+    let sb = spawn_standby(&replica, None, None, 0).await;
+    let (ship, mut events) = ship_to(&primary, &sb.addr, None);
+    for n in 1..=10 {
+        commit_and_ship(&mut store, &ship, n);
+    }
+    wait_acked(&mut events, 10).await;
+    let (addr, _) = sb.kill().await;
+    // The primary goes on without it: nothing more is acknowledged.
+    for n in 11..=15 {
+        commit_and_ship(&mut store, &ship, n);
+    }
+    let (e, _) = wait_for(&mut events, "Disconnected", |e| {
+        matches!(e, ShipEvent::Disconnected(_))
+    })
+    .await;
+    assert!(matches!(e, ShipEvent::Disconnected(_)));
+    assert_eq!(commits(&replica), 10, "the killed standby's replica kept its commits");
+    // Restarted on the same address with its replica: it catches up, then follows.
+    let sb = spawn_standby(&replica, Some(&addr), None, 0).await;
+    wait_acked(&mut events, 15).await;
+    assert_replica_equal(&primary, &replica);
+    for n in 16..=20 {
+        commit_and_ship(&mut store, &ship, n);
+    }
+    wait_acked(&mut events, 20).await;
+    assert_replica_equal(&primary, &replica);
+    drop(ship);
+    sb.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_ahead_of_its_primary_is_reseeded() {
+    let d = dir();
+    let primary = d.path().join("p.ken");
+    let replica = d.path().join("replica.ken");
+    let (mut store, _) = Store::open(&primary, "p").unwrap();
+    let sb = spawn_standby(&replica, None, None, 0).await;
+    let (ship, mut events) = ship_to(&primary, &sb.addr, None);
+    for n in 1..=10 {
+        commit_and_ship(&mut store, &ship, n);
+    }
+    // Commit 11 reaches the standby, but the primary "crashes" before its own commit.
+    ship.ship(11, batch(11, 1));
+    wait_acked(&mut events, 11).await;
+    drop(ship);
+    assert_eq!((commits(&primary), commits(&replica)), (10, 11));
+    // Restarted, the primary is at 10: the replica, ahead, is replaced by its copy.
+    let (ship, mut events) = ship_to(&primary, &sb.addr, None);
+    let seen = wait_acked(&mut events, 10).await;
+    assert!(seen.is_empty(), "{seen:?}");
+    assert_replica_equal(&primary, &replica);
+    // And it follows the primary's own (different) commit 11.
+    commit_and_ship(&mut store, &ship, 11);
+    wait_acked(&mut events, 11).await;
+    assert_replica_equal(&primary, &replica);
+
+    // Same again, but the primary makes a different commit 12 before it reconnects: the
+    // replica has as many commits as the primary, and is still not its history.
+    ship.ship(12, batch(12, 1));
+    wait_acked(&mut events, 12).await;
+    drop(ship);
+    let other = batch(12, 2);
+    store.commit(&other).unwrap();
+    assert_eq!((commits(&primary), commits(&replica)), (12, 12));
+    assert_ne!(contents(&primary), contents(&replica), "the two commits 12 differ");
+    let (ship, mut events) = ship_to(&primary, &sb.addr, None);
+    wait_acked(&mut events, 12).await;
+    assert_replica_equal(&primary, &replica);
+    drop(ship);
+    sb.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_epoch_is_fenced_after_a_promotion_and_the_new_one_accepted() {
+    let d = dir();
+    let old_primary = d.path().join("p.ken");
+    let replica = d.path().join("replica.ken");
+    let (mut store, _) = Store::open(&old_primary, "p").unwrap();
+    let sb = spawn_standby(&replica, None, None, 0).await;
+    let (ship, mut events) = ship_to(&old_primary, &sb.addr, None);
+    for n in 1..=5 {
+        commit_and_ship(&mut store, &ship, n);
+    }
+    wait_acked(&mut events, 5).await;
+    drop(ship);
+    // The operator stops the standby and promotes its replica: the new primary, epoch 1.
+    sb.kill().await;
+    assert_eq!(standby::read_epoch(&replica).unwrap(), 0);
+    assert_eq!(standby::promote(&replica).unwrap(), 1);
+    assert_eq!(standby::read_epoch(&replica).unwrap(), 1);
+    assert_eq!(commits(&replica), 6, "the promotion is one commit");
+    // A new standby for the new primary, seeded from it (it carries epoch 1).
+    let new_primary = replica;
+    let sb2 = spawn_standby(&d.path().join("replica2.ken"), None, None, 0).await;
+    let (ship2, mut events2) = ship_to(&new_primary, &sb2.addr, None);
+    wait_acked(&mut events2, 6).await;
+    assert_replica_equal(&new_primary, &sb2.path);
+    // The old primary, still running, reaches the new standby: fenced, nothing acknowledged.
+    store.commit(&batch(6, 1)).unwrap();
+    let (ship_old, mut events_old) = ship_to(&old_primary, &sb2.addr, None);
+    ship_old.ship(7, batch(7, 1));
+    let (e, before) = wait_for(&mut events_old, "Fenced", |e| {
+        matches!(e, ShipEvent::Fenced { .. })
+    })
+    .await;
+    assert_eq!(
+        e,
+        ShipEvent::Fenced {
+            standby_epoch: 1,
+            ours: 0
+        }
+    );
+    assert!(
+        !before.iter().any(|e| matches!(e, ShipEvent::Acked(_))),
+        "a fenced primary gets no acknowledgement: {before:?}"
+    );
+    // It keeps trying, and keeps being fenced; the replica never takes its batches.
+    let (e, before) = wait_for(&mut events_old, "Fenced again", |e| {
+        matches!(e, ShipEvent::Fenced { .. })
+    })
+    .await;
+    assert!(matches!(e, ShipEvent::Fenced { .. }) && before.is_empty(), "{before:?}");
+    drop(ship_old);
+    // Negative control: the new primary, at the same epoch as the standby, is accepted and
+    // its batches applied.
+    let (mut new_store, _) = {
+        drop(ship2);
+        Store::open(&new_primary, "p").unwrap()
+    };
+    let (ship2, mut events2) = ship_to(&new_primary, &sb2.addr, None);
+    wait_acked(&mut events2, 6).await;
+    // (Its outbox goes on from message 5: the promotion's commit 6 sent nothing.)
+    let mut b = batch(7, 3);
+    b.outbox_appends[0].seq = 6;
+    b.peers[0].next_seq = 7;
+    ship2.ship(7, b.clone());
+    new_store.commit(&b).unwrap();
+    wait_acked(&mut events2, 7).await;
+    assert_replica_equal(&new_primary, &sb2.path);
+    assert_eq!(standby::read_epoch(&sb2.path).unwrap(), 1);
+    drop(ship2);
+    sb2.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_started_with_a_higher_epoch_fences_and_an_equal_one_accepts() {
+    let d = dir();
+    let primary = d.path().join("p.ken");
+    let (mut store, _) = Store::open(&primary, "p").unwrap();
+    store.commit(&batch(1, 1)).unwrap();
+    let fenced = spawn_standby(&d.path().join("r1.ken"), None, None, 1).await;
+    let (ship, mut events) = ship_to(&primary, &fenced.addr, None);
+    let (e, before) = wait_for(&mut events, "Fenced", |e| matches!(e, ShipEvent::Fenced { .. })).await;
+    assert_eq!(e, ShipEvent::Fenced { standby_epoch: 1, ours: 0 });
+    assert!(before.is_empty(), "{before:?}");
+    assert!(!fenced.path.exists(), "a fenced primary seeds nothing");
+    drop(ship);
+    // Negative control: min_epoch 0 (= the primary's) accepts.
+    let ok = spawn_standby(&d.path().join("r2.ken"), None, None, 0).await;
+    let (_ship, mut events) = ship_to(&primary, &ok.addr, None);
+    wait_acked(&mut events, 1).await;
+    assert_replica_equal(&primary, &ok.path);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_with_another_key_or_none_is_refused_and_the_same_key_accepted() {
+    let d = dir();
+    let primary = d.path().join("p.ken");
+    let (mut store, _) = Store::open(&primary, "p").unwrap();
+    store.commit(&batch(1, 1)).unwrap();
+    let key = ClusterKey::from_bytes([7; 32]);
+    let sb = spawn_standby(&d.path().join("r.ken"), None, Some(key.clone()), 0).await;
+    for (what, wrong) in [
+        ("another key", Some(ClusterKey::from_bytes([8; 32]))),
+        ("no key", None),
+    ] {
+        let (ship, mut events) = ship_to(&primary, &sb.addr, wrong);
+        let (e, before) = wait_for(&mut events, "Disconnected", |e| {
+            matches!(e, ShipEvent::Disconnected(_))
+        })
+        .await;
+        assert!(before.is_empty(), "{what}: {before:?}");
+        let ShipEvent::Disconnected(why) = e else { unreachable!() };
+        assert!(
+            why.contains("authenticate") || why.contains("connection") || why.contains("decode"),
+            "{what}: {why}"
+        );
+        drop(ship);
+        assert!(!sb.path.exists(), "{what}: the standby took nothing");
+    }
+    // Negative control: the same key.
+    let (_ship, mut events) = ship_to(&primary, &sb.addr, Some(key));
+    wait_acked(&mut events, 1).await;
+    assert_replica_equal(&primary, &sb.path);
+}
+
+/// Writes one unkeyed message of the standby stream.
+async fn send_raw(s: &mut tokio::net::TcpStream, msg: &Message) {
+    let body = bincode::serde::encode_to_vec(msg, bincode::config::standard()).unwrap();
+    let mut frame = ((body.len() + 1) as u32).to_le_bytes().to_vec();
+    frame.push(standby::WIRE_VERSION);
+    frame.extend_from_slice(&body);
+    s.write_all(&frame).await.unwrap();
+}
+
+/// Reads one unkeyed message (`None` at the end of the stream).
+async fn recv_raw(s: &mut tokio::net::TcpStream) -> Option<Message> {
+    let mut len = [0u8; 4];
+    tokio::time::timeout(DEADLINE, s.read_exact(&mut len))
+        .await
+        .expect("an answer in time")
+        .ok()?;
+    let mut frame = vec![0u8; u32::from_le_bytes(len) as usize];
+    s.read_exact(&mut frame).await.unwrap();
+    assert_eq!(frame[0], standby::WIRE_VERSION);
+    Some(
+        bincode::serde::decode_from_slice(&frame[1..], bincode::config::standard())
+            .unwrap()
+            .0,
+    )
+}
+
+/// Connects as primary `p` and shakes hands; returns the replica's position.
+async fn raw_primary(addr: &str) -> (tokio::net::TcpStream, Position) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    send_raw(
+        &mut s,
+        &Message::Hello {
+            process: "p".into(),
+            epoch: 0,
+            at: Position::default(),
+            nonce: [1; 16],
+        },
+    )
+    .await;
+    match recv_raw(&mut s).await {
+        Some(Message::State { at, .. }) => (s, at),
+        other => panic!("expected State, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ship_out_of_order_or_malformed_is_refused_and_the_next_commit_applied() {
+    let d = dir();
+    let primary = d.path().join("p.ken");
+    let (mut store, _) = Store::open(&primary, "p").unwrap();
+    for n in 1..=5 {
+        store.commit(&batch(n, 1)).unwrap();
+    }
+    let sb = spawn_standby(&d.path().join("r.ken"), None, None, 0).await;
+    {
+        let (_ship, mut events) = ship_to(&primary, &sb.addr, None);
+        wait_acked(&mut events, 5).await;
+    }
+    // Out of order: commit 7 after 5.
+    let (mut s, at) = raw_primary(&sb.addr).await;
+    assert_eq!(at.commits, 5);
+    send_raw(&mut s, &Message::Ship { commit_no: 7, batch: batch(7, 1) }).await;
+    assert_eq!(
+        recv_raw(&mut s).await,
+        Some(Message::Refused {
+            reason: Refusal::OutOfOrder { expected: 6, got: 7 }
+        })
+    );
+    assert_eq!(recv_raw(&mut s).await, None, "then the standby closes the connection");
+    // Malformed: an outbox message numbered 0 (would panic `Store::commit`).
+    let (mut s, _) = raw_primary(&sb.addr).await;
+    let mut bad = batch(6, 1);
+    bad.outbox_appends[0].seq = 0;
+    send_raw(&mut s, &Message::Ship { commit_no: 6, batch: bad }).await;
+    match recv_raw(&mut s).await {
+        Some(Message::Refused {
+            reason: Refusal::BadBatch { commit_no: 6, problem },
+        }) => assert!(problem.contains("seq to `b` is 0"), "{problem}"),
+        other => panic!("expected BadBatch, got {other:?}"),
+    }
+    assert_eq!(commits(&sb.path), 5);
+    // Negative control: commit 6, in order and well formed, is applied and acknowledged.
+    let (mut s, _) = raw_primary(&sb.addr).await;
+    send_raw(&mut s, &Message::Ship { commit_no: 6, batch: batch(6, 1) }).await;
+    assert_eq!(recv_raw(&mut s).await, Some(Message::Acked { commit_no: 6 }));
+    store.commit(&batch(6, 1)).unwrap();
+    assert_replica_equal(&primary, &sb.path);
+    // Another process's primary is refused at the handshake.
+    let mut s = tokio::net::TcpStream::connect(&sb.addr).await.unwrap();
+    send_raw(
+        &mut s,
+        &Message::Hello { process: "q".into(), epoch: 9, at: Position::default(), nonce: [0; 16] },
+    )
+    .await;
+    assert!(matches!(
+        recv_raw(&mut s).await,
+        Some(Message::Refused { reason: Refusal::WrongProcess { .. } })
+    ));
+}
+
+#[test]
+fn promote_raises_the_epoch_and_is_refused_while_the_store_is_open() {
+    let d = dir();
+    let path = d.path().join("p.ken");
+    let (mut store, _) = Store::open(&path, "p").unwrap();
+    store.commit(&batch(1, 1)).unwrap();
+    let err = standby::promote(&path).unwrap_err();
+    let line = err.to_string();
+    assert!(
+        matches!(err, standby::PromoteError::Open(ken::store::OpenError::InUse { .. })),
+        "{line}"
+    );
+    assert!(line.contains("in use") && !line.contains('\n'), "{line}");
+    assert_eq!(standby::read_epoch(&path).unwrap(), 0, "nothing written");
+    drop(store);
+    assert_eq!(standby::promote(&path).unwrap(), 1);
+    assert_eq!(standby::promote(&path).unwrap(), 2);
+    assert_eq!(standby::read_epoch(&path).unwrap(), 2);
+    let (_, recovered) = Store::open(&path, "p").unwrap();
+    assert_eq!(
+        (recovered.commits, recovered.turns_committed),
+        (3, 1),
+        "each promotion is one commit of no turn"
+    );
+}
