@@ -253,6 +253,7 @@ pub fn summary(reader: &Reader, now_ms: u64) -> Result<(Summary, Vec<Damage>), R
         poison_to_dead_letter,
         tasks_pending,
         incarnation: incarnation_hex(meta.incarnation),
+        epoch: ken::standby::epoch(reader).ok(),
         format_version: meta.format_version,
         created_ms: meta.created_ms,
         turns_committed: meta.turns_committed,

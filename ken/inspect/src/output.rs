@@ -67,6 +67,9 @@ pub struct Summary {
     pub tasks_pending: u64,
     /// Random id of this store's life, `"0x"` + 16 hex digits.
     pub incarnation: String,
+    /// The store's epoch (`ken.role`, ken/STANDBY.md): 0 until a standby's replica of it
+    /// was promoted, one more at each promotion; `null` if unreadable.
+    pub epoch: Option<u64>,
     pub format_version: u32,
     pub created_ms: u64,
     /// Turns committed over the life of the store.

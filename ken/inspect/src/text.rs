@@ -172,6 +172,19 @@ pub fn summary(s: &Summary) -> String {
         s.format_version,
         utc(s.created_ms)
     );
+    match s.epoch {
+        Some(0) => {}
+        Some(e) => {
+            let _ = writeln!(
+                out,
+                "epoch         {e}  (promoted from a standby's replica {e} time{}; ken/STANDBY.md)",
+                if e == 1 { "" } else { "s" }
+            );
+        }
+        None => {
+            let _ = writeln!(out, "epoch         unreadable (the ken.role table)");
+        }
+    }
     if let (Some(app), Some(v)) = (&s.app, s.schema_version) {
         let _ = writeln!(out, "app           {app} (schema version {v})");
     } else {
