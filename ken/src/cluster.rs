@@ -732,7 +732,9 @@ impl ClusterFile {
             match &p.standby {
                 Some(sb) if p.id == *id => config.standby = Some(sb.ship.to_string()),
                 Some(sb) => {
-                    config.peer_standbys.insert(p.id.clone(), sb.address.clone());
+                    config
+                        .peer_standbys
+                        .insert(p.id.clone(), sb.address.clone());
                 }
                 None => {}
             }

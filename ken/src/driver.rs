@@ -648,10 +648,13 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
             // period makes the driver try its other address (below).
             let host = config.peer_hosts.get(&p.id).cloned().or_else(|| {
                 let at = config.peers.get(&p.id)?;
-                config.peer_standbys.contains_key(&p.id).then(|| PeerAddress {
-                    host: at.ip().to_string(),
-                    port: at.port(),
-                })
+                config
+                    .peer_standbys
+                    .contains_key(&p.id)
+                    .then(|| PeerAddress {
+                        host: at.ip().to_string(),
+                        port: at.port(),
+                    })
             });
             let known = config.peers.contains_key(&p.id);
             (p.id, host, known)

@@ -246,7 +246,11 @@ impl Framing {
         if let Some(key) = &self.key {
             let body_len = frame.len() - TAG_BYTES;
             if !key.verify(
-                &[&[self.in_dir], &self.received.to_le_bytes(), &frame[..body_len]],
+                &[
+                    &[self.in_dir],
+                    &self.received.to_le_bytes(),
+                    &frame[..body_len],
+                ],
                 &frame[body_len..],
             ) {
                 return Err(WireError::BadTag);
@@ -256,11 +260,10 @@ impl Framing {
         if frame[0] != WIRE_VERSION {
             return Err(WireError::Version(frame[0]));
         }
-        let config = bincode::config::standard()
-            .with_limit::<{ STANDBY_MESSAGE_BYTES_MAX as usize }>();
-        let (msg, used): (Message, usize) =
-            bincode::serde::decode_from_slice(&frame[1..], config)
-                .map_err(|e| WireError::Decode(e.to_string()))?;
+        let config =
+            bincode::config::standard().with_limit::<{ STANDBY_MESSAGE_BYTES_MAX as usize }>();
+        let (msg, used): (Message, usize) = bincode::serde::decode_from_slice(&frame[1..], config)
+            .map_err(|e| WireError::Decode(e.to_string()))?;
         if used != frame.len() - 1 {
             return Err(WireError::Decode(format!(
                 "{} bytes left over after the message",
@@ -607,21 +610,19 @@ impl Shipper {
         &mut self,
         synced: &mut bool,
     ) -> Result<std::convert::Infallible, SessionEnd> {
-        let stream = tokio::time::timeout(
-            STANDBY_REPLY_TIMEOUT,
-            TcpStream::connect(&self.cfg.standby),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "connect timed out",
-            ))
-        })
-        .map_err(|source| SessionEnd::Connect {
-            at: self.cfg.standby.clone(),
-            source,
-        })?;
+        let stream =
+            tokio::time::timeout(STANDBY_REPLY_TIMEOUT, TcpStream::connect(&self.cfg.standby))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "connect timed out",
+                    ))
+                })
+                .map_err(|source| SessionEnd::Connect {
+                    at: self.cfg.standby.clone(),
+                    source,
+                })?;
         let _ = stream.set_nodelay(true);
         let (mut rd, mut wr) = stream.into_split();
         let base = self.cfg.key.as_ref().map(ClusterKey::standby_key);
@@ -639,17 +640,16 @@ impl Shipper {
             },
         )
         .await?;
-        let (their_at, their_nonce) =
-            match inn.read_within(&mut rd, STANDBY_REPLY_TIMEOUT).await? {
-                Message::State { at, nonce, .. } => (at, nonce),
-                Message::Refused { reason } => return Err(SessionEnd::Refused(reason)),
-                other => {
-                    return Err(SessionEnd::Protocol(format!(
-                        "the standby answered Hello with {}",
-                        other.name()
-                    )))
-                }
-            };
+        let (their_at, their_nonce) = match inn.read_within(&mut rd, STANDBY_REPLY_TIMEOUT).await? {
+            Message::State { at, nonce, .. } => (at, nonce),
+            Message::Refused { reason } => return Err(SessionEnd::Refused(reason)),
+            other => {
+                return Err(SessionEnd::Protocol(format!(
+                    "the standby answered Hello with {}",
+                    other.name()
+                )))
+            }
+        };
         if let Some(base) = &base {
             let session = base.session(&our_nonce, &their_nonce);
             out.key = Some(session.clone());
@@ -908,21 +908,19 @@ impl Replica {
     fn position(&self) -> Result<Position, ken_store::ReadError> {
         match &self.store {
             None => Ok(Position::default()),
-            Some(_) => Ok(Position::of(&Reader::open(&self.path).map_err(|e| {
-                ken_store::ReadError::Io {
-                    detail: e.to_string(),
-                }
-            })?
-            .meta()?)),
+            Some(_) => Ok(Position::of(
+                &Reader::open(&self.path)
+                    .map_err(|e| ken_store::ReadError::Io {
+                        detail: e.to_string(),
+                    })?
+                    .meta()?,
+            )),
         }
     }
 
     fn open(&mut self) -> Result<(), StandbyError> {
-        let (store, _) = Store::open_with(
-            &self.path,
-            self.process.as_str(),
-            &StoreOptions::default(),
-        )?;
+        let (store, _) =
+            Store::open_with(&self.path, self.process.as_str(), &StoreOptions::default())?;
         self.epoch = self.epoch.max(store_epoch(&store)?);
         self.store = Some(store);
         Ok(())
@@ -1156,7 +1154,9 @@ async fn handle(replica: &mut Replica, s: &mut Session, msg: Message) -> Result<
                 }
                 Err(e) => {
                     tracing::error!("commit {commit_no} to the replica failed: {e}");
-                    Err(Refusal::Protocol(format!("the standby's commit failed: {e}")))
+                    Err(Refusal::Protocol(format!(
+                        "the standby's commit failed: {e}"
+                    )))
                 }
             }
         }

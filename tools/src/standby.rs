@@ -119,9 +119,8 @@ fn serve(a: &ServeArgs) -> Result<(), String> {
         key = Some(ken::ClusterKey::load(k).map_err(|e| e.to_string())?);
     }
     let store = store.ok_or("no store: give --store or the cluster file's standby.store")?;
-    let listen = listen.ok_or(
-        "no listen address: give --listen (the file's standby.ship is a host name)",
-    )?;
+    let listen = listen
+        .ok_or("no listen address: give --listen (the file's standby.ship is a host name)")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

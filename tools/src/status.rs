@@ -212,7 +212,11 @@ fn render_text(rows: &[Row]) -> String {
                         "{}: standby at {}: {} commit {} of {} (lag {}){}",
                         row.id,
                         sb.target,
-                        if sb.connected { "holds" } else { "NOT CONNECTED, holds" },
+                        if sb.connected {
+                            "holds"
+                        } else {
+                            "NOT CONNECTED, holds"
+                        },
                         sb.acked,
                         sb.commits,
                         sb.lag(),

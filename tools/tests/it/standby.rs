@@ -28,6 +28,8 @@ struct Setup {
     cluster: PathBuf,
     /// a's UDP address after promotion.
     a2: std::net::SocketAddr,
+    /// Where a's standby listens for batches.
+    ship: std::net::SocketAddr,
 }
 
 impl Setup {
@@ -70,6 +72,7 @@ key_file = "cluster.key"
             dir,
             cluster,
             a2: udp[2],
+            ship,
         }
     }
 
@@ -80,7 +83,10 @@ key_file = "cluster.key"
     fn spawn(&self, name: &str, args: &[&str], envs: &[(&str, &str)]) -> Process {
         let mut all: Vec<OsString> = Vec::new();
         for a in args {
-            all.push(a.replace("{cluster}", self.cluster.to_str().unwrap()).into());
+            all.push(
+                a.replace("{cluster}", self.cluster.to_str().unwrap())
+                    .into(),
+            );
         }
         let mut spec = Spec::new(name, KEN, all, self.dir.path().join("logs"));
         for (k, v) in envs {
@@ -99,15 +105,27 @@ key_file = "cluster.key"
     }
 
     fn player(&self, id: &str, extra: &[&str], envs: &[(&str, &str)]) -> Process {
+        self.named_player(id, id, extra, envs)
+    }
+
+    /// A player whose logs are named `name` (a second process of the same id keeps its own).
+    fn named_player(&self, name: &str, id: &str, extra: &[&str], envs: &[(&str, &str)]) -> Process {
         let count = COUNT.to_string();
         let mut args = vec![
-            "app", "pingpong", "--cluster", "{cluster}", "--id", id, "--count", &count,
+            "app",
+            "pingpong",
+            "--cluster",
+            "{cluster}",
+            "--id",
+            id,
+            "--count",
+            &count,
         ];
         if id == "b" {
             args.push("--serve");
         }
         args.extend_from_slice(extra);
-        self.spawn(id, &args, envs)
+        self.spawn(name, &args, envs)
     }
 
     /// Turns committed in a's store (0 while it cannot be read).
@@ -143,9 +161,16 @@ key_file = "cluster.key"
     fn promoted_a(&self, envs: &[(&str, &str)]) -> Process {
         let store = self.path("a.standby.ken");
         let listen = self.a2.to_string();
-        self.player(
+        self.named_player(
+            "a-promoted",
             "a",
-            &["--store", store.to_str().unwrap(), "--listen", &listen, "--no-standby"],
+            &[
+                "--store",
+                store.to_str().unwrap(),
+                "--listen",
+                &listen,
+                "--no-standby",
+            ],
             envs,
         )
     }
@@ -154,8 +179,8 @@ key_file = "cluster.key"
 /// Waits for `p` to end; its report (the last stdout line) if it exited 0.
 fn finished(p: &mut Process, within: Duration) -> Option<Report> {
     let deadline = Instant::now() + within;
-    let end = harness::wait_until(deadline, Duration::from_millis(20), || p.poll().unwrap())
-        .ok()?;
+    let end =
+        harness::wait_until(deadline, Duration::from_millis(20), || p.poll().unwrap()).ok()?;
     if !end.is_success() {
         return None;
     }
@@ -261,4 +286,93 @@ fn with_the_standby_down_the_primary_releases_nothing_and_releasing_early_loses_
             p.kill().unwrap();
         }
     }
+}
+
+/// The old primary is not dead, only cut off from its standby (the standby stopped): it
+/// keeps running and releases nothing. The standby is promoted; a new standby at the old
+/// one's address, started at the new epoch, refuses the old primary, which logs FENCED.
+/// Then `a` starts on the promoted replica elsewhere and the volley completes through it,
+/// every ball exactly once. The old primary never finishes: it runs on fenced, or stops as
+/// rolled back when `b`, which has seen the promoted `a` acknowledge more, tells it so.
+#[test]
+fn a_fenced_old_primary_that_keeps_running_changes_nothing() {
+    let s = Setup::new();
+    let mut standby = s.standby();
+    let mut b = s.player("b", &[], &[]);
+    let mut old_a = s.player("a", &[], &[]);
+    wait_turns(&s, COUNT / 4);
+    standby.kill().unwrap();
+    let out = s.promote();
+    assert!(out.status.success(), "promote: {out:?}");
+    // A new standby of `a` where the old one was, at the new epoch (empty: it would take a
+    // snapshot from any primary at epoch 1 or later).
+    let ship = s.ship.to_string();
+    let key = s.path("cluster.key");
+    let fresh = s.path("a.standby2.ken");
+    let mut new_standby = s.spawn(
+        "standby2",
+        &[
+            "standby",
+            "serve",
+            "--id",
+            "a",
+            "--store",
+            fresh.to_str().unwrap(),
+            "--listen",
+            &ship,
+            "--key-file",
+            key.to_str().unwrap(),
+            "--min-epoch",
+            "1",
+        ],
+        &[],
+    );
+    harness::wait_until(
+        Instant::now() + Duration::from_secs(30),
+        Duration::from_millis(50),
+        || {
+            old_a
+                .current_life()
+                .unwrap()
+                .stderr_tail(400)
+                .contains("FENCED")
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|_| {
+        panic!(
+            "the old primary never logged FENCED: {}\nnew standby: {}",
+            old_a.report(1, 30),
+            new_standby.report(1, 30)
+        )
+    });
+    assert!(old_a.is_running(), "fenced, the old primary runs on");
+    let mut a = s.promoted_a(&[]);
+    let ra = finished(&mut a, Duration::from_secs(120))
+        .unwrap_or_else(|| panic!("promoted a did not finish: {}", a.report(1, 40)));
+    let rb = finished(&mut b, Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("b did not finish: {}", b.report(1, 40)));
+    for (r, serve) in [(&ra, false), (&rb, true)] {
+        assert_eq!((r.gaps, r.repeats), (0, 0), "{r:?}");
+        assert_eq!(r.received, expected_received(COUNT, serve), "{r:?}");
+    }
+    let old_out = old_a.current_life().unwrap().stdout_lines();
+    assert!(
+        old_out.is_empty(),
+        "the fenced primary finished: {old_out:?}"
+    );
+    if old_a.is_running() {
+        old_a.kill().unwrap();
+    } else {
+        let err = old_a.current_life().unwrap().stderr_tail(40);
+        assert!(
+            err.contains("rolled back"),
+            "the old primary ended otherwise: {err}"
+        );
+    }
+    assert!(
+        ken::store::Reader::open(&fresh).is_err(),
+        "the new standby took nothing from the fenced primary"
+    );
+    new_standby.kill().unwrap();
 }
