@@ -153,7 +153,8 @@ pub struct Config {
     /// of the store. `None`: no standby (the process runs alone).
     pub standby: Option<String>,
     /// Where a peer's standby will listen for frames once promoted (the cluster file's
-    /// `standby.address`): a peer that stays quiet is tried at its standby address and back,
+    /// `standby.address`): a frame of the peer from that address (an IP address) moves it
+    /// there at once, and a peer that stays quiet is tried at its standby address and back,
     /// one quiet period each (see `watch`), so a promoted standby is found without
     /// restarting anyone.
     pub peer_standbys: BTreeMap<ProcessId, PeerAddress>,
@@ -667,8 +668,6 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
     let (resolved_tx, mut resolved_rx) =
         mpsc::channel::<(ProcessId, PeerAddress, std::io::Result<SocketAddr>)>(RESOLVE_QUEUE_MAX);
     let mut resolving: std::collections::HashSet<ProcessId> = Default::default();
-    // Quiet peers being tried at their standby's address (`Config::peer_standbys`).
-    let mut at_standby: std::collections::HashSet<ProcessId> = Default::default();
 
     let (frame_tx, mut frame_rx) = mpsc::channel(FRAME_QUEUE_MAX);
     let recv_endpoint = Arc::clone(&endpoint);
@@ -711,6 +710,12 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
         desk: AdminDesk::new::<H>(started, config.key.is_some(), &config.store),
         admin_replies: Vec::new(),
         standby: None,
+        standby_addrs: config
+            .peer_standbys
+            .iter()
+            .filter_map(|(id, a)| Some((id.clone(), a.literal()?)))
+            .collect(),
+        at_standby: Default::default(),
     };
     if let Some(addr) = config.metrics {
         let (metrics, bound) = crate::metrics::serve(addr)
@@ -804,12 +809,10 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
                         // (or demoted back); try the other address for a quiet period.
                         let address = match config.peer_standbys.get(&peer) {
                             Some(standby) => {
-                                let on_standby = at_standby.contains(&peer);
-                                if on_standby {
-                                    at_standby.remove(&peer);
+                                if out.at_standby.remove(&peer) {
                                     address
                                 } else {
-                                    at_standby.insert(peer.clone());
+                                    out.at_standby.insert(peer.clone());
                                     standby.clone()
                                 }
                             }
@@ -1024,6 +1027,10 @@ struct Out<'a> {
     admin_replies: Vec<(SocketAddr, Frame)>,
     /// The standby's side of releasing a batch, when the process has one.
     standby: Option<StandbyGate>,
+    /// Peers' standby addresses given as IP addresses (`Config::peer_standbys`).
+    standby_addrs: BTreeMap<ProcessId, SocketAddr>,
+    /// Peers being sent to at their standby's address now.
+    at_standby: std::collections::HashSet<ProcessId>,
 }
 
 /// A batch's outputs leave when both its local commit and the standby's acknowledgement
@@ -1132,7 +1139,31 @@ impl Out<'_> {
             return;
         }
         self.learn(&frame, from);
+        self.follow_promotion(&frame, from);
         engine.handle_frame(now, frame);
+    }
+
+    /// A peer's frame from its declared standby address while it is sent to elsewhere: its
+    /// standby was promoted (ken/STANDBY.md); send there from now on, without waiting for a
+    /// quiet period. One way only: frames from the old address never move it back (a fenced
+    /// old primary may still be sending), the quiet-peer watch does if the standby falls
+    /// silent. Frames are authenticated when the cluster is keyed.
+    fn follow_promotion(&mut self, frame: &Frame, from: SocketAddr) {
+        if frame.kind == FrameKind::ClientRequest || frame.kind == FrameKind::AdminRequest {
+            return;
+        }
+        let Some(standby) = self.standby_addrs.get(&frame.from) else {
+            return;
+        };
+        if from != *standby || self.peers.get(&frame.from) == Some(standby) {
+            return;
+        }
+        tracing::warn!(
+            "peer {}: heard from its standby's address {standby}: its standby was promoted; sending there",
+            frame.from
+        );
+        self.peers.insert(frame.from.clone(), *standby);
+        self.at_standby.insert(frame.from.clone());
     }
 
     /// Remembers the return address of a client request.

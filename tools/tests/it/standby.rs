@@ -213,7 +213,25 @@ fn a_destroyed_primary_is_promoted_from_its_standby_and_the_volley_completes_exa
         "{out:?}"
     );
     let promoted = Instant::now();
+    let turns_of = |name: &str| {
+        ken::store::Reader::open(&s.path(name))
+            .ok()
+            .and_then(|r| r.meta().ok())
+            .map_or(0, |m| m.turns_committed)
+    };
+    let replica_turns = turns_of("a.standby.ken");
     let mut a = s.promoted_a(&[]);
+    // The promoted process's first turn past the replica (a ball from b: b found it).
+    harness::wait_until(
+        Instant::now() + Duration::from_secs(60),
+        Duration::from_millis(2),
+        || (turns_of("a.standby.ken") > replica_turns + 1).then_some(()),
+    )
+    .unwrap_or_else(|_| panic!("the promoted a never ran a turn: {}", a.report(1, 40)));
+    println!(
+        "promotion to the promoted process's first turns: {} ms",
+        promoted.elapsed().as_millis()
+    );
     let ra = finished(&mut a, Duration::from_secs(120))
         .unwrap_or_else(|| panic!("promoted a did not finish: {}", a.report(1, 40)));
     let rb = finished(&mut b, Duration::from_secs(60))
