@@ -246,7 +246,11 @@ impl Framing {
         if let Some(key) = &self.key {
             let body_len = frame.len() - TAG_BYTES;
             if !key.verify(
-                &[&[self.in_dir], &self.received.to_le_bytes(), &frame[..body_len]],
+                &[
+                    &[self.in_dir],
+                    &self.received.to_le_bytes(),
+                    &frame[..body_len],
+                ],
                 &frame[body_len..],
             ) {
                 return Err(WireError::BadTag);
@@ -256,11 +260,10 @@ impl Framing {
         if frame[0] != WIRE_VERSION {
             return Err(WireError::Version(frame[0]));
         }
-        let config = bincode::config::standard()
-            .with_limit::<{ STANDBY_MESSAGE_BYTES_MAX as usize }>();
-        let (msg, used): (Message, usize) =
-            bincode::serde::decode_from_slice(&frame[1..], config)
-                .map_err(|e| WireError::Decode(e.to_string()))?;
+        let config =
+            bincode::config::standard().with_limit::<{ STANDBY_MESSAGE_BYTES_MAX as usize }>();
+        let (msg, used): (Message, usize) = bincode::serde::decode_from_slice(&frame[1..], config)
+            .map_err(|e| WireError::Decode(e.to_string()))?;
         if used != frame.len() - 1 {
             return Err(WireError::Decode(format!(
                 "{} bytes left over after the message",
@@ -607,21 +610,19 @@ impl Shipper {
         &mut self,
         synced: &mut bool,
     ) -> Result<std::convert::Infallible, SessionEnd> {
-        let stream = tokio::time::timeout(
-            STANDBY_REPLY_TIMEOUT,
-            TcpStream::connect(&self.cfg.standby),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "connect timed out",
-            ))
-        })
-        .map_err(|source| SessionEnd::Connect {
-            at: self.cfg.standby.clone(),
-            source,
-        })?;
+        let stream =
+            tokio::time::timeout(STANDBY_REPLY_TIMEOUT, TcpStream::connect(&self.cfg.standby))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "connect timed out",
+                    ))
+                })
+                .map_err(|source| SessionEnd::Connect {
+                    at: self.cfg.standby.clone(),
+                    source,
+                })?;
         let _ = stream.set_nodelay(true);
         let (mut rd, mut wr) = stream.into_split();
         let base = self.cfg.key.as_ref().map(ClusterKey::standby_key);
@@ -639,17 +640,27 @@ impl Shipper {
             },
         )
         .await?;
-        let (their_at, their_nonce) =
-            match inn.read_within(&mut rd, STANDBY_REPLY_TIMEOUT).await? {
-                Message::State { at, nonce, .. } => (at, nonce),
-                Message::Refused { reason } => return Err(SessionEnd::Refused(reason)),
-                other => {
-                    return Err(SessionEnd::Protocol(format!(
-                        "the standby answered Hello with {}",
-                        other.name()
-                    )))
-                }
-            };
+        let reply = match inn.read_within(&mut rd, STANDBY_REPLY_TIMEOUT).await {
+            Err(WireError::BadTag | WireError::Decode(_) | WireError::TooShort(_)) => {
+                return Err(SessionEnd::Protocol(
+                    "the standby's answer to Hello does not authenticate: the standby has \
+                     another cluster key, or one where this primary has none (or the reverse); \
+                     give both the same key file"
+                        .into(),
+                ))
+            }
+            other => other?,
+        };
+        let (their_at, their_nonce) = match reply {
+            Message::State { at, nonce, .. } => (at, nonce),
+            Message::Refused { reason } => return Err(SessionEnd::Refused(reason)),
+            other => {
+                return Err(SessionEnd::Protocol(format!(
+                    "the standby answered Hello with {}",
+                    other.name()
+                )))
+            }
+        };
         if let Some(base) = &base {
             let session = base.session(&our_nonce, &their_nonce);
             out.key = Some(session.clone());
@@ -908,21 +919,19 @@ impl Replica {
     fn position(&self) -> Result<Position, ken_store::ReadError> {
         match &self.store {
             None => Ok(Position::default()),
-            Some(_) => Ok(Position::of(&Reader::open(&self.path).map_err(|e| {
-                ken_store::ReadError::Io {
-                    detail: e.to_string(),
-                }
-            })?
-            .meta()?)),
+            Some(_) => Ok(Position::of(
+                &Reader::open(&self.path)
+                    .map_err(|e| ken_store::ReadError::Io {
+                        detail: e.to_string(),
+                    })?
+                    .meta()?,
+            )),
         }
     }
 
     fn open(&mut self) -> Result<(), StandbyError> {
-        let (store, _) = Store::open_with(
-            &self.path,
-            self.process.as_str(),
-            &StoreOptions::default(),
-        )?;
+        let (store, _) =
+            Store::open_with(&self.path, self.process.as_str(), &StoreOptions::default())?;
         self.epoch = self.epoch.max(store_epoch(&store)?);
         self.store = Some(store);
         Ok(())
@@ -1033,7 +1042,18 @@ async fn handshake(
     let hello = match inn.read_within(&mut rd, STANDBY_REPLY_TIMEOUT).await {
         Ok(m) => m,
         Err(e) => {
-            tracing::warn!(%from, "connection dropped before its Hello was accepted: {e}");
+            tracing::warn!(%from, "refused a connection: its Hello: {e}");
+            if matches!(
+                e,
+                WireError::BadTag
+                    | WireError::Decode(_)
+                    | WireError::TooShort(_)
+                    | WireError::Version(_)
+            ) {
+                let reason =
+                    Refusal::Protocol(format!("the standby could not accept your Hello: {e}"));
+                let _ = out.write(&mut wr, &Message::Refused { reason }).await;
+            }
             return Ok(None);
         }
     };
@@ -1156,7 +1176,9 @@ async fn handle(replica: &mut Replica, s: &mut Session, msg: Message) -> Result<
                 }
                 Err(e) => {
                     tracing::error!("commit {commit_no} to the replica failed: {e}");
-                    Err(Refusal::Protocol(format!("the standby's commit failed: {e}")))
+                    Err(Refusal::Protocol(format!(
+                        "the standby's commit failed: {e}"
+                    )))
                 }
             }
         }

@@ -65,10 +65,12 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> OpenError + '_ {
 /// install a copy again before running from it.
 pub fn install_copy(path: &Path, copy: &Path) -> Result<Meta, OpenError> {
     let lock = crate::store::take_owner_lock(path)?;
-    let meta = Reader::open(copy)?.meta().map_err(|e| OpenError::NotAKenStore {
-        path: copy.to_path_buf(),
-        detail: e.to_string(),
-    })?;
+    let meta = Reader::open(copy)?
+        .meta()
+        .map_err(|e| OpenError::NotAKenStore {
+            path: copy.to_path_buf(),
+            detail: e.to_string(),
+        })?;
     File::open(copy)
         .and_then(|f| f.sync_all())
         .map_err(io_err(copy))?;

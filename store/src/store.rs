@@ -1361,8 +1361,7 @@ impl Batch {
                 check_body(v, "table value")?;
             }
         }
-        let mut last_seq: std::collections::HashMap<&str, u64> =
-            std::collections::HashMap::new();
+        let mut last_seq: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
         for m in &batch.outbox_appends {
             check_name(&m.peer, "peer id")?;
             check_body(&m.payload, "outbox payload")?;

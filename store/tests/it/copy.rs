@@ -1,9 +1,7 @@
 //! Consistent copies (`Reader::copy_into`), `install_copy`, `Batch::check`, and the serde
 //! form of a `Batch` (what `ken::standby` ships to a standby's replica).
 
-use ken_store::{
-    install_copy, Batch, OpenError, OutboxRow, PeerRow, Reader, Store, TableWrite,
-};
+use ken_store::{install_copy, Batch, OpenError, OutboxRow, PeerRow, Reader, Store, TableWrite};
 
 use crate::common::temp_store;
 
@@ -43,10 +41,16 @@ fn a_copy_taken_beside_the_owner_opens_verifies_and_installs_over_a_store_ahead(
     for n in 1..=20 {
         store.commit(&batch(n)).unwrap();
     }
-    let meta = Reader::open(&src.path).unwrap().copy_into(&at("c20.ken")).unwrap();
+    let meta = Reader::open(&src.path)
+        .unwrap()
+        .copy_into(&at("c20.ken"))
+        .unwrap();
     assert_eq!(meta.commits, 20);
     assert_eq!(meta.incarnation, store.incarnation());
-    Reader::open(&src.path).unwrap().copy_into(&at("c20b.ken")).unwrap();
+    Reader::open(&src.path)
+        .unwrap()
+        .copy_into(&at("c20b.ken"))
+        .unwrap();
     // The owner commits on after the copy: the copy stays as of commit 20.
     store.commit(&batch(21)).unwrap();
     let reader = Reader::open(&at("c20.ken")).unwrap();
@@ -60,13 +64,23 @@ fn a_copy_taken_beside_the_owner_opens_verifies_and_installs_over_a_store_ahead(
     drop(reader);
     // Same layout as the store: its page size, and the bytes each page reserves for the
     // ken-wal checksum (which the reads above checked).
-    let (a, b) = (std::fs::read(&src.path).unwrap(), std::fs::read(at("c20.ken")).unwrap());
-    assert_eq!(b[20], ken_store::vfs::PAGE_CHECKSUM_BYTES, "the copy reserves checksum bytes");
+    let (a, b) = (
+        std::fs::read(&src.path).unwrap(),
+        std::fs::read(at("c20.ken")).unwrap(),
+    );
+    assert_eq!(
+        b[20],
+        ken_store::vfs::PAGE_CHECKSUM_BYTES,
+        "the copy reserves checksum bytes"
+    );
     assert_eq!(a[16..18], b[16..18], "same page size");
 
     // A replica AHEAD of the copy (same incarnation, 21 commits).
     let replica = at("replica.ken");
-    let shipped = Reader::open(&src.path).unwrap().copy_into(&at("c21.ken")).unwrap();
+    let shipped = Reader::open(&src.path)
+        .unwrap()
+        .copy_into(&at("c21.ken"))
+        .unwrap();
     assert_eq!(shipped.commits, 21);
     install_copy(&replica, &at("c21.ken")).unwrap();
     {
