@@ -999,6 +999,8 @@ pub async fn serve(cfg: StandbyConfig) -> Result<(), StandbyError> {
         epoch: cfg.min_epoch,
         incoming: None,
     };
+    // A snapshot cut short by a crash is never resumed: its file goes.
+    let _ = std::fs::remove_file(replica.incoming_path());
     if replica.path.exists() {
         replica.open()?;
     }
