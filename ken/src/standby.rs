@@ -628,7 +628,24 @@ impl Shipper {
         let base = self.cfg.key.as_ref().map(ClusterKey::standby_key);
         let mut out = Framing::new(base.clone(), true);
         let mut inn = Framing::new(base.clone(), true);
-        let (at, our_epoch) = self.local().await?;
+        // A batch the standby acknowledged on an earlier connection may still be committing
+        // here: wait for it, or the handshake would see the replica ahead and the snapshot
+        // would take from it a commit whose outputs may already be released.
+        let waited_since = tokio::time::Instant::now();
+        let (at, our_epoch) = loop {
+            let (at, epoch) = self.local().await?;
+            if at.commits >= self.acked {
+                break (at, epoch);
+            }
+            if waited_since.elapsed() > STANDBY_REPLY_TIMEOUT {
+                return Err(SessionEnd::Local(format!(
+                    "the store is at commit {}, below commit {} which the standby holds; the \
+                     local commit did not finish",
+                    at.commits, self.acked
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
         let our_nonce = nonce();
         out.write(
             &mut wr,
@@ -640,7 +657,18 @@ impl Shipper {
             },
         )
         .await?;
-        let (their_at, their_nonce) = match inn.read_within(&mut rd, STANDBY_REPLY_TIMEOUT).await? {
+        let reply = match inn.read_within(&mut rd, STANDBY_REPLY_TIMEOUT).await {
+            Err(WireError::BadTag | WireError::Decode(_) | WireError::TooShort(_)) => {
+                return Err(SessionEnd::Protocol(
+                    "the standby's answer to Hello does not authenticate: the standby has \
+                     another cluster key, or one where this primary has none (or the reverse); \
+                     give both the same key file"
+                        .into(),
+                ))
+            }
+            other => other?,
+        };
+        let (their_at, their_nonce) = match reply {
             Message::State { at, nonce, .. } => (at, nonce),
             Message::Refused { reason } => return Err(SessionEnd::Refused(reason)),
             other => {
@@ -768,48 +796,59 @@ impl Shipper {
         name.push(format!(".standby-copy-{:016x}", rand::random::<u64>()));
         let tmp = PathBuf::from(name);
         let started = std::time::Instant::now();
-        let (copied, bytes) = {
+        let _remove = RemoveOnDrop(tmp.clone());
+        let copied = {
             let tmp = tmp.clone();
             blocking(move || {
-                let result = (|| {
-                    let meta = Reader::open(&src)
-                        .map_err(|e| e.to_string())?
-                        .copy_into(&tmp)
-                        .map_err(|e| e.to_string())?;
-                    let bytes = std::fs::read(&tmp).map_err(|e| e.to_string())?;
-                    Ok((Position::of(&meta), bytes))
-                })();
-                let _ = std::fs::remove_file(&tmp);
-                result
+                let meta = Reader::open(&src)
+                    .map_err(|e| e.to_string())?
+                    .copy_into(&tmp)
+                    .map_err(|e| e.to_string())?;
+                Ok(Position::of(&meta))
             })
             .await
             .map_err(|e| SessionEnd::Local(format!("copying the store for the standby: {e}")))?
         };
+        let total = std::fs::metadata(&tmp)
+            .map_err(|e| SessionEnd::Local(format!("{}: {e}", tmp.display())))?
+            .len();
         tracing::warn!(
             standby = %self.cfg.standby,
             replica_incarnation = format!("{:x}", theirs.incarnation),
             replica_commits = theirs.commits,
             commits = copied.commits,
-            bytes = bytes.len(),
+            bytes = total,
             "reseeding the standby with a copy of the store (its replica is not this store's \
              history)"
         );
-        let total = bytes.len() as u64;
-        let mut offset = 0usize;
+        let mut offset = 0u64;
         loop {
-            let end = (offset + STANDBY_SNAPSHOT_CHUNK_BYTES as usize).min(bytes.len());
+            let len = (total - offset).min(u64::from(STANDBY_SNAPSHOT_CHUNK_BYTES));
+            let bytes = {
+                let tmp = tmp.clone();
+                blocking(move || {
+                    use std::os::unix::fs::FileExt;
+                    let mut buf = vec![0u8; len as usize];
+                    std::fs::File::open(&tmp)
+                        .and_then(|f| f.read_exact_at(&mut buf, offset))
+                        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+                    Ok(buf)
+                })
+                .await
+                .map_err(SessionEnd::Local)?
+            };
             out.write(
                 wr,
                 &Message::Snapshot {
                     commits: copied.commits,
                     total_bytes: total,
-                    offset: offset as u64,
-                    bytes: bytes[offset..end].to_vec(),
+                    offset,
+                    bytes,
                 },
             )
             .await?;
-            offset = end;
-            if offset == bytes.len() {
+            offset += len;
+            if offset == total {
                 break;
             }
         }
@@ -820,6 +859,15 @@ impl Shipper {
             "snapshot sent"
         );
         Ok(copied)
+    }
+}
+
+/// Removes a temporary file when dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -951,6 +999,8 @@ pub async fn serve(cfg: StandbyConfig) -> Result<(), StandbyError> {
         epoch: cfg.min_epoch,
         incoming: None,
     };
+    // A snapshot cut short by a crash is never resumed: its file goes.
+    let _ = std::fs::remove_file(replica.incoming_path());
     if replica.path.exists() {
         replica.open()?;
     }
@@ -1031,7 +1081,18 @@ async fn handshake(
     let hello = match inn.read_within(&mut rd, STANDBY_REPLY_TIMEOUT).await {
         Ok(m) => m,
         Err(e) => {
-            tracing::warn!(%from, "connection dropped before its Hello was accepted: {e}");
+            tracing::warn!(%from, "refused a connection: its Hello: {e}");
+            if matches!(
+                e,
+                WireError::BadTag
+                    | WireError::Decode(_)
+                    | WireError::TooShort(_)
+                    | WireError::Version(_)
+            ) {
+                let reason =
+                    Refusal::Protocol(format!("the standby could not accept your Hello: {e}"));
+                let _ = out.write(&mut wr, &Message::Refused { reason }).await;
+            }
             return Ok(None);
         }
     };

@@ -39,12 +39,47 @@ impl Reader {
         self.conn
             .execute("VACUUM INTO ?1", [name])
             .map_err(sqlite)?;
-        File::open(dest).and_then(|f| f.sync_all()).map_err(io)?;
+        seal_page_checksums(dest).map_err(io)?;
         let copy = Reader::open(dest).map_err(|e| ReadError::Io {
             detail: format!("the copy does not open: {e}"),
         })?;
         copy.meta()
     }
+}
+
+/// Writes the `ken-wal` checksum into every page of the (closed) database file at `path`
+/// whose header reserves the checksum bytes, then fsyncs it. `VACUUM INTO` writes its new
+/// file through the shim, but pages SQLite spills before it writes page 1 (a copy larger
+/// than its page cache) go out before the shim knows the file's layout, without their
+/// checksum. The copy's pages were all read, checked, from the original.
+fn seal_page_checksums(path: &Path) -> std::io::Result<()> {
+    use crate::vfs::{header_layout, page_checksum, PAGE_CHECKSUM_BYTES};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let mut header = [0u8; 100];
+    file.read_exact_at(&mut header, 0)?;
+    if let Some((size, PAGE_CHECKSUM_BYTES)) = header_layout(&header) {
+        let pages = file.metadata()?.len() / size as u64;
+        // SQLite never uses the page that holds the lock bytes (at 1 GiB).
+        let lock_byte_page = (1u64 << 30) / size as u64 + 1;
+        let n = size - usize::from(PAGE_CHECKSUM_BYTES);
+        let mut page = vec![0u8; size];
+        for number in 1..=pages {
+            if number == lock_byte_page {
+                continue;
+            }
+            let offset = (number - 1) * size as u64;
+            file.read_exact_at(&mut page, offset)?;
+            let page_no = u32::try_from(number).map_err(std::io::Error::other)?;
+            let sum = page_checksum(page_no, &page[..n]);
+            if page[n..] != sum {
+                file.write_all_at(&sum, offset + n as u64)?;
+            }
+        }
+    }
+    file.sync_all()
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> OpenError + '_ {
