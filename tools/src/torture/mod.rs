@@ -56,6 +56,16 @@
 //! documented recovery). The ballast is removed at heal time. Stores kept after a violation
 //! are copied off the tmpfs before it is unmounted.
 //!
+//! Standby replicas (`--standby`, bank only, [`standby`]): every member ships its batches
+//! to a `ken standby serve` of its own (killed and restarted now and then like the members),
+//! the members started from a cluster file written for the run. `--promotions` times a
+//! member's standby is killed, then 3 s later the member is SIGKILLed, its store deleted (a
+//! destroyed disk), the replica promoted (`ken standby promote`) and the member started on it
+//! at its standby address with `--no-standby`; the replica is its store for every check from
+//! then on. The summary counts `promotions` and the `promotion_to_first_turn_ms` of each.
+//! Negative control: `--unsafe-release-before-standby` (`KEN_UNSAFE_RELEASE_BEFORE_STANDBY=1`,
+//! test builds only) makes the promoted member lose what its peers saw.
+//!
 //! Any service (`--cluster FILE`, [`custom`]): the processes of a cluster file whose entries
 //! carry a `command`, started from their own command lines on ports and stores the run
 //! picks (a cluster file written for the run), under the same faults; quiescence is every
