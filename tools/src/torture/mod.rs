@@ -685,7 +685,10 @@ fn check_args(args: &Args) -> anyhow::Result<()> {
             (args.upgrade, "--upgrade"),
             (args.rotate_key.is_some(), "--rotate-key"),
             (args.tmpfs_mb.is_some(), "--tmpfs-mb"),
-            (args.unsafe_release_before_commit, "--unsafe-release-before-commit"),
+            (
+                args.unsafe_release_before_commit,
+                "--unsafe-release-before-commit",
+            ),
         ] {
             if set {
                 bail!("--standby does not combine with {flag} yet; run them separately");
@@ -1130,7 +1133,11 @@ impl Cluster {
                 .collect();
             let name = self.app.app().map_or("", |a| a.name());
             let mut args = vec!["app".into(), name.into()];
-            let peers = if self.standbys.is_some() { &[][..] } else { &peers[..] };
+            let peers = if self.standbys.is_some() {
+                &[][..]
+            } else {
+                &peers[..]
+            };
             args.extend(
                 self.app
                     .args(i, loopback(self.ports[i]), &self.stores[i], peers)
@@ -2222,8 +2229,7 @@ impl Cluster {
         }
         self.details = self.members.iter().map(|m| m.proc.describe()).collect();
         if let Some(sb) = &self.standbys {
-            self.details
-                .extend(sb.procs.iter().map(|p| p.describe()));
+            self.details.extend(sb.procs.iter().map(|p| p.describe()));
         }
         let totals = check::totals(&self.stores).unwrap_or_default();
         let mut recovery: Vec<u64> = self

@@ -338,14 +338,12 @@ impl Standbys {
     pub fn measure(&mut self) {
         let replicas = &self.replicas;
         let first = &mut self.first_turn_ms;
-        self.measuring.retain(|m| {
-            match turns(&replicas[m.member]) {
-                Some(t) if t > m.base_turns => {
-                    first[m.slot] = Some(m.promoted_at.elapsed().as_millis() as u64);
-                    false
-                }
-                _ => true,
+        self.measuring.retain(|m| match turns(&replicas[m.member]) {
+            Some(t) if t > m.base_turns => {
+                first[m.slot] = Some(m.promoted_at.elapsed().as_millis() as u64);
+                false
             }
+            _ => true,
         });
     }
 
