@@ -1856,7 +1856,7 @@ impl Cluster {
         let Some(elapsed) = elapsed else {
             return Ok(());
         };
-        if !sb.plan.first().is_some_and(|t| *t <= elapsed) {
+        if sb.plan.first().is_none_or(|t| *t > elapsed) {
             return Ok(());
         }
         let promoted = sb.promoted.clone();
