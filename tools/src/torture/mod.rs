@@ -320,7 +320,7 @@ pub struct Args {
     /// Bank: give every member a standby replica (`ken standby serve`, killed and restarted
     /// now and then like the members) and, --promotions times, destroy a member's store
     /// for good and promote its standby (ken/STANDBY.md). The members are started from a
-    /// cluster file written for the run (DIR/standby-cluster.toml).
+    /// cluster file the run writes into its directory (see tools/TORTURE.md).
     #[arg(long)]
     pub standby: bool,
     /// With --standby: destroyed disks and promotions, spread over the fault phase; each
