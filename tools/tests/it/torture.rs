@@ -6,16 +6,22 @@
 //! The apps run as `ken app ..` children of the `ken` binary under test: nothing else to
 //! build.
 
+use std::path::Path;
 use std::process::Command;
 
 /// Runs `ken torture ARGS` in a fresh directory; returns (success, stdout, summary).
 fn torture(args: &[&str]) -> (bool, String, serde_json::Value) {
     let dir = tempfile::tempdir().expect("temp dir");
+    torture_in(dir.path(), args)
+}
+
+/// Runs `ken torture ARGS` in `dir`/run; returns (success, stdout, summary).
+pub(crate) fn torture_in(dir: &Path, args: &[&str]) -> (bool, String, serde_json::Value) {
     let out = Command::new(env!("CARGO_BIN_EXE_ken"))
         .arg("torture")
         .args(args)
         .arg("--dir")
-        .arg(dir.path().join("run"))
+        .arg(dir.join("run"))
         .output()
         .expect("run ken torture");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -29,7 +35,7 @@ fn torture(args: &[&str]) -> (bool, String, serde_json::Value) {
     (out.status.success(), stdout, summary)
 }
 
-fn n(summary: &serde_json::Value, key: &str) -> u64 {
+pub(crate) fn n(summary: &serde_json::Value, key: &str) -> u64 {
     summary[key]
         .as_u64()
         .unwrap_or_else(|| panic!("summary has no {key}: {summary}"))

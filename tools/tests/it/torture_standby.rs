@@ -7,34 +7,9 @@
 //! batch (`--unsafe-release-before-standby`, the test-only switch) reports violations and
 //! exits 1: the promoted replica lacks what its peers saw.
 
-use std::path::Path;
 use std::process::Command;
 
-/// Runs `ken torture ARGS` in `dir`/run; returns (success, stdout, summary).
-fn torture(dir: &Path, args: &[&str]) -> (bool, String, serde_json::Value) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ken"))
-        .arg("torture")
-        .args(args)
-        .arg("--dir")
-        .arg(dir.join("run"))
-        .output()
-        .expect("run ken torture");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let last = stdout.lines().last().unwrap_or_default();
-    let summary: serde_json::Value = serde_json::from_str(last).unwrap_or_else(|e| {
-        panic!(
-            "last line is not the JSON summary ({e}): {stdout}\nstderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.success(), stdout, summary)
-}
-
-fn n(summary: &serde_json::Value, key: &str) -> u64 {
-    summary[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("summary has no {key}: {summary}"))
-}
+use super::torture::{n, torture_in as torture};
 
 const RUN: [&str; 11] = [
     "--app",
