@@ -20,6 +20,13 @@
 //!
 //! At the end the network heals, crashed processes restart, and the run must quiesce
 //! (liveness) within a bound of virtual time, then pass the application's final check.
+//!
+//! With [`Sim::set_standby`] (issue 18, `ken/STANDBY.md`) some processes have a standby
+//! (the cluster's model: the replica commits each batch before it is reported durable, and
+//! is reseeded at the process's start), and each is promoted once, at a random step of the
+//! faulty phase: its store is deleted for good and it restarts from the replica at the next
+//! epoch. The checks above run unchanged across the promotion: the replica holds every batch
+//! whose outputs anyone saw, so to the checker too it is a crash-restart.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -115,6 +122,22 @@ pub struct SimReport {
     pub frames_dropped: u64,
     pub frames_junk: u64,
     pub virtual_ms: u64,
+    /// Standbys promoted ([`Sim::set_standby`]).
+    pub promotions: u64,
+    /// Replicas seeded with a copy of their process's store (at set-up and after a crash
+    /// that left the replica behind).
+    pub reseeds: u64,
+}
+
+/// Standbys under simulation ([`Sim::set_standby`]).
+#[derive(Debug, Clone, Default)]
+pub struct StandbyPlan {
+    /// The processes (indexes) that get a standby; each is promoted once.
+    pub nodes: Vec<usize>,
+    /// The negative control: probability that a batch is reported durable (its outputs
+    /// released) before its replica holds it ([`Cluster::set_standby_release_early`]).
+    /// 0 in every real run.
+    pub release_early: f64,
 }
 
 /// Output validity and exactly-once bookkeeping over committed batches and released frames.
@@ -224,6 +247,8 @@ pub struct Sim<A: SimApp> {
     checker: Checker,
     report: SimReport,
     faults_on: bool,
+    /// Standbys still to promote: (faulty step at or after which, process).
+    promote_at: Vec<(u64, usize)>,
 }
 
 impl<A: SimApp> std::fmt::Debug for Sim<A> {
@@ -283,11 +308,51 @@ impl<A: SimApp> Sim<A> {
             world: World::default(),
             checker: Checker::default(),
             faults_on: true,
+            promote_at: Vec::new(),
         };
         for i in 0..ids.len() {
             sim.boot(i);
         }
         sim
+    }
+
+    /// Gives the processes of `plan` a standby each (seeded now with a copy of their
+    /// store), to be promoted at a random step of the faulty phase.
+    pub fn set_standby(&mut self, plan: &StandbyPlan) {
+        self.cluster.set_standby_release_early(plan.release_early);
+        let steps = self.config.steps.max(10);
+        for &i in &plan.nodes {
+            let path = (self.cluster.dir()).join(format!("{}.standby.ken", self.cluster.node(i).id()));
+            self.cluster.set_standby(i, path);
+            let at = self.cluster.rng().gen_range(steps / 10..steps * 9 / 10);
+            self.promote_at.push((at, i));
+        }
+    }
+
+    /// Promotes every standby whose step has come and whose process is up (a process that
+    /// is down waits for its restart: the replica of a process that crashed may be behind
+    /// its store by a batch that released nothing, reseeded at the restart; an operator who
+    /// promoted then would only lose that batch, which the checker's model would not know).
+    fn promote_due(&mut self, step: u64) {
+        let due: Vec<usize> = self
+            .promote_at
+            .iter()
+            .filter(|(at, i)| *at <= step && self.cluster.node(*i).is_up())
+            .map(|&(_, i)| i)
+            .collect();
+        for i in due {
+            self.promote_at.retain(|&(_, j)| j != i);
+            // A commit in progress at the crash either reached both disks or neither.
+            if self.cluster.rng().gen_bool(0.5) && self.cluster.land_pending(i) {
+                self.absorb();
+            }
+            self.report.reseeds += self.cluster.node(i).standby_reseeds();
+            self.cluster.config_mut(i).seed = self.cluster.rng().gen();
+            self.cluster.promote(i);
+            self.down_until[i] = None;
+            self.report.promotions += 1;
+            self.absorb();
+        }
     }
 
     fn boot(&mut self, i: usize) {
@@ -302,9 +367,19 @@ impl<A: SimApp> Sim<A> {
         if !self.cluster.node(i).is_up() {
             return;
         }
-        // A commit in progress when the process dies either reached the disk or not.
-        if land && self.cluster.land_pending(i) {
-            self.absorb();
+        // A commit in progress when the process dies either reached the disk or not; with a
+        // standby, the replica may lack it (the shipment was cut short), reseeded at restart.
+        if land {
+            let unshipped = self.cluster.node(i).standby_path().is_some()
+                && self.cluster.rng().gen_bool(0.5);
+            let landed = if unshipped {
+                self.cluster.land_pending_unshipped(i)
+            } else {
+                self.cluster.land_pending(i)
+            };
+            if landed {
+                self.absorb();
+            }
         }
         self.cluster.crash(i);
         let down_ms = self.cluster.rng().gen_range(0..300);
@@ -413,6 +488,7 @@ impl<A: SimApp> Sim<A> {
     pub fn run(mut self) -> SimReport {
         for _ in 0..self.config.steps {
             self.step();
+            self.promote_due(self.report.steps);
             self.report.steps += 1;
             if !self.checker.violations.is_empty() {
                 break;
@@ -431,6 +507,7 @@ impl<A: SimApp> Sim<A> {
                     self.boot(i);
                 }
             }
+            self.promote_due(u64::MAX);
             while !self.cluster.in_flight().is_empty() {
                 self.deliver(0);
             }
@@ -458,6 +535,9 @@ impl<A: SimApp> Sim<A> {
         self.report.frames_dropped = net.lost + net.undeliverable;
         self.report.frames_junk = net.junk;
         self.report.virtual_ms = self.cluster.now().as_millis() - T0_MS;
+        for i in 0..self.cluster.len() {
+            self.report.reseeds += self.cluster.node(i).standby_reseeds();
+        }
         self.report.violations = std::mem::take(&mut self.checker.violations);
         self.report
     }
