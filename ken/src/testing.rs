@@ -484,8 +484,9 @@ impl<H: Handler> Cluster<H> {
             return;
         };
         let meta = |path: &Path| Reader::open(path).ok().and_then(|r| r.meta().ok());
-        let primary = meta(&node.path)
-            .unwrap_or_else(|| panic!("read the store {} to seed its standby", node.path.display()));
+        let primary = meta(&node.path).unwrap_or_else(|| {
+            panic!("read the store {} to seed its standby", node.path.display())
+        });
         standby.unshipped.clear();
         let in_step = standby.path.exists()
             && meta(&standby.path).is_some_and(|m| {
@@ -530,7 +531,11 @@ impl<H: Handler> Cluster<H> {
         drop(standby.store);
         // Unshipped batches (the negative control) are lost with the disk.
         let old = node.path.clone();
-        let name = old.file_name().expect("a store file").to_string_lossy().to_string();
+        let name = old
+            .file_name()
+            .expect("a store file")
+            .to_string_lossy()
+            .to_string();
         let dir = old.parent().expect("a store directory");
         for entry in std::fs::read_dir(dir).expect("list the store directory") {
             let entry = entry.expect("a directory entry");
@@ -989,7 +994,11 @@ impl<H: Handler> Cluster<H> {
             .store
             .as_mut()
             .expect("a standby is seeded before its node runs");
-        for b in standby.unshipped.drain(..).chain(std::iter::once(batch.clone())) {
+        for b in standby
+            .unshipped
+            .drain(..)
+            .chain(std::iter::once(batch.clone()))
+        {
             if let Err(e) = store.commit(&b) {
                 panic!("commit to the replica {}: {e}", standby.path.display());
             }

@@ -124,6 +124,8 @@ pub struct SimReport {
     pub virtual_ms: u64,
     /// Standbys promoted ([`Sim::set_standby`]).
     pub promotions: u64,
+    /// Of which while the application's work was not done ([`SimApp::done`] false).
+    pub promotions_mid_work: u64,
     /// Replicas seeded with a copy of their process's store (at set-up and after a crash
     /// that left the replica behind).
     pub reseeds: u64,
@@ -322,7 +324,8 @@ impl<A: SimApp> Sim<A> {
         self.cluster.set_standby_release_early(plan.release_early);
         let steps = self.config.steps.max(10);
         for &i in &plan.nodes {
-            let path = (self.cluster.dir()).join(format!("{}.standby.ken", self.cluster.node(i).id()));
+            let path =
+                (self.cluster.dir()).join(format!("{}.standby.ken", self.cluster.node(i).id()));
             self.cluster.set_standby(i, path);
             let at = self.cluster.rng().gen_range(steps / 10..steps * 9 / 10);
             self.promote_at.push((at, i));
@@ -351,6 +354,9 @@ impl<A: SimApp> Sim<A> {
             self.cluster.promote(i);
             self.down_until[i] = None;
             self.report.promotions += 1;
+            if !self.app.done(&self.world) {
+                self.report.promotions_mid_work += 1;
+            }
             self.absorb();
         }
     }
@@ -370,8 +376,8 @@ impl<A: SimApp> Sim<A> {
         // A commit in progress when the process dies either reached the disk or not; with a
         // standby, the replica may lack it (the shipment was cut short), reseeded at restart.
         if land {
-            let unshipped = self.cluster.node(i).standby_path().is_some()
-                && self.cluster.rng().gen_bool(0.5);
+            let unshipped =
+                self.cluster.node(i).standby_path().is_some() && self.cluster.rng().gen_bool(0.5);
             let landed = if unshipped {
                 self.cluster.land_pending_unshipped(i)
             } else {

@@ -274,21 +274,29 @@ fn sim_rolling_upgrade_detects_dropped_newer_messages() {
     assert_eq!(caught, 5, "every seed must catch the lost messages");
 }
 
-/// The standby seeds: `KEN_SIM_STANDBY_SEEDS=N` (default 8), or `KEN_SIM_SEED=S` to replay.
+/// The standby seeds: `KEN_SIM_STANDBY_SEEDS=N` (default 20), or `KEN_SIM_SEED=S` to replay.
 fn standby_seeds() -> Vec<u64> {
     if let Some(s) = env_u64("KEN_SIM_SEED") {
         return vec![s];
     }
-    let n = env_u64("KEN_SIM_STANDBY_SEEDS").unwrap_or(8);
+    let n = env_u64("KEN_SIM_STANDBY_SEEDS").unwrap_or(20);
     (0..n).map(|i| 70_000 + i).collect()
 }
 
 /// The bank under simulation where bank-0 and bank-1 have a standby each, and each is
 /// promoted (its store deleted for good) at a random step of the faulty phase, amid loss,
-/// duplication, corruption, reordering and crashes of every member.
+/// duplication, corruption, reordering and crashes of every member. Transfers spread over
+/// the whole faulty phase (as in the rolling upgrade, balances large enough that no account
+/// runs dry), so that a promotion comes while transfers are under way.
 fn run_bank_standby(seed: u64, release_early: f64, check_sends: bool) -> SimReport {
+    let app = BankSim {
+        transfers: 60,
+        transfer_interval_ms: 60,
+        initial_balance: 10_000,
+        ..bank()
+    };
     let mut sim = Sim::new(
-        bank(),
+        app,
         SimConfig {
             check_sends,
             ..config(seed, 3000, Tuning::default())
@@ -318,12 +326,23 @@ fn sim_standby_promotion_keeps_exactly_once_fifo_and_conservation() {
     summarize("sim_standby", &reports);
     let promotions: u64 = reports.iter().map(|r| r.promotions).sum();
     let reseeds: u64 = reports.iter().map(|r| r.reseeds).sum();
-    println!("sim_standby: {promotions} promotions, {reseeds} replica seedings");
+    let mid_work: u64 = reports.iter().map(|r| r.promotions_mid_work).sum();
+    println!(
+        "sim_standby: {promotions} promotions ({mid_work} with transfers under way), {reseeds} replica seedings"
+    );
     fail_on_violations("sim_standby", &reports);
     for r in &reports {
         assert_eq!(r.promotions, 2, "seed {}: both standbys promoted", r.seed);
-        assert!(r.crashes > 0 || reports.len() == 1, "seed {}: no crash", r.seed);
+        assert!(
+            r.crashes > 0 || reports.len() == 1,
+            "seed {}: no crash",
+            r.seed
+        );
     }
+    assert!(
+        mid_work > 0,
+        "every promotion came after the work was done: nothing crossed it"
+    );
     // Set-up seeds each replica once; crashes that left a replica behind reseed it again.
     assert!(
         reseeds > 2 * reports.len() as u64 || reports.len() == 1,
