@@ -275,6 +275,12 @@ impl<H: Handler> Node<H> {
         &self.tasks_started
     }
 
+    /// The batch committing, in [`Commits::Held`] mode (what [`Cluster::land_pending`]
+    /// would land).
+    pub fn pending_batch(&self) -> Option<&Batch> {
+        self.pending.as_ref().map(|(_, b)| b)
+    }
+
     /// Its standby's replica store, if it has a standby ([`Cluster::set_standby`]).
     pub fn standby_path(&self) -> Option<&Path> {
         self.standby.as_ref().map(|s| s.path.as_path())

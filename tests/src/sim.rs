@@ -126,6 +126,9 @@ pub struct SimReport {
     pub promotions: u64,
     /// Of which while the application's work was not done ([`SimApp::done`] false).
     pub promotions_mid_work: u64,
+    /// Promotions of a down process whose replica lacked a batch its store held (one that
+    /// released nothing).
+    pub unreplicated_lost: u64,
     /// Replicas seeded with a copy of their process's store (at set-up and after a crash
     /// that left the replica behind).
     pub reseeds: u64,
@@ -201,6 +204,28 @@ impl Checker {
         }
     }
 
+    /// `node`'s committed `batch` is gone (a promoted standby never had it; it released
+    /// nothing): forget the messages it committed and the consumption it recorded.
+    pub fn forget(&mut self, node: &str, batch: &Batch) {
+        for row in &batch.outbox_appends {
+            if let Some(msgs) = self
+                .committed
+                .get_mut(&(node.to_string(), row.peer.clone()))
+            {
+                msgs.remove(&row.seq);
+            }
+        }
+        for e in &batch.turn_log {
+            if e.input_kind != "message" && e.input_kind != "undecodable" {
+                continue;
+            }
+            let key = (e.input_source.clone(), node.to_string());
+            if let Some(last) = self.consumed.get_mut(&key) {
+                *last = (*last).min(e.input_seq.saturating_sub(1));
+            }
+        }
+    }
+
     /// `node` released `frame`.
     pub fn on_send(&mut self, node: &str, frame: &Frame) {
         let to = frame.to.to_string();
@@ -251,6 +276,11 @@ pub struct Sim<A: SimApp> {
     faults_on: bool,
     /// Standbys still to promote: (faulty step at or after which, process).
     promote_at: Vec<(u64, usize)>,
+    /// Per process: the batch its store holds and its replica lacks (landed by a crash,
+    /// never shipped, so it released nothing), with the process's model before it. A
+    /// promotion before the restart (which reseeds the replica) loses that batch, and the
+    /// checker's model forgets it.
+    unreplicated: Vec<Option<(NodeModel, Batch)>>,
 }
 
 impl<A: SimApp> std::fmt::Debug for Sim<A> {
@@ -311,6 +341,7 @@ impl<A: SimApp> Sim<A> {
             checker: Checker::default(),
             faults_on: true,
             promote_at: Vec::new(),
+            unreplicated: vec![None; ids.len()],
         };
         for i in 0..ids.len() {
             sim.boot(i);
@@ -332,22 +363,35 @@ impl<A: SimApp> Sim<A> {
         }
     }
 
-    /// Promotes every standby whose step has come and whose process is up (a process that
-    /// is down waits for its restart: the replica of a process that crashed may be behind
-    /// its store by a batch that released nothing, reseeded at the restart; an operator who
-    /// promoted then would only lose that batch, which the checker's model would not know).
+    /// Promotes every standby whose step has come, whether its process is up (crashed by
+    /// the promotion) or down (its replica possibly behind its store by a batch that
+    /// released nothing: lost with the store, and forgotten by the checker's model).
     fn promote_due(&mut self, step: u64) {
         let due: Vec<usize> = self
             .promote_at
             .iter()
-            .filter(|(at, i)| *at <= step && self.cluster.node(*i).is_up())
+            .filter(|(at, _)| *at <= step)
             .map(|&(_, i)| i)
             .collect();
         for i in due {
             self.promote_at.retain(|&(_, j)| j != i);
-            // A commit in progress at the crash either reached both disks or neither.
-            if self.cluster.rng().gen_bool(0.5) && self.cluster.land_pending(i) {
-                self.absorb();
+            // A commit in progress at the crash reached both disks, neither, or only the
+            // store about to be destroyed (then it released nothing, and is lost).
+            if self.cluster.node(i).is_up() {
+                let landed = match self.cluster.rng().gen_range(0..3) {
+                    0 => false,
+                    1 => self.cluster.land_pending(i),
+                    _ => self.land_unshipped(i),
+                };
+                if landed {
+                    self.absorb();
+                }
+            }
+            if let Some((before, batch)) = self.unreplicated[i].take() {
+                let name = self.cluster.node(i).id().to_string();
+                self.checker.forget(&name, &batch);
+                self.world.nodes.insert(name, before);
+                self.report.unreplicated_lost += 1;
             }
             self.report.reseeds += self.cluster.node(i).standby_reseeds();
             self.cluster.config_mut(i).seed = self.cluster.rng().gen();
@@ -361,9 +405,23 @@ impl<A: SimApp> Sim<A> {
         }
     }
 
+    /// Lands process `i`'s batch in progress in its store only, not in its replica
+    /// ([`Cluster::land_pending_unshipped`]), remembering it and the model before it.
+    fn land_unshipped(&mut self, i: usize) -> bool {
+        let name = self.cluster.node(i).id().to_string();
+        let before = self.world.nodes.get(&name).cloned().unwrap_or_default();
+        let batch = self.cluster.node(i).pending_batch().cloned();
+        let landed = self.cluster.land_pending_unshipped(i);
+        if let (true, Some(batch)) = (landed, batch) {
+            self.unreplicated[i] = Some((before, batch));
+        }
+        landed
+    }
+
     fn boot(&mut self, i: usize) {
         self.cluster.config_mut(i).seed = self.cluster.rng().gen();
         self.cluster.start(i);
+        self.unreplicated[i] = None; // the start reseeded the replica
         self.down_until[i] = None;
         self.absorb();
     }
@@ -379,7 +437,7 @@ impl<A: SimApp> Sim<A> {
             let unshipped =
                 self.cluster.node(i).standby_path().is_some() && self.cluster.rng().gen_bool(0.5);
             let landed = if unshipped {
-                self.cluster.land_pending_unshipped(i)
+                self.land_unshipped(i)
             } else {
                 self.cluster.land_pending(i)
             };

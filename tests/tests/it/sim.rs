@@ -327,8 +327,9 @@ fn sim_standby_promotion_keeps_exactly_once_fifo_and_conservation() {
     let promotions: u64 = reports.iter().map(|r| r.promotions).sum();
     let reseeds: u64 = reports.iter().map(|r| r.reseeds).sum();
     let mid_work: u64 = reports.iter().map(|r| r.promotions_mid_work).sum();
+    let lost: u64 = reports.iter().map(|r| r.unreplicated_lost).sum();
     println!(
-        "sim_standby: {promotions} promotions ({mid_work} with transfers under way), {reseeds} replica seedings"
+        "sim_standby: {promotions} promotions ({mid_work} with transfers under way, {lost} of a down process whose replica lacked its last, unreleased batch), {reseeds} replica seedings"
     );
     fail_on_violations("sim_standby", &reports);
     for r in &reports {
