@@ -715,6 +715,13 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
             .iter()
             .filter_map(|(id, a)| Some((id.clone(), a.literal()?)))
             .collect(),
+        primary_addrs: config
+            .peer_standbys
+            .keys()
+            .filter_map(|id| Some((id.clone(), *config.peers.get(id)?)))
+            .collect(),
+        standby_heard: HashMap::new(),
+        quiet_after: config.tuning.rto_max * crate::limits::PEER_QUIET_CEILINGS,
         at_standby: Default::default(),
     };
     if let Some(addr) = config.metrics {
@@ -1031,6 +1038,12 @@ struct Out<'a> {
     standby_addrs: BTreeMap<ProcessId, SocketAddr>,
     /// Peers being sent to at their standby's address now.
     at_standby: std::collections::HashSet<ProcessId>,
+    /// The primary addresses (IP addresses) of peers with a standby.
+    primary_addrs: BTreeMap<ProcessId, SocketAddr>,
+    /// When each peer was last heard from at its standby's address.
+    standby_heard: HashMap<ProcessId, std::time::Instant>,
+    /// The quiet-peer period (`PEER_QUIET_CEILINGS` x `rto_max`).
+    quiet_after: Duration,
 }
 
 /// A batch's outputs leave when both its local commit and the standby's acknowledgement
@@ -1143,27 +1156,51 @@ impl Out<'_> {
         engine.handle_frame(now, frame);
     }
 
-    /// A peer's frame from its declared standby address while it is sent to elsewhere: its
-    /// standby was promoted (ken/STANDBY.md); send there from now on, without waiting for a
-    /// quiet period. One way only: frames from the old address never move it back (a fenced
-    /// old primary may still be sending), the quiet-peer watch does if the standby falls
-    /// silent. Frames are authenticated when the cluster is keyed.
+    /// A peer with a standby (`Config::peer_standbys`) is sent to where it speaks from
+    /// (ken/STANDBY.md): a frame from its declared standby address moves it there at once (its
+    /// standby was promoted); a frame from its primary address moves it back, unless the
+    /// standby address was heard from within a quiet period (a fenced old primary may still
+    /// be sending; the promoted copy wins, and peers stop the old one as rolled back). So a
+    /// peer that was tried at its standby address while it was only restarting is found
+    /// again at its first frame, even with nothing waiting for it (nothing else would move
+    /// it back: the quiet-peer watch needs messages waiting). Only the two declared
+    /// addresses count, and frames are authenticated when the cluster is keyed.
     fn follow_promotion(&mut self, frame: &Frame, from: SocketAddr) {
         if frame.kind == FrameKind::ClientRequest || frame.kind == FrameKind::AdminRequest {
             return;
         }
-        let Some(standby) = self.standby_addrs.get(&frame.from) else {
+        let Some(standby) = self.standby_addrs.get(&frame.from).copied() else {
             return;
         };
-        if from != *standby || self.peers.get(&frame.from) == Some(standby) {
+        let current = self.peers.get(&frame.from).copied();
+        if from == standby {
+            self.standby_heard
+                .insert(frame.from.clone(), std::time::Instant::now());
+            if current != Some(standby) {
+                tracing::warn!(
+                    "peer {}: heard from its standby's address {standby}: its standby was promoted; sending there",
+                    frame.from
+                );
+                self.peers.insert(frame.from.clone(), standby);
+                self.at_standby.insert(frame.from.clone());
+            }
             return;
         }
-        tracing::warn!(
-            "peer {}: heard from its standby's address {standby}: its standby was promoted; sending there",
-            frame.from
-        );
-        self.peers.insert(frame.from.clone(), *standby);
-        self.at_standby.insert(frame.from.clone());
+        let Some(primary) = self.primary_addrs.get(&frame.from).copied() else {
+            return;
+        };
+        let standby_recent = self
+            .standby_heard
+            .get(&frame.from)
+            .is_some_and(|t| t.elapsed() < self.quiet_after);
+        if from == primary && current == Some(standby) && !standby_recent {
+            tracing::warn!(
+                "peer {}: heard from its own address {primary} again (its standby's address is silent); sending there",
+                frame.from
+            );
+            self.peers.insert(frame.from.clone(), primary);
+            self.at_standby.remove(&frame.from);
+        }
     }
 
     /// Remembers the return address of a client request.

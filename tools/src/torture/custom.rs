@@ -185,7 +185,7 @@ impl Custom {
 }
 
 /// A TOML basic string.
-fn quote(s: &str) -> String {
+pub(super) fn quote(s: &str) -> String {
     let mut out = String::from("\"");
     for c in s.chars() {
         match c {
@@ -200,7 +200,7 @@ fn quote(s: &str) -> String {
 }
 
 /// The run's `[settings]`: the user's, with the run's key and stats interval.
-fn settings_toml(s: &Settings, key: Option<&Path>, stats_interval_ms: u64) -> String {
+pub(super) fn settings_toml(s: &Settings, key: Option<&Path>, stats_interval_ms: u64) -> String {
     let mut t = String::from("\n[settings]\n");
     if let Some(k) = key {
         t.push_str(&format!("key_file = {}\n", quote(&k.display().to_string())));

@@ -56,6 +56,16 @@
 //! documented recovery). The ballast is removed at heal time. Stores kept after a violation
 //! are copied off the tmpfs before it is unmounted.
 //!
+//! Standby replicas (`--standby`, bank only, [`standby`]): every member ships its batches
+//! to a `ken standby serve` of its own (killed and restarted now and then like the members),
+//! the members started from a cluster file written for the run. `--promotions` times a
+//! member's standby is killed, then 3 s later the member is SIGKILLed, its store deleted (a
+//! destroyed disk), the replica promoted (`ken standby promote`) and the member started on it
+//! at its standby address with `--no-standby`; the replica is its store for every check from
+//! then on. The summary counts `promotions` and the `promotion_to_first_turn_ms` of each.
+//! Negative control: `--unsafe-release-before-standby` (`KEN_UNSAFE_RELEASE_BEFORE_STANDBY=1`,
+//! test builds only) makes the promoted member lose what its peers saw.
+//!
 //! Any service (`--cluster FILE`, [`custom`]): the processes of a cluster file whose entries
 //! carry a `command`, started from their own command lines on ports and stores the run
 //! picks (a cluster file written for the run), under the same faults; quiescence is every
@@ -69,6 +79,7 @@ pub mod apps;
 pub mod check;
 pub mod custom;
 pub mod lock;
+pub mod standby;
 
 use std::collections::BTreeSet;
 use std::io::{IsTerminal, Write};
@@ -84,6 +95,9 @@ use rand_chacha::ChaCha8Rng;
 use apps::TortureApp;
 use ken_tools::harness::{self, loopback, End, Process, Spec};
 use ken_tools::keys::{self, Held, KeyRing, RotationStep};
+
+/// `--promotions` when not given.
+const DEFAULT_PROMOTIONS: u64 = 2;
 
 /// Interval of each process's stats lines (`KEN_STATS_INTERVAL_MS`).
 const STATS_INTERVAL_MS: u64 = 500;
@@ -303,6 +317,21 @@ pub struct Args {
     /// Negative control (with --upgrade): run the children with KEN_UNSAFE_DROP_HELD=1.
     #[arg(long, hide = true)]
     pub unsafe_drop_held: bool,
+    /// Bank: give every member a standby replica (`ken standby serve`, killed and restarted
+    /// now and then like the members) and, --promotions times, destroy a member's store
+    /// for good and promote its standby (ken/STANDBY.md). The members are started from a
+    /// cluster file the run writes into its directory (see tools/TORTURE.md).
+    #[arg(long)]
+    pub standby: bool,
+    /// With --standby: destroyed disks and promotions, spread over the fault phase; each
+    /// member is promoted at most once [default: 2].
+    #[arg(long, value_name = "N", requires = "standby")]
+    pub promotions: Option<u64>,
+    /// Negative control (with --standby): run the members with
+    /// KEN_UNSAFE_RELEASE_BEFORE_STANDBY=1 (test builds only): they release before their
+    /// standby holds a batch, and a promotion loses what peers saw.
+    #[arg(long, hide = true, requires = "standby")]
+    pub unsafe_release_before_standby: bool,
 }
 
 /// `ken torture --help`'s closing section: the --cluster mode in a few lines.
@@ -477,6 +506,10 @@ struct Cluster {
     /// `--upgrade`: upgrades still to make, earliest first: (offset into the fault phase,
     /// member).
     upgrade_at: Vec<(Duration, usize)>,
+    /// `--standby`: the standbys and the promotion plan.
+    standbys: Option<standby::Standbys>,
+    /// The executable the children run (the run's private copy of `ken`).
+    program: PathBuf,
 }
 
 /// Gap between a rotation restart's process listening and the next rotation restart (and
@@ -643,6 +676,46 @@ fn check_args(args: &Args) -> anyhow::Result<()> {
     }
     if args.unsafe_drop_held && !args.upgrade {
         bail!("--unsafe-drop-held only matters with --upgrade (no newer messages otherwise)");
+    }
+    if args.standby {
+        if args.app != AppName::Bank {
+            bail!("--standby works with --app bank (the audit proves no transfer lost across a promotion)");
+        }
+        for (set, flag) in [
+            (args.upgrade, "--upgrade"),
+            (args.rotate_key.is_some(), "--rotate-key"),
+            (args.tmpfs_mb.is_some(), "--tmpfs-mb"),
+            (
+                args.unsafe_release_before_commit,
+                "--unsafe-release-before-commit",
+            ),
+        ] {
+            if set {
+                bail!("--standby does not combine with {flag} yet; run them separately");
+            }
+        }
+        let n = args.promotions.unwrap_or(DEFAULT_PROMOTIONS);
+        if n > args.procs.max(2) as u64 {
+            bail!(
+                "--promotions {n} is more than the {} members (--procs): each member is promoted at most once",
+                args.procs.max(2)
+            );
+        }
+        if n > 0 && args.seconds * 1000 * 8 / 10 / n < 2 * standby::PRE_KILL.as_millis() as u64 {
+            bail!(
+                "--seconds {} is too short for {n} promotions: each needs {} s of the fault phase's middle 80%; raise --seconds or lower --promotions",
+                args.seconds,
+                2 * standby::PRE_KILL.as_secs()
+            );
+        }
+    }
+    if args.unsafe_release_before_standby && !ken::Tuning::RELEASE_BEFORE_COMMIT_COMPILED {
+        bail!(
+            "--unsafe-release-before-standby: this `ken` was built without the test-only switch \
+             (its children would wait for their standbys and the negative control would prove \
+             nothing); it exists only in test builds (`cargo test`, or the cargo feature \
+             ken/unsafe-release-before-commit)"
+        );
     }
     if args.unsafe_drop_held && !ken::Tuning::DROP_HELD_COMPILED {
         bail!(
@@ -933,6 +1006,12 @@ impl Cluster {
             if args.unsafe_drop_held {
                 envs.push(("KEN_UNSAFE_DROP_HELD".to_string(), "1".to_string()));
             }
+            if args.unsafe_release_before_standby {
+                envs.push((
+                    "KEN_UNSAFE_RELEASE_BEFORE_STANDBY".to_string(),
+                    "1".to_string(),
+                ));
+            }
             if args.unsafe_release_before_commit {
                 envs.push((
                     "KEN_UNSAFE_RELEASE_BEFORE_COMMIT".to_string(),
@@ -976,6 +1055,18 @@ impl Cluster {
         } else {
             Vec::new()
         };
+        let standbys = if args.standby {
+            Some(standby::Standbys::new(
+                &ids,
+                dir,
+                &program,
+                args.seconds,
+                args.promotions.unwrap_or(DEFAULT_PROMOTIONS),
+                &mut rng,
+            )?)
+        } else {
+            None
+        };
         let mut cluster = Cluster {
             app,
             custom,
@@ -1003,6 +1094,8 @@ impl Cluster {
             rotation: Rotation::default(),
             upgraded: vec![false; ids.len()],
             upgrade_at,
+            standbys,
+            program,
         };
         if let Some(n) = cluster.args.rotate_key {
             cluster.rotation.left = n;
@@ -1025,6 +1118,12 @@ impl Cluster {
             }
             return Ok(());
         }
+        if let Some(sb) = &self.standbys {
+            // The members read each other (and their standbys) from the run's cluster file.
+            let addrs: Vec<SocketAddr> = self.ports.iter().map(|p| loopback(*p)).collect();
+            let key = self.keys.as_ref().map(|ring| ring.file(0));
+            sb.write_run_file(&ids, &addrs, &self.stores, key, STATS_INTERVAL_MS)?;
+        }
         for i in 0..self.members.len() {
             let peers: Vec<(String, SocketAddr)> = ids
                 .iter()
@@ -1034,12 +1133,23 @@ impl Cluster {
                 .collect();
             let name = self.app.app().map_or("", |a| a.name());
             let mut args = vec!["app".into(), name.into()];
+            let peers = if self.standbys.is_some() {
+                &[][..]
+            } else {
+                &peers[..]
+            };
             args.extend(
                 self.app
-                    .args(i, loopback(self.ports[i]), &self.stores[i], &peers)
+                    .args(i, loopback(self.ports[i]), &self.stores[i], peers)
                     .into_iter()
                     .map(Into::into),
             );
+            if let Some(sb) = &self.standbys {
+                args.extend(["--cluster".into(), sb.run_file.clone().into_os_string()]);
+                if sb.promoted[i] {
+                    args.push("--no-standby".into());
+                }
+            }
             if let Some(ring) = &self.keys {
                 args.extend(self.held[i].args(ring).into_iter().map(Into::into));
             }
@@ -1435,6 +1545,9 @@ impl Cluster {
     /// The fault phase, healing, and quiescence. Returns the time quiescence took, `None` if
     /// it did not come within the bound (a liveness violation, recorded).
     fn torture(&mut self) -> anyhow::Result<Option<Duration>> {
+        if let Some(sb) = &mut self.standbys {
+            sb.start_all()?;
+        }
         for m in &mut self.members {
             m.spawn(None)?;
         }
@@ -1471,6 +1584,18 @@ impl Cluster {
             self.fuse_events(now, now.duration_since(start))?;
             self.rotate_keys(now, start + Duration::from_secs(self.args.seconds) / 5)?;
             self.upgrades_due(now.duration_since(start))?;
+            self.standby_tick(now, Some(now.duration_since(start)), false)?;
+            let standby_killed = next_kill.is_some_and(|t| t <= now)
+                && self.standbys.is_some()
+                && self.rng.gen_bool(standby::STANDBY_KILL_SHARE)
+                && {
+                    let delay = self.restart_delay();
+                    let sb = self.standbys.as_mut().expect("checked");
+                    sb.kill_one(&mut self.rng, delay)?
+                };
+            if standby_killed {
+                next_kill = self.exp_interval(self.args.kill_rate).map(|d| now + d);
+            }
             if next_kill.is_some_and(|t| t <= now) {
                 let running: Vec<usize> = (0..self.members.len())
                     .filter(|i| self.members[*i].proc.is_running() && !self.busy(*i, now))
@@ -1534,6 +1659,13 @@ impl Cluster {
         if let Some(b) = &self.ballast {
             let _ = std::fs::remove_file(b);
         }
+        if let Some(sb) = &mut self.standbys {
+            // A promotion under way finishes now (its victim's standby is already down);
+            // those not started are skipped.
+            sb.skipped += sb.plan.len() as u64;
+            sb.plan.clear();
+        }
+        self.standby_tick(Instant::now(), None, true)?;
         if self.args.upgrade {
             // Whoever is still on version 1 is upgraded now: version-2 messages to it would
             // be held for ever.
@@ -1564,6 +1696,7 @@ impl Cluster {
             self.operator_rule()?;
             self.lock_operator_rule()?;
             let now = Instant::now();
+            self.standby_tick(now, None, true)?;
             self.rotate_keys(now, now)?;
             match self.quiescent(&mut last_turns, now) {
                 Ok(None) => {
@@ -1699,6 +1832,81 @@ impl Cluster {
         Ok(())
     }
 
+    /// `--standby`: reaps and restarts the standbys, makes the promotions that are due
+    /// (`elapsed` into the fault phase; `None` when healing: a promotion under way is
+    /// finished at once) and measures the promoted members' first turns.
+    fn standby_tick(
+        &mut self,
+        now: Instant,
+        elapsed: Option<Duration>,
+        healing: bool,
+    ) -> anyhow::Result<()> {
+        let Some(sb) = &mut self.standbys else {
+            return Ok(());
+        };
+        let died = sb.reap_and_restart(healing, Duration::from_millis(500))?;
+        self.violations.extend(died);
+        sb.measure();
+        if let Some(p) = sb.pending {
+            if healing || now >= p.destroy_at {
+                self.destroy_and_promote(p.member)?;
+            }
+            return Ok(());
+        }
+        let Some(elapsed) = elapsed else {
+            return Ok(());
+        };
+        if sb.plan.first().is_none_or(|t| *t > elapsed) {
+            return Ok(());
+        }
+        let promoted = sb.promoted.clone();
+        let candidates: Vec<usize> = (0..self.members.len())
+            .filter(|i| !promoted[*i] && !self.busy(*i, now))
+            .collect();
+        let sb = self.standbys.as_mut().expect("checked");
+        if candidates.is_empty() {
+            sb.plan.remove(0);
+            sb.skipped += 1;
+            return Ok(());
+        }
+        let i = candidates[self.rng.gen_range(0..candidates.len())];
+        let sb = self.standbys.as_mut().expect("checked");
+        sb.plan.remove(0);
+        sb.begin(i, now)?;
+        Ok(())
+    }
+
+    /// `--standby`: member `i`'s disk is destroyed for good and its standby promoted, as an
+    /// operator would (ken/STANDBY.md): SIGKILL, every file of its store deleted, `ken
+    /// standby promote` on the replica (its standby is already down), and `i` started on the
+    /// replica at its standby address with `--no-standby`. The replica is `i`'s store from
+    /// now on, for every check.
+    fn destroy_and_promote(&mut self, i: usize) -> anyhow::Result<()> {
+        self.resume_member(i);
+        if self.members[i].proc.is_running() {
+            match self.members[i].proc.kill()? {
+                End::CrashPoint(_) => self.counters.crash_points_hit += 1,
+                End::StoreFull => self.counters.disk_full_exits += 1,
+                End::KilledByUs | End::Finished | End::BindError | End::Unexpected(_) => {}
+            }
+        }
+        self.close_pause_if_dead(i);
+        self.members[i].restart_at = None;
+        standby::Standbys::destroy(&self.stores[i])?;
+        let sb = self.standbys.as_mut().expect("a --standby run");
+        sb.promote(&self.program, i)?;
+        self.stores[i] = sb.replicas[i].clone();
+        self.ports[i] = sb.address[i].port();
+        self.set_args()?;
+        for j in 0..self.members.len() {
+            // Partitions name addresses: i's is new.
+            self.write_faults(j)?;
+        }
+        self.members[i].spawn(None)?;
+        self.counters.restarts += 1;
+        Ok(())
+    }
+
     /// `--upgrade`: makes the upgrades that are due.
     fn upgrades_due(&mut self, elapsed: Duration) -> anyhow::Result<()> {
         while self.upgrade_at.first().is_some_and(|(t, _)| *t <= elapsed) {
@@ -1790,6 +1998,9 @@ impl Cluster {
 
     /// SIGKILLs every running member (the end of a run; not counted as a kill).
     fn stop_all(&mut self) {
+        if let Some(sb) = &mut self.standbys {
+            sb.stop_all();
+        }
         for i in 0..self.members.len() {
             self.resume_member(i);
             let m = &mut self.members[i];
@@ -2017,6 +2228,9 @@ impl Cluster {
             self.violations.extend(self.app.check_output(i, &lines, q));
         }
         self.details = self.members.iter().map(|m| m.proc.describe()).collect();
+        if let Some(sb) = &self.standbys {
+            self.details.extend(sb.procs.iter().map(|p| p.describe()));
+        }
         let totals = check::totals(&self.stores).unwrap_or_default();
         let mut recovery: Vec<u64> = self
             .members
@@ -2069,6 +2283,16 @@ impl Cluster {
             "quiesce_ms": quiesced.map(|d| d.as_millis() as u64),
             "violations": self.violations.len(),
         });
+        if let Some(sb) = &self.standbys {
+            summary["standby"] = true.into();
+            summary["promotions"] = sb.first_turn_ms.len().into();
+            summary["promotions_skipped"] = sb.skipped.into();
+            summary["promotion_to_first_turn_ms"] = sb.first_turn_ms.clone().into();
+            summary["standby_kills"] = sb.kills.into();
+            summary["standby_restarts"] = sb.restarts.into();
+            summary["unsafe_release_before_standby"] =
+                self.args.unsafe_release_before_standby.into();
+        }
         if let Some(cmd) = &check_cmd {
             let run = self.check_run.clone().unwrap_or_default();
             summary["check"] = serde_json::json!({

@@ -9,4 +9,5 @@ mod inspect;
 mod netns;
 mod standby;
 mod torture;
+mod torture_standby;
 mod upgrade;
