@@ -22,6 +22,15 @@
 //! [`Cluster::complete_commit`], to interleave commits with everything else. An engine that
 //! stops fails the test unless it calls [`Cluster::tolerate_stops`].
 //!
+//! **Standbys** (a model of `ken::standby`, `ken/STANDBY.md`): [`Cluster::set_standby`]
+//! gives a node a replica store, committed with every batch of the node *before* the batch
+//! is reported durable (the release gate), and brought to the node's exact commit (a
+//! consistent copy of the node's store) at each start of the node, before it runs, as the
+//! real shipper reseeds a replica that is behind. [`Cluster::promote`] destroys the node's
+//! store for good and restarts the node from its replica at the next epoch. The invariant
+//! kept: every batch whose outputs were released is in the replica.
+//! [`Cluster::set_standby_release_early`] breaks it on purpose (a negative control).
+//!
 //! ```
 //! use std::time::Duration;
 //! use ken::testing::Cluster;
@@ -176,6 +185,18 @@ pub struct Node<H: Handler> {
     replies: Vec<Frame>,
     stopped: Option<EngineError>,
     tasks_started: Vec<TaskAttempt>,
+    standby: Option<Standby>,
+}
+
+/// A node's standby: its replica store (open while the standby "runs", which is always,
+/// except while it is reseeded).
+struct Standby {
+    path: PathBuf,
+    store: Option<Store>,
+    /// Batches reported durable but not yet in the replica: only with
+    /// [`Cluster::set_standby_release_early`]; committed (in order) before the next batch.
+    unshipped: Vec<Batch>,
+    reseeds: u64,
 }
 
 /// A task attempt an engine handed out ([`Command::StartTask`]). The cluster runs no task
@@ -253,6 +274,22 @@ impl<H: Handler> Node<H> {
     pub fn tasks_started(&self) -> &[TaskAttempt] {
         &self.tasks_started
     }
+
+    /// The batch committing, in [`Commits::Held`] mode (what [`Cluster::land_pending`]
+    /// would land).
+    pub fn pending_batch(&self) -> Option<&Batch> {
+        self.pending.as_ref().map(|(_, b)| b)
+    }
+
+    /// Its standby's replica store, if it has a standby ([`Cluster::set_standby`]).
+    pub fn standby_path(&self) -> Option<&Path> {
+        self.standby.as_ref().map(|s| s.path.as_path())
+    }
+
+    /// How many times its replica was seeded with a copy of its store (0 without a standby).
+    pub fn standby_reseeds(&self) -> u64 {
+        self.standby.as_ref().map_or(0, |s| s.reseeds)
+    }
 }
 
 /// A cluster of engines over real stores, in virtual time. See the module docs.
@@ -273,6 +310,8 @@ pub struct Cluster<H: Handler> {
     stats: NetStats,
     events: Option<Vec<Event>>,
     stops_tolerated: bool,
+    /// [`Cluster::set_standby_release_early`].
+    standby_early: f64,
 }
 
 impl<H: Handler> std::fmt::Debug for Cluster<H> {
@@ -309,6 +348,7 @@ impl<H: Handler> Cluster<H> {
             stats: NetStats::default(),
             events: None,
             stops_tolerated: false,
+            standby_early: 0.0,
         }
     }
 
@@ -333,6 +373,7 @@ impl<H: Handler> Cluster<H> {
             replies: Vec::new(),
             stopped: None,
             tasks_started: Vec::new(),
+            standby: None,
         });
         self.nodes.len() - 1
     }
@@ -344,6 +385,40 @@ impl<H: Handler> Cluster<H> {
 
     pub fn set_commits(&mut self, commits: Commits) {
         self.commits = commits;
+    }
+
+    /// The directory the stores are in.
+    pub fn dir(&self) -> &Path {
+        (*self.dir).as_ref()
+    }
+
+    /// Gives node `i` a standby whose replica store is `replica` (a path that is absent or
+    /// holds an earlier replica of this node). The replica is seeded with a consistent copy
+    /// of the node's store now if the node is up, else at its next start; from then on every
+    /// batch of the node is committed to the replica before it is reported durable.
+    ///
+    /// # Panics
+    /// If the node already has a standby, or the copy fails.
+    pub fn set_standby(&mut self, i: usize, replica: impl Into<PathBuf>) {
+        let node = &mut self.nodes[i];
+        assert!(node.standby.is_none(), "{} has a standby", node.config.id);
+        node.standby = Some(Standby {
+            path: replica.into(),
+            store: None,
+            unshipped: Vec::new(),
+            reseeds: 0,
+        });
+        if node.is_up() {
+            self.seed_standby(i);
+        }
+    }
+
+    /// The negative control of the release gate: with probability `p` a batch is reported
+    /// durable (its outputs released) while the replica does not hold it yet; it reaches the
+    /// replica only with the node's next batch, so a promotion in between loses it. 0 (the
+    /// default) keeps the gate.
+    pub fn set_standby_release_early(&mut self, p: f64) {
+        self.standby_early = p;
     }
 
     /// Starts recording [`Event`]s (and clears what was recorded), or stops.
@@ -394,12 +469,95 @@ impl<H: Handler> Cluster<H> {
             .unwrap_or_else(|e| panic!("open a reader on {}: {e}", node.path.display()));
         let mut engine = Engine::recover(node.config.clone(), handler, recovered, Box::new(reader))
             .unwrap_or_else(|e| panic!("recover {}: {e}", node.config.id));
-        engine.start(self.now);
-        node.engine = Some(engine);
         node.store = Some(store);
+        // Nothing runs until the replica holds every commit of the store (the real primary
+        // waits for its shipper's reseed the same way).
+        self.seed_standby(i);
+        engine.start(self.now);
+        let node = &mut self.nodes[i];
+        node.engine = Some(engine);
         node.stopped = None;
         node.life += 1;
         self.drain(i);
+    }
+
+    /// Brings node `i`'s replica to the exact commit of its store (which must exist) if it
+    /// is not there (absent, behind, another incarnation): a consistent copy of the store
+    /// put in the replica's place, then the replica reopened.
+    fn seed_standby(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let Some(standby) = node.standby.as_mut() else {
+            return;
+        };
+        let meta = |path: &Path| Reader::open(path).ok().and_then(|r| r.meta().ok());
+        let primary = meta(&node.path).unwrap_or_else(|| {
+            panic!("read the store {} to seed its standby", node.path.display())
+        });
+        standby.unshipped.clear();
+        let in_step = standby.path.exists()
+            && meta(&standby.path).is_some_and(|m| {
+                m.incarnation == primary.incarnation && m.commits == primary.commits
+            });
+        if !in_step {
+            standby.store = None;
+            let mut copy = standby.path.clone().into_os_string();
+            copy.push(".seed");
+            let copy = PathBuf::from(copy);
+            let _ = std::fs::remove_file(&copy);
+            Reader::open(&node.path)
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.copy_into(&copy).map_err(|e| e.to_string()))
+                .unwrap_or_else(|e| panic!("copy {}: {e}", node.path.display()));
+            ken_store::install_copy(&standby.path, &copy)
+                .unwrap_or_else(|e| panic!("install the copy at {}: {e}", standby.path.display()));
+            standby.reseeds += 1;
+        }
+        if standby.store.is_none() {
+            let app = crate::upgrade::identity::<H>();
+            standby.store = Some(open_store(&standby.path, node.config.id.as_str(), &app).0);
+        }
+    }
+
+    /// Promotes node `i`'s standby, as an operator would once the node's disk is gone for
+    /// good: crashes the node (a batch committing is lost; call [`Cluster::land_pending`]
+    /// first to land it), deletes its store's files, makes the replica its store
+    /// ([`Node::path`] is the replica's path from now on), adds one to the replica's epoch
+    /// ([`crate::standby::promote`]) and starts the node from it. The node has no standby
+    /// afterwards. Returns the new epoch.
+    ///
+    /// # Panics
+    /// If the node has no standby, or a file operation fails.
+    pub fn promote(&mut self, i: usize) -> u64 {
+        self.crash(i);
+        let node = &mut self.nodes[i];
+        let standby = node
+            .standby
+            .take()
+            .unwrap_or_else(|| panic!("{} has no standby to promote", node.config.id));
+        drop(standby.store);
+        // Unshipped batches (the negative control) are lost with the disk.
+        let old = node.path.clone();
+        let name = old
+            .file_name()
+            .expect("a store file")
+            .to_string_lossy()
+            .to_string();
+        let dir = old.parent().expect("a store directory");
+        for entry in std::fs::read_dir(dir).expect("list the store directory") {
+            let entry = entry.expect("a directory entry");
+            let file = entry.file_name().to_string_lossy().to_string();
+            let rest = file.strip_prefix(&name);
+            if rest.is_some_and(|r| r.is_empty() || r.starts_with('-') || r.starts_with('.')) {
+                std::fs::remove_file(entry.path())
+                    .unwrap_or_else(|e| panic!("delete {}: {e}", entry.path().display()));
+            }
+        }
+        assert!(!old.exists() && !ken_store::wal_path(&old).exists());
+        node.path = standby.path;
+        let epoch = crate::standby::promote(&node.path)
+            .unwrap_or_else(|e| panic!("promote {}: {e}", node.path.display()));
+        self.start(i);
+        epoch
     }
 
     /// Starts every node that is down, in order.
@@ -435,6 +593,18 @@ impl<H: Handler> Cluster<H> {
             return false;
         };
         self.commit_to_store(i, batch);
+        true
+    }
+
+    /// As [`Cluster::land_pending`], but the batch reaches node `i`'s store only, not its
+    /// standby's replica (the local fsync finished, the shipment did not): the replica is
+    /// behind until the node's next start reseeds it. Without a standby, the same as
+    /// [`Cluster::land_pending`].
+    pub fn land_pending_unshipped(&mut self, i: usize) -> bool {
+        let Some((_, batch)) = self.nodes[i].pending.take() else {
+            return false;
+        };
+        self.commit_locally(i, batch);
         true
     }
 
@@ -806,7 +976,42 @@ impl<H: Handler> Cluster<H> {
         );
     }
 
+    /// Commits `batch` to node `i`'s standby's replica (if any), then to its store.
     fn commit_to_store(&mut self, i: usize, batch: Batch) {
+        self.ship(i, &batch);
+        self.commit_locally(i, batch);
+    }
+
+    /// The release gate's other half: `batch` in the replica before it is reported durable
+    /// (unless the negative control defers it).
+    fn ship(&mut self, i: usize, batch: &Batch) {
+        if self.nodes[i].standby.is_none() {
+            return;
+        }
+        let early = self.standby_early;
+        let defer = self.chance(early);
+        let node = &mut self.nodes[i];
+        let standby = node.standby.as_mut().expect("checked");
+        if defer {
+            standby.unshipped.push(batch.clone());
+            return;
+        }
+        let store = standby
+            .store
+            .as_mut()
+            .expect("a standby is seeded before its node runs");
+        for b in standby
+            .unshipped
+            .drain(..)
+            .chain(std::iter::once(batch.clone()))
+        {
+            if let Err(e) = store.commit(&b) {
+                panic!("commit to the replica {}: {e}", standby.path.display());
+            }
+        }
+    }
+
+    fn commit_locally(&mut self, i: usize, batch: Batch) {
         let node = &mut self.nodes[i];
         let store = node.store.as_mut().expect("a committing node has a store");
         if let Err(e) = store.commit(&batch) {

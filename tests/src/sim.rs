@@ -20,6 +20,13 @@
 //!
 //! At the end the network heals, crashed processes restart, and the run must quiesce
 //! (liveness) within a bound of virtual time, then pass the application's final check.
+//!
+//! With [`Sim::set_standby`] (issue 18, `ken/STANDBY.md`) some processes have a standby
+//! (the cluster's model: the replica commits each batch before it is reported durable, and
+//! is reseeded at the process's start), and each is promoted once, at a random step of the
+//! faulty phase: its store is deleted for good and it restarts from the replica at the next
+//! epoch. The checks above run unchanged across the promotion: the replica holds every batch
+//! whose outputs anyone saw, so to the checker too it is a crash-restart.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -115,6 +122,27 @@ pub struct SimReport {
     pub frames_dropped: u64,
     pub frames_junk: u64,
     pub virtual_ms: u64,
+    /// Standbys promoted ([`Sim::set_standby`]).
+    pub promotions: u64,
+    /// Of which while the application's work was not done ([`SimApp::done`] false).
+    pub promotions_mid_work: u64,
+    /// Promotions of a down process whose replica lacked a batch its store held (one that
+    /// released nothing).
+    pub unreplicated_lost: u64,
+    /// Replicas seeded with a copy of their process's store (at set-up and after a crash
+    /// that left the replica behind).
+    pub reseeds: u64,
+}
+
+/// Standbys under simulation ([`Sim::set_standby`]).
+#[derive(Debug, Clone, Default)]
+pub struct StandbyPlan {
+    /// The processes (indexes) that get a standby; each is promoted once.
+    pub nodes: Vec<usize>,
+    /// The negative control: probability that a batch is reported durable (its outputs
+    /// released) before its replica holds it ([`Cluster::set_standby_release_early`]).
+    /// 0 in every real run.
+    pub release_early: f64,
 }
 
 /// Output validity and exactly-once bookkeeping over committed batches and released frames.
@@ -176,6 +204,28 @@ impl Checker {
         }
     }
 
+    /// `node`'s committed `batch` is gone (a promoted standby never had it; it released
+    /// nothing): forget the messages it committed and the consumption it recorded.
+    pub fn forget(&mut self, node: &str, batch: &Batch) {
+        for row in &batch.outbox_appends {
+            if let Some(msgs) = self
+                .committed
+                .get_mut(&(node.to_string(), row.peer.clone()))
+            {
+                msgs.remove(&row.seq);
+            }
+        }
+        for e in &batch.turn_log {
+            if e.input_kind != "message" && e.input_kind != "undecodable" {
+                continue;
+            }
+            let key = (e.input_source.clone(), node.to_string());
+            if let Some(last) = self.consumed.get_mut(&key) {
+                *last = (*last).min(e.input_seq.saturating_sub(1));
+            }
+        }
+    }
+
     /// `node` released `frame`.
     pub fn on_send(&mut self, node: &str, frame: &Frame) {
         let to = frame.to.to_string();
@@ -224,6 +274,13 @@ pub struct Sim<A: SimApp> {
     checker: Checker,
     report: SimReport,
     faults_on: bool,
+    /// Standbys still to promote: (faulty step at or after which, process).
+    promote_at: Vec<(u64, usize)>,
+    /// Per process: the batch its store holds and its replica lacks (landed by a crash,
+    /// never shipped, so it released nothing), with the process's model before it. A
+    /// promotion before the restart (which reseeds the replica) loses that batch, and the
+    /// checker's model forgets it.
+    unreplicated: Vec<Option<(NodeModel, Batch)>>,
 }
 
 impl<A: SimApp> std::fmt::Debug for Sim<A> {
@@ -283,6 +340,8 @@ impl<A: SimApp> Sim<A> {
             world: World::default(),
             checker: Checker::default(),
             faults_on: true,
+            promote_at: Vec::new(),
+            unreplicated: vec![None; ids.len()],
         };
         for i in 0..ids.len() {
             sim.boot(i);
@@ -290,9 +349,79 @@ impl<A: SimApp> Sim<A> {
         sim
     }
 
+    /// Gives the processes of `plan` a standby each (seeded now with a copy of their
+    /// store), to be promoted at a random step of the faulty phase.
+    pub fn set_standby(&mut self, plan: &StandbyPlan) {
+        self.cluster.set_standby_release_early(plan.release_early);
+        let steps = self.config.steps.max(10);
+        for &i in &plan.nodes {
+            let path =
+                (self.cluster.dir()).join(format!("{}.standby.ken", self.cluster.node(i).id()));
+            self.cluster.set_standby(i, path);
+            let at = self.cluster.rng().gen_range(steps / 10..steps * 9 / 10);
+            self.promote_at.push((at, i));
+        }
+    }
+
+    /// Promotes every standby whose step has come, whether its process is up (crashed by
+    /// the promotion) or down (its replica possibly behind its store by a batch that
+    /// released nothing: lost with the store, and forgotten by the checker's model).
+    fn promote_due(&mut self, step: u64) {
+        let due: Vec<usize> = self
+            .promote_at
+            .iter()
+            .filter(|(at, _)| *at <= step)
+            .map(|&(_, i)| i)
+            .collect();
+        for i in due {
+            self.promote_at.retain(|&(_, j)| j != i);
+            // A commit in progress at the crash reached both disks, neither, or only the
+            // store about to be destroyed (then it released nothing, and is lost).
+            if self.cluster.node(i).is_up() {
+                let landed = match self.cluster.rng().gen_range(0..3) {
+                    0 => false,
+                    1 => self.cluster.land_pending(i),
+                    _ => self.land_unshipped(i),
+                };
+                if landed {
+                    self.absorb();
+                }
+            }
+            if let Some((before, batch)) = self.unreplicated[i].take() {
+                let name = self.cluster.node(i).id().to_string();
+                self.checker.forget(&name, &batch);
+                self.world.nodes.insert(name, before);
+                self.report.unreplicated_lost += 1;
+            }
+            self.report.reseeds += self.cluster.node(i).standby_reseeds();
+            self.cluster.config_mut(i).seed = self.cluster.rng().gen();
+            self.cluster.promote(i);
+            self.down_until[i] = None;
+            self.report.promotions += 1;
+            if !self.app.done(&self.world) {
+                self.report.promotions_mid_work += 1;
+            }
+            self.absorb();
+        }
+    }
+
+    /// Lands process `i`'s batch in progress in its store only, not in its replica
+    /// ([`Cluster::land_pending_unshipped`]), remembering it and the model before it.
+    fn land_unshipped(&mut self, i: usize) -> bool {
+        let name = self.cluster.node(i).id().to_string();
+        let before = self.world.nodes.get(&name).cloned().unwrap_or_default();
+        let batch = self.cluster.node(i).pending_batch().cloned();
+        let landed = self.cluster.land_pending_unshipped(i);
+        if let (true, Some(batch)) = (landed, batch) {
+            self.unreplicated[i] = Some((before, batch));
+        }
+        landed
+    }
+
     fn boot(&mut self, i: usize) {
         self.cluster.config_mut(i).seed = self.cluster.rng().gen();
         self.cluster.start(i);
+        self.unreplicated[i] = None; // the start reseeded the replica
         self.down_until[i] = None;
         self.absorb();
     }
@@ -302,9 +431,19 @@ impl<A: SimApp> Sim<A> {
         if !self.cluster.node(i).is_up() {
             return;
         }
-        // A commit in progress when the process dies either reached the disk or not.
-        if land && self.cluster.land_pending(i) {
-            self.absorb();
+        // A commit in progress when the process dies either reached the disk or not; with a
+        // standby, the replica may lack it (the shipment was cut short), reseeded at restart.
+        if land {
+            let unshipped =
+                self.cluster.node(i).standby_path().is_some() && self.cluster.rng().gen_bool(0.5);
+            let landed = if unshipped {
+                self.land_unshipped(i)
+            } else {
+                self.cluster.land_pending(i)
+            };
+            if landed {
+                self.absorb();
+            }
         }
         self.cluster.crash(i);
         let down_ms = self.cluster.rng().gen_range(0..300);
@@ -413,6 +552,7 @@ impl<A: SimApp> Sim<A> {
     pub fn run(mut self) -> SimReport {
         for _ in 0..self.config.steps {
             self.step();
+            self.promote_due(self.report.steps);
             self.report.steps += 1;
             if !self.checker.violations.is_empty() {
                 break;
@@ -431,6 +571,7 @@ impl<A: SimApp> Sim<A> {
                     self.boot(i);
                 }
             }
+            self.promote_due(u64::MAX);
             while !self.cluster.in_flight().is_empty() {
                 self.deliver(0);
             }
@@ -458,6 +599,9 @@ impl<A: SimApp> Sim<A> {
         self.report.frames_dropped = net.lost + net.undeliverable;
         self.report.frames_junk = net.junk;
         self.report.virtual_ms = self.cluster.now().as_millis() - T0_MS;
+        for i in 0..self.cluster.len() {
+            self.report.reseeds += self.cluster.node(i).standby_reseeds();
+        }
         self.report.violations = std::mem::take(&mut self.checker.violations);
         self.report
     }
