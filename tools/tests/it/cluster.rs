@@ -24,37 +24,9 @@ use ken::store::{codec, Reader};
 use ken::{Config, Handler, Input, ProcessId, TaskContext, Turn};
 use serde::{Deserialize, Serialize};
 
+use super::torture::{n, torture_env as torture, RELEASE_BEFORE_COMMIT_RUN};
+
 const KEN: &str = env!("CARGO_BIN_EXE_ken");
-
-/// Runs `ken torture ARGS` in `dir/run` with extra environment `envs`; returns (success,
-/// stdout, stderr, summary).
-fn torture(
-    dir: &Path,
-    args: &[&str],
-    envs: &[(&str, &str)],
-) -> (bool, String, String, serde_json::Value) {
-    let out = Command::new(KEN)
-        .arg("torture")
-        .args(args)
-        .arg("--dir")
-        .arg(dir.join("run"))
-        .envs(envs.iter().copied())
-        .output()
-        .expect("run ken torture");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let last = stdout.lines().last().unwrap_or_default();
-    let summary: serde_json::Value = serde_json::from_str(last).unwrap_or_else(|e| {
-        panic!("last line is not the JSON summary ({e}): {stdout}\nstderr: {stderr}")
-    });
-    (out.status.success(), stdout, stderr, summary)
-}
-
-fn n(summary: &serde_json::Value, key: &str) -> u64 {
-    summary[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("summary has no {key}: {summary}"))
-}
 
 /// A TOML string.
 fn q(s: &str) -> String {
@@ -217,29 +189,14 @@ fn a_failing_check_command_is_a_violation() {
 fn release_before_commit_is_caught_through_the_cluster_path() {
     let dir = tempfile::tempdir().unwrap();
     let file = bank_file(dir.path(), 3, 2000);
-    let (ok, stdout, _, s) = torture(
-        dir.path(),
-        &[
-            "--cluster",
-            file.to_str().unwrap(),
-            "--seconds",
-            "15",
-            "--quiesce-seconds",
-            "15",
-            "--seed",
-            "2",
-            "--kill-rate",
-            "3",
-            "--restart-delay-ms",
-            "300",
-            "--crash-point-restarts",
-            "1",
-            "--crash-point-p",
-            "0.05",
-            "--unsafe-release-before-commit",
-        ],
-        &[],
-    );
+    let mut args = vec![
+        "--cluster",
+        file.to_str().unwrap(),
+        "--crash-point-p",
+        "0.05",
+    ];
+    args.extend(RELEASE_BEFORE_COMMIT_RUN);
+    let (ok, stdout, _, s) = torture(dir.path(), &args, &[]);
     assert!(!ok, "exit 0 with outputs released before commit: {stdout}");
     assert!(n(&s, "violations") > 0, "{s}");
     assert!(

@@ -17,23 +17,52 @@ fn torture(args: &[&str]) -> (bool, String, serde_json::Value) {
 
 /// Runs `ken torture ARGS` in `dir`/run; returns (success, stdout, summary).
 pub(crate) fn torture_in(dir: &Path, args: &[&str]) -> (bool, String, serde_json::Value) {
+    let (ok, stdout, _, summary) = torture_env(dir, args, &[]);
+    (ok, stdout, summary)
+}
+
+/// Runs `ken torture ARGS` in `dir`/run with extra environment `envs`; returns (success,
+/// stdout, stderr, summary). The one way every `ken torture` test runs it.
+pub(crate) fn torture_env(
+    dir: &Path,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> (bool, String, String, serde_json::Value) {
     let out = Command::new(env!("CARGO_BIN_EXE_ken"))
         .arg("torture")
         .args(args)
         .arg("--dir")
         .arg(dir.join("run"))
+        .envs(envs.iter().copied())
         .output()
         .expect("run ken torture");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let last = stdout.lines().last().unwrap_or_default();
     let summary: serde_json::Value = serde_json::from_str(last).unwrap_or_else(|e| {
-        panic!(
-            "last line is not the JSON summary ({e}): {stdout}\nstderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
+        panic!("last line is not the JSON summary ({e}): {stdout}\nstderr: {stderr}")
     });
-    (out.status.success(), stdout, summary)
+    (out.status.success(), stdout, stderr, summary)
 }
+
+/// The faults of the release-before-commit negative controls (the app's run and the
+/// `--cluster` run): crash points between release and commit (before_commit, mid_release)
+/// make the broken build's violation near certain rather than a matter of kill timing.
+pub(crate) const RELEASE_BEFORE_COMMIT_RUN: [&str; 13] = [
+    "--seconds",
+    "15",
+    "--quiesce-seconds",
+    "15",
+    "--seed",
+    "2",
+    "--kill-rate",
+    "3",
+    "--restart-delay-ms",
+    "300",
+    "--crash-point-restarts",
+    "1",
+    "--unsafe-release-before-commit",
+];
 
 pub(crate) fn n(summary: &serde_json::Value, key: &str) -> u64 {
     summary[key]
@@ -152,29 +181,9 @@ fn pingpong_torture_passes() {
 /// back. `ken torture` must say so, name it, and exit non-zero.
 #[test]
 fn release_before_commit_is_caught() {
-    let (ok, stdout, s) = torture(&[
-        "--app",
-        "bank",
-        "--procs",
-        "3",
-        "--seconds",
-        "15",
-        "--quiesce-seconds",
-        "15",
-        "--seed",
-        "2",
-        "--kill-rate",
-        "3",
-        "--restart-delay-ms",
-        "300",
-        // Crash points between release and commit (before_commit, mid_release) make the
-        // broken build's violation near certain rather than a matter of kill timing.
-        "--crash-point-restarts",
-        "1",
-        "--crash-point-p",
-        "0.05",
-        "--unsafe-release-before-commit",
-    ]);
+    let mut args = vec!["--app", "bank", "--procs", "3", "--crash-point-p", "0.05"];
+    args.extend(RELEASE_BEFORE_COMMIT_RUN);
+    let (ok, stdout, s) = torture(&args);
     assert!(
         !ok,
         "ken torture exited 0 with outputs released before commit: {stdout}"
