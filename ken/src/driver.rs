@@ -6,7 +6,10 @@
 //! turns keep running into the next batch while one commits; a batch of a few turns with no
 //! frame waiting is committed on the loop thread instead, while commits are fast (see
 //! `INLINE_COMMIT_TURNS_MAX` and `INLINE_COMMIT_SLOW`: a lone round trip then skips two
-//! thread hand-offs). A receive task feeds frames (taken
+//! thread hand-offs; with a standby (`Config::standby`) the loop first yields to the shipper
+//! task, which writes the batch to the standby's socket, so the standby's copy and the local
+//! commit run at once either way). A
+//! receive task feeds frames (taken
 //! with `recvmmsg`, several per system call) through a bounded channel that the loop stops
 //! reading when the engine applies backpressure.
 //!
@@ -461,7 +464,7 @@ type SharedStore = Arc<std::sync::Mutex<Store>>;
 
 struct StoreThread {
     store: SharedStore,
-    commits: std::sync::mpsc::SyncSender<(BatchId, Batch)>,
+    commits: std::sync::mpsc::SyncSender<(BatchId, Arc<Batch>)>,
     done: mpsc::Receiver<(BatchId, Result<Duration, CommitError>)>,
     /// Joined when the loop ends, so that the store is closed when `run` returns.
     thread: std::thread::JoinHandle<()>,
@@ -502,7 +505,7 @@ fn commit_one(
 
 fn spawn_store_thread(store: Store, crash: Arc<CrashPoints>) -> StoreThread {
     let store: SharedStore = Arc::new(std::sync::Mutex::new(store));
-    let (commit_tx, commit_rx) = std::sync::mpsc::sync_channel::<(BatchId, Batch)>(1);
+    let (commit_tx, commit_rx) = std::sync::mpsc::sync_channel::<(BatchId, Arc<Batch>)>(1);
     let (done_tx, done_rx) = mpsc::channel(2);
     let shared = Arc::clone(&store);
     let thread = std::thread::Builder::new()
@@ -1308,18 +1311,23 @@ impl Out<'_> {
                     assert!(!self.committing, "at most one batch commits at a time");
                     self.desk.batch(batch.turns);
                     assert_eq!(id, self.durable + 1, "batches commit in order");
+                    // Shared, not copied, with the shipper, a task of this loop: the yield
+                    // lets it write the batch to the standby's socket before the commit
+                    // below blocks this thread, so the two copies are made at once.
+                    let batch = Arc::new(batch);
                     if let Some(gate) = &self.standby {
-                        gate.ship.ship(gate.base + id, batch.clone());
+                        gate.ship.ship(gate.base + id, Arc::clone(&batch));
+                        tokio::task::yield_now().await;
                     }
                     if idle
-                        && self.standby.is_none()
                         && batch.turns <= INLINE_COMMIT_TURNS_MAX
                         && self.commit_avg <= INLINE_COMMIT_SLOW
                     {
+                        self.committing = true;
                         let took = commit_one(&store.store, self.crash, &batch)?;
                         self.commit_took(took);
-                        self.committed(engine, id);
-                        inline = true;
+                        // With a standby, released only once it has acknowledged too.
+                        inline = self.local_done(engine, id);
                     } else {
                         self.committing = true;
                         store

@@ -162,7 +162,7 @@ pub enum Message {
         bytes: Vec<u8>,
     },
     /// Primary to standby: the batch that is (or will be) the primary's commit `commit_no`.
-    Ship { commit_no: u64, batch: Batch },
+    Ship { commit_no: u64, batch: Arc<Batch> },
     /// Standby to primary: the replica holds every commit up to `commit_no` (cumulative).
     Acked { commit_no: u64 },
 }
@@ -433,27 +433,30 @@ pub struct ShipperHandle {
     task: tokio::task::JoinHandle<()>,
 }
 
-impl ShipperHandle {
-    /// Hands the shipper the batch that is (or will be) commit `commit_no` of the store:
-    /// shipped as soon as the connection allows; its acknowledgement comes as
-    /// [`ShipEvent::Acked`]. Never blocks. The driver ships every batch, in commit order,
-    /// and keeps at most a few unacknowledged (the engine's one committing batch), which
-    /// bounds what waits here.
-    pub fn ship(&self, commit_no: u64, batch: Batch) {
-        // The task ends only when this handle drops.
-        let _ = self.batches.send((commit_no, Arc::new(batch)));
-    }
-}
-
 impl Drop for ShipperHandle {
     fn drop(&mut self) {
         self.task.abort();
     }
 }
 
-/// Spawns the shipping task on the current tokio runtime. It connects (retrying with
-/// backoff, logging loudly, never giving up: a primary never drops its standby by itself),
-/// hands shake, reseeds by snapshot when needed, ships, and reports.
+impl ShipperHandle {
+    /// Hands the shipper the batch that is (or will be) commit `commit_no` of the store:
+    /// shipped as soon as the connection allows; its acknowledgement comes as
+    /// [`ShipEvent::Acked`]. Never blocks. The driver ships every batch, in commit order,
+    /// and keeps at most a few unacknowledged (the engine's one committing batch), which
+    /// bounds what waits here.
+    pub fn ship(&self, commit_no: u64, batch: Arc<Batch>) {
+        // The task ends only when this handle drops.
+        let _ = self.batches.send((commit_no, batch));
+    }
+}
+
+/// Spawns the shipping task on the current tokio runtime (the engine loop's: a batch handed
+/// over is encoded and written to the socket as soon as the loop yields, which the driver
+/// does before it commits the batch itself, so the standby's copy and the local commit run at
+/// once without a thread hand-off either way). It connects (retrying with backoff, logging
+/// loudly, never giving up: a primary never drops its standby by itself), hands shake,
+/// reseeds by snapshot when needed, ships, and reports.
 ///
 /// # Panics
 /// Outside a tokio runtime.
@@ -730,7 +733,7 @@ impl Shipper {
                 .pending
                 .iter()
                 .find(|(c, _)| *c >= next)
-                .map(|(c, b)| (*c, b.clone()))
+                .map(|(c, b)| (*c, Arc::clone(b)))
             {
                 if commit_no != next {
                     return Err(SessionEnd::Protocol(format!(
@@ -738,14 +741,8 @@ impl Shipper {
                          {commit_no}): reseeding"
                     )));
                 }
-                out.write(
-                    &mut wr,
-                    &Message::Ship {
-                        commit_no,
-                        batch: (*batch).clone(),
-                    },
-                )
-                .await?;
+                out.write(&mut wr, &Message::Ship { commit_no, batch })
+                    .await?;
                 next += 1;
             }
             if self.pending.is_empty() {
@@ -1196,16 +1193,10 @@ async fn handle(replica: &mut Replica, s: &mut Session, msg: Message) -> Result<
             if let Err(problem) = batch.check() {
                 return Err(Refusal::BadBatch { commit_no, problem });
             }
-            let _ = store;
-            let mut store = replica.store.take().expect("checked above");
-            let (store, info) = tokio::task::spawn_blocking(move || {
-                let info = store.commit(&batch);
-                (store, info)
-            })
-            .await
-            .expect("a replica commit does not panic (the batch was checked)");
-            replica.store = Some(store);
-            match info {
+            // Committed here, on the serving loop's thread: the loop handles one message
+            // at a time anyway (the next waits in the socket), and a hand-off to a blocking
+            // thread and back costs two wake-ups on every commit the primary waits for.
+            match store.commit(&batch) {
                 Ok(info) => {
                     debug_assert_eq!(info.commits, commit_no);
                     s.out

@@ -154,7 +154,7 @@ fn commit_and_ship(store: &mut Store, ship: &ShipperHandle, n: u64) {
     let b = batch(n, 1 + n % 3);
     let commit_no = store.commits() + 1;
     assert_eq!(commit_no, n, "the test's batches are numbered by commit");
-    ship.ship(commit_no, b.clone());
+    ship.ship(commit_no, std::sync::Arc::new(b.clone()));
     store.commit(&b).unwrap();
 }
 
@@ -294,7 +294,7 @@ async fn a_standby_ahead_of_its_primary_is_reseeded() {
         commit_and_ship(&mut store, &ship, n);
     }
     // Commit 11 reaches the standby, but the primary "crashes" before its own commit.
-    ship.ship(11, batch(11, 1));
+    ship.ship(11, std::sync::Arc::new(batch(11, 1)));
     wait_acked(&mut events, 11).await;
     drop(ship);
     assert_eq!((commits(&primary), commits(&replica)), (10, 11));
@@ -310,7 +310,7 @@ async fn a_standby_ahead_of_its_primary_is_reseeded() {
 
     // Same again, but the primary makes a different commit 12 before it reconnects: the
     // replica has as many commits as the primary, and is still not its history.
-    ship.ship(12, batch(12, 1));
+    ship.ship(12, std::sync::Arc::new(batch(12, 1)));
     wait_acked(&mut events, 12).await;
     drop(ship);
     let other = batch(12, 2);
@@ -356,7 +356,7 @@ async fn an_old_epoch_is_fenced_after_a_promotion_and_the_new_one_accepted() {
     // The old primary, still running, reaches the new standby: fenced, nothing acknowledged.
     store.commit(&batch(6, 1)).unwrap();
     let (ship_old, mut events_old) = ship_to(&old_primary, &sb2.addr, None);
-    ship_old.ship(7, batch(7, 1));
+    ship_old.ship(7, std::sync::Arc::new(batch(7, 1)));
     let (e, before) = wait_for(&mut events_old, "Fenced", |e| {
         matches!(e, ShipEvent::Fenced { .. })
     })
@@ -394,7 +394,7 @@ async fn an_old_epoch_is_fenced_after_a_promotion_and_the_new_one_accepted() {
     let mut b = batch(7, 3);
     b.outbox_appends[0].seq = 6;
     b.peers[0].next_seq = 7;
-    ship2.ship(7, b.clone());
+    ship2.ship(7, std::sync::Arc::new(b.clone()));
     new_store.commit(&b).unwrap();
     wait_acked(&mut events2, 7).await;
     assert_replica_equal(&new_primary, &sb2.path);
@@ -541,7 +541,7 @@ async fn a_ship_out_of_order_or_malformed_is_refused_and_the_next_commit_applied
         &mut s,
         &Message::Ship {
             commit_no: 7,
-            batch: batch(7, 1),
+            batch: batch(7, 1).into(),
         },
     )
     .await;
@@ -567,7 +567,7 @@ async fn a_ship_out_of_order_or_malformed_is_refused_and_the_next_commit_applied
         &mut s,
         &Message::Ship {
             commit_no: 6,
-            batch: bad,
+            batch: bad.into(),
         },
     )
     .await;
@@ -588,7 +588,7 @@ async fn a_ship_out_of_order_or_malformed_is_refused_and_the_next_commit_applied
         &mut s,
         &Message::Ship {
             commit_no: 6,
-            batch: batch(6, 1),
+            batch: batch(6, 1).into(),
         },
     )
     .await;
@@ -690,7 +690,7 @@ async fn a_batch_acknowledged_before_its_local_commit_is_never_taken_back_by_a_r
     // Commit 11 is acknowledged by the standby; its local commit is slow (not done yet), so
     // the driver may already release its outputs once it finishes.
     let b11 = batch(11, 1);
-    ship.ship(11, b11.clone());
+    ship.ship(11, std::sync::Arc::new(b11.clone()));
     wait_acked(&mut events, 11).await;
     // The standby restarts meanwhile: on reconnection the replica (11) is ahead of the store
     // (10), but the shipper knows 11 is committing here and waits rather than reseed.
