@@ -57,7 +57,8 @@
 //! are copied off the tmpfs before it is unmounted.
 //!
 //! Standby replicas (`--standby`, bank only, [`standby`]): every member ships its batches
-//! to a `ken standby serve` of its own (killed and restarted now and then like the members),
+//! to a `ken standby serve` of its own (killed and restarted, and SIGSTOPped for seconds: a
+//! silent link, now and then like the members),
 //! the members started from a cluster file written for the run. `--promotions` times a
 //! member's standby is killed, then 3 s later the member is SIGKILLed, its store deleted (a
 //! destroyed disk), the replica promoted (`ken standby promote`) and the member started on it
@@ -1616,6 +1617,18 @@ impl Cluster {
                 }
                 next_kill = self.exp_interval(self.args.kill_rate).map(|d| now + d);
             }
+            let standby_paused = next_pause.is_some_and(|t| t <= now)
+                && self.standbys.is_some()
+                && self.rng.gen_bool(standby::STANDBY_PAUSE_SHARE)
+                && {
+                    let (min, max) = self.pause_range_ms();
+                    let ms = self.rng.gen_range(min..=max);
+                    let sb = self.standbys.as_mut().expect("checked");
+                    sb.pause_one(&mut self.rng, now + Duration::from_millis(ms))
+                };
+            if standby_paused {
+                next_pause = self.exp_interval(self.args.pause_rate).map(|d| now + d);
+            }
             if next_pause.is_some_and(|t| t <= now) {
                 let candidates: Vec<usize> = (0..self.members.len())
                     .filter(|i| {
@@ -2289,6 +2302,7 @@ impl Cluster {
             summary["promotions_skipped"] = sb.skipped.into();
             summary["promotion_to_first_turn_ms"] = sb.first_turn_ms.clone().into();
             summary["standby_kills"] = sb.kills.into();
+            summary["standby_pauses"] = sb.pauses.into();
             summary["standby_restarts"] = sb.restarts.into();
             summary["unsafe_release_before_standby"] =
                 self.args.unsafe_release_before_standby.into();

@@ -5,8 +5,9 @@
 //! The members are started from a cluster file written for the run ([`Standbys::write_run_file`]):
 //! each `[[process]]` has `standby = { ship, address, store }`, so a member ships to its
 //! standby and knows every other member's standby address (where a peer looks for a
-//! promoted member after a quiet period). Standbys are SIGKILLed and restarted now and then
-//! like members (the primary waits meanwhile: masked).
+//! promoted member after a quiet period). Standbys are SIGKILLed and restarted, and
+//! SIGSTOPped for seconds (the link goes silent with its TCP connection up), now and then
+//! like members (the primary waits meanwhile, releasing nothing: masked).
 //!
 //! A promotion of member `i`: its standby is SIGKILLed [`PRE_KILL`] before the rest (the
 //! primary then stalls, releasing nothing its replica lacks; with
@@ -30,6 +31,12 @@ pub const PRE_KILL: Duration = Duration::from_secs(3);
 
 /// Fraction of the harness's kill events aimed at a standby rather than a member.
 pub const STANDBY_KILL_SHARE: f64 = 0.3;
+
+/// Fraction of the harness's pause events aimed at a standby rather than a member: a
+/// SIGSTOPped standby is a primary-standby link gone silent for seconds (the TCP connection
+/// stays up, nothing is acknowledged), and its primary must release nothing meanwhile and
+/// carry on when it continues.
+pub const STANDBY_PAUSE_SHARE: f64 = 0.3;
 
 /// A promotion under way: the victim's standby is down, its disk is destroyed at `destroy_at`.
 #[derive(Debug, Clone, Copy)]
@@ -72,6 +79,8 @@ pub struct Standbys {
     pub first_turn_ms: Vec<Option<u64>>,
     pub kills: u64,
     pub restarts: u64,
+    /// SIGSTOP pauses of standbys.
+    pub pauses: u64,
     pub skipped: u64,
 }
 
@@ -149,6 +158,7 @@ impl Standbys {
             first_turn_ms: Vec::new(),
             kills: 0,
             restarts: 0,
+            pauses: 0,
             skipped: 0,
         })
     }
@@ -227,8 +237,29 @@ impl Standbys {
         Ok(true)
     }
 
+    /// A pause event may go to a standby: SIGSTOPs a random running, unpaused standby in
+    /// service until `until` (continued by [`Standbys::reap_and_restart`]). False if none was
+    /// eligible.
+    pub fn pause_one(&mut self, rng: &mut ChaCha8Rng, until: Instant) -> bool {
+        let running: Vec<usize> = (0..self.procs.len())
+            .filter(|i| {
+                self.in_service(*i)
+                    && self.procs[*i].is_running()
+                    && self.procs[*i].paused_until().is_none()
+            })
+            .collect();
+        if running.is_empty() {
+            return false;
+        }
+        let i = running[rng.gen_range(0..running.len())];
+        self.procs[i].pause(until);
+        self.pauses += 1;
+        true
+    }
+
     /// Reaps standbys that ended on their own (each a violation: a standby runs until
-    /// killed) and restarts those due (`healing`: every one in service at once). Returns the
+    /// killed), continues the paused ones whose pause is over, and restarts those due
+    /// (`healing`: every one in service at once, and every pause ended). Returns the
     /// violations.
     pub fn reap_and_restart(
         &mut self,
@@ -238,6 +269,12 @@ impl Standbys {
         let mut violations = Vec::new();
         let now = Instant::now();
         for i in 0..self.procs.len() {
+            if self.procs[i]
+                .paused_until()
+                .is_some_and(|t| healing || t <= now)
+            {
+                self.procs[i].resume();
+            }
             if let Some(end) = self.procs[i].poll()? {
                 if end != End::KilledByUs {
                     violations.push(format!(

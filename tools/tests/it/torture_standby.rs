@@ -1,5 +1,6 @@
 //! `ken torture --app bank --standby` (issue 18): every bank member ships its batches to a
-//! standby (`ken standby serve`); standbys are SIGKILLed and restarted like the members; a
+//! standby (`ken standby serve`); standbys are SIGKILLed and restarted, and SIGSTOPped for
+//! seconds (a silent primary-standby link), like the members; a
 //! member's store is destroyed for good and its standby promoted mid-run. The bank audit
 //! then reads the promoted member's replica: nothing lost, nothing applied twice.
 //!
@@ -29,7 +30,8 @@ const RUN: [&str; 11] = [
 fn bank_torture_with_standbys_and_a_promotion_passes() {
     let dir = tempfile::tempdir().unwrap();
     let mut args = RUN.to_vec();
-    args.extend(["--seed", "21"]);
+    // More pauses than the default, so that standbys are SIGSTOPped too (a silent link).
+    args.extend(["--seed", "21", "--pause-rate", "0.5"]);
     let (ok, stdout, s) = torture(dir.path(), &args);
     assert!(ok && n(&s, "violations") == 0, "{stdout}");
     assert_eq!(n(&s, "promotions"), 1, "{s}");
@@ -40,6 +42,7 @@ fn bank_torture_with_standbys_and_a_promotion_passes() {
     assert!(first < 20_000, "{s}");
     assert!(n(&s, "kills") > 0, "{s}");
     assert!(n(&s, "standby_restarts") >= n(&s, "standby_kills"), "{s}");
+    assert!(n(&s, "standby_pauses") > 0, "{s}");
     assert!(n(&s, "messages") > 0, "{s}");
     // The disk really was destroyed: one member's store is gone, and the run's cluster file
     // lists that member without a standby (it runs on the promoted replica).
