@@ -35,7 +35,7 @@ use crate::{Handler, Time};
 
 /// Version of the admin payloads written by this build; a request of another version is
 /// dropped as malformed, a reply of another version is reported by [`ask`].
-pub const ADMIN_VERSION: u16 = 2;
+pub const ADMIN_VERSION: u16 = 3;
 
 /// Peers listed in one status reply (the rest are counted in `peers_not_listed`), so that
 /// the reply always fits in one datagram (a listed peer takes at most about 700 bytes: a
@@ -97,6 +97,56 @@ pub enum AdminReply {
     Refused {
         reason: String,
     },
+    /// The answer of a standby (`ken standby serve`) to [`AdminRequest::Status`]: it runs no
+    /// engine, so it answers with its replica's state ([`answer_standby`]).
+    Standby(Box<StandbyStatus>),
+}
+
+/// A standby's status (`ken standby serve`), as `ken status` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StandbyStatus {
+    /// The process whose store the standby replicates.
+    pub id: String,
+    /// Always `standby`.
+    pub role: String,
+    /// The highest epoch it accepts from (its replica's, `--min-epoch`, or a primary's).
+    pub epoch: u64,
+    /// The replica's incarnation (hex) and commits (0: no replica yet).
+    pub incarnation: String,
+    pub commits: u64,
+    pub turns_committed: u64,
+    /// The primary connection being served now, or the last one (its address).
+    pub primary: Option<String>,
+    /// A primary is connected now.
+    pub connected: bool,
+    /// Batches applied since start, and since the last one (`None`: none yet).
+    pub batches_applied: u64,
+    pub last_batch_age_ms: Option<u64>,
+    /// Snapshots installed since start.
+    pub snapshots_installed: u64,
+    /// Primaries refused since start (another process, an old epoch: fenced).
+    pub refused: u64,
+    pub uptime_ms: u64,
+    /// Its stream and this answer are authenticated with a cluster key.
+    pub authenticated: bool,
+}
+
+/// A process's role (ken/STANDBY.md) in a [`StatusReport`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleReport {
+    /// `primary`, or `promoted` once its store's epoch is above 0
+    /// ([`crate::standby::Role::name`]).
+    pub role: String,
+    /// The store's epoch.
+    pub epoch: u64,
+    /// The operator's detach record (`ken standby detach`, or a promotion): the process runs
+    /// alone.
+    pub detached: Option<crate::standby::Detached>,
+    /// Why it runs without the standby its cluster file declares: `detached` (on the
+    /// record) or `--no-standby` (this run only, not recorded); `None`: it does not.
+    pub alone: Option<String>,
+    /// That standby's address.
+    pub standby_unused: Option<String>,
 }
 
 /// Recent commit times (the transaction and its fsync), in microseconds.
@@ -185,6 +235,8 @@ pub struct StatusReport {
     pub admin_requests: u64,
     /// The standby, when the process has one (`crate::standby`, ken/STANDBY.md).
     pub standby: Option<StandbyReport>,
+    /// Its role, epoch and detach record.
+    pub role: RoleReport,
 }
 
 /// A primary's view of its standby in a [`StatusReport`].
@@ -274,6 +326,8 @@ pub(crate) struct AdminDesk {
     pub(crate) metrics: Option<crate::metrics::Metrics>,
     /// The standby's state, kept up to date by the driver.
     pub(crate) standby: Option<StandbyReport>,
+    /// The role read at start ([`AdminDesk::with_role`]).
+    role: RoleReport,
 }
 
 impl AdminDesk {
@@ -294,7 +348,25 @@ impl AdminDesk {
             malformed: 0,
             metrics: None,
             standby: None,
+            role: RoleReport::default(),
         }
+    }
+
+    /// The store's role as read at start, and why the process runs without the standby it
+    /// declares, if it does ([`crate::standby::apply_role`]).
+    pub(crate) fn with_role(
+        mut self,
+        role: crate::standby::Role,
+        alone: Option<(&'static str, String)>,
+    ) -> AdminDesk {
+        self.role = RoleReport {
+            role: role.name().to_string(),
+            epoch: role.epoch,
+            detached: role.detached,
+            alone: alone.as_ref().map(|(why, _)| why.to_string()),
+            standby_unused: alone.map(|(_, at)| at),
+        };
+        self
     }
 
     /// A commit (either path) took `took`.
@@ -544,6 +616,7 @@ impl AdminDesk {
             retransmits: s.retransmits,
             admin_requests: self.answered,
             standby: self.standby.clone(),
+            role: self.role.clone(),
         }
     }
 
@@ -590,6 +663,67 @@ impl AdminDesk {
         }
         let n = rows.len() as u64;
         (by_peer, n, n >= u64::from(DEAD_LETTERS_COUNTED_MAX))
+    }
+}
+
+/// The standby's half (`ken standby serve`, which runs no engine): answers one admin
+/// request datagram received on its UDP port. A status request gets `status()` as
+/// [`AdminReply::Standby`]; any other request a [`AdminReply::Refused`] (a standby takes no
+/// orders: ask its primary). Dropped (`None`), as a process drops them: a datagram that does
+/// not open under `keys` (untagged when keyed, another key), that is not an admin request
+/// for `process`, that does not decode, or whose reply would be more than
+/// [`crate::limits::AMPLIFICATION_MAX`] times it. Returns the sealed reply.
+pub fn answer_standby(
+    datagram: &[u8],
+    keys: Option<&Keyring>,
+    process: &ProcessId,
+    status: impl FnOnce() -> StandbyStatus,
+) -> Option<Vec<u8>> {
+    let frame = match keys {
+        Some(k) => Frame::open(datagram, k),
+        None => Frame::open(datagram, &NoKeys),
+    }
+    .ok()?;
+    if frame.kind != FrameKind::AdminRequest
+        || (keys.is_some() && frame.auth != Auth::Cluster)
+        || frame.to != *process
+    {
+        return None;
+    }
+    let request = decode_payload::<PaddedRequest>(&frame.payload).ok()?.request;
+    let reply = match request {
+        AdminRequest::Status => AdminReply::Standby(Box::new(status())),
+        AdminRequest::Admit { .. } => AdminReply::Refused {
+            reason: format!(
+                "this is the standby of {process}, which runs no application: ask the primary"
+            ),
+        },
+    };
+    let reply = Frame {
+        kind: FrameKind::AdminReply,
+        auth: if keys.is_some() {
+            Auth::Cluster
+        } else {
+            Auth::None
+        },
+        from: process.clone(),
+        from_incarnation: Incarnation(0),
+        to: frame.from.clone(),
+        to_incarnation: Incarnation(0),
+        seq: frame.seq,
+        ack: Seq(0),
+        acked: Seq(0),
+        payload: encode_payload(&reply),
+    };
+    let cap = datagram
+        .len()
+        .saturating_mul(crate::limits::AMPLIFICATION_MAX);
+    if reply.encoded_len() + SEAL_BYTES_MAX > cap {
+        return None;
+    }
+    match keys {
+        Some(k) => k.seal(&reply).ok(),
+        None => reply.encode().ok(),
     }
 }
 
@@ -782,6 +916,17 @@ mod tests {
                 connected: true,
                 fenced: true,
             }),
+            role: RoleReport {
+                role: "promoted".into(),
+                epoch: u64::MAX,
+                detached: Some(crate::standby::Detached {
+                    by: "b".repeat(crate::standby::DETACH_REASON_BYTES_MAX),
+                    at_ms: u64::MAX,
+                    reason: "r".repeat(crate::standby::DETACH_REASON_BYTES_MAX),
+                }),
+                alone: Some("--no-standby".into()),
+                standby_unused: Some(format!("{}:65535", "h".repeat(253))),
+            },
         };
         let bytes = encode_payload(&AdminReply::Status(Box::new(report)));
         assert!(

@@ -227,8 +227,11 @@ impl ProcessArgs {
         if self.no_standby {
             if let Some(declared) = config.standby.take() {
                 eprintln!(
-                    "warning: --no-standby: running WITHOUT the standby at {declared} that the cluster                      file declares; a destroyed disk here loses what this process commits"
+                    "warning: --no-standby: running WITHOUT the standby at {declared} that the cluster \
+                     file declares, for this run only and not on the record; a destroyed disk here \
+                     loses what this process commits (to run alone on the record: ken standby detach)"
                 );
+                config.standby_skipped = Some(declared);
             }
         }
         config.metrics = self.metrics;

@@ -161,6 +161,10 @@ pub struct Config {
     /// one quiet period each (see `watch`), so a promoted standby is found without
     /// restarting anyone.
     pub peer_standbys: BTreeMap<ProcessId, PeerAddress>,
+    /// The standby the cluster file declares and this run does not use because of a one-run
+    /// override (`--no-standby`): only reported (`ken status`, logged at start). A store
+    /// detached on the record (`ken standby detach`) needs no flag: [`run`] reads it.
+    pub standby_skipped: Option<String>,
 }
 
 /// The function inside a [`Resolver`].
@@ -209,6 +213,7 @@ impl Config {
             metrics: None,
             standby: None,
             peer_standbys: BTreeMap::new(),
+            standby_skipped: None,
         }
     }
 
@@ -544,6 +549,9 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
     crate::upgrade::apply(&mut store, &mut recovered, &handler, &crash)?;
     // Batch `id` of this life becomes the store's commit `commits_at_start + id`.
     let commits_at_start = store.commits();
+    // A store detached on the record runs alone, loudly (ken/STANDBY.md).
+    let role = crate::standby::store_role(&store)?;
+    let standby_unused = crate::standby::apply_role(&role, &mut config);
     let reader = ken_store::Reader::open(&config.store)?;
     tracing::info!(
         id = %config.id,
@@ -710,7 +718,8 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
         observation: config.observe.clone().map(|o| Observation::new(o, &engine)),
         commit_avg: Duration::ZERO,
         anonymous_addrs: HashMap::new(),
-        desk: AdminDesk::new::<H>(started, config.key.is_some(), &config.store),
+        desk: AdminDesk::new::<H>(started, config.key.is_some(), &config.store)
+            .with_role(role, standby_unused),
         admin_replies: Vec::new(),
         standby: None,
         standby_addrs: config

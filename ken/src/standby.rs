@@ -12,7 +12,12 @@
 //! - [`serve`] (the standby's side) owns the replica store, serves one primary connection at
 //!   a time, forever, and applies each shipped batch with `Store::commit` (fsynced) before it
 //!   acknowledges it.
-//! - [`promote`] (offline, the operator's `ken promote`) raises the store's epoch by one.
+//! - [`promote`] (offline, the operator's `ken standby promote`) raises the store's epoch by
+//!   one and records the store detached (no standby until one is attached).
+//! - [`detach`] and [`attach`] (offline, `ken standby detach` / `attach`) write and remove the
+//!   [`Detached`] record: a primary that runs alone does so on the record, never by itself.
+//! - [`serve`] also answers `ken status` (an admin request on UDP, the port of its TCP
+//!   listener, under the cluster key: [`StandbyConfig::admin`], [`StandbyStatus`]).
 //!
 //! **Epochs and fencing.** A store's epoch is a runtime table row (`ken.role`, key `epoch`,
 //! value u64 LE; absent = 0), so it travels inside the store (snapshots carry it) with no
@@ -359,7 +364,233 @@ fn decode_epoch(value: Option<Vec<u8>>) -> Result<u64, ken_store::ReadError> {
     }
 }
 
-/// Why [`promote`] or [`read_epoch`] did nothing.
+// ---------------------------------------------------------------------------------------
+// Detach and attach: a primary alone, on the record.
+
+/// The key of the detach record in [`ROLE_TABLE`] (value: a [`Detached`] in
+/// `ken_store::codec`; absent: the process ships to the standby its cluster file declares).
+pub const DETACHED_KEY: &[u8] = b"detached";
+
+/// Bytes of a [`Detached`] record's `reason` and `by` kept (longer ones are cut at a
+/// character boundary), so that a status reply carrying it fits in one datagram.
+pub const DETACH_REASON_BYTES_MAX: usize = 200;
+
+fn cut(text: &str) -> String {
+    let mut end = text.len().min(DETACH_REASON_BYTES_MAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+/// An operator's record that a primary runs alone (`ken standby detach`; also written by
+/// [`promote`]: a promoted store has no standby until one is attached). While a store holds
+/// it, the process runs without the standby its cluster file declares and says so at start,
+/// in `ken status` and in `ken inspect`; [`attach`] removes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Detached {
+    /// Who detached it: the command and the operator (`user@host`) as the tool saw them (at
+    /// most [`DETACH_REASON_BYTES_MAX`] bytes).
+    pub by: String,
+    /// When, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The operator's reason (free text, at most [`DETACH_REASON_BYTES_MAX`] bytes; may be
+    /// empty).
+    pub reason: String,
+}
+
+/// A store's role data ([`ROLE_TABLE`]): its epoch and its detach record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Role {
+    /// 0 until a standby's replica of the store was promoted, one more at each promotion.
+    pub epoch: u64,
+    /// Present: the process runs alone, on the record.
+    pub detached: Option<Detached>,
+}
+
+impl Role {
+    /// What the store can tell of the role of whoever runs on it: `promoted` (epoch above
+    /// 0), else `primary` (a standby's replica is an exact copy of its primary's store: the
+    /// store alone cannot tell the two apart).
+    pub fn name(&self) -> &'static str {
+        if self.epoch > 0 {
+            "promoted"
+        } else {
+            "primary"
+        }
+    }
+}
+
+/// The role data of a store, read through `reader`.
+pub fn role(reader: &Reader) -> Result<Role, ken_store::ReadError> {
+    Ok(Role {
+        epoch: epoch(reader)?,
+        detached: decode_detached(reader.table_get(ROLE_TABLE, DETACHED_KEY)?)?,
+    })
+}
+
+/// The role data of the store at `path` (read-only; fine while a process runs on it).
+pub fn read_role(path: &Path) -> Result<Role, PromoteError> {
+    Ok(role(&Reader::open(path)?)?)
+}
+
+/// The role data of an open store (the driver, at start). A record that does not decode is
+/// the store's damage, reported as [`OpenError::Corrupted`].
+pub(crate) fn store_role(store: &Store) -> Result<Role, OpenError> {
+    let read = || -> Result<Role, ken_store::ReadError> {
+        Ok(Role {
+            epoch: store_epoch(store)?,
+            detached: decode_detached(store.table_get(ROLE_TABLE, DETACHED_KEY)?)?,
+        })
+    };
+    read().map_err(|e| match e {
+        ken_store::ReadError::Corrupted(c) => OpenError::Corrupted(c),
+        other => OpenError::Corrupted(ken_store::Corrupted {
+            table: ROLE_TABLE.to_string(),
+            key: String::new(),
+            detail: other.to_string(),
+        }),
+    })
+}
+
+fn decode_detached(value: Option<Vec<u8>>) -> Result<Option<Detached>, ken_store::ReadError> {
+    value
+        .map(|v| {
+            ken_store::codec::decode::<Detached>(&v).map_err(|e| {
+                ken_store::ReadError::Corrupted(ken_store::Corrupted {
+                    table: ROLE_TABLE.to_string(),
+                    key: "detached".to_string(),
+                    detail: format!("the detach record does not decode: {e}"),
+                })
+            })
+        })
+        .transpose()
+}
+
+fn detached_write(record: Option<&Detached>) -> ken_store::TableWrite {
+    ken_store::TableWrite {
+        table: ROLE_TABLE.to_string(),
+        key: DETACHED_KEY.to_vec(),
+        value: record.map(ken_store::codec::encode),
+    }
+}
+
+/// Opens a stopped process's store as its owner, for an operator's one-row commit. Reads
+/// its process id first, so that a missing path or a file that is not a Ken store is an
+/// error and nothing is created.
+fn open_offline(path: &Path) -> Result<Store, PromoteError> {
+    let process = Reader::open(path)?.meta()?.process_id;
+    Ok(Store::open(path, &process)?.0)
+}
+
+/// How long ago `at_ms` was, for a human (`12 s ago`, `3 h ago`).
+pub fn ago(at_ms: u64) -> String {
+    let s = Time::now_wall().as_millis().saturating_sub(at_ms) / 1000;
+    match s {
+        0..=119 => format!("{s} s ago"),
+        120..=7199 => format!("{} min ago", s / 60),
+        7200..=172_799 => format!("{} h ago", s / 3600),
+        _ => format!("{} days ago", s / 86_400),
+    }
+}
+
+impl std::fmt::Display for Detached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "detached {} by {}", ago(self.at_ms), self.by)?;
+        if !self.reason.is_empty() {
+            write!(f, " ({})", self.reason)?;
+        }
+        Ok(())
+    }
+}
+
+/// The driver's start, given the store's role: a detached store runs alone even though
+/// `config` names a standby (the cluster file declares one), and says so loudly. Returns
+/// why the process runs without the standby it declares (`detached` on the record, or
+/// `--no-standby` for this run: [`crate::Config::standby_skipped`]) and that standby's
+/// address; `None`: it uses its standby, or declares none.
+pub(crate) fn apply_role(
+    role: &Role,
+    config: &mut crate::Config,
+) -> Option<(&'static str, String)> {
+    if let Some(d) = &role.detached {
+        let store = config.store.display();
+        match config.standby.take() {
+            Some(target) => {
+                tracing::warn!(
+                    "DETACHED ({d}): running WITHOUT the standby at {target} that the cluster \
+                     file declares, on the record; a destroyed disk here loses what this process \
+                     commits. To ship to the standby again: stop this process, run `ken standby \
+                     attach --store {store}`, start it (the standby is reseeded)"
+                );
+                return Some(("detached", target));
+            }
+            None => tracing::warn!(
+                "DETACHED ({d}): this process runs alone (it declares no standby either); \
+                 `ken standby attach --store {store}` removes the record"
+            ),
+        }
+    }
+    config
+        .standby_skipped
+        .clone()
+        .map(|target| ("--no-standby", target))
+}
+
+/// What [`detach`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DetachOutcome {
+    /// The record is written.
+    Detached(Detached),
+    /// The store was detached already (this record, kept as it was): nothing written.
+    Already(Detached),
+}
+
+/// Records in the store at `path` that its process runs alone, without the standby its
+/// cluster file declares (`ken standby detach`): the [`DETACHED_KEY`] row, one commit of no
+/// turn. Offline: refused while a process or standby runs on the store
+/// ([`OpenError::InUse`], nothing written). The process reads it at its next start.
+///
+/// Detach only a primary whose standby was **not** promoted: a detached primary has no
+/// standby to fence it, so if a promoted copy runs elsewhere there are two.
+pub fn detach(path: &Path, by: &str, reason: &str) -> Result<DetachOutcome, PromoteError> {
+    let mut store = open_offline(path)?;
+    if let Some(d) = decode_detached(store.table_get(ROLE_TABLE, DETACHED_KEY)?)? {
+        return Ok(DetachOutcome::Already(d));
+    }
+    let record = Detached {
+        by: cut(by),
+        at_ms: Time::now_wall().as_millis(),
+        reason: cut(reason),
+    };
+    store.commit(&Batch {
+        now_ms: record.at_ms,
+        table_writes: vec![detached_write(Some(&record))],
+        ..Batch::default()
+    })?;
+    tracing::warn!(path = %path.display(), by, reason, "DETACHED: the process runs alone from its next start");
+    Ok(DetachOutcome::Detached(record))
+}
+
+/// Removes the detach record of the store at `path` (`ken standby attach`): at its next
+/// start the process ships to its standby again (reseeding it: the replica is behind) and
+/// waits for it. Offline, like [`detach`]. Returns the record removed; `None`: the store was
+/// not detached (nothing written).
+pub fn attach(path: &Path) -> Result<Option<Detached>, PromoteError> {
+    let mut store = open_offline(path)?;
+    let Some(d) = decode_detached(store.table_get(ROLE_TABLE, DETACHED_KEY)?)? else {
+        return Ok(None);
+    };
+    store.commit(&Batch {
+        now_ms: Time::now_wall().as_millis(),
+        table_writes: vec![detached_write(None)],
+        ..Batch::default()
+    })?;
+    tracing::info!(path = %path.display(), "attached: the process ships to its standby from its next start");
+    Ok(Some(d))
+}
+
+/// Why [`promote`], [`detach`], [`attach`], [`read_epoch`] or [`read_role`] did nothing.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PromoteError {
@@ -375,25 +606,35 @@ pub enum PromoteError {
     Commit(#[from] ken_store::CommitError),
 }
 
-/// Turns the store at `path` (a standby's replica) into a primary's: its epoch + 1, written
-/// by one commit (no turn, the one [`ROLE_TABLE`] row). Offline: the store's owner must be
+/// Turns the store at `path` (a standby's replica) into a primary's: its epoch + 1, and a
+/// [`Detached`] record (the promoted process has no standby until an operator attaches one:
+/// it runs alone, on the record, whatever its cluster file declares), written by one commit
+/// (no turn, two [`ROLE_TABLE`] rows). Offline: the store's owner must be
 /// stopped (a running standby or process makes it `OpenError::InUse`, nothing written).
 /// Returns the new epoch. From then on, a standby seeded from this store refuses the old
 /// primary, which is therefore fenced.
 pub fn promote(path: &Path) -> Result<u64, PromoteError> {
-    let process = Reader::open(path)?.meta()?.process_id;
-    let (mut store, _) = Store::open(path, &process)?;
+    let mut store = open_offline(path)?;
     let epoch = store_epoch(&store)? + 1;
+    let now_ms = Time::now_wall().as_millis();
+    let detached = Detached {
+        by: "ken standby promote".to_string(),
+        at_ms: now_ms,
+        reason: format!("promoted to epoch {epoch}: no standby attached yet"),
+    };
     store.commit(&Batch {
-        now_ms: Time::now_wall().as_millis(),
-        table_writes: vec![ken_store::TableWrite {
-            table: ROLE_TABLE.to_string(),
-            key: EPOCH_KEY.to_vec(),
-            value: Some(epoch.to_le_bytes().to_vec()),
-        }],
+        now_ms,
+        table_writes: vec![
+            ken_store::TableWrite {
+                table: ROLE_TABLE.to_string(),
+                key: EPOCH_KEY.to_vec(),
+                value: Some(epoch.to_le_bytes().to_vec()),
+            },
+            detached_write(Some(&detached)),
+        ],
         ..Batch::default()
     })?;
-    tracing::info!(path = %path.display(), process, epoch, "promoted: the store is a primary's at epoch {epoch}");
+    tracing::info!(path = %path.display(), epoch, "promoted (and detached: no standby yet): the store is a primary's at epoch {epoch}");
     Ok(epoch)
 }
 
@@ -908,6 +1149,11 @@ pub struct StandbyConfig {
     pub key: Option<ClusterKey>,
     /// The lowest epoch accepted, besides the replica's own (an operator's fence).
     pub min_epoch: u64,
+    /// Where `ken status` asks the standby (UDP; `ken standby serve` binds the port of
+    /// `listener`): admin requests under the cluster key, answered with a
+    /// [`crate::admin::StandbyStatus`] by [`crate::admin::answer_standby`]. `None`: the
+    /// standby answers no status.
+    pub admin: Option<tokio::net::UdpSocket>,
 }
 
 /// Why [`serve`] stopped.
@@ -941,6 +1187,19 @@ struct Replica {
     epoch: u64,
     /// The snapshot being received: its file, commits, total and bytes so far.
     incoming: Option<(std::fs::File, u64, u64, u64)>,
+    /// What the status answer counts.
+    stats: ReplicaStats,
+}
+
+/// A standby's counters since it started, for its status answer.
+struct ReplicaStats {
+    started: std::time::Instant,
+    batches_applied: u64,
+    last_batch: Option<std::time::Instant>,
+    snapshots_installed: u64,
+    refused: u64,
+    /// The primary connection served now or last.
+    primary: Option<std::net::SocketAddr>,
 }
 
 impl Replica {
@@ -960,6 +1219,30 @@ impl Replica {
                     })?
                     .meta()?,
             )),
+        }
+    }
+
+    /// The status answer (`ken status`); `connected`: a primary's session is being served.
+    fn status(&self, connected: bool, authenticated: bool) -> crate::admin::StandbyStatus {
+        let at = self.position().unwrap_or_default();
+        crate::admin::StandbyStatus {
+            id: self.process.to_string(),
+            role: "standby".to_string(),
+            epoch: self.epoch,
+            incarnation: format!("{:016x}", at.incarnation),
+            commits: at.commits,
+            turns_committed: at.turns_committed,
+            primary: self.stats.primary.map(|a| a.to_string()),
+            connected,
+            batches_applied: self.stats.batches_applied,
+            last_batch_age_ms: self
+                .stats
+                .last_batch
+                .map(|t| t.elapsed().as_millis() as u64),
+            snapshots_installed: self.stats.snapshots_installed,
+            refused: self.stats.refused,
+            uptime_ms: self.stats.started.elapsed().as_millis() as u64,
+            authenticated,
         }
     }
 
@@ -995,6 +1278,14 @@ pub async fn serve(cfg: StandbyConfig) -> Result<(), StandbyError> {
         store: None,
         epoch: cfg.min_epoch,
         incoming: None,
+        stats: ReplicaStats {
+            started: std::time::Instant::now(),
+            batches_applied: 0,
+            last_batch: None,
+            snapshots_installed: 0,
+            refused: 0,
+            primary: None,
+        },
     };
     // A snapshot cut short by a crash is never resumed: its file goes.
     let _ = std::fs::remove_file(replica.incoming_path());
@@ -1011,12 +1302,43 @@ pub async fn serve(cfg: StandbyConfig) -> Result<(), StandbyError> {
         "standby serving"
     );
     let base = cfg.key.as_ref().map(ClusterKey::standby_key);
+    let admin_keys = match &cfg.key {
+        Some(k) => match ken_transport::Keyring::new(k, &[], false) {
+            Ok(keys) => Some(keys),
+            Err(e) => {
+                tracing::warn!("the standby answers no status: its key: {e}");
+                None
+            }
+        },
+        None => None,
+    };
+    let admin = match (&cfg.key, admin_keys) {
+        (Some(_), None) => None,
+        (_, keys) => cfg.admin.as_ref().map(|socket| (socket, keys)),
+    };
+    let mut admin_buf = vec![0u8; ken_transport::frame::MAX_FRAME_BYTES + 1];
     let mut current: Option<Session> = None;
     loop {
         tokio::select! {
+            got = recv_admin(admin.as_ref().map(|(s, _)| *s), &mut admin_buf) => {
+                let Some((socket, keys)) = &admin else { continue };
+                let Ok((n, from)) = got else { continue };
+                let connected = current.is_some();
+                let authenticated = keys.is_some();
+                let reply = crate::admin::answer_standby(
+                    &admin_buf[..n],
+                    keys.as_ref(),
+                    &replica.process,
+                    || replica.status(connected, authenticated),
+                );
+                if let Some(reply) = reply {
+                    let _ = socket.send_to(&reply, from).await;
+                }
+            }
             accepted = cfg.listener.accept() => {
                 let (stream, from) = accepted.map_err(StandbyError::Accept)?;
                 if let Some(s) = handshake(&mut replica, base.as_ref(), stream, from).await? {
+                    replica.stats.primary = Some(from);
                     if let Some(old) = current.replace(s) {
                         tracing::warn!(old = %old.from, new = %from, "a new primary connection replaces the current one");
                     }
@@ -1054,6 +1376,17 @@ fn replica_failure(replica: &mut Replica) -> Option<StandbyError> {
         return Some(StandbyError::Commit(ken_store::CommitError::Poisoned));
     }
     None
+}
+
+/// The next datagram on the admin socket (never, without one).
+async fn recv_admin(
+    socket: Option<&tokio::net::UdpSocket>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, std::net::SocketAddr)> {
+    match socket {
+        Some(s) => s.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn next_message(current: &mut Option<Session>) -> Option<Result<Message, WireError>> {
@@ -1111,6 +1444,7 @@ async fn handshake(
         ))),
     };
     if let Some(reason) = refusal {
+        replica.stats.refused += 1;
         tracing::warn!(%from, "refused a primary: {reason}");
         let _ = out.write(&mut wr, &Message::Refused { reason }).await;
         return Ok(None);
@@ -1199,6 +1533,8 @@ async fn handle(replica: &mut Replica, s: &mut Session, msg: Message) -> Result<
             match store.commit(&batch) {
                 Ok(info) => {
                     debug_assert_eq!(info.commits, commit_no);
+                    replica.stats.batches_applied += 1;
+                    replica.stats.last_batch = Some(std::time::Instant::now());
                     s.out
                         .write(&mut s.wr, &Message::Acked { commit_no })
                         .await
@@ -1298,6 +1634,7 @@ fn install(replica: &mut Replica, copy: &Path, commits: u64) -> Result<(), Refus
         .and_then(|_| replica.open().map_err(|e| e.to_string()));
     match installed {
         Ok(()) => {
+            replica.stats.snapshots_installed += 1;
             tracing::info!(commits, epoch = replica.epoch, "snapshot installed");
             Ok(())
         }

@@ -86,6 +86,7 @@ async fn spawn_standby(
         listener,
         key,
         min_epoch,
+        admin: None,
     }));
     Standby {
         addr,
