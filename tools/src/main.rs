@@ -113,7 +113,8 @@ enum Command {
     Poison(PoisonArgs),
     /// A process's standby replica (every committed batch shipped to another host before its
     /// outputs leave): `serve` runs one, `promote` makes a stopped one's store the primary's
-    /// (epoch + 1, fencing the old primary). See ken/STANDBY.md.
+    /// (epoch + 1, fencing the old primary), `detach` / `attach` record that a primary runs
+    /// alone and end it. See ken/STANDBY.md.
     Standby(standby::Args),
     /// Internal: run an example app, `ken app bank ARGS..` as `ken-bank ARGS..` would (how
     /// `ken torture`, `ken demo` and the tests start app processes).

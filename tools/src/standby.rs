@@ -1,12 +1,13 @@
-//! `ken standby serve` and `ken standby promote`: a process's standby replica (issue 18,
-//! `ken::standby`), run and promoted by an operator.
+//! `ken standby serve`, `promote`, `detach` and `attach`: a process's standby replica
+//! (issue 18, `ken::standby`), run, promoted, and taken away or given back by an operator.
 //!
 //! A standby never promotes itself and a primary never drops its standby by itself: either
 //! would allow two live copies of one process in a partition. The operator decides: stop
 //! the standby, `ken standby promote` its store (epoch + 1: from then on it refuses batches
-//! from the old primary, which can therefore release nothing more), and start the process's
-//! own binary on it at the standby's address with `--no-standby` until a new standby is
-//! attached.
+//! from the old primary, which can therefore release nothing more; and detached: the
+//! promoted process runs alone, on the record), and start the process's own binary on it at
+//! the standby's address until a new standby is attached (`ken standby attach`). `ken
+//! standby detach` lets a primary run alone, on the record (ken/STANDBY.md).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,6 +32,32 @@ pub enum Verb {
     /// runs on it. Then start the process's binary on this store at the standby's address
     /// with --no-standby (the old primary is fenced: any standby at the new epoch refuses it).
     Promote(PromoteArgs),
+    /// Record in a stopped primary's store that it runs alone: from its next start it runs
+    /// without the standby its cluster file declares, and says so at start, in `ken status`
+    /// and in `ken inspect`. Refused while a process runs on the store. Only for a primary
+    /// whose standby was NOT promoted (nothing would fence two copies).
+    Detach(DetachArgs),
+    /// Remove the detach record of a stopped primary's store: from its next start it ships
+    /// to its standby again (reseeding it) and waits for it. Refused while a process runs on
+    /// the store.
+    Attach(AttachArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DetachArgs {
+    /// The primary's store (its process stopped).
+    #[arg(long, value_name = "PATH")]
+    pub store: PathBuf,
+    /// Why (kept in the record, shown by `ken status` and `ken inspect`).
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub reason: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AttachArgs {
+    /// The primary's store (its process stopped).
+    #[arg(long, value_name = "PATH")]
+    pub store: PathBuf,
 }
 
 /// Where the standby's settings come from: flags, else the cluster file's `standby` entry.
@@ -74,6 +101,8 @@ pub fn main(args: &Args) -> ExitCode {
     let result = match &args.verb {
         Verb::Serve(a) => serve(a),
         Verb::Promote(a) => promote(a),
+        Verb::Detach(a) => detach(a),
+        Verb::Attach(a) => attach(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -130,6 +159,18 @@ fn serve(a: &ServeArgs) -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        // `ken status` asks the standby on UDP at the same port (its cluster file's
+        // `standby.ship`).
+        let admin = match tokio::net::UdpSocket::bind(addr).await {
+            Ok(socket) => Some(socket),
+            Err(e) => {
+                eprintln!(
+                    "ken standby: warning: cannot bind UDP {addr} for `ken status` ({e}); the \
+                     standby answers no status"
+                );
+                None
+            }
+        };
         eprintln!("{{\"event\":\"standby\",\"id\":\"{id}\",\"addr\":\"{addr}\"}}");
         ken::standby::serve(ken::standby::StandbyConfig {
             process: id,
@@ -137,6 +178,7 @@ fn serve(a: &ServeArgs) -> Result<(), String> {
             listener,
             key,
             min_epoch: a.min_epoch,
+            admin,
         })
         .await
         .map_err(|e| e.to_string())
@@ -155,11 +197,70 @@ fn promote(a: &PromoteArgs) -> Result<(), String> {
         }
         _ => return Err("give --store PATH, or --cluster FILE --id X".into()),
     };
-    let epoch = ken::standby::promote(&store).map_err(|e| e.to_string())?;
+    let epoch = ken::standby::promote(&store).map_err(|e| on_store(&store, e))?;
     println!(
-        "promoted {}: epoch {epoch}. Start the process on it at the standby's address with \
-         --no-standby; any standby at epoch {epoch} or later refuses the old primary",
+        "promoted {}: epoch {epoch}, detached (no standby yet). Start the process on it at the \
+         standby's address; any standby at epoch {epoch} or later refuses the old primary. \
+         Once a new standby runs (ken standby serve --min-epoch {epoch}), stop the process, \
+         `ken standby attach --store {}`, start it",
+        store.display(),
         store.display()
     );
+    Ok(())
+}
+
+/// One line for an error on `store`: the path, then what is wrong and what to do (the
+/// store's own errors name the path already).
+fn on_store(store: &std::path::Path, e: ken::standby::PromoteError) -> String {
+    let line = e.to_string();
+    if line.contains(&store.display().to_string()) {
+        line
+    } else {
+        format!("{}: {line}", store.display())
+    }
+}
+
+/// Who runs this command, for the record: `ken standby detach by user@host`.
+fn operator() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".into());
+    format!("ken standby detach by {user}@{host}")
+}
+
+fn detach(a: &DetachArgs) -> Result<(), String> {
+    let outcome = ken::standby::detach(&a.store, &operator(), &a.reason)
+        .map_err(|e| on_store(&a.store, e))?;
+    match outcome {
+        ken::standby::DetachOutcome::Detached(d) => println!(
+            "{}: {d}. From its next start the process runs WITHOUT its standby, on the \
+             record; `ken standby attach --store {}` ends it",
+            a.store.display(),
+            a.store.display()
+        ),
+        ken::standby::DetachOutcome::Already(d) => println!(
+            "{}: already {d}; nothing written",
+            a.store.display()
+        ),
+    }
+    Ok(())
+}
+
+fn attach(a: &AttachArgs) -> Result<(), String> {
+    match ken::standby::attach(&a.store).map_err(|e| on_store(&a.store, e))? {
+        Some(d) => println!(
+            "{}: attached (the record said: {d}). From its next start the process ships to \
+             its standby (reseeding it) and waits for it",
+            a.store.display()
+        ),
+        None => println!(
+            "{}: not detached; nothing written (the process ships to its standby when its \
+             cluster file declares one)",
+            a.store.display()
+        ),
+    }
     Ok(())
 }

@@ -7,7 +7,13 @@
 //! (the operator holds the key); `--no-key` sends it untagged (a keyed process drops it,
 //! which is what its refusal looks like: no answer).
 //!
-//! Exit codes: 0 every process answered; 2 some did not (their rows say "no answer"); 1 an
+//! Standbys: every process whose cluster file entry declares a `standby` has it asked too,
+//! at `standby.ship` (its UDP port: `ken standby serve` answers there with
+//! `ken::admin::StandbyStatus`, under the same key): one note line per standby (role,
+//! epoch, the commit it holds, the primary it follows and whether it is connected), and a
+//! role line per process with a standby, an epoch above 0 or a detach record (DETACHED).
+//!
+//! Exit codes: 0 every process (and declared standby) answered; 2 some did not (their rows say "no answer"); 1 an
 //! error (a bad cluster file or key file).
 
 use std::io::{IsTerminal, Write};
@@ -17,7 +23,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use ken::admin::{AdminReply, AdminRequest, StatusReport};
+use ken::admin::{AdminReply, AdminRequest, StandbyStatus, StatusReport};
 use ken::transport::Keyring;
 use ken::{ClusterFile, ClusterKey, ProcessId};
 
@@ -63,6 +69,14 @@ struct Row {
     answer: Result<StatusReport, String>,
 }
 
+/// One declared standby's row.
+struct StandbyRow {
+    /// The process it is the standby of.
+    id: ProcessId,
+    ship: String,
+    answer: Result<StandbyStatus, String>,
+}
+
 /// The keyring to seal requests with: `--key`, else the file's key, unless `--no-key`.
 pub fn keyring(file: &ClusterFile, choice: &KeyChoice) -> anyhow::Result<Option<Keyring>> {
     if choice.no_key {
@@ -87,6 +101,49 @@ fn resolve(entry: &ken::cluster::ProcessEntry) -> Result<SocketAddr, String> {
         .address
         .resolve()
         .map_err(|e| format!("cannot resolve {}: {e}", entry.address))
+}
+
+/// Asks every declared standby at once.
+async fn ask_standbys(
+    file: &ClusterFile,
+    keys: Option<&Keyring>,
+    timeout: Duration,
+) -> Vec<StandbyRow> {
+    let asks = file.processes.iter().filter_map(|entry| {
+        let sb = entry.standby.as_ref()?;
+        Some(async move {
+            let ship = sb.ship.to_string();
+            let answer = match sb.ship.resolve() {
+                Err(e) => Err(format!("cannot resolve {ship}: {e}")),
+                Ok(addr) => {
+                    match ken::admin::ask(addr, &entry.id, keys, &AdminRequest::Status, timeout)
+                        .await
+                    {
+                        Ok(AdminReply::Standby(st)) if st.id == entry.id.as_str() => Ok(*st),
+                        Ok(AdminReply::Standby(st)) => Err(format!(
+                            "the standby at {addr} replicates `{}`, not `{}`: check the cluster \
+                             file",
+                            st.id, entry.id
+                        )),
+                        Ok(other) => Err(format!(
+                            "{addr} answered as a process, not a standby: {}",
+                            match other {
+                                AdminReply::Status(r) => format!("process `{}`", r.id),
+                                other => format!("{other:?}"),
+                            }
+                        )),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+            };
+            StandbyRow {
+                id: entry.id.clone(),
+                ship,
+                answer,
+            }
+        })
+    });
+    futures_join_all(asks).await
 }
 
 /// Asks every process at once.
@@ -117,14 +174,14 @@ async fn ask_all(file: &ClusterFile, keys: Option<&Keyring>, timeout: Duration) 
 }
 
 /// Runs the futures concurrently on the current runtime, results in order.
-async fn futures_join_all<F: std::future::Future<Output = Row>>(
+async fn futures_join_all<T, F: std::future::Future<Output = T>>(
     futures: impl Iterator<Item = F>,
-) -> Vec<Row> {
+) -> Vec<T> {
     let mut set = Vec::new();
     for f in futures {
         set.push(Box::pin(f));
     }
-    let mut out: Vec<Option<Row>> = (0..set.len()).map(|_| None).collect();
+    let mut out: Vec<Option<T>> = (0..set.len()).map(|_| None).collect();
     let mut pending: Vec<usize> = (0..set.len()).collect();
     std::future::poll_fn(|cx| {
         pending.retain(|&i| match set[i].as_mut().poll(cx) {
@@ -154,8 +211,53 @@ fn duration_text(ms: u64) -> String {
     }
 }
 
+/// The role line and the DETACHED line of a process, when it has something to say.
+fn role_notes(id: &ProcessId, s: &StatusReport, notes: &mut Vec<String>) {
+    let r = &s.role;
+    if s.standby.is_some() || r.epoch > 0 || r.detached.is_some() || r.alone.is_some() {
+        notes.push(format!("{id}: role {}, epoch {}", r.role, r.epoch));
+    }
+    let unused = r.standby_unused.as_deref().map_or(String::new(), |at| {
+        format!("; runs WITHOUT the standby at {at} that the cluster file declares")
+    });
+    if let Some(d) = &r.detached {
+        notes.push(format!(
+            "{id}: DETACHED ({d}){unused}; to ship to a standby again: stop it, `ken standby \
+             attach --store STORE`, start it"
+        ));
+    } else if r.alone.as_deref() == Some("--no-standby") {
+        notes.push(format!(
+            "{id}: ALONE for this run (--no-standby, not on the record){unused}"
+        ));
+    }
+}
+
+/// A standby's note line.
+fn standby_note(row: &StandbyRow) -> String {
+    match &row.answer {
+        Ok(st) => format!(
+            "{} (standby at {}): role {}, epoch {}, holds commit {} (incarnation {}); {}",
+            row.id,
+            row.ship,
+            st.role,
+            st.epoch,
+            st.commits,
+            st.incarnation,
+            match (&st.primary, st.connected) {
+                (Some(p), true) => format!("follows the primary at {p}, connected"),
+                (Some(p), false) => format!("NOT CONNECTED to a primary (last: {p})"),
+                (None, _) => "NOT CONNECTED: no primary since it started".to_string(),
+            }
+        ),
+        Err(e) => format!(
+            "{} (standby at {}): no answer: {e}",
+            row.id, row.ship
+        ),
+    }
+}
+
 /// The text table.
-fn render_text(rows: &[Row]) -> String {
+fn render_text(rows: &[Row], standbys: &[StandbyRow]) -> String {
     let mut out = String::new();
     let header = [
         "ID",
@@ -207,6 +309,7 @@ fn render_text(rows: &[Row]) -> String {
                     ),
                     fuse,
                 ]);
+                role_notes(&row.id, s, &mut notes);
                 if let Some(sb) = &s.standby {
                     notes.push(format!(
                         "{}: standby at {}: {} commit {} of {} (lag {}){}",
@@ -276,6 +379,7 @@ fn render_text(rows: &[Row]) -> String {
         out.push_str(line.trim_end());
         out.push('\n');
     }
+    notes.extend(standbys.iter().map(standby_note));
     for n in notes {
         out.push_str(&n);
         out.push('\n');
@@ -284,7 +388,11 @@ fn render_text(rows: &[Row]) -> String {
 }
 
 /// The JSON document.
-fn render_json(file: &ClusterFile, rows: &[Row]) -> anyhow::Result<String> {
+fn render_json(
+    file: &ClusterFile,
+    rows: &[Row],
+    standbys: &[StandbyRow],
+) -> anyhow::Result<String> {
     let processes = rows
         .iter()
         .map(|row| {
@@ -300,10 +408,26 @@ fn render_json(file: &ClusterFile, rows: &[Row]) -> anyhow::Result<String> {
             Ok(v)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let standbys = standbys
+        .iter()
+        .map(|row| {
+            let mut v = serde_json::json!({
+                "id": row.id.as_str(),
+                "ship": row.ship,
+                "up": row.answer.is_ok(),
+            });
+            match &row.answer {
+                Ok(s) => v["status"] = serde_json::to_value(s)?,
+                Err(e) => v["error"] = serde_json::Value::String(e.clone()),
+            }
+            Ok(v)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let doc = serde_json::json!({
         "cluster": file.path.display().to_string(),
         "at_ms": ken::Time::now_wall().as_millis(),
         "processes": processes,
+        "standbys": standbys,
     });
     Ok(serde_json::to_string_pretty(&doc)?)
 }
@@ -331,11 +455,17 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         .build()?;
     let terminal = std::io::stdout().is_terminal();
     loop {
-        let rows = rt.block_on(ask_all(&file, keys.as_ref(), timeout));
+        // Both at once: a down process and a down standby cost one timeout, not two.
+        let (rows, standbys) = rt.block_on(async {
+            tokio::join!(
+                ask_all(&file, keys.as_ref(), timeout),
+                ask_standbys(&file, keys.as_ref(), timeout)
+            )
+        });
         let text = if args.json {
-            render_json(&file, &rows)?
+            render_json(&file, &rows, &standbys)?
         } else {
-            render_text(&rows)
+            render_text(&rows, &standbys)
         };
         let clear = interval.is_some() && terminal && !args.json;
         let written = {
@@ -354,7 +484,8 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
             other => other?,
         }
-        let all_up = rows.iter().all(|r| r.answer.is_ok());
+        let all_up =
+            rows.iter().all(|r| r.answer.is_ok()) && standbys.iter().all(|r| r.answer.is_ok());
         match interval {
             None => {
                 return Ok(if all_up {
