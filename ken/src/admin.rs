@@ -690,7 +690,9 @@ pub fn answer_standby(
     {
         return None;
     }
-    let request = decode_payload::<PaddedRequest>(&frame.payload).ok()?.request;
+    let request = decode_payload::<PaddedRequest>(&frame.payload)
+        .ok()?
+        .request;
     let reply = match request {
         AdminRequest::Status => AdminReply::Standby(Box::new(status())),
         AdminRequest::Admit { .. } => AdminReply::Refused {

@@ -241,10 +241,9 @@ fn detach(a: &DetachArgs) -> Result<(), String> {
             a.store.display(),
             a.store.display()
         ),
-        ken::standby::DetachOutcome::Already(d) => println!(
-            "{}: already {d}; nothing written",
-            a.store.display()
-        ),
+        ken::standby::DetachOutcome::Already(d) => {
+            println!("{}: already {d}; nothing written", a.store.display())
+        }
     }
     Ok(())
 }

@@ -249,10 +249,7 @@ fn standby_note(row: &StandbyRow) -> String {
                 (None, _) => "NOT CONNECTED: no primary since it started".to_string(),
             }
         ),
-        Err(e) => format!(
-            "{} (standby at {}): no answer: {e}",
-            row.id, row.ship
-        ),
+        Err(e) => format!("{} (standby at {}): no answer: {e}", row.id, row.ship),
     }
 }
 

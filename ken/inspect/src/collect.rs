@@ -242,6 +242,7 @@ pub fn summary(reader: &Reader, now_ms: u64) -> Result<(Summary, Vec<Damage>), R
     let replays_queued = rows_of(ken::living::REPLAY_TABLE);
     let poison_to_dead_letter = rows_of(ken::living::SKIP_POISON_TABLE);
     let tasks_pending = rows_of(ken::task::TASKS_TABLE);
+    let role = part(d, "role", ken::standby::role(reader));
     let summary = Summary {
         store: reader.path().display().to_string(),
         process_id: meta.process_id,
@@ -253,7 +254,13 @@ pub fn summary(reader: &Reader, now_ms: u64) -> Result<(Summary, Vec<Damage>), R
         poison_to_dead_letter,
         tasks_pending,
         incarnation: incarnation_hex(meta.incarnation),
-        epoch: ken::standby::epoch(reader).ok(),
+        epoch: role.as_ref().map(|r| r.epoch),
+        role: role.as_ref().map(|r| r.name().to_string()),
+        detached: role.and_then(|r| r.detached).map(|d| DetachedInfo {
+            by: d.by,
+            at_ms: d.at_ms,
+            reason: d.reason,
+        }),
         format_version: meta.format_version,
         created_ms: meta.created_ms,
         turns_committed: meta.turns_committed,

@@ -70,6 +70,13 @@ pub struct Summary {
     /// The store's epoch (`ken.role`, ken/STANDBY.md): 0 until a standby's replica of it
     /// was promoted, one more at each promotion; `null` if unreadable.
     pub epoch: Option<u64>,
+    /// What the store can tell of its role: `promoted` (epoch above 0) or `primary` (a
+    /// standby's replica is an exact copy of its primary's store and reads the same);
+    /// `null` if the `ken.role` table is unreadable.
+    pub role: Option<String>,
+    /// The operator's detach record (`ken standby detach`, or a promotion), when the store
+    /// has one: its process runs alone, without the standby its cluster file declares.
+    pub detached: Option<DetachedInfo>,
     pub format_version: u32,
     pub created_ms: u64,
     /// Turns committed over the life of the store.
@@ -106,6 +113,16 @@ pub struct Summary {
     pub file: FileInfo,
     /// Parts that could not be read (a corrupt record, for example); the rest is shown.
     pub errors: Vec<SectionError>,
+}
+
+/// A store's detach record in the summary ([`ken::standby::Detached`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DetachedInfo {
+    /// Who detached it (the command and the operator).
+    pub by: String,
+    /// When, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub reason: String,
 }
 
 /// Sizes of the store's files.

@@ -185,6 +185,32 @@ pub fn summary(s: &Summary) -> String {
             let _ = writeln!(out, "epoch         unreadable (the ken.role table)");
         }
     }
+    match s.role.as_deref() {
+        Some("promoted") => {
+            let _ = writeln!(out, "role          promoted (from a standby's replica)");
+        }
+        Some(role) => {
+            let _ = writeln!(
+                out,
+                "role          {role} (epoch 0; a standby's replica is an exact copy and reads the same)"
+            );
+        }
+        None => {}
+    }
+    if let Some(d) = &s.detached {
+        let _ = writeln!(
+            out,
+            "DETACHED      since {} by {}{}: runs WITHOUT the standby its cluster file declares; \
+             `ken standby attach --store STORE` (process stopped) ends it",
+            utc(d.at_ms),
+            d.by,
+            if d.reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", d.reason)
+            }
+        );
+    }
     if let (Some(app), Some(v)) = (&s.app, s.schema_version) {
         let _ = writeln!(out, "app           {app} (schema version {v})");
     } else {

@@ -785,3 +785,214 @@ async fn a_message_altered_on_the_way_is_refused_and_the_next_connection_reseeds
     );
     assert_replica_equal(&primary, &sb.path);
 }
+
+/// `detach` and `attach` (issue 18: a primary runs alone only on the record): refused while
+/// the store is open (nothing written), written once (a second detach keeps the first
+/// record), removed by `attach` (a second attach writes nothing), each one commit of no
+/// turn; `promote` records the promoted store detached too.
+#[test]
+fn detach_and_attach_are_on_the_record_and_refused_while_the_store_is_open() {
+    let d = dir();
+    let path = d.path().join("p.ken");
+    let (mut store, _) = Store::open(&path, "p").unwrap();
+    store.commit(&batch(1, 1)).unwrap();
+    let err = standby::detach(&path, "tester", "disk swap").unwrap_err();
+    let line = err.to_string();
+    assert!(
+        matches!(
+            err,
+            standby::PromoteError::Open(ken::store::OpenError::InUse { .. })
+        ),
+        "{line}"
+    );
+    assert!(line.contains("in use") && !line.contains('\n'), "{line}");
+    assert_eq!(standby::read_role(&path).unwrap(), standby::Role::default());
+    assert!(matches!(
+        standby::attach(&path),
+        Err(standby::PromoteError::Open(
+            ken::store::OpenError::InUse { .. }
+        ))
+    ));
+    drop(store);
+
+    let first = match standby::detach(&path, "tester", "disk swap").unwrap() {
+        standby::DetachOutcome::Detached(r) => r,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        (first.by.as_str(), first.reason.as_str()),
+        ("tester", "disk swap")
+    );
+    assert_eq!(
+        standby::read_role(&path).unwrap(),
+        standby::Role {
+            epoch: 0,
+            detached: Some(first.clone())
+        }
+    );
+    assert_eq!(
+        standby::detach(&path, "someone else", "again").unwrap(),
+        standby::DetachOutcome::Already(first.clone()),
+        "a second detach keeps the first record"
+    );
+    assert_eq!(commits(&path), 2, "one commit for the record");
+    assert_eq!(standby::attach(&path).unwrap(), Some(first));
+    assert_eq!(standby::read_role(&path).unwrap().detached, None);
+    assert_eq!(
+        standby::attach(&path).unwrap(),
+        None,
+        "not detached: nothing"
+    );
+    assert_eq!(
+        commits(&path),
+        3,
+        "one commit for the attach, none for the no-op"
+    );
+    let long = "x".repeat(standby::DETACH_REASON_BYTES_MAX * 2);
+    standby::detach(&path, &long, &long).unwrap();
+    let kept = standby::read_role(&path).unwrap().detached.unwrap();
+    assert_eq!(kept.reason.len(), standby::DETACH_REASON_BYTES_MAX);
+    assert_eq!(kept.by.len(), standby::DETACH_REASON_BYTES_MAX);
+    standby::attach(&path).unwrap();
+
+    // A promotion leaves the store detached: the promoted process has no standby yet.
+    assert_eq!(standby::promote(&path).unwrap(), 1);
+    let role = standby::read_role(&path).unwrap();
+    assert_eq!(role.epoch, 1);
+    assert_eq!(role.name(), "promoted");
+    let d = role.detached.expect("a promoted store is detached");
+    assert!(
+        d.by.contains("promote") && d.reason.contains("epoch 1"),
+        "{d:?}"
+    );
+    let (_, recovered) = Store::open(&path, "p").unwrap();
+    assert_eq!(
+        recovered.turns_committed, 1,
+        "no turn was recorded by any of these"
+    );
+}
+
+/// A missing path and a file that is not a Ken store: one line naming the path and what is
+/// wrong, and nothing created or changed.
+#[test]
+fn detach_of_a_missing_or_foreign_file_says_so_in_one_line_and_writes_nothing() {
+    let d = dir();
+    let missing = d.path().join("nothing-here.ken");
+    for err in [
+        standby::detach(&missing, "t", "").unwrap_err(),
+        standby::attach(&missing).unwrap_err(),
+    ] {
+        let line = err.to_string();
+        assert!(
+            line.contains("nothing-here.ken") && line.contains("no store") && !line.contains('\n'),
+            "{line}"
+        );
+    }
+    assert!(!missing.exists(), "nothing created");
+    let foreign = d.path().join("notes.txt");
+    std::fs::write(&foreign, "not a store at all, just some text").unwrap();
+    let line = standby::detach(&foreign, "t", "").unwrap_err().to_string();
+    assert!(
+        line.contains("notes.txt") && line.contains("not a Ken store") && !line.contains('\n'),
+        "{line}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&foreign).unwrap(),
+        "not a store at all, just some text"
+    );
+}
+
+/// `ken status` against a standby: it answers an admin status request on its UDP socket,
+/// under the cluster key (a request without the key, or with another, gets nothing), with
+/// its role, epoch, the commit its replica holds and the primary it follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_answers_status_under_the_cluster_key_only() {
+    let d = dir();
+    let (primary, replica) = (d.path().join("p.ken"), d.path().join("r.ken"));
+    let key = ClusterKey::generate();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let admin = tokio::net::UdpSocket::bind(addr).await.unwrap();
+    let task = tokio::spawn(standby::serve(StandbyConfig {
+        process: pid("p"),
+        store: replica.clone(),
+        listener,
+        key: Some(key.clone()),
+        min_epoch: 3,
+        admin: Some(admin),
+    }));
+    let keyring = |k: &ClusterKey| ken::transport::Keyring::new(k, &[], false).unwrap();
+    let ask = |keys: Option<ken::transport::Keyring>| async move {
+        ken::admin::ask(
+            addr,
+            &pid("p"),
+            keys.as_ref(),
+            &ken::admin::AdminRequest::Status,
+            Duration::from_millis(600),
+        )
+        .await
+    };
+    let status = |reply| match reply {
+        Ok(ken::admin::AdminReply::Standby(s)) => *s,
+        other => panic!("not a standby's status: {other:?}"),
+    };
+    let before = status(ask(Some(keyring(&key))).await);
+    assert_eq!(
+        (
+            before.role.as_str(),
+            before.epoch,
+            before.commits,
+            before.connected
+        ),
+        ("standby", 3, 0, false),
+        "{before:?}"
+    );
+    assert_eq!(before.primary, None);
+    assert!(before.authenticated);
+
+    let (mut store, _) = Store::open(&primary, "p").unwrap();
+    // The primary must be at the standby's epoch to be accepted.
+    store
+        .commit(&Batch {
+            table_writes: vec![TableWrite {
+                table: standby::ROLE_TABLE.into(),
+                key: standby::EPOCH_KEY.to_vec(),
+                value: Some(3u64.to_le_bytes().to_vec()),
+            }],
+            ..Batch::default()
+        })
+        .unwrap();
+    let (ship, mut rx) = ship_to(&primary, &addr.to_string(), Some(key.clone()));
+    wait_acked(&mut rx, 1).await;
+    for n in 2..=4 {
+        commit_and_ship(&mut store, &ship, n);
+    }
+    wait_acked(&mut rx, 4).await;
+    let after = status(ask(Some(keyring(&key))).await);
+    assert_eq!(
+        (
+            after.epoch,
+            after.commits,
+            after.connected,
+            after.batches_applied
+        ),
+        (3, 4, true, 3),
+        "{after:?}"
+    );
+    assert!(
+        after.primary.is_some() && after.snapshots_installed == 1,
+        "{after:?}"
+    );
+
+    // Negative controls: no key, another key: no answer.
+    assert!(matches!(
+        ask(None).await,
+        Err(ken::admin::AskError::NoAnswer(_))
+    ));
+    assert!(matches!(
+        ask(Some(keyring(&ClusterKey::generate()))).await,
+        Err(ken::admin::AskError::NoAnswer(_))
+    ));
+    drop(ship);
+    task.abort();
+}
