@@ -13,8 +13,8 @@
 //! epoch, the commit it holds, the primary it follows and whether it is connected), and a
 //! role line per process with a standby, an epoch above 0 or a detach record (DETACHED).
 //!
-//! Exit codes: 0 every process (and declared standby) answered; 2 some did not (their rows say "no answer"); 1 an
-//! error (a bad cluster file or key file).
+//! Exit codes: 0 every process and declared standby answered; 2 some did not (their rows say
+//! "no answer"); 1 an error (a bad cluster file or key file).
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
@@ -44,7 +44,8 @@ pub struct Args {
     #[arg(long)]
     pub no_key: bool,
     /// Print one JSON document (`{"cluster", "at_ms", "processes": [{"id", "address", "up",
-    /// "error" | "status"}]}`; the status fields are `ken::admin::StatusReport`'s).
+    /// "error" | "status"}], "standbys": [{"id", "ship", "up", "error" | "status"}]}`; the
+    /// status fields are `ken::admin::StatusReport`'s and `ken::admin::StandbyStatus`'s).
     #[arg(long)]
     pub json: bool,
     /// Refresh every SECS seconds (2 if not given) until interrupted.

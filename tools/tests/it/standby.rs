@@ -110,7 +110,19 @@ key_file = "cluster.key"
 
     /// A player whose logs are named `name` (a second process of the same id keeps its own).
     fn named_player(&self, name: &str, id: &str, extra: &[&str], envs: &[(&str, &str)]) -> Process {
-        let count = COUNT.to_string();
+        self.counted_player(name, id, COUNT, extra, envs)
+    }
+
+    /// A player volleying to `count` (a count no test reaches: it runs until killed).
+    fn counted_player(
+        &self,
+        name: &str,
+        id: &str,
+        count: u64,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Process {
+        let count = count.to_string();
         let mut args = vec![
             "app",
             "pingpong",
@@ -146,6 +158,18 @@ key_file = "cluster.key"
                 std::fs::remove_file(&p).unwrap();
             }
         }
+    }
+
+    /// `ken ARGS..` run to its end (`{cluster}` and `{a}`, a's store, replaced).
+    fn ken(&self, args: &[&str]) -> std::process::Output {
+        let a = self.path("a.ken");
+        std::process::Command::new(KEN)
+            .args(args.iter().map(|x| {
+                x.replace("{cluster}", self.cluster.to_str().unwrap())
+                    .replace("{a}", a.to_str().unwrap())
+            }))
+            .output()
+            .unwrap()
     }
 
     fn promote(&self) -> std::process::Output {
@@ -393,4 +417,349 @@ fn a_fenced_old_primary_that_keeps_running_changes_nothing() {
         "the new standby took nothing from the fenced primary"
     );
     new_standby.kill().unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// Detach and attach: a primary alone, on the record (issue 18).
+
+/// How long a stalled primary is watched for a turn: far longer than the few milliseconds
+/// a running volley takes per turn.
+const STALL: Duration = Duration::from_secs(3);
+
+/// `a`'s store gains no more than 2 turns within [`STALL`] (the wait ends, and the assertion
+/// fails, the moment it does), and `a` is still running: it waits for its standby.
+fn assert_stalls(s: &Setup, a: &mut Process, what: &str) {
+    let from = s.a_turns();
+    let moved = harness::wait_until(Instant::now() + STALL, Duration::from_millis(20), || {
+        (s.a_turns() > from + 2).then_some(())
+    });
+    assert!(
+        moved.is_err(),
+        "{what}: a ran on without its standby ({from} -> {} turns): {}",
+        s.a_turns(),
+        a.report(1, 20)
+    );
+    assert!(
+        a.poll().unwrap().is_none(),
+        "{what}: a stopped: {}",
+        a.report(1, 20)
+    );
+}
+
+/// The command succeeded; its stdout.
+fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The command failed with exit 1 and one line on stderr containing every one of `words`.
+fn one_line_error(out: &std::process::Output, words: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    for w in words {
+        assert!(err.contains(w), "no `{w}` in: {err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// `a` declares a standby that never runs (unreachable). Not detached, `a` waits for it
+/// and runs no turn (the negative control); `ken standby detach` is refused while `a` runs
+/// (one line, nothing written); SIGKILLed, detached and started again, `a` runs alone and
+/// says DETACHED; attached (`ken standby attach`), it waits for its standby again; detached
+/// once more, it finishes the volley with `b` (never restarted), every ball exactly once.
+#[test]
+fn a_primary_runs_without_its_declared_standby_only_while_detached_on_the_record() {
+    let s = Setup::new();
+    let detach = [
+        "standby",
+        "detach",
+        "--store",
+        "{a}",
+        "--reason",
+        "standby host down",
+    ];
+    let mut b = s.player("b", &[], &[]);
+    let mut a = s.player("a", &[], &[]);
+    assert_stalls(&s, &mut a, "not detached");
+
+    one_line_error(&s.ken(&detach), &["a.ken", "in use"]);
+    assert_eq!(
+        ken::standby::read_role(&s.path("a.ken")).unwrap().detached,
+        None,
+        "a refused detach writes nothing"
+    );
+    a.kill().unwrap();
+
+    let said = ok(&s.ken(&detach));
+    assert!(
+        said.contains("detached") && said.contains("standby host down"),
+        "{said}"
+    );
+    let mut a = s.named_player("a-detached", "a", &[], &[]);
+    wait_turns(&s, 200);
+    let err = a.current_life().unwrap().stderr_tail(400);
+    assert!(
+        err.contains("DETACHED") && err.contains("standby host down"),
+        "a detached primary says so at start: {err}"
+    );
+    a.kill().unwrap();
+
+    let said = ok(&s.ken(&["standby", "attach", "--store", "{a}"]));
+    assert!(said.contains("attached"), "{said}");
+    let mut a = s.named_player("a-attached", "a", &[], &[]);
+    assert_stalls(&s, &mut a, "attached again");
+    a.kill().unwrap();
+
+    ok(&s.ken(&detach));
+    let mut a = s.named_player("a-final", "a", &[], &[]);
+    let ra = finished(&mut a, Duration::from_secs(120))
+        .unwrap_or_else(|| panic!("detached a did not finish: {}", a.report(1, 40)));
+    let rb = finished(&mut b, Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("b did not finish: {}", b.report(1, 40)));
+    for (r, serve) in [(&ra, false), (&rb, true)] {
+        assert_eq!((r.gaps, r.repeats), (0, 0), "{r:?}");
+        assert_eq!(r.received, expected_received(COUNT, serve), "{r:?}");
+    }
+    assert_eq!(b.lives().len(), 1, "b was never restarted");
+}
+
+/// `ken status` text and JSON.
+fn status(s: &Setup) -> (i32, String, serde_json::Value) {
+    let args = ["status", "--cluster", "{cluster}", "--timeout-ms", "1000"];
+    let text = s.ken(&args);
+    let json = s.ken(&[&args[..], &["--json"]].concat());
+    assert_eq!(text.status.code(), json.status.code(), "{text:?} {json:?}");
+    let doc = serde_json::from_slice(&json.stdout)
+        .unwrap_or_else(|e| panic!("ken status --json ({e}): {json:?}"));
+    (
+        text.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&text.stdout).into_owned(),
+        doc,
+    )
+}
+
+/// A volley count no test reaches: the players run until killed.
+const FOREVER: u64 = 1 << 40;
+
+/// `ken status` shows a primary's role and epoch and a standby's own status (asked at its
+/// ship port: role standby, its epoch, the commit it holds, the primary it follows,
+/// connected); once a's store is detached, DETACHED with the reason and the standby it runs
+/// without, the standby not connected; attached again, no DETACHED, and the standby is
+/// reseeded: it holds every commit a's store had at the attach. Negative control: the
+/// standby stopped, its row says no answer and `ken status` exits 2.
+#[test]
+fn ken_status_shows_the_role_epoch_detached_and_the_standbys_own_status() {
+    let s = Setup::new();
+    let ship = s.ship.to_string();
+    let mut standby = s.standby();
+    let mut b = s.counted_player("b", "b", FOREVER, &[], &[]);
+    let mut a = s.counted_player("a", "a", FOREVER, &[], &[]);
+    wait_turns(&s, 100);
+    let a_of = |doc: &serde_json::Value| doc["processes"][0]["status"]["role"].clone();
+    let standby_of = |doc: &serde_json::Value| doc["standbys"][0].clone();
+
+    let (code, text, doc) = status(&s);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("a: role primary, epoch 0"), "{text}");
+    assert!(!text.contains("b: role"), "b has nothing to say: {text}");
+    assert!(!text.contains("DETACHED"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "a (standby at {ship}): role standby, epoch 0, holds commit "
+        )) && text.contains("follows the primary at")
+            && text.contains(", connected"),
+        "{text}"
+    );
+    let (role, sb) = (a_of(&doc), standby_of(&doc));
+    assert_eq!(
+        (&role["role"], &role["epoch"], &role["detached"]),
+        (&"primary".into(), &0.into(), &serde_json::Value::Null),
+        "{doc:#}"
+    );
+    assert_eq!(
+        (&sb["id"], &sb["status"]["role"], &sb["status"]["connected"]),
+        (&"a".into(), &"standby".into(), &true.into()),
+        "{doc:#}"
+    );
+    assert!(sb["status"]["commits"].as_u64().unwrap() > 0, "{doc:#}");
+
+    a.kill().unwrap();
+    ok(&s.ken(&[
+        "standby",
+        "detach",
+        "--store",
+        "{a}",
+        "--reason",
+        "standby disk swap",
+    ]));
+    let mut a = s.counted_player("a-detached", "a", FOREVER, &[], &[]);
+    let turns = s.a_turns();
+    wait_turns(&s, turns + 100);
+    // The killed primary's connection ends at the standby shortly after the kill.
+    let (code, text, doc) = harness::wait_until(
+        Instant::now() + Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            let (code, text, doc) = status(&s);
+            (standby_of(&doc)["status"]["connected"] == false).then_some((code, text, doc))
+        },
+    )
+    .unwrap_or_else(|_| panic!("the standby still says connected: {}", status(&s).1));
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("a: DETACHED (detached ")
+            && text.contains("standby disk swap")
+            && text.contains(&format!("runs WITHOUT the standby at {ship}")),
+        "{text}"
+    );
+    assert!(
+        text.contains("NOT CONNECTED to a primary (last: "),
+        "{text}"
+    );
+    let role = a_of(&doc);
+    assert_eq!(
+        (&role["detached"]["reason"], &role["alone"]),
+        (&"standby disk swap".into(), &"detached".into()),
+        "{doc:#}"
+    );
+
+    a.kill().unwrap();
+    ok(&s.ken(&["standby", "attach", "--store", "{a}"]));
+    let at_attach = ken::store::Reader::open(&s.path("a.ken"))
+        .unwrap()
+        .meta()
+        .unwrap()
+        .commits;
+    let mut a = s.counted_player("a-attached", "a", FOREVER, &[], &[]);
+    let (code, text, _) = harness::wait_until(
+        Instant::now() + Duration::from_secs(60),
+        Duration::from_millis(100),
+        || {
+            let (code, text, doc) = status(&s);
+            let sb = &standby_of(&doc)["status"];
+            (sb["connected"] == true && sb["commits"].as_u64()? >= at_attach)
+                .then_some((code, text, doc))
+        },
+    )
+    .unwrap_or_else(|_| {
+        panic!(
+            "the standby never caught up with a's {at_attach} commits: {}\n{}",
+            status(&s).1,
+            standby.report(1, 20)
+        )
+    });
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        !text.contains("DETACHED") && text.contains("a: role primary, epoch 0"),
+        "{text}"
+    );
+
+    standby.kill().unwrap();
+    let (code, text, doc) = status(&s);
+    assert_eq!(code, 2, "a standby down is a row down: {text}");
+    assert!(
+        text.contains(&format!("a (standby at {ship}): no answer")),
+        "{text}"
+    );
+    assert_eq!(standby_of(&doc)["up"], false, "{doc:#}");
+    a.kill().unwrap();
+    b.kill().unwrap();
+}
+
+/// `ken standby detach` and `attach` given a missing path or a file that is not a Ken
+/// store: one line naming the path and what is wrong, exit 1, nothing created or changed.
+#[test]
+fn standby_detach_and_attach_of_a_bad_store_say_so_in_one_line() {
+    let s = Setup::new();
+    let missing = s.path("nothing-here.ken");
+    let foreign = s.path("notes.txt");
+    std::fs::write(&foreign, "not a store").unwrap();
+    for verb in ["detach", "attach"] {
+        let out = s.ken(&["standby", verb, "--store", missing.to_str().unwrap()]);
+        one_line_error(&out, &["nothing-here.ken", "no store"]);
+        let out = s.ken(&["standby", verb, "--store", foreign.to_str().unwrap()]);
+        one_line_error(&out, &["notes.txt", "not a Ken store"]);
+    }
+    assert!(!missing.exists(), "nothing created");
+    assert_eq!(std::fs::read_to_string(&foreign).unwrap(), "not a store");
+}
+
+/// `ken inspect` shows the store's role, epoch and detach record, in text and JSON: a
+/// primary's store (role primary, epoch 0, no DETACHED), detached (the DETACHED line with
+/// the operator and the reason), attached (gone again), promoted (role promoted, epoch 1,
+/// detached by the promotion).
+#[test]
+fn ken_inspect_shows_the_standby_role_epoch_and_detached_lines() {
+    let s = Setup::new();
+    let store = s.path("a.ken");
+    drop(ken::store::Store::open(&store, "a").unwrap());
+    let inspect = || {
+        let text = ok(&s.ken(&["inspect", "{a}"]));
+        let json: serde_json::Value =
+            serde_json::from_str(&ok(&s.ken(&["inspect", "{a}", "--json"]))).unwrap();
+        (text, json)
+    };
+    let (text, json) = inspect();
+    assert!(text.contains("role          primary (epoch 0"), "{text}");
+    assert!(!text.contains("DETACHED"), "{text}");
+    assert_eq!(
+        (&json["role"], &json["epoch"], &json["detached"]),
+        (&"primary".into(), &0.into(), &serde_json::Value::Null),
+        "{json:#}"
+    );
+
+    ok(&s.ken(&[
+        "standby",
+        "detach",
+        "--store",
+        "{a}",
+        "--reason",
+        "disk swap",
+    ]));
+    let (text, json) = inspect();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("DETACHED"))
+        .unwrap_or_else(|| panic!("no DETACHED line: {text}"));
+    assert!(
+        line.contains("by ken standby detach by ") && line.contains("(disk swap)"),
+        "{line}"
+    );
+    assert_eq!(json["detached"]["reason"], "disk swap", "{json:#}");
+    assert!(
+        json["detached"]["by"]
+            .as_str()
+            .unwrap()
+            .starts_with("ken standby detach by "),
+        "{json:#}"
+    );
+
+    ok(&s.ken(&["standby", "attach", "--store", "{a}"]));
+    let (text, json) = inspect();
+    assert!(!text.contains("DETACHED"), "{text}");
+    assert_eq!(json["detached"], serde_json::Value::Null, "{json:#}");
+
+    ok(&s.ken(&["standby", "promote", "--store", "{a}"]));
+    let (text, json) = inspect();
+    assert!(
+        text.contains("role          promoted") && text.contains("epoch         1"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("DETACHED") && l.contains("promote")),
+        "{text}"
+    );
+    assert_eq!(
+        (&json["role"], &json["epoch"]),
+        (&"promoted".into(), &1.into()),
+        "{json:#}"
+    );
 }
