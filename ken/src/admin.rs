@@ -952,6 +952,7 @@ mod tests {
             malformed: 0,
             metrics: None,
             standby: None,
+            role: RoleReport::default(),
         };
         assert_eq!(desk.latency(), Latency::default());
         for us in 1..=(COMMIT_SAMPLES_MAX as u64 + 100) {
