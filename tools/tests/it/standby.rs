@@ -1,9 +1,10 @@
 //! A destroyed disk loses nothing (issue 18): pingpong `a` runs with a standby replica
 //! (`ken standby serve`), `b` without. Mid-volley `a` is SIGKILLed and its store destroyed
 //! (every file of it deleted), the standby is stopped and promoted (`ken standby promote`),
-//! and `a` starts again on the replica at the standby's address with `--no-standby`. `b`
-//! is never restarted: it finds `a` at its standby address once `a` stays quiet (the
-//! cluster file's `standby.address`). Both finish with every ball received exactly once
+//! and `a` starts again on the replica at the standby's address (no flag: the promotion
+//! recorded the replica detached, so it runs without the standby its cluster file
+//! declares). `b` is never restarted: it finds `a` at its standby address once `a` stays
+//! quiet (the cluster file's `standby.address`). Both finish with every ball received exactly once
 //! (the reports: no gap, no repeat, the full count).
 //!
 //! Negative control: the same with the primary releasing before the standby's
@@ -181,20 +182,15 @@ key_file = "cluster.key"
             .unwrap()
     }
 
-    /// `a` again, on the promoted replica at the standby's address.
+    /// `a` again, on the promoted replica at the standby's address (detached by the
+    /// promotion: it runs alone with no flag).
     fn promoted_a(&self, envs: &[(&str, &str)]) -> Process {
         let store = self.path("a.standby.ken");
         let listen = self.a2.to_string();
         self.named_player(
             "a-promoted",
             "a",
-            &[
-                "--store",
-                store.to_str().unwrap(),
-                "--listen",
-                &listen,
-                "--no-standby",
-            ],
+            &["--store", store.to_str().unwrap(), "--listen", &listen],
             envs,
         )
     }
