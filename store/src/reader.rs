@@ -317,9 +317,9 @@ impl Reader {
     fn check_found(path: &Path, found: Found) -> Result<(), OpenError> {
         match found {
             Found::Store(_) => Ok(()),
-            Found::Migratable => Err(OpenError::NeedsMigration {
+            Found::Migratable(found) => Err(OpenError::NeedsMigration {
                 path: path.to_path_buf(),
-                found: schema::MIGRATES_FROM,
+                found,
                 supported: crate::FORMAT_VERSION,
             }),
             Found::Empty => Err(OpenError::NotAKenStore {
