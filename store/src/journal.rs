@@ -201,11 +201,6 @@ impl Overlay {
         o
     }
 
-    /// True when the journal changes nothing (no rows).
-    pub(crate) fn is_empty(&self) -> bool {
-        self.counters.is_none()
-    }
-
     /// Whether the table's outbox row (`peer`, `seq`) is gone in the journal's view.
     pub(crate) fn outbox_row_gone(&self, peer: &str, seq: u64) -> bool {
         self.outbox_forgotten.contains(peer)
