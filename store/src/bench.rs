@@ -568,15 +568,29 @@ mod tests {
         assert!(report.commit_to_fsync_ratio().is_some());
         // The write-volume phase: every (page size, batch size), and smaller pages write
         // less per single-turn commit, about one page per table touched.
-        assert_eq!(report.volume.len(), 6);
-        let wal = |page: u32, turns: u32| {
+        assert_eq!(report.volume.len(), 12);
+        let wal_of = |page: u32, turns: u32, journal: bool| {
             report
                 .volume
                 .iter()
-                .find(|v| v.page_size == page && v.turns_per_commit == turns)
+                .find(|v| {
+                    v.page_size == page && v.turns_per_commit == turns && v.journal == journal
+                })
                 .map(|v| v.wal_bytes_per_commit)
                 .unwrap()
         };
+        let wal = |page: u32, turns: u32| wal_of(page, turns, false);
+        // The journal: a one-turn commit at the default page size writes at most 4.5 KiB
+        // (folds included), well under half of what it writes without; a 30-turn commit is
+        // too large to journal and writes the same.
+        assert!(
+            wal_of(1024, 1, true) <= 4608.0 && wal_of(1024, 1, true) < wal(1024, 1) / 2.0,
+            "{report}"
+        );
+        assert!(
+            (wal_of(1024, 30, true) - wal(1024, 30)).abs() < 0.1 * wal(1024, 30),
+            "{report}"
+        );
         assert!(
             wal(512, 1) < wal(1024, 1) && wal(1024, 1) < wal(4096, 1),
             "{report}"

@@ -209,7 +209,9 @@ impl Overlay {
 
     /// Whether the journal touches the outbox at all.
     pub(crate) fn touches_outbox(&self) -> bool {
-        !self.outbox.is_empty() || !self.outbox_acked.is_empty() || !self.outbox_forgotten.is_empty()
+        !self.outbox.is_empty()
+            || !self.outbox_acked.is_empty()
+            || !self.outbox_forgotten.is_empty()
     }
 }
 

@@ -370,7 +370,10 @@ impl Reader {
     /// Runs `f` in one read transaction with the journal's overlay (see "What a Reader
     /// guarantees" in `FORMAT.md`): every query `f` makes sees the same snapshot as the
     /// journal it merges. The transaction ends before this returns.
-    fn snapshot<T>(&self, f: impl FnOnce(&Overlay) -> Result<T, ReadError>) -> Result<T, ReadError> {
+    fn snapshot<T>(
+        &self,
+        f: impl FnOnce(&Overlay) -> Result<T, ReadError>,
+    ) -> Result<T, ReadError> {
         let tx = self.conn.unchecked_transaction()?;
         let overlay = self.load_overlay()?;
         let out = f(&overlay)?;
@@ -381,10 +384,12 @@ impl Reader {
     /// The journal's overlay in the current transaction: one small query when the journal
     /// is empty or unchanged since the last call, else the journal's rows, decoded.
     fn load_overlay(&self) -> Result<Arc<Overlay>, ReadError> {
-        let key: JournalKey = self.conn.prepare_cached(
-            "SELECT count(*), coalesce(min(seq), 0), coalesce(max(seq), 0) FROM journal",
-        )?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        let key: JournalKey = self
+            .conn
+            .prepare_cached(
+                "SELECT count(*), coalesce(min(seq), 0), coalesce(max(seq), 0) FROM journal",
+            )?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         if let Some((have, overlay)) = &*self.overlay.borrow() {
             if *have == key {
                 return Ok(Arc::clone(overlay));
@@ -471,13 +476,12 @@ impl Reader {
         let limit = limit.min(MAX_SCAN_ROWS);
         self.snapshot(|o| {
             let range = (table.to_string(), prefix.to_vec())..;
-            let journaled: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = o
-                .kv
-                .range(range)
-                .take_while(|((t, k), _)| t == table && k.starts_with(prefix))
-                .filter(|((_, k), _)| after.is_none_or(|a| k.as_slice() > a))
-                .map(|((_, k), v)| (k, v))
-                .collect();
+            let journaled: Vec<(&Vec<u8>, &Option<Vec<u8>>)> =
+                o.kv.range(range)
+                    .take_while(|((t, k), _)| t == table && k.starts_with(prefix))
+                    .filter(|((_, k), _)| after.is_none_or(|a| k.as_slice() > a))
+                    .map(|((_, k), v)| (k, v))
+                    .collect();
             if journaled.is_empty() {
                 return self.table_scan_rows(table, prefix, after, i64::from(limit));
             }

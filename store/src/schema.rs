@@ -528,11 +528,13 @@ pub(crate) fn decode_meta_as(
         .into());
     }
     if format_version != expect {
-        return Err(if format_version == MIGRATES_FROM || format_version == MIGRATES_FROM_3 {
-            MetaProblem::Migratable(format_version)
-        } else {
-            MetaProblem::Older(format_version)
-        });
+        return Err(
+            if format_version == MIGRATES_FROM || format_version == MIGRATES_FROM_3 {
+                MetaProblem::Migratable(format_version)
+            } else {
+                MetaProblem::Older(format_version)
+            },
+        );
     }
     let body = |key: &str| -> Result<&[u8], Corrupted> {
         meta_body(key, find(key).ok_or_else(|| missing(key))?, format_version)
@@ -610,10 +612,14 @@ mod tests {
             codec::seal(&2u32.to_le_bytes()),
             [0x01, 0x02, 0x00, 0x00, 0x00, 0x26, 0x16, 0x4b, 0x51]
         );
-        assert_eq!(crate::FORMAT_VERSION, 3);
+        assert_eq!(
+            codec::seal(&3u32.to_le_bytes()),
+            [0x01, 0x03, 0x00, 0x00, 0x00, 0x43, 0x71, 0xf7, 0xe9]
+        );
+        assert_eq!(crate::FORMAT_VERSION, 4);
         assert_eq!(
             seal_meta(META_FORMAT_VERSION, &crate::FORMAT_VERSION.to_le_bytes()),
-            [0x01, 0x03, 0x00, 0x00, 0x00, 0x43, 0x71, 0xf7, 0xe9]
+            [0x01, 0x04, 0x00, 0x00, 0x00, 0xfa, 0x49, 0x20, 0x74]
         );
         // A record: table `kv`, application table "t", key "k", value "hi".
         assert_eq!(

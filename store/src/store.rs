@@ -555,6 +555,10 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         if let Some((batch, record)) = journal {
+            // What the fold would refuse is refused now, while nothing is durable.
+            if let Some(conflict) = journal_conflict(&tx, &self.journal, &self.turn_log, &batch)? {
+                return Err(CommitError::Sqlite { detail: conflict });
+            }
             tx.prepare_cached("INSERT INTO journal (seq, record) VALUES (?1, ?2)")?
                 .execute((sql_u64(commits, "commit count"), record))?;
             tx.commit()?;
@@ -585,6 +589,53 @@ impl Store {
         tx.commit()?;
         Ok(Written::Direct(log))
     }
+}
+
+/// Why the tables would refuse `batch` when the journal is folded, if they would: the
+/// two keys a batch inserts rather than upserts. A turn-log entry must be newer than
+/// every turn logged (the table's newest row and the journal), an outbox row must not
+/// exist (in the table or the journal). Checked before a journal commit, so that an
+/// acknowledged journal row always folds; a direct commit's SQL checks the same keys.
+fn journal_conflict(
+    tx: &rusqlite::Transaction<'_>,
+    journal: &[JournalRecord],
+    turn_log: &TurnLog,
+    batch: &Batch,
+) -> rusqlite::Result<Option<String>> {
+    if let Some(first) = batch.turn_log.first() {
+        let newest = journal
+            .iter()
+            .rev()
+            .find_map(|r| r.batch.turn_log.last().map(|e| e.turn))
+            .or_else(|| turn_log.rows.back().map(|(t, _)| *t));
+        if let Some(newest) = newest.filter(|n| first.turn <= *n) {
+            return Ok(Some(format!(
+                    "turn-log entry {} is not newer than turn {newest}, already logged                      (the turn_log table's key)",
+                    first.turn
+                )));
+        }
+    }
+    for m in &batch.outbox_appends {
+        let in_journal = journal.iter().any(|r| {
+            r.batch
+                .outbox_appends
+                .iter()
+                .any(|o| o.peer == m.peer && o.seq == m.seq)
+        });
+        let in_table = in_journal
+            || tx
+                .prepare_cached("SELECT 1 FROM outbox WHERE peer = ?1 AND seq = ?2")?
+                .query_row((&m.peer, sql_u64(m.seq, "outbox seq")), |_| Ok(()))
+                .optional()?
+                .is_some();
+        if in_table {
+            return Ok(Some(format!(
+                "outbox row {}/{} exists already (the outbox table's key)",
+                m.peer, m.seq
+            )));
+        }
+    }
+    Ok(None)
 }
 
 /// What a commit wrote, for [`Store`]'s bookkeeping once it is durable.
@@ -748,9 +799,8 @@ fn apply(
             .execute([sql_u64(newest_dropped, "turn number")])?;
     }
     if !plan.added.is_empty() {
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO turn_log (turn, turns, entries) VALUES (?1, ?2, ?3)",
-        )?;
+        let mut insert =
+            tx.prepare_cached("INSERT INTO turn_log (turn, turns, entries) VALUES (?1, ?2, ?3)")?;
         for chunk in batch.turn_log.chunks(TURN_LOG_ROW_ENTRIES_MAX) {
             insert.execute((
                 sql_u64(chunk[0].turn, "turn number"),
@@ -896,7 +946,8 @@ fn open_checked(
     let (mut recovered, turn_log) = if journal.is_empty() {
         (recovered, turn_log)
     } else {
-        let (mut again, turn_log, rest) = fold_at_open(&mut conn, path, options, &journal, turn_log)?;
+        let (mut again, turn_log, rest) =
+            fold_at_open(&mut conn, path, options, &journal, turn_log)?;
         assert!(rest.is_empty(), "the fold emptied the journal");
         again.created = created;
         (again, turn_log)
@@ -1021,6 +1072,10 @@ fn configure_owner(
     conn.pragma_update(None, "locking_mode", "NORMAL")
         .map_err(&sq)?;
     conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT_BYTES)
+        .map_err(&sq)?;
+    // A folded journal row's bytes are zeroed where that costs no extra write (its page is
+    // written anyway), so the file does not keep stale copies of batches.
+    conn.pragma_update(None, "secure_delete", "FAST")
         .map_err(&sq)?;
     if let Some(pages) = options.max_page_count {
         conn.pragma_update(None, "max_page_count", pages)
@@ -1156,148 +1211,148 @@ fn migrate(
     })?;
     let mut rows = 0u64;
     if from == schema::MIGRATES_FROM {
-    for (key, value) in &meta {
-        if key == schema::META_MAGIC || key == schema::META_FORMAT_VERSION {
-            continue;
+        for (key, value) in &meta {
+            if key == schema::META_MAGIC || key == schema::META_FORMAT_VERSION {
+                continue;
+            }
+            let body = codec::unseal("meta", key, value).map_err(OpenError::Corrupted)?;
+            tx.execute(
+                "UPDATE meta SET value = ?1 WHERE key = ?2",
+                (schema::seal_meta(key, body), key),
+            )
+            .map_err(&sq)?;
+            rows += 1;
         }
-        let body = codec::unseal("meta", key, value).map_err(OpenError::Corrupted)?;
-        tx.execute(
-            "UPDATE meta SET value = ?1 WHERE key = ?2",
-            (schema::seal_meta(key, body), key),
-        )
-        .map_err(&sq)?;
-        rows += 1;
-    }
-    let int = |v: &Value, t: &str, k: &str, c: &str| match v {
-        Value::Integer(i) => schema::u64_from_sql(*i, t, k, c).map_err(OpenError::Corrupted),
-        _ => Err(OpenError::Corrupted(Corrupted {
-            table: t.to_string(),
-            key: k.to_string(),
-            detail: format!("column `{c}` is not an integer"),
-        })),
-    };
-    for m in &MIGRATE_TABLES {
-        let cols: Vec<&str> = m.keys.iter().chain(m.extra).copied().collect();
-        let key_list = m.keys.join(", ");
-        let params: Vec<String> = (1..=m.keys.len()).map(|i| format!("?{i}")).collect();
-        let first = format!(
-            "SELECT {}, {} FROM {} ORDER BY {key_list} LIMIT {MIGRATE_PAGE_ROWS}",
-            cols.join(", "),
-            m.sealed,
-            m.table
-        );
-        let next = format!(
+        let int = |v: &Value, t: &str, k: &str, c: &str| match v {
+            Value::Integer(i) => schema::u64_from_sql(*i, t, k, c).map_err(OpenError::Corrupted),
+            _ => Err(OpenError::Corrupted(Corrupted {
+                table: t.to_string(),
+                key: k.to_string(),
+                detail: format!("column `{c}` is not an integer"),
+            })),
+        };
+        for m in &MIGRATE_TABLES {
+            let cols: Vec<&str> = m.keys.iter().chain(m.extra).copied().collect();
+            let key_list = m.keys.join(", ");
+            let params: Vec<String> = (1..=m.keys.len()).map(|i| format!("?{i}")).collect();
+            let first = format!(
+                "SELECT {}, {} FROM {} ORDER BY {key_list} LIMIT {MIGRATE_PAGE_ROWS}",
+                cols.join(", "),
+                m.sealed,
+                m.table
+            );
+            let next = format!(
             "SELECT {}, {} FROM {} WHERE ({key_list}) > ({}) ORDER BY {key_list} LIMIT {MIGRATE_PAGE_ROWS}",
             cols.join(", "),
             m.sealed,
             m.table,
             params.join(", ")
         );
-        let update = format!(
-            "UPDATE {} SET {} = ?1 WHERE {}",
-            m.table,
-            m.sealed,
-            m.keys
-                .iter()
-                .enumerate()
-                .map(|(i, k)| format!("{k} = ?{}", i + 2))
-                .collect::<Vec<_>>()
-                .join(" AND ")
-        );
-        let mut after: Option<Vec<Value>> = None;
-        loop {
-            let page: Vec<Vec<Value>> = {
-                let mut stmt = tx
-                    .prepare_cached(if after.is_some() { &next } else { &first })
+            let update = format!(
+                "UPDATE {} SET {} = ?1 WHERE {}",
+                m.table,
+                m.sealed,
+                m.keys
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| format!("{k} = ?{}", i + 2))
+                    .collect::<Vec<_>>()
+                    .join(" AND ")
+            );
+            let mut after: Option<Vec<Value>> = None;
+            loop {
+                let page: Vec<Vec<Value>> = {
+                    let mut stmt = tx
+                        .prepare_cached(if after.is_some() { &next } else { &first })
+                        .map_err(&sq)?;
+                    let n = cols.len() + 1;
+                    let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Vec<Value>> {
+                        (0..n).map(|i| r.get::<_, Value>(i)).collect()
+                    };
+                    let got = match &after {
+                        None => stmt.query_map([], map),
+                        Some(a) => stmt.query_map(rusqlite::params_from_iter(a.iter()), map),
+                    }
                     .map_err(&sq)?;
-                let n = cols.len() + 1;
-                let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Vec<Value>> {
-                    (0..n).map(|i| r.get::<_, Value>(i)).collect()
+                    got.collect::<rusqlite::Result<_>>().map_err(&sq)?
                 };
-                let got = match &after {
-                    None => stmt.query_map([], map),
-                    Some(a) => stmt.query_map(rusqlite::params_from_iter(a.iter()), map),
+                for row in &page {
+                    let text = |i: usize| match &row[i] {
+                        Value::Text(t) => t.clone(),
+                        other => format!("{other:?}"),
+                    };
+                    let blob = |i: usize| match &row[i] {
+                        Value::Blob(b) => b.clone(),
+                        Value::Text(t) => t.as_bytes().to_vec(),
+                        _ => Vec::new(),
+                    };
+                    let sealed = match &row[cols.len()] {
+                        Value::Blob(b) => b.as_slice(),
+                        _ => &[][..],
+                    };
+                    let (name, key): (String, String) = match m.table {
+                        "kv" => (
+                            schema::kv_table_name(&text(0)),
+                            codec::printable_key(&blob(1)),
+                        ),
+                        "outbox" => ("outbox".into(), format!("{}/{:?}", text(0), row[1])),
+                        "clients" | "fuse_groups" => (m.table.into(), schema::hex_key(&blob(0))),
+                        "root" => ("root".into(), schema::ROOT_KEY.into()),
+                        "turn_log" => ("turn_log".into(), format!("{:?}", row[0])),
+                        _ => (m.table.into(), text(0)),
+                    };
+                    let body = codec::unseal(&name, &key, sealed).map_err(OpenError::Corrupted)?;
+                    let (t0, b0, b1) = (text(0), blob(0), blob(1));
+                    let resealed = match m.table {
+                        "root" => codec::seal_record(&Record::root(), body),
+                        "kv" => codec::seal_record(&Record::kv(&t0, &b1), body),
+                        "outbox" => codec::seal_record(
+                            &Record::outbox(
+                                &t0,
+                                int(&row[1], &name, &key, "seq")?,
+                                int(&row[2], &name, &key, "created_ms")?,
+                            ),
+                            body,
+                        ),
+                        "peers" => codec::seal_record(&Record::peer(&t0), body),
+                        "timers" => codec::seal_record(
+                            &Record::timer(&t0, int(&row[1], &name, &key, "due_ms")?),
+                            body,
+                        ),
+                        "clients" => codec::seal_record(
+                            &Record::client(
+                                &b0,
+                                int(&row[1], &name, &key, "request_no")?,
+                                int(&row[2], &name, &key, "updated_ms")?,
+                            ),
+                            body,
+                        ),
+                        "fuse_groups" => codec::seal_record(&Record::group(&b0), body),
+                        "turn_log" => codec::seal_record(
+                            &Record::turn_log(
+                                int(&row[0], &name, &key, "turn")?,
+                                int(&row[1], &name, &key, "turns")?,
+                            ),
+                            body,
+                        ),
+                        other => unreachable!("no migration for table {other}"),
+                    };
+                    let mut p: Vec<Value> = vec![Value::Blob(resealed)];
+                    p.extend(row[..m.keys.len()].iter().cloned());
+                    let changed = tx
+                        .prepare_cached(&update)
+                        .and_then(|mut s| s.execute(rusqlite::params_from_iter(p.iter())))
+                        .map_err(&sq)?;
+                    assert_eq!(changed, 1, "the migrated row exists");
+                    rows += 1;
                 }
-                .map_err(&sq)?;
-                got.collect::<rusqlite::Result<_>>().map_err(&sq)?
-            };
-            for row in &page {
-                let text = |i: usize| match &row[i] {
-                    Value::Text(t) => t.clone(),
-                    other => format!("{other:?}"),
-                };
-                let blob = |i: usize| match &row[i] {
-                    Value::Blob(b) => b.clone(),
-                    Value::Text(t) => t.as_bytes().to_vec(),
-                    _ => Vec::new(),
-                };
-                let sealed = match &row[cols.len()] {
-                    Value::Blob(b) => b.as_slice(),
-                    _ => &[][..],
-                };
-                let (name, key): (String, String) = match m.table {
-                    "kv" => (
-                        schema::kv_table_name(&text(0)),
-                        codec::printable_key(&blob(1)),
-                    ),
-                    "outbox" => ("outbox".into(), format!("{}/{:?}", text(0), row[1])),
-                    "clients" | "fuse_groups" => (m.table.into(), schema::hex_key(&blob(0))),
-                    "root" => ("root".into(), schema::ROOT_KEY.into()),
-                    "turn_log" => ("turn_log".into(), format!("{:?}", row[0])),
-                    _ => (m.table.into(), text(0)),
-                };
-                let body = codec::unseal(&name, &key, sealed).map_err(OpenError::Corrupted)?;
-                let (t0, b0, b1) = (text(0), blob(0), blob(1));
-                let resealed = match m.table {
-                    "root" => codec::seal_record(&Record::root(), body),
-                    "kv" => codec::seal_record(&Record::kv(&t0, &b1), body),
-                    "outbox" => codec::seal_record(
-                        &Record::outbox(
-                            &t0,
-                            int(&row[1], &name, &key, "seq")?,
-                            int(&row[2], &name, &key, "created_ms")?,
-                        ),
-                        body,
-                    ),
-                    "peers" => codec::seal_record(&Record::peer(&t0), body),
-                    "timers" => codec::seal_record(
-                        &Record::timer(&t0, int(&row[1], &name, &key, "due_ms")?),
-                        body,
-                    ),
-                    "clients" => codec::seal_record(
-                        &Record::client(
-                            &b0,
-                            int(&row[1], &name, &key, "request_no")?,
-                            int(&row[2], &name, &key, "updated_ms")?,
-                        ),
-                        body,
-                    ),
-                    "fuse_groups" => codec::seal_record(&Record::group(&b0), body),
-                    "turn_log" => codec::seal_record(
-                        &Record::turn_log(
-                            int(&row[0], &name, &key, "turn")?,
-                            int(&row[1], &name, &key, "turns")?,
-                        ),
-                        body,
-                    ),
-                    other => unreachable!("no migration for table {other}"),
-                };
-                let mut p: Vec<Value> = vec![Value::Blob(resealed)];
-                p.extend(row[..m.keys.len()].iter().cloned());
-                let changed = tx
-                    .prepare_cached(&update)
-                    .and_then(|mut s| s.execute(rusqlite::params_from_iter(p.iter())))
-                    .map_err(&sq)?;
-                assert_eq!(changed, 1, "the migrated row exists");
-                rows += 1;
-            }
-            let full = page.len() as i64 == MIGRATE_PAGE_ROWS;
-            after = page.last().map(|r| r[..m.keys.len()].to_vec());
-            if !full {
-                break;
+                let full = page.len() as i64 == MIGRATE_PAGE_ROWS;
+                after = page.last().map(|r| r[..m.keys.len()].to_vec());
+                if !full {
+                    break;
+                }
             }
         }
-    }
     }
     // Format 3 to 4: the empty journal.
     tx.execute_batch(schema::JOURNAL_SQL).map_err(&sq)?;
@@ -1331,7 +1386,11 @@ type RecoveredTables = (
 );
 
 /// Loads everything but table rows, and the journal, in one read transaction.
-fn recover(conn: &mut Connection, path: &Path, created: bool) -> Result<RecoveredTables, OpenError> {
+fn recover(
+    conn: &mut Connection,
+    path: &Path,
+    created: bool,
+) -> Result<RecoveredTables, OpenError> {
     let sq = sqlite_open_err(path);
     let tx = conn.transaction().map_err(&sq)?;
     let meta = meta_or_open_error(path, &read_meta_rows(&tx).map_err(&sq)?)?;
@@ -1464,11 +1523,7 @@ fn fold_at_open(
         (
             schema::seal_meta(
                 schema::META_COUNTERS,
-                &schema::counters_body(
-                    newest.turns_committed,
-                    newest.commits,
-                    newest.batch.now_ms,
-                ),
+                &schema::counters_body(newest.turns_committed, newest.commits, newest.batch.now_ms),
             ),
             schema::META_COUNTERS,
         ),
