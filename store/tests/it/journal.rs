@@ -1,0 +1,459 @@
+//! The batch journal (format 4): a store that journals small commits and one that writes
+//! every commit to the tables (`journal_rows: 0`, the negative control) show the same state
+//! to every reader after every commit of a random sequence, and recover the same; the
+//! owner's reads see journaled writes; a damaged journal record is named, never applied.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use ken_store::{
+    Batch, ClientChange, ClientRow, GroupChange, GroupRow, OpenError, OutboxAck, OutboxRow,
+    PeerRow, ReadError, Reader, Recovered, Store, StoreOptions, TableWrite, TimerChange,
+    TurnLogEntry,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::common::{raw, seeded_rng, temp_store, try_open_with};
+
+const TURN_LOG_MAX: u32 = 10;
+const PEERS: [&str; 3] = ["p1", "p2", "p3"];
+const TABLES: [&str; 2] = ["t1", "t2"];
+
+fn options(journal_rows: u32) -> StoreOptions {
+    StoreOptions {
+        turn_log_max: TURN_LOG_MAX,
+        journal_rows,
+        ..StoreOptions::default()
+    }
+}
+
+/// What the generator must know to make valid batches.
+#[derive(Default)]
+struct Model {
+    /// Per peer: next_seq, acked, forgotten.
+    peers: BTreeMap<&'static str, (u64, u64, u64)>,
+    turn: u64,
+    now_ms: u64,
+}
+
+fn key(rng: &mut ChaCha8Rng) -> Vec<u8> {
+    let prefix = [b"a".as_slice(), b"ab", b"b"][rng.gen_range(0..3)];
+    let mut k = prefix.to_vec();
+    k.push(rng.gen_range(0..6u8));
+    k
+}
+
+/// A random valid batch: mostly small (journaled), sometimes large in rows or bytes
+/// (committed directly).
+fn random_batch(rng: &mut ChaCha8Rng, m: &mut Model) -> Batch {
+    m.now_ms += rng.gen_range(1..5);
+    let big = rng.gen_bool(0.1);
+    let rows = if big {
+        rng.gen_range(17..30)
+    } else {
+        rng.gen_range(0..4)
+    };
+    let value_len = if rng.gen_bool(0.05) {
+        600
+    } else {
+        rng.gen_range(0..24)
+    };
+    let mut b = Batch {
+        now_ms: m.now_ms,
+        ..Batch::default()
+    };
+    if rng.gen_bool(0.5) {
+        b.root = Some(format!("root at {}", m.now_ms).into_bytes());
+    }
+    let mut touched: Vec<&'static str> = Vec::new();
+    for _ in 0..rows {
+        match rng.gen_range(0..7) {
+            0 | 1 => b.table_writes.push(TableWrite {
+                table: TABLES[rng.gen_range(0..2)].into(),
+                key: key(rng),
+                value: rng.gen_bool(0.75).then(|| vec![rng.gen::<u8>(); value_len]),
+            }),
+            2 => {
+                let p = PEERS[rng.gen_range(0..3)];
+                let e = m.peers.entry(p).or_insert((1, 0, 0));
+                b.outbox_appends.push(OutboxRow {
+                    peer: p.into(),
+                    seq: e.0,
+                    payload: vec![e.0 as u8; rng.gen_range(0..20)],
+                    created_ms: m.now_ms,
+                });
+                e.0 += 1;
+                touched.push(p);
+            }
+            3 => {
+                let p = PEERS[rng.gen_range(0..3)];
+                let e = m.peers.entry(p).or_insert((1, 0, 0));
+                if rng.gen_bool(0.85) {
+                    let up_to = rng.gen_range(e.1..e.0);
+                    e.1 = up_to;
+                    b.outbox_acks.push(OutboxAck {
+                        peer: p.into(),
+                        up_to,
+                    });
+                } else {
+                    e.2 = e.0 - 1;
+                    b.outbox_forget.push(p.into());
+                }
+                touched.push(p);
+            }
+            4 => {
+                let name = ["a", "b", "c"][rng.gen_range(0..3)].to_string();
+                b.timers.push(if rng.gen_bool(0.7) {
+                    TimerChange::Set {
+                        name,
+                        due_ms: rng.gen_range(0..1000),
+                        payload: vec![7; rng.gen_range(0..4)],
+                    }
+                } else {
+                    TimerChange::Cancel { name }
+                });
+            }
+            5 => {
+                let client = [rng.gen_range(0..4u8); 16];
+                b.clients.push(if rng.gen_bool(0.8) {
+                    ClientChange::Put(ClientRow {
+                        client,
+                        request_no: m.now_ms,
+                        reply: vec![3; rng.gen_range(0..10)],
+                        updated_ms: m.now_ms,
+                    })
+                } else {
+                    ClientChange::Evict { client }
+                });
+            }
+            _ => {
+                let group = [rng.gen_range(1..4u8); 16];
+                b.groups.push(if rng.gen_bool(0.8) {
+                    GroupChange::Put(GroupRow {
+                        group,
+                        record: vec![9; rng.gen_range(0..10)],
+                    })
+                } else {
+                    GroupChange::Delete { group }
+                });
+            }
+        }
+    }
+    touched.sort_unstable();
+    touched.dedup();
+    for p in touched {
+        let (next_seq, acked, forgotten) = m.peers[p];
+        b.peers.push(PeerRow {
+            peer: p.into(),
+            incarnation: 5,
+            next_seq,
+            acked,
+            delivered: 0,
+            forgotten,
+        });
+    }
+    let turns = rng.gen_range(0..3);
+    for _ in 0..turns {
+        m.turn += 1;
+        b.turn_log.push(TurnLogEntry {
+            turn: m.turn,
+            at_ms: m.now_ms,
+            input_kind: "message".into(),
+            input_source: "p1".into(),
+            input_seq: m.turn,
+            messages_out: 0,
+            outputs: 0,
+            bytes_written: 0,
+            note: String::new(),
+        });
+    }
+    b.turns = turns;
+    b
+}
+
+/// Everything a reader can see, as one comparable string per view.
+fn view(store: &Store, r: &Reader, rng: &mut ChaCha8Rng) -> Vec<String> {
+    let meta = r.meta().unwrap();
+    let mut out = vec![
+        format!(
+            "meta {} {} {} {}",
+            meta.turns_committed, meta.commits, meta.last_commit_ms, meta.format_version
+        ),
+        format!("root {:?}", r.root().unwrap()),
+        format!("tables {:?}", r.tables().unwrap()),
+        format!("peers {:?}", r.peers().unwrap()),
+        format!("outbox {:?}", r.outbox(None, 10_000).unwrap()),
+        format!("outbox_stats {:?}", r.outbox_stats().unwrap()),
+        format!("timers {:?}", r.timers().unwrap()),
+        format!("clients {:?}", r.clients().unwrap()),
+        format!("groups {:?}", r.groups().unwrap()),
+        format!("turn_log {:?}", r.turn_log(TURN_LOG_MAX).unwrap()),
+        format!("turn_log 3 {:?}", r.turn_log(3).unwrap()),
+    ];
+    for p in PEERS {
+        out.push(format!("outbox {p} {:?}", r.outbox(Some(p), 2).unwrap()));
+    }
+    for c in 0..4u8 {
+        out.push(format!("client {c} {:?}", r.client(&[c; 16]).unwrap()));
+    }
+    for t in TABLES {
+        out.push(format!(
+            "scan {t} {:?}",
+            r.table_scan(t, b"", None, 10_000).unwrap()
+        ));
+        // Paged scans with a prefix and a small limit, as the engine pages them.
+        let prefix = [b"".as_slice(), b"a", b"ab", b"b"][rng.gen_range(0..4)];
+        let limit = rng.gen_range(1..4);
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = r.table_scan(t, prefix, after.as_deref(), limit).unwrap();
+            out.push(format!("page {t} {prefix:?} {limit} {after:?} {page:?}"));
+            if page.len() < limit as usize {
+                break;
+            }
+            after = page.last().map(|(k, _)| k.clone());
+        }
+        for _ in 0..4 {
+            let k = key(rng);
+            out.push(format!("get {t} {k:?} {:?}", r.table_get(t, &k).unwrap()));
+            out.push(format!(
+                "owner get {t} {k:?} {:?}",
+                store.table_get(t, &k).unwrap()
+            ));
+        }
+    }
+    out
+}
+
+fn comparable(mut r: Recovered) -> Recovered {
+    r.incarnation = 0;
+    r.created = false;
+    r
+}
+
+#[test]
+fn a_journal_store_and_a_direct_store_look_the_same_after_every_commit() {
+    let (mut rng, seed) = seeded_rng("journal::equivalence");
+    let (tj, td) = (temp_store(), temp_store());
+    let journal_rows = rng.gen_range(1..12);
+    let (mut sj, _) = try_open_with(&tj.path, "a", &options(journal_rows)).unwrap();
+    let (mut sd, _) = try_open_with(&td.path, "a", &options(0)).unwrap();
+    let (rj, rd) = (
+        Reader::open(&tj.path).unwrap(),
+        Reader::open(&td.path).unwrap(),
+    );
+    let mut model = Model::default();
+    let (mut journaled, mut folded, mut differs_raw) = (0u32, 0u32, 0u32);
+    for i in 1..=400u32 {
+        let context = format!("seed {seed}, journal_rows {journal_rows}, commit {i}");
+        let b = random_batch(&mut rng, &mut model);
+        let before = sj.journaled();
+        let (a, d) = (sj.commit(&b).unwrap(), sd.commit(&b).unwrap());
+        assert_eq!(a, d, "{context}");
+        assert_eq!(sd.journaled(), 0, "{context}: the control never journals");
+        if sj.journaled() > before {
+            journaled += 1;
+        } else if before > 0 {
+            folded += 1;
+        }
+        // The same random choices for both views.
+        let view_seed: u64 = rng.gen();
+        let vj = view(&sj, &rj, &mut ChaCha8Rng::seed_from_u64(view_seed));
+        let vd = view(&sd, &rd, &mut ChaCha8Rng::seed_from_u64(view_seed));
+        for (x, y) in vj.iter().zip(&vd) {
+            assert_eq!(x, y, "{context}");
+        }
+        // The control: the journal store's tables alone lag behind (so the equality above
+        // is the journal's merge at work, not tables that happen to agree).
+        if sj.journaled() > 0 {
+            let raw_counters = |p: &Path| -> Vec<u8> {
+                raw(p)
+                    .query_row("SELECT value FROM meta WHERE key = 'counters'", [], |r| {
+                        r.get(0)
+                    })
+                    .unwrap()
+            };
+            if raw_counters(&tj.path) != raw_counters(&td.path) {
+                differs_raw += 1;
+            }
+        }
+        if i % 50 == 0 {
+            assert!(rj.verify().unwrap().is_empty(), "{context}");
+            // Reopen both (the journal store folds at open): the same recovery.
+            drop((sj, sd));
+            let (sj2, recj) = try_open_with(&tj.path, "a", &options(journal_rows)).unwrap();
+            let (sd2, recd) = try_open_with(&td.path, "a", &options(0)).unwrap();
+            assert_eq!(sj2.journaled(), 0, "{context}: folded at open");
+            assert_eq!(comparable(recj), comparable(recd), "{context}: recovery");
+            (sj, sd) = (sj2, sd2);
+        }
+    }
+    eprintln!(
+        "seed {seed}, journal_rows {journal_rows}: {journaled} journal commits, {folded} \
+         folding commits, {differs_raw} views where the raw tables differed"
+    );
+    assert!(
+        journaled > 100 && folded > 10,
+        "seed {seed}: both paths taken"
+    );
+    assert!(
+        differs_raw > 0,
+        "seed {seed}: the control saw the tables lag"
+    );
+}
+
+#[test]
+fn the_owner_and_readers_see_journaled_writes_before_a_fold() {
+    let t = temp_store();
+    let (mut store, _) = try_open_with(&t.path, "a", &options(8)).unwrap();
+    let client = ClientRow {
+        client: [1; 16],
+        request_no: 3,
+        reply: b"reply".to_vec(),
+        updated_ms: 2,
+    };
+    store
+        .commit(&Batch {
+            turns: 1,
+            table_writes: vec![TableWrite {
+                table: "t".into(),
+                key: b"k".to_vec(),
+                value: Some(b"v1".to_vec()),
+            }],
+            clients: vec![ClientChange::Put(client.clone())],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert_eq!(store.journaled(), 1);
+    // Not in the tables yet.
+    let in_table: i64 = raw(&t.path)
+        .query_row("SELECT count(*) FROM kv", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(in_table, 0, "the write is only in the journal");
+    assert_eq!(
+        store.table_get("t", b"k").unwrap().as_deref(),
+        Some(&b"v1"[..])
+    );
+    let reader = Reader::open(&t.path).unwrap();
+    assert_eq!(
+        reader.table_get("t", b"k").unwrap().as_deref(),
+        Some(&b"v1"[..])
+    );
+    assert_eq!(reader.client(&[1; 16]).unwrap(), Some(client));
+    // A delete, journaled, hides the row again; a fold keeps it hidden.
+    store
+        .commit(&Batch {
+            table_writes: vec![TableWrite {
+                table: "t".into(),
+                key: b"k".to_vec(),
+                value: None,
+            }],
+            clients: vec![ClientChange::Evict { client: [1; 16] }],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert_eq!(store.journaled(), 2);
+    assert_eq!(store.table_get("t", b"k").unwrap(), None);
+    assert_eq!(reader.table_get("t", b"k").unwrap(), None);
+    assert_eq!(reader.client(&[1; 16]).unwrap(), None);
+    // A large batch is committed directly and folds the journal first.
+    store
+        .commit(&Batch {
+            table_writes: (0..20u8)
+                .map(|i| TableWrite {
+                    table: "u".into(),
+                    key: vec![i],
+                    value: Some(vec![i]),
+                })
+                .collect(),
+            ..Batch::default()
+        })
+        .unwrap();
+    assert_eq!(store.journaled(), 0);
+    assert_eq!(store.table_get("t", b"k").unwrap(), None);
+    assert_eq!(reader.meta().unwrap().commits, 3);
+    assert_eq!(reader.table_scan("u", b"", None, 100).unwrap().len(), 20);
+}
+
+/// Commits one journaled batch, closes the store (a close does not fold), and flips a bit
+/// of the journal record.
+fn damaged_journal() -> crate::common::TempStore {
+    let t = temp_store();
+    let (mut store, _) = try_open_with(&t.path, "a", &options(8)).unwrap();
+    store
+        .commit(&Batch {
+            turns: 1,
+            root: Some(b"root".to_vec()),
+            ..Batch::default()
+        })
+        .unwrap();
+    assert_eq!(store.journaled(), 1);
+    drop(store);
+    let conn = raw(&t.path);
+    let mut record: Vec<u8> = conn
+        .query_row("SELECT record FROM journal WHERE seq = 1", [], |r| r.get(0))
+        .unwrap();
+    record[2] ^= 0x10;
+    conn.execute("UPDATE journal SET record = ?1 WHERE seq = 1", [record])
+        .unwrap();
+    t
+}
+
+#[test]
+fn a_damaged_journal_record_is_named_and_never_applied() {
+    let t = damaged_journal();
+    let reader = Reader::open(&t.path).unwrap();
+    let problems = reader.verify().unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.table == "journal" && p.key == "1"),
+        "{problems:?}"
+    );
+    match reader.root() {
+        Err(ReadError::Corrupted(c)) => {
+            assert_eq!((c.table.as_str(), c.key.as_str()), ("journal", "1"))
+        }
+        other => panic!("expected Corrupted, got {other:?}"),
+    }
+    drop(reader);
+    match try_open_with(&t.path, "a", &options(8)) {
+        Err(OpenError::Corrupted(c)) => {
+            assert_eq!((c.table.as_str(), c.key.as_str()), ("journal", "1"), "{c}")
+        }
+        other => panic!("expected Corrupted, got {other:?}"),
+    }
+    // Refused and left as found: still there, still damaged.
+    let rows: i64 = raw(&t.path)
+        .query_row("SELECT count(*) FROM journal", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 1);
+}
+
+#[test]
+fn a_journal_row_out_of_sequence_is_named() {
+    let t = temp_store();
+    let (mut store, _) = try_open_with(&t.path, "a", &options(8)).unwrap();
+    for _ in 0..2 {
+        store
+            .commit(&Batch {
+                turns: 1,
+                ..Batch::default()
+            })
+            .unwrap();
+    }
+    assert_eq!(store.journaled(), 2);
+    drop(store);
+    // Drop the first row: the second no longer follows the tables' counters.
+    raw(&t.path)
+        .execute("DELETE FROM journal WHERE seq = 1", [])
+        .unwrap();
+    let problems = Reader::open(&t.path).unwrap().verify().unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.table == "journal" && p.key == "2" && p.what.contains("does not follow")),
+        "{problems:?}"
+    );
+}
