@@ -638,6 +638,38 @@ fn journal_conflict(
     Ok(None)
 }
 
+impl Drop for Store {
+    /// A clean close folds the journal (one transaction, not a commit), so a store closed
+    /// cleanly has every commit in its tables, as before format 4. A failure is logged and
+    /// changes nothing: the next open folds.
+    fn drop(&mut self) {
+        if self.poisoned || self.journal.is_empty() {
+            return;
+        }
+        let newest = self.journal.last().expect("a journal to fold");
+        let counters =
+            schema::counters_body(newest.turns_committed, newest.commits, newest.batch.now_ms);
+        let mut log = self.turn_log.clone();
+        let result = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .and_then(|tx| {
+                fold(&tx, &self.journal, &mut log, self.options.turn_log_max)?;
+                tx.execute(
+                    "UPDATE meta SET value = ?1 WHERE key = ?2",
+                    (
+                        schema::seal_meta(schema::META_COUNTERS, &counters),
+                        schema::META_COUNTERS,
+                    ),
+                )?;
+                tx.commit()
+            });
+        if let Err(e) = result {
+            tracing::warn!(path = %self.path.display(), error = %e, "folding the journal at close failed; the next open folds it");
+        }
+    }
+}
+
 /// What a commit wrote, for [`Store`]'s bookkeeping once it is durable.
 enum Written {
     /// One journal row holding this batch.

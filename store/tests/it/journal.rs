@@ -376,9 +376,20 @@ fn the_owner_and_readers_see_journaled_writes_before_a_fold() {
     assert_eq!(reader.table_scan("u", b"", None, 100).unwrap().len(), 20);
 }
 
-/// Commits one journaled batch, closes the store (a close does not fold), and flips a bit
-/// of the journal record.
-fn damaged_journal() -> crate::common::TempStore {
+/// The store's files as a SIGKILL leaves them (no close, so no fold), copied to a fresh
+/// directory: the owner is leaked, so its lock is never released in this process.
+fn crashed_copy(store: Store) -> (tempfile::TempDir, std::path::PathBuf) {
+    let from = store.path().to_path_buf();
+    std::mem::forget(store);
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("p.ken");
+    std::fs::copy(&from, &to).unwrap();
+    std::fs::copy(ken_store::wal_path(&from), ken_store::wal_path(&to)).unwrap();
+    (dir, to)
+}
+
+/// Commits one journaled batch, crashes, and flips a bit of the journal record.
+fn damaged_journal() -> (tempfile::TempDir, std::path::PathBuf) {
     let t = temp_store();
     let (mut store, _) = try_open_with(&t.path, "a", &options(8)).unwrap();
     store
@@ -389,21 +400,22 @@ fn damaged_journal() -> crate::common::TempStore {
         })
         .unwrap();
     assert_eq!(store.journaled(), 1);
-    drop(store);
-    let conn = raw(&t.path);
+    let (dir, path) = crashed_copy(store);
+    std::mem::forget(t);
+    let conn = raw(&path);
     let mut record: Vec<u8> = conn
         .query_row("SELECT record FROM journal WHERE seq = 1", [], |r| r.get(0))
         .unwrap();
     record[2] ^= 0x10;
     conn.execute("UPDATE journal SET record = ?1 WHERE seq = 1", [record])
         .unwrap();
-    t
+    (dir, path)
 }
 
 #[test]
 fn a_damaged_journal_record_is_named_and_never_applied() {
-    let t = damaged_journal();
-    let reader = Reader::open(&t.path).unwrap();
+    let (_dir, path) = damaged_journal();
+    let reader = Reader::open(&path).unwrap();
     let problems = reader.verify().unwrap();
     assert!(
         problems
@@ -418,17 +430,48 @@ fn a_damaged_journal_record_is_named_and_never_applied() {
         other => panic!("expected Corrupted, got {other:?}"),
     }
     drop(reader);
-    match try_open_with(&t.path, "a", &options(8)) {
+    match try_open_with(&path, "a", &options(8)) {
         Err(OpenError::Corrupted(c)) => {
             assert_eq!((c.table.as_str(), c.key.as_str()), ("journal", "1"), "{c}")
         }
         other => panic!("expected Corrupted, got {other:?}"),
     }
     // Refused and left as found: still there, still damaged.
-    let rows: i64 = raw(&t.path)
+    let rows: i64 = raw(&path)
         .query_row("SELECT count(*) FROM journal", [], |r| r.get(0))
         .unwrap();
     assert_eq!(rows, 1);
+}
+
+#[test]
+fn a_clean_close_folds_the_journal_and_a_crash_leaves_it_to_the_next_open() {
+    let t = temp_store();
+    let journal_rows = |p: &Path| -> i64 {
+        raw(p)
+            .query_row("SELECT count(*) FROM journal", [], |r| r.get(0))
+            .unwrap()
+    };
+    let (mut store, _) = try_open_with(&t.path, "a", &options(8)).unwrap();
+    let small = |n: u8| Batch {
+        turns: 1,
+        root: Some(vec![n]),
+        ..Batch::default()
+    };
+    store.commit(&small(1)).unwrap();
+    store.commit(&small(2)).unwrap();
+    assert_eq!(journal_rows(&t.path), 2);
+    drop(store);
+    assert_eq!(journal_rows(&t.path), 0, "a clean close folds");
+    let (mut store, rec) = try_open_with(&t.path, "a", &options(8)).unwrap();
+    assert_eq!((rec.commits, rec.root.as_deref()), (2, Some(&[2u8][..])));
+    store.commit(&small(3)).unwrap();
+    let (_dir, path) = crashed_copy(store);
+    std::mem::forget(t);
+    assert_eq!(journal_rows(&path), 1, "a crash leaves the journal");
+    let (store, rec) = try_open_with(&path, "a", &options(8)).unwrap();
+    assert_eq!((rec.commits, rec.root.as_deref()), (3, Some(&[3u8][..])));
+    assert_eq!(journal_rows(&path), 0, "the open folded it");
+    drop(store);
 }
 
 #[test]
@@ -444,12 +487,13 @@ fn a_journal_row_out_of_sequence_is_named() {
             .unwrap();
     }
     assert_eq!(store.journaled(), 2);
-    drop(store);
+    let (_dir, path) = crashed_copy(store);
+    std::mem::forget(t);
     // Drop the first row: the second no longer follows the tables' counters.
-    raw(&t.path)
+    raw(&path)
         .execute("DELETE FROM journal WHERE seq = 1", [])
         .unwrap();
-    let problems = Reader::open(&t.path).unwrap().verify().unwrap();
+    let problems = Reader::open(&path).unwrap().verify().unwrap();
     assert!(
         problems
             .iter()
