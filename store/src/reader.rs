@@ -78,6 +78,9 @@ pub struct Reader {
     overlay: RefCell<Option<(JournalKey, Arc<Overlay>)>>,
 }
 
+/// An outbox row keyed by (peer, seq), for merging.
+type KeyedOutboxRow = ((String, u64), OutboxRow);
+
 /// (rows, first seq, last seq) of the `journal` table.
 type JournalKey = (i64, i64, i64);
 
@@ -658,7 +661,7 @@ impl Reader {
             Some(p) => stmt.query([p])?,
             None => stmt.query([])?,
         };
-        let next = || -> Result<Option<((String, u64), OutboxRow)>, ReadError> {
+        let next = || -> Result<Option<KeyedOutboxRow>, ReadError> {
             match rows.next()? {
                 None => Ok(None),
                 Some(r) => {

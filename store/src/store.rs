@@ -504,7 +504,7 @@ impl Store {
                     Written::Journal(batch) => self.journal.push(JournalRecord {
                         turns_committed,
                         commits,
-                        batch,
+                        batch: *batch,
                     }),
                     Written::Direct(log) => {
                         self.journal.clear();
@@ -562,7 +562,7 @@ impl Store {
             tx.prepare_cached("INSERT INTO journal (seq, record) VALUES (?1, ?2)")?
                 .execute((sql_u64(commits, "commit count"), record))?;
             tx.commit()?;
-            return Ok(Written::Journal(batch));
+            return Ok(Written::Journal(Box::new(batch)));
         }
         let mut log = self.turn_log.clone();
         fold(&tx, &self.journal, &mut log, max)?;
@@ -673,7 +673,7 @@ impl Drop for Store {
 /// What a commit wrote, for [`Store`]'s bookkeeping once it is durable.
 enum Written {
     /// One journal row holding this batch.
-    Journal(Batch),
+    Journal(Box<Batch>),
     /// The tables (the journal folded and emptied); the turn log's rows now.
     Direct(TurnLog),
 }
