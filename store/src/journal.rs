@@ -249,3 +249,31 @@ pub(crate) fn merge<K: Ord + Clone, V>(
     rows.truncate(limit);
     Ok(rows)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_matches_the_example_in_format_md() {
+        let batch = Batch {
+            now_ms: 5,
+            turns: 1,
+            root: Some(b"r".to_vec()),
+            ..Batch::default()
+        };
+        let sealed = seal(1, 1, &batch);
+        assert_eq!(
+            sealed,
+            [
+                0x02, 0x01, 0x01, 0x05, 0x01, 0x01, 0x01, 0x72, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x47,
+                0x0d, 0x03, 0x9f
+            ]
+        );
+        let rec = decode(1, &sealed).unwrap();
+        assert_eq!((rec.turns_committed, rec.commits, rec.batch), (1, 1, batch));
+        // The identity covers the row's seq: the same bytes in row 2 are corrupt.
+        let c = decode(2, &sealed).unwrap_err();
+        assert_eq!((c.table.as_str(), c.key.as_str()), ("journal", "2"), "{c}");
+    }
+}
