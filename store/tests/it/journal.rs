@@ -501,3 +501,213 @@ fn a_journal_row_out_of_sequence_is_named() {
         "{problems:?}"
     );
 }
+
+/// What a reader shows of everything a commit of [`small_commit`] touches, as one string.
+fn reader_view(r: &Reader) -> String {
+    let m = r.meta().unwrap();
+    format!(
+        "{} {} {} {} {}\nroot {:?}\nrows {:?}\nclient {:?}\nturn log {:?}\noutbox {:?}\npeers {:?}",
+        m.process_id,
+        m.incarnation,
+        m.commits,
+        m.turns_committed,
+        m.last_commit_ms,
+        r.root().unwrap(),
+        r.table_scan("t", b"", None, 10_000).unwrap(),
+        r.client(&[1; 16]).unwrap(),
+        r.turn_log(100).unwrap(),
+        r.outbox(None, 100).unwrap(),
+        r.peers().unwrap(),
+    )
+}
+
+/// Commit `i` (from 1): root `i`, row `k<i>` and row `n` = `i` of table `t`, client 1's
+/// request `i`, one turn-log entry, one message to `p` (the one before acknowledged).
+fn small_commit(i: u64) -> Batch {
+    Batch {
+        now_ms: i,
+        turns: 1,
+        root: Some(i.to_be_bytes().to_vec()),
+        table_writes: vec![
+            TableWrite {
+                table: "t".into(),
+                key: [b"k".as_slice(), &i.to_be_bytes()].concat(),
+                value: Some(i.to_be_bytes().to_vec()),
+            },
+            TableWrite {
+                table: "t".into(),
+                key: b"n".to_vec(),
+                value: Some(i.to_be_bytes().to_vec()),
+            },
+        ],
+        outbox_appends: vec![OutboxRow {
+            peer: "p".into(),
+            seq: i,
+            payload: i.to_be_bytes().to_vec(),
+            created_ms: i,
+        }],
+        outbox_acks: vec![OutboxAck {
+            peer: "p".into(),
+            up_to: i - 1,
+        }],
+        peers: vec![PeerRow {
+            peer: "p".into(),
+            incarnation: 1,
+            next_seq: i + 1,
+            acked: i - 1,
+            delivered: 0,
+            forgotten: 0,
+        }],
+        clients: vec![ClientChange::Put(ClientRow {
+            client: [1; 16],
+            request_no: i,
+            reply: i.to_be_bytes().to_vec(),
+            updated_ms: i,
+        })],
+        turn_log: vec![TurnLogEntry {
+            turn: i,
+            at_ms: i,
+            input_kind: "message".into(),
+            input_source: "p".into(),
+            input_seq: i,
+            messages_out: 1,
+            outputs: 0,
+            bytes_written: 0,
+            note: String::new(),
+        }],
+        ..Batch::default()
+    }
+}
+
+fn journal_count(path: &Path) -> i64 {
+    raw(path)
+        .query_row("SELECT count(*) FROM journal", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn a_copy_taken_with_journal_rows_carries_them_and_its_owner_folds_them() {
+    let t = temp_store();
+    let (mut store, _) = try_open_with(&t.path, "a", &options(8)).unwrap();
+    for i in 1..=5 {
+        store.commit(&small_commit(i)).unwrap();
+    }
+    assert_eq!(store.journaled(), 5, "the commits are journaled");
+    let copy = t.dir.path().join("copy.ken");
+    let meta = Reader::open(&t.path).unwrap().copy_into(&copy).unwrap();
+    assert_eq!(meta.commits, 5, "the copy is as of the newest commit");
+    // The copy holds the journal rows, not folded: its tables alone lag behind.
+    assert_eq!(journal_count(&copy), 5);
+    let table_commits: Vec<u8> = raw(&copy)
+        .query_row("SELECT value FROM meta WHERE key = 'counters'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let primary_view = reader_view(&Reader::open(&t.path).unwrap());
+    {
+        let r = Reader::open(&copy).unwrap();
+        assert_eq!(reader_view(&r), primary_view, "the copy reads as the store");
+        let v = r.verify_all().unwrap();
+        assert!(v.problems.is_empty(), "the copy verifies: {:?}", v.problems);
+    }
+    // Installed as a replica: its owner's open folds the journal and recovers commit 5.
+    let replica = t.dir.path().join("replica.ken");
+    ken_store::install_copy(&replica, &copy).unwrap();
+    let (mut r, rec) = try_open_with(&replica, "a", &options(8)).unwrap();
+    assert_eq!(rec.commits, 5);
+    assert_eq!(rec.root.as_deref(), Some(&5u64.to_be_bytes()[..]));
+    assert_eq!(rec.outbox.len(), 1, "{:?}", rec.outbox);
+    assert_eq!(r.journaled(), 0);
+    assert_eq!(journal_count(&replica), 0, "the open folded the journal");
+    let folded_counters: Vec<u8> = raw(&replica)
+        .query_row("SELECT value FROM meta WHERE key = 'counters'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_ne!(
+        folded_counters, table_commits,
+        "the fold wrote the counters"
+    );
+    assert_eq!(
+        reader_view(&Reader::open(&replica).unwrap()),
+        primary_view,
+        "the folded replica reads as the store"
+    );
+    // It follows on from the primary.
+    assert_eq!(r.commit(&small_commit(6)).unwrap().commits, 6);
+    assert_eq!(
+        r.table_get("t", b"n").unwrap().as_deref(),
+        Some(&6u64.to_be_bytes()[..])
+    );
+}
+
+#[test]
+fn a_reader_beside_an_owner_that_folds_sees_one_commit_per_query() {
+    const FOLDS: u64 = 60;
+    const DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+    let t = temp_store();
+    // A journal of 3 rows: every fourth commit folds.
+    let (mut store, _) = try_open_with(&t.path, "a", &options(3)).unwrap();
+    store.commit(&small_commit(1)).unwrap();
+    let reader = Reader::open(&t.path).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let (mut i, mut folds) = (1u64, 0u64);
+            while folds < FOLDS || !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                assert!(started.elapsed() < DEADLINE, "the reader never finished");
+                i += 1;
+                let before = store.journaled();
+                store.commit(&small_commit(i)).unwrap();
+                folds += u64::from(before > 0 && store.journaled() == 0);
+            }
+            (i, folds)
+        })
+    };
+    let (mut reads, mut journaled_reads) = (0u64, 0u64);
+    let mut last = 0u64;
+    while !writer.is_finished() {
+        // Each query is one commit: the rows `k1`..`k<n>` and `n` = n, nothing more.
+        let rows = reader.table_scan("t", b"", None, 10_000).unwrap();
+        let (n_key, n) = rows.last().expect("row n");
+        assert_eq!(n_key.as_slice(), b"n");
+        let n = u64::from_be_bytes(n.as_slice().try_into().unwrap());
+        let want: Vec<Vec<u8>> = (1..=n)
+            .map(|i| [b"k".as_slice(), &i.to_be_bytes()].concat())
+            .chain([b"n".to_vec()])
+            .collect();
+        let keys: Vec<Vec<u8>> = rows.into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, want, "a scan as of commit {n}");
+        assert!(n >= last, "queries go forward: {n} after {last}");
+        last = n;
+        let m = reader.meta().unwrap();
+        assert_eq!(
+            (m.turns_committed, m.last_commit_ms),
+            (m.commits, m.commits)
+        );
+        let outbox = reader.outbox(None, 100).unwrap();
+        assert_eq!(outbox.len(), 1, "one message unacknowledged: {outbox:?}");
+        let peers = reader.peers().unwrap();
+        // Read after the outbox (perhaps a newer commit): the same peer row's counters.
+        assert_eq!(peers[0].acked + 2, peers[0].next_seq, "{peers:?}");
+        assert!(outbox[0].seq < peers[0].next_seq, "{peers:?} {outbox:?}");
+        let log = reader.turn_log(1).unwrap();
+        let client = reader.client(&[1; 16]).unwrap().expect("client 1");
+        assert!(log[0].turn >= n && client.request_no >= n);
+        journaled_reads += u64::from(m.commits % 4 != 0);
+        reads += 1;
+        if reads >= 200 {
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let (commits, folds) = writer.join().unwrap();
+    eprintln!(
+        "{reads} reads ({journaled_reads} with journal rows) beside {commits} commits, {folds} \
+         folds"
+    );
+    assert!(folds >= FOLDS && reads >= 200 && journaled_reads > 0);
+    assert_eq!(reader.meta().unwrap().commits, commits);
+    assert!(reader.verify().unwrap().is_empty());
+}
