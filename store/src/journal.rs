@@ -21,7 +21,7 @@ use crate::error::ReadError;
 use crate::schema;
 use crate::{
     Batch, ClientChange, ClientRow, Corrupted, GroupChange, GroupRow, OutboxRow, PeerRow,
-    TimerChange, TimerRow, TurnLogEntry,
+    Recovered, TimerChange, TimerRow, TurnLogEntry,
 };
 
 /// One journal row's body: the batch and the counters it brought the store to.
@@ -201,6 +201,57 @@ impl Overlay {
         o
     }
 
+    /// Brings `r`, recovered from the tables alone, up to the newest journal row: what an
+    /// open that folded the journal would recover (clients without their replies, as
+    /// recovery keeps them). The counters are not touched.
+    pub(crate) fn apply_to(&self, r: &mut Recovered) {
+        if let Some(root) = &self.root {
+            r.root = Some(root.clone());
+        }
+        let mut peers: BTreeMap<String, PeerRow> = std::mem::take(&mut r.peers)
+            .into_iter()
+            .map(|p| (p.peer.clone(), p))
+            .collect();
+        peers.extend(self.peers.iter().map(|(k, p)| (k.clone(), p.clone())));
+        r.peers = peers.into_values().collect();
+        let mut outbox: BTreeMap<(String, u64), OutboxRow> = std::mem::take(&mut r.outbox)
+            .into_iter()
+            .filter(|m| !self.outbox_row_gone(&m.peer, m.seq))
+            .map(|m| ((m.peer.clone(), m.seq), m))
+            .collect();
+        outbox.extend(self.outbox.iter().map(|(k, m)| (k.clone(), m.clone())));
+        r.outbox = outbox.into_values().collect();
+        r.timers = over(
+            std::mem::take(&mut r.timers)
+                .into_iter()
+                .map(|t| (t.name.clone(), t)),
+            &self.timers,
+        );
+        let clients: BTreeMap<[u8; 16], Option<ClientRow>> = self
+            .clients
+            .iter()
+            .map(|(k, c)| {
+                let without_reply = c.as_ref().map(|c| ClientRow {
+                    reply: Vec::new(),
+                    ..c.clone()
+                });
+                (*k, without_reply)
+            })
+            .collect();
+        r.clients = over(
+            std::mem::take(&mut r.clients)
+                .into_iter()
+                .map(|c| (c.client, c)),
+            &clients,
+        );
+        r.groups = over(
+            std::mem::take(&mut r.groups)
+                .into_iter()
+                .map(|g| (g.group, g)),
+            &self.groups,
+        );
+    }
+
     /// Whether the table's outbox row (`peer`, `seq`) is gone in the journal's view.
     pub(crate) fn outbox_row_gone(&self, peer: &str, seq: u64) -> bool {
         self.outbox_forgotten.contains(peer)
@@ -213,6 +264,16 @@ impl Overlay {
             || !self.outbox_acked.is_empty()
             || !self.outbox_forgotten.is_empty()
     }
+}
+
+/// Table rows with the journal's changes over them (`None`: deleted), in key order.
+fn over<K: Ord + Clone, V: Clone>(
+    table: impl Iterator<Item = (K, V)>,
+    journal: &BTreeMap<K, Option<V>>,
+) -> Vec<V> {
+    let mut all: BTreeMap<K, Option<V>> = table.map(|(k, v)| (k, Some(v))).collect();
+    all.extend(journal.iter().map(|(k, v)| (k.clone(), v.clone())));
+    all.into_values().flatten().collect()
 }
 
 /// Merges rows read from a table in key order (`next`, one at a time) with the journal's:

@@ -313,7 +313,7 @@ impl Store {
                     (f, len)
                 })
                 .collect();
-        let (conn, recovered, turn_log, stored_app) =
+        let (conn, recovered, turn_log, stored_app, journal) =
             match open_checked(path, process_id, options, witnessed, &lock_file, app) {
                 Ok(opened) => opened,
                 Err(e) => {
@@ -368,7 +368,7 @@ impl Store {
                 entries: turn_log.iter().map(|(_, n)| n).sum(),
                 rows: turn_log,
             },
-            journal: Vec::new(),
+            journal,
             journal_rows: options.journal_rows as usize,
             journal_record_max,
             poisoned: false,
@@ -462,7 +462,7 @@ impl Store {
     }
 
     /// Commits held in the journal, not yet folded into the tables (the next direct commit,
-    /// or the next open, folds them).
+    /// or a clean close, folds them; an open keeps what it finds).
     pub fn journaled(&self) -> usize {
         self.journal.len()
     }
@@ -641,7 +641,7 @@ fn journal_conflict(
 impl Drop for Store {
     /// A clean close folds the journal (one transaction, not a commit), so a store closed
     /// cleanly has every commit in its tables, as before format 4. A failure is logged and
-    /// changes nothing: the next open folds.
+    /// changes nothing: the next open recovers through the journal.
     fn drop(&mut self) {
         if self.poisoned || self.journal.is_empty() {
             return;
@@ -665,7 +665,7 @@ impl Drop for Store {
                 tx.commit()
             });
         if let Err(e) = result {
-            tracing::warn!(path = %self.path.display(), error = %e, "folding the journal at close failed; the next open folds it");
+            tracing::warn!(path = %self.path.display(), error = %e, "folding the journal at close failed; it stays for the next open");
         }
     }
 }
@@ -848,12 +848,14 @@ fn apply(
     Ok(())
 }
 
-/// What [`open_checked`] hands back: the connection, what it recovered, the turn-log rows.
+/// What [`open_checked`] hands back: the connection, what it recovered (journal included),
+/// the turn-log rows, the application identity, and the journal (not folded).
 type Opened = (
     Connection,
     Recovered,
     std::collections::VecDeque<(u64, u64)>,
     Option<AppIdentity>,
+    Vec<JournalRecord>,
 );
 
 /// The part of [`Store::open_with`] that opens the connection: classify, create or migrate,
@@ -973,18 +975,21 @@ fn open_checked(
             );
         }
     }
-    // Accepted: fold what the journal holds, so the tables (and what recovery hands back)
-    // are as of the newest commit.
-    let (mut recovered, turn_log) = if journal.is_empty() {
-        (recovered, turn_log)
-    } else {
-        let (mut again, turn_log, rest) =
-            fold_at_open(&mut conn, path, options, &journal, turn_log)?;
-        assert!(rest.is_empty(), "the fold emptied the journal");
-        again.created = created;
-        (again, turn_log)
-    };
-    let stored_app = match (app, meta_app(&conn, path)?) {
+    // Accepted. The journal stays as found (what recovery hands back includes it; the next
+    // direct commit folds it), unless the store adopts an application identity now: that
+    // rewrites every outbox row of the table, so the journal is folded first.
+    let have_app = meta_app(&conn, path)?;
+    let (mut recovered, turn_log, journal) =
+        if journal.is_empty() || app.is_none() || have_app.is_some() {
+            (recovered, turn_log, journal)
+        } else {
+            let (mut again, turn_log, rest) =
+                fold_at_open(&mut conn, path, options, &journal, turn_log)?;
+            assert!(rest.is_empty(), "the fold emptied the journal");
+            again.created = created;
+            (again, turn_log, rest)
+        };
+    let stored_app = match (app, have_app) {
         (_, Some(have)) => {
             if let Some(want) = app {
                 check_app(path, want, &have)?;
@@ -1003,7 +1008,7 @@ fn open_checked(
     };
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false)
         .map_err(sqlite_open_err(path))?;
-    Ok((conn, recovered, turn_log, stored_app))
+    Ok((conn, recovered, turn_log, stored_app, journal))
 }
 
 /// Refuses a store of another application or of a newer schema version.
@@ -1409,15 +1414,17 @@ fn migrate(
     Ok(())
 }
 
-/// What [`recover`] hands back: what it recovered from the tables (its counters those of
-/// the newest journal row, if any), the turn-log rows, and the journal.
+/// What [`recover`] hands back: what it recovered from the tables with the journal applied
+/// over them (the state as of the newest commit), the `turn_log` table's rows, and the
+/// journal.
 type RecoveredTables = (
     Recovered,
     std::collections::VecDeque<(u64, u64)>,
     Vec<JournalRecord>,
 );
 
-/// Loads everything but table rows, and the journal, in one read transaction.
+/// Loads everything but table rows, and the journal, in one read transaction, and applies
+/// the journal over what the tables hold (as a `Reader` merges it).
 fn recover(
     conn: &mut Connection,
     path: &Path,
@@ -1514,7 +1521,7 @@ fn recover(
         .map_or((meta.turns_committed, meta.commits), |r| {
             (r.turns_committed, r.commits)
         });
-    let recovered = Recovered {
+    let mut recovered = Recovered {
         process_id: meta.process_id,
         incarnation: meta.incarnation,
         created,
@@ -1527,10 +1534,14 @@ fn recover(
         clients,
         groups,
     };
+    if !journal.is_empty() {
+        crate::journal::Overlay::build(&journal).apply_to(&mut recovered);
+    }
     Ok((recovered, turn_log, journal))
 }
 
-/// Folds the journal found at open into the tables, in one transaction that is not a
+/// Folds the journal found at an open that adopts an application identity (which rewrites
+/// the table's outbox rows) into the tables, in one transaction that is not a
 /// commit (the counters become the newest journal row's, as they already were), then
 /// recovers again from the tables.
 fn fold_at_open(

@@ -237,12 +237,15 @@ fn a_journal_store_and_a_direct_store_look_the_same_after_every_commit() {
     let (mut rng, seed) = seeded_rng("journal::equivalence");
     let (tj, td) = (temp_store(), temp_store());
     let journal_rows = rng.gen_range(1..12);
-    let (mut sj, _) = try_open_with(&tj.path, "a", &options(journal_rows)).unwrap();
+    // The journal store moves to a copy of its files at each simulated crash.
+    let (mut jpath, mut crashed_dirs) = (tj.path.clone(), Vec::new());
+    let (mut sj, _) = try_open_with(&jpath, "a", &options(journal_rows)).unwrap();
     let (mut sd, _) = try_open_with(&td.path, "a", &options(0)).unwrap();
-    let (rj, rd) = (
-        Reader::open(&tj.path).unwrap(),
+    let (mut rj, rd) = (
+        Reader::open(&jpath).unwrap(),
         Reader::open(&td.path).unwrap(),
     );
+    let mut reopened_with_journal = 0u32;
     let mut model = Model::default();
     let (mut journaled, mut folded, mut differs_raw) = (0u32, 0u32, 0u32);
     for i in 1..=400u32 {
@@ -274,24 +277,39 @@ fn a_journal_store_and_a_direct_store_look_the_same_after_every_commit() {
                     })
                     .unwrap()
             };
-            if raw_counters(&tj.path) != raw_counters(&td.path) {
+            if raw_counters(&jpath) != raw_counters(&td.path) {
                 differs_raw += 1;
             }
         }
-        if i % 50 == 0 {
+        if i % 25 == 0 {
             assert!(rj.verify().unwrap().is_empty(), "{context}");
-            // Reopen both (the journal store folds at open): the same recovery.
-            drop((sj, sd));
-            let (sj2, recj) = try_open_with(&tj.path, "a", &options(journal_rows)).unwrap();
+            // Reopen both: the same recovery. Every other time the journal store crashes
+            // (its journal stays for the open to recover through), else it closes cleanly
+            // (and folds).
+            let crash = i % 50 == 0;
+            let journaled = sj.journaled();
+            drop(sd);
+            if crash {
+                let (dir, path) = crashed_copy(sj);
+                crashed_dirs.push(dir);
+                jpath = path;
+                rj = Reader::open(&jpath).unwrap();
+            } else {
+                drop(sj);
+            }
+            let (sj2, recj) = try_open_with(&jpath, "a", &options(journal_rows)).unwrap();
             let (sd2, recd) = try_open_with(&td.path, "a", &options(0)).unwrap();
-            assert_eq!(sj2.journaled(), 0, "{context}: folded at open");
+            let kept = if crash { journaled } else { 0 };
+            assert_eq!(sj2.journaled(), kept, "{context}: journal at open");
+            reopened_with_journal += u32::from(kept > 0);
             assert_eq!(comparable(recj), comparable(recd), "{context}: recovery");
             (sj, sd) = (sj2, sd2);
         }
     }
     eprintln!(
         "seed {seed}, journal_rows {journal_rows}: {journaled} journal commits, {folded} \
-         folding commits, {differs_raw} views where the raw tables differed"
+         folding commits, {differs_raw} views where the raw tables differed, \
+         {reopened_with_journal} reopens after a crash with journal rows"
     );
     assert!(
         journaled > 100 && folded > 10,
@@ -444,7 +462,7 @@ fn a_damaged_journal_record_is_named_and_never_applied() {
 }
 
 #[test]
-fn a_clean_close_folds_the_journal_and_a_crash_leaves_it_to_the_next_open() {
+fn a_clean_close_folds_the_journal_and_an_open_after_a_crash_keeps_it() {
     let t = temp_store();
     let journal_rows = |p: &Path| -> i64 {
         raw(p)
@@ -468,9 +486,32 @@ fn a_clean_close_folds_the_journal_and_a_crash_leaves_it_to_the_next_open() {
     let (_dir, path) = crashed_copy(store);
     std::mem::forget(t);
     assert_eq!(journal_rows(&path), 1, "a crash leaves the journal");
-    let (store, rec) = try_open_with(&path, "a", &options(8)).unwrap();
+    // The open recovers through the journal and keeps it: the tables stay as they were.
+    let table_counters = |p: &Path| -> Vec<u8> {
+        raw(p)
+            .query_row("SELECT value FROM meta WHERE key = 'counters'", [], |r| {
+                r.get(0)
+            })
+            .unwrap()
+    };
+    let before = table_counters(&path);
+    let (mut store, rec) = try_open_with(&path, "a", &options(8)).unwrap();
     assert_eq!((rec.commits, rec.root.as_deref()), (3, Some(&[3u8][..])));
-    assert_eq!(journal_rows(&path), 0, "the open folded it");
+    assert_eq!((store.journaled(), journal_rows(&path)), (1, 1), "kept");
+    assert_eq!(table_counters(&path), before, "the open folded nothing");
+    // The next journal commit goes on from it; a direct commit folds both.
+    store.commit(&small(4)).unwrap();
+    assert_eq!(journal_rows(&path), 2);
+    store
+        .commit(&Batch {
+            turns: 1,
+            root: Some(vec![5; 600]),
+            ..Batch::default()
+        })
+        .unwrap();
+    assert_eq!((store.journaled(), journal_rows(&path)), (0, 0), "folded");
+    let r = Reader::open(&path).unwrap().meta().unwrap();
+    assert_eq!((r.commits, r.turns_committed), (5, 5));
     drop(store);
 }
 
@@ -610,15 +651,32 @@ fn a_copy_taken_with_journal_rows_carries_them_and_its_owner_folds_them() {
         let v = r.verify_all().unwrap();
         assert!(v.problems.is_empty(), "the copy verifies: {:?}", v.problems);
     }
-    // Installed as a replica: its owner's open folds the journal and recovers commit 5.
+    // Installed as a replica: its owner's open recovers commit 5 through the journal, and
+    // its owner reads the journaled rows.
     let replica = t.dir.path().join("replica.ken");
     ken_store::install_copy(&replica, &copy).unwrap();
     let (mut r, rec) = try_open_with(&replica, "a", &options(8)).unwrap();
     assert_eq!(rec.commits, 5);
     assert_eq!(rec.root.as_deref(), Some(&5u64.to_be_bytes()[..]));
-    assert_eq!(rec.outbox.len(), 1, "{:?}", rec.outbox);
-    assert_eq!(r.journaled(), 0);
-    assert_eq!(journal_count(&replica), 0, "the open folded the journal");
+    let outbox: Vec<u64> = rec.outbox.iter().map(|m| m.seq).collect();
+    assert_eq!(outbox, [5], "acknowledged messages are gone");
+    assert_eq!(rec.peers.len(), 1);
+    assert_eq!((rec.peers[0].next_seq, rec.peers[0].acked), (6, 4));
+    assert_eq!(rec.clients.len(), 1);
+    assert_eq!(rec.clients[0].request_no, 5);
+    assert_eq!(r.journaled(), 5);
+    assert_eq!(
+        r.table_get("t", b"n").unwrap().as_deref(),
+        Some(&5u64.to_be_bytes()[..])
+    );
+    // It follows on from the primary; a clean close folds.
+    assert_eq!(r.commit(&small_commit(6)).unwrap().commits, 6);
+    assert_eq!(
+        r.table_get("t", b"n").unwrap().as_deref(),
+        Some(&6u64.to_be_bytes()[..])
+    );
+    drop(r);
+    assert_eq!(journal_count(&replica), 0, "the close folded the journal");
     let folded_counters: Vec<u8> = raw(&replica)
         .query_row("SELECT value FROM meta WHERE key = 'counters'", [], |r| {
             r.get(0)
@@ -628,16 +686,11 @@ fn a_copy_taken_with_journal_rows_carries_them_and_its_owner_folds_them() {
         folded_counters, table_commits,
         "the fold wrote the counters"
     );
+    store.commit(&small_commit(6)).unwrap();
     assert_eq!(
         reader_view(&Reader::open(&replica).unwrap()),
-        primary_view,
+        reader_view(&Reader::open(&t.path).unwrap()),
         "the folded replica reads as the store"
-    );
-    // It follows on from the primary.
-    assert_eq!(r.commit(&small_commit(6)).unwrap().commits, 6);
-    assert_eq!(
-        r.table_get("t", b"n").unwrap().as_deref(),
-        Some(&6u64.to_be_bytes()[..])
     );
 }
 
@@ -710,4 +763,38 @@ fn a_reader_beside_an_owner_that_folds_sees_one_commit_per_query() {
     assert!(folds >= FOLDS && reads >= 200 && journaled_reads > 0);
     assert_eq!(reader.meta().unwrap().commits, commits);
     assert!(reader.verify().unwrap().is_empty());
+}
+
+#[test]
+fn adopting_an_application_identity_folds_the_journal_first() {
+    let t = temp_store();
+    let (mut store, _) = try_open_with(&t.path, "a", &options(8)).unwrap();
+    for i in 1..=3 {
+        store.commit(&small_commit(i)).unwrap();
+    }
+    assert_eq!(store.journaled(), 3);
+    let (_dir, path) = crashed_copy(store);
+    std::mem::forget(t);
+    // Adoption rewrites every outbox row of the table with the version envelope: the
+    // journaled message (seq 3, the others acknowledged) must be in the table by then.
+    let app = ken_store::AppIdentity {
+        name: "app".into(),
+        schema_version: 1,
+    };
+    let (store, rec) = Store::open_for_app(&path, "a", &options(8), &app).unwrap();
+    assert_eq!((rec.commits, store.journaled()), (3, 0));
+    assert_eq!(journal_count(&path), 0, "folded before the adoption");
+    let want = ken_store::wrap_payload(1, &3u64.to_be_bytes());
+    let seqs: Vec<(u64, &[u8])> = rec
+        .outbox
+        .iter()
+        .map(|m| (m.seq, m.payload.as_slice()))
+        .collect();
+    assert_eq!(seqs, [(3, want.as_slice())]);
+    let read = Reader::open(&path).unwrap().outbox(None, 10).unwrap();
+    assert_eq!(
+        read, rec.outbox,
+        "the table holds what recovery handed back"
+    );
+    assert_eq!(store.app(), Some(&app));
 }
