@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release -p ken-store --example restart -- build STORE MIB
 //! cargo run --release -p ken-store --example restart -- open STORE     # one process per run
+//! cargo run --release -p ken-store --example restart -- fold STORE     # empty the journal
 //! ```
 //!
 //! `build` writes MIB mebibytes of table rows (900-byte values, so that a row fits its
@@ -12,10 +13,10 @@
 //! small commits, then runtime-like one-turn commits until the batch journal is full
 //! (`DEFAULT_JOURNAL_ROWS` rows), and exits without closing the store, so the WAL and the
 //! journal hold those commits as a SIGKILL would leave them. `open` opens the store as its
-//! owner, prints the time in microseconds, and exits without closing it. The first `open`
-//! after `build` folds the journal (one transaction); later ones find it empty, so to time
-//! the fold again, copy the store and its `-wal` aside after `build` and put them back
-//! before each `open`.
+//! owner, prints the time in microseconds, and exits without closing it (an open writes
+//! nothing for the journal: it recovers through it, so every run finds it full). `fold`
+//! folds the journal with one direct commit and exits the same way, for a comparison
+//! without journal rows.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -30,8 +31,9 @@ fn main() {
     match args.as_slice() {
         [cmd, path, mib] if cmd == "build" => build(PathBuf::from(path), mib.parse().unwrap()),
         [cmd, path] if cmd == "open" => open(PathBuf::from(path)),
+        [cmd, path] if cmd == "fold" => fold(PathBuf::from(path)),
         _ => {
-            eprintln!("usage: restart build STORE MIB | restart open STORE");
+            eprintln!("usage: restart build STORE MIB | restart open STORE | restart fold STORE");
             std::process::exit(2);
         }
     }
@@ -158,6 +160,20 @@ fn build(path: PathBuf, mib: u64) {
         store.journaled()
     );
     // No close: the WAL (and the journal) stay as a killed owner leaves them.
+    std::process::exit(0);
+}
+
+/// Folds the journal (one empty commit, made direct) and exits without closing: the same
+/// crash image without journal rows, to compare `open` times with.
+fn fold(path: PathBuf) {
+    let options = ken_store::StoreOptions {
+        journal_rows: 0,
+        ..ken_store::StoreOptions::default()
+    };
+    let (mut store, _) = Store::open_with(&path, "big", &options).unwrap();
+    let folded = store.journaled();
+    store.commit(&Batch::default()).unwrap();
+    eprintln!("folded {folded} journal rows");
     std::process::exit(0);
 }
 
