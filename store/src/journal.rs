@@ -90,8 +90,36 @@ pub(crate) fn load(
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         rows.collect::<rusqlite::Result<_>>()?
     };
+    check_sequence(rows, table_commits, table_turns)
+}
+
+/// The journal rows above `after` (the newest row a reader already applied, with its
+/// `turns_committed`), checked as [`load`] checks them: contiguous from `after` + 1. One
+/// query (run it inside the caller's transaction).
+pub(crate) fn load_after(
+    conn: &Connection,
+    after: u64,
+    after_turns: u64,
+) -> Result<Vec<JournalRecord>, ReadError> {
+    let rows: Vec<(i64, Vec<u8>)> = {
+        let mut stmt =
+            conn.prepare_cached("SELECT seq, record FROM journal WHERE seq > ?1 ORDER BY seq")?;
+        let rows = stmt.query_map([schema::sql_u64(after, "journal seq")], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    check_sequence(rows, after, after_turns)
+}
+
+/// Decodes `rows` (seq order) and checks they follow commit `commits` (turns `turns`).
+fn check_sequence(
+    rows: Vec<(i64, Vec<u8>)>,
+    commits: u64,
+    turns: u64,
+) -> Result<Vec<JournalRecord>, ReadError> {
     let mut out: Vec<JournalRecord> = Vec::with_capacity(rows.len());
-    let (mut commits, mut turns) = (table_commits, table_turns);
+    let (mut commits, mut turns) = (commits, turns);
     for (seq, record) in rows {
         let rec = decode(seq, &record)?;
         if rec.commits != commits + 1 || rec.turns_committed < turns {
@@ -113,7 +141,7 @@ pub(crate) fn load(
 
 /// What the journal changes over the tables: for each kind of row, the net effect of every
 /// journaled batch applied in order.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Overlay {
     /// (turns_committed, commits, last_commit_ms) of the newest journal row.
     pub counters: Option<(u64, u64, u64)>,
@@ -142,6 +170,13 @@ impl Overlay {
     /// Applies `records` in order, as the owner's `write` would.
     pub(crate) fn build(records: &[JournalRecord]) -> Overlay {
         let mut o = Overlay::default();
+        o.extend(records);
+        o
+    }
+
+    /// Applies `records`, the journal rows that follow the ones applied so far, in order.
+    pub(crate) fn extend(&mut self, records: &[JournalRecord]) {
+        let o = self;
         for rec in records {
             let b = &rec.batch;
             o.counters = Some((rec.turns_committed, rec.commits, b.now_ms));
@@ -198,7 +233,6 @@ impl Overlay {
             }
             o.turn_log.extend(b.turn_log.iter().cloned());
         }
-        o
     }
 
     /// Brings `r`, recovered from the tables alone, up to the newest journal row: what an

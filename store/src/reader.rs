@@ -393,9 +393,24 @@ impl Reader {
                 "SELECT count(*), coalesce(min(seq), 0), coalesce(max(seq), 0) FROM journal",
             )?
             .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        if let Some((have, overlay)) = &*self.overlay.borrow() {
-            if *have == key {
-                return Ok(Arc::clone(overlay));
+        let cached = self.overlay.borrow().clone();
+        if let Some((have, overlay)) = cached {
+            if have == key {
+                return Ok(overlay);
+            }
+            // The same oldest row and only newer rows added (rows are only appended, and
+            // deleted all together by a fold, after which every seq is higher): apply the
+            // new rows to the cached overlay instead of decoding every row again.
+            if let (Some((turns, commits, _)), true) = (
+                overlay.counters,
+                have.0 > 0 && key.1 == have.1 && key.2 > have.2 && key.0 - have.0 == key.2 - have.2,
+            ) {
+                let newer = journal::load_after(&self.conn, commits, turns)?;
+                let mut grown = Overlay::clone(&overlay);
+                grown.extend(&newer);
+                let grown = Arc::new(grown);
+                *self.overlay.borrow_mut() = Some((key, Arc::clone(&grown)));
+                return Ok(grown);
             }
         }
         let overlay = if key.0 == 0 {
