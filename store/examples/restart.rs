@@ -4,15 +4,19 @@
 //! ```text
 //! cargo run --release -p ken-store --example restart -- build STORE MIB
 //! cargo run --release -p ken-store --example restart -- open STORE     # one process per run
+//! cargo run --release -p ken-store --example restart -- fold STORE     # empty the journal
 //! ```
 //!
 //! `build` writes MIB mebibytes of table rows (900-byte values, so that a row fits its
 //! B-tree page without an overflow page; 1000 rows per commit), a
 //! realistic rest of the store (peers, an outbox, timers, clients, groups) and then 300
-//! small commits, and exits without closing the store, so the WAL holds those commits as a
-//! SIGKILL would leave them. `open` opens the store as its owner, prints the time in
-//! microseconds, and exits without closing it (the crash image stays as it was for the next
-//! run).
+//! small commits, then runtime-like one-turn commits until the batch journal is full
+//! (`DEFAULT_JOURNAL_ROWS` rows), and exits without closing the store, so the WAL and the
+//! journal hold those commits as a SIGKILL would leave them. `open` opens the store as its
+//! owner, prints the time in microseconds, and exits without closing it (an open writes
+//! nothing for the journal: it recovers through it, so every run finds it full). `fold`
+//! folds the journal with one direct commit and exits the same way, for a comparison
+//! without journal rows.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -27,8 +31,9 @@ fn main() {
     match args.as_slice() {
         [cmd, path, mib] if cmd == "build" => build(PathBuf::from(path), mib.parse().unwrap()),
         [cmd, path] if cmd == "open" => open(PathBuf::from(path)),
+        [cmd, path] if cmd == "fold" => fold(PathBuf::from(path)),
         _ => {
-            eprintln!("usage: restart build STORE MIB | restart open STORE");
+            eprintln!("usage: restart build STORE MIB | restart open STORE | restart fold STORE");
             std::process::exit(2);
         }
     }
@@ -97,7 +102,78 @@ fn build(path: PathBuf, mib: u64) {
             })
             .unwrap();
     }
-    // No close: the WAL stays as a killed owner leaves it.
+    // Then runtime-like one-turn commits (a root, a row, a message, an ack, a peer row, a
+    // turn-log entry) until the journal is full: the next open folds all of them.
+    let mut i = 0u64;
+    while store.journaled() < ken_store::DEFAULT_JOURNAL_ROWS as usize {
+        i += 1;
+        store
+            .commit(&Batch {
+                now_ms: 2_000_000 + i,
+                turns: 1,
+                root: Some(i.to_le_bytes().to_vec()),
+                table_writes: vec![TableWrite {
+                    table: "small".into(),
+                    key: i.to_be_bytes().to_vec(),
+                    value: Some(vec![3; 16]),
+                }],
+                outbox_appends: vec![OutboxRow {
+                    peer: "j".into(),
+                    seq: i,
+                    payload: vec![4; 16],
+                    created_ms: i,
+                }],
+                outbox_acks: vec![ken_store::OutboxAck {
+                    peer: "j".into(),
+                    up_to: i - 1,
+                }],
+                peers: vec![PeerRow {
+                    peer: "j".into(),
+                    incarnation: 9,
+                    next_seq: i + 1,
+                    acked: i - 1,
+                    delivered: i,
+                    forgotten: 0,
+                }],
+                turn_log: vec![ken_store::TurnLogEntry {
+                    turn: 1_000_000 + i,
+                    at_ms: i,
+                    input_kind: "message".into(),
+                    input_source: "j".into(),
+                    input_seq: i,
+                    messages_out: 1,
+                    outputs: 0,
+                    bytes_written: 16,
+                    note: String::new(),
+                }],
+                ..Batch::default()
+            })
+            .unwrap();
+        assert!(
+            i <= 2 * u64::from(ken_store::DEFAULT_JOURNAL_ROWS),
+            "the commits journal"
+        );
+    }
+    eprintln!(
+        "{} commits, {} of them in the journal",
+        store.commits(),
+        store.journaled()
+    );
+    // No close: the WAL (and the journal) stay as a killed owner leaves them.
+    std::process::exit(0);
+}
+
+/// Folds the journal (one empty commit, made direct) and exits without closing: the same
+/// crash image without journal rows, to compare `open` times with.
+fn fold(path: PathBuf) {
+    let options = ken_store::StoreOptions {
+        journal_rows: 0,
+        ..ken_store::StoreOptions::default()
+    };
+    let (mut store, _) = Store::open_with(&path, "big", &options).unwrap();
+    let folded = store.journaled();
+    store.commit(&Batch::default()).unwrap();
+    eprintln!("folded {folded} journal rows");
     std::process::exit(0);
 }
 

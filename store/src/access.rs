@@ -81,8 +81,9 @@ pub(crate) enum Found {
     Empty,
     /// A Ken store of this build's format.
     Store(schema::MetaValues),
-    /// A Ken store of format [`schema::MIGRATES_FROM`]: only the owner opens it, migrating.
-    Migratable,
+    /// A Ken store of format [`schema::MIGRATES_FROM`] or [`schema::MIGRATES_FROM_3`] (the
+    /// value): only the owner opens it, migrating.
+    Migratable(u32),
 }
 
 /// Classifies an opened file without writing to it, or says why it is no store this build
@@ -125,16 +126,20 @@ pub(crate) fn classify(conn: &Connection, path: &Path) -> Result<Found, OpenErro
     })?;
     let found = match schema::decode_meta(&rows) {
         Ok(meta) => Found::Store(meta),
-        Err(schema::MetaProblem::Migratable(_)) => {
-            // Decode it as format 2 now, so that a damaged old store is refused before
+        Err(schema::MetaProblem::Migratable(from)) => {
+            // Decode it as its format now, so that a damaged old store is refused before
             // anything is written.
-            schema::decode_meta_as(&rows, schema::MIGRATES_FROM)
-                .map_err(|p| meta_open_error(path, p))?;
-            Found::Migratable
+            schema::decode_meta_as(&rows, from).map_err(|p| meta_open_error(path, p))?;
+            Found::Migratable(from)
         }
         Err(p) => return Err(meta_open_error(path, p)),
     };
-    if let Some(missing) = schema::TABLES
+    // Formats 2 and 3 have every table but the journal (the migration adds it).
+    let needed = match found {
+        Found::Migratable(_) => &schema::TABLES[..schema::TABLES.len() - 1],
+        _ => &schema::TABLES[..],
+    };
+    if let Some(missing) = needed
         .iter()
         .find(|t| !tables.iter().any(|have| have == *t))
     {

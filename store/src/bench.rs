@@ -121,6 +121,9 @@ pub struct BatchReport {
 #[derive(Debug, Clone, PartialEq)]
 pub struct VolumeReport {
     pub page_size: u32,
+    /// Whether the store journaled small commits ([`StoreOptions::journal_rows`] at its
+    /// default) or wrote every commit to the tables (0, format 3's behaviour).
+    pub journal: bool,
     pub turns_per_commit: u32,
     pub commits: u64,
     /// WAL bytes per commit (frame headers and whole pages).
@@ -201,8 +204,9 @@ impl fmt::Display for BenchReport {
         if !self.volume.is_empty() {
             writeln!(
                 f,
-                "write volume (runtime-like turns, counted by the VFS shim):\n{:>9} {:>12} {:>8} {:>14} {:>14} {:>16} {:>12} {:>10}",
+                "write volume (runtime-like turns, counted by the VFS shim):\n{:>9} {:>8} {:>12} {:>8} {:>14} {:>14} {:>16} {:>12} {:>10}",
                 "page B",
+                "journal",
                 "turns/commit",
                 "commits",
                 "WAL B/commit",
@@ -214,8 +218,9 @@ impl fmt::Display for BenchReport {
             for v in &self.volume {
                 writeln!(
                     f,
-                    "{:>9} {:>12} {:>8} {:>14.0} {:>14.0} {:>16.0} {:>12.2} {:>10.0}",
+                    "{:>9} {:>8} {:>12} {:>8} {:>14.0} {:>14.0} {:>16.0} {:>12.2} {:>10.0}",
                     v.page_size,
+                    if v.journal { "on" } else { "off" },
                     v.turns_per_commit,
                     v.commits,
                     v.wal_bytes_per_commit,
@@ -289,6 +294,7 @@ pub fn run(dir: &Path, opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         max_page_count: None,
         page_checksums: true,
         page_size: opts.page_size,
+        ..StoreOptions::default()
     };
     let (mut store, _) = Store::open_with(&store_path, "bench", &options)?;
     let mut batches = Vec::with_capacity(opts.batch_sizes.len());
@@ -307,7 +313,9 @@ pub fn run(dir: &Path, opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     let mut volume = Vec::new();
     for &page_size in &opts.volume_page_sizes {
         for &size in &opts.volume_batch_sizes {
-            volume.push(measure_volume(dir, &tag, opts, page_size, size)?);
+            for journal in [false, true] {
+                volume.push(measure_volume(dir, &tag, opts, page_size, size, journal)?);
+            }
         }
     }
     Ok(BenchReport {
@@ -324,8 +332,11 @@ fn measure_volume(
     opts: &BenchOptions,
     page_size: u32,
     turns_per_commit: u32,
+    journal: bool,
 ) -> Result<VolumeReport, BenchError> {
-    let path = dir.join(format!("{tag}-volume-{page_size}-{turns_per_commit}.ken"));
+    let path = dir.join(format!(
+        "{tag}-volume-{page_size}-{turns_per_commit}-{journal}.ken"
+    ));
     let mut files = vec![crate::lock_path(&path)];
     for suffix in ["", "-wal", "-shm"] {
         let mut p = path.clone().into_os_string();
@@ -335,6 +346,11 @@ fn measure_volume(
     let _cleanup = Cleanup(files);
     let options = StoreOptions {
         page_size: Some(page_size),
+        journal_rows: if journal {
+            crate::DEFAULT_JOURNAL_ROWS
+        } else {
+            0
+        },
         ..StoreOptions::default()
     };
     let (mut store, _) = Store::open_with(&path, "bench", &options)?;
@@ -406,6 +422,7 @@ fn measure_volume(
     let turns = (commits * u64::from(turns_per_commit)) as f64;
     Ok(VolumeReport {
         page_size,
+        journal,
         turns_per_commit,
         commits,
         wal_bytes_per_commit: d.wal_bytes as f64 / commits as f64,
@@ -551,15 +568,29 @@ mod tests {
         assert!(report.commit_to_fsync_ratio().is_some());
         // The write-volume phase: every (page size, batch size), and smaller pages write
         // less per single-turn commit, about one page per table touched.
-        assert_eq!(report.volume.len(), 6);
-        let wal = |page: u32, turns: u32| {
+        assert_eq!(report.volume.len(), 12);
+        let wal_of = |page: u32, turns: u32, journal: bool| {
             report
                 .volume
                 .iter()
-                .find(|v| v.page_size == page && v.turns_per_commit == turns)
+                .find(|v| {
+                    v.page_size == page && v.turns_per_commit == turns && v.journal == journal
+                })
                 .map(|v| v.wal_bytes_per_commit)
                 .unwrap()
         };
+        let wal = |page: u32, turns: u32| wal_of(page, turns, false);
+        // The journal: a one-turn commit at the default page size writes at most 4.5 KiB
+        // (folds included), well under half of what it writes without; a 30-turn commit is
+        // too large to journal and writes the same.
+        assert!(
+            wal_of(1024, 1, true) <= 4608.0 && wal_of(1024, 1, true) < wal(1024, 1) / 2.0,
+            "{report}"
+        );
+        assert!(
+            (wal_of(1024, 30, true) - wal(1024, 30)).abs() < 0.1 * wal(1024, 30),
+            "{report}"
+        );
         assert!(
             wal(512, 1) < wal(1024, 1) && wal(1024, 1) < wal(4096, 1),
             "{report}"

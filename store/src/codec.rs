@@ -210,6 +210,11 @@ impl<'a> Record<'a> {
         )
     }
 
+    /// A `journal` row: its sequence number (the store's commit count after the commit).
+    pub fn journal(seq: u64) -> Record<'a> {
+        Record::new("journal", [Some(Column::Int(seq)), None, None])
+    }
+
     /// The SQL table.
     pub fn table(&self) -> &'static str {
         self.table

@@ -86,6 +86,7 @@ mod access;
 mod copy;
 mod error;
 mod files;
+mod journal;
 mod reader;
 mod schema;
 mod store;
@@ -108,7 +109,7 @@ pub use store::{
 };
 
 /// The store file format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 /// A batch of turns to commit atomically: everything a group of turns changed.
 ///
@@ -286,7 +287,21 @@ pub struct StoreOptions {
     /// writes each page it touches whole to the WAL, so smaller pages write less per small
     /// commit and more per large value (`cargo bench -p ken-store` measures both).
     pub page_size: Option<u32>,
+    /// Journal commits the store keeps before the next commit folds them into the tables
+    /// (default [`DEFAULT_JOURNAL_ROWS`]). A small batch (its journal record at most
+    /// [`StoreOptions::journal_record_max_bytes`]) is committed as one `journal` row; the
+    /// commit that finds the journal holding this many rows (or a larger batch) folds every
+    /// journaled batch into the tables and applies its own there (`FORMAT.md`, "The batch
+    /// journal"). 0: every commit writes the tables directly (format 3's behaviour).
+    pub journal_rows: u32,
+    /// The largest sealed journal record a commit may append, in bytes; a larger batch is
+    /// committed directly. `None` (default): a quarter of the store's page size, so a
+    /// journal commit writes about one page.
+    pub journal_record_max_bytes: Option<u32>,
 }
+
+/// Journal rows a store keeps before folding them, by default ([`StoreOptions::journal_rows`]).
+pub const DEFAULT_JOURNAL_ROWS: u32 = 32;
 
 impl Default for StoreOptions {
     fn default() -> Self {
@@ -295,6 +310,8 @@ impl Default for StoreOptions {
             max_page_count: None,
             page_checksums: true,
             page_size: Some(DEFAULT_PAGE_SIZE),
+            journal_rows: DEFAULT_JOURNAL_ROWS,
+            journal_record_max_bytes: None,
         }
     }
 }

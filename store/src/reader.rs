@@ -21,7 +21,10 @@
 //! owner has opened the store since it closed; such a reader sees the store as it was when
 //! opened.
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::types::Value;
@@ -34,6 +37,7 @@ use crate::access::{
 use crate::codec;
 use crate::error::{OpenError, ReadError};
 use crate::files::{self, FileProblem};
+use crate::journal::{self, Overlay};
 use crate::schema::{self, MetaProblem};
 use crate::wal::WalState;
 use crate::witness::{self, WitnessRecord};
@@ -68,7 +72,17 @@ type PeerOutboxSummary = (String, i64, i64, i64, Option<Vec<u8>>);
 pub struct Reader {
     pub(crate) conn: Connection,
     path: PathBuf,
+    /// The journal's overlay as last read, keyed by the journal's (rows, first seq, last
+    /// seq): journal rows are never changed, only appended and deleted all together, so an
+    /// equal key is the same journal.
+    overlay: RefCell<Option<(JournalKey, Arc<Overlay>)>>,
 }
+
+/// An outbox row keyed by (peer, seq), for merging.
+type KeyedOutboxRow = ((String, u64), OutboxRow);
+
+/// (rows, first seq, last seq) of the `journal` table.
+type JournalKey = (i64, i64, i64);
 
 /// The store's `meta` rows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -311,15 +325,16 @@ impl Reader {
         Ok(Reader {
             conn,
             path: path.to_path_buf(),
+            overlay: RefCell::new(None),
         })
     }
 
     fn check_found(path: &Path, found: Found) -> Result<(), OpenError> {
         match found {
             Found::Store(_) => Ok(()),
-            Found::Migratable => Err(OpenError::NeedsMigration {
+            Found::Migratable(found) => Err(OpenError::NeedsMigration {
                 path: path.to_path_buf(),
-                found: schema::MIGRATES_FROM,
+                found,
                 supported: crate::FORMAT_VERSION,
             }),
             Found::Empty => Err(OpenError::NotAKenStore {
@@ -355,41 +370,115 @@ impl Reader {
         &self.path
     }
 
-    /// The `meta` rows (one query).
+    /// Runs `f` in one read transaction with the journal's overlay (see "What a Reader
+    /// guarantees" in `FORMAT.md`): every query `f` makes sees the same snapshot as the
+    /// journal it merges. The transaction ends before this returns.
+    fn snapshot<T>(
+        &self,
+        f: impl FnOnce(&Overlay) -> Result<T, ReadError>,
+    ) -> Result<T, ReadError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let overlay = self.load_overlay()?;
+        let out = f(&overlay)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// The journal's overlay in the current transaction: one small query when the journal
+    /// is empty or unchanged since the last call, else the journal's rows, decoded.
+    fn load_overlay(&self) -> Result<Arc<Overlay>, ReadError> {
+        let key: JournalKey = self
+            .conn
+            .prepare_cached(
+                "SELECT count(*), coalesce(min(seq), 0), coalesce(max(seq), 0) FROM journal",
+            )?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        let cached = self.overlay.borrow().clone();
+        if let Some((have, overlay)) = cached {
+            if have == key {
+                return Ok(overlay);
+            }
+            // The same oldest row and only newer rows added (rows are only appended, and
+            // deleted all together by a fold, after which every seq is higher): apply the
+            // new rows to the cached overlay instead of decoding every row again.
+            if let (Some((turns, commits, _)), true) = (
+                overlay.counters,
+                have.0 > 0 && key.1 == have.1 && key.2 > have.2 && key.0 - have.0 == key.2 - have.2,
+            ) {
+                let newer = journal::load_after(&self.conn, commits, turns)?;
+                let mut grown = Overlay::clone(&overlay);
+                grown.extend(&newer);
+                let grown = Arc::new(grown);
+                *self.overlay.borrow_mut() = Some((key, Arc::clone(&grown)));
+                return Ok(grown);
+            }
+        }
+        let overlay = if key.0 == 0 {
+            Arc::new(Overlay::default())
+        } else {
+            let meta = schema::decode_meta(&read_meta_rows(&self.conn)?).map_err(meta_problem)?;
+            Arc::new(Overlay::build(&journal::load(
+                &self.conn,
+                meta.commits,
+                meta.turns_committed,
+            )?))
+        };
+        *self.overlay.borrow_mut() = Some((key, Arc::clone(&overlay)));
+        Ok(overlay)
+    }
+
+    /// The `meta` rows, with the counters of the newest commit (one read transaction).
     pub fn meta(&self) -> Result<Meta, ReadError> {
-        let rows = read_meta_rows(&self.conn)?;
-        let m = schema::decode_meta(&rows).map_err(meta_problem)?;
-        Ok(Meta {
-            process_id: m.process_id,
-            incarnation: m.incarnation,
-            format_version: m.format_version,
-            created_ms: m.created_ms,
-            turns_committed: m.turns_committed,
-            commits: m.commits,
-            last_commit_ms: m.last_commit_ms,
-            app: m.app,
+        self.snapshot(|o| {
+            let rows = read_meta_rows(&self.conn)?;
+            let m = schema::decode_meta(&rows).map_err(meta_problem)?;
+            let (turns_committed, commits, last_commit_ms) =
+                o.counters
+                    .unwrap_or((m.turns_committed, m.commits, m.last_commit_ms));
+            Ok(Meta {
+                process_id: m.process_id,
+                incarnation: m.incarnation,
+                format_version: m.format_version,
+                created_ms: m.created_ms,
+                turns_committed,
+                commits,
+                last_commit_ms,
+                app: m.app,
+            })
         })
     }
 
-    /// The encoded root state, `None` before the first commit that set it (one query).
+    /// The encoded root state, `None` before the first commit that set it.
     pub fn root(&self) -> Result<Option<Vec<u8>>, ReadError> {
-        let bytes: Option<Vec<u8>> = self
-            .conn
-            .prepare_cached("SELECT value FROM root WHERE id = 0")?
-            .query_row([], |r| r.get(0))
-            .optional()?;
-        match bytes {
-            None => Ok(None),
-            Some(b) => Ok(Some(
-                codec::unseal_record(&codec::Record::root(), "root", schema::ROOT_KEY, &b)?
-                    .to_vec(),
-            )),
-        }
+        self.snapshot(|o| {
+            if let Some(root) = &o.root {
+                return Ok(Some(root.clone()));
+            }
+            let bytes: Option<Vec<u8>> = self
+                .conn
+                .prepare_cached("SELECT value FROM root WHERE id = 0")?
+                .query_row([], |r| r.get(0))
+                .optional()?;
+            match bytes {
+                None => Ok(None),
+                Some(b) => Ok(Some(
+                    codec::unseal_record(&codec::Record::root(), "root", schema::ROOT_KEY, &b)?
+                        .to_vec(),
+                )),
+            }
+        })
     }
 
-    /// One row of application table `table` (one query).
+    /// One row of application table `table`.
     pub fn table_get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
-        crate::access::table_get(&self.conn, table, key)
+        self.snapshot(|o| {
+            if !o.kv.is_empty() {
+                if let Some(v) = o.kv.get(&(table.to_string(), key.to_vec())) {
+                    return Ok(v.clone());
+                }
+            }
+            crate::access::table_get(&self.conn, table, key)
+        })
     }
 
     /// Up to `limit` (at most [`MAX_SCAN_ROWS`]) rows of `table` whose key starts with
@@ -401,6 +490,46 @@ impl Reader {
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: u32,
+    ) -> Result<Vec<KeyValue>, ReadError> {
+        let limit = limit.min(MAX_SCAN_ROWS);
+        self.snapshot(|o| {
+            let range = (table.to_string(), prefix.to_vec())..;
+            let journaled: Vec<(&Vec<u8>, &Option<Vec<u8>>)> =
+                o.kv.range(range)
+                    .take_while(|((t, k), _)| t == table && k.starts_with(prefix))
+                    .filter(|((_, k), _)| after.is_none_or(|a| k.as_slice() > a))
+                    .map(|((_, k), v)| (k, v))
+                    .collect();
+            if journaled.is_empty() {
+                return self.table_scan_rows(table, prefix, after, i64::from(limit));
+            }
+            // Each journaled key hides at most one table row: read that many more.
+            let rows = self.table_scan_rows(
+                table,
+                prefix,
+                after,
+                i64::from(limit) + journaled.len() as i64,
+            )?;
+            let mut rows = rows.into_iter();
+            journal::merge(
+                || Ok(rows.next()),
+                |k: &Vec<u8>| o.kv.contains_key(&(table.to_string(), k.clone())),
+                journaled
+                    .into_iter()
+                    .filter_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.clone())))
+                    .collect(),
+                limit as usize,
+            )
+        })
+    }
+
+    /// [`Reader::table_scan`] of the table alone, `limit` rows at most (one query).
+    fn table_scan_rows(
+        &self,
+        table: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: i64,
     ) -> Result<Vec<KeyValue>, ReadError> {
         let (exclusive, lower) = match after {
             Some(a) if a >= prefix => (true, a),
@@ -436,27 +565,51 @@ impl Reader {
             Ok((key, body))
         };
         match upper {
-            Some(upper) => query_decode(
-                &self.conn,
-                sql,
-                (table, lower, limit_param(limit), upper),
-                raw,
-                decode,
-            ),
-            None => query_decode(
-                &self.conn,
-                sql,
-                (table, lower, limit_param(limit)),
-                raw,
-                decode,
-            ),
+            Some(upper) => query_decode(&self.conn, sql, (table, lower, limit, upper), raw, decode),
+            None => query_decode(&self.conn, sql, (table, lower, limit), raw, decode),
         }
     }
 
     /// Every application table with its row count and size: one query, but it reads all of
     /// `kv`, so on a large store it is one long read (it delays the completion of WAL
-    /// checkpoints, never a commit).
+    /// checkpoints, never a commit); plus one lookup per key the journal writes.
     pub fn tables(&self) -> Result<Vec<TableStats>, ReadError> {
+        self.snapshot(|o| {
+            let stats = self.tables_rows()?;
+            if o.kv.is_empty() {
+                return Ok(stats);
+            }
+            let mut by_name: BTreeMap<String, (u64, u64)> = stats
+                .into_iter()
+                .map(|t| (t.name, (t.rows, t.bytes)))
+                .collect();
+            for ((table, key), value) in &o.kv {
+                let stored: Option<i64> = self
+                    .conn
+                    .prepare_cached(
+                        "SELECT length(key) + length(value) FROM kv WHERE tbl = ?1 AND key = ?2",
+                    )?
+                    .query_row((table, key), |r| r.get(0))
+                    .optional()?;
+                let entry = by_name.entry(table.clone()).or_insert((0, 0));
+                if let Some(bytes) = stored {
+                    entry.0 = entry.0.saturating_sub(1);
+                    entry.1 = entry.1.saturating_sub(u64::try_from(bytes).unwrap_or(0));
+                }
+                if let Some(v) = value {
+                    entry.0 += 1;
+                    entry.1 += (key.len() + v.len() + codec::SEAL_OVERHEAD) as u64;
+                }
+            }
+            Ok(by_name
+                .into_iter()
+                .filter(|(_, (rows, _))| *rows > 0)
+                .map(|(name, (rows, bytes))| TableStats { name, rows, bytes })
+                .collect())
+        })
+    }
+
+    fn tables_rows(&self) -> Result<Vec<TableStats>, ReadError> {
         query_decode(
             &self.conn,
             "SELECT tbl, count(*), coalesce(sum(length(key) + length(value)), 0)
@@ -480,52 +633,102 @@ impl Reader {
         )
     }
 
-    /// Every peer's counters (one query).
+    /// Every peer's counters.
     pub fn peers(&self) -> Result<Vec<PeerRow>, ReadError> {
-        query_decode(
-            &self.conn,
-            SQL_PEERS,
-            [],
-            |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)),
-            |(peer, record)| schema::decode_peer(peer, &record),
-        )
+        self.snapshot(|o| {
+            let rows = query_decode(
+                &self.conn,
+                SQL_PEERS,
+                [],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)),
+                |(peer, record)| schema::decode_peer(peer, &record),
+            )?;
+            Ok(merged(
+                rows.into_iter().map(|p| (p.peer.clone(), Some(p))),
+                o.peers.iter().map(|(k, p)| (k.clone(), Some(p.clone()))),
+            ))
+        })
     }
 
     /// The first `limit` (at most [`MAX_SCAN_ROWS`]) outbox rows, to `peer` or to everyone,
-    /// ordered by (peer, seq) (one query).
+    /// ordered by (peer, seq).
     pub fn outbox(&self, peer: Option<&str>, limit: u32) -> Result<Vec<OutboxRow>, ReadError> {
-        let raw = |r: &rusqlite::Row<'_>| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, Vec<u8>>(3)?,
-            ))
-        };
-        let decode = |(peer, seq, created_ms, payload): (String, i64, i64, Vec<u8>)| {
-            schema::decode_outbox(peer, seq, created_ms, &payload)
-        };
-        match peer {
-            Some(peer) => query_decode(
-                &self.conn,
-                "SELECT peer, seq, created_ms, payload FROM outbox WHERE peer = ?1
-                 ORDER BY seq LIMIT ?2",
-                (peer, limit_param(limit)),
-                raw,
-                decode,
-            ),
-            None => query_decode(
-                &self.conn,
-                "SELECT peer, seq, created_ms, payload FROM outbox ORDER BY peer, seq LIMIT ?1",
-                [limit_param(limit)],
-                raw,
-                decode,
-            ),
-        }
+        let limit = limit.min(MAX_SCAN_ROWS) as usize;
+        self.snapshot(|o| self.outbox_merged(o, peer, limit))
     }
 
-    /// Per-peer outbox summary (one query).
+    /// The outbox rows of the table (streamed) merged with the journal's, up to `limit`.
+    fn outbox_merged(
+        &self,
+        o: &Overlay,
+        peer: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<OutboxRow>, ReadError> {
+        let mut stmt = match peer {
+            Some(_) => self.conn.prepare_cached(
+                "SELECT peer, seq, created_ms, payload FROM outbox WHERE peer = ?1 ORDER BY seq",
+            )?,
+            None => self.conn.prepare_cached(
+                "SELECT peer, seq, created_ms, payload FROM outbox ORDER BY peer, seq",
+            )?,
+        };
+        let mut rows = match peer {
+            Some(p) => stmt.query([p])?,
+            None => stmt.query([])?,
+        };
+        let next = || -> Result<Option<KeyedOutboxRow>, ReadError> {
+            match rows.next()? {
+                None => Ok(None),
+                Some(r) => {
+                    let row = schema::decode_outbox(
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get_ref(3)?.as_blob().map_err(rusqlite::Error::from)?,
+                    )?;
+                    Ok(Some(((row.peer.clone(), row.seq), row)))
+                }
+            }
+        };
+        let extra = o
+            .outbox
+            .iter()
+            .filter(|((p, _), _)| peer.is_none_or(|want| p == want))
+            .map(|(k, row)| (k.clone(), row.clone()))
+            .collect();
+        let merged = journal::merge(next, |(p, seq)| o.outbox_row_gone(p, *seq), extra, limit)?;
+        Ok(merged.into_iter().map(|(_, row)| row).collect())
+    }
+
+    /// Per-peer outbox summary (one query; with a journal that changes the outbox, every
+    /// outbox row is read).
     pub fn outbox_stats(&self) -> Result<Vec<OutboxStats>, ReadError> {
+        self.snapshot(|o| {
+            if !o.touches_outbox() {
+                return self.outbox_stats_rows();
+            }
+            let mut stats: BTreeMap<String, OutboxStats> = BTreeMap::new();
+            for row in self.outbox_merged(o, None, usize::MAX)? {
+                let bytes = (row.payload.len() + codec::SEAL_OVERHEAD) as u64;
+                let s = stats.entry(row.peer.clone()).or_insert(OutboxStats {
+                    peer: row.peer.clone(),
+                    depth: 0,
+                    min_seq: row.seq,
+                    max_seq: row.seq,
+                    oldest_created_ms: row.created_ms,
+                    bytes: 0,
+                });
+                s.depth += 1;
+                s.min_seq = s.min_seq.min(row.seq);
+                s.max_seq = s.max_seq.max(row.seq);
+                s.oldest_created_ms = s.oldest_created_ms.min(row.created_ms);
+                s.bytes += bytes;
+            }
+            Ok(stats.into_values().collect())
+        })
+    }
+
+    fn outbox_stats_rows(&self) -> Result<Vec<OutboxStats>, ReadError> {
         query_decode(
             &self.conn,
             "SELECT peer, count(*), min(seq), max(seq), min(created_ms), sum(length(payload))
@@ -556,63 +759,97 @@ impl Reader {
         )
     }
 
-    /// Every durable timer, by name (one query).
+    /// Every durable timer, by name.
     pub fn timers(&self) -> Result<Vec<TimerRow>, ReadError> {
-        query_decode(
-            &self.conn,
-            SQL_TIMERS,
-            [],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                ))
-            },
-            |(name, due_ms, payload)| schema::decode_timer(name, due_ms, &payload),
-        )
+        self.snapshot(|o| {
+            let rows = query_decode(
+                &self.conn,
+                SQL_TIMERS,
+                [],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                    ))
+                },
+                |(name, due_ms, payload)| schema::decode_timer(name, due_ms, &payload),
+            )?;
+            Ok(merged(
+                rows.into_iter().map(|t| (t.name.clone(), Some(t))),
+                o.timers.iter().map(|(k, t)| (k.clone(), t.clone())),
+            ))
+        })
     }
 
-    /// One client's cached row (last request number and reply), if any (one query).
+    /// One client's cached row (last request number and reply), if any.
     pub fn client(&self, client: &[u8; 16]) -> Result<Option<ClientRow>, ReadError> {
-        crate::access::client(&self.conn, client)
+        self.snapshot(|o| match o.clients.get(client) {
+            Some(row) => Ok(row.clone()),
+            None => crate::access::client(&self.conn, client),
+        })
     }
 
-    /// Every cached client reply, by client id (one query).
+    /// Every cached client reply, by client id.
     pub fn clients(&self) -> Result<Vec<ClientRow>, ReadError> {
-        query_decode(
-            &self.conn,
-            SQL_CLIENTS,
-            [],
-            |r| {
-                Ok((
-                    r.get::<_, Vec<u8>>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, Vec<u8>>(3)?,
-                ))
-            },
-            |(client, request_no, updated_ms, reply)| {
-                schema::decode_client(&client, request_no, updated_ms, &reply)
-            },
-        )
+        self.snapshot(|o| {
+            let rows = query_decode(
+                &self.conn,
+                SQL_CLIENTS,
+                [],
+                |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, Vec<u8>>(3)?,
+                    ))
+                },
+                |(client, request_no, updated_ms, reply)| {
+                    schema::decode_client(&client, request_no, updated_ms, &reply)
+                },
+            )?;
+            Ok(merged(
+                rows.into_iter().map(|c| (c.client, Some(c))),
+                o.clients.iter().map(|(k, c)| (*k, c.clone())),
+            ))
+        })
     }
 
-    /// Every FUSE group record, by group id (one query).
+    /// Every FUSE group record, by group id.
     pub fn groups(&self) -> Result<Vec<GroupRow>, ReadError> {
-        query_decode(
-            &self.conn,
-            SQL_GROUPS,
-            [],
-            |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)),
-            |(group, record)| schema::decode_group(&group, &record),
-        )
+        self.snapshot(|o| {
+            let rows = query_decode(
+                &self.conn,
+                SQL_GROUPS,
+                [],
+                |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)),
+                |(group, record)| schema::decode_group(&group, &record),
+            )?;
+            Ok(merged(
+                rows.into_iter().map(|g| (g.group, Some(g))),
+                o.groups.iter().map(|(k, g)| (*k, g.clone())),
+            ))
+        })
     }
 
-    /// The newest `last` (at most [`MAX_SCAN_ROWS`]) turn-log entries, oldest first (one
-    /// query).
+    /// The newest `last` (at most [`MAX_SCAN_ROWS`]) turn-log entries, oldest first.
     pub fn turn_log(&self, last: u32) -> Result<Vec<TurnLogEntry>, ReadError> {
         let want = last.min(MAX_SCAN_ROWS) as usize;
+        self.snapshot(|o| {
+            // The journal's entries are the newest.
+            let from_journal = o.turn_log.len().min(want);
+            let mut out = self.turn_log_rows(want - from_journal)?;
+            out.extend_from_slice(&o.turn_log[o.turn_log.len() - from_journal..]);
+            Ok(out)
+        })
+    }
+
+    /// The newest `want` entries of the `turn_log` table, oldest first (one query).
+    fn turn_log_rows(&self, want: usize) -> Result<Vec<TurnLogEntry>, ReadError> {
+        if want == 0 {
+            return Ok(Vec::new());
+        }
         let mut stmt = self
             .conn
             .prepare_cached("SELECT turn, turns, entries FROM turn_log ORDER BY turn DESC")?;
@@ -757,7 +994,8 @@ impl Reader {
         }
         // A page that fails its checksum ends the step that read it (SQLite returns no row
         // of it): reported, and the next step goes on.
-        let steps: [VerifyStep; 5] = [
+        let steps: [VerifyStep; 6] = [
+            Reader::verify_journal,
             Reader::verify_kv,
             Reader::verify_outbox_rows,
             Reader::verify_peers,
@@ -836,6 +1074,23 @@ impl Reader {
                 return Ok(());
             }
         }
+    }
+
+    /// Every journal record: its envelope and encoding, its batch's preconditions, and the
+    /// sequence: contiguous from the tables' `commits` + 1 (one snapshot with `meta`).
+    fn verify_journal(&self, problems: &mut Problems) -> Result<(), ReadError> {
+        let tx = self.conn.unchecked_transaction()?;
+        // Damaged meta rows are reported by the meta check.
+        let Ok(meta) = schema::decode_meta(&read_meta_rows(&self.conn)?) else {
+            return Ok(());
+        };
+        match journal::load(&self.conn, meta.commits, meta.turns_committed) {
+            Ok(_) => {}
+            Err(ReadError::Corrupted(c)) => problems.push(c.into()),
+            Err(e) => return Err(e),
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     fn verify_kv(&self, problems: &mut Problems) -> Result<(), ReadError> {
@@ -1023,7 +1278,13 @@ impl Reader {
     }
 }
 
-/// A `LIMIT` parameter, capped at [`MAX_SCAN_ROWS`].
-fn limit_param(rows: u32) -> i64 {
-    i64::from(rows.min(MAX_SCAN_ROWS))
+/// Table rows (in key order) with the journal's changes over them (`None`: deleted), in key
+/// order.
+fn merged<K: Ord, V>(
+    table: impl Iterator<Item = (K, Option<V>)>,
+    journal: impl Iterator<Item = (K, Option<V>)>,
+) -> Vec<V> {
+    let mut all: BTreeMap<K, Option<V>> = table.collect();
+    all.extend(journal);
+    all.into_values().flatten().collect()
 }

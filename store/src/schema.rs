@@ -102,10 +102,22 @@ CREATE TABLE turn_log (
     turns   INTEGER NOT NULL CHECK (turns > 0),
     entries BLOB    NOT NULL
 ) STRICT;
+CREATE TABLE journal (
+    seq    INTEGER NOT NULL PRIMARY KEY CHECK (seq > 0),
+    record BLOB    NOT NULL
+) STRICT;
+";
+
+/// The table format 4 added (the batch journal), created by the migration from format 3.
+pub(crate) const JOURNAL_SQL: &str = "
+CREATE TABLE journal (
+    seq    INTEGER NOT NULL PRIMARY KEY CHECK (seq > 0),
+    record BLOB    NOT NULL
+) STRICT;
 ";
 
 /// Names of the tables [`SCHEMA_SQL`] creates.
-pub(crate) const TABLES: [&str; 9] = [
+pub(crate) const TABLES: [&str; 10] = [
     "meta",
     "root",
     "kv",
@@ -115,6 +127,7 @@ pub(crate) const TABLES: [&str; 9] = [
     "clients",
     "fuse_groups",
     "turn_log",
+    "journal",
 ];
 
 /// Converts an ordered quantity to its `INTEGER` column value.
@@ -418,6 +431,10 @@ pub(crate) fn decode_app(body: &[u8]) -> Result<crate::AppIdentity, Corrupted> {
 /// (format 2: the same schema, every record sealed with the version-1 envelope).
 pub(crate) const MIGRATES_FROM: u32 = 2;
 
+/// Format 3: format 4 without the `journal` table; `Store::open` adds it (and migrates a
+/// format-2 store through format 3 in the same transaction).
+pub(crate) const MIGRATES_FROM_3: u32 = 3;
+
 /// Why the `meta` rows did not decode.
 #[derive(Debug)]
 pub(crate) enum MetaProblem {
@@ -511,11 +528,13 @@ pub(crate) fn decode_meta_as(
         .into());
     }
     if format_version != expect {
-        return Err(if format_version == MIGRATES_FROM {
-            MetaProblem::Migratable(format_version)
-        } else {
-            MetaProblem::Older(format_version)
-        });
+        return Err(
+            if format_version == MIGRATES_FROM || format_version == MIGRATES_FROM_3 {
+                MetaProblem::Migratable(format_version)
+            } else {
+                MetaProblem::Older(format_version)
+            },
+        );
     }
     let body = |key: &str| -> Result<&[u8], Corrupted> {
         meta_body(key, find(key).ok_or_else(|| missing(key))?, format_version)
@@ -593,10 +612,14 @@ mod tests {
             codec::seal(&2u32.to_le_bytes()),
             [0x01, 0x02, 0x00, 0x00, 0x00, 0x26, 0x16, 0x4b, 0x51]
         );
-        assert_eq!(crate::FORMAT_VERSION, 3);
+        assert_eq!(
+            codec::seal(&3u32.to_le_bytes()),
+            [0x01, 0x03, 0x00, 0x00, 0x00, 0x43, 0x71, 0xf7, 0xe9]
+        );
+        assert_eq!(crate::FORMAT_VERSION, 4);
         assert_eq!(
             seal_meta(META_FORMAT_VERSION, &crate::FORMAT_VERSION.to_le_bytes()),
-            [0x01, 0x03, 0x00, 0x00, 0x00, 0x43, 0x71, 0xf7, 0xe9]
+            [0x01, 0x04, 0x00, 0x00, 0x00, 0xfa, 0x49, 0x20, 0x74]
         );
         // A record: table `kv`, application table "t", key "k", value "hi".
         assert_eq!(

@@ -29,6 +29,7 @@ use crate::access::{
 };
 use crate::codec::{self, seal_record, Record};
 use crate::error::{CommitError, OpenError, ReadError};
+use crate::journal::JournalRecord;
 use crate::schema::{self, sql_u64};
 use crate::witness::{self, Witness, WitnessRecord};
 use crate::{
@@ -74,10 +75,14 @@ pub struct Store {
     options: StoreOptions,
     turns_committed: u64,
     commits: u64,
-    /// The `turn_log` rows, oldest first: (first turn, entries).
-    turn_log: std::collections::VecDeque<(u64, u64)>,
-    /// Entries over all `turn_log` rows.
-    turn_log_entries: u64,
+    /// The `turn_log` table's rows (the journal's entries are not in it until folded).
+    turn_log: TurnLog,
+    /// The journal's rows, oldest first, as committed (the next direct commit folds them).
+    journal: Vec<JournalRecord>,
+    /// Journal rows at most before a commit folds them (0: never journal).
+    journal_rows: usize,
+    /// Largest sealed journal record, in bytes.
+    journal_record_max: usize,
     poisoned: bool,
     /// The application identity in `meta` (`None` for a store opened without one).
     app: Option<AppIdentity>,
@@ -88,8 +93,59 @@ pub struct Store {
 /// rows.
 pub const TURN_LOG_ROW_ENTRIES_MAX: usize = 64;
 
+/// A batch of more rows than this is committed directly without encoding it for the journal
+/// (it would not fit a journal record of about a quarter page anyway).
+const JOURNAL_BATCH_ROWS_MAX: usize = 16;
+
+/// The `turn_log` table's rows, oldest first: (first turn, entries), and their entry count.
+#[derive(Debug, Clone, Default)]
+struct TurnLog {
+    rows: std::collections::VecDeque<(u64, u64)>,
+    entries: u64,
+}
+
+impl TurnLog {
+    /// The turn-log rows a commit of `entries` adds, and how many of the oldest rows it
+    /// drops: whole rows, oldest first, while at least `max` entries remain (so the log holds
+    /// the newest `max` entries and at most one row's worth more).
+    fn plan(&self, max: u32, entries: &[TurnLogEntry]) -> TurnLogPlan {
+        let max = u64::from(max);
+        let added: Vec<(u64, u64)> = if max == 0 {
+            Vec::new()
+        } else {
+            entries
+                .chunks(TURN_LOG_ROW_ENTRIES_MAX)
+                .map(|c| (c[0].turn, c.len() as u64))
+                .collect()
+        };
+        let mut total = self.entries + added.iter().map(|(_, n)| n).sum::<u64>();
+        let mut dropped: usize = 0;
+        for &(_, n) in &self.rows {
+            if total - n < max {
+                break;
+            }
+            total -= n;
+            dropped += 1;
+        }
+        TurnLogPlan {
+            newest_dropped: dropped.checked_sub(1).map(|i| self.rows[i].0),
+            dropped,
+            added,
+            entries: total,
+        }
+    }
+
+    fn apply(&mut self, plan: TurnLogPlan) {
+        self.rows.drain(..plan.dropped);
+        self.rows.extend(plan.added);
+        self.entries = plan.entries;
+    }
+}
+
 /// What a commit does to the turn log, applied to [`Store`]'s bookkeeping once it is durable.
 struct TurnLogPlan {
+    /// The first turn of the newest row dropped.
+    newest_dropped: Option<u64>,
     /// Rows dropped from the front.
     dropped: usize,
     /// Rows appended: (first turn, entries).
@@ -257,7 +313,7 @@ impl Store {
                     (f, len)
                 })
                 .collect();
-        let (conn, recovered, turn_log, stored_app) =
+        let (conn, recovered, turn_log, stored_app, journal) =
             match open_checked(path, process_id, options, witnessed, &lock_file, app) {
                 Ok(opened) => opened,
                 Err(e) => {
@@ -292,6 +348,13 @@ impl Store {
             },
         )
         .map_err(io_err(&lock_file))?;
+        // A quarter page by default: a journal commit then writes about one page.
+        let journal_record_max = match options.journal_record_max_bytes {
+            Some(bytes) => bytes as usize,
+            None => conn
+                .pragma_query_value(None, "page_size", |r| r.get::<_, i64>(0))
+                .map_or(256, |size| usize::try_from(size / 4).unwrap_or(256)),
+        };
         let store = Store {
             conn,
             witness,
@@ -301,8 +364,13 @@ impl Store {
             options: options.clone(),
             turns_committed: recovered.turns_committed,
             commits: recovered.commits,
-            turn_log_entries: turn_log.iter().map(|(_, n)| n).sum(),
-            turn_log,
+            turn_log: TurnLog {
+                entries: turn_log.iter().map(|(_, n)| n).sum(),
+                rows: turn_log,
+            },
+            journal,
+            journal_rows: options.journal_rows as usize,
+            journal_record_max,
             poisoned: false,
             app: stored_app,
         };
@@ -378,7 +446,25 @@ impl Store {
         if self.poisoned {
             return Err(ReadError::Poisoned);
         }
+        // The journal's writes are newer than the table's rows: the newest one wins.
+        for rec in self.journal.iter().rev() {
+            if let Some(w) = rec
+                .batch
+                .table_writes
+                .iter()
+                .rev()
+                .find(|w| w.table == table && w.key == key)
+            {
+                return Ok(w.value.clone());
+            }
+        }
         table_get(&self.conn, table, key)
+    }
+
+    /// Commits held in the journal, not yet folded into the tables (the next direct commit,
+    /// or a clean close, folds them; an open keeps what it finds).
+    pub fn journaled(&self) -> usize {
+        self.journal.len()
     }
 
     /// Writes `batch` in one transaction and returns once it is durable.
@@ -409,14 +495,22 @@ impl Store {
             .expect("turns_committed overflows u64");
         let commits = self.commits + 1;
         match self.write(batch, turns_committed, commits, app) {
-            Ok(plan) => {
+            Ok(written) => {
                 // Durable: witness it before any output of the batch can leave.
                 self.witness.set(commits);
                 self.turns_committed = turns_committed;
                 self.commits = commits;
-                self.turn_log.drain(..plan.dropped);
-                self.turn_log.extend(plan.added);
-                self.turn_log_entries = plan.entries;
+                match written {
+                    Written::Journal(batch) => self.journal.push(JournalRecord {
+                        turns_committed,
+                        commits,
+                        batch: *batch,
+                    }),
+                    Written::Direct(log) => {
+                        self.journal.clear();
+                        self.turn_log = log;
+                    }
+                }
                 Ok(CommitInfo {
                     commits,
                     turns_committed,
@@ -430,158 +524,49 @@ impl Store {
         }
     }
 
-    /// The transaction of [`Store::commit`]. Returns what it did to the turn log.
+    /// The transaction of [`Store::commit`]: one journal row, or (a large batch, a full
+    /// journal, a schema change) the fold of the journal and the batch into the tables.
     fn write(
         &mut self,
         batch: &Batch,
         turns_committed: u64,
         commits: u64,
         app: Option<&AppIdentity>,
-    ) -> Result<TurnLogPlan, CommitError> {
-        let plan = self.turn_log_plan(&batch.turn_log);
-        let newest_dropped = plan.dropped.checked_sub(1).map(|i| self.turn_log[i].0);
+    ) -> Result<Written, CommitError> {
+        let max = self.options.turn_log_max;
+        let journal = (app.is_none()
+            && self.journal.len() < self.journal_rows
+            && batch.rows() <= JOURNAL_BATCH_ROWS_MAX)
+            .then(|| {
+                // A store that keeps no turn log journals none either (a reader would show it).
+                let batch = if max == 0 && !batch.turn_log.is_empty() {
+                    Batch {
+                        turn_log: Vec::new(),
+                        ..batch.clone()
+                    }
+                } else {
+                    batch.clone()
+                };
+                let record = crate::journal::seal(turns_committed, commits, &batch);
+                (batch, record)
+            })
+            .filter(|(_, record)| record.len() <= self.journal_record_max);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        if let Some(root) = &batch.root {
-            tx.prepare_cached(
-                "INSERT INTO root (id, value) VALUES (0, ?1)
-                 ON CONFLICT (id) DO UPDATE SET value = excluded.value",
-            )?
-            .execute([seal_record(&Record::root(), root)])?;
-        }
-        if !batch.table_writes.is_empty() {
-            let mut put = tx.prepare_cached(
-                "INSERT INTO kv (tbl, key, value) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (tbl, key) DO UPDATE SET value = excluded.value",
-            )?;
-            let mut del = tx.prepare_cached("DELETE FROM kv WHERE tbl = ?1 AND key = ?2")?;
-            for w in &batch.table_writes {
-                match &w.value {
-                    Some(v) => put.execute((
-                        &w.table,
-                        &w.key,
-                        seal_record(&Record::kv(&w.table, &w.key), v),
-                    ))?,
-                    None => del.execute((&w.table, &w.key))?,
-                };
+        if let Some((batch, record)) = journal {
+            // What the fold would refuse is refused now, while nothing is durable.
+            if let Some(conflict) = journal_conflict(&tx, &self.journal, &self.turn_log, &batch)? {
+                return Err(CommitError::Sqlite { detail: conflict });
             }
+            tx.prepare_cached("INSERT INTO journal (seq, record) VALUES (?1, ?2)")?
+                .execute((sql_u64(commits, "commit count"), record))?;
+            tx.commit()?;
+            return Ok(Written::Journal(Box::new(batch)));
         }
-        if !batch.outbox_appends.is_empty() {
-            let mut append = tx.prepare_cached(
-                "INSERT INTO outbox (peer, seq, created_ms, payload) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            for m in &batch.outbox_appends {
-                append.execute((
-                    &m.peer,
-                    sql_u64(m.seq, "outbox seq"),
-                    sql_u64(m.created_ms, "outbox created_ms"),
-                    seal_record(&Record::outbox(&m.peer, m.seq, m.created_ms), &m.payload),
-                ))?;
-            }
-        }
-        if !batch.outbox_acks.is_empty() {
-            let mut ack = tx.prepare_cached("DELETE FROM outbox WHERE peer = ?1 AND seq <= ?2")?;
-            for a in &batch.outbox_acks {
-                ack.execute((&a.peer, sql_u64(a.up_to, "outbox ack up_to")))?;
-            }
-        }
-        if !batch.outbox_forget.is_empty() {
-            let mut forget = tx.prepare_cached("DELETE FROM outbox WHERE peer = ?1")?;
-            for peer in &batch.outbox_forget {
-                forget.execute([peer])?;
-            }
-        }
-        if !batch.peers.is_empty() {
-            let mut put = tx.prepare_cached(
-                "INSERT INTO peers (peer, record) VALUES (?1, ?2)
-                 ON CONFLICT (peer) DO UPDATE SET record = excluded.record",
-            )?;
-            for p in &batch.peers {
-                put.execute((
-                    &p.peer,
-                    seal_record(&Record::peer(&p.peer), &schema::peer_body(p)),
-                ))?;
-            }
-        }
-        if !batch.timers.is_empty() {
-            let mut set = tx.prepare_cached(
-                "INSERT INTO timers (name, due_ms, payload) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (name) DO UPDATE SET due_ms = excluded.due_ms, payload = excluded.payload",
-            )?;
-            let mut cancel = tx.prepare_cached("DELETE FROM timers WHERE name = ?1")?;
-            for t in &batch.timers {
-                match t {
-                    TimerChange::Set {
-                        name,
-                        due_ms,
-                        payload,
-                    } => set.execute((
-                        name,
-                        sql_u64(*due_ms, "timer due_ms"),
-                        seal_record(&Record::timer(name, *due_ms), payload),
-                    ))?,
-                    TimerChange::Cancel { name } => cancel.execute([name])?,
-                };
-            }
-        }
-        if !batch.clients.is_empty() {
-            let mut put = tx.prepare_cached(
-                "INSERT INTO clients (client, request_no, updated_ms, reply) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (client) DO UPDATE SET request_no = excluded.request_no,
-                     updated_ms = excluded.updated_ms, reply = excluded.reply",
-            )?;
-            let mut evict = tx.prepare_cached("DELETE FROM clients WHERE client = ?1")?;
-            for c in &batch.clients {
-                match c {
-                    ClientChange::Put(row) => put.execute((
-                        &row.client[..],
-                        sql_u64(row.request_no, "client request_no"),
-                        sql_u64(row.updated_ms, "client updated_ms"),
-                        seal_record(
-                            &Record::client(&row.client, row.request_no, row.updated_ms),
-                            &row.reply,
-                        ),
-                    ))?,
-                    ClientChange::Evict { client } => evict.execute([&client[..]])?,
-                };
-            }
-        }
-        if !batch.groups.is_empty() {
-            let mut put = tx.prepare_cached(
-                "INSERT INTO fuse_groups (group_id, record) VALUES (?1, ?2)
-                 ON CONFLICT (group_id) DO UPDATE SET record = excluded.record",
-            )?;
-            let mut del = tx.prepare_cached("DELETE FROM fuse_groups WHERE group_id = ?1")?;
-            for g in &batch.groups {
-                match g {
-                    GroupChange::Put(row) => put.execute((
-                        &row.group[..],
-                        seal_record(&Record::group(&row.group), &row.record),
-                    ))?,
-                    GroupChange::Delete { group } => del.execute([&group[..]])?,
-                };
-            }
-        }
-        if let Some(newest_dropped) = newest_dropped {
-            tx.prepare_cached("DELETE FROM turn_log WHERE turn <= ?1")?
-                .execute([sql_u64(newest_dropped, "turn number")])?;
-        }
-        if !plan.added.is_empty() {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO turn_log (turn, turns, entries) VALUES (?1, ?2, ?3)",
-            )?;
-            for chunk in batch.turn_log.chunks(TURN_LOG_ROW_ENTRIES_MAX) {
-                insert.execute((
-                    sql_u64(chunk[0].turn, "turn number"),
-                    chunk.len() as i64,
-                    seal_record(
-                        &Record::turn_log(chunk[0].turn, chunk.len() as u64),
-                        &codec::encode(chunk),
-                    ),
-                ))?;
-            }
-        }
+        let mut log = self.turn_log.clone();
+        fold(&tx, &self.journal, &mut log, max)?;
+        apply(&tx, batch, &mut log, max)?;
         let changed = tx
             .prepare_cached("UPDATE meta SET value = ?1 WHERE key = ?2")?
             .execute((
@@ -602,45 +587,275 @@ impl Store {
             assert_eq!(changed, 1, "meta has exactly one `app` row");
         }
         tx.commit()?;
-        Ok(plan)
+        Ok(Written::Direct(log))
     }
+}
 
-    /// The turn-log rows a commit of `entries` adds, and how many of the oldest rows it
-    /// drops: whole rows, oldest first, while at least `turn_log_max` entries remain (so the
-    /// log holds the newest `turn_log_max` entries and at most one row's worth more).
-    fn turn_log_plan(&self, entries: &[TurnLogEntry]) -> TurnLogPlan {
-        let max = u64::from(self.options.turn_log_max);
-        let added: Vec<(u64, u64)> = if max == 0 {
-            Vec::new()
-        } else {
-            entries
-                .chunks(TURN_LOG_ROW_ENTRIES_MAX)
-                .map(|c| (c[0].turn, c.len() as u64))
-                .collect()
-        };
-        let mut total = self.turn_log_entries + added.iter().map(|(_, n)| n).sum::<u64>();
-        let mut dropped = 0;
-        for &(_, n) in &self.turn_log {
-            if total - n < max {
-                break;
-            }
-            total -= n;
-            dropped += 1;
+/// Why the tables would refuse `batch` when the journal is folded, if they would: the
+/// two keys a batch inserts rather than upserts. A turn-log entry must be newer than
+/// every turn logged (the table's newest row and the journal), an outbox row must not
+/// exist (in the table or the journal). Checked before a journal commit, so that an
+/// acknowledged journal row always folds; a direct commit's SQL checks the same keys.
+fn journal_conflict(
+    tx: &rusqlite::Transaction<'_>,
+    journal: &[JournalRecord],
+    turn_log: &TurnLog,
+    batch: &Batch,
+) -> rusqlite::Result<Option<String>> {
+    if let Some(first) = batch.turn_log.first() {
+        let newest = journal
+            .iter()
+            .rev()
+            .find_map(|r| r.batch.turn_log.last().map(|e| e.turn))
+            .or_else(|| turn_log.rows.back().map(|(t, _)| *t));
+        if let Some(newest) = newest.filter(|n| first.turn <= *n) {
+            return Ok(Some(format!(
+                    "turn-log entry {} is not newer than turn {newest}, already logged                      (the turn_log table's key)",
+                    first.turn
+                )));
         }
-        TurnLogPlan {
-            dropped,
-            added,
-            entries: total,
+    }
+    for m in &batch.outbox_appends {
+        let in_journal = journal.iter().any(|r| {
+            r.batch
+                .outbox_appends
+                .iter()
+                .any(|o| o.peer == m.peer && o.seq == m.seq)
+        });
+        let in_table = in_journal
+            || tx
+                .prepare_cached("SELECT 1 FROM outbox WHERE peer = ?1 AND seq = ?2")?
+                .query_row((&m.peer, sql_u64(m.seq, "outbox seq")), |_| Ok(()))
+                .optional()?
+                .is_some();
+        if in_table {
+            return Ok(Some(format!(
+                "outbox row {}/{} exists already (the outbox table's key)",
+                m.peer, m.seq
+            )));
+        }
+    }
+    Ok(None)
+}
+
+impl Drop for Store {
+    /// A clean close folds the journal (one transaction, not a commit), so a store closed
+    /// cleanly has every commit in its tables, as before format 4. A failure is logged and
+    /// changes nothing: the next open recovers through the journal.
+    fn drop(&mut self) {
+        if self.poisoned || self.journal.is_empty() {
+            return;
+        }
+        let newest = self.journal.last().expect("a journal to fold");
+        let counters =
+            schema::counters_body(newest.turns_committed, newest.commits, newest.batch.now_ms);
+        let mut log = self.turn_log.clone();
+        let result = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .and_then(|tx| {
+                fold(&tx, &self.journal, &mut log, self.options.turn_log_max)?;
+                tx.execute(
+                    "UPDATE meta SET value = ?1 WHERE key = ?2",
+                    (
+                        schema::seal_meta(schema::META_COUNTERS, &counters),
+                        schema::META_COUNTERS,
+                    ),
+                )?;
+                tx.commit()
+            });
+        if let Err(e) = result {
+            tracing::warn!(path = %self.path.display(), error = %e, "folding the journal at close failed; it stays for the next open");
         }
     }
 }
 
-/// What [`open_checked`] hands back: the connection, what it recovered, the turn-log rows.
+/// What a commit wrote, for [`Store`]'s bookkeeping once it is durable.
+enum Written {
+    /// One journal row holding this batch.
+    Journal(Box<Batch>),
+    /// The tables (the journal folded and emptied); the turn log's rows now.
+    Direct(TurnLog),
+}
+
+/// Applies every journaled batch to the tables, in order, and empties the journal (inside
+/// the caller's transaction). `log` follows the turn-log rows.
+fn fold(
+    tx: &rusqlite::Transaction<'_>,
+    journal: &[JournalRecord],
+    log: &mut TurnLog,
+    turn_log_max: u32,
+) -> rusqlite::Result<()> {
+    if journal.is_empty() {
+        return Ok(());
+    }
+    for rec in journal {
+        apply(tx, &rec.batch, log, turn_log_max)?;
+    }
+    tx.prepare_cached("DELETE FROM journal")?.execute([])?;
+    Ok(())
+}
+
+/// Applies one batch to the tables (inside the caller's transaction), in this order: the
+/// root (upsert), table writes (upsert) and deletes, outbox appends, acks and forgets, peer
+/// counters, timers, clients, groups, turn-log trimming and inserts. Not the counters.
+fn apply(
+    tx: &rusqlite::Transaction<'_>,
+    batch: &Batch,
+    log: &mut TurnLog,
+    turn_log_max: u32,
+) -> rusqlite::Result<()> {
+    let plan = log.plan(turn_log_max, &batch.turn_log);
+    if let Some(root) = &batch.root {
+        tx.prepare_cached(
+            "INSERT INTO root (id, value) VALUES (0, ?1)
+             ON CONFLICT (id) DO UPDATE SET value = excluded.value",
+        )?
+        .execute([seal_record(&Record::root(), root)])?;
+    }
+    if !batch.table_writes.is_empty() {
+        let mut put = tx.prepare_cached(
+            "INSERT INTO kv (tbl, key, value) VALUES (?1, ?2, ?3)
+             ON CONFLICT (tbl, key) DO UPDATE SET value = excluded.value",
+        )?;
+        let mut del = tx.prepare_cached("DELETE FROM kv WHERE tbl = ?1 AND key = ?2")?;
+        for w in &batch.table_writes {
+            match &w.value {
+                Some(v) => put.execute((
+                    &w.table,
+                    &w.key,
+                    seal_record(&Record::kv(&w.table, &w.key), v),
+                ))?,
+                None => del.execute((&w.table, &w.key))?,
+            };
+        }
+    }
+    if !batch.outbox_appends.is_empty() {
+        let mut append = tx.prepare_cached(
+            "INSERT INTO outbox (peer, seq, created_ms, payload) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for m in &batch.outbox_appends {
+            append.execute((
+                &m.peer,
+                sql_u64(m.seq, "outbox seq"),
+                sql_u64(m.created_ms, "outbox created_ms"),
+                seal_record(&Record::outbox(&m.peer, m.seq, m.created_ms), &m.payload),
+            ))?;
+        }
+    }
+    if !batch.outbox_acks.is_empty() {
+        let mut ack = tx.prepare_cached("DELETE FROM outbox WHERE peer = ?1 AND seq <= ?2")?;
+        for a in &batch.outbox_acks {
+            ack.execute((&a.peer, sql_u64(a.up_to, "outbox ack up_to")))?;
+        }
+    }
+    if !batch.outbox_forget.is_empty() {
+        let mut forget = tx.prepare_cached("DELETE FROM outbox WHERE peer = ?1")?;
+        for peer in &batch.outbox_forget {
+            forget.execute([peer])?;
+        }
+    }
+    if !batch.peers.is_empty() {
+        let mut put = tx.prepare_cached(
+            "INSERT INTO peers (peer, record) VALUES (?1, ?2)
+             ON CONFLICT (peer) DO UPDATE SET record = excluded.record",
+        )?;
+        for p in &batch.peers {
+            put.execute((
+                &p.peer,
+                seal_record(&Record::peer(&p.peer), &schema::peer_body(p)),
+            ))?;
+        }
+    }
+    if !batch.timers.is_empty() {
+        let mut set = tx.prepare_cached(
+            "INSERT INTO timers (name, due_ms, payload) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO UPDATE SET due_ms = excluded.due_ms, payload = excluded.payload",
+        )?;
+        let mut cancel = tx.prepare_cached("DELETE FROM timers WHERE name = ?1")?;
+        for t in &batch.timers {
+            match t {
+                TimerChange::Set {
+                    name,
+                    due_ms,
+                    payload,
+                } => set.execute((
+                    name,
+                    sql_u64(*due_ms, "timer due_ms"),
+                    seal_record(&Record::timer(name, *due_ms), payload),
+                ))?,
+                TimerChange::Cancel { name } => cancel.execute([name])?,
+            };
+        }
+    }
+    if !batch.clients.is_empty() {
+        let mut put = tx.prepare_cached(
+            "INSERT INTO clients (client, request_no, updated_ms, reply) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (client) DO UPDATE SET request_no = excluded.request_no,
+                 updated_ms = excluded.updated_ms, reply = excluded.reply",
+        )?;
+        let mut evict = tx.prepare_cached("DELETE FROM clients WHERE client = ?1")?;
+        for c in &batch.clients {
+            match c {
+                ClientChange::Put(row) => put.execute((
+                    &row.client[..],
+                    sql_u64(row.request_no, "client request_no"),
+                    sql_u64(row.updated_ms, "client updated_ms"),
+                    seal_record(
+                        &Record::client(&row.client, row.request_no, row.updated_ms),
+                        &row.reply,
+                    ),
+                ))?,
+                ClientChange::Evict { client } => evict.execute([&client[..]])?,
+            };
+        }
+    }
+    if !batch.groups.is_empty() {
+        let mut put = tx.prepare_cached(
+            "INSERT INTO fuse_groups (group_id, record) VALUES (?1, ?2)
+             ON CONFLICT (group_id) DO UPDATE SET record = excluded.record",
+        )?;
+        let mut del = tx.prepare_cached("DELETE FROM fuse_groups WHERE group_id = ?1")?;
+        for g in &batch.groups {
+            match g {
+                GroupChange::Put(row) => put.execute((
+                    &row.group[..],
+                    seal_record(&Record::group(&row.group), &row.record),
+                ))?,
+                GroupChange::Delete { group } => del.execute([&group[..]])?,
+            };
+        }
+    }
+    if let Some(newest_dropped) = plan.newest_dropped {
+        tx.prepare_cached("DELETE FROM turn_log WHERE turn <= ?1")?
+            .execute([sql_u64(newest_dropped, "turn number")])?;
+    }
+    if !plan.added.is_empty() {
+        let mut insert =
+            tx.prepare_cached("INSERT INTO turn_log (turn, turns, entries) VALUES (?1, ?2, ?3)")?;
+        for chunk in batch.turn_log.chunks(TURN_LOG_ROW_ENTRIES_MAX) {
+            insert.execute((
+                sql_u64(chunk[0].turn, "turn number"),
+                chunk.len() as i64,
+                seal_record(
+                    &Record::turn_log(chunk[0].turn, chunk.len() as u64),
+                    &codec::encode(chunk),
+                ),
+            ))?;
+        }
+    }
+    log.apply(plan);
+    Ok(())
+}
+
+/// What [`open_checked`] hands back: the connection, what it recovered (journal included),
+/// the turn-log rows, the application identity, and the journal (not folded).
 type Opened = (
     Connection,
     Recovered,
     std::collections::VecDeque<(u64, u64)>,
     Option<AppIdentity>,
+    Vec<JournalRecord>,
 );
 
 /// The part of [`Store::open_with`] that opens the connection: classify, create or migrate,
@@ -730,10 +945,10 @@ fn open_checked(
         fsync_dir(path)?;
         tracing::info!(path = %path.display(), process_id, "created store");
     }
-    if matches!(found, Found::Migratable) {
-        migrate(&mut conn, path, process_id)?;
+    if let Found::Migratable(from) = found {
+        migrate(&mut conn, path, process_id, from)?;
     }
-    let (recovered, turn_log) = recover(&mut conn, path, created)?;
+    let (recovered, turn_log, journal) = recover(&mut conn, path, created)?;
     if recovered.process_id != process_id {
         return Err(OpenError::WrongProcess {
             expected: process_id.to_string(),
@@ -760,8 +975,21 @@ fn open_checked(
             );
         }
     }
-    let mut recovered = recovered;
-    let stored_app = match (app, meta_app(&conn, path)?) {
+    // Accepted. The journal stays as found (what recovery hands back includes it; the next
+    // direct commit folds it), unless the store adopts an application identity now: that
+    // rewrites every outbox row of the table, so the journal is folded first.
+    let have_app = meta_app(&conn, path)?;
+    let (mut recovered, turn_log, journal) =
+        if journal.is_empty() || app.is_none() || have_app.is_some() {
+            (recovered, turn_log, journal)
+        } else {
+            let (mut again, turn_log, rest) =
+                fold_at_open(&mut conn, path, options, &journal, turn_log)?;
+            assert!(rest.is_empty(), "the fold emptied the journal");
+            again.created = created;
+            (again, turn_log, rest)
+        };
+    let stored_app = match (app, have_app) {
         (_, Some(have)) => {
             if let Some(want) = app {
                 check_app(path, want, &have)?;
@@ -780,7 +1008,7 @@ fn open_checked(
     };
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false)
         .map_err(sqlite_open_err(path))?;
-    Ok((conn, recovered, turn_log, stored_app))
+    Ok((conn, recovered, turn_log, stored_app, journal))
 }
 
 /// Refuses a store of another application or of a newer schema version.
@@ -881,6 +1109,10 @@ fn configure_owner(
     conn.pragma_update(None, "locking_mode", "NORMAL")
         .map_err(&sq)?;
     conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT_BYTES)
+        .map_err(&sq)?;
+    // A folded journal row's bytes are zeroed where that costs no extra write (its page is
+    // written anyway), so the file does not keep stale copies of batches.
+    conn.pragma_update(None, "secure_delete", "FAST")
         .map_err(&sq)?;
     if let Some(pages) = options.max_page_count {
         conn.pragma_update(None, "max_page_count", pages)
@@ -994,7 +1226,12 @@ const MIGRATE_PAGE_ROWS: i64 = 512;
 /// checked with the version-1 envelope and sealed again with its identity
 /// ([`codec::seal_record`]), and `format_version` is set. A damaged record aborts it with
 /// `Corrupted` (nothing written); a crash leaves format 2, migrated again at the next open.
-fn migrate(conn: &mut Connection, path: &Path, process_id: &str) -> Result<(), OpenError> {
+fn migrate(
+    conn: &mut Connection,
+    path: &Path,
+    process_id: &str,
+    from: u32,
+) -> Result<(), OpenError> {
     use rusqlite::types::Value;
     let sq = sqlite_open_err(path);
     let started = std::time::Instant::now();
@@ -1002,156 +1239,160 @@ fn migrate(conn: &mut Connection, path: &Path, process_id: &str) -> Result<(), O
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(&sq)?;
     let meta = read_meta_rows(&tx).map_err(&sq)?;
-    schema::decode_meta_as(&meta, schema::MIGRATES_FROM).map_err(|p| match p {
+    schema::decode_meta_as(&meta, from).map_err(|p| match p {
         schema::MetaProblem::Corrupted(c) => OpenError::Corrupted(c),
         other => OpenError::Sqlite {
             path: path.to_path_buf(),
-            detail: format!("format-2 meta rows changed while migrating: {other:?}"),
+            detail: format!("format-{from} meta rows changed while migrating: {other:?}"),
         },
     })?;
     let mut rows = 0u64;
-    for (key, value) in &meta {
-        if key == schema::META_MAGIC || key == schema::META_FORMAT_VERSION {
-            continue;
+    if from == schema::MIGRATES_FROM {
+        for (key, value) in &meta {
+            if key == schema::META_MAGIC || key == schema::META_FORMAT_VERSION {
+                continue;
+            }
+            let body = codec::unseal("meta", key, value).map_err(OpenError::Corrupted)?;
+            tx.execute(
+                "UPDATE meta SET value = ?1 WHERE key = ?2",
+                (schema::seal_meta(key, body), key),
+            )
+            .map_err(&sq)?;
+            rows += 1;
         }
-        let body = codec::unseal("meta", key, value).map_err(OpenError::Corrupted)?;
-        tx.execute(
-            "UPDATE meta SET value = ?1 WHERE key = ?2",
-            (schema::seal_meta(key, body), key),
-        )
-        .map_err(&sq)?;
-        rows += 1;
-    }
-    let int = |v: &Value, t: &str, k: &str, c: &str| match v {
-        Value::Integer(i) => schema::u64_from_sql(*i, t, k, c).map_err(OpenError::Corrupted),
-        _ => Err(OpenError::Corrupted(Corrupted {
-            table: t.to_string(),
-            key: k.to_string(),
-            detail: format!("column `{c}` is not an integer"),
-        })),
-    };
-    for m in &MIGRATE_TABLES {
-        let cols: Vec<&str> = m.keys.iter().chain(m.extra).copied().collect();
-        let key_list = m.keys.join(", ");
-        let params: Vec<String> = (1..=m.keys.len()).map(|i| format!("?{i}")).collect();
-        let first = format!(
-            "SELECT {}, {} FROM {} ORDER BY {key_list} LIMIT {MIGRATE_PAGE_ROWS}",
-            cols.join(", "),
-            m.sealed,
-            m.table
-        );
-        let next = format!(
+        let int = |v: &Value, t: &str, k: &str, c: &str| match v {
+            Value::Integer(i) => schema::u64_from_sql(*i, t, k, c).map_err(OpenError::Corrupted),
+            _ => Err(OpenError::Corrupted(Corrupted {
+                table: t.to_string(),
+                key: k.to_string(),
+                detail: format!("column `{c}` is not an integer"),
+            })),
+        };
+        for m in &MIGRATE_TABLES {
+            let cols: Vec<&str> = m.keys.iter().chain(m.extra).copied().collect();
+            let key_list = m.keys.join(", ");
+            let params: Vec<String> = (1..=m.keys.len()).map(|i| format!("?{i}")).collect();
+            let first = format!(
+                "SELECT {}, {} FROM {} ORDER BY {key_list} LIMIT {MIGRATE_PAGE_ROWS}",
+                cols.join(", "),
+                m.sealed,
+                m.table
+            );
+            let next = format!(
             "SELECT {}, {} FROM {} WHERE ({key_list}) > ({}) ORDER BY {key_list} LIMIT {MIGRATE_PAGE_ROWS}",
             cols.join(", "),
             m.sealed,
             m.table,
             params.join(", ")
         );
-        let update = format!(
-            "UPDATE {} SET {} = ?1 WHERE {}",
-            m.table,
-            m.sealed,
-            m.keys
-                .iter()
-                .enumerate()
-                .map(|(i, k)| format!("{k} = ?{}", i + 2))
-                .collect::<Vec<_>>()
-                .join(" AND ")
-        );
-        let mut after: Option<Vec<Value>> = None;
-        loop {
-            let page: Vec<Vec<Value>> = {
-                let mut stmt = tx
-                    .prepare_cached(if after.is_some() { &next } else { &first })
+            let update = format!(
+                "UPDATE {} SET {} = ?1 WHERE {}",
+                m.table,
+                m.sealed,
+                m.keys
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| format!("{k} = ?{}", i + 2))
+                    .collect::<Vec<_>>()
+                    .join(" AND ")
+            );
+            let mut after: Option<Vec<Value>> = None;
+            loop {
+                let page: Vec<Vec<Value>> = {
+                    let mut stmt = tx
+                        .prepare_cached(if after.is_some() { &next } else { &first })
+                        .map_err(&sq)?;
+                    let n = cols.len() + 1;
+                    let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Vec<Value>> {
+                        (0..n).map(|i| r.get::<_, Value>(i)).collect()
+                    };
+                    let got = match &after {
+                        None => stmt.query_map([], map),
+                        Some(a) => stmt.query_map(rusqlite::params_from_iter(a.iter()), map),
+                    }
                     .map_err(&sq)?;
-                let n = cols.len() + 1;
-                let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Vec<Value>> {
-                    (0..n).map(|i| r.get::<_, Value>(i)).collect()
+                    got.collect::<rusqlite::Result<_>>().map_err(&sq)?
                 };
-                let got = match &after {
-                    None => stmt.query_map([], map),
-                    Some(a) => stmt.query_map(rusqlite::params_from_iter(a.iter()), map),
+                for row in &page {
+                    let text = |i: usize| match &row[i] {
+                        Value::Text(t) => t.clone(),
+                        other => format!("{other:?}"),
+                    };
+                    let blob = |i: usize| match &row[i] {
+                        Value::Blob(b) => b.clone(),
+                        Value::Text(t) => t.as_bytes().to_vec(),
+                        _ => Vec::new(),
+                    };
+                    let sealed = match &row[cols.len()] {
+                        Value::Blob(b) => b.as_slice(),
+                        _ => &[][..],
+                    };
+                    let (name, key): (String, String) = match m.table {
+                        "kv" => (
+                            schema::kv_table_name(&text(0)),
+                            codec::printable_key(&blob(1)),
+                        ),
+                        "outbox" => ("outbox".into(), format!("{}/{:?}", text(0), row[1])),
+                        "clients" | "fuse_groups" => (m.table.into(), schema::hex_key(&blob(0))),
+                        "root" => ("root".into(), schema::ROOT_KEY.into()),
+                        "turn_log" => ("turn_log".into(), format!("{:?}", row[0])),
+                        _ => (m.table.into(), text(0)),
+                    };
+                    let body = codec::unseal(&name, &key, sealed).map_err(OpenError::Corrupted)?;
+                    let (t0, b0, b1) = (text(0), blob(0), blob(1));
+                    let resealed = match m.table {
+                        "root" => codec::seal_record(&Record::root(), body),
+                        "kv" => codec::seal_record(&Record::kv(&t0, &b1), body),
+                        "outbox" => codec::seal_record(
+                            &Record::outbox(
+                                &t0,
+                                int(&row[1], &name, &key, "seq")?,
+                                int(&row[2], &name, &key, "created_ms")?,
+                            ),
+                            body,
+                        ),
+                        "peers" => codec::seal_record(&Record::peer(&t0), body),
+                        "timers" => codec::seal_record(
+                            &Record::timer(&t0, int(&row[1], &name, &key, "due_ms")?),
+                            body,
+                        ),
+                        "clients" => codec::seal_record(
+                            &Record::client(
+                                &b0,
+                                int(&row[1], &name, &key, "request_no")?,
+                                int(&row[2], &name, &key, "updated_ms")?,
+                            ),
+                            body,
+                        ),
+                        "fuse_groups" => codec::seal_record(&Record::group(&b0), body),
+                        "turn_log" => codec::seal_record(
+                            &Record::turn_log(
+                                int(&row[0], &name, &key, "turn")?,
+                                int(&row[1], &name, &key, "turns")?,
+                            ),
+                            body,
+                        ),
+                        other => unreachable!("no migration for table {other}"),
+                    };
+                    let mut p: Vec<Value> = vec![Value::Blob(resealed)];
+                    p.extend(row[..m.keys.len()].iter().cloned());
+                    let changed = tx
+                        .prepare_cached(&update)
+                        .and_then(|mut s| s.execute(rusqlite::params_from_iter(p.iter())))
+                        .map_err(&sq)?;
+                    assert_eq!(changed, 1, "the migrated row exists");
+                    rows += 1;
                 }
-                .map_err(&sq)?;
-                got.collect::<rusqlite::Result<_>>().map_err(&sq)?
-            };
-            for row in &page {
-                let text = |i: usize| match &row[i] {
-                    Value::Text(t) => t.clone(),
-                    other => format!("{other:?}"),
-                };
-                let blob = |i: usize| match &row[i] {
-                    Value::Blob(b) => b.clone(),
-                    Value::Text(t) => t.as_bytes().to_vec(),
-                    _ => Vec::new(),
-                };
-                let sealed = match &row[cols.len()] {
-                    Value::Blob(b) => b.as_slice(),
-                    _ => &[][..],
-                };
-                let (name, key): (String, String) = match m.table {
-                    "kv" => (
-                        schema::kv_table_name(&text(0)),
-                        codec::printable_key(&blob(1)),
-                    ),
-                    "outbox" => ("outbox".into(), format!("{}/{:?}", text(0), row[1])),
-                    "clients" | "fuse_groups" => (m.table.into(), schema::hex_key(&blob(0))),
-                    "root" => ("root".into(), schema::ROOT_KEY.into()),
-                    "turn_log" => ("turn_log".into(), format!("{:?}", row[0])),
-                    _ => (m.table.into(), text(0)),
-                };
-                let body = codec::unseal(&name, &key, sealed).map_err(OpenError::Corrupted)?;
-                let (t0, b0, b1) = (text(0), blob(0), blob(1));
-                let resealed = match m.table {
-                    "root" => codec::seal_record(&Record::root(), body),
-                    "kv" => codec::seal_record(&Record::kv(&t0, &b1), body),
-                    "outbox" => codec::seal_record(
-                        &Record::outbox(
-                            &t0,
-                            int(&row[1], &name, &key, "seq")?,
-                            int(&row[2], &name, &key, "created_ms")?,
-                        ),
-                        body,
-                    ),
-                    "peers" => codec::seal_record(&Record::peer(&t0), body),
-                    "timers" => codec::seal_record(
-                        &Record::timer(&t0, int(&row[1], &name, &key, "due_ms")?),
-                        body,
-                    ),
-                    "clients" => codec::seal_record(
-                        &Record::client(
-                            &b0,
-                            int(&row[1], &name, &key, "request_no")?,
-                            int(&row[2], &name, &key, "updated_ms")?,
-                        ),
-                        body,
-                    ),
-                    "fuse_groups" => codec::seal_record(&Record::group(&b0), body),
-                    "turn_log" => codec::seal_record(
-                        &Record::turn_log(
-                            int(&row[0], &name, &key, "turn")?,
-                            int(&row[1], &name, &key, "turns")?,
-                        ),
-                        body,
-                    ),
-                    other => unreachable!("no migration for table {other}"),
-                };
-                let mut p: Vec<Value> = vec![Value::Blob(resealed)];
-                p.extend(row[..m.keys.len()].iter().cloned());
-                let changed = tx
-                    .prepare_cached(&update)
-                    .and_then(|mut s| s.execute(rusqlite::params_from_iter(p.iter())))
-                    .map_err(&sq)?;
-                assert_eq!(changed, 1, "the migrated row exists");
-                rows += 1;
-            }
-            let full = page.len() as i64 == MIGRATE_PAGE_ROWS;
-            after = page.last().map(|r| r[..m.keys.len()].to_vec());
-            if !full {
-                break;
+                let full = page.len() as i64 == MIGRATE_PAGE_ROWS;
+                after = page.last().map(|r| r[..m.keys.len()].to_vec());
+                if !full {
+                    break;
+                }
             }
         }
     }
+    // Format 3 to 4: the empty journal.
+    tx.execute_batch(schema::JOURNAL_SQL).map_err(&sq)?;
     tx.execute(
         "UPDATE meta SET value = ?1 WHERE key = ?2",
         (
@@ -1166,22 +1407,34 @@ fn migrate(conn: &mut Connection, path: &Path, process_id: &str) -> Result<(), O
         process_id,
         rows,
         ms = started.elapsed().as_millis() as u64,
-        from = schema::MIGRATES_FROM,
+        from,
         to = FORMAT_VERSION,
         "migrated store format"
     );
     Ok(())
 }
 
-/// Loads everything but table rows, in one read transaction. Returns the turn-log row count.
+/// What [`recover`] hands back: what it recovered from the tables with the journal applied
+/// over them (the state as of the newest commit), the `turn_log` table's rows, and the
+/// journal.
+type RecoveredTables = (
+    Recovered,
+    std::collections::VecDeque<(u64, u64)>,
+    Vec<JournalRecord>,
+);
+
+/// Loads everything but table rows, and the journal, in one read transaction, and applies
+/// the journal over what the tables hold (as a `Reader` merges it).
 fn recover(
     conn: &mut Connection,
     path: &Path,
     created: bool,
-) -> Result<(Recovered, std::collections::VecDeque<(u64, u64)>), OpenError> {
+) -> Result<RecoveredTables, OpenError> {
     let sq = sqlite_open_err(path);
     let tx = conn.transaction().map_err(&sq)?;
     let meta = meta_or_open_error(path, &read_meta_rows(&tx).map_err(&sq)?)?;
+    let journal = crate::journal::load(&tx, meta.commits, meta.turns_committed)
+        .map_err(|e| read_to_open(path, e))?;
     let root: Option<Vec<u8>> = tx
         .query_row("SELECT value FROM root WHERE id = 0", [], |r| r.get(0))
         .optional()
@@ -1263,12 +1516,17 @@ fn recover(
         log
     };
     tx.finish().map_err(&sq)?;
-    let recovered = Recovered {
+    let (turns_committed, commits) = journal
+        .last()
+        .map_or((meta.turns_committed, meta.commits), |r| {
+            (r.turns_committed, r.commits)
+        });
+    let mut recovered = Recovered {
         process_id: meta.process_id,
         incarnation: meta.incarnation,
         created,
-        turns_committed: meta.turns_committed,
-        commits: meta.commits,
+        turns_committed,
+        commits,
         root,
         peers,
         outbox,
@@ -1276,7 +1534,47 @@ fn recover(
         clients,
         groups,
     };
-    Ok((recovered, turn_log))
+    if !journal.is_empty() {
+        crate::journal::Overlay::build(&journal).apply_to(&mut recovered);
+    }
+    Ok((recovered, turn_log, journal))
+}
+
+/// Folds the journal found at an open that adopts an application identity (which rewrites
+/// the table's outbox rows) into the tables, in one transaction that is not a
+/// commit (the counters become the newest journal row's, as they already were), then
+/// recovers again from the tables.
+fn fold_at_open(
+    conn: &mut Connection,
+    path: &Path,
+    options: &StoreOptions,
+    journal: &[JournalRecord],
+    turn_log: std::collections::VecDeque<(u64, u64)>,
+) -> Result<RecoveredTables, OpenError> {
+    let sq = sqlite_open_err(path);
+    let newest = journal.last().expect("a journal to fold");
+    let mut log = TurnLog {
+        entries: turn_log.iter().map(|(_, n)| n).sum(),
+        rows: turn_log,
+    };
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(&sq)?;
+    fold(&tx, journal, &mut log, options.turn_log_max).map_err(&sq)?;
+    tx.execute(
+        "UPDATE meta SET value = ?1 WHERE key = ?2",
+        (
+            schema::seal_meta(
+                schema::META_COUNTERS,
+                &schema::counters_body(newest.turns_committed, newest.commits, newest.batch.now_ms),
+            ),
+            schema::META_COUNTERS,
+        ),
+    )
+    .map_err(&sq)?;
+    tx.commit().map_err(&sq)?;
+    tracing::info!(path = %path.display(), commits = journal.len(), "folded the journal at open");
+    recover(conn, path, false)
 }
 
 fn read_to_open(path: &Path, e: ReadError) -> OpenError {
@@ -1329,6 +1627,19 @@ fn check_batch(batch: &Batch) {
 }
 
 impl Batch {
+    /// The rows the batch carries: writes, appends, changes and turn-log entries.
+    pub fn rows(&self) -> usize {
+        self.table_writes.len()
+            + self.outbox_appends.len()
+            + self.outbox_acks.len()
+            + self.outbox_forget.len()
+            + self.peers.len()
+            + self.timers.len()
+            + self.clients.len()
+            + self.groups.len()
+            + self.turn_log.len()
+    }
+
     /// Checks the preconditions [`Store::commit`] asserts (row count, names, key and body
     /// sizes, outbox sequence numbers contiguous per peer, peer counters, turn-log order,
     /// integers that fit the store's columns) and returns the first one broken, as one line.
@@ -1337,15 +1648,7 @@ impl Batch {
     /// than let [`Store::commit`] panic.
     pub fn check(&self) -> Result<(), String> {
         let batch = self;
-        let rows = batch.table_writes.len()
-            + batch.outbox_appends.len()
-            + batch.outbox_acks.len()
-            + batch.outbox_forget.len()
-            + batch.peers.len()
-            + batch.timers.len()
-            + batch.clients.len()
-            + batch.groups.len()
-            + batch.turn_log.len();
+        let rows = batch.rows();
         if rows > MAX_BATCH_ROWS {
             return Err(format!("batch of {rows} rows, over {MAX_BATCH_ROWS}"));
         }

@@ -36,6 +36,7 @@ const CHILD_LIFETIME: Duration = Duration::from_secs(60);
 /// Waiting for the child's reports fails the test after this long.
 const REPORT_DEADLINE: Duration = Duration::from_secs(30);
 const TURN_LOG_MAX: u32 = 8;
+const JOURNAL_ROWS: u32 = 4;
 const PEER: &str = "p";
 const PEER_INCARNATION: u64 = 42;
 
@@ -44,6 +45,11 @@ const OPTIONS: StoreOptions = StoreOptions {
     max_page_count: None,
     page_checksums: true,
     page_size: None,
+    // A small journal: the child's commits are journal appends and, every fifth, a direct
+    // commit that folds them, so kills land in both (and the parent's Reader reads stores
+    // left with journal rows).
+    journal_rows: JOURNAL_ROWS,
+    journal_record_max_bytes: None,
 };
 
 fn acked_after(i: u64) -> u64 {
@@ -233,7 +239,7 @@ fn child(path: &Path) {
     while start.elapsed() < CHILD_LIFETIME {
         i += 1;
         store.commit(&batch(i)).expect("child commits");
-        writeln!(out, "committed {i}").expect("report");
+        writeln!(out, "committed {i} journaled {}", store.journaled()).expect("report");
         out.flush().expect("report");
     }
 }
@@ -277,7 +283,8 @@ fn check_store(path: &Path, r: u64, context: &str) {
         .find(|t| t.name == "rows")
         .map_or(0, |t| t.rows);
     assert_eq!(rows, r, "{context}: one row per committed batch");
-    let log = reader.turn_log(100).unwrap();
+    // The newest TURN_LOG_MAX (the journal's entries are trimmed only when folded).
+    let log = reader.turn_log(TURN_LOG_MAX).unwrap();
     let want_log: Vec<TurnLogEntry> = (r.saturating_sub(u64::from(TURN_LOG_MAX)) + 1..=r)
         .map(turn_entry)
         .collect();
@@ -315,6 +322,7 @@ fn sigkill_at_random_moments_loses_nothing_and_tears_nothing() {
     let started = Instant::now();
     let mut durable = 0u64;
     let mut in_flight_found = 0u32;
+    let (mut journal_commits, mut folds) = (0u32, 0u32);
     for kill in 1..=KILLS {
         let context = format!("seed {seed}, kill {kill}");
         let mut child = child_command(TEST_NAME, (CHILD_ENV, &t.path))
@@ -326,8 +334,15 @@ fn sigkill_at_random_moments_loses_nothing_and_tears_nothing() {
         let deadline = Instant::now() + REPORT_DEADLINE;
         let mut reported = durable;
         let mut parse = |line: String| {
-            if let Some(n) = line.strip_prefix("committed ") {
+            if let Some(rest) = line.strip_prefix("committed ") {
+                let (n, journaled) = rest
+                    .split_once(" journaled ")
+                    .expect("child reports `committed N journaled J`");
                 let n: u64 = n.parse().expect("child reports a number");
+                let journaled: u32 = journaled.parse().expect("child reports a number");
+                assert!(journaled <= JOURNAL_ROWS, "{context}: {line}");
+                journal_commits += u32::from(journaled > 0);
+                folds += u32::from(journaled == 0);
                 assert_eq!(n, reported + 1, "{context}: child reports in order");
                 reported = n;
             }
@@ -384,8 +399,14 @@ fn sigkill_at_random_moments_loses_nothing_and_tears_nothing() {
     }
     eprintln!(
         "kill test: {KILLS} SIGKILLs, {durable} batches durable, {in_flight_found} kills \
-         landed after a commit was durable but before it was reported; {:?}",
+         landed after a commit was durable but before it was reported; {journal_commits} \
+         journal commits and {folds} folding commits reported; {:?}",
         started.elapsed()
+    );
+    assert!(
+        journal_commits > 0 && folds > 0,
+        "seed {seed}: the child's commits took both paths ({journal_commits} journal, {folds} \
+         folding)"
     );
     assert!(durable > 0, "the child never committed anything");
 }

@@ -22,6 +22,7 @@ mod copy;
 mod corruption;
 mod disk_full;
 mod history;
+mod journal;
 mod kill;
 mod migration;
 mod open_errors;

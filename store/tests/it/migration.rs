@@ -1,11 +1,15 @@
-//! Format-2 stores are migrated to format 3 when their owner opens them: every record is
-//! checked with the old envelope and sealed again with its identity, in one transaction; a
-//! damaged record refuses the migration and leaves the store untouched; a crash (SIGKILL of
-//! a child migrating a large store) leaves format 2 or format 3, never a mix.
+//! Format-2 stores are migrated to format 4 when their owner opens them: every record is
+//! checked with the old envelope and sealed again with its identity, and the journal table
+//! is created, in one transaction; a damaged record refuses the migration and leaves the
+//! store untouched; a crash (SIGKILL of a child migrating a large store) leaves format 2 or
+//! format 4, never a mix. Format-3 stores get the empty journal table and format 4.
 //!
-//! A format-2 store is made from a format-3 one by [`downgrade`], the migration's inverse:
-//! every record's identity-covering envelope is checked and replaced by the version-1
-//! envelope (`0x01 | body | crc32(0x01 | body)`), and `format_version` is set to 2.
+//! A format-3 store is made from a format-4 one (whose journal was folded) by
+//! [`downgrade_to_3`]: the journal table dropped, `format_version` set to 3, which is what
+//! format 3 was. A format-2 store is made from that by [`downgrade`], the format-2
+//! migration's inverse: every record's identity-covering envelope is checked and replaced by
+//! the version-1 envelope (`0x01 | body | crc32(0x01 | body)`), and `format_version` is set
+//! to 2.
 
 use std::path::Path;
 use std::time::Duration;
@@ -73,8 +77,26 @@ fn full_batch(i: u64) -> Batch {
     }
 }
 
-/// Rewrites a format-3 store (closed) as format 2.
+/// Rewrites a format-4 store (closed, its journal folded by an open) as format 3.
+pub fn downgrade_to_3(path: &Path) {
+    let conn = raw(path);
+    let tx = conn.unchecked_transaction().unwrap();
+    let journaled: i64 = tx
+        .query_row("SELECT count(*) FROM journal", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(journaled, 0, "downgrade a store whose journal was folded");
+    tx.execute_batch("DROP TABLE journal").unwrap();
+    tx.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'format_version'",
+        [codec::seal(&3u32.to_le_bytes())],
+    )
+    .unwrap();
+    tx.commit().unwrap();
+}
+
+/// Rewrites a format-4 store (closed, its journal folded by an open) as format 2.
 pub fn downgrade(path: &Path) {
+    downgrade_to_3(path);
     let conn = raw(path);
     let tx = conn.unchecked_transaction().unwrap();
     let reseal = |table: &str,
@@ -200,6 +222,52 @@ fn format_version(path: &Path) -> u32 {
     )
 }
 
+fn make_format_3(path: &Path, batches: u64) -> Recovered {
+    let (mut store, _) = try_open(path, "a").unwrap();
+    for i in 1..=batches {
+        store.commit(&full_batch(i)).unwrap();
+    }
+    assert!(store.journaled() > 0, "some commits were journaled");
+    drop(store);
+    let (store, before) = try_open(path, "a").unwrap();
+    assert_eq!(store.journaled(), 0);
+    drop(store);
+    downgrade_to_3(path);
+    assert_eq!(format_version(path), 3);
+    before
+}
+
+#[test]
+fn a_format_3_store_gets_the_empty_journal_at_open_with_everything_intact() {
+    let t = temp_store();
+    let before = make_format_3(&t.path, 30);
+    match Reader::open(&t.path) {
+        Err(OpenError::NeedsMigration {
+            found: 3,
+            supported: 4,
+            ..
+        }) => {}
+        other => panic!("expected NeedsMigration, got {other:?}"),
+    }
+    let (mut store, after) = try_open(&t.path, "a").unwrap();
+    assert_eq!(after, before);
+    assert_eq!(format_version(&t.path), 4);
+    // The new journal works: a small commit is journaled and read back through it.
+    store.commit(&full_batch(31)).unwrap();
+    assert_eq!(store.journaled(), 1);
+    assert_eq!(
+        store.table_get("t", b"k00031").unwrap().as_deref(),
+        Some(&b"value 31"[..])
+    );
+    let reader = Reader::open(&t.path).unwrap();
+    assert_eq!(reader.meta().unwrap().commits, 31);
+    assert_eq!(reader.root().unwrap().as_deref(), Some(&b"root 31"[..]));
+    assert!(reader.verify().unwrap().is_empty());
+    drop(store);
+    let (_store, again) = try_open(&t.path, "a").unwrap();
+    assert_eq!(again.commits, 31);
+}
+
 fn make_format_2(path: &Path, batches: u64) -> Recovered {
     let (mut store, _) = try_open(path, "a").unwrap();
     for i in 1..=batches {
@@ -222,7 +290,7 @@ fn a_format_2_store_is_migrated_at_open_with_everything_intact() {
         Err(
             e @ OpenError::NeedsMigration {
                 found: 2,
-                supported: 3,
+                supported: 4,
                 ..
             },
         ) => {
@@ -237,7 +305,7 @@ fn a_format_2_store_is_migrated_at_open_with_everything_intact() {
         Some(&b"value 7"[..])
     );
     drop(store);
-    assert_eq!(format_version(&t.path), 3);
+    assert_eq!(format_version(&t.path), 4);
     let r = Reader::open(&t.path).unwrap();
     assert!(r.verify().unwrap().is_empty());
     assert_eq!(r.turn_log(100).unwrap().len(), 30);
@@ -281,7 +349,7 @@ fn a_damaged_format_2_record_refuses_the_migration_and_changes_nothing() {
 }
 
 const CHILD_ENV: &str = "KEN_STORE_TEST_MIGRATE_CHILD";
-const KILL_TEST: &str = "migration::a_migration_killed_at_random_moments_leaves_format_2_or_3";
+const KILL_TEST: &str = "migration::a_migration_killed_at_random_moments_leaves_format_2_or_4";
 
 /// The child: opens (and so migrates) the store, prints `migrated`, and waits to be killed.
 fn child(path: &Path) {
@@ -291,7 +359,7 @@ fn child(path: &Path) {
 }
 
 #[test]
-fn a_migration_killed_at_random_moments_leaves_format_2_or_3() {
+fn a_migration_killed_at_random_moments_leaves_format_2_or_4() {
     if let Some(path) = std::env::var_os(CHILD_ENV) {
         child(Path::new(&path));
         return;
@@ -336,7 +404,7 @@ fn a_migration_killed_at_random_moments_leaves_format_2_or_3() {
         c.kill().unwrap();
         c.wait().unwrap();
         let v = format_version(&t.path);
-        assert!(v == 2 || v == 3, "round {round}: format {v}");
+        assert!(v == 2 || v == 4, "round {round}: format {v}");
         if v == 2 {
             seen2 += 1;
         } else {
@@ -351,5 +419,5 @@ fn a_migration_killed_at_random_moments_leaves_format_2_or_3() {
         drop(store);
         assert!(Reader::open(&t.path).unwrap().verify().unwrap().is_empty());
     }
-    eprintln!("migration killed: {seen2} rounds left format 2, {seen3} format 3");
+    eprintln!("migration killed: {seen2} rounds left format 2, {seen3} format 4");
 }

@@ -156,6 +156,8 @@ const OPTIONS: StoreOptions = StoreOptions {
     max_page_count: None,
     page_checksums: true,
     page_size: None,
+    journal_rows: ken_store::DEFAULT_JOURNAL_ROWS,
+    journal_record_max_bytes: None,
 };
 
 #[test]
@@ -317,6 +319,9 @@ fn turn_log_trims_across_reopens_with_a_smaller_limit() {
         max_page_count: None,
         page_checksums: true,
         page_size: None,
+        // Trimming happens where the tables are written: with a journal, at the fold.
+        journal_rows: 0,
+        journal_record_max_bytes: None,
     };
     let (mut store, _) = try_open_with(&t.path, "a", &small).unwrap();
     // The smaller limit applies from the next commit on, even one without entries.
@@ -421,6 +426,8 @@ fn a_busy_commit_stores_its_turn_log_in_a_few_rows_and_trims_whole_rows() {
         max_page_count: None,
         page_checksums: true,
         page_size: None,
+        journal_rows: ken_store::DEFAULT_JOURNAL_ROWS,
+        journal_record_max_bytes: None,
     };
     let (mut store, _) = try_open_with(&t.path, "a", &opts).unwrap();
     let mut next = 1;
