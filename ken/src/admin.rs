@@ -466,36 +466,22 @@ impl AdminDesk {
                 },
             },
         };
-        let reply = Frame {
-            kind: FrameKind::AdminReply,
-            auth: if self.authenticated {
-                Auth::Cluster
-            } else {
-                Auth::None
-            },
-            from: engine.id().clone(),
-            from_incarnation: engine.incarnation(),
-            to: frame.from.clone(),
-            to_incarnation: Incarnation(0),
-            seq: frame.seq,
-            ack: Seq(0),
-            acked: Seq(0),
-            payload: encode_payload(&reply),
-        };
-        let cap = frame
-            .encoded_len()
-            .saturating_mul(crate::limits::AMPLIFICATION_MAX);
-        if reply.encoded_len() + SEAL_BYTES_MAX > cap {
+        let Some(reply) = reply_frame(
+            frame,
+            frame.encoded_len(),
+            (engine.id(), engine.incarnation()),
+            self.authenticated,
+            &reply,
+        ) else {
             self.malformed += 1;
             tracing::debug!(
                 from = %frame.from,
                 request_bytes = frame.encoded_len(),
-                reply_bytes = reply.encoded_len(),
                 "admin request too small for its reply (requests are padded to \
                  ADMIN_REQUEST_BYTES): dropped, as a reply to a forged source would flood it"
             );
             return None;
-        }
+        };
         Some(reply)
     }
 
@@ -701,32 +687,44 @@ pub fn answer_standby(
             ),
         },
     };
-    let reply = Frame {
-        kind: FrameKind::AdminReply,
-        auth: if keys.is_some() {
-            Auth::Cluster
-        } else {
-            Auth::None
-        },
-        from: process.clone(),
-        from_incarnation: Incarnation(0),
-        to: frame.from.clone(),
-        to_incarnation: Incarnation(0),
-        seq: frame.seq,
-        ack: Seq(0),
-        acked: Seq(0),
-        payload: encode_payload(&reply),
-    };
-    let cap = datagram
-        .len()
-        .saturating_mul(crate::limits::AMPLIFICATION_MAX);
-    if reply.encoded_len() + SEAL_BYTES_MAX > cap {
-        return None;
-    }
+    let reply = reply_frame(
+        &frame,
+        datagram.len(),
+        (process, Incarnation(0)),
+        keys.is_some(),
+        &reply,
+    )?;
     match keys {
         Some(k) => k.seal(&reply).ok(),
         None => reply.encode().ok(),
     }
+}
+
+/// The frame answering admin request `request` (`request_bytes` long on the wire) with
+/// `reply`, from `from` (id, incarnation), under the cluster key when `keyed`; `None` when it
+/// would be more than [`crate::limits::AMPLIFICATION_MAX`] times the request (requests are
+/// padded to `ADMIN_REQUEST_BYTES`; a large reply to a forged source would flood it).
+fn reply_frame(
+    request: &Frame,
+    request_bytes: usize,
+    (from, from_incarnation): (&ProcessId, Incarnation),
+    keyed: bool,
+    reply: &AdminReply,
+) -> Option<Frame> {
+    let frame = Frame {
+        kind: FrameKind::AdminReply,
+        auth: if keyed { Auth::Cluster } else { Auth::None },
+        from: from.clone(),
+        from_incarnation,
+        to: request.from.clone(),
+        to_incarnation: Incarnation(0),
+        seq: request.seq,
+        ack: Seq(0),
+        acked: Seq(0),
+        payload: encode_payload(reply),
+    };
+    let cap = request_bytes.saturating_mul(crate::limits::AMPLIFICATION_MAX);
+    (frame.encoded_len() + SEAL_BYTES_MAX <= cap).then_some(frame)
 }
 
 /// Why [`ask`] got no answer.

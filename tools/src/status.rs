@@ -393,33 +393,11 @@ fn render_json(
 ) -> anyhow::Result<String> {
     let processes = rows
         .iter()
-        .map(|row| {
-            let mut v = serde_json::json!({
-                "id": row.id.as_str(),
-                "address": row.address,
-                "up": row.answer.is_ok(),
-            });
-            match &row.answer {
-                Ok(s) => v["status"] = serde_json::to_value(s)?,
-                Err(e) => v["error"] = serde_json::Value::String(e.clone()),
-            }
-            Ok(v)
-        })
+        .map(|row| json_row(&row.id, ("address", &row.address), &row.answer))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let standbys = standbys
         .iter()
-        .map(|row| {
-            let mut v = serde_json::json!({
-                "id": row.id.as_str(),
-                "ship": row.ship,
-                "up": row.answer.is_ok(),
-            });
-            match &row.answer {
-                Ok(s) => v["status"] = serde_json::to_value(s)?,
-                Err(e) => v["error"] = serde_json::Value::String(e.clone()),
-            }
-            Ok(v)
-        })
+        .map(|row| json_row(&row.id, ("ship", &row.ship), &row.answer))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let doc = serde_json::json!({
         "cluster": file.path.display().to_string(),
@@ -428,6 +406,22 @@ fn render_json(
         "standbys": standbys,
     });
     Ok(serde_json::to_string_pretty(&doc)?)
+}
+
+/// One JSON row of `--json`: the id, where it was asked (`address` or `ship`), whether it
+/// answered, and its status or the error.
+fn json_row<T: serde::Serialize>(
+    id: &ProcessId,
+    (place, addr): (&str, &str),
+    answer: &Result<T, String>,
+) -> anyhow::Result<serde_json::Value> {
+    let mut v = serde_json::json!({ "id": id.as_str(), "up": answer.is_ok() });
+    v[place] = serde_json::Value::String(addr.to_string());
+    match answer {
+        Ok(s) => v["status"] = serde_json::to_value(s)?,
+        Err(e) => v["error"] = serde_json::Value::String(e.clone()),
+    }
+    Ok(v)
 }
 
 /// Runs `ken status`.
