@@ -246,6 +246,23 @@ pub(crate) const SQL_PEERS: &str = "SELECT peer, record FROM peers ORDER BY peer
 
 pub(crate) const SQL_TIMERS: &str = "SELECT name, due_ms, payload FROM timers ORDER BY name";
 
+/// Every durable timer in the table, by name, each checked.
+pub(crate) fn timers(conn: &Connection) -> Result<Vec<crate::TimerRow>, ReadError> {
+    query_decode(
+        conn,
+        SQL_TIMERS,
+        [],
+        |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
+        },
+        |(name, due_ms, payload)| schema::decode_timer(name, due_ms, &payload),
+    )
+}
+
 /// Every client row, each checked whole, returned with an empty `reply` (read one row at a
 /// time, so the replies are never all in memory).
 pub(crate) fn clients_without_replies(

@@ -32,7 +32,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::access::{
     classify, lock_holder, lock_path, query_decode, read_meta_rows, Found, SQL_CLIENTS, SQL_GROUPS,
-    SQL_PEERS, SQL_TIMERS,
+    SQL_PEERS,
 };
 use crate::codec;
 use crate::error::{OpenError, ReadError};
@@ -762,19 +762,7 @@ impl Reader {
     /// Every durable timer, by name.
     pub fn timers(&self) -> Result<Vec<TimerRow>, ReadError> {
         self.snapshot(|o| {
-            let rows = query_decode(
-                &self.conn,
-                SQL_TIMERS,
-                [],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, Vec<u8>>(2)?,
-                    ))
-                },
-                |(name, due_ms, payload)| schema::decode_timer(name, due_ms, &payload),
-            )?;
+            let rows = crate::access::timers(&self.conn)?;
             Ok(merged(
                 rows.into_iter().map(|t| (t.name.clone(), Some(t))),
                 o.timers.iter().map(|(k, t)| (k.clone(), t.clone())),

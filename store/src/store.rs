@@ -1470,20 +1470,7 @@ fn recover(
         |(peer, seq, created_ms, payload)| schema::decode_outbox(peer, seq, created_ms, &payload),
     )
     .map_err(|e| read_to_open(path, e))?;
-    let timers = query_decode(
-        &tx,
-        crate::access::SQL_TIMERS,
-        [],
-        |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, Vec<u8>>(2)?,
-            ))
-        },
-        |(name, due_ms, payload)| schema::decode_timer(name, due_ms, &payload),
-    )
-    .map_err(|e| read_to_open(path, e))?;
+    let timers = crate::access::timers(&tx).map_err(|e| read_to_open(path, e))?;
     // Every reply is checked, one row at a time, but none is kept: the reply cache reads a
     // reply from the store when a retry needs it (`Reader::client`), so memory does not
     // grow with reply sizes.
