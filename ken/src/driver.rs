@@ -633,7 +633,13 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
     let security = Security {
         authenticated: config.key.is_some(),
     };
-    let mut engine = Engine::recover(engine_config, handler, recovered, Box::new(reader))?
+    assert_eq!(
+        store.commits(),
+        commits_at_start,
+        "nothing commits before the engine starts"
+    );
+    let tables = crate::engine::tables::StoreTables::new(&store, reader);
+    let mut engine = Engine::recover(engine_config, handler, recovered, Box::new(tables))?
         .with_security(security);
     crash.pass("recovery");
     if config.ready_line {

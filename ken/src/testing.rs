@@ -467,7 +467,8 @@ impl<H: Handler> Cluster<H> {
         .unwrap_or_else(|e| panic!("migrate {}: {e}", node.config.id));
         let reader = Reader::open(&node.path)
             .unwrap_or_else(|e| panic!("open a reader on {}: {e}", node.path.display()));
-        let mut engine = Engine::recover(node.config.clone(), handler, recovered, Box::new(reader))
+        let tables = crate::engine::tables::StoreTables::new(&store, reader);
+        let mut engine = Engine::recover(node.config.clone(), handler, recovered, Box::new(tables))
             .unwrap_or_else(|e| panic!("recover {}: {e}", node.config.id));
         node.store = Some(store);
         // Nothing runs until the replica holds every commit of the store (the real primary

@@ -393,9 +393,12 @@ impl Reader {
                 "SELECT count(*), coalesce(min(seq), 0), coalesce(max(seq), 0) FROM journal",
             )?
             .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        let cached = self.overlay.borrow().clone();
-        if let Some((have, overlay)) = cached {
+        // Taken out of the cell so that the Arc is unique when nobody else holds it (a query
+        // drops its overlay before returning): extending it then copies nothing.
+        let cached = self.overlay.borrow_mut().take();
+        if let Some((have, mut overlay)) = cached {
             if have == key {
+                *self.overlay.borrow_mut() = Some((key, Arc::clone(&overlay)));
                 return Ok(overlay);
             }
             // The same oldest row and only newer rows added (rows are only appended, and
@@ -406,11 +409,9 @@ impl Reader {
                 have.0 > 0 && key.1 == have.1 && key.2 > have.2 && key.0 - have.0 == key.2 - have.2,
             ) {
                 let newer = journal::load_after(&self.conn, commits, turns)?;
-                let mut grown = Overlay::clone(&overlay);
-                grown.extend(&newer);
-                let grown = Arc::new(grown);
-                *self.overlay.borrow_mut() = Some((key, Arc::clone(&grown)));
-                return Ok(grown);
+                Arc::make_mut(&mut overlay).extend(&newer);
+                *self.overlay.borrow_mut() = Some((key, Arc::clone(&overlay)));
+                return Ok(overlay);
             }
         }
         let overlay = if key.0 == 0 {
@@ -479,6 +480,27 @@ impl Reader {
             }
             crate::access::table_get(&self.conn, table, key)
         })
+    }
+
+    /// One row of application table `table` as the tables hold it, without the journal's
+    /// newer writes (one query, which reads no journal page): for the owner process's
+    /// engine, which holds every write newer than the tables itself (see
+    /// [`crate::FoldWatch`] and [`crate::Store::journaled_table_writes`]). Anyone else wants
+    /// [`Reader::table_get`].
+    pub fn table_get_folded(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
+        crate::access::table_get(&self.conn, table, key)
+    }
+
+    /// [`Reader::table_scan`] of the tables alone, without the journal's newer writes (one
+    /// query); see [`Reader::table_get_folded`].
+    pub fn table_scan_folded(
+        &self,
+        table: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<Vec<KeyValue>, ReadError> {
+        self.table_scan_rows(table, prefix, after, i64::from(limit.min(MAX_SCAN_ROWS)))
     }
 
     /// Up to `limit` (at most [`MAX_SCAN_ROWS`]) rows of `table` whose key starts with

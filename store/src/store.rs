@@ -16,6 +16,8 @@
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
@@ -34,7 +36,7 @@ use crate::schema::{self, sql_u64};
 use crate::witness::{self, Witness, WitnessRecord};
 use crate::{
     AppIdentity, Batch, ClientChange, CommitInfo, Corrupted, GroupChange, Recovered, StoreOptions,
-    TimerChange, TurnLogEntry, FORMAT_VERSION,
+    TableWrite, TimerChange, TurnLogEntry, FORMAT_VERSION,
 };
 
 /// How long the owner waits on a lock held briefly by a reader (for example while a reader
@@ -83,9 +85,29 @@ pub struct Store {
     journal_rows: usize,
     /// Largest sealed journal record, in bytes.
     journal_record_max: usize,
+    /// Commits whose writes the tables hold (all but the journal's), shared with
+    /// [`FoldWatch`]es.
+    folded: Arc<AtomicU64>,
     poisoned: bool,
     /// The application identity in `meta` (`None` for a store opened without one).
     app: Option<AppIdentity>,
+}
+
+/// How many of a store's commits its tables hold, that is all but the journal's: the
+/// owner's count, readable from any thread. It grows when a commit folds the journal (the
+/// value is stored before [`Store::commit`] returns), and never shrinks while the store is
+/// open. A reader of the tables alone ([`Reader::table_get_folded`]) sees at least these
+/// commits' writes in any read that starts after this value was loaded.
+///
+/// [`Reader::table_get_folded`]: crate::Reader::table_get_folded
+#[derive(Debug, Clone)]
+pub struct FoldWatch(Arc<AtomicU64>);
+
+impl FoldWatch {
+    /// Commits (counted over the life of the store) whose writes are in the tables.
+    pub fn commits(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
 }
 
 /// Turn-log entries per `turn_log` row at most: a batch's entries are stored as one row per
@@ -368,6 +390,7 @@ impl Store {
                 entries: turn_log.iter().map(|(_, n)| n).sum(),
                 rows: turn_log,
             },
+            folded: Arc::new(AtomicU64::new(recovered.commits - journal.len() as u64)),
             journal,
             journal_rows: options.journal_rows as usize,
             journal_record_max,
@@ -467,6 +490,23 @@ impl Store {
         self.journal.len()
     }
 
+    /// The table writes of the journal's commits, oldest first: what [`Reader::table_get_folded`]
+    /// does not see yet.
+    ///
+    /// [`Reader::table_get_folded`]: crate::Reader::table_get_folded
+    pub fn journaled_table_writes(&self) -> Vec<TableWrite> {
+        self.journal
+            .iter()
+            .flat_map(|r| r.batch.table_writes.iter().cloned())
+            .collect()
+    }
+
+    /// A handle that tells, from any thread, how many commits the tables hold (see
+    /// [`FoldWatch`]).
+    pub fn fold_watch(&self) -> FoldWatch {
+        FoldWatch(Arc::clone(&self.folded))
+    }
+
     /// Writes `batch` in one transaction and returns once it is durable.
     ///
     /// Applied in this order: root, table writes, outbox appends, outbox acks, outbox
@@ -509,6 +549,7 @@ impl Store {
                     Written::Direct(log) => {
                         self.journal.clear();
                         self.turn_log = log;
+                        self.folded.store(commits, Ordering::Release);
                     }
                 }
                 Ok(CommitInfo {

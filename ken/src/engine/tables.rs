@@ -37,6 +37,120 @@ pub trait TableSource: Send {
     fn client(&mut self, _client: &[u8; 16]) -> Result<Option<(u64, Vec<u8>)>, ReadError> {
         Ok(None)
     }
+
+    /// Durable writes that `get` and `scan` do not show yet, oldest first, taken once when
+    /// the engine starts: the overlay holds them (as if written before this life's first
+    /// batch) until [`TableSource::shows_through`] says the source shows them.
+    fn unshown_at_start(&mut self) -> Vec<ken_store::TableWrite> {
+        Vec::new()
+    }
+
+    /// Batch `durable` of this life is durable: the newest batch whose writes `get` and
+    /// `scan` now show (at most `durable`; 0 when none of this life's but every write of
+    /// [`TableSource::unshown_at_start`]), or `None` when not even those. The overlay keeps
+    /// every write of a newer batch. A source that shows every durable write (the default)
+    /// answers `Some(durable)`.
+    fn shows_through(&mut self, durable: BatchId) -> Option<BatchId> {
+        Some(durable)
+    }
+}
+
+/// The owner process's source: the store's tables as folded, read without the journal
+/// ([`ken_store::Reader::table_get_folded`]), so a read after a commit touches no journal
+/// page. The engine saw every batch it committed, so its overlay holds each write until the
+/// store folds the batch into the tables ([`ken_store::FoldWatch`]); the journal found at
+/// start is handed to the overlay once ([`TableSource::unshown_at_start`]). Reply-cache
+/// rows (read only for a retry) come through the full reader, journal included.
+pub struct StoreTables {
+    reader: ken_store::Reader,
+    folded: ken_store::FoldWatch,
+    /// The store's commits when this life began: batch `id` is commit `commits_at_start + id`.
+    commits_at_start: u64,
+    unshown: Vec<ken_store::TableWrite>,
+}
+
+impl std::fmt::Debug for StoreTables {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreTables")
+            .field("path", &self.reader.path())
+            .field("commits_at_start", &self.commits_at_start)
+            .field("folded", &self.folded.commits())
+            .finish()
+    }
+}
+
+impl StoreTables {
+    /// The source for an engine that starts now on `store` (before its first commit of this
+    /// life), reading through `reader`, opened on the same store.
+    pub fn new(store: &ken_store::Store, reader: ken_store::Reader) -> StoreTables {
+        StoreTables {
+            reader,
+            folded: store.fold_watch(),
+            commits_at_start: store.commits(),
+            unshown: store.journaled_table_writes(),
+        }
+    }
+}
+
+impl TableSource for StoreTables {
+    fn get(&mut self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
+        self.reader.table_get_folded(table, key)
+    }
+
+    fn scan(
+        &mut self,
+        table: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<Rows, ReadError> {
+        let reader = &self.reader;
+        scan_pages(limit, after, |after, want| {
+            reader.table_scan_folded(table, prefix, after, want)
+        })
+    }
+
+    fn client(&mut self, client: &[u8; 16]) -> Result<Option<(u64, Vec<u8>)>, ReadError> {
+        Ok(self
+            .reader
+            .client(client)?
+            .map(|row| (row.request_no, row.reply)))
+    }
+
+    fn unshown_at_start(&mut self) -> Vec<ken_store::TableWrite> {
+        std::mem::take(&mut self.unshown)
+    }
+
+    fn shows_through(&mut self, durable: BatchId) -> Option<BatchId> {
+        // The tables hold every commit up to `folded`: none of this life's batches while it
+        // is below `commits_at_start`, and not the journal found at start either (that is
+        // the only way it can be below).
+        let folded = self.folded.commits();
+        let through = folded.checked_sub(self.commits_at_start)?;
+        Some(through.min(durable))
+    }
+}
+
+/// Pages of at most [`ken_store::MAX_SCAN_ROWS`] rows from `page(after, want)` until `limit`
+/// rows or the end.
+fn scan_pages(
+    limit: u32,
+    after: Option<&[u8]>,
+    mut page: impl FnMut(Option<&[u8]>, u32) -> Result<Rows, ReadError>,
+) -> Result<Rows, ReadError> {
+    let mut rows = Vec::new();
+    let mut after: Option<Vec<u8>> = after.map(<[u8]>::to_vec);
+    while (rows.len() as u32) < limit {
+        let want = (limit - rows.len() as u32).min(ken_store::MAX_SCAN_ROWS);
+        let got = page(after.as_deref(), want)?;
+        let done = (got.len() as u32) < want;
+        after = got.last().map(|(k, _)| k.clone());
+        rows.extend(got);
+        if done {
+            break;
+        }
+    }
+    Ok(rows)
 }
 
 impl TableSource for ken_store::Reader {
@@ -55,19 +169,9 @@ impl TableSource for ken_store::Reader {
         after: Option<&[u8]>,
         limit: u32,
     ) -> Result<Rows, ReadError> {
-        let mut rows = Vec::new();
-        let mut after: Option<Vec<u8>> = after.map(<[u8]>::to_vec);
-        while (rows.len() as u32) < limit {
-            let want = (limit - rows.len() as u32).min(ken_store::MAX_SCAN_ROWS);
-            let page = self.table_scan(table, prefix, after.as_deref(), want)?;
-            let done = (page.len() as u32) < want;
-            after = page.last().map(|(k, _)| k.clone());
-            rows.extend(page);
-            if done {
-                break;
-            }
-        }
-        Ok(rows)
+        scan_pages(limit, after, |after, want| {
+            self.table_scan(table, prefix, after, want)
+        })
     }
 }
 
@@ -180,11 +284,18 @@ impl std::fmt::Debug for TableOverlay {
 }
 
 impl TableOverlay {
-    pub fn new(source: Box<dyn TableSource>) -> TableOverlay {
-        TableOverlay {
+    /// The overlay over `source`, holding what the source does not show yet
+    /// ([`TableSource::unshown_at_start`]) as batch 0's writes.
+    pub fn new(mut source: Box<dyn TableSource>) -> TableOverlay {
+        let unshown = source.unshown_at_start();
+        let mut overlay = TableOverlay {
             layers: HashMap::new(),
             source,
+        };
+        for w in unshown {
+            overlay.write(0, &w.table, w.key, w.value);
         }
+        overlay
     }
 
     /// The committed reply cache row of `client` (see [`TableSource::client`]).
@@ -254,11 +365,16 @@ impl TableOverlay {
         }
     }
 
-    /// `batch` is durable: its writes are in the store now, unless a later batch overwrote
-    /// them (those stay).
+    /// `batch` is durable. The writes of every batch the source now shows
+    /// ([`TableSource::shows_through`]) are dropped, unless a later batch overwrote them
+    /// (those stay); a source that shows every durable write drops up to `batch`.
     pub fn batch_durable(&mut self, batch: BatchId) {
+        let Some(shown) = self.source.shows_through(batch) else {
+            return;
+        };
+        debug_assert!(shown <= batch, "a source shows no batch not yet durable");
         for layer in self.layers.values_mut() {
-            layer.retain(|_, (b, _)| *b > batch);
+            layer.retain(|_, (b, _)| *b > shown);
         }
         self.layers.retain(|_, l| !l.is_empty());
     }

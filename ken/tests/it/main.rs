@@ -11,6 +11,7 @@ mod fuse_engine;
 mod fuse_lifecycle;
 mod fuse_machine;
 mod hostile;
+mod journal_reads;
 mod living;
 mod observe;
 mod replace;
