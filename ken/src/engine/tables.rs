@@ -1,9 +1,11 @@
-//! Table reads during turns: the writes of uncommitted batches layered over the store.
+//! Table reads during turns: the writes the source does not show yet (uncommitted batches;
+//! for the store, also committed ones still in its journal) layered over the source.
 //!
-//! Invariant: an overlay entry is dropped only when the batch that wrote it (and not a later
-//! one) is durable, so a read never falls through to the store while a newer uncommitted
-//! value exists, and never misses a committed one (the store has it once the batch is
-//! durable).
+//! Invariant: an overlay entry is dropped only when the source shows the batch that wrote
+//! it (and not a later one) in every read from then on ([`TableSource::shows_through`]: the
+//! batch is durable, and for [`StoreTables`] folded into the tables), so a read never falls
+//! through to the source while a newer value exists that it does not show, and never misses
+//! a committed one.
 
 use std::collections::HashMap;
 
