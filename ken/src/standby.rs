@@ -31,11 +31,12 @@
 //! standard configuration) encoding of a [`Message`], and, when the cluster has a key, a
 //! 32-byte keyed BLAKE3 tag over the direction (`P` primary to standby, `S` back), the
 //! message's number in its direction on this connection (u64 LE, from 0), and the version
-//! byte and body. `Hello` and the reply to it are tagged under the cluster key's standby key
+//! byte and body; without a key, a CRC32 (4 bytes, LE) over the same bytes instead, which
+//! catches an altered byte but not an attacker. `Hello` and the reply to it are tagged under the cluster key's standby key
 //! (`ClusterKey::standby_key`); every later message under the connection's key derived from
 //! it and both ends' nonces (`StandbyKey::session`), so nothing recorded from another
 //! connection (an old snapshot, old batches) can be replayed into this one. Without a key
-//! nothing is tagged, and both ends warn loudly.
+//! nothing is tagged (only checksummed), and both ends warn loudly.
 //!
 //! **Handshake and reseeding.** The primary sends `Hello` (its process id, epoch and
 //! [`Position`]); the standby answers `Refused` (another process, an old epoch) or `State`
@@ -81,11 +82,15 @@ pub const ROLE_TABLE: &str = "ken.role";
 /// The key of the epoch row in [`ROLE_TABLE`] (value: u64 LE).
 pub const EPOCH_KEY: &[u8] = b"epoch";
 
-/// The version byte that starts every message of the standby stream.
-pub const WIRE_VERSION: u8 = 1;
+/// The version byte that starts every message of the standby stream (2: a message without a
+/// key carries a CRC32).
+pub const WIRE_VERSION: u8 = 2;
 
 /// Bytes of a tag.
 const TAG_BYTES: usize = StandbyKey::TAG_BYTES;
+
+/// Bytes of the CRC32 that ends a message when there is no key.
+const CRC_BYTES: usize = 4;
 
 /// Where a store is: what the handshake compares. Two stores at the same position hold the
 /// same history (the same incarnation and commits, and the same turns and time of the last
@@ -197,6 +202,10 @@ pub enum WireError {
     TooShort(u32),
     #[error("message does not authenticate: the other end has another cluster key (or none)")]
     BadTag,
+    /// Without a key: the message's CRC32 does not match (bytes altered on the way, or the
+    /// other end has a key where this one has none).
+    #[error("message fails its checksum: altered on the way, or the other end has a cluster key where this one has none")]
+    BadChecksum,
     #[error("message of wire version {0}; this build speaks version {WIRE_VERSION}")]
     Version(u8),
     #[error("message does not decode: {0}")]
@@ -227,10 +236,28 @@ impl Framing {
         }
     }
 
+    /// Bytes after the version byte and body: the tag, or the CRC32 without a key.
+    fn trailer_len(&self) -> usize {
+        if self.key.is_some() {
+            TAG_BYTES
+        } else {
+            CRC_BYTES
+        }
+    }
+
+    /// The CRC32 of a message without a key: over the same bytes a tag covers.
+    fn crc(dir: u8, number: u64, message: &[u8]) -> [u8; CRC_BYTES] {
+        let mut h = crc32fast::Hasher::new();
+        h.update(&[dir]);
+        h.update(&number.to_le_bytes());
+        h.update(message);
+        h.finalize().to_le_bytes()
+    }
+
     fn encode(&mut self, msg: &Message) -> Result<Vec<u8>, WireError> {
         let body = bincode::serde::encode_to_vec(msg, bincode::config::standard())
             .map_err(|e| WireError::Decode(e.to_string()))?;
-        let tag_len = if self.key.is_some() { TAG_BYTES } else { 0 };
+        let tag_len = self.trailer_len();
         let len = 1 + body.len() as u64 + tag_len as u64;
         if len > u64::from(STANDBY_MESSAGE_BYTES_MAX) {
             return Err(WireError::TooLarge(len));
@@ -239,9 +266,15 @@ impl Framing {
         frame.extend_from_slice(&(len as u32).to_le_bytes());
         frame.push(WIRE_VERSION);
         frame.extend_from_slice(&body);
-        if let Some(key) = &self.key {
-            let tag = key.tag(&[&[self.out_dir], &self.sent.to_le_bytes(), &frame[4..]]);
-            frame.extend_from_slice(&tag);
+        match &self.key {
+            Some(key) => {
+                let tag = key.tag(&[&[self.out_dir], &self.sent.to_le_bytes(), &frame[4..]]);
+                frame.extend_from_slice(&tag);
+            }
+            None => {
+                let crc = Framing::crc(self.out_dir, self.sent, &frame[4..]);
+                frame.extend_from_slice(&crc);
+            }
         }
         self.sent += 1;
         Ok(frame)
@@ -259,6 +292,16 @@ impl Framing {
                 &frame[body_len..],
             ) {
                 return Err(WireError::BadTag);
+            }
+            frame.truncate(body_len);
+        } else {
+            // The version first: an older peer's message (no CRC) is named as such.
+            if frame[0] != WIRE_VERSION {
+                return Err(WireError::Version(frame[0]));
+            }
+            let body_len = frame.len() - CRC_BYTES;
+            if frame[body_len..] != Framing::crc(self.in_dir, self.received, &frame[..body_len]) {
+                return Err(WireError::BadChecksum);
             }
             frame.truncate(body_len);
         }
@@ -296,7 +339,7 @@ impl Framing {
         if len > STANDBY_MESSAGE_BYTES_MAX {
             return Err(WireError::TooLarge(len.into()));
         }
-        let min = 1 + if self.key.is_some() { TAG_BYTES } else { 0 };
+        let min = 1 + self.trailer_len();
         if (len as usize) < min {
             return Err(WireError::TooShort(len));
         }
@@ -902,7 +945,12 @@ impl Shipper {
         )
         .await?;
         let reply = match inn.read_within(&mut rd, STANDBY_REPLY_TIMEOUT).await {
-            Err(WireError::BadTag | WireError::Decode(_) | WireError::TooShort(_)) => {
+            Err(
+                WireError::BadTag
+                | WireError::BadChecksum
+                | WireError::Decode(_)
+                | WireError::TooShort(_),
+            ) => {
                 return Err(SessionEnd::Protocol(
                     "the standby's answer to Hello does not authenticate: the standby has \
                      another cluster key, or one where this primary has none (or the reverse); \
@@ -1415,6 +1463,7 @@ async fn handshake(
             if matches!(
                 e,
                 WireError::BadTag
+                    | WireError::BadChecksum
                     | WireError::Decode(_)
                     | WireError::TooShort(_)
                     | WireError::Version(_)
@@ -1642,5 +1691,56 @@ fn install(replica: &mut Replica, copy: &Path, commits: u64) -> Result<(), Refus
             tracing::error!("installing the snapshot failed: {e}");
             Err(Refusal::BadSnapshot(format!("install failed: {e}")))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Ship without a key whose batch has one value byte altered on the way: version 2
+    /// refuses it (its CRC32), while the same bytes without the check (wire version 1, the
+    /// negative control) decode as a valid batch with another value, which a standby would
+    /// have committed.
+    #[test]
+    fn an_altered_value_without_a_key_fails_the_checksum_and_decodes_silently_without_it() {
+        let batch = Batch {
+            now_ms: 1,
+            turns: 1,
+            table_writes: vec![ken_store::TableWrite {
+                table: "t".into(),
+                key: b"k".to_vec(),
+                value: Some(b"balance=100".to_vec()),
+            }],
+            ..Batch::default()
+        };
+        let sent = Message::Ship {
+            commit_no: 7,
+            batch: Arc::new(batch),
+        };
+        let mut frame = Framing::new(None, true).encode(&sent).unwrap();
+        let at = frame
+            .windows(3)
+            .position(|w| w == b"100")
+            .expect("the value is in the frame");
+        frame[at] = b'9';
+        let message = frame.split_off(4);
+        let refused = Framing::new(None, false).decode(message.clone());
+        assert!(
+            matches!(refused, Err(WireError::BadChecksum)),
+            "{refused:?}"
+        );
+        // The control: the body alone, as wire version 1 read it, decodes to another batch.
+        let body = &message[1..message.len() - CRC_BYTES];
+        let (got, _): (Message, usize) =
+            bincode::serde::decode_from_slice(body, bincode::config::standard()).unwrap();
+        let Message::Ship { batch, .. } = &got else {
+            panic!("not a Ship: {got:?}")
+        };
+        assert_eq!(
+            batch.table_writes[0].value.as_deref(),
+            Some(&b"balance=900"[..])
+        );
+        assert_ne!(got, sent);
     }
 }
