@@ -200,7 +200,7 @@ pub enum WireError {
     TooLarge(u64),
     #[error("message of {0} bytes is too short")]
     TooShort(u32),
-    #[error("message does not authenticate: the other end has another cluster key (or none)")]
+    #[error("message does not authenticate: altered on the way, or the other end has another cluster key (or none)")]
     BadTag,
     /// Without a key: the message's CRC32 does not match (bytes altered on the way, or the
     /// other end has a key where this one has none).

@@ -1533,6 +1533,11 @@ impl Cluster {
             };
             self.start_cut(i, others, until, false)?;
         }
+        if let Some(sb) = &mut self.standbys {
+            if self.rng.gen_bool(standby::LINK_FAULT_SHARE) {
+                sb.link_fault(&mut self.rng);
+            }
+        }
         if let Some(ballast) = self.ballast.clone() {
             let _ = std::fs::remove_file(&ballast);
             if self.rng.gen_bool(self.args.disk_full.clamp(0.0, 1.0)) {
@@ -2303,6 +2308,8 @@ impl Cluster {
             summary["promotion_to_first_turn_ms"] = sb.first_turn_ms.clone().into();
             summary["standby_kills"] = sb.kills.into();
             summary["standby_pauses"] = sb.pauses.into();
+            summary["standby_link_cuts"] = sb.link_cuts.into();
+            summary["standby_link_bit_flips"] = sb.link_bit_flips().into();
             summary["standby_restarts"] = sb.restarts.into();
             summary["unsafe_release_before_standby"] =
                 self.args.unsafe_release_before_standby.into();

@@ -4,7 +4,8 @@
 //!
 //! The members are started from a cluster file written for the run ([`Standbys::write_run_file`]):
 //! each `[[process]]` has `standby = { ship, address, store }`, so a member ships to its
-//! standby and knows every other member's standby address (where a peer looks for a
+//! standby (through a relay of the harness, [`Link`], which now and then cuts the connection
+//! or alters a bit of it: [`LINK_FAULT_SHARE`] of the network epochs) and knows every other member's standby address (where a peer looks for a
 //! promoted member after a quiet period). Standbys are SIGKILLed and restarted, and
 //! SIGSTOPped for seconds (the link goes silent with its TCP connection up), now and then
 //! like members (the primary waits meanwhile, releasing nothing: masked).
@@ -60,8 +61,6 @@ pub struct Standbys {
     /// One `ken standby serve` per member.
     pub procs: Vec<Process>,
     pub restart_at: Vec<Option<Instant>>,
-    /// Where each standby listens for its primary's batches (TCP).
-    pub ship: Vec<SocketAddr>,
     /// Each member's UDP address once promoted.
     pub address: Vec<SocketAddr>,
     /// Each standby's replica store.
@@ -81,6 +80,11 @@ pub struct Standbys {
     pub restarts: u64,
     /// SIGSTOP pauses of standbys.
     pub pauses: u64,
+    /// The relays members ship through (member `i` ships to `links[i].addr`).
+    pub links: Vec<Link>,
+    /// Link faults: connections cut, and bit flips ordered.
+    pub link_cuts: u64,
+    pub link_corruptions: u64,
     pub skipped: u64,
 }
 
@@ -108,6 +112,10 @@ impl Standbys {
             .map(std::net::TcpListener::local_addr)
             .collect::<std::io::Result<_>>()?;
         drop(tcp);
+        let links: Vec<Link> = ship
+            .iter()
+            .map(|to| Link::start(*to))
+            .collect::<anyhow::Result<_>>()?;
         let address = ken_tools::harness::free_addrs(ids.len())
             .context("pick free UDP ports for the promoted members")?;
         let replicas: Vec<PathBuf> = ids
@@ -147,7 +155,6 @@ impl Standbys {
         Ok(Standbys {
             procs,
             restart_at: vec![None; ids.len()],
-            ship,
             address,
             replicas,
             promoted: vec![false; ids.len()],
@@ -159,6 +166,9 @@ impl Standbys {
             kills: 0,
             restarts: 0,
             pauses: 0,
+            links,
+            link_cuts: 0,
+            link_corruptions: 0,
             skipped: 0,
         })
     }
@@ -188,7 +198,7 @@ impl Standbys {
             if !self.promoted[i] {
                 t.push_str(&format!(
                     "standby = {{ ship = {}, address = {}, store = {} }}\n",
-                    quote(&self.ship[i].to_string()),
+                    quote(&self.links[i].addr.to_string()),
                     quote(&self.address[i].to_string()),
                     quote(&self.replicas[i].display().to_string()),
                 ));
@@ -235,6 +245,33 @@ impl Standbys {
         self.kills += 1;
         self.restart_at[i] = Some(Instant::now() + delay);
         Ok(true)
+    }
+
+    /// A network epoch may fault a member's link to its standby ([`LINK_FAULT_SHARE`]): cuts
+    /// its connection, or alters one bit of the next bytes relayed, on a random member in
+    /// service. False if none was eligible.
+    pub fn link_fault(&mut self, rng: &mut ChaCha8Rng) -> bool {
+        let eligible: Vec<usize> = (0..self.links.len())
+            .filter(|i| self.in_service(*i))
+            .collect();
+        if eligible.is_empty() {
+            return false;
+        }
+        let i = eligible[rng.gen_range(0..eligible.len())];
+        if rng.gen_bool(0.5) {
+            if self.links[i].cut() {
+                self.link_cuts += 1;
+            }
+        } else {
+            self.links[i].corrupt_next(rng.gen());
+            self.link_corruptions += 1;
+        }
+        true
+    }
+
+    /// Bits the relays altered.
+    pub fn link_bit_flips(&self) -> u64 {
+        self.links.iter().map(Link::flipped).sum()
     }
 
     /// A pause event may go to a standby: SIGSTOPs a random running, unpaused standby in
@@ -405,4 +442,136 @@ fn turns(store: &Path) -> Option<u64> {
 
 fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Fraction of the network epochs in which one member's link to its standby is faulted:
+/// the TCP connection cut (both directions shut down at once), or one bit of the next
+/// bytes relayed altered (either direction), half each.
+pub const LINK_FAULT_SHARE: f64 = 0.5;
+
+/// A TCP relay between a member and its standby (the member ships to [`Link::addr`]), through
+/// which the harness cuts the connection or alters a byte. The standby's checks (the key's
+/// tag, or the CRC32 without a key) must refuse an altered message and the primary reconnect
+/// and ship again; a cut is a crash of the connection alone. Either is masked: the bank audit
+/// over the replicas (and over a promoted one) finds nothing lost or applied twice.
+pub struct Link {
+    /// Where the member ships (the relay listens here).
+    pub addr: SocketAddr,
+    shared: std::sync::Arc<LinkShared>,
+}
+
+#[derive(Default)]
+struct LinkShared {
+    /// The connections now relayed (both ends of each), by number, for a cut.
+    open: std::sync::Mutex<std::collections::BTreeMap<u64, [std::net::TcpStream; 2]>>,
+    next: std::sync::atomic::AtomicU64,
+    /// Set by the harness: the next chunk relayed (either direction) gets one bit flipped,
+    /// at this seed's position.
+    corrupt: std::sync::Mutex<Option<u64>>,
+    /// Bits flipped so far (an order is counted when carried out, not when given).
+    flipped: std::sync::atomic::AtomicU64,
+}
+
+impl Link {
+    /// A relay to `to` on a free local port, serving from a thread of its own until the
+    /// harness exits.
+    pub fn start(to: SocketAddr) -> anyhow::Result<Link> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .context("bind a TCP port for a standby link relay")?;
+        let addr = listener.local_addr()?;
+        let shared = std::sync::Arc::new(LinkShared::default());
+        let s = std::sync::Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name(format!("link-{addr}"))
+            .spawn(move || {
+                for down in listener.incoming() {
+                    let Ok(down) = down else { continue };
+                    // The standby down (killed, paused past the timeout): the member sees
+                    // its connection close, as it would without the relay.
+                    let Ok(up) = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))
+                    else {
+                        continue;
+                    };
+                    let _ = down.set_nodelay(true);
+                    let _ = up.set_nodelay(true);
+                    relay(&s, down, up);
+                }
+            })
+            .context("spawn a standby link relay")?;
+        Ok(Link { addr, shared })
+    }
+
+    /// Cuts every connection relayed now. False if there was none.
+    pub fn cut(&self) -> bool {
+        let open = std::mem::take(&mut *self.shared.open.lock().expect("not poisoned"));
+        for s in open.values().flatten() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        !open.is_empty()
+    }
+
+    /// The next chunk relayed gets one bit altered (where, from `seed`).
+    pub fn corrupt_next(&self, seed: u64) {
+        *self.shared.corrupt.lock().expect("not poisoned") = Some(seed);
+    }
+
+    /// Bits altered so far.
+    pub fn flipped(&self) -> u64 {
+        self.shared
+            .flipped
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Pumps `down` <-> `up` on two threads until either side ends or is cut.
+fn relay(shared: &std::sync::Arc<LinkShared>, down: std::net::TcpStream, up: std::net::TcpStream) {
+    let pair = (
+        down.try_clone(),
+        up.try_clone(),
+        down.try_clone(),
+        up.try_clone(),
+    );
+    let (Ok(d2), Ok(u2), Ok(d3), Ok(u3)) = pair else {
+        return;
+    };
+    let id = shared
+        .next
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    shared
+        .open
+        .lock()
+        .expect("not poisoned")
+        .insert(id, [d3, u3]);
+    for (from, to) in [(down, u2), (up, d2)] {
+        let s = std::sync::Arc::clone(shared);
+        let _ = std::thread::Builder::new()
+            .name("link-pump".into())
+            .spawn(move || {
+                pump(&s, from, to);
+                s.open.lock().expect("not poisoned").remove(&id);
+            });
+    }
+}
+
+fn pump(shared: &LinkShared, mut from: std::net::TcpStream, mut to: std::net::TcpStream) {
+    use std::io::{Read, Write};
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if let Some(seed) = shared.corrupt.lock().expect("not poisoned").take() {
+            let bit = (seed % (n as u64 * 8)) as usize;
+            buf[bit / 8] ^= 1 << (bit % 8);
+            shared
+                .flipped
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+    let _ = from.shutdown(std::net::Shutdown::Both);
 }

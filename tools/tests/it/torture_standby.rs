@@ -1,6 +1,7 @@
 //! `ken torture --app bank --standby` (issue 18): every bank member ships its batches to a
 //! standby (`ken standby serve`); standbys are SIGKILLed and restarted, and SIGSTOPped for
-//! seconds (a silent primary-standby link), like the members; a
+//! seconds (a silent primary-standby link), like the members; their TCP links cut and
+//! altered by a bit (refused by the key's tag or the CRC32, and shipped again); a
 //! member's store is destroyed for good and its standby promoted mid-run. The bank audit
 //! then reads the promoted member's replica: nothing lost, nothing applied twice.
 //!
@@ -30,8 +31,16 @@ const RUN: [&str; 11] = [
 fn bank_torture_with_standbys_and_a_promotion_passes() {
     let dir = tempfile::tempdir().unwrap();
     let mut args = RUN.to_vec();
-    // More pauses than the default, so that standbys are SIGSTOPped too (a silent link).
-    args.extend(["--seed", "21", "--pause-rate", "0.5"]);
+    // More pauses than the default, so that standbys are SIGSTOPped too (a silent link),
+    // and a network epoch a second, so that links to standbys are cut and altered too.
+    args.extend([
+        "--seed",
+        "21",
+        "--pause-rate",
+        "0.5",
+        "--net-period-ms",
+        "1000",
+    ]);
     let (ok, stdout, s) = torture(dir.path(), &args);
     assert!(ok && n(&s, "violations") == 0, "{stdout}");
     assert_eq!(n(&s, "promotions"), 1, "{s}");
@@ -43,6 +52,10 @@ fn bank_torture_with_standbys_and_a_promotion_passes() {
     assert!(n(&s, "kills") > 0, "{s}");
     assert!(n(&s, "standby_restarts") >= n(&s, "standby_kills"), "{s}");
     assert!(n(&s, "standby_pauses") > 0, "{s}");
+    assert!(
+        n(&s, "standby_link_cuts") + n(&s, "standby_link_bit_flips") > 0,
+        "{s}"
+    );
     assert!(n(&s, "messages") > 0, "{s}");
     // The disk really was destroyed: one member's store is gone, and the run's cluster file
     // lists that member without a standby (it runs on the promoted replica).
