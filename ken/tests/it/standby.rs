@@ -741,51 +741,6 @@ async fn a_batch_acknowledged_before_its_local_commit_is_never_taken_back_by_a_r
     sb.kill().await;
 }
 
-/// A TCP relay to `to` that flips one byte, at `flip_at` of the primary-to-standby stream,
-/// on its first connection only. Returns its address.
-async fn flipping_relay(to: String, flip_at: usize) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move {
-        let mut first = true;
-        loop {
-            let (mut down, _) = listener.accept().await.unwrap();
-            let Ok(mut up) = tokio::net::TcpStream::connect(&to).await else {
-                continue;
-            };
-            let flip = std::mem::take(&mut first);
-            tokio::spawn(async move {
-                let (mut dr, mut dw) = down.split();
-                let (mut ur, mut uw) = up.split();
-                let upward = async {
-                    let mut buf = vec![0u8; 64 << 10];
-                    let mut seen = 0usize;
-                    loop {
-                        let n = match dr.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        if flip && (seen..seen + n).contains(&flip_at) {
-                            buf[flip_at - seen] ^= 0x01;
-                        }
-                        seen += n;
-                        if uw.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                    let _ = uw.shutdown().await;
-                };
-                let downward = async {
-                    let _ = tokio::io::copy(&mut ur, &mut dw).await;
-                    let _ = dw.shutdown().await;
-                };
-                tokio::join!(upward, downward);
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_altered_on_the_way_is_refused_and_the_next_connection_reseeds() {
     let d = dir();
@@ -796,13 +751,17 @@ async fn a_message_altered_on_the_way_is_refused_and_the_next_connection_reseeds
     }
     let key = ClusterKey::from_bytes([3; 32]);
     let sb = spawn_standby(&d.path().join("r.ken"), None, Some(key.clone()), 0).await;
-    // Byte 1000 is inside the first snapshot chunk (the Hello is about 100 bytes).
-    let relay = flipping_relay(sb.addr.clone(), 1000).await;
+    // Message 1 is the first snapshot chunk (0 is the Hello).
+    let (relay, altered) = altering_relay(sb.addr.clone(), 1).await;
     let (_ship, mut events) = ship_to(&primary, &relay, Some(key));
     let seen = wait_acked(&mut events, 5).await;
     assert!(
         matches!(seen.as_slice(), [ShipEvent::Disconnected(why)] if why.contains("authenticate") || why.contains("connection")),
         "the altered connection fails, then the next one succeeds: {seen:?}"
+    );
+    assert!(
+        altered.load(Ordering::SeqCst),
+        "the relay altered the chunk"
     );
     assert_replica_equal(&primary, &sb.path);
 }
