@@ -766,6 +766,7 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
             store: config.store.clone(),
             standby: target.clone(),
             key: config.key.clone(),
+            encrypt: config.encrypt && config.key.is_some(),
         });
         sync_standby(target, commits_at_start, &mut events).await;
         out.desk.standby = Some(crate::admin::StandbyReport {

@@ -36,7 +36,12 @@
 //! (`ClusterKey::standby_key`); every later message under the connection's key derived from
 //! it and both ends' nonces (`StandbyKey::session`), so nothing recorded from another
 //! connection (an old snapshot, old batches) can be replayed into this one. Without a key
-//! nothing is tagged (only checksummed), and both ends warn loudly.
+//! nothing is tagged (only checksummed), and both ends warn loudly. With the cluster's
+//! `encrypt` ([`ShipperConfig::encrypt`], [`StandbyConfig::encrypt`]) every message after the
+//! handshake has its version-less body XChaCha20-encrypted under a key derived from the
+//! connection's key, nonce = direction and message number (`StandbyKey::apply_keystream`),
+//! before it is tagged; `Hello` says whether the primary encrypts, and a standby that
+//! requires it refuses one that does not.
 //!
 //! **Handshake and reseeding.** The primary sends `Hello` (its process id, epoch and
 //! [`Position`]); the standby answers `Refused` (another process, an old epoch) or `State`
@@ -153,6 +158,8 @@ pub enum Message {
         epoch: u64,
         at: Position,
         nonce: [u8; 16],
+        /// Every later message of the connection is encrypted (the cluster's `encrypt`).
+        encrypt: bool,
     },
     /// Standby to primary: the handshake accepted, and where the replica is (all zeros: no
     /// replica yet). Also the answer to a complete snapshot.
@@ -217,6 +224,9 @@ pub enum WireError {
 /// One end of a connection's framing: its key and its message counters.
 struct Framing {
     key: Option<StandbyKey>,
+    /// Encrypt (and decrypt) the body: set once `key` is the connection's key and both ends
+    /// agreed in the handshake.
+    encrypt: bool,
     /// Our direction byte, and the other end's.
     out_dir: u8,
     in_dir: u8,
@@ -229,6 +239,7 @@ impl Framing {
         let (out_dir, in_dir) = if primary { (b'P', b'S') } else { (b'S', b'P') };
         Framing {
             key,
+            encrypt: false,
             out_dir,
             in_dir,
             sent: 0,
@@ -268,6 +279,9 @@ impl Framing {
         frame.extend_from_slice(&body);
         match &self.key {
             Some(key) => {
+                if self.encrypt {
+                    key.apply_keystream(self.out_dir, self.sent, &mut frame[5..]);
+                }
                 let tag = key.tag(&[&[self.out_dir], &self.sent.to_le_bytes(), &frame[4..]]);
                 frame.extend_from_slice(&tag);
             }
@@ -294,6 +308,9 @@ impl Framing {
                 return Err(WireError::BadTag);
             }
             frame.truncate(body_len);
+            if self.encrypt {
+                key.apply_keystream(self.in_dir, self.received, &mut frame[1..]);
+            }
         } else {
             // The version first: an older peer's message (no CRC) is named as such.
             if frame[0] != WIRE_VERSION {
@@ -695,6 +712,8 @@ pub struct ShipperConfig {
     pub standby: String,
     /// The cluster key; `None`: unauthenticated, with a loud warning.
     pub key: Option<ClusterKey>,
+    /// Encrypt every message after the handshake (the cluster's `encrypt`; needs `key`).
+    pub encrypt: bool,
 }
 
 /// What the shipper reports.
@@ -941,6 +960,7 @@ impl Shipper {
                 epoch: our_epoch,
                 at,
                 nonce: our_nonce,
+                encrypt: self.cfg.encrypt,
             },
         )
         .await?;
@@ -974,6 +994,8 @@ impl Shipper {
             let session = base.session(&our_nonce, &their_nonce);
             out.key = Some(session.clone());
             inn.key = Some(session);
+            out.encrypt = self.cfg.encrypt;
+            inn.encrypt = self.cfg.encrypt;
         }
         let start = if their_at == at {
             tracing::info!(standby = %self.cfg.standby, commits = at.commits, "standby in sync");
@@ -1197,6 +1219,9 @@ pub struct StandbyConfig {
     pub key: Option<ClusterKey>,
     /// The lowest epoch accepted, besides the replica's own (an operator's fence).
     pub min_epoch: u64,
+    /// Refuse a primary that does not encrypt (the cluster's `encrypt`; needs `key`). A
+    /// primary that encrypts is served either way.
+    pub encrypt: bool,
     /// Where `ken status` asks the standby (UDP; `ken standby serve` binds the port of
     /// `listener`): admin requests under the cluster key, answered with a
     /// [`crate::admin::StandbyStatus`] by [`crate::admin::answer_standby`]. `None`: the
@@ -1385,7 +1410,7 @@ pub async fn serve(cfg: StandbyConfig) -> Result<(), StandbyError> {
             }
             accepted = cfg.listener.accept() => {
                 let (stream, from) = accepted.map_err(StandbyError::Accept)?;
-                if let Some(s) = handshake(&mut replica, base.as_ref(), stream, from).await? {
+                if let Some(s) = handshake(&mut replica, base.as_ref(), cfg.encrypt, stream, from).await? {
                     replica.stats.primary = Some(from);
                     if let Some(old) = current.replace(s) {
                         tracing::warn!(old = %old.from, new = %from, "a new primary connection replaces the current one");
@@ -1449,6 +1474,7 @@ async fn next_message(current: &mut Option<Session>) -> Option<Result<Message, W
 async fn handshake(
     replica: &mut Replica,
     base: Option<&StandbyKey>,
+    require_encryption: bool,
     stream: TcpStream,
     from: std::net::SocketAddr,
 ) -> Result<Option<Session>, StandbyError> {
@@ -1486,6 +1512,16 @@ async fn handshake(
             standby_epoch: replica.epoch,
             primary_epoch: *epoch,
         }),
+        Message::Hello { encrypt: false, .. } if require_encryption => Some(Refusal::Protocol(
+            "this standby requires encryption (the cluster's `encrypt` setting) and the \
+                 primary ships in clear: give both the same cluster settings"
+                .into(),
+        )),
+        Message::Hello { encrypt: true, .. } if base.is_none() => Some(Refusal::Protocol(
+            "the primary encrypts but this standby has no cluster key: give both the same key \
+             file"
+                .into(),
+        )),
         Message::Hello { .. } => None,
         other => Some(Refusal::Protocol(format!(
             "the first message was {}, not Hello",
@@ -1502,6 +1538,7 @@ async fn handshake(
         epoch,
         nonce: their_nonce,
         at: theirs,
+        encrypt,
         ..
     } = hello
     else {
@@ -1536,6 +1573,8 @@ async fn handshake(
         let session = base.session(&their_nonce, &our_nonce);
         out.key = Some(session.clone());
         inn.key = Some(session);
+        out.encrypt = encrypt;
+        inn.encrypt = encrypt;
     }
     let (tx, rx) = mpsc::channel(4);
     let reader = tokio::spawn(async move {

@@ -79,6 +79,11 @@ pub struct ServeArgs {
     /// The cluster key (with --cluster: defaults to the file's).
     #[arg(long, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
+    /// Require the primary to encrypt the stream (with --cluster: also when the file's
+    /// `[settings] encrypt` is true). Needs a key. A primary that encrypts is served either
+    /// way; one that ships in clear is refused.
+    #[arg(long)]
+    pub encrypt: bool,
     /// Refuse any primary below this epoch even while the replica is empty: start a new
     /// standby of a promoted process with the epoch `ken standby promote` printed.
     #[arg(long, default_value_t = 0)]
@@ -136,6 +141,7 @@ fn serve(a: &ServeArgs) -> Result<(), String> {
     ken::app::init_tracing();
     let id = ProcessId::new(&a.id).map_err(|e| format!("bad --id: {e}"))?;
     let (mut store, mut listen, mut key) = (a.store.clone(), a.listen, None);
+    let mut encrypt = a.encrypt;
     if let Some(cluster) = &a.cluster {
         let (file, sb) = standby_entry(cluster, &id)?;
         store = store.or(sb.store.clone());
@@ -143,9 +149,16 @@ fn serve(a: &ServeArgs) -> Result<(), String> {
         if let Some(k) = &file.settings.key_file {
             key = Some(ken::ClusterKey::load(k).map_err(|e| e.to_string())?);
         }
+        encrypt |= file.settings.encrypt;
     }
     if let Some(k) = &a.key_file {
         key = Some(ken::ClusterKey::load(k).map_err(|e| e.to_string())?);
+    }
+    if encrypt && key.is_none() {
+        return Err(
+            "--encrypt needs a cluster key: give --key-file (or a cluster file with key_file)"
+                .into(),
+        );
     }
     let store = store.ok_or("no store: give --store or the cluster file's standby.store")?;
     let listen = listen
@@ -178,6 +191,7 @@ fn serve(a: &ServeArgs) -> Result<(), String> {
             listener,
             key,
             min_epoch: a.min_epoch,
+            encrypt,
             admin,
         })
         .await

@@ -55,6 +55,7 @@ const CONTEXT_CLIENT_ENCRYPTION: &str = "ken 2026-12 client encryption v1";
 const CONTEXT_KEY_ID: &str = "ken 2026-12 key id v1";
 const CONTEXT_STANDBY: &str = "ken 2026-12 standby v1";
 const CONTEXT_STANDBY_SESSION: &str = "ken 2026-12 standby session v1";
+const CONTEXT_STANDBY_ENCRYPTION: &str = "ken 2026-12 standby stream encryption v1";
 
 /// The subkey of `key` for `context`.
 fn derive(context: &str, key: &[u8; KEY_BYTES]) -> [u8; KEY_BYTES] {
@@ -289,6 +290,22 @@ impl StandbyKey {
         let bytes = blake3::derive_key(CONTEXT_STANDBY_SESSION, &material);
         material.zeroize();
         StandbyKey { bytes }
+    }
+
+    /// Encrypts (or decrypts: the same operation) `data`, message `number` of direction
+    /// `dir`, with XChaCha20 under a key derived from this one; the nonce is the direction
+    /// and the number. Only for a connection's key ([`StandbyKey::session`]), where each
+    /// (direction, number) names one message: never under the cluster's standby key, which
+    /// every connection shares.
+    pub fn apply_keystream(&self, dir: u8, number: u64, data: &mut [u8]) {
+        use chacha20::cipher::{KeyIvInit, StreamCipher};
+        let mut key = blake3::derive_key(CONTEXT_STANDBY_ENCRYPTION, &self.bytes);
+        let mut nonce = [0u8; 24];
+        nonce[0] = dir;
+        nonce[1..9].copy_from_slice(&number.to_le_bytes());
+        let mut cipher = chacha20::XChaCha20::new(&key.into(), &nonce.into());
+        cipher.apply_keystream(data);
+        key.zeroize();
     }
 
     /// The tag of `parts`, concatenated.

@@ -78,6 +78,17 @@ async fn spawn_standby(
     key: Option<ClusterKey>,
     min_epoch: u64,
 ) -> Standby {
+    spawn_standby_with(path, at, key, min_epoch, false).await
+}
+
+/// [`spawn_standby`], `encrypt`: refusing a primary that ships in clear.
+async fn spawn_standby_with(
+    path: &Path,
+    at: Option<&str>,
+    key: Option<ClusterKey>,
+    min_epoch: u64,
+    encrypt: bool,
+) -> Standby {
     let listener = tokio::net::TcpListener::bind(at.unwrap_or("127.0.0.1:0"))
         .await
         .unwrap();
@@ -88,6 +99,7 @@ async fn spawn_standby(
         listener,
         key,
         min_epoch,
+        encrypt,
         admin: None,
     }));
     Standby {
@@ -111,11 +123,21 @@ fn ship_to(
     addr: &str,
     key: Option<ClusterKey>,
 ) -> (ShipperHandle, UnboundedReceiver<ShipEvent>) {
+    ship_to_encrypting(store, addr, key, false)
+}
+
+fn ship_to_encrypting(
+    store: &Path,
+    addr: &str,
+    key: Option<ClusterKey>,
+    encrypt: bool,
+) -> (ShipperHandle, UnboundedReceiver<ShipEvent>) {
     standby::start(ShipperConfig {
         process: pid("p"),
         store: store.to_path_buf(),
         standby: addr.to_string(),
         key,
+        encrypt,
     })
 }
 
@@ -550,6 +572,7 @@ async fn raw_primary(addr: &str) -> (Raw, Position) {
         epoch: 0,
         at: Position::default(),
         nonce: [1; 16],
+        encrypt: false,
     })
     .await;
     match s.recv().await {
@@ -630,6 +653,7 @@ async fn a_ship_out_of_order_or_malformed_is_refused_and_the_next_commit_applied
         epoch: 9,
         at: Position::default(),
         nonce: [0; 16],
+        encrypt: false,
     })
     .await;
     assert!(matches!(
@@ -857,6 +881,113 @@ async fn without_a_key_a_batch_altered_on_the_way_fails_its_checksum_and_is_ship
     sb.kill().await;
 }
 
+/// A TCP relay to `to` that records every byte of the primary-to-standby stream.
+async fn recording_relay(to: String) -> (String, Arc<std::sync::Mutex<Vec<u8>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    tokio::spawn(async move {
+        loop {
+            let (mut down, _) = listener.accept().await.unwrap();
+            let Ok(mut up) = tokio::net::TcpStream::connect(&to).await else {
+                continue;
+            };
+            let log = Arc::clone(&log);
+            tokio::spawn(async move {
+                let (mut dr, mut dw) = down.split();
+                let (mut ur, mut uw) = up.split();
+                let upward = async {
+                    let mut buf = vec![0u8; 64 << 10];
+                    loop {
+                        let n = match dr.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        log.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if uw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = uw.shutdown().await;
+                };
+                let downward = async {
+                    let _ = tokio::io::copy(&mut ur, &mut dw).await;
+                    let _ = dw.shutdown().await;
+                };
+                tokio::join!(upward, downward);
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// With the cluster's `encrypt`, every message after the handshake is encrypted: a batch's
+/// bytes (its root state, its table value) never cross the wire in clear, and the replica
+/// ends equal to the primary. The control: the same run without `encrypt` carries them in
+/// clear (what the relay saw contains them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_encrypt_no_batch_byte_crosses_the_wire_in_clear() {
+    let key = ClusterKey::from_bytes([5; 32]);
+    for encrypt in [true, false] {
+        let d = dir();
+        let primary = d.path().join("p.ken");
+        let (mut store, _) = Store::open(&primary, "p").unwrap();
+        store.commit(&batch(1, 1)).unwrap();
+        let sb =
+            spawn_standby_with(&d.path().join("r.ken"), None, Some(key.clone()), 0, encrypt).await;
+        let (relay, seen) = recording_relay(sb.addr.clone()).await;
+        let (ship, mut events) = ship_to_encrypting(&primary, &relay, Some(key.clone()), encrypt);
+        wait_acked(&mut events, 1).await;
+        for n in 2..=4 {
+            commit_and_ship(&mut store, &ship, n);
+        }
+        wait_acked(&mut events, 4).await;
+        assert_replica_equal(&primary, &sb.path);
+        let wire = seen.lock().unwrap().clone();
+        let clear = |text: &[u8]| wire.windows(text.len()).any(|w| w == text);
+        // `batch(3, ..)` sets root "root 3/1" (turns 1 + 3 % 3).
+        let root = b"root 3/1";
+        assert_eq!(
+            clear(root),
+            !encrypt,
+            "encrypt = {encrypt}: the shipped root state in clear on the wire"
+        );
+        drop(ship);
+        sb.kill().await;
+    }
+}
+
+/// A standby that requires encryption refuses a primary that ships in clear, naming the
+/// setting; the same primary with `encrypt` is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_requiring_encryption_refuses_a_primary_in_clear() {
+    let key = ClusterKey::from_bytes([6; 32]);
+    let d = dir();
+    let primary = d.path().join("p.ken");
+    let (mut store, _) = Store::open(&primary, "p").unwrap();
+    store.commit(&batch(1, 1)).unwrap();
+    let sb = spawn_standby_with(&d.path().join("r.ken"), None, Some(key.clone()), 0, true).await;
+    {
+        let (_ship, mut events) = ship_to(&primary, &sb.addr, Some(key.clone()));
+        let e = tokio::time::timeout(DEADLINE, events.recv())
+            .await
+            .expect("an event in time")
+            .unwrap();
+        assert!(
+            matches!(&e, ShipEvent::Disconnected(why) if why.contains("requires encryption")),
+            "{e:?}"
+        );
+    }
+    assert!(
+        !sb.path.exists(),
+        "nothing was written for a refused primary"
+    );
+    let (_ship, mut events) = ship_to_encrypting(&primary, &sb.addr, Some(key), true);
+    wait_acked(&mut events, 1).await;
+    assert_replica_equal(&primary, &sb.path);
+}
+
 /// `detach` and `attach` (issue 18: a primary runs alone only on the record): refused while
 /// the store is open (nothing written), written once (a second detach keeps the first
 /// record), removed by `attach` (a second attach writes nothing), each one commit of no
@@ -990,6 +1121,7 @@ async fn a_standby_answers_status_under_the_cluster_key_only() {
         listener,
         key: Some(key.clone()),
         min_epoch: 3,
+        encrypt: false,
         admin: Some(admin),
     }));
     let keyring = |k: &ClusterKey| ken::transport::Keyring::new(k, &[], false).unwrap();

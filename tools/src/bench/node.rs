@@ -465,6 +465,7 @@ fn serve_standby(spec: &NodeSpec) -> anyhow::Result<SocketAddr> {
                     listener,
                     key,
                     min_epoch: 0,
+                    encrypt: false,
                     admin: None,
                 })
                 .await
