@@ -205,8 +205,13 @@ impl Standbys {
             }
         }
         let key = key.map(absolute);
+        // Keyed, the run encrypts (peer frames and the standby stream): the stream's
+        // encryption runs under the same kills, cuts and bit flips.
         t.push_str(&super::custom::settings_toml(
-            &ken::cluster::Settings::default(),
+            &ken::cluster::Settings {
+                encrypt: key.is_some(),
+                ..ken::cluster::Settings::default()
+            },
             key.as_deref(),
             stats_interval_ms,
         ));
