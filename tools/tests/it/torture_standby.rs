@@ -73,6 +73,10 @@ fn bank_torture_with_standbys_and_a_promotion_passes() {
 fn releasing_before_the_standby_holds_a_batch_is_caught() {
     let dir = tempfile::tempdir().unwrap();
     let mut args = RUN.to_vec();
+    // Two promotions: one victim can miss the window in which it runs ahead of its dead
+    // standby (killed or cut off by the other faults in those 3 s: seen once in CI).
+    let at = args.iter().position(|a| *a == "--promotions").unwrap() + 1;
+    args[at] = "2";
     args.extend(["--seed", "21", "--unsafe-release-before-standby"]);
     let (ok, stdout, s) = torture(dir.path(), &args);
     assert!(
@@ -80,7 +84,7 @@ fn releasing_before_the_standby_holds_a_batch_is_caught() {
         "ken torture exited 0 although members released before their standby held: {stdout}"
     );
     assert!(n(&s, "violations") > 0, "{s}");
-    assert_eq!(n(&s, "promotions"), 1, "{s}");
+    assert_eq!(n(&s, "promotions"), 2, "{s}");
     // A safety violation (peers applied what the promoted member never sent, or never
     // will), or the runtime stopping the promoted member as rolled back; not only liveness.
     assert!(
