@@ -790,29 +790,28 @@ async fn a_message_altered_on_the_way_is_refused_and_the_next_connection_reseeds
     assert_replica_equal(&primary, &sb.path);
 }
 
-/// A TCP relay to `to` that flips one bit in the middle of message number `k` (0: the
-/// Hello) of the primary-to-standby stream, on its first connection only, parsing the
-/// stream's length prefixes. Returns its address and a flag set once the bit is flipped.
-async fn altering_relay(to: String, k: usize) -> (String, Arc<AtomicBool>) {
+/// A TCP relay to `to`: the primary-to-standby stream is read message by message (its
+/// length prefixes) and each message handed to `hook(connection, number, bytes)` before it
+/// is passed on; the other direction is copied. Returns its address.
+async fn relay(
+    to: String,
+    hook: impl Fn(usize, usize, &mut Vec<u8>) + Send + Sync + 'static,
+) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let altered = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&altered);
+    let hook = Arc::new(hook);
     tokio::spawn(async move {
-        let mut first = true;
-        loop {
+        for conn in 0.. {
             let (mut down, _) = listener.accept().await.unwrap();
             let Ok(mut up) = tokio::net::TcpStream::connect(&to).await else {
                 continue;
             };
-            let alter = std::mem::take(&mut first);
-            let flag = Arc::clone(&flag);
+            let hook = Arc::clone(&hook);
             tokio::spawn(async move {
                 let (mut dr, mut dw) = down.split();
                 let (mut ur, mut uw) = up.split();
                 let upward = async {
-                    let mut n = 0usize;
-                    loop {
+                    for n in 0.. {
                         let mut len = [0u8; 4];
                         if dr.read_exact(&mut len).await.is_err() {
                             break;
@@ -821,12 +820,7 @@ async fn altering_relay(to: String, k: usize) -> (String, Arc<AtomicBool>) {
                         if dr.read_exact(&mut msg).await.is_err() {
                             break;
                         }
-                        if alter && n == k {
-                            let at = msg.len() / 2;
-                            msg[at] ^= 0x10;
-                            flag.store(true, Ordering::SeqCst);
-                        }
-                        n += 1;
+                        hook(conn, n, &mut msg);
                         if uw.write_all(&len).await.is_err() || uw.write_all(&msg).await.is_err() {
                             break;
                         }
@@ -841,6 +835,22 @@ async fn altering_relay(to: String, k: usize) -> (String, Arc<AtomicBool>) {
             });
         }
     });
+    addr
+}
+
+/// A [`relay`] that flips one bit in the middle of message number `k` (0: the Hello) on
+/// its first connection only. Returns its address and a flag set once the bit is flipped.
+async fn altering_relay(to: String, k: usize) -> (String, Arc<AtomicBool>) {
+    let altered = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&altered);
+    let addr = relay(to, move |conn, n, msg| {
+        if conn == 0 && n == k {
+            let at = msg.len() / 2;
+            msg[at] ^= 0x10;
+            flag.store(true, Ordering::SeqCst);
+        }
+    })
+    .await;
     (addr, altered)
 }
 
@@ -881,44 +891,14 @@ async fn without_a_key_a_batch_altered_on_the_way_fails_its_checksum_and_is_ship
     sb.kill().await;
 }
 
-/// A TCP relay to `to` that records every byte of the primary-to-standby stream.
+/// A [`relay`] that records every message of the primary-to-standby stream.
 async fn recording_relay(to: String) -> (String, Arc<std::sync::Mutex<Vec<u8>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let log = Arc::clone(&seen);
-    tokio::spawn(async move {
-        loop {
-            let (mut down, _) = listener.accept().await.unwrap();
-            let Ok(mut up) = tokio::net::TcpStream::connect(&to).await else {
-                continue;
-            };
-            let log = Arc::clone(&log);
-            tokio::spawn(async move {
-                let (mut dr, mut dw) = down.split();
-                let (mut ur, mut uw) = up.split();
-                let upward = async {
-                    let mut buf = vec![0u8; 64 << 10];
-                    loop {
-                        let n = match dr.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        log.lock().unwrap().extend_from_slice(&buf[..n]);
-                        if uw.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                    let _ = uw.shutdown().await;
-                };
-                let downward = async {
-                    let _ = tokio::io::copy(&mut ur, &mut dw).await;
-                    let _ = dw.shutdown().await;
-                };
-                tokio::join!(upward, downward);
-            });
-        }
-    });
+    let addr = relay(to, move |_, _, msg| {
+        log.lock().unwrap().extend_from_slice(msg)
+    })
+    .await;
     (addr, seen)
 }
 
