@@ -39,8 +39,8 @@
 //! nothing is tagged (only checksummed), and both ends warn loudly. With the cluster's
 //! `encrypt` ([`ShipperConfig::encrypt`], [`StandbyConfig::encrypt`]) every message after the
 //! handshake has its version-less body XChaCha20-encrypted under a key derived from the
-//! connection's key, nonce = direction and message number (`StandbyKey::apply_keystream`),
-//! before it is tagged; `Hello` says whether the primary encrypts, and a standby that
+//! connection's key once per connection, nonce = direction and message number
+//! (`StreamKey::apply`), before it is tagged; `Hello` says whether the primary encrypts, and a standby that
 //! requires it refuses one that does not.
 //!
 //! **Handshake and reseeding.** The primary sends `Hello` (its process id, epoch and
@@ -69,7 +69,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ken_store::{Batch, OpenError, Reader, Store, StoreOptions};
-use ken_transport::{ClusterKey, ProcessId, StandbyKey};
+use ken_transport::{ClusterKey, ProcessId, StandbyKey, StreamKey};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -224,9 +224,9 @@ pub enum WireError {
 /// One end of a connection's framing: its key and its message counters.
 struct Framing {
     key: Option<StandbyKey>,
-    /// Encrypt (and decrypt) the body: set once `key` is the connection's key and both ends
-    /// agreed in the handshake.
-    encrypt: bool,
+    /// Encrypts (and decrypts) the body: set once `key` is the connection's key and both
+    /// ends agreed in the handshake ([`Framing::start_session`]).
+    cipher: Option<StreamKey>,
     /// Our direction byte, and the other end's.
     out_dir: u8,
     in_dir: u8,
@@ -239,12 +239,18 @@ impl Framing {
         let (out_dir, in_dir) = if primary { (b'P', b'S') } else { (b'S', b'P') };
         Framing {
             key,
-            encrypt: false,
+            cipher: None,
             out_dir,
             in_dir,
             sent: 0,
             received: 0,
         }
+    }
+
+    /// From the next message on, the connection's key (tags), and encryption if `encrypt`.
+    fn start_session(&mut self, session: StandbyKey, encrypt: bool) {
+        self.cipher = encrypt.then(|| session.stream_key());
+        self.key = Some(session);
     }
 
     /// Bytes after the version byte and body: the tag, or the CRC32 without a key.
@@ -279,8 +285,8 @@ impl Framing {
         frame.extend_from_slice(&body);
         match &self.key {
             Some(key) => {
-                if self.encrypt {
-                    key.apply_keystream(self.out_dir, self.sent, &mut frame[5..]);
+                if let Some(cipher) = &self.cipher {
+                    cipher.apply(self.out_dir, self.sent, &mut frame[5..]);
                 }
                 let tag = key.tag(&[&[self.out_dir], &self.sent.to_le_bytes(), &frame[4..]]);
                 frame.extend_from_slice(&tag);
@@ -308,8 +314,8 @@ impl Framing {
                 return Err(WireError::BadTag);
             }
             frame.truncate(body_len);
-            if self.encrypt {
-                key.apply_keystream(self.in_dir, self.received, &mut frame[1..]);
+            if let Some(cipher) = &self.cipher {
+                cipher.apply(self.in_dir, self.received, &mut frame[1..]);
             }
         } else {
             // The version first: an older peer's message (no CRC) is named as such.
@@ -992,10 +998,8 @@ impl Shipper {
         };
         if let Some(base) = &base {
             let session = base.session(&our_nonce, &their_nonce);
-            out.key = Some(session.clone());
-            inn.key = Some(session);
-            out.encrypt = self.cfg.encrypt;
-            inn.encrypt = self.cfg.encrypt;
+            out.start_session(session.clone(), self.cfg.encrypt);
+            inn.start_session(session, self.cfg.encrypt);
         }
         let start = if their_at == at {
             tracing::info!(standby = %self.cfg.standby, commits = at.commits, "standby in sync");
@@ -1571,10 +1575,8 @@ async fn handshake(
     );
     if let Some(base) = base {
         let session = base.session(&their_nonce, &our_nonce);
-        out.key = Some(session.clone());
-        inn.key = Some(session);
-        out.encrypt = encrypt;
-        inn.encrypt = encrypt;
+        out.start_session(session.clone(), encrypt);
+        inn.start_session(session, encrypt);
     }
     let (tx, rx) = mpsc::channel(4);
     let reader = tokio::spawn(async move {

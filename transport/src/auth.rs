@@ -256,6 +256,36 @@ impl ClusterKey {
     }
 }
 
+/// The XChaCha20 key of one standby connection ([`StandbyKey::stream_key`]).
+pub struct StreamKey {
+    bytes: [u8; KEY_BYTES],
+}
+
+impl Drop for StreamKey {
+    fn drop(&mut self) {
+        self.bytes.zeroize();
+    }
+}
+
+impl fmt::Debug for StreamKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StreamKey(..)")
+    }
+}
+
+impl StreamKey {
+    /// Encrypts (or decrypts: the same operation) `data`, message `number` of direction
+    /// `dir`; the nonce is the direction and the number.
+    pub fn apply(&self, dir: u8, number: u64, data: &mut [u8]) {
+        use chacha20::cipher::{KeyIvInit, StreamCipher};
+        let mut nonce = [0u8; 24];
+        nonce[0] = dir;
+        nonce[1..9].copy_from_slice(&number.to_le_bytes());
+        let mut cipher = chacha20::XChaCha20::new(&self.bytes.into(), &nonce.into());
+        cipher.apply_keystream(data);
+    }
+}
+
 /// A keyed-BLAKE3 MAC key of the standby stream (`ken::standby`): the cluster key's
 /// standby key, or the per-connection key derived from it and both ends' nonces
 /// ([`StandbyKey::session`]).
@@ -292,20 +322,14 @@ impl StandbyKey {
         StandbyKey { bytes }
     }
 
-    /// Encrypts (or decrypts: the same operation) `data`, message `number` of direction
-    /// `dir`, with XChaCha20 under a key derived from this one; the nonce is the direction
-    /// and the number. Only for a connection's key ([`StandbyKey::session`]), where each
-    /// (direction, number) names one message: never under the cluster's standby key, which
-    /// every connection shares.
-    pub fn apply_keystream(&self, dir: u8, number: u64, data: &mut [u8]) {
-        use chacha20::cipher::{KeyIvInit, StreamCipher};
-        let mut key = blake3::derive_key(CONTEXT_STANDBY_ENCRYPTION, &self.bytes);
-        let mut nonce = [0u8; 24];
-        nonce[0] = dir;
-        nonce[1..9].copy_from_slice(&number.to_le_bytes());
-        let mut cipher = chacha20::XChaCha20::new(&key.into(), &nonce.into());
-        cipher.apply_keystream(data);
-        key.zeroize();
+    /// The key that encrypts this connection's messages ([`StreamKey::apply`]), derived
+    /// from this one once per connection. Only for a connection's key
+    /// ([`StandbyKey::session`]), where each (direction, number) names one message: never
+    /// under the cluster's standby key, which every connection shares.
+    pub fn stream_key(&self) -> StreamKey {
+        StreamKey {
+            bytes: blake3::derive_key(CONTEXT_STANDBY_ENCRYPTION, &self.bytes),
+        }
     }
 
     /// The tag of `parts`, concatenated.

@@ -57,7 +57,7 @@ pub mod mmsg;
 
 pub use auth::{
     ClientCredential, ClusterKey, FrameKey, FrameKeys, KeyFileError, KeyId, Keyring, KeyringError,
-    NoKeys, StandbyKey,
+    NoKeys, StandbyKey, StreamKey,
 };
 pub use endpoint::{Endpoint, EndpointOptions, EndpointStats, FaultsFile, SendError};
 pub use faults::{FaultConfig, FaultInjector, FaultParseError};

@@ -1208,9 +1208,20 @@ impl Cluster {
     }
 
     /// True if member `i` must not be killed, paused or cut off now: it was killed for good,
-    /// or a long partition involves it, or (the server) a permanent kill is being timed.
+    /// or a long partition involves it, or (the server) a permanent kill is being timed, or
+    /// (`--standby`) its disk is about to be destroyed: between its standby's kill and the
+    /// promotion it must run and be heard, or a build that releases before the standby
+    /// holds a batch could go unseen (the negative control once missed that way).
     fn busy(&self, i: usize, now: Instant) -> bool {
         if self.members[i].killed_for_good.is_some() {
+            return true;
+        }
+        if self
+            .standbys
+            .as_ref()
+            .and_then(|sb| sb.pending)
+            .is_some_and(|p| p.member == i)
+        {
             return true;
         }
         if self
@@ -1891,6 +1902,8 @@ impl Cluster {
         let sb = self.standbys.as_mut().expect("checked");
         sb.plan.remove(0);
         sb.begin(i, now)?;
+        // The victim runs through the window (see `busy`), a pause included.
+        self.resume_member(i);
         Ok(())
     }
 
