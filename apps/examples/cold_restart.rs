@@ -33,6 +33,11 @@ fn arg(name: &str) -> Option<String> {
 }
 
 fn serve(bin: &Path, store: &Path, addr: SocketAddr) -> Child {
+    serve_with(bin, store, addr, Stdio::null())
+}
+
+/// Starts the server with its stderr to `stderr`.
+fn serve_with(bin: &Path, store: &Path, addr: SocketAddr, stderr: Stdio) -> Child {
     Command::new(bin)
         .args([
             "serve",
@@ -44,9 +49,26 @@ fn serve(bin: &Path, store: &Path, addr: SocketAddr) -> Child {
         ])
         .arg(store)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("start ken-kv")
+}
+
+/// Reads the server's stderr on a thread; returns when its `ready:` line arrived (after
+/// recovery, before the first request), or `None` if it never did.
+fn ready_at(server: &mut Child) -> std::sync::mpsc::Receiver<Instant> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = server.stderr.take().expect("stderr piped");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            if line.starts_with("ready:") {
+                let _ = tx.send(Instant::now());
+            }
+        }
+    });
+    rx
 }
 
 /// A client that retransmits every millisecond: the restart is timed to about that.
@@ -171,7 +193,8 @@ fn main() {
     let store_bytes = std::fs::metadata(&store).map_or(0, |m| m.len());
     let bin_bytes = std::fs::metadata(&bin).map_or(0, |m| m.len());
 
-    let mut timed = |cold: bool| -> Option<f64> {
+    // Each run: (spawn to the ready line, spawn to the first reply), milliseconds.
+    let mut timed = |cold: bool| -> Option<(f64, f64)> {
         server.kill().expect("SIGKILL");
         server.wait().expect("reaped");
         let dropped = cold && drop_caches();
@@ -181,28 +204,42 @@ fn main() {
         let mut c = eager_client();
         let n = rows / 2;
         let started = Instant::now();
-        server = serve(&bin, &store, addr);
+        server = serve_with(&bin, &store, addr, Stdio::piped());
+        let ready = ready_at(&mut server);
         match c.call(addr, &Request::Get { key: key(n) }) {
             Ok(Reply::Value(Some(v))) => assert_eq!(v, value(n, value_bytes), "row {n}"),
             other => panic!("first request after a restart: {other:?}"),
         }
-        Some(started.elapsed().as_secs_f64() * 1e3)
+        let served = started.elapsed().as_secs_f64() * 1e3;
+        let ready = ready
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the server's ready line")
+            .duration_since(started)
+            .as_secs_f64()
+            * 1e3;
+        Some((ready, served))
     };
-    let cold: Vec<f64> = (0..runs).filter_map(|_| timed(true)).collect();
-    let warm: Vec<f64> = (0..runs).filter_map(|_| timed(false)).collect();
+    let wal_bytes = std::fs::metadata(ken::store::wal_path(&store)).map_or(0, |m| m.len());
+    let (cold_ready, cold): (Vec<f64>, Vec<f64>) = (0..runs).filter_map(|_| timed(true)).unzip();
+    let (warm_ready, warm): (Vec<f64>, Vec<f64>) = (0..runs).filter_map(|_| timed(false)).unzip();
     server.kill().expect("SIGKILL");
     let _ = server.wait();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let cold_part = if cold.is_empty() {
         "\"cold\":\"not measured: drop_caches needs root\"".to_string()
     } else {
-        summary("cold", cold)
+        format!(
+            "{},{}",
+            summary("cold", cold),
+            summary("cold_ready", cold_ready)
+        )
     };
     println!(
-        "{{\"mib\":{mib},\"value_bytes\":{value_bytes},\"rows\":{rows},\"runs\":{runs},\"store_bytes\":{store_bytes},\"bin\":\"{}\",\
-         \"bin_bytes\":{bin_bytes},{cold_part},{},\"load\":\"{}\"}}",
+        "{{\"mib\":{mib},\"value_bytes\":{value_bytes},\"rows\":{rows},\"runs\":{runs},\"store_bytes\":{store_bytes},\"wal_bytes\":{wal_bytes},\"bin\":\"{}\",\
+         \"bin_bytes\":{bin_bytes},{cold_part},{},{},\"load\":\"{}\"}}",
         bin.display(),
         summary("warm", warm),
+        summary("warm_ready", warm_ready),
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
 }

@@ -52,8 +52,9 @@ fn read_prefix(path: &Path, max: usize) -> std::io::Result<Option<Vec<u8>>> {
     }
 }
 
-/// Reads the database header and scans the whole WAL, in chunks (the WAL is at most a few
-/// MiB between checkpoints; its size limit is `JOURNAL_SIZE_LIMIT_BYTES` after one).
+/// Reads the database header and scans the whole WAL, in chunks (the WAL file is cut back to
+/// `vfs::wal_preallocate_bytes`, 1.5 MiB at 1 KiB pages, when it restarts after a large
+/// batch grew it).
 pub(crate) fn examine(path: &Path) -> std::io::Result<Files> {
     let header = read_prefix(path, DB_HEADER_BYTES)?;
     let db_bytes = match std::fs::metadata(path) {

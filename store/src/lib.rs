@@ -104,8 +104,8 @@ pub use reader::{
     VERIFY_PAGE_ROWS, WAL_SCANS_MAX,
 };
 pub use store::{
-    FoldWatch, Store, JOURNAL_SIZE_LIMIT_BYTES, MAX_BATCH_ROWS, MAX_BODY_BYTES, MAX_KEY_BYTES,
-    MAX_NAME_BYTES, OWNER_BUSY_TIMEOUT,
+    FoldWatch, Store, MAX_BATCH_ROWS, MAX_BODY_BYTES, MAX_KEY_BYTES, MAX_NAME_BYTES,
+    OWNER_BUSY_TIMEOUT,
 };
 
 /// The store file format version this build writes and reads.

@@ -55,9 +55,6 @@ pub const MAX_NAME_BYTES: usize = 1024;
 /// Most rows (writes, appends, changes, turn-log entries) one batch may carry.
 pub const MAX_BATCH_ROWS: usize = 1_000_000;
 
-/// The WAL file is truncated back to this size after a checkpoint that emptied it.
-pub const JOURNAL_SIZE_LIMIT_BYTES: i64 = 64 << 20;
-
 /// Prepared-statement cache size: every statement commit and recovery use, with room.
 const STATEMENT_CACHE_CAPACITY: usize = 64;
 
@@ -1149,7 +1146,13 @@ fn configure_owner(
         .map_err(&sq)?;
     conn.pragma_update(None, "locking_mode", "NORMAL")
         .map_err(&sq)?;
-    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT_BYTES)
+    // A WAL a large batch grew is cut back to its preallocated size when it restarts: a
+    // restart reads the whole file (`files::examine`).
+    let page_size: i64 = conn
+        .pragma_query_value(None, "page_size", |r| r.get(0))
+        .map_err(&sq)?;
+    let limit = crate::vfs::wal_preallocate_bytes(usize::try_from(page_size).unwrap_or(4096));
+    conn.pragma_update(None, "journal_size_limit", limit as i64)
         .map_err(&sq)?;
     // A folded journal row's bytes are zeroed where that costs no extra write (its page is
     // written anyway), so the file does not keep stale copies of batches.

@@ -29,8 +29,8 @@
 //! every page goes through `xRead`. The failure is also remembered per thread
 //! ([`take_checksum_failure`]) so errors can name the page.
 //!
-//! The shim also preallocates a new WAL ([`WAL_PREALLOCATE_BYTES`] of written zeros) so that
-//! commits overwrite rather than grow the file.
+//! The shim also preallocates a new WAL ([`wal_preallocate_bytes`] of written zeros, sized
+//! by the page size) so that commits overwrite rather than grow the file.
 //!
 //! Why this is safe: other connections (the engine's `Reader`, `ken inspect`) read WAL
 //! frames only up to the last commit recorded in the shared-memory index, which SQLite
@@ -54,10 +54,33 @@ pub const VFS_NAME: &CStr = c"ken-wal";
 /// A buffer is written out once it holds this much.
 pub const BUFFER_BYTES_MAX: usize = 4 << 20;
 
-/// A WAL is extended to this size with zeros when opened (see `preallocate`): a bit more
-/// than SQLite's automatic checkpoint point (1000 pages of 4 KiB plus frame headers), after
-/// which the WAL restarts from its beginning.
-pub const WAL_PREALLOCATE_BYTES: usize = (4 << 20) + (512 << 10);
+/// SQLite's automatic checkpoint point, in WAL frames (its default, which Ken keeps): after
+/// the commit that takes the WAL past it, the WAL is checkpointed and, once no reader needs
+/// its frames, restarts from its beginning.
+pub const WAL_CHECKPOINT_FRAMES: usize = 1000;
+
+/// The size a WAL is extended to with zeros when opened (see `preallocate`), and cut back
+/// to after a large batch grew it (`journal_size_limit`): the automatic checkpoint point
+/// ([`WAL_CHECKPOINT_FRAMES`] frames of `page_size` bytes plus their headers) and half as
+/// much again (the commit that passes the point, frames kept while a reader holds them),
+/// rounded up to 64 KiB: 1.5 MiB for the default 1 KiB pages, 5.9 MiB for 4 KiB.
+///
+/// Sized by the page size because a restart reads the whole WAL file (Ken's own scan,
+/// `files::examine`): a cold start on a 1 GiB store read a 4.5 MiB WAL (sized for 4 KiB
+/// pages) in about 10 of its 25 ms before the first request (apps/examples/cold_restart.rs).
+pub const fn wal_preallocate_bytes(page_size: usize) -> usize {
+    let checkpoint =
+        WAL_HEADER_BYTES + WAL_CHECKPOINT_FRAMES * (page_size + WAL_FRAME_HEADER_BYTES);
+    (checkpoint * 3 / 2).next_multiple_of(64 << 10)
+}
+
+/// The WAL preallocation for a store whose page size could not be read: SQLite's default
+/// page size, 4096.
+pub const WAL_PREALLOCATE_BYTES_UNKNOWN_PAGE: usize = 6 << 20;
+
+/// Bytes of the WAL header, and of each frame's header.
+const WAL_HEADER_BYTES: usize = 32;
+const WAL_FRAME_HEADER_BYTES: usize = 24;
 
 /// Bytes per write call: the unix VFS takes at most `0x1ffff` bytes per `xWrite` (its
 /// `seekAndWriteFd` masks the length), so a buffer goes out in chunks of 120 KiB.
@@ -423,7 +446,7 @@ unsafe extern "C" fn shim_open(
     }
     if flags & ffi::SQLITE_OPEN_WAL != 0 {
         shim.buffer = Some(Box::default());
-        preallocate(inner);
+        preallocate(inner, wal_preallocate_bytes_for(name));
     }
     if flags & ffi::SQLITE_OPEN_MAIN_DB != 0 {
         shim.checked = Some(Box::default());
@@ -438,7 +461,32 @@ unsafe extern "C" fn shim_open(
     rc
 }
 
-/// Extends a WAL shorter than [`WAL_PREALLOCATE_BYTES`] with written zeros (and syncs it), so
+/// [`wal_preallocate_bytes`] for the WAL `wal` (a name SQLite handed to `xOpen`), from the
+/// page size in its database's header; [`WAL_PREALLOCATE_BYTES_UNKNOWN_PAGE`] if the header
+/// cannot be read (SQLite writes page 1 before it opens a WAL, so that is not expected).
+///
+/// # Safety
+/// `wal` is a WAL file name SQLite passed to `xOpen`.
+unsafe fn wal_preallocate_bytes_for(wal: ffi::sqlite3_filename) -> usize {
+    use std::os::unix::fs::FileExt;
+    let db = ffi::sqlite3_filename_database(wal);
+    if db.is_null() {
+        return WAL_PREALLOCATE_BYTES_UNKNOWN_PAGE;
+    }
+    let Ok(db) = CStr::from_ptr(db).to_str() else {
+        return WAL_PREALLOCATE_BYTES_UNKNOWN_PAGE;
+    };
+    let mut header = [0u8; 18];
+    let read = std::fs::File::open(db).and_then(|f| f.read_exact_at(&mut header, 0));
+    // Bytes 16-17: the page size, big-endian; 1 means 65536.
+    match (read, u16::from_be_bytes([header[16], header[17]])) {
+        (Ok(()), 1) => wal_preallocate_bytes(65536),
+        (Ok(()), n) if n >= 512 && n.is_power_of_two() => wal_preallocate_bytes(usize::from(n)),
+        _ => WAL_PREALLOCATE_BYTES_UNKNOWN_PAGE,
+    }
+}
+
+/// Extends a WAL shorter than `bytes` with written zeros (and syncs it), so
 /// that commits overwrite allocated blocks from the start instead of growing the file: on
 /// ext4 a growing write's `fdatasync` also commits the journal (measured: 24 KiB appended +
 /// fdatasync 261 us p50 against 150 us overwritten, interleaved). Zeros are not a valid WAL
@@ -447,7 +495,7 @@ unsafe extern "C" fn shim_open(
 ///
 /// # Safety
 /// `file` is an open file of the default VFS.
-unsafe fn preallocate(file: *mut ffi::sqlite3_file) {
+unsafe fn preallocate(file: *mut ffi::sqlite3_file, bytes: usize) {
     let m = &*(*file).pMethods;
     let mut size: i64 = 0;
     if m.xFileSize.expect("xFileSize")(file, &mut size) != ffi::SQLITE_OK {
@@ -456,13 +504,13 @@ unsafe fn preallocate(file: *mut ffi::sqlite3_file) {
     let Ok(old) = usize::try_from(size) else {
         return;
     };
-    if old >= WAL_PREALLOCATE_BYTES {
+    if old >= bytes {
         return;
     }
     let zeros = vec![0u8; WRITE_BYTES_MAX];
     let mut at = old;
-    while at < WAL_PREALLOCATE_BYTES {
-        let n = (WAL_PREALLOCATE_BYTES - at).min(WRITE_BYTES_MAX);
+    while at < bytes {
+        let n = (bytes - at).min(WRITE_BYTES_MAX);
         let rc = m.xWrite.expect("xWrite")(
             file,
             zeros.as_ptr().cast(),

@@ -15,6 +15,8 @@
 //!   deleted database) is refused; a torn last transaction is accepted.
 //! - `disk_full`: `SQLITE_FULL` poisons the store and loses nothing committed.
 //! - `reader`: a reader next to a committing owner: never blocks it, sees snapshots.
+//! - `wal_size`: the WAL file is preallocated by the page size and cut back after a large
+//!   batch grew it (a restart reads the whole file).
 
 mod audit;
 mod common;
@@ -29,3 +31,4 @@ mod open_errors;
 mod poison;
 mod reader;
 mod roundtrip;
+mod wal_size;

@@ -901,7 +901,11 @@ fn mount_tmpfs(dir: &Path, mb: u64) -> anyhow::Result<()> {
 }
 
 /// Room one store needs besides its growth: the preallocated WAL and a first database.
-const STORE_MIN_BYTES: u64 = ken_store::vfs::WAL_PREALLOCATE_BYTES as u64 + (1 << 20);
+const STORE_MIN_BYTES: u64 = WAL_BYTES + (1 << 20);
+
+/// The preallocated WAL of a store with the default page size.
+const WAL_BYTES: u64 =
+    ken_store::vfs::wal_preallocate_bytes(ken_store::DEFAULT_PAGE_SIZE as usize) as u64;
 
 /// The smallest `--tmpfs-mb` for `members` stores: each store's minimum plus 2 MiB for the
 /// stores' growth between disk-full episodes.
@@ -921,7 +925,7 @@ fn check_tmpfs_size(mb: u64, members: usize) -> anyhow::Result<()> {
              --tmpfs-mb {min} or more (disk-full episodes come from the ballast file, not from \
              a small tmpfs)",
             STORE_MIN_BYTES as f64 / (1 << 20) as f64,
-            ken_store::vfs::WAL_PREALLOCATE_BYTES as f64 / (1 << 20) as f64,
+            WAL_BYTES as f64 / (1 << 20) as f64,
         );
     }
     Ok(())
