@@ -35,7 +35,8 @@ pub enum Verb {
     /// Record in a stopped primary's store that it runs alone: from its next start it runs
     /// without the standby its cluster file declares, and says so at start, in `ken status`
     /// and in `ken inspect`. Refused while a process runs on the store. Only for a primary
-    /// whose standby was NOT promoted (nothing would fence two copies).
+    /// whose standby was NOT promoted (nothing would fence two copies): with --cluster and
+    /// --id it asks the addresses the file declares first and refuses while a copy answers.
     Detach(DetachArgs),
     /// Remove the detach record of a stopped primary's store: from its next start it ships
     /// to its standby again (reseeding it) and waits for it. Refused while a process runs on
@@ -51,6 +52,21 @@ pub struct DetachArgs {
     /// Why (kept in the record, shown by `ken status` and `ken inspect`).
     #[arg(long, value_name = "TEXT", default_value = "")]
     pub reason: String,
+    /// The cluster file, with --id: before writing, ask the process's address, its standby's
+    /// and the address it has once promoted whether a copy of it runs (a promoted standby),
+    /// and refuse if one answers (two live copies, nothing to fence them). Without it the
+    /// detach is written unchecked.
+    #[arg(long, value_name = "FILE", requires = "id")]
+    pub cluster: Option<PathBuf>,
+    #[arg(long, requires = "cluster")]
+    pub id: Option<String>,
+    /// The cluster key file to seal the questions with (default: the cluster file's
+    /// key_file).
+    #[arg(long, value_name = "FILE", requires = "cluster")]
+    pub key: Option<PathBuf>,
+    /// How long to wait for each answer, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub timeout_ms: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -245,7 +261,101 @@ fn operator() -> String {
     format!("ken standby detach by {user}@{host}")
 }
 
+/// What the addresses a cluster file declares for a process said before a detach: a copy
+/// of the process that answers is refused (`Err`); otherwise one line per address for the
+/// operator.
+fn check_no_live_copy(
+    a: &DetachArgs,
+    cluster: &std::path::Path,
+    id: &str,
+) -> Result<Vec<String>, String> {
+    use ken::admin::{AdminReply, AdminRequest};
+    let id = ProcessId::new(id).map_err(|e| format!("bad --id: {e}"))?;
+    let file = ken::ClusterFile::load(cluster).map_err(|e| e.to_string())?;
+    let entry = file.process(&id).map_err(|e| e.to_string())?;
+    let epoch = ken::standby::read_role(&a.store)
+        .map_err(|e| on_store(&a.store, e))?
+        .epoch;
+    let keys = crate::status::keyring(
+        &file,
+        &crate::status::KeyChoice {
+            key: a.key.clone(),
+            no_key: false,
+        },
+    )
+    .map_err(|e| format!("{e:#}"))?;
+    // The process's own address (a copy moved there), its standby's, and the address it
+    // has once promoted.
+    let mut asked: Vec<(&str, &ken::cluster::PeerAddress)> = vec![("its address", &entry.address)];
+    if let Some(sb) = &entry.standby {
+        asked.push(("its standby's", &sb.ship));
+        asked.push(("its promoted address", &sb.address));
+    }
+    let timeout = std::time::Duration::from_millis(a.timeout_ms);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let answers = runtime.block_on(crate::status::futures_join_all(asked.iter().map(
+        |(_, address)| {
+            let keys = keys.as_ref();
+            let id = &id;
+            async move {
+                let addr = address
+                    .resolve()
+                    .map_err(|e| format!("cannot resolve: {e}"))?;
+                ken::admin::ask(addr, id, keys, &AdminRequest::Status, timeout)
+                    .await
+                    .map(|reply| (addr, reply))
+                    .map_err(|e| e.to_string())
+            }
+        },
+    )));
+    let mut lines = Vec::new();
+    for ((what, address), answer) in asked.iter().zip(answers) {
+        match answer {
+            Ok((addr, AdminReply::Status(r))) if r.id == id.as_str() => {
+                return Err(format!(
+                    "process `{id}` runs at {addr} ({what}: {}, epoch {}; this store's epoch is                      {epoch}): a detached {} would be a second live copy, and nothing would fence                      it. Do not run this store: retire it, or reseed it as a standby of the running                      copy. Nothing written",
+                    r.role.role,
+                    r.role.epoch,
+                    a.store.display()
+                ));
+            }
+            Ok((addr, AdminReply::Standby(st))) if st.id == id.as_str() && st.epoch > epoch => {
+                return Err(format!(
+                    "the standby of `{id}` at {addr} accepts only epoch {} and later; this store's                      epoch is {epoch}: its standby was promoted, and this store is fenced. Do not                      run it. Nothing written",
+                    st.epoch
+                ));
+            }
+            Ok((addr, AdminReply::Standby(st))) => lines.push(format!(
+                "{what} {addr}: a standby of `{}` at epoch {} answered (not promoted)",
+                st.id, st.epoch
+            )),
+            Ok((addr, other)) => lines.push(format!(
+                "{what} {addr}: answered as something else ({})",
+                match other {
+                    AdminReply::Status(r) => format!("process `{}`", r.id),
+                    other => format!("{other:?}"),
+                }
+            )),
+            Err(e) => lines.push(format!("{what} {address}: no answer ({e})")),
+        }
+    }
+    Ok(lines)
+}
+
 fn detach(a: &DetachArgs) -> Result<(), String> {
+    match (&a.cluster, &a.id) {
+        (Some(cluster), Some(id)) => {
+            for line in check_no_live_copy(a, cluster, id)? {
+                println!("checked: {line}");
+            }
+        }
+        _ => println!(
+            "not checked for a running copy of the process (a promoted standby): give --cluster              FILE --id X to ask the addresses it declares first"
+        ),
+    }
     let outcome = ken::standby::detach(&a.store, &operator(), &a.reason)
         .map_err(|e| on_store(&a.store, e))?;
     match outcome {

@@ -175,7 +175,7 @@ async fn ask_all(file: &ClusterFile, keys: Option<&Keyring>, timeout: Duration) 
 }
 
 /// Runs the futures concurrently on the current runtime, results in order.
-async fn futures_join_all<T, F: std::future::Future<Output = T>>(
+pub async fn futures_join_all<T, F: std::future::Future<Output = T>>(
     futures: impl Iterator<Item = F>,
 ) -> Vec<T> {
     let mut set = Vec::new();

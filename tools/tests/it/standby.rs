@@ -526,6 +526,82 @@ fn a_primary_runs_without_its_declared_standby_only_while_detached_on_the_record
     assert_eq!(b.lives().len(), 1, "b was never restarted");
 }
 
+/// A detach of a primary whose standby was promoted would make two live copies with nothing
+/// to fence them. Given the cluster file, `ken standby detach` first asks the addresses it
+/// declares for the process: while the promoted copy answers at its promoted address, the
+/// detach is refused, naming it, and nothing is written. Negative control: the same detach
+/// without `--cluster` is written while the copy runs (unchecked, and it says so).
+#[test]
+fn detach_is_refused_while_a_promoted_copy_of_the_process_answers() {
+    let s = Setup::new();
+    let mut standby = s.standby();
+    let mut b = s.player("b", &[], &[]);
+    let mut a = s.player("a", &[], &[]);
+    wait_turns(&s, 100);
+    // The old primary's host is cut off (its disk intact); the operator promotes the standby.
+    a.kill().unwrap();
+    standby.kill().unwrap();
+    let out = s.promote();
+    assert!(out.status.success(), "promote: {out:?}");
+    let replica = s.path("a.standby.ken");
+    let promoted_turns = || {
+        ken::store::Reader::open(&replica)
+            .ok()
+            .and_then(|r| r.meta().ok())
+            .map_or(0, |m| m.turns_committed)
+    };
+    let from = promoted_turns();
+    let mut promoted = s.promoted_a(&[]);
+    harness::wait_until(
+        Instant::now() + Duration::from_secs(60),
+        Duration::from_millis(20),
+        || (promoted_turns() > from).then_some(()),
+    )
+    .unwrap_or_else(|_| panic!("the promoted a ran no turn: {}", promoted.report(1, 30)));
+
+    let checked = [
+        "standby",
+        "detach",
+        "--store",
+        "{a}",
+        "--reason",
+        "old host is back",
+        "--cluster",
+        "{cluster}",
+        "--id",
+        "a",
+    ];
+    let a2 = s.a2.to_string();
+    one_line_error(
+        &s.ken(&checked),
+        &[
+            "`a` runs at",
+            &a2,
+            "epoch 1",
+            "second live copy",
+            "Nothing written",
+        ],
+    );
+    assert_eq!(
+        ken::standby::read_role(&s.path("a.ken")).unwrap().detached,
+        None,
+        "a refused detach writes nothing"
+    );
+
+    // Negative control: unchecked, the same detach is written while the copy runs.
+    let said = ok(&s.ken(&checked[..6]));
+    assert!(
+        said.contains("not checked") && said.contains("detached"),
+        "{said}"
+    );
+    assert!(ken::standby::read_role(&s.path("a.ken"))
+        .unwrap()
+        .detached
+        .is_some());
+    promoted.kill().unwrap();
+    b.kill().unwrap();
+}
+
 /// `ken status` text and JSON.
 fn status(s: &Setup) -> (i32, String, serde_json::Value) {
     let args = ["status", "--cluster", "{cluster}", "--timeout-ms", "1000"];
