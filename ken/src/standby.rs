@@ -6,9 +6,10 @@
 //!
 //! - [`start`] (the primary's side) spawns the *shipper*: it connects to the standby over TCP
 //!   (retrying with backoff forever: a primary never drops its standby by itself), hands
-//!   shake, reseeds the replica with a consistent copy of the store when it is not exactly
-//!   the primary's, ships the batches handed to [`ShipperHandle::ship`] in commit order, and
-//!   reports [`ShipEvent`]s.
+//!   shake, catches a replica up by shipping the batches it has not acknowledged when it is
+//!   exactly that far behind (a standby restarted, a link cut), reseeds it with a
+//!   consistent copy of the store when it is otherwise not exactly the primary's, ships the
+//!   batches handed to [`ShipperHandle::ship`] in commit order, and reports [`ShipEvent`]s.
 //! - [`serve`] (the standby's side) owns the replica store, serves one primary connection at
 //!   a time, forever, and applies each shipped batch with `Store::commit` (fsynced) before it
 //!   acknowledges it.
@@ -765,7 +766,7 @@ impl ShipperHandle {
 /// does before it commits the batch itself, so the standby's copy and the local commit run at
 /// once without a thread hand-off either way). It connects (retrying with backoff, logging
 /// loudly, never giving up: a primary never drops its standby by itself), hands shake,
-/// reseeds by snapshot when needed, ships, and reports.
+/// catches up or reseeds by snapshot when needed, ships, and reports.
 ///
 /// # Panics
 /// Outside a tokio runtime.
@@ -788,6 +789,10 @@ struct Shipper {
     pending: VecDeque<(u64, Arc<Batch>)>,
     /// The highest commit the standby is known to hold (0: none yet).
     acked: u64,
+    /// `now_ms` of batch `acked`, once a standby acknowledged it in this life of the shipper:
+    /// with the batches after it (`pending`) it gives the position a replica at `acked` has
+    /// if it holds this history ([`Shipper::acked_position`]).
+    acked_now_ms: Option<u64>,
 }
 
 /// How a connection ended.
@@ -819,6 +824,7 @@ async fn ship_forever(
         events,
         pending: VecDeque::new(),
         acked: 0,
+        acked_now_ms: None,
     };
     let mut backoff = STANDBY_RETRY_MIN;
     loop {
@@ -892,9 +898,43 @@ impl Shipper {
             self.acked = n;
         }
         while self.pending.front().is_some_and(|(c, _)| *c <= self.acked) {
-            self.pending.pop_front();
+            if let Some((c, batch)) = self.pending.pop_front() {
+                if c == self.acked {
+                    self.acked_now_ms = Some(batch.now_ms);
+                }
+            }
         }
         let _ = self.events.send(ShipEvent::Acked(self.acked));
+    }
+
+    /// The position of a replica that holds this store's history up to commit `acked`,
+    /// given the local store at `at`: known when a standby acknowledged `acked` in this life
+    /// of the shipper and every batch after it up to `at` waits in `pending`. A replica there
+    /// (a standby restarted, a link cut) is caught up by shipping those batches; any other
+    /// replica is reseeded by a snapshot. The position's turns and last commit time tell
+    /// this history's commit `acked` from another commit of that number (one the primary
+    /// lost in a crash), as the handshake's equality does.
+    fn acked_position(&self, at: &Position) -> Option<Position> {
+        let now_ms = self.acked_now_ms?;
+        let after: Vec<&(u64, Arc<Batch>)> = self
+            .pending
+            .iter()
+            .take_while(|(c, _)| *c <= at.commits)
+            .collect();
+        let contiguous = after
+            .iter()
+            .zip(self.acked + 1..)
+            .all(|((c, _), want)| *c == want);
+        if !contiguous || after.len() as u64 != at.commits.checked_sub(self.acked)? {
+            return None;
+        }
+        let turns_after: u64 = after.iter().map(|(_, b)| b.turns).sum();
+        Some(Position {
+            incarnation: at.incarnation,
+            commits: self.acked,
+            turns_committed: at.turns_committed.checked_sub(turns_after)?,
+            last_commit_ms: now_ms,
+        })
     }
 
     /// Where the local store is, and its epoch.
@@ -1003,7 +1043,18 @@ impl Shipper {
         }
         let start = if their_at == at {
             tracing::info!(standby = %self.cfg.standby, commits = at.commits, "standby in sync");
-            at.commits
+            at
+        } else if their_at.commits < at.commits && self.acked_position(&at) == Some(their_at) {
+            // Behind by the batches it has not acknowledged, which wait here: shipped below,
+            // no snapshot.
+            tracing::info!(
+                standby = %self.cfg.standby,
+                replica_commits = their_at.commits,
+                commits = at.commits,
+                "standby behind: catching up by shipping the {} batches it lacks",
+                at.commits - their_at.commits
+            );
+            their_at
         } else {
             let copied = self.reseed(&mut out, &mut wr, their_at).await?;
             match inn.read_within(&mut rd, STANDBY_REPLY_TIMEOUT).await? {
@@ -1024,9 +1075,13 @@ impl Shipper {
                     )))
                 }
             }
-            copied.commits
+            copied
         };
         *synced = true;
+        // The replica is at `start`, this history: its last commit's time is what a later
+        // catch-up compares (`acked_position`).
+        self.acked_now_ms = Some(start.last_commit_ms);
+        let start = start.commits;
         self.acked(start);
         let mut next = start + 1;
         // Ship what waits, then whatever comes; read acknowledgements meanwhile. Reads go

@@ -294,15 +294,104 @@ async fn a_standby_killed_and_restarted_catches_up() {
         10,
         "the killed standby's replica kept its commits"
     );
-    // Restarted on the same address with its replica: it catches up, then follows.
+    // Restarted on the same address with its replica: it catches up, then follows. By the
+    // five batches it lacks, which the primary still holds (not acknowledged): no snapshot,
+    // which would have replaced the replica's file.
+    let file = inode(&replica);
     let sb = spawn_standby(&replica, Some(&addr), None, 0).await;
     wait_acked(&mut events, 15).await;
     assert_replica_equal(&primary, &replica);
+    assert_eq!(
+        inode(&replica),
+        file,
+        "caught up by shipping, not by a snapshot"
+    );
     for n in 16..=20 {
         commit_and_ship(&mut store, &ship, n);
     }
     wait_acked(&mut events, 20).await;
     assert_replica_equal(&primary, &replica);
+    drop(ship);
+    sb.kill().await;
+}
+
+/// The inode of a store's database file: a snapshot installs a new file.
+fn inode(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().ino()
+}
+
+/// The catch-up by shipping needs the replica to hold this primary's history up to the
+/// commit it acknowledged: a replica at that commit number with another commit there (a
+/// fork of the primary's store, as a batch the primary lost in a crash would leave) looks
+/// merely behind by its commit count, and is reseeded, not caught up. Shipping it the
+/// missing batches (the negative control, checked here on the fork itself: its position
+/// has the acknowledged commit's number and differs only in that commit) would leave a
+/// replica that is not the primary's history: with `Shipper::acked_position` compared by
+/// commit number alone, this test fails on `assert_replica_equal` (run by hand when the
+/// catch-up was written).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_at_the_acknowledged_commit_number_but_another_history_is_reseeded() {
+    let d = dir();
+    let primary = d.path().join("p.ken");
+    let replica = d.path().join("replica.ken");
+    let fork = d.path().join("fork.ken");
+    let (mut store, _) = Store::open(&primary, "p").unwrap();
+    let sb = spawn_standby(&replica, None, None, 0).await;
+    let (ship, mut events) = ship_to(&primary, &sb.addr, None);
+    for n in 1..=10 {
+        commit_and_ship(&mut store, &ship, n);
+    }
+    wait_acked(&mut events, 10).await;
+    // The fork: the replica's files at commit 10, then another commit 11 of its own.
+    let (addr, _) = sb.kill().await;
+    for suffix in ["", "-wal"] {
+        let from = format!("{}{suffix}", replica.display());
+        if Path::new(&from).exists() {
+            std::fs::copy(&from, format!("{}{suffix}", fork.display())).unwrap();
+        }
+    }
+    let (mut forked, _) = Store::open(&fork, "p").unwrap();
+    // The primary's commit 11 is `batch(11, 3)` (`commit_and_ship`).
+    forked.commit(&batch(11, 1)).unwrap();
+    drop(forked);
+    let sb = spawn_standby(&replica, Some(&addr), None, 0).await;
+    commit_and_ship(&mut store, &ship, 11);
+    wait_acked(&mut events, 11).await;
+    let (addr, _) = sb.kill().await;
+    // The primary goes on: commits 12 to 15 wait for the standby.
+    for n in 12..=15 {
+        commit_and_ship(&mut store, &ship, n);
+    }
+    // The replica is replaced by the fork: at commit 11, as acknowledged, but not this 11.
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", replica.display()));
+    }
+    for suffix in ["", "-wal"] {
+        let from = format!("{}{suffix}", fork.display());
+        if Path::new(&from).exists() {
+            std::fs::copy(&from, format!("{}{suffix}", replica.display())).unwrap();
+        }
+    }
+    let (f, p) = (
+        Reader::open(&replica).unwrap().meta().unwrap(),
+        Reader::open(&primary).unwrap().meta().unwrap(),
+    );
+    assert_eq!(
+        (f.incarnation, f.commits),
+        (p.incarnation, 11),
+        "the fork looks behind by its commit count"
+    );
+    assert_ne!(
+        contents(&replica),
+        contents(&primary).replace("commits 15", "commits 11"),
+        "the fork's history differs"
+    );
+    let file = inode(&replica);
+    let sb = spawn_standby(&replica, Some(&addr), None, 0).await;
+    wait_acked(&mut events, 15).await;
+    assert_replica_equal(&primary, &replica);
+    assert_ne!(inode(&replica), file, "reseeded by a snapshot");
     drop(ship);
     sb.kill().await;
 }
