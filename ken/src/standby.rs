@@ -1185,8 +1185,8 @@ impl Shipper {
             replica_commits = theirs.commits,
             commits = copied.commits,
             bytes = total,
-            "reseeding the standby with a copy of the store (its replica is not this store's \
-             history)"
+            "reseeding the standby with a copy of the store (its replica is neither at this \
+             store's commit nor behind it by only the batches waiting here)"
         );
         let mut offset = 0u64;
         loop {
