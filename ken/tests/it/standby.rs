@@ -267,18 +267,61 @@ async fn batches_shipped_while_committed_make_an_equal_replica() {
     assert_replica_equal(&primary, &sb.path);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_standby_killed_and_restarted_catches_up() {
-    let d = dir();
-    let primary = d.path().join("p.ken");
-    let replica = d.path().join("replica.ken");
+/// A primary `p.ken` in `d` whose standby (replica `replica.ken`) holds its first `n`
+/// commits, shipped as they were committed.
+struct Following {
+    primary: PathBuf,
+    replica: PathBuf,
+    store: Store,
+    sb: Standby,
+    ship: ShipperHandle,
+    events: UnboundedReceiver<ShipEvent>,
+}
+
+async fn following(d: &Path, n: u64) -> Following {
+    let primary = d.join("p.ken");
+    let replica = d.join("replica.ken");
     let (mut store, _) = Store::open(&primary, "p").unwrap();
     let sb = spawn_standby(&replica, None, None, 0).await;
     let (ship, mut events) = ship_to(&primary, &sb.addr, None);
-    for n in 1..=10 {
-        commit_and_ship(&mut store, &ship, n);
+    for c in 1..=n {
+        commit_and_ship(&mut store, &ship, c);
     }
-    wait_acked(&mut events, 10).await;
+    wait_acked(&mut events, n).await;
+    Following {
+        primary,
+        replica,
+        store,
+        sb,
+        ship,
+        events,
+    }
+}
+
+/// Replaces the (closed) store at `to` by the files of the (closed) store at `from`.
+fn copy_store(from: &Path, to: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", to.display()));
+    }
+    for suffix in ["", "-wal"] {
+        let src = format!("{}{suffix}", from.display());
+        if Path::new(&src).exists() {
+            std::fs::copy(&src, format!("{}{suffix}", to.display())).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_killed_and_restarted_catches_up() {
+    let d = dir();
+    let Following {
+        primary,
+        replica,
+        mut store,
+        sb,
+        ship,
+        mut events,
+    } = following(d.path(), 10).await;
     let (addr, _) = sb.kill().await;
     // The primary goes on without it: nothing more is acknowledged.
     for n in 11..=15 {
@@ -333,24 +376,18 @@ fn inode(path: &Path) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_at_the_acknowledged_commit_number_but_another_history_is_reseeded() {
     let d = dir();
-    let primary = d.path().join("p.ken");
-    let replica = d.path().join("replica.ken");
     let fork = d.path().join("fork.ken");
-    let (mut store, _) = Store::open(&primary, "p").unwrap();
-    let sb = spawn_standby(&replica, None, None, 0).await;
-    let (ship, mut events) = ship_to(&primary, &sb.addr, None);
-    for n in 1..=10 {
-        commit_and_ship(&mut store, &ship, n);
-    }
-    wait_acked(&mut events, 10).await;
+    let Following {
+        primary,
+        replica,
+        mut store,
+        sb,
+        ship,
+        mut events,
+    } = following(d.path(), 10).await;
     // The fork: the replica's files at commit 10, then another commit 11 of its own.
     let (addr, _) = sb.kill().await;
-    for suffix in ["", "-wal"] {
-        let from = format!("{}{suffix}", replica.display());
-        if Path::new(&from).exists() {
-            std::fs::copy(&from, format!("{}{suffix}", fork.display())).unwrap();
-        }
-    }
+    copy_store(&replica, &fork);
     let (mut forked, _) = Store::open(&fork, "p").unwrap();
     // The primary's commit 11 is `batch(11, 3)` (`commit_and_ship`).
     forked.commit(&batch(11, 1)).unwrap();
@@ -364,15 +401,7 @@ async fn a_replica_at_the_acknowledged_commit_number_but_another_history_is_rese
         commit_and_ship(&mut store, &ship, n);
     }
     // The replica is replaced by the fork: at commit 11, as acknowledged, but not this 11.
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", replica.display()));
-    }
-    for suffix in ["", "-wal"] {
-        let from = format!("{}{suffix}", fork.display());
-        if Path::new(&from).exists() {
-            std::fs::copy(&from, format!("{}{suffix}", replica.display())).unwrap();
-        }
-    }
+    copy_store(&fork, &replica);
     let (f, p) = (
         Reader::open(&replica).unwrap().meta().unwrap(),
         Reader::open(&primary).unwrap().meta().unwrap(),
