@@ -791,7 +791,7 @@ struct Shipper {
     acked: u64,
     /// `now_ms` of batch `acked`, once a standby acknowledged it in this life of the shipper:
     /// with the batches after it (`pending`) it gives the position a replica at `acked` has
-    /// if it holds this history ([`Shipper::acked_position`]).
+    /// if it holds this history ([`Shipper::position_at`]).
     acked_now_ms: Option<u64>,
 }
 
@@ -907,15 +907,16 @@ impl Shipper {
         let _ = self.events.send(ShipEvent::Acked(self.acked));
     }
 
-    /// The position of a replica that holds this store's history up to commit `acked`,
-    /// given the local store at `at`: known when a standby acknowledged `acked` in this life
-    /// of the shipper and every batch after it up to `at` waits in `pending`. A replica there
-    /// (a standby restarted, a link cut) is caught up by shipping those batches; any other
-    /// replica is reseeded by a snapshot. The position's turns and last commit time tell
-    /// this history's commit `acked` from another commit of that number (one the primary
-    /// lost in a crash), as the handshake's equality does.
-    fn acked_position(&self, at: &Position) -> Option<Position> {
-        let now_ms = self.acked_now_ms?;
+    /// The position of a replica that holds this store's history up to commit `r`, given
+    /// the local store at `at`, for `r` from the last acknowledged commit (`acked`, when a
+    /// standby acknowledged it in this life of the shipper) to `at`, every batch after
+    /// `acked` up to `at` waiting in `pending`; `None` otherwise. A replica at such a
+    /// position (a standby restarted, a link cut, acknowledgements lost on the way) is
+    /// caught up by shipping the batches after `r`; any other replica is reseeded by a
+    /// snapshot. The position's turns and last commit time tell this history's commit `r`
+    /// from another commit of that number (one the primary lost in a crash), as the
+    /// handshake's equality does.
+    fn position_at(&self, r: u64, at: &Position) -> Option<Position> {
         let after: Vec<&(u64, Arc<Batch>)> = self
             .pending
             .iter()
@@ -925,15 +926,28 @@ impl Shipper {
             .iter()
             .zip(self.acked + 1..)
             .all(|((c, _), want)| *c == want);
-        if !contiguous || after.len() as u64 != at.commits.checked_sub(self.acked)? {
+        if !contiguous
+            || after.len() as u64 != at.commits.checked_sub(self.acked)?
+            || r < self.acked
+            || r > at.commits
+        {
             return None;
         }
-        let turns_after: u64 = after.iter().map(|(_, b)| b.turns).sum();
+        let last_commit_ms = if r == self.acked {
+            self.acked_now_ms?
+        } else {
+            after.iter().find(|(c, _)| *c == r)?.1.now_ms
+        };
+        let turns_after: u64 = after
+            .iter()
+            .filter(|(c, _)| *c > r)
+            .map(|(_, b)| b.turns)
+            .sum();
         Some(Position {
             incarnation: at.incarnation,
-            commits: self.acked,
+            commits: r,
             turns_committed: at.turns_committed.checked_sub(turns_after)?,
-            last_commit_ms: now_ms,
+            last_commit_ms,
         })
     }
 
@@ -1044,9 +1058,10 @@ impl Shipper {
         let start = if their_at == at {
             tracing::info!(standby = %self.cfg.standby, commits = at.commits, "standby in sync");
             at
-        } else if their_at.commits < at.commits && self.acked_position(&at) == Some(their_at) {
-            // Behind by the batches it has not acknowledged, which wait here: shipped below,
-            // no snapshot.
+        } else if their_at.commits < at.commits
+            && self.position_at(their_at.commits, &at) == Some(their_at)
+        {
+            // Behind by batches that wait here: shipped below, no snapshot.
             tracing::info!(
                 standby = %self.cfg.standby,
                 replica_commits = their_at.commits,
@@ -1079,7 +1094,7 @@ impl Shipper {
         };
         *synced = true;
         // The replica is at `start`, this history: its last commit's time is what a later
-        // catch-up compares (`acked_position`).
+        // catch-up compares (`position_at`).
         self.acked_now_ms = Some(start.last_commit_ms);
         let start = start.commits;
         self.acked(start);

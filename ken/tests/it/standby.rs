@@ -370,7 +370,7 @@ fn inode(path: &Path) -> u64 {
 /// merely behind by its commit count, and is reseeded, not caught up. Shipping it the
 /// missing batches (the negative control, checked here on the fork itself: its position
 /// has the acknowledged commit's number and differs only in that commit) would leave a
-/// replica that is not the primary's history: with `Shipper::acked_position` compared by
+/// replica that is not the primary's history: with `Shipper::position_at` compared by
 /// commit number alone, this test fails on `assert_replica_equal` (run by hand when the
 /// catch-up was written).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

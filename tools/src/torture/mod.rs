@@ -1211,6 +1211,25 @@ impl Cluster {
         (min, self.args.pause_max_ms.unwrap_or(max).max(min))
     }
 
+    /// `--standby`: snapshots the members sent their standbys (each a copy of the whole
+    /// store), counted from their `reseeding the standby` log lines: an empty replica's
+    /// first seeding, and a replica not exactly behind by the batches its primary still
+    /// holds (after a primary's restart, say). A lost connection alone is caught up by
+    /// shipping (ken/STANDBY.md).
+    fn standby_reseeds(&self) -> u64 {
+        self.members
+            .iter()
+            .flat_map(|m| m.proc.lives())
+            .map(|life| {
+                std::fs::read_to_string(&life.stderr_path)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.contains("reseeding the standby"))
+                    .count() as u64
+            })
+            .sum()
+    }
+
     /// True if member `i` must not be killed, paused or cut off now: it was killed for good,
     /// or a long partition involves it, or (the server) a permanent kill is being timed, or
     /// (`--standby`) its disk is about to be destroyed: between its standby's kill and the
@@ -2328,6 +2347,7 @@ impl Cluster {
             summary["standby_link_cuts"] = sb.link_cuts.into();
             summary["standby_link_bit_flips"] = sb.link_bit_flips().into();
             summary["standby_restarts"] = sb.restarts.into();
+            summary["standby_reseeds"] = self.standby_reseeds().into();
             summary["unsafe_release_before_standby"] =
                 self.args.unsafe_release_before_standby.into();
         }
