@@ -353,7 +353,7 @@ fn a_tmpfs_too_small_for_the_stores_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = Command::new(env!("CARGO_BIN_EXE_ken"))
         .args(["torture", "--app", "bank", "--procs", "5", "--seconds", "5"])
-        .args(["--tmpfs-mb", "16", "--dir"])
+        .args(["--tmpfs-mb", "8", "--dir"])
         .arg(dir.path().join("run"))
         .output()
         .expect("run ken torture");
@@ -364,7 +364,7 @@ fn a_tmpfs_too_small_for_the_stores_is_refused() {
     );
     assert!(!out.status.success(), "{all}");
     assert!(
-        all.contains("--tmpfs-mb 16 is too small for 5 processes"),
+        all.contains("--tmpfs-mb 8 is too small for 5 processes"),
         "{all}"
     );
     let min: u64 = all
@@ -373,7 +373,7 @@ fn a_tmpfs_too_small_for_the_stores_is_refused() {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no minimum named: {all}"));
-    assert!(min > 16, "{all}");
+    assert!(min > 8, "{all}");
     assert!(!dir.path().join("run").join("stores").join("a.ken").exists());
 }
 
