@@ -1012,6 +1012,11 @@ impl Shipper {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         };
+        // Every batch of a commit up to `at` was handed over before that commit began: take
+        // those still in the channel, so that a replica behind can be caught up from them.
+        while let Ok(b) = self.batches.try_recv() {
+            self.take(b);
+        }
         let our_nonce = nonce();
         out.write(
             &mut wr,
