@@ -1100,8 +1100,13 @@ async fn sync_standby(
                 return;
             }
             ShipEvent::Acked(_) => {}
-            ShipEvent::Fenced { standby_epoch, ours } => tracing::error!(
-                "FENCED: the standby at {target} is at epoch {standby_epoch}, this process at                  {ours}: another copy of this process was promoted. This one will release                  nothing; stop it (its store is out of date)"
+            ShipEvent::Fenced {
+                standby_epoch,
+                ours,
+            } => tracing::error!(
+                "FENCED: the standby at {target} is at epoch {standby_epoch}, this process at \
+                 {ours}: another copy of this process was promoted. This one will release \
+                 nothing; stop it (its store is out of date)"
             ),
             ShipEvent::Disconnected(why) => {
                 tracing::warn!("standby at {target} not reachable ({why}); waiting for it")
@@ -1283,8 +1288,13 @@ impl Out<'_> {
                     return true;
                 }
             }
-            ShipEvent::Fenced { standby_epoch, ours } => tracing::error!(
-                "FENCED: the standby is at epoch {standby_epoch}, this process at {ours}:                  another copy of this process was promoted. This one releases nothing more;                  stop it (its store is out of date)"
+            ShipEvent::Fenced {
+                standby_epoch,
+                ours,
+            } => tracing::error!(
+                "FENCED: the standby is at epoch {standby_epoch}, this process at {ours}: \
+                 another copy of this process was promoted. This one releases nothing more; \
+                 stop it (its store is out of date)"
             ),
             ShipEvent::Disconnected(why) => tracing::warn!(
                 "standby not reachable ({why}); outputs wait until it holds their batch"

@@ -74,9 +74,9 @@ pub const fn wal_preallocate_bytes(page_size: usize) -> usize {
     (checkpoint * 3 / 2).next_multiple_of(64 << 10)
 }
 
-/// The WAL preallocation for a store whose page size could not be read: SQLite's default
-/// page size, 4096.
-pub const WAL_PREALLOCATE_BYTES_UNKNOWN_PAGE: usize = 6 << 20;
+/// The WAL preallocation for a store whose page size could not be read: that of SQLite's
+/// default page size, 4096.
+pub const WAL_PREALLOCATE_BYTES_UNKNOWN_PAGE: usize = wal_preallocate_bytes(4096);
 
 /// Bytes of the WAL header, and of each frame's header.
 const WAL_HEADER_BYTES: usize = 32;

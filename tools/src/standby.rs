@@ -316,7 +316,10 @@ fn check_no_live_copy(
         match answer {
             Ok((addr, AdminReply::Status(r))) if r.id == id.as_str() => {
                 return Err(format!(
-                    "process `{id}` runs at {addr} ({what}: {}, epoch {}; this store's epoch is                      {epoch}): a detached {} would be a second live copy, and nothing would fence                      it. Do not run this store: retire it, or reseed it as a standby of the running                      copy. Nothing written",
+                    "process `{id}` runs at {addr} ({what}: {}, epoch {}; this store's epoch is \
+                     {epoch}): a detached {} would be a second live copy, and nothing would fence \
+                     it. Do not run this store: retire it, or reseed it as a standby of the running \
+                     copy. Nothing written",
                     r.role.role,
                     r.role.epoch,
                     a.store.display()
@@ -324,7 +327,9 @@ fn check_no_live_copy(
             }
             Ok((addr, AdminReply::Standby(st))) if st.id == id.as_str() && st.epoch > epoch => {
                 return Err(format!(
-                    "the standby of `{id}` at {addr} accepts only epoch {} and later; this store's                      epoch is {epoch}: its standby was promoted, and this store is fenced. Do not                      run it. Nothing written",
+                    "the standby of `{id}` at {addr} accepts only epoch {} and later; this store's \
+                     epoch is {epoch}: its standby was promoted, and this store is fenced. Do not \
+                     run it. Nothing written",
                     st.epoch
                 ));
             }
@@ -353,7 +358,8 @@ fn detach(a: &DetachArgs) -> Result<(), String> {
             }
         }
         _ => println!(
-            "not checked for a running copy of the process (a promoted standby): give --cluster              FILE --id X to ask the addresses it declares first"
+            "not checked for a running copy of the process (a promoted standby): give --cluster \
+             FILE --id X to ask the addresses it declares first"
         ),
     }
     let outcome = ken::standby::detach(&a.store, &operator(), &a.reason)
