@@ -126,9 +126,9 @@ pub struct SettingsArgs {
     #[arg(long, value_name = "MS")]
     pub stats_interval_ms: Option<u64>,
     /// Page size in bytes of a store this process creates (512 to 65536, a power of two;
-    /// default 4096; an existing store keeps its own). Smaller pages write less per commit
-    /// and cost more for large values: 1024 wrote 6.0 KB per single-turn commit against
-    /// 21.6 KB at 4096, at the same commit rate (`cargo bench -p ken-store`).
+    /// default 1024; an existing store keeps its own). Smaller pages write less per commit
+    /// and cost more for large values: a pingpong turn wrote 7.6 KB to the WAL at 1024
+    /// against 27.7 KB at 4096, at the same round trip (README, "Numbers").
     #[arg(long, value_name = "BYTES", value_parser = parse_page_size)]
     pub store_page_size: Option<u32>,
 }

@@ -540,12 +540,32 @@ async fn run_async<H: Handler>(mut config: Config, handler: H) -> Result<Exit, R
     }
     config.tuning.check()?;
     let crash = Arc::new(CrashPoints::from_env()?);
-    let (mut store, mut recovered) = Store::open_for_app(
-        &config.store,
-        config.id.as_str(),
-        &config.store_options,
-        &crate::upgrade::identity::<H>(),
-    )?;
+    let open = |config: &Config| {
+        Store::open_for_app(
+            &config.store,
+            config.id.as_str(),
+            &config.store_options,
+            &crate::upgrade::identity::<H>(),
+        )
+    };
+    let (mut store, mut recovered) = open(&config)?;
+    // Batches the standby committed and this process lost in a crash come back first (not
+    // for a store detached on the record: it runs alone).
+    if let Some(target) = config.standby.clone() {
+        if crate::standby::store_role(&store)?.detached.is_none() {
+            let cfg = crate::standby::ShipperConfig {
+                process: config.id.clone(),
+                store: config.store.clone(),
+                standby: target,
+                key: config.key.clone(),
+                encrypt: config.encrypt && config.key.is_some(),
+            };
+            if crate::standby::take_back(&cfg, &mut store).await? > 0 {
+                drop(store);
+                (store, recovered) = open(&config)?;
+            }
+        }
+    }
     crate::upgrade::apply(&mut store, &mut recovered, &handler, &crash)?;
     // Batch `id` of this life becomes the store's commit `commits_at_start + id`.
     let commits_at_start = store.commits();

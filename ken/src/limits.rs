@@ -288,6 +288,27 @@ limit! {
     pub const STANDBY_REPLY_TIMEOUT: Duration = 30 s;
 }
 
+limit! {
+    /// How long a restarting primary waits for each answer of its standby while it takes back
+    /// the batches the standby holds and it lost (`standby::take_back`): a standby that does not
+    /// answer within it is left to the shipper, which reseeds it if its replica is ahead. Short,
+    /// because the process's start waits for it.
+    pub const STANDBY_TAKE_BACK_TIMEOUT: Duration = 1 s;
+}
+
+limit! {
+    /// Batches a standby keeps in memory after applying them, newest last, for a primary that
+    /// restarts and lost their local commits (`standby::take_back`): the replica can be
+    /// ahead of a crashed primary only by the batches it shipped and had not yet committed
+    /// itself, a few at most.
+    pub const STANDBY_KEPT_BATCHES: usize = 16;
+}
+
+limit! {
+    /// ... and at most about this many bytes of them (keys, values, payloads, rows).
+    pub const STANDBY_KEPT_BYTES_MAX: usize = 64 << 20;
+}
+
 const _: () = assert!(STANDBY_SNAPSHOT_CHUNK_BYTES * 2 <= STANDBY_MESSAGE_BYTES_MAX);
 const _: () = assert!((BATCH_BYTES_MAX as u64) * 4 <= STANDBY_MESSAGE_BYTES_MAX as u64);
 const _: () = assert!(STANDBY_RETRY_MIN.as_millis() < STANDBY_RETRY_MAX.as_millis());

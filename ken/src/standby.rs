@@ -77,8 +77,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::limits::{
-    STANDBY_MESSAGE_BYTES_MAX, STANDBY_REPLY_TIMEOUT, STANDBY_RETRY_MAX, STANDBY_RETRY_MIN,
-    STANDBY_SNAPSHOT_CHUNK_BYTES,
+    STANDBY_KEPT_BATCHES, STANDBY_KEPT_BYTES_MAX, STANDBY_MESSAGE_BYTES_MAX,
+    STANDBY_REPLY_TIMEOUT, STANDBY_RETRY_MAX, STANDBY_RETRY_MIN, STANDBY_SNAPSHOT_CHUNK_BYTES,
+    STANDBY_TAKE_BACK_TIMEOUT,
 };
 use crate::time::Time;
 
@@ -119,6 +120,16 @@ impl Position {
             commits: meta.commits,
             turns_committed: meta.turns_committed,
             last_commit_ms: meta.last_commit_ms,
+        }
+    }
+
+    /// The position of a store at `self` once it has committed `batch`.
+    fn after(self, batch: &Batch) -> Position {
+        Position {
+            incarnation: self.incarnation,
+            commits: self.commits + 1,
+            turns_committed: self.turns_committed + batch.turns,
+            last_commit_ms: batch.now_ms,
         }
     }
 }
@@ -183,6 +194,16 @@ pub enum Message {
     Ship { commit_no: u64, batch: Arc<Batch> },
     /// Standby to primary: the replica holds every commit up to `commit_no` (cumulative).
     Acked { commit_no: u64 },
+    /// Primary to standby, from a restarted primary before it runs anything ([`take_back`]):
+    /// the batch the replica holds as commit `commit_no`, please.
+    Fetch { commit_no: u64 },
+    /// Standby to primary, the answer to `Fetch`: the batch and the replica's position
+    /// before it, if the standby still keeps it (the last few it applied in this life, in
+    /// memory); both `None` otherwise.
+    Fetched {
+        before: Option<Position>,
+        batch: Option<Arc<Batch>>,
+    },
 }
 
 impl Message {
@@ -194,6 +215,8 @@ impl Message {
             Message::Snapshot { .. } => "Snapshot",
             Message::Ship { .. } => "Ship",
             Message::Acked { .. } => "Acked",
+            Message::Fetch { .. } => "Fetch",
+            Message::Fetched { .. } => "Fetched",
         }
     }
 }
@@ -761,6 +784,149 @@ impl ShipperHandle {
     }
 }
 
+/// Where the store at `path` is, and its epoch.
+fn local_position(path: &Path) -> Result<(Position, u64), String> {
+    let reader = Reader::open(path).map_err(|e| e.to_string())?;
+    let meta = reader.meta().map_err(|e| e.to_string())?;
+    let epoch = epoch(&reader).map_err(|e| e.to_string())?;
+    Ok((Position::of(&meta), epoch))
+}
+
+/// What a restarted primary with a standby does before it recovers anything: takes back the
+/// batches its standby's replica holds beyond the local store, and commits them to `store`
+/// (the store of `cfg.store`, open). Returns how many it committed; when any, the caller
+/// reopens the store (what it recovered is stale).
+///
+/// Why a replica can be ahead: the driver ships a batch while its own commit runs, so a
+/// primary killed after the standby's commit and before its own finished comes back one or
+/// two commits behind its replica. None of those batches' outputs left (the primary releases
+/// a batch only once its own commit is done), so either copy may win; the shipper alone
+/// would replace the replica by a copy of the whole store (a 1 GiB store: 1 GiB on the wire
+/// while the process waits), where these few batches make the two equal. They are this
+/// process's own history: the standby sends each with the replica's position before it, and
+/// the first must be exactly this store's position (incarnation, commits, turns, last commit
+/// time), each next one the position after the batch before; committing them is what the
+/// crashed life's unfinished commits would have done.
+///
+/// Anything but a failed local commit is logged and left to the shipper (which reseeds a
+/// replica ahead, as before): a standby that does not answer within
+/// [`STANDBY_TAKE_BACK_TIMEOUT`], restarted since (it keeps the batches in memory only, the
+/// last [`STANDBY_KEPT_BATCHES`]), refusing this primary (fenced, another key), or holding
+/// another history.
+pub async fn take_back(
+    cfg: &ShipperConfig,
+    store: &mut Store,
+) -> Result<u64, ken_store::CommitError> {
+    let batches = match fetch_back(cfg).await {
+        Ok(b) => b,
+        Err(why) => {
+            tracing::warn!(
+                standby = %cfg.standby,
+                "could not ask the standby for batches this store lacks: {why}; going on \
+                 (the shipper reseeds the standby if its replica is ahead)"
+            );
+            return Ok(0);
+        }
+    };
+    let Some(first) = batches.first().map(|_| store.commits() + 1) else {
+        return Ok(0);
+    };
+    for batch in &batches {
+        store.commit(batch)?;
+    }
+    tracing::info!(
+        standby = %cfg.standby,
+        from = first,
+        to = store.commits(),
+        "took back {} batch(es) the standby committed and this process lost in a crash \
+         (never released); no reseed",
+        batches.len()
+    );
+    Ok(batches.len() as u64)
+}
+
+/// The batches the standby's replica holds beyond the local store, checked to follow it
+/// ([`take_back`]); empty when the replica is not ahead.
+async fn fetch_back(cfg: &ShipperConfig) -> Result<Vec<Arc<Batch>>, String> {
+    let t = STANDBY_TAKE_BACK_TIMEOUT;
+    let (at, our_epoch) = local_position(&cfg.store)?;
+    let stream = tokio::time::timeout(t, TcpStream::connect(&cfg.standby))
+        .await
+        .map_err(|_| format!("no connection within {} ms", t.as_millis()))?
+        .map_err(|e| format!("cannot reach it: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let base = cfg.key.as_ref().map(ClusterKey::standby_key);
+    let mut out = Framing::new(base.clone(), true);
+    let mut inn = Framing::new(base.clone(), true);
+    let our_nonce = nonce();
+    let hello = Message::Hello {
+        process: cfg.process.as_str().to_string(),
+        epoch: our_epoch,
+        at,
+        nonce: our_nonce,
+        encrypt: cfg.encrypt,
+    };
+    out.write(&mut wr, &hello).await.map_err(|e| e.to_string())?;
+    let (theirs, their_nonce) = match inn.read_within(&mut rd, t).await {
+        Ok(Message::State { at, nonce, .. }) => (at, nonce),
+        Ok(Message::Refused { reason }) => return Err(format!("it refused: {reason}")),
+        Ok(other) => return Err(format!("it answered Hello with {}", other.name())),
+        Err(e) => return Err(e.to_string()),
+    };
+    if theirs.incarnation != at.incarnation || theirs.commits <= at.commits {
+        return Ok(Vec::new());
+    }
+    if let Some(base) = &base {
+        let session = base.session(&our_nonce, &their_nonce);
+        out.start_session(session.clone(), cfg.encrypt);
+        inn.start_session(session, cfg.encrypt);
+    }
+    let mut want = at;
+    let mut batches = Vec::new();
+    while want.commits < theirs.commits {
+        let commit_no = want.commits + 1;
+        out.write(&mut wr, &Message::Fetch { commit_no })
+            .await
+            .map_err(|e| e.to_string())?;
+        match inn.read_within(&mut rd, t).await.map_err(|e| e.to_string())? {
+            Message::Fetched {
+                before: Some(before),
+                batch: Some(batch),
+            } if before == want => {
+                batch
+                    .check()
+                    .map_err(|p| format!("its commit {commit_no} is malformed: {p}"))?;
+                want = want.after(&batch);
+                batches.push(batch);
+            }
+            Message::Fetched {
+                before: Some(before),
+                ..
+            } => {
+                return Err(format!(
+                    "its replica's commit {commit_no} follows another history than this \
+                     store's (before it: {before:?}; this store: {want:?})"
+                ))
+            }
+            Message::Fetched { .. } => {
+                return Err(format!(
+                    "it no longer keeps commit {commit_no} (restarted since, or more than \
+                     {STANDBY_KEPT_BATCHES} commits ahead)"
+                ))
+            }
+            Message::Refused { reason } => return Err(format!("it refused: {reason}")),
+            other => return Err(format!("it answered Fetch with {}", other.name())),
+        }
+    }
+    if want != theirs {
+        return Err(format!(
+            "after the batches it kept the replica would be at {want:?}, but it is at {theirs:?}"
+        ));
+    }
+    Ok(batches)
+}
+
 /// Spawns the shipping task on the current tokio runtime (the engine loop's: a batch handed
 /// over is encoded and written to the socket as soon as the loop yields, which the driver
 /// does before it commits the batch itself, so the standby's copy and the local commit run at
@@ -954,14 +1120,9 @@ impl Shipper {
     /// Where the local store is, and its epoch.
     async fn local(&self) -> Result<(Position, u64), SessionEnd> {
         let path = self.cfg.store.clone();
-        blocking(move || {
-            let reader = Reader::open(&path).map_err(|e| e.to_string())?;
-            let meta = reader.meta().map_err(|e| e.to_string())?;
-            let epoch = epoch(&reader).map_err(|e| e.to_string())?;
-            Ok((Position::of(&meta), epoch))
-        })
-        .await
-        .map_err(SessionEnd::Local)
+        blocking(move || local_position(&path))
+            .await
+            .map_err(SessionEnd::Local)
     }
 
     /// One connection: handshake, reseed if needed, ship until it fails.
@@ -1339,8 +1500,74 @@ struct Replica {
     epoch: u64,
     /// The snapshot being received: its file, commits, total and bytes so far.
     incoming: Option<(std::fs::File, u64, u64, u64)>,
+    /// The replica's position, when known without reading the store: set by the handshake
+    /// and a snapshot's install, moved on by each batch applied.
+    tip: Option<Position>,
+    /// The last batches applied, for a restarted primary that lost them ([`take_back`]).
+    kept: Kept,
     /// What the status answer counts.
     stats: ReplicaStats,
+}
+
+/// The last batches a standby applied in this life, with the replica's position before
+/// each, newest last, contiguous: at most [`STANDBY_KEPT_BATCHES`] and about
+/// [`STANDBY_KEPT_BYTES_MAX`] bytes. A replica can be ahead of its primary after the
+/// primary's crash (a batch shipped, committed here, and lost with the primary's unfinished
+/// local commit); the restarted primary takes these back instead of having the replica
+/// replaced by a copy of its whole store.
+#[derive(Default)]
+struct Kept {
+    batches: VecDeque<(Position, Arc<Batch>)>,
+    bytes: usize,
+}
+
+impl Kept {
+    fn push(&mut self, before: Position, batch: Arc<Batch>) {
+        if self
+            .batches
+            .back()
+            .is_some_and(|(p, b)| p.after(b) != before)
+        {
+            self.clear();
+        }
+        self.bytes += approx_bytes(&batch);
+        self.batches.push_back((before, batch));
+        while self.batches.len() > STANDBY_KEPT_BATCHES
+            || (self.bytes > STANDBY_KEPT_BYTES_MAX && self.batches.len() > 1)
+        {
+            if let Some((_, b)) = self.batches.pop_front() {
+                self.bytes -= approx_bytes(&b);
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.batches.clear();
+        self.bytes = 0;
+    }
+
+    /// The batch that made commit `commit_no`, and the position before it.
+    fn get(&self, commit_no: u64) -> Option<(Position, Arc<Batch>)> {
+        self.batches
+            .iter()
+            .find(|(p, _)| p.commits + 1 == commit_no)
+            .map(|(p, b)| (*p, Arc::clone(b)))
+    }
+}
+
+/// About the bytes a batch holds in memory (its variable-length fields, and a fixed guess per
+/// row): what bounds [`Kept`].
+fn approx_bytes(b: &Batch) -> usize {
+    b.root.as_ref().map_or(0, Vec::len)
+        + b.table_writes
+            .iter()
+            .map(|w| w.table.len() + w.key.len() + w.value.as_ref().map_or(0, Vec::len))
+            .sum::<usize>()
+        + b.outbox_appends
+            .iter()
+            .map(|o| o.peer.len() + o.payload.len())
+            .sum::<usize>()
+        + 64 * b.rows()
 }
 
 /// A standby's counters since it started, for its status answer.
@@ -1399,6 +1626,8 @@ impl Replica {
     }
 
     fn open(&mut self) -> Result<(), StandbyError> {
+        self.tip = None;
+        self.kept.clear();
         let (store, _) =
             Store::open_with(&self.path, self.process.as_str(), &StoreOptions::default())?;
         self.epoch = self.epoch.max(store_epoch(&store)?);
@@ -1413,6 +1642,8 @@ struct Session {
     out: Framing,
     from: std::net::SocketAddr,
     incoming: mpsc::Receiver<Result<Message, WireError>>,
+    /// The primary asked for batches back ([`take_back`]): it closes the connection next.
+    fetched: bool,
     _reader: AbortOnDrop,
 }
 
@@ -1430,6 +1661,8 @@ pub async fn serve(cfg: StandbyConfig) -> Result<(), StandbyError> {
         store: None,
         epoch: cfg.min_epoch,
         incoming: None,
+        tip: None,
+        kept: Kept::default(),
         stats: ReplicaStats {
             started: std::time::Instant::now(),
             batches_applied: 0,
@@ -1501,6 +1734,11 @@ pub async fn serve(cfg: StandbyConfig) -> Result<(), StandbyError> {
                 let s = current.as_mut().expect("a message comes from a session");
                 let result = match got {
                     Some(Ok(msg)) => handle(&mut replica, s, msg).await,
+                    Some(Err(WireError::Io(_))) | None if s.fetched => {
+                        tracing::info!(primary = %s.from, "the restarted primary took its batches back and closed");
+                        current = None;
+                        continue;
+                    }
                     Some(Err(e)) => Err(Refusal::Protocol(e.to_string())),
                     None => Err(Refusal::Protocol("connection closed".into())),
                 };
@@ -1626,6 +1864,7 @@ async fn handshake(
     replica.epoch = replica.epoch.max(epoch);
     let our_nonce = nonce();
     let at = replica.position()?;
+    replica.tip = Some(at);
     if let Err(e) = out
         .write(
             &mut wr,
@@ -1668,6 +1907,7 @@ async fn handshake(
         out,
         from,
         incoming: rx,
+        fetched: false,
         _reader: AbortOnDrop(reader),
     }))
 }
@@ -1692,12 +1932,20 @@ async fn handle(replica: &mut Replica, s: &mut Session, msg: Message) -> Result<
             if let Err(problem) = batch.check() {
                 return Err(Refusal::BadBatch { commit_no, problem });
             }
+            let before = replica.tip.take().filter(|t| t.commits + 1 == commit_no);
             // Committed here, on the serving loop's thread: the loop handles one message
             // at a time anyway (the next waits in the socket), and a hand-off to a blocking
             // thread and back costs two wake-ups on every commit the primary waits for.
             match store.commit(&batch) {
                 Ok(info) => {
                     debug_assert_eq!(info.commits, commit_no);
+                    match before {
+                        Some(before) if before.after(&batch).turns_committed == info.turns_committed => {
+                            replica.tip = Some(before.after(&batch));
+                            replica.kept.push(before, Arc::clone(&batch));
+                        }
+                        _ => replica.kept.clear(),
+                    }
                     replica.stats.batches_applied += 1;
                     replica.stats.last_batch = Some(std::time::Instant::now());
                     s.out
@@ -1752,6 +2000,7 @@ async fn handle(replica: &mut Replica, s: &mut Session, msg: Message) -> Result<
             let at = replica
                 .position()
                 .map_err(|e| Refusal::BadSnapshot(e.to_string()))?;
+            replica.tip = Some(at);
             s.out
                 .write(
                     &mut s.wr,
@@ -1761,6 +2010,23 @@ async fn handle(replica: &mut Replica, s: &mut Session, msg: Message) -> Result<
                         nonce: [0; 16],
                     },
                 )
+                .await
+                .map_err(|e| Refusal::Protocol(e.to_string()))
+        }
+        Message::Fetch { commit_no } => {
+            s.fetched = true;
+            let (before, batch) = match replica.kept.get(commit_no) {
+                Some((before, batch)) => (Some(before), Some(batch)),
+                None => (None, None),
+            };
+            tracing::info!(
+                primary = %s.from,
+                commit_no,
+                kept = batch.is_some(),
+                "the restarted primary asks for a batch back"
+            );
+            s.out
+                .write(&mut s.wr, &Message::Fetched { before, batch })
                 .await
                 .map_err(|e| Refusal::Protocol(e.to_string()))
         }

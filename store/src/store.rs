@@ -648,9 +648,10 @@ fn journal_conflict(
             .or_else(|| turn_log.rows.back().map(|(t, _)| *t));
         if let Some(newest) = newest.filter(|n| first.turn <= *n) {
             return Ok(Some(format!(
-                    "turn-log entry {} is not newer than turn {newest}, already logged                      (the turn_log table's key)",
-                    first.turn
-                )));
+                "turn-log entry {} is not newer than turn {newest}, already logged \
+                 (the turn_log table's key)",
+                first.turn
+            )));
         }
     }
     for m in &batch.outbox_appends {

@@ -1,6 +1,7 @@
 //! Standby replicas (`ken::standby`), on loopback with real stores: batches committed on a
 //! primary store while shipped through `start` to `serve` make a replica equal to it; a
-//! standby killed and restarted catches up; a standby ahead of its primary is reseeded; an
+//! standby killed and restarted catches up; a standby ahead of its primary is reseeded, or
+//! gives back the batches it holds ahead of a restarted primary (`take_back`); an
 //! old epoch is fenced (and the same epoch accepted); a wrong key is refused (and the right
 //! one accepted); a `Ship` out of order is refused (and the next one applied); `promote`
 //! raises the epoch and is refused while the store is open.
@@ -466,6 +467,95 @@ async fn a_standby_ahead_of_its_primary_is_reseeded() {
     );
     let (ship, mut events) = ship_to(&primary, &sb.addr, None);
     wait_acked(&mut events, 12).await;
+    assert_replica_equal(&primary, &replica);
+    drop(ship);
+    sb.kill().await;
+}
+
+/// The shipper's configuration for the primary `p` at `store` shipping to `addr`, no key.
+fn shipper_config(store: &Path, addr: &str) -> ShipperConfig {
+    ShipperConfig {
+        process: pid("p"),
+        store: store.to_path_buf(),
+        standby: addr.to_string(),
+        key: None,
+        encrypt: false,
+    }
+}
+
+/// A primary killed after its standby committed a batch and before its own commit finished
+/// comes back behind its replica. Restarted, it takes those batches back from the standby
+/// (`standby::take_back`, which the driver runs before it recovers anything) and commits
+/// them: the two are equal, and the shipper finds the replica in sync, with no copy of the
+/// whole store. The controls: a standby restarted since keeps no batches, and a replica
+/// ahead on another history (the primary made a different commit of that number) gives
+/// nothing back; both are reseeded by the shipper, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_primary_takes_back_the_batches_its_standby_holds_ahead_of_it() {
+    let d = dir();
+    let Following {
+        primary,
+        replica,
+        mut store,
+        sb,
+        ship,
+        mut events,
+    } = following(d.path(), 10).await;
+    // Commits 11 and 12 reach the standby; the primary "crashes" before its own commits.
+    ship.ship(11, Arc::new(batch(11, 1)));
+    ship.ship(12, Arc::new(batch(12, 2)));
+    wait_acked(&mut events, 12).await;
+    drop(ship);
+    assert_eq!((commits(&primary), commits(&replica)), (10, 12));
+    let file = inode(&replica);
+    let took = standby::take_back(&shipper_config(&primary, &sb.addr), &mut store)
+        .await
+        .unwrap();
+    assert_eq!(took, 2, "both batches taken back");
+    assert_eq!(store.commits(), 12);
+    assert_replica_equal(&primary, &replica);
+    // The shipper then finds the replica in sync: no snapshot, and it follows.
+    let (ship, mut events) = ship_to(&primary, &sb.addr, None);
+    let seen = wait_acked(&mut events, 12).await;
+    assert!(seen.is_empty(), "{seen:?}");
+    commit_and_ship(&mut store, &ship, 13);
+    wait_acked(&mut events, 13).await;
+    assert_replica_equal(&primary, &replica);
+    assert_eq!(inode(&replica), file, "no snapshot replaced the replica");
+
+    // Control 1: the standby restarts after the primary's crash: it kept nothing, nothing
+    // is taken back, and the shipper reseeds the replica (a new file).
+    ship.ship(14, Arc::new(batch(14, 1)));
+    wait_acked(&mut events, 14).await;
+    drop(ship);
+    let (addr, _) = sb.kill().await;
+    let sb = spawn_standby(&replica, Some(&addr), None, 0).await;
+    let took = standby::take_back(&shipper_config(&primary, &sb.addr), &mut store)
+        .await
+        .unwrap();
+    assert_eq!((took, store.commits()), (0, 13));
+    let (ship, mut events) = ship_to(&primary, &sb.addr, None);
+    wait_acked(&mut events, 13).await;
+    assert_replica_equal(&primary, &replica);
+    assert_ne!(inode(&replica), file, "reseeded: a snapshot is a new file");
+
+    // Control 2: the replica is ahead on another history: the primary made a different
+    // commit 14 of its own after the batches 14 and 15 reached the standby. Nothing is
+    // taken back (the replica's position before its commit 15 is not this store's), the
+    // primary's store is unchanged, and the shipper reseeds.
+    ship.ship(14, Arc::new(batch(14, 1)));
+    ship.ship(15, Arc::new(batch(15, 1)));
+    wait_acked(&mut events, 15).await;
+    drop(ship);
+    store.commit(&batch(14, 3)).unwrap();
+    let before = contents(&primary);
+    let took = standby::take_back(&shipper_config(&primary, &sb.addr), &mut store)
+        .await
+        .unwrap();
+    assert_eq!((took, store.commits()), (0, 14));
+    assert_eq!(contents(&primary), before, "the primary's store is untouched");
+    let (ship, mut events) = ship_to(&primary, &sb.addr, None);
+    wait_acked(&mut events, 14).await;
     assert_replica_equal(&primary, &replica);
     drop(ship);
     sb.kill().await;
