@@ -77,9 +77,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::limits::{
-    STANDBY_KEPT_BATCHES, STANDBY_KEPT_BYTES_MAX, STANDBY_MESSAGE_BYTES_MAX,
-    STANDBY_REPLY_TIMEOUT, STANDBY_RETRY_MAX, STANDBY_RETRY_MIN, STANDBY_SNAPSHOT_CHUNK_BYTES,
-    STANDBY_TAKE_BACK_TIMEOUT,
+    STANDBY_KEPT_BATCHES, STANDBY_KEPT_BYTES_MAX, STANDBY_MESSAGE_BYTES_MAX, STANDBY_REPLY_TIMEOUT,
+    STANDBY_RETRY_MAX, STANDBY_RETRY_MIN, STANDBY_SNAPSHOT_CHUNK_BYTES, STANDBY_TAKE_BACK_TIMEOUT,
 };
 use crate::time::Time;
 
@@ -867,7 +866,9 @@ async fn fetch_back(cfg: &ShipperConfig) -> Result<Vec<Arc<Batch>>, String> {
         nonce: our_nonce,
         encrypt: cfg.encrypt,
     };
-    out.write(&mut wr, &hello).await.map_err(|e| e.to_string())?;
+    out.write(&mut wr, &hello)
+        .await
+        .map_err(|e| e.to_string())?;
     let (theirs, their_nonce) = match inn.read_within(&mut rd, t).await {
         Ok(Message::State { at, nonce, .. }) => (at, nonce),
         Ok(Message::Refused { reason }) => return Err(format!("it refused: {reason}")),
@@ -889,7 +890,11 @@ async fn fetch_back(cfg: &ShipperConfig) -> Result<Vec<Arc<Batch>>, String> {
         out.write(&mut wr, &Message::Fetch { commit_no })
             .await
             .map_err(|e| e.to_string())?;
-        match inn.read_within(&mut rd, t).await.map_err(|e| e.to_string())? {
+        match inn
+            .read_within(&mut rd, t)
+            .await
+            .map_err(|e| e.to_string())?
+        {
             Message::Fetched {
                 before: Some(before),
                 batch: Some(batch),
@@ -1117,6 +1122,58 @@ impl Shipper {
         })
     }
 
+    /// The batches of commits `theirs.commits + 1 ..= at.commits`, read from the store's
+    /// journal, when the replica is at `theirs` on this store's history and behind by
+    /// commits that only the journal holds (an earlier life's: after a restart nothing waits
+    /// in `pending`): the store's counters at commit `theirs.commits` (from the journal, or
+    /// the tables' when the journal starts right after it) are `theirs`, and the journal
+    /// holds every commit after it up to `at`. `None` otherwise (then the replica is
+    /// reseeded).
+    async fn journaled_batches(
+        &self,
+        theirs: Position,
+        at: Position,
+    ) -> Option<Vec<(u64, Arc<Batch>)>> {
+        if theirs.incarnation != at.incarnation
+            || theirs.commits == 0
+            || theirs.commits >= at.commits
+            || theirs.commits < self.acked
+            || self.pending.iter().any(|(c, _)| *c <= at.commits)
+        {
+            return None;
+        }
+        let path = self.cfg.store.clone();
+        let since = blocking(move || {
+            Reader::open(&path)
+                .map_err(|e| e.to_string())?
+                .journaled_since(theirs.commits)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| tracing::warn!("reading the store's journal for the standby: {e}"))
+        .ok()??;
+        let ours_there = Position {
+            incarnation: at.incarnation,
+            commits: theirs.commits,
+            turns_committed: since.turns_committed,
+            last_commit_ms: since.last_commit_ms,
+        };
+        let commits: Vec<_> = since
+            .commits
+            .into_iter()
+            .take_while(|r| r.commits <= at.commits)
+            .collect();
+        if ours_there != theirs || commits.last()?.commits != at.commits {
+            return None;
+        }
+        Some(
+            commits
+                .into_iter()
+                .map(|r| (r.commits, Arc::new(r.batch)))
+                .collect(),
+        )
+    }
+
     /// Where the local store is, and its epoch.
     async fn local(&self) -> Result<(Position, u64), SessionEnd> {
         let path = self.cfg.store.clone();
@@ -1235,6 +1292,19 @@ impl Shipper {
                 "standby behind: catching up by shipping the {} batches it lacks",
                 at.commits - their_at.commits
             );
+            their_at
+        } else if let Some(journaled) = self.journaled_batches(their_at, at).await {
+            // Behind by commits of an earlier life that the store's journal still holds.
+            tracing::info!(
+                standby = %self.cfg.standby,
+                replica_commits = their_at.commits,
+                commits = at.commits,
+                "standby behind: catching up by shipping the {} batches it lacks, from the \
+                 store's journal",
+                journaled.len()
+            );
+            let later = std::mem::take(&mut self.pending);
+            self.pending = journaled.into_iter().chain(later).collect();
             their_at
         } else {
             let copied = self.reseed(&mut out, &mut wr, their_at).await?;
@@ -1940,7 +2010,9 @@ async fn handle(replica: &mut Replica, s: &mut Session, msg: Message) -> Result<
                 Ok(info) => {
                     debug_assert_eq!(info.commits, commit_no);
                     match before {
-                        Some(before) if before.after(&batch).turns_committed == info.turns_committed => {
+                        Some(before)
+                            if before.after(&batch).turns_committed == info.turns_committed =>
+                        {
                             replica.tip = Some(before.after(&batch));
                             replica.kept.push(before, Arc::clone(&batch));
                         }

@@ -99,9 +99,9 @@ pub use copy::install_copy;
 pub use error::{CommitError, OpenError, ReadError};
 pub use files::wal_path;
 pub use reader::{
-    FileSizes, KeyValue, Meta, OutboxStats, Problem, Reader, TableStats, Verification,
-    INTEGRITY_CHECK_MAX_ERRORS, MAX_SCAN_ROWS, READER_BUSY_TIMEOUT, VERIFY_MAX_PROBLEMS,
-    VERIFY_PAGE_ROWS, WAL_SCANS_MAX,
+    FileSizes, JournaledCommit, JournaledSince, KeyValue, Meta, OutboxStats, Problem, Reader,
+    TableStats, Verification, INTEGRITY_CHECK_MAX_ERRORS, MAX_SCAN_ROWS, READER_BUSY_TIMEOUT,
+    VERIFY_MAX_PROBLEMS, VERIFY_PAGE_ROWS, WAL_SCANS_MAX,
 };
 pub use store::{
     FoldWatch, Store, MAX_BATCH_ROWS, MAX_BODY_BYTES, MAX_KEY_BYTES, MAX_NAME_BYTES,

@@ -41,7 +41,7 @@ use crate::journal::{self, Overlay};
 use crate::schema::{self, MetaProblem};
 use crate::wal::WalState;
 use crate::witness::{self, WitnessRecord};
-use crate::{ClientRow, Corrupted, GroupRow, OutboxRow, PeerRow, TimerRow, TurnLogEntry};
+use crate::{Batch, ClientRow, Corrupted, GroupRow, OutboxRow, PeerRow, TimerRow, TurnLogEntry};
 
 /// How long a reader query waits on a lock held briefly by the owner or by another reader
 /// running WAL recovery.
@@ -121,6 +121,29 @@ pub struct OutboxStats {
     pub oldest_created_ms: u64,
     /// Stored payload bytes (envelopes included).
     pub bytes: u64,
+}
+
+/// The commits after a given one as the batch journal holds them ([`Reader::journaled_since`]),
+/// and the store's counters at that commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournaledSince {
+    /// `turns_committed` at the given commit.
+    pub turns_committed: u64,
+    /// `last_commit_ms` at the given commit.
+    pub last_commit_ms: u64,
+    /// The commits after it, oldest first, contiguous.
+    pub commits: Vec<JournaledCommit>,
+}
+
+/// One commit held by the batch journal ([`Reader::journaled_since`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournaledCommit {
+    /// The store's commits after this one (its commit number).
+    pub commits: u64,
+    /// The store's `turns_committed` after it.
+    pub turns_committed: u64,
+    /// The batch as committed (its `now_ms` is the commit's `last_commit_ms`).
+    pub batch: Batch,
 }
 
 /// Sizes of the store's files on disk.
@@ -853,6 +876,69 @@ impl Reader {
             out.extend_from_slice(&o.turn_log[o.turn_log.len() - from_journal..]);
             Ok(out)
         })
+    }
+
+    /// The commits after commit `after` as the batch journal holds them, oldest first, with
+    /// the store's counters at `after` ([`JournaledSince`]), read in one transaction; `None`
+    /// when the journal cannot give them all: commit `after` is neither in the journal nor
+    /// the tables' newest (the journal was folded past it), or the journal holds nothing
+    /// after it. Commits after the journal's newest row are not there either (a batch that
+    /// went to the tables directly: a large one, or the one that folded the journal): the
+    /// caller compares the last commit with the one it wants. What a primary ships to a
+    /// standby whose replica is behind after the primary's restart (`ken::standby`); those
+    /// batches otherwise exist only as their effect on the tables.
+    pub fn journaled_since(&self, after: u64) -> Result<Option<JournaledSince>, ReadError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let rows: Vec<(i64, Vec<u8>)> = self
+            .conn
+            .prepare_cached("SELECT seq, record FROM journal WHERE seq >= ?1 ORDER BY seq")?
+            .query_map([schema::sql_u64(after, "journal seq")], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut records = Vec::with_capacity(rows.len());
+        for (seq, record) in rows {
+            let rec = journal::decode(seq, &record)?;
+            let want = records
+                .last()
+                .map_or(rec.commits, |p: &journal::JournalRecord| p.commits + 1);
+            if rec.commits != want {
+                return Err(Corrupted {
+                    table: "journal".to_string(),
+                    key: seq.to_string(),
+                    detail: format!("commit {} follows commit {}", rec.commits, want - 1),
+                }
+                .into());
+            }
+            records.push(rec);
+        }
+        let mut records = records.into_iter().peekable();
+        let base = match records.peek() {
+            None => None,
+            Some(first) if first.commits == after => {
+                let first = records.next().expect("peeked");
+                Some((first.turns_committed, first.batch.now_ms))
+            }
+            Some(first) if first.commits == after + 1 => {
+                let meta =
+                    schema::decode_meta(&read_meta_rows(&self.conn)?).map_err(meta_problem)?;
+                (meta.commits == after).then_some((meta.turns_committed, meta.last_commit_ms))
+            }
+            Some(_) => None,
+        };
+        let out = base.map(|(turns_committed, last_commit_ms)| JournaledSince {
+            turns_committed,
+            last_commit_ms,
+            commits: records
+                .map(|r| JournaledCommit {
+                    commits: r.commits,
+                    turns_committed: r.turns_committed,
+                    batch: r.batch,
+                })
+                .collect(),
+        });
+        tx.commit()?;
+        Ok(out)
     }
 
     /// The newest `want` entries of the `turn_log` table, oldest first (one query).
