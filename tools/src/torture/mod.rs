@@ -1008,6 +1008,10 @@ impl Cluster {
                 ),
                 ("KEN_FAULTS".to_string(), String::new()),
             ];
+            if args.standby && std::env::var_os("RUST_LOG").is_none() {
+                // The shipper's catch-ups and take-backs are info lines; the summary counts them.
+                envs.push(("RUST_LOG".to_string(), "warn,ken::standby=info".to_string()));
+            }
             if args.unsafe_drop_held {
                 envs.push(("KEN_UNSAFE_DROP_HELD".to_string(), "1".to_string()));
             }
@@ -1217,6 +1221,11 @@ impl Cluster {
     /// holds (after a primary's restart, say). A lost connection alone is caught up by
     /// shipping (ken/STANDBY.md).
     fn standby_reseeds(&self) -> u64 {
+        self.members_log_lines("reseeding the standby")
+    }
+
+    /// Lines of the members' standard error (every life) that contain `needle`.
+    fn members_log_lines(&self, needle: &str) -> u64 {
         self.members
             .iter()
             .flat_map(|m| m.proc.lives())
@@ -1224,7 +1233,7 @@ impl Cluster {
                 std::fs::read_to_string(&life.stderr_path)
                     .unwrap_or_default()
                     .lines()
-                    .filter(|l| l.contains("reseeding the standby"))
+                    .filter(|l| l.contains(needle))
                     .count() as u64
             })
             .sum()
@@ -2348,6 +2357,11 @@ impl Cluster {
             summary["standby_link_bit_flips"] = sb.link_bit_flips().into();
             summary["standby_restarts"] = sb.restarts.into();
             summary["standby_reseeds"] = self.standby_reseeds().into();
+            // Restarted primaries whose replica was ahead (batches taken back from the
+            // standby) or behind by commits of their store's journal: each a reseed before.
+            summary["standby_take_backs"] = self.members_log_lines("took back").into();
+            summary["standby_journal_catch_ups"] =
+                self.members_log_lines("from the store's journal").into();
             summary["unsafe_release_before_standby"] =
                 self.args.unsafe_release_before_standby.into();
         }

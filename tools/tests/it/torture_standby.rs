@@ -60,6 +60,11 @@ fn bank_torture_with_standbys_and_a_promotion_passes() {
     // Every member seeded its empty standby once at least (the counter counts); a lost
     // connection alone is caught up by shipping, which the count does not include.
     assert!(n(&s, "standby_reseeds") >= 3, "{s}");
+    // The catch-ups after a primary's restart are counted (how many depends on where the
+    // kills fell: present is what is checked).
+    for key in ["standby_take_backs", "standby_journal_catch_ups"] {
+        assert!(s[key].is_u64(), "{key} missing: {s}");
+    }
     // The disk really was destroyed: one member's store is gone, and the run's cluster file
     // lists that member without a standby (it runs on the promoted replica).
     let run = dir.path().join("run");
