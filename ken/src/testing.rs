@@ -26,8 +26,11 @@
 //! gives a node a replica store, committed with every batch of the node *before* the batch
 //! is reported durable (the release gate), and brought to the node's exact commit (a
 //! consistent copy of the node's store) at each start of the node, before it runs, as the
-//! real shipper reseeds a replica that is behind. [`Cluster::promote`] destroys the node's
-//! store for good and restarts the node from its replica at the next epoch. The invariant
+//! real shipper reseeds a replica that is behind; a batch that reached the replica and not
+//! the node's store ([`Cluster::land_pending_shipped_only`]) is taken back into the store at
+//! the node's next start, as the driver's `standby::take_back` does. [`Cluster::promote`]
+//! destroys the node's store for good and restarts the node from its replica at the next
+//! epoch. The invariant
 //! kept: every batch whose outputs were released is in the replica.
 //! [`Cluster::set_standby_release_early`] breaks it on purpose (a negative control).
 //!
@@ -196,6 +199,10 @@ struct Standby {
     /// Batches reported durable but not yet in the replica: only with
     /// [`Cluster::set_standby_release_early`]; committed (in order) before the next batch.
     unshipped: Vec<Batch>,
+    /// Batches in the replica and not in the node's store (the standby committed them, the
+    /// node's own commit was cut short by a crash: [`Cluster::land_pending_shipped_only`]),
+    /// taken back into the store at the node's next start, as `standby::take_back` does.
+    ahead: Vec<Batch>,
     reseeds: u64,
 }
 
@@ -312,6 +319,8 @@ pub struct Cluster<H: Handler> {
     stops_tolerated: bool,
     /// [`Cluster::set_standby_release_early`].
     standby_early: f64,
+    /// [`Cluster::set_standby_skip_take_back`].
+    skip_take_back: bool,
 }
 
 impl<H: Handler> std::fmt::Debug for Cluster<H> {
@@ -349,6 +358,7 @@ impl<H: Handler> Cluster<H> {
             events: None,
             stops_tolerated: false,
             standby_early: 0.0,
+            skip_take_back: false,
         }
     }
 
@@ -406,6 +416,7 @@ impl<H: Handler> Cluster<H> {
             path: replica.into(),
             store: None,
             unshipped: Vec::new(),
+            ahead: Vec::new(),
             reseeds: 0,
         });
         if node.is_up() {
@@ -419,6 +430,14 @@ impl<H: Handler> Cluster<H> {
     /// default) keeps the gate.
     pub fn set_standby_release_early(&mut self, p: f64) {
         self.standby_early = p;
+    }
+
+    /// The negative control of the take-back: a node restarted after
+    /// [`Cluster::land_pending_shipped_only`] drops the batches its replica holds beyond its
+    /// store (the replica is then reseeded from the store at the start) instead of taking
+    /// them back. Never set in a real run.
+    pub fn set_standby_skip_take_back(&mut self, skip: bool) {
+        self.skip_take_back = skip;
     }
 
     /// Starts recording [`Event`]s (and clears what was recorded), or stops.
@@ -457,6 +476,26 @@ impl<H: Handler> Cluster<H> {
             node.config.id.as_str(),
             &crate::upgrade::identity::<H>(),
         );
+        // Batches its standby committed and it lost in the crash come back first (the
+        // driver's `standby::take_back`), then the store is opened again.
+        let ahead = node
+            .standby
+            .as_mut()
+            .map(|s| std::mem::take(&mut s.ahead))
+            .unwrap_or_default();
+        if !ahead.is_empty() && !self.skip_take_back {
+            for b in &ahead {
+                if let Err(e) = store.commit(b) {
+                    panic!("take back into {}: {e}", node.path.display());
+                }
+            }
+            drop(store);
+            (store, recovered) = open_store(
+                &node.path,
+                node.config.id.as_str(),
+                &crate::upgrade::identity::<H>(),
+            );
+        }
         let handler = (node.handler)();
         crate::upgrade::apply(
             &mut store,
@@ -606,6 +645,41 @@ impl<H: Handler> Cluster<H> {
             return false;
         };
         self.commit_locally(i, batch);
+        true
+    }
+
+    /// As [`Cluster::land_pending`], but the batch reaches node `i`'s standby's replica only,
+    /// not its store (the standby committed it, the node's own commit was cut short): the
+    /// node takes it back from the standby at its next start, before it recovers (as the
+    /// driver's `standby::take_back` does); a promotion finds it in the replica. It counts as
+    /// committed from now on (recorded as [`Event::Committed`]): it is durable in the
+    /// replica. Call [`Cluster::crash`] (or [`Cluster::promote`]) next. False if no batch was
+    /// committing or the node has no standby (then nothing landed).
+    pub fn land_pending_shipped_only(&mut self, i: usize) -> bool {
+        if self.nodes[i].standby.is_none() {
+            return false;
+        }
+        let Some((_, batch)) = self.nodes[i].pending.take() else {
+            return false;
+        };
+        let node = &mut self.nodes[i];
+        let standby = node.standby.as_mut().expect("checked");
+        let store = standby
+            .store
+            .as_mut()
+            .expect("a standby is seeded before its node runs");
+        for b in standby
+            .unshipped
+            .drain(..)
+            .chain(std::iter::once(batch.clone()))
+        {
+            if let Err(e) = store.commit(&b) {
+                panic!("commit to the replica {}: {e}", standby.path.display());
+            }
+        }
+        standby.ahead.push(batch.clone());
+        let at = self.now;
+        self.record(Event::Committed { node: i, at, batch });
         true
     }
 

@@ -132,6 +132,9 @@ pub struct SimReport {
     /// Replicas seeded with a copy of their process's store (at set-up and after a crash
     /// that left the replica behind).
     pub reseeds: u64,
+    /// Batches a crash or a promotion left in a replica and not in its process's store (the
+    /// local commit cut short): taken back at the restart, or kept by the promotion.
+    pub shipped_only: u64,
 }
 
 /// Standbys under simulation ([`Sim::set_standby`]).
@@ -143,6 +146,10 @@ pub struct StandbyPlan {
     /// released) before its replica holds it ([`Cluster::set_standby_release_early`]).
     /// 0 in every real run.
     pub release_early: f64,
+    /// The negative control of the take-back: a restarted process drops the batches its
+    /// replica holds beyond its store instead of taking them back
+    /// ([`Cluster::set_standby_skip_take_back`]). False in every real run.
+    pub skip_take_back: bool,
 }
 
 /// Output validity and exactly-once bookkeeping over committed batches and released frames.
@@ -353,6 +360,7 @@ impl<A: SimApp> Sim<A> {
     /// store), to be promoted at a random step of the faulty phase.
     pub fn set_standby(&mut self, plan: &StandbyPlan) {
         self.cluster.set_standby_release_early(plan.release_early);
+        self.cluster.set_standby_skip_take_back(plan.skip_take_back);
         let steps = self.config.steps.max(10);
         for &i in &plan.nodes {
             let path =
@@ -375,12 +383,18 @@ impl<A: SimApp> Sim<A> {
             .collect();
         for i in due {
             self.promote_at.retain(|&(_, j)| j != i);
-            // A commit in progress at the crash reached both disks, neither, or only the
-            // store about to be destroyed (then it released nothing, and is lost).
+            // A commit in progress at the crash reached both disks, neither, only the store
+            // about to be destroyed (then it released nothing, and is lost), or only the
+            // replica (which the promotion keeps).
             if self.cluster.node(i).is_up() {
-                let landed = match self.cluster.rng().gen_range(0..3) {
+                let landed = match self.cluster.rng().gen_range(0..4) {
                     0 => false,
                     1 => self.cluster.land_pending(i),
+                    2 => {
+                        let landed = self.cluster.land_pending_shipped_only(i);
+                        self.report.shipped_only += u64::from(landed);
+                        landed
+                    }
                     _ => self.land_unshipped(i),
                 };
                 if landed {
@@ -432,14 +446,19 @@ impl<A: SimApp> Sim<A> {
             return;
         }
         // A commit in progress when the process dies either reached the disk or not; with a
-        // standby, the replica may lack it (the shipment was cut short), reseeded at restart.
+        // standby, the replica may lack it (the shipment was cut short: caught up or
+        // reseeded at restart), or hold it while the store lacks it (the local commit was cut
+        // short: taken back from the standby at restart).
         if land {
-            let unshipped =
-                self.cluster.node(i).standby_path().is_some() && self.cluster.rng().gen_bool(0.5);
-            let landed = if unshipped {
-                self.land_unshipped(i)
-            } else {
-                self.cluster.land_pending(i)
+            let standby = self.cluster.node(i).standby_path().is_some();
+            let landed = match self.cluster.rng().gen_range(0..3) {
+                0 if standby => self.land_unshipped(i),
+                1 if standby => {
+                    let landed = self.cluster.land_pending_shipped_only(i);
+                    self.report.shipped_only += u64::from(landed);
+                    landed
+                }
+                _ => self.cluster.land_pending(i),
             };
             if landed {
                 self.absorb();

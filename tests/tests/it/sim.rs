@@ -289,6 +289,15 @@ fn standby_seeds() -> Vec<u64> {
 /// the whole faulty phase (as in the rolling upgrade, balances large enough that no account
 /// runs dry), so that a promotion comes while transfers are under way.
 fn run_bank_standby(seed: u64, release_early: f64, check_sends: bool) -> SimReport {
+    run_bank_standby_with(seed, release_early, false, check_sends)
+}
+
+fn run_bank_standby_with(
+    seed: u64,
+    release_early: f64,
+    skip_take_back: bool,
+    check_sends: bool,
+) -> SimReport {
     let app = BankSim {
         transfers: 60,
         transfer_interval_ms: 60,
@@ -305,6 +314,7 @@ fn run_bank_standby(seed: u64, release_early: f64, check_sends: bool) -> SimRepo
     sim.set_standby(&StandbyPlan {
         nodes: vec![0, 1],
         release_early,
+        skip_take_back,
     });
     sim.run()
 }
@@ -328,8 +338,9 @@ fn sim_standby_promotion_keeps_exactly_once_fifo_and_conservation() {
     let reseeds: u64 = reports.iter().map(|r| r.reseeds).sum();
     let mid_work: u64 = reports.iter().map(|r| r.promotions_mid_work).sum();
     let lost: u64 = reports.iter().map(|r| r.unreplicated_lost).sum();
+    let shipped_only: u64 = reports.iter().map(|r| r.shipped_only).sum();
     println!(
-        "sim_standby: {promotions} promotions ({mid_work} with transfers under way, {lost} of a down process whose replica lacked its last, unreleased batch), {reseeds} replica seedings"
+        "sim_standby: {promotions} promotions ({mid_work} with transfers under way, {lost} of a down process whose replica lacked its last, unreleased batch), {reseeds} replica seedings, {shipped_only} batches in a replica and not in the store at a crash (taken back at the restart, or kept by the promotion)"
     );
     fail_on_violations("sim_standby", &reports);
     for r in &reports {
@@ -349,6 +360,10 @@ fn sim_standby_promotion_keeps_exactly_once_fifo_and_conservation() {
         reseeds > 2 * reports.len() as u64 || reports.len() == 1,
         "no replica was ever reseeded after a crash: that path was not exercised"
     );
+    assert!(
+        shipped_only > 0 || reports.len() == 1,
+        "no crash left a batch in a replica only: the take-back was not exercised"
+    );
 }
 
 /// The negative control: a cluster that releases a batch's outputs before its replica holds
@@ -367,4 +382,30 @@ fn sim_standby_detects_release_before_the_replica_holds_it() {
         reports.iter().find_map(|r| r.violations.first())
     );
     assert!(caught >= 1, "no seed caught the broken release gate");
+}
+
+/// The control of the take-back in the model: a process restarted after a crash that left
+/// its last batch in its replica only, which drops that batch (its replica is then reseeded
+/// from its store) instead of taking it back, runs those inputs again as if the batch never
+/// was. The model counts the batch committed from the moment the replica holds it (the
+/// take-back and a promotion both keep it), so the checks must catch the divergence.
+/// Dropping it is what the shipper's reseed did before the take-back existed, and was
+/// harmless then (nothing of the batch had been released; the model did not count it): what
+/// this shows is that the simulation sees whether the take-back happened, not a loss.
+#[test]
+fn sim_standby_detects_a_restart_that_drops_what_its_replica_holds() {
+    let seeds: Vec<u64> = (70_000..70_020).collect();
+    let reports: Vec<SimReport> = seeds
+        .iter()
+        .map(|&s| run_bank_standby_with(s, 0.0, true, true))
+        .collect();
+    let exercised: u64 = reports.iter().map(|r| r.shipped_only).sum();
+    let caught = reports.iter().filter(|r| !r.violations.is_empty()).count();
+    println!(
+        "sim_standby_detects_a_restart_that_drops_what_its_replica_holds: {caught}/{} seeds caught ({exercised} batches in a replica only); e.g. {:?}",
+        reports.len(),
+        reports.iter().find_map(|r| r.violations.first())
+    );
+    assert!(exercised > 0, "no crash left a batch in a replica only");
+    assert!(caught >= 1, "no seed caught the dropped batches");
 }
