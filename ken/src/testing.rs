@@ -206,6 +206,25 @@ struct Standby {
     reseeds: u64,
 }
 
+impl Standby {
+    /// Commits the batches deferred by the negative control, then `batch`, to the replica.
+    fn commit(&mut self, batch: &Batch) {
+        let store = self
+            .store
+            .as_mut()
+            .expect("a standby is seeded before its node runs");
+        for b in self
+            .unshipped
+            .drain(..)
+            .chain(std::iter::once(batch.clone()))
+        {
+            if let Err(e) = store.commit(&b) {
+                panic!("commit to the replica {}: {e}", self.path.display());
+            }
+        }
+    }
+}
+
 /// A task attempt an engine handed out ([`Command::StartTask`]). The cluster runs no task
 /// function: the test finishes attempts by hand with [`Cluster::finish_task`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -664,19 +683,7 @@ impl<H: Handler> Cluster<H> {
         };
         let node = &mut self.nodes[i];
         let standby = node.standby.as_mut().expect("checked");
-        let store = standby
-            .store
-            .as_mut()
-            .expect("a standby is seeded before its node runs");
-        for b in standby
-            .unshipped
-            .drain(..)
-            .chain(std::iter::once(batch.clone()))
-        {
-            if let Err(e) = store.commit(&b) {
-                panic!("commit to the replica {}: {e}", standby.path.display());
-            }
-        }
+        standby.commit(&batch);
         standby.ahead.push(batch.clone());
         let at = self.now;
         self.record(Event::Committed { node: i, at, batch });
@@ -1071,19 +1078,7 @@ impl<H: Handler> Cluster<H> {
             standby.unshipped.push(batch.clone());
             return;
         }
-        let store = standby
-            .store
-            .as_mut()
-            .expect("a standby is seeded before its node runs");
-        for b in standby
-            .unshipped
-            .drain(..)
-            .chain(std::iter::once(batch.clone()))
-        {
-            if let Err(e) = store.commit(&b) {
-                panic!("commit to the replica {}: {e}", standby.path.display());
-            }
-        }
+        standby.commit(batch);
     }
 
     fn commit_locally(&mut self, i: usize, batch: Batch) {
