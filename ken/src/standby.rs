@@ -158,6 +158,25 @@ pub enum Refusal {
     /// A message that does not belong at this point of the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The replica holds another incarnation of the process (another store, with commits)
+    /// than the primary's: a primary restarted on a new, empty store (a replaced disk)
+    /// would otherwise overwrite what may be the last copy of the process's state. The
+    /// standby never replaces a replica of one incarnation by another by itself.
+    #[error(
+        "the standby's replica holds incarnation {replica_incarnation:016x} of the process at \
+         commit {replica_commits}, the primary's store incarnation {primary_incarnation:016x} \
+         at commit {primary_commits}: another store (a replaced disk?). The standby will not \
+         overwrite its replica with it. If the primary's disk was lost, stop the primary and \
+         promote the standby (`ken standby promote`); to discard the replica instead, stop the \
+         standby, move its store file away and start it again (it is then seeded from the \
+         primary)"
+    )]
+    OtherIncarnation {
+        replica_incarnation: u64,
+        replica_commits: u64,
+        primary_incarnation: u64,
+        primary_commits: u64,
+    },
 }
 
 /// A message of the standby stream (see the module docs for the framing).
@@ -1022,6 +1041,15 @@ async fn ship_forever(
                     standby_epoch,
                     ours: primary_epoch,
                 });
+            }
+            SessionEnd::Refused(reason @ Refusal::OtherIncarnation { .. }) => {
+                tracing::error!(
+                    standby = %s.cfg.standby,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "REFUSED by the standby: {reason}; this process releases nothing until \
+                     that is resolved (retrying)"
+                );
+                let _ = s.events.send(ShipEvent::Disconnected(reason.to_string()));
             }
             other => {
                 tracing::warn!(
@@ -1888,6 +1916,7 @@ async fn handshake(
             return Ok(None);
         }
     };
+    let at = replica.position()?;
     let refusal = match &hello {
         Message::Hello { process, .. } if process != replica.process.as_str() => {
             Some(Refusal::WrongProcess {
@@ -1909,6 +1938,16 @@ async fn handshake(
              file"
                 .into(),
         )),
+        Message::Hello { at: theirs, .. }
+            if at.incarnation != 0 && theirs.incarnation != at.incarnation =>
+        {
+            Some(Refusal::OtherIncarnation {
+                replica_incarnation: at.incarnation,
+                replica_commits: at.commits,
+                primary_incarnation: theirs.incarnation,
+                primary_commits: theirs.commits,
+            })
+        }
         Message::Hello { .. } => None,
         other => Some(Refusal::Protocol(format!(
             "the first message was {}, not Hello",
@@ -1917,7 +1956,11 @@ async fn handshake(
     };
     if let Some(reason) = refusal {
         replica.stats.refused += 1;
-        tracing::warn!(%from, "refused a primary: {reason}");
+        if matches!(reason, Refusal::OtherIncarnation { .. }) {
+            tracing::error!(%from, "REFUSED a primary: {reason}");
+        } else {
+            tracing::warn!(%from, "refused a primary: {reason}");
+        }
         let _ = out.write(&mut wr, &Message::Refused { reason }).await;
         return Ok(None);
     }
@@ -1933,7 +1976,6 @@ async fn handshake(
     };
     replica.epoch = replica.epoch.max(epoch);
     let our_nonce = nonce();
-    let at = replica.position()?;
     replica.tip = Some(at);
     if let Err(e) = out
         .write(

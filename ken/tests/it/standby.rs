@@ -546,6 +546,61 @@ async fn a_restarted_primary_catches_its_standby_up_from_the_store_journal() {
     sb.kill().await;
 }
 
+/// A primary restarted on a new, empty store (a replaced disk, restarted by a supervisor
+/// before anyone promoted the standby) must not overwrite its standby's replica, which may
+/// be the last copy of the process's state: the standby refuses it (another incarnation),
+/// the replica is untouched, and the primary is acknowledged nothing. Once the operator
+/// moves the replica away (the documented way to discard it), the standby is seeded from
+/// the new store. Without the refusal (run by hand when it was written) the replica is
+/// replaced by a copy of the one-commit store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_on_a_new_store_never_overwrites_the_replica_of_another() {
+    let d = dir();
+    let Following {
+        primary,
+        replica,
+        store,
+        sb,
+        ship,
+        events: _,
+    } = following(d.path(), 10).await;
+    drop(ship);
+    drop(store);
+    // A new disk: the store and its lock file gone (the lock file alone would make the
+    // open refuse a store that lost the history it witnessed).
+    for suffix in ["", "-wal", "-shm", ".lock"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", primary.display()));
+    }
+    let (mut store, _) = Store::open(&primary, "p").unwrap();
+    store.commit(&batch(1, 1)).unwrap();
+    let before = contents(&replica);
+    let (ship, mut events) = ship_to(&primary, &sb.addr, None);
+    let (e, seen) = wait_for(
+        &mut events,
+        "a refusal",
+        |e| matches!(e, ShipEvent::Disconnected(why) if why.contains("will not overwrite")),
+    )
+    .await;
+    assert!(
+        !seen
+            .iter()
+            .any(|e| matches!(e, ShipEvent::Acked(n) if *n > 0)),
+        "nothing acknowledged: {seen:?} {e:?}"
+    );
+    assert_eq!(contents(&replica), before, "the replica is untouched");
+    assert_eq!(commits(&replica), 10);
+    // The operator discards the replica: the standby stopped, its file moved away, started.
+    let (addr, _) = sb.kill().await;
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", replica.display()));
+    }
+    let sb = spawn_standby(&replica, Some(&addr), None, 0).await;
+    wait_acked(&mut events, 1).await;
+    assert_replica_equal(&primary, &replica);
+    drop(ship);
+    sb.kill().await;
+}
+
 /// The shipper's configuration for the primary `p` at `store` shipping to `addr`, no key.
 fn shipper_config(store: &Path, addr: &str) -> ShipperConfig {
     ShipperConfig {
@@ -850,13 +905,20 @@ impl Raw {
     }
 }
 
-/// Connects as primary `p` and shakes hands; returns the replica's position.
-async fn raw_primary(addr: &str) -> (Raw, Position) {
+/// Connects as primary `p` whose store is `primary` and shakes hands; returns the
+/// replica's position.
+async fn raw_primary(addr: &str, primary: &Path) -> (Raw, Position) {
+    let meta = Reader::open(primary).unwrap().meta().unwrap();
     let mut s = Raw::connect(addr).await;
     s.send(&Message::Hello {
         process: "p".into(),
         epoch: 0,
-        at: Position::default(),
+        at: Position {
+            incarnation: meta.incarnation,
+            commits: meta.commits,
+            turns_committed: meta.turns_committed,
+            last_commit_ms: meta.last_commit_ms,
+        },
         nonce: [1; 16],
         encrypt: false,
     })
@@ -881,7 +943,7 @@ async fn a_ship_out_of_order_or_malformed_is_refused_and_the_next_commit_applied
         wait_acked(&mut events, 5).await;
     }
     // Out of order: commit 7 after 5.
-    let (mut s, at) = raw_primary(&sb.addr).await;
+    let (mut s, at) = raw_primary(&sb.addr, &primary).await;
     assert_eq!(at.commits, 5);
     s.send(&Message::Ship {
         commit_no: 7,
@@ -903,7 +965,7 @@ async fn a_ship_out_of_order_or_malformed_is_refused_and_the_next_commit_applied
         "then the standby closes the connection"
     );
     // Malformed: an outbox message numbered 0 (would panic `Store::commit`).
-    let (mut s, _) = raw_primary(&sb.addr).await;
+    let (mut s, _) = raw_primary(&sb.addr, &primary).await;
     let mut bad = batch(6, 1);
     bad.outbox_appends[0].seq = 0;
     s.send(&Message::Ship {
@@ -923,7 +985,7 @@ async fn a_ship_out_of_order_or_malformed_is_refused_and_the_next_commit_applied
     }
     assert_eq!(commits(&sb.path), 5);
     // Negative control: commit 6, in order and well formed, is applied and acknowledged.
-    let (mut s, _) = raw_primary(&sb.addr).await;
+    let (mut s, _) = raw_primary(&sb.addr, &primary).await;
     s.send(&Message::Ship {
         commit_no: 6,
         batch: batch(6, 1).into(),
