@@ -45,9 +45,11 @@
 //! requires it refuses one that does not.
 //!
 //! **Handshake and reseeding.** The primary sends `Hello` (its process id, epoch and
-//! [`Position`]); the standby answers `Refused` (another process, an old epoch) or `State`
-//! (its replica's position). Equal positions: the replica is the primary's store, shipping
-//! follows on. Otherwise (no replica, another incarnation, behind, or ahead: a batch shipped
+//! [`Position`]); the standby answers `Refused` (another process, an old epoch, a store of
+//! another incarnation than its non-empty replica's: [`Refusal::OtherIncarnation`], so that a
+//! primary restarted on a new disk never erases the last copy) or `State` (its replica's
+//! position). Equal positions: the replica is the primary's store, shipping follows on.
+//! Otherwise (no replica, behind, another history, or ahead: a batch shipped
 //! whose local commit the primary lost in a crash; none of its outputs left, so the primary's
 //! copy wins) the primary sends a copy of its store as of some commit C (`Reader::copy_into`,
 //! in [`STANDBY_SNAPSHOT_CHUNK_BYTES`] chunks); the standby writes it to a temporary file,
