@@ -307,6 +307,13 @@ async fn following(d: &Path, n: u64) -> Following {
     }
 }
 
+/// Removes every file of the (closed) store at `path`, its lock file too: a new disk.
+fn remove_store(path: &Path) {
+    for suffix in ["", "-wal", "-shm", ".lock"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
+
 /// Replaces the (closed) store at `to` by the files of the (closed) store at `from`.
 fn copy_store(from: &Path, to: &Path) {
     for suffix in ["", "-wal", "-shm"] {
@@ -568,9 +575,7 @@ async fn a_primary_on_a_new_store_never_overwrites_the_replica_of_another() {
     drop(store);
     // A new disk: the store and its lock file gone (the lock file alone would make the
     // open refuse a store that lost the history it witnessed).
-    for suffix in ["", "-wal", "-shm", ".lock"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", primary.display()));
-    }
+    remove_store(&primary);
     let (mut store, _) = Store::open(&primary, "p").unwrap();
     store.commit(&batch(1, 1)).unwrap();
     let before = contents(&replica);
@@ -591,9 +596,7 @@ async fn a_primary_on_a_new_store_never_overwrites_the_replica_of_another() {
     assert_eq!(commits(&replica), 10);
     // The operator discards the replica: the standby stopped, its file moved away, started.
     let (addr, _) = sb.kill().await;
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", replica.display()));
-    }
+    remove_store(&replica);
     let sb = spawn_standby(&replica, Some(&addr), None, 0).await;
     wait_acked(&mut events, 1).await;
     assert_replica_equal(&primary, &replica);
