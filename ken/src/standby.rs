@@ -896,13 +896,22 @@ async fn fetch_back(cfg: &ShipperConfig) -> Result<Vec<Arc<Batch>>, String> {
         Ok(other) => return Err(format!("it answered Hello with {}", other.name())),
         Err(e) => return Err(e.to_string()),
     };
-    if theirs.incarnation != at.incarnation || theirs.commits <= at.commits {
-        return Ok(Vec::new());
-    }
     if let Some(base) = &base {
         let session = base.session(&our_nonce, &their_nonce);
         out.start_session(session.clone(), cfg.encrypt);
         inn.start_session(session, cfg.encrypt);
+    }
+    if theirs.incarnation != at.incarnation || theirs.commits <= at.commits {
+        // Nothing to take back. One `Fetch` all the same (of the commit after the replica's
+        // newest: it has none), so that the standby logs the close that follows as a
+        // take-back's, not as a primary lost; its answer does not matter.
+        let probe = Message::Fetch {
+            commit_no: theirs.commits + 1,
+        };
+        if out.write(&mut wr, &probe).await.is_ok() {
+            let _ = inn.read_within(&mut rd, t).await;
+        }
+        return Ok(Vec::new());
     }
     let mut want = at;
     let mut batches = Vec::new();
@@ -1835,7 +1844,7 @@ pub async fn serve(cfg: StandbyConfig) -> Result<(), StandbyError> {
                 let result = match got {
                     Some(Ok(msg)) => handle(&mut replica, s, msg).await,
                     Some(Err(WireError::Io(_))) | None if s.fetched => {
-                        tracing::info!(primary = %s.from, "the restarted primary took its batches back and closed");
+                        tracing::info!(primary = %s.from, "the restarted primary asked for its batches back and closed");
                         current = None;
                         continue;
                     }
