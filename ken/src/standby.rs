@@ -865,42 +865,116 @@ pub async fn take_back(
     Ok(batches.len() as u64)
 }
 
-/// The batches the standby's replica holds beyond the local store, checked to follow it
-/// ([`take_back`]); empty when the replica is not ahead.
-async fn fetch_back(cfg: &ShipperConfig) -> Result<Vec<Arc<Batch>>, String> {
-    let t = STANDBY_TAKE_BACK_TIMEOUT;
-    let (at, our_epoch) = local_position(&cfg.store)?;
-    let stream = tokio::time::timeout(t, TcpStream::connect(&cfg.standby))
+/// A primary's connection to its standby once the handshake is done: the stream's halves,
+/// their framing (with the session's keys when there is a cluster key), and the replica's
+/// position from the standby's `State`.
+struct Opened {
+    rd: tokio::net::tcp::OwnedReadHalf,
+    wr: tokio::net::tcp::OwnedWriteHalf,
+    out: Framing,
+    inn: Framing,
+    theirs: Position,
+}
+
+/// Connects to the standby within `timeout`.
+async fn connect(cfg: &ShipperConfig, timeout: Duration) -> Result<TcpStream, SessionEnd> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(&cfg.standby))
         .await
-        .map_err(|_| format!("no connection within {} ms", t.as_millis()))?
-        .map_err(|e| format!("cannot reach it: {e}"))?;
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connect timed out",
+            ))
+        })
+        .map_err(|source| SessionEnd::Connect {
+            at: cfg.standby.clone(),
+            source,
+        })?;
     let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// The primary's side of the handshake, for the shipper and the take-back alike: `Hello`
+/// with the store's position `at` and `epoch`, the standby's `State` (or its refusal) within
+/// `timeout`, and the session keys from both nonces.
+async fn hello(
+    cfg: &ShipperConfig,
+    stream: TcpStream,
+    at: Position,
+    epoch: u64,
+    timeout: Duration,
+) -> Result<Opened, SessionEnd> {
     let (mut rd, mut wr) = stream.into_split();
     let base = cfg.key.as_ref().map(ClusterKey::standby_key);
     let mut out = Framing::new(base.clone(), true);
     let mut inn = Framing::new(base.clone(), true);
     let our_nonce = nonce();
-    let hello = Message::Hello {
-        process: cfg.process.as_str().to_string(),
-        epoch: our_epoch,
-        at,
-        nonce: our_nonce,
-        encrypt: cfg.encrypt,
+    out.write(
+        &mut wr,
+        &Message::Hello {
+            process: cfg.process.as_str().to_string(),
+            epoch,
+            at,
+            nonce: our_nonce,
+            encrypt: cfg.encrypt,
+        },
+    )
+    .await?;
+    let reply = match inn.read_within(&mut rd, timeout).await {
+        Err(
+            WireError::BadTag
+            | WireError::BadChecksum
+            | WireError::Decode(_)
+            | WireError::TooShort(_),
+        ) => {
+            return Err(SessionEnd::Protocol(
+                "the standby's answer to Hello does not authenticate: the standby has \
+                 another cluster key, or one where this primary has none (or the reverse); \
+                 give both the same key file"
+                    .into(),
+            ))
+        }
+        other => other?,
     };
-    out.write(&mut wr, &hello)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (theirs, their_nonce) = match inn.read_within(&mut rd, t).await {
-        Ok(Message::State { at, nonce, .. }) => (at, nonce),
-        Ok(Message::Refused { reason }) => return Err(format!("it refused: {reason}")),
-        Ok(other) => return Err(format!("it answered Hello with {}", other.name())),
-        Err(e) => return Err(e.to_string()),
+    let (theirs, their_nonce) = match reply {
+        Message::State { at, nonce, .. } => (at, nonce),
+        Message::Refused { reason } => return Err(SessionEnd::Refused(reason)),
+        other => {
+            return Err(SessionEnd::Protocol(format!(
+                "the standby answered Hello with {}",
+                other.name()
+            )))
+        }
     };
     if let Some(base) = &base {
         let session = base.session(&our_nonce, &their_nonce);
         out.start_session(session.clone(), cfg.encrypt);
         inn.start_session(session, cfg.encrypt);
     }
+    Ok(Opened {
+        rd,
+        wr,
+        out,
+        inn,
+        theirs,
+    })
+}
+
+/// The batches the standby's replica holds beyond the local store, checked to follow it
+/// ([`take_back`]); empty when the replica is not ahead.
+async fn fetch_back(cfg: &ShipperConfig) -> Result<Vec<Arc<Batch>>, String> {
+    let t = STANDBY_TAKE_BACK_TIMEOUT;
+    let (at, our_epoch) = local_position(&cfg.store)?;
+    let stream = connect(cfg, t).await.map_err(|e| e.to_string())?;
+    let Opened {
+        mut rd,
+        mut wr,
+        mut out,
+        mut inn,
+        theirs,
+    } = hello(cfg, stream, at, our_epoch, t)
+        .await
+        .map_err(|e| e.to_string())?;
     if theirs.incarnation != at.incarnation || theirs.commits <= at.commits {
         // Nothing to take back. One `Fetch` all the same (of the commit after the replica's
         // newest: it has none), so that the standby logs the close that follows as a
@@ -1233,24 +1307,7 @@ impl Shipper {
         &mut self,
         synced: &mut bool,
     ) -> Result<std::convert::Infallible, SessionEnd> {
-        let stream =
-            tokio::time::timeout(STANDBY_REPLY_TIMEOUT, TcpStream::connect(&self.cfg.standby))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "connect timed out",
-                    ))
-                })
-                .map_err(|source| SessionEnd::Connect {
-                    at: self.cfg.standby.clone(),
-                    source,
-                })?;
-        let _ = stream.set_nodelay(true);
-        let (mut rd, mut wr) = stream.into_split();
-        let base = self.cfg.key.as_ref().map(ClusterKey::standby_key);
-        let mut out = Framing::new(base.clone(), true);
-        let mut inn = Framing::new(base.clone(), true);
+        let stream = connect(&self.cfg, STANDBY_REPLY_TIMEOUT).await?;
         // A batch the standby acknowledged on an earlier connection may still be committing
         // here: wait for it, or the handshake would see the replica ahead and the snapshot
         // would take from it a commit whose outputs may already be released.
@@ -1274,49 +1331,13 @@ impl Shipper {
         while let Ok(b) = self.batches.try_recv() {
             self.take(b);
         }
-        let our_nonce = nonce();
-        out.write(
-            &mut wr,
-            &Message::Hello {
-                process: self.cfg.process.as_str().to_string(),
-                epoch: our_epoch,
-                at,
-                nonce: our_nonce,
-                encrypt: self.cfg.encrypt,
-            },
-        )
-        .await?;
-        let reply = match inn.read_within(&mut rd, STANDBY_REPLY_TIMEOUT).await {
-            Err(
-                WireError::BadTag
-                | WireError::BadChecksum
-                | WireError::Decode(_)
-                | WireError::TooShort(_),
-            ) => {
-                return Err(SessionEnd::Protocol(
-                    "the standby's answer to Hello does not authenticate: the standby has \
-                     another cluster key, or one where this primary has none (or the reverse); \
-                     give both the same key file"
-                        .into(),
-                ))
-            }
-            other => other?,
-        };
-        let (their_at, their_nonce) = match reply {
-            Message::State { at, nonce, .. } => (at, nonce),
-            Message::Refused { reason } => return Err(SessionEnd::Refused(reason)),
-            other => {
-                return Err(SessionEnd::Protocol(format!(
-                    "the standby answered Hello with {}",
-                    other.name()
-                )))
-            }
-        };
-        if let Some(base) = &base {
-            let session = base.session(&our_nonce, &their_nonce);
-            out.start_session(session.clone(), self.cfg.encrypt);
-            inn.start_session(session, self.cfg.encrypt);
-        }
+        let Opened {
+            mut rd,
+            mut wr,
+            mut out,
+            mut inn,
+            theirs: their_at,
+        } = hello(&self.cfg, stream, at, our_epoch, STANDBY_REPLY_TIMEOUT).await?;
         let start = if their_at == at {
             tracing::info!(standby = %self.cfg.standby, commits = at.commits, "standby in sync");
             at
@@ -2062,11 +2083,9 @@ async fn handle(replica: &mut Replica, s: &mut Session, msg: Message) -> Result<
             match store.commit(&batch) {
                 Ok(info) => {
                     debug_assert_eq!(info.commits, commit_no);
-                    match before {
-                        Some(before)
-                            if before.after(&batch).turns_committed == info.turns_committed =>
-                        {
-                            replica.tip = Some(before.after(&batch));
+                    match before.map(|b| (b, b.after(&batch))) {
+                        Some((before, after)) if after.turns_committed == info.turns_committed => {
+                            replica.tip = Some(after);
                             replica.kept.push(before, Arc::clone(&batch));
                         }
                         _ => replica.kept.clear(),
