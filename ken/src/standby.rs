@@ -400,6 +400,12 @@ impl Framing {
     }
 
     async fn read(&mut self, r: &mut (impl AsyncRead + Unpin)) -> Result<Message, WireError> {
+        let frame = self.read_frame(r).await?;
+        self.decode(frame)
+    }
+
+    /// The next message's bytes (after its length), not yet checked.
+    async fn read_frame(&mut self, r: &mut (impl AsyncRead + Unpin)) -> Result<Vec<u8>, WireError> {
         let mut len = [0u8; 4];
         r.read_exact(&mut len).await?;
         let len = u32::from_le_bytes(len);
@@ -412,7 +418,7 @@ impl Framing {
         }
         let mut frame = vec![0u8; len as usize];
         r.read_exact(&mut frame).await?;
-        self.decode(frame)
+        Ok(frame)
     }
 
     async fn read_within(
@@ -1587,6 +1593,10 @@ pub struct StandbyConfig {
     pub listener: TcpListener,
     /// The cluster key; `None`: unauthenticated, with a loud warning.
     pub key: Option<ClusterKey>,
+    /// Other cluster keys accepted during a key rotation (older or newer; SECURITY.md): a
+    /// primary's `Hello` under any of them is answered, and the connection goes on under
+    /// the key it came with. Ignored without `key`.
+    pub accepted_keys: Vec<ClusterKey>,
     /// The lowest epoch accepted, besides the replica's own (an operator's fence).
     pub min_epoch: u64,
     /// Refuse a primary that does not encrypt (the cluster's `encrypt`; needs `key`). A
@@ -1816,9 +1826,17 @@ pub async fn serve(cfg: StandbyConfig) -> Result<(), StandbyError> {
         epoch = replica.epoch,
         "standby serving"
     );
-    let base = cfg.key.as_ref().map(ClusterKey::standby_key);
+    // The keys a primary's `Hello` may come under: the cluster key first, then those accepted
+    // during a rotation (none without a cluster key).
+    let bases: Vec<StandbyKey> = match &cfg.key {
+        Some(k) => std::iter::once(k)
+            .chain(&cfg.accepted_keys)
+            .map(ClusterKey::standby_key)
+            .collect(),
+        None => Vec::new(),
+    };
     let admin_keys = match &cfg.key {
-        Some(k) => match ken_transport::Keyring::new(k, &[], false) {
+        Some(k) => match ken_transport::Keyring::new(k, &cfg.accepted_keys, false) {
             Ok(keys) => Some(keys),
             Err(e) => {
                 tracing::warn!("the standby answers no status: its key: {e}");
@@ -1852,7 +1870,7 @@ pub async fn serve(cfg: StandbyConfig) -> Result<(), StandbyError> {
             }
             accepted = cfg.listener.accept() => {
                 let (stream, from) = accepted.map_err(StandbyError::Accept)?;
-                if let Some(s) = handshake(&mut replica, base.as_ref(), cfg.encrypt, stream, from).await? {
+                if let Some(s) = handshake(&mut replica, &bases, cfg.encrypt, stream, from).await? {
                     replica.stats.primary = Some(from);
                     if let Some(old) = current.replace(s) {
                         tracing::warn!(old = %old.from, new = %from, "a new primary connection replaces the current one");
@@ -1916,21 +1934,55 @@ async fn next_message(current: &mut Option<Session>) -> Option<Result<Message, W
     }
 }
 
+/// The first message of a connection, read within `timeout` and checked under the first of
+/// `bases` it authenticates with (any key accepted during a rotation; without a key, `bases`
+/// is empty and the message is only checksummed). Returns it with that key, whose framings
+/// then carry the connection; a message under none of them is [`WireError::BadTag`].
+async fn read_hello(
+    rd: &mut (impl AsyncRead + Unpin),
+    bases: &[StandbyKey],
+    timeout: Duration,
+) -> Result<(Message, Option<StandbyKey>), WireError> {
+    let mut framing = Framing::new(bases.first().cloned(), false);
+    let frame = match tokio::time::timeout(timeout, framing.read_frame(rd)).await {
+        Ok(frame) => frame?,
+        Err(_) => return Err(WireError::Timeout(timeout)),
+    };
+    let mut got = framing.decode(frame.clone());
+    let mut key = bases.first();
+    for base in bases.iter().skip(1) {
+        if !matches!(got, Err(WireError::BadTag)) {
+            break;
+        }
+        got = Framing::new(Some(base.clone()), false).decode(frame.clone());
+        key = Some(base);
+    }
+    got.map(|m| (m, key.cloned()))
+}
+
 /// Reads and judges a new connection's `Hello`; answers `State` (and returns the session)
 /// or `Refused`. Connection errors only drop the connection.
 async fn handshake(
     replica: &mut Replica,
-    base: Option<&StandbyKey>,
+    bases: &[StandbyKey],
     require_encryption: bool,
     stream: TcpStream,
     from: std::net::SocketAddr,
 ) -> Result<Option<Session>, StandbyError> {
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
-    let mut inn = Framing::new(base.cloned(), false);
-    let mut out = Framing::new(base.cloned(), false);
-    let hello = match inn.read_within(&mut rd, STANDBY_REPLY_TIMEOUT).await {
-        Ok(m) => m,
+    let hello = read_hello(&mut rd, bases, STANDBY_REPLY_TIMEOUT).await;
+    // The answer goes under the key the Hello came with (a refused one: the cluster key).
+    let base = match &hello {
+        Ok((_, key)) => key.clone(),
+        Err(_) => bases.first().cloned(),
+    };
+    let mut inn = Framing::new(base.clone(), false);
+    inn.received = 1;
+    let mut out = Framing::new(base.clone(), false);
+    let base = base.as_ref();
+    let hello = match hello {
+        Ok((m, _)) => m,
         Err(e) => {
             tracing::warn!(%from, "refused a connection: its Hello: {e}");
             if matches!(

@@ -95,6 +95,11 @@ pub struct ServeArgs {
     /// The cluster key (with --cluster: defaults to the file's).
     #[arg(long, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
+    /// Another key accepted from the primary during a key rotation (repeatable; with
+    /// --cluster, added to the file's `accept_key_files`). SECURITY.md's procedure restarts
+    /// the standby like any process.
+    #[arg(long, value_name = "FILE")]
+    pub accept_key_file: Vec<PathBuf>,
     /// Require the primary to encrypt the stream (with --cluster: also when the file's
     /// `[settings] encrypt` is true). Needs a key. A primary that encrypts is served either
     /// way; one that ships in clear is refused.
@@ -157,6 +162,7 @@ fn serve(a: &ServeArgs) -> Result<(), String> {
     ken::app::init_tracing();
     let id = ProcessId::new(&a.id).map_err(|e| format!("bad --id: {e}"))?;
     let (mut store, mut listen, mut key) = (a.store.clone(), a.listen, None);
+    let mut accepted_files: Vec<PathBuf> = Vec::new();
     let mut encrypt = a.encrypt;
     if let Some(cluster) = &a.cluster {
         let (file, sb) = standby_entry(cluster, &id)?;
@@ -165,8 +171,10 @@ fn serve(a: &ServeArgs) -> Result<(), String> {
         if let Some(k) = &file.settings.key_file {
             key = Some(ken::ClusterKey::load(k).map_err(|e| e.to_string())?);
         }
+        accepted_files.extend(file.settings.accept_key_files.iter().cloned());
         encrypt |= file.settings.encrypt;
     }
+    accepted_files.extend(a.accept_key_file.iter().cloned());
     if let Some(k) = &a.key_file {
         key = Some(ken::ClusterKey::load(k).map_err(|e| e.to_string())?);
     }
@@ -176,6 +184,17 @@ fn serve(a: &ServeArgs) -> Result<(), String> {
                 .into(),
         );
     }
+    if key.is_none() && !accepted_files.is_empty() {
+        return Err(
+            "accepted keys need a cluster key to send with: give --key-file (or a \
+                    cluster file with key_file)"
+                .into(),
+        );
+    }
+    let accepted_keys = accepted_files
+        .iter()
+        .map(|k| ken::ClusterKey::load(k).map_err(|e| format!("{}: {e}", k.display())))
+        .collect::<Result<Vec<_>, _>>()?;
     let store = store.ok_or("no store: give --store or the cluster file's standby.store")?;
     let listen = listen
         .ok_or("no listen address: give --listen (the file's standby.ship is a host name)")?;
@@ -206,6 +225,7 @@ fn serve(a: &ServeArgs) -> Result<(), String> {
             store,
             listener,
             key,
+            accepted_keys,
             min_epoch: a.min_epoch,
             encrypt,
             admin,

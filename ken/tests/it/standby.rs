@@ -98,6 +98,18 @@ async fn spawn_standby_with(
     min_epoch: u64,
     encrypt: bool,
 ) -> Standby {
+    spawn_standby_accepting(path, at, key, Vec::new(), min_epoch, encrypt).await
+}
+
+/// A standby that also accepts `accepted_keys` (a key rotation).
+async fn spawn_standby_accepting(
+    path: &Path,
+    at: Option<&str>,
+    key: Option<ClusterKey>,
+    accepted_keys: Vec<ClusterKey>,
+    min_epoch: u64,
+    encrypt: bool,
+) -> Standby {
     let listener = tokio::net::TcpListener::bind(at.unwrap_or("127.0.0.1:0"))
         .await
         .unwrap();
@@ -107,6 +119,7 @@ async fn spawn_standby_with(
         store: path.to_path_buf(),
         listener,
         key,
+        accepted_keys,
         min_epoch,
         encrypt,
         admin: None,
@@ -845,6 +858,74 @@ async fn a_primary_with_another_key_or_none_is_refused_and_the_same_key_accepted
     assert_replica_equal(&primary, &sb.path);
 }
 
+/// A key rotation (SECURITY.md): the primary and its standby are restarted one at a time,
+/// so for a while one sends under the new key while the other still sends under the old.
+/// A standby that accepts both answers a primary under either, and the connection goes on
+/// under the key its `Hello` came with (encrypted too). Control: a standby holding the old
+/// key alone refuses the primary that already sends with the new one (and every standby
+/// refuses a key it does not hold), so the pair would release nothing until both match.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_accepts_its_primary_under_either_key_of_a_rotation() {
+    let d = dir();
+    let primary = d.path().join("p.ken");
+    let (mut store, _) = Store::open(&primary, "p").unwrap();
+    store.commit(&batch(1, 1)).unwrap();
+    let old = ClusterKey::from_bytes([7; 32]);
+    let new = ClusterKey::from_bytes([9; 32]);
+    let sb = spawn_standby_accepting(
+        &d.path().join("r.ken"),
+        None,
+        Some(old.clone()),
+        vec![new.clone()],
+        0,
+        true,
+    )
+    .await;
+    // The primary restarted first, sending with the new key; encrypting.
+    let (ship, mut events) = ship_to_encrypting(&primary, &sb.addr, Some(new.clone()), true);
+    wait_acked(&mut events, 1).await;
+    for n in 2..=3 {
+        commit_and_ship(&mut store, &ship, n);
+    }
+    wait_acked(&mut events, 3).await;
+    assert_replica_equal(&primary, &sb.path);
+    drop(ship);
+    // Still under the old key (a primary not yet restarted): answered too, and it follows.
+    let (ship, mut events) = ship_to_encrypting(&primary, &sb.addr, Some(old.clone()), true);
+    wait_acked(&mut events, 3).await;
+    commit_and_ship(&mut store, &ship, 4);
+    wait_acked(&mut events, 4).await;
+    assert_replica_equal(&primary, &sb.path);
+    drop(ship);
+    // A key it does not hold: refused.
+    let (ship, mut events) = ship_to(&primary, &sb.addr, Some(ClusterKey::from_bytes([5; 32])));
+    let (e, before) = wait_for(&mut events, "Disconnected", |e| {
+        matches!(e, ShipEvent::Disconnected(_))
+    })
+    .await;
+    assert!(before.is_empty(), "{before:?}");
+    assert!(
+        matches!(&e, ShipEvent::Disconnected(why) if why.contains("does not authenticate")),
+        "{e:?}"
+    );
+    drop(ship);
+
+    // Control: the old key alone refuses the primary that sends with the new one.
+    let alone = spawn_standby(&d.path().join("r1.ken"), None, Some(old.clone()), 0).await;
+    let (ship, mut events) = ship_to(&primary, &alone.addr, Some(new.clone()));
+    let (e, before) = wait_for(&mut events, "Disconnected", |e| {
+        matches!(e, ShipEvent::Disconnected(_))
+    })
+    .await;
+    assert!(before.is_empty(), "{before:?}");
+    assert!(
+        matches!(&e, ShipEvent::Disconnected(why) if why.contains("does not authenticate")),
+        "{e:?}"
+    );
+    drop(ship);
+    assert!(!alone.path.exists(), "the standby took nothing");
+}
+
 /// A raw unkeyed connection to a standby, as a primary: each message checksummed as the
 /// wire says (a CRC32 over the direction, the message's number and the message).
 struct Raw {
@@ -1451,6 +1532,7 @@ async fn a_standby_answers_status_under_the_cluster_key_only() {
         store: replica.clone(),
         listener,
         key: Some(key.clone()),
+        accepted_keys: Vec::new(),
         min_epoch: 3,
         encrypt: false,
         admin: Some(admin),

@@ -464,6 +464,7 @@ fn serve_standby(spec: &NodeSpec) -> anyhow::Result<SocketAddr> {
                     store,
                     listener,
                     key,
+                    accepted_keys: Vec::new(),
                     min_epoch: 0,
                     encrypt: false,
                     admin: None,
