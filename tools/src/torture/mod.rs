@@ -684,7 +684,6 @@ fn check_args(args: &Args) -> anyhow::Result<()> {
         }
         for (set, flag) in [
             (args.upgrade, "--upgrade"),
-            (args.rotate_key.is_some(), "--rotate-key"),
             (args.tmpfs_mb.is_some(), "--tmpfs-mb"),
             (
                 args.unsafe_release_before_commit,
@@ -1864,11 +1863,27 @@ impl Cluster {
             self.rotation.left -= 1;
             let old = ring.newest();
             let new = ring.generate()?;
-            self.rotation.steps = keys::rotation_plan(self.members.len(), old, new).into();
+            // With `--standby`, the standbys are processes of the procedure too (slots after
+            // the members'): each pass restarts them after the members, so that a standby
+            // always accepts the key its primary sends with.
+            let standbys = self.standbys.as_ref().map_or(0, |sb| sb.procs.len());
+            self.rotation.steps =
+                keys::rotation_plan(self.members.len() + standbys, old, new).into();
         }
         let Some(step) = self.rotation.steps.pop_front() else {
             return Ok(());
         };
+        if let Some(j) = step.member.checked_sub(self.members.len()) {
+            let sb = self.standbys.as_mut().expect("a standby slot of a --standby run");
+            if sb.rekey(j, step.held.args(ring))? {
+                self.counters.key_rotation_restarts += 1;
+            }
+            self.rotation.next_at = Some(now + ROTATION_GAP);
+            if self.rotation.steps.is_empty() {
+                self.counters.key_rotations += 1;
+            }
+            return Ok(());
+        }
         let i = step.member;
         self.held[i] = step.held;
         self.set_args()?;
@@ -2360,6 +2375,10 @@ impl Cluster {
             // Restarted primaries whose replica was ahead (batches taken back from the
             // standby) or behind by commits of their store's journal: each a reseed before.
             summary["standby_take_backs"] = self.members_log_lines("took back").into();
+            // Answers to a member's Hello it could not authenticate: a standby holding another
+            // key (a rotation step out of order), or a bit the link harness flipped.
+            summary["standby_hello_unauthenticated"] =
+                self.members_log_lines("answer to Hello does not authenticate").into();
             summary["standby_journal_catch_ups"] =
                 self.members_log_lines("from the store's journal").into();
             summary["unsafe_release_before_standby"] =

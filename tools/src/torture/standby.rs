@@ -60,6 +60,8 @@ struct Measure {
 pub struct Standbys {
     /// One `ken standby serve` per member.
     pub procs: Vec<Process>,
+    /// Each standby's arguments before its keys (`--rotate-key` appends those: [`Self::rekey`]).
+    base_args: Vec<Vec<String>>,
     pub restart_at: Vec<Option<Instant>>,
     /// Each member's UDP address once promoted.
     pub address: Vec<SocketAddr>,
@@ -123,11 +125,11 @@ impl Standbys {
             .map(|id| absolute(&standby_dir.join(format!("{id}.standby.ken"))))
             .collect();
         let run_file = absolute(&dir.join("standby-cluster.toml"));
-        let procs = ids
+        let base_args: Vec<Vec<String>> = ids
             .iter()
             .enumerate()
             .map(|(i, id)| {
-                let args: Vec<String> = vec![
+                vec![
                     "standby".into(),
                     "serve".into(),
                     "--cluster".into(),
@@ -138,8 +140,19 @@ impl Standbys {
                     ship[i].to_string(),
                     "--store".into(),
                     replicas[i].display().to_string(),
-                ];
-                Process::new(Spec::new(format!("standby-{id}"), program, args, &logs))
+                ]
+            })
+            .collect();
+        let procs = ids
+            .iter()
+            .zip(&base_args)
+            .map(|(id, args)| {
+                Process::new(Spec::new(
+                    format!("standby-{id}"),
+                    program,
+                    args.clone(),
+                    &logs,
+                ))
             })
             .collect();
         let phase_ms = seconds * 1000;
@@ -154,6 +167,7 @@ impl Standbys {
             .collect();
         Ok(Standbys {
             procs,
+            base_args,
             restart_at: vec![None; ids.len()],
             address,
             replicas,
@@ -220,6 +234,28 @@ impl Standbys {
             anyhow::anyhow!("the run's cluster file does not read back (a ken torture bug): {e}")
         })?;
         Ok(())
+    }
+
+    /// A key rotation's step for standby `i` (`--rotate-key`): from now on it starts with
+    /// `key_args` (`--key-file` and `--accept-key-file`, which take the place of the cluster
+    /// file's key), and it is SIGKILLed and restarted with them at once if it runs in service.
+    /// True if it was restarted (one that is down starts with them at its planned restart;
+    /// a promoted one is gone).
+    pub fn rekey(&mut self, i: usize, key_args: Vec<String>) -> anyhow::Result<bool> {
+        let mut args = self.base_args[i].clone();
+        args.extend(key_args);
+        self.procs[i].set_args(args.into_iter().map(Into::into).collect());
+        if !self.in_service(i) || !self.procs[i].is_running() {
+            return Ok(false);
+        }
+        if self.procs[i].paused_until().is_some() {
+            self.procs[i].resume();
+        }
+        self.procs[i].kill()?;
+        self.restart_at[i] = None;
+        self.procs[i].spawn(None)?;
+        self.restarts += 1;
+        Ok(true)
     }
 
     /// Starts every standby (the run's start).
