@@ -333,6 +333,12 @@ pub struct Args {
     /// standby holds a batch, and a promotion loses what peers saw.
     #[arg(long, hide = true, requires = "standby")]
     pub unsafe_release_before_standby: bool,
+    /// Negative control (with --standby and --rotate-key): restart the standbys in a
+    /// rotation with the key they send with alone, as if `ken standby serve` ignored
+    /// `--accept-key-file` (what it did before it took them): a pair whose two ends send
+    /// with different keys cannot shake hands.
+    #[arg(long, hide = true, requires = "rotate_key")]
+    pub unsafe_standby_single_key: bool,
 }
 
 /// `ken torture --help`'s closing section: the --cluster mode in a few lines.
@@ -517,6 +523,10 @@ struct Cluster {
 /// before a rotation's first): longer than any delay the fault files put on a frame, so no
 /// frame sealed under a key is still in flight when its last holder drops it.
 const ROTATION_GAP: Duration = Duration::from_millis(300);
+
+/// What a member logs when its standby's answer to `Hello` does not authenticate (the
+/// shipper's `SessionEnd::Protocol` text, `ken/src/standby.rs`).
+const STANDBY_HELLO_UNAUTHENTICATED: &str = "answer to Hello does not authenticate";
 
 /// Key rotations (`--rotate-key`): what is left to do.
 #[derive(Debug, Default)]
@@ -1874,8 +1884,15 @@ impl Cluster {
             return Ok(());
         };
         if let Some(j) = step.member.checked_sub(self.members.len()) {
-            let sb = self.standbys.as_mut().expect("a standby slot of a --standby run");
-            if sb.rekey(j, step.held.args(ring))? {
+            let sb = self
+                .standbys
+                .as_mut()
+                .expect("a standby slot of a --standby run");
+            let mut key_args = step.held.args(ring);
+            if self.args.unsafe_standby_single_key {
+                key_args.truncate(2);
+            }
+            if sb.rekey(j, key_args)? {
                 self.counters.key_rotation_restarts += 1;
             }
             self.rotation.next_at = Some(now + ROTATION_GAP);
@@ -2290,6 +2307,20 @@ impl Cluster {
             }
             self.check_run = Some(run);
         }
+        if let (Some(_), Some(sb)) = (self.args.rotate_key, &self.standbys) {
+            // Each bit the link harness flips can spoil one handshake; more refusals than
+            // that mean a standby did not accept the key its primary sent with.
+            let refused = self.members_log_lines(STANDBY_HELLO_UNAUTHENTICATED);
+            let flips = sb.link_bit_flips();
+            if refused > flips {
+                self.violations.push(format!(
+                    "key rotation: {refused} answers of standbys to their primary's Hello did \
+                     not authenticate, more than the {flips} bits the link harness flipped: a \
+                     standby did not accept the key its primary sent with (the pair released \
+                     nothing until both held the same key)"
+                ));
+            }
+        }
         let mut poison_inputs = 0;
         if self.args.upgrade {
             let (upgrade, poisoned) = self.check_upgrade();
@@ -2378,7 +2409,7 @@ impl Cluster {
             // Answers to a member's Hello it could not authenticate: a standby holding another
             // key (a rotation step out of order), or a bit the link harness flipped.
             summary["standby_hello_unauthenticated"] =
-                self.members_log_lines("answer to Hello does not authenticate").into();
+                self.members_log_lines(STANDBY_HELLO_UNAUTHENTICATED).into();
             summary["standby_journal_catch_ups"] =
                 self.members_log_lines("from the store's journal").into();
             summary["unsafe_release_before_standby"] =
