@@ -836,8 +836,9 @@ fn local_position(path: &Path) -> Result<(Position, u64), String> {
 ///
 /// Anything but a failed local commit is logged and left to the shipper (which reseeds a
 /// replica ahead, as before): a standby that does not answer within
-/// [`STANDBY_TAKE_BACK_TIMEOUT`], restarted since (it keeps the batches in memory only, the
-/// last [`STANDBY_KEPT_BATCHES`]), refusing this primary (fenced, another key), or holding
+/// [`STANDBY_TAKE_BACK_TIMEOUT`], restarted since (it keeps the last
+/// [`STANDBY_KEPT_BATCHES`] batches in memory; after a restart only those its replica's batch
+/// journal holds, small ones), refusing this primary (fenced, another key), or holding
 /// another history.
 pub async fn take_back(
     cfg: &ShipperConfig,
@@ -1026,8 +1027,9 @@ async fn fetch_back(cfg: &ShipperConfig) -> Result<Vec<Arc<Batch>>, String> {
             }
             Message::Fetched { .. } => {
                 return Err(format!(
-                    "it no longer keeps commit {commit_no} (restarted since, or more than \
-                     {STANDBY_KEPT_BATCHES} commits ahead)"
+                    "it no longer holds commit {commit_no} (restarted since and its replica's \
+                     journal does not hold it, or more than {STANDBY_KEPT_BATCHES} commits \
+                     ahead)"
                 ))
             }
             Message::Refused { reason } => return Err(format!("it refused: {reason}")),
@@ -1728,6 +1730,31 @@ impl Replica {
         PathBuf::from(name)
     }
 
+    /// The batch that made the replica's commit `commit_no` and the replica's position
+    /// before it, from the replica store's batch journal (small batches only): what a
+    /// standby restarted since it committed them can still give back ([`take_back`]). `None`
+    /// if the journal does not hold it, or on any read error (the primary then reseeds).
+    fn journaled(&self, commit_no: u64) -> Option<(Position, Arc<Batch>)> {
+        self.store.as_ref()?;
+        let after = commit_no.checked_sub(1)?;
+        let reader = Reader::open(&self.path).ok()?;
+        let meta = reader.meta().ok()?;
+        if meta.commits < commit_no {
+            return None;
+        }
+        let since = reader.journaled_since(after).ok()??;
+        let first = since.commits.into_iter().next()?;
+        (first.commits == commit_no).then(|| {
+            let before = Position {
+                incarnation: Position::of(&meta).incarnation,
+                commits: after,
+                turns_committed: since.turns_committed,
+                last_commit_ms: since.last_commit_ms,
+            };
+            (before, Arc::new(first.batch))
+        })
+    }
+
     fn position(&self) -> Result<Position, ken_store::ReadError> {
         match &self.store {
             None => Ok(Position::default()),
@@ -2211,14 +2238,18 @@ async fn handle(replica: &mut Replica, s: &mut Session, msg: Message) -> Result<
         }
         Message::Fetch { commit_no } => {
             s.fetched = true;
-            let (before, batch) = match replica.kept.get(commit_no) {
-                Some((before, batch)) => (Some(before), Some(batch)),
-                None => (None, None),
+            let (before, batch, from) = match replica.kept.get(commit_no) {
+                Some((before, batch)) => (Some(before), Some(batch), "memory"),
+                None => match replica.journaled(commit_no) {
+                    Some((before, batch)) => (Some(before), Some(batch), "journal"),
+                    None => (None, None, "nowhere"),
+                },
             };
             tracing::info!(
                 primary = %s.from,
                 commit_no,
                 kept = batch.is_some(),
+                from,
                 "the restarted primary asks for a batch back"
             );
             s.out
