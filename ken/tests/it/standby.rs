@@ -1565,13 +1565,16 @@ fn detach_of_a_missing_or_foreign_file_says_so_in_one_line_and_writes_nothing() 
 }
 
 /// `ken status` against a standby: it answers an admin status request on its UDP socket,
-/// under the cluster key (a request without the key, or with another, gets nothing), with
+/// under the cluster key or a key it accepts during a rotation (a request without a key, or
+/// with another, gets nothing), with
 /// its role, epoch, the commit its replica holds and the primary it follows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_answers_status_under_the_cluster_key_only() {
     let d = dir();
     let (primary, replica) = (d.path().join("p.ken"), d.path().join("r.ken"));
     let key = ClusterKey::generate();
+    // A key accepted during a rotation (SECURITY.md): asked under it, the standby answers.
+    let rotating = ClusterKey::generate();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let admin = tokio::net::UdpSocket::bind(addr).await.unwrap();
@@ -1580,7 +1583,7 @@ async fn a_standby_answers_status_under_the_cluster_key_only() {
         store: replica.clone(),
         listener,
         key: Some(key.clone()),
-        accepted_keys: Vec::new(),
+        accepted_keys: vec![rotating.clone()],
         min_epoch: 3,
         encrypt: false,
         admin: Some(admin),
@@ -1613,6 +1616,8 @@ async fn a_standby_answers_status_under_the_cluster_key_only() {
     );
     assert_eq!(before.primary, None);
     assert!(before.authenticated);
+    let under_rotating = status(ask(Some(keyring(&rotating))).await);
+    assert_eq!(under_rotating.epoch, 3, "{under_rotating:?}");
 
     let (mut store, _) = Store::open(&primary, "p").unwrap();
     // The primary must be at the standby's epoch to be accepted.
