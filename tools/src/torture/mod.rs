@@ -2410,6 +2410,7 @@ impl Cluster {
             // key (a rotation step out of order), or a bit the link harness flipped.
             summary["standby_hello_unauthenticated"] =
                 self.members_log_lines(STANDBY_HELLO_UNAUTHENTICATED).into();
+            summary["standby_given_back_from_journal"] = sb.given_back_from_journal().into();
             summary["standby_journal_catch_ups"] =
                 self.members_log_lines("from the store's journal").into();
             summary["unsafe_release_before_standby"] =

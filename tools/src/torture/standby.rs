@@ -147,12 +147,12 @@ impl Standbys {
             .iter()
             .zip(&base_args)
             .map(|(id, args)| {
-                Process::new(Spec::new(
-                    format!("standby-{id}"),
-                    program,
-                    args.clone(),
-                    &logs,
-                ))
+                let mut spec = Spec::new(format!("standby-{id}"), program, args.clone(), &logs);
+                if std::env::var_os("RUST_LOG").is_none() {
+                    // Where each batch given back came from is an info line; counted.
+                    spec = spec.env("RUST_LOG", "warn,ken::standby=info");
+                }
+                Process::new(spec)
             })
             .collect();
         let phase_ms = seconds * 1000;
@@ -308,6 +308,22 @@ impl Standbys {
             self.link_corruptions += 1;
         }
         true
+    }
+
+    /// Batches the standbys gave back to a restarted primary from their replica's journal
+    /// (a standby killed since: its batches in memory were gone), from their logs.
+    pub fn given_back_from_journal(&self) -> u64 {
+        self.procs
+            .iter()
+            .flat_map(|p| p.lives())
+            .map(|life| {
+                std::fs::read_to_string(&life.stderr_path)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.contains("asks for a batch back") && l.contains("journal"))
+                    .count() as u64
+            })
+            .sum()
     }
 
     /// Bits the relays altered.

@@ -62,7 +62,11 @@ fn bank_torture_with_standbys_and_a_promotion_passes() {
     assert!(n(&s, "standby_reseeds") >= 3, "{s}");
     // The catch-ups after a primary's restart are counted (how many depends on where the
     // kills fell: present is what is checked).
-    for key in ["standby_take_backs", "standby_journal_catch_ups"] {
+    for key in [
+        "standby_take_backs",
+        "standby_journal_catch_ups",
+        "standby_given_back_from_journal",
+    ] {
         assert!(s[key].is_u64(), "{key} missing: {s}");
     }
     // The disk really was destroyed: one member's store is gone, and the run's cluster file
