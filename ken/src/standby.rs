@@ -115,6 +115,17 @@ pub struct Position {
 }
 
 impl Position {
+    /// The position of a store of `incarnation` at commit `commits`, from the counters a
+    /// [`Reader::journaled_since`] of that commit read.
+    fn journaled_at(incarnation: u64, commits: u64, since: &ken_store::JournaledSince) -> Position {
+        Position {
+            incarnation,
+            commits,
+            turns_committed: since.turns_committed,
+            last_commit_ms: since.last_commit_ms,
+        }
+    }
+
     fn of(meta: &ken_store::Meta) -> Position {
         Position {
             incarnation: meta.incarnation,
@@ -1273,12 +1284,7 @@ impl Shipper {
         .await
         .map_err(|e| tracing::warn!("reading the store's journal for the standby: {e}"))
         .ok()??;
-        let ours_there = Position {
-            incarnation: at.incarnation,
-            commits: theirs.commits,
-            turns_committed: since.turns_committed,
-            last_commit_ms: since.last_commit_ms,
-        };
+        let ours_there = Position::journaled_at(at.incarnation, theirs.commits, &since);
         let commits: Vec<_> = since
             .commits
             .into_iter()
@@ -1743,16 +1749,9 @@ impl Replica {
             return None;
         }
         let since = reader.journaled_since(after).ok()??;
+        let before = Position::journaled_at(Position::of(&meta).incarnation, after, &since);
         let first = since.commits.into_iter().next()?;
-        (first.commits == commit_no).then(|| {
-            let before = Position {
-                incarnation: Position::of(&meta).incarnation,
-                commits: after,
-                turns_committed: since.turns_committed,
-                last_commit_ms: since.last_commit_ms,
-            };
-            (before, Arc::new(first.batch))
-        })
+        (first.commits == commit_no).then(|| (before, Arc::new(first.batch)))
     }
 
     fn position(&self) -> Result<Position, ken_store::ReadError> {
@@ -1963,28 +1962,28 @@ async fn next_message(current: &mut Option<Session>) -> Option<Result<Message, W
 
 /// The first message of a connection, read within `timeout` and checked under the first of
 /// `bases` it authenticates with (any key accepted during a rotation; without a key, `bases`
-/// is empty and the message is only checksummed). Returns it with that key, whose framings
-/// then carry the connection; a message under none of them is [`WireError::BadTag`].
+/// is empty and the message is only checksummed). Returns it with the framing that read it
+/// (under that key, past the message), which carries the connection on; a message under
+/// none of them is [`WireError::BadTag`].
 async fn read_hello(
     rd: &mut (impl AsyncRead + Unpin),
     bases: &[StandbyKey],
     timeout: Duration,
-) -> Result<(Message, Option<StandbyKey>), WireError> {
+) -> Result<(Message, Framing), WireError> {
     let mut framing = Framing::new(bases.first().cloned(), false);
     let frame = match tokio::time::timeout(timeout, framing.read_frame(rd)).await {
         Ok(frame) => frame?,
         Err(_) => return Err(WireError::Timeout(timeout)),
     };
     let mut got = framing.decode(frame.clone());
-    let mut key = bases.first();
     for base in bases.iter().skip(1) {
         if !matches!(got, Err(WireError::BadTag)) {
             break;
         }
-        got = Framing::new(Some(base.clone()), false).decode(frame.clone());
-        key = Some(base);
+        framing = Framing::new(Some(base.clone()), false);
+        got = framing.decode(frame.clone());
     }
-    got.map(|m| (m, key.cloned()))
+    got.map(|m| (m, framing))
 }
 
 /// Reads and judges a new connection's `Hello`; answers `State` (and returns the session)
@@ -2001,15 +2000,13 @@ async fn handshake(
     let hello = read_hello(&mut rd, bases, STANDBY_REPLY_TIMEOUT).await;
     // The answer goes under the key the Hello came with (a refused one: the cluster key).
     let base = match &hello {
-        Ok((_, key)) => key.clone(),
+        Ok((_, inn)) => inn.key.clone(),
         Err(_) => bases.first().cloned(),
     };
-    let mut inn = Framing::new(base.clone(), false);
-    inn.received = 1;
     let mut out = Framing::new(base.clone(), false);
     let base = base.as_ref();
-    let hello = match hello {
-        Ok((m, _)) => m,
+    let (hello, mut inn) = match hello {
+        Ok(read) => read,
         Err(e) => {
             tracing::warn!(%from, "refused a connection: its Hello: {e}");
             if matches!(
